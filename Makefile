@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh machine with only Python and pip:
+#   make test   - create .venv, install, start Redis/PostgreSQL/S3/Celery workers, run the suite
+#   make demo   - create .venv, install, run the example project (ARGS=--smoke: once, no browser)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+STRICT ?=
+
+.PHONY: venv test test-strict demo lint format clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[redis,test,lint]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	QUEUED_STORAGE_TEST_STRICT=$(STRICT) PYTHONDEVMODE=1 $(BIN)/python -m pytest $(ARGS)
+
+demo: $(STAMP)
+	$(BIN)/python example_project/demo.py $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy queued_storage
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .demo build dist *.egg-info .mypy_cache .ruff_cache

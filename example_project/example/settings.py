@@ -1,0 +1,172 @@
+"""Settings of the queued_storage example project: a local demo, not a production template.
+
+Uploads are saved to a local staging directory, recorded in queued_storage's ledger, and a
+Celery worker streams them to S3; the admin shows each file's state and where it is served from.
+
+With no environment variable set, nothing needs a server: SQLite, a file-based cache and
+kombu's filesystem broker live in the data directory, and ``example_project/demo.py`` starts a
+moto S3 server on loopback. Environment variables switch to real parts:
+
+``QS_DEMO_DIR``
+    Data directory: SQLite database, staging files, cache, Celery broker folders and logs.
+    Default: ``<repo>/.demo``.
+``DEMO_REDIS_URL``
+    If set (``redis://host:port/db``), the Celery broker and Django's cache (a ``RedisCache``)
+    both use this Redis instead of the filesystem broker and the file-based cache.
+``DEMO_S3_ENDPOINT_URL``
+    S3 API endpoint (MinIO, moto, another S3-compatible server; path-style addressing is used).
+    If set, the launcher starts no moto. If neither it nor ``DEMO_S3_BUCKET`` is set, the
+    launcher starts a moto server and passes its endpoint in this variable. Unset here (with
+    ``DEMO_S3_BUCKET`` set) means AWS S3 itself.
+``DEMO_S3_BUCKET``
+    Bucket name. Default: ``demo-media``. The launcher creates it if it is missing.
+``DEMO_S3_ACCESS_KEY``
+    Access key id. Default: ``demo`` (moto accepts anything).
+``DEMO_S3_SECRET_KEY``
+    Secret access key. Default: ``demo-secret``. Credentials are only read from the
+    environment and never printed.
+``DEMO_S3_REGION``
+    Region name. Default: ``us-east-1``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent  # example_project/
+REPO_DIR = BASE_DIR.parent
+DATA_DIR = Path(os.environ.get("QS_DEMO_DIR") or REPO_DIR / ".demo").resolve()
+STAGING_ROOT = DATA_DIR / "staging"
+STAGING_URL = "/staging/"
+
+SECRET_KEY = "django-insecure-queued-storage-demo-only"  # noqa: S105 (local demo)
+DEBUG = True
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+ROOT_URLCONF = "example.urls"
+WSGI_APPLICATION = "example.wsgi.application"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+USE_TZ = True
+TIME_ZONE = "UTC"
+LANGUAGE_CODE = "en-us"
+STATIC_URL = "static/"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "queued_storage",
+    "gallery",
+]
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# The web process and the worker share one SQLite file: WAL lets the admin read while the
+# worker writes, IMMEDIATE transactions avoid lock-upgrade deadlocks.
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": DATA_DIR / "db.sqlite3",
+        "OPTIONS": {
+            "timeout": 30,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL;",
+        },
+    }
+}
+
+# --- cache and broker: shared by the web process and the worker ------------------------------
+REDIS_URL = os.environ.get("DEMO_REDIS_URL") or None
+BROKER_DIR = DATA_DIR / "broker"
+if REDIS_URL:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
+    CELERY_BROKER_URL = REDIS_URL
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(DATA_DIR / "cache"),
+        }
+    }
+    # kombu's filesystem transport: a message is a file; producer and worker share the folder.
+    for _folder in ("queue", "control"):
+        (BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        "control_folder": str(BROKER_DIR / "control"),
+        "store_processed": False,
+        "polling_interval": 0.2,
+    }
+
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+
+# --- storages --------------------------------------------------------------------------------
+S3_ENDPOINT_URL = os.environ.get("DEMO_S3_ENDPOINT_URL") or None
+S3_BUCKET = os.environ.get("DEMO_S3_BUCKET") or "demo-media"
+S3_OPTIONS: dict[str, object] = {
+    "bucket_name": S3_BUCKET,
+    "endpoint_url": S3_ENDPOINT_URL,
+    "access_key": os.environ.get("DEMO_S3_ACCESS_KEY") or "demo",
+    "secret_key": os.environ.get("DEMO_S3_SECRET_KEY") or "demo-secret",
+    "region_name": os.environ.get("DEMO_S3_REGION") or "us-east-1",
+    "querystring_auth": True,  # pre-signed URLs: the bucket stays private
+}
+if S3_ENDPOINT_URL:
+    S3_OPTIONS["addressing_style"] = "path"  # loopback and MinIO have no bucket subdomains
+
+STORAGES = {
+    "default": {
+        "BACKEND": "queued_storage.storage.QueuedStorage",
+        "OPTIONS": {"local": "staging", "remote": "s3", "delete_local": True},
+    },
+    "staging": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(STAGING_ROOT), "base_url": STAGING_URL},
+    },
+    "s3": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": S3_OPTIONS},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# Demo-friendly retry policy: a transient S3 error is retried after seconds, not minutes.
+QUEUED_STORAGE_RETRY_DELAY = 5
+QUEUED_STORAGE_RETRY_MAX_DELAY = 60
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"queued_storage": {"handlers": ["console"], "level": "INFO"}},
+}

@@ -1,0 +1,200 @@
+"""The ledger: one durable row per stored file, the system of record for its state.
+
+The cache is only a read-through copy of these rows (see ``state.py``). Every state change is a
+single conditional ``UPDATE`` so that it is atomic on SQLite and PostgreSQL alike, without
+``SELECT ... FOR UPDATE``:
+
+* the unique constraint on ``(alias, name)`` reserves a name across processes and hosts;
+* a worker takes the lease with ``UPDATE ... WHERE state = 'pending' OR lease expired``; only
+  one ``UPDATE`` can match, so only one worker transfers a file at a time;
+* ``remote`` is recorded with ``UPDATE ... WHERE lease_owner = me``: a worker whose lease was
+  taken over, or whose row was deleted meanwhile, records nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from django.db import IntegrityError, models, router, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from queued_storage.conf import settings
+
+__all__ = ["LeaseResult", "State", "StoredFile"]
+
+
+class State(models.TextChoices):
+    PENDING = "pending"
+    TRANSFERRING = "transferring"
+    REMOTE = "remote"
+    FAILED = "failed"
+
+
+class StoredFile(models.Model):
+    """One file saved through a ``QueuedStorage``, keyed by the storage's alias and the name."""
+
+    alias = models.CharField(max_length=100, help_text="Alias of the queued storage.")
+    name = models.CharField(max_length=1024, help_text="Name of the file in both storages.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    size = models.BigIntegerField(null=True, blank=True)
+    checksum = models.CharField(max_length=200, blank=True, default="")
+    checksum_algorithm = models.CharField(max_length=32, blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    host = models.CharField(
+        max_length=255, blank=True, default="", help_text="Holds the local copy."
+    )
+    local_exists = models.BooleanField(default=False)
+    bytes_done = models.BigIntegerField(default=0)
+    lease_owner = models.CharField(max_length=255, blank=True, default="")
+    lease_expires = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+    transferred = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "stored file"
+        constraints = [
+            models.UniqueConstraint(fields=["alias", "name"], name="queued_storage_alias_name"),
+        ]
+        indexes = [models.Index(fields=["state", "updated"], name="queued_storage_state_upd")]
+
+    def __str__(self) -> str:
+        return f"{self.alias}:{self.name} ({self.state})"
+
+    # -- ledger operations ----------------------------------------------------------------
+    @staticmethod
+    def db() -> str:
+        """The database alias of the ledger (``QUEUED_STORAGE_DATABASE`` or the router's)."""
+        return settings.DATABASE or router.db_for_write(StoredFile)
+
+    @classmethod
+    def rows(cls, alias: str, name: str) -> models.QuerySet[StoredFile]:
+        found: models.QuerySet[StoredFile] = StoredFile.objects.using(cls.db()).filter(
+            alias=alias, name=name
+        )
+        return found
+
+    @classmethod
+    def get_row(cls, alias: str, name: str) -> StoredFile | None:
+        return cls.rows(alias, name).first()
+
+    @classmethod
+    def reserve(cls, alias: str, name: str, host: str) -> bool:
+        """Insert the ``pending`` row for *name*; ``False`` when another file holds the name.
+
+        Runs in a savepoint so that a unique violation does not break the caller's
+        transaction (PostgreSQL aborts the whole transaction otherwise). Inside an outer
+        transaction the reservation becomes visible to others at its commit; a concurrent
+        insert of the same key waits for that commit and then fails, which is what we want.
+        """
+        db = cls.db()
+        try:
+            with transaction.atomic(using=db):
+                cls.objects.using(db).create(
+                    alias=alias, name=name, state=State.PENDING, host=host, local_exists=False
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    @classmethod
+    def mark_saved(cls, alias: str, name: str, size: int) -> None:
+        cls.rows(alias, name).update(size=size, local_exists=True, updated=timezone.now())
+
+    @classmethod
+    def forget(cls, alias: str, name: str) -> int:
+        """Delete the row: the name is free again and no transfer may record it."""
+        deleted, _ = cls.rows(alias, name).delete()
+        return deleted
+
+    @classmethod
+    def reset_for_retry(cls, alias: str, name: str) -> bool:
+        """Make a ``failed`` (or stale ``pending``) row transferable again with a fresh budget."""
+        return bool(
+            cls.rows(alias, name)
+            .filter(state__in=[State.FAILED, State.PENDING])
+            .update(state=State.PENDING, attempts=0, updated=timezone.now())
+        )
+
+    @classmethod
+    def acquire_lease(cls, alias: str, name: str, owner: str, seconds: float) -> LeaseResult:
+        """Take the single-flight lease on a ``pending`` row or on one whose lease expired."""
+        now = timezone.now()
+        taken = (
+            cls.rows(alias, name)
+            .filter(Q(state=State.PENDING) | Q(state=State.TRANSFERRING, lease_expires__lt=now))
+            .update(
+                state=State.TRANSFERRING,
+                lease_owner=owner,
+                lease_expires=now + datetime.timedelta(seconds=seconds),
+                attempts=F("attempts") + 1,
+                bytes_done=0,
+                updated=now,
+            )
+        )
+        return LeaseResult(acquired=bool(taken), row=cls.get_row(alias, name))
+
+    @classmethod
+    def _leased(cls, alias: str, name: str, owner: str) -> models.QuerySet[StoredFile]:
+        found: models.QuerySet[StoredFile] = cls.rows(alias, name).filter(
+            state=State.TRANSFERRING, lease_owner=owner
+        )
+        return found
+
+    @classmethod
+    def renew_lease(cls, alias: str, name: str, owner: str, seconds: float, done: int) -> bool:
+        now = timezone.now()
+        return bool(
+            cls._leased(alias, name, owner).update(
+                lease_expires=now + datetime.timedelta(seconds=seconds),
+                bytes_done=done,
+                updated=now,
+            )
+        )
+
+    @classmethod
+    def mark_remote(
+        cls, alias: str, name: str, owner: str, *, size: int, checksum: str, algorithm: str
+    ) -> bool:
+        """Record the verified remote copy; ``False`` if the lease or the row was lost."""
+        now = timezone.now()
+        return bool(
+            cls._leased(alias, name, owner).update(
+                state=State.REMOTE,
+                size=size,
+                bytes_done=size,
+                checksum=checksum,
+                checksum_algorithm=algorithm,
+                last_error="",
+                lease_owner="",
+                lease_expires=None,
+                transferred=now,
+                updated=now,
+            )
+        )
+
+    @classmethod
+    def mark_local_deleted(cls, alias: str, name: str) -> None:
+        cls.rows(alias, name).update(local_exists=False, updated=timezone.now())
+
+    @classmethod
+    def release(cls, alias: str, name: str, owner: str, *, state: str, error: str) -> bool:
+        """End a lease without success: back to ``pending`` (to retry) or to ``failed``."""
+        return bool(
+            cls._leased(alias, name, owner).update(
+                state=state,
+                last_error=error[:4000],
+                lease_owner="",
+                lease_expires=None,
+                updated=timezone.now(),
+            )
+        )
+
+
+@dataclass(frozen=True)
+class LeaseResult:
+    acquired: bool
+    row: StoredFile | None

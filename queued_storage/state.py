@@ -1,0 +1,123 @@
+"""The read path of a file's state: the cache first, the ledger on a miss.
+
+The ledger (``models.StoredFile``) is the truth; the cache is a read-through copy that makes
+the common read free of database queries. Rules that keep the copy honest:
+
+* transitions (save committed, transfer verified, delete) *set* the cache after the ledger
+  commit;
+* a read that missed the cache fills it with ``cache.add``, which never overwrites a value a
+  transition wrote meanwhile, so a slow reader cannot put back a stale state;
+* a cache that fails (Redis down, flushed) only costs speed: errors are logged and the ledger
+  answers. No state is ever learned from the remote storage's network API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.cache import caches
+
+from queued_storage.conf import settings
+from queued_storage.models import State, StoredFile
+
+__all__ = ["FileState", "cache_key", "forget", "get_state", "publish"]
+
+logger = logging.getLogger("queued_storage")
+
+#: How long a "no ledger row" answer may be cached: such a file routes like a pending one,
+#: so a stale answer only delays nothing; keep it short anyway.
+ABSENT_TIMEOUT = 60
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What the read path needs to know about one file."""
+
+    state: str
+    size: int | None = None
+    local_exists: bool = True
+
+    @property
+    def is_remote(self) -> bool:
+        return self.state == State.REMOTE
+
+    @classmethod
+    def from_row(cls, row: StoredFile) -> FileState:
+        return cls(state=row.state, size=row.size, local_exists=row.local_exists)
+
+    def to_cache(self) -> dict[str, Any]:
+        return {"s": self.state, "z": self.size, "l": self.local_exists}
+
+    @classmethod
+    def from_cache(cls, value: dict[str, Any]) -> FileState:
+        return cls(state=value["s"], size=value.get("z"), local_exists=value.get("l", True))
+
+
+_ABSENT = {"s": None}
+
+
+def cache_key(prefix: str, alias: str, name: str) -> str:
+    """A key that is short, ASCII and collision-free whatever the name's length or characters.
+
+    Memcached refuses keys over 250 bytes or with spaces/control characters; a SHA-256 of the
+    alias and name keeps every key at a fixed length. Long prefixes are hashed as well.
+    """
+    if len(prefix) > 100 or not prefix.isascii():
+        prefix = hashlib.sha256(prefix.encode()).hexdigest()[:32]
+    digest = hashlib.sha256(f"{alias}\x00{name}".encode()).hexdigest()
+    return f"{prefix}:{digest}"
+
+
+def _cache() -> Any:
+    return caches[settings.CACHE]
+
+
+def get_state(prefix: str, alias: str, name: str, *, fresh: bool = False) -> FileState | None:
+    """The state of *name*, or ``None`` when the ledger has no row for it.
+
+    ``fresh=True`` skips the cache (used when the cached state contradicts the disk).
+    """
+    key = cache_key(prefix, alias, name)
+    if not fresh:
+        try:
+            value = _cache().get(key)
+        except Exception:  # a cache outage costs speed, never correctness
+            logger.warning(
+                "queued_storage: state cache read failed; using the ledger", exc_info=True
+            )
+            value = None
+        if value is not None:
+            return None if value.get("s") is None else FileState.from_cache(value)
+    row = StoredFile.get_row(alias, name)
+    found = FileState.from_row(row) if row is not None else None
+    try:
+        if found is None:
+            _cache().add(key, _ABSENT, ABSENT_TIMEOUT)
+        elif fresh:
+            _cache().set(key, found.to_cache(), settings.CACHE_TIMEOUT)
+        else:
+            _cache().add(key, found.to_cache(), settings.CACHE_TIMEOUT)
+    except Exception:
+        logger.warning("queued_storage: state cache write failed", exc_info=True)
+    return found
+
+
+def publish(prefix: str, alias: str, name: str, state: FileState) -> None:
+    """Write a state transition to the cache, after the ledger holds it."""
+    try:
+        _cache().set(cache_key(prefix, alias, name), state.to_cache(), settings.CACHE_TIMEOUT)
+    except Exception:
+        logger.warning(
+            "queued_storage: could not write the state of %r to the cache", name, exc_info=True
+        )
+
+
+def forget(prefix: str, alias: str, name: str) -> None:
+    """Drop the cached state of a deleted file."""
+    try:
+        _cache().delete(cache_key(prefix, alias, name))
+    except Exception:
+        logger.warning("queued_storage: could not drop the cached state of %r", name, exc_info=True)

@@ -1,0 +1,463 @@
+"""``QueuedStorage``: the Storage API, routing each call to the local or the remote storage.
+
+A file is written to the local storage, recorded ``pending`` in the ledger, and a transfer is
+dispatched when the surrounding transaction commits. Until the ledger says ``remote`` every read
+goes to the local copy; after, to the remote. The instance holds configuration only (no per-call
+state), so one instance is safely shared by every thread.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import threading
+from typing import IO, Any, ClassVar
+
+from django.conf import settings as django_settings
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files import File
+from django.core.files.storage import Storage, storages
+from django.core.files.utils import validate_file_name
+from django.db import transaction
+from django.utils.deconstruct import deconstructible
+from django.utils.functional import SimpleLazyObject
+from django.utils.module_loading import import_string
+
+from queued_storage import state as file_state
+from queued_storage.conf import settings
+from queued_storage.exceptions import QueuedStorageConfigError, StorageNotFound
+from queued_storage.models import StoredFile
+from queued_storage.transfer import delete_remote, remote_exists
+
+__all__ = ["QueuedStorage", "get_queued_storage"]
+
+logger = logging.getLogger("queued_storage")
+
+_registry: dict[str, QueuedStorage] = {}
+_registry_lock = threading.Lock()
+
+_TRANSFER_AND_DELETE = "queued_storage.tasks.TransferAndDelete"
+
+
+def _stable(value: Any) -> str:
+    """A stand-in for values JSON cannot hold, stable across processes (no memory address)."""
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def get_queued_storage(alias: str) -> QueuedStorage:
+    """The ``QueuedStorage`` a task message names: a ``STORAGES`` alias or a registered digest.
+
+    Storages built in code (a field's ``storage=QueuedStorage(...)``, the old constructor)
+    register themselves under a digest of their configuration when they are constructed, which
+    in a worker happens when Django imports the project's models.
+    """
+    if alias in getattr(django_settings, "STORAGES", {}):
+        found = storages[alias]
+        if not isinstance(found, QueuedStorage):
+            raise StorageNotFound(
+                f"STORAGES[{alias!r}] is a {type(found).__name__}, not a QueuedStorage; a "
+                "transfer task can only be sent for a QueuedStorage.",
+                name="",
+            )
+        return found
+    with _registry_lock:
+        registered = _registry.get(alias)
+    if registered is None:
+        raise StorageNotFound(
+            f"This worker does not know the queued storage {alias!r}. A QueuedStorage built in "
+            "code registers itself when the module that builds it is imported: make sure the "
+            "worker imports it (Celery's Django integration imports every app's models.py), "
+            "or configure the storage in settings.STORAGES.",
+            name="",
+        )
+    return registered
+
+
+@deconstructible(path="queued_storage.storage.QueuedStorage")
+class QueuedStorage(Storage):
+    """Save locally, serve locally until the transfer to the remote storage is verified.
+
+    New style (``settings.STORAGES``)::
+
+        "default": {"BACKEND": "queued_storage.storage.QueuedStorage",
+                    "OPTIONS": {"local": "staging", "remote": "s3", "delete_local": True}}
+
+    Old style (django-queued-storage)::
+
+        QueuedStorage(local="django.core.files.storage.FileSystemStorage",
+                      remote="storages.backends.s3.S3Storage",
+                      local_options={...}, remote_options={...},
+                      task="queued_storage.tasks.TransferAndDelete")
+
+    ``local`` and ``remote`` are ``STORAGES`` aliases, or dotted paths of storage classes built
+    with ``local_options``/``remote_options``.
+    """
+
+    #: Defaults that subclasses may override, as in django-queued-storage.
+    local: Any = None
+    remote: Any = None
+    local_options: Any = None
+    remote_options: Any = None
+    task: Any = "queued_storage.tasks.Transfer"
+    delayed: bool = False
+    cache_prefix: Any = None
+
+    OPTIONS: ClassVar[tuple[str, ...]] = (
+        "local",
+        "remote",
+        "local_options",
+        "remote_options",
+        "cache_prefix",
+        "delayed",
+        "task",
+        "delete_local",
+        "queue",
+        "alias",
+    )
+
+    def __init__(
+        self,
+        local: str | None = None,
+        remote: str | None = None,
+        local_options: dict[str, Any] | None = None,
+        remote_options: dict[str, Any] | None = None,
+        cache_prefix: str | None = None,
+        delayed: bool | None = None,
+        task: str | None = None,
+        *,
+        delete_local: bool | None = None,
+        queue: str | None = None,
+        alias: str | None = None,
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            bad = ", ".join(repr(k) for k in sorted(unknown))
+            raise QueuedStorageConfigError(
+                f"Invalid option {bad} for QueuedStorage. Valid options are: "
+                f"{', '.join(self.OPTIONS)}."
+            )
+        _check_type("local_options", local_options, dict)
+        _check_type("remote_options", remote_options, dict)
+        _check_type("cache_prefix", cache_prefix, str)
+        _check_type("delayed", delayed, bool)
+        _check_type("task", task, str)
+        _check_type("delete_local", delete_local, bool)
+        _check_type("queue", queue, str)
+        _check_type("alias", alias, str)
+
+        self.local_path: str = self._spec("local", local or type(self).local)
+        self.remote_path: str = self._spec("remote", remote or type(self).remote)
+        self.local_options = dict(local_options or type(self).local_options or {})
+        self.remote_options = dict(remote_options or type(self).remote_options or {})
+        self.local = self._backend("local", self.local_path, self.local_options)
+        self.remote = self._backend("remote", self.remote_path, self.remote_options)
+        self.task_path: str = task or type(self).task
+        try:
+            self.task = import_string(self.task_path)
+        except ImportError as err:
+            raise QueuedStorageConfigError(
+                f"QueuedStorage option 'task' is {self.task_path!r}, which cannot be imported "
+                f"({err}). Use 'queued_storage.tasks.Transfer' or "
+                "'queued_storage.tasks.TransferAndDelete'."
+            ) from err
+        self.delayed = type(self).delayed if delayed is None else delayed
+        self.cache_prefix = cache_prefix or type(self).cache_prefix or settings.CACHE_PREFIX
+        self.delete_local = (
+            delete_local if delete_local is not None else self.task_path == _TRANSFER_AND_DELETE
+        )
+        self.queue = queue
+        self.alias: str = alias or self._find_alias() or self._digest_alias()
+        with _registry_lock:
+            _registry.setdefault(self.alias, self)
+
+    # -- construction helpers -----------------------------------------------------------------
+    @staticmethod
+    def _spec(role: str, value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise QueuedStorageConfigError(
+                f"QueuedStorage needs the {role!r} storage as an alias in settings.STORAGES or "
+                f"as a dotted path to a storage class, got {value!r}."
+            )
+        return value
+
+    @staticmethod
+    def _backend(role: str, spec: str, options: dict[str, Any]) -> Any:
+        if spec in getattr(django_settings, "STORAGES", {}):
+            if options:
+                raise QueuedStorageConfigError(
+                    f"QueuedStorage: {role}_options can only be given with a dotted path; "
+                    f"{spec!r} is a STORAGES alias, so set its OPTIONS in STORAGES instead."
+                )
+            return SimpleLazyObject(lambda: storages[spec])
+        if "." not in spec:
+            raise QueuedStorageConfigError(
+                f"QueuedStorage: the {role} storage {spec!r} is not an alias in "
+                f"settings.STORAGES. Add STORAGES[{spec!r}] = {{'BACKEND': ...}} or name an "
+                "existing alias."
+            )
+        try:
+            cls = import_string(spec)
+        except ImportError as err:
+            raise QueuedStorageConfigError(
+                f"QueuedStorage: the {role} storage class {spec!r} cannot be imported ({err})."
+            ) from err
+        return SimpleLazyObject(lambda: cls(**options))
+
+    def _find_alias(self) -> str | None:
+        """The STORAGES key this instance was built from, if any (Django does not pass it)."""
+        args, kwargs = getattr(self, "_constructor_args", ((), {}))
+        if args:
+            return None
+        for key, conf in getattr(django_settings, "STORAGES", {}).items():
+            if conf.get("OPTIONS", {}) != kwargs:
+                continue
+            try:
+                backend = import_string(conf.get("BACKEND", ""))
+            except ImportError:
+                continue
+            if backend is type(self):
+                return str(key)
+        return None
+
+    def _digest_alias(self) -> str:
+        config = [
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            self.local_path,
+            self.local_options,
+            self.remote_path,
+            self.remote_options,
+        ]
+        text = json.dumps(config, sort_keys=True, default=_stable)
+        return "qs-" + hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Never pickle live connections or lazy objects: rebuild from the constructor.
+        return {"constructor_args": self._constructor_args}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        args, kwargs = state["constructor_args"]
+        self._constructor_args = (args, kwargs)
+        self.__init__(*args, **kwargs)  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"<QueuedStorage {self.alias!r}: {self.local_path!r} -> {self.remote_path!r}>"
+
+    # -- state ----------------------------------------------------------------------------------
+    def get_cache_key(self, name: str) -> str:
+        """The cache key holding the state of *name* (hashed: any length, any characters)."""
+        return file_state.cache_key(self.cache_prefix, self.alias, name)
+
+    def get_state(self, name: str, *, fresh: bool = False) -> file_state.FileState | None:
+        """The file's state (cache, then ledger); ``None`` when the ledger does not know it."""
+        return file_state.get_state(self.cache_prefix, self.alias, name, fresh=fresh)
+
+    def _route(self, name: str) -> tuple[Storage, file_state.FileState | None]:
+        found = self.get_state(name)
+        if found is not None and found.is_remote:
+            return self.remote, found
+        if self.local.exists(name):
+            return self.local, found
+        # The cached answer says "local" but there is no local copy: it may be stale (the
+        # transfer finished and deleted the local copy). Ask the ledger itself.
+        found = self.get_state(name, fresh=True)
+        if found is not None and found.is_remote:
+            return self.remote, found
+        if found is None:
+            # Not in the ledger and not local: a file stored remotely before this app managed
+            # the storage (for example by django-queued-storage).
+            return self.remote, None
+        return self.local, found
+
+    def get_storage(self, name: str) -> Storage:
+        """The storage that serves *name* now: ``self.local`` or ``self.remote``."""
+        return self._route(name)[0]
+
+    def using_local(self, name: str) -> bool:
+        return self.get_storage(name) is self.local
+
+    def using_remote(self, name: str) -> bool:
+        return self.get_storage(name) is self.remote
+
+    # -- writing ----------------------------------------------------------------------------------
+    def save(self, name: str | None, content: Any, max_length: int | None = None) -> str:
+        """Reserve a free name, write locally, record ``pending``, transfer after commit."""
+        if name is None:
+            name = content.name
+        if not hasattr(content, "chunks"):
+            content = File(content, name)
+        if not name:
+            raise SuspiciousFileOperation("QueuedStorage.save() needs a file name.")
+        validate_file_name(name, allow_relative_path=True)
+        name = self._reserve(name, max_length)
+        try:
+            stored = self.local.save(name, content, max_length=max_length)
+            if stored != name:
+                # Something outside the ledger wrote a local file of that name in between.
+                if not StoredFile.reserve(self.alias, stored, settings.HOST):
+                    self.local.delete(stored)
+                    raise SuspiciousFileOperation(
+                        f"QueuedStorage: the local storage saved {name!r} as {stored!r}, which "
+                        "another file holds; nothing was kept. Retry the upload."
+                    )
+                StoredFile.forget(self.alias, name)
+            size = int(self.local.size(stored))
+            StoredFile.mark_saved(self.alias, stored, size)
+        except BaseException:
+            StoredFile.forget(self.alias, name)
+            raise
+        transaction.on_commit(lambda: self._committed(stored, size), using=StoredFile.db())
+        return str(stored)
+
+    def _reserve(self, name: str, max_length: int | None) -> str:
+        """A name that no local file, remote object or ledger row holds, reserved in the ledger.
+
+        Alternatives are built as Django's ``get_available_name`` does (random suffix, file
+        root truncated to ``max_length``); the ledger's unique constraint makes the choice
+        atomic across processes and hosts.
+        """
+        name = str(name).replace("\\", "/")
+        dir_name, file_name = os.path.split(name)
+        if ".." in pathlib.PurePath(dir_name).parts:
+            raise SuspiciousFileOperation(f"Detected path traversal attempt in '{dir_name}'")
+        validate_file_name(file_name)
+        file_ext = "".join(pathlib.PurePath(file_name).suffixes)
+        file_root = file_name.removesuffix(file_ext)
+        candidate = name
+        for _ in range(100):
+            if max_length is not None and len(candidate) > max_length:
+                truncation = len(candidate) - max_length
+                file_root = file_root[:-truncation]
+                if not file_root:
+                    raise SuspiciousFileOperation(
+                        f"Storage can not find an available filename for {name!r}. Please make "
+                        "sure that the corresponding file field allows sufficient max_length."
+                    )
+                candidate = os.path.join(dir_name, self.get_alternative_name(file_root, file_ext))
+                continue
+            if (
+                not self.local.exists(candidate)
+                and not remote_exists(self.remote, candidate)
+                and StoredFile.reserve(self.alias, candidate, settings.HOST)
+            ):
+                return candidate
+            candidate = os.path.join(dir_name, self.get_alternative_name(file_root, file_ext))
+        raise SuspiciousFileOperation(f"QueuedStorage could not find a free name for {name!r}.")
+
+    def _committed(self, name: str, size: int) -> None:
+        file_state.publish(
+            self.cache_prefix, self.alias, name, file_state.FileState("pending", size, True)
+        )
+        if not self.delayed:
+            self._dispatch(name)
+
+    def _dispatch(self, name: str) -> Any:
+        from queued_storage.tasks import dispatch
+
+        return dispatch(self.task, self.alias, name, queue=self.queue)
+
+    def transfer(self, name: str) -> Any:
+        """Queue the transfer of *name* now (the old API); a ``failed`` file gets a new budget.
+
+        Returns the Celery ``AsyncResult``, or ``None`` when the broker refused the message
+        (the file stays ``pending``; the reason is logged).
+        """
+        row = StoredFile.get_row(self.alias, name)
+        if row is None:
+            if not self.local.exists(name):
+                raise FileNotFoundError(
+                    f"QueuedStorage cannot transfer {name!r}: it has no local copy and no "
+                    "ledger row."
+                )
+            StoredFile.reserve(self.alias, name, settings.HOST)
+            StoredFile.mark_saved(self.alias, name, int(self.local.size(name)))
+        else:
+            StoredFile.reset_for_retry(self.alias, name)
+        return self._dispatch(name)
+
+    def delete(self, name: str) -> None:
+        """Delete every copy and the ledger row.
+
+        The row goes first: a transfer still running for this name then cannot record it and
+        removes what it uploaded, so nothing comes back.
+        """
+        StoredFile.forget(self.alias, name)
+        file_state.forget(self.cache_prefix, self.alias, name)
+        self.local.delete(name)
+        try:
+            delete_remote(self.remote, name)
+        except Exception:
+            logger.error(
+                "queued_storage: could not delete the remote copy of %r; delete it by hand",
+                name,
+                exc_info=True,
+            )
+            raise
+
+    # -- reading ----------------------------------------------------------------------------------
+    def _open(self, name: str, mode: str = "rb") -> File[Any]:
+        return self.get_storage(name).open(name, mode)
+
+    def exists(self, name: str) -> bool:
+        storage, found = self._route(name)
+        if found is not None and found.is_remote:
+            return True  # the ledger knows: no network call to learn it
+        if storage is self.local:
+            return bool(self.local.exists(name))
+        return found is None and bool(remote_exists(self.remote, name))
+
+    def size(self, name: str) -> int:
+        storage, found = self._route(name)
+        if storage is self.remote and found is not None and found.size is not None:
+            return found.size
+        return int(storage.size(name))
+
+    def url(self, name: str | None) -> str:
+        if name is None:
+            return str(self.local.url(name))
+        return str(self.get_storage(name).url(name))
+
+    def path(self, name: str) -> str:
+        storage = self.get_storage(name)
+        if storage is self.remote and not self.local.exists(name):
+            raise NotImplementedError(
+                f"{name!r} is only on the remote storage now, which has no filesystem path; "
+                "read it with storage.open(name)."
+            )
+        return str(self.local.path(name))
+
+    def listdir(self, path: str) -> tuple[list[str], list[str]]:
+        """Directories and files of *path* in either storage, merged."""
+        try:
+            local_dirs, local_files = self.local.listdir(path)
+        except FileNotFoundError:
+            local_dirs, local_files = [], []
+        remote_dirs, remote_files = self.remote.listdir(path)
+        return (
+            sorted(set(local_dirs) | set(remote_dirs)),
+            sorted(set(local_files) | set(remote_files)),
+        )
+
+    def get_accessed_time(self, name: str) -> datetime.datetime:
+        return self.get_storage(name).get_accessed_time(name)
+
+    def get_created_time(self, name: str) -> datetime.datetime:
+        return self.get_storage(name).get_created_time(name)
+
+    def get_modified_time(self, name: str) -> datetime.datetime:
+        return self.get_storage(name).get_modified_time(name)
+
+    def open_local(self, name: str, mode: str = "rb") -> IO[bytes]:
+        """The local copy, whatever the state (for tools that need the staged file)."""
+        return self.local.open(name, mode)  # type: ignore[no-any-return]
+
+
+def _check_type(option: str, value: Any, expected: type) -> None:
+    if value is not None and not isinstance(value, expected):
+        raise QueuedStorageConfigError(
+            f"QueuedStorage option {option!r} must be a {expected.__name__}, got "
+            f"{type(value).__name__} {value!r}."
+        )

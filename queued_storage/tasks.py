@@ -1,0 +1,279 @@
+"""Celery tasks, thin wrappers around :func:`run_transfer`, a plain function.
+
+``run_transfer`` is the whole policy: lease the ledger row (single flight), call the engine,
+record ``remote`` only after verification, publish the state, send the signal, and only then
+delete the local copy. Transient errors go back to ``pending`` and ask for a retry with
+exponential backoff and jitter; permanent errors and a spent budget end in ``failed``.
+
+Task messages carry two plain strings: the storage alias and the file name.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import random
+import socket
+import threading
+import uuid
+from typing import Any
+
+from celery import shared_task
+from django.db import connections
+
+from queued_storage import state as file_state
+from queued_storage.conf import settings
+from queued_storage.exceptions import PermanentTransferError, TransferError, TransientTransferError
+from queued_storage.models import State, StoredFile
+from queued_storage.signals import file_transferred, transfer_failed
+from queued_storage.storage import QueuedStorage, get_queued_storage
+from queued_storage.transfer import EngineConfig, delete_remote, transfer_file
+
+__all__ = [
+    "Outcome",
+    "RetryLater",
+    "Transfer",
+    "TransferAndDelete",
+    "backoff",
+    "dispatch",
+    "run_transfer",
+    "transfer",
+]
+
+logger = logging.getLogger("queued_storage")
+
+
+class Outcome(str, enum.Enum):
+    TRANSFERRED = "transferred"
+    ALREADY_REMOTE = "already-remote"
+    GONE = "gone"
+    LOST_LEASE = "lost-lease"
+    FAILED = "failed"
+
+
+class RetryLater(Exception):
+    """Ask the task layer to run this transfer again after *countdown* seconds."""
+
+    def __init__(self, countdown: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
+
+
+def backoff(attempt: int) -> float:
+    """Delay before attempt ``attempt + 1``: exponential, capped, with jitter (half to full)."""
+    delay = min(settings.RETRY_MAX_DELAY, settings.RETRY_DELAY * (2 ** max(0, attempt - 1)))
+    return float(delay / 2 + random.uniform(0, delay / 2))
+
+
+class _Heartbeat:
+    """Renews the lease and records progress from a thread of its own while the engine runs.
+
+    The engine's progress callbacks come from boto3's worker threads; they only store numbers.
+    This thread writes them to the ledger every ``LEASE_TIMEOUT / 4`` seconds and closes its
+    database connection when it ends.
+    """
+
+    def __init__(self, alias: str, name: str, owner: str) -> None:
+        self.alias, self.name, self.owner = alias, name, owner
+        self.done = 0
+        self.total = 0
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="queued-storage-lease", daemon=True)
+
+    def progress(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    def _run(self) -> None:
+        seconds = settings.LEASE_TIMEOUT
+        interval = max(0.5, seconds / 4)
+        try:
+            while not self._stop.wait(interval):
+                if not StoredFile.renew_lease(
+                    self.alias, self.name, self.owner, seconds, self.done
+                ):
+                    self.lost = True
+                    return
+        except Exception:
+            logger.warning(
+                "queued_storage: could not renew the lease on %r", self.name, exc_info=True
+            )
+        finally:
+            connections.close_all()
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _publish_row(storage: QueuedStorage, name: str) -> None:
+    row = StoredFile.get_row(storage.alias, name)
+    if row is not None:
+        file_state.publish(
+            storage.cache_prefix, storage.alias, name, file_state.FileState.from_row(row)
+        )
+
+
+def _fail(storage: QueuedStorage, name: str, owner: str, error: TransferError) -> Outcome:
+    reason = str(error)
+    StoredFile.release(storage.alias, name, owner, state=State.FAILED, error=reason)
+    _publish_row(storage, name)
+    logger.error("queued_storage: transfer of %r failed for good: %s", name, reason)
+    transfer_failed.send(
+        sender=type(storage),
+        name=name,
+        alias=storage.alias,
+        local=storage.local,
+        remote=storage.remote,
+        error=error,
+        reason=reason,
+    )
+    return Outcome.FAILED
+
+
+def run_transfer(
+    alias: str, name: str, *, owner: str | None = None, delete_local: bool | None = None
+) -> Outcome:
+    """Transfer one file, exactly the policy the Celery task applies; no Celery needed.
+
+    Returns what happened. Raises :class:`RetryLater` when the task should run again later
+    (a transient error within budget, or another worker holding the lease).
+    """
+    storage = get_queued_storage(alias)
+    owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+    lease = StoredFile.acquire_lease(alias, name, owner, settings.LEASE_TIMEOUT)
+    row = lease.row
+    if not lease.acquired:
+        if row is None:
+            return Outcome.GONE  # deleted (or never saved): nothing to bring back
+        if row.state == State.REMOTE:
+            _publish_row(storage, name)
+            return Outcome.ALREADY_REMOTE
+        if row.state == State.FAILED:
+            return Outcome.FAILED  # retried on request only (storage.transfer or reconcile)
+        # Another worker holds the lease: come back when it would have expired.
+        remaining = settings.LEASE_TIMEOUT
+        if row.lease_expires is not None:
+            from django.utils import timezone
+
+            remaining = max(1.0, (row.lease_expires - timezone.now()).total_seconds() + 1)
+        raise RetryLater(remaining, f"{name!r} is being transferred by {row.lease_owner}")
+    assert row is not None
+    try:
+        with _Heartbeat(alias, name, owner) as beat:
+            result = transfer_file(
+                storage.local,
+                storage.remote,
+                name,
+                config=EngineConfig.from_settings(),
+                progress=beat.progress,
+            )
+    except PermanentTransferError as err:
+        return _fail(storage, name, owner, err)
+    except TransientTransferError as err:
+        if row.attempts > settings.RETRIES:
+            return _fail(storage, name, owner, err)
+        StoredFile.release(alias, name, owner, state=State.PENDING, error=str(err))
+        _publish_row(storage, name)
+        logger.warning(
+            "queued_storage: transfer of %r failed (attempt %d of %d), will retry: %s",
+            name,
+            row.attempts,
+            settings.RETRIES + 1,
+            err,
+        )
+        raise RetryLater(backoff(row.attempts), str(err)) from err
+
+    recorded = StoredFile.mark_remote(
+        alias, name, owner, size=result.size, checksum=result.checksum, algorithm=result.algorithm
+    )
+    if not recorded:
+        if StoredFile.get_row(alias, name) is None:
+            # Deleted while we were uploading: remove what we wrote, bring nothing back.
+            delete_remote(storage.remote, name)
+            return Outcome.GONE
+        return Outcome.LOST_LEASE  # another worker took over; it records the outcome
+    file_state.publish(
+        storage.cache_prefix,
+        alias,
+        name,
+        file_state.FileState(State.REMOTE, result.size, True),
+    )
+    file_transferred.send(
+        sender=type(storage),
+        name=name,
+        local=storage.local,
+        remote=storage.remote,
+        alias=alias,
+        size=result.size,
+        checksum=result.checksum,
+        algorithm=result.algorithm,
+    )
+    if delete_local if delete_local is not None else storage.delete_local:
+        storage.local.delete(name)
+        StoredFile.mark_local_deleted(alias, name)
+        file_state.publish(
+            storage.cache_prefix,
+            alias,
+            name,
+            file_state.FileState(State.REMOTE, result.size, False),
+        )
+    return Outcome.TRANSFERRED
+
+
+def _run_task(task: Any, alias: str, name: str, delete_local: bool | None) -> str:
+    try:
+        return run_transfer(alias, name, delete_local=delete_local).value
+    except RetryLater as later:
+        raise task.retry(countdown=later.countdown, max_retries=None) from later
+
+
+_TASK_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "ignore_result": True,
+    "max_retries": None,
+}
+
+
+@shared_task(name="queued_storage.tasks.transfer", **_TASK_OPTIONS)
+def transfer(self: Any, alias: str, name: str) -> str:
+    """Transfer *name* of the queued storage *alias*, with the storage's ``delete_local``."""
+    return _run_task(self, alias, name, None)
+
+
+@shared_task(name="queued_storage.tasks.TransferAndDelete", **_TASK_OPTIONS)
+def TransferAndDelete(self: Any, alias: str, name: str) -> str:
+    """django-queued-storage's name: transfer, then delete the local copy."""
+    return _run_task(self, alias, name, True)
+
+
+#: django-queued-storage's name for the keep-the-local-copy task.
+Transfer = transfer
+
+
+def dispatch(task: Any, alias: str, name: str, *, queue: str | None = None) -> Any:
+    """Send the transfer message; never raise: a refused message leaves the file ``pending``.
+
+    Returns the ``AsyncResult``, or ``None`` when the broker refused the message.
+    """
+    options: dict[str, Any] = {}
+    if queue:
+        options["queue"] = queue
+    try:
+        return task.apply_async(args=[alias, name], **options)
+    except Exception as err:
+        logger.warning(
+            "queued_storage: could not queue the transfer of %r (%s: %s); it stays pending "
+            "and is served locally until the reconcile pass or storage.transfer(name) queues it",
+            name,
+            type(err).__name__,
+            err,
+        )
+        return None

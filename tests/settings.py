@@ -1,0 +1,189 @@
+"""Settings of the test suite.
+
+Importing this module starts the real services the suite uses (Redis, a moto S3 server,
+PostgreSQL, fault proxies) unless the environment already describes them (the Celery worker
+processes inherit that description from the test run). ``QUEUED_STORAGE_TEST_STRICT=1`` makes a
+service that cannot start an error instead of a skip. ``QS_TEST_NO_SERVICES=1`` skips services
+altogether (used by ``makemigrations --check``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+STRICT = os.environ.get("QUEUED_STORAGE_TEST_STRICT", "") not in ("", "0")
+
+if os.environ.get("QS_TEST_NO_SERVICES"):
+    ENV: dict[str, str] = {"QS_TEST_WORKDIR": tempfile.mkdtemp(prefix="qs-test-")}
+    UNAVAILABLE: dict[str, str] = {"all": "QS_TEST_NO_SERVICES is set"}
+elif "QS_TEST_WORKDIR" in os.environ:
+    ENV = {k: v for k, v in os.environ.items() if k.startswith("QS_TEST_")}
+    UNAVAILABLE = {}
+else:
+    from tests.services import ServiceStack
+
+    _STACK = ServiceStack(strict=STRICT, bucket="qs-test")
+    _STACK.start()
+    ENV = _STACK.env()
+    UNAVAILABLE = dict(_STACK.unavailable)
+    os.environ.update(ENV)
+
+WORKDIR = Path(ENV["QS_TEST_WORKDIR"])
+STAGING_ROOT = WORKDIR / "staging"
+MEDIA_ROOT = str(WORKDIR / "media")
+SQLITE_FILE = str(WORKDIR / "test.sqlite3")
+
+SECRET_KEY = "tests-only-not-secret"
+DEBUG = False
+USE_TZ = True
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.admin",
+    "queued_storage",
+    "tests.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.request",
+            ]
+        },
+    }
+]
+
+DATABASES: dict[str, dict[str, object]] = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": SQLITE_FILE,
+        # A file, not :memory:, so that worker processes share the test database.
+        "TEST": {"NAME": SQLITE_FILE},
+        "OPTIONS": {"timeout": 30},
+    }
+}
+if "QS_TEST_PG_HOST" in ENV:
+    DATABASES["postgres"] = {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": ENV["QS_TEST_PG_HOST"],
+        "PORT": ENV.get("QS_TEST_PG_PORT", ""),
+        "USER": "postgres",
+        "NAME": "qs",
+        "TEST": {"NAME": "test_qs"},
+    }
+
+REDIS_URL = ENV.get("QS_TEST_REDIS_URL")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"{REDIS_URL}/1",
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(Path(ENV["QS_TEST_WORKDIR"]) / "cache"),
+        }
+    }
+
+S3_ENDPOINT = ENV.get("QS_TEST_S3_ENDPOINT", "http://127.0.0.1:9")
+BUCKET = ENV.get("QS_TEST_BUCKET", "qs-test")
+#: The secret the tests look for in task messages, logs and errors: it must never appear.
+S3_SECRET = "qs-test-secret-never-in-messages"
+S3_OPTIONS = {
+    "bucket_name": BUCKET,
+    "endpoint_url": S3_ENDPOINT,
+    "access_key": "qs-test-access-key",
+    "secret_key": S3_SECRET,
+    "region_name": "us-east-1",
+    "file_overwrite": True,  # the app must avoid overwrites whatever the remote says
+    "querystring_auth": True,
+}
+# The old constructor (tests.testapp.models.legacy_storage) builds S3Storage without options:
+# it reads these global settings, as django-queued-storage projects did.
+AWS_STORAGE_BUCKET_NAME = BUCKET
+AWS_S3_ENDPOINT_URL = S3_ENDPOINT
+AWS_S3_ACCESS_KEY_ID = S3_OPTIONS["access_key"]
+AWS_S3_SECRET_ACCESS_KEY = S3_SECRET
+AWS_S3_REGION_NAME = "us-east-1"
+
+STORAGES = {
+    "default": {
+        "BACKEND": "queued_storage.storage.QueuedStorage",
+        "OPTIONS": {"local": "staging", "remote": "s3"},
+    },
+    "queued_delete": {
+        "BACKEND": "queued_storage.storage.QueuedStorage",
+        "OPTIONS": {"local": "staging", "remote": "s3", "delete_local": True},
+    },
+    "queued_fs": {
+        "BACKEND": "queued_storage.storage.QueuedStorage",
+        "OPTIONS": {"local": "staging", "remote": "fs_remote"},
+    },
+    "queued_parked": {
+        # Messages go to a queue no worker consumes: the tests read them from the broker.
+        "BACKEND": "queued_storage.storage.QueuedStorage",
+        "OPTIONS": {"local": "staging", "remote": "s3", "queue": "parked"},
+    },
+    "queued_delayed": {
+        "BACKEND": "queued_storage.storage.QueuedStorage",
+        "OPTIONS": {"local": "staging", "remote": "s3", "delayed": True},
+    },
+    "staging": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(STAGING_ROOT), "base_url": "/staging/"},
+    },
+    "fs_remote": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(WORKDIR / "fs_remote"), "base_url": "/fs-remote/"},
+    },
+    "s3": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": S3_OPTIONS},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+CELERY_BROKER_URL = ENV.get("QS_TEST_BROKER_URL", "memory://")
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+
+QUEUED_STORAGE_RETRIES = 3
+QUEUED_STORAGE_RETRY_DELAY = 0.5
+QUEUED_STORAGE_RETRY_MAX_DELAY = 2
+QUEUED_STORAGE_LEASE_TIMEOUT = 20
+QUEUED_STORAGE_MULTIPART_THRESHOLD = 5 * 1024 * 1024
+QUEUED_STORAGE_MULTIPART_CHUNKSIZE = 5 * 1024 * 1024
+QUEUED_STORAGE_MAX_CONCURRENCY = 2
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"queued_storage": {"handlers": ["console"], "level": "INFO"}},
+}

@@ -1,0 +1,525 @@
+"""Self-test of the integration-test harness (tests/services.py, tests/workers.py).
+
+Runs without Django: ``python -m pytest -p no:django tests/test_harness.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import socket
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+import requests
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from tests.services import (
+    ENV_BROKER_URL,
+    ENV_BUCKET,
+    ENV_PG_HOST,
+    ENV_PG_PORT,
+    ENV_REDIS_URL,
+    ENV_S3_DIRECT_ENDPOINT,
+    ENV_S3_ENDPOINT,
+    ENV_WORKDIR,
+    LOOPBACK,
+    HttpFaultProxy,
+    MotoServer,
+    PostgresServer,
+    ProxiedRequest,
+    RedisServer,
+    ServiceStack,
+    ServiceUnavailable,
+    TcpFaultProxy,
+    free_port,
+    make_s3_client,
+    pid_alive,
+)
+from tests.workers import CeleryWorker
+
+pytestmark = pytest.mark.integration
+
+MiB = 1024 * 1024
+BUCKET = "harness"
+# NB botocore's retries={"max_attempts": N} means N *retries*; total_max_attempts counts all.
+NO_RETRY = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=2)
+
+
+def _no_retry_redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), 0)
+    )
+
+
+# -- leak checks ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_leaked_processes() -> Iterator[None]:
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        leaked = [
+            child
+            for child in psutil.Process().children(recursive=True)
+            if child.pid not in before and pid_alive(child.pid)
+        ]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"processes left behind: {leaked}"
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 3
+    while True:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert not leaked, f"threads left behind: {leaked}"
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("harness")
+
+
+@pytest.fixture(scope="module")
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(workdir / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def moto_server(workdir: Path) -> Iterator[MotoServer]:
+    server = MotoServer(workdir / "moto")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(moto_server: MotoServer) -> str:
+    if not moto_server.running:
+        moto_server.start()
+    moto_server.reset()
+    moto_server.create_bucket(BUCKET)
+    return BUCKET
+
+
+@pytest.fixture
+def s3_proxy(moto_server: MotoServer) -> Iterator[HttpFaultProxy]:
+    proxy = HttpFaultProxy((LOOPBACK, moto_server.port))
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+# -- basics --------------------------------------------------------------------------------------
+
+
+def test_free_port_is_bindable() -> None:
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, port))
+
+
+def test_redis_ping_flushall_and_restart_on_same_port(redis_server: RedisServer) -> None:
+    client = _no_retry_redis(redis_server.url(0))
+    try:
+        assert client.ping()
+        client.set("k", "v")
+        assert client.get("k") == b"v"
+        redis_server.flushall()
+        assert client.dbsize() == 0
+
+        port = redis_server.port
+        redis_server.stop()
+        assert not redis_server.running
+        with pytest.raises(redis.ConnectionError):
+            client.ping()
+        redis_server.start()
+        assert redis_server.running
+        assert redis_server.port == port
+        assert redis_server.url(3) == f"redis://127.0.0.1:{port}/3"
+        assert client.ping()
+    finally:
+        client.close()
+
+
+def test_moto_bucket_put_get_and_restart(moto_server: MotoServer, bucket: str) -> None:
+    client = moto_server.client()
+    try:
+        client.put_object(Bucket=bucket, Key="a/b.txt", Body=b"hello")
+        assert client.get_object(Bucket=bucket, Key="a/b.txt")["Body"].read() == b"hello"
+
+        port = moto_server.port
+        moto_server.stop()
+        moto_server.start()
+        assert moto_server.port == port
+        with pytest.raises(ClientError) as excinfo:  # moto lost its state
+            client.head_bucket(Bucket=bucket)
+        assert excinfo.value.response["Error"]["Code"] == "404"
+        moto_server.create_bucket(bucket)
+        client.head_bucket(Bucket=bucket)
+    finally:
+        client.close()
+
+
+# -- HttpFaultProxy ------------------------------------------------------------------------------
+
+
+def test_http_proxy_boto3_multipart_download_head_list_presigned(
+    s3_proxy: HttpFaultProxy, bucket: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "source.bin"
+    source.write_bytes(os.urandom(20 * MiB))
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    client = make_s3_client(s3_proxy.endpoint_url)
+    try:
+        transfer = TransferConfig(
+            multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=4
+        )
+        client.upload_file(str(source), bucket, "big/file.bin", Config=transfer)
+        log = s3_proxy.requests
+        assert ("POST", f"/{bucket}/big/file.bin", "uploads") in log
+        parts = [r for r in log if r.method == "PUT" and "partNumber=" in r.query]
+        assert len(parts) == 4
+        assert any(r.method == "POST" and r.query.startswith("uploadId=") for r in log)
+
+        target = tmp_path / "downloaded.bin"
+        client.download_file(bucket, "big/file.bin", str(target), Config=transfer)
+        assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
+
+        head = client.head_object(Bucket=bucket, Key="big/file.bin")
+        assert head["ContentLength"] == 20 * MiB
+        listing = client.list_objects_v2(Bucket=bucket, Prefix="big/")
+        assert [obj["Key"] for obj in listing["Contents"]] == ["big/file.bin"]
+        assert listing["Contents"][0]["Size"] == 20 * MiB
+
+        client.put_object(Bucket=bucket, Key="small.txt", Body=b"presigned")
+        url = client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": "small.txt"}, ExpiresIn=60
+        )
+        assert url.startswith(s3_proxy.endpoint_url)
+        with requests.Session() as session:
+            response = session.get(url, timeout=10)
+            assert response.status_code == 200
+            assert response.content == b"presigned"
+            # keep-alive: a second request over the same client connection
+            assert session.get(url, timeout=10).content == b"presigned"
+        path, _, query = url[len(s3_proxy.endpoint_url) :].partition("?")
+        assert s3_proxy.requests[-1] == ("GET", path, query)
+    finally:
+        client.close()
+
+
+def _chunked_put(port: int, path: str, pieces: Iterator[bytes]) -> int:
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
+    try:
+        conn.request("PUT", path, body=pieces, encode_chunked=True)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_http_proxy_streams_chunked_bodies(
+    s3_proxy: HttpFaultProxy, moto_server: MotoServer, bucket: str
+) -> None:
+    total = 32 * MiB
+    block = os.urandom(64 * 1024)
+    expected = hashlib.sha256(block * (total // len(block))).hexdigest()
+
+    def pieces() -> Iterator[bytes]:
+        for _ in range(total // len(block)):
+            yield block
+
+    tracemalloc.start()
+    try:
+        status = _chunked_put(s3_proxy.port, f"/{bucket}/chunked.bin", pieces())
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert status == 200
+    assert peak < 8 * MiB, f"proxy buffered the body: peak {peak / MiB:.1f} MiB"
+    assert ProxiedRequest("PUT", f"/{bucket}/chunked.bin", "") in s3_proxy.requests
+
+    client = moto_server.client()  # read back directly from moto
+    try:
+        body = client.get_object(Bucket=bucket, Key="chunked.bin")["Body"].read()
+    finally:
+        client.close()
+    assert len(body) == total
+    assert hashlib.sha256(body).hexdigest() == expected
+
+
+def test_http_proxy_fail_next(s3_proxy: HttpFaultProxy, bucket: str) -> None:
+    client = make_s3_client(s3_proxy.endpoint_url, config=NO_RETRY)
+    try:
+        client.put_object(Bucket=bucket, Key="warmup", Body=b"x")
+        s3_proxy.clear_log()
+        connections = s3_proxy.connections_total
+
+        s3_proxy.fail_next(1)
+        with pytest.raises(ClientError) as excinfo:
+            client.put_object(Bucket=bucket, Key="k", Body=b"a" * MiB)
+        assert excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert excinfo.value.response["Error"]["Code"] == "SlowDown"
+        client.put_object(Bucket=bucket, Key="k", Body=b"a" * MiB)
+        # the refused request's body was drained: the connection was reused
+        assert s3_proxy.connections_total == connections
+        assert [r.method for r in s3_proxy.requests] == ["PUT", "PUT"]
+
+        s3_proxy.fail_next(2, 500, methods=["HEAD"])
+        assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"a" * MiB
+        for _ in range(2):
+            with pytest.raises(ClientError) as excinfo:
+                client.head_object(Bucket=bucket, Key="k")
+            assert excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+        assert s3_proxy.pending_failures == 0
+        assert client.head_object(Bucket=bucket, Key="k")["ContentLength"] == MiB
+
+        s3_proxy.fail_next(1, 500)
+        with pytest.raises(ClientError) as excinfo:
+            client.get_object(Bucket=bucket, Key="k")
+        assert excinfo.value.response["Error"]["Code"] == "InternalError"
+    finally:
+        client.close()
+
+    # retries={"max_attempts": 1}: one retry, so two injected failures make the call fail
+    client = make_s3_client(s3_proxy.endpoint_url, config=Config(retries={"max_attempts": 1}))
+    try:
+        s3_proxy.fail_next(2)
+        with pytest.raises(ClientError) as excinfo:
+            client.put_object(Bucket=bucket, Key="k2", Body=b"b")
+        assert excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert excinfo.value.response["ResponseMetadata"]["RetryAttempts"] == 1
+        client.put_object(Bucket=bucket, Key="k2", Body=b"b")
+    finally:
+        client.close()
+
+
+def test_http_proxy_go_down_and_come_up(
+    s3_proxy: HttpFaultProxy, moto_server: MotoServer, bucket: str
+) -> None:
+    client = make_s3_client(s3_proxy.endpoint_url, config=NO_RETRY)
+    try:
+        client.head_bucket(Bucket=bucket)  # leaves a keep-alive connection open
+        s3_proxy.go_down()
+        assert not s3_proxy.is_up
+        started = time.monotonic()
+        with pytest.raises((EndpointConnectionError, ConnectionClosedError)):
+            client.head_bucket(Bucket=bucket)
+        assert time.monotonic() - started < 2
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(s3_proxy.address):
+            pass
+        s3_proxy.come_up()
+        client.head_bucket(Bucket=bucket)
+
+        # upstream down -> 502 from the proxy, S3 style
+        moto_server.stop()
+        with pytest.raises(ClientError) as excinfo:
+            client.list_objects_v2(Bucket=bucket)
+        assert excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"] == 502
+        moto_server.start()
+        moto_server.create_bucket(bucket)
+        client.head_bucket(Bucket=bucket)
+    finally:
+        client.close()
+
+
+# -- TcpFaultProxy -------------------------------------------------------------------------------
+
+
+def test_tcp_proxy_redis_down_and_up(redis_server: RedisServer) -> None:
+    proxy = TcpFaultProxy((LOOPBACK, redis_server.port))
+    proxy.start()
+    client = _no_retry_redis(proxy.redis_url(0))
+    try:
+        assert client.ping()
+        assert proxy.connections_total == 1
+        proxy.go_down()
+        started = time.monotonic()
+        with pytest.raises(redis.ConnectionError):  # the open connection was cut
+            client.ping()
+        with pytest.raises(redis.ConnectionError):  # and new ones are refused
+            client.ping()
+        assert time.monotonic() - started < 1
+        proxy.come_up()
+        assert client.ping()
+        assert client.set("through-proxy", "1")
+        assert proxy.connections_total == 2
+
+        redis_server.stop()  # upstream down: accepted, then closed at once
+        with pytest.raises(redis.ConnectionError):
+            client.ping()
+        redis_server.start()
+        assert client.ping()
+    finally:
+        client.close()
+        proxy.stop()
+    assert proxy.active_connections == 0
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+
+def test_postgres_django_settings_select_1(tmp_path: Path) -> None:
+    import psycopg
+
+    server = PostgresServer(tmp_path / "pg")
+    server.start()
+    try:
+        pid = server.pid
+        assert pid is not None and pid_alive(pid)
+        settings = server.django_database("harness")
+        assert settings["ENGINE"] == "django.db.backends.postgresql"
+        assert settings["TEST"] == {"NAME": "test_harness"}
+        assert settings["USER"] == "postgres"
+        server.create_database("harness")
+        with psycopg.connect(
+            host=settings["HOST"],
+            port=settings["PORT"],
+            user=settings["USER"],
+            dbname=settings["NAME"],
+        ) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+    finally:
+        server.stop()
+    assert not server.running
+    assert not pid_alive(pid)
+    assert not server.pgdata.exists()
+    server.stop()  # idempotent
+
+
+# -- ServiceStack --------------------------------------------------------------------------------
+
+
+def test_service_stack_start_env_from_env_stop() -> None:
+    started = time.monotonic()
+    stack = ServiceStack("stack-bucket", strict=True).start()
+    try:
+        assert time.monotonic() - started < 10
+        assert stack.unavailable == {}
+        env = stack.env()
+        assert env[ENV_BUCKET] == "stack-bucket"
+        assert env[ENV_REDIS_URL].startswith("redis://127.0.0.1:")
+        assert env[ENV_BROKER_URL] == f"redis://127.0.0.1:{stack.broker_proxy.port}/0"
+        assert env[ENV_S3_ENDPOINT] == stack.s3_proxy.endpoint_url
+        assert env[ENV_S3_DIRECT_ENDPOINT] == stack.moto.endpoint_url
+        assert env[ENV_PG_HOST] and env[ENV_PG_PORT]
+        assert Path(env[ENV_WORKDIR]).is_dir()
+
+        child = ServiceStack.from_env(env)
+        assert not child.owned
+        assert child.unavailable == {}
+        assert child.broker_url == stack.broker_url
+        assert child.django_database("app") == stack.django_database("app")
+
+        broker = _no_retry_redis(child.broker_url)
+        try:
+            assert broker.ping()
+        finally:
+            broker.close()
+        s3 = child.s3_client()
+        try:
+            s3.put_object(Bucket=child.bucket, Key="k", Body=b"v")
+        finally:
+            s3.close()
+        assert ("PUT", "/stack-bucket/k", "") in stack.s3_proxy.requests
+        child.stop()  # no-op for a description
+
+        stack.reset()
+        assert stack.s3_proxy.requests == []
+        s3 = stack.s3_client(direct=True)
+        try:
+            assert s3.list_objects_v2(Bucket=stack.bucket)["KeyCount"] == 0
+        finally:
+            s3.close()
+        pids = [stack.redis.pid, stack.moto.pid, stack.postgres.pid]
+        workdir = stack.workdir
+    finally:
+        stack.stop()
+    assert all(pid is not None and not pid_alive(pid) for pid in pids)
+    assert not workdir.exists()
+    stack.stop()  # idempotent
+
+
+def test_service_stack_unavailable_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(RedisServer, "binary", staticmethod(lambda: "/nonexistent/redis-server"))
+    with ServiceStack(strict=False, services=["redis", "broker_proxy"]) as stack:
+        assert set(stack.unavailable) == {"redis", "broker_proxy"}
+        assert "cannot execute /nonexistent/redis-server" in stack.unavailable["redis"]
+        env = stack.env()
+        assert ENV_REDIS_URL not in env and ENV_BROKER_URL not in env
+        child = ServiceStack.from_env(env)
+        assert "redis" in child.unavailable
+        with pytest.raises(ServiceUnavailable, match="redis"):
+            child.require("redis")
+    with pytest.raises(ServiceUnavailable, match="redis unavailable"):
+        ServiceStack(strict=True, services=["redis"]).start()
+
+
+# -- CeleryWorker --------------------------------------------------------------------------------
+
+
+def test_celery_worker_round_trip_stop_and_kill(redis_server: RedisServer, tmp_path: Path) -> None:
+    from tests import _harness_app
+
+    redis_server.flushall()
+    base_url = f"redis://127.0.0.1:{redis_server.port}"
+    env = {"QS_TEST_BROKER_URL": redis_server.url(0), "QS_TEST_REDIS_URL": base_url}
+    _harness_app.configure(redis_server.url(0), base_url)
+    worker = CeleryWorker(
+        "tests._harness_app",
+        env=env,
+        queues=[_harness_app.QUEUE],
+        logfile=tmp_path / "worker.log",
+    )
+    try:
+        with worker:
+            assert worker.running
+            pids = worker.pids()
+            assert len(pids) == 2  # main + one prefork child
+            assert pids[0] == worker.pid
+            assert _harness_app.add.delay(2, 3).get(timeout=20) == 5
+            assert _harness_app.getpid.delay().get(timeout=20) == pids[1]
+            worker.wait_for_log(r"Task harness\.add\[.*\] succeeded")
+        assert not worker.running
+        assert worker.pids() == []
+        assert "ready." in worker.log_text()
+
+        worker.start()  # a restart appends to the same log file
+        pids = worker.pids()
+        assert _harness_app.add.delay(20, 22).get(timeout=20) == 42
+        worker.kill()
+        assert not any(pid_alive(pid) for pid in pids)
+        assert worker.pids() == []
+        assert not worker.running
+    finally:
+        worker.kill()
+        _harness_app.app.close()

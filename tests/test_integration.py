@@ -1,0 +1,287 @@
+"""End to end with real parts: a Celery worker process, Redis, the moto S3 server.
+
+Every test here saves through the Storage API or a model in this process, lets the real worker
+transfer the file, and looks at the result in the ledger, the cache, the local disk and S3.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+from django.db import transaction
+
+from queued_storage.models import State, StoredFile
+from tests.conftest import need, wait_for
+from tests.testapp.models import Document, LegacyDocument
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def stack() -> Any:
+    from tests import settings as test_settings
+
+    found = getattr(test_settings, "_STACK", None)
+    if found is None:
+        pytest.fail("the fault proxies belong to the process that started the services")
+    return found
+
+
+def row_state(alias: str, name: str) -> str | None:
+    row = StoredFile.get_row(alias, name)
+    return None if row is None else row.state
+
+
+def wait_remote(alias: str, name: str, timeout: float = 30) -> StoredFile:
+    def done() -> StoredFile | None:
+        row = StoredFile.get_row(alias, name)
+        if row is not None and row.state == State.FAILED:
+            pytest.fail(f"{name!r} failed: {row.last_error}")
+        return row if row is not None and row.state == State.REMOTE else None
+
+    return wait_for(done, timeout=timeout, what=f"{name!r} to reach the remote")  # type: ignore[no-any-return]
+
+
+def s3_bytes(client: Any, key: str) -> bytes:
+    return client.get_object(Bucket=settings.BUCKET, Key=key)["Body"].read()  # type: ignore[no-any-return]
+
+
+def test_model_file_is_served_locally_then_transferred_then_from_s3(
+    worker: Any, clean: Any
+) -> None:
+    with transaction.atomic():
+        doc = Document.objects.create(title="t", file=ContentFile(b"first bytes", name="a.txt"))
+        name = doc.file.name
+        # Before commit nothing is dispatched: the file is served from the local copy.
+        assert doc.file.storage.using_local(name)
+        assert doc.file.url == f"/staging/{name}"
+        with doc.file.open("rb") as fh:
+            assert fh.read() == b"first bytes"
+        assert doc.file.state.state == State.PENDING
+    row = wait_remote("default", name)
+    assert row.checksum == hashlib.md5(b"first bytes").hexdigest()
+    assert row.size == len(b"first bytes")
+    fresh = Document.objects.get(pk=doc.pk)
+    assert fresh.file.is_remote
+    url = fresh.file.url
+    assert url.startswith(settings.S3_ENDPOINT)
+    response = requests.get(url, timeout=10)
+    assert response.status_code == 200
+    assert response.content == b"first bytes"
+    assert s3_bytes(clean, name) == b"first bytes"
+    # The local copy is kept (delete_local is off by default).
+    assert Path(fresh.file.storage.local.path(name)).exists()
+
+
+def test_delete_local_leaves_only_remote_and_reads_never_fail(worker: Any, clean: Any) -> None:
+    storage = storages["queued_delete"]
+    payload = b"x" * 300_000
+    with transaction.atomic():
+        name = storage.save("keep-reading.bin", ContentFile(payload))
+    failures: list[str] = []
+    reads = 0
+    stop = threading.Event()
+
+    def reader() -> None:
+        nonlocal reads
+        try:
+            while not stop.is_set():
+                with storage.open(name) as fh:
+                    if fh.read() != payload:
+                        failures.append("wrong bytes")
+                if storage.size(name) != len(payload) or not storage.exists(name):
+                    failures.append("wrong size/exists")
+                reads += 1
+        except Exception as err:
+            failures.append(repr(err))
+        finally:
+            from django.db import connections
+
+            connections.close_all()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        row = wait_remote("queued_delete", name)
+        wait_for(lambda: not Path(storage.local.path(name)).exists(), what="local copy deleted")
+        for _ in range(20):  # keep reading a little after the local copy is gone
+            with storage.open(name) as fh:
+                assert fh.read() == payload
+    finally:
+        stop.set()
+        thread.join()
+    print(f"reads during the transfer: {reads}, failures: {len(failures)}")
+    assert failures == []
+    assert reads > 0
+    assert not StoredFile.get_row("queued_delete", name).local_exists  # type: ignore[union-attr]
+    assert row.size == len(payload)
+    assert s3_bytes(clean, name) == payload
+
+
+def test_same_name_twice_never_overwrites_even_after_local_delete(
+    worker: Any, clean: Any
+) -> None:
+    storage = storages["queued_delete"]
+    with transaction.atomic():
+        first = storage.save("photo.jpg", ContentFile(b"first photo"))
+    wait_remote("queued_delete", first)
+    wait_for(lambda: not Path(storage.local.path(first)).exists(), what="local copy deleted")
+    with transaction.atomic():
+        second = storage.save("photo.jpg", ContentFile(b"second photo"))
+    wait_remote("queued_delete", second)
+    assert first == "photo.jpg"
+    assert second != first
+    assert s3_bytes(clean, first) == b"first photo"
+    assert s3_bytes(clean, second) == b"second photo"
+
+
+def _parked_messages() -> list[dict[str, Any]]:
+    client = redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"])
+    try:
+        raw = client.lrange("parked", 0, -1)
+    finally:
+        client.close()
+    return [json.loads(item) for item in raw]
+
+
+@pytest.fixture
+def parked(clean: Any) -> Any:
+    need("redis")
+    client = redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"])
+    client.delete("parked")
+    yield client
+    client.delete("parked")
+    client.close()
+
+
+def test_task_message_carries_only_alias_and_name(parked: Any) -> None:
+    storage = storages["queued_parked"]
+    with transaction.atomic():
+        name = storage.save("secret-free.txt", ContentFile(b"x"))
+    messages = _parked_messages()
+    assert len(messages) == 1
+    raw = json.dumps(messages[0])
+    body = json.loads(base64.b64decode(messages[0]["body"]))
+    args, kwargs, _embed = body
+    assert args == ["queued_parked", name]
+    assert kwargs == {}
+    assert messages[0]["headers"]["task"] == "queued_storage.tasks.transfer"
+    for secret in (settings.S3_SECRET, settings.S3_OPTIONS["access_key"], "endpoint", "bucket"):
+        assert secret not in raw
+        assert secret not in base64.b64decode(messages[0]["body"]).decode()
+
+
+def test_rolled_back_save_ships_nothing(parked: Any) -> None:
+    storage = storages["queued_parked"]
+    with pytest.raises(RuntimeError), transaction.atomic():
+        name = storage.save("rolled-back.txt", ContentFile(b"x"))
+        raise RuntimeError("the view failed after saving")
+    assert _parked_messages() == []
+    assert StoredFile.get_row("queued_parked", name) is None
+    with transaction.atomic():
+        storage.save("committed.txt", ContentFile(b"x"))
+    assert len(_parked_messages()) == 1
+
+
+def test_refused_broker_leaves_file_pending_and_readable(
+    worker: Any, clean: Any, caplog: Any
+) -> None:
+    storage = storages["default"]
+    broker = stack().broker_proxy
+    broker.go_down()
+    try:
+        with caplog.at_level(logging.WARNING, logger="queued_storage"), transaction.atomic():
+            name = storage.save("no-broker.txt", ContentFile(b"still here"))
+    finally:
+        broker.come_up()
+    assert f"could not queue the transfer of {name!r}" in caplog.text
+    assert row_state("default", name) == State.PENDING
+    with storage.open(name) as fh:
+        assert fh.read() == b"still here"
+    assert storage.using_local(name)
+    # Once the broker is back, a manual transfer (or the reconcile pass) ships it.
+    assert storage.transfer(name) is not None
+    wait_remote("default", name)
+    assert s3_bytes(clean, name) == b"still here"
+
+
+def test_flushing_redis_changes_no_read_and_asks_s3_nothing(worker: Any, clean: Any) -> None:
+    storage = storages["default"]
+    with transaction.atomic():
+        remote_name = storage.save("flushed.txt", ContentFile(b"on s3"))
+    wait_remote("default", remote_name)
+    with transaction.atomic():
+        local_name = storage.save("local-only.txt", ContentFile(b"here"))
+    StoredFile.rows("default", local_name).update(state=State.FAILED)  # stays local
+
+    def observe() -> list[Any]:
+        return [
+            (n, storage.exists(n), storage.size(n), storage.url(n).split("?")[0],
+             storage.using_remote(n))
+            for n in (remote_name, local_name)
+        ]
+
+    before = observe()
+    proxy = stack().s3_proxy
+    redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"]).flushall()
+    proxy.clear_log()
+    after = observe()
+    assert after == before
+    assert proxy.requests == []  # no HEAD, no GET: state came from the ledger
+    # Reading the content does talk to S3, for that object only (django-storages' S3File may
+    # HEAD it before the GET): that is the content, not the state.
+    with storage.open(remote_name) as fh:
+        assert fh.read() == b"on s3"
+    assert "GET" in [r[0] for r in proxy.requests]
+    assert {r[1] for r in proxy.requests} == {f"/{settings.BUCKET}/{remote_name}"}
+
+
+def test_transient_s3_errors_are_retried_then_succeed(worker: Any, clean: Any) -> None:
+    storage = storages["default"]
+    proxy = stack().s3_proxy
+    with transaction.atomic():
+        name = storage.save("flaky.txt", ContentFile(b"eventually"))
+        proxy.fail_next(6, status=503)
+    row = wait_remote("default", name, timeout=60)
+    assert row.attempts >= 2
+    assert s3_bytes(clean, name) == b"eventually"
+
+
+def test_missing_local_file_fails_permanently_with_its_reason(worker: Any, clean: Any) -> None:
+    storage = storages["queued_delayed"]
+    name = storage.save("vanished.txt", ContentFile(b"x"))
+    Path(storage.local.path(name)).unlink()
+    storage.transfer(name)
+    row = wait_for(
+        lambda: (r := StoredFile.get_row("queued_delayed", name)) and r.state == State.FAILED and r,
+        what="the row to fail",
+    )
+    assert row.attempts == 1  # permanent: not retried
+    assert f"The local copy of {name!r} is missing" in row.last_error
+    assert clean.list_objects_v2(Bucket=settings.BUCKET).get("KeyCount") == 0
+
+
+def test_old_api_code_built_storage_transfers_and_deletes(worker: Any, clean: Any) -> None:
+    with transaction.atomic():
+        doc = LegacyDocument.objects.create(file=ContentFile(b"old style", name="legacy.txt"))
+    storage = doc.file.storage
+    name = doc.file.name
+    assert storage.alias.startswith("qs-")
+    wait_remote(storage.alias, name)
+    wait_for(lambda: not Path(storage.local.path(name)).exists(), what="local copy deleted")
+    assert storage.using_remote(name)
+    assert storage.get_storage(name) is storage.remote
+    assert s3_bytes(clean, name) == b"old style"
+    with LegacyDocument.objects.get(pk=doc.pk).file.open("rb") as fh:
+        assert fh.read() == b"old style"

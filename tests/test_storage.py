@@ -1,0 +1,217 @@
+"""QueuedStorage on its own: options, routing, naming, pickling; the engine runs in-process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+from django.core.files.uploadedfile import TemporaryUploadedFile
+
+from queued_storage.exceptions import QueuedStorageConfigError, StorageNotFound
+from queued_storage.models import State, StoredFile
+from queued_storage.state import cache_key
+from queued_storage.storage import QueuedStorage, get_queued_storage
+from queued_storage.tasks import Outcome, run_transfer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def storage(clean: Any) -> QueuedStorage:
+    found = storages["queued_delayed"]
+    assert isinstance(found, QueuedStorage)
+    return found
+
+
+# --- options -------------------------------------------------------------------------------
+def test_unknown_option_is_named() -> None:
+    with pytest.raises(ImproperlyConfigured, match=r"Invalid option 'dleayed' for QueuedStorage"):
+        QueuedStorage(local="staging", remote="s3", dleayed=True)
+
+
+def test_option_of_wrong_type_is_named() -> None:
+    with pytest.raises(
+        QueuedStorageConfigError, match=r"option 'delayed' must be a bool, got str 'yes'"
+    ):
+        QueuedStorage(local="staging", remote="s3", delayed="yes")  # type: ignore[arg-type]
+
+
+def test_missing_alias_is_named() -> None:
+    with pytest.raises(ImproperlyConfigured, match=r"the remote storage 's4' is not an alias"):
+        QueuedStorage(local="staging", remote="s4")
+
+
+def test_storages_entry_knows_its_alias() -> None:
+    assert storages["queued_delete"].alias == "queued_delete"  # type: ignore[attr-defined]
+    assert storages["queued_delete"].delete_local is True  # type: ignore[attr-defined]
+    assert get_queued_storage("queued_delete") is storages["queued_delete"]
+
+
+def test_code_built_storage_is_registered_by_digest() -> None:
+    a = QueuedStorage(local="staging", remote="fs_remote", delete_local=True)
+    b = QueuedStorage(local="staging", remote="fs_remote", delete_local=True)
+    assert a.alias == b.alias
+    assert a.alias.startswith("qs-")
+    assert get_queued_storage(a.alias).remote_path == "fs_remote"
+
+
+def test_unknown_storage_alias_in_worker_is_a_clear_error() -> None:
+    with pytest.raises(StorageNotFound, match=r"does not know the queued storage 'qs-nope'"):
+        run_transfer("qs-nope", "a.txt")
+
+
+def test_pickle_and_deconstruct_keep_configuration_only() -> None:
+    original = QueuedStorage(local="staging", remote="s3", queue="uploads", delete_local=True)
+    _ = original.remote.bucket_name  # build the lazy S3 storage and its session
+    copy = pickle.loads(pickle.dumps(original))
+    assert (copy.alias, copy.queue, copy.delete_local) == (original.alias, "uploads", True)
+    path, args, kwargs = original.deconstruct()
+    assert path == "queued_storage.storage.QueuedStorage"
+    assert kwargs == {"local": "staging", "remote": "s3", "queue": "uploads", "delete_local": True}
+    assert b"qs-test-secret" not in pickle.dumps(original)
+
+
+def test_cache_keys_are_length_safe() -> None:
+    long_name = "d/" + "é" * 900 + " x.txt"
+    key = cache_key("queued_storage", "default", long_name)
+    assert len(key) < 100
+    assert key.isascii() and " " not in key
+    assert key != cache_key("queued_storage", "default", long_name + "2")
+
+
+# --- saving and naming ---------------------------------------------------------------------
+def test_save_writes_locally_and_records_pending(storage: QueuedStorage) -> None:
+    name = storage.save("a/report.txt", ContentFile(b"hello"))
+    assert name == "a/report.txt"
+    assert Path(storage.local.path(name)).read_bytes() == b"hello"
+    row = StoredFile.get_row(storage.alias, name)
+    assert row is not None
+    assert (row.state, row.size, row.local_exists) == (State.PENDING, 5, True)
+    assert storage.using_local(name)
+    assert storage.url(name) == "/staging/a/report.txt"
+    assert storage.path(name) == storage.local.path(name)
+
+
+def test_save_never_reuses_a_name_the_remote_holds(storage: QueuedStorage, clean: Any) -> None:
+    clean.put_object(Bucket="qs-test", Key="photo.jpg", Body=b"old")
+    name = storage.save("photo.jpg", ContentFile(b"new"))
+    assert name != "photo.jpg"
+    assert name.startswith("photo_") and name.endswith(".jpg")
+
+
+def test_save_never_reuses_a_name_the_ledger_holds(storage: QueuedStorage) -> None:
+    StoredFile.reserve(storage.alias, "photo.jpg", "elsewhere")
+    name = storage.save("photo.jpg", ContentFile(b"new"))
+    assert name != "photo.jpg"
+
+
+def test_save_respects_max_length(storage: QueuedStorage) -> None:
+    first = storage.save("x" * 20 + ".txt", ContentFile(b"1"), max_length=24)
+    second = storage.save("x" * 20 + ".txt", ContentFile(b"2"), max_length=24)
+    assert first != second
+    assert len(second) <= 24
+
+
+@pytest.mark.parametrize("bad", ["../escape.txt", "/etc/passwd", "a/../../b.txt"])
+def test_save_refuses_names_outside_the_root(storage: QueuedStorage, bad: str) -> None:
+    with pytest.raises(SuspiciousFileOperation):
+        storage.save(bad, ContentFile(b"x"))
+    assert not StoredFile.objects.exists()
+
+
+def test_temporary_upload_is_moved_not_copied(storage: QueuedStorage, settings: Any) -> None:
+    upload = TemporaryUploadedFile("big.bin", "application/octet-stream", 0, None)
+    upload.write(b"z" * 100_000)
+    upload.flush()
+    temp_path = upload.temporary_file_path()
+    inode = os.stat(temp_path).st_ino
+    name = storage.save("big.bin", upload)
+    assert os.stat(storage.local.path(name)).st_ino == inode
+    assert not os.path.exists(temp_path)
+    upload.close()
+
+
+# --- transfer in-process (no Celery): routing before and after ------------------------------
+def test_transfer_routes_reads_to_remote_after_verification(
+    storage: QueuedStorage, clean: Any
+) -> None:
+    name = storage.save("doc.txt", ContentFile(b"payload"))
+    assert run_transfer(storage.alias, name) is Outcome.TRANSFERRED
+    row = StoredFile.get_row(storage.alias, name)
+    assert row is not None and row.state == State.REMOTE
+    assert row.checksum == hashlib.md5(b"payload").hexdigest()
+    assert storage.using_remote(name)
+    assert storage.url(name).startswith(f"{settings.S3_ENDPOINT}/qs-test/doc.txt?")
+    assert "Signature=" in storage.url(name)
+    with storage.open(name) as fh:
+        assert fh.read() == b"payload"
+    assert clean.get_object(Bucket="qs-test", Key=name)["Body"].read() == b"payload"
+    # Kept locally (delete_local is off), so path() still works.
+    assert Path(storage.path(name)).read_bytes() == b"payload"
+    assert run_transfer(storage.alias, name) is Outcome.ALREADY_REMOTE
+
+
+def test_multipart_transfer_is_verified_by_etag(storage: QueuedStorage, clean: Any) -> None:
+    data = os.urandom(12 * 1024 * 1024 + 7)  # three parts of 5 MiB
+    name = storage.save("big.bin", ContentFile(data))
+    assert run_transfer(storage.alias, name) is Outcome.TRANSFERRED
+    row = StoredFile.get_row(storage.alias, name)
+    assert row is not None
+    assert row.checksum_algorithm == "s3-multipart-etag"
+    assert row.checksum.endswith("-3")
+    assert clean.head_object(Bucket="qs-test", Key=name)["ETag"].strip('"') == row.checksum
+
+
+def test_path_raises_once_only_remote(clean: Any) -> None:
+    storage = QueuedStorage(local="staging", remote="s3", delayed=True, delete_local=True)
+    name = storage.save("gone-local.txt", ContentFile(b"abc"))
+    assert run_transfer(storage.alias, name) is Outcome.TRANSFERRED
+    assert not os.path.exists(storage.local.path(name))
+    with pytest.raises(NotImplementedError, match="only on the remote storage"):
+        storage.path(name)
+    assert storage.size(name) == 3
+    assert storage.exists(name)
+
+
+def test_listdir_merges_both_sides(storage: QueuedStorage, clean: Any) -> None:
+    moved = storage.save("dir/one.txt", ContentFile(b"1"))
+    run_transfer(storage.alias, moved)
+    storage.local.delete(moved)
+    storage.save("dir/two.txt", ContentFile(b"2"))
+    dirs, files = storage.listdir("dir")
+    assert files == ["one.txt", "two.txt"]
+
+
+def test_delete_removes_every_copy_and_the_row(storage: QueuedStorage, clean: Any) -> None:
+    name = storage.save("bye.txt", ContentFile(b"x"))
+    run_transfer(storage.alias, name)
+    storage.delete(name)
+    assert StoredFile.get_row(storage.alias, name) is None
+    assert not os.path.exists(storage.local.path(name))
+    assert clean.list_objects_v2(Bucket="qs-test").get("KeyCount") == 0
+    assert not storage.exists(name)
+
+
+def test_transfer_after_delete_brings_nothing_back(storage: QueuedStorage, clean: Any) -> None:
+    name = storage.save("ghost.txt", ContentFile(b"x"))
+    storage.delete(name)
+    assert run_transfer(storage.alias, name) is Outcome.GONE
+    assert clean.list_objects_v2(Bucket="qs-test").get("KeyCount") == 0
+
+
+def test_generic_remote_is_copied_and_verified(clean: Any) -> None:
+    storage = QueuedStorage(local="staging", remote="fs_remote", delayed=True)
+    name = storage.save("plain.txt", ContentFile(b"slow path"))
+    assert run_transfer(storage.alias, name) is Outcome.TRANSFERRED
+    row = StoredFile.get_row(storage.alias, name)
+    assert row is not None and row.checksum_algorithm == "sha256"
+    with storage.remote.open(name) as fh:
+        assert fh.read() == b"slow path"
