@@ -42,6 +42,13 @@ _registry_lock = threading.Lock()
 
 _TRANSFER_AND_DELETE = "queued_storage.tasks.TransferAndDelete"
 
+#: Storage classes that django-storages removed, mapped to their successors, so that a project
+#: written for django-queued-storage runs unchanged.
+RENAMED_BACKENDS = {
+    "storages.backends.s3boto.S3BotoStorage": "storages.backends.s3.S3Storage",
+    "storages.backends.s3boto3.S3Boto3Storage": "storages.backends.s3.S3Storage",
+}
+
 
 def _stable(value: Any) -> str:
     """A stand-in for values JSON cannot hold, stable across processes (no memory address)."""
@@ -172,7 +179,7 @@ class QueuedStorage(Storage):
         self.queue = queue
         self.alias: str = alias or self._find_alias() or self._digest_alias()
         with _registry_lock:
-            _registry.setdefault(self.alias, self)
+            _registry[self.alias] = self
 
     # -- construction helpers -----------------------------------------------------------------
     @staticmethod
@@ -199,6 +206,14 @@ class QueuedStorage(Storage):
                 f"settings.STORAGES. Add STORAGES[{spec!r}] = {{'BACKEND': ...}} or name an "
                 "existing alias."
             )
+        if spec in RENAMED_BACKENDS:
+            logger.warning(
+                "queued_storage: %s no longer exists in django-storages; using %s. Change the "
+                "dotted path to silence this warning.",
+                spec,
+                RENAMED_BACKENDS[spec],
+            )
+            spec = RENAMED_BACKENDS[spec]
         try:
             cls = import_string(spec)
         except ImportError as err:
@@ -224,12 +239,23 @@ class QueuedStorage(Storage):
         return None
 
     def _digest_alias(self) -> str:
+        """A stable name for a storage built in code: a digest of what decides its transfers.
+
+        Everything the worker's side depends on is in it (storages, options, task, policy), so
+        two storages that would transfer differently never share a name. ``delayed`` is left
+        out: it only matters in the process that saves. Pass ``alias=`` for a name that stays
+        the same when these options change.
+        """
         config = [
             f"{type(self).__module__}.{type(self).__qualname__}",
             self.local_path,
             self.local_options,
             self.remote_path,
             self.remote_options,
+            self.task_path,
+            self.delete_local,
+            self.queue,
+            self.cache_prefix,
         ]
         text = json.dumps(config, sort_keys=True, default=_stable)
         return "qs-" + hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -340,12 +366,30 @@ class QueuedStorage(Storage):
                 continue
             if (
                 not self.local.exists(candidate)
-                and not remote_exists(self.remote, candidate)
+                and not self._remote_holds(candidate)
                 and StoredFile.reserve(self.alias, candidate, settings.HOST)
             ):
                 return candidate
             candidate = os.path.join(dir_name, self.get_alternative_name(file_root, file_ext))
         raise SuspiciousFileOperation(f"QueuedStorage could not find a free name for {name!r}.")
+
+    def _remote_holds(self, name: str) -> bool:
+        """Whether the remote holds *name*; an unreachable remote must not fail the upload.
+
+        The ledger already reserves every name this storage ever stored; the remote is asked
+        only for objects written by something else. When it cannot answer, the save goes on.
+        """
+        try:
+            return remote_exists(self.remote, name)
+        except Exception as err:
+            logger.warning(
+                "queued_storage: could not ask the remote storage whether %r exists (%s: %s); "
+                "relying on the ledger and the local storage for this name",
+                name,
+                type(err).__name__,
+                err,
+            )
+            return False
 
     def _committed(self, name: str, size: int) -> None:
         file_state.publish(

@@ -176,8 +176,7 @@ def classify_error(exc: BaseException, name: str) -> TransferError:
                 code in _TRANSIENT_CODES
                 or status >= 500
                 or status == 429
-                or (code.isdigit()
-                and int(code) >= 500)
+                or (code.isdigit() and int(code) >= 500)
             ):
                 return TransientTransferError(text, name=name)
             hint = {

@@ -69,11 +69,11 @@ def _reset_storages() -> None:
 
 
 @pytest.fixture
-def clean(s3_client: Any) -> Iterator[Any]:
+def clean(s3_client: Any) -> Any:
     """Empty bucket, staging directory and state cache before the test."""
     _empty_bucket(s3_client)
     _reset_storages()
-    yield s3_client
+    return s3_client
 
 
 @pytest.fixture(scope="session")

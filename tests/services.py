@@ -271,6 +271,7 @@ class _ProcessService:
         self._port = port if port is not None else free_port()
         self._proc: subprocess.Popen[bytes] | None = None
         self._started_once = False
+        self._owner_pid = os.getpid()
 
     @property
     def port(self) -> int:
@@ -339,6 +340,11 @@ class _ProcessService:
                 )
             except OSError as exc:
                 raise self._unavailable(f"cannot execute {argv[0]}: {exc}") from exc
+        atexit.register(self._atexit_stop)  # registering the same bound method again is harmless
+
+    def _atexit_stop(self) -> None:
+        if os.getpid() == self._owner_pid:  # never from a forked child
+            self._terminate()
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -357,6 +363,7 @@ class _ProcessService:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        atexit.unregister(self._atexit_stop)
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()

@@ -157,6 +157,10 @@ STORAGES = {
         "OPTIONS": {"location": str(WORKDIR / "fs_remote"), "base_url": "/fs-remote/"},
     },
     "s3": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": S3_OPTIONS},
+    "s3_nobucket": {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {**S3_OPTIONS, "bucket_name": "no-such-bucket"},
+    },
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 

@@ -258,12 +258,18 @@ def test_http_proxy_streams_chunked_bodies(
         for _ in range(total // len(block)):
             yield block
 
-    tracemalloc.start()
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
     try:
+        baseline, _ = tracemalloc.get_traced_memory()
         status = _chunked_put(s3_proxy.port, f"/{bucket}/chunked.bin", pieces())
         _current, peak = tracemalloc.get_traced_memory()
+        peak -= baseline
     finally:
-        tracemalloc.stop()
+        if not was_tracing:
+            tracemalloc.stop()
     assert status == 200
     assert peak < 8 * MiB, f"proxy buffered the body: peak {peak / MiB:.1f} MiB"
     assert ProxiedRequest("PUT", f"/{bucket}/chunked.bin", "") in s3_proxy.requests
@@ -334,7 +340,7 @@ def test_http_proxy_go_down_and_come_up(
         started = time.monotonic()
         with pytest.raises((EndpointConnectionError, ConnectionClosedError)):
             client.head_bucket(Bucket=bucket)
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 5  # refused at once, no connect timeout
         with pytest.raises(ConnectionRefusedError), socket.create_connection(s3_proxy.address):
             pass
         s3_proxy.come_up()
@@ -368,7 +374,7 @@ def test_tcp_proxy_redis_down_and_up(redis_server: RedisServer) -> None:
             client.ping()
         with pytest.raises(redis.ConnectionError):  # and new ones are refused
             client.ping()
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 5  # no connect timeout involved
         proxy.come_up()
         assert client.ping()
         assert client.set("through-proxy", "1")
@@ -395,7 +401,8 @@ def test_postgres_django_settings_select_1(tmp_path: Path) -> None:
     server.start()
     try:
         pid = server.pid
-        assert pid is not None and pid_alive(pid)
+        assert pid is not None
+        assert pid_alive(pid)
         settings = server.django_database("harness")
         assert settings["ENGINE"] == "django.db.backends.postgresql"
         assert settings["TEST"] == {"NAME": "test_harness"}
@@ -425,13 +432,19 @@ def test_service_stack_start_env_from_env_stop() -> None:
     try:
         assert time.monotonic() - started < 10
         assert stack.unavailable == {}
+        assert stack.redis is not None
+        assert stack.moto is not None
+        assert stack.postgres is not None
+        assert stack.broker_proxy is not None
+        assert stack.s3_proxy is not None
         env = stack.env()
         assert env[ENV_BUCKET] == "stack-bucket"
         assert env[ENV_REDIS_URL].startswith("redis://127.0.0.1:")
         assert env[ENV_BROKER_URL] == f"redis://127.0.0.1:{stack.broker_proxy.port}/0"
         assert env[ENV_S3_ENDPOINT] == stack.s3_proxy.endpoint_url
         assert env[ENV_S3_DIRECT_ENDPOINT] == stack.moto.endpoint_url
-        assert env[ENV_PG_HOST] and env[ENV_PG_PORT]
+        assert env[ENV_PG_HOST]
+        assert env[ENV_PG_PORT]
         assert Path(env[ENV_WORKDIR]).is_dir()
 
         child = ServiceStack.from_env(env)
@@ -440,6 +453,7 @@ def test_service_stack_start_env_from_env_stop() -> None:
         assert child.broker_url == stack.broker_url
         assert child.django_database("app") == stack.django_database("app")
 
+        assert child.broker_url is not None
         broker = _no_retry_redis(child.broker_url)
         try:
             assert broker.ping()
@@ -475,7 +489,8 @@ def test_service_stack_unavailable_service(monkeypatch: pytest.MonkeyPatch) -> N
         assert set(stack.unavailable) == {"redis", "broker_proxy"}
         assert "cannot execute /nonexistent/redis-server" in stack.unavailable["redis"]
         env = stack.env()
-        assert ENV_REDIS_URL not in env and ENV_BROKER_URL not in env
+        assert ENV_REDIS_URL not in env
+        assert ENV_BROKER_URL not in env
         child = ServiceStack.from_env(env)
         assert "redis" in child.unavailable
         with pytest.raises(ServiceUnavailable, match="redis"):

@@ -129,9 +129,7 @@ def test_delete_local_leaves_only_remote_and_reads_never_fail(worker: Any, clean
     assert s3_bytes(clean, name) == payload
 
 
-def test_same_name_twice_never_overwrites_even_after_local_delete(
-    worker: Any, clean: Any
-) -> None:
+def test_same_name_twice_never_overwrites_even_after_local_delete(worker: Any, clean: Any) -> None:
     storage = storages["queued_delete"]
     with transaction.atomic():
         first = storage.save("photo.jpg", ContentFile(b"first photo"))
@@ -184,9 +182,16 @@ def test_task_message_carries_only_alias_and_name(parked: Any) -> None:
 
 def test_rolled_back_save_ships_nothing(parked: Any) -> None:
     storage = storages["queued_parked"]
-    with pytest.raises(RuntimeError), transaction.atomic():
-        name = storage.save("rolled-back.txt", ContentFile(b"x"))
-        raise RuntimeError("the view failed after saving")
+    saved: list[str] = []
+
+    def failing_view() -> None:
+        with transaction.atomic():
+            saved.append(storage.save("rolled-back.txt", ContentFile(b"x")))
+            raise RuntimeError("the view failed after saving")
+
+    with pytest.raises(RuntimeError):
+        failing_view()
+    name = saved[0]
     assert _parked_messages() == []
     assert StoredFile.get_row("queued_parked", name) is None
     with transaction.atomic():
@@ -227,8 +232,13 @@ def test_flushing_redis_changes_no_read_and_asks_s3_nothing(worker: Any, clean: 
 
     def observe() -> list[Any]:
         return [
-            (n, storage.exists(n), storage.size(n), storage.url(n).split("?")[0],
-             storage.using_remote(n))
+            (
+                n,
+                storage.exists(n),
+                storage.size(n),
+                storage.url(n).split("?")[0],
+                storage.using_remote(n),
+            )
             for n in (remote_name, local_name)
         ]
 
@@ -285,3 +295,19 @@ def test_old_api_code_built_storage_transfers_and_deletes(worker: Any, clean: An
     assert s3_bytes(clean, name) == b"old style"
     with LegacyDocument.objects.get(pk=doc.pk).file.open("rb") as fh:
         assert fh.read() == b"old style"
+
+
+def test_save_succeeds_while_s3_is_unreachable(worker: Any, clean: Any, caplog: Any) -> None:
+    storage = storages["default"]
+    proxy = stack().s3_proxy
+    proxy.go_down()
+    try:
+        with caplog.at_level(logging.WARNING, logger="queued_storage"), transaction.atomic():
+            name = storage.save("s3-down.txt", ContentFile(b"saved anyway"))
+        with storage.open(name) as fh:
+            assert fh.read() == b"saved anyway"
+        assert "could not ask the remote storage whether 's3-down.txt' exists" in caplog.text
+    finally:
+        proxy.come_up()
+    wait_remote("default", name, timeout=60)
+    assert s3_bytes(clean, name) == b"saved anyway"

@@ -99,7 +99,9 @@ def test_expired_lease_can_be_taken_over(ledger_db: str) -> None:
     assert StoredFile.acquire_lease("s", "f.bin", "w2", 60).acquired
     # The worker that lost its lease can neither renew nor record the outcome.
     assert not StoredFile.renew_lease("s", "f.bin", "dead-worker", 60, 10)
-    assert not StoredFile.mark_remote("s", "f.bin", "dead-worker", size=1, checksum="x", algorithm="md5")
+    assert not StoredFile.mark_remote(
+        "s", "f.bin", "dead-worker", size=1, checksum="x", algorithm="md5"
+    )
     assert StoredFile.mark_remote("s", "f.bin", "w2", size=1, checksum="x", algorithm="md5")
 
 

@@ -73,7 +73,7 @@ def test_pickle_and_deconstruct_keep_configuration_only() -> None:
     _ = original.remote.bucket_name  # build the lazy S3 storage and its session
     copy = pickle.loads(pickle.dumps(original))
     assert (copy.alias, copy.queue, copy.delete_local) == (original.alias, "uploads", True)
-    path, args, kwargs = original.deconstruct()
+    path, _args, kwargs = original.deconstruct()
     assert path == "queued_storage.storage.QueuedStorage"
     assert kwargs == {"local": "staging", "remote": "s3", "queue": "uploads", "delete_local": True}
     assert b"qs-test-secret" not in pickle.dumps(original)
@@ -187,7 +187,7 @@ def test_listdir_merges_both_sides(storage: QueuedStorage, clean: Any) -> None:
     storage.local.delete(moved)
     storage.save("dir/two.txt", ContentFile(b"2"))
     dirs, files = storage.listdir("dir")
-    assert files == ["one.txt", "two.txt"]
+    assert (dirs, files) == ([], ["one.txt", "two.txt"])
 
 
 def test_delete_removes_every_copy_and_the_row(storage: QueuedStorage, clean: Any) -> None:

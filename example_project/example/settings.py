@@ -39,8 +39,9 @@ REPO_DIR = BASE_DIR.parent
 DATA_DIR = Path(os.environ.get("QS_DEMO_DIR") or REPO_DIR / ".demo").resolve()
 STAGING_ROOT = DATA_DIR / "staging"
 STAGING_URL = "/staging/"
+DATA_DIR.mkdir(parents=True, exist_ok=True)  # SQLite does not create the directory
 
-SECRET_KEY = "django-insecure-queued-storage-demo-only"  # noqa: S105 (local demo)
+SECRET_KEY = "django-insecure-queued-storage-demo-only"  # a local demo: not a secret
 DEBUG = True
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
 ROOT_URLCONF = "example.urls"
@@ -117,7 +118,7 @@ else:
     }
     # kombu's filesystem transport: a message is a file; producer and worker share the folder.
     for _folder in ("queue", "control"):
-        (BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+        (BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)  # kombu does not create them
     CELERY_BROKER_URL = "filesystem://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),

@@ -4,38 +4,72 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='StoredFile',
+            name="StoredFile",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('alias', models.CharField(help_text='Alias of the queued storage.', max_length=100)),
-                ('name', models.CharField(help_text='Name of the file in both storages.', max_length=1024)),
-                ('state', models.CharField(choices=[('pending', 'Pending'), ('transferring', 'Transferring'), ('remote', 'Remote'), ('failed', 'Failed')], default='pending', max_length=16)),
-                ('size', models.BigIntegerField(blank=True, null=True)),
-                ('checksum', models.CharField(blank=True, default='', max_length=200)),
-                ('checksum_algorithm', models.CharField(blank=True, default='', max_length=32)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('last_error', models.TextField(blank=True, default='')),
-                ('host', models.CharField(blank=True, default='', help_text='Holds the local copy.', max_length=255)),
-                ('local_exists', models.BooleanField(default=False)),
-                ('bytes_done', models.BigIntegerField(default=0)),
-                ('lease_owner', models.CharField(blank=True, default='', max_length=255)),
-                ('lease_expires', models.DateTimeField(blank=True, null=True)),
-                ('created', models.DateTimeField(auto_now_add=True)),
-                ('updated', models.DateTimeField(auto_now=True)),
-                ('transferred', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "alias",
+                    models.CharField(help_text="Alias of the queued storage.", max_length=100),
+                ),
+                (
+                    "name",
+                    models.CharField(
+                        help_text="Name of the file in both storages.", max_length=1024
+                    ),
+                ),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("transferring", "Transferring"),
+                            ("remote", "Remote"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("size", models.BigIntegerField(blank=True, null=True)),
+                ("checksum", models.CharField(blank=True, default="", max_length=200)),
+                ("checksum_algorithm", models.CharField(blank=True, default="", max_length=32)),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("last_error", models.TextField(blank=True, default="")),
+                (
+                    "host",
+                    models.CharField(
+                        blank=True, default="", help_text="Holds the local copy.", max_length=255
+                    ),
+                ),
+                ("local_exists", models.BooleanField(default=False)),
+                ("bytes_done", models.BigIntegerField(default=0)),
+                ("lease_owner", models.CharField(blank=True, default="", max_length=255)),
+                ("lease_expires", models.DateTimeField(blank=True, null=True)),
+                ("created", models.DateTimeField(auto_now_add=True)),
+                ("updated", models.DateTimeField(auto_now=True)),
+                ("transferred", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'verbose_name': 'stored file',
-                'indexes': [models.Index(fields=['state', 'updated'], name='queued_storage_state_upd')],
-                'constraints': [models.UniqueConstraint(fields=('alias', 'name'), name='queued_storage_alias_name')],
+                "verbose_name": "stored file",
+                "indexes": [
+                    models.Index(fields=["state", "updated"], name="queued_storage_state_upd")
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("alias", "name"), name="queued_storage_alias_name"
+                    )
+                ],
             },
         ),
     ]

@@ -1,0 +1,529 @@
+#!/usr/bin/env python
+"""Run the queued_storage demo on loopback: ``python example_project/demo.py [--smoke] [--port N]``.
+
+Unless the environment names a real S3 (see the docstring of ``example/settings.py``), a moto
+S3 server is started on a free loopback port. Then the SQLite database is migrated, the
+superuser ``admin``/``admin`` is created (a local demo only), a Celery worker is started, and
+
+* by default, Django's development server runs until Ctrl-C (or SIGTERM): upload a file in the
+  admin and refresh the list to watch it move from the staging disk to S3;
+* with ``--smoke``, a 1 MiB upload is saved and checked end to end instead: served locally
+  before the commit, transferred and verified after it, then served from S3 byte for byte.
+  Exit status 0 when every check passes, 1 otherwise (with the tail of the worker's log).
+
+Every child process runs in its own process group (Ctrl-C in the terminal reaches only this
+launcher) and is stopped when the launcher exits, also after an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import hashlib
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any, TypeVar
+from urllib.parse import urlsplit
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+LOOPBACK = "127.0.0.1"
+SETTINGS_MODULE = "example.settings"
+DEFAULT_PORT = 8000
+SMOKE_SIZE = 1024 * 1024 + 321  # ~1 MiB, not a multiple of any block size
+SMOKE_TIMEOUT = 60.0
+
+T = TypeVar("T")
+
+
+class DemoError(Exception):
+    """A step of the demo failed; the message says which and why."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM was received."""
+
+
+STOP = threading.Event()
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    STOP.set()
+
+
+def checkpoint() -> None:
+    """Raise :class:`Interrupted` once a stop signal has arrived."""
+    if STOP.is_set():
+        raise Interrupted
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+# --- ports and probes --------------------------------------------------------------------------
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_status(port: int, path: str, timeout: float = 2.0) -> int | None:
+    """The status of ``GET path`` on the loopback port, or ``None`` if nothing answers."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return int(response.status)
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def wait_until(
+    what: str, probe: Callable[[], T | None], timeout: float, alive: Child | None = None
+) -> T:
+    """Poll *probe* until it returns a value that is not ``None``/false; fail after *timeout*."""
+    deadline = time.monotonic() + timeout
+    while True:
+        checkpoint()
+        value = probe()
+        if value:
+            return value
+        if alive is not None and not alive.running:
+            raise DemoError(f"{alive.name} exited with status {alive.returncode} while {what}")
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out after {timeout:.0f}s {what}")
+        time.sleep(0.1)
+
+
+# --- child processes ---------------------------------------------------------------------------
+class Child:
+    """A subprocess in its own process group, its output in ``<data>/<name>.log``.
+
+    With ``echo``, each output line is also printed to the terminal, prefixed with the name.
+    """
+
+    def __init__(
+        self, name: str, argv: list[str], log_path: Path, env: dict[str, str], *, echo: bool
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.echo = echo
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._pump: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=HERE,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if self.echo else self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a process group of its own, away from the terminal's ^C
+        )
+        CHILDREN.append(self)
+        if self.echo:
+            self._pump = threading.Thread(target=self._copy_output, daemon=True)
+            self._pump.start()
+
+    def _copy_output(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None and self._log is not None
+        prefix = f"{self.name:>6} | "
+        for line in iter(self.proc.stdout.readline, b""):
+            with contextlib.suppress(ValueError, OSError):  # closed by stop()
+                self._log.write(line)
+                self._log.flush()
+                sys.stdout.write(prefix + line.decode("utf-8", "replace"))
+                sys.stdout.flush()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM to the process group, SIGKILL after *timeout*; idempotent."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        # Whatever the leader left behind in its group (the group id outlives the leader
+        # only while members remain, so this cannot hit an unrelated process).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if self._pump is not None:
+            self._pump.join(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if self._log is not None:
+            self._log.close()
+        self.proc = None
+
+
+CHILDREN: list[Child] = []
+
+
+def stop_all() -> None:
+    """Stop every child, the last started first (web server, worker, then S3)."""
+    while CHILDREN:
+        child = CHILDREN.pop()
+        try:
+            child.stop()
+        except Exception as err:  # keep stopping the others
+            print(f"could not stop {child.name}: {err}", file=sys.stderr)
+
+
+# --- set-up --------------------------------------------------------------------------------------
+def child_env() -> dict[str, str]:
+    """The environment of every child: ours (with the S3 endpoint) plus the import paths."""
+    env = dict(os.environ)
+    paths = [str(HERE), str(REPO)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_moto(data: Path) -> tuple[Child, int]:
+    port = free_port()
+    moto = Child(
+        "moto",
+        [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)],
+        data / "moto.log",
+        child_env(),
+        echo=False,
+    )
+    moto.start()
+    return moto, port
+
+
+def start_worker(data: Path, *, echo: bool) -> Child:
+    worker = Child(
+        "worker",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "example",
+            "worker",
+            "-P",
+            "solo",
+            "--concurrency",
+            "1",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--hostname",
+            f"demo-{os.getpid()}@%h",
+        ],
+        data / "worker.log",
+        child_env(),
+        echo=echo,
+    )
+    worker.start()
+    return worker
+
+
+def setup_django() -> None:
+    for path in (str(REPO), str(HERE)):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
+    import django
+
+    django.setup()
+
+
+def migrate_and_admin() -> None:
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    call_command("migrate", interactive=False, verbosity=0)
+    say("ok: database migrated")
+    user_model = get_user_model()
+    if not user_model.objects.filter(username="admin").exists():
+        user_model.objects.create_superuser("admin", "admin@example.invalid", "admin")
+        say("created the superuser admin / admin (a local demo only: never use it elsewhere)")
+
+
+def forget_previous_run() -> None:
+    """A new moto server starts empty: drop the uploads an earlier run recorded as on S3."""
+    from django.conf import settings
+    from django.core.cache import caches
+    from gallery.models import Upload
+
+    from queued_storage.models import StoredFile
+
+    uploads = Upload.objects.count()
+    StoredFile.objects.all().delete()
+    Upload.objects.all().delete()
+    caches["default"].clear()
+    shutil.rmtree(settings.STAGING_ROOT, ignore_errors=True)
+    queue = Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("data_folder_in", ""))
+    if settings.CELERY_BROKER_URL == "filesystem://" and queue.is_dir():
+        for message in queue.glob("*.msg"):
+            message.unlink(missing_ok=True)
+    if uploads:
+        say(f"moto keeps nothing between runs: removed {uploads} upload(s) of an earlier run")
+
+
+def ensure_bucket() -> str:
+    """Create the bucket if it is missing; return its name."""
+    from botocore.exceptions import ClientError
+    from django.core.files.storage import storages
+
+    s3: Any = storages["s3"]
+    client = s3.connection.meta.client
+    bucket = str(s3.bucket_name)
+    try:
+        client.head_bucket(Bucket=bucket)
+        return bucket
+    except ClientError as err:
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        if code not in ("404", "NoSuchBucket", "NotFound"):
+            raise DemoError(f"cannot use the bucket {bucket!r}: {code or err}") from err
+    region = s3.region_name or "us-east-1"
+    options: dict[str, Any] = {}
+    if region != "us-east-1":
+        options["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    client.create_bucket(Bucket=bucket, **options)
+    say(f"ok: created the bucket {bucket!r}")
+    return bucket
+
+
+def wait_worker_ready(worker: Child, timeout: float = 60.0) -> None:
+    wait_until(
+        "waiting for the Celery worker to be ready",
+        lambda: " ready." in worker.log_text(),
+        timeout,
+        alive=worker,
+    )
+    say("ok: Celery worker ready")
+
+
+# --- the two modes -------------------------------------------------------------------------------
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise DemoError(message)
+
+
+def smoke(worker: Child, endpoint: str | None) -> None:
+    """Save ~1 MiB, check it end to end: local before commit, S3 after the transfer."""
+    import requests
+    from django.conf import settings
+    from django.core.files.base import ContentFile
+    from django.db import transaction
+    from gallery.models import Upload
+
+    from queued_storage.models import State, StoredFile
+
+    data = os.urandom(SMOKE_SIZE)
+    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    with transaction.atomic():
+        upload = Upload(title="smoke test")
+        upload.file.save("smoke.bin", ContentFile(data), save=True)
+        name = str(upload.file.name)
+        storage: Any = upload.file.storage
+        check(storage.using_local(name), f"{name} is not served locally before the commit")
+        url = upload.file.url
+        check(url.startswith(settings.STAGING_URL), f"local URL expected, got {url}")
+        with storage.open(name, "rb") as fh:
+            check(fh.read() == data, "the local copy does not hold the uploaded bytes")
+    say(f"ok: served locally ({url}, {len(data)} bytes)")
+
+    def transferred() -> StoredFile | None:
+        row = StoredFile.objects.filter(alias=storage.alias, name=name).first()
+        if row is not None and row.state == State.FAILED:
+            raise DemoError(f"the transfer failed: {row.last_error}")
+        # "remote" is committed before the local copy is deleted: wait for both.
+        if row is not None and row.state == State.REMOTE and not row.local_exists:
+            return row
+        return None
+
+    row = wait_until("waiting for the transfer to S3", transferred, SMOKE_TIMEOUT, alive=worker)
+    check(row.checksum == md5, f"ledger checksum {row.checksum!r} is not the MD5 {md5!r}")
+    check(row.size == len(data), f"ledger size {row.size} is not {len(data)}")
+    say("ok: transferred and verified")
+
+    upload = Upload.objects.get(pk=upload.pk)
+    check(upload.file.is_remote, "the field does not report the file as remote")
+    url = upload.file.url
+    expected = endpoint.rstrip("/") + "/" if endpoint else "https://"
+    check(url.startswith(expected), f"an S3 URL under {expected} expected, got {url}")
+    with requests.Session() as session:
+        session.trust_env = urlsplit(url).hostname != LOOPBACK  # no proxy for loopback
+        response = session.get(url, timeout=30)
+    check(response.status_code == 200, f"GET of the S3 URL answered HTTP {response.status_code}")
+    check(response.content == data, "the S3 copy does not hold the uploaded bytes")
+    local_path = Path(settings.STAGING_ROOT) / name
+    check(not local_path.exists(), f"the local copy {local_path} was not deleted")
+    say(f"ok: served from S3 {url.split('?', 1)[0]}")
+
+    upload.file.delete(save=False)
+    upload.delete()
+
+
+def serve(port: int, worker: Child, moto: Child | None, bucket: str, data: Path) -> None:
+    web = Child(
+        "web",
+        [sys.executable, "manage.py", "runserver", f"{LOOPBACK}:{port}", "--noreload"],
+        data / "web.log",
+        child_env(),
+        echo=True,
+    )
+    web.start()
+    wait_until(
+        "waiting for the development server",
+        lambda: http_status(port, "/admin/login/") is not None,
+        30,
+        alive=web,
+    )
+    s3 = "moto, in memory" if moto is not None else "from DEMO_S3_*"
+    say(
+        "\n"
+        f"  site:   http://{LOOPBACK}:{port}/\n"
+        f"  admin:  http://{LOOPBACK}:{port}/admin/   user: admin   password: admin"
+        "   (a local demo only)\n"
+        f"  S3:     bucket {bucket!r} ({s3})\n"
+        f"  logs:   {data}/worker.log, {data}/web.log\n"
+        "  Upload a file in the admin, then refresh the list to watch it move to S3.\n"
+        "  Press Ctrl-C to stop.\n"
+    )
+    watched = [child for child in (web, worker, moto) if child is not None]
+    while not STOP.wait(0.5):
+        for child in watched:
+            if not child.running:
+                raise DemoError(
+                    f"{child.name} exited with status {child.returncode}; its log:\n"
+                    + child.tail()
+                )
+    raise Interrupted
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--smoke", action="store_true", help="run the end-to-end check, exit")
+    parser.add_argument("--port", type=int, default=None, help=f"web port (default {DEFAULT_PORT})")
+    args = parser.parse_args(argv)
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    atexit.register(stop_all)
+    started = time.monotonic()
+    data = Path(os.environ.get("QS_DEMO_DIR") or REPO / ".demo").resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    os.environ["QS_DEMO_DIR"] = str(data)
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    worker: Child | None = None
+    try:
+        moto: Child | None = None
+        endpoint = os.environ.get("DEMO_S3_ENDPOINT_URL") or None
+        if endpoint is None and not os.environ.get("DEMO_S3_BUCKET"):
+            moto, moto_port = start_moto(data)
+            endpoint = f"http://{LOOPBACK}:{moto_port}"
+            os.environ["DEMO_S3_ENDPOINT_URL"] = endpoint  # for this process and the children
+        setup_django()
+        migrate_and_admin()
+        if moto is not None:
+            forget_previous_run()
+        checkpoint()
+        worker = start_worker(data, echo=not args.smoke)
+        if moto is not None:
+            wait_until(
+                "waiting for the moto S3 server",
+                lambda: http_status(moto_port, "/") is not None,
+                30,
+                alive=moto,
+            )
+            say(f"ok: moto S3 server on {endpoint}")
+        bucket = ensure_bucket()
+        wait_worker_ready(worker)
+
+        from django.db import connections
+
+        if args.smoke:
+            smoke(worker, endpoint)
+            connections.close_all()
+            stop_all()
+            say(f"smoke test passed in {time.monotonic() - started:.1f}s")
+            return 0
+        connections.close_all()
+        port = args.port or DEFAULT_PORT
+        if not port_is_free(port):
+            busy, port = port, free_port()
+            say(f"port {busy} is busy: using {port}")
+        serve(port, worker, moto, bucket, data)
+        return 0  # not reached: serve() ends with Interrupted or DemoError
+    except Interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        say("\nstopping ...")
+        stop_all()
+        say("stopped.")
+        return 1 if args.smoke else 0
+    except Exception as err:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print(f"FAILED: {type(err).__name__}: {err}", file=sys.stderr)
+        if worker is not None:
+            print(f"--- last lines of {worker.log_path} ---", file=sys.stderr)
+            print(worker.tail(), file=sys.stderr)
+        stop_all()
+        return 1
+    finally:
+        stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
