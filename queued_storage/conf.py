@@ -93,10 +93,5 @@ class Settings:
         """Read size in bytes of the generic (non-S3) copy and of checksum passes."""
         return int(self._get("CHUNK_SIZE", 8 * MiB))
 
-    @property
-    def TASK(self) -> str:
-        """Dotted path of the Celery task that transfers a file."""
-        return str(self._get("TASK", "queued_storage.tasks.transfer"))
-
 
 settings = Settings()

@@ -24,7 +24,7 @@ from django.db import connections
 
 from queued_storage import state as file_state
 from queued_storage.conf import settings
-from queued_storage.exceptions import PermanentTransferError, TransferError, TransientTransferError
+from queued_storage.exceptions import PermanentTransferError, TransferError
 from queued_storage.models import State, StoredFile
 from queued_storage.signals import file_transferred, transfer_failed
 from queued_storage.storage import QueuedStorage, get_queued_storage
@@ -119,6 +119,18 @@ def _publish_row(storage: QueuedStorage, name: str) -> None:
         )
 
 
+def _discard_remote(storage: QueuedStorage, name: str) -> None:
+    try:
+        delete_remote(storage.remote, name)
+    except Exception:
+        logger.error(
+            "queued_storage: %r was deleted during its transfer, and its remote copy could not "
+            "be removed; delete it by hand",
+            name,
+            exc_info=True,
+        )
+
+
 def _fail(storage: QueuedStorage, name: str, owner: str, error: TransferError) -> Outcome:
     reason = str(error)
     StoredFile.release(storage.alias, name, owner, state=State.FAILED, error=reason)
@@ -173,9 +185,13 @@ def run_transfer(
                 config=EngineConfig.from_settings(),
                 progress=beat.progress,
             )
-    except PermanentTransferError as err:
-        return _fail(storage, name, owner, err)
-    except TransientTransferError as err:
+    except TransferError as err:
+        if StoredFile.get_row(alias, name) is None:
+            # Deleted while we were sending it (which is why the local copy vanished, say).
+            _discard_remote(storage, name)
+            return Outcome.GONE
+        if isinstance(err, PermanentTransferError):
+            return _fail(storage, name, owner, err)
         if row.attempts > settings.RETRIES:
             return _fail(storage, name, owner, err)
         StoredFile.release(alias, name, owner, state=State.PENDING, error=str(err))
@@ -195,7 +211,7 @@ def run_transfer(
     if not recorded:
         if StoredFile.get_row(alias, name) is None:
             # Deleted while we were uploading: remove what we wrote, bring nothing back.
-            delete_remote(storage.remote, name)
+            _discard_remote(storage, name)
             return Outcome.GONE
         return Outcome.LOST_LEASE  # another worker took over; it records the outcome
     file_state.publish(

@@ -215,3 +215,24 @@ def test_generic_remote_is_copied_and_verified(clean: Any) -> None:
     assert row is not None and row.checksum_algorithm == "sha256"
     with storage.remote.open(name) as fh:
         assert fh.read() == b"slow path"
+
+
+def test_delete_during_the_upload_brings_nothing_back(clean: Any, tmp_path: Path) -> None:
+    from tests.testapp import storages as hooks
+
+    storage = QueuedStorage(
+        local="staging",
+        remote="tests.testapp.storages.DuringUploadStorage",
+        remote_options={"location": str(tmp_path / "remote")},
+        delayed=True,
+    )
+    name = storage.save("racing.txt", ContentFile(b"short-lived"))
+    hooks.during_upload.append(storage.delete)  # the user deletes while the bytes are in flight
+    try:
+        assert run_transfer(storage.alias, name) is Outcome.GONE
+    finally:
+        hooks.during_upload.clear()
+    assert StoredFile.get_row(storage.alias, name) is None
+    assert not (tmp_path / "remote" / name).exists()
+    assert not os.path.exists(storage.local.path(name))
+    assert not storage.exists(name)

@@ -144,6 +144,7 @@ S3_OPTIONS: dict[str, object] = {
     "secret_key": os.environ.get("DEMO_S3_SECRET_KEY") or "demo-secret",
     "region_name": os.environ.get("DEMO_S3_REGION") or "us-east-1",
     "querystring_auth": True,  # pre-signed URLs: the bucket stays private
+    "signature_version": "s3v4",  # botocore would presign with the deprecated SigV2
 }
 if S3_ENDPOINT_URL:
     S3_OPTIONS["addressing_style"] = "path"  # loopback and MinIO have no bucket subdomains

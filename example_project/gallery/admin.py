@@ -59,7 +59,7 @@ class UploadAdmin(_UploadAdminBase):
         if "file" in form.changed_data:
             messages.info(
                 request,
-                f"{obj.file.name} is saved on the local disk and served from there; a Celery "
+                f"The file {obj.file.name} is saved on the local disk and served from there; a Celery "
                 "worker transfers it to S3 once this request is committed. Refresh the list to "
                 "watch its state change.",
             )
