@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
@@ -137,6 +137,8 @@ class Child:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._pump: threading.Thread | None = None
+        #: Seconds to wait after SIGTERM (a worker finishes the transfer it is running).
+        self.stop_timeout = 10.0
 
     def start(self) -> None:
         self._log = self.log_path.open("wb")
@@ -181,8 +183,10 @@ class Child:
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """SIGTERM to the process group, SIGKILL after *timeout*; idempotent."""
+        if timeout is None:
+            timeout = self.stop_timeout
         proc = self.proc
         if proc is None:
             return
@@ -273,6 +277,7 @@ def start_worker(data: Path, *, echo: bool) -> Child:
         child_env(),
         echo=echo,
     )
+    worker.stop_timeout = 30.0
     worker.start()
     return worker
 
@@ -303,16 +308,17 @@ def forget_previous_run() -> None:
     """A new moto server starts empty: drop the uploads an earlier run recorded as on S3."""
     from django.conf import settings
     from django.core.cache import caches
-    from gallery.models import Upload
+    from django.core.files.storage import FileSystemStorage, storages
 
+    from gallery.models import Upload
     from queued_storage.models import StoredFile
 
     uploads = Upload.objects.count()
     StoredFile.objects.all().delete()
     Upload.objects.all().delete()
     caches["default"].clear()
-    shutil.rmtree(settings.STAGING_ROOT, ignore_errors=True)
-    queue = Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("data_folder_in", ""))
+    shutil.rmtree(cast(FileSystemStorage, storages["staging"]).location, ignore_errors=True)
+    queue = Path(str(settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("data_folder_in", "")))
     if settings.CELERY_BROKER_URL == "filesystem://" and queue.is_dir():
         for message in queue.glob("*.msg"):
             message.unlink(missing_ok=True)
@@ -363,11 +369,10 @@ def check(condition: bool, message: str) -> None:
 def smoke(worker: Child, endpoint: str | None) -> None:
     """Save ~1 MiB, check it end to end: local before commit, S3 after the transfer."""
     import requests
-    from django.conf import settings
     from django.core.files.base import ContentFile
     from django.db import transaction
-    from gallery.models import Upload
 
+    from gallery.models import Upload
     from queued_storage.models import State, StoredFile
 
     data = os.urandom(SMOKE_SIZE)
@@ -379,13 +384,14 @@ def smoke(worker: Child, endpoint: str | None) -> None:
         storage: Any = upload.file.storage
         check(storage.using_local(name), f"{name} is not served locally before the commit")
         url = upload.file.url
-        check(url.startswith(settings.STAGING_URL), f"local URL expected, got {url}")
+        local_url = str(storage.local.base_url)
+        check(url.startswith(local_url), f"a local URL under {local_url} expected, got {url}")
         with storage.open(name, "rb") as fh:
             check(fh.read() == data, "the local copy does not hold the uploaded bytes")
     say(f"ok: served locally ({url}, {len(data)} bytes)")
 
     def transferred() -> StoredFile | None:
-        row = StoredFile.objects.filter(alias=storage.alias, name=name).first()
+        row: StoredFile | None = StoredFile.objects.filter(alias=storage.alias, name=name).first()
         if row is not None and row.state == State.FAILED:
             raise DemoError(f"the transfer failed: {row.last_error}")
         # "remote" is committed before the local copy is deleted: wait for both.
@@ -393,7 +399,9 @@ def smoke(worker: Child, endpoint: str | None) -> None:
             return row
         return None
 
-    row = wait_until("waiting for the transfer to S3", transferred, SMOKE_TIMEOUT, alive=worker)
+    row: StoredFile = wait_until(
+        "waiting for the transfer to S3", transferred, SMOKE_TIMEOUT, alive=worker
+    )
     check(row.checksum == md5, f"ledger checksum {row.checksum!r} is not the MD5 {md5!r}")
     check(row.size == len(data), f"ledger size {row.size} is not {len(data)}")
     say("ok: transferred and verified")
@@ -408,7 +416,7 @@ def smoke(worker: Child, endpoint: str | None) -> None:
         response = session.get(url, timeout=30)
     check(response.status_code == 200, f"GET of the S3 URL answered HTTP {response.status_code}")
     check(response.content == data, "the S3 copy does not hold the uploaded bytes")
-    local_path = Path(settings.STAGING_ROOT) / name
+    local_path = Path(storage.local.path(name))
     check(not local_path.exists(), f"the local copy {local_path} was not deleted")
     say(f"ok: served from S3 {url.split('?', 1)[0]}")
 
@@ -447,8 +455,7 @@ def serve(port: int, worker: Child, moto: Child | None, bucket: str, data: Path)
         for child in watched:
             if not child.running:
                 raise DemoError(
-                    f"{child.name} exited with status {child.returncode}; its log:\n"
-                    + child.tail()
+                    f"{child.name} exited with status {child.returncode}; its log:\n" + child.tail()
                 )
     raise Interrupted
 

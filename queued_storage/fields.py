@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 from django.db.models.fields.files import FieldFile, FileField, ImageField, ImageFieldFile
 
@@ -15,6 +15,11 @@ __all__ = ["QueuedFieldFile", "QueuedFileField", "QueuedImageField", "QueuedImag
 class _QueuedFileMixin:
     name: str | None
     storage: Any
+
+    @property
+    def queued_storage(self) -> QueuedStorage:
+        """The field's storage, typed (it must be a QueuedStorage)."""
+        return self._queued_storage()
 
     def _queued_storage(self) -> QueuedStorage:
         if not isinstance(self.storage, QueuedStorage):
@@ -31,15 +36,22 @@ class _QueuedFileMixin:
         return self._queued_storage().transfer(self.name)
 
     @property
-    def state(self) -> FileState | None:
-        """The file's ledger state (``.state.state`` is ``pending``/.../``remote``)."""
+    def queued_state(self) -> FileState | None:
+        """The file's state record (state, size, whether the local copy exists)."""
         if not self.name:
             return None
         return self._queued_storage().get_state(self.name)
 
     @property
+    def state(self) -> str | None:
+        """``"pending"``, ``"transferring"``, ``"remote"`` or ``"failed"``; ``None`` if unknown."""
+        found = self.queued_state
+        return None if found is None else found.state
+
+    @property
     def is_remote(self) -> bool:
-        found = self.state
+        """Whether reads of this file go to the remote storage now."""
+        found = self.queued_state
         return found is not None and found.is_remote
 
 
@@ -56,8 +68,24 @@ class QueuedFileField(FileField):
 
     attr_class = QueuedFieldFile
 
+    if TYPE_CHECKING:  # so that type checkers see ``instance.field`` as a QueuedFieldFile
+
+        @overload  # type: ignore[override]
+        def __get__(self, instance: None, owner: Any) -> QueuedFileField: ...
+        @overload
+        def __get__(self, instance: Any, owner: Any) -> QueuedFieldFile: ...
+        def __get__(self, instance: Any, owner: Any) -> Any: ...
+
 
 class QueuedImageField(ImageField):
     """An ``ImageField`` whose files offer ``.transfer()`` and ``.state``."""
 
     attr_class = QueuedImageFieldFile
+
+    if TYPE_CHECKING:
+
+        @overload  # type: ignore[override]
+        def __get__(self, instance: None, owner: Any) -> QueuedImageField: ...
+        @overload
+        def __get__(self, instance: Any, owner: Any) -> QueuedImageFieldFile: ...
+        def __get__(self, instance: Any, owner: Any) -> Any: ...

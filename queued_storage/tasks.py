@@ -14,6 +14,7 @@ import enum
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import uuid
@@ -290,6 +291,14 @@ def dispatch(task: Any, alias: str, name: str, *, queue: str | None = None) -> A
             "and is served locally until the reconcile pass or storage.transfer(name) queues it",
             name,
             type(err).__name__,
-            err,
+            redact(str(err)),
         )
         return None
+
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@")
+
+
+def redact(text: str) -> str:
+    """Hide the password of any URL in *text* (broker errors may quote the broker URL)."""
+    return _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)

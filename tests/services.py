@@ -353,11 +353,27 @@ class _ProcessService:
             if proc is None or proc.poll() is not None:
                 code = proc.returncode if proc is not None else None
                 raise self._unavailable(f"process exited with status {code} during start-up")
-            if self._ready():
+            if self._listening(proc.pid) and self._ready():
                 return
             if time.monotonic() > deadline:
                 raise self._unavailable(f"not ready after {timeout:.0f}s on port {self._port}")
             time.sleep(0.05)
+
+    def _listening(self, pid: int) -> bool:
+        """Whether *our* process listens on the port (so readiness probes cannot reach some
+        other server that holds the port)."""
+        try:
+            import psutil
+        except ImportError:
+            return True
+        try:
+            connections = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.Error:
+            return False
+        return any(
+            conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == self._port
+            for conn in connections
+        )
 
     def _terminate(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None
@@ -747,6 +763,8 @@ class _Listener:
         with self._lock:
             threads = list(self._threads)
         for conn_thread in threads:
+            if conn_thread is threading.current_thread():
+                continue
             conn_thread.join(max(0.0, deadline - time.monotonic()))
             if conn_thread.is_alive():
                 log.warning("%s: connection thread %s did not finish", self.name, conn_thread.name)
@@ -758,12 +776,15 @@ class _Listener:
             _shutdown_quietly(sock)
 
     def _accept_loop(self, sock: socket.socket, wake: socket.socket) -> None:
+        poller = select.poll()  # not select(): file descriptors may be above FD_SETSIZE
+        poller.register(sock, select.POLLIN)
+        poller.register(wake, select.POLLIN)
         while True:
             try:
-                readable, _, _ = select.select([sock, wake], [], [])
-            except (OSError, ValueError):
+                ready = {fd for fd, _event in poller.poll()}
+            except OSError:
                 return
-            if wake in readable:
+            if wake.fileno() in ready:
                 return
             try:
                 conn, _addr = sock.accept()
@@ -801,6 +822,7 @@ class _FaultProxyBase:
         self.name = name
         self.upstream = (upstream[0], int(upstream[1]))
         self._listener = _Listener(name, port if port is not None else free_port(), self._handle)
+        self._auto_port = port is None
         self._started = False
 
     @property
@@ -825,12 +847,22 @@ class _FaultProxyBase:
         return self._listener.active_connections
 
     def start(self) -> None:
-        self._started = True
-        self._listener.open()
+        """Start listening.  Before the first successful start an automatically picked port
+        that turns out to be taken is replaced by another free one; later starts keep it."""
+        for attempt in range(3):
+            try:
+                self._listener.open(timeout=0.0 if not self._started else 5.0)
+            except OSError as exc:
+                retry = self._auto_port and not self._started and exc.errno == errno.EADDRINUSE
+                if not retry or attempt == 2:
+                    raise
+                self._listener.port = free_port()
+                continue
+            self._started = True
+            return
 
     def stop(self) -> None:
         """Close the listener and every connection, join all threads; idempotent."""
-        self._started = False
         self._listener.close()
 
     def go_down(self) -> None:
@@ -889,14 +921,17 @@ class TcpFaultProxy(_FaultProxyBase):
             upstream.settimeout(None)
             upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._listener.track(upstream)
-            peers = {conn: upstream, upstream: conn}
+            peers = {conn.fileno(): (conn, upstream), upstream.fileno(): (upstream, conn)}
+            poller = select.poll()
+            for fd in peers:
+                poller.register(fd, select.POLLIN)
             while True:
-                readable, _, _ = select.select(list(peers), [], [])
-                for sock in readable:
-                    data = sock.recv(_BUFSIZE)
+                for fd, _event in poller.poll():
+                    source, sink = peers[fd]
+                    data = source.recv(_BUFSIZE)
                     if not data:
                         return
-                    peers[sock].sendall(data)
+                    sink.sendall(data)
         except OSError:
             return
         finally:
@@ -1286,6 +1321,7 @@ class ServiceStack:
         self._own_workdir = workdir is None
         self.workdir: Path = Path(workdir) if workdir is not None else Path()
         self.unavailable: dict[str, str] = {}
+        self._log_tails: dict[str, str] = {}
         self.owned = True
         self._owner_pid = os.getpid()
         self._started = False
@@ -1330,14 +1366,19 @@ class ServiceStack:
         self.start_seconds = time.monotonic() - began
         if self.strict and self.unavailable:
             name, reason = next(iter(self.unavailable.items()))
+            tail = self._log_tails.get(name, "")
             self.stop()
-            raise ServiceUnavailable(name, reason)
+            raise ServiceUnavailable(name, reason, tail)
         return self
 
     def _fail(self, name: str, exc: BaseException) -> None:
-        reason = str(exc) if isinstance(exc, ServiceUnavailable) else f"{type(exc).__name__}: {exc}"
-        log.warning("test service %s unavailable: %s", name, reason)
+        if isinstance(exc, ServiceUnavailable):
+            reason, tail = exc.reason, exc.log_tail
+        else:
+            reason, tail = f"{type(exc).__name__}: {exc}", ""
+        log.warning("test service %s unavailable: %s\n%s", name, reason, tail)
         self.unavailable[name] = reason
+        self._log_tails[name] = tail
 
     def _start_redis(self) -> None:
         if "redis" in self._wanted:

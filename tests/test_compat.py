@@ -96,7 +96,7 @@ def test_queued_file_field_transfer_and_state(clean: Any) -> None:
     assert isinstance(field, fields.QueuedFileField)
     doc = Document(title="x")
     doc.file.save("field.txt", ContentFile(b"abc"), save=False)
-    assert doc.file.state is not None and doc.file.state.state == State.PENDING
+    assert doc.file.state == State.PENDING
     assert not doc.file.is_remote
     assert doc.file.transfer() is not None
 

@@ -68,7 +68,7 @@ def test_model_file_is_served_locally_then_transferred_then_from_s3(
         assert doc.file.url == f"/staging/{name}"
         with doc.file.open("rb") as fh:
             assert fh.read() == b"first bytes"
-        assert doc.file.state.state == State.PENDING
+        assert doc.file.state == State.PENDING
     row = wait_remote("default", name)
     assert row.checksum == hashlib.md5(b"first bytes").hexdigest()
     assert row.size == len(b"first bytes")

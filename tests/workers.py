@@ -62,7 +62,8 @@ def _group_pids(pgid: int) -> list[int]:
 class CeleryWorker:
     """One ``celery worker`` subprocess.
 
-    ``env`` is merged over ``os.environ`` (plus ``PYTHONUNBUFFERED=1``); ``cwd`` defaults to the
+    ``env`` is merged over ``os.environ`` (plus ``PYTHONUNBUFFERED=1``); a value of ``None``
+    removes the variable (e.g. ``{"DJANGO_SETTINGS_MODULE": None}``).  ``cwd`` defaults to the
     repository root.  The log file is appended to, so several starts can share one file; readiness
     is only looked for in the output of the current start.
     """
@@ -71,7 +72,7 @@ class CeleryWorker:
         self,
         app: str,
         *,
-        env: Mapping[str, str],
+        env: Mapping[str, str | None],
         logfile: Path,
         queues: Sequence[str] | None = None,
         concurrency: int = 1,
@@ -127,7 +128,11 @@ class CeleryWorker:
             raise RuntimeError(f"worker {self.name} already started")
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        env.update(self.env)
+        for key, value in self.env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         env["PYTHONUNBUFFERED"] = "1"
         with self.logfile.open("ab") as log:
             self._log_offset = log.tell()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from django.conf import settings
+from typing import cast
+
 from django.conf.urls.static import static
 from django.contrib import admin
+from django.core.files.storage import FileSystemStorage, storages
 from django.urls import path
 
 from gallery import views
@@ -15,4 +17,5 @@ urlpatterns = [
 ]
 # Files not yet on S3 are served from the staging directory (``static()`` is a no-op unless
 # DEBUG; in production the web server serves this directory).
-urlpatterns += static(settings.STAGING_URL, document_root=settings.STAGING_ROOT)
+_staging = cast(FileSystemStorage, storages["staging"])
+urlpatterns += static(_staging.base_url, document_root=_staging.location)

@@ -54,14 +54,16 @@ class UploadAdmin(_UploadAdminBase):
         url = obj.file.url
         return format_html('<a href="{}">{}</a>', url, url.split("?", 1)[0])
 
-    def save_model(self, request: HttpRequest, obj: Upload, form: ModelForm[Upload], change: bool) -> None:
+    def save_model(
+        self, request: HttpRequest, obj: Upload, form: ModelForm[Upload], change: bool
+    ) -> None:
         super().save_model(request, obj, form, change)
         if "file" in form.changed_data:
             messages.info(
                 request,
-                f"The file {obj.file.name} is saved on the local disk and served from there; a Celery "
-                "worker transfers it to S3 once this request is committed. Refresh the list to "
-                "watch its state change.",
+                f"The file {obj.file.name} is saved on the local disk and served from there; "
+                "a Celery worker transfers it to S3 once this request is committed. Refresh "
+                "the list to watch its state change.",
             )
 
     @admin.action(description="Queue the transfer of the selected files again")

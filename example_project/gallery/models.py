@@ -11,6 +11,8 @@ class Upload(models.Model):
     title = models.CharField(max_length=200)
     file = QueuedFileField(upload_to="uploads", max_length=255)
 
+    objects: models.Manager[Upload] = models.Manager()
+
     class Meta:
         ordering = ["-id"]
 
@@ -20,17 +22,17 @@ class Upload(models.Model):
     @property
     def transfer_state(self) -> str:
         """``pending``/``transferring``/``remote``/``failed``, or ``-`` when unknown."""
-        found = self.file.state if self.file else None
-        return found.state if found is not None else "-"
+        return self.file.state or "-"
 
     @property
     def size(self) -> int | None:
-        found = self.file.state if self.file else None
+        found = self.file.queued_state
         return found.size if found is not None else None
 
     @property
     def served_from(self) -> str:
         """Where reads of the file go now: ``local`` until the transfer is verified, then S3."""
-        if not self.file:
+        name = self.file.name
+        if not name:
             return "-"
-        return "S3" if self.file.storage.using_remote(self.file.name) else "local"
+        return "S3" if self.file.queued_storage.using_remote(name) else "local"
