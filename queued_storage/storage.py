@@ -28,10 +28,10 @@ from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
 from queued_storage import state as file_state
+from queued_storage._remote import delete_remote, remote_exists
 from queued_storage.conf import settings
 from queued_storage.exceptions import QueuedStorageConfigError, StorageNotFound
 from queued_storage.models import StoredFile
-from queued_storage.transfer import delete_remote, remote_exists
 
 __all__ = ["QueuedStorage", "get_queued_storage"]
 

@@ -24,12 +24,13 @@ from celery import shared_task
 from django.db import connections
 
 from queued_storage import state as file_state
+from queued_storage._remote import delete_remote
 from queued_storage.conf import settings
 from queued_storage.exceptions import PermanentTransferError, TransferError
 from queued_storage.models import State, StoredFile
 from queued_storage.signals import file_transferred, transfer_failed
 from queued_storage.storage import QueuedStorage, get_queued_storage
-from queued_storage.transfer import EngineConfig, delete_remote, transfer_file
+from queued_storage.transfer import EngineConfig, transfer_file
 
 __all__ = [
     "Outcome",

@@ -32,6 +32,7 @@ from typing import IO, Any
 from django.core.files import File
 from django.core.files.storage import Storage
 
+from queued_storage._remote import delete_remote, is_s3, s3_key
 from queued_storage.conf import settings
 from queued_storage.exceptions import (
     ChecksumMismatch,
@@ -46,9 +47,6 @@ __all__ = [
     "ProgressCallback",
     "TransferResult",
     "classify_error",
-    "delete_remote",
-    "is_s3",
-    "remote_exists",
     "transfer_file",
 ]
 
@@ -80,47 +78,6 @@ class TransferResult:
     size: int
     checksum: str
     algorithm: str
-
-
-# --- S3 helpers ---------------------------------------------------------------------------
-def is_s3(storage: Storage) -> bool:
-    try:
-        from storages.backends.s3 import S3Storage
-    except ImportError:  # pragma: no cover - django-storages is a dependency
-        return False
-    return isinstance(storage, S3Storage)
-
-
-def _s3_key(remote: Any, name: str) -> str:
-    from storages.utils import clean_name
-
-    return str(remote._normalize_name(clean_name(name)))
-
-
-def remote_exists(remote: Storage, name: str) -> bool:
-    """Whether the remote holds *name*, whatever ``file_overwrite`` says (one HEAD on S3)."""
-    if is_s3(remote):
-        from botocore.exceptions import ClientError
-
-        client = remote.connection.meta.client  # type: ignore[attr-defined]
-        try:
-            client.head_object(Bucket=remote.bucket_name, Key=_s3_key(remote, name))  # type: ignore[attr-defined]
-        except ClientError as err:
-            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return False
-            raise
-        return True
-    return bool(remote.exists(name))
-
-
-def delete_remote(remote: Storage, name: str) -> None:
-    """Delete *name* from the remote; a missing object is not an error."""
-    if is_s3(remote):
-        client = remote.connection.meta.client  # type: ignore[attr-defined]
-        client.delete_object(Bucket=remote.bucket_name, Key=_s3_key(remote, name))  # type: ignore[attr-defined]
-        return
-    if remote.exists(name):
-        remote.delete(name)
 
 
 # --- error classification -----------------------------------------------------------------
@@ -331,7 +288,7 @@ def _transfer_s3(
 
     client = remote.connection.meta.client
     bucket = remote.bucket_name
-    key = _s3_key(remote, name)
+    key = s3_key(remote, name)
     extra = {
         k: v
         for k, v in remote._get_write_parameters(key).items()
