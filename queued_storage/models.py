@@ -48,6 +48,13 @@ class StoredFile(models.Model):
     )
     local_exists = models.BooleanField(default=False)
     bytes_done = models.BigIntegerField(default=0)
+    upload_id = models.CharField(
+        max_length=1024, blank=True, default="", help_text="Open S3 multipart upload, if any."
+    )
+    part_size = models.BigIntegerField(null=True, blank=True)
+    parts = models.JSONField(
+        default=list, blank=True, help_text="Finished parts: [number, etag, md5 hex, size]."
+    )
     lease_owner = models.CharField(max_length=255, blank=True, default="")
     lease_expires = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
