@@ -52,6 +52,9 @@ class StoredFile(models.Model):
         max_length=1024, blank=True, default="", help_text="Open S3 multipart upload, if any."
     )
     part_size = models.BigIntegerField(null=True, blank=True)
+    source = models.CharField(
+        max_length=200, blank=True, default="", help_text="Local file's size:mtime:inode when the upload began."
+    )
     parts = models.JSONField(
         default=list, blank=True, help_text="Finished parts: [number, etag, md5 hex, size]."
     )
