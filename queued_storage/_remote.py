@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core.files.storage import Storage
 
-__all__ = ["delete_remote", "is_s3", "remote_exists", "s3_key"]
+__all__ = ["abort_multipart", "abort_upload", "delete_remote", "is_s3", "remote_exists", "s3_key"]
 
 
 def is_s3(storage: Storage) -> bool:
@@ -52,3 +52,22 @@ def delete_remote(remote: Storage, name: str) -> None:
         return
     if remote.exists(name):
         remote.delete(name)
+
+
+def abort_upload(client: Any, bucket: str, key: str, upload_id: str) -> None:
+    """Abort a multipart upload; one that is already gone is not an error."""
+    from botocore.exceptions import ClientError
+
+    try:
+        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
+            raise
+
+
+def abort_multipart(remote: Any, name: str, upload_id: str) -> None:
+    """Abort an open multipart upload of *name* in the remote storage (S3 only)."""
+    if upload_id and is_s3(remote):
+        abort_upload(
+            remote.connection.meta.client, remote.bucket_name, s3_key(remote, name), upload_id
+        )

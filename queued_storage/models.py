@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import IntegrityError, models, router, transaction
 from django.db.models import F, Q
@@ -53,7 +54,10 @@ class StoredFile(models.Model):
     )
     part_size = models.BigIntegerField(null=True, blank=True)
     source = models.CharField(
-        max_length=200, blank=True, default="", help_text="Local file's size:mtime:inode when the upload began."
+        max_length=200,
+        blank=True,
+        default="",
+        help_text="Local file's size:mtime:inode when the upload began.",
     )
     parts = models.JSONField(
         default=list, blank=True, help_text="Finished parts: [number, etag, md5 hex, size]."
@@ -179,12 +183,36 @@ class StoredFile(models.Model):
                 checksum=checksum,
                 checksum_algorithm=algorithm,
                 last_error="",
+                upload_id="",
+                part_size=None,
+                source="",
+                parts=[],
                 lease_owner="",
                 lease_expires=None,
                 transferred=now,
                 updated=now,
             )
         )
+
+    @classmethod
+    def record_upload(
+        cls, alias: str, name: str, owner: str, *, upload_id: str, part_size: int, source: str
+    ) -> bool:
+        """Remember the multipart upload a leased transfer opened (for a resume)."""
+        return bool(
+            cls._leased(alias, name, owner).update(
+                upload_id=upload_id, part_size=part_size, source=source, parts=[]
+            )
+        )
+
+    @classmethod
+    def record_parts(cls, alias: str, name: str, owner: str, parts: list[list[Any]]) -> bool:
+        """Remember the finished parts ``[number, etag, md5, size]`` of the open upload."""
+        return bool(cls._leased(alias, name, owner).update(parts=parts))
+
+    @classmethod
+    def clear_upload(cls, alias: str, name: str) -> None:
+        cls.rows(alias, name).update(upload_id="", part_size=None, source="", parts=[])
 
     @classmethod
     def mark_local_deleted(cls, alias: str, name: str) -> None:

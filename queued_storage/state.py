@@ -23,7 +23,15 @@ from django.core.cache import caches
 from queued_storage.conf import settings
 from queued_storage.models import State, StoredFile
 
-__all__ = ["FileState", "cache_key", "forget", "get_state", "publish"]
+__all__ = [
+    "FileState",
+    "cache_key",
+    "forget",
+    "get_progress",
+    "get_state",
+    "publish",
+    "publish_progress",
+]
 
 logger = logging.getLogger("queued_storage")
 
@@ -57,6 +65,9 @@ class FileState:
 
 
 _ABSENT = {"s": None}
+
+#: Progress entries only matter while a transfer runs; they expire on their own.
+PROGRESS_TIMEOUT = 300
 
 
 def cache_key(prefix: str, alias: str, name: str) -> str:
@@ -103,6 +114,23 @@ def get_state(prefix: str, alias: str, name: str, *, fresh: bool = False) -> Fil
     except Exception:
         logger.warning("queued_storage: state cache write failed", exc_info=True)
     return found
+
+
+def publish_progress(prefix: str, alias: str, name: str, done: int, total: int) -> None:
+    """Write a transfer's progress to the cache (the ledger gets it from the lease renewal)."""
+    try:
+        _cache().set(cache_key(prefix, alias, name) + ":progress", (done, total), PROGRESS_TIMEOUT)
+    except Exception:
+        logger.debug("queued_storage: could not write the progress of %r", name, exc_info=True)
+
+
+def get_progress(prefix: str, alias: str, name: str) -> tuple[int, int] | None:
+    """``(bytes_done, bytes_total)`` of a running transfer from the cache, if it is there."""
+    try:
+        value = _cache().get(cache_key(prefix, alias, name) + ":progress")
+    except Exception:
+        return None
+    return None if value is None else (int(value[0]), int(value[1]))
 
 
 def publish(prefix: str, alias: str, name: str, state: FileState) -> None:

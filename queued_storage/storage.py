@@ -15,6 +15,7 @@ import logging
 import os
 import pathlib
 import threading
+from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
 from django.conf import settings as django_settings
@@ -28,12 +29,12 @@ from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
 from queued_storage import state as file_state
-from queued_storage._remote import delete_remote, remote_exists
+from queued_storage._remote import abort_multipart, delete_remote, remote_exists
 from queued_storage.conf import settings
 from queued_storage.exceptions import QueuedStorageConfigError, StorageNotFound
 from queued_storage.models import StoredFile
 
-__all__ = ["QueuedStorage", "get_queued_storage"]
+__all__ = ["Progress", "QueuedStorage", "get_queued_storage"]
 
 logger = logging.getLogger("queued_storage")
 
@@ -302,6 +303,26 @@ class QueuedStorage(Storage):
         """The storage that serves *name* now: ``self.local`` or ``self.remote``."""
         return self._route(name)[0]
 
+    def get_progress(self, name: str) -> Progress | None:
+        """How far the file's transfer is: state, bytes done and total; ``None`` if unknown.
+
+        A running transfer's figures come from the cache (written about once a second by the
+        worker), else from the ledger; never from the remote.
+        """
+        found = self.get_state(name)
+        if found is None:
+            return None
+        total = found.size or 0
+        if found.is_remote:
+            return Progress(found.state, total, total)
+        running = file_state.get_progress(self.cache_prefix, self.alias, name)
+        if running is None:
+            row = StoredFile.get_row(self.alias, name)
+            if row is None:
+                return None
+            running = (row.bytes_done, row.size or total)
+        return Progress(found.state, running[0], running[1] or total)
+
     def using_local(self, name: str) -> bool:
         return self.get_storage(name) is self.local
 
@@ -428,8 +449,16 @@ class QueuedStorage(Storage):
         The row goes first: a transfer still running for this name then cannot record it and
         removes what it uploaded, so nothing comes back.
         """
+        row = StoredFile.get_row(self.alias, name)
         StoredFile.forget(self.alias, name)
         file_state.forget(self.cache_prefix, self.alias, name)
+        if row is not None and row.upload_id:
+            try:
+                abort_multipart(self.remote, name, row.upload_id)
+            except Exception:
+                logger.warning(
+                    "queued_storage: could not abort the open upload of %r", name, exc_info=True
+                )
         self.local.delete(name)
         try:
             delete_remote(self.remote, name)
@@ -497,6 +526,19 @@ class QueuedStorage(Storage):
     def open_local(self, name: str, mode: str = "rb") -> IO[bytes]:
         """The local copy, whatever the state (for tools that need the staged file)."""
         return self.local.open(name, mode)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A file's transfer progress: its state and ``done`` of ``total`` bytes sent."""
+
+    state: str
+    done: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 if self.total == 0 else round(100.0 * self.done / self.total, 1)
 
 
 def _check_type(option: str, value: Any, expected: type) -> None:

@@ -24,13 +24,13 @@ from celery import shared_task
 from django.db import connections
 
 from queued_storage import state as file_state
-from queued_storage._remote import delete_remote
+from queued_storage._remote import abort_multipart, delete_remote
 from queued_storage.conf import settings
 from queued_storage.exceptions import PermanentTransferError, TransferError
 from queued_storage.models import State, StoredFile
 from queued_storage.signals import file_transferred, transfer_failed
 from queued_storage.storage import QueuedStorage, get_queued_storage
-from queued_storage.transfer import EngineConfig, transfer_file
+from queued_storage.transfer import EngineConfig, Part, Resume, transfer_file
 
 __all__ = [
     "Outcome",
@@ -69,15 +69,15 @@ def backoff(attempt: int) -> float:
 
 
 class _Heartbeat:
-    """Renews the lease and records progress from a thread of its own while the engine runs.
+    """Renews the lease and publishes progress, from a thread of its own, while the engine runs.
 
-    The engine's progress callbacks come from boto3's worker threads; they only store numbers.
-    This thread writes them to the ledger every ``LEASE_TIMEOUT / 4`` seconds and closes its
-    database connection when it ends.
+    The engine reports progress as plain numbers; once a second this thread writes them to the
+    ledger (renewing the lease with them) and to the cache, so progress is visible at a bounded
+    rate however fast the parts finish. Its database connection is closed when it ends.
     """
 
-    def __init__(self, alias: str, name: str, owner: str) -> None:
-        self.alias, self.name, self.owner = alias, name, owner
+    def __init__(self, storage: QueuedStorage, name: str, owner: str) -> None:
+        self.storage, self.name, self.owner = storage, name, owner
         self.done = 0
         self.total = 0
         self.lost = False
@@ -89,14 +89,16 @@ class _Heartbeat:
 
     def _run(self) -> None:
         seconds = settings.LEASE_TIMEOUT
-        interval = max(0.5, seconds / 4)
+        interval = min(1.0, seconds / 4)
+        alias = self.storage.alias
         try:
             while not self._stop.wait(interval):
-                if not StoredFile.renew_lease(
-                    self.alias, self.name, self.owner, seconds, self.done
-                ):
+                if not StoredFile.renew_lease(alias, self.name, self.owner, seconds, self.done):
                     self.lost = True
                     return
+                file_state.publish_progress(
+                    self.storage.cache_prefix, alias, self.name, self.done, self.total
+                )
         except Exception:
             logger.warning(
                 "queued_storage: could not renew the lease on %r", self.name, exc_info=True
@@ -111,6 +113,56 @@ class _Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class _LedgerCheckpoint:
+    """Writes the open multipart upload and each finished part to the leased ledger row."""
+
+    def __init__(self, alias: str, name: str, owner: str, resume: Resume | None) -> None:
+        self.alias, self.name, self.owner = alias, name, owner
+        self.parts: list[list[Any]] = (
+            [[p.number, p.etag, p.md5, p.size] for p in resume.parts] if resume else []
+        )
+
+    def begin(self, upload_id: str, part_size: int, source: str) -> None:
+        self.parts = []
+        StoredFile.record_upload(
+            self.alias,
+            self.name,
+            self.owner,
+            upload_id=upload_id,
+            part_size=part_size,
+            source=source,
+        )
+
+    def part(self, part: Part) -> None:
+        self.parts.append([part.number, part.etag, part.md5, part.size])
+        StoredFile.record_parts(self.alias, self.name, self.owner, self.parts)
+
+    def end(self) -> None:
+        """The upload is complete (or aborted): nothing left to resume."""
+
+
+def _resume_of(row: StoredFile) -> Resume | None:
+    if not row.upload_id or not row.part_size:
+        return None
+    parts = [Part(int(n), str(etag), str(md5), int(size)) for n, etag, md5, size in row.parts]
+    return Resume(upload_id=row.upload_id, part_size=row.part_size, source=row.source, parts=parts)
+
+
+def _abort_upload(storage: QueuedStorage, name: str) -> None:
+    """Abort the file's open multipart upload, if the ledger knows one (best effort)."""
+    row = StoredFile.get_row(storage.alias, name)
+    if row is None or not row.upload_id:
+        return
+    try:
+        abort_multipart(storage.remote, name, row.upload_id)
+    except Exception:
+        logger.warning(
+            "queued_storage: could not abort the multipart upload of %r", name, exc_info=True
+        )
+        return
+    StoredFile.clear_upload(storage.alias, name)
 
 
 def _publish_row(storage: QueuedStorage, name: str) -> None:
@@ -135,6 +187,7 @@ def _discard_remote(storage: QueuedStorage, name: str) -> None:
 
 def _fail(storage: QueuedStorage, name: str, owner: str, error: TransferError) -> Outcome:
     reason = str(error)
+    _abort_upload(storage, name)
     StoredFile.release(storage.alias, name, owner, state=State.FAILED, error=reason)
     _publish_row(storage, name)
     logger.error("queued_storage: transfer of %r failed for good: %s", name, reason)
@@ -178,14 +231,17 @@ def run_transfer(
             remaining = max(1.0, (row.lease_expires - timezone.now()).total_seconds() + 1)
         raise RetryLater(remaining, f"{name!r} is being transferred by {row.lease_owner}")
     assert row is not None
+    resume = _resume_of(row)
     try:
-        with _Heartbeat(alias, name, owner) as beat:
+        with _Heartbeat(storage, name, owner) as beat:
             result = transfer_file(
                 storage.local,
                 storage.remote,
                 name,
                 config=EngineConfig.from_settings(),
                 progress=beat.progress,
+                resume=resume,
+                checkpoint=_LedgerCheckpoint(alias, name, owner, resume),
             )
     except TransferError as err:
         if StoredFile.get_row(alias, name) is None:

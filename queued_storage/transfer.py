@@ -5,14 +5,11 @@ calls :func:`transfer_file` and records the outcome.
 
 Two paths:
 
-* **S3** (``storages.backends.s3.S3Storage`` and subclasses): boto3's transfer manager uploads
-  from the local file's path, a single PUT below ``QUEUED_STORAGE_MULTIPART_THRESHOLD`` and a
-  multipart upload above it, with at most ``MAX_CONCURRENCY`` parts of ``MULTIPART_CHUNKSIZE``
-  bytes in flight: memory is bounded by configuration, not by the file's size. The object is
-  then verified against what the *server* computed: its ``ContentLength`` must equal the local
-  size and its ETag the MD5 (single PUT) or multipart ETag (MD5 of the parts' MD5s, with the
-  same part size) computed from the local file. moto computes both exactly as S3 does. Where
-  the ETag is not an MD5 (SSE-KMS, SSE-C), the object is read back and compared by SHA-256.
+* **S3** (``storages.backends.s3.S3Storage`` and subclasses, local storage with paths): see
+  ``_s3engine``: one ``PutObject`` below ``QUEUED_STORAGE_MULTIPART_THRESHOLD``, else a
+  resumable multipart upload with parts read by offset, at most ``MAX_CONCURRENCY`` in flight,
+  each part's MD5 checked against the ETag the server computed, the final ETag and size checked,
+  and the object created with ``If-None-Match: *`` so that nothing is ever overwritten.
 * **Any other storage** (the slow path): a chunked copy through the Storage API, verified by
   reading the remote copy back and comparing SHA-256 digests.
 
@@ -23,8 +20,7 @@ never touched here.
 from __future__ import annotations
 
 import hashlib
-import re
-import threading
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -32,7 +28,8 @@ from typing import IO, Any
 from django.core.files import File
 from django.core.files.storage import Storage
 
-from queued_storage._remote import delete_remote, is_s3, s3_key
+from queued_storage._remote import is_s3
+from queued_storage._s3engine import Checkpoint, Part, Resume, s3_transfer
 from queued_storage.conf import settings
 from queued_storage.exceptions import (
     ChecksumMismatch,
@@ -43,17 +40,18 @@ from queued_storage.exceptions import (
 )
 
 __all__ = [
+    "Checkpoint",
     "EngineConfig",
+    "Part",
     "ProgressCallback",
+    "Resume",
     "TransferResult",
     "classify_error",
     "transfer_file",
 ]
 
 ProgressCallback = Callable[[int, int], None]
-"""Called with ``(bytes_done, bytes_total)``; may be called from the transfer's threads."""
-
-_MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
+"""Called with ``(bytes_done, bytes_total)`` from the thread that called the engine."""
 
 
 @dataclass(frozen=True)
@@ -156,24 +154,6 @@ def classify_error(exc: BaseException, name: str) -> TransferError:
 
 
 # --- engine -------------------------------------------------------------------------------
-class _Progress:
-    """Thread-safe accumulator for the transfer manager's progress callbacks."""
-
-    def __init__(self, total: int, callback: ProgressCallback | None) -> None:
-        self.total = total
-        self.done = 0
-        self._callback = callback
-        self._lock = threading.Lock()
-
-    def add(self, amount: int) -> None:
-        if self._callback is None:
-            return
-        with self._lock:
-            self.done = max(0, min(self.total, self.done + amount))
-            done = self.done
-        self._callback(done, self.total)
-
-
 def _local_path(local: Storage, name: str) -> str | None:
     try:
         return str(local.path(name))
@@ -201,38 +181,6 @@ def _read_chunks(fh: IO[bytes], size: int) -> Iterator[bytes]:
         yield chunk
 
 
-def _multipart_etag(fh: IO[bytes], part_size: int, read_size: int) -> tuple[str, int]:
-    """The S3 multipart ETag of a stream uploaded in *part_size* parts, and its length."""
-    digests = []
-    total = 0
-    while True:
-        part = hashlib.md5(usedforsecurity=False)
-        left = part_size
-        while left:
-            chunk = fh.read(min(read_size, left))
-            if not chunk:
-                break
-            part.update(chunk)
-            left -= len(chunk)
-            total += len(chunk)
-        if left == part_size:
-            break
-        digests.append(part.digest())
-        if left:
-            break
-    combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
-    return f"{combined}-{len(digests)}", total
-
-
-def _md5(fh: IO[bytes], read_size: int) -> tuple[str, int]:
-    digest = hashlib.md5(usedforsecurity=False)
-    total = 0
-    for chunk in _read_chunks(fh, read_size):
-        digest.update(chunk)
-        total += len(chunk)
-    return digest.hexdigest(), total
-
-
 def _sha256(fh: IO[bytes], read_size: int) -> tuple[str, int]:
     digest = hashlib.sha256()
     total = 0
@@ -249,6 +197,8 @@ def transfer_file(
     *,
     config: EngineConfig | None = None,
     progress: ProgressCallback | None = None,
+    resume: Resume | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> TransferResult:
     """Copy *name* from *local* to *remote* under the same name and verify the remote copy.
 
@@ -259,8 +209,9 @@ def transfer_file(
     """
     config = config or EngineConfig.from_settings()
     try:
-        if is_s3(remote):
-            return _transfer_s3(local, remote, name, config, progress)
+        path = _local_path(local, name) if is_s3(remote) else None
+        if path is not None:
+            return _transfer_s3(local, remote, name, path, config, progress, resume, checkpoint)
         return _transfer_generic(local, remote, name, config, progress)
     except TransferError:
         raise
@@ -278,98 +229,31 @@ def _transfer_s3(
     local: Storage,
     remote: Any,
     name: str,
+    path: str,
     config: EngineConfig,
     progress: ProgressCallback | None,
+    resume: Resume | None,
+    checkpoint: Checkpoint | None,
 ) -> TransferResult:
-    from boto3.s3.transfer import TransferConfig, create_transfer_manager
-    from s3transfer.manager import TransferManager
-    from s3transfer.subscribers import BaseSubscriber
-    from s3transfer.utils import ChunksizeAdjuster
-
-    client = remote.connection.meta.client
-    bucket = remote.bucket_name
-    key = s3_key(remote, name)
-    extra = {
-        k: v
-        for k, v in remote._get_write_parameters(key).items()
-        if k in TransferManager.ALLOWED_UPLOAD_ARGS
-    }
-    path = _local_path(local, name)
-    source: IO[bytes] | str
-    if path is None:
-        source = _open_local(local, name)
-        size = int(local.size(name))
-    else:
-        source = path
-        try:
-            size = int(local.size(name))
-        except FileNotFoundError as err:
-            raise LocalFileMissing(
-                f"The local copy of {name!r} is missing, so it cannot be transferred. Restore "
-                "it and retry with storage.transfer(name), or delete it through the storage.",
-                name=name,
-            ) from err
-    tracker = _Progress(size, progress)
-
-    class _Subscriber(BaseSubscriber):
-        def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
-            tracker.add(bytes_transferred)
-
-    transfer_config = TransferConfig(
+    if not os.path.exists(path):
+        raise LocalFileMissing(
+            f"The local copy of {name!r} is missing, so it cannot be transferred. Restore it "
+            "and retry with storage.transfer(name), or delete it through the storage.",
+            name=name,
+        )
+    result = s3_transfer(
+        remote,
+        name,
+        path,
         multipart_threshold=config.multipart_threshold,
-        multipart_chunksize=config.multipart_chunksize,
+        part_size=config.multipart_chunksize,
         max_concurrency=config.max_concurrency,
-        use_threads=config.max_concurrency > 1,
-        preferred_transfer_client="classic",
+        read_size=config.chunk_size,
+        progress=progress,
+        resume=resume,
+        checkpoint=checkpoint,
     )
-    try:
-        with create_transfer_manager(client, transfer_config) as manager:
-            future = manager.upload(
-                source, bucket, key, extra_args=extra, subscribers=[_Subscriber()]
-            )
-            future.result()
-    finally:
-        if not isinstance(source, str):
-            source.close()
-
-    head = client.head_object(Bucket=bucket, Key=key)
-    remote_size = int(head["ContentLength"])
-    etag = str(head.get("ETag", "")).strip('"')
-    if remote_size != size:
-        delete_remote(remote, name)
-        raise ChecksumMismatch(
-            f"The remote copy of {name!r} has {remote_size} bytes, the local file {size}; "
-            "the remote object was deleted and the transfer will be retried.",
-            name=name,
-        )
-    with _open_local(local, name) as fh:
-        if size >= config.multipart_threshold:
-            part = ChunksizeAdjuster().adjust_chunksize(config.multipart_chunksize, size)
-            expected, read = _multipart_etag(fh, part, config.chunk_size)
-            algorithm = "s3-multipart-etag"
-        else:
-            expected, read = _md5(fh, config.chunk_size)
-            algorithm = "md5"
-    encrypted = head.get("ServerSideEncryption") == "aws:kms" or "SSECustomerAlgorithm" in head
-    if encrypted or not _MD5_ETAG.match(etag):
-        # The ETag is not an MD5 here: compare the bytes themselves.
-        with _open_local(local, name) as fh:
-            expected, read = _sha256(fh, config.chunk_size)
-        body = client.get_object(Bucket=bucket, Key=key)["Body"]
-        try:
-            etag, _ = _sha256(body, config.chunk_size)
-        finally:
-            body.close()
-        algorithm = "sha256"
-    if read != size or etag != expected:
-        delete_remote(remote, name)
-        raise ChecksumMismatch(
-            f"The remote copy of {name!r} does not match the local file ({algorithm} "
-            f"{etag} != {expected}); the remote object was deleted and the transfer will be "
-            "retried. If this repeats, the local file is changing while it is transferred.",
-            name=name,
-        )
-    return TransferResult(size=size, checksum=expected, algorithm=algorithm)
+    return TransferResult(size=result.size, checksum=result.checksum, algorithm=result.algorithm)
 
 
 def _transfer_generic(

@@ -1,0 +1,478 @@
+"""The S3 strategy of the transfer engine: part-wise upload from a path, verified, resumable.
+
+Why not boto3's ``upload_file``: it cannot resume an interrupted multipart upload, does not
+expose the parts' server-computed ETags for checking as they arrive, and computes a CRC32 of
+every byte on top of the MD5 we need anyway. Here:
+
+* A file below the multipart threshold is one ``PutObject`` of its bytes (bounded by the
+  threshold). Above it, parts of ``part_size`` bytes are read by offset (``os.pread``) in at
+  most ``max_concurrency`` threads, so at most that many part buffers exist at once, whatever
+  the file's size.
+* Each part's MD5 is computed from the very buffer that is sent, and compared with the ETag the
+  server computed for that part (S3 and moto both return the MD5 of a plain part). The final
+  object's ETag must be the MD5 of those MD5s followed by ``-<parts>``, and its size the local
+  size. Nothing rests on an echo of a checksum we sent: moto stores checksum headers without
+  checking them.
+* Every finished part is reported to a :class:`Checkpoint` from the orchestrating thread (the
+  task layer writes it to the ledger), so a retry lists the upload's parts on the server and
+  sends only the missing ones.
+* The object is created with ``If-None-Match: *`` (``PutObject`` and
+  ``CompleteMultipartUpload``): a transfer can never overwrite a different object. A retry that
+  finds its own verified object already there (same ETag and size) succeeds.
+* A local file that changes during the transfer (size, mtime or inode differ at the end) fails
+  verification: the object is deleted and nothing is recorded.
+* Where the ETag is not an MD5 (SSE-KMS, SSE-C), the object is read back and compared by
+  SHA-256 instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import os
+import re
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from queued_storage._remote import abort_upload, s3_key
+from queued_storage.exceptions import ChecksumMismatch, PermanentTransferError
+
+__all__ = ["Checkpoint", "Part", "Resume", "choose_part_size", "s3_transfer"]
+
+MiB = 1024 * 1024
+MIN_PART = 5 * MiB
+MAX_PART = 5 * 1024 * MiB
+MAX_PARTS = 10_000
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
+_SSE_C = ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5")
+
+
+@dataclass(frozen=True)
+class Part:
+    number: int
+    etag: str
+    md5: str
+    size: int
+
+
+@dataclass
+class Resume:
+    """What an earlier attempt left: its open upload and the parts it finished."""
+
+    upload_id: str
+    part_size: int
+    source: str
+    parts: list[Part] = field(default_factory=list)
+
+
+class Checkpoint(Protocol):
+    """Receives the upload's progress as it happens (always from the calling thread)."""
+
+    def begin(self, upload_id: str, part_size: int, source: str) -> None: ...
+
+    def part(self, part: Part) -> None: ...
+
+    def end(self) -> None: ...
+
+
+class _NoCheckpoint:
+    def begin(self, upload_id: str, part_size: int, source: str) -> None:
+        pass
+
+    def part(self, part: Part) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+def choose_part_size(size: int, configured: int) -> int:
+    """The configured part size, raised to S3's 5 MiB minimum and to fit 10,000 parts.
+
+    Rounded up to whole MiB so that the same file and setting always give the same parts
+    (the multipart ETag depends on them).
+    """
+    part = max(configured, MIN_PART, math.ceil(size / MAX_PARTS))
+    return min(MAX_PART, math.ceil(part / MiB) * MiB)
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def _code(err: Exception) -> str:
+    response = getattr(err, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+class _Source:
+    """The local file, read by offset from any thread."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+        st = os.fstat(self.fd)
+        self.size = st.st_size
+        self.fingerprint = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = os.pread(self.fd, length, offset)
+        while len(data) < length:  # short reads are legal; EOF means the file shrank
+            more = os.pread(self.fd, length - len(data), offset + len(data))
+            if not more:
+                break
+            data += more
+        return data
+
+    def unchanged(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}" == self.fingerprint
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass(frozen=True)
+class S3Result:
+    size: int
+    checksum: str
+    algorithm: str
+
+
+def s3_client(remote: Any, max_concurrency: int) -> Any:
+    """A client built like the storage's own, tuned for the engine.
+
+    Same credentials, endpoint, region, TLS and user ``client_config``; on top of it: no
+    automatic CRC32 of every request (each part carries its MD5 instead, which the server
+    checks on real S3 and which we compare with the ETag it computes), and enough pooled
+    connections for the parts in flight.
+    """
+    from botocore.config import Config
+
+    tuned = Config(
+        request_checksum_calculation="when_required",
+        max_pool_connections=max(10, max_concurrency + 2),
+    )
+    config = remote.client_config.merge(tuned) if remote.client_config else tuned
+    return remote._create_session().client(
+        "s3",
+        region_name=remote.region_name,
+        use_ssl=remote.use_ssl,
+        endpoint_url=remote.endpoint_url,
+        config=config,
+        verify=remote.verify,
+    )
+
+
+def s3_transfer(
+    remote: Any,
+    name: str,
+    path: str,
+    *,
+    multipart_threshold: int,
+    part_size: int,
+    max_concurrency: int,
+    read_size: int,
+    progress: Callable[[int, int], None] | None = None,
+    resume: Resume | None = None,
+    checkpoint: Checkpoint | None = None,
+    client: Any = None,
+) -> S3Result:
+    """Upload *path* to *remote* as *name* and verify it; see the module docstring."""
+    client = client or s3_client(remote, max_concurrency)
+    bucket = remote.bucket_name
+    key = s3_key(remote, name)
+    params = dict(remote._get_write_parameters(key))
+    sse_c = {k: params[k] for k in _SSE_C if k in params}
+    encrypted = bool(sse_c) or params.get("ServerSideEncryption") == "aws:kms"
+    checkpoint = checkpoint or _NoCheckpoint()
+    report = progress or (lambda done, total: None)
+    source = _Source(path)
+    try:
+        if source.size < multipart_threshold:
+            result = _single(client, bucket, key, name, source, params, encrypted)
+            report(source.size, source.size)
+        else:
+            result = _multipart(
+                client,
+                bucket,
+                key,
+                name,
+                source,
+                params,
+                sse_c,
+                encrypted,
+                choose_part_size(source.size, part_size),
+                max_concurrency,
+                report,
+                resume,
+                checkpoint,
+            )
+        if not source.unchanged():
+            _delete(client, bucket, key)
+            raise ChecksumMismatch(
+                f"The local file {name!r} changed while it was transferred; the remote copy "
+                "was deleted and the transfer will be retried once the file stays put.",
+                name=name,
+            )
+        if encrypted or not _MD5_ETAG.match(result.checksum):
+            result = _read_back(client, bucket, key, name, source, sse_c, read_size)
+        return result
+    finally:
+        source.close()
+
+
+def _delete(client: Any, bucket: str, key: str) -> None:
+    client.delete_object(Bucket=bucket, Key=key)
+
+
+def _taken(name: str) -> PermanentTransferError:
+    return PermanentTransferError(
+        f"The remote storage already holds a different object named {name!r}; nothing was "
+        "overwritten. Delete or rename that object, then retry with storage.transfer(name).",
+        name=name,
+    )
+
+
+def _ours(client: Any, bucket: str, key: str, etag: str, size: int, sse_c: dict[str, Any]) -> bool:
+    """Whether the object already at *key* is the one we are sending (an earlier attempt's)."""
+    head = client.head_object(Bucket=bucket, Key=key, **sse_c)
+    return bool(int(head["ContentLength"]) == size and str(head.get("ETag", "")).strip('"') == etag)
+
+
+def _single(
+    client: Any,
+    bucket: str,
+    key: str,
+    name: str,
+    source: _Source,
+    params: dict[str, Any],
+    encrypted: bool,
+) -> S3Result:
+    from botocore.exceptions import ClientError
+
+    data = source.read(0, source.size)
+    digest = hashlib.md5(data, usedforsecurity=False)
+    md5 = digest.hexdigest()
+    try:
+        response = client.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=data,
+            ContentMD5=_b64(digest.digest()),
+            IfNoneMatch="*",
+            **params,
+        )
+    except ClientError as err:
+        if _code(err) != "PreconditionFailed":
+            raise
+        sse_c = {k: params[k] for k in _SSE_C if k in params}
+        if encrypted or not _ours(client, bucket, key, md5, len(data), sse_c):
+            raise _taken(name) from err
+        return S3Result(size=len(data), checksum=md5, algorithm="md5")
+    etag = str(response.get("ETag", "")).strip('"')
+    if not encrypted and response.get("ServerSideEncryption") != "aws:kms" and etag != md5:
+        _delete(client, bucket, key)
+        raise ChecksumMismatch(
+            f"S3 computed MD5 {etag} for {name!r}, the bytes sent have {md5}; the object was "
+            "deleted and the transfer will be retried.",
+            name=name,
+        )
+    return S3Result(size=len(data), checksum=md5 if not encrypted else etag, algorithm="md5")
+
+
+def _list_parts(client: Any, bucket: str, key: str, upload_id: str) -> dict[int, tuple[str, int]]:
+    found: dict[int, tuple[str, int]] = {}
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
+    while True:
+        page = client.list_parts(**kwargs)
+        for p in page.get("Parts", []):
+            found[int(p["PartNumber"])] = (str(p["ETag"]).strip('"'), int(p["Size"]))
+        if not page.get("IsTruncated"):
+            return found
+        kwargs["PartNumberMarker"] = page["NextPartNumberMarker"]
+
+
+def _multipart(
+    client: Any,
+    bucket: str,
+    key: str,
+    name: str,
+    source: _Source,
+    params: dict[str, Any],
+    sse_c: dict[str, Any],
+    encrypted: bool,
+    part_size: int,
+    max_concurrency: int,
+    report: Callable[[int, int], None],
+    resume: Resume | None,
+    checkpoint: Checkpoint,
+) -> S3Result:
+    from botocore.exceptions import ClientError
+
+    size = source.size
+    done: dict[int, Part] = {}
+    upload_id = ""
+    if resume is not None and resume.upload_id:
+        usable = resume.source == source.fingerprint and resume.part_size >= MIN_PART
+        if usable and math.ceil(size / resume.part_size) <= MAX_PARTS:
+            try:
+                on_server = _list_parts(client, bucket, key, resume.upload_id)
+            except ClientError as err:
+                if _code(err) != "NoSuchUpload":
+                    raise
+            else:
+                upload_id, part_size = resume.upload_id, resume.part_size
+                for part in resume.parts:
+                    if on_server.get(part.number) == (part.etag, part.size):
+                        done[part.number] = part
+        if not upload_id:
+            abort_upload(client, bucket, key, resume.upload_id)
+    if not upload_id:
+        upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **params)["UploadId"]
+        checkpoint.begin(upload_id, part_size, source.fingerprint)
+    count = math.ceil(size / part_size)
+    sent = sum(p.size for p in done.values())
+    report(sent, size)
+
+    def upload(number: int) -> Part:
+        offset = (number - 1) * part_size
+        length = min(part_size, size - offset)
+        data = source.read(offset, length)
+        if len(data) != length:
+            raise ChecksumMismatch(
+                f"The local file {name!r} shrank during its transfer.", name=name
+            )
+        digest = hashlib.md5(data, usedforsecurity=False)
+        response = client.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+            ContentMD5=_b64(digest.digest()),
+            **sse_c,
+        )
+        etag = str(response["ETag"]).strip('"')
+        md5 = digest.hexdigest()
+        plain = not encrypted and response.get("ServerSideEncryption") != "aws:kms"
+        if plain and etag != md5:
+            raise ChecksumMismatch(
+                f"S3 computed MD5 {etag} for part {number} of {name!r}, the bytes sent have "
+                f"{md5}; the part will be sent again.",
+                name=name,
+            )
+        return Part(number=number, etag=etag, md5=md5, size=length)
+
+    missing = iter([n for n in range(1, count + 1) if n not in done])
+    with ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="qs-part") as pool:
+        running: set[Future[Part]] = set()
+        try:
+            for number in missing:
+                running.add(pool.submit(upload, number))
+                if len(running) < max_concurrency:
+                    continue
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                sent += _collect(finished, done, checkpoint)
+                report(sent, size)
+            while running:
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                sent += _collect(finished, done, checkpoint)
+                report(sent, size)
+        except BaseException:
+            for future in running:
+                future.cancel()
+            raise
+
+    parts = [done[n] for n in range(1, count + 1)]
+    expected = (
+        hashlib.md5(
+            b"".join(bytes.fromhex(p.md5) for p in parts), usedforsecurity=False
+        ).hexdigest()
+        + f"-{count}"
+    )
+    try:
+        client.complete_multipart_upload(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={
+                "Parts": [{"PartNumber": p.number, "ETag": f'"{p.etag}"'} for p in parts]
+            },
+            IfNoneMatch="*",
+            **sse_c,
+        )
+    except ClientError as err:
+        if _code(err) != "PreconditionFailed":
+            raise
+        abort_upload(client, bucket, key, upload_id)
+        checkpoint.end()
+        if encrypted or not _ours(client, bucket, key, expected, size, sse_c):
+            raise _taken(name) from err
+        return S3Result(size=size, checksum=expected, algorithm="s3-multipart-etag")
+    checkpoint.end()
+    head = client.head_object(Bucket=bucket, Key=key, **sse_c)
+    etag = str(head.get("ETag", "")).strip('"')
+    remote_size = int(head["ContentLength"])
+    if remote_size != size or (not encrypted and _MD5_ETAG.match(etag) and etag != expected):
+        _delete(client, bucket, key)
+        raise ChecksumMismatch(
+            f"The remote copy of {name!r} ({remote_size} bytes, ETag {etag}) does not match "
+            f"the parts sent ({size} bytes, ETag {expected}); it was deleted and the transfer "
+            "will be retried.",
+            name=name,
+        )
+    return S3Result(
+        size=size, checksum=etag if encrypted else expected, algorithm="s3-multipart-etag"
+    )
+
+
+def _collect(finished: set[Future[Part]], done: dict[int, Part], checkpoint: Checkpoint) -> int:
+    added = 0
+    for future in finished:
+        part = future.result()
+        done[part.number] = part
+        checkpoint.part(part)
+        added += part.size
+    return added
+
+
+def _read_back(
+    client: Any,
+    bucket: str,
+    key: str,
+    name: str,
+    source: _Source,
+    sse_c: dict[str, Any],
+    read_size: int,
+) -> S3Result:
+    """Compare by SHA-256 where the server's ETag is not an MD5 of the bytes."""
+    local = hashlib.sha256()
+    offset = 0
+    while offset < source.size:
+        chunk = source.read(offset, min(read_size, source.size - offset))
+        if not chunk:
+            break
+        local.update(chunk)
+        offset += len(chunk)
+    body = client.get_object(Bucket=bucket, Key=key, **sse_c)["Body"]
+    remote = hashlib.sha256()
+    try:
+        for chunk in iter(lambda: body.read(read_size), b""):
+            remote.update(chunk)
+    finally:
+        body.close()
+    if remote.hexdigest() != local.hexdigest():
+        _delete(client, bucket, key)
+        raise ChecksumMismatch(
+            f"The remote copy of {name!r} does not match the local file (sha256); it was "
+            "deleted and the transfer will be retried.",
+            name=name,
+        )
+    return S3Result(size=source.size, checksum=local.hexdigest(), algorithm="sha256")
