@@ -4,30 +4,41 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('queued_storage', '0001_initial'),
+        ("queued_storage", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='storedfile',
-            name='part_size',
+            model_name="storedfile",
+            name="part_size",
             field=models.BigIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='storedfile',
-            name='parts',
-            field=models.JSONField(blank=True, default=list, help_text='Finished parts: [number, etag, md5 hex, size].'),
+            model_name="storedfile",
+            name="parts",
+            field=models.JSONField(
+                blank=True, default=list, help_text="Finished parts: [number, etag, md5 hex, size]."
+            ),
         ),
         migrations.AddField(
-            model_name='storedfile',
-            name='source',
-            field=models.CharField(blank=True, default='', help_text="Local file's size:mtime:inode when the upload began.", max_length=200),
+            model_name="storedfile",
+            name="source",
+            field=models.CharField(
+                blank=True,
+                default="",
+                help_text="Local file's size:mtime:inode when the upload began.",
+                max_length=200,
+            ),
         ),
         migrations.AddField(
-            model_name='storedfile',
-            name='upload_id',
-            field=models.CharField(blank=True, default='', help_text='Open S3 multipart upload, if any.', max_length=1024),
+            model_name="storedfile",
+            name="upload_id",
+            field=models.CharField(
+                blank=True,
+                default="",
+                help_text="Open S3 multipart upload, if any.",
+                max_length=1024,
+            ),
         ),
     ]
