@@ -231,6 +231,7 @@ def run_transfer(
             remaining = max(1.0, (row.lease_expires - timezone.now()).total_seconds() + 1)
         raise RetryLater(remaining, f"{name!r} is being transferred by {row.lease_owner}")
     assert row is not None
+    _publish_row(storage, name)  # "transferring", for status pages
     resume = _resume_of(row)
     try:
         with _Heartbeat(storage, name, owner) as beat:

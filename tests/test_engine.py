@@ -1,0 +1,316 @@
+"""The S3 engine against the real S3 server: resume, abort, conditional commit, checksums,
+progress. The HTTP fault proxy's request log shows what was actually sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.files.base import ContentFile
+
+from queued_storage import state as file_state
+from queued_storage._s3engine import Part, Resume, choose_part_size, s3_transfer
+from queued_storage.exceptions import ChecksumMismatch, PermanentTransferError
+from queued_storage.models import State, StoredFile
+from queued_storage.storage import QueuedStorage
+from queued_storage.tasks import Outcome, _Heartbeat, _LedgerCheckpoint, run_transfer
+from queued_storage.transfer import EngineConfig, transfer_file
+from tests.conftest import need, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MiB = 1024 * 1024
+PART = 5 * MiB
+CONFIG = EngineConfig(
+    multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=2, chunk_size=MiB
+)
+
+
+@pytest.fixture
+def proxy(clean: Any) -> Any:
+    need("s3_proxy")
+    from tests import settings as test_settings
+
+    found = test_settings._STACK.s3_proxy
+    found.clear_log()
+    yield found
+    found.come_up()
+
+
+def storage(**options: Any) -> QueuedStorage:
+    return QueuedStorage(local="staging", remote="s3", delayed=True, **options)
+
+
+def part_uploads(proxy: Any) -> list[str]:
+    """Query strings of the UploadPart requests the proxy saw."""
+    return [r[2] for r in proxy.requests if r[0] == "PUT" and "partNumber=" in r[2]]
+
+
+def open_uploads(client: Any) -> list[Any]:
+    return list(client.list_multipart_uploads(Bucket=settings.BUCKET).get("Uploads", []))
+
+
+class Crash(BaseException):
+    """Stands for the worker dying: raised after a number of parts were recorded."""
+
+
+class CrashingCheckpoint(_LedgerCheckpoint):
+    def __init__(self, *args: Any, after: int) -> None:
+        super().__init__(*args)
+        self.after = after
+
+    def part(self, part: Part) -> None:
+        super().part(part)
+        if len(self.parts) >= self.after:
+            raise Crash(f"killed after {self.after} parts")
+
+
+def crash_after(s: QueuedStorage, name: str, parts: int) -> StoredFile:
+    """Run a first attempt that dies after *parts* parts, leaving its lease to expire."""
+    assert StoredFile.acquire_lease(s.alias, name, "dead-worker", 0.01).acquired
+    checkpoint = CrashingCheckpoint(s.alias, name, "dead-worker", None, after=parts)
+    with pytest.raises(Crash):
+        transfer_file(s.local, s.remote, name, config=CONFIG, checkpoint=checkpoint)
+    row = StoredFile.get_row(s.alias, name)
+    assert row is not None
+    return row
+
+
+def test_part_size_respects_s3_limits() -> None:
+    assert choose_part_size(1 * MiB, 1 * MiB) == 5 * MiB  # 5 MiB minimum
+    assert choose_part_size(100 * MiB, 16 * MiB) == 16 * MiB
+    huge = 200 * 1024 * MiB  # 200 GiB: 10,000 parts of 16 MiB would not be enough
+    size = choose_part_size(huge, 16 * MiB)
+    assert size % MiB == 0
+    assert huge / size <= 10_000
+
+
+def test_resume_sends_only_the_missing_parts(proxy: Any) -> None:
+    s = storage()
+    data = os.urandom(6 * PART + 123)  # 7 parts
+    name = s.save("resume.bin", ContentFile(data))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("queued_storage.transfer.EngineConfig.from_settings", lambda: CONFIG)
+        row = crash_after(s, name, 3)
+        recorded = len(row.parts)
+        assert row.upload_id and recorded >= 3
+        first_upload = row.upload_id
+        proxy.clear_log()
+        assert run_transfer(s.alias, name) is Outcome.TRANSFERRED
+    resent = part_uploads(proxy)
+    print(f"parts recorded before the crash: {recorded}, parts sent on resume: {len(resent)}")
+    assert len(resent) == 7 - recorded
+    assert all(f"uploadId={first_upload}" in q for q in resent)
+    row = StoredFile.get_row(s.alias, name)
+    assert row is not None and row.state == State.REMOTE
+    assert (row.upload_id, row.parts) == ("", [])
+    assert clean_bytes(name) == data
+    assert open_uploads(s3()) == []
+
+
+def s3() -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.ENV["QS_TEST_S3_DIRECT_ENDPOINT"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+
+
+def clean_bytes(key: str) -> bytes:
+    return s3().get_object(Bucket=settings.BUCKET, Key=key)["Body"].read()  # type: ignore[no-any-return]
+
+
+def test_resume_starts_over_when_the_file_changed(proxy: Any) -> None:
+    s = storage()
+    name = s.save("changed.bin", ContentFile(os.urandom(3 * PART)))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("queued_storage.transfer.EngineConfig.from_settings", lambda: CONFIG)
+        old = crash_after(s, name, 1).upload_id
+        new_data = os.urandom(3 * PART)
+        Path(s.local.path(name)).write_bytes(new_data)
+        assert run_transfer(s.alias, name) is Outcome.TRANSFERRED
+    assert clean_bytes(name) == new_data
+    assert all(u["UploadId"] != old for u in open_uploads(s3()))
+    assert open_uploads(s3()) == []  # the stale upload was aborted
+
+
+def test_final_failure_aborts_the_open_upload(proxy: Any) -> None:
+    s = storage()
+    name = s.save("doomed.bin", ContentFile(os.urandom(3 * PART)))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("queued_storage.transfer.EngineConfig.from_settings", lambda: CONFIG)
+        crash_after(s, name, 1)
+        assert len(open_uploads(s3())) == 1
+        Path(s.local.path(name)).unlink()  # a permanent error on the retry
+        assert run_transfer(s.alias, name) is Outcome.FAILED
+    assert open_uploads(s3()) == []
+    row = StoredFile.get_row(s.alias, name)
+    assert row is not None and row.upload_id == "" and "missing" in row.last_error
+
+
+def test_delete_aborts_the_open_upload(proxy: Any) -> None:
+    s = storage()
+    name = s.save("deleted.bin", ContentFile(os.urandom(3 * PART)))
+    crash_after(s, name, 1)
+    assert len(open_uploads(s3())) == 1
+    s.delete(name)
+    assert open_uploads(s3()) == []
+    assert run_transfer(s.alias, name) is Outcome.GONE
+
+
+@pytest.mark.parametrize("size", [MiB, 2 * PART + 5], ids=["single-put", "multipart"])
+def test_commit_never_overwrites_a_different_object(proxy: Any, size: int) -> None:
+    s = storage()
+    name = s.save(f"taken-{size}.bin", ContentFile(os.urandom(size)))
+    s3().put_object(Bucket=settings.BUCKET, Key=name, Body=b"someone else's")
+    with pytest.raises(PermanentTransferError, match="already holds a different object"):
+        transfer_file(s.local, s.remote, name, config=CONFIG)
+    assert clean_bytes(name) == b"someone else's"
+    assert open_uploads(s3()) == []
+
+
+@pytest.mark.parametrize("size", [MiB, 2 * PART + 5], ids=["single-put", "multipart"])
+def test_retry_finding_its_own_verified_object_succeeds(proxy: Any, size: int) -> None:
+    s = storage()
+    data = os.urandom(size)
+    name = s.save(f"again-{size}.bin", ContentFile(data))
+    first = transfer_file(s.local, s.remote, name, config=CONFIG)
+    again = transfer_file(s.local, s.remote, name, config=CONFIG)
+    assert again == first
+    assert clean_bytes(name) == data
+    assert open_uploads(s3()) == []
+
+
+def test_file_changed_between_read_and_verify_fails(proxy: Any) -> None:
+    s = storage()
+    name = s.save("moving.bin", ContentFile(os.urandom(3 * PART)))
+    path = Path(s.local.path(name))
+
+    def tamper(done: int, total: int) -> None:
+        if 0 < done < total:  # after the first part: rewrite bytes already sent
+            with path.open("r+b") as fh:
+                fh.write(b"X" * 16)
+
+    with pytest.raises(ChecksumMismatch, match="changed while it was transferred"):
+        transfer_file(s.local, s.remote, name, config=CONFIG, progress=tamper)
+    assert s3().list_objects_v2(Bucket=settings.BUCKET).get("KeyCount") == 0
+
+
+def test_changed_file_is_never_recorded_remote(proxy: Any) -> None:
+    s = storage()
+    data = os.urandom(2 * PART)
+    name = s.save("never-remote.bin", ContentFile(data))
+    path = s.local.path(name)
+    real = s3_transfer
+
+    def tampering(*args: Any, **kwargs: Any) -> Any:
+        kwargs["progress"] = lambda done, total: os.utime(path, ns=(1, 1)) if done else None
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("queued_storage.transfer.s3_transfer", tampering)
+        with pytest.raises(Exception, match="changed while it was transferred"):
+            run_transfer(s.alias, name)
+    row = StoredFile.get_row(s.alias, name)
+    assert row is not None
+    assert row.state == State.PENDING and "changed while it was transferred" in row.last_error
+    assert Path(path).read_bytes() == data  # the local copy is kept
+    assert s.using_local(name)
+
+
+def test_single_put_checks_the_server_md5(proxy: Any) -> None:
+    s = storage()
+    data = b"tiny" * 1000
+    name = s.save("tiny.bin", ContentFile(data))
+    result = transfer_file(s.local, s.remote, name, config=CONFIG)
+    assert (result.algorithm, result.checksum) == ("md5", hashlib.md5(data).hexdigest())
+    head = s3().head_object(Bucket=settings.BUCKET, Key=name)
+    assert head["ETag"].strip('"') == result.checksum
+
+
+def test_multipart_checksum_is_the_server_etag(proxy: Any) -> None:
+    s = storage()
+    data = os.urandom(2 * PART + 1)
+    name = s.save("three.bin", ContentFile(data))
+    result = transfer_file(s.local, s.remote, name, config=CONFIG)
+    parts = [data[i : i + PART] for i in range(0, len(data), PART)]
+    expected = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest() + "-3"
+    assert result.checksum == expected
+    assert s3().head_object(Bucket=settings.BUCKET, Key=name)["ETag"].strip('"') == expected
+
+
+def test_progress_is_reported_in_order_up_to_the_total(proxy: Any) -> None:
+    s = storage()
+    size = 4 * PART + 9
+    name = s.save("progress.bin", ContentFile(os.urandom(size)))
+    seen: list[tuple[int, int]] = []
+    transfer_file(s.local, s.remote, name, config=CONFIG, progress=lambda d, t: seen.append((d, t)))
+    dones = [d for d, _ in seen]
+    assert dones == sorted(dones)
+    assert seen[-1] == (size, size)
+    assert {t for _, t in seen} == {size}
+    assert len(seen) <= 6  # once per part (and once at the start), not per byte
+
+
+def test_heartbeat_publishes_progress_to_cache_and_ledger(clean: Any) -> None:
+    s = storage()
+    name = s.save("beat.bin", ContentFile(b"x" * 10))
+    assert StoredFile.acquire_lease(s.alias, name, "me", 60).acquired
+    with _Heartbeat(s, name, "me") as beat:
+        beat.progress(4, 10)
+        wait_for(
+            lambda: file_state.get_progress(s.cache_prefix, s.alias, name) == (4, 10),
+            what="progress in the cache",
+        )
+    row = StoredFile.get_row(s.alias, name)
+    assert row is not None and row.bytes_done == 4
+    progress = s.get_progress(name)
+    assert progress is not None
+    assert (progress.done, progress.total, progress.percent) == (4, 10, 40.0)
+
+
+def test_get_progress_of_a_finished_transfer(clean: Any) -> None:
+    s = storage()
+    name = s.save("fin.bin", ContentFile(b"y" * 7))
+    pending = s.get_progress(name)  # nothing sent yet: from the ledger
+    assert pending is not None
+    assert (pending.state, pending.done, pending.total) == ("pending", 0, 7)
+    assert run_transfer(s.alias, name) is Outcome.TRANSFERRED
+    progress = s.get_progress(name)
+    assert progress is not None
+    assert (progress.state, progress.done, progress.total) == ("remote", 7, 7)
+    assert s.get_progress("unknown.bin") is None
+
+
+def test_resume_without_a_ledger_still_works_with_a_resume_object(proxy: Any) -> None:
+    """The engine takes a Resume from any caller (the ledger is only one source)."""
+    s = storage()
+    data = os.urandom(2 * PART + 3)
+    name = s.save("direct.bin", ContentFile(data))
+    client = s3()
+    key = name
+    upload = client.create_multipart_upload(Bucket=settings.BUCKET, Key=key)["UploadId"]
+    first = data[:PART]
+    etag = client.upload_part(
+        Bucket=settings.BUCKET, Key=key, UploadId=upload, PartNumber=1, Body=first
+    )["ETag"].strip('"')
+    st = os.stat(s.local.path(name))
+    resume = Resume(
+        upload_id=upload,
+        part_size=PART,
+        source=f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}",
+        parts=[Part(1, etag, hashlib.md5(first).hexdigest(), PART)],
+    )
+    proxy.clear_log()
+    transfer_file(s.local, s.remote, name, config=CONFIG, resume=resume)
+    assert len(part_uploads(proxy)) == 2
+    assert clean_bytes(name) == data
