@@ -32,6 +32,8 @@ import hashlib
 import math
 import os
 import re
+import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -145,7 +147,24 @@ class S3Result:
     algorithm: str
 
 
+_clients: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
+_clients_lock = threading.Lock()
+
+
 def s3_client(remote: Any, max_concurrency: int) -> Any:
+    """The engine's client for *remote*, built once per storage (boto3 clients are thread-safe).
+
+    Building a client costs tens of milliseconds, more than sending a small file.
+    """
+    with _clients_lock:
+        per_storage = _clients.setdefault(remote, {})
+        client = per_storage.get(max_concurrency)
+        if client is None:
+            client = per_storage[max_concurrency] = _build_client(remote, max_concurrency)
+        return client
+
+
+def _build_client(remote: Any, max_concurrency: int) -> Any:
     """A client built like the storage's own, tuned for the engine.
 
     Same credentials, endpoint, region, TLS and user ``client_config``; on top of it: no
