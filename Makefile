@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine with only Python and pip:
 #   make test   - create .venv, install, start Redis/PostgreSQL/S3/Celery workers, run the suite
 #   make demo   - create .venv, install, run the example project (ARGS=--smoke: once, no browser)
+#   make bench  - the transfer benchmarks (ARGS=--quick for small sizes)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,12 +9,12 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 STRICT ?=
 
-.PHONY: venv test test-strict demo lint format clean
+.PHONY: venv test demo bench lint format clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[redis,test,lint]"
+	$(BIN)/python -m pip install --quiet -e ".[redis,test,lint,bench]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -23,6 +24,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python example_project/demo.py $(ARGS)
+
+# make bench ARGS=--quick: every row on small sizes (under two minutes)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -129,6 +129,20 @@ class _Source:
             data += more
         return data
 
+    def digest(self, offset: int, length: int, read_size: int) -> Any:
+        """MD5 of a range, read in *read_size* pieces (never the whole range at once)."""
+        digest = hashlib.md5(usedforsecurity=False)
+        end = offset + length
+        while offset < end:
+            chunk = os.pread(self.fd, min(read_size, end - offset), offset)
+            if not chunk:
+                raise ChecksumMismatch(
+                    f"The local file {self.path!r} shrank during its transfer.", name=self.path
+                )
+            digest.update(chunk)
+            offset += len(chunk)
+        return digest
+
     def unchanged(self) -> bool:
         try:
             st = os.stat(self.path)
@@ -138,6 +152,44 @@ class _Source:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+class _PartReader:
+    """A part of the file as a seekable stream, read by offset: no buffer of the part's size.
+
+    ``read`` may return up to ``read_size`` bytes whatever smaller size is asked for:
+    http.client asks for 16 KiB at a time, and fewer, larger reads cost less CPU.
+    """
+
+    def __init__(self, source: _Source, offset: int, length: int, read_size: int) -> None:
+        self.source, self.offset, self.length, self.read_size = source, offset, length, read_size
+        self.position = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self.length - self.position
+        if left <= 0:
+            return b""
+        want = left if size is None or size < 0 else min(left, max(size, self.read_size))
+        data = os.pread(self.source.fd, want, self.offset + self.position)
+        self.position += len(data)
+        return data
+
+    def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.length}[whence]
+        self.position = max(0, min(self.length, base + position))
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
 
 
 @dataclass(frozen=True)
@@ -229,6 +281,7 @@ def s3_transfer(
                 encrypted,
                 choose_part_size(source.size, part_size),
                 max_concurrency,
+                read_size,
                 report,
                 resume,
                 checkpoint,
@@ -329,6 +382,7 @@ def _multipart(
     encrypted: bool,
     part_size: int,
     max_concurrency: int,
+    read_size: int,
     report: Callable[[int, int], None],
     resume: Resume | None,
     checkpoint: Checkpoint,
@@ -360,21 +414,21 @@ def _multipart(
     sent = sum(p.size for p in done.values())
     report(sent, size)
 
+    piece = min(read_size, MiB)  # per read: memory stays at ~1 MiB a part in flight
+
     def upload(number: int) -> Part:
         offset = (number - 1) * part_size
         length = min(part_size, size - offset)
-        data = source.read(offset, length)
-        if len(data) != length:
-            raise ChecksumMismatch(
-                f"The local file {name!r} shrank during its transfer.", name=name
-            )
-        digest = hashlib.md5(data, usedforsecurity=False)
+        # The MD5 is read first (S3 checks Content-MD5; the ETag we compare is the MD5 of what
+        # the server received), then the part is streamed from the page cache.
+        digest = source.digest(offset, length, piece)
         response = client.upload_part(
             Bucket=bucket,
             Key=key,
             UploadId=upload_id,
             PartNumber=number,
-            Body=data,
+            Body=_PartReader(source, offset, length, piece),
+            ContentLength=length,
             ContentMD5=_b64(digest.digest()),
             **sse_c,
         )

@@ -1,0 +1,142 @@
+"""One measured transfer per process: ``python -m benchmarks._timed MODE ARGS...``.
+
+Prints one JSON line: the wall time and CPU seconds (all threads) of the transfer itself,
+measured here so that interpreter and import start-up are left out, plus what the mode knows.
+The parent takes the process's peak RSS from ``os.wait4``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def _django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+    import django
+    from django.apps import apps
+
+    if not apps.ready:
+        django.setup()
+
+
+Run = Callable[[], dict[str, Any]]
+
+
+def engine(path: str, key: str) -> Run:
+    """queued_storage's S3 engine alone (no ledger), with the settings' defaults."""
+    _django()
+    from django.core.files.storage import storages
+
+    from queued_storage._s3engine import s3_client, s3_transfer
+    from queued_storage.transfer import EngineConfig
+
+    config = EngineConfig.from_settings()
+    remote = storages["s3"]
+    s3_client(remote, config.max_concurrency)  # a running worker has its client already
+
+    def run() -> dict[str, Any]:
+        result = s3_transfer(
+            remote,
+            key,
+            path,
+            multipart_threshold=config.multipart_threshold,
+            part_size=config.multipart_chunksize,
+            max_concurrency=config.max_concurrency,
+            read_size=config.chunk_size,
+        )
+        return {"checksum": result.checksum}
+
+    return run
+
+
+def boto3_default(path: str, key: str) -> Run:
+    """boto3's ``upload_file`` with default settings (no Django)."""
+    import boto3
+    from botocore.config import Config
+
+    unsigned = os.environ.get("BENCH_UNSIGNED") == "1"
+    config = Config(s3={"payload_signing_enabled": False}) if unsigned else None
+    client = boto3.client(
+        "s3",
+        endpoint_url=os.environ["QS_TEST_S3_DIRECT_ENDPOINT"],
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench-secret",
+        region_name="us-east-1",
+        config=config,
+    )
+
+    def run() -> dict[str, Any]:
+        client.upload_file(path, os.environ["QS_TEST_BUCKET"], key)
+        return {}
+
+    return run
+
+
+def storages_save(path: str, key: str) -> Run:
+    """The old app's way: ``S3Storage.save(name, open_file)``."""
+    _django()
+    from django.core.files import File
+    from django.core.files.storage import storages
+
+    remote = storages["s3"]
+    remote.connection  # noqa: B018  (a running process has its connection already)
+
+    def run() -> dict[str, Any]:
+        with open(path, "rb") as fh:
+            stored = remote.save(key, File(fh, key))
+        return {"name": stored}
+
+    return run
+
+
+def run_transfer(alias: str, name: str) -> Run:
+    """The whole task policy (lease, engine, ledger) without Celery, for the resume row."""
+    _django()
+    from queued_storage.models import StoredFile
+    from queued_storage.tasks import run_transfer as run_policy
+
+    def run() -> dict[str, Any]:
+        row = StoredFile.get_row(alias, name)
+        recorded = sum(int(p[3]) for p in row.parts) if row and row.parts else 0
+        outcome = run_policy(alias, name)
+        return {"outcome": outcome.value, "resumed_bytes": recorded}
+
+    return run
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS since its exec (VmHWM; not inherited from the parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+MODES = {
+    "engine": engine,
+    "boto3": boto3_default,
+    "storages": storages_save,
+    "run_transfer": run_transfer,
+}
+
+
+def _timed(mode: str, *args: str) -> dict[str, Any]:
+    run = MODES[mode](*args)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    info = run()
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {**info, "wall": round(wall, 4), "cpu": round(cpu, 4), "rss": peak_rss_mib()}
+
+
+if __name__ == "__main__":
+    print(json.dumps(_timed(sys.argv[1], *sys.argv[2:])), flush=True)
