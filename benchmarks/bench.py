@@ -236,7 +236,8 @@ class Bench:
             rss.append(self.add("2-memory", "engine", "signed", size, [sample]).rss_mib)
         self.rows[-1].extra["growth_mib"] = round(rss[1] - rss[0], 1)
         print(
-            f"  growth from {sizes[0] // MiB} MiB to {sizes[1] // MiB} MiB: {rss[1] - rss[0]:.1f} MiB"
+            f"  growth from {sizes[0] // MiB} MiB to {sizes[1] // MiB} MiB: "
+            f"{rss[1] - rss[0]:.1f} MiB"
         )
 
     def row3_resume(self) -> None:
@@ -270,7 +271,6 @@ class Bench:
         proc.wait()
         row = StoredFile.get_row(storage.alias, name)
         assert row is not None and row.upload_id, "the transfer did not start a multipart upload"
-        recorded = sum(int(p[3]) for p in row.parts)
         listed = self.client.list_parts(Bucket=BUCKET, Key=name, UploadId=row.upload_id)
         on_server = sum(int(p["Size"]) for p in listed.get("Parts", []))
         time.sleep(2.2)  # the killed worker's lease expires
@@ -448,7 +448,8 @@ def summary(rows: list[Row]) -> list[str]:
     if resume:
         e = resume[0].extra
         lines.append(
-            f"resume: re-sent {e['bytes_resent'] / MiB:.1f} MiB [target < {e['limit_bytes'] / MiB:.0f}]"
+            f"resume: re-sent {e['bytes_resent'] / MiB:.1f} MiB "
+            f"[target < {e['limit_bytes'] / MiB:.0f}]"
         )
     small = [r for r in rows if r.row == "4-small" and "ratio_vs_baseline" in r.extra]
     if small:
@@ -466,7 +467,10 @@ def summary(rows: list[Row]) -> list[str]:
 
 
 def table(rows: list[Row]) -> str:
-    head = "| row | tool | mode | size MiB | runs | wall s | ratio | CPU s | CPU s/GiB | peak RSS MiB |"
+    head = (
+        "| row | tool | mode | size MiB | runs | wall s | ratio | CPU s | CPU s/GiB "
+        "| peak RSS MiB |"
+    )
     out = [head, "|" + "---|" * 10]
     for r in rows:
         ratio = r.extra.get("wall_ratio_vs_best_baseline", "")
