@@ -93,5 +93,81 @@ class Settings:
         """Read size in bytes of the generic (non-S3) copy and of checksum passes."""
         return int(self._get("CHUNK_SIZE", 8 * MiB))
 
+    # --- reconcile pass and staging budget (queued_storage.reconcile) ----------------------
+    @property
+    def RECONCILE_AFTER(self) -> float:
+        """Seconds a ``pending`` file may wait (beyond its retry backoff) before it is re-queued."""
+        return float(self._get("RECONCILE_AFTER", 900))
+
+    @property
+    def RECONCILE_BATCH(self) -> int:
+        """Most rows one reconcile pass handles per storage and kind of work."""
+        return int(self._get("RECONCILE_BATCH", 500))
+
+    @property
+    def STAGING_BUDGET(self) -> int | None:
+        """Most bytes that may wait on this host for their transfer; ``None``: no limit."""
+        value = self._get("STAGING_BUDGET", None)
+        return None if value is None else int(value)
+
+    # --- upload views (queued_storage.views) ---------------------------------------------
+    @property
+    def UPLOAD_STORAGE(self) -> str:
+        """Alias in ``STORAGES`` of the ``QueuedStorage`` the upload views save into."""
+        return str(self._get("UPLOAD_STORAGE", "default"))
+
+    @property
+    def UPLOAD_MAX_BYTES(self) -> int:
+        """Largest upload body in bytes; a larger ``Content-Length`` is refused unread."""
+        return int(self._get("UPLOAD_MAX_BYTES", 5 * 1024 * MiB))
+
+    @property
+    def UPLOAD_CHUNK_SIZE(self) -> int:
+        """Read size in bytes of the upload views: one upload holds about one chunk."""
+        return int(self._get("UPLOAD_CHUNK_SIZE", 256 * 1024))
+
+    @property
+    def UPLOAD_AUTHORIZER(self) -> str | None:
+        """Dotted path of ``authorize(request, name, action)``; ``None``: Django permissions."""
+        value = self._get("UPLOAD_AUTHORIZER", None)
+        return None if value is None else str(value)
+
+    @property
+    def UPLOAD_PERMISSION(self) -> str | None:
+        """Permission the default authorizer requires to upload; ``None``: any signed-in user."""
+        value = self._get("UPLOAD_PERMISSION", "queued_storage.add_storedfile")
+        return None if value is None else str(value)
+
+    @property
+    def STATUS_PERMISSION(self) -> str | None:
+        """Permission the default authorizer requires to read an upload's status."""
+        value = self._get("STATUS_PERMISSION", "queued_storage.view_storedfile")
+        return None if value is None else str(value)
+
+    @property
+    def NGINX_UPLOAD_DIR(self) -> str | None:
+        """Directory nginx writes request bodies to (``client_body_temp_path``); ``None``: off."""
+        value = self._get("NGINX_UPLOAD_DIR", None)
+        return None if value is None else str(value)
+
+    @property
+    def NGINX_SECRET(self) -> str | None:
+        """Secret nginx sends in ``X-Queued-Storage-Secret``; ``None``: not required."""
+        value = self._get("NGINX_SECRET", None)
+        return None if value is None else str(value)
+
+    @property
+    def CHECKSUM(self) -> str:
+        """How S3 transfers are verified: ``"md5"`` (the server's ETag) or ``"crc32"``."""
+        value = str(self._get("CHECKSUM", "md5")).lower()
+        if value not in ("md5", "crc32"):
+            from django.core.exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(
+                f"QUEUED_STORAGE_CHECKSUM is {value!r}; use 'md5' (verified by the ETag any "
+                "S3 server computes) or 'crc32' (cheaper, verified by S3's own checksum check)."
+            )
+        return value
+
 
 settings = Settings()

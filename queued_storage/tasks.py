@@ -26,7 +26,7 @@ from django.db import connections
 from queued_storage import state as file_state
 from queued_storage._remote import abort_multipart, delete_remote
 from queued_storage.conf import settings
-from queued_storage.exceptions import PermanentTransferError, TransferError
+from queued_storage.exceptions import LocalFileMissing, PermanentTransferError, TransferError
 from queued_storage.models import State, StoredFile
 from queued_storage.signals import file_transferred, transfer_failed
 from queued_storage.storage import QueuedStorage, get_queued_storage
@@ -39,6 +39,7 @@ __all__ = [
     "TransferAndDelete",
     "backoff",
     "dispatch",
+    "reconcile",
     "run_transfer",
     "transfer",
 ]
@@ -121,7 +122,7 @@ class _LedgerCheckpoint:
     def __init__(self, alias: str, name: str, owner: str, resume: Resume | None) -> None:
         self.alias, self.name, self.owner = alias, name, owner
         self.parts: list[list[Any]] = (
-            [[p.number, p.etag, p.md5, p.size] for p in resume.parts] if resume else []
+            [[p.number, p.etag, p.digest, p.size] for p in resume.parts] if resume else []
         )
 
     def begin(self, upload_id: str, part_size: int, source: str) -> None:
@@ -136,7 +137,7 @@ class _LedgerCheckpoint:
         )
 
     def part(self, part: Part) -> None:
-        self.parts.append([part.number, part.etag, part.md5, part.size])
+        self.parts.append([part.number, part.etag, part.digest, part.size])
         StoredFile.record_parts(self.alias, self.name, self.owner, self.parts)
 
     def end(self) -> None:
@@ -146,7 +147,7 @@ class _LedgerCheckpoint:
 def _resume_of(row: StoredFile) -> Resume | None:
     if not row.upload_id or not row.part_size:
         return None
-    parts = [Part(int(n), str(etag), str(md5), int(size)) for n, etag, md5, size in row.parts]
+    parts = [Part(int(n), str(etag), str(digest), int(size)) for n, etag, digest, size in row.parts]
     return Resume(upload_id=row.upload_id, part_size=row.part_size, source=row.source, parts=parts)
 
 
@@ -249,6 +250,9 @@ def run_transfer(
             # Deleted while we were sending it (which is why the local copy vanished, say).
             _discard_remote(storage, name)
             return Outcome.GONE
+        if isinstance(err, LocalFileMissing):
+            # Recorded, so that the reconcile pass reports the loss until it is resolved.
+            StoredFile.mark_local_deleted(alias, name)
         if isinstance(err, PermanentTransferError):
             return _fail(storage, name, owner, err)
         if row.attempts > settings.RETRIES:
@@ -360,3 +364,16 @@ _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]
 def redact(text: str) -> str:
     """Hide the password of any URL in *text* (broker errors may quote the broker URL)."""
     return _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+
+
+# --- the reconcile pass ---------------------------------------------------------------------
+@shared_task(name="queued_storage.tasks.reconcile", ignore_result=True)
+def reconcile(failed: bool = False, adopt: bool = False, all_hosts: bool = False) -> dict[str, int]:
+    """One reconcile pass on the worker's host (schedule it with Celery beat; see the README).
+
+    Returns the pass's counts. Data loss is logged as an error by the pass itself; the task
+    does not fail for it, so that the schedule keeps running.
+    """
+    from queued_storage.reconcile import reconcile as run_pass
+
+    return run_pass(failed=failed, adopt=adopt, all_hosts=all_hosts).counts()

@@ -60,6 +60,7 @@ class EngineConfig:
     multipart_chunksize: int
     max_concurrency: int
     chunk_size: int
+    checksum: str = "md5"
 
     @classmethod
     def from_settings(cls) -> EngineConfig:
@@ -68,6 +69,7 @@ class EngineConfig:
             multipart_chunksize=settings.MULTIPART_CHUNKSIZE,
             max_concurrency=settings.MAX_CONCURRENCY,
             chunk_size=settings.CHUNK_SIZE,
+            checksum=settings.CHECKSUM,
         )
 
 
@@ -249,6 +251,7 @@ def _transfer_s3(
         part_size=config.multipart_chunksize,
         max_concurrency=config.max_concurrency,
         read_size=config.chunk_size,
+        checksum=config.checksum,
         progress=progress,
         resume=resume,
         checkpoint=checkpoint,
