@@ -1,0 +1,410 @@
+"""Taking an upload body onto the staging disk without holding it in memory.
+
+The upload views (``views.py``) are thin; what they rely on lives here:
+
+* :func:`validate_upload_name` refuses names a client must not choose (``..``, absolute paths,
+  NUL and control characters, backslashes, empty segments);
+* :func:`spool_stream` copies a request body, one chunk at a time, into a temporary file in the
+  *staging* storage's own directory, so that ``QueuedStorage.save()`` (through Django's
+  ``FileSystemStorage._save``) moves it into place with a rename instead of a copy;
+* :func:`claim_nginx_file` takes a body nginx already wrote to disk, from a configured
+  directory only, and moves it into the same spool directory;
+* :class:`StagingUploadHandler` is Django's ``TemporaryFileUploadHandler`` writing into that
+  spool directory, so multipart form uploads are moved too, whatever ``FILE_UPLOAD_TEMP_DIR`` is.
+
+Nothing here knows HTTP status codes beyond :class:`UploadRefused`, which carries one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import errno
+import hashlib
+import os
+import stat
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from django.core.exceptions import RequestAborted
+from django.core.files import File
+from django.core.files.uploadedfile import TemporaryUploadedFile, UploadedFile
+from django.core.files.uploadhandler import TemporaryFileUploadHandler
+from django.http import UnreadablePostError
+
+from queued_storage.exceptions import QueuedStorageConfigError, QueuedStorageError
+
+__all__ = [
+    "SPOOL_DIRNAME",
+    "ExpectedChecksums",
+    "StagedFile",
+    "StagingUploadHandler",
+    "UploadRefused",
+    "claim_nginx_file",
+    "spool_dir",
+    "spool_stream",
+    "validate_upload_name",
+]
+
+#: Directory inside the staging storage's root that holds bodies being received. It is on the
+#: staging filesystem by construction, so the final move into place is a rename.
+SPOOL_DIRNAME = ".queued_storage-incoming"
+
+#: Longest name a client may ask for (the ledger's ``name`` column holds 1024 characters, and
+#: an alternative name chosen on a clash adds 8).
+MAX_NAME_LENGTH = 1000
+
+
+class UploadRefused(QueuedStorageError):
+    """The upload cannot be accepted; ``status`` is the HTTP status the views answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# -- names --------------------------------------------------------------------------------------
+def validate_upload_name(name: str) -> str:
+    """*name* if a client may store a file under it, else :class:`UploadRefused` (400).
+
+    Refused: empty names, absolute paths, ``.`` and ``..`` segments, empty segments (``a//b``,
+    a trailing ``/``), backslashes, NUL and every other control character, segments longer
+    than 255 bytes (no filesystem takes them), and names inside the spool directory.
+    """
+    if not name:
+        raise UploadRefused(400, "The upload needs a file name (in the URL or ?name=).")
+    if len(name) > MAX_NAME_LENGTH:
+        raise UploadRefused(400, f"The file name is longer than {MAX_NAME_LENGTH} characters.")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise UploadRefused(400, "The file name contains a NUL or another control character.")
+    if "\\" in name:
+        raise UploadRefused(400, "The file name contains a backslash; use '/' between folders.")
+    if name.startswith("/"):
+        raise UploadRefused(400, "The file name is an absolute path; give a relative name.")
+    parts = name.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise UploadRefused(400, f"The file name {name!r} has an empty, '.' or '..' segment.")
+        if len(part.encode("utf-8", "surrogatepass")) > 255:
+            raise UploadRefused(400, "A segment of the file name is longer than 255 bytes.")
+    if parts[0] == SPOOL_DIRNAME:
+        raise UploadRefused(400, f"Names under {SPOOL_DIRNAME!r} are reserved.")
+    return name
+
+
+# -- checksums ------------------------------------------------------------------------------------
+@dataclass
+class ExpectedChecksums:
+    """Digests a client announced (``Content-MD5``, ``X-Checksum-SHA256``), checked on arrival."""
+
+    md5: bytes | None = None
+    sha256: bytes | None = None
+    _hashers: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_headers(cls, headers: Any) -> ExpectedChecksums:
+        """Parse the headers; a malformed value is refused (400) before the body is read."""
+        found = cls()
+        md5 = headers.get("Content-MD5")
+        if md5:
+            try:
+                found.md5 = base64.b64decode(md5.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                found.md5 = None
+            if found.md5 is None or len(found.md5) != 16:
+                raise UploadRefused(400, "Content-MD5 must be the base64 of a 16-byte MD5.")
+        sha256 = headers.get("X-Checksum-SHA256")
+        if sha256:
+            try:
+                found.sha256 = bytes.fromhex(sha256.strip())
+            except ValueError:
+                found.sha256 = None
+            if found.sha256 is None or len(found.sha256) != 32:
+                raise UploadRefused(400, "X-Checksum-SHA256 must be 64 hexadecimal digits.")
+        if found.md5 is not None:
+            found._hashers["md5"] = hashlib.md5(usedforsecurity=False)
+        if found.sha256 is not None:
+            found._hashers["sha256"] = hashlib.sha256()
+        return found
+
+    def update(self, chunk: bytes) -> None:
+        for hasher in self._hashers.values():
+            hasher.update(chunk)
+
+    def verify(self) -> None:
+        """Raise :class:`UploadRefused` (400) when a digest of what arrived differs."""
+        if self.md5 is not None and self._hashers["md5"].digest() != self.md5:
+            raise UploadRefused(400, "Content-MD5 does not match the received body; not kept.")
+        if self.sha256 is not None and self._hashers["sha256"].digest() != self.sha256:
+            raise UploadRefused(
+                400, "X-Checksum-SHA256 does not match the received body; not kept."
+            )
+
+    def verify_file(self, path: str, chunk_size: int) -> None:
+        """Hash a file already on disk (the nginx path) and verify it."""
+        if not self._hashers:
+            return
+        with open(path, "rb") as fh:
+            while chunk := fh.read(chunk_size):
+                self.update(chunk)
+        self.verify()
+
+
+# -- the spool directory ------------------------------------------------------------------------
+def spool_dir(local: Any) -> str:
+    """The spool directory inside the local (staging) storage's root, created on first use."""
+    try:
+        root = local.path("")
+    except NotImplementedError as err:
+        raise QueuedStorageConfigError(
+            f"The upload views need a local storage with filesystem paths; "
+            f"{type(local).__name__} has none (see check queued_storage.E003)."
+        ) from err
+    path = os.path.join(root, SPOOL_DIRNAME)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+class StagedFile(File):  # type: ignore[type-arg]
+    """A complete body in the spool directory, ready for ``storage.save()``.
+
+    It exposes ``temporary_file_path()`` like Django's ``TemporaryUploadedFile``, so
+    ``FileSystemStorage._save`` moves it with ``os.rename`` (same filesystem: no copy). Call
+    :meth:`discard` afterwards: it removes the spool file if the save did not take it.
+    """
+
+    def __init__(self, path: str, name: str, size: int) -> None:
+        super().__init__(open(path, "rb"), name)  # noqa: SIM115  (closed by discard())
+        self._path = path
+        self.size = size
+
+    def temporary_file_path(self) -> str:
+        return self._path
+
+    def discard(self) -> None:
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path)
+
+
+def _new_spool_file(directory: str) -> tuple[int, str]:
+    return tempfile.mkstemp(dir=directory, prefix="body-", suffix=".part")
+
+
+def _write(out: Any, chunk: bytes) -> None:
+    """Write a chunk; a full disk becomes a 507 the client can act on (retry later)."""
+    try:
+        out.write(chunk)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UploadRefused(
+                507, "The staging disk is full; nothing was kept. Retry later."
+            ) from err
+        raise
+
+
+# -- request bodies -------------------------------------------------------------------------------
+#: What a body stream raises when the client went away mid-body (WSGI servers raise OSError
+#: subclasses; Django raises UnreadablePostError / RequestAborted).
+CLIENT_GONE = (OSError, UnreadablePostError, RequestAborted)
+
+
+def spool_stream(
+    read: Callable[[int], bytes],
+    directory: str,
+    *,
+    name: str,
+    declared: int | None,
+    max_bytes: int,
+    chunk_size: int,
+    expected: ExpectedChecksums,
+) -> StagedFile:
+    """Copy a request body into a new file in *directory*, ``chunk_size`` bytes at a time.
+
+    ``declared`` is the ``Content-Length`` (``None`` for a chunked body, then ``max_bytes``
+    bounds it). A body that ends early (the client disconnected), a stream that yields more
+    than was declared, one over ``max_bytes``, or a checksum that does not match, leaves
+    nothing behind: the spool file is removed and :class:`UploadRefused` raised.
+    """
+    fd, path = _new_spool_file(directory)
+    received = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            limit = declared if declared is not None else max_bytes
+            while True:
+                want = min(chunk_size, limit - received) if declared is not None else chunk_size
+                if want <= 0:
+                    break
+                try:
+                    chunk = read(want)
+                except CLIENT_GONE as err:
+                    raise UploadRefused(
+                        400,
+                        f"The client stopped sending after {received} bytes ({err!r}); "
+                        "nothing was kept.",
+                    ) from err
+                if not chunk:
+                    break
+                received += len(chunk)
+                if received > limit:
+                    if declared is None:
+                        raise UploadRefused(
+                            413, f"The body is larger than {max_bytes} bytes; nothing was kept."
+                        )
+                    raise UploadRefused(
+                        400, f"The body is longer than its Content-Length ({declared})."
+                    )
+                expected.update(chunk)
+                _write(out, chunk)
+            if declared is not None:
+                if received < declared:
+                    raise UploadRefused(
+                        400,
+                        f"The body ended after {received} of {declared} bytes (the client "
+                        "disconnected?); nothing was kept.",
+                    )
+                # A stream that is not bounded by the server (Django's ASGI request reads
+                # whatever the body file holds) must not have more than was declared.
+                try:
+                    extra = read(1)
+                except CLIENT_GONE:
+                    extra = b""
+                if extra:
+                    raise UploadRefused(
+                        400, f"The body is longer than its Content-Length ({declared})."
+                    )
+        expected.verify()
+        return StagedFile(path, name, received)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+
+
+# -- nginx ----------------------------------------------------------------------------------------
+def claim_nginx_file(
+    given: str,
+    base_dir: str,
+    directory: str,
+    *,
+    name: str,
+    declared: int | None,
+    chunk_size: int,
+) -> StagedFile:
+    """Move the body nginx wrote at *given* into *directory* (the spool), and return it.
+
+    *given* must name a regular file (not a symlink, a single hard link) inside *base_dir*
+    once every symlink is resolved; anything else is refused (400) and nothing is touched.
+    The file is moved with a rename when the spool is on the same filesystem, else copied
+    from the opened file and the original removed. The moved file is checked to be the one
+    that was validated (same device and inode), so swapping the path meanwhile gains nothing.
+    """
+    if not given or "\x00" in given or any(ord(c) < 32 for c in given):
+        raise UploadRefused(400, "X-File-Path is empty or contains control characters.")
+    if not os.path.isabs(given):
+        raise UploadRefused(400, "X-File-Path must be an absolute path.")
+    if ".." in PurePosixPath(given).parts:
+        raise UploadRefused(400, "X-File-Path must not contain '..'.")
+    base = os.path.realpath(base_dir)
+    real = os.path.realpath(given)
+    if os.path.commonpath([base, real]) != base or real == base:
+        raise UploadRefused(400, "X-File-Path is outside QUEUED_STORAGE_NGINX_UPLOAD_DIR.")
+    try:
+        src = os.open(given, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UploadRefused(400, "X-File-Path is a symbolic link.") from err
+        raise UploadRefused(400, f"X-File-Path cannot be opened ({err.strerror}).") from err
+    try:
+        info = os.fstat(src)
+        if not stat.S_ISREG(info.st_mode):
+            raise UploadRefused(400, "X-File-Path is not a regular file.")
+        if info.st_nlink != 1:
+            raise UploadRefused(400, "X-File-Path has other hard links; refusing to move it.")
+        if declared is not None and info.st_size != declared:
+            raise UploadRefused(
+                400,
+                f"The file nginx wrote has {info.st_size} bytes, the request declared "
+                f"{declared}; nothing was moved.",
+            )
+        fd, path = _new_spool_file(directory)
+        os.close(fd)
+        try:
+            if info.st_dev == os.stat(directory).st_dev:
+                os.rename(real, path)
+                moved = os.lstat(path)
+                if (moved.st_dev, moved.st_ino) != (info.st_dev, info.st_ino):
+                    # The path was swapped after it was checked: put nothing in the spool.
+                    os.unlink(path)
+                    raise UploadRefused(400, "X-File-Path changed while it was being moved.")
+            else:
+                with open(path, "wb") as out:
+                    while chunk := os.read(src, chunk_size):
+                        _write(out, chunk)
+                current = os.lstat(real)
+                if (current.st_dev, current.st_ino) == (info.st_dev, info.st_ino):
+                    os.unlink(real)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
+    finally:
+        os.close(src)
+    return StagedFile(path, name, info.st_size)
+
+
+# -- multipart forms ------------------------------------------------------------------------------
+class StagedUploadedFile(TemporaryUploadedFile):
+    """Django's ``TemporaryUploadedFile``, created in a given directory (the spool)."""
+
+    def __init__(
+        self,
+        directory: str,
+        name: str,
+        content_type: str | None,
+        size: int,
+        charset: str | None,
+        content_type_extra: dict[str, bytes] | None = None,
+    ) -> None:
+        _, ext = os.path.splitext(name)
+        fh = tempfile.NamedTemporaryFile(suffix=".upload" + ext, dir=directory)  # noqa: SIM115
+        UploadedFile.__init__(self, fh, name, content_type, size, charset, content_type_extra)
+
+
+class StagingUploadHandler(TemporaryFileUploadHandler):
+    """``TemporaryFileUploadHandler`` writing into the staging storage's spool directory.
+
+    With it, ``request.FILES`` files are on the staging filesystem as they arrive, and
+    ``QueuedStorage.save()`` moves them into place with a rename, even when
+    ``FILE_UPLOAD_TEMP_DIR`` (or the system temporary directory) is another filesystem.
+    Memory per file is Django's chunk size (64 KiB by default).
+    """
+
+    def __init__(self, request: Any = None, *, directory: str | None = None) -> None:
+        super().__init__(request)
+        self.directory = directory or spool_dir(_default_local())
+
+    def new_file(self, *args: Any, **kwargs: Any) -> None:
+        super(TemporaryFileUploadHandler, self).new_file(*args, **kwargs)
+        self.file = StagedUploadedFile(
+            self.directory,
+            self.file_name or "upload",
+            self.content_type,
+            0,
+            self.charset,
+            self.content_type_extra,
+        )
+
+
+def _default_local() -> Any:
+    from django.core.files.storage import storages
+
+    from queued_storage.conf import settings
+
+    storage = storages[settings.UPLOAD_STORAGE]
+    return getattr(storage, "local", storage)

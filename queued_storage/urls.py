@@ -1,0 +1,33 @@
+"""URLs of the upload views; include them in a project's ``urls.py``::
+
+    path("uploads/", include("queued_storage.urls")),
+
+which gives (names in the ``queued_storage`` namespace):
+
+* ``uploads/put/<name>`` (``upload``): ``PUT``/``POST`` a raw body or ``POST`` a form;
+  ``uploads/put/?name=<name>`` (``upload-query``) takes the name from the query string;
+* ``uploads/status/<name>`` (``status``): the file's state as JSON;
+* ``uploads/nginx/<name>`` (``nginx-upload``): the body nginx wrote to disk (``X-File-Path``);
+* ``uploads/nginx-auth/`` (``nginx-auth``): nginx's ``auth_request`` target.
+
+To upload into another ``STORAGES`` alias than ``QUEUED_STORAGE_UPLOAD_STORAGE``, include
+them with ``{"storage_alias": "videos"}`` as the third argument of ``path()``, under another
+``namespace`` if both are included.
+"""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from queued_storage import views
+
+app_name = "queued_storage"
+
+urlpatterns = [
+    path("put/", views.UploadView.as_view(), name="upload-query"),
+    path("put/<path:name>", views.UploadView.as_view(), name="upload"),
+    path("status/<path:name>", views.StatusView.as_view(), name="status"),
+    path("nginx-auth/", views.NginxAuthView.as_view(), name="nginx-auth"),
+    path("nginx/", views.NginxUploadView.as_view(), name="nginx-upload-query"),
+    path("nginx/<path:name>", views.NginxUploadView.as_view(), name="nginx-upload"),
+]

@@ -1,0 +1,548 @@
+"""Upload views: large files in, without holding them in memory.
+
+Three ways in (``urls.py`` wires them; the README's "Uploads: three ways in" shows each):
+
+* :class:`UploadView` — ``PUT`` (or ``POST`` with ``Content-Type: application/octet-stream``)
+  of a raw body, for scripts and ``curl -T``; ``POST`` of a ``multipart/form-data`` form works
+  too (its ``file`` field). The client is authorised, and ``Content-Length`` checked against
+  ``QUEUED_STORAGE_UPLOAD_MAX_BYTES``, before a single byte of the body is read; the body is
+  then read in chunks of ``QUEUED_STORAGE_UPLOAD_CHUNK_SIZE`` into the staging disk.
+* :class:`NginxUploadView` and :class:`NginxAuthView` — nginx authorises the request with an
+  ``auth_request`` to :class:`NginxAuthView` before it accepts the body, writes the body to
+  ``QUEUED_STORAGE_NGINX_UPLOAD_DIR`` itself and passes its path in ``X-File-Path``; the view
+  moves that file into the staging storage.
+* :class:`StatusView` — JSON with a file's state, bytes transferred, size and the URL to use now.
+
+Every file goes through ``QueuedStorage.save()``, so name reservation, the ledger and the
+dispatch on commit apply as for any other save.
+
+Authorisation is one hook, ``authorize(request, name, action) -> bool | HttpResponse``
+(``action`` is ``"upload"`` or ``"status"``): the setting ``QUEUED_STORAGE_UPLOAD_AUTHORIZER``
+names it, or a subclass overrides :meth:`QueuedStorageView.authorize`. The default asks
+Django's permission system (``QUEUED_STORAGE_UPLOAD_PERMISSION``,
+``QUEUED_STORAGE_STATUS_PERMISSION``): anonymous users get 401, users without the permission
+403.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
+from django.core.files.storage import storages
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http.multipartparser import MultiPartParserError
+from django.urls import NoReverseMatch, Resolver404, resolve, reverse
+from django.utils.decorators import method_decorator
+from django.utils.module_loading import import_string
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+
+from queued_storage.conf import settings
+from queued_storage.models import State, StoredFile
+from queued_storage.storage import QueuedStorage
+from queued_storage.uploads import (
+    CLIENT_GONE,
+    ExpectedChecksums,
+    StagedFile,
+    StagingUploadHandler,
+    UploadRefused,
+    claim_nginx_file,
+    spool_dir,
+    spool_stream,
+    validate_upload_name,
+)
+
+__all__ = [
+    "NginxAuthView",
+    "NginxUploadView",
+    "QueuedStorageView",
+    "StatusView",
+    "UploadView",
+    "default_authorize",
+    "get_authorizer",
+]
+
+logger = logging.getLogger("queued_storage")
+
+#: Longest name the ledger holds (``StoredFile.name``); passed to ``save()`` as max_length.
+LEDGER_NAME_LENGTH = 1024
+
+SECRET_HEADER = "X-Queued-Storage-Secret"
+
+
+def _error(status: int, message: str) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+# -- authorisation --------------------------------------------------------------------------------
+def default_authorize(request: HttpRequest, name: str, action: str) -> bool | HttpResponse:
+    """Django's permission system: 401 for anonymous users, 403 without the permission.
+
+    The permission is ``QUEUED_STORAGE_UPLOAD_PERMISSION`` for ``action="upload"`` and
+    ``QUEUED_STORAGE_STATUS_PERMISSION`` for ``action="status"``; ``None`` lets every
+    signed-in user through. Needs ``AuthenticationMiddleware`` (``request.user``).
+    """
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return _error(401, "Sign in to upload files.")
+    permission = settings.UPLOAD_PERMISSION if action == "upload" else settings.STATUS_PERMISSION
+    return permission is None or bool(user.has_perm(permission))
+
+
+def get_authorizer() -> Any:
+    """The hook named by ``QUEUED_STORAGE_UPLOAD_AUTHORIZER``, or :func:`default_authorize`."""
+    path = settings.UPLOAD_AUTHORIZER
+    if path is None:
+        return default_authorize
+    try:
+        return import_string(path)
+    except ImportError as err:
+        raise ImproperlyConfigured(
+            f"QUEUED_STORAGE_UPLOAD_AUTHORIZER is {path!r}, which cannot be imported ({err})."
+        ) from err
+
+
+def _as_response(verdict: bool | HttpResponse) -> HttpResponse | None:
+    """``None`` to go on, else the response that refuses the request."""
+    if isinstance(verdict, HttpResponse):
+        return None if 200 <= verdict.status_code < 300 else verdict
+    if verdict is True:
+        return None
+    return _error(403, "You may not upload or read this file.")
+
+
+# -- views ----------------------------------------------------------------------------------------
+class QueuedStorageView(View):
+    """What the upload and status views share: the storage, the name and the hook.
+
+    Class attributes (also ``as_view(...)`` keyword arguments):
+
+    ``storage_alias``
+        ``STORAGES`` alias of the ``QueuedStorage``; ``None`` uses
+        ``QUEUED_STORAGE_UPLOAD_STORAGE``. A URL keyword argument ``storage_alias`` (set by
+        the project's ``urls.py``, never by the client) wins over both.
+    ``prefix``
+        prepended to every client-given name (for example ``"incoming/"``).
+    """
+
+    storage_alias: str | None = None
+    prefix: str = ""
+    action = "upload"
+
+    def authorize(self, request: HttpRequest, name: str) -> bool | HttpResponse:
+        """Whether *request* may act on *name*; override it, or set the authorizer setting.
+
+        It runs before the request body is read, so it must not touch ``request.body``,
+        ``request.POST`` or ``request.FILES``. ``name`` is the validated, prefixed name the
+        client asked for (for a form upload without one, ``""``).
+        """
+        return get_authorizer()(request, name, self.action)  # type: ignore[no-any-return]
+
+    def get_storage(self) -> QueuedStorage:
+        alias = self.kwargs.get("storage_alias") or self.storage_alias or settings.UPLOAD_STORAGE
+        storage = storages[alias]
+        if not isinstance(storage, QueuedStorage):
+            raise ImproperlyConfigured(
+                f"The upload views need a QueuedStorage; STORAGES[{alias!r}] is a "
+                f"{type(storage).__name__} (see check queued_storage.E008)."
+            )
+        return storage
+
+    def requested_name(self, request: HttpRequest, *, required: bool = True) -> str:
+        """The client's name (URL path, else ``?name=``), validated and prefixed."""
+        raw = self.kwargs.get("name") or request.GET.get("name", "")
+        if not raw and not required:
+            return ""
+        return validate_upload_name(self.prefix + validate_upload_name(raw))
+
+    def status_url(self, request: HttpRequest, name: str) -> str | None:
+        """The status endpoint of *name* in the namespace these views were included under."""
+        match = request.resolver_match
+        namespace = match.namespace if match is not None and match.namespace else "queued_storage"
+        name = name.removeprefix(self.prefix) if self.prefix else name
+        try:
+            return reverse(f"{namespace}:status", kwargs={"name": name})
+        except NoReverseMatch:
+            return None
+
+
+def _state_payload(storage: QueuedStorage, name: str) -> dict[str, Any] | None:
+    row = StoredFile.get_row(storage.alias, name)
+    if row is None:
+        return None
+    # The URL follows the row read here (the ledger is the truth), not a cached state that
+    # may lag behind it for a moment.
+    serving = storage.remote if row.state == State.REMOTE else storage.local
+    try:
+        url: str | None = str(serving.url(name))
+    except Exception:  # a storage without URLs; the state is still worth answering
+        url = None
+    return {
+        "name": name,
+        "state": row.state,
+        "size": row.size,
+        "bytes_done": row.size if row.state == State.REMOTE else row.bytes_done,
+        "local": row.local_exists,
+        "url": url,
+    }
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class UploadView(QueuedStorageView):
+    """Take an upload into the staging storage: raw ``PUT``/``POST``, or a multipart form.
+
+    The order of work is the point of this view: name validation, authorisation,
+    ``Content-Length`` against the maximum, checksum headers — all before the body is read.
+
+    Raw bodies: ``PUT`` with any content type, or ``POST`` with
+    ``application/octet-stream`` (a content type a browser cannot send cross-site without a
+    CORS preflight, which is why the view is exempt from CSRF). A body of unknown length
+    (``Transfer-Encoding: chunked``, as ``curl -T -`` sends) is accepted when the server can
+    frame it (ASGI, or a WSGI server setting ``wsgi.input_terminated`` such as gunicorn) and
+    is limited to the maximum as it arrives; otherwise it is refused with 411.
+
+    ``Content-MD5`` (base64) and ``X-Checksum-SHA256`` (hex) are verified against the bytes
+    received; a mismatch is 400 and nothing is kept.
+
+    Answers 201 with ``{"name", "state", "size", "bytes_done", "local", "url",
+    "status_url"}``; ``name`` is the name the file was stored under (a free variant of the
+    requested one if that was taken).
+    """
+
+    http_method_names = ["put", "post"]
+    #: Read by ``queued_storage.asgi``: this view reads the body itself, as a stream.
+    streams_request_body = True
+    #: Largest body in bytes; ``None`` uses ``QUEUED_STORAGE_UPLOAD_MAX_BYTES``.
+    max_bytes: int | None = None
+    #: The form field of a multipart upload.
+    form_field = "file"
+
+    def put(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return self._handle(request, form=False)
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        content_type = request.content_type or ""
+        if content_type == "multipart/form-data":
+            return self._handle(request, form=True)
+        if content_type != "application/octet-stream":
+            return _error(
+                415,
+                "POST a raw body with Content-Type: application/octet-stream, or a "
+                "multipart/form-data form; or use PUT.",
+            )
+        return self._handle(request, form=False)
+
+    def get_max_bytes(self) -> int:
+        return self.max_bytes if self.max_bytes is not None else settings.UPLOAD_MAX_BYTES
+
+    def _handle(self, request: HttpRequest, *, form: bool) -> HttpResponse:
+        try:
+            name = self.requested_name(request, required=not form)
+            refused = _as_response(self.authorize(request, name))
+            if refused is not None:
+                return refused
+            declared = self._declared_length(request, chunked_ok=not form)
+            storage = self.get_storage()
+            directory = spool_dir(storage.local)
+            if form:
+                return self._save_form(request, storage, directory, name, declared)
+            expected = ExpectedChecksums.from_headers(request.headers)
+            staged = spool_stream(
+                self._body_reader(request, declared),
+                directory,
+                name=name,
+                declared=declared,
+                max_bytes=self.get_max_bytes(),
+                chunk_size=settings.UPLOAD_CHUNK_SIZE,
+                expected=expected,
+            )
+            return self._save(request, storage, name, staged)
+        except UploadRefused as refusal:
+            if refusal.status >= 500:
+                logger.error("queued_storage: upload refused: %s", refusal.message)
+            return _error(refusal.status, refusal.message)
+
+    def _declared_length(self, request: HttpRequest, *, chunked_ok: bool) -> int | None:
+        """The body's declared length, refusing what is too large before reading it."""
+        raw = request.META.get("CONTENT_LENGTH", "")
+        if raw in ("", None):
+            chunked = "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
+            if chunked and chunked_ok and self._server_frames_body(request):
+                return None
+            raise UploadRefused(411, "Send a Content-Length header with the upload.")
+        try:
+            declared = int(raw)
+        except ValueError:
+            raise UploadRefused(400, f"Content-Length {raw!r} is not a number.") from None
+        if declared < 0:
+            raise UploadRefused(400, f"Content-Length {raw!r} is negative.")
+        if declared > self.get_max_bytes():
+            raise UploadRefused(
+                413, f"The upload has {declared} bytes; the limit is {self.get_max_bytes()}."
+            )
+        return declared
+
+    @staticmethod
+    def _server_frames_body(request: HttpRequest) -> bool:
+        """Whether a body without Content-Length can be read to its end (chunked framing)."""
+        return "wsgi.input" not in request.META or bool(request.META.get("wsgi.input_terminated"))
+
+    @staticmethod
+    def _body_reader(request: HttpRequest, declared: int | None) -> Any:
+        if declared is None and "wsgi.input" in request.META:
+            # Django bounds a WSGI body by CONTENT_LENGTH, i.e. to nothing for a chunked body;
+            # a server that sets wsgi.input_terminated ends wsgi.input at the body's end.
+            return request.META["wsgi.input"].read
+        return request.read
+
+    def _save_form(
+        self,
+        request: HttpRequest,
+        storage: QueuedStorage,
+        directory: str,
+        name: str,
+        declared: int | None,
+    ) -> HttpResponse:
+        # Count what the multipart parser reads: Django's parser takes a body that ends early
+        # (the client went away) as complete, with a truncated file. HttpRequest reads its
+        # body from _stream; wrapping it is the one private attribute this view touches.
+        counter = _CountingStream(request._stream)
+        request._stream = counter  # type: ignore[assignment]
+        handler = StagingUploadHandler(request, directory=directory)
+        request.upload_handlers = [handler]
+        try:
+            files = request.FILES
+        except (MultiPartParserError, *CLIENT_GONE) as err:
+            handler.upload_interrupted()
+            return _error(400, f"The form upload could not be read ({err}); nothing was kept.")
+        uploads = files.getlist(self.form_field)
+        try:
+            if declared is not None and counter.count < declared:
+                return _error(
+                    400,
+                    f"The form ended after {counter.count} of {declared} bytes (the client "
+                    "disconnected?); nothing was kept.",
+                )
+            if len(uploads) != 1:
+                return _error(400, f"Send exactly one file in the form field {self.form_field!r}.")
+            upload = uploads[0]
+            if not hasattr(upload, "temporary_file_path"):
+                return _error(500, "The form upload was not written to the staging disk.")
+            if not name:
+                base = (upload.name or "").rsplit("/", 1)[-1]
+                name = validate_upload_name(self.prefix + validate_upload_name(base))
+                refused = _as_response(self.authorize(request, name))
+                if refused is not None:
+                    return refused
+            return self._save(request, storage, name, upload)
+        finally:
+            for upload in uploads:
+                upload.close()
+
+    def _save(
+        self,
+        request: HttpRequest,
+        storage: QueuedStorage,
+        name: str,
+        content: Any,
+    ) -> HttpResponse:
+        """``storage.save()`` (a rename out of the spool), then the 201 answer."""
+        try:
+            stored = storage.save(name, content, max_length=LEDGER_NAME_LENGTH)
+        except SuspiciousFileOperation as err:
+            return _error(400, str(err))
+        finally:
+            if isinstance(content, StagedFile):
+                content.discard()
+        payload = _state_payload(storage, stored) or {"name": stored, "state": None}
+        payload["status_url"] = self.status_url(request, stored)
+        response = JsonResponse(payload, status=201)
+        if payload["status_url"]:
+            response["Location"] = payload["status_url"]
+        return response
+
+
+class _CountingStream:
+    """Counts the bytes a parser reads (a multipart body that ends early is not complete)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.count = 0
+
+    def read(self, *args: Any) -> bytes:
+        data: bytes = self._stream.read(*args)
+        self.count += len(data)
+        return data
+
+    def readline(self, *args: Any) -> bytes:
+        data: bytes = self._stream.readline(*args)
+        self.count += len(data)
+        return data
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
+
+
+def _check_secret(request: HttpRequest) -> HttpResponse | None:
+    secret = settings.NGINX_SECRET
+    if secret is None:
+        return None
+    given = request.headers.get(SECRET_HEADER, "")
+    if not hmac.compare_digest(given.encode(), secret.encode()):
+        return _error(403, f"{SECRET_HEADER} is missing or wrong.")
+    return None
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class NginxUploadView(UploadView):
+    """The file nginx received (``X-File-Path``), moved into the staging storage.
+
+    nginx writes the body to ``client_body_temp_path`` (``client_body_in_file_only clean``),
+    does not pass it on (``proxy_pass_request_body off``), and sets ``X-File-Path`` to
+    ``$request_body_file`` and ``X-Content-Length`` to ``$content_length``. The path is
+    accepted only inside ``QUEUED_STORAGE_NGINX_UPLOAD_DIR`` after resolving symlinks, must be
+    a regular file that is not a symlink and has no other hard links, and must have the
+    declared size; anything else is 400 and nothing is moved. With ``QUEUED_STORAGE_NGINX_SECRET``
+    set, requests without that secret in ``X-Queued-Storage-Secret`` are refused (403): only
+    nginx may name a file on the server's disk. Answers 404 while the directory is not set.
+    """
+
+    streams_request_body = False
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if settings.NGINX_UPLOAD_DIR is None:
+            return _error(404, "nginx uploads are off (QUEUED_STORAGE_NGINX_UPLOAD_DIR).")
+        refused = _check_secret(request)
+        if refused is not None:
+            return refused
+        return super().dispatch(request, *args, **kwargs)
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return self._handle(request, form=False)
+
+    def _handle(self, request: HttpRequest, *, form: bool) -> HttpResponse:
+        base_dir = settings.NGINX_UPLOAD_DIR
+        assert base_dir is not None  # dispatch() answered 404 otherwise
+        try:
+            name = self.requested_name(request)
+            refused = _as_response(self.authorize(request, name))
+            if refused is not None:
+                return refused
+            declared = _int_header(request, "X-Content-Length")
+            if declared is not None and declared > self.get_max_bytes():
+                raise UploadRefused(
+                    413, f"The upload has {declared} bytes; the limit is {self.get_max_bytes()}."
+                )
+            expected = ExpectedChecksums.from_headers(request.headers)
+            storage = self.get_storage()
+            staged = claim_nginx_file(
+                request.headers.get("X-File-Path", ""),
+                base_dir,
+                spool_dir(storage.local),
+                name=name,
+                declared=declared,
+                chunk_size=settings.UPLOAD_CHUNK_SIZE,
+            )
+            try:
+                expected.verify_file(staged.temporary_file_path(), settings.UPLOAD_CHUNK_SIZE)
+            except BaseException:
+                staged.discard()
+                raise
+            return self._save(request, storage, name, staged)
+        except UploadRefused as refusal:
+            return _error(refusal.status, refusal.message)
+
+
+def _int_header(request: HttpRequest, header: str) -> int | None:
+    raw = request.headers.get(header, "")
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UploadRefused(400, f"{header} {raw!r} is not a number.") from None
+    if value < 0:
+        raise UploadRefused(400, f"{header} {raw!r} is negative.")
+    return value
+
+
+class NginxAuthView(View):
+    """nginx's ``auth_request`` target: may the original request upload? 204, 401 or 403.
+
+    nginx calls it before it accepts the body, with the client's headers and
+    ``X-Original-URI`` (``$request_uri``) and ``X-Original-Content-Length``
+    (``$content_length``). The original URI must resolve to a :class:`NginxUploadView`; its
+    name is validated and the view's ``authorize()`` asked. ``auth_request`` understands only
+    2xx, 401 and 403, so every other refusal (bad name, too large) is a 403; nginx's own
+    ``client_max_body_size`` gives the client its 413.
+    """
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        refused = _check_secret(request)
+        if refused is not None:
+            return refused
+        original = request.headers.get("X-Original-URI", "")
+        parts = urlsplit(original)
+        try:
+            match = resolve(parts.path, getattr(request, "urlconf", None))
+        except Resolver404:
+            return _error(403, f"{original!r} is not an nginx upload URL.")
+        view_class = getattr(match.func, "view_class", None)
+        if view_class is None or not issubclass(view_class, NginxUploadView):
+            return _error(403, f"{original!r} is not an nginx upload URL.")
+        view = view_class(**getattr(match.func, "view_initkwargs", {}))
+        view.setup(request, *match.args, **match.kwargs)
+        query = parse_qs(parts.query)
+        try:
+            raw = match.kwargs.get("name") or (query.get("name") or [""])[0]
+            name = validate_upload_name(view.prefix + validate_upload_name(raw))
+            declared = _int_header(request, "X-Original-Content-Length")
+        except UploadRefused as refusal:
+            return _error(403, refusal.message)
+        if declared is not None and declared > view.get_max_bytes():
+            return _error(403, f"The upload is larger than {view.get_max_bytes()} bytes.")
+        refused = _as_response(view.authorize(request, name))
+        if refused is not None:
+            return refused if refused.status_code == 401 else _error(403, _message(refused))
+        return HttpResponse(status=204)
+
+
+def _message(response: HttpResponse) -> str:
+    try:
+        return str(json.loads(response.content)["error"])
+    except Exception:
+        return "You may not upload this file."
+
+
+class StatusView(QueuedStorageView):
+    """``GET``: the state of one stored file, as JSON.
+
+    ``{"name", "state", "size", "bytes_done", "local", "url"}``: ``bytes_done`` is what the
+    running transfer has sent (``size`` once ``remote``), ``local`` whether the staging copy
+    still exists, and ``url`` the URL to use now (``storage.url(name)``: the staging URL until
+    the transfer is verified, then the remote one). 404 for a name the ledger does not know.
+    """
+
+    http_method_names = ["get", "head"]
+    action = "status"
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            name = self.requested_name(request)
+        except UploadRefused as refusal:
+            return _error(refusal.status, refusal.message)
+        refused = _as_response(self.authorize(request, name))
+        if refused is not None:
+            return refused
+        storage = self.get_storage()
+        payload = _state_payload(storage, name)
+        if payload is None:
+            return _error(404, f"No file {name!r} in this storage.")
+        return JsonResponse(payload)
