@@ -184,6 +184,12 @@ QUEUED_STORAGE_LEASE_TIMEOUT = 20
 QUEUED_STORAGE_MULTIPART_THRESHOLD = 5 * 1024 * 1024
 QUEUED_STORAGE_MULTIPART_CHUNKSIZE = 5 * 1024 * 1024
 QUEUED_STORAGE_MAX_CONCURRENCY = 2
+# Upload views (tests/test_uploads.py): nginx writes request bodies here.
+QUEUED_STORAGE_NGINX_UPLOAD_DIR = str(WORKDIR / "nginx-bodies")
+QUEUED_STORAGE_NGINX_SECRET = "qs-test-nginx-secret"
+# Django's TemporaryFileUploadHandler writes form uploads here (same filesystem as staging).
+FILE_UPLOAD_TEMP_DIR = str(WORKDIR / "form-uploads")
+os.makedirs(FILE_UPLOAD_TEMP_DIR, exist_ok=True)
 
 LOGGING = {
     "version": 1,

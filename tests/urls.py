@@ -1,6 +1,18 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
-urlpatterns = [path("admin/", admin.site.urls)]
+from queued_storage.views import UploadView
+from tests.views import form_upload
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("uploads/", include("queued_storage.urls")),
+    # A project's own form view (tests/views.py).
+    path("form-upload/", form_upload, name="form-upload"),
+    # A remote without network clients: memory measurements see the upload path only.
+    path("fs/<path:name>", UploadView.as_view(storage_alias="queued_fs"), name="fs-upload"),
+    # A small limit, to refuse an over-long chunked body without sending gigabytes.
+    path("small/<path:name>", UploadView.as_view(max_bytes=1024 * 1024), name="small-upload"),
+]

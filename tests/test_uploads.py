@@ -1,0 +1,971 @@
+"""Upload views against real servers: gunicorn (WSGI), uvicorn (ASGI), nginx, a Celery worker.
+
+What each test proves is in its name. The servers are subprocesses serving ``tests.webapp``
+with this run's database, cache, broker and staging directory; clients are raw sockets (to
+watch when the server answers) and ``requests``. Memory is measured as the growth of the
+server process's peak RSS (``VmHWM``), never timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from django.conf import settings
+from django.core.files.storage import storages
+from django.http import HttpResponse
+from django.test import Client, override_settings
+
+from queued_storage.models import State, StoredFile
+from queued_storage.uploads import SPOOL_DIRNAME
+from tests.conftest import wait_for
+from tests.webservers import DjangoServer, Nginx, peak_rss_kib, peak_rss_reset
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+MiB = 1024 * 1024
+SECRET = settings.QUEUED_STORAGE_NGINX_SECRET
+
+
+def need_tool(what: str, available: bool, hint: str) -> None:
+    """``tests.conftest.need`` for a program or package: skip locally, fail in strict mode."""
+    if available:
+        return
+    message = f"{what} is not available: {hint}"
+    if settings.STRICT:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+def _server(kind: str, module: str) -> Iterator[DjangoServer]:
+    need_tool(module, _has_module(module), f'pip install -e ".[test]" (the {module} package)')
+    server = DjangoServer(
+        kind,
+        Path(settings.WORKDIR) / f"web-{kind}",
+        {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def gunicorn(django_db_setup: Any) -> Iterator[DjangoServer]:
+    yield from _server("gunicorn", "gunicorn")
+
+
+@pytest.fixture(scope="module")
+def uvicorn(django_db_setup: Any) -> Iterator[DjangoServer]:
+    yield from _server("uvicorn", "uvicorn")
+
+
+@pytest.fixture(scope="module")
+def nginx(gunicorn: DjangoServer) -> Iterator[Nginx]:
+    need_tool(
+        "nginx",
+        shutil.which("nginx") is not None or os.path.exists("/usr/sbin/nginx"),
+        "apt-get install nginx (.ci/run installs it)",
+    )
+    server = Nginx(
+        Path(settings.WORKDIR) / "nginx",
+        upstream_port=gunicorn.port,
+        body_dir=Path(settings.QUEUED_STORAGE_NGINX_UPLOAD_DIR),
+        secret=SECRET,
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["gunicorn", "uvicorn"])
+def server(request: pytest.FixtureRequest) -> DjangoServer:
+    """Each Django server in turn."""
+    return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def staging(clean: Any) -> Path:
+    """The staging directory, emptied (with the bucket and the state cache)."""
+    return Path(settings.STAGING_ROOT)
+
+
+def _session_for(*codenames: str) -> dict[str, str]:
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user(f"user-{'-'.join(codenames) or 'none'}")
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    client = Client()
+    client.force_login(user)
+    return {settings.SESSION_COOKIE_NAME: client.cookies[settings.SESSION_COOKIE_NAME].value}
+
+
+@pytest.fixture
+def cookies() -> dict[str, str]:
+    """A session of a user with the default upload and status permissions."""
+    return _session_for("add_storedfile", "view_storedfile")
+
+
+def _cookie_header(cookies: dict[str, str]) -> str:
+    return "; ".join(f"{k}={v}" for k, v in cookies.items())
+
+
+def staged_files(root: Path) -> list[str]:
+    """Every file in the staging directory (the spool included), relative."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def _payload(size: int, seed: bytes = b"") -> bytes:
+    block = hashlib.sha256(seed or b"payload").digest() * (MiB // 32)
+    return (block * (size // len(block) + 1))[:size]
+
+
+def _write_payload(path: Path, size: int) -> Path:
+    with path.open("wb") as out:
+        block = os.urandom(MiB)
+        for _ in range(size // MiB):
+            out.write(block)
+        out.write(block[: size % MiB])
+    return path
+
+
+class RawClient:
+    """An HTTP/1.1 client on a plain socket: send part of a body, read, send more, or close."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+
+    def send_head(self, method: str, path: str, headers: dict[str, str]) -> None:
+        lines = [f"{method} {path} HTTP/1.1", "Host: testserver"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def response(self) -> tuple[int, bytes]:
+        """Status and body of the response (``Content-Length`` or chunked framing)."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"connection closed before a response: {data!r}")
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        headers = {
+            k.strip().lower(): v.strip()
+            for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+        }
+        if b"content-length" in headers:
+            length = int(headers[b"content-length"])
+            while len(rest) < length:
+                rest += self._recv()
+            return status, rest[:length]
+        body = b""
+        while True:  # chunked
+            while b"\r\n" not in rest:
+                rest += self._recv()
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line, 16)
+            if size == 0:
+                return status, body
+            while len(rest) < size + 2:
+                rest += self._recv()
+            body, rest = body + rest[:size], rest[size + 2 :]
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed in the middle of a response")
+        return chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# -- Django's ASGI handler vs the streaming one (in process) --------------------------------------
+_PROBE: dict[str, Any] = {}
+
+
+def recording_authorizer(request: Any, name: str, action: str) -> Any:
+    """Refuses, after noting how much of the body the server had taken by now."""
+    _PROBE["body_messages_at_authorize"] = _PROBE["body_messages"]
+    return HttpResponse(status=403)
+
+
+def allow_all(request: Any, name: str, action: str) -> bool:
+    return True
+
+
+def _asgi_upload(app: Any, chunks: list[bytes], *, declared: int) -> tuple[int, bytes]:
+    """Run one PUT through an ASGI app in this process; count body messages handed out."""
+    _PROBE.clear()
+    _PROBE["body_messages"] = 0
+    sent: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        never = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            index = _PROBE["body_messages"]
+            if index < len(chunks):
+                _PROBE["body_messages"] = index + 1
+                return {
+                    "type": "http.request",
+                    "body": chunks[index],
+                    "more_body": index + 1 < len(chunks),
+                }
+            await never.wait()  # the client stays connected
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "PUT",
+            "scheme": "http",
+            "path": "/uploads/put/asgi.bin",
+            "raw_path": b"/uploads/put/asgi.bin",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"testserver"), (b"content-length", str(declared).encode())],
+            "client": ("127.0.0.1", 5000),
+            "server": ("127.0.0.1", 80),
+        }
+        await app(scope, receive, send)
+
+    asyncio.run(main())
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body
+
+
+@override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.recording_authorizer")
+def test_djangos_asgi_handler_receives_the_whole_body_before_the_view_runs() -> None:
+    from django.core.asgi import get_asgi_application
+
+    status, _ = _asgi_upload(get_asgi_application(), [b"x" * 1000] * 50, declared=50_000)
+    assert status == 403
+    assert _PROBE["body_messages_at_authorize"] == 50  # every message, before authorisation
+
+
+@override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.recording_authorizer")
+def test_streaming_asgi_handler_authorises_before_receiving_any_body() -> None:
+    from queued_storage.asgi import get_asgi_application
+
+    status, _ = _asgi_upload(get_asgi_application(), [b"x" * 1000] * 50, declared=50_000)
+    assert status == 403
+    assert _PROBE["body_messages_at_authorize"] == 0
+    assert _PROBE["body_messages"] == 0  # and nothing after: the refused body is never read
+
+
+@override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all")
+def test_a_body_longer_than_its_content_length_is_refused_and_nothing_kept(
+    staging: Path,
+) -> None:
+    # Django's ASGIRequest reads whatever its body file holds, past Content-Length.
+    from django.core.asgi import get_asgi_application
+
+    status, body = _asgi_upload(get_asgi_application(), [b"y" * 20], declared=10)
+    assert status == 400
+    assert json.loads(body) == {"error": "The body is longer than its Content-Length (10)."}
+    assert staged_files(staging) == []
+    assert not StoredFile.objects.exists()
+
+
+# -- authorisation before the body, on real servers -----------------------------------------------
+def _refused_while_sending(url: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    """Declare 512 MiB, send 64 KiB, and read the answer before sending any more."""
+    client = RawClient(url)
+    try:
+        client.send_head("PUT", path, {"Content-Length": str(512 * MiB), **headers})
+        client.send(b"z" * 65536)
+        return client.response()
+    finally:
+        client.close()
+
+
+def test_unauthorised_client_is_answered_while_still_sending_the_body(
+    server: DjangoServer, staging: Path
+) -> None:
+    status, body = _refused_while_sending(server.url, "/uploads/put/secret.bin", {})
+    assert status == 401
+    assert json.loads(body) == {"error": "Sign in to upload files."}
+    assert staged_files(staging) == []
+    assert not StoredFile.objects.exists()
+
+
+def test_user_without_the_permission_is_answered_403_while_still_sending(
+    server: DjangoServer, staging: Path
+) -> None:
+    session = _session_for("view_storedfile")
+    status, body = _refused_while_sending(
+        server.url, "/uploads/put/secret.bin", {"Cookie": _cookie_header(session)}
+    )
+    assert status == 403
+    assert json.loads(body) == {"error": "You may not upload or read this file."}
+    assert not StoredFile.objects.exists()
+
+
+def test_oversize_content_length_is_refused_413_before_reading(
+    server: DjangoServer, cookies: dict[str, str], staging: Path
+) -> None:
+    client = RawClient(server.url)
+    try:
+        client.send_head(
+            "PUT",
+            "/uploads/put/huge.iso",
+            {"Content-Length": str(6 * 1024**3), "Cookie": _cookie_header(cookies)},
+        )
+        client.send(b"z" * 65536)
+        status, body = client.response()
+    finally:
+        client.close()
+    assert status == 413
+    assert json.loads(body) == {
+        "error": f"The upload has {6 * 1024**3} bytes; the limit is {5 * 1024**3}."
+    }
+    assert staged_files(staging) == []
+
+
+def test_client_that_disconnects_mid_body_leaves_no_file_and_no_row(
+    server: DjangoServer, cookies: dict[str, str], staging: Path
+) -> None:
+    spool = staging / SPOOL_DIRNAME
+    client = RawClient(server.url)
+    try:
+        client.send_head(
+            "PUT",
+            "/uploads/put/short.bin",
+            {"Content-Length": str(64 * MiB), "Cookie": _cookie_header(cookies)},
+        )
+        client.send(b"s" * MiB)
+        # The server is receiving: its spool file exists. Now the client goes away.
+        wait_for(lambda: spool.is_dir() and any(spool.iterdir()), what="the body to be spooled")
+    finally:
+        client.close()
+    wait_for(lambda: not any(spool.iterdir()), what="the spool file to be removed")
+    assert staged_files(staging) == []
+    assert not StoredFile.objects.exists()
+
+
+def test_chunked_body_over_the_limit_is_refused_413_and_nothing_kept(
+    server: DjangoServer, cookies: dict[str, str], staging: Path
+) -> None:
+    client = RawClient(server.url)  # /small/ allows 1 MiB
+    try:
+        client.send_head(
+            "PUT",
+            "/small/stream.bin",
+            {"Transfer-Encoding": "chunked", "Cookie": _cookie_header(cookies)},
+        )
+        for _ in range(24):
+            client.send(b"10000\r\n" + b"c" * 65536 + b"\r\n")
+        client.send(b"0\r\n\r\n")
+        status, body = client.response()
+    finally:
+        client.close()
+    assert status == 413
+    assert json.loads(body) == {"error": "The body is larger than 1048576 bytes; nothing was kept."}
+    assert staged_files(staging) == []
+    assert not StoredFile.objects.exists()
+
+
+def test_chunked_body_within_the_limit_is_stored(
+    server: DjangoServer, cookies: dict[str, str], staging: Path
+) -> None:
+    payload = _payload(300_000, b"chunked")
+    response = requests.put(
+        f"{server.url}/small/stream-{server.kind}.bin",
+        data=iter([payload[:100_000], payload[100_000:]]),  # a generator: chunked encoding
+        cookies=cookies,
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    assert (staging / f"stream-{server.kind}.bin").read_bytes() == payload
+
+
+def test_bytes_after_the_declared_length_never_reach_the_file(
+    gunicorn: DjangoServer, cookies: dict[str, str], staging: Path
+) -> None:
+    # HTTP/1.1 frames a body by its Content-Length: whatever follows is the next request,
+    # which the server refuses as malformed. The stored file is exactly what was declared.
+    client = RawClient(gunicorn.url)
+    try:
+        client.send_head(
+            "PUT",
+            "/uploads/put/declared.bin",
+            {"Content-Length": "10", "Cookie": _cookie_header(cookies)},
+        )
+        client.send(b"0123456789" + b"GARBAGE-NOT-HTTP\r\n\r\n")
+        status, _ = client.response()
+    finally:
+        client.close()
+    assert status == 201
+    assert staged_files(staging) == ["declared.bin"]
+    assert (staging / "declared.bin").read_bytes() == b"0123456789"
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("Content-MD5", base64.b64encode(hashlib.md5(b"other").digest()).decode()),
+        ("X-Checksum-SHA256", hashlib.sha256(b"other").hexdigest()),
+    ],
+)
+def test_checksum_mismatch_is_400_and_nothing_kept(
+    gunicorn: DjangoServer, cookies: dict[str, str], staging: Path, header: str, value: str
+) -> None:
+    response = requests.put(
+        f"{gunicorn.url}/uploads/put/sum.bin",
+        data=b"these bytes",
+        headers={header: value},
+        cookies=cookies,
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert "does not match the received body" in response.json()["error"]
+    assert staged_files(staging) == []
+    assert not StoredFile.objects.exists()
+
+
+def test_matching_checksums_are_accepted(
+    gunicorn: DjangoServer, cookies: dict[str, str], staging: Path
+) -> None:
+    payload = _payload(2 * MiB + 7, b"sums")
+    response = requests.put(
+        f"{gunicorn.url}/uploads/put/sum.bin",
+        data=payload,
+        headers={
+            "Content-MD5": base64.b64encode(hashlib.md5(payload).digest()).decode(),
+            "X-Checksum-SHA256": hashlib.sha256(payload).hexdigest(),
+        },
+        cookies=cookies,
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    assert (staging / "sum.bin").read_bytes() == payload
+
+
+# -- memory ---------------------------------------------------------------------------------------
+def _peak_growth_mib(server: DjangoServer, send: Any) -> tuple[Any, float]:
+    """Run *send* and return its result and the growth of the server's peak RSS in MiB."""
+    pid = server.app_pid
+    warm = send()  # imports, connections, first-use caches: not what is measured
+    assert warm.status_code == 201, warm.text
+    peak_rss_reset(pid)
+    before = peak_rss_kib(pid)
+    result = send()
+    return result, (peak_rss_kib(pid) - before) / 1024
+
+
+@pytest.mark.parametrize("kind", ["gunicorn", "uvicorn"])
+def test_64_mib_raw_upload_keeps_server_memory_bounded(
+    request: pytest.FixtureRequest,
+    kind: str,
+    cookies: dict[str, str],
+    staging: Path,
+    tmp_path: Path,
+) -> None:
+    server: DjangoServer = request.getfixturevalue(kind)
+    source = _write_payload(tmp_path / "big.bin", 64 * MiB)
+
+    def send() -> requests.Response:
+        with source.open("rb") as body:  # streamed by requests, with a Content-Length
+            return requests.put(f"{server.url}/fs/big.bin", data=body, cookies=cookies, timeout=120)
+
+    response, growth = _peak_growth_mib(server, send)
+    print(f"{kind}: peak RSS grew {growth:.1f} MiB while receiving 64 MiB")
+    assert response.status_code == 201, response.text
+    assert response.json()["size"] == 64 * MiB
+    assert growth < 16, f"peak RSS grew {growth:.1f} MiB for a 64 MiB upload"
+
+
+def test_64_mib_form_upload_is_moved_not_copied_and_memory_stays_bounded(
+    gunicorn: DjangoServer, cookies: dict[str, str], staging: Path, tmp_path: Path
+) -> None:
+    # A project's own view (tests/views.py) saving request.FILES["file"] through a model:
+    # Django's TemporaryFileUploadHandler, FILE_UPLOAD_TEMP_DIR on the staging filesystem.
+    source = _write_payload(tmp_path / "form.bin", 64 * MiB)
+
+    def send() -> requests.Response:
+        with source.open("rb") as body:
+            return requests.post(
+                f"{gunicorn.url}/form-upload/", files={"file": ("form.bin", body)}, timeout=120
+            )
+
+    response, growth = _peak_growth_mib(gunicorn, send)
+    print(f"form upload: peak RSS grew {growth:.1f} MiB while receiving 64 MiB")
+    assert response.status_code == 201, response.text
+    found = response.json()
+    assert found["handler"] == "TemporaryUploadedFile"
+    assert found["inode"] == found["temp_inode"]  # renamed into staging, not copied
+    assert found["temp_left"] is False
+    assert (staging / found["name"]).stat().st_size == 64 * MiB
+    assert growth < 16, f"peak RSS grew {growth:.1f} MiB for a 64 MiB form upload"
+
+
+def test_form_upload_through_a_model_field_is_moved_not_copied(
+    gunicorn: DjangoServer, staging: Path
+) -> None:
+    payload = _payload(4 * MiB, b"model")  # over FILE_UPLOAD_MAX_MEMORY_SIZE: a temporary file
+    response = requests.post(
+        f"{gunicorn.url}/form-upload/?model=1", files={"file": ("doc.pdf", payload)}, timeout=60
+    )
+    assert response.status_code == 201, response.text
+    found = response.json()
+    assert found["name"] == "docs/doc.pdf"
+    assert found["handler"] == "TemporaryUploadedFile"
+    assert found["inode"] == found["temp_inode"]
+    assert (staging / "docs/doc.pdf").read_bytes() == payload
+
+
+def test_form_post_to_the_upload_view_is_moved_from_the_spool(
+    server: DjangoServer, cookies: dict[str, str], staging: Path
+) -> None:
+    payload = _payload(3 * MiB, b"form")
+    response = requests.post(
+        f"{server.url}/uploads/put/",
+        files={"file": ("picked.bin", payload)},
+        cookies=cookies,
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["name"] == "picked.bin"
+    assert (staging / "picked.bin").read_bytes() == payload
+    assert staged_files(staging) == ["picked.bin"]
+
+
+# -- round trips ----------------------------------------------------------------------------------
+def _wait_state(url: str, cookies: dict[str, str], name: str, state: str) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        found = requests.get(f"{url}/uploads/status/{name}", cookies=cookies, timeout=10).json()
+        if found.get("state") == State.FAILED:
+            pytest.fail(f"{name!r} failed: {StoredFile.get_row('default', name)}")
+        return found if found.get("state") == state else None
+
+    return wait_for(reached, what=f"{name!r} to be {state}")  # type: ignore[no-any-return]
+
+
+def test_raw_put_round_trip_to_s3(
+    server: DjangoServer, worker: Any, clean: Any, cookies: dict[str, str]
+) -> None:
+    payload = _payload(6 * MiB + 123, server.kind.encode())  # > multipart threshold (5 MiB)
+    response = requests.put(
+        f"{server.url}/uploads/put/videos/clip.mp4", data=payload, cookies=cookies, timeout=60
+    )
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["name"] == "videos/clip.mp4"
+    assert created["state"] == State.PENDING
+    assert created["size"] == len(payload)
+    assert created["local"] is True
+    assert created["url"] == "/staging/videos/clip.mp4"
+    assert created["status_url"] == "/uploads/status/videos/clip.mp4"
+    assert response.headers["Location"] == created["status_url"]
+
+    status = _wait_state(server.url, cookies, "videos/clip.mp4", State.REMOTE)
+    assert status["bytes_done"] == status["size"] == len(payload)
+    assert status["url"].startswith(settings.S3_ENDPOINT)
+    assert requests.get(status["url"], timeout=30).content == payload
+    body = clean.get_object(Bucket=settings.BUCKET, Key="videos/clip.mp4")["Body"].read()
+    assert body == payload
+
+
+def test_second_upload_of_a_name_gets_a_free_name(
+    gunicorn: DjangoServer, cookies: dict[str, str], staging: Path
+) -> None:
+    first = requests.put(
+        f"{gunicorn.url}/uploads/put/same.txt", data=b"one", cookies=cookies, timeout=30
+    )
+    second = requests.put(
+        f"{gunicorn.url}/uploads/put/?name=same.txt", data=b"two", cookies=cookies, timeout=30
+    )
+    assert first.json()["name"] == "same.txt"
+    assert second.json()["name"] != "same.txt"
+    assert (staging / "same.txt").read_bytes() == b"one"
+    assert (staging / second.json()["name"]).read_bytes() == b"two"
+
+
+# -- nginx ----------------------------------------------------------------------------------------
+def test_nginx_refuses_an_unauthorised_client_before_accepting_the_body(
+    nginx: Nginx, staging: Path
+) -> None:
+    body_dir = Path(settings.QUEUED_STORAGE_NGINX_UPLOAD_DIR)
+    status, _ = _refused_while_sending(nginx.url, "/uploads/nginx/secret.bin", {})
+    assert status == 401
+    assert list(body_dir.iterdir()) == []  # nginx wrote no body file
+    assert staged_files(staging) == []
+
+
+def test_nginx_offload_end_to_end_to_s3(
+    nginx: Nginx, worker: Any, clean: Any, cookies: dict[str, str], tmp_path: Path
+) -> None:
+    body_dir = Path(settings.QUEUED_STORAGE_NGINX_UPLOAD_DIR)
+    source = _write_payload(tmp_path / "scan.tiff", 8 * MiB + 5)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    with source.open("rb") as body:
+        response = requests.put(
+            f"{nginx.url}/uploads/nginx/scans/scan.tiff",
+            data=body,
+            headers={"X-Checksum-SHA256": digest},
+            cookies=cookies,
+            timeout=60,
+        )
+    assert response.status_code == 201, response.text
+    assert response.json()["name"] == "scans/scan.tiff"
+    assert list(body_dir.iterdir()) == []  # moved out of nginx's directory
+    row = wait_for(
+        lambda: StoredFile.objects.filter(name="scans/scan.tiff", state=State.REMOTE).first(),
+        what="the nginx upload to reach S3",
+    )
+    assert row.size == 8 * MiB + 5
+    body = clean.get_object(Bucket=settings.BUCKET, Key="scans/scan.tiff")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == digest
+
+
+@pytest.mark.parametrize("path", ["/uploads/nginx/stolen.bin", "/uploads/%6Eginx/stolen.bin"])
+def test_a_clients_own_x_file_path_moves_nothing(
+    nginx: Nginx, gunicorn: DjangoServer, cookies: dict[str, str], staging: Path, path: str
+) -> None:
+    victim = Path(settings.QUEUED_STORAGE_NGINX_UPLOAD_DIR) / "victim"
+    victim.write_bytes(b"someone else's upload")
+    try:
+        # Straight to Django: no secret, refused.
+        direct = requests.put(
+            f"{gunicorn.url}{path}",
+            headers={"X-File-Path": str(victim), "X-Queued-Storage-Secret": "guess"},
+            cookies=cookies,
+            timeout=30,
+        )
+        assert direct.status_code == 403
+        assert direct.json() == {"error": "X-Queued-Storage-Secret is missing or wrong."}
+        # Through nginx: nginx replaces the header with the path of the body it received.
+        proxied = requests.put(
+            f"{nginx.url}{path}",
+            data=b"mine",
+            headers={"X-File-Path": str(victim)},
+            cookies=cookies,
+            timeout=30,
+        )
+        assert proxied.status_code == 201, proxied.text
+        assert (staging / proxied.json()["name"]).read_bytes() == b"mine"
+        assert victim.read_bytes() == b"someone else's upload"
+    finally:
+        victim.unlink()
+
+
+# -- nginx view: forged paths (in process) --------------------------------------------------------
+@pytest.fixture
+def nginx_dir(tmp_path: Path) -> Iterator[Path]:
+    body_dir = tmp_path / "bodies"
+    body_dir.mkdir()
+    with override_settings(
+        QUEUED_STORAGE_NGINX_UPLOAD_DIR=str(body_dir),
+        QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all",
+    ):
+        yield body_dir
+
+
+def _nginx_put(path: str, name: str = "moved.bin", **headers: str) -> Any:
+    return Client().put(
+        f"/uploads/nginx/{name}",
+        headers={"X-Queued-Storage-Secret": SECRET, "X-File-Path": path, **headers},
+    )
+
+
+def test_nginx_file_inside_the_directory_is_renamed_into_staging(
+    nginx_dir: Path, staging: Path
+) -> None:
+    body = nginx_dir / "0000000001"
+    body.write_bytes(b"nginx wrote this")
+    inode = body.stat().st_ino
+    response = _nginx_put(str(body), **{"X-Content-Length": "16"})
+    assert response.status_code == 201, response.content
+    assert not body.exists()
+    assert (staging / "moved.bin").read_bytes() == b"nginx wrote this"
+    assert (staging / "moved.bin").stat().st_ino == inode  # a rename, not a copy
+    assert StoredFile.get_row("default", "moved.bin") is not None
+
+
+def test_nginx_file_on_another_filesystem_is_copied_then_removed(staging: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(staging).st_dev:
+        pytest.skip("no second filesystem (/dev/shm) to move from")
+    body_dir = shm / f"qs-bodies-{os.getpid()}"
+    body_dir.mkdir()
+    try:
+        body = body_dir / "0000000002"
+        body.write_bytes(b"across filesystems")
+        with override_settings(
+            QUEUED_STORAGE_NGINX_UPLOAD_DIR=str(body_dir),
+            QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all",
+        ):
+            response = _nginx_put(str(body))
+        assert response.status_code == 201, response.content
+        assert not body.exists()
+        assert (staging / "moved.bin").read_bytes() == b"across filesystems"
+    finally:
+        shutil.rmtree(body_dir, ignore_errors=True)
+
+
+def _forged(nginx_dir: Path, tmp_path: Path, kind: str) -> tuple[str, Path]:
+    """A forged X-File-Path and the file that must stay where it is."""
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"not an upload")
+    inside = nginx_dir / "0000000003"
+    inside.write_bytes(b"an upload")
+    if kind == "outside":
+        return str(outside), outside
+    if kind == "symlink-out":
+        (nginx_dir / "link").symlink_to(outside)
+        return str(nginx_dir / "link"), outside
+    if kind == "symlink-in":
+        (nginx_dir / "link").symlink_to(inside)
+        return str(nginx_dir / "link"), inside
+    if kind == "dotdot":
+        return f"{nginx_dir}/../{outside.name}", outside
+    if kind == "dotdot-inside":
+        return f"{nginx_dir}/sub/../{inside.name}", inside
+    if kind == "nul":
+        return f"{inside}\x00.txt", inside
+    if kind == "relative":
+        return inside.name, inside
+    if kind == "directory":
+        (nginx_dir / "sub").mkdir()
+        return str(nginx_dir / "sub"), inside
+    if kind == "hardlink":
+        os.link(inside, nginx_dir / "second-link")
+        return str(inside), inside
+    if kind == "the-directory-itself":
+        return str(nginx_dir), inside
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [
+        ("outside", "X-File-Path is outside QUEUED_STORAGE_NGINX_UPLOAD_DIR."),
+        ("symlink-out", "X-File-Path is outside QUEUED_STORAGE_NGINX_UPLOAD_DIR."),
+        ("symlink-in", "X-File-Path is a symbolic link."),
+        ("dotdot", "X-File-Path must not contain '..'."),
+        ("dotdot-inside", "X-File-Path must not contain '..'."),
+        ("nul", "X-File-Path is empty or contains control characters."),
+        ("relative", "X-File-Path must be an absolute path."),
+        ("directory", "X-File-Path is not a regular file."),
+        ("hardlink", "X-File-Path has other hard links; refusing to move it."),
+        ("the-directory-itself", "X-File-Path is outside QUEUED_STORAGE_NGINX_UPLOAD_DIR."),
+    ],
+)
+def test_forged_nginx_path_is_400_and_nothing_moves(
+    nginx_dir: Path, staging: Path, tmp_path: Path, kind: str, error: str
+) -> None:
+    forged, target = _forged(nginx_dir, tmp_path, kind)
+    before = target.read_bytes()
+    if kind == "nul":
+        # No HTTP client sends a NUL in a header; ask the view directly.
+        from django.test import RequestFactory
+
+        from queued_storage.views import NginxUploadView
+
+        request = RequestFactory().put(
+            "/uploads/nginx/moved.bin",
+            headers={"X-Queued-Storage-Secret": SECRET, "X-File-Path": forged},
+        )
+        response = NginxUploadView.as_view()(request, name="moved.bin")
+    else:
+        response = _nginx_put(forged)
+    assert response.status_code == 400
+    assert json.loads(response.content) == {"error": error}
+    assert target.read_bytes() == before
+    assert staged_files(staging) == []
+    assert not StoredFile.objects.exists()
+
+
+def test_nginx_file_of_another_size_than_declared_is_400(nginx_dir: Path, staging: Path) -> None:
+    body = nginx_dir / "0000000004"
+    body.write_bytes(b"12345")
+    response = _nginx_put(str(body), **{"X-Content-Length": "6"})
+    assert response.status_code == 400
+    assert body.read_bytes() == b"12345"
+    assert staged_files(staging) == []
+
+
+def test_nginx_view_without_the_secret_is_403(nginx_dir: Path, staging: Path) -> None:
+    body = nginx_dir / "0000000005"
+    body.write_bytes(b"x")
+    response = Client().put("/uploads/nginx/x.bin", headers={"X-File-Path": str(body)})
+    assert response.status_code == 403
+    assert json.loads(response.content) == {"error": "X-Queued-Storage-Secret is missing or wrong."}
+    assert body.exists()
+
+
+@override_settings(QUEUED_STORAGE_NGINX_UPLOAD_DIR=None)
+def test_nginx_view_is_404_while_the_directory_is_not_set() -> None:
+    response = Client().put("/uploads/nginx/x.bin", headers={"X-Queued-Storage-Secret": SECRET})
+    assert response.status_code == 404
+
+
+# -- nginx auth endpoint (in process) -------------------------------------------------------------
+def _auth(uri: str, cookies: dict[str, str] | None = None, **headers: str) -> int:
+    client = Client()
+    for key, value in (cookies or {}).items():
+        client.cookies[key] = value
+    response = client.get(
+        "/uploads/nginx-auth/",
+        headers={"X-Queued-Storage-Secret": SECRET, "X-Original-URI": uri, **headers},
+    )
+    return response.status_code
+
+
+def test_nginx_auth_answers_204_401_403(cookies: dict[str, str]) -> None:
+    assert _auth("/uploads/nginx/a.bin", cookies) == 204
+    assert _auth("/uploads/nginx/?name=a.bin", cookies) == 204
+    assert _auth("/uploads/nginx/a.bin") == 401
+    assert _auth("/uploads/nginx/a.bin", _session_for("view_storedfile")) == 403
+    assert _auth("/uploads/nginx/../etc/passwd", cookies) == 403
+    assert _auth("/uploads/put/a.bin", cookies) == 403  # not an nginx upload URL
+    assert _auth("/nowhere", cookies) == 403
+    big = str(6 * 1024**3)
+    assert _auth("/uploads/nginx/a.bin", cookies, **{"X-Original-Content-Length": big}) == 403
+    assert _auth("/uploads/nginx/a.bin", cookies, **{"X-Queued-Storage-Secret": "no"}) == 403
+
+
+# -- views in process: names, methods, status -----------------------------------------------------
+@pytest.mark.parametrize(
+    "name",
+    ["../etc/passwd", "a/../../b", "/etc/passwd", "a//b", "a/", "./a", "a\\b", "a\x01b", "x" * 256],
+)
+def test_bad_names_are_refused_400(name: str, staging: Path) -> None:
+    from django.test import RequestFactory
+
+    from queued_storage.views import UploadView
+
+    request = RequestFactory().put("/uploads/put/x", data=b"abc", content_type="text/plain")
+    with override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all"):
+        response = UploadView.as_view()(request, name=name)
+    assert response.status_code == 400
+    assert staged_files(staging) == []
+
+
+def test_names_under_the_spool_directory_are_reserved(staging: Path) -> None:
+    with override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all"):
+        response = Client().put(f"/uploads/put/{SPOOL_DIRNAME}/x.bin", data=b"abc")
+    assert response.status_code == 400
+
+
+@override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all")
+def test_post_needs_octet_stream_or_a_form(staging: Path) -> None:
+    response = Client().post("/uploads/put/a.txt", data=b"abc", content_type="text/plain")
+    assert response.status_code == 415
+
+
+@override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all")
+def test_raw_upload_without_a_name_is_400(staging: Path) -> None:
+    response = Client().put("/uploads/put/", data=b"abc")
+    assert response.status_code == 400
+    assert json.loads(response.content) == {
+        "error": "The upload needs a file name (in the URL or ?name=)."
+    }
+
+
+@override_settings(QUEUED_STORAGE_UPLOAD_STORAGE="queued_delayed")  # no transfer meanwhile
+def test_status_endpoint_json(cookies: dict[str, str], staging: Path) -> None:
+    from django.core.files.base import ContentFile
+
+    client = Client()
+    client.cookies.load(cookies)
+    name = storages["queued_delayed"].save("status/one.txt", ContentFile(b"12345"))
+    response = client.get("/uploads/status/status/one.txt")
+    assert response.status_code == 200
+    assert response.json() == {
+        "name": "status/one.txt",
+        "state": "pending",
+        "size": 5,
+        "bytes_done": 0,
+        "local": True,
+        "url": f"/staging/{name}",
+    }
+    assert client.get("/uploads/status/status/none.txt").status_code == 404
+    assert Client().get("/uploads/status/status/one.txt").status_code == 401
+    other = Client()
+    other.cookies.load(_session_for("add_storedfile"))
+    assert other.get("/uploads/status/status/one.txt").status_code == 403
+
+
+def test_custom_authorizer_setting_is_used(staging: Path) -> None:
+    with override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.token_authorizer"):
+        refused = Client().put("/uploads/put/t.bin", data=b"abc")
+        allowed = Client().put(
+            "/uploads/put/t.bin", data=b"abc", headers={"Authorization": "Token upload-token"}
+        )
+    assert refused.status_code == 401
+    assert refused.content == b"token please"
+    assert allowed.status_code == 201
+    assert (staging / "t.bin").read_bytes() == b"abc"
+
+
+def token_authorizer(request: Any, name: str, action: str) -> Any:
+    """An example hook: a bearer token instead of Django's users and permissions."""
+    if request.headers.get("Authorization") == "Token upload-token":
+        return True
+    return HttpResponse(b"token please", status=401)
+
+
+def test_subclass_can_override_authorize(staging: Path) -> None:
+    from django.test import RequestFactory
+
+    from queued_storage.views import UploadView
+
+    class OnlyPdf(UploadView):
+        def authorize(self, request: Any, name: str) -> bool:
+            return name.endswith(".pdf")
+
+    factory = RequestFactory()
+    refused = OnlyPdf.as_view()(factory.put("/x", data=b"a", content_type="x/y"), name="a.exe")
+    allowed = OnlyPdf.as_view()(factory.put("/x", data=b"a", content_type="x/y"), name="a.pdf")
+    assert refused.status_code == 403
+    assert allowed.status_code == 201
+
+
+def test_spool_files_are_renamed_into_place(staging: Path, monkeypatch: Any) -> None:
+    from queued_storage.storage import QueuedStorage
+
+    seen: dict[str, int] = {}
+    real_save = QueuedStorage.save
+
+    def spy(self: Any, name: Any, content: Any, max_length: Any = None) -> str:
+        seen["inode"] = os.stat(content.temporary_file_path()).st_ino
+        return real_save(self, name, content, max_length)
+
+    monkeypatch.setattr(QueuedStorage, "save", spy)
+    with override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all"):
+        response = Client().put("/uploads/put/renamed.bin", data=b"r" * 100_000)
+    assert response.status_code == 201
+    assert (staging / "renamed.bin").stat().st_ino == seen["inode"]
+    assert staged_files(staging) == ["renamed.bin"]

@@ -1,0 +1,40 @@
+"""A project's own form upload view, as the README's "form" way in shows it.
+
+It saves ``request.FILES["file"]`` through a queued storage (``?model=1``: through the
+``Document`` model's ``QueuedFileField``) and reports the inode of Django's temporary upload
+file before the save and of the staged file after it: equal inodes mean the file was moved
+(renamed), not copied. The memory test uses the ``queued_fs`` storage (its remote is a
+directory), so that the measurement sees the upload, not the creation of an S3 client.
+"""
+
+from __future__ import annotations
+
+import os
+
+from django.core.files.storage import storages
+from django.http import HttpRequest, JsonResponse
+
+from tests.testapp.models import Document
+
+
+def form_upload(request: HttpRequest) -> JsonResponse:
+    uploaded = request.FILES["file"]
+    temp_path = uploaded.temporary_file_path()  # type: ignore[attr-defined]
+    temp_inode = os.stat(temp_path).st_ino
+    if request.GET.get("model"):
+        doc = Document.objects.create(title="form upload", file=uploaded)
+        name, path = doc.file.name, doc.file.path
+    else:
+        storage = storages["queued_fs"]
+        name = storage.save(f"forms/{uploaded.name}", uploaded)
+        path = storage.path(name)
+    return JsonResponse(
+        {
+            "name": name,
+            "handler": type(uploaded).__name__,
+            "temp_inode": temp_inode,
+            "inode": os.stat(path).st_ino,
+            "temp_left": os.path.exists(temp_path),
+        },
+        status=201,
+    )
