@@ -19,6 +19,7 @@ __all__ = [
     "PermanentTransferError",
     "QueuedStorageConfigError",
     "QueuedStorageError",
+    "StagingFull",
     "StorageNotFound",
     "TransferError",
     "TransientTransferError",
@@ -63,3 +64,18 @@ class ChecksumMismatch(TransientTransferError):
 
 class StorageNotFound(PermanentTransferError, ImproperlyConfigured):
     """A worker received a transfer for a storage alias it cannot resolve."""
+
+
+class StagingFull(QueuedStorageError):
+    """``save()`` refused a file: the bytes waiting locally would exceed the staging budget.
+
+    ``QUEUED_STORAGE_STAGING_BUDGET`` bounds the bytes that wait on one host for their transfer;
+    upload views answer HTTP 507 (Insufficient Storage). Nothing was written or reserved.
+    """
+
+    def __init__(self, message: str, *, name: str, size: int, waiting: int, budget: int) -> None:
+        super().__init__(message)
+        self.name = name
+        self.size = size
+        self.waiting = waiting
+        self.budget = budget

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, models, router, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from queued_storage.conf import settings
@@ -213,6 +213,14 @@ class StoredFile(models.Model):
     @classmethod
     def clear_upload(cls, alias: str, name: str) -> None:
         cls.rows(alias, name).update(upload_id="", part_size=None, source="", parts=[])
+
+    @classmethod
+    def waiting_bytes(cls, host: str | None = None) -> int:
+        """Bytes of local copies not yet verified remote (on *host*, or on every host)."""
+        rows = cls.objects.using(cls.db()).filter(local_exists=True).exclude(state=State.REMOTE)
+        if host is not None:
+            rows = rows.filter(host=host)
+        return int(rows.aggregate(total=Sum("size"))["total"] or 0)
 
     @classmethod
     def mark_local_deleted(cls, alias: str, name: str) -> None:

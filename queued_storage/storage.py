@@ -15,6 +15,7 @@ import logging
 import os
 import pathlib
 import threading
+import unicodedata
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
@@ -31,10 +32,10 @@ from django.utils.module_loading import import_string
 from queued_storage import state as file_state
 from queued_storage._remote import abort_multipart, delete_remote, remote_exists
 from queued_storage.conf import settings
-from queued_storage.exceptions import QueuedStorageConfigError, StorageNotFound
+from queued_storage.exceptions import QueuedStorageConfigError, StagingFull, StorageNotFound
 from queued_storage.models import StoredFile
 
-__all__ = ["Progress", "QueuedStorage", "get_queued_storage"]
+__all__ = ["Progress", "QueuedStorage", "checked_name", "get_queued_storage", "queued_storages"]
 
 logger = logging.getLogger("queued_storage")
 
@@ -338,7 +339,9 @@ class QueuedStorage(Storage):
             content = File(content, name)
         if not name:
             raise SuspiciousFileOperation("QueuedStorage.save() needs a file name.")
+        name = checked_name(str(name))
         validate_file_name(name, allow_relative_path=True)
+        self._check_budget(name, content)
         name = self._reserve(name, max_length)
         try:
             stored = self.local.save(name, content, max_length=max_length)
@@ -385,6 +388,7 @@ class QueuedStorage(Storage):
                     )
                 candidate = os.path.join(dir_name, self.get_alternative_name(file_root, file_ext))
                 continue
+            _check_length(candidate)
             if (
                 not self.local.exists(candidate)
                 and not self._remote_holds(candidate)
@@ -393,6 +397,42 @@ class QueuedStorage(Storage):
                 return candidate
             candidate = os.path.join(dir_name, self.get_alternative_name(file_root, file_ext))
         raise SuspiciousFileOperation(f"QueuedStorage could not find a free name for {name!r}.")
+
+    def _check_budget(self, name: str, content: Any) -> None:
+        """Refuse *content* when it would push this host's waiting bytes over the budget."""
+        budget = settings.STAGING_BUDGET
+        if budget is None:
+            return
+        try:
+            size = int(content.size)
+        except (AttributeError, TypeError, ValueError, OSError):
+            size = 0  # unknown: only what already waits is compared with the budget
+        waiting = StoredFile.waiting_bytes(settings.HOST)
+        if waiting + size > budget:
+            raise StagingFull(
+                f"QueuedStorage cannot stage {name!r} ({size} bytes): {waiting} of the {budget} "
+                f"bytes of QUEUED_STORAGE_STAGING_BUDGET already wait on host {settings.HOST!r} "
+                "for their transfer to the remote storage. Check that the transfer workers run "
+                "and the remote is reachable (queued_storage_reconcile reports what waits), or "
+                "raise the budget.",
+                name=name,
+                size=size,
+                waiting=waiting,
+                budget=budget,
+            )
+
+    def queue_for(self, host: str | None = None) -> str | None:
+        """The Celery queue of transfers of files whose local copy *host* holds.
+
+        ``queue="host"`` routes to ``queued_storage.<host>``, a queue containing ``{host}``
+        to that queue with the host's name; *host* defaults to ``QUEUED_STORAGE_HOST``.
+        """
+        if not self.queue:
+            return None
+        host = host or settings.HOST
+        if self.queue == "host":
+            return f"queued_storage.{host}"
+        return self.queue.replace("{host}", host)
 
     def _remote_holds(self, name: str) -> bool:
         """Whether the remote holds *name*; an unreachable remote must not fail the upload.
@@ -419,10 +459,10 @@ class QueuedStorage(Storage):
         if not self.delayed:
             self._dispatch(name)
 
-    def _dispatch(self, name: str) -> Any:
+    def _dispatch(self, name: str, *, host: str | None = None) -> Any:
         from queued_storage.tasks import dispatch
 
-        return dispatch(self.task, self.alias, name, queue=self.queue)
+        return dispatch(self.task, self.alias, name, queue=self.queue_for(host))
 
     def transfer(self, name: str) -> Any:
         """Queue the transfer of *name* now (the old API); a ``failed`` file gets a new budget.
@@ -441,7 +481,7 @@ class QueuedStorage(Storage):
             StoredFile.mark_saved(self.alias, name, int(self.local.size(name)))
         else:
             StoredFile.reset_for_retry(self.alias, name)
-        return self._dispatch(name)
+        return self._dispatch(name, host=row.host if row is not None else None)
 
     def delete(self, name: str) -> None:
         """Delete every copy and the ledger row.
@@ -539,6 +579,65 @@ class Progress:
     @property
     def percent(self) -> float:
         return 100.0 if self.total == 0 else round(100.0 * self.done / self.total, 1)
+
+
+#: Longest path component (bytes of UTF-8) local filesystems accept (``NAME_MAX``).
+NAME_MAX = 255
+#: Longest name (bytes of UTF-8): S3's limit for a key.
+NAME_TOTAL_MAX = 1024
+
+
+def checked_name(name: str) -> str:
+    """*name* in Unicode NFC; a name with control characters is refused.
+
+    Control characters (category ``Cc``: NUL, tab, newline, DEL, C1) and unpaired surrogates
+    (``Cs``) have no place in a file name: NUL cuts paths, newlines forge log lines and
+    headers, and neither survives every filesystem or S3 tool. Names that differ only in
+    Unicode normalisation (``é`` as one code point or as ``e`` plus a combining accent) are
+    one name to a user and to macOS filesystems, so ``save()`` stores the NFC form and the
+    name reservation then keeps the two uploads apart.
+    """
+    bad = sorted({c for c in name if unicodedata.category(c) in ("Cc", "Cs")})
+    if bad:
+        shown = ", ".join(f"U+{ord(c):04X}" for c in bad)
+        raise SuspiciousFileOperation(
+            f"QueuedStorage refuses the file name {name!r}: it contains control characters "
+            f"({shown}). Rename the file."
+        )
+    return unicodedata.normalize("NFC", name)
+
+
+def _check_length(name: str) -> None:
+    longest = max((len(part.encode()) for part in name.split("/")), default=0)
+    total = len(name.encode())
+    if longest > NAME_MAX or total > NAME_TOTAL_MAX:
+        raise SuspiciousFileOperation(
+            f"QueuedStorage refuses the file name {name[:60]!r}... ({total} bytes): a file name "
+            f"may have at most {NAME_MAX} bytes between slashes (its longest part has "
+            f"{longest}) and {NAME_TOTAL_MAX} bytes in all. Shorten it, or save through a "
+            "FileField, whose max_length truncates names."
+        )
+
+
+def queued_storages() -> list[QueuedStorage]:
+    """Every ``QueuedStorage`` this process knows: those in ``STORAGES``, then those built in
+    code (registered when constructed). Entries that cannot be built are left out (the system
+    checks report them)."""
+    found: dict[str, QueuedStorage] = {}
+    for alias, conf in getattr(django_settings, "STORAGES", {}).items():
+        try:
+            backend = import_string(conf.get("BACKEND", ""))
+            if isinstance(backend, type) and issubclass(backend, QueuedStorage):
+                storage = storages[alias]
+                if isinstance(storage, QueuedStorage):
+                    found.setdefault(storage.alias, storage)
+        except Exception:
+            continue
+    with _registry_lock:
+        registered = list(_registry.values())
+    for storage in registered:
+        found.setdefault(storage.alias, storage)
+    return list(found.values())
 
 
 def _check_type(option: str, value: Any, expected: type) -> None:
