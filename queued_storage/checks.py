@@ -10,6 +10,13 @@
 | E006 | ``QUEUED_STORAGE_CACHE`` is not an alias in ``CACHES`` |
 | E007 | a QueuedStorage in STORAGES has an invalid option |
 | W001 | the state cache is not shared between processes while Celery is not eager |
+| E010 | ``QUEUED_STORAGE_STAGING_BUDGET`` is neither ``None`` nor a positive integer |
+| E011 | ``QUEUED_STORAGE_RECONCILE_AFTER`` / ``RECONCILE_BATCH`` is not a positive number |
+| W010 | this host's waiting bytes are at 80 % of the staging budget (database check) |
+| W011 | the Redis broker's ``visibility_timeout`` is shorter than the longest retry delay |
+| E008 | ``QUEUED_STORAGE_UPLOAD_STORAGE`` is not the alias of a QueuedStorage in STORAGES |
+| E009 | an upload view setting (``QUEUED_STORAGE_UPLOAD_*``, ``NGINX_*``) has an invalid value |
+| W002 | ``QUEUED_STORAGE_NGINX_UPLOAD_DIR`` is set without ``QUEUED_STORAGE_NGINX_SECRET`` |
 """
 
 from __future__ import annotations
@@ -24,7 +31,12 @@ from django.utils.module_loading import import_string
 
 from queued_storage.conf import settings
 
-__all__ = ["check_queued_storages", "check_settings"]
+__all__ = [
+    "check_queued_storages",
+    "check_reliability_settings",
+    "check_settings",
+    "check_staging_budget",
+]
 
 _BACKEND = "queued_storage.storage.QueuedStorage"
 
@@ -169,3 +181,183 @@ def _celery_eager() -> bool:
     except ImportError:  # pragma: no cover
         return False
     return bool(current_app.conf.task_always_eager)
+
+
+def _positive(value: Any, kind: type) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        return False
+    return bool(value > 0)
+
+
+@register(Tags.compatibility)
+def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E010, E011, W011: the reconcile pass, the staging budget, the broker's redelivery."""
+    messages: list[CheckMessage] = []
+    budget = getattr(django_settings, "QUEUED_STORAGE_STAGING_BUDGET", None)
+    if budget is not None and not _positive(budget, int):
+        messages.append(
+            Error(
+                f"QUEUED_STORAGE_STAGING_BUDGET must be None or a positive number of bytes, got "
+                f"{budget!r}.",
+                hint="Set it to the most bytes that may wait for their transfer on one host "
+                "(e.g. 50 * 1024**3), or remove it for no limit.",
+                id="queued_storage.E010",
+            )
+        )
+    for name, default, kind in (
+        ("RECONCILE_AFTER", 900, float),
+        ("RECONCILE_BATCH", 500, int),
+    ):
+        value = getattr(django_settings, f"QUEUED_STORAGE_{name}", default)
+        if not _positive(value, kind):
+            what = "seconds" if kind is float else "rows (an integer)"
+            messages.append(
+                Error(
+                    f"QUEUED_STORAGE_{name} must be a positive number of {what}, got {value!r}.",
+                    hint=f"Remove the setting to use the default ({default}).",
+                    id="queued_storage.E011",
+                )
+            )
+    timeout = _redis_visibility_timeout()
+    if timeout is not None and timeout < settings.RETRY_MAX_DELAY:
+        messages.append(
+            Warning(
+                f"The Redis broker's visibility_timeout ({timeout:g} s) is shorter than "
+                f"QUEUED_STORAGE_RETRY_MAX_DELAY ({settings.RETRY_MAX_DELAY:g} s): Redis "
+                "delivers a retry that waits longer again, once per visibility_timeout.",
+                hint="Set broker_transport_options={'visibility_timeout': ...} (the Django "
+                "setting CELERY_BROKER_TRANSPORT_OPTIONS) above both the longest transfer and "
+                "QUEUED_STORAGE_RETRY_MAX_DELAY.",
+                id="queued_storage.W011",
+            )
+        )
+    return messages
+
+
+def _redis_visibility_timeout() -> float | None:
+    """The Redis transport's visibility timeout, or ``None`` when the broker is not Redis."""
+    try:
+        from celery import current_app
+    except ImportError:  # pragma: no cover
+        return None
+    conf = current_app.conf
+    url = str(conf.broker_url or "")
+    if not url.startswith(("redis://", "rediss://", "sentinel://", "redis+socket://")):
+        return None
+    options = conf.broker_transport_options or {}
+    try:
+        return float(options.get("visibility_timeout", 3600))
+    except (TypeError, ValueError):
+        return None
+
+
+@register(Tags.database)
+def check_staging_budget(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W010: reads the ledger, so it runs with ``check --database`` and ``migrate`` only."""
+    raw: Any = getattr(django_settings, "QUEUED_STORAGE_STAGING_BUDGET", None)
+    if not databases or not _positive(raw, int):
+        return []  # no budget, or an invalid one (E010)
+    budget = int(raw)
+    from queued_storage.models import StoredFile
+
+    if StoredFile.db() not in databases:
+        return []
+    try:
+        waiting = StoredFile.waiting_bytes(settings.HOST)
+    except Exception:  # no ledger table yet (before migrate)
+        return []
+    if waiting < 0.8 * budget:
+        return []
+    return [
+        Warning(
+            f"{waiting} of the {budget} bytes of QUEUED_STORAGE_STAGING_BUDGET wait on host "
+            f"{settings.HOST!r} for their transfer; saves fail with StagingFull beyond it.",
+            hint="Check that the workers consuming this host's transfers run and that the "
+            "remote storage is reachable (manage.py queued_storage_reconcile reports what "
+            "waits), or raise the budget.",
+            id="queued_storage.W010",
+        )
+    ]
+
+
+# -- upload views (queued_storage.views): E008, E009, W002 --------------------------------------
+_UPLOAD_INTEGERS = (("UPLOAD_MAX_BYTES", 5 * 1024**3), ("UPLOAD_CHUNK_SIZE", 256 * 1024))
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@register(Tags.compatibility)
+def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E008, E009, W002: the settings of the upload views (checked only where they are set)."""
+    messages: list[CheckMessage] = []
+    alias = getattr(django_settings, "QUEUED_STORAGE_UPLOAD_STORAGE", None)
+    if alias is not None and alias not in dict(_queued_entries()):
+        messages.append(
+            Error(
+                f"QUEUED_STORAGE_UPLOAD_STORAGE is {alias!r}, which is not the alias of a "
+                "QueuedStorage in STORAGES.",
+                hint="Name the STORAGES alias whose BACKEND is "
+                "queued_storage.storage.QueuedStorage that uploads should be saved into.",
+                id="queued_storage.E008",
+            )
+        )
+    problems = [
+        f"QUEUED_STORAGE_{name} must be a positive integer (bytes), got {value!r}"
+        for name, default in _UPLOAD_INTEGERS
+        if not _positive_int(value := getattr(django_settings, f"QUEUED_STORAGE_{name}", default))
+    ]
+    authorizer = getattr(django_settings, "QUEUED_STORAGE_UPLOAD_AUTHORIZER", None)
+    if authorizer is not None:
+        try:
+            found = import_string(authorizer) if isinstance(authorizer, str) else None
+        except ImportError as err:
+            problems.append(
+                f"QUEUED_STORAGE_UPLOAD_AUTHORIZER {authorizer!r} cannot be imported ({err})"
+            )
+        else:
+            if not callable(found):
+                problems.append(
+                    "QUEUED_STORAGE_UPLOAD_AUTHORIZER must be the dotted path of a function "
+                    f"authorize(request, name, action), got {authorizer!r}"
+                )
+    for name in ("UPLOAD_PERMISSION", "STATUS_PERMISSION"):
+        value = getattr(django_settings, f"QUEUED_STORAGE_{name}", None)
+        if value is not None and (not isinstance(value, str) or value.count(".") != 1):
+            problems.append(
+                f"QUEUED_STORAGE_{name} must be None or a permission '<app_label>.<codename>', "
+                f"got {value!r}"
+            )
+    upload_dir = getattr(django_settings, "QUEUED_STORAGE_NGINX_UPLOAD_DIR", None)
+    if upload_dir is not None and (
+        not isinstance(upload_dir, str) or not upload_dir.startswith("/")
+    ):
+        problems.append(
+            f"QUEUED_STORAGE_NGINX_UPLOAD_DIR must be None or an absolute path, got {upload_dir!r}"
+        )
+    secret = getattr(django_settings, "QUEUED_STORAGE_NGINX_SECRET", None)
+    if secret is not None and (not isinstance(secret, str) or not secret):
+        problems.append("QUEUED_STORAGE_NGINX_SECRET must be None or a non-empty string")
+    messages.extend(
+        Error(
+            f"{problem}.",
+            hint="See the settings table in the README (section Uploads).",
+            id="queued_storage.E009",
+        )
+        for problem in problems
+    )
+    if upload_dir is not None and secret is None:
+        messages.append(
+            Warning(
+                "QUEUED_STORAGE_NGINX_UPLOAD_DIR is set but QUEUED_STORAGE_NGINX_SECRET is not: "
+                "any client that reaches Django directly can name a file in that directory "
+                "in X-File-Path (another client's upload in progress).",
+                hint="Set QUEUED_STORAGE_NGINX_SECRET and the same value in nginx's "
+                "proxy_set_header X-Queued-Storage-Secret (docs/nginx.conf).",
+                id="queued_storage.W002",
+            )
+        )
+    return messages

@@ -109,3 +109,49 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, what: str = "
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+#: The fault tests' worker: a 3 s lease (quick takeover after kill -9) and a retry budget
+#: (10 retries, 0.5-4 s apart) that outlasts a 15 s S3 outage. See tests/settings_faults.py.
+FAULT_WORKER_ENV = {
+    "QS_FAULT_LEASE_TIMEOUT": "3",
+    "QS_FAULT_RETRIES": "10",
+    "QS_FAULT_RETRY_DELAY": "0.5",
+    "QS_FAULT_RETRY_MAX_DELAY": "4",
+}
+
+
+def host_queue(host: str | None = None) -> str:
+    """The queue of transfers routed to *host* (storage option ``queue="host"``)."""
+    from queued_storage.conf import settings as qs_settings
+
+    return f"queued_storage.{host or qs_settings.HOST}"
+
+
+def make_worker(
+    name: str, *, queues: list[str], env: dict[str, str] | None = None, concurrency: int = 1
+) -> Any:
+    from tests.workers import CeleryWorker
+
+    return CeleryWorker(
+        "tests.celery_app",
+        env={**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings_faults", **(env or {})},
+        queues=queues,
+        concurrency=concurrency,
+        name=name,
+        logfile=Path(settings.WORKDIR) / f"worker-{name}.log",
+    )
+
+
+@pytest.fixture(scope="session")
+def host_worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Any]:
+    """A second real worker (prefork, concurrency 2) consuming this host's own queue, with
+    FAULT_WORKER_ENV; the fault tests kill it with SIGKILL and start it again."""
+    need("redis")
+    need("moto")
+    w = make_worker("faults", queues=[host_queue()], env=FAULT_WORKER_ENV, concurrency=2)
+    w.start(timeout=60)
+    try:
+        yield w
+    finally:
+        w.stop()

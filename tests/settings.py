@@ -148,6 +148,16 @@ STORAGES = {
         "BACKEND": "queued_storage.storage.QueuedStorage",
         "OPTIONS": {"local": "staging", "remote": "s3", "delayed": True},
     },
+    # Per-host routing: transfers go to the queue "queued_storage.<QUEUED_STORAGE_HOST>",
+    # consumed by the fault tests' own worker (tests/conftest.py: host_worker).
+    "queued_host": {
+        "BACKEND": "queued_storage.storage.QueuedStorage",
+        "OPTIONS": {"local": "staging", "remote": "s3", "queue": "host"},
+    },
+    "queued_host_delete": {
+        "BACKEND": "queued_storage.storage.QueuedStorage",
+        "OPTIONS": {"local": "staging", "remote": "s3", "queue": "host", "delete_local": True},
+    },
     "staging": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {"location": str(STAGING_ROOT), "base_url": "/staging/"},

@@ -1,0 +1,626 @@
+"""The reconcile pass: find every file whose transfer was lost, and say so loudly when a file is.
+
+Plain functions, no Celery: the periodic task ``queued_storage.tasks.reconcile`` and the
+management command ``queued_storage_reconcile`` both call :func:`reconcile`. A pass does, for
+each queued storage and at most ``QUEUED_STORAGE_RECONCILE_BATCH`` rows of each kind:
+
+1. ``transferring`` rows whose lease expired (their worker died): back to ``pending``, queued
+   again (the lead's resume picks up an open multipart upload).
+2. ``pending`` rows whose transfer is overdue: never started ``QUEUED_STORAGE_RECONCILE_AFTER``
+   seconds after the save or the last attempt plus that attempt's longest backoff (the broker
+   refused or lost the message, the worker was killed holding it, Redis was flushed): queued
+   again through :func:`queued_storage.tasks.dispatch`, so the message is still ``[alias, name]``.
+3. ``failed=True`` only: ``failed`` rows get a fresh retry budget and are queued again.
+4. Stale reservations (a save that crashed before it wrote the local copy: ``pending``, no size,
+   no local file, older than ``RECONCILE_AFTER``) are deleted; the save never returned, so
+   nothing is lost. If the crashed save did write the file, ``adopt=True`` finishes it.
+5. ``adopt=True`` only: local files that no ledger row knows (saved before the app was
+   installed, or by a crashed process) and unchanged for ``RECONCILE_AFTER`` get a row and are
+   queued, unless the remote already holds the name (nothing is ever overwritten).
+6. ``remote`` rows of a ``delete_local`` storage whose local copy is still there (the worker
+   died between recording ``remote`` and deleting it): the local copy is deleted.
+7. Data loss: a row that is not ``remote`` and whose local copy is gone. Found in steps 1-3 (and
+   by the worker, which records a missing local copy), it becomes ``failed`` with the reason,
+   ``transfer_failed`` is sent and an error is logged; every pass reports all such rows (error
+   log, ``Report.ok`` false, non-zero exit of the command) until the file is restored and
+   retried (``failed=True``) or deleted through the storage. Never silently dropped.
+
+Several hosts may run passes at once: every change is a conditional ``UPDATE``/``DELETE`` that
+matches only the row as this pass read it, so whoever loses a race skips the row. Work that
+looks at the local disk concerns only rows whose ``host`` is this host
+(``QUEUED_STORAGE_HOST``), unless ``all_hosts=True`` (a staging volume shared by hosts that
+record different names). Re-queued transfers are routed like the save routed them: with the
+storage option ``queue="host"`` to the queue of the host that holds the local copy.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files.utils import validate_file_name
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from queued_storage import state as file_state
+from queued_storage._remote import abort_multipart, remote_exists
+from queued_storage.conf import settings
+from queued_storage.exceptions import LocalFileMissing, StorageNotFound
+from queued_storage.models import State, StoredFile
+from queued_storage.signals import transfer_failed
+from queued_storage.storage import QueuedStorage, checked_name, get_queued_storage, queued_storages
+
+__all__ = ["LOST", "Report", "overdue", "reconcile"]
+
+logger = logging.getLogger("queued_storage")
+
+#: How ``last_error`` of a row whose local copy is gone begins.
+LOST = "Data loss"
+
+
+@dataclass
+class Report:
+    """What one pass did and found; items are ``"<alias>:<name>"``."""
+
+    host: str
+    requeued: list[str] = field(default_factory=list)
+    taken_over: list[str] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    cleaned: list[str] = field(default_factory=list)
+    not_queued: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    newly_lost: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    lost_total: int = 0
+    errors: list[str] = field(default_factory=list)
+    staging_bytes: int = 0
+    staging_budget: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """No data loss and no storage the pass could not handle."""
+        return self.lost_total == 0 and not self.errors
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "requeued": len(self.requeued),
+            "taken_over": len(self.taken_over),
+            "retried": len(self.retried),
+            "adopted": len(self.adopted),
+            "stale": len(self.stale),
+            "cleaned": len(self.cleaned),
+            "not_queued": len(self.not_queued),
+            "skipped": len(self.skipped),
+            "newly_lost": len(self.newly_lost),
+            "lost": self.lost_total,
+            "errors": len(self.errors),
+            "staging_bytes": self.staging_bytes,
+        }
+
+    def lines(self, *, verbose: bool = False) -> list[str]:
+        """A human summary; *verbose* lists every item."""
+        budget = "no budget" if self.staging_budget is None else f"budget {self.staging_budget}"
+        out = [
+            f"host {self.host}: staging {self.staging_bytes} bytes waiting ({budget})",
+        ]
+        for label, items in (
+            ("re-queued (overdue)", self.requeued),
+            ("re-queued (lease expired)", self.taken_over),
+            ("retried (were failed)", self.retried),
+            ("adopted", self.adopted),
+            ("stale reservations removed", self.stale),
+            ("local copies of remote files removed", self.cleaned),
+            ("not queued (broker refused; next pass)", self.not_queued),
+            ("skipped", self.skipped),
+        ):
+            out.append(f"{label}: {len(items)}")
+            if verbose or label == "skipped":
+                out.extend(f"  {item}" for item in items)
+        out.append(f"LOST (not transferred, local copy gone): {self.lost_total}")
+        out.extend(f"  {item}" for item in self.lost)
+        out.extend(f"ERROR: {error}" for error in self.errors)
+        return out
+
+    def problem(self) -> str:
+        """Why the pass is not ok, in one sentence (the command's error message)."""
+        parts = []
+        if self.lost_total:
+            parts.append(
+                f"{self.lost_total} file(s) never reached the remote storage and their local "
+                "copy is gone (data loss): restore them and run queued_storage_reconcile "
+                "--failed, or delete them through the storage"
+            )
+        parts.extend(self.errors)
+        return "; ".join(parts)
+
+
+def overdue(now: datetime.datetime, after: float) -> Q:
+    """``pending`` rows whose transfer should have started by *now*.
+
+    A row last attempted ``n`` times waits at most ``min(RETRY_MAX_DELAY, RETRY_DELAY *
+    2**(n-1))`` for its retry (the backoff's upper bound); it is overdue *after* seconds later.
+    A row never attempted is overdue *after* seconds after it was saved.
+    """
+    query = Q(attempts=0, updated__lt=now - datetime.timedelta(seconds=after))
+    longest = settings.RETRY_MAX_DELAY
+    attempt = 1
+    while attempt <= settings.RETRIES:
+        wait = min(longest, settings.RETRY_DELAY * 2 ** (attempt - 1))
+        if wait >= longest:
+            break
+        query |= Q(attempts=attempt, updated__lt=now - datetime.timedelta(seconds=after + wait))
+        attempt += 1
+    # From here on every wait is the cap (or no retry waits at all: attempts beyond the budget
+    # come from a takeover after a lost lease).
+    return query | Q(
+        attempts__gte=attempt, updated__lt=now - datetime.timedelta(seconds=after + longest)
+    )
+
+
+def _label(row: StoredFile) -> str:
+    return f"{row.alias}:{row.name}"
+
+
+def _this(row: StoredFile) -> QuerySet[StoredFile]:
+    found: QuerySet[StoredFile] = StoredFile.objects.using(StoredFile.db()).filter(pk=row.pk)
+    return found
+
+
+def _publish(storage: QueuedStorage, row: StoredFile) -> None:
+    fresh = StoredFile.get_row(row.alias, row.name)
+    if fresh is not None:
+        file_state.publish(
+            storage.cache_prefix, row.alias, row.name, file_state.FileState.from_row(fresh)
+        )
+
+
+class _Sender:
+    """Re-queues through ``tasks.dispatch``; stops trying for the pass once the broker refuses
+    (each refusal costs the publish retry policy's time)."""
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def send(self, storage: QueuedStorage, name: str, host: str) -> bool:
+        if self.broken:
+            return False
+        from queued_storage.tasks import dispatch
+
+        if dispatch(storage.task, storage.alias, name, queue=storage.queue_for(host)) is None:
+            self.broken = True
+            return False
+        return True
+
+
+class _Pass:
+    """One storage's share of a pass."""
+
+    def __init__(
+        self,
+        storage: QueuedStorage,
+        report: Report,
+        sender: _Sender,
+        *,
+        hosts: list[str] | None,
+        now: datetime.datetime,
+        after: float,
+        batch: int,
+        adopt: bool,
+    ) -> None:
+        self.storage, self.report, self.sender = storage, report, sender
+        self.now, self.after, self.batch, self.adopt = now, after, batch, adopt
+        rows = StoredFile.objects.using(StoredFile.db()).filter(alias=storage.alias)
+        self.rows: QuerySet[StoredFile] = rows if hosts is None else rows.filter(host__in=hosts)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _present(self, name: str) -> bool:
+        return bool(self.storage.local.exists(name))
+
+    def _requeue(self, row: StoredFile, previous: datetime.datetime, into: list[str]) -> None:
+        """Send the row's transfer; when the broker refuses, undo the claim for the next pass."""
+        if self.sender.send(self.storage, row.name, row.host):
+            into.append(_label(row))
+            return
+        _this(row).filter(state=State.PENDING, updated=self.now).update(updated=previous)
+        self.report.not_queued.append(_label(row))
+
+    def _lost(self, row: StoredFile, guard: Q) -> None:
+        """Record that *row*'s local copy is gone: ``failed``, the reason, the signal, a log."""
+        try:
+            where = self.storage.local.path(row.name)
+        except Exception:
+            where = row.name
+        reason = (
+            f"{LOST}: {row.name!r} of storage {row.alias!r} never reached the remote storage "
+            f"and its local copy {where} is gone from host {row.host!r}. Restore the file "
+            "there and run `manage.py queued_storage_reconcile --failed`, or delete it "
+            "through the storage."
+        )
+        if row.upload_id:
+            try:
+                abort_multipart(self.storage.remote, row.name, row.upload_id)
+            except Exception:
+                logger.warning(
+                    "queued_storage: could not abort the open upload of %r", row.name, exc_info=True
+                )
+        marked = (
+            _this(row)
+            .filter(guard)
+            .update(
+                state=State.FAILED,
+                local_exists=False,
+                last_error=reason,
+                lease_owner="",
+                lease_expires=None,
+                upload_id="",
+                parts=[],
+                updated=self.now,
+            )
+        )
+        if not marked:
+            return
+        self.report.newly_lost.append(_label(row))
+        logger.error("queued_storage: %s", reason)
+        _publish(self.storage, row)
+        transfer_failed.send(
+            sender=type(self.storage),
+            name=row.name,
+            alias=row.alias,
+            local=self.storage.local,
+            remote=self.storage.remote,
+            error=LocalFileMissing(reason, name=row.name),
+            reason=reason,
+        )
+
+    # -- the kinds of work -----------------------------------------------------------------
+    def expired_leases(self) -> None:
+        rows = self.rows.filter(state=State.TRANSFERRING, lease_expires__lt=self.now)
+        for row in rows.order_by("lease_expires")[: self.batch]:
+            guard = Q(
+                state=State.TRANSFERRING,
+                lease_owner=row.lease_owner,
+                lease_expires=row.lease_expires,
+            )
+            if not self._present(row.name):
+                self._lost(row, guard)
+                continue
+            claimed = (
+                _this(row)
+                .filter(guard)
+                .update(
+                    state=State.PENDING,
+                    lease_owner="",
+                    lease_expires=None,
+                    last_error=f"The lease of {row.lease_owner} expired (worker lost?); "
+                    "queued again by the reconcile pass.",
+                    updated=self.now,
+                )
+            )
+            if claimed:
+                _publish(self.storage, row)
+                self._requeue(row, row.updated, self.report.taken_over)
+
+    def overdue(self) -> None:
+        rows = self.rows.filter(state=State.PENDING, local_exists=True, size__isnull=False)
+        for row in rows.filter(overdue(self.now, self.after)).order_by("updated")[: self.batch]:
+            guard = Q(state=State.PENDING, updated=row.updated)
+            if not self._present(row.name):
+                self._lost(row, guard)
+                continue
+            if _this(row).filter(guard).update(updated=self.now):
+                self._requeue(row, row.updated, self.report.requeued)
+
+    def failed(self) -> None:
+        rows = self.rows.filter(state=State.FAILED)
+        for local_exists in (True, False):  # lost rows apart, so they never starve the others
+            for row in rows.filter(local_exists=local_exists).order_by("updated")[: self.batch]:
+                guard = Q(state=State.FAILED, updated=row.updated)
+                if not self._present(row.name):
+                    if row.local_exists:
+                        self._lost(row, guard)
+                    continue
+                claimed = (
+                    _this(row)
+                    .filter(guard)
+                    .update(state=State.PENDING, attempts=0, local_exists=True, updated=self.now)
+                )
+                if claimed:
+                    _publish(self.storage, row)
+                    self._requeue(row, row.updated, self.report.retried)
+
+    def stale_reservations(self) -> None:
+        cutoff = self.now - datetime.timedelta(seconds=self.after)
+        rows = self.rows.filter(
+            state=State.PENDING, local_exists=False, size__isnull=True, updated__lt=cutoff
+        )
+        for row in rows.order_by("updated")[: self.batch]:
+            guard = Q(
+                state=State.PENDING, local_exists=False, size__isnull=True, updated=row.updated
+            )
+            if self._present(row.name):
+                # The save wrote the file, then crashed before recording it.
+                if not self.adopt:
+                    self.report.skipped.append(
+                        f"{_label(row)}: an interrupted save left the file; adopt it with --adopt"
+                    )
+                    continue
+                size = int(self.storage.local.size(row.name))
+                if _this(row).filter(guard).update(size=size, local_exists=True, updated=self.now):
+                    _publish(self.storage, row)
+                    self._requeue(row, row.updated, self.report.adopted)
+                continue
+            deleted, _ = _this(row).filter(guard).delete()
+            if deleted:
+                file_state.forget(self.storage.cache_prefix, row.alias, row.name)
+                self.report.stale.append(_label(row))
+                logger.warning(
+                    "queued_storage: removed the stale reservation of %r (storage %r): its "
+                    "save stopped before writing the file",
+                    row.name,
+                    row.alias,
+                )
+
+    def leftover_local_copies(self) -> None:
+        if not self.storage.delete_local:
+            return
+        cutoff = self.now - datetime.timedelta(seconds=self.after)
+        rows = self.rows.filter(state=State.REMOTE, local_exists=True, transferred__lt=cutoff)
+        for row in rows.order_by("transferred")[: self.batch]:
+            # Invariant 2: the cache says "remote" before the local copy goes.
+            file_state.publish(
+                self.storage.cache_prefix,
+                row.alias,
+                row.name,
+                file_state.FileState(State.REMOTE, row.size, True),
+            )
+            self.storage.local.delete(row.name)
+            if _this(row).filter(state=State.REMOTE).update(local_exists=False, updated=self.now):
+                _publish(self.storage, row)
+                self.report.cleaned.append(_label(row))
+
+
+def _local_root(storage: QueuedStorage) -> str | None:
+    try:
+        return os.path.realpath(str(storage.local.path("")))
+    except Exception:
+        return None
+
+
+def _walk(root: str) -> Iterator[tuple[str, list[str]]]:
+    """``(directory, files)`` below *root*, sorted, never following symbolic links."""
+    for directory, dirs, files in os.walk(root):
+        dirs.sort()
+        yield directory, sorted(files)
+
+
+def _adopt(
+    storage: QueuedStorage,
+    root: str,
+    report: Report,
+    sender: _Sender,
+    *,
+    now: datetime.datetime,
+    after: float,
+    batch: int,
+) -> None:
+    """Give a row to each local file no ledger row knows, and queue its transfer."""
+    cutoff = (now - datetime.timedelta(seconds=after)).timestamp()
+    db = StoredFile.db()
+    adopted = 0
+    for directory, files in _walk(root):
+        candidates: dict[str, os.stat_result] = {}
+        for filename in files:
+            path = os.path.join(directory, filename)
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if not os.path.isfile(path) or os.path.islink(path) or info.st_mtime > cutoff:
+                continue  # symbolic links and files still being written are left alone
+            candidates[os.path.relpath(path, root).replace(os.sep, "/")] = info
+        if not candidates:
+            continue
+        known = set(
+            StoredFile.objects.using(db)
+            .filter(name__in=list(candidates))
+            .values_list("name", flat=True)
+        )
+        for name, info in candidates.items():
+            if name in known:
+                continue
+            if adopted >= batch:
+                return
+            try:
+                if checked_name(name) != name:
+                    raise SuspiciousFileOperation("its name is not in Unicode NFC form")
+                validate_file_name(name, allow_relative_path=True)
+            except SuspiciousFileOperation as err:
+                report.skipped.append(f"{storage.alias}:{name}: not adopted: {err}")
+                continue
+            try:
+                held = remote_exists(storage.remote, name)
+            except Exception as err:
+                report.skipped.append(
+                    f"{storage.alias}:{name}: not adopted: the remote storage could not say "
+                    f"whether it holds the name ({type(err).__name__}); next pass"
+                )
+                continue
+            if held:
+                report.skipped.append(
+                    f"{storage.alias}:{name}: not adopted: the remote storage already holds "
+                    "this name and nothing is overwritten; compare the two copies and delete "
+                    "the local one by hand"
+                )
+                continue
+            if not StoredFile.reserve(storage.alias, name, settings.HOST):
+                continue  # another pass adopted it (or a save reserved it) meanwhile
+            StoredFile.mark_saved(storage.alias, name, int(info.st_size))
+            file_state.publish(
+                storage.cache_prefix,
+                storage.alias,
+                name,
+                file_state.FileState(State.PENDING, int(info.st_size), True),
+            )
+            row = StoredFile.get_row(storage.alias, name)
+            if row is None:
+                continue
+            adopted += 1
+            if sender.send(storage, name, row.host):
+                report.adopted.append(_label(row))
+            else:
+                report.not_queued.append(_label(row))
+
+
+def _storages(aliases: Sequence[str] | None, report: Report) -> dict[str, QueuedStorage]:
+    """The storages of the pass: the ones named, else every one the ledger has work for."""
+    if aliases is not None:
+        wanted = list(dict.fromkeys(aliases))
+    else:
+        busy = (
+            StoredFile.objects.using(StoredFile.db())
+            .filter(~Q(state=State.REMOTE) | Q(local_exists=True))
+            .values_list("alias", flat=True)
+            .distinct()
+        )
+        wanted = sorted(set(busy))
+    found: dict[str, QueuedStorage] = {}
+    for alias in wanted:
+        try:
+            found[alias] = get_queued_storage(alias)
+        except StorageNotFound as err:
+            rows = StoredFile.objects.using(StoredFile.db()).filter(alias=alias)
+            count = rows.exclude(state=State.REMOTE).count()
+            if aliases is not None or count:
+                report.errors.append(
+                    f"{count} file(s) of the storage {alias!r} cannot be transferred: {err}"
+                )
+    return found
+
+
+def reconcile(
+    *,
+    aliases: Sequence[str] | None = None,
+    failed: bool = False,
+    adopt: bool = False,
+    all_hosts: bool = False,
+    now: datetime.datetime | None = None,
+) -> Report:
+    """Run one pass (see the module docstring) and return what it did and found.
+
+    *aliases* limits the pass to these queued storages (default: all). The result is logged:
+    an info line, and an error line for data loss.
+    """
+    now = now or timezone.now()
+    after, batch = settings.RECONCILE_AFTER, settings.RECONCILE_BATCH
+    host = settings.HOST
+    report = Report(host=host, staging_budget=settings.STAGING_BUDGET)
+    sender = _Sender()
+    hosts = None if all_hosts else [host]
+    selected = _storages(aliases, report)
+    for storage in selected.values():
+        work = _Pass(
+            storage,
+            report,
+            sender,
+            hosts=hosts,
+            now=now,
+            after=after,
+            batch=batch,
+            adopt=adopt,
+        )
+        work.expired_leases()
+        work.overdue()
+        if failed:
+            work.failed()
+        work.stale_reservations()
+        work.leftover_local_copies()
+    if adopt:
+        owners = selected if aliases is not None else {s.alias: s for s in queued_storages()}
+        _adopt_all(owners, report, sender, now=now, after=after, batch=batch)
+    _report_lost(report, aliases, batch)
+    report.staging_bytes = StoredFile.waiting_bytes(host)
+    _log(report)
+    return report
+
+
+def _adopt_all(
+    selected: dict[str, QueuedStorage],
+    report: Report,
+    sender: _Sender,
+    *,
+    now: datetime.datetime,
+    after: float,
+    batch: int,
+) -> None:
+    sharing: dict[str, set[str]] = {}
+    for storage in [*queued_storages(), *selected.values()]:
+        root = _local_root(storage)
+        if root is not None:
+            sharing.setdefault(root, set()).add(storage.alias)
+    for root, aliases in sorted(sharing.items()):
+        chosen = sorted(aliases & set(selected))
+        if not chosen:
+            continue
+        if len(chosen) > 1:
+            report.errors.append(
+                f"cannot adopt the files in {root}: the storages {', '.join(chosen)} stage "
+                "there; name the one that owns them with --storage"
+            )
+            continue
+        if os.path.isdir(root):
+            _adopt(selected[chosen[0]], root, report, sender, now=now, after=after, batch=batch)
+
+
+def _report_lost(report: Report, aliases: Sequence[str] | None, batch: int) -> None:
+    """Every row (of any host) that is not remote and whose local copy is gone."""
+    rows = (
+        StoredFile.objects.using(StoredFile.db())
+        .exclude(state=State.REMOTE)
+        .filter(local_exists=False, size__isnull=False)
+    )
+    if aliases is not None:
+        rows = rows.filter(alias__in=list(aliases))
+    report.lost_total = rows.count()
+    report.lost = [
+        f"{row.alias}:{row.name} (host {row.host}, {row.size} bytes)"
+        for row in rows.order_by("updated")[:batch]
+    ]
+
+
+def _log(report: Report) -> None:
+    counts: dict[str, Any] = report.counts()
+    logger.info(
+        "queued_storage: reconcile pass on %s: %s",
+        report.host,
+        ", ".join(f"{k}={v}" for k, v in counts.items()),
+    )
+    if report.not_queued:
+        logger.warning(
+            "queued_storage: reconcile could not queue %d transfer(s): the broker refused; "
+            "they are tried again by the next pass",
+            len(report.not_queued),
+        )
+    if report.staging_budget and report.staging_bytes >= 0.8 * report.staging_budget:
+        logger.warning(
+            "queued_storage: %d of the %d bytes of the staging budget of host %s wait for "
+            "their transfer (QUEUED_STORAGE_STAGING_BUDGET); new saves fail beyond it",
+            report.staging_bytes,
+            report.staging_budget,
+            report.host,
+        )
+    if report.lost_total:
+        logger.error(
+            "queued_storage: DATA LOSS: %d file(s) never reached the remote storage and their "
+            "local copy is gone: %s",
+            report.lost_total,
+            "; ".join(report.lost),
+        )
+    for error in report.errors:
+        logger.error("queued_storage: reconcile: %s", error)

@@ -1,0 +1,468 @@
+"""The reconcile pass, the staging budget and per-host routing, in-process.
+
+Re-queued transfers go to queues no worker consumes ("parked", "queued_storage.<host>"), so
+the tests read the very messages from Redis. The end-to-end runs with real workers and real
+faults are in ``test_faults.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connections
+from django.test import override_settings
+from django.utils import timezone
+
+from queued_storage import signals
+from queued_storage.exceptions import StagingFull
+from queued_storage.models import State, StoredFile
+from queued_storage.reconcile import LOST, overdue, reconcile
+from queued_storage.storage import QueuedStorage
+from queued_storage.tasks import Outcome, run_transfer
+from tests.conftest import need, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+AFTER = 60
+
+
+@pytest.fixture
+def broker(clean: Any) -> Any:
+    """Redis db 0 (the broker) with the queues these tests read emptied before and after."""
+    need("redis")
+    client = redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"])
+    queues = ["parked", "queued_storage.web-a", "queued_storage.web-b", "uploads.web-a"]
+
+    def empty() -> None:
+        client.delete(*queues)
+
+    empty()
+    with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=AFTER):
+        yield messages_in
+    empty()
+    client.close()
+
+
+def messages_in(queue: str) -> list[list[Any]]:
+    """The ``args`` of every task message waiting in *queue*."""
+    client = redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"])
+    try:
+        raw = client.lrange(queue, 0, -1)
+    finally:
+        client.close()
+    return [json.loads(base64.b64decode(json.loads(item)["body"]))[0] for item in raw]
+
+
+def drain(queue: str) -> None:
+    client = redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"])
+    try:
+        client.delete(queue)
+    finally:
+        client.close()
+
+
+def parked() -> QueuedStorage:
+    found = storages["queued_parked"]
+    assert isinstance(found, QueuedStorage)
+    return found
+
+
+def age(alias: str, name: str, seconds: float, **fields: Any) -> None:
+    """Make the row look *seconds* old (and set *fields*)."""
+    then = timezone.now() - datetime.timedelta(seconds=seconds)
+    StoredFile.rows(alias, name).update(updated=then, **fields)
+
+
+def row(alias: str, name: str) -> StoredFile:
+    found = StoredFile.get_row(alias, name)
+    assert found is not None
+    return found
+
+
+def saved(name: str, data: bytes = b"x", *, old: float = AFTER + 5) -> str:
+    """Save through the parked storage, forget the save's own message, age the row."""
+    stored = parked().save(name, ContentFile(data))
+    drain("parked")
+    age("queued_parked", stored, old)
+    return stored
+
+
+# --- (a) overdue pending rows and expired leases -------------------------------------------
+def test_overdue_pending_file_is_requeued_once_with_only_alias_and_name(broker: Any) -> None:
+    name = saved("refused.txt")
+    report = reconcile()
+    assert report.requeued == [f"queued_parked:{name}"]
+    assert broker("parked") == [["queued_parked", name]]
+    assert report.ok
+    # The claim moved the row's clock: a second pass leaves it alone.
+    assert reconcile().requeued == []
+    assert len(broker("parked")) == 1
+
+
+def test_recent_pending_file_is_left_to_its_message(broker: Any) -> None:
+    saved("fresh.txt", old=AFTER - 10)
+    assert reconcile().requeued == []
+    assert broker("parked") == []
+
+
+def test_overdue_waits_for_the_longest_backoff_of_the_last_attempt(broker: Any) -> None:
+    now = timezone.now()
+    name = saved("backing-off.txt")
+    with override_settings(QUEUED_STORAGE_RETRY_DELAY=100, QUEUED_STORAGE_RETRY_MAX_DELAY=1000):
+        # Attempt 3 failed 300 s ago: its retry may wait up to 400 s, so it is not overdue...
+        age("queued_parked", name, 300, attempts=3)
+        assert not StoredFile.objects.filter(overdue(now, AFTER), name=name).exists()
+        # ...until 400 s + RECONCILE_AFTER have passed.
+        age("queued_parked", name, 400 + AFTER + 1, attempts=3)
+        assert StoredFile.objects.filter(overdue(now, AFTER), name=name).exists()
+        # Past the cap every attempt waits at most RETRY_MAX_DELAY.
+        age("queued_parked", name, 1000 + AFTER - 5, attempts=9)
+        assert not StoredFile.objects.filter(overdue(now, AFTER), name=name).exists()
+        age("queued_parked", name, 1000 + AFTER + 5, attempts=9)
+        assert StoredFile.objects.filter(overdue(now, AFTER), name=name).exists()
+
+
+def test_expired_lease_is_taken_back_and_requeued(broker: Any) -> None:
+    name = saved("killed-worker.bin")
+    assert StoredFile.acquire_lease("queued_parked", name, "dead-worker", 0.01).acquired
+    live = saved("live-worker.bin")
+    assert StoredFile.acquire_lease("queued_parked", live, "live-worker", 60).acquired
+    time.sleep(0.05)
+    report = reconcile()
+    assert report.taken_over == [f"queued_parked:{name}"]
+    found = row("queued_parked", name)
+    assert (found.state, found.lease_owner) == (State.PENDING, "")
+    assert "The lease of dead-worker expired" in found.last_error
+    assert row("queued_parked", live).state == State.TRANSFERRING  # untouched
+    assert broker("parked") == [["queued_parked", name]]
+    # The re-queued transfer runs normally.
+    assert run_transfer("queued_parked", name) is Outcome.TRANSFERRED
+
+
+def test_work_per_pass_is_bounded_by_the_batch(broker: Any) -> None:
+    names = [saved(f"batch-{i}.txt") for i in range(5)]
+    with override_settings(QUEUED_STORAGE_RECONCILE_BATCH=2):
+        assert len(reconcile().requeued) == 2
+        assert len(reconcile().requeued) == 2
+        assert len(reconcile().requeued) == 1
+        assert reconcile().requeued == []
+    assert sorted(args[1] for args in broker("parked")) == sorted(names)
+
+
+def test_passes_on_several_hosts_at_once_requeue_each_file_once(broker: Any) -> None:
+    names = [saved(f"race-{i}.txt") for i in range(12)]
+    reports: list[Any] = []
+    barrier = threading.Barrier(4)
+
+    def one_pass() -> None:
+        try:
+            barrier.wait()
+            reports.append(reconcile())
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=one_pass) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    requeued = [item for r in reports for item in r.requeued]
+    assert sorted(requeued) == sorted(f"queued_parked:{n}" for n in names)
+    assert sorted(args[1] for args in broker("parked")) == sorted(names)
+
+
+def test_refused_broker_leaves_the_row_for_the_next_pass(broker: Any, caplog: Any) -> None:
+    from tests import settings as test_settings
+
+    need("broker_proxy")
+    first, second = saved("a-refused.txt"), saved("b-refused.txt")
+    before = row("queued_parked", first).updated
+    proxy = test_settings._STACK.broker_proxy
+    proxy.go_down()
+    try:
+        with caplog.at_level(logging.WARNING, logger="queued_storage"):
+            report = reconcile()
+    finally:
+        proxy.come_up()
+    # The first refusal stops the pass from trying again (each costs the publish timeout).
+    assert sorted(report.not_queued) == [f"queued_parked:{first}", f"queued_parked:{second}"]
+    assert "reconcile could not queue 2 transfer(s)" in caplog.text
+    assert row("queued_parked", first).updated == before  # the claim was undone
+    assert len(reconcile().requeued) == 2
+    assert len(broker("parked")) == 2
+
+
+# --- (b) failed rows, on request -----------------------------------------------------------
+def test_failed_files_are_retried_only_on_request(broker: Any) -> None:
+    name = saved("was-failed.txt")
+    StoredFile.rows("queued_parked", name).update(state=State.FAILED, attempts=4, last_error="x")
+    assert reconcile().retried == []
+    report = reconcile(failed=True)
+    assert report.retried == [f"queued_parked:{name}"]
+    found = row("queued_parked", name)
+    assert (found.state, found.attempts) == (State.PENDING, 0)
+    assert broker("parked") == [["queued_parked", name]]
+
+
+# --- (c) adoption --------------------------------------------------------------------------
+def _put_local(name: str, data: bytes, *, old: float = AFTER + 5) -> Path:
+    path = Path(settings.STAGING_ROOT) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    then = time.time() - old
+    os.utime(path, (then, then))
+    return path
+
+
+def test_adopt_gives_unknown_local_files_a_row_and_a_transfer(broker: Any) -> None:
+    _put_local("before-install/old.pdf", b"saved before the app")
+    _put_local("before-install/new.pdf", b"still being written", old=0)
+    assert reconcile(aliases=["queued_parked"]).adopted == []  # only with adopt=True
+    report = reconcile(aliases=["queued_parked"], adopt=True)
+    assert report.adopted == ["queued_parked:before-install/old.pdf"]
+    found = row("queued_parked", "before-install/old.pdf")
+    assert (found.state, found.size, found.local_exists) == (State.PENDING, 20, True)
+    assert found.host == _host()
+    assert broker("parked") == [["queued_parked", "before-install/old.pdf"]]
+    assert StoredFile.get_row("queued_parked", "before-install/new.pdf") is None
+    assert reconcile(aliases=["queued_parked"], adopt=True).adopted == []  # known now
+    assert run_transfer("queued_parked", "before-install/old.pdf") is Outcome.TRANSFERRED
+
+
+def test_adopt_never_takes_a_name_the_remote_or_another_storage_holds(
+    broker: Any, clean: Any
+) -> None:
+    _put_local("taken.txt", b"local")
+    clean.put_object(Bucket=settings.BUCKET, Key="taken.txt", Body=b"remote")
+    _put_local("other-storage.txt", b"x")
+    StoredFile.reserve("queued_delayed", "other-storage.txt", "h")
+    outside = Path(settings.WORKDIR) / "outside-the-root.txt"
+    outside.write_bytes(b"not ours")
+    Path(settings.STAGING_ROOT, "link.txt").symlink_to(outside)
+    report = reconcile(aliases=["queued_parked"], adopt=True)
+    assert report.adopted == []
+    assert any(
+        "taken.txt: not adopted: the remote storage already holds" in s for s in report.skipped
+    )
+    assert clean.get_object(Bucket=settings.BUCKET, Key="taken.txt")["Body"].read() == b"remote"
+    assert StoredFile.get_row("queued_parked", "other-storage.txt") is None
+    assert StoredFile.get_row("queued_parked", "link.txt") is None
+
+
+def test_adopt_needs_to_know_which_storage_owns_a_shared_directory(broker: Any) -> None:
+    _put_local("whose.txt", b"x")
+    with pytest.raises(CommandError, match=r"storages .* stage there; name the one"):
+        call_command("queued_storage_reconcile", "--adopt", verbosity=0)
+    assert StoredFile.get_row("queued_parked", "whose.txt") is None
+
+
+# --- (d) data loss and stale reservations --------------------------------------------------
+def test_lost_local_copy_is_reported_loudly_and_never_dropped(broker: Any, caplog: Any) -> None:
+    name = saved("precious.bin", b"irreplaceable")
+    Path(parked().local.path(name)).unlink()
+    received: list[dict[str, Any]] = []
+
+    def on_failed(sender: Any, **kwargs: Any) -> None:
+        received.append(kwargs)
+
+    signals.transfer_failed.connect(on_failed)
+    try:
+        with (
+            caplog.at_level(logging.ERROR, logger="queued_storage"),
+            pytest.raises(CommandError, match=r"1 file\(s\) never reached the remote") as raised,
+        ):
+            call_command("queued_storage_reconcile", verbosity=0)
+    finally:
+        signals.transfer_failed.disconnect(on_failed)
+    assert raised.value.returncode == 1
+    assert f"{LOST}: {name!r} of storage 'queued_parked' never reached the remote" in caplog.text
+    assert "DATA LOSS: 1 file(s)" in caplog.text
+    found = row("queued_parked", name)  # kept, with the reason
+    assert (found.state, found.local_exists) == (State.FAILED, False)
+    assert found.last_error.startswith(LOST)
+    assert [r["name"] for r in received] == [name]
+    assert broker("parked") == []
+    # Every later pass reports it again, until it is restored or deleted.
+    again = reconcile()
+    assert (again.newly_lost, again.lost_total, again.ok) == ([], 1, False)
+    Path(parked().local.path(name)).write_bytes(b"irreplaceable")
+    assert reconcile(failed=True).retried == [f"queued_parked:{name}"]
+    assert reconcile().ok
+
+
+def test_file_the_worker_found_missing_is_reported_as_lost(broker: Any) -> None:
+    name = saved("vanished-before-transfer.txt")
+    Path(parked().local.path(name)).unlink()
+    assert run_transfer("queued_parked", name) is Outcome.FAILED
+    report = reconcile()
+    assert report.lost_total == 1
+    assert report.lost == [
+        f"queued_parked:{name} (host {row('queued_parked', name).host}, 1 bytes)"
+    ]
+    parked().delete(name)  # deleting it through the storage resolves it
+    assert reconcile().ok
+
+
+def test_stale_reservation_is_cleaned_and_is_not_data_loss(broker: Any) -> None:
+    assert StoredFile.reserve("queued_parked", "crashed-save.txt", _host())
+    age("queued_parked", "crashed-save.txt", AFTER + 5)
+    assert StoredFile.reserve("queued_parked", "saving-now.txt", _host())
+    call_command("queued_storage_reconcile", verbosity=0)  # exit status 0
+    assert StoredFile.get_row("queued_parked", "crashed-save.txt") is None
+    assert StoredFile.get_row("queued_parked", "saving-now.txt") is not None
+    assert broker("parked") == []
+
+
+def test_interrupted_save_that_wrote_the_file_is_finished_by_adopt(broker: Any) -> None:
+    assert StoredFile.reserve("queued_parked", "half-saved.txt", _host())
+    _put_local("half-saved.txt", b"written, not recorded")
+    age("queued_parked", "half-saved.txt", AFTER + 5)
+    report = reconcile()
+    assert report.adopted == []
+    assert any("half-saved.txt: an interrupted save left the file" in s for s in report.skipped)
+    assert reconcile(adopt=True, aliases=["queued_parked"]).adopted == [
+        "queued_parked:half-saved.txt"
+    ]
+    found = row("queued_parked", "half-saved.txt")
+    assert (found.state, found.size, found.local_exists) == (State.PENDING, 21, True)
+
+
+def test_rows_of_other_hosts_are_not_judged_by_this_hosts_disk(broker: Any) -> None:
+    name = saved("on-web-b.txt")
+    StoredFile.rows("queued_parked", name).update(host="web-b")
+    Path(parked().local.path(name)).unlink()  # not on this disk: it lives on web-b
+    report = reconcile()
+    assert (report.requeued, report.newly_lost, report.lost_total) == ([], [], 0)
+    with override_settings(QUEUED_STORAGE_HOST="web-b"):
+        assert reconcile().newly_lost == [f"queued_parked:{name}"]
+
+
+def test_leftover_local_copy_of_a_remote_file_is_deleted(clean: Any) -> None:
+    storage = QueuedStorage(local="staging", remote="s3", delayed=True, delete_local=True)
+    name = storage.save("left-behind.txt", ContentFile(b"x"))
+    assert run_transfer(storage.alias, name, delete_local=False) is Outcome.TRANSFERRED
+    assert Path(storage.local.path(name)).exists()  # the worker died before deleting it
+    StoredFile.rows(storage.alias, name).update(
+        transferred=timezone.now() - datetime.timedelta(seconds=AFTER + 5)
+    )
+    with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=AFTER):
+        assert reconcile().cleaned == [f"{storage.alias}:{name}"]
+    assert not Path(storage.local.path(name)).exists()
+    assert row(storage.alias, name).local_exists is False
+    with storage.open(name) as fh:
+        assert fh.read() == b"x"
+
+
+def test_files_of_an_unknown_storage_are_an_error(broker: Any) -> None:
+    StoredFile.reserve("removed-storage", "orphan.txt", _host())
+    StoredFile.mark_saved("removed-storage", "orphan.txt", 1)
+    with pytest.raises(CommandError, match=r"1 file\(s\) of the storage 'removed-storage'"):
+        call_command("queued_storage_reconcile", verbosity=0)
+
+
+def _host() -> str:
+    from queued_storage.conf import settings as qs_settings
+
+    return qs_settings.HOST
+
+
+# --- per-host routing ----------------------------------------------------------------------
+def test_host_queue_routes_each_transfer_to_the_host_holding_the_file(broker: Any) -> None:
+    storage = storages["queued_host"]
+    with override_settings(QUEUED_STORAGE_HOST="web-a"):
+        name = storage.save("routed.txt", ContentFile(b"x"))
+    assert row("queued_host", name).host == "web-a"
+    assert broker("queued_storage.web-a") == [["queued_host", name]]
+    # Retried from another host (the admin on web-b): still web-a's queue.
+    StoredFile.rows("queued_host", name).update(state=State.FAILED)
+    with override_settings(QUEUED_STORAGE_HOST="web-b"):
+        storage.transfer(name)
+    assert broker("queued_storage.web-a") == [["queued_host", name]] * 2
+    assert broker("queued_storage.web-b") == []
+
+
+def test_reconcile_routes_the_same_way(broker: Any) -> None:
+    storage = storages["queued_host"]
+    with override_settings(QUEUED_STORAGE_HOST="web-a"):
+        name = storage.save("routed-later.txt", ContentFile(b"x"))
+        drain("queued_storage.web-a")
+        age("queued_host", name, AFTER + 5)
+        assert reconcile().requeued == [f"queued_host:{name}"]
+    assert broker("queued_storage.web-a") == [["queued_host", name]]
+
+
+def test_queue_template_names_the_host(broker: Any) -> None:
+    storage = QueuedStorage(local="staging", remote="s3", queue="uploads.{host}")
+    assert storage.queue_for("web-a") == "uploads.web-a"
+    assert QueuedStorage(local="staging", remote="s3", queue="plain").queue_for("x") == "plain"
+    assert QueuedStorage(local="staging", remote="s3").queue_for("x") is None
+
+
+# --- staging budget ------------------------------------------------------------------------
+def test_staging_budget_refuses_a_file_beyond_it_and_writes_nothing(broker: Any) -> None:
+    storage = parked()
+    with override_settings(QUEUED_STORAGE_STAGING_BUDGET=1000):
+        first = storage.save("fits.bin", ContentFile(b"a" * 600))
+        with pytest.raises(StagingFull) as raised:
+            storage.save("too-much.bin", ContentFile(b"b" * 500))
+        message = str(raised.value)
+        assert "cannot stage 'too-much.bin' (500 bytes)" in message
+        assert "600 of the 1000 bytes of QUEUED_STORAGE_STAGING_BUDGET" in message
+        assert "Check that the transfer workers run" in message
+        assert (raised.value.name, raised.value.budget, raised.value.waiting) == (
+            "too-much.bin",
+            1000,
+            600,
+        )
+        assert StoredFile.get_row("queued_parked", "too-much.bin") is None
+        assert not Path(storage.local.path("too-much.bin")).exists()
+        # Bytes that reached the remote no longer count, even if kept locally.
+        assert run_transfer("queued_parked", first) is Outcome.TRANSFERRED
+        storage.save("fits-now.bin", ContentFile(b"b" * 500))
+        # Other hosts' files wait on their own disks.
+        with override_settings(QUEUED_STORAGE_HOST="web-b"):
+            storage.save("on-web-b.bin", ContentFile(b"c" * 900))
+
+
+def test_w010_warns_when_the_staging_budget_is_nearly_spent(broker: Any) -> None:
+    from queued_storage.checks import check_staging_budget
+
+    saved("waiting.bin", b"z" * 800)
+    with override_settings(QUEUED_STORAGE_STAGING_BUDGET=1000):
+        messages = check_staging_budget(databases=["default"])
+        assert [m.id for m in messages] == ["queued_storage.W010"]
+        assert "800 of the 1000 bytes of QUEUED_STORAGE_STAGING_BUDGET wait" in messages[0].msg
+        assert check_staging_budget(databases=None) == []  # a database check
+    with override_settings(QUEUED_STORAGE_STAGING_BUDGET=2000):
+        assert check_staging_budget(databases=["default"]) == []
+
+
+# --- the Celery task, in a real worker -----------------------------------------------------
+def test_reconcile_task_in_the_worker_requeues_an_overdue_file(worker: Any, clean: Any) -> None:
+    from queued_storage.tasks import reconcile as reconcile_task
+
+    storage = storages["queued_delayed"]  # delayed: nothing is queued at save
+    name = storage.save("reconciled-by-beat.txt", ContentFile(b"beat"))
+    age("queued_delayed", name, 3600)  # overdue for the worker's default RECONCILE_AFTER
+    reconcile_task.apply_async()
+    wait_for(
+        lambda: row("queued_delayed", name).state == State.REMOTE,
+        timeout=30,
+        what="the worker's reconcile pass to get the file transferred",
+    )
+    assert clean.get_object(Bucket=settings.BUCKET, Key=name)["Body"].read() == b"beat"
