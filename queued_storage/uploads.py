@@ -25,6 +25,7 @@ import hashlib
 import os
 import stat
 import tempfile
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -80,7 +81,7 @@ def validate_upload_name(name: str) -> str:
         raise UploadRefused(400, "The upload needs a file name (in the URL or ?name=).")
     if len(name) > MAX_NAME_LENGTH:
         raise UploadRefused(400, f"The file name is longer than {MAX_NAME_LENGTH} characters.")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
         raise UploadRefused(400, "The file name contains a NUL or another control character.")
     if "\\" in name:
         raise UploadRefused(400, "The file name contains a backslash; use '/' between folders.")
@@ -94,7 +95,8 @@ def validate_upload_name(name: str) -> str:
             raise UploadRefused(400, "A segment of the file name is longer than 255 bytes.")
     if parts[0] == SPOOL_DIRNAME:
         raise UploadRefused(400, f"Names under {SPOOL_DIRNAME!r} are reserved.")
-    return name
+    # QueuedStorage.save() stores names in Unicode NFC; ask the hook and the ledger the same.
+    return unicodedata.normalize("NFC", name)
 
 
 # -- checksums ------------------------------------------------------------------------------------

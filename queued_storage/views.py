@@ -43,6 +43,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
 from queued_storage.conf import settings
+from queued_storage.exceptions import StagingFull
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
 from queued_storage.uploads import (
@@ -73,6 +74,9 @@ logger = logging.getLogger("queued_storage")
 LEDGER_NAME_LENGTH = 1024
 
 SECRET_HEADER = "X-Queued-Storage-Secret"
+
+#: What a client is told when the staging budget is spent (the details go to the log).
+STAGING_FULL = "The staging area is full; nothing was kept. Retry later."
 
 
 def _error(status: int, message: str) -> JsonResponse:
@@ -247,6 +251,7 @@ class UploadView(QueuedStorageView):
             if refused is not None:
                 return refused
             declared = self._declared_length(request, chunked_ok=not form)
+            _check_budget(name, declared)
             storage = self.get_storage()
             directory = spool_dir(storage.local)
             if form:
@@ -356,6 +361,9 @@ class UploadView(QueuedStorageView):
             stored = storage.save(name, content, max_length=LEDGER_NAME_LENGTH)
         except SuspiciousFileOperation as err:
             return _error(400, str(err))
+        except StagingFull as err:
+            logger.warning("queued_storage: upload of %r refused: %s", name, err)
+            return _error(507, STAGING_FULL)
         finally:
             if isinstance(content, StagedFile):
                 content.discard()
@@ -365,6 +373,28 @@ class UploadView(QueuedStorageView):
         if payload["status_url"]:
             response["Location"] = payload["status_url"]
         return response
+
+
+def _check_budget(name: str, declared: int | None) -> None:
+    """507 before the body is read when it cannot fit in ``QUEUED_STORAGE_STAGING_BUDGET``.
+
+    ``save()`` checks the budget again with the size received (and for bodies of unknown
+    length); this only spares the client sending a body that would be refused.
+    """
+    budget = settings.STAGING_BUDGET
+    if budget is None or declared is None:
+        return
+    waiting = StoredFile.waiting_bytes(settings.HOST)
+    if waiting + declared > budget:
+        logger.warning(
+            "queued_storage: upload of %r (%d bytes) refused unread: %d of the %d bytes of "
+            "QUEUED_STORAGE_STAGING_BUDGET wait for their transfer",
+            name,
+            declared,
+            waiting,
+            budget,
+        )
+        raise UploadRefused(507, STAGING_FULL)
 
 
 class _CountingStream:

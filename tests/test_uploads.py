@@ -953,6 +953,43 @@ def test_subclass_can_override_authorize(staging: Path) -> None:
     assert allowed.status_code == 201
 
 
+@override_settings(
+    QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all",
+    QUEUED_STORAGE_STAGING_BUDGET=1000,
+)
+def test_upload_over_the_staging_budget_is_507_before_reading(staging: Path) -> None:
+    response = Client().put("/uploads/put/over.bin", data=b"b" * 1001)
+    assert response.status_code == 507
+    assert json.loads(response.content) == {
+        "error": "The staging area is full; nothing was kept. Retry later."
+    }
+    assert staged_files(staging) == []
+    assert not StoredFile.objects.exists()
+
+
+@override_settings(
+    QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all",
+    QUEUED_STORAGE_STAGING_BUDGET=1000,
+)
+def test_staging_full_from_save_is_507_and_the_spool_is_emptied(
+    staging: Path, monkeypatch: Any
+) -> None:
+    from queued_storage import views
+
+    monkeypatch.setattr(views, "_check_budget", lambda name, declared: None)  # a race, say
+    response = Client().put("/uploads/put/over.bin", data=b"b" * 1001)
+    assert response.status_code == 507
+    assert staged_files(staging) == []
+    assert not StoredFile.objects.exists()
+
+
+@override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all")
+def test_names_are_stored_in_nfc(staging: Path) -> None:
+    response = Client().put("/uploads/put/cafe\u0301.txt", data=b"nfc")
+    assert response.status_code == 201
+    assert response.json()["name"] == "caf\u00e9.txt"
+
+
 def test_spool_files_are_renamed_into_place(staging: Path, monkeypatch: Any) -> None:
     from queued_storage.storage import QueuedStorage
 
