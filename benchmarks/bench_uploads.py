@@ -1,0 +1,280 @@
+"""Upload views under load: memory of the web process, and many clients at once.
+
+``python benchmarks/bench_uploads.py [--quick]`` starts its own Redis, moto S3 server and
+PostgreSQL (``tests/services.py``), the web servers (``tests/webservers.py``: gunicorn with
+gthread workers, uvicorn with queued_storage's streaming ASGI handler, and uvicorn with
+Django's own ``ASGIHandler`` for comparison) serving the test project on PostgreSQL, and
+measures, without asserting anything:
+
+1. ``big``: one raw ``PUT`` of 1 GiB (``--quick``: 128 MiB) per server. Idle RSS of the web
+   process (after one small warm-up upload) and its peak RSS (``VmHWM``, reset before the
+   upload) while receiving; the target is a growth within 64 MiB.
+2. ``concurrent``: 100 clients (``--quick``: 20) each ``PUT`` 8 MiB (``--quick``: 2 MiB) at the
+   same time, through uvicorn and through gunicorn: how many succeeded, wall time, peak RSS.
+
+Every upload goes through ``QueuedStorage.save()`` of the ``default`` storage (staging on the
+local disk, S3 on moto), so the name reservation asks S3 once per file as in production. No
+Celery worker runs: the transfer is not what is measured. Prints a table and writes
+``benchmarks/results-uploads.json`` (``--json`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.services import ServiceStack  # noqa: E402
+from tests.webservers import DjangoServer, peak_rss_kib, peak_rss_reset  # noqa: E402
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+BUCKET = "bench-uploads"
+
+#: Settings of the web processes: the test project's, on PostgreSQL, S3 reached directly,
+#: every upload allowed (authorisation is not what is measured).
+SETTINGS = """
+from tests.settings import *  # noqa: F403
+from tests.settings import DATABASES, ENV, S3_OPTIONS, STORAGES
+
+DATABASES = {"default": {**DATABASES["postgres"], "NAME": "postgres"}}
+STORAGES = {
+    **STORAGES,
+    "s3": {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {**S3_OPTIONS, "endpoint_url": ENV["QS_TEST_S3_DIRECT_ENDPOINT"]},
+    },
+}
+CELERY_BROKER_URL = ENV["QS_TEST_REDIS_URL"] + "/0"
+QUEUED_STORAGE_UPLOAD_AUTHORIZER = "bench_upload_settings.allow"
+QUEUED_STORAGE_UPLOAD_MAX_BYTES = 8 * 1024**3
+LOGGING = {"version": 1, "disable_existing_loggers": False}
+
+
+def allow(request, name, action):
+    return True
+"""
+
+
+@dataclass
+class Row:
+    row: str
+    server: str
+    clients: int
+    size_mib: float
+    ok: int
+    wall_s: float
+    mib_s: float
+    idle_rss_mib: float
+    peak_rss_mib: float
+    growth_mib: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def make_file(path: Path, size: int) -> Path:
+    block = os.urandom(8 * MiB)
+    with path.open("wb") as fh:
+        left = size
+        while left:
+            n = min(left, len(block))
+            fh.write(block[:n])
+            left -= n
+    return path
+
+
+class Bench:
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.rows: list[Row] = []
+        self.stack = ServiceStack(BUCKET, strict=True, services=["redis", "moto", "postgres"])
+        self.stack.start()
+        self.tmp = Path(tempfile.mkdtemp(prefix="qs-bench-uploads-"))
+        (self.tmp / "bench_upload_settings.py").write_text(SETTINGS)
+        self.env = {
+            **self.stack.env(),
+            "DJANGO_SETTINGS_MODULE": "bench_upload_settings",
+            "PYTHONPATH": os.pathsep.join([str(self.tmp), str(ROOT)]),
+        }
+        subprocess.run(
+            [sys.executable, "-m", "django", "migrate", "-v0"],
+            env={**os.environ, **self.env},
+            cwd=ROOT,
+            check=True,
+        )
+
+    def server(self, kind: str, threads: int = 8) -> DjangoServer:
+        server = DjangoServer(kind, self.tmp / f"web-{kind}", self.env, threads=threads)
+        server.start()
+        return server
+
+    def put(self, url: str, name: str, data: Any, prefix: str = "/uploads/put/") -> int:
+        import requests
+
+        response = requests.put(f"{url}{prefix}{name}", data=data, timeout=600)
+        return response.status_code
+
+    def big(self, kind: str) -> None:
+        import requests
+
+        size = 128 * MiB if self.quick else GiB
+        source = self.tmp / "big.bin"
+        if not source.exists():
+            make_file(source, size)
+        server = self.server(kind)
+        try:
+            pid = server.app_pid
+            assert self.put(server.url, f"warm-{kind}.bin", b"w" * 1024) == 201
+            idle = rss_kib(pid)
+            peak_rss_reset(pid)
+            began = time.monotonic()
+            with source.open("rb") as body:
+                response = requests.put(
+                    f"{server.url}/uploads/put/big-{kind}.bin", data=body, timeout=600
+                )
+            wall = time.monotonic() - began
+            peak = peak_rss_kib(pid)
+        finally:
+            server.stop()
+        self.rows.append(
+            Row(
+                row="big",
+                server=kind,
+                clients=1,
+                size_mib=size / MiB,
+                ok=int(response.status_code == 201),
+                wall_s=round(wall, 2),
+                mib_s=round(size / MiB / wall, 1),
+                idle_rss_mib=round(idle / 1024, 1),
+                peak_rss_mib=round(peak / 1024, 1),
+                growth_mib=round((peak - idle) / 1024, 1),
+            )
+        )
+        self.clean_staging()
+
+    def concurrent(self, kind: str, prefix: str = "/uploads/put/") -> None:
+        clients = 20 if self.quick else 100
+        size = 2 * MiB if self.quick else 8 * MiB
+        payload = os.urandom(size)
+        threads = 32
+        server = self.server(kind, threads=threads)
+        try:
+            pid = server.app_pid
+            assert self.put(server.url, f"warm-c-{kind}.bin", b"w" * 1024) == 201
+            idle = rss_kib(pid)
+            peak_rss_reset(pid)
+            began = time.monotonic()
+            with ThreadPoolExecutor(clients) as pool:
+                statuses = list(
+                    pool.map(
+                        lambda i: self._safe_put(server.url, f"c/{kind}-{i}.bin", payload, prefix),
+                        range(clients),
+                    )
+                )
+            wall = time.monotonic() - began
+            peak = peak_rss_kib(pid)
+        finally:
+            server.stop()
+        ok = sum(1 for s in statuses if s == 201)
+        self.rows.append(
+            Row(
+                row="concurrent" if prefix == "/uploads/put/" else "conc-no-s3",
+                server=kind,
+                clients=clients,
+                size_mib=size / MiB,
+                ok=ok,
+                wall_s=round(wall, 2),
+                mib_s=round(clients * size / MiB / wall, 1),
+                idle_rss_mib=round(idle / 1024, 1),
+                peak_rss_mib=round(peak / 1024, 1),
+                growth_mib=round((peak - idle) / 1024, 1),
+                extra={
+                    "failures": sorted({str(s) for s in statuses if s != 201}),
+                    "server_threads": threads if kind == "gunicorn" else "one per request",
+                },
+            )
+        )
+        self.clean_staging()
+
+    def _safe_put(self, url: str, name: str, data: bytes, prefix: str) -> int | str:
+        try:
+            return self.put(url, name, data, prefix)
+        except Exception as err:  # reported, not raised: "all succeed" is what is measured
+            return f"{type(err).__name__}"
+
+    def clean_staging(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.stack.workdir / "staging", ignore_errors=True)
+
+    def close(self) -> None:
+        import shutil
+
+        self.stack.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def table(rows: list[Row]) -> str:
+    head = (
+        f"{'row':<11}{'server':<16}{'clients':>8}{'MiB each':>9}{'ok':>5}{'wall s':>8}"
+        f"{'MiB/s':>8}{'idle RSS':>10}{'peak RSS':>10}{'growth':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r.row:<11}{r.server:<16}{r.clients:>8}{r.size_mib:>9g}{r.ok:>5}{r.wall_s:>8}"
+            f"{r.mib_s:>8}{r.idle_rss_mib:>10}{r.peak_rss_mib:>10}{r.growth_mib:>8}"
+        )
+    lines.append("RSS in MiB of the process running Django (gunicorn's worker, uvicorn itself).")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results-uploads.json"))
+    args = parser.parse_args()
+    began = time.monotonic()
+    bench = Bench(args.quick)
+    try:
+        for kind in ("gunicorn", "uvicorn", "uvicorn-django"):
+            bench.big(kind)
+        for kind in ("uvicorn", "gunicorn"):
+            bench.concurrent(kind)
+        # The same through a storage whose remote is a directory (tests/urls.py "fs/"): what
+        # the S3 client each new thread builds (for the name check) costs, by difference.
+        for kind in ("uvicorn", "gunicorn"):
+            bench.concurrent(kind, prefix="/fs/")
+    finally:
+        bench.close()
+    print(table(bench.rows))
+    result = {
+        "quick": args.quick,
+        "seconds": round(time.monotonic() - began, 1),
+        "python": sys.version.split()[0],
+        "rows": [asdict(r) for r in bench.rows],
+    }
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json} ({result['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
