@@ -125,7 +125,10 @@ class Bench:
     def __init__(self, quick: bool) -> None:
         self.quick = quick
         self.tmp = Path(tempfile.mkdtemp(prefix="qs-bench-"))
-        self.stack = ServiceStack(BUCKET, strict=True, services=["redis", "moto"]).start()
+        self.stack = ServiceStack(
+            BUCKET, strict=True, services=["redis", "moto", "postgres"]
+        ).start()
+        self.stack.create_database("bench")
         self.env = {
             **os.environ,
             **self.stack.env(),
@@ -137,6 +140,8 @@ class Bench:
 
         django.setup()
         from django.core.management import call_command
+
+        import benchmarks.celery_app  # noqa: F401  (the producer side: saves dispatch through it)
 
         call_command("migrate", verbosity=0)
         self.client = self.stack.s3_client(direct=True)
@@ -243,14 +248,15 @@ class Bench:
     def row3_resume(self) -> None:
         from django.core.files import File
 
+        from django.core.files.storage import storages
+
         from queued_storage.conf import settings as qs
         from queued_storage.models import StoredFile
-        from queued_storage.storage import QueuedStorage
 
         size = 96 * MiB if self.quick else 512 * MiB
         print(f"row 3: resume a {size // MiB} MiB transfer killed halfway", flush=True)
         self.reset_s3()
-        storage = QueuedStorage(local="staging", remote="s3", delayed=True, alias="bench-resume")
+        storage = storages["queued_delayed"]  # in STORAGES, so the child process finds it
         path = make_file(self.tmp / "row3.bin", size)
         with path.open("rb") as fh:
             name = storage.save("row3.bin", File(fh, "row3.bin"))

@@ -12,7 +12,7 @@ import os
 from botocore.config import Config
 
 from tests.settings import *  # noqa: F403
-from tests.settings import ENV, S3_OPTIONS, STORAGES
+from tests.settings import DATABASES, ENV, S3_OPTIONS, STORAGES
 
 S3_ENDPOINT = ENV["QS_TEST_S3_DIRECT_ENDPOINT"]
 UNSIGNED = os.environ.get("BENCH_UNSIGNED") == "1"
@@ -24,6 +24,8 @@ STORAGES = {
     "s3": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": BENCH_S3_OPTIONS},
 }
 CELERY_BROKER_URL = f"{ENV['QS_TEST_REDIS_URL']}/0"
+# The ledger on PostgreSQL, as in production (SQLite serialises every writer).
+DATABASES = {"default": {**DATABASES["postgres"], "NAME": "bench", "TEST": {}}}
 LOGGING = {"version": 1, "disable_existing_loggers": False}
 
 # The engine's production defaults, not the test suite's small ones.

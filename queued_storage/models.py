@@ -99,17 +99,26 @@ class StoredFile(models.Model):
     def reserve(cls, alias: str, name: str, host: str) -> bool:
         """Insert the ``pending`` row for *name*; ``False`` when another file holds the name.
 
-        Runs in a savepoint so that a unique violation does not break the caller's
-        transaction (PostgreSQL aborts the whole transaction otherwise). Inside an outer
-        transaction the reservation becomes visible to others at its commit; a concurrent
-        insert of the same key waits for that commit and then fails, which is what we want.
+        Inside a transaction it runs in a savepoint, so that a unique violation does not break
+        the caller's transaction (PostgreSQL aborts the whole transaction otherwise); the
+        reservation becomes visible to others at the commit, and a concurrent insert of the
+        same key waits for that commit and then fails, which is what we want. In autocommit
+        mode a plain INSERT does the same in one round trip.
         """
         db = cls.db()
+        fields = {
+            "alias": alias,
+            "name": name,
+            "state": State.PENDING,
+            "host": host,
+            "local_exists": False,
+        }
         try:
-            with transaction.atomic(using=db):
-                cls.objects.using(db).create(
-                    alias=alias, name=name, state=State.PENDING, host=host, local_exists=False
-                )
+            if transaction.get_connection(db).in_atomic_block:
+                with transaction.atomic(using=db):
+                    cls.objects.using(db).create(**fields)
+            else:
+                cls.objects.using(db).create(**fields)
         except IntegrityError:
             return False
         return True
