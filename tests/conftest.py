@@ -25,10 +25,8 @@ def need(service: str) -> None:
         pytest.skip(message)
 
 
-@pytest.fixture
-def s3_client() -> Any:
+def direct_s3_client() -> Any:
     """A boto3 client talking to moto directly (not through the fault proxy)."""
-    need("moto")
     import boto3
 
     return boto3.client(
@@ -38,6 +36,13 @@ def s3_client() -> Any:
         aws_secret_access_key="testing",
         region_name="us-east-1",
     )
+
+
+@pytest.fixture
+def s3_client() -> Any:
+    """A boto3 client talking to moto directly (not through the fault proxy)."""
+    need("moto")
+    return direct_s3_client()
 
 
 def _empty_bucket(client: Any) -> None:

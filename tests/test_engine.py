@@ -20,7 +20,7 @@ from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
 from queued_storage.tasks import Outcome, _Heartbeat, _LedgerCheckpoint, run_transfer
 from queued_storage.transfer import EngineConfig, transfer_file
-from tests.conftest import need, wait_for
+from tests.conftest import direct_s3_client, need, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -113,16 +113,7 @@ def test_resume_sends_only_the_missing_parts(proxy: Any) -> None:
     assert open_uploads(s3()) == []
 
 
-def s3() -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.ENV["QS_TEST_S3_DIRECT_ENDPOINT"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+s3 = direct_s3_client
 
 
 def clean_bytes(key: str) -> bytes:
