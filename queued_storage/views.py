@@ -245,6 +245,7 @@ class UploadView(QueuedStorageView):
         return self.max_bytes if self.max_bytes is not None else settings.UPLOAD_MAX_BYTES
 
     def _handle(self, request: HttpRequest, *, form: bool) -> HttpResponse:
+        name = ""
         try:
             name = self.requested_name(request, required=not form)
             refused = _as_response(self.authorize(request, name))
@@ -269,7 +270,7 @@ class UploadView(QueuedStorageView):
             return self._save(request, storage, name, staged)
         except UploadRefused as refusal:
             if refusal.status >= 500:
-                logger.error("queued_storage: upload refused: %s", refusal.message)
+                logger.warning("queued_storage: upload of %r refused: %s", name, refusal.message)
             return _error(refusal.status, refusal.message)
 
     def _declared_length(self, request: HttpRequest, *, chunked_ok: bool) -> int | None:

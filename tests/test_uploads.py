@@ -569,7 +569,8 @@ def _wait_state(url: str, cookies: dict[str, str], name: str, state: str) -> dic
             pytest.fail(f"{name!r} failed: {StoredFile.get_row('default', name)}")
         return found if found.get("state") == state else None
 
-    return wait_for(reached, what=f"{name!r} to be {state}")  # type: ignore[no-any-return]
+    # A bound for a loaded machine, not a timing assertion.
+    return wait_for(reached, timeout=90, what=f"{name!r} to be {state}")  # type: ignore[no-any-return]
 
 
 def test_raw_put_round_trip_to_s3(
@@ -642,6 +643,7 @@ def test_nginx_offload_end_to_end_to_s3(
     assert list(body_dir.iterdir()) == []  # moved out of nginx's directory
     row = wait_for(
         lambda: StoredFile.objects.filter(name="scans/scan.tiff", state=State.REMOTE).first(),
+        timeout=90,
         what="the nginx upload to reach S3",
     )
     assert row.size == 8 * MiB + 5
