@@ -31,15 +31,13 @@ import base64
 import hashlib
 import math
 import os
-import threading
-import weakref
 import zlib
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from queued_storage._remote import abort_upload, s3_key
+from queued_storage._remote import abort_upload, s3_client, s3_key
 from queued_storage.exceptions import ChecksumMismatch, PermanentTransferError
 
 __all__ = ["Checkpoint", "Part", "Resume", "choose_part_size", "s3_transfer"]
@@ -287,48 +285,6 @@ class S3Result:
     size: int
     checksum: str
     algorithm: str
-
-
-_clients: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
-_clients_lock = threading.Lock()
-
-
-def s3_client(remote: Any, max_concurrency: int) -> Any:
-    """The engine's client for *remote*, built once per storage (boto3 clients are thread-safe).
-
-    Building a client costs tens of milliseconds, more than sending a small file.
-    """
-    with _clients_lock:
-        per_storage = _clients.setdefault(remote, {})
-        client = per_storage.get(max_concurrency)
-        if client is None:
-            client = per_storage[max_concurrency] = _build_client(remote, max_concurrency)
-        return client
-
-
-def _build_client(remote: Any, max_concurrency: int) -> Any:
-    """A client built like the storage's own, tuned for the engine.
-
-    Same credentials, endpoint, region, TLS and user ``client_config``; on top of it: no
-    automatic CRC32 of every request (each part carries its MD5 instead, which the server
-    checks on real S3 and which we compare with the ETag it computes), and enough pooled
-    connections for the parts in flight.
-    """
-    from botocore.config import Config
-
-    tuned = Config(
-        request_checksum_calculation="when_required",
-        max_pool_connections=max(10, max_concurrency + 2),
-    )
-    config = remote.client_config.merge(tuned) if remote.client_config else tuned
-    return remote._create_session().client(
-        "s3",
-        region_name=remote.region_name,
-        use_ssl=remote.use_ssl,
-        endpoint_url=remote.endpoint_url,
-        config=config,
-        verify=remote.verify,
-    )
 
 
 def s3_transfer(
