@@ -19,6 +19,9 @@ each queued storage and at most ``QUEUED_STORAGE_RECONCILE_BATCH`` rows of each 
    queued, unless the remote already holds the name (nothing is ever overwritten).
 6. ``remote`` rows of a ``delete_local`` storage whose local copy is still there (the worker
    died between recording ``remote`` and deleting it): the local copy is deleted.
+   S3 multipart uploads of a file the ledger knows that no row can resume (a worker killed
+   between opening the upload and recording it in the ledger) are aborted, unless a live lease
+   holder may be about to record them: an open upload costs storage until it is aborted.
 7. Data loss: a row that is not ``remote`` and whose local copy is gone. Found in steps 1-3 (and
    by the worker, which records a missing local copy), it becomes ``failed`` with the reason,
    ``transfer_failed`` is sent and an error is logged; every pass reports all such rows (error
@@ -48,7 +51,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from queued_storage import state as file_state
-from queued_storage._remote import abort_multipart, remote_exists
+from queued_storage._remote import abort_multipart, is_s3, remote_exists
 from queued_storage.conf import settings
 from queued_storage.exceptions import LocalFileMissing, StorageNotFound
 from queued_storage.models import State, StoredFile
@@ -74,6 +77,7 @@ class Report:
     adopted: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
+    aborted_uploads: list[str] = field(default_factory=list)
     not_queued: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     newly_lost: list[str] = field(default_factory=list)
@@ -96,6 +100,7 @@ class Report:
             "adopted": len(self.adopted),
             "stale": len(self.stale),
             "cleaned": len(self.cleaned),
+            "aborted_uploads": len(self.aborted_uploads),
             "not_queued": len(self.not_queued),
             "skipped": len(self.skipped),
             "newly_lost": len(self.newly_lost),
@@ -117,6 +122,7 @@ class Report:
             ("adopted", self.adopted),
             ("stale reservations removed", self.stale),
             ("local copies of remote files removed", self.cleaned),
+            ("orphaned multipart uploads aborted", self.aborted_uploads),
             ("not queued (broker refused; next pass)", self.not_queued),
             ("skipped", self.skipped),
         ):
@@ -386,6 +392,63 @@ class _Pass:
                 self.report.cleaned.append(_label(row))
 
 
+def _orphan_uploads(
+    storage: QueuedStorage, report: Report, *, now: datetime.datetime, after: float, batch: int
+) -> None:
+    """Abort the S3 multipart uploads of this storage's files that no ledger row can resume.
+
+    Only keys the ledger knows for this storage are touched (a bucket may be shared), never
+    the upload a row records, never while a live lease holder may be about to record one, and
+    never an upload younger than *after* seconds.
+    """
+    remote: Any = storage.remote
+    if not is_s3(remote):
+        return
+    location = str(getattr(remote, "location", "") or "").strip("/")
+    prefix = f"{location}/" if location else ""
+    client = remote.connection.meta.client
+    kwargs: dict[str, Any] = {"Bucket": remote.bucket_name, "Prefix": prefix}
+    young = now - datetime.timedelta(seconds=after)
+    aborted = 0
+    try:
+        while aborted < batch:
+            page = client.list_multipart_uploads(**kwargs)
+            for upload in page.get("Uploads", []):
+                name = str(upload["Key"])[len(prefix) :]
+                row = StoredFile.get_row(storage.alias, name)
+                if (
+                    row is None
+                    or row.upload_id == upload["UploadId"]
+                    or (
+                        row.state == State.TRANSFERRING
+                        and row.lease_expires is not None
+                        and row.lease_expires > now
+                    )
+                    or upload.get("Initiated", now) > young
+                ):
+                    continue
+                abort_multipart(remote, name, str(upload["UploadId"]))
+                report.aborted_uploads.append(f"{storage.alias}:{name}")
+                logger.warning(
+                    "queued_storage: aborted an open multipart upload of %r that no ledger "
+                    "row can resume (its worker died before recording it)",
+                    name,
+                )
+                aborted += 1
+            if not page.get("IsTruncated"):
+                return
+            kwargs["KeyMarker"] = page.get("NextKeyMarker", "")
+            kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
+    except Exception as err:
+        logger.warning(
+            "queued_storage: could not look for orphaned multipart uploads of storage %r "
+            "(%s: %s); next pass",
+            storage.alias,
+            type(err).__name__,
+            err,
+        )
+
+
 def _local_root(storage: QueuedStorage) -> str | None:
     try:
         return os.path.realpath(str(storage.local.path("")))
@@ -541,6 +604,7 @@ def reconcile(
             work.failed()
         work.stale_reservations()
         work.leftover_local_copies()
+        _orphan_uploads(storage, report, now=now, after=after, batch=batch)
     if adopt:
         owners = selected if aliases is not None else {s.alias: s for s in queued_storages()}
         _adopt_all(owners, report, sender, now=now, after=after, batch=batch)

@@ -368,6 +368,27 @@ def test_leftover_local_copy_of_a_remote_file_is_deleted(clean: Any) -> None:
         assert fh.read() == b"x"
 
 
+def test_multipart_uploads_no_row_can_resume_are_aborted(broker: Any, clean: Any) -> None:
+    def open_upload(key: str) -> str:
+        return str(clean.create_multipart_upload(Bucket=settings.BUCKET, Key=key)["UploadId"])
+
+    done = saved("done.bin")
+    assert run_transfer("queued_parked", done) is Outcome.TRANSFERRED
+    orphan = open_upload(done)  # a killed worker opened it and never recorded it
+    resumable = saved("resumable.bin")
+    recorded = open_upload(resumable)
+    StoredFile.rows("queued_parked", resumable).update(upload_id=recorded)
+    busy = saved("busy.bin")
+    assert StoredFile.acquire_lease("queued_parked", busy, "live-worker", 60).acquired
+    opening = open_upload(busy)  # its live worker may be about to record it
+    foreign = open_upload("not-ours/video.mp4")  # the bucket is shared
+    report = reconcile()
+    assert report.aborted_uploads == [f"queued_parked:{done}"]
+    left = {u["UploadId"] for u in clean.list_multipart_uploads(Bucket=settings.BUCKET)["Uploads"]}
+    assert left == {recorded, opening, foreign}
+    assert orphan not in left
+
+
 def test_files_of_an_unknown_storage_are_an_error(broker: Any) -> None:
     StoredFile.reserve("removed-storage", "orphan.txt", _host())
     StoredFile.mark_saved("removed-storage", "orphan.txt", 1)
