@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine with only Python and pip:
 #   make test   - create .venv, install, start Redis/PostgreSQL/S3/Celery workers, run the suite
+#   make test-faults - the long fault tests (kill -9, S3 outage), each printing its figures
 #   make demo   - create .venv, install, run the example project (ARGS=--smoke: once, no browser)
 #   make bench  - the transfer benchmarks (ARGS=--quick for small sizes)
 PYTHON ?= python3
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 STRICT ?=
 
-.PHONY: venv test demo bench lint format clean
+.PHONY: venv test test-faults demo bench lint format clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,10 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	QUEUED_STORAGE_TEST_STRICT=$(STRICT) PYTHONDEVMODE=1 $(BIN)/python -m pytest $(ARGS)
+
+# The long fault tests (marker "faults", deselected by make test); each prints its figures.
+test-faults: $(STAMP)
+	QUEUED_STORAGE_TEST_STRICT=$(STRICT) PYTHONDEVMODE=1 $(BIN)/python -m pytest -m faults $(ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python example_project/demo.py $(ARGS)

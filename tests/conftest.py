@@ -116,11 +116,12 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, what: str = "
         time.sleep(0.05)
 
 
-#: The fault tests' worker: a 3 s lease (quick takeover after kill -9) and a retry budget
-#: (10 retries, 0.5-4 s apart) that outlasts a 15 s S3 outage. See tests/settings_faults.py.
+#: The fault tests' worker: a 3 s lease (quick takeover after kill -9) and a retry budget that
+#: outlasts a 15 s S3 outage: 12 retries whose backoffs add up to at least 19.75 s (each waits
+#: half to all of min(4, 0.5 * 2**(n-1)) s). See tests/settings_faults.py.
 FAULT_WORKER_ENV = {
     "QS_FAULT_LEASE_TIMEOUT": "3",
-    "QS_FAULT_RETRIES": "10",
+    "QS_FAULT_RETRIES": "12",
     "QS_FAULT_RETRY_DELAY": "0.5",
     "QS_FAULT_RETRY_MAX_DELAY": "4",
 }

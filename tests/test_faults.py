@@ -1,0 +1,637 @@
+"""Fault tests with real faults: kill -9 of the worker, S3 down, Redis flushed, broker down,
+concurrent saves of one name from several processes, a file changing under its transfer, and a
+delete racing the transfer.
+
+Each test prints one ``[figures]`` line (files saved, transferred, verified, lost, ...) and
+asserts that nothing was lost. The long variants are marked ``faults`` (``make test-faults``);
+``make test`` runs the short ones.
+
+The transfers go to this host's queue (storage option ``queue="host"``), consumed by the
+``host_worker`` fixture (a 3 s lease and a retry budget that outlasts a 15 s outage), except
+where the main worker's small retry budget is what the test needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from django.core.files import File
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+from django.core.management import call_command
+from django.test import override_settings
+
+from queued_storage.models import State, StoredFile
+from queued_storage.reconcile import reconcile
+from tests.conftest import wait_for
+from tests.workers import PROJECT_ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+MiB = 1024 * 1024
+BLOCK = os.urandom(MiB)
+
+
+def stack() -> Any:
+    from tests import settings as test_settings
+
+    found = getattr(test_settings, "_STACK", None)
+    if found is None:
+        pytest.fail("the fault proxies belong to the process that started the services")
+    return found
+
+
+def figures(capsys: Any, test: str, **values: Any) -> None:
+    """Print the figures a fault test measured, also when pytest captures output."""
+    line = f"[figures] {test}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+    with capsys.disabled():
+        sys.stdout.write(f"\n{line}\n")
+
+
+class _Moved(File):  # type: ignore[type-arg]
+    """A file the local storage moves into place (as Django does with temporary uploads)."""
+
+    def temporary_file_path(self) -> str:
+        return str(self.file.name)
+
+
+def make_file(directory: Path, tag: str, size: int) -> tuple[Path, str]:
+    """A file of *size* bytes, different from every other (tag, position); its SHA-256."""
+    path = directory / f"src-{tag}"
+    digest = hashlib.sha256()
+    with path.open("wb") as fh:
+        for offset in range(0, size, MiB):
+            head = f"{tag}:{offset}:".encode()
+            chunk = (head + BLOCK)[: min(MiB, size - offset)]
+            fh.write(chunk)
+            digest.update(chunk)
+    return path, digest.hexdigest()
+
+
+def save_file(storage: Any, name: str, path: Path) -> str:
+    with path.open("rb") as fh:
+        return str(storage.save(name, _Moved(fh, name)))
+
+
+def s3_sha256(client: Any, key: str) -> str:
+    body = client.get_object(Bucket=settings.BUCKET, Key=key)["Body"]
+    digest = hashlib.sha256()
+    try:
+        for chunk in iter(lambda: body.read(MiB), b""):
+            digest.update(chunk)
+    finally:
+        body.close()
+    return digest.hexdigest()
+
+
+def local_sha256(storage: Any, name: str) -> str:
+    digest = hashlib.sha256()
+    with storage.open(name) as fh:
+        for chunk in iter(lambda: fh.read(MiB), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def states(alias: str, names: list[str]) -> dict[str, str | None]:
+    found = dict(
+        StoredFile.objects.filter(alias=alias, name__in=names).values_list("name", "state")
+    )
+    return {name: found.get(name) for name in names}
+
+
+def remote_keys(client: Any) -> list[str]:
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.BUCKET):
+        keys.extend(o["Key"] for o in page.get("Contents", []))
+    return sorted(keys)
+
+
+def open_uploads(client: Any) -> list[Any]:
+    return list(client.list_multipart_uploads(Bucket=settings.BUCKET).get("Uploads", []))
+
+
+def reset_moto(client: Any) -> None:
+    """Drop moto's data (big tests keep hundreds of MiB in its memory) and recreate the bucket."""
+    stack().moto.reset()
+    client.create_bucket(Bucket=settings.BUCKET)
+
+
+def lost_count(alias: str) -> int:
+    """Files of *alias* not on the remote whose local copy is gone, by the reconcile pass."""
+    return reconcile(aliases=[alias]).lost_total
+
+
+@pytest.fixture
+def big(clean: Any) -> Iterator[Any]:
+    reset_moto(clean)
+    yield clean
+    reset_moto(clean)
+
+
+# --- 1. kill -9 ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("count", "kills", "low", "high"),
+    [
+        pytest.param(4, 2, 16, 32, id="short"),
+        pytest.param(20, 6, 8, 64, id="long", marks=pytest.mark.faults),
+    ],
+)
+def test_kill_9_of_the_worker_during_transfers_loses_nothing(
+    host_worker: Any,
+    big: Any,
+    capsys: Any,
+    tmp_path: Path,
+    count: int,
+    kills: int,
+    low: int,
+    high: int,
+) -> None:
+    storage = storages["queued_host"]
+    seed = int(time.time())
+    rng = random.Random(seed)
+    sizes = [rng.randint(low, high) * MiB for _ in range(count)]
+    expected: dict[str, str] = {}
+    for i, size in enumerate(sizes):
+        path, digest = make_file(tmp_path, f"kill{i}", size)
+        expected[save_file(storage, f"kill/{i:02d}.bin", path)] = digest
+    names = sorted(expected)
+    group_kills = child_kills = 0
+    interrupted: list[str] = []
+    taken_over = requeued = aborted = 0
+    began = time.monotonic()
+    deadline = began + 240
+    with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=30):
+        while True:
+            now = states("queued_host", names)
+            if all(s == State.REMOTE for s in now.values()):
+                break
+            assert time.monotonic() < deadline, f"not all transferred: {now}"
+            running = [n for n, s in now.items() if s == State.TRANSFERRING]
+            if group_kills + child_kills < kills and running:
+                time.sleep(rng.uniform(0.0, 0.3))  # a random point of the transfer
+                interrupted.extend(
+                    n for n, s in states("queued_host", names).items() if s == State.TRANSFERRING
+                )
+                if (group_kills + child_kills) % 2 == 1 and len(host_worker.pids()) > 1:
+                    # Only a pool process dies: Celery redelivers at once
+                    # (reject_on_worker_lost); the lease makes the redelivery wait for it.
+                    os.kill(host_worker.pids()[1], 9)
+                    child_kills += 1
+                else:
+                    host_worker.kill()  # the whole process group: the machine died
+                    group_kills += 1
+                    host_worker.start(timeout=60)
+            # What Celery beat does in production: a reconcile pass now and then.
+            report = reconcile(aliases=["queued_host"])
+            taken_over += len(report.taken_over)
+            requeued += len(report.requeued)
+            aborted += len(report.aborted_uploads)
+            time.sleep(0.3)
+        # The pass after the last transfer: aborts an upload a killed worker opened but never
+        # recorded (it could not be resumed, and nothing else would ever abort it).
+        aborted += len(reconcile(aliases=["queued_host"]).aborted_uploads)
+    elapsed = time.monotonic() - began
+    keys = remote_keys(big)
+    verified = sum(1 for n in names if s3_sha256(big, n) == local_sha256(storage, n) == expected[n])
+    uploads = open_uploads(big)
+    lost = lost_count("queued_host")
+    figures(
+        capsys,
+        f"kill-9[{count} files]",
+        seed=seed,
+        saved=len(names),
+        mib=sum(sizes) // MiB,
+        transferred=sum(1 for s in states("queued_host", names).values() if s == State.REMOTE),
+        verified=verified,
+        lost=lost,
+        group_kills=group_kills,
+        child_kills=child_kills,
+        interrupted=len(set(interrupted)),
+        reconcile_takeovers=taken_over,
+        reconcile_requeued=requeued,
+        orphan_uploads_aborted=aborted,
+        extra_objects=len(set(keys) - set(names)),
+        open_uploads=len(uploads),
+        seconds=round(elapsed, 1),
+    )
+    # Transfers run at ~100 MB/s: the last files may all be through before every planned kill.
+    assert group_kills >= 1 and group_kills + child_kills >= kills // 2
+    assert keys == names  # all arrived, none duplicated under another name
+    assert verified == len(names)
+    assert lost == 0
+    assert uploads == []  # the engine resumes (and on failure aborts) its multipart uploads
+
+
+# --- 2. S3 down -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "outage",
+    [pytest.param(3, id="3s"), pytest.param(15, id="15s", marks=pytest.mark.faults)],
+)
+def test_s3_down_while_transfers_run_files_stay_readable_and_all_arrive(
+    host_worker: Any, big: Any, capsys: Any, tmp_path: Path, outage: float
+) -> None:
+    storage = storages["queued_host"]
+    proxy = stack().s3_proxy
+    expected: dict[str, str] = {}
+    for i in range(8):
+        path, digest = make_file(tmp_path, f"outage{i}", 8 * MiB)
+        expected[save_file(storage, f"outage/{i}.bin", path)] = digest
+    names = sorted(expected)
+    wait_for(
+        lambda: any(
+            s in (State.TRANSFERRING, State.REMOTE) for s in states("queued_host", names).values()
+        ),
+        what="the first transfer to start",
+    )
+    remote_before = [n for n, s in states("queued_host", names).items() if s == State.REMOTE]
+    reads = failures = 0
+    proxy.go_down()
+    try:
+        end = time.monotonic() + outage
+        while time.monotonic() < end:
+            for name, state in states("queued_host", names).items():
+                if state == State.REMOTE:
+                    continue  # verified before the outage: served by S3, which is down
+                try:
+                    ok = (
+                        storage.exists(name)
+                        and storage.size(name) == 8 * MiB
+                        and local_sha256(storage, name) == expected[name]
+                    )
+                except Exception:
+                    ok = False
+                reads += 1
+                failures += not ok
+            time.sleep(0.2)
+    finally:
+        proxy.come_up()
+    wait_for(
+        lambda: (
+            all(s == State.REMOTE for s in states("queued_host", names).values())
+            or any(s == State.FAILED for s in states("queued_host", names).values())
+        ),
+        timeout=120,
+        what="every file to reach S3 after the outage",
+    )
+    rows = {r.name: r for r in StoredFile.objects.filter(alias="queued_host", name__in=names)}
+    verified = sum(1 for n in names if s3_sha256(big, n) == expected[n])
+    lost = lost_count("queued_host")
+    figures(
+        capsys,
+        f"s3-down[{outage}s]",
+        saved=len(names),
+        remote_before_outage=len(remote_before),
+        local_reads_during_outage=reads,
+        read_failures=failures,
+        transferred=sum(1 for r in rows.values() if r.state == State.REMOTE),
+        failed=sum(1 for r in rows.values() if r.state == State.FAILED),
+        verified=verified,
+        lost=lost,
+        max_attempts=max(r.attempts for r in rows.values()),
+    )
+    assert reads > 0 and failures == 0
+    assert all(r.state == State.REMOTE for r in rows.values())
+    assert verified == len(names)
+    assert lost == 0
+    assert open_uploads(big) == []
+
+
+# --- 3. FLUSHALL ----------------------------------------------------------------------------
+def test_flushall_mid_run_changes_no_read_asks_s3_nothing_and_loses_nothing(
+    host_worker: Any, big: Any, capsys: Any, tmp_path: Path
+) -> None:
+    storage = storages["queued_host"]
+    proxy = stack().s3_proxy
+    expected: dict[str, str] = {}
+    for i in range(10):
+        path, digest = make_file(tmp_path, f"flush{i}", (i % 4 + 2) * MiB)
+        expected[save_file(storage, f"flush/{i}.bin", path)] = digest
+    names = sorted(expected)
+    wait_for(
+        lambda: sum(s == State.REMOTE for s in states("queued_host", names).values()) >= 3,
+        what="three files on S3",
+    )
+    # A failed file stays local: its reads must not change either.
+    stuck = storage.save("flush/failed.txt", ContentFile(b"served locally"))
+    StoredFile.rows("queued_host", stuck).update(state=State.FAILED)
+    observed = [n for n, s in states("queued_host", names).items() if s == State.REMOTE]
+    observed.append(stuck)
+
+    def look() -> list[Any]:
+        return [
+            (
+                n,
+                storage.exists(n),
+                storage.size(n),
+                storage.url(n).split("?")[0],
+                storage.using_remote(n),
+            )
+            for n in observed
+        ]
+
+    before = look()
+    proxy.clear_log()
+    redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"]).flushall()  # broker and cache
+    after = look()
+    seen = proxy.requests
+    asked = [r for r in seen if r.path.split("/", 2)[-1] in observed or r.query.startswith("list")]
+    # The worker kept transferring the other files meanwhile; none of that was about state.
+    with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=2):
+        requeued = 0
+
+        def all_remote() -> bool:
+            nonlocal requeued
+            requeued += len(reconcile(aliases=["queued_host"]).requeued)
+            return all(s == State.REMOTE for s in states("queued_host", names).values())
+
+        wait_for(all_remote, timeout=90, what="every file on S3 after the flush")
+    verified = sum(1 for n in names if s3_sha256(big, n) == expected[n])
+    lost = lost_count("queued_host")
+    figures(
+        capsys,
+        "flushall",
+        saved=len(names) + 1,
+        remote_at_flush=len(observed) - 1,
+        reads_compared=len(before),
+        reads_changed=sum(1 for a, b in zip(before, after, strict=True) if a != b),
+        s3_requests_to_learn_state=len(asked),
+        requeued_by_reconcile=requeued,
+        transferred=len(names),
+        verified=verified,
+        lost=lost,
+    )
+    assert after == before
+    assert asked == []
+    assert verified == len(names)
+    assert lost == 0
+
+
+# --- 4. broker down -------------------------------------------------------------------------
+def test_broker_down_while_saving_then_reconcile_transfers_everything(
+    host_worker: Any, clean: Any, capsys: Any
+) -> None:
+    storage = storages["queued_host"]
+    broker = stack().broker_proxy
+    payloads = {f"no-broker/{i}.txt": os.urandom(1000 + i) for i in range(5)}
+    names: list[str] = []
+    broker.go_down()
+    try:
+        began = time.monotonic()
+        for name, data in payloads.items():
+            names.append(storage.save(name, ContentFile(data)))
+        save_seconds = time.monotonic() - began
+        readable = 0
+        for name, data in zip(names, payloads.values(), strict=True):
+            with storage.open(name) as fh:
+                readable += fh.read() == data
+        pending = sum(s == State.PENDING for s in states("queued_host", names).values())
+    finally:
+        broker.come_up()
+    time.sleep(1)  # no message was sent: nothing moves without the reconcile pass
+    assert all(s == State.PENDING for s in states("queued_host", names).values())
+    with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=0.5):
+        time.sleep(0.6)
+        call_command("queued_storage_reconcile", "--storage", "queued_host", verbosity=0)
+    wait_for(
+        lambda: all(s == State.REMOTE for s in states("queued_host", names).values()),
+        timeout=60,
+        what="the reconcile pass to get every file transferred",
+    )
+    verified = sum(
+        1
+        for name, data in zip(names, payloads.values(), strict=True)
+        if clean.get_object(Bucket=settings.BUCKET, Key=name)["Body"].read() == data
+    )
+    lost = lost_count("queued_host")
+    figures(
+        capsys,
+        "broker-down",
+        saved=len(names),
+        save_seconds=round(save_seconds, 1),
+        readable_while_down=readable,
+        pending_while_down=pending,
+        transferred=len(names),
+        verified=verified,
+        lost=lost,
+    )
+    assert readable == pending == len(names)
+    assert verified == len(names)
+    assert lost == 0
+
+
+# --- 5. concurrent saves of one name --------------------------------------------------------
+_SAVER = """
+import hashlib, json, os, sys, time
+import django
+django.setup()
+import tests.celery_app  # the project's Celery app, as its __init__.py would load it
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+proc, count, start = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+storage = storages["queued_host_delete"]
+while time.time() < start:
+    time.sleep(0.001)
+out = []
+for i in range(count):
+    data = f"process {proc} save {i} ".encode() + os.urandom(2000)
+    name = storage.save("same.bin", ContentFile(data))
+    out.append([name, hashlib.sha256(data).hexdigest()])
+print(json.dumps(out))
+"""
+
+
+def test_50_concurrent_saves_of_one_name_from_4_processes_never_overwrite(
+    host_worker: Any, clean: Any, capsys: Any
+) -> None:
+    start = time.time() + 3  # all four begin together, after Django's start-up
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    counts = [13, 13, 12, 12]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SAVER, str(p), str(n), str(start)],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for p, n in enumerate(counts)
+    ]
+    saved: list[tuple[str, str]] = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        saved.extend(tuple(item) for item in json.loads(out.strip().splitlines()[-1]))
+    names = [name for name, _ in saved]
+    wait_for(
+        lambda: all(s == State.REMOTE for s in states("queued_host_delete", names).values()),
+        timeout=120,
+        what="all 50 files on S3",
+    )
+    wait_for(
+        lambda: (
+            not StoredFile.objects.filter(
+                alias="queued_host_delete", name__in=names, local_exists=True
+            ).exists()
+        ),
+        what="every local copy deleted (delete_local)",
+    )
+    keys = remote_keys(clean)
+    verified = sum(1 for name, digest in saved if s3_sha256(clean, name) == digest)
+    lost = lost_count("queued_host_delete")
+    figures(
+        capsys,
+        "same-name x50",
+        processes=len(procs),
+        saved=len(saved),
+        distinct_names=len(set(names)),
+        remote_objects=len(keys),
+        verified=verified,
+        overwritten=len(saved) - verified,
+        lost=lost,
+    )
+    assert len(saved) == 50
+    assert len(set(names)) == 50
+    assert keys == sorted(names)
+    assert verified == 50
+    assert lost == 0
+
+
+# --- 6. a local file that changes under its transfer ----------------------------------------
+def test_local_bytes_changing_between_upload_and_verify_are_never_recorded_remote(
+    worker: Any, clean: Any, capsys: Any, tmp_path: Path
+) -> None:
+    storage = storages["default"]  # the main worker: 3 retries, 0.5-2 s apart
+    path, _ = make_file(tmp_path, "changing", 6 * MiB)
+    name = save_file(storage, "changing/log.bin", path)
+    local = Path(storage.local.path(name))
+    stop = threading.Event()
+    writes = 0
+
+    def keep_changing() -> None:
+        nonlocal writes
+        fd = os.open(local, os.O_WRONLY)
+        try:
+            while not stop.is_set():
+                os.pwrite(fd, writes.to_bytes(8, "big"), 3 * MiB)
+                writes += 1
+                time.sleep(0.002)
+        finally:
+            os.close(fd)
+
+    seen: set[str] = set()
+    changer = threading.Thread(target=keep_changing)
+    changer.start()
+    try:
+
+        def failed() -> bool:
+            row = StoredFile.get_row("default", name)
+            assert row is not None
+            seen.add(row.state)
+            return row.state == State.FAILED
+
+        wait_for(failed, timeout=60, what="the changing file to fail")
+    finally:
+        stop.set()
+        changer.join()
+    row = StoredFile.get_row("default", name)
+    assert row is not None
+    kept = local.exists() and local.stat().st_size == 6 * MiB
+    objects = remote_keys(clean)
+    uploads = open_uploads(clean)
+    # The file stopped changing: a retry on request ships it.
+    storage.transfer(name)
+    wait_for(
+        lambda: StoredFile.get_row("default", name).state == State.REMOTE,  # type: ignore[union-attr]
+        timeout=60,
+        what="the retried file on S3",
+    )
+    verified = s3_sha256(clean, name) == local_sha256(storage, name)
+    figures(
+        capsys,
+        "changing-file",
+        saved=1,
+        attempts=row.attempts,
+        states_seen="/".join(sorted(seen)),
+        recorded_remote_while_changing=int(State.REMOTE in seen),
+        local_kept=int(kept),
+        objects_left=len(objects),
+        open_uploads=len(uploads),
+        reason=repr(row.last_error[:70]),
+        transferred_after_it_stopped=1,
+        verified=int(verified),
+        lost=lost_count("default"),
+    )
+    assert State.REMOTE not in seen and row.transferred is None
+    assert row.state == State.FAILED and row.attempts == settings.QUEUED_STORAGE_RETRIES + 1
+    assert name in row.last_error
+    assert any(
+        reason in row.last_error
+        for reason in ("changed while it was transferred", "does not match", "the bytes sent have")
+    )
+    assert kept
+    assert objects == [] and uploads == []
+    assert verified
+
+
+# --- 7. delete during the transfer ----------------------------------------------------------
+@pytest.mark.parametrize("delay", [0.0, 0.15, 0.4])
+def test_delete_during_the_s3_transfer_brings_nothing_back(
+    worker: Any, clean: Any, capsys: Any, tmp_path: Path, delay: float
+) -> None:
+    storage = storages["default"]
+    path, _ = make_file(tmp_path, "deleted", 48 * MiB)
+    log = worker.log_text
+    gone_before, done_before = log().count(": 'gone'"), log().count(": 'transferred'")
+    name = save_file(storage, f"deleted-{delay}.bin", path)
+    deadline = time.monotonic() + 30
+    while (r := StoredFile.get_row("default", name)) is None or r.state != State.TRANSFERRING:
+        assert time.monotonic() < deadline, "the transfer did not start"
+        time.sleep(0.005)
+    time.sleep(delay)
+    storage.delete(name)
+    wait_for(
+        lambda: (
+            log().count(": 'gone'") > gone_before or log().count(": 'transferred'") > done_before
+        ),
+        timeout=60,
+        what="the worker to finish with the deleted file",
+    )
+    time.sleep(2)  # nothing may come back afterwards either
+    objects = remote_keys(clean)
+    uploads = open_uploads(clean)
+    gone = log().count(": 'gone'") > gone_before
+    figures(
+        capsys,
+        f"delete-during-transfer[+{delay}s]",
+        saved=1,
+        deleted_mid_transfer=int(gone),
+        row_left=int(StoredFile.get_row("default", name) is not None),
+        local_left=int(Path(storage.local.path(name)).exists()),
+        objects_left=len(objects),
+        open_uploads=len(uploads),
+        lost=0,
+    )
+    assert gone, "the delete did not race the transfer (the transfer had finished)"
+    assert StoredFile.get_row("default", name) is None
+    assert not Path(storage.local.path(name)).exists()
+    assert objects == []
+    assert uploads == []
+    assert not storage.exists(name)
