@@ -47,7 +47,7 @@ from typing import Any
 
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.utils import validate_file_name
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from queued_storage import state as file_state
@@ -83,6 +83,7 @@ class Report:
     newly_lost: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     lost_total: int = 0
+    elsewhere: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     staging_bytes: int = 0
     staging_budget: int | None = None
@@ -106,6 +107,7 @@ class Report:
             "newly_lost": len(self.newly_lost),
             "lost": self.lost_total,
             "errors": len(self.errors),
+            "overdue_elsewhere": sum(self.elsewhere.values()),
             "staging_bytes": self.staging_bytes,
         }
 
@@ -129,6 +131,8 @@ class Report:
             out.append(f"{label}: {len(items)}")
             if verbose or label == "skipped":
                 out.extend(f"  {item}" for item in items)
+        for other, count in sorted(self.elsewhere.items()):
+            out.append(f"overdue on host {other} (its own pass handles them): {count}")
         out.append(f"LOST (not transferred, local copy gone): {self.lost_total}")
         out.extend(f"  {item}" for item in self.lost)
         out.extend(f"ERROR: {error}" for error in self.errors)
@@ -608,6 +612,8 @@ def reconcile(
     if adopt:
         owners = selected if aliases is not None else {s.alias: s for s in queued_storages()}
         _adopt_all(owners, report, sender, now=now, after=after, batch=batch)
+    if hosts is not None:
+        _report_elsewhere(report, selected, hosts, now, after)
     _report_lost(report, aliases, batch)
     report.staging_bytes = StoredFile.waiting_bytes(host)
     _log(report)
@@ -640,6 +646,27 @@ def _adopt_all(
             continue
         if os.path.isdir(root):
             _adopt(selected[chosen[0]], root, report, sender, now=now, after=after, batch=batch)
+
+
+def _report_elsewhere(
+    report: Report,
+    selected: dict[str, QueuedStorage],
+    hosts: list[str],
+    now: datetime.datetime,
+    after: float,
+) -> None:
+    """Count the overdue files of other hosts, which this pass leaves to their own passes."""
+    rows = (
+        StoredFile.objects.using(StoredFile.db())
+        .filter(alias__in=list(selected))
+        .exclude(host__in=hosts)
+        .filter(
+            Q(state=State.PENDING, local_exists=True) & overdue(now, after)
+            | Q(state=State.TRANSFERRING, lease_expires__lt=now)
+        )
+    )
+    for host, count in rows.values_list("host").annotate(count=Count("pk")).order_by("host"):
+        report.elsewhere[str(host)] = int(count)
 
 
 def _report_lost(report: Report, aliases: Sequence[str] | None, batch: int) -> None:
@@ -685,6 +712,13 @@ def _log(report: Report) -> None:
             "local copy is gone: %s",
             report.lost_total,
             "; ".join(report.lost),
+        )
+    if report.elsewhere:
+        logger.warning(
+            "queued_storage: overdue transfers of other hosts (%s): a host whose files wait "
+            "runs no reconcile pass or no worker; run the pass there, or with --all-hosts "
+            "where its staging directory is mounted",
+            ", ".join(f"{h}: {n}" for h, n in sorted(report.elsewhere.items())),
         )
     for error in report.errors:
         logger.error("queued_storage: reconcile: %s", error)

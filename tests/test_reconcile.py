@@ -348,6 +348,7 @@ def test_rows_of_other_hosts_are_not_judged_by_this_hosts_disk(broker: Any) -> N
     Path(parked().local.path(name)).unlink()  # not on this disk: it lives on web-b
     report = reconcile()
     assert (report.requeued, report.newly_lost, report.lost_total) == ([], [], 0)
+    assert report.elsewhere == {"web-b": 1}  # but it says that web-b's files wait
     with override_settings(QUEUED_STORAGE_HOST="web-b"):
         assert reconcile().newly_lost == [f"queued_parked:{name}"]
 
