@@ -270,6 +270,8 @@ class _Pass:
                 lease_owner="",
                 lease_expires=None,
                 upload_id="",
+                part_size=None,
+                source="",
                 parts=[],
                 updated=self.now,
             )
@@ -396,6 +398,10 @@ class _Pass:
                 self.report.cleaned.append(_label(row))
 
 
+#: Most pages of ``ListMultipartUploads`` (1,000 uploads each) one pass reads per storage.
+_UPLOAD_PAGES = 5
+
+
 def _orphan_uploads(
     storage: QueuedStorage, report: Report, *, now: datetime.datetime, after: float, batch: int
 ) -> None:
@@ -412,14 +418,23 @@ def _orphan_uploads(
     prefix = f"{location}/" if location else ""
     client = remote.connection.meta.client
     kwargs: dict[str, Any] = {"Bucket": remote.bucket_name, "Prefix": prefix}
-    young = now - datetime.timedelta(seconds=after)
+    # S3 gives aware UTC times, whatever USE_TZ says.
+    young = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=after)
     aborted = 0
     try:
-        while aborted < batch:
+        for _ in range(_UPLOAD_PAGES):
             page = client.list_multipart_uploads(**kwargs)
-            for upload in page.get("Uploads", []):
+            uploads = [u for u in page.get("Uploads", []) if u.get("Initiated", young) <= young]
+            names = {str(u["Key"])[len(prefix) :] for u in uploads}
+            rows = {
+                row.name: row
+                for row in StoredFile.objects.using(StoredFile.db()).filter(
+                    alias=storage.alias, name__in=list(names)
+                )
+            }
+            for upload in uploads:
                 name = str(upload["Key"])[len(prefix) :]
-                row = StoredFile.get_row(storage.alias, name)
+                row = rows.get(name)
                 if (
                     row is None
                     or row.upload_id == upload["UploadId"]
@@ -428,7 +443,6 @@ def _orphan_uploads(
                         and row.lease_expires is not None
                         and row.lease_expires > now
                     )
-                    or upload.get("Initiated", now) > young
                 ):
                     continue
                 abort_multipart(remote, name, str(upload["UploadId"]))
@@ -439,6 +453,8 @@ def _orphan_uploads(
                     name,
                 )
                 aborted += 1
+                if aborted >= batch:
+                    return
             if not page.get("IsTruncated"):
                 return
             kwargs["KeyMarker"] = page.get("NextKeyMarker", "")
