@@ -158,8 +158,8 @@ class Settings:
 
     @property
     def CHECKSUM(self) -> str:
-        """How S3 transfers are verified: ``"md5"`` (the server's ETag) or ``"crc32"``."""
-        value = str(self._get("CHECKSUM", "md5")).lower()
+        """How multipart S3 transfers are verified: ``"crc32"`` (S3's checksums) or ``"md5"``."""
+        value = str(self._get("CHECKSUM", "crc32")).lower()
         if value not in ("md5", "crc32"):
             from django.core.exceptions import ImproperlyConfigured
 

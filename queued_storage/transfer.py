@@ -60,7 +60,7 @@ class EngineConfig:
     multipart_chunksize: int
     max_concurrency: int
     chunk_size: int
-    checksum: str = "md5"
+    checksum: str = "crc32"
 
     @classmethod
     def from_settings(cls) -> EngineConfig:

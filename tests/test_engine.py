@@ -4,8 +4,11 @@ progress. The HTTP fault proxy's request log shows what was actually sent.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import hashlib
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 MiB = 1024 * 1024
 PART = 5 * MiB
 CONFIG = EngineConfig(
-    multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=2, chunk_size=MiB
+    multipart_threshold=PART,
+    multipart_chunksize=PART,
+    max_concurrency=2,
+    chunk_size=MiB,
+    checksum="md5",
 )
+CRC32 = dataclasses.replace(CONFIG, checksum="crc32")
 
 
 @pytest.fixture
@@ -307,34 +315,62 @@ def test_resume_without_a_ledger_still_works_with_a_resume_object(proxy: Any) ->
     assert clean_bytes(name) == data
 
 
-@pytest.mark.parametrize("size", [MiB, 2 * PART + 5], ids=["single-put", "multipart"])
-def test_crc32_mode_records_the_servers_crc32(proxy: Any, size: int) -> None:
-    import base64
-    import zlib
-
+def test_crc32_mode_records_the_servers_composite_crc32(proxy: Any) -> None:
     s = storage()
-    data = os.urandom(size)
-    name = s.save(f"crc-{size}.bin", ContentFile(data))
-    config = EngineConfig(
-        multipart_threshold=PART,
-        multipart_chunksize=PART,
-        max_concurrency=2,
-        chunk_size=MiB,
-        checksum="crc32",
-    )
-    result = transfer_file(s.local, s.remote, name, config=config)
-
-    def crc(b: bytes) -> bytes:
-        return zlib.crc32(b).to_bytes(4, "big")
-
-    if size < PART:
-        assert result.algorithm == "crc32"
-        assert result.checksum == base64.b64encode(crc(data)).decode()
-    else:
-        parts = [data[i : i + PART] for i in range(0, size, PART)]
-        composite = base64.b64encode(crc(b"".join(crc(p) for p in parts))).decode()
-        assert (result.algorithm, result.checksum) == ("s3-composite-crc32", f"{composite}-3")
+    data = os.urandom(2 * PART + 5)
+    name = s.save("crc.bin", ContentFile(data))
+    result = transfer_file(s.local, s.remote, name, config=CRC32)
+    parts = [data[i : i + PART] for i in range(0, len(data), PART)]
+    composite = base64.b64encode(crc(b"".join(crc(p) for p in parts))).decode()
+    assert (result.algorithm, result.checksum) == ("s3-composite-crc32", f"{composite}-3")
     head = s3().head_object(Bucket=settings.BUCKET, Key=name, ChecksumMode="ENABLED")
-    # moto computed the composite from the bytes it stored (it reports it without "-<parts>")
-    assert head["ChecksumCRC32"] == result.checksum.split("-")[0]
+    assert head["ChecksumCRC32"] == composite  # moto reports it without "-<parts>"
     assert clean_bytes(name) == data
+
+
+def test_crc32_mode_sends_a_small_file_as_one_put_checked_by_etag(proxy: Any) -> None:
+    s = storage()
+    data = os.urandom(MiB)
+    name = s.save("crc-small.bin", ContentFile(data))
+    result = transfer_file(s.local, s.remote, name, config=CRC32)
+    assert (result.algorithm, result.checksum) == ("md5", hashlib.md5(data).hexdigest())
+
+
+def test_moto_builds_the_composite_crc32_from_the_bytes_not_the_headers(clean: Any) -> None:
+    """What the crc32 mode rests on against moto: the composite is the server's own."""
+    key = "composite-proof.bin"
+    parts = [os.urandom(PART), os.urandom(1000)]
+    upload = clean.create_multipart_upload(
+        Bucket=settings.BUCKET, Key=key, ChecksumAlgorithm="CRC32"
+    )["UploadId"]
+    lying = base64.b64encode(b"\x00\x00\x00\x00").decode()  # not the parts' CRC32
+    etags = [
+        clean.upload_part(
+            Bucket=settings.BUCKET,
+            Key=key,
+            UploadId=upload,
+            PartNumber=n,
+            Body=body,
+            ChecksumAlgorithm="CRC32",
+            ChecksumCRC32=lying,
+        )["ETag"]
+        for n, body in enumerate(parts, start=1)
+    ]
+    clean.complete_multipart_upload(
+        Bucket=settings.BUCKET,
+        Key=key,
+        UploadId=upload,
+        MultipartUpload={
+            "Parts": [
+                {"PartNumber": n, "ETag": e, "ChecksumCRC32": lying}
+                for n, e in enumerate(etags, start=1)
+            ]
+        },
+    )
+    head = clean.head_object(Bucket=settings.BUCKET, Key=key, ChecksumMode="ENABLED")
+    from_bytes = base64.b64encode(crc(b"".join(crc(p) for p in parts))).decode()
+    assert head["ChecksumCRC32"] == from_bytes
+
+
+def crc(data: bytes) -> bytes:
+    return zlib.crc32(data).to_bytes(4, "big")

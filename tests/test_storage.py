@@ -14,6 +14,7 @@ from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.core.files.uploadedfile import TemporaryUploadedFile
+from django.test import override_settings
 
 from queued_storage.exceptions import QueuedStorageConfigError, StorageNotFound
 from queued_storage.models import State, StoredFile
@@ -159,14 +160,29 @@ def test_transfer_routes_reads_to_remote_after_verification(
     assert run_transfer(storage.alias, name) is Outcome.ALREADY_REMOTE
 
 
-def test_multipart_transfer_is_verified_by_etag(storage: QueuedStorage, clean: Any) -> None:
+def test_multipart_transfer_records_the_servers_checksum(
+    storage: QueuedStorage, clean: Any
+) -> None:
     data = os.urandom(12 * 1024 * 1024 + 7)  # three parts of 5 MiB
     name = storage.save("big.bin", ContentFile(data))
     assert run_transfer(storage.alias, name) is Outcome.TRANSFERRED
     row = StoredFile.get_row(storage.alias, name)
     assert row is not None
-    assert row.checksum_algorithm == "s3-multipart-etag"
-    assert row.checksum.endswith("-3")
+    assert row.checksum_algorithm == "s3-composite-crc32"  # the default QUEUED_STORAGE_CHECKSUM
+    head = clean.head_object(Bucket="qs-test", Key=name, ChecksumMode="ENABLED")
+    assert row.checksum == f"{head['ChecksumCRC32']}-3"
+
+
+def test_multipart_transfer_verified_by_etag_in_md5_mode(
+    storage: QueuedStorage, clean: Any
+) -> None:
+    data = os.urandom(12 * 1024 * 1024 + 7)
+    name = storage.save("big-md5.bin", ContentFile(data))
+    with override_settings(QUEUED_STORAGE_CHECKSUM="md5"):
+        assert run_transfer(storage.alias, name) is Outcome.TRANSFERRED
+    row = StoredFile.get_row(storage.alias, name)
+    assert row is not None
+    assert (row.checksum_algorithm, row.checksum[-2:]) == ("s3-multipart-etag", "-3")
     assert clean.head_object(Bucket="qs-test", Key=name)["ETag"].strip('"') == row.checksum
 
 
