@@ -247,7 +247,6 @@ class Bench:
 
     def row3_resume(self) -> None:
         from django.core.files import File
-
         from django.core.files.storage import storages
 
         from queued_storage.conf import settings as qs

@@ -476,10 +476,15 @@ def _local_root(storage: QueuedStorage) -> str | None:
         return None
 
 
+#: Directories of this app's own inside a staging root (the upload views' spool of bodies
+#: still being received): never adopted, a half-received body is not a file.
+OWN_DIRECTORY_PREFIX = ".queued_storage-"
+
+
 def _walk(root: str) -> Iterator[tuple[str, list[str]]]:
     """``(directory, files)`` below *root*, sorted, never following symbolic links."""
     for directory, dirs, files in os.walk(root):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith(OWN_DIRECTORY_PREFIX))
         yield directory, sorted(files)
 
 

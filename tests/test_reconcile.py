@@ -244,6 +244,15 @@ def test_adopt_gives_unknown_local_files_a_row_and_a_transfer(broker: Any) -> No
     assert run_transfer("queued_parked", "before-install/old.pdf") is Outcome.TRANSFERRED
 
 
+def test_adopt_skips_the_upload_views_spool_of_bodies_in_flight(broker: Any) -> None:
+    from queued_storage.uploads import SPOOL_DIRNAME
+
+    _put_local(f"{SPOOL_DIRNAME}/half-received.part", b"the client is still sending")
+    report = reconcile(aliases=["queued_parked"], adopt=True)
+    assert report.adopted == []
+    assert StoredFile.get_row("queued_parked", f"{SPOOL_DIRNAME}/half-received.part") is None
+
+
 def test_adopt_never_takes_a_name_the_remote_or_another_storage_holds(
     broker: Any, clean: Any
 ) -> None:
