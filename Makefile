@@ -33,6 +33,7 @@ demo: $(STAMP)
 # make bench ARGS=--quick: every row on small sizes (under two minutes)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
+	$(BIN)/python benchmarks/bench_uploads.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
