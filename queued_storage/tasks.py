@@ -231,7 +231,8 @@ def run_transfer(
 
             remaining = max(1.0, (row.lease_expires - timezone.now()).total_seconds() + 1)
         raise RetryLater(remaining, f"{name!r} is being transferred by {row.lease_owner}")
-    assert row is not None
+    if row is None:
+        return Outcome.GONE  # deleted between taking the lease and reading the row
     # "transferring", for status pages (the lease's row is already the current one)
     file_state.publish(storage.cache_prefix, alias, name, file_state.FileState.from_row(row))
     resume = _resume_of(row)

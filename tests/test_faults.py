@@ -612,13 +612,18 @@ def test_delete_during_the_s3_transfer_brings_nothing_back(
         assert time.monotonic() < deadline, "the transfer did not reach that point"
         time.sleep(0.002)
     storage.delete(name)
-    wait_for(
-        lambda: (
-            log().count(": 'gone'") > gone_before or log().count(": 'transferred'") > done_before
-        ),
-        timeout=60,
-        what="the worker to finish with the deleted file",
-    )
+    try:
+        wait_for(
+            lambda: (
+                log().count(": 'gone'") > gone_before
+                or log().count(": 'transferred'") > done_before
+            ),
+            timeout=60,
+            what="the worker to finish with the deleted file",
+        )
+    except BaseException:
+        print("\n".join(log().splitlines()[-60:]))
+        raise
     time.sleep(2)  # nothing may come back afterwards either
     objects = remote_keys(clean)
     uploads = open_uploads(clean)
