@@ -29,7 +29,7 @@ def _django() -> None:
 Run = Callable[[], dict[str, Any]]
 
 
-def engine(path: str, key: str, checksum: str = "md5") -> Run:
+def engine(path: str, key: str, checksum: str | None = None) -> Run:
     """queued_storage's S3 engine alone (no ledger), with the settings' defaults."""
     _django()
     from django.core.files.storage import storages
@@ -50,7 +50,7 @@ def engine(path: str, key: str, checksum: str = "md5") -> Run:
             part_size=config.multipart_chunksize,
             max_concurrency=config.max_concurrency,
             read_size=config.chunk_size,
-            checksum=checksum,
+            checksum=checksum or config.checksum,
         )
         return {"checksum": result.checksum}
 
@@ -122,7 +122,7 @@ def peak_rss_mib() -> float:
 
 MODES: dict[str, Callable[..., Run]] = {
     "engine": engine,
-    "engine-crc32": lambda path, key: engine(path, key, "crc32"),
+    "engine-md5": lambda path, key: engine(path, key, "md5"),
     "boto3": boto3_default,
     "storages": storages_save,
     "run_transfer": run_transfer,

@@ -8,8 +8,9 @@ inside that process around the transfer itself (imports excluded), peak RSS is t
 server is reset between rows.
 
 Rows:
-1. 1 GiB: the engine vs boto3 ``upload_file`` (defaults), s5cmd, and ``S3Storage.save(name,
-   open_file)`` (the old app's way), with botocore's defaults and with payload signing off.
+1. 1 GiB: the engine (default ``crc32`` verification, and ``md5``) vs boto3 ``upload_file``
+   (defaults), s5cmd, and ``S3Storage.save(name, open_file)`` (the old app's way), with
+   botocore's defaults and with payload signing off.
 2. Peak RSS of the engine at 256 MiB and at 2 GiB.
 3. Resume: a 512 MiB transfer killed halfway (``kill -9``) and retried: bytes re-sent.
 4. 2,000 files of 16 KiB saved through QueuedStorage and transferred by one Celery worker vs
@@ -215,7 +216,7 @@ class Bench:
         print(f"row 1: {size // MiB} MiB, median of {runs} runs", flush=True)
         for mode, unsigned in (("signed", False), ("unsigned", True)):
             self.reset_s3()
-            for tool in ("engine", "engine-crc32", "boto3", "storages", "s5cmd"):
+            for tool in ("engine", "engine-md5", "boto3", "storages", "s5cmd"):
                 samples = []
                 for i in range(runs):
                     key = f"row1/{tool}-{mode}-{i}.bin"
