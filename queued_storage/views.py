@@ -34,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files.storage import storages
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.urls import NoReverseMatch, Resolver404, resolve, reverse
@@ -357,9 +358,15 @@ class UploadView(QueuedStorageView):
         name: str,
         content: Any,
     ) -> HttpResponse:
-        """``storage.save()`` (a rename out of the spool), then the 201 answer."""
+        """``storage.save()`` (a rename out of the spool), then the 201 answer.
+
+        The answer is built before the save commits, so it describes the file as saved
+        (``pending``, served locally) whatever a fast worker does once the commit dispatches it.
+        """
         try:
-            stored = storage.save(name, content, max_length=LEDGER_NAME_LENGTH)
+            with transaction.atomic(using=StoredFile.db()):
+                stored = storage.save(name, content, max_length=LEDGER_NAME_LENGTH)
+                payload = _state_payload(storage, stored) or {"name": stored, "state": None}
         except SuspiciousFileOperation as err:
             return _error(400, str(err))
         except StagingFull as err:
@@ -368,7 +375,6 @@ class UploadView(QueuedStorageView):
         finally:
             if isinstance(content, StagedFile):
                 content.discard()
-        payload = _state_payload(storage, stored) or {"name": stored, "state": None}
         payload["status_url"] = self.status_url(request, stored)
         response = JsonResponse(payload, status=201)
         if payload["status_url"]:

@@ -583,7 +583,7 @@ def test_raw_put_round_trip_to_s3(
     assert response.status_code == 201, response.text
     created = response.json()
     assert created["name"] == "videos/clip.mp4"
-    assert created["state"] == State.PENDING
+    assert created["state"] == State.PENDING  # as saved: the answer is built before the commit
     assert created["size"] == len(payload)
     assert created["local"] is True
     assert created["url"] == "/staging/videos/clip.mp4"
