@@ -7,6 +7,7 @@ that answers ``False`` whenever overwriting is allowed would let two uploads sha
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from typing import Any
@@ -15,6 +16,7 @@ from django.core.files.storage import Storage
 
 __all__ = [
     "abort_multipart",
+    "abort_open_upload",
     "abort_upload",
     "delete_remote",
     "is_s3",
@@ -123,3 +125,19 @@ def abort_multipart(remote: Any, name: str, upload_id: str) -> None:
     """Abort an open multipart upload of *name* in the remote storage (S3 only)."""
     if upload_id and is_s3(remote):
         abort_upload(s3_client(remote), remote.bucket_name, s3_key(remote, name), upload_id)
+
+
+def abort_open_upload(remote: Any, name: str, upload_id: str) -> bool:
+    """Best effort: abort *name*'s open upload; ``False`` (and a warning) if that failed.
+
+    Used where the file is going away anyway (delete, final failure, data loss): an upload
+    left open costs storage, never correctness.
+    """
+    try:
+        abort_multipart(remote, name, upload_id)
+    except Exception:
+        logging.getLogger("queued_storage").warning(
+            "queued_storage: could not abort the open upload of %r", name, exc_info=True
+        )
+        return False
+    return True

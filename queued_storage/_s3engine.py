@@ -222,9 +222,9 @@ class _Source:
             data += more
         return data
 
-    def digest(self, checks: Md5Checks, offset: int, length: int, read_size: int) -> Any:
-        """The checksum of a range, read in *read_size* pieces (never the range at once)."""
-        digest = checks.new()
+    def digest(self, new: Callable[[], Any], offset: int, length: int, read_size: int) -> Any:
+        """A *new()* hash of a range, read in *read_size* pieces (never the range at once)."""
+        digest = new()
         end = offset + length
         while offset < end:
             chunk = os.pread(self.fd, min(read_size, end - offset), offset)
@@ -488,7 +488,7 @@ class _Job:
             length = min(part_size, size - offset)
             # The checksum is read first (it travels in a header), then the part is streamed
             # from the page cache; the server's own checksum of what it received must match.
-            digest = source.digest(self.checks, offset, length, piece)
+            digest = source.digest(self.checks.new, offset, length, piece)
             response = client.upload_part(
                 Bucket=bucket,
                 Key=key,
@@ -564,14 +564,7 @@ class _Job:
 
     def read_back(self, source: _Source, read_size: int) -> S3Result:
         """Compare by SHA-256 where the server's checksum cannot be compared (encryption)."""
-        local = hashlib.sha256()
-        offset = 0
-        while offset < source.size:
-            chunk = source.read(offset, min(read_size, source.size - offset))
-            if not chunk:
-                break
-            local.update(chunk)
-            offset += len(chunk)
+        local = source.digest(hashlib.sha256, 0, source.size, read_size)
         body = self.client.get_object(Bucket=self.bucket, Key=self.key, **self.sse_c)["Body"]
         remote = hashlib.sha256()
         try:

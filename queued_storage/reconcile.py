@@ -51,7 +51,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from queued_storage import state as file_state
-from queued_storage._remote import abort_multipart, is_s3, remote_exists
+from queued_storage._remote import abort_multipart, abort_open_upload, is_s3, remote_exists
 from queued_storage.conf import settings
 from queued_storage.exceptions import LocalFileMissing, StorageNotFound
 from queued_storage.models import State, StoredFile
@@ -253,13 +253,7 @@ class _Pass:
             "there and run `manage.py queued_storage_reconcile --failed`, or delete it "
             "through the storage."
         )
-        if row.upload_id:
-            try:
-                abort_multipart(self.storage.remote, row.name, row.upload_id)
-            except Exception:
-                logger.warning(
-                    "queued_storage: could not abort the open upload of %r", row.name, exc_info=True
-                )
+        abort_open_upload(self.storage.remote, row.name, row.upload_id)
         marked = (
             _this(row)
             .filter(guard)

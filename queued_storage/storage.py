@@ -30,7 +30,7 @@ from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
 from queued_storage import state as file_state
-from queued_storage._remote import abort_multipart, delete_remote, remote_exists
+from queued_storage._remote import abort_open_upload, delete_remote, remote_exists
 from queued_storage.conf import settings
 from queued_storage.exceptions import QueuedStorageConfigError, StagingFull, StorageNotFound
 from queued_storage.models import StoredFile
@@ -492,13 +492,8 @@ class QueuedStorage(Storage):
         row = StoredFile.get_row(self.alias, name)
         StoredFile.forget(self.alias, name)
         file_state.forget(self.cache_prefix, self.alias, name)
-        if row is not None and row.upload_id:
-            try:
-                abort_multipart(self.remote, name, row.upload_id)
-            except Exception:
-                logger.warning(
-                    "queued_storage: could not abort the open upload of %r", name, exc_info=True
-                )
+        if row is not None:
+            abort_open_upload(self.remote, name, row.upload_id)
         self.local.delete(name)
         try:
             delete_remote(self.remote, name)

@@ -22,9 +22,10 @@ from typing import Any
 
 from celery import shared_task
 from django.db import connections
+from django.utils import timezone
 
 from queued_storage import state as file_state
-from queued_storage._remote import abort_multipart, delete_remote
+from queued_storage._remote import abort_open_upload, delete_remote
 from queued_storage.conf import settings
 from queued_storage.exceptions import LocalFileMissing, PermanentTransferError, TransferError
 from queued_storage.models import State, StoredFile
@@ -81,7 +82,6 @@ class _Heartbeat:
         self.storage, self.name, self.owner = storage, name, owner
         self.done = 0
         self.total = 0
-        self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="queued-storage-lease", daemon=True)
 
@@ -95,8 +95,7 @@ class _Heartbeat:
         try:
             while not self._stop.wait(interval):
                 if not StoredFile.renew_lease(alias, self.name, self.owner, seconds, self.done):
-                    self.lost = True
-                    return
+                    return  # the lease was lost: recording the outcome will find that out
                 file_state.publish_progress(
                     self.storage.cache_prefix, alias, self.name, self.done, self.total
                 )
@@ -154,16 +153,8 @@ def _resume_of(row: StoredFile) -> Resume | None:
 def _abort_upload(storage: QueuedStorage, name: str) -> None:
     """Abort the file's open multipart upload, if the ledger knows one (best effort)."""
     row = StoredFile.get_row(storage.alias, name)
-    if row is None or not row.upload_id:
-        return
-    try:
-        abort_multipart(storage.remote, name, row.upload_id)
-    except Exception:
-        logger.warning(
-            "queued_storage: could not abort the multipart upload of %r", name, exc_info=True
-        )
-        return
-    StoredFile.clear_upload(storage.alias, name)
+    if row is not None and row.upload_id and abort_open_upload(storage.remote, name, row.upload_id):
+        StoredFile.clear_upload(storage.alias, name)
 
 
 def _publish_row(storage: QueuedStorage, name: str) -> None:
@@ -227,8 +218,6 @@ def run_transfer(
         # Another worker holds the lease: come back when it would have expired.
         remaining = settings.LEASE_TIMEOUT
         if row.lease_expires is not None:
-            from django.utils import timezone
-
             remaining = max(1.0, (row.lease_expires - timezone.now()).total_seconds() + 1)
         raise RetryLater(remaining, f"{name!r} is being transferred by {row.lease_owner}")
     if row is None:

@@ -163,16 +163,20 @@ def _local_path(local: Storage, name: str) -> str | None:
         return None
 
 
+def _missing(name: str) -> LocalFileMissing:
+    return LocalFileMissing(
+        f"The local copy of {name!r} is missing, so it cannot be transferred. If the file "
+        "was deleted on purpose, delete it through the storage too; otherwise restore it "
+        "and retry with storage.transfer(name).",
+        name=name,
+    )
+
+
 def _open_local(local: Storage, name: str) -> IO[bytes]:
     try:
         return local.open(name, "rb")
     except FileNotFoundError as err:
-        raise LocalFileMissing(
-            f"The local copy of {name!r} is missing, so it cannot be transferred. If the file "
-            "was deleted on purpose, delete it through the storage too; otherwise restore it "
-            "and retry with storage.transfer(name).",
-            name=name,
-        ) from err
+        raise _missing(name) from err
 
 
 def _read_chunks(fh: IO[bytes], size: int) -> Iterator[bytes]:
@@ -238,11 +242,7 @@ def _transfer_s3(
     checkpoint: Checkpoint | None,
 ) -> TransferResult:
     if not os.path.exists(path):
-        raise LocalFileMissing(
-            f"The local copy of {name!r} is missing, so it cannot be transferred. Restore it "
-            "and retry with storage.transfer(name), or delete it through the storage.",
-            name=name,
-        )
+        raise _missing(name)
     result = s3_transfer(
         remote,
         name,
