@@ -72,6 +72,13 @@ class Settings:
         """Name recorded in the ledger as the host that holds the local copy."""
         return str(self._get("HOST", None) or socket.gethostname())
 
+    @property
+    def REMOTE_CHECK_TIMEOUT(self) -> float | None:
+        """Seconds ``save()`` may spend asking the remote whether a name is taken; ``None``
+        (the default): it never asks, the ledger alone decides (a request never waits on S3)."""
+        value = self._get("REMOTE_CHECK_TIMEOUT", None)
+        return None if value is None else float(value)
+
     # --- transfer engine -----------------------------------------------------------------
     @property
     def MULTIPART_THRESHOLD(self) -> int:

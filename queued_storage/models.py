@@ -36,8 +36,13 @@ class State(models.TextChoices):
 class StoredFile(models.Model):
     """One file saved through a ``QueuedStorage``, keyed by the storage's alias and the name."""
 
+    #: Longest name the ledger holds (S3's limit for a key, in bytes; here in characters).
+    NAME_MAX_LENGTH = 1024
+
     alias = models.CharField(max_length=100, help_text="Alias of the queued storage.")
-    name = models.CharField(max_length=1024, help_text="Name of the file in both storages.")
+    name = models.CharField(
+        max_length=NAME_MAX_LENGTH, help_text="Name of the file in both storages."
+    )
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     size = models.BigIntegerField(null=True, blank=True)
     checksum = models.CharField(max_length=200, blank=True, default="")
@@ -105,14 +110,29 @@ class StoredFile(models.Model):
         same key waits for that commit and then fails, which is what we want. In autocommit
         mode a plain INSERT does the same in one round trip.
         """
+        return cls._insert(
+            alias=alias, name=name, state=State.PENDING, host=host, local_exists=False
+        )
+
+    @classmethod
+    def record_saved(cls, alias: str, name: str, host: str, size: int) -> bool:
+        """Insert the final ``pending`` row of a file already written locally, in one INSERT.
+
+        ``False`` when another file holds the name (the unique key decides, across processes
+        and hosts); inside a transaction the INSERT runs in a savepoint, as :meth:`reserve`.
+        """
+        return cls._insert(
+            alias=alias,
+            name=name,
+            state=State.PENDING,
+            host=host,
+            size=size,
+            local_exists=True,
+        )
+
+    @classmethod
+    def _insert(cls, **fields: Any) -> bool:
         db = cls.db()
-        fields = {
-            "alias": alias,
-            "name": name,
-            "state": State.PENDING,
-            "host": host,
-            "local_exists": False,
-        }
         try:
             if transaction.get_connection(db).in_atomic_block:
                 with transaction.atomic(using=db):
@@ -122,6 +142,41 @@ class StoredFile(models.Model):
         except IntegrityError:
             return False
         return True
+
+    @classmethod
+    def seed_remote(cls, alias: str, objects: list[tuple[str, int, str]]) -> list[str]:
+        """Record objects the remote already holds ``(name, size, etag)`` as ``remote`` rows.
+
+        For a site that adopts the package with a bucket full of files: their names become
+        reserved (no save takes them) and reads route to the remote without asking it. Names
+        the ledger knows are left as they are. Returns the names inserted (one query to find
+        the known names, one INSERT for the rest; concurrent seeds or saves of the same name
+        are skipped by the unique key).
+        """
+        db = cls.db()
+        names = [name for name, _, _ in objects]
+        known = set(
+            cls.objects.using(db).filter(alias=alias, name__in=names).values_list("name", flat=True)
+        )
+        now = timezone.now()
+        new = [
+            cls(
+                alias=alias,
+                name=name,
+                state=State.REMOTE,
+                size=size,
+                bytes_done=size,
+                checksum=etag,
+                checksum_algorithm="s3-etag" if etag else "",
+                host="",
+                local_exists=False,
+                transferred=now,
+            )
+            for name, size, etag in objects
+            if name not in known
+        ]
+        cls.objects.using(db).bulk_create(new, ignore_conflicts=True)
+        return [row.name for row in new]
 
     @classmethod
     def mark_saved(cls, alias: str, name: str, size: int) -> None:

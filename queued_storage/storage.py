@@ -16,6 +16,7 @@ import os
 import pathlib
 import threading
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
@@ -30,7 +31,12 @@ from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
 from queued_storage import state as file_state
-from queued_storage._remote import abort_open_upload, delete_remote, remote_exists
+from queued_storage._remote import (
+    abort_open_upload,
+    delete_remote,
+    remote_exists,
+    remote_exists_within,
+)
 from queued_storage.conf import settings
 from queued_storage.exceptions import QueuedStorageConfigError, StagingFull, StorageNotFound
 from queued_storage.models import StoredFile
@@ -332,71 +338,105 @@ class QueuedStorage(Storage):
 
     # -- writing ----------------------------------------------------------------------------------
     def save(self, name: str | None, content: Any, max_length: int | None = None) -> str:
-        """Reserve a free name, write locally, record ``pending``, transfer after commit."""
+        """Write locally, record the ``pending`` row in one INSERT, transfer after commit.
+
+        The ledger is the authority for the names this storage holds, so a save makes no call
+        to the remote storage (a slow, hanging or unreachable S3 changes nothing here). The
+        local storage picks a name that is free on its disk; the row's unique key then decides
+        across processes and hosts: a name the ledger already holds (a file served from the
+        remote, one on another host) moves the local file to a free alternative. Objects put
+        in the bucket by other means are reserved by ``manage.py queued_storage seed``, and the
+        transfer's ``If-None-Match: *`` never overwrites one; ``QUEUED_STORAGE_REMOTE_CHECK_
+        TIMEOUT`` also asks the remote, with a hard timeout.
+        """
         if name is None:
             name = content.name
         if not hasattr(content, "chunks"):
             content = File(content, name)
         if not name:
             raise SuspiciousFileOperation("QueuedStorage.save() needs a file name.")
-        name = checked_name(str(name))
-        validate_file_name(name, allow_relative_path=True)
+        name = _valid_name(checked_name(str(name)), max_length)
         self._check_budget(name, content)
-        name = self._reserve(name, max_length)
-        try:
-            stored = self.local.save(name, content, max_length=max_length)
-            if stored != name:
-                # Something outside the ledger wrote a local file of that name in between.
-                if not StoredFile.reserve(self.alias, stored, settings.HOST):
-                    self.local.delete(stored)
-                    raise SuspiciousFileOperation(
-                        f"QueuedStorage: the local storage saved {name!r} as {stored!r}, which "
-                        "another file holds; nothing was kept. Retry the upload."
-                    )
-                StoredFile.forget(self.alias, name)
-            size = int(self.local.size(stored))
-            StoredFile.mark_saved(self.alias, stored, size)
-        except BaseException:
-            StoredFile.forget(self.alias, name)
-            raise
+        stored = str(self.local.save(name, content, max_length=max_length))
+        stored, size = self._record(name, stored, max_length)
         transaction.on_commit(lambda: self._committed(stored, size), using=StoredFile.db())
-        return str(stored)
+        return stored
 
-    def _reserve(self, name: str, max_length: int | None) -> str:
-        """A name that no local file, remote object or ledger row holds, reserved in the ledger.
+    def _record(self, name: str, stored: str, max_length: int | None) -> tuple[str, int]:
+        """Insert the row of the local file *stored*; the name it was recorded under, its size.
 
-        Alternatives are built as Django's ``get_available_name`` does (random suffix, file
-        root truncated to ``max_length``); the ledger's unique constraint makes the choice
-        atomic across processes and hosts.
+        When the ledger (or, if asked, the remote) holds *stored* already, the local file
+        moves to an alternative built as Django's ``get_available_name`` builds them (random
+        suffix, file root truncated to ``max_length``) until a row can be inserted. If that
+        fails, the local file is deleted: no row names it, so nothing else can own it.
         """
-        name = str(name).replace("\\", "/")
+        try:
+            size = int(self.local.size(stored))
+            for candidate in self._candidates(name, stored, max_length):
+                if candidate != stored:
+                    if not self._move_local(stored, candidate):
+                        continue
+                    stored = candidate
+                if not self._remote_holds(stored) and StoredFile.record_saved(
+                    self.alias, stored, settings.HOST, size
+                ):
+                    return stored, size
+        except BaseException:
+            self.local.delete(stored)
+            raise
+        self.local.delete(stored)
+        raise SuspiciousFileOperation(f"QueuedStorage could not find a free name for {name!r}.")
+
+    def _candidates(self, name: str, first: str, max_length: int | None) -> Iterator[str]:
+        """*first*, then up to 99 alternatives of *name* as ``get_available_name`` makes them."""
+        _check_length(first)
+        yield first
         dir_name, file_name = os.path.split(name)
-        if ".." in pathlib.PurePath(dir_name).parts:
-            raise SuspiciousFileOperation(f"Detected path traversal attempt in '{dir_name}'")
-        validate_file_name(file_name)
         file_ext = "".join(pathlib.PurePath(file_name).suffixes)
         file_root = file_name.removesuffix(file_ext)
-        candidate = name
-        for _ in range(100):
+        for _ in range(99):
+            candidate = os.path.join(dir_name, self.get_alternative_name(file_root, file_ext))
             if max_length is not None and len(candidate) > max_length:
-                truncation = len(candidate) - max_length
-                file_root = file_root[:-truncation]
+                file_root = file_root[: -(len(candidate) - max_length)]
                 if not file_root:
                     raise SuspiciousFileOperation(
-                        f"Storage can not find an available filename for {name!r}. Please make "
-                        "sure that the corresponding file field allows sufficient max_length."
+                        f"Storage can not find an available filename for {name!r}. Please "
+                        "make sure that the corresponding file field allows sufficient "
+                        "max_length."
                     )
                 candidate = os.path.join(dir_name, self.get_alternative_name(file_root, file_ext))
-                continue
             _check_length(candidate)
-            if (
-                not self.local.exists(candidate)
-                and not self._remote_holds(candidate)
-                and StoredFile.reserve(self.alias, candidate, settings.HOST)
-            ):
-                return candidate
-            candidate = os.path.join(dir_name, self.get_alternative_name(file_root, file_ext))
-        raise SuspiciousFileOperation(f"QueuedStorage could not find a free name for {name!r}.")
+            yield candidate
+
+    def _move_local(self, source: str, target: str) -> bool:
+        """Move the local file *source* to *target*; ``False`` when *target* exists.
+
+        A hard link and an unlink where the local storage has paths (never replaces an
+        existing file, costs no copy); through the Storage API otherwise.
+        """
+        try:
+            source_path, target_path = self.local.path(source), self.local.path(target)
+        except NotImplementedError:
+            source_path = target_path = None
+        if source_path is not None and target_path is not None:
+            try:
+                os.link(source_path, target_path)
+            except FileExistsError:
+                return False
+            except OSError:
+                pass  # no hard links on this filesystem: copy below
+            else:
+                os.unlink(source_path)
+                return True
+        if self.local.exists(target):
+            return False
+        with self.local.open(source, "rb") as fh:
+            moved = self.local.save(target, fh)
+        if moved != target:
+            self.local.delete(moved)
+            return False
+        self.local.delete(source)
+        return True
 
     def _check_budget(self, name: str, content: Any) -> None:
         """Refuse *content* when it would push this host's waiting bytes over the budget."""
@@ -435,17 +475,21 @@ class QueuedStorage(Storage):
         return self.queue.replace("{host}", host)
 
     def _remote_holds(self, name: str) -> bool:
-        """Whether the remote holds *name*; an unreachable remote must not fail the upload.
+        """With ``QUEUED_STORAGE_REMOTE_CHECK_TIMEOUT``: whether the remote holds *name*.
 
-        The ledger already reserves every name this storage ever stored; the remote is asked
-        only for objects written by something else. When it cannot answer, the save goes on.
+        Off by default: the ledger alone decides, and no request waits on the remote. When it
+        is set, the remote is asked with that hard timeout (no retries); a remote that does not
+        answer in time or fails must not fail the upload, so the save goes on.
         """
+        timeout = settings.REMOTE_CHECK_TIMEOUT
+        if timeout is None:
+            return False
         try:
-            return remote_exists(self.remote, name)
+            return remote_exists_within(self.remote, name, timeout)
         except Exception as err:
             logger.warning(
                 "queued_storage: could not ask the remote storage whether %r exists (%s: %s); "
-                "relying on the ledger and the local storage for this name",
+                "relying on the ledger for this name",
                 name,
                 type(err).__name__,
                 err,
@@ -477,8 +521,7 @@ class QueuedStorage(Storage):
                     f"QueuedStorage cannot transfer {name!r}: it has no local copy and no "
                     "ledger row."
                 )
-            StoredFile.reserve(self.alias, name, settings.HOST)
-            StoredFile.mark_saved(self.alias, name, int(self.local.size(name)))
+            StoredFile.record_saved(self.alias, name, settings.HOST, int(self.local.size(name)))
         else:
             StoredFile.reset_for_retry(self.alias, name)
         return self._dispatch(name, host=row.host if row is not None else None)
@@ -600,6 +643,23 @@ def checked_name(name: str) -> str:
             f"({shown}). Rename the file."
         )
     return unicodedata.normalize("NFC", name)
+
+
+def _valid_name(name: str, max_length: int | None) -> str:
+    """*name* with forward slashes, refused when it leaves the storage's root or is too long.
+
+    A name longer than *max_length* is truncated by the save (as Django does), so its length
+    is checked once it is.
+    """
+    name = name.replace("\\", "/")
+    dir_name, file_name = os.path.split(name)
+    if ".." in pathlib.PurePath(dir_name).parts:
+        raise SuspiciousFileOperation(f"Detected path traversal attempt in '{dir_name}'")
+    validate_file_name(file_name)
+    validate_file_name(name, allow_relative_path=True)
+    if max_length is None or len(name) <= max_length:
+        _check_length(name)
+    return name
 
 
 def _check_length(name: str) -> None:

@@ -1071,6 +1071,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             target = "/" + target.split("://", 1)[1].partition("/")[2]
         path, _, query = target.partition("?")
         failure = self.proxy._record(ProxiedRequest(self.command, path, query))
+        if self.proxy.black_holed:
+            self.proxy._hold()  # never answer: the client waits for its own timeout
+            self.close_connection = True
+            return
         try:
             body, length = self._body()
         except _BadRequest as exc:
@@ -1203,7 +1207,8 @@ class HttpFaultProxy(_FaultProxyBase):
       64 KiB pieces, never buffered whole.  ``Expect: 100-continue`` is answered by the proxy.
     * :attr:`requests` logs ``(method, path, query)`` of every request forwarded or refused.
     * :meth:`fail_next` answers the next ``n`` requests with an S3 XML error (after reading the
-      request body), :meth:`go_down` refuses connections, :meth:`come_up` restores.
+      request body), :meth:`go_down` refuses connections, :meth:`come_up` restores,
+      :meth:`black_hole` accepts connections and never answers.
     * If the upstream cannot be reached the client gets ``502 BadGateway`` (S3 XML error).
     """
 
@@ -1223,6 +1228,8 @@ class HttpFaultProxy(_FaultProxyBase):
         self._fail_status = 503
         self._fail_methods: frozenset[str] | None = None
         self.injected_total = 0
+        self._released = threading.Event()
+        self._released.set()
 
     @property
     def endpoint_url(self) -> str:
@@ -1251,6 +1258,30 @@ class HttpFaultProxy(_FaultProxyBase):
 
     def clear_faults(self) -> None:
         self.fail_next(0)
+
+    @property
+    def black_holed(self) -> bool:
+        return not self._released.is_set()
+
+    def black_hole(self) -> None:
+        """Accept connections and never answer (an overloaded endpoint, a half-open path):
+        every request is read and logged, and no byte of an answer is sent.
+        :meth:`end_black_hole`, :meth:`go_down` or :meth:`stop` release them."""
+        self._released.clear()
+
+    def end_black_hole(self) -> None:
+        self._released.set()
+
+    def _hold(self) -> None:
+        self._released.wait()
+
+    def go_down(self) -> None:
+        self.end_black_hole()
+        super().go_down()
+
+    def stop(self) -> None:
+        self.end_black_hole()
+        super().stop()
 
     @property
     def pending_failures(self) -> int:

@@ -21,7 +21,9 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.db import transaction
+from django.test import override_settings
 
+from queued_storage._remote import remote_exists_within
 from queued_storage.models import State, StoredFile
 from tests.conftest import need, wait_for
 from tests.testapp.models import Document, LegacyDocument
@@ -297,17 +299,72 @@ def test_old_api_code_built_storage_transfers_and_deletes(worker: Any, clean: An
         assert fh.read() == b"old style"
 
 
-def test_save_succeeds_while_s3_is_unreachable(worker: Any, clean: Any, caplog: Any) -> None:
+def test_save_succeeds_while_s3_refuses_connections(worker: Any, clean: Any, caplog: Any) -> None:
     storage = storages["default"]
     proxy = stack().s3_proxy
     proxy.go_down()
     try:
         with caplog.at_level(logging.WARNING, logger="queued_storage"), transaction.atomic():
             name = storage.save("s3-down.txt", ContentFile(b"saved anyway"))
+        assert name == "s3-down.txt"
         with storage.open(name) as fh:
             assert fh.read() == b"saved anyway"
-        assert "could not ask the remote storage whether 's3-down.txt' exists" in caplog.text
+        assert "could not ask the remote storage" not in caplog.text  # it was never asked
     finally:
         proxy.come_up()
     wait_remote("default", name, timeout=60)
     assert s3_bytes(clean, name) == b"saved anyway"
+
+
+def _requests_for(proxy: Any, name: str) -> list[Any]:
+    return [r for r in proxy.requests if name in r.path]
+
+
+def test_save_makes_no_request_to_a_black_holed_s3(worker: Any, clean: Any) -> None:
+    """An endpoint that accepts connections and never answers costs a save nothing: it is
+    never asked (botocore's defaults would wait 60 s per read, three times)."""
+    storage = storages["queued_delayed"]
+    proxy = stack().s3_proxy
+    proxy.clear_log()
+    proxy.black_hole()
+    try:
+        name = storage.save("black-hole/report.txt", ContentFile(b"saved anyway"))
+        assert name == "black-hole/report.txt"
+        # The request path: answered from the ledger, the cache and the local disk.
+        assert storage.exists(name)
+        assert storage.size(name) == 12
+        assert storage.url(name) == "/staging/black-hole/report.txt"
+        with storage.open(name) as fh:
+            assert fh.read() == b"saved anyway"
+        assert _requests_for(proxy, name) == []
+        # The black hole is real: a question to S3 about the name is logged and never answered.
+        with pytest.raises(TimeoutError):
+            remote_exists_within(storage.remote, name, 1.0)
+        assert [r.method for r in _requests_for(proxy, name)] == ["HEAD"]
+    finally:
+        proxy.end_black_hole()
+    storage.transfer(name)
+    wait_remote("queued_delayed", name, timeout=60)
+    assert s3_bytes(clean, name) == b"saved anyway"
+
+
+def test_opt_in_remote_check_gives_up_after_its_own_timeout(clean: Any, caplog: Any) -> None:
+    storage = storages["queued_delayed"]
+    proxy = stack().s3_proxy
+    proxy.clear_log()
+    proxy.black_hole()
+    try:
+        with (
+            override_settings(QUEUED_STORAGE_REMOTE_CHECK_TIMEOUT=0.5),
+            caplog.at_level(logging.WARNING, logger="queued_storage"),
+        ):
+            name = storage.save("checked.txt", ContentFile(b"saved anyway"))
+        assert name == "checked.txt"
+        assert [r.method for r in _requests_for(proxy, name)] == ["HEAD"]  # asked once
+    finally:
+        proxy.end_black_hole()
+    assert (
+        "could not ask the remote storage whether 'checked.txt' exists (TimeoutError: the "
+        "remote storage did not answer within 0.5 s); relying on the ledger" in caplog.text
+    )
+    assert StoredFile.get_row("queued_delayed", name).state == State.PENDING  # type: ignore[union-attr]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 from pathlib import Path
@@ -14,6 +15,8 @@ from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.core.files.uploadedfile import TemporaryUploadedFile
+from django.core.management import call_command
+from django.db import DatabaseError
 from django.test import override_settings
 
 from queued_storage.exceptions import QueuedStorageConfigError, StorageNotFound
@@ -101,17 +104,80 @@ def test_save_writes_locally_and_records_pending(storage: QueuedStorage) -> None
     assert storage.path(name) == storage.local.path(name)
 
 
-def test_save_never_reuses_a_name_the_remote_holds(storage: QueuedStorage, clean: Any) -> None:
+def test_save_never_reuses_a_name_seeded_from_the_remote(
+    storage: QueuedStorage, clean: Any
+) -> None:
     clean.put_object(Bucket="qs-test", Key="photo.jpg", Body=b"old")
+    call_command("queued_storage", "seed", "--storage", storage.alias, stdout=io.StringIO())
     name = storage.save("photo.jpg", ContentFile(b"new"))
     assert name != "photo.jpg"
     assert name.startswith("photo_") and name.endswith(".jpg")
+    assert clean.get_object(Bucket="qs-test", Key="photo.jpg")["Body"].read() == b"old"
 
 
-def test_save_never_reuses_a_name_the_ledger_holds(storage: QueuedStorage) -> None:
+def test_save_with_the_remote_check_never_reuses_a_name_the_remote_holds(
+    storage: QueuedStorage, clean: Any
+) -> None:
+    clean.put_object(Bucket="qs-test", Key="photo.jpg", Body=b"old")
+    with override_settings(QUEUED_STORAGE_REMOTE_CHECK_TIMEOUT=10):
+        name = storage.save("photo.jpg", ContentFile(b"new"))
+    assert name.startswith("photo_") and name.endswith(".jpg")
+    assert not Path(storage.local.path("photo.jpg")).exists()
+
+
+def test_an_unseeded_remote_object_is_never_overwritten_by_a_save_of_its_name(
+    storage: QueuedStorage, clean: Any
+) -> None:
+    """The trade-off of a save that never asks the remote: the ledger does not know an object
+    put in the bucket behind its back, so the save takes the name; the transfer's
+    ``If-None-Match: *`` then refuses to overwrite it, and the file stays served locally."""
+    clean.put_object(Bucket="qs-test", Key="photo.jpg", Body=b"old")
+    name = storage.save("photo.jpg", ContentFile(b"new"))
+    assert name == "photo.jpg"
+    assert run_transfer(storage.alias, name) == Outcome.FAILED
+    row = StoredFile.get_row(storage.alias, name)
+    assert row is not None and row.state == State.FAILED
+    assert "already holds a different object named 'photo.jpg'; nothing was overwritten" in (
+        row.last_error
+    )
+    assert clean.get_object(Bucket="qs-test", Key="photo.jpg")["Body"].read() == b"old"
+    with storage.open(name) as fh:
+        assert fh.read() == b"new"
+
+
+def test_save_moves_the_local_file_off_a_name_the_ledger_holds(storage: QueuedStorage) -> None:
     StoredFile.reserve(storage.alias, "photo.jpg", "elsewhere")
     name = storage.save("photo.jpg", ContentFile(b"new"))
-    assert name != "photo.jpg"
+    assert name.startswith("photo_") and name.endswith(".jpg")
+    assert not Path(storage.local.path("photo.jpg")).exists()
+    assert Path(storage.local.path(name)).read_bytes() == b"new"
+    row = StoredFile.get_row(storage.alias, name)
+    assert row is not None and (row.state, row.size, row.local_exists) == (State.PENDING, 3, True)
+
+
+def test_save_takes_another_name_when_the_ledger_holds_the_name_and_its_alternative(
+    storage: QueuedStorage, monkeypatch: Any
+) -> None:
+    StoredFile.reserve(storage.alias, "photo.jpg", "elsewhere")
+    StoredFile.reserve(storage.alias, "photo_first.jpg", "elsewhere")
+    suffixes = iter(["first", "second"])
+    monkeypatch.setattr(
+        storage, "get_alternative_name", lambda root, ext: f"{root}_{next(suffixes)}{ext}"
+    )
+    assert storage.save("photo.jpg", ContentFile(b"new")) == "photo_second.jpg"
+    assert sorted(p.name for p in Path(storage.local.path("")).iterdir()) == ["photo_second.jpg"]
+
+
+def test_a_failed_ledger_write_leaves_no_local_file(
+    storage: QueuedStorage, monkeypatch: Any
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> bool:
+        raise DatabaseError("the ledger is down")
+
+    monkeypatch.setattr(StoredFile, "record_saved", broken)
+    with pytest.raises(DatabaseError, match="the ledger is down"):
+        storage.save("lost.txt", ContentFile(b"x"))
+    assert list(Path(storage.local.path("")).iterdir()) == []
 
 
 def test_save_respects_max_length(storage: QueuedStorage) -> None:
