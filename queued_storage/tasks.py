@@ -17,6 +17,7 @@ import random
 import re
 import socket
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -71,48 +72,108 @@ def backoff(attempt: int) -> float:
 
 
 class _Heartbeat:
-    """Renews the lease and publishes progress, from a thread of its own, while the engine runs.
+    """Keeps one transfer's lease and progress fresh while the engine runs.
 
-    The engine reports progress as plain numbers; once a second this thread writes them to the
-    ledger (renewing the lease with them) and to the cache, so progress is visible at a bounded
-    rate however fast the parts finish. Its database connection is closed when it ends.
+    The engine reports progress as plain numbers; once a second the process's lease keeper
+    (one thread for every transfer of the process, started on first use) writes them to the
+    ledger, renewing the lease with them, and to the cache, and publishes ``transferring``,
+    so progress is visible at a bounded rate however fast the parts finish. A transfer that
+    ends within its first second (a small file) costs neither a thread nor a write.
     """
 
-    def __init__(self, storage: QueuedStorage, name: str, owner: str) -> None:
+    def __init__(
+        self,
+        storage: QueuedStorage,
+        name: str,
+        owner: str,
+        leased: file_state.FileState | None = None,
+    ) -> None:
         self.storage, self.name, self.owner = storage, name, owner
+        self.leased = leased  # published at the first renewal: "transferring", for status pages
         self.done = 0
         self.total = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="queued-storage-lease", daemon=True)
+        self.renewed = time.monotonic()
+        self.active = True
+        self.lock = threading.Lock()
 
     def progress(self, done: int, total: int) -> None:
         self.done, self.total = done, total
 
-    def _run(self) -> None:
-        seconds = settings.LEASE_TIMEOUT
-        interval = min(1.0, seconds / 4)
-        alias = self.storage.alias
-        try:
-            while not self._stop.wait(interval):
-                if not StoredFile.renew_lease(alias, self.name, self.owner, seconds, self.done):
-                    return  # the lease was lost: recording the outcome will find that out
-                file_state.publish_progress(
-                    self.storage.cache_prefix, alias, self.name, self.done, self.total
-                )
-        except Exception:
-            logger.warning(
-                "queued_storage: could not renew the lease on %r", self.name, exc_info=True
-            )
-        finally:
-            connections.close_all()
+    def beat(self, seconds: float) -> None:
+        """Renew the lease with the progress so far; called by the keeper, never concurrently
+        with :meth:`__exit__` (after which the transfer's outcome owns the row and the cache)."""
+        with self.lock:
+            if not self.active:
+                return
+            alias, prefix = self.storage.alias, self.storage.cache_prefix
+            if not StoredFile.renew_lease(alias, self.name, self.owner, seconds, self.done):
+                self.active = False  # the lease was lost: recording the outcome finds that out
+                return
+            self.renewed = time.monotonic()
+            if self.leased is not None:
+                file_state.publish(prefix, alias, self.name, self.leased)
+                self.leased = None
+            file_state.publish_progress(prefix, alias, self.name, self.done, self.total)
 
     def __enter__(self) -> _Heartbeat:
-        self._thread.start()
+        _keeper.add(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        with self.lock:
+            self.active = False
+        _keeper.remove(self)
+
+
+class _LeaseKeeper:
+    """One daemon thread per process that renews the leases of the transfers running in it.
+
+    Started on first use and again after a fork (Celery's prefork children), so no thread
+    crosses a fork. Its database connection is its own and stays open between transfers; a
+    failing renewal is logged and tried again at the next tick.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._beats: set[_Heartbeat] = set()
+        self._pid = 0
+
+    def add(self, beat: _Heartbeat) -> None:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._beats = set()
+                thread = threading.Thread(
+                    target=self._run, name="queued-storage-leases", daemon=True
+                )
+                thread.start()
+            self._beats.add(beat)
+
+    def remove(self, beat: _Heartbeat) -> None:
+        with self._lock:
+            self._beats.discard(beat)
+
+    def _run(self) -> None:
+        while True:
+            seconds = settings.LEASE_TIMEOUT
+            interval = min(1.0, seconds / 4)
+            time.sleep(interval)
+            with self._lock:
+                beats = list(self._beats)
+            now = time.monotonic()
+            for beat in beats:
+                if now - beat.renewed < interval:
+                    continue  # renewed (or taken) less than an interval ago
+                try:
+                    beat.beat(seconds)
+                except Exception:
+                    logger.warning(
+                        "queued_storage: could not renew the lease on %r", beat.name, exc_info=True
+                    )
+                    connections.close_all()  # this thread's own; a fresh one next tick
+
+
+_keeper = _LeaseKeeper()
 
 
 class _LedgerCheckpoint:
@@ -222,11 +283,9 @@ def run_transfer(
         raise RetryLater(remaining, f"{name!r} is being transferred by {row.lease_owner}")
     if row is None:
         return Outcome.GONE  # deleted between taking the lease and reading the row
-    # "transferring", for status pages (the lease's row is already the current one)
-    file_state.publish(storage.cache_prefix, alias, name, file_state.FileState.from_row(row))
     resume = _resume_of(row)
     try:
-        with _Heartbeat(storage, name, owner) as beat:
+        with _Heartbeat(storage, name, owner, file_state.FileState.from_row(row)) as beat:
             result = transfer_file(
                 storage.local,
                 storage.remote,
@@ -268,11 +327,14 @@ def run_transfer(
             _discard_remote(storage, name)
             return Outcome.GONE
         return Outcome.LOST_LEASE  # another worker took over; it records the outcome
+    delete = delete_local if delete_local is not None else storage.delete_local
+    # One cache write: "remote", and whether the local copy is to stay (invariant 2: it is
+    # deleted only once the ledger and the cache say "remote").
     file_state.publish(
         storage.cache_prefix,
         alias,
         name,
-        file_state.FileState(State.REMOTE, result.size, True),
+        file_state.FileState(State.REMOTE, result.size, not delete),
     )
     file_transferred.send(
         sender=type(storage),
@@ -284,15 +346,9 @@ def run_transfer(
         checksum=result.checksum,
         algorithm=result.algorithm,
     )
-    if delete_local if delete_local is not None else storage.delete_local:
+    if delete:
         storage.local.delete(name)
         StoredFile.mark_local_deleted(alias, name)
-        file_state.publish(
-            storage.cache_prefix,
-            alias,
-            name,
-            file_state.FileState(State.REMOTE, result.size, False),
-        )
     return Outcome.TRANSFERRED
 
 
