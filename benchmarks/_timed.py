@@ -80,6 +80,93 @@ def boto3_default(path: str, key: str) -> Run:
     return run
 
 
+def _boto3_client() -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=os.environ["QS_TEST_S3_DIRECT_ENDPOINT"],
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench-secret",
+        region_name="us-east-1",
+    )
+
+
+def crt(path: str, key: str) -> Run:
+    """boto3's CRT transfer client (``s3transfer.crt.CRTTransferManager`` on awscrt), with its
+    defaults, built for the benchmark's endpoint.
+
+    boto3's own ``upload_file(..., Config=TransferConfig(preferred_transfer_client="crt"))``
+    cannot reach a custom endpoint (see :func:`crt_probe`), so the manager is built here the
+    way ``boto3/crt.py`` builds it, with the endpoint and ``use_ssl=False`` as the only
+    changes. CRT signs and checksums in its own way (SigV4, CRC32 trailer) whatever
+    ``BENCH_UNSIGNED`` says.
+    """
+    import awscrt
+    import botocore.session
+    from botocore.config import Config
+    from s3transfer.crt import (
+        BotocoreCRTCredentialsWrapper,
+        BotocoreCRTRequestSerializer,
+        CRTTransferManager,
+        create_s3_crt_client,
+    )
+
+    endpoint = os.environ["QS_TEST_S3_DIRECT_ENDPOINT"]
+    client = _boto3_client()
+    provider = BotocoreCRTCredentialsWrapper(client._get_credentials())
+    crt_client = create_s3_crt_client(
+        "us-east-1",
+        crt_credentials_provider=provider.to_crt_credentials_provider(),
+        use_ssl=endpoint.startswith("https:"),
+    )
+    serializer = BotocoreCRTRequestSerializer(
+        botocore.session.Session(),
+        {
+            "region_name": "us-east-1",
+            "endpoint_url": endpoint,
+            "config": Config(s3={"addressing_style": "path"}),
+        },
+    )
+    manager = CRTTransferManager(crt_client, serializer)
+    assert isinstance(manager, CRTTransferManager)
+    # Where the requests go: the serializer's client decides the Host header CRT connects to.
+    target = serializer._client.meta.endpoint_url
+    assert target == endpoint, f"CRT would send to {target}, not {endpoint}"
+
+    def run() -> dict[str, Any]:
+        manager.upload(path, os.environ["QS_TEST_BUCKET"], key).result()
+        manager.shutdown()
+        return {
+            "manager": type(manager).__module__ + "." + type(manager).__name__,
+            "awscrt": awscrt.__version__,
+            "endpoint": target,
+        }
+
+    return run
+
+
+def crt_probe() -> Run:
+    """What boto3's ``upload_file`` with ``preferred_transfer_client="crt"`` would use: the
+    transfer manager's class and the endpoint its CRT requests are addressed to. Sends
+    nothing."""
+    import boto3.crt
+    from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+    client = _boto3_client()
+    manager = create_transfer_manager(client, TransferConfig(preferred_transfer_client="crt"))
+    serializer = boto3.crt.BOTOCORE_CRT_SERIALIZER
+
+    def run() -> dict[str, Any]:
+        return {
+            "manager": type(manager).__module__ + "." + type(manager).__name__,
+            "client_endpoint": client.meta.endpoint_url,
+            "crt_endpoint": serializer._client.meta.endpoint_url if serializer else None,
+        }
+
+    return run
+
+
 def storages_save(path: str, key: str) -> Run:
     """The old app's way: ``S3Storage.save(name, open_file)``."""
     _django()
@@ -124,6 +211,8 @@ MODES: dict[str, Callable[..., Run]] = {
     "engine": engine,
     "engine-md5": lambda path, key: engine(path, key, "md5"),
     "boto3": boto3_default,
+    "crt": crt,
+    "crt-probe": crt_probe,
     "storages": storages_save,
     "run_transfer": run_transfer,
 }

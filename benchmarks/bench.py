@@ -1,37 +1,64 @@
-"""``make bench``: queued_storage's transfer engine against baselines, on one S3 server.
+"""``make bench``: queued_storage against what a user would otherwise run, on one S3 server.
 
-Starts its own Redis and moto S3 server on loopback (``tests/services.py``), makes its files in
-a temporary directory, and measures every row in the same run against the same server. Each
-transfer runs in a process of its own; wall time and CPU seconds of a Python transfer are taken
-inside that process around the transfer itself (imports excluded), peak RSS is the process's
-(``os.wait4``). moto keeps objects in memory, so every object is deleted after its run and the
-server is reset between rows.
+Starts its own Redis, moto S3 server and PostgreSQL on loopback (``tests/services.py``), makes its
+files in a temporary directory, and measures every row against baselines in the same run on the
+same server; every ratio names its baseline's configuration. Where a row has rounds, each round
+runs every tool once, in turn (A, B, C; A, B, C; ...), and the row reports medians. Each
+transfer of row 1 runs in a process of its own; wall time and CPU seconds of a Python transfer
+are taken inside that process around the transfer itself (imports excluded), peak RSS is the
+process's (``os.wait4``). moto keeps objects in memory, so every object is deleted after its run
+and the server is reset between rows and tools. Nothing here asserts a time: targets are printed.
 
-Rows:
-1. 1 GiB: the engine (default ``crc32`` verification, and ``md5``) vs boto3 ``upload_file``
-   (defaults), s5cmd, and ``S3Storage.save(name, open_file)`` (the old app's way), with
-   botocore's defaults and with payload signing off.
-2. Peak RSS of the engine at 256 MiB and at 2 GiB.
+Rows, and each baseline's configuration:
+
+1. 1 GiB (``--quick``: 64 MiB), median of 3 interleaved rounds, "signed" (every storage and
+   client with botocore's defaults over plain HTTP: boto3 and ``S3Storage`` sign the payload;
+   the engine's own client sends ``UNSIGNED-PAYLOAD`` there by default, its bodies carrying
+   checksums) and "unsigned" (``payload_signing_enabled=False`` for every client, as HTTPS
+   gives): the engine (default
+   ``crc32`` verification, and ``md5``) vs boto3 ``upload_file`` (boto3's defaults), the CRT
+   client (``s3transfer.crt.CRTTransferManager`` with its defaults: boto3's own
+   ``upload_file`` with ``preferred_transfer_client="crt"`` ignores the endpoint, see the note
+   it prints), ``S3Storage.save(name, open_file)`` (``file_overwrite=False``, the old app's
+   way) and s5cmd (its defaults). Targets: engine <= 1.10x the fastest, <= 1.0 CPU-s/GiB.
+2. Peak RSS of the engine at 256 MiB and at 2 GiB (no baseline: a bound).
 3. Resume: a 512 MiB transfer killed halfway (``kill -9``) and retried: bytes re-sent.
-4. 2,000 files of 16 KiB saved through QueuedStorage and transferred by one Celery worker vs
-   ``S3Storage.save()`` in a loop, files per second end to end.
-5. The request path: ``QueuedStorage.save()`` of a 100 MiB upload vs ``S3Storage.save()``.
+4. 500 files of 16 KiB (``--quick``: 150) saved by this process through ``QueuedStorage``
+   (ledger on PostgreSQL) while one Celery worker (prefork, concurrency 2) transfers them, end
+   to end, vs two plain loops in one process: ``S3Storage.save()`` with django-storages'
+   defaults (``file_overwrite=True``: one PUT per file) and with ``file_overwrite=False`` (HEAD
+   + PUT). Median of 3 interleaved rounds; files/s, the worker's CPU per file (whole process
+   tree), the producer's CPU per save, the loops' CPU per file. Targets: >= 0.80x the
+   ``file_overwrite=True`` loop, worker CPU <= 4 ms per file.
+5. The request path: ``QueuedStorage.save()`` of a 100 MiB upload vs ``S3Storage.save()``
+   (``file_overwrite=False``).
+6. ``QueuedStorage.save()`` latency of 16 KiB in autocommit (transfer dispatched to Redis at
+   once, no worker), p50/p99 of 300 saves (``--quick``: 100) after 20 warm-up saves, ledger on
+   SQLite and on PostgreSQL x S3 healthy (moto), refusing connections, black-holed (accepts,
+   never answers); one child process per configuration, 3 interleaved rounds, each child
+   stopped after ``--save-timeout`` seconds (a timed-out row reports what completed). Baseline:
+   ``S3Storage.save()`` with django-storages' defaults (``file_overwrite=True``) against healthy
+   moto. Targets: p50 <= 3 ms, p99 <= 15 ms everywhere, no difference between S3 states.
 
-``--quick`` runs every row on smaller sizes (under two minutes). Prints a table and writes
-``benchmarks/results.json`` (``--json`` to change).
+``--quick`` runs every row on smaller sizes. Prints a table and a summary against the targets,
+and writes ``benchmarks/results.json`` (``--json`` to change).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import queue
 import resource
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,11 +67,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.services import ServiceStack  # noqa: E402
+from tests.services import LOOPBACK, ServiceStack, free_port  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
+KiB = 1024
 BUCKET = "bench-bucket"
+#: What each baseline is, printed beside every ratio to it.
+DEFAULT_LOOP = "S3Storage.save loop, django-storages defaults (file_overwrite=True: PUT)"
+NO_OVERWRITE_LOOP = "S3Storage.save loop, file_overwrite=False (HEAD + PUT)"
+SHORT = {DEFAULT_LOOP: "PUT loop", NO_OVERWRITE_LOOP: "HEAD+PUT loop", "ours": "ours"}
+SAVE_BASELINE = "S3Storage.save, django-storages defaults (file_overwrite=True), healthy moto"
 
 
 @dataclass
@@ -122,9 +155,189 @@ def run_child(argv: list[str], env: dict[str, str], *, inside: bool = True) -> S
     return Sample(wall, usage.ru_utime + usage.ru_stime, peak, info)
 
 
+def percentile(values: list[float], pct: float) -> float:
+    """The *pct* percentile (nearest rank) of *values*."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + sys) of process *pid* itself, and of all its descendants (alive, or
+    reaped by it)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        children = root.children(recursive=True)
+        times = root.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0, 0.0
+    below = times.children_user + times.children_system  # children it has reaped
+    for member in children:
+        try:
+            own = member.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        below += own.user + own.system
+    return times.user + times.system, below
+
+
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class BlackHole:
+    """A loopback TCP listener that accepts every connection and never reads nor answers."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.listen(128)
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-black-hole", daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted.append(conn)  # kept open, never read
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+class LatencyChild:
+    """One ``benchmarks._save_latency`` process: it saves when told, reports every save at once.
+
+    The time the parent spends waiting on the child (set-up, warm-up, every round; not the
+    time it spends idle while the others run) has one budget of *budget* seconds; a child that
+    has not finished a step by then is killed and keeps what it reported.
+    """
+
+    def __init__(
+        self, label: str, argv: list[str], env: dict[str, str], log: Path, budget: float
+    ) -> None:
+        self.label = label
+        self.log = log
+        self.budget = budget
+        self.used = 0.0  # seconds spent waiting on this child so far
+        self.last = time.monotonic()  # when the child last reported (or was told to go on)
+        self.warm: list[float] = []
+        self.times: list[float] = []
+        self.round_p50: list[float] = []
+        self.info: dict[str, Any] = {}
+        self.status = "ok"
+        self.waiting_s = 0.0  # how long the save in progress had been running when stopped
+        with log.open("wb") as err:
+            self.proc = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                bufsize=1,
+            )
+        self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.status == "ok"
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                self.messages.put(json.loads(line))
+        self.messages.put(None)
+
+    def wait_for(self, marker: str) -> bool:
+        """Collect reports until one carries *marker*; ``False`` if the child failed first."""
+        while True:
+            start = time.monotonic()
+            try:
+                message = self.messages.get(timeout=max(0.0, self.budget - self.used))
+            except queue.Empty:
+                self.used += time.monotonic() - start
+                self.stop(f"timed out after {self.budget:.0f}s")
+                return False
+            self.last = time.monotonic()
+            self.used += self.last - start
+            if message is None:
+                self.stop(f"exited ({self.proc.wait()})")
+                return False
+            if "warm" in message:
+                self.warm.append(float(message["warm"]))
+            elif "t" in message:
+                self.times.append(float(message["t"]))
+            elif "ready" in message:
+                self.info.update(message)
+            if marker in message:
+                return True
+
+    def run(self, count: int) -> None:
+        if not self.alive:
+            return
+        assert self.proc.stdin is not None
+        before = len(self.times)
+        self.last = time.monotonic()
+        self.proc.stdin.write(f"run {count}\n")
+        self.proc.stdin.flush()
+        if self.wait_for("done"):
+            self.round_p50.append(statistics.median(self.times[before:]))
+
+    def stop(self, status: str = "ok") -> None:
+        if status != "ok":
+            self.waiting_s = time.monotonic() - self.last
+            self.status = status
+        if self.proc.poll() is None:
+            if status == "ok" and self.proc.stdin is not None:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(10)
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def log_tail(self, lines: int = 3) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(line.strip() for line in text.splitlines()[-lines:])
+
+
 class Bench:
-    def __init__(self, quick: bool) -> None:
+    def __init__(self, quick: bool, save_timeout: float | None = None) -> None:
         self.quick = quick
+        self.save_timeout = save_timeout or (40.0 if quick else 200.0)
         self.tmp = Path(tempfile.mkdtemp(prefix="qs-bench-"))
         self.stack = ServiceStack(
             BUCKET, strict=True, services=["redis", "moto", "postgres"]
@@ -209,24 +422,56 @@ class Bench:
         return result
 
     # -- rows ---------------------------------------------------------------------------------
+    def crt_available(self) -> bool:
+        """Whether the CRT baseline can run against this endpoint; prints why when it cannot."""
+        try:
+            import awscrt  # noqa: F401
+        except ImportError:
+            print("  note: crt left out: awscrt is not installed (pip install 'boto3[crt]')")
+            return False
+        probe = self.child("crt-probe").info
+        endpoint = self.env["QS_TEST_S3_DIRECT_ENDPOINT"]
+        print(
+            "  note: boto3 upload_file(Config=TransferConfig(preferred_transfer_client='crt')) "
+            f"gets a {probe['manager']}, but boto3/crt.py builds that CRT client with "
+            "use_ssl=True and its request serializer with endpoint_url=None, so its requests "
+            f"would go to {probe['crt_endpoint']} (TLS), not to the client's endpoint "
+            f"{probe['client_endpoint']}: not run. The 'crt' row is the same CRT client "
+            "(s3transfer.crt.CRTTransferManager, its defaults) built for "
+            f"{endpoint} with use_ssl=False; CRT signs its own way (SigV4, CRC32 trailer) "
+            "in both modes.",
+            flush=True,
+        )
+        return True
+
     def row1_throughput(self) -> None:
         size = 64 * MiB if self.quick else GiB
         runs = 3
         path = make_file(self.tmp / "row1.bin", size)
-        print(f"row 1: {size // MiB} MiB, median of {runs} runs", flush=True)
+        print(f"row 1: {size // MiB} MiB, median of {runs} interleaved rounds", flush=True)
+        tools = ["engine", "engine-md5", "boto3", "crt", "storages", "s5cmd"]
+        if not self.crt_available():
+            tools.remove("crt")
         for mode, unsigned in (("signed", False), ("unsigned", True)):
             self.reset_s3()
-            for tool in ("engine", "engine-md5", "boto3", "storages", "s5cmd"):
-                samples = []
-                for i in range(runs):
+            samples: dict[str, list[Sample]] = {tool: [] for tool in tools}
+            for i in range(runs):
+                for tool in tools:
                     key = f"row1/{tool}-{mode}-{i}.bin"
                     if tool == "s5cmd":
                         sample = self.s5cmd(path, key)
                     else:
                         sample = self.child(tool, str(path), key, unsigned=unsigned)
+                    if tool == "crt":
+                        assert sample.info["manager"] == "s3transfer.crt.CRTTransferManager"
                     assert self.drop(key) == size, f"{tool} stored a wrong size"
-                    samples.append(sample)
-                self.add("1-transfer", tool, mode, size, samples)
+                    samples[tool].append(sample)
+            for tool in tools:
+                extra: dict[str, Any] = {"walls": [round(x.wall, 3) for x in samples[tool]]}
+                if tool == "crt":
+                    extra["client"] = samples[tool][0].info["manager"]
+                    extra["awscrt"] = samples[tool][0].info["awscrt"]
+                self.add("1-transfer", tool, mode, size, samples[tool], **extra)
         path.unlink()
 
     def row2_memory(self) -> None:
@@ -311,21 +556,43 @@ class Bench:
         from django.core.files.base import ContentFile
         from django.core.files.storage import storages
 
-        from queued_storage.models import StoredFile
+        from queued_storage.models import State, StoredFile
         from tests.workers import CeleryWorker
 
-        count = 200 if self.quick else 2000
+        count = 150 if self.quick else 500
+        rounds = 3
         concurrency = 2
-        data = os.urandom(16 * 1024)
-        print(f"row 4: {count} files of 16 KiB, one worker (prefork, concurrency {concurrency})")
-        self.reset_s3()
-        baseline = storages["s3"]
-        start = time.perf_counter()
-        for i in range(count):
-            baseline.save(f"row4-base/{i}.bin", ContentFile(data))
-        base_wall = time.perf_counter() - start
-        self.reset_s3()
+        data = os.urandom(16 * KiB)
+        print(
+            f"row 4: {count} files of 16 KiB, median of {rounds} interleaved rounds; ours: "
+            f"QueuedStorage (ledger on PostgreSQL) + one worker (prefork, concurrency "
+            f"{concurrency}), end to end",
+            flush=True,
+        )
         queued = storages["default"]
+        loops = {DEFAULT_LOOP: storages["s3_default"], NO_OVERWRITE_LOOP: storages["s3"]}
+        staging = Path(queued.local.location)
+
+        def clean() -> None:
+            self.reset_s3()
+            StoredFile.objects.filter(alias=queued.alias).delete()
+            for path in sorted((staging / "row4").rglob("*"), reverse=True):
+                path.unlink() if path.is_file() else path.rmdir()
+
+        def arrived(prefix: str) -> int:
+            return StoredFile.objects.filter(
+                alias=queued.alias, state=State.REMOTE, name__startswith=prefix
+            ).count()
+
+        def wait_remote(prefix: str, expected: int, since: float) -> None:
+            while arrived(prefix) < expected:
+                if time.perf_counter() - since > 300:
+                    raise RuntimeError(
+                        f"only {arrived(prefix)} of {expected} files arrived in 300s "
+                        f"(worker log: {self.tmp / 'worker.log'})"
+                    )
+                time.sleep(0.02)
+
         worker = CeleryWorker(
             "benchmarks.celery_app",
             env=self.env,
@@ -333,57 +600,139 @@ class Bench:
             concurrency=concurrency,
             name="bench",
         ).start(timeout=60)
+        assert worker.pid is not None
+        results: dict[str, list[dict[str, float]]] = {
+            DEFAULT_LOOP: [],
+            NO_OVERWRITE_LOOP: [],
+            "ours": [],
+        }
         try:
+            # Warm every process up (connections, clients, the pool's children) outside the
+            # rounds: a site's worker and web processes are running already.
+            clean()
+            for storage in loops.values():
+                storage.save("row4/warm/base.bin", ContentFile(data))
             start = time.perf_counter()
-            for i in range(count):
-                queued.save(f"row4/{i}.bin", ContentFile(data))
-            saved = time.perf_counter() - start
-            done = 0
-            while done < count:
-                done = StoredFile.objects.filter(alias="default", state="remote").count()
-                if time.perf_counter() - start > 600:
-                    raise RuntimeError(f"only {done} of {count} files arrived")
-                time.sleep(0.02)
-            wall = time.perf_counter() - start
+            for i in range(4 * concurrency):
+                queued.save(f"row4/warm/{i}.bin", ContentFile(data))
+            wait_remote("row4/warm/", 4 * concurrency, start)
+            for r in range(rounds):
+                for label, storage in loops.items():
+                    clean()
+                    cpu = self_cpu()
+                    start = time.perf_counter()
+                    for i in range(count):
+                        storage.save(f"row4/base/{r}/{i}.bin", ContentFile(data))
+                    wall = time.perf_counter() - start
+                    results[label].append({"wall": wall, "cpu": self_cpu() - cpu})
+                clean()
+                prefix = f"row4/q/{r}/"
+                main_cpu, pool_cpu = tree_cpu(worker.pid)
+                cpu = self_cpu()
+                start = time.perf_counter()
+                for i in range(count):
+                    queued.save(f"{prefix}{i}.bin", ContentFile(data))
+                saved = time.perf_counter() - start
+                producer = self_cpu() - cpu
+                wait_remote(prefix, count, start)
+                wall = time.perf_counter() - start
+                main_after, pool_after = tree_cpu(worker.pid)
+                results["ours"].append(
+                    {
+                        "wall": wall,
+                        "saves": saved,
+                        "cpu": producer,
+                        "worker_cpu": main_after - main_cpu + pool_after - pool_cpu,
+                        "worker_main_cpu": main_after - main_cpu,
+                        "worker_pool_cpu": pool_after - pool_cpu,
+                    }
+                )
+                print(
+                    f"  round {r + 1}: "
+                    + ", ".join(
+                        f"{SHORT[key]} {values[-1]['wall']:.2f}s" for key, values in results.items()
+                    )
+                    + f" (load average {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
         finally:
             worker.stop()
-        ours, base = count / wall, count / base_wall
-        self.rows.append(
-            Row(
-                "4-small",
-                "S3Storage.save loop",
-                "signed",
-                16 / 1024,
-                count,
-                round(base_wall, 3),
-                0.0,
-                0.0,
-                0.0,
-                {"files_per_s": round(base, 1)},
+            clean()
+
+        def med(label: str, key: str) -> float:
+            return statistics.median(x[key] for x in results[label])
+
+        base_fps = {label: count / med(label, "wall") for label in loops}
+        for label in loops:
+            self.rows.append(
+                Row(
+                    "4-small",
+                    label,
+                    "signed",
+                    16 / 1024,
+                    rounds,
+                    round(med(label, "wall"), 3),
+                    round(med(label, "cpu"), 3),
+                    0.0,
+                    0.0,
+                    {
+                        "files": count,
+                        "files_per_s": round(base_fps[label], 1),
+                        "cpu_ms_per_file": round(med(label, "cpu") / count * 1000, 2),
+                        "walls": [round(x["wall"], 3) for x in results[label]],
+                    },
+                )
             )
-        )
+        ours = count / med("ours", "wall")
+        worker_ms = med("ours", "worker_cpu") / count * 1000
+        main_ms = med("ours", "worker_main_cpu") / count * 1000
+        pool_ms = med("ours", "worker_pool_cpu") / count * 1000
+        producer_ms = med("ours", "cpu") / count * 1000
         self.rows.append(
             Row(
                 "4-small",
-                "QueuedStorage+worker",
+                f"QueuedStorage+worker (prefork, c={concurrency})",
                 "signed",
                 16 / 1024,
-                count,
-                round(wall, 3),
-                0.0,
+                rounds,
+                round(med("ours", "wall"), 3),
+                round(med("ours", "worker_cpu"), 3),
                 0.0,
                 0.0,
                 {
+                    "files": count,
                     "files_per_s": round(ours, 1),
-                    "save_loop_s": round(saved, 3),
-                    "ratio_vs_baseline": round(ours / base, 2),
+                    "save_loop_s": round(med("ours", "saves"), 3),
+                    "ratio_vs_default_loop": round(ours / base_fps[DEFAULT_LOOP], 2),
+                    "ratio_vs_no_overwrite_loop": round(ours / base_fps[NO_OVERWRITE_LOOP], 2),
+                    "worker_cpu_ms_per_file": round(worker_ms, 2),
+                    "worker_main_cpu_ms_per_file": round(main_ms, 2),
+                    "worker_pool_cpu_ms_per_file": round(pool_ms, 2),
+                    "producer_cpu_ms_per_save": round(producer_ms, 2),
                     "worker_concurrency": concurrency,
+                    "walls": [round(x["wall"], 3) for x in results["ours"]],
                 },
             )
         )
+        for label in loops:
+            print(
+                f"  {label}: {base_fps[label]:.0f} files/s, "
+                f"CPU {med(label, 'cpu') / count * 1000:.2f} ms/file"
+            )
         print(
-            f"  S3Storage.save loop: {base:.0f} files/s; QueuedStorage end to end: {ours:.0f} "
-            f"files/s ({ours / base:.2f}x; the saves alone took {saved:.2f}s)"
+            f"  QueuedStorage end to end: {ours:.0f} files/s = "
+            f"{ours / base_fps[DEFAULT_LOOP]:.2f}x the {DEFAULT_LOOP} [target >= 0.80], "
+            f"{ours / base_fps[NO_OVERWRITE_LOOP]:.2f}x the {NO_OVERWRITE_LOOP}; the saves "
+            f"alone took {med('ours', 'saves'):.2f}s"
+        )
+        print(
+            f"  CPU per file: worker {worker_ms:.2f} ms (whole process tree: main {main_ms:.2f}, "
+            f"pool {pool_ms:.2f}) [target <= 4 ms], "
+            f"producer {producer_ms:.2f} ms per save; the loops' "
+            f"{med(DEFAULT_LOOP, 'cpu') / count * 1000:.2f} ms (file_overwrite=True) and "
+            f"{med(NO_OVERWRITE_LOOP, 'cpu') / count * 1000:.2f} ms (file_overwrite=False) "
+            "per file as the reference",
+            flush=True,
         )
 
     def row5_request_path(self) -> None:
@@ -420,11 +769,153 @@ class Bench:
             f"{s / q:.0f}x faster"
         )
 
+    def row6_save_latency(self) -> None:
+        from django.core.files.storage import storages
+
+        from benchmarks.celery_app import app
+        from queued_storage.models import StoredFile
+
+        total = 100 if self.quick else 300
+        rounds, warmup, size = 3, 20, 16 * KiB
+        per_round = -(-total // rounds)
+        budget = self.save_timeout
+        print(
+            f"row 6: save() latency of 16 KiB in autocommit, {per_round * rounds} saves per "
+            f"configuration after {warmup} warm-up saves, {rounds} interleaved rounds, each "
+            f"child stopped after {budget:.0f}s; baseline: {SAVE_BASELINE}",
+            flush=True,
+        )
+        self.reset_s3()
+        hole = BlackHole()
+        endpoints = {
+            "healthy": self.env["QS_TEST_S3_DIRECT_ENDPOINT"],
+            "refused": f"http://{LOOPBACK}:{free_port()}",
+            "black-holed": hole.endpoint,
+        }
+        sqlite = self.tmp / "row6-ledger.sqlite3"
+        configs: list[tuple[str, str, str, str]] = [
+            ("baseline", "s3_default", "postgres", "healthy")
+        ]
+        configs += [
+            (f"{db}/{s3}", "default", db, s3)
+            for db in ("sqlite", "postgres")
+            for s3 in ("healthy", "refused", "black-holed")
+        ]
+        children: dict[str, LatencyChild] = {}
+        try:
+            for label, alias, db, s3 in configs:
+                env = {
+                    **self.env,
+                    "BENCH_DB": db,
+                    "BENCH_SQLITE": str(sqlite),
+                    "BENCH_S3_ENDPOINT": endpoints[s3],
+                }
+                tag = label.replace("/", "-")
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks._save_latency",
+                    alias,
+                    f"row6/{tag}",
+                    str(warmup),
+                    str(size),
+                ]
+                log = self.tmp / f"row6-{tag}.log"
+                child = children[label] = LatencyChild(label, argv, env, log, budget)
+                # One child at a time sets up and warms up, so that none slows another down.
+                if child.wait_for("ready"):
+                    child.wait_for("warmed")
+            for _ in range(rounds):
+                for child in children.values():
+                    child.run(per_round)
+        finally:
+            for child in children.values():
+                if child.alive:
+                    child.stop()
+            hole.close()
+            app.control.purge()  # the dispatched transfers: no worker is meant to run them
+            StoredFile.objects.filter(name__startswith="row6/").delete()
+            staging = Path(storages["default"].local.location) / "row6"
+            for path in sorted(staging.rglob("*"), reverse=True):
+                path.unlink() if path.is_file() else path.rmdir()
+            if staging.exists():
+                staging.rmdir()
+        base = children["baseline"]
+        base_p50 = statistics.median(base.times) if base.times else 0.0
+        for label, _alias, db, s3 in configs:
+            child = children[label]
+            done = child.times
+            p50 = statistics.median(done) if done else None
+            p99 = percentile(done, 99) if done else None
+            ratio = p50 / base_p50 if p50 is not None and base_p50 else None
+            extra: dict[str, Any] = {
+                "db": db,
+                "s3": s3,
+                "endpoint": endpoints[s3],
+                "status": child.status,
+                "saves": len(done),
+                "saves_wanted": per_round * rounds,
+                "warmup_done": len(child.warm),
+                "warmup_wanted": warmup,
+                "warmup_max_s": round(max(child.warm), 3) if child.warm else None,
+                "p50_ms": round(p50 * 1000, 3) if p50 is not None else None,
+                "p99_ms": round(p99 * 1000, 3) if p99 is not None else None,
+                "round_p50_ms": [round(x * 1000, 3) for x in child.round_p50],
+                "ratio_p50_vs_baseline": round(ratio, 2) if ratio is not None else None,
+                "baseline": SAVE_BASELINE,
+            }
+            if not child.alive:
+                extra["waiting_s"] = round(child.waiting_s, 1)
+                extra["log_tail"] = child.log_tail()
+            tool = "S3Storage.save (defaults)" if label == "baseline" else "QueuedStorage.save"
+            mode = "healthy" if label == "baseline" else label
+            self.rows.append(
+                Row(
+                    "6-save-latency",
+                    tool,
+                    mode,
+                    size / MiB,
+                    len(done),
+                    round(p50, 6) if p50 is not None else 0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    extra,
+                )
+            )
+            print("  " + latency_line(self.rows[-1]), flush=True)
+            if not child.alive and extra["log_tail"]:
+                print(f"      child's last log lines: {extra['log_tail'][:300]}")
+
     def close(self) -> None:
         self.stack.stop()
         for path in sorted(self.tmp.rglob("*"), reverse=True):
             path.unlink() if path.is_file() else path.rmdir()
         self.tmp.rmdir()
+
+
+def latency_line(r: Row) -> str:
+    """One configuration of row 6: its p50/p99 beside the targets, or what it got through."""
+    e = r.extra
+    label = f"{r.tool} [{r.mode}]"
+    if e["status"] == "ok":
+        text = f"{label:<42} p50 {e['p50_ms']:7.2f} ms  p99 {e['p99_ms']:7.2f} ms"
+        if r.tool.startswith("QueuedStorage"):
+            text += (
+                f"  p50 = {e['ratio_p50_vs_baseline']:.2f}x the baseline's "
+                "[targets: p50 <= 3 ms, p99 <= 15 ms]"
+            )
+        return text
+    warm = f"{e['warmup_done']} of {e['warmup_wanted']} warm-up saves done"
+    if e["warmup_done"]:
+        warm += f" (slowest {e['warmup_max_s']:.1f}s)"
+    timed = f"{e['saves']} of {e['saves_wanted']} measured saves"
+    if e["saves"]:
+        timed += f" (p50 {e['p50_ms']:.2f} ms, p99 {e['p99_ms']:.2f} ms)"
+    return (
+        f"{label:<42} FAILED: {e['status']}; {warm}, {timed}; the save in progress had "
+        f"waited {e['waiting_s']:.1f}s [targets: p50 <= 3 ms, p99 <= 15 ms]"
+    )
 
 
 def summary(rows: list[Row]) -> list[str]:
@@ -438,9 +929,9 @@ def summary(rows: list[Row]) -> list[str]:
             ratio = engine.wall_s / best.wall_s
             engine.extra["wall_ratio_vs_best_baseline"] = round(ratio, 2)
             lines.append(
-                f"transfer ({mode}): {engine.tool} {engine.wall_s:.2f}s = {ratio:.2f}x the best "
-                f"baseline ({best.tool}, {best.wall_s:.2f}s) [target <= 1.10]; CPU "
-                f"{engine.cpu_s_per_gib:.2f} s/GiB [target <= 1.0]"
+                f"transfer ({mode}): {engine.tool} {engine.wall_s:.2f}s = {ratio:.2f}x the fastest "
+                f"client ({best.tool}, its defaults, {best.wall_s:.2f}s) [target <= 1.10]; client "
+                f"CPU {engine.cpu_s_per_gib:.2f} s/GiB [target <= 1.0]"
             )
         for r in transfer:
             r.extra.setdefault("wall_ratio_vs_best_baseline", round(r.wall_s / best.wall_s, 2))
@@ -457,11 +948,24 @@ def summary(rows: list[Row]) -> list[str]:
             f"resume: re-sent {e['bytes_resent'] / MiB:.1f} MiB "
             f"[target < {e['limit_bytes'] / MiB:.0f}]"
         )
-    small = [r for r in rows if r.row == "4-small" and "ratio_vs_baseline" in r.extra]
+    small = [r for r in rows if r.row == "4-small" and "ratio_vs_default_loop" in r.extra]
     if small:
+        e = small[0].extra
         lines.append(
-            f"small files: {small[0].extra['ratio_vs_baseline']:.2f}x the S3Storage.save "
-            "loop [target >= 0.80]"
+            f"small files: {e['files_per_s']:.0f} files/s end to end = "
+            f"{e['ratio_vs_default_loop']:.2f}x the {DEFAULT_LOOP} [target >= 0.80], "
+            f"{e['ratio_vs_no_overwrite_loop']:.2f}x the {NO_OVERWRITE_LOOP}"
+        )
+        loops = {
+            r.tool: r.extra["cpu_ms_per_file"]
+            for r in rows
+            if r.row == "4-small" and "cpu_ms_per_file" in r.extra
+        }
+        lines.append(
+            f"small files CPU: worker {e['worker_cpu_ms_per_file']:.2f} ms/file [target <= 4], "
+            f"producer {e['producer_cpu_ms_per_save']:.2f} ms/save; reference: the "
+            f"file_overwrite=True loop {loops.get(DEFAULT_LOOP, 0):.2f} ms/file, the "
+            f"file_overwrite=False loop {loops.get(NO_OVERWRITE_LOOP, 0):.2f} ms/file"
         )
     request = [r for r in rows if r.row == "5-request" and "speedup_vs_s3storage" in r.extra]
     if request:
@@ -469,6 +973,37 @@ def summary(rows: list[Row]) -> list[str]:
             f"request path: {request[0].extra['speedup_vs_s3storage']:.0f}x faster than "
             "S3Storage.save [target >= 5]"
         )
+    latency = [r for r in rows if r.row == "6-save-latency"]
+    if latency:
+        base = latency[0]
+        if base.extra["status"] == "ok":
+            lines.append(
+                f"save latency baseline: {SAVE_BASELINE}: p50 {base.extra['p50_ms']:.2f} ms, "
+                f"p99 {base.extra['p99_ms']:.2f} ms"
+            )
+        for r in latency[1:]:
+            lines.append("save latency: " + latency_line(r))
+        for db in ("sqlite", "postgres"):
+            by_s3 = {r.extra["s3"]: r for r in latency[1:] if r.extra["db"] == db}
+            healthy = by_s3.get("healthy")
+            if healthy is None or healthy.extra["status"] != "ok":
+                continue
+            parts = []
+            for s3 in ("refused", "black-holed"):
+                other = by_s3.get(s3)
+                if other is None:
+                    continue
+                if other.extra["status"] != "ok":
+                    parts.append(f"{s3} FAILED ({other.extra['status']})")
+                    continue
+                parts.append(
+                    f"{s3} p50 {other.extra['p50_ms'] / healthy.extra['p50_ms']:.2f}x, "
+                    f"p99 {other.extra['p99_ms'] / healthy.extra['p99_ms']:.2f}x"
+                )
+            lines.append(
+                f"save latency ({db} ledger) vs healthy S3: {'; '.join(parts)} "
+                "[target: no difference]"
+            )
     return lines
 
 
@@ -481,10 +1016,35 @@ def table(rows: list[Row]) -> str:
     for r in rows:
         ratio = r.extra.get("wall_ratio_vs_best_baseline", "")
         if r.row == "4-small":
+            e = r.extra
+            if "ratio_vs_default_loop" in e:
+                ratio = (
+                    f"{e['ratio_vs_default_loop']} (vs file_overwrite=True loop), "
+                    f"{e['ratio_vs_no_overwrite_loop']} (vs file_overwrite=False loop)"
+                )
+                cpu = (
+                    f"worker {e['worker_cpu_ms_per_file']} ms/file, producer "
+                    f"{e['producer_cpu_ms_per_save']} ms/save"
+                )
+            else:
+                ratio, cpu = "", f"{e['cpu_ms_per_file']} ms/file"
             out.append(
-                f"| {r.row} | {r.tool} | {r.mode} | {r.size_mib:.3f} x {r.runs} | 1 | "
-                f"{r.wall_s:.2f} | {r.extra.get('ratio_vs_baseline', '')} | | | "
-                f"({r.extra['files_per_s']} files/s) |"
+                f"| {r.row} | {r.tool} | {r.mode} | 16 KiB x {e['files']} | {r.runs} | "
+                f"{r.wall_s:.2f} ({e['files_per_s']} files/s) | {ratio} | {cpu} | | |"
+            )
+            continue
+        if r.row == "6-save-latency":
+            e = r.extra
+            if e["status"] == "ok":
+                wall = f"p50 {e['p50_ms']} ms, p99 {e['p99_ms']} ms"
+            else:
+                wall = f"FAILED ({e['status']}): {r.runs} saves"
+                if r.runs:
+                    wall += f", p50 {e['p50_ms']} ms, p99 {e['p99_ms']} ms"
+            ratio = e["ratio_p50_vs_baseline"] if r.tool.startswith("Queued") else "baseline"
+            out.append(
+                f"| {r.row} | {r.tool} | {r.mode} | 16 KiB | {r.runs} | {wall} | "
+                f"{'' if ratio is None else ratio} | | | |"
             )
             continue
         out.append(
@@ -498,13 +1058,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes, under two minutes")
-    parser.add_argument("--rows", default="1,2,3,4,5", help="comma-separated rows to run")
+    parser.add_argument("--quick", action="store_true", help="small sizes, about three minutes")
+    parser.add_argument("--rows", default="1,2,3,4,5,6", help="comma-separated rows to run")
+    parser.add_argument(
+        "--save-timeout",
+        type=float,
+        default=None,
+        help="row 6: seconds each configuration's child may take in all (default 200, quick 40)",
+    )
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results.json"))
     args = parser.parse_args()
     wanted = {int(r) for r in args.rows.split(",")}
     started = time.perf_counter()
-    bench = Bench(args.quick)
+    load_before = os.getloadavg()[0]
+    bench = Bench(args.quick, args.save_timeout)
     try:
         for number, method in (
             (1, bench.row1_throughput),
@@ -512,6 +1079,7 @@ def main() -> int:
             (3, bench.row3_resume),
             (4, bench.row4_small_files),
             (5, bench.row5_request_path),
+            (6, bench.row6_save_latency),
         ):
             if number in wanted:
                 method()
@@ -526,7 +1094,9 @@ def main() -> int:
     elapsed = time.perf_counter() - started
     print(
         f"\n{'quick' if args.quick else 'full'} run: {elapsed:.0f}s on {os.cpu_count()} cores; "
-        f"self peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+        f"self peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
+        f"1-min load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+        "(anything else running on the machine shows here)"
     )
     Path(args.json).write_text(
         json.dumps(
@@ -534,6 +1104,7 @@ def main() -> int:
                 "quick": args.quick,
                 "seconds": round(elapsed, 1),
                 "cpus": os.cpu_count(),
+                "load_average_start_end": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                 "rows": [asdict(r) for r in bench.rows],
                 "summary": lines,
             },
