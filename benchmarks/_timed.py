@@ -188,7 +188,7 @@ def run_transfer(alias: str, name: str) -> Run:
     """The whole task policy (lease, engine, ledger) without Celery, for the resume row."""
     _django()
     from queued_storage.models import StoredFile
-    from queued_storage.tasks import run_transfer as run_policy
+    from queued_storage.worker import run_transfer as run_policy
 
     def run() -> dict[str, Any]:
         row = StoredFile.get_row(alias, name)

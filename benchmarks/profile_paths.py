@@ -75,7 +75,7 @@ def main() -> int:
         from django.core.management import call_command
 
         import benchmarks.celery_app
-        from queued_storage.tasks import run_transfer
+        from queued_storage.worker import run_transfer
 
         call_command("migrate", verbosity=0)
         data = os.urandom(16 * 1024)

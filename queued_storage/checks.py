@@ -15,7 +15,11 @@
 | W010 | this host's waiting bytes are at 80 % of the staging budget (database check) |
 | W011 | the Redis broker's ``visibility_timeout`` is shorter than the longest retry delay |
 | E008 | ``QUEUED_STORAGE_UPLOAD_STORAGE`` is not the alias of a QueuedStorage in STORAGES |
-| E009 | an upload view setting (``QUEUED_STORAGE_UPLOAD_*``, ``NGINX_*``) has an invalid value |
+| E009 | ``QUEUED_STORAGE_UPLOAD_MAX_BYTES`` / ``UPLOAD_CHUNK_SIZE`` is not a positive integer |
+| E012 | ``QUEUED_STORAGE_UPLOAD_AUTHORIZER`` cannot be imported or is not callable |
+| E013 | ``QUEUED_STORAGE_UPLOAD_PERMISSION`` / ``STATUS_PERMISSION``: not ``"<app>.<codename>"`` |
+| E014 | ``QUEUED_STORAGE_NGINX_UPLOAD_DIR`` is not an absolute path |
+| E015 | ``QUEUED_STORAGE_NGINX_SECRET`` is empty or not a string |
 | W002 | ``QUEUED_STORAGE_NGINX_UPLOAD_DIR`` is set without ``QUEUED_STORAGE_NGINX_SECRET`` |
 """
 
@@ -29,7 +33,9 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from queued_storage.conf import settings
+from queued_storage.conf import DEFAULTS, settings
+from queued_storage.models import StoredFile
+from queued_storage.storage import QueuedStorage
 
 __all__ = [
     "check_queued_storages",
@@ -41,9 +47,12 @@ __all__ = [
 _BACKEND = "queued_storage.storage.QueuedStorage"
 
 
-def _queued_entries() -> Iterator[tuple[str, dict[str, Any]]]:
-    from queued_storage.storage import QueuedStorage
+def _setting(name: str) -> Any:
+    """The raw value of ``QUEUED_STORAGE_<name>`` (unchecked), or its default from ``conf``."""
+    return getattr(django_settings, f"QUEUED_STORAGE_{name}", DEFAULTS[name])
 
+
+def _queued_entries() -> Iterator[tuple[str, dict[str, Any]]]:
     for alias, conf in getattr(django_settings, "STORAGES", {}).items():
         try:
             backend = import_string(conf.get("BACKEND", ""))
@@ -69,8 +78,6 @@ def _known(spec: Any) -> bool:
 
 @register(Tags.compatibility)
 def check_queued_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    from queued_storage.storage import QueuedStorage
-
     messages: list[CheckMessage] = []
     for alias, options in _queued_entries():
         local, remote = options.get("local"), options.get("remote")
@@ -121,7 +128,7 @@ def check_queued_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckM
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
-    retries = getattr(django_settings, "QUEUED_STORAGE_RETRIES", 5)
+    retries = _setting("RETRIES")
     if not isinstance(retries, int) or isinstance(retries, bool) or retries <= 0:
         messages.append(
             Error(
@@ -130,13 +137,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="queued_storage.E004",
             )
         )
-    for name, default in (
-        ("RETRY_DELAY", 60),
-        ("RETRY_MAX_DELAY", 3600),
-        ("LEASE_TIMEOUT", 120),
-        ("CACHE_TIMEOUT", 7 * 24 * 3600),
-    ):
-        value = getattr(django_settings, f"QUEUED_STORAGE_{name}", default)
+    for name in ("RETRY_DELAY", "RETRY_MAX_DELAY", "LEASE_TIMEOUT", "CACHE_TIMEOUT"):
+        value, default = _setting(name), DEFAULTS[name]
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             messages.append(
                 Error(
@@ -176,10 +178,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 def _celery_eager() -> bool:
     if getattr(django_settings, "CELERY_TASK_ALWAYS_EAGER", False):
         return True
-    try:
-        from celery import current_app
-    except ImportError:  # pragma: no cover
-        return False
+    from celery import current_app  # only when the checks run: the package works without it
+
     return bool(current_app.conf.task_always_eager)
 
 
@@ -193,7 +193,7 @@ def _positive(value: Any, kind: type) -> bool:
 def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """E010, E011, W011: the reconcile pass, the staging budget, the broker's redelivery."""
     messages: list[CheckMessage] = []
-    budget = getattr(django_settings, "QUEUED_STORAGE_STAGING_BUDGET", None)
+    budget = _setting("STAGING_BUDGET")
     if budget is not None and not _positive(budget, int):
         messages.append(
             Error(
@@ -204,11 +204,8 @@ def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[C
                 id="queued_storage.E010",
             )
         )
-    for name, default, kind in (
-        ("RECONCILE_AFTER", 900, float),
-        ("RECONCILE_BATCH", 500, int),
-    ):
-        value = getattr(django_settings, f"QUEUED_STORAGE_{name}", default)
+    for name, kind in (("RECONCILE_AFTER", float), ("RECONCILE_BATCH", int)):
+        value, default = _setting(name), DEFAULTS[name]
         if not _positive(value, kind):
             what = "seconds" if kind is float else "rows (an integer)"
             messages.append(
@@ -236,10 +233,8 @@ def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[C
 
 def _redis_visibility_timeout() -> float | None:
     """The Redis transport's visibility timeout, or ``None`` when the broker is not Redis."""
-    try:
-        from celery import current_app
-    except ImportError:  # pragma: no cover
-        return None
+    from celery import current_app
+
     conf = current_app.conf
     url = str(conf.broker_url or "")
     if not url.startswith(("redis://", "rediss://", "sentinel://", "redis+socket://")):
@@ -256,12 +251,10 @@ def check_staging_budget(
     app_configs: Any = None, databases: Any = None, **kwargs: Any
 ) -> list[CheckMessage]:
     """W010: reads the ledger, so it runs with ``check --database`` and ``migrate`` only."""
-    raw: Any = getattr(django_settings, "QUEUED_STORAGE_STAGING_BUDGET", None)
+    raw: Any = _setting("STAGING_BUDGET")
     if not databases or not _positive(raw, int):
         return []  # no budget, or an invalid one (E010)
     budget = int(raw)
-    from queued_storage.models import StoredFile
-
     if StoredFile.db() not in databases:
         return []
     try:
@@ -282,8 +275,8 @@ def check_staging_budget(
     ]
 
 
-# -- upload views (queued_storage.views): E008, E009, W002 --------------------------------------
-_UPLOAD_INTEGERS = (("UPLOAD_MAX_BYTES", 5 * 1024**3), ("UPLOAD_CHUNK_SIZE", 256 * 1024))
+# -- upload views (queued_storage.views): E008, E009, E012-E015, W002 --------------------------
+_UPLOAD_HINT = "See the settings table in the README (section Uploads)."
 
 
 def _positive_int(value: Any) -> bool:
@@ -292,7 +285,7 @@ def _positive_int(value: Any) -> bool:
 
 @register(Tags.compatibility)
 def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """E008, E009, W002: the settings of the upload views (checked only where they are set)."""
+    """E008, E009, E012-E015, W002: the settings of the upload views (checked where set)."""
     messages: list[CheckMessage] = []
     alias = getattr(django_settings, "QUEUED_STORAGE_UPLOAD_STORAGE", None)
     if alias is not None and alias not in dict(_queued_entries()):
@@ -305,49 +298,58 @@ def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                 id="queued_storage.E008",
             )
         )
-    problems = [
-        f"QUEUED_STORAGE_{name} must be a positive integer (bytes), got {value!r}"
-        for name, default in _UPLOAD_INTEGERS
-        if not _positive_int(value := getattr(django_settings, f"QUEUED_STORAGE_{name}", default))
+    problems: list[tuple[str, str]] = [
+        (f"QUEUED_STORAGE_{name} must be a positive integer (bytes), got {value!r}", "E009")
+        for name in ("UPLOAD_MAX_BYTES", "UPLOAD_CHUNK_SIZE")
+        if not _positive_int(value := _setting(name))
     ]
-    authorizer = getattr(django_settings, "QUEUED_STORAGE_UPLOAD_AUTHORIZER", None)
+    authorizer = _setting("UPLOAD_AUTHORIZER")
     if authorizer is not None:
         try:
             found = import_string(authorizer) if isinstance(authorizer, str) else None
         except ImportError as err:
             problems.append(
-                f"QUEUED_STORAGE_UPLOAD_AUTHORIZER {authorizer!r} cannot be imported ({err})"
+                (
+                    f"QUEUED_STORAGE_UPLOAD_AUTHORIZER {authorizer!r} cannot be imported ({err})",
+                    "E012",
+                )
             )
         else:
             if not callable(found):
                 problems.append(
-                    "QUEUED_STORAGE_UPLOAD_AUTHORIZER must be the dotted path of a function "
-                    f"authorize(request, name, action), got {authorizer!r}"
+                    (
+                        "QUEUED_STORAGE_UPLOAD_AUTHORIZER must be the dotted path of a function "
+                        f"authorize(request, name, action), got {authorizer!r}",
+                        "E012",
+                    )
                 )
     for name in ("UPLOAD_PERMISSION", "STATUS_PERMISSION"):
-        value = getattr(django_settings, f"QUEUED_STORAGE_{name}", None)
+        value = _setting(name)
         if value is not None and (not isinstance(value, str) or value.count(".") != 1):
             problems.append(
-                f"QUEUED_STORAGE_{name} must be None or a permission '<app_label>.<codename>', "
-                f"got {value!r}"
+                (
+                    f"QUEUED_STORAGE_{name} must be None or a permission '<app_label>.<codename>', "
+                    f"got {value!r}",
+                    "E013",
+                )
             )
-    upload_dir = getattr(django_settings, "QUEUED_STORAGE_NGINX_UPLOAD_DIR", None)
+    upload_dir = _setting("NGINX_UPLOAD_DIR")
     if upload_dir is not None and (
         not isinstance(upload_dir, str) or not upload_dir.startswith("/")
     ):
         problems.append(
-            f"QUEUED_STORAGE_NGINX_UPLOAD_DIR must be None or an absolute path, got {upload_dir!r}"
+            (
+                "QUEUED_STORAGE_NGINX_UPLOAD_DIR must be None or an absolute path, got "
+                f"{upload_dir!r}",
+                "E014",
+            )
         )
-    secret = getattr(django_settings, "QUEUED_STORAGE_NGINX_SECRET", None)
+    secret = _setting("NGINX_SECRET")
     if secret is not None and (not isinstance(secret, str) or not secret):
-        problems.append("QUEUED_STORAGE_NGINX_SECRET must be None or a non-empty string")
+        problems.append(("QUEUED_STORAGE_NGINX_SECRET must be None or a non-empty string", "E015"))
     messages.extend(
-        Error(
-            f"{problem}.",
-            hint="See the settings table in the README (section Uploads).",
-            id="queued_storage.E009",
-        )
-        for problem in problems
+        Error(f"{problem}.", hint=_UPLOAD_HINT, id=f"queued_storage.{check_id}")
+        for problem, check_id in problems
     )
     if upload_dir is not None and secret is None:
         messages.append(

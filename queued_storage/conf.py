@@ -11,165 +11,196 @@ import socket
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
 
-__all__ = ["settings"]
+__all__ = ["DEFAULTS", "settings"]
 
 MiB = 1024 * 1024
+
+
+#: The default of every ``QUEUED_STORAGE_<NAME>`` setting, by ``<NAME>`` (the system checks
+#: read them here too).
+DEFAULTS: dict[str, Any] = {
+    "CACHE": "default",
+    "CACHE_PREFIX": "queued_storage",
+    "CACHE_TIMEOUT": 7 * 24 * 3600,
+    "RETRIES": 5,
+    "RETRY_DELAY": 60,
+    "RETRY_MAX_DELAY": 3600,
+    "DATABASE": None,
+    "LEASE_TIMEOUT": 120,
+    "HOST": None,
+    "REMOTE_CHECK_TIMEOUT": None,
+    "MULTIPART_THRESHOLD": 16 * MiB,
+    "MULTIPART_CHUNKSIZE": 16 * MiB,
+    "MAX_CONCURRENCY": 4,
+    "CHUNK_SIZE": 8 * MiB,
+    "RECONCILE_AFTER": 900,
+    "RECONCILE_BATCH": 500,
+    "STAGING_BUDGET": None,
+    "UPLOAD_STORAGE": "default",
+    "UPLOAD_MAX_BYTES": 5 * 1024 * MiB,
+    "UPLOAD_CHUNK_SIZE": 256 * 1024,
+    "UPLOAD_AUTHORIZER": None,
+    "UPLOAD_PERMISSION": "queued_storage.add_storedfile",
+    "STATUS_PERMISSION": "queued_storage.view_storedfile",
+    "NGINX_UPLOAD_DIR": None,
+    "NGINX_SECRET": None,
+    "CHECKSUM": "crc32",
+}
 
 
 class Settings:
     """Typed accessors for the ``QUEUED_STORAGE_*`` settings (defaults in one place)."""
 
-    def _get(self, name: str, default: Any) -> Any:
-        return getattr(django_settings, f"QUEUED_STORAGE_{name}", default)
+    def _get(self, name: str) -> Any:
+        return getattr(django_settings, f"QUEUED_STORAGE_{name}", DEFAULTS[name])
 
     # --- state cache ---------------------------------------------------------------------
     @property
     def CACHE(self) -> str:
         """Alias in ``CACHES`` of the cache that holds the fast copy of each file's state."""
-        return str(self._get("CACHE", "default"))
+        return str(self._get("CACHE"))
 
     @property
     def CACHE_PREFIX(self) -> str:
         """Prefix of the state cache keys (kept from django-queued-storage)."""
-        return str(self._get("CACHE_PREFIX", "queued_storage"))
+        return str(self._get("CACHE_PREFIX"))
 
     @property
     def CACHE_TIMEOUT(self) -> int:
         """Seconds a state stays in the cache (it is rewritten at every state change)."""
-        return int(self._get("CACHE_TIMEOUT", 7 * 24 * 3600))
+        return int(self._get("CACHE_TIMEOUT"))
 
     # --- retry policy --------------------------------------------------------------------
     @property
     def RETRIES(self) -> int:
         """Retries after the first attempt before a transient failure becomes ``failed``."""
-        return int(self._get("RETRIES", 5))
+        return int(self._get("RETRIES"))
 
     @property
     def RETRY_DELAY(self) -> float:
         """Base delay in seconds of the exponential backoff between attempts."""
-        return float(self._get("RETRY_DELAY", 60))
+        return float(self._get("RETRY_DELAY"))
 
     @property
     def RETRY_MAX_DELAY(self) -> float:
         """Upper bound in seconds of one backoff delay."""
-        return float(self._get("RETRY_MAX_DELAY", 3600))
+        return float(self._get("RETRY_MAX_DELAY"))
 
     # --- ledger --------------------------------------------------------------------------
     @property
     def DATABASE(self) -> str | None:
         """Database alias of the ledger; ``None`` lets Django's routers decide."""
-        value = self._get("DATABASE", None)
+        value = self._get("DATABASE")
         return None if value is None else str(value)
 
     @property
     def LEASE_TIMEOUT(self) -> float:
         """Seconds a worker's lease on a file lasts without renewal (renewed during a transfer)."""
-        return float(self._get("LEASE_TIMEOUT", 120))
+        return float(self._get("LEASE_TIMEOUT"))
 
     @property
     def HOST(self) -> str:
         """Name recorded in the ledger as the host that holds the local copy."""
-        return str(self._get("HOST", None) or socket.gethostname())
+        return str(self._get("HOST") or socket.gethostname())
 
     @property
     def REMOTE_CHECK_TIMEOUT(self) -> float | None:
         """Seconds ``save()`` may spend asking the remote whether a name is taken; ``None``
         (the default): it never asks, the ledger alone decides (a request never waits on S3)."""
-        value = self._get("REMOTE_CHECK_TIMEOUT", None)
+        value = self._get("REMOTE_CHECK_TIMEOUT")
         return None if value is None else float(value)
 
     # --- transfer engine -----------------------------------------------------------------
     @property
     def MULTIPART_THRESHOLD(self) -> int:
         """Files of at least this many bytes go to S3 as a multipart upload."""
-        return int(self._get("MULTIPART_THRESHOLD", 16 * MiB))
+        return int(self._get("MULTIPART_THRESHOLD"))
 
     @property
     def MULTIPART_CHUNKSIZE(self) -> int:
         """Part size in bytes (raised automatically to stay under S3's 10,000 parts)."""
-        return int(self._get("MULTIPART_CHUNKSIZE", 16 * MiB))
+        return int(self._get("MULTIPART_CHUNKSIZE"))
 
     @property
     def MAX_CONCURRENCY(self) -> int:
         """Parts in flight at once for one file; memory is about this times the part size."""
-        return int(self._get("MAX_CONCURRENCY", 4))
+        return int(self._get("MAX_CONCURRENCY"))
 
     @property
     def CHUNK_SIZE(self) -> int:
         """Read size in bytes of the generic (non-S3) copy and of checksum passes."""
-        return int(self._get("CHUNK_SIZE", 8 * MiB))
+        return int(self._get("CHUNK_SIZE"))
 
     # --- reconcile pass and staging budget (queued_storage.reconcile) ----------------------
     @property
     def RECONCILE_AFTER(self) -> float:
         """Seconds a ``pending`` file may wait (beyond its retry backoff) before it is re-queued."""
-        return float(self._get("RECONCILE_AFTER", 900))
+        return float(self._get("RECONCILE_AFTER"))
 
     @property
     def RECONCILE_BATCH(self) -> int:
         """Most rows one reconcile pass handles per storage and kind of work."""
-        return int(self._get("RECONCILE_BATCH", 500))
+        return int(self._get("RECONCILE_BATCH"))
 
     @property
     def STAGING_BUDGET(self) -> int | None:
         """Most bytes that may wait on this host for their transfer; ``None``: no limit."""
-        value = self._get("STAGING_BUDGET", None)
+        value = self._get("STAGING_BUDGET")
         return None if value is None else int(value)
 
     # --- upload views (queued_storage.views) ---------------------------------------------
     @property
     def UPLOAD_STORAGE(self) -> str:
         """Alias in ``STORAGES`` of the ``QueuedStorage`` the upload views save into."""
-        return str(self._get("UPLOAD_STORAGE", "default"))
+        return str(self._get("UPLOAD_STORAGE"))
 
     @property
     def UPLOAD_MAX_BYTES(self) -> int:
         """Largest upload body in bytes; a larger ``Content-Length`` is refused unread."""
-        return int(self._get("UPLOAD_MAX_BYTES", 5 * 1024 * MiB))
+        return int(self._get("UPLOAD_MAX_BYTES"))
 
     @property
     def UPLOAD_CHUNK_SIZE(self) -> int:
         """Read size in bytes of the upload views: one upload holds about one chunk."""
-        return int(self._get("UPLOAD_CHUNK_SIZE", 256 * 1024))
+        return int(self._get("UPLOAD_CHUNK_SIZE"))
 
     @property
     def UPLOAD_AUTHORIZER(self) -> str | None:
         """Dotted path of ``authorize(request, name, action)``; ``None``: Django permissions."""
-        value = self._get("UPLOAD_AUTHORIZER", None)
+        value = self._get("UPLOAD_AUTHORIZER")
         return None if value is None else str(value)
 
     @property
     def UPLOAD_PERMISSION(self) -> str | None:
         """Permission the default authorizer requires to upload; ``None``: any signed-in user."""
-        value = self._get("UPLOAD_PERMISSION", "queued_storage.add_storedfile")
+        value = self._get("UPLOAD_PERMISSION")
         return None if value is None else str(value)
 
     @property
     def STATUS_PERMISSION(self) -> str | None:
         """Permission the default authorizer requires to read an upload's status."""
-        value = self._get("STATUS_PERMISSION", "queued_storage.view_storedfile")
+        value = self._get("STATUS_PERMISSION")
         return None if value is None else str(value)
 
     @property
     def NGINX_UPLOAD_DIR(self) -> str | None:
         """Directory nginx writes request bodies to (``client_body_temp_path``); ``None``: off."""
-        value = self._get("NGINX_UPLOAD_DIR", None)
+        value = self._get("NGINX_UPLOAD_DIR")
         return None if value is None else str(value)
 
     @property
     def NGINX_SECRET(self) -> str | None:
         """Secret nginx sends in ``X-Queued-Storage-Secret``; ``None``: not required."""
-        value = self._get("NGINX_SECRET", None)
+        value = self._get("NGINX_SECRET")
         return None if value is None else str(value)
 
     @property
     def CHECKSUM(self) -> str:
         """How multipart S3 transfers are verified: ``"crc32"`` (S3's checksums) or ``"md5"``."""
-        value = str(self._get("CHECKSUM", "crc32")).lower()
+        value = str(self._get("CHECKSUM")).lower()
         if value not in ("md5", "crc32"):
-            from django.core.exceptions import ImproperlyConfigured
-
             raise ImproperlyConfigured(
                 f"QUEUED_STORAGE_CHECKSUM is {value!r}; use 'md5' (verified by the ETag any "
                 "S3 server computes) or 'crc32' (cheaper, verified by S3's own checksum check)."

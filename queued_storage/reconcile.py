@@ -50,17 +50,18 @@ from django.core.files.utils import validate_file_name
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from queued_storage import state as file_state
 from queued_storage._remote import abort_multipart, abort_open_upload, is_s3, remote_exists
 from queued_storage.conf import settings
+from queued_storage.dispatch import dispatch
 from queued_storage.exceptions import LocalFileMissing, StorageNotFound
 from queued_storage.models import State, StoredFile
+from queued_storage.names import OWN_DIRECTORY_PREFIX, checked_name
 from queued_storage.signals import transfer_failed
-from queued_storage.storage import QueuedStorage, checked_name, get_queued_storage, queued_storages
+from queued_storage.storage import QueuedStorage, get_queued_storage, queued_storages
 
 __all__ = ["LOST", "Report", "overdue", "reconcile"]
 
-logger = logging.getLogger("queued_storage")
+logger = logging.getLogger(__name__)
 
 #: How ``last_error`` of a row whose local copy is gone begins.
 LOST = "Data loss"
@@ -178,19 +179,6 @@ def _label(row: StoredFile) -> str:
     return f"{row.alias}:{row.name}"
 
 
-def _this(row: StoredFile) -> QuerySet[StoredFile]:
-    found: QuerySet[StoredFile] = StoredFile.objects.using(StoredFile.db()).filter(pk=row.pk)
-    return found
-
-
-def _publish(storage: QueuedStorage, row: StoredFile) -> None:
-    fresh = StoredFile.get_row(row.alias, row.name)
-    if fresh is not None:
-        file_state.publish(
-            storage.cache_prefix, row.alias, row.name, file_state.FileState.from_row(fresh)
-        )
-
-
 class _Sender:
     """Re-queues through ``tasks.dispatch``; stops trying for the pass once the broker refuses
     (each refusal costs the publish retry policy's time)."""
@@ -201,8 +189,6 @@ class _Sender:
     def send(self, storage: QueuedStorage, name: str, host: str) -> bool:
         if self.broken:
             return False
-        from queued_storage.tasks import dispatch
-
         if dispatch(storage.task, storage.alias, name, queue=storage.queue_for(host)) is None:
             self.broken = True
             return False
@@ -225,6 +211,7 @@ class _Pass:
         adopt: bool,
     ) -> None:
         self.storage, self.report, self.sender = storage, report, sender
+        self.ledger = storage.ledger
         self.now, self.after, self.batch, self.adopt = now, after, batch, adopt
         rows = StoredFile.objects.using(StoredFile.db()).filter(alias=storage.alias)
         self.rows: QuerySet[StoredFile] = rows if hosts is None else rows.filter(host__in=hosts)
@@ -233,15 +220,15 @@ class _Pass:
     def _present(self, name: str) -> bool:
         return bool(self.storage.local.exists(name))
 
-    def _requeue(self, row: StoredFile, previous: datetime.datetime, into: list[str]) -> None:
+    def _requeue(self, row: StoredFile, into: list[str]) -> None:
         """Send the row's transfer; when the broker refuses, undo the claim for the next pass."""
         if self.sender.send(self.storage, row.name, row.host):
             into.append(_label(row))
             return
-        _this(row).filter(state=State.PENDING, updated=self.now).update(updated=previous)
+        self.ledger.unclaim(row, self.now)
         self.report.not_queued.append(_label(row))
 
-    def _lost(self, row: StoredFile, guard: Q) -> None:
+    def _lost(self, row: StoredFile) -> None:
         """Record that *row*'s local copy is gone: ``failed``, the reason, the signal, a log."""
         try:
             where = self.storage.local.path(row.name)
@@ -254,27 +241,10 @@ class _Pass:
             "through the storage."
         )
         abort_open_upload(self.storage.remote, row.name, row.upload_id)
-        marked = (
-            _this(row)
-            .filter(guard)
-            .update(
-                state=State.FAILED,
-                local_exists=False,
-                last_error=reason,
-                lease_owner="",
-                lease_expires=None,
-                upload_id="",
-                part_size=None,
-                source="",
-                parts=[],
-                updated=self.now,
-            )
-        )
-        if not marked:
+        if not self.ledger.lost(row, reason, self.now):
             return
         self.report.newly_lost.append(_label(row))
-        logger.error("queued_storage: %s", reason)
-        _publish(self.storage, row)
+        logger.error("%s", reason)
         transfer_failed.send(
             sender=type(self.storage),
             name=row.name,
@@ -289,57 +259,28 @@ class _Pass:
     def expired_leases(self) -> None:
         rows = self.rows.filter(state=State.TRANSFERRING, lease_expires__lt=self.now)
         for row in rows.order_by("lease_expires")[: self.batch]:
-            guard = Q(
-                state=State.TRANSFERRING,
-                lease_owner=row.lease_owner,
-                lease_expires=row.lease_expires,
-            )
             if not self._present(row.name):
-                self._lost(row, guard)
-                continue
-            claimed = (
-                _this(row)
-                .filter(guard)
-                .update(
-                    state=State.PENDING,
-                    lease_owner="",
-                    lease_expires=None,
-                    last_error=f"The lease of {row.lease_owner} expired (worker lost?); "
-                    "queued again by the reconcile pass.",
-                    updated=self.now,
-                )
-            )
-            if claimed:
-                _publish(self.storage, row)
-                self._requeue(row, row.updated, self.report.taken_over)
+                self._lost(row)
+            elif self.ledger.take_back(row, self.now):
+                self._requeue(row, self.report.taken_over)
 
     def overdue(self) -> None:
         rows = self.rows.filter(state=State.PENDING, local_exists=True, size__isnull=False)
         for row in rows.filter(overdue(self.now, self.after)).order_by("updated")[: self.batch]:
-            guard = Q(state=State.PENDING, updated=row.updated)
             if not self._present(row.name):
-                self._lost(row, guard)
-                continue
-            if _this(row).filter(guard).update(updated=self.now):
-                self._requeue(row, row.updated, self.report.requeued)
+                self._lost(row)
+            elif self.ledger.claim(row, self.now):
+                self._requeue(row, self.report.requeued)
 
     def failed(self) -> None:
         rows = self.rows.filter(state=State.FAILED)
         for local_exists in (True, False):  # lost rows apart, so they never starve the others
             for row in rows.filter(local_exists=local_exists).order_by("updated")[: self.batch]:
-                guard = Q(state=State.FAILED, updated=row.updated)
                 if not self._present(row.name):
                     if row.local_exists:
-                        self._lost(row, guard)
-                    continue
-                claimed = (
-                    _this(row)
-                    .filter(guard)
-                    .update(state=State.PENDING, attempts=0, local_exists=True, updated=self.now)
-                )
-                if claimed:
-                    _publish(self.storage, row)
-                    self._requeue(row, row.updated, self.report.retried)
+                        self._lost(row)
+                elif self.ledger.retry_failed(row, self.now):
+                    self._requeue(row, self.report.retried)
 
     def stale_reservations(self) -> None:
         cutoff = self.now - datetime.timedelta(seconds=self.after)
@@ -347,9 +288,6 @@ class _Pass:
             state=State.PENDING, local_exists=False, size__isnull=True, updated__lt=cutoff
         )
         for row in rows.order_by("updated")[: self.batch]:
-            guard = Q(
-                state=State.PENDING, local_exists=False, size__isnull=True, updated=row.updated
-            )
             if self._present(row.name):
                 # The save wrote the file, then crashed before recording it.
                 if not self.adopt:
@@ -358,17 +296,13 @@ class _Pass:
                     )
                     continue
                 size = int(self.storage.local.size(row.name))
-                if _this(row).filter(guard).update(size=size, local_exists=True, updated=self.now):
-                    _publish(self.storage, row)
-                    self._requeue(row, row.updated, self.report.adopted)
-                continue
-            deleted, _ = _this(row).filter(guard).delete()
-            if deleted:
-                file_state.forget(self.storage.cache_prefix, row.alias, row.name)
+                if self.ledger.finish_save(row, size, self.now):
+                    self._requeue(row, self.report.adopted)
+            elif self.ledger.drop_reservation(row):
                 self.report.stale.append(_label(row))
                 logger.warning(
-                    "queued_storage: removed the stale reservation of %r (storage %r): its "
-                    "save stopped before writing the file",
+                    "removed the stale reservation of %r (storage %r): its save stopped before "
+                    "writing the file",
                     row.name,
                     row.alias,
                 )
@@ -379,16 +313,7 @@ class _Pass:
         cutoff = self.now - datetime.timedelta(seconds=self.after)
         rows = self.rows.filter(state=State.REMOTE, local_exists=True, transferred__lt=cutoff)
         for row in rows.order_by("transferred")[: self.batch]:
-            # Invariant 2: the cache says "remote" before the local copy goes.
-            file_state.publish(
-                self.storage.cache_prefix,
-                row.alias,
-                row.name,
-                file_state.FileState(State.REMOTE, row.size, True),
-            )
-            self.storage.local.delete(row.name)
-            if _this(row).filter(state=State.REMOTE).update(local_exists=False, updated=self.now):
-                _publish(self.storage, row)
+            if self.ledger.drop_local(row.name, row.size, self.storage.local.delete):
                 self.report.cleaned.append(_label(row))
 
 
@@ -442,8 +367,8 @@ def _orphan_uploads(
                 abort_multipart(remote, name, str(upload["UploadId"]))
                 report.aborted_uploads.append(f"{storage.alias}:{name}")
                 logger.warning(
-                    "queued_storage: aborted an open multipart upload of %r that no ledger "
-                    "row can resume (its worker died before recording it)",
+                    "aborted an open multipart upload of %r that no ledger row can resume (its "
+                    "worker died before recording it)",
                     name,
                 )
                 aborted += 1
@@ -455,8 +380,7 @@ def _orphan_uploads(
             kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
     except Exception as err:
         logger.warning(
-            "queued_storage: could not look for orphaned multipart uploads of storage %r "
-            "(%s: %s); next pass",
+            "could not look for orphaned multipart uploads of storage %r (%s: %s); next pass",
             storage.alias,
             type(err).__name__,
             err,
@@ -468,11 +392,6 @@ def _local_root(storage: QueuedStorage) -> str | None:
         return os.path.realpath(str(storage.local.path("")))
     except Exception:
         return None
-
-
-#: Directories of this app's own inside a staging root (the upload views' spool of bodies
-#: still being received): never adopted, a half-received body is not a file.
-OWN_DIRECTORY_PREFIX = ".queued_storage-"
 
 
 def _walk(root: str) -> Iterator[tuple[str, list[str]]]:
@@ -541,23 +460,14 @@ def _adopt(
                     "the local one by hand"
                 )
                 continue
-            if not StoredFile.reserve(storage.alias, name, settings.HOST):
-                continue  # another pass adopted it (or a save reserved it) meanwhile
-            StoredFile.mark_saved(storage.alias, name, int(info.st_size))
-            file_state.publish(
-                storage.cache_prefix,
-                storage.alias,
-                name,
-                file_state.FileState(State.PENDING, int(info.st_size), True),
-            )
-            row = StoredFile.get_row(storage.alias, name)
-            if row is None:
-                continue
+            if not storage.ledger.saved(name, settings.HOST, int(info.st_size)):
+                continue  # another pass adopted it (or a save took the name) meanwhile
             adopted += 1
-            if sender.send(storage, name, row.host):
-                report.adopted.append(_label(row))
+            label = f"{storage.alias}:{name}"
+            if sender.send(storage, name, settings.HOST):
+                report.adopted.append(label)
             else:
-                report.not_queued.append(_label(row))
+                report.not_queued.append(label)
 
 
 def _storages(aliases: Sequence[str] | None, report: Report) -> dict[str, QueuedStorage]:
@@ -703,19 +613,19 @@ def _report_lost(report: Report, aliases: Sequence[str] | None, batch: int) -> N
 def _log(report: Report) -> None:
     counts: dict[str, Any] = report.counts()
     logger.info(
-        "queued_storage: reconcile pass on %s: %s",
+        "reconcile pass on %s: %s",
         report.host,
         ", ".join(f"{k}={v}" for k, v in counts.items()),
     )
     if report.not_queued:
         logger.warning(
-            "queued_storage: reconcile could not queue %d transfer(s): the broker refused; "
+            "reconcile could not queue %d transfer(s): the broker refused; "
             "they are tried again by the next pass",
             len(report.not_queued),
         )
     if report.staging_budget and report.staging_bytes >= 0.8 * report.staging_budget:
         logger.warning(
-            "queued_storage: %d of the %d bytes of the staging budget of host %s wait for "
+            "%d of the %d bytes of the staging budget of host %s wait for "
             "their transfer (QUEUED_STORAGE_STAGING_BUDGET); new saves fail beyond it",
             report.staging_bytes,
             report.staging_budget,
@@ -723,17 +633,17 @@ def _log(report: Report) -> None:
         )
     if report.lost_total:
         logger.error(
-            "queued_storage: DATA LOSS: %d file(s) never reached the remote storage and their "
+            "DATA LOSS: %d file(s) never reached the remote storage and their "
             "local copy is gone: %s",
             report.lost_total,
             "; ".join(report.lost),
         )
     if report.elsewhere:
         logger.warning(
-            "queued_storage: overdue transfers of other hosts (%s): a host whose files wait "
+            "overdue transfers of other hosts (%s): a host whose files wait "
             "runs no reconcile pass or no worker; run the pass there, or with --all-hosts "
             "where its staging directory is mounted",
             ", ".join(f"{h}: {n}" for h, n in sorted(report.elsewhere.items())),
         )
     for error in report.errors:
-        logger.error("queued_storage: reconcile: %s", error)
+        logger.error("reconcile: %s", error)

@@ -23,17 +23,9 @@ from django.core.cache import caches
 from queued_storage.conf import settings
 from queued_storage.models import State, StoredFile
 
-__all__ = [
-    "FileState",
-    "cache_key",
-    "forget",
-    "get_progress",
-    "get_state",
-    "publish",
-    "publish_progress",
-]
+__all__ = ["FileState", "cache_key", "get_progress", "get_state"]
 
-logger = logging.getLogger("queued_storage")
+logger = logging.getLogger(__name__)
 
 #: How long a "no ledger row" answer may be cached: such a file routes like a pending one,
 #: so a stale answer only delays nothing; keep it short anyway.
@@ -44,7 +36,7 @@ ABSENT_TIMEOUT = 60
 class FileState:
     """What the read path needs to know about one file."""
 
-    state: str
+    state: State
     size: int | None = None
     local_exists: bool = True
 
@@ -53,15 +45,20 @@ class FileState:
         return self.state == State.REMOTE
 
     @classmethod
+    def of(cls, state: str, size: int | None, local_exists: bool = True) -> FileState:
+        """A state from one of :class:`State`'s values (typed ``str`` by the Django stubs)."""
+        return cls(State(state), size, local_exists)
+
+    @classmethod
     def from_row(cls, row: StoredFile) -> FileState:
-        return cls(state=row.state, size=row.size, local_exists=row.local_exists)
+        return cls(state=State(row.state), size=row.size, local_exists=row.local_exists)
 
     def to_cache(self) -> dict[str, Any]:
         return {"s": self.state, "z": self.size, "l": self.local_exists}
 
     @classmethod
     def from_cache(cls, value: dict[str, Any]) -> FileState:
-        return cls(state=value["s"], size=value.get("z"), local_exists=value.get("l", True))
+        return cls(State(value["s"]), size=value.get("z"), local_exists=value.get("l", True))
 
 
 _ABSENT = {"s": None}
@@ -96,9 +93,7 @@ def get_state(prefix: str, alias: str, name: str, *, fresh: bool = False) -> Fil
         try:
             value = _cache().get(key)
         except Exception:  # a cache outage costs speed, never correctness
-            logger.warning(
-                "queued_storage: state cache read failed; using the ledger", exc_info=True
-            )
+            logger.warning("state cache read failed; using the ledger", exc_info=True)
             value = None
         if value is not None:
             return None if value.get("s") is None else FileState.from_cache(value)
@@ -112,16 +107,8 @@ def get_state(prefix: str, alias: str, name: str, *, fresh: bool = False) -> Fil
         else:
             _cache().add(key, found.to_cache(), settings.CACHE_TIMEOUT)
     except Exception:
-        logger.warning("queued_storage: state cache write failed", exc_info=True)
+        logger.warning("state cache write failed", exc_info=True)
     return found
-
-
-def publish_progress(prefix: str, alias: str, name: str, done: int, total: int) -> None:
-    """Write a transfer's progress to the cache (the ledger gets it from the lease renewal)."""
-    try:
-        _cache().set(cache_key(prefix, alias, name) + ":progress", (done, total), PROGRESS_TIMEOUT)
-    except Exception:
-        logger.debug("queued_storage: could not write the progress of %r", name, exc_info=True)
 
 
 def get_progress(prefix: str, alias: str, name: str) -> tuple[int, int] | None:
@@ -133,19 +120,26 @@ def get_progress(prefix: str, alias: str, name: str) -> tuple[int, int] | None:
     return None if value is None else (int(value[0]), int(value[1]))
 
 
-def publish(prefix: str, alias: str, name: str, state: FileState) -> None:
-    """Write a state transition to the cache, after the ledger holds it."""
+# -- the write primitives: called by ``ledger.py`` only, after the row holds the change ------
+def write_state(prefix: str, alias: str, name: str, state: FileState) -> None:
+    """Set the cached state of *name* (a cache that fails costs speed, never correctness)."""
     try:
         _cache().set(cache_key(prefix, alias, name), state.to_cache(), settings.CACHE_TIMEOUT)
     except Exception:
-        logger.warning(
-            "queued_storage: could not write the state of %r to the cache", name, exc_info=True
-        )
+        logger.warning("could not write the state of %r to the cache", name, exc_info=True)
 
 
-def forget(prefix: str, alias: str, name: str) -> None:
+def write_progress(prefix: str, alias: str, name: str, done: int, total: int) -> None:
+    """Set a running transfer's progress; it expires on its own."""
+    try:
+        _cache().set(cache_key(prefix, alias, name) + ":progress", (done, total), PROGRESS_TIMEOUT)
+    except Exception:
+        logger.debug("could not write the progress of %r", name, exc_info=True)
+
+
+def drop_state(prefix: str, alias: str, name: str) -> None:
     """Drop the cached state of a deleted file."""
     try:
         _cache().delete(cache_key(prefix, alias, name))
     except Exception:
-        logger.warning("queued_storage: could not drop the cached state of %r", name, exc_info=True)
+        logger.warning("could not drop the cached state of %r", name, exc_info=True)

@@ -15,22 +15,19 @@ import logging
 import os
 import pathlib
 import threading
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, cast
 
 from django.conf import settings as django_settings
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import Storage, storages
-from django.core.files.utils import validate_file_name
 from django.db import transaction
 from django.utils.deconstruct import deconstructible
 from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
-from queued_storage import state as file_state
 from queued_storage._remote import (
     abort_open_upload,
     delete_remote,
@@ -38,12 +35,15 @@ from queued_storage._remote import (
     remote_exists_within,
 )
 from queued_storage.conf import settings
-from queued_storage.exceptions import QueuedStorageConfigError, StagingFull, StorageNotFound
-from queued_storage.models import StoredFile
+from queued_storage.dispatch import dispatch
+from queued_storage.exceptions import QueuedStorageConfigError, StorageNotFound
+from queued_storage.ledger import Ledger, check_staging_budget, ledger_database
+from queued_storage.names import check_length, checked_name, valid_name
+from queued_storage.state import FileState, cache_key
 
-__all__ = ["Progress", "QueuedStorage", "checked_name", "get_queued_storage", "queued_storages"]
+__all__ = ["Progress", "QueuedStorage", "get_queued_storage", "queued_storages"]
 
-logger = logging.getLogger("queued_storage")
+logger = logging.getLogger(__name__)
 
 _registry: dict[str, QueuedStorage] = {}
 _registry_lock = threading.Lock()
@@ -113,8 +113,9 @@ class QueuedStorage(Storage):
     """
 
     #: Defaults that subclasses may override, as in django-queued-storage.
-    local: Any = None
-    remote: Any = None
+    #: Subclasses may name the storages here (dotted paths); an instance holds the storages.
+    local: Storage = None  # type: ignore[assignment]
+    remote: Storage = None  # type: ignore[assignment]
     local_options: Any = None
     remote_options: Any = None
     task: Any = "queued_storage.tasks.Transfer"
@@ -186,6 +187,7 @@ class QueuedStorage(Storage):
         )
         self.queue = queue
         self.alias: str = alias or self._find_alias() or self._digest_alias()
+        self.ledger = Ledger(self.alias, self.cache_prefix)
         with _registry_lock:
             _registry[self.alias] = self
 
@@ -200,14 +202,14 @@ class QueuedStorage(Storage):
         return value
 
     @staticmethod
-    def _backend(role: str, spec: str, options: dict[str, Any]) -> Any:
+    def _backend(role: str, spec: str, options: dict[str, Any]) -> Storage:
         if spec in getattr(django_settings, "STORAGES", {}):
             if options:
                 raise QueuedStorageConfigError(
                     f"QueuedStorage: {role}_options can only be given with a dotted path; "
                     f"{spec!r} is a STORAGES alias, so set its OPTIONS in STORAGES instead."
                 )
-            return SimpleLazyObject(lambda: storages[spec])
+            return cast(Storage, SimpleLazyObject(lambda: storages[spec]))
         if "." not in spec:
             raise QueuedStorageConfigError(
                 f"QueuedStorage: the {role} storage {spec!r} is not an alias in "
@@ -228,7 +230,7 @@ class QueuedStorage(Storage):
             raise QueuedStorageConfigError(
                 f"QueuedStorage: the {role} storage class {spec!r} cannot be imported ({err})."
             ) from err
-        return SimpleLazyObject(lambda: cls(**options))
+        return cast(Storage, SimpleLazyObject(lambda: cls(**options)))
 
     def _find_alias(self) -> str | None:
         """The STORAGES key this instance was built from, if any (Django does not pass it)."""
@@ -283,13 +285,18 @@ class QueuedStorage(Storage):
     # -- state ----------------------------------------------------------------------------------
     def get_cache_key(self, name: str) -> str:
         """The cache key holding the state of *name* (hashed: any length, any characters)."""
-        return file_state.cache_key(self.cache_prefix, self.alias, name)
+        return cache_key(self.cache_prefix, self.alias, name)
 
-    def get_state(self, name: str, *, fresh: bool = False) -> file_state.FileState | None:
+    def get_state(self, name: str, *, fresh: bool = False) -> FileState | None:
         """The file's state (cache, then ledger); ``None`` when the ledger does not know it."""
-        return file_state.get_state(self.cache_prefix, self.alias, name, fresh=fresh)
+        return self.ledger.state(name, fresh=fresh)
 
-    def _route(self, name: str) -> tuple[Storage, file_state.FileState | None]:
+    def _serving(self, found: FileState | None) -> Storage:
+        """The copy a file in state *found* is served from: remote once verified there."""
+        return self.remote if found is not None and found.is_remote else self.local
+
+    def _route(self, name: str) -> tuple[Storage, FileState | None]:
+        """The one place that decides which copy serves *name*, and the state it decided by."""
         found = self.get_state(name)
         if found is not None and found.is_remote:
             return self.remote, found
@@ -298,13 +305,11 @@ class QueuedStorage(Storage):
         # The cached answer says "local" but there is no local copy: it may be stale (the
         # transfer finished and deleted the local copy). Ask the ledger itself.
         found = self.get_state(name, fresh=True)
-        if found is not None and found.is_remote:
-            return self.remote, found
-        if found is None:
-            # Not in the ledger and not local: a file stored remotely before this app managed
-            # the storage (for example by django-queued-storage).
-            return self.remote, None
-        return self.local, found
+        if found is not None:
+            return self._serving(found), found
+        # Not in the ledger and not local: a file stored remotely before this app managed the
+        # storage (for example by django-queued-storage).
+        return self.remote, None
 
     def get_storage(self, name: str) -> Storage:
         """The storage that serves *name* now: ``self.local`` or ``self.remote``."""
@@ -322,13 +327,34 @@ class QueuedStorage(Storage):
         total = found.size or 0
         if found.is_remote:
             return Progress(found.state, total, total)
-        running = file_state.get_progress(self.cache_prefix, self.alias, name)
+        running = self.ledger.progress(name)
         if running is None:
-            row = StoredFile.get_row(self.alias, name)
-            if row is None:
-                return None
-            running = (row.bytes_done, row.size or total)
+            return None
         return Progress(found.state, running[0], running[1] or total)
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        """What a status page shows of *name*, read from the ledger row itself (the truth, not
+        a cached state that may lag behind it for a moment); ``None`` if the ledger has none.
+
+        ``url`` is the URL of the copy that serves the file now (``None`` for a storage
+        without URLs).
+        """
+        row = self.ledger.row(name)
+        if row is None:
+            return None
+        found = FileState.from_row(row)
+        try:
+            url: str | None = str(self._serving(found).url(name))
+        except Exception:  # a storage without URLs; the state is still worth answering
+            url = None
+        return {
+            "name": name,
+            "state": str(found.state),
+            "size": row.size,
+            "bytes_done": row.size if found.is_remote else row.bytes_done,
+            "local": row.local_exists,
+            "url": url,
+        }
 
     def using_local(self, name: str) -> bool:
         return self.get_storage(name) is self.local
@@ -355,15 +381,16 @@ class QueuedStorage(Storage):
             content = File(content, name)
         if not name:
             raise SuspiciousFileOperation("QueuedStorage.save() needs a file name.")
-        name = _valid_name(checked_name(str(name)), max_length)
-        self._check_budget(name, content)
+        name = valid_name(checked_name(str(name)), max_length)
+        check_staging_budget(name, _declared_size(content))
         stored = str(self.local.save(name, content, max_length=max_length))
-        stored, size = self._record(name, stored, max_length)
-        transaction.on_commit(lambda: self._committed(stored, size), using=StoredFile.db())
+        stored = self._record(name, stored, max_length)
+        if not self.delayed:
+            transaction.on_commit(lambda: self._dispatch(stored), using=ledger_database())
         return stored
 
-    def _record(self, name: str, stored: str, max_length: int | None) -> tuple[str, int]:
-        """Insert the row of the local file *stored*; the name it was recorded under, its size.
+    def _record(self, name: str, stored: str, max_length: int | None) -> str:
+        """Insert the row of the local file *stored*; the name it was recorded under.
 
         When the ledger (or, if asked, the remote) holds *stored* already, the local file
         moves to an alternative built as Django's ``get_available_name`` builds them (random
@@ -377,10 +404,10 @@ class QueuedStorage(Storage):
                     if not self._move_local(stored, candidate):
                         continue
                     stored = candidate
-                if not self._remote_holds(stored) and StoredFile.record_saved(
-                    self.alias, stored, settings.HOST, size
+                if not self._remote_holds(stored) and self.ledger.saved(
+                    stored, settings.HOST, size
                 ):
-                    return stored, size
+                    return stored
         except BaseException:
             self.local.delete(stored)
             raise
@@ -389,7 +416,7 @@ class QueuedStorage(Storage):
 
     def _candidates(self, name: str, first: str, max_length: int | None) -> Iterator[str]:
         """*first*, then up to 99 alternatives of *name* as ``get_available_name`` makes them."""
-        _check_length(first)
+        check_length(first)
         yield first
         dir_name, file_name = os.path.split(name)
         file_ext = "".join(pathlib.PurePath(file_name).suffixes)
@@ -405,7 +432,7 @@ class QueuedStorage(Storage):
                         "max_length."
                     )
                 candidate = os.path.join(dir_name, self.get_alternative_name(file_root, file_ext))
-            _check_length(candidate)
+            check_length(candidate)
             yield candidate
 
     def _move_local(self, source: str, target: str) -> bool:
@@ -414,6 +441,7 @@ class QueuedStorage(Storage):
         A hard link and an unlink where the local storage has paths (never replaces an
         existing file, costs no copy); through the Storage API otherwise.
         """
+        source_path: str | None
         try:
             source_path, target_path = self.local.path(source), self.local.path(target)
         except NotImplementedError:
@@ -437,29 +465,6 @@ class QueuedStorage(Storage):
             return False
         self.local.delete(source)
         return True
-
-    def _check_budget(self, name: str, content: Any) -> None:
-        """Refuse *content* when it would push this host's waiting bytes over the budget."""
-        budget = settings.STAGING_BUDGET
-        if budget is None:
-            return
-        try:
-            size = int(content.size)
-        except (AttributeError, TypeError, ValueError, OSError):
-            size = 0  # unknown: only what already waits is compared with the budget
-        waiting = StoredFile.waiting_bytes(settings.HOST)
-        if waiting + size > budget:
-            raise StagingFull(
-                f"QueuedStorage cannot stage {name!r} ({size} bytes): {waiting} of the {budget} "
-                f"bytes of QUEUED_STORAGE_STAGING_BUDGET already wait on host {settings.HOST!r} "
-                "for their transfer to the remote storage. Check that the transfer workers run "
-                "and the remote is reachable (queued_storage_reconcile reports what waits), or "
-                "raise the budget.",
-                name=name,
-                size=size,
-                waiting=waiting,
-                budget=budget,
-            )
 
     def queue_for(self, host: str | None = None) -> str | None:
         """The Celery queue of transfers of files whose local copy *host* holds.
@@ -488,24 +493,15 @@ class QueuedStorage(Storage):
             return remote_exists_within(self.remote, name, timeout)
         except Exception as err:
             logger.warning(
-                "queued_storage: could not ask the remote storage whether %r exists (%s: %s); "
-                "relying on the ledger for this name",
+                "could not ask the remote storage whether %r exists (%s: %s); relying on the "
+                "ledger for this name",
                 name,
                 type(err).__name__,
                 err,
             )
             return False
 
-    def _committed(self, name: str, size: int) -> None:
-        file_state.publish(
-            self.cache_prefix, self.alias, name, file_state.FileState("pending", size, True)
-        )
-        if not self.delayed:
-            self._dispatch(name)
-
     def _dispatch(self, name: str, *, host: str | None = None) -> Any:
-        from queued_storage.tasks import dispatch
-
         return dispatch(self.task, self.alias, name, queue=self.queue_for(host))
 
     def transfer(self, name: str) -> Any:
@@ -514,16 +510,16 @@ class QueuedStorage(Storage):
         Returns the Celery ``AsyncResult``, or ``None`` when the broker refused the message
         (the file stays ``pending``; the reason is logged).
         """
-        row = StoredFile.get_row(self.alias, name)
+        row = self.ledger.row(name)
         if row is None:
             if not self.local.exists(name):
                 raise FileNotFoundError(
                     f"QueuedStorage cannot transfer {name!r}: it has no local copy and no "
                     "ledger row."
                 )
-            StoredFile.record_saved(self.alias, name, settings.HOST, int(self.local.size(name)))
+            self.ledger.saved(name, settings.HOST, int(self.local.size(name)))
         else:
-            StoredFile.reset_for_retry(self.alias, name)
+            self.ledger.retry(name)
         return self._dispatch(name, host=row.host if row is not None else None)
 
     def delete(self, name: str) -> None:
@@ -532,9 +528,7 @@ class QueuedStorage(Storage):
         The row goes first: a transfer still running for this name then cannot record it and
         removes what it uploaded, so nothing comes back.
         """
-        row = StoredFile.get_row(self.alias, name)
-        StoredFile.forget(self.alias, name)
-        file_state.forget(self.cache_prefix, self.alias, name)
+        row = self.ledger.forget(name)
         if row is not None:
             abort_open_upload(self.remote, name, row.upload_id)
         self.local.delete(name)
@@ -542,7 +536,7 @@ class QueuedStorage(Storage):
             delete_remote(self.remote, name)
         except Exception:
             logger.error(
-                "queued_storage: could not delete the remote copy of %r; delete it by hand",
+                "could not delete the remote copy of %r; delete it by hand",
                 name,
                 exc_info=True,
             )
@@ -603,7 +597,7 @@ class QueuedStorage(Storage):
 
     def open_local(self, name: str, mode: str = "rb") -> IO[bytes]:
         """The local copy, whatever the state (for tools that need the staged file)."""
-        return self.local.open(name, mode)  # type: ignore[no-any-return]
+        return self.local.open(name, mode)
 
 
 @dataclass(frozen=True)
@@ -619,59 +613,12 @@ class Progress:
         return 100.0 if self.total == 0 else round(100.0 * self.done / self.total, 1)
 
 
-#: Longest path component (bytes of UTF-8) local filesystems accept (``NAME_MAX``).
-NAME_MAX = 255
-#: Longest name (bytes of UTF-8): S3's limit for a key.
-NAME_TOTAL_MAX = 1024
-
-
-def checked_name(name: str) -> str:
-    """*name* in Unicode NFC; a name with control characters is refused.
-
-    Control characters (category ``Cc``: NUL, tab, newline, DEL, C1) and unpaired surrogates
-    (``Cs``) have no place in a file name: NUL cuts paths, newlines forge log lines and
-    headers, and neither survives every filesystem or S3 tool. Names that differ only in
-    Unicode normalisation (``é`` as one code point or as ``e`` plus a combining accent) are
-    one name to a user and to macOS filesystems, so ``save()`` stores the NFC form and the
-    name reservation then keeps the two uploads apart.
-    """
-    bad = sorted({c for c in name if unicodedata.category(c) in ("Cc", "Cs")})
-    if bad:
-        shown = ", ".join(f"U+{ord(c):04X}" for c in bad)
-        raise SuspiciousFileOperation(
-            f"QueuedStorage refuses the file name {name!r}: it contains control characters "
-            f"({shown}). Rename the file."
-        )
-    return unicodedata.normalize("NFC", name)
-
-
-def _valid_name(name: str, max_length: int | None) -> str:
-    """*name* with forward slashes, refused when it leaves the storage's root or is too long.
-
-    A name longer than *max_length* is truncated by the save (as Django does), so its length
-    is checked once it is.
-    """
-    name = name.replace("\\", "/")
-    dir_name, file_name = os.path.split(name)
-    if ".." in pathlib.PurePath(dir_name).parts:
-        raise SuspiciousFileOperation(f"Detected path traversal attempt in '{dir_name}'")
-    validate_file_name(file_name)
-    validate_file_name(name, allow_relative_path=True)
-    if max_length is None or len(name) <= max_length:
-        _check_length(name)
-    return name
-
-
-def _check_length(name: str) -> None:
-    longest = max((len(part.encode()) for part in name.split("/")), default=0)
-    total = len(name.encode())
-    if longest > NAME_MAX or total > NAME_TOTAL_MAX:
-        raise SuspiciousFileOperation(
-            f"QueuedStorage refuses the file name {name[:60]!r}... ({total} bytes): a file name "
-            f"may have at most {NAME_MAX} bytes between slashes (its longest part has "
-            f"{longest}) and {NAME_TOTAL_MAX} bytes in all. Shorten it, or save through a "
-            "FileField, whose max_length truncates names."
-        )
+def _declared_size(content: Any) -> int | None:
+    """The size *content* says it has, or ``None`` when it cannot say."""
+    try:
+        return int(content.size)
+    except (AttributeError, TypeError, ValueError, OSError):
+        return None
 
 
 def queued_storages() -> list[QueuedStorage]:

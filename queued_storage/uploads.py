@@ -33,11 +33,19 @@ from typing import Any
 
 from django.core.exceptions import RequestAborted
 from django.core.files import File
+from django.core.files.storage import storages
 from django.core.files.uploadedfile import TemporaryUploadedFile, UploadedFile
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
 from django.http import UnreadablePostError
 
+from queued_storage.conf import settings
 from queued_storage.exceptions import QueuedStorageConfigError, QueuedStorageError
+from queued_storage.names import (
+    PART_BYTES_MAX,
+    SPOOL_DIRNAME,
+    UPLOAD_NAME_LENGTH,
+    control_characters,
+)
 
 __all__ = [
     "SPOOL_DIRNAME",
@@ -50,14 +58,6 @@ __all__ = [
     "spool_stream",
     "validate_upload_name",
 ]
-
-#: Directory inside the staging storage's root that holds bodies being received. It is on the
-#: staging filesystem by construction, so the final move into place is a rename.
-SPOOL_DIRNAME = ".queued_storage-incoming"
-
-#: Longest name a client may ask for (the ledger's ``name`` column holds 1024 characters, and
-#: an alternative name chosen on a clash adds 8).
-MAX_NAME_LENGTH = 1000
 
 
 class UploadRefused(QueuedStorageError):
@@ -79,9 +79,9 @@ def validate_upload_name(name: str) -> str:
     """
     if not name:
         raise UploadRefused(400, "The upload needs a file name (in the URL or ?name=).")
-    if len(name) > MAX_NAME_LENGTH:
-        raise UploadRefused(400, f"The file name is longer than {MAX_NAME_LENGTH} characters.")
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
+    if len(name) > UPLOAD_NAME_LENGTH:
+        raise UploadRefused(400, f"The file name is longer than {UPLOAD_NAME_LENGTH} characters.")
+    if control_characters(name):
         raise UploadRefused(400, "The file name contains a NUL or another control character.")
     if "\\" in name:
         raise UploadRefused(400, "The file name contains a backslash; use '/' between folders.")
@@ -91,7 +91,7 @@ def validate_upload_name(name: str) -> str:
     for part in parts:
         if part in ("", ".", ".."):
             raise UploadRefused(400, f"The file name {name!r} has an empty, '.' or '..' segment.")
-        if len(part.encode("utf-8", "surrogatepass")) > 255:
+        if len(part.encode("utf-8", "surrogatepass")) > PART_BYTES_MAX:
             raise UploadRefused(400, "A segment of the file name is longer than 255 bytes.")
     if parts[0] == SPOOL_DIRNAME:
         raise UploadRefused(400, f"Names under {SPOOL_DIRNAME!r} are reserved.")
@@ -404,9 +404,5 @@ class StagingUploadHandler(TemporaryFileUploadHandler):
 
 
 def _default_local() -> Any:
-    from django.core.files.storage import storages
-
-    from queued_storage.conf import settings
-
     storage = storages[settings.UPLOAD_STORAGE]
     return getattr(storage, "local", storage)

@@ -45,7 +45,8 @@ from django.views.decorators.csrf import csrf_exempt
 
 from queued_storage.conf import settings
 from queued_storage.exceptions import StagingFull
-from queued_storage.models import State, StoredFile
+from queued_storage.ledger import check_staging_budget, ledger_database
+from queued_storage.names import LEDGER_NAME_LENGTH
 from queued_storage.storage import QueuedStorage
 from queued_storage.uploads import (
     CLIENT_GONE,
@@ -69,10 +70,8 @@ __all__ = [
     "get_authorizer",
 ]
 
-logger = logging.getLogger("queued_storage")
+logger = logging.getLogger(__name__)
 
-#: Longest name the ledger holds (``StoredFile.name``); passed to ``save()`` as max_length.
-LEDGER_NAME_LENGTH = 1024
 
 SECRET_HEADER = "X-Queued-Storage-Secret"
 
@@ -176,27 +175,6 @@ class QueuedStorageView(View):
             return None
 
 
-def _state_payload(storage: QueuedStorage, name: str) -> dict[str, Any] | None:
-    row = StoredFile.get_row(storage.alias, name)
-    if row is None:
-        return None
-    # The URL follows the row read here (the ledger is the truth), not a cached state that
-    # may lag behind it for a moment.
-    serving = storage.remote if row.state == State.REMOTE else storage.local
-    try:
-        url: str | None = str(serving.url(name))
-    except Exception:  # a storage without URLs; the state is still worth answering
-        url = None
-    return {
-        "name": name,
-        "state": row.state,
-        "size": row.size,
-        "bytes_done": row.size if row.state == State.REMOTE else row.bytes_done,
-        "local": row.local_exists,
-        "url": url,
-    }
-
-
 @method_decorator(csrf_exempt, name="dispatch")
 class UploadView(QueuedStorageView):
     """Take an upload into the staging storage: raw ``PUT``/``POST``, or a multipart form.
@@ -271,7 +249,7 @@ class UploadView(QueuedStorageView):
             return self._save(request, storage, name, staged)
         except UploadRefused as refusal:
             if refusal.status >= 500:
-                logger.warning("queued_storage: upload of %r refused: %s", name, refusal.message)
+                logger.warning("upload of %r refused: %s", name, refusal.message)
             return _error(refusal.status, refusal.message)
 
     def _declared_length(self, request: HttpRequest, *, chunked_ok: bool) -> int | None:
@@ -364,13 +342,13 @@ class UploadView(QueuedStorageView):
         (``pending``, served locally) whatever a fast worker does once the commit dispatches it.
         """
         try:
-            with transaction.atomic(using=StoredFile.db()):
+            with transaction.atomic(using=ledger_database()):
                 stored = storage.save(name, content, max_length=LEDGER_NAME_LENGTH)
-                payload = _state_payload(storage, stored) or {"name": stored, "state": None}
+                payload = storage.status(stored) or {"name": stored, "state": None}
         except SuspiciousFileOperation as err:
             return _error(400, str(err))
         except StagingFull as err:
-            logger.warning("queued_storage: upload of %r refused: %s", name, err)
+            logger.warning("upload of %r refused: %s", name, err)
             return _error(507, STAGING_FULL)
         finally:
             if isinstance(content, StagedFile):
@@ -388,20 +366,20 @@ def _check_budget(name: str, declared: int | None) -> None:
     ``save()`` checks the budget again with the size received (and for bodies of unknown
     length); this only spares the client sending a body that would be refused.
     """
-    budget = settings.STAGING_BUDGET
-    if budget is None or declared is None:
+    if declared is None:
         return
-    waiting = StoredFile.waiting_bytes(settings.HOST)
-    if waiting + declared > budget:
+    try:
+        check_staging_budget(name, declared)
+    except StagingFull as full:
         logger.warning(
-            "queued_storage: upload of %r (%d bytes) refused unread: %d of the %d bytes of "
+            "upload of %r (%d bytes) refused unread: %d of the %d bytes of "
             "QUEUED_STORAGE_STAGING_BUDGET wait for their transfer",
             name,
             declared,
-            waiting,
-            budget,
+            full.waiting,
+            full.budget,
         )
-        raise UploadRefused(507, STAGING_FULL)
+        raise UploadRefused(507, STAGING_FULL) from full
 
 
 class _CountingStream:
@@ -579,7 +557,7 @@ class StatusView(QueuedStorageView):
         if refused is not None:
             return refused
         storage = self.get_storage()
-        payload = _state_payload(storage, name)
+        payload = storage.status(name)
         if payload is None:
             return _error(404, f"No file {name!r} in this storage.")
         return JsonResponse(payload)

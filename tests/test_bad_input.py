@@ -23,7 +23,7 @@ from django.core.files.storage import storages
 from queued_storage.exceptions import QueuedStorageConfigError, StorageNotFound
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
-from queued_storage.tasks import Outcome, run_transfer
+from queued_storage.worker import Outcome, run_transfer
 from tests.conftest import need
 from tests.testapp.models import Document
 

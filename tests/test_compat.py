@@ -12,7 +12,7 @@ from django.test import override_settings
 from queued_storage import backends, fields, signals, tasks
 from queued_storage.models import State
 from queued_storage.state import cache_key
-from queued_storage.tasks import Outcome, run_transfer
+from queued_storage.worker import Outcome, run_transfer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

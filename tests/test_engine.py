@@ -19,10 +19,11 @@ from django.core.files.base import ContentFile
 from queued_storage import state as file_state
 from queued_storage._s3engine import Part, Resume, choose_part_size, s3_transfer
 from queued_storage.exceptions import ChecksumMismatch, PermanentTransferError
+from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
-from queued_storage.tasks import Outcome, _Heartbeat, _LedgerCheckpoint, run_transfer
 from queued_storage.transfer import EngineConfig, transfer_file
+from queued_storage.worker import Outcome, _Heartbeat, _LedgerCheckpoint, run_transfer
 from tests.conftest import direct_s3_client, need, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -80,7 +81,7 @@ class CrashingCheckpoint(_LedgerCheckpoint):
 
 def crash_after(s: QueuedStorage, name: str, parts: int) -> StoredFile:
     """Run a first attempt that dies after *parts* parts, leaving its lease to expire."""
-    assert StoredFile.acquire_lease(s.alias, name, "dead-worker", 0.01).acquired
+    assert Ledger(s.alias).lease(name, "dead-worker", 0.01).acquired
     checkpoint = CrashingCheckpoint(s.alias, name, "dead-worker", None, after=parts)
     with pytest.raises(Crash):
         transfer_file(s.local, s.remote, name, config=CONFIG, checkpoint=checkpoint)
@@ -263,7 +264,7 @@ def test_progress_is_reported_in_order_up_to_the_total(proxy: Any) -> None:
 def test_heartbeat_publishes_progress_to_cache_and_ledger(clean: Any) -> None:
     s = storage()
     name = s.save("beat.bin", ContentFile(b"x" * 10))
-    assert StoredFile.acquire_lease(s.alias, name, "me", 60).acquired
+    assert Ledger(s.alias).lease(name, "me", 60).acquired
     with _Heartbeat(s, name, "me") as beat:
         beat.progress(4, 10)
         wait_for(

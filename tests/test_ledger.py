@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections, transaction
 from django.test import override_settings
 
+from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from tests.conftest import need
 
@@ -59,32 +60,32 @@ def race(n: int, work: Callable[[int], Any]) -> list[Any]:
 
 def test_ledger_uses_the_configured_database(ledger_db: str) -> None:
     assert StoredFile.db() == ledger_db
-    assert StoredFile.reserve("s", "a.txt", "h1")
+    assert Ledger("s").reserve("a.txt", "h1")
     assert StoredFile.objects.using(ledger_db).filter(name="a.txt").exists()
 
 
 def test_reservation_is_unique_under_a_race(ledger_db: str) -> None:
-    results = race(8, lambda i: StoredFile.reserve("s", "photo.jpg", f"host{i}"))
+    results = race(8, lambda i: Ledger("s").reserve("photo.jpg", f"host{i}"))
     assert sorted(results) == [False] * 7 + [True]
     assert StoredFile.objects.using(ledger_db).filter(name="photo.jpg").count() == 1
 
 
 def test_reservation_inside_a_transaction_keeps_it_usable(ledger_db: str) -> None:
-    assert StoredFile.reserve("s", "x.txt", "h")
+    assert Ledger("s").reserve("x.txt", "h")
     with transaction.atomic(using=ledger_db):
-        assert not StoredFile.reserve("s", "x.txt", "h")  # unique violation, in a savepoint
-        assert StoredFile.reserve("s", "y.txt", "h")  # the transaction is still usable
+        assert not Ledger("s").reserve("x.txt", "h")  # unique violation, in a savepoint
+        assert Ledger("s").reserve("y.txt", "h")  # the transaction is still usable
     assert StoredFile.objects.using(ledger_db).count() == 2
 
 
 def test_same_name_in_two_storages_is_two_rows(ledger_db: str) -> None:
-    assert StoredFile.reserve("one", "a.txt", "h")
-    assert StoredFile.reserve("two", "a.txt", "h")
+    assert Ledger("one").reserve("a.txt", "h")
+    assert Ledger("two").reserve("a.txt", "h")
 
 
 def test_lease_is_single_flight_under_a_race(ledger_db: str) -> None:
-    StoredFile.reserve("s", "f.bin", "h")
-    results = race(8, lambda i: StoredFile.acquire_lease("s", "f.bin", f"w{i}", 60).acquired)
+    Ledger("s").reserve("f.bin", "h")
+    results = race(8, lambda i: Ledger("s").lease("f.bin", f"w{i}", 60).acquired)
     assert results.count(True) == 1
     row = StoredFile.get_row("s", "f.bin")
     assert row is not None
@@ -92,38 +93,36 @@ def test_lease_is_single_flight_under_a_race(ledger_db: str) -> None:
 
 
 def test_expired_lease_can_be_taken_over(ledger_db: str) -> None:
-    StoredFile.reserve("s", "f.bin", "h")
-    assert StoredFile.acquire_lease("s", "f.bin", "dead-worker", 0.2).acquired
-    assert not StoredFile.acquire_lease("s", "f.bin", "w2", 60).acquired
+    Ledger("s").reserve("f.bin", "h")
+    assert Ledger("s").lease("f.bin", "dead-worker", 0.2).acquired
+    assert not Ledger("s").lease("f.bin", "w2", 60).acquired
     time.sleep(0.3)
-    assert StoredFile.acquire_lease("s", "f.bin", "w2", 60).acquired
+    assert Ledger("s").lease("f.bin", "w2", 60).acquired
     # The worker that lost its lease can neither renew nor record the outcome.
-    assert not StoredFile.renew_lease("s", "f.bin", "dead-worker", 60, 10)
-    assert not StoredFile.mark_remote(
-        "s", "f.bin", "dead-worker", size=1, checksum="x", algorithm="md5"
-    )
-    assert StoredFile.mark_remote("s", "f.bin", "w2", size=1, checksum="x", algorithm="md5")
+    assert not Ledger("s").renew("f.bin", "dead-worker", 60, 10)
+    assert not Ledger("s").remote("f.bin", "dead-worker", size=1, checksum="x", algorithm="md5")
+    assert Ledger("s").remote("f.bin", "w2", size=1, checksum="x", algorithm="md5")
 
 
 def test_remote_and_failed_rows_are_not_leased(ledger_db: str) -> None:
-    StoredFile.reserve("s", "done.bin", "h")
-    assert StoredFile.acquire_lease("s", "done.bin", "w", 60).acquired
-    assert StoredFile.mark_remote("s", "done.bin", "w", size=1, checksum="x", algorithm="md5")
-    assert not StoredFile.acquire_lease("s", "done.bin", "w2", 60).acquired
+    Ledger("s").reserve("done.bin", "h")
+    assert Ledger("s").lease("done.bin", "w", 60).acquired
+    assert Ledger("s").remote("done.bin", "w", size=1, checksum="x", algorithm="md5")
+    assert not Ledger("s").lease("done.bin", "w2", 60).acquired
 
-    StoredFile.reserve("s", "bad.bin", "h")
-    assert StoredFile.acquire_lease("s", "bad.bin", "w", 60).acquired
-    assert StoredFile.release("s", "bad.bin", "w", state=State.FAILED, error="boom")
-    assert not StoredFile.acquire_lease("s", "bad.bin", "w2", 60).acquired
-    assert StoredFile.reset_for_retry("s", "bad.bin")
-    assert StoredFile.acquire_lease("s", "bad.bin", "w2", 60).acquired
+    Ledger("s").reserve("bad.bin", "h")
+    assert Ledger("s").lease("bad.bin", "w", 60).acquired
+    assert Ledger("s").fail("bad.bin", "w", "boom")
+    assert not Ledger("s").lease("bad.bin", "w2", 60).acquired
+    assert Ledger("s").retry("bad.bin")
+    assert Ledger("s").lease("bad.bin", "w2", 60).acquired
 
 
 def test_deleted_row_cannot_be_recorded(ledger_db: str) -> None:
-    StoredFile.reserve("s", "f.bin", "h")
-    assert StoredFile.acquire_lease("s", "f.bin", "w", 60).acquired
-    StoredFile.forget("s", "f.bin")
-    assert not StoredFile.mark_remote("s", "f.bin", "w", size=1, checksum="x", algorithm="md5")
+    Ledger("s").reserve("f.bin", "h")
+    assert Ledger("s").lease("f.bin", "w", 60).acquired
+    Ledger("s").forget("f.bin")
+    assert not Ledger("s").remote("f.bin", "w", size=1, checksum="x", algorithm="md5")
     assert StoredFile.get_row("s", "f.bin") is None
 
 

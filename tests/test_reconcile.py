@@ -30,10 +30,11 @@ from django.utils import timezone
 
 from queued_storage import signals
 from queued_storage.exceptions import StagingFull
+from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.reconcile import LOST, overdue, reconcile
 from queued_storage.storage import QueuedStorage
-from queued_storage.tasks import Outcome, run_transfer
+from queued_storage.worker import Outcome, run_transfer
 from tests.conftest import need, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -139,9 +140,9 @@ def test_overdue_waits_for_the_longest_backoff_of_the_last_attempt(broker: Any) 
 
 def test_expired_lease_is_taken_back_and_requeued(broker: Any) -> None:
     name = saved("killed-worker.bin")
-    assert StoredFile.acquire_lease("queued_parked", name, "dead-worker", 0.01).acquired
+    assert Ledger("queued_parked").lease(name, "dead-worker", 0.01).acquired
     live = saved("live-worker.bin")
-    assert StoredFile.acquire_lease("queued_parked", live, "live-worker", 60).acquired
+    assert Ledger("queued_parked").lease(live, "live-worker", 60).acquired
     time.sleep(0.05)
     report = reconcile()
     assert report.taken_over == [f"queued_parked:{name}"]
@@ -259,7 +260,7 @@ def test_adopt_never_takes_a_name_the_remote_or_another_storage_holds(
     _put_local("taken.txt", b"local")
     clean.put_object(Bucket=settings.BUCKET, Key="taken.txt", Body=b"remote")
     _put_local("other-storage.txt", b"x")
-    StoredFile.reserve("queued_delayed", "other-storage.txt", "h")
+    Ledger("queued_delayed").reserve("other-storage.txt", "h")
     outside = Path(settings.WORKDIR) / "outside-the-root.txt"
     outside.write_bytes(b"not ours")
     Path(settings.STAGING_ROOT, "link.txt").symlink_to(outside)
@@ -328,9 +329,9 @@ def test_file_the_worker_found_missing_is_reported_as_lost(broker: Any) -> None:
 
 
 def test_stale_reservation_is_cleaned_and_is_not_data_loss(broker: Any) -> None:
-    assert StoredFile.reserve("queued_parked", "crashed-save.txt", _host())
+    assert Ledger("queued_parked").reserve("crashed-save.txt", _host())
     age("queued_parked", "crashed-save.txt", AFTER + 5)
-    assert StoredFile.reserve("queued_parked", "saving-now.txt", _host())
+    assert Ledger("queued_parked").reserve("saving-now.txt", _host())
     call_command("queued_storage_reconcile", verbosity=0)  # exit status 0
     assert StoredFile.get_row("queued_parked", "crashed-save.txt") is None
     assert StoredFile.get_row("queued_parked", "saving-now.txt") is not None
@@ -338,7 +339,7 @@ def test_stale_reservation_is_cleaned_and_is_not_data_loss(broker: Any) -> None:
 
 
 def test_interrupted_save_that_wrote_the_file_is_finished_by_adopt(broker: Any) -> None:
-    assert StoredFile.reserve("queued_parked", "half-saved.txt", _host())
+    assert Ledger("queued_parked").reserve("half-saved.txt", _host())
     _put_local("half-saved.txt", b"written, not recorded")
     age("queued_parked", "half-saved.txt", AFTER + 5)
     report = reconcile()
@@ -389,7 +390,7 @@ def test_multipart_uploads_no_row_can_resume_are_aborted(broker: Any, clean: Any
     recorded = open_upload(resumable)
     StoredFile.rows("queued_parked", resumable).update(upload_id=recorded)
     busy = saved("busy.bin")
-    assert StoredFile.acquire_lease("queued_parked", busy, "live-worker", 60).acquired
+    assert Ledger("queued_parked").lease(busy, "live-worker", 60).acquired
     opening = open_upload(busy)  # its live worker may be about to record it
     foreign = open_upload("not-ours/video.mp4")  # the bucket is shared
     report = reconcile()
@@ -400,8 +401,7 @@ def test_multipart_uploads_no_row_can_resume_are_aborted(broker: Any, clean: Any
 
 
 def test_files_of_an_unknown_storage_are_an_error(broker: Any) -> None:
-    StoredFile.reserve("removed-storage", "orphan.txt", _host())
-    StoredFile.mark_saved("removed-storage", "orphan.txt", 1)
+    Ledger("removed-storage").saved("orphan.txt", _host(), 1)
     with pytest.raises(CommandError, match=r"1 file\(s\) of the storage 'removed-storage'"):
         call_command("queued_storage_reconcile", verbosity=0)
 

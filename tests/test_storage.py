@@ -20,10 +20,11 @@ from django.db import DatabaseError
 from django.test import override_settings
 
 from queued_storage.exceptions import QueuedStorageConfigError, StorageNotFound
+from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.state import cache_key
 from queued_storage.storage import QueuedStorage, get_queued_storage
-from queued_storage.tasks import Outcome, run_transfer
+from queued_storage.worker import Outcome, run_transfer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -146,7 +147,7 @@ def test_an_unseeded_remote_object_is_never_overwritten_by_a_save_of_its_name(
 
 
 def test_save_moves_the_local_file_off_a_name_the_ledger_holds(storage: QueuedStorage) -> None:
-    StoredFile.reserve(storage.alias, "photo.jpg", "elsewhere")
+    Ledger(storage.alias).reserve("photo.jpg", "elsewhere")
     name = storage.save("photo.jpg", ContentFile(b"new"))
     assert name.startswith("photo_") and name.endswith(".jpg")
     assert not Path(storage.local.path("photo.jpg")).exists()
@@ -158,8 +159,8 @@ def test_save_moves_the_local_file_off_a_name_the_ledger_holds(storage: QueuedSt
 def test_save_takes_another_name_when_the_ledger_holds_the_name_and_its_alternative(
     storage: QueuedStorage, monkeypatch: Any
 ) -> None:
-    StoredFile.reserve(storage.alias, "photo.jpg", "elsewhere")
-    StoredFile.reserve(storage.alias, "photo_first.jpg", "elsewhere")
+    Ledger(storage.alias).reserve("photo.jpg", "elsewhere")
+    Ledger(storage.alias).reserve("photo_first.jpg", "elsewhere")
     suffixes = iter(["first", "second"])
     monkeypatch.setattr(
         storage, "get_alternative_name", lambda root, ext: f"{root}_{next(suffixes)}{ext}"
@@ -174,7 +175,7 @@ def test_a_failed_ledger_write_leaves_no_local_file(
     def broken(*args: Any, **kwargs: Any) -> bool:
         raise DatabaseError("the ledger is down")
 
-    monkeypatch.setattr(StoredFile, "record_saved", broken)
+    monkeypatch.setattr(Ledger, "saved", broken)
     with pytest.raises(DatabaseError, match="the ledger is down"):
         storage.save("lost.txt", ContentFile(b"x"))
     assert list(Path(storage.local.path("")).iterdir()) == []

@@ -16,10 +16,11 @@ from django.test import override_settings
 
 from queued_storage import signals
 from queued_storage.exceptions import PermanentTransferError, TransientTransferError
+from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
-from queued_storage.tasks import Outcome, RetryLater, backoff, run_transfer
 from queued_storage.transfer import classify_error
+from queued_storage.worker import Outcome, RetryLater, backoff, run_transfer
 from tests.conftest import need
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -92,7 +93,7 @@ def test_spent_retry_budget_ends_in_failed_with_signal(proxy: Any) -> None:
     # Still served locally, and a manual transfer gives it a new budget.
     assert storage.using_local(name)
     proxy.come_up()
-    assert StoredFile.reset_for_retry(storage.alias, name)
+    assert Ledger(storage.alias).retry(name)
     assert run_transfer(storage.alias, name) is Outcome.TRANSFERRED
 
 
@@ -141,7 +142,7 @@ def test_file_transferred_is_sent_after_remote_and_before_local_delete(clean: An
 def test_duplicate_delivery_while_leased_does_nothing(clean: Any) -> None:
     storage = delayed()
     name = storage.save("dup.txt", ContentFile(b"x"))
-    assert StoredFile.acquire_lease(storage.alias, name, "other-worker", 60).acquired
+    assert Ledger(storage.alias).lease(name, "other-worker", 60).acquired
     with pytest.raises(RetryLater, match="being transferred by other-worker"):
         run_transfer(storage.alias, name)
     row = StoredFile.get_row(storage.alias, name)

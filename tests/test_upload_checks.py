@@ -42,23 +42,65 @@ def test_e008_silent_for_a_queued_storage_alias() -> None:
 
 
 @pytest.mark.parametrize(
-    ("setting", "value", "text"),
+    ("setting", "value", "text", "check_id"),
     [
-        ("UPLOAD_MAX_BYTES", 0, "QUEUED_STORAGE_UPLOAD_MAX_BYTES must be a positive integer"),
-        ("UPLOAD_MAX_BYTES", "5G", "QUEUED_STORAGE_UPLOAD_MAX_BYTES must be a positive integer"),
-        ("UPLOAD_CHUNK_SIZE", -1, "QUEUED_STORAGE_UPLOAD_CHUNK_SIZE must be a positive integer"),
-        ("UPLOAD_AUTHORIZER", "no.such.hook", "QUEUED_STORAGE_UPLOAD_AUTHORIZER 'no.such.hook'"),
-        ("UPLOAD_AUTHORIZER", "queued_storage.conf.MiB", "must be the dotted path of a function"),
-        ("UPLOAD_PERMISSION", "add_storedfile", "QUEUED_STORAGE_UPLOAD_PERMISSION must be None"),
-        ("STATUS_PERMISSION", 3, "QUEUED_STORAGE_STATUS_PERMISSION must be None"),
-        ("NGINX_UPLOAD_DIR", "relative/dir", "QUEUED_STORAGE_NGINX_UPLOAD_DIR must be None"),
-        ("NGINX_SECRET", "", "QUEUED_STORAGE_NGINX_SECRET must be None or a non-empty string"),
+        (
+            "UPLOAD_MAX_BYTES",
+            0,
+            "QUEUED_STORAGE_UPLOAD_MAX_BYTES must be a positive integer",
+            "E009",
+        ),
+        (
+            "UPLOAD_MAX_BYTES",
+            "5G",
+            "QUEUED_STORAGE_UPLOAD_MAX_BYTES must be a positive integer",
+            "E009",
+        ),
+        (
+            "UPLOAD_CHUNK_SIZE",
+            -1,
+            "QUEUED_STORAGE_UPLOAD_CHUNK_SIZE must be a positive integer",
+            "E009",
+        ),
+        (
+            "UPLOAD_AUTHORIZER",
+            "no.such.hook",
+            "QUEUED_STORAGE_UPLOAD_AUTHORIZER 'no.such.hook'",
+            "E012",
+        ),
+        (
+            "UPLOAD_AUTHORIZER",
+            "queued_storage.conf.MiB",
+            "must be the dotted path of a function",
+            "E012",
+        ),
+        (
+            "UPLOAD_PERMISSION",
+            "add_storedfile",
+            "QUEUED_STORAGE_UPLOAD_PERMISSION must be None",
+            "E013",
+        ),
+        ("STATUS_PERMISSION", 3, "QUEUED_STORAGE_STATUS_PERMISSION must be None", "E013"),
+        (
+            "NGINX_UPLOAD_DIR",
+            "relative/dir",
+            "QUEUED_STORAGE_NGINX_UPLOAD_DIR must be None",
+            "E014",
+        ),
+        (
+            "NGINX_SECRET",
+            "",
+            "QUEUED_STORAGE_NGINX_SECRET must be None or a non-empty string",
+            "E015",
+        ),
     ],
 )
-def test_e009_invalid_upload_setting(setting: str, value: Any, text: str) -> None:
+def test_each_invalid_upload_setting_has_its_own_check_id(
+    setting: str, value: Any, text: str, check_id: str
+) -> None:
     with override_settings(**{f"QUEUED_STORAGE_{setting}": value}):
         messages = check_upload_settings()
-    assert _ids(messages) == ["queued_storage.E009"]
+    assert _ids(messages) == [f"queued_storage.{check_id}"]
     assert text in messages[0].msg
 
 

@@ -17,6 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from queued_storage._remote import list_remote
 from queued_storage.models import StoredFile
+from queued_storage.names import LEDGER_NAME_LENGTH
 from queued_storage.reconcile import reconcile
 from queued_storage.storage import QueuedStorage, queued_storages
 
@@ -128,15 +129,15 @@ class Command(BaseCommand):
                 )
                 seeded += len(batch) - known.count()
                 continue
-            too_long = [o for o in batch if len(o[0]) > StoredFile.NAME_MAX_LENGTH]
+            too_long = [o for o in batch if len(o[0]) > LEDGER_NAME_LENGTH]
             for name, _, _ in too_long:
                 self.stderr.write(
                     f"{storage.alias}: {name[:60]!r}... has more than "
-                    f"{StoredFile.NAME_MAX_LENGTH} characters, which the ledger cannot hold; "
+                    f"{LEDGER_NAME_LENGTH} characters, which the ledger cannot hold; "
                     "not seeded. Rename the object."
                 )
-            batch = [o for o in batch if len(o[0]) <= StoredFile.NAME_MAX_LENGTH]
-            seeded += len(StoredFile.seed_remote(storage.alias, batch))
+            batch = [o for o in batch if len(o[0]) <= LEDGER_NAME_LENGTH]
+            seeded += len(storage.ledger.seed_remote(batch))
         verb = "would seed" if dry_run else "seeded"
         self.stdout.write(
             f"{storage.alias}: {listed} objects listed on the remote storage, {verb} {seeded} "

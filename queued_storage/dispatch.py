@@ -1,0 +1,41 @@
+"""Sending a transfer: the one place a task message is built, for the proxy and the reconcile
+pass. The message carries two plain strings, the storage alias and the file name (invariant 5).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+__all__ = ["dispatch", "redact"]
+
+logger = logging.getLogger(__name__)
+
+
+def dispatch(task: Any, alias: str, name: str, *, queue: str | None = None) -> Any:
+    """Send the transfer message; never raise: a refused message leaves the file ``pending``.
+
+    *task* is the storage's Celery task. Returns the ``AsyncResult``, or ``None`` when the
+    broker refused the message (the reason is logged, without credentials).
+    """
+    options: dict[str, Any] = {"queue": queue} if queue else {}
+    try:
+        return task.apply_async(args=[alias, name], **options)
+    except Exception as err:
+        logger.warning(
+            "could not queue the transfer of %r (%s: %s); it stays pending and is served "
+            "locally until the reconcile pass or storage.transfer(name) queues it",
+            name,
+            type(err).__name__,
+            redact(str(err)),
+        )
+        return None
+
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@")
+
+
+def redact(text: str) -> str:
+    """Hide the password of any URL in *text* (broker errors may quote the broker URL)."""
+    return _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)

@@ -1,0 +1,460 @@
+"""The ledger: every change of a file's row, each one conditional write plus its cache publish.
+
+The table (``models.StoredFile``) is the system of record; the cache is a read-through copy
+(``state.py``). Nothing else in the package writes a row or publishes a state: each method
+here is one conditional ``INSERT``/``UPDATE``/``DELETE``, atomic on SQLite and PostgreSQL
+alike without ``SELECT ... FOR UPDATE``, followed by the cache write that makes the change
+visible to readers:
+
+* the unique key on ``(alias, name)`` reserves a name across processes and hosts;
+* a worker takes the lease with ``UPDATE ... WHERE state = 'pending' OR lease expired``: only
+  one ``UPDATE`` can match, so only one worker transfers a file at a time;
+* a lease holder's writes match ``lease_owner = me``: a worker whose lease was taken over, or
+  whose row was deleted meanwhile, records nothing;
+* the reconcile pass's writes match the row as the pass read it (state and ``updated``), so
+  whoever loses a race between passes on several hosts skips the row;
+* the local copy goes only after ``remote`` is in the ledger *and* the cache
+  (:meth:`Ledger.drop_local` is the one place that deletes it; invariant 2).
+
+A :class:`Ledger` is bound to one queued storage's alias and cache prefix.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError, connections, transaction
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
+
+from queued_storage import state as read_side
+from queued_storage.conf import settings
+from queued_storage.exceptions import StagingFull
+from queued_storage.models import State, StoredFile
+from queued_storage.state import FileState
+
+__all__ = ["LeaseResult", "Ledger", "check_staging_budget", "ledger_database"]
+
+#: ``StoredFile.last_error`` holds this much of a reason.
+ERROR_LENGTH = 4000
+
+#: The fields that describe an open multipart upload, emptied together.
+_NO_UPLOAD: dict[str, Any] = {"upload_id": "", "part_size": None, "source": "", "parts": []}
+
+
+@dataclass(frozen=True)
+class LeaseResult:
+    acquired: bool
+    row: StoredFile | None
+
+
+def ledger_database() -> str:
+    """The database alias of the ledger (for the transaction a save belongs to)."""
+    return StoredFile.db()
+
+
+def check_staging_budget(name: str, size: int | None) -> None:
+    """Raise :class:`StagingFull` when *size* more bytes would exceed this host's budget.
+
+    ``QUEUED_STORAGE_STAGING_BUDGET`` bounds the bytes waiting on this host for their transfer;
+    an unknown *size* (``None``) compares only what already waits. One aggregate query.
+    """
+    budget = settings.STAGING_BUDGET
+    if budget is None:
+        return
+    size = size or 0
+    waiting = StoredFile.waiting_bytes(settings.HOST)
+    if waiting + size > budget:
+        raise StagingFull(
+            f"QueuedStorage cannot stage {name!r} ({size} bytes): {waiting} of the {budget} "
+            f"bytes of QUEUED_STORAGE_STAGING_BUDGET already wait on host {settings.HOST!r} "
+            "for their transfer to the remote storage. Check that the transfer workers run "
+            "and the remote is reachable (queued_storage_reconcile reports what waits), or "
+            "raise the budget.",
+            name=name,
+            size=size,
+            waiting=waiting,
+            budget=budget,
+        )
+
+
+class Ledger:
+    """Every transition of the files of one queued storage (its alias and cache prefix)."""
+
+    def __init__(self, alias: str, cache_prefix: str | None = None) -> None:
+        self.alias = alias
+        self.cache_prefix = cache_prefix or settings.CACHE_PREFIX
+
+    def __repr__(self) -> str:
+        return f"<Ledger {self.alias!r}>"
+
+    # -- reading ---------------------------------------------------------------------------
+    def rows(self, name: str) -> QuerySet[StoredFile]:
+        return StoredFile.rows(self.alias, name)
+
+    def row(self, name: str) -> StoredFile | None:
+        return StoredFile.get_row(self.alias, name)
+
+    def state(self, name: str, *, fresh: bool = False) -> FileState | None:
+        """The file's state (cache, then ledger); ``None`` when the ledger does not know it."""
+        return read_side.get_state(self.cache_prefix, self.alias, name, fresh=fresh)
+
+    def progress(self, name: str) -> tuple[int, int] | None:
+        """``(done, total)`` of a running transfer from the cache, else from the row."""
+        running = read_side.get_progress(self.cache_prefix, self.alias, name)
+        if running is not None:
+            return running
+        row = self.row(name)
+        return None if row is None else (row.bytes_done, row.size or 0)
+
+    # -- the cache side of each transition --------------------------------------------------
+    def _publish(self, name: str, found: FileState) -> None:
+        read_side.write_state(self.cache_prefix, self.alias, name, found)
+
+    def republish(self, name: str) -> None:
+        """Publish the row as it is now (after a transition whose result depends on it, or
+        when the cache may lag behind the row)."""
+        row = self.row(name)
+        if row is not None:
+            self._publish(name, FileState.from_row(row))
+
+    # -- saving ------------------------------------------------------------------------------
+    def _insert(self, **fields: Any) -> bool:
+        """One INSERT; ``False`` when another file holds the name.
+
+        Inside a transaction it runs in a savepoint, so that a unique violation does not break
+        the caller's transaction (PostgreSQL aborts the whole transaction otherwise); the row
+        becomes visible to others at the commit, and a concurrent insert of the same key waits
+        for that commit and then fails, which is what we want. In autocommit mode a plain
+        INSERT does the same in one round trip.
+        """
+        db = StoredFile.db()
+        manager = StoredFile.objects.using(db)
+        try:
+            if transaction.get_connection(db).in_atomic_block:
+                with transaction.atomic(using=db):
+                    manager.create(alias=self.alias, **fields)
+            else:
+                manager.create(alias=self.alias, **fields)
+        except IntegrityError:
+            return False
+        return True
+
+    def saved(self, name: str, host: str, size: int) -> bool:
+        """Record a file written locally as ``pending``, in one INSERT; ``False`` if the name
+        is taken. Its state reaches the cache when the surrounding transaction commits."""
+        inserted = self._insert(
+            name=name, state=State.PENDING, host=host, size=size, local_exists=True
+        )
+        if inserted:
+            transaction.on_commit(
+                lambda: self._publish(name, FileState.of(State.PENDING, size, True)),
+                using=StoredFile.db(),
+            )
+        return inserted
+
+    def reserve(self, name: str, host: str) -> bool:
+        """Insert a ``pending`` row without a local file yet (the name is taken, nothing else)."""
+        return self._insert(name=name, state=State.PENDING, host=host, local_exists=False)
+
+    def forget(self, name: str) -> StoredFile | None:
+        """Delete the row (the name is free again, no transfer may record it); the row it was."""
+        row = self.row(name)
+        self.rows(name).delete()
+        read_side.drop_state(self.cache_prefix, self.alias, name)
+        return row
+
+    def retry(self, name: str) -> bool:
+        """A ``failed`` (or stale ``pending``) file may be transferred again, with a new budget."""
+        retried = bool(
+            self.rows(name)
+            .filter(state__in=[State.FAILED, State.PENDING])
+            .update(state=State.PENDING, attempts=0, updated=timezone.now())
+        )
+        if retried:
+            self.republish(name)
+        return retried
+
+    def seed_remote(self, objects: list[tuple[str, int, str]]) -> list[str]:
+        """Record objects the remote already holds ``(name, size, etag)`` as ``remote`` rows.
+
+        For a site that adopts the package with a bucket full of files: their names become
+        reserved (no save takes them) and reads route to the remote without asking it. Names
+        the ledger knows are left as they are. Returns the names inserted (one query to find
+        the known names, one INSERT for the rest; concurrent seeds or saves of the same name
+        are skipped by the unique key).
+        """
+        manager = StoredFile.objects.using(StoredFile.db())
+        names = [name for name, _, _ in objects]
+        known = set(manager.filter(alias=self.alias, name__in=names).values_list("name", flat=True))
+        now = timezone.now()
+        new = [
+            StoredFile(
+                alias=self.alias,
+                name=name,
+                state=State.REMOTE,
+                size=size,
+                bytes_done=size,
+                checksum=etag,
+                checksum_algorithm="s3-etag" if etag else "",
+                host="",
+                local_exists=False,
+                transferred=now,
+            )
+            for name, size, etag in objects
+            if name not in known
+        ]
+        manager.bulk_create(new, ignore_conflicts=True)
+        return [row.name for row in new]
+
+    # -- a worker's lease -------------------------------------------------------------------
+    def lease(self, name: str, owner: str, seconds: float) -> LeaseResult:
+        """Take the single-flight lease on a ``pending`` row or on one whose lease expired.
+
+        One ``UPDATE ... RETURNING`` where the database has it (PostgreSQL, SQLite 3.35+): the
+        row comes back with the lease, and only a refused lease costs a second query (to say
+        why). Elsewhere, the ``UPDATE`` and then a ``SELECT``. No cache write: the lease keeper
+        publishes ``transferring`` when the transfer outlives its first renewal.
+        """
+        now = timezone.now()
+        expires = now + datetime.timedelta(seconds=seconds)
+        db = StoredFile.db()
+        connection = connections[db]
+        if connection.vendor in ("postgresql", "sqlite") and (
+            connection.features.can_return_rows_from_bulk_insert
+        ):
+            q = connection.ops.quote_name
+            columns = ", ".join(q(str(f.column)) for f in StoredFile._meta.concrete_fields)
+            table = q(StoredFile._meta.db_table)
+            sql = (
+                f"UPDATE {table} SET {q('state')} = %s, {q('lease_owner')} = %s, "
+                f"{q('lease_expires')} = %s, {q('attempts')} = {q('attempts')} + 1, "
+                f"{q('bytes_done')} = 0, {q('updated')} = %s "
+                f"WHERE {q('alias')} = %s AND {q('name')} = %s AND ({q('state')} = %s OR "
+                f"({q('state')} = %s AND {q('lease_expires')} < %s)) RETURNING {columns}"
+            )
+            params: list[Any] = [str(State.TRANSFERRING), owner, expires, now, self.alias, name]
+            params += [str(State.PENDING), str(State.TRANSFERRING), now]
+            leased = list(StoredFile.objects.db_manager(db).raw(sql, params))
+            if leased:
+                return LeaseResult(acquired=True, row=leased[0])
+            return LeaseResult(acquired=False, row=self.row(name))
+        taken = (
+            self.rows(name)
+            .filter(Q(state=State.PENDING) | Q(state=State.TRANSFERRING, lease_expires__lt=now))
+            .update(
+                state=State.TRANSFERRING,
+                lease_owner=owner,
+                lease_expires=expires,
+                attempts=F("attempts") + 1,
+                bytes_done=0,
+                updated=now,
+            )
+        )
+        return LeaseResult(acquired=bool(taken), row=self.row(name))
+
+    def _leased(self, name: str, owner: str) -> QuerySet[StoredFile]:
+        leased: QuerySet[StoredFile] = self.rows(name).filter(
+            state=State.TRANSFERRING, lease_owner=owner
+        )
+        return leased
+
+    def renew(
+        self,
+        name: str,
+        owner: str,
+        seconds: float,
+        done: int,
+        total: int = 0,
+        leased: FileState | None = None,
+    ) -> bool:
+        """Extend the lease with the progress so far; publish the progress (and *leased*, the
+        ``transferring`` state, at the first renewal). ``False``: the lease was lost."""
+        now = timezone.now()
+        renewed = bool(
+            self._leased(name, owner).update(
+                lease_expires=now + datetime.timedelta(seconds=seconds),
+                bytes_done=done,
+                updated=now,
+            )
+        )
+        if renewed:
+            if leased is not None:
+                self._publish(name, leased)
+            read_side.write_progress(self.cache_prefix, self.alias, name, done, total)
+        return renewed
+
+    def record_upload(
+        self, name: str, owner: str, *, upload_id: str, part_size: int, source: str
+    ) -> bool:
+        """Remember the multipart upload a leased transfer opened (for a resume)."""
+        return bool(
+            self._leased(name, owner).update(
+                upload_id=upload_id, part_size=part_size, source=source, parts=[]
+            )
+        )
+
+    def record_parts(self, name: str, owner: str, parts: list[list[Any]]) -> bool:
+        """Remember the finished parts ``[number, etag, digest, size]`` of the open upload."""
+        return bool(self._leased(name, owner).update(parts=parts))
+
+    def clear_upload(self, name: str) -> None:
+        """The open upload was aborted: nothing left to resume."""
+        self.rows(name).update(**_NO_UPLOAD)
+
+    def remote(
+        self,
+        name: str,
+        owner: str,
+        *,
+        size: int,
+        checksum: str,
+        algorithm: str,
+        keep_local: bool = True,
+    ) -> bool:
+        """Record the verified remote copy and publish ``remote``: one cache write, saying
+        whether the local copy stays. ``False`` if the lease or the row was lost."""
+        now = timezone.now()
+        recorded = bool(
+            self._leased(name, owner).update(
+                state=State.REMOTE,
+                size=size,
+                bytes_done=size,
+                checksum=checksum,
+                checksum_algorithm=algorithm,
+                last_error="",
+                lease_owner="",
+                lease_expires=None,
+                transferred=now,
+                updated=now,
+                **_NO_UPLOAD,
+            )
+        )
+        if recorded:
+            self._publish(name, FileState.of(State.REMOTE, size, keep_local))
+        return recorded
+
+    def drop_local(
+        self,
+        name: str,
+        size: int | None,
+        delete: Callable[[str], None],
+        *,
+        announced: bool = False,
+    ) -> bool:
+        """Delete the local copy of a ``remote`` file, the one place that does (invariant 2).
+
+        The cache says ``remote`` (without a local copy) before *delete* runs, unless the
+        caller's :meth:`remote` already *announced* it; the row says so after.
+        """
+        if not announced:
+            self._publish(name, FileState.of(State.REMOTE, size, False))
+        delete(name)
+        return bool(
+            self.rows(name)
+            .filter(state=State.REMOTE)
+            .update(local_exists=False, updated=timezone.now())
+        )
+
+    def local_missing(self, name: str) -> None:
+        """The worker found no local copy: recorded, so the reconcile pass reports the loss."""
+        self.rows(name).update(local_exists=False, updated=timezone.now())
+
+    def _release(self, name: str, owner: str, state: str, error: str) -> bool:
+        released = bool(
+            self._leased(name, owner).update(
+                state=state,
+                last_error=error[:ERROR_LENGTH],
+                lease_owner="",
+                lease_expires=None,
+                updated=timezone.now(),
+            )
+        )
+        self.republish(name)
+        return released
+
+    def retry_later(self, name: str, owner: str, error: str) -> bool:
+        """End the lease after a transient error: back to ``pending``, *error* kept."""
+        return self._release(name, owner, State.PENDING, error)
+
+    def fail(self, name: str, owner: str, error: str) -> bool:
+        """End the lease for good: ``failed``, *error* kept (served locally, retried on request)."""
+        return self._release(name, owner, State.FAILED, error)
+
+    # -- the reconcile pass: each write matches the row as the pass read it -----------------
+    @staticmethod
+    def _as_read(row: StoredFile) -> QuerySet[StoredFile]:
+        found: QuerySet[StoredFile] = StoredFile.objects.using(StoredFile.db()).filter(
+            pk=row.pk, state=row.state, updated=row.updated
+        )
+        return found
+
+    def take_back(self, row: StoredFile, now: datetime.datetime) -> bool:
+        """An expired lease (its worker died): back to ``pending`` for a new transfer."""
+        taken = bool(
+            self._as_read(row).update(
+                state=State.PENDING,
+                lease_owner="",
+                lease_expires=None,
+                last_error=f"The lease of {row.lease_owner} expired (worker lost?); "
+                "queued again by the reconcile pass.",
+                updated=now,
+            )
+        )
+        if taken:
+            self.republish(row.name)
+        return taken
+
+    def claim(self, row: StoredFile, now: datetime.datetime) -> bool:
+        """Mark an overdue ``pending`` row as queued again now (no state change)."""
+        return bool(self._as_read(row).update(updated=now))
+
+    def unclaim(self, row: StoredFile, now: datetime.datetime) -> None:
+        """Undo :meth:`claim` (or the claim of another transition) when the broker refused:
+        the row looks as it did, for the next pass."""
+        self.rows(row.name).filter(state=State.PENDING, updated=now).update(updated=row.updated)
+
+    def retry_failed(self, row: StoredFile, now: datetime.datetime) -> bool:
+        """A ``failed`` row whose local copy is there: ``pending`` with a new budget."""
+        retried = bool(
+            self._as_read(row).update(
+                state=State.PENDING, attempts=0, local_exists=True, updated=now
+            )
+        )
+        if retried:
+            self.republish(row.name)
+        return retried
+
+    def lost(self, row: StoredFile, reason: str, now: datetime.datetime) -> bool:
+        """The local copy of a file that never reached the remote is gone: ``failed``."""
+        marked = bool(
+            self._as_read(row).update(
+                state=State.FAILED,
+                local_exists=False,
+                last_error=reason[:ERROR_LENGTH],
+                lease_owner="",
+                lease_expires=None,
+                updated=now,
+                **_NO_UPLOAD,
+            )
+        )
+        if marked:
+            self.republish(row.name)
+        return marked
+
+    def finish_save(self, row: StoredFile, size: int, now: datetime.datetime) -> bool:
+        """A reservation whose save wrote the file and then stopped: ``pending`` with it."""
+        finished = bool(self._as_read(row).update(size=size, local_exists=True, updated=now))
+        if finished:
+            self.republish(row.name)
+        return finished
+
+    def drop_reservation(self, row: StoredFile) -> bool:
+        """Delete a reservation whose save stopped before writing the file."""
+        deleted, _ = self._as_read(row).filter(local_exists=False, size__isnull=True).delete()
+        if deleted:
+            read_side.drop_state(self.cache_prefix, self.alias, row.name)
+        return bool(deleted)

@@ -1,0 +1,102 @@
+"""Every file-name rule and limit, defined once.
+
+Used by the storage (``save()``), the upload views (before a body is read), the reconcile
+pass (adoption) and the ledger (its column's length).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import unicodedata
+
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files.utils import validate_file_name
+
+__all__ = [
+    "LEDGER_NAME_LENGTH",
+    "NAME_BYTES_MAX",
+    "OWN_DIRECTORY_PREFIX",
+    "PART_BYTES_MAX",
+    "SPOOL_DIRNAME",
+    "UPLOAD_NAME_LENGTH",
+    "check_length",
+    "checked_name",
+    "control_characters",
+    "valid_name",
+]
+
+#: Longest path component (bytes of UTF-8) local filesystems accept (``NAME_MAX``).
+PART_BYTES_MAX = 255
+#: Longest name (bytes of UTF-8): S3's limit for a key.
+NAME_BYTES_MAX = 1024
+#: Longest name the ledger's ``name`` column holds (characters).
+LEDGER_NAME_LENGTH = 1024
+#: Longest name a client of the upload views may ask for: an alternative name chosen on a
+#: clash adds 8 characters, and the result must fit the ledger.
+UPLOAD_NAME_LENGTH = 1000
+
+#: Directories of this app's own inside a staging root start with this: never a file's name,
+#: never adopted by the reconcile pass.
+OWN_DIRECTORY_PREFIX = ".queued_storage-"
+#: Directory inside the staging storage's root that holds upload bodies being received. It is
+#: on the staging filesystem by construction, so the final move into place is a rename.
+SPOOL_DIRNAME = OWN_DIRECTORY_PREFIX + "incoming"
+
+#: Unicode categories refused in names: control characters and unpaired surrogates.
+_REFUSED_CATEGORIES = ("Cc", "Cs")
+
+
+def control_characters(name: str) -> list[str]:
+    """The control characters (category ``Cc``) and unpaired surrogates (``Cs``) in *name*."""
+    return sorted({c for c in name if unicodedata.category(c) in _REFUSED_CATEGORIES})
+
+
+def checked_name(name: str) -> str:
+    """*name* in Unicode NFC; a name with control characters is refused.
+
+    Control characters (category ``Cc``: NUL, tab, newline, DEL, C1) and unpaired surrogates
+    (``Cs``) have no place in a file name: NUL cuts paths, newlines forge log lines and
+    headers, and neither survives every filesystem or S3 tool. Names that differ only in
+    Unicode normalisation (``é`` as one code point or as ``e`` plus a combining accent) are
+    one name to a user and to macOS filesystems, so ``save()`` stores the NFC form and the
+    ledger's unique key then keeps the two uploads apart.
+    """
+    bad = control_characters(name)
+    if bad:
+        shown = ", ".join(f"U+{ord(c):04X}" for c in bad)
+        raise SuspiciousFileOperation(
+            f"QueuedStorage refuses the file name {name!r}: it contains control characters "
+            f"({shown}). Rename the file."
+        )
+    return unicodedata.normalize("NFC", name)
+
+
+def valid_name(name: str, max_length: int | None) -> str:
+    """*name* with forward slashes, refused when it leaves the storage's root or is too long.
+
+    A name longer than *max_length* is truncated by the save (as Django does), so its length
+    is checked once it is.
+    """
+    name = name.replace("\\", "/")
+    dir_name, file_name = os.path.split(name)
+    if ".." in pathlib.PurePath(dir_name).parts:
+        raise SuspiciousFileOperation(f"Detected path traversal attempt in '{dir_name}'")
+    validate_file_name(file_name)
+    validate_file_name(name, allow_relative_path=True)
+    if max_length is None or len(name) <= max_length:
+        check_length(name)
+    return name
+
+
+def check_length(name: str) -> None:
+    """Refuse a name with a part over :data:`PART_BYTES_MAX` or over :data:`NAME_BYTES_MAX`."""
+    longest = max((len(part.encode()) for part in name.split("/")), default=0)
+    total = len(name.encode())
+    if longest > PART_BYTES_MAX or total > NAME_BYTES_MAX:
+        raise SuspiciousFileOperation(
+            f"QueuedStorage refuses the file name {name[:60]!r}... ({total} bytes): a file name "
+            f"may have at most {PART_BYTES_MAX} bytes between slashes (its longest part has "
+            f"{longest}) and {NAME_BYTES_MAX} bytes in all. Shorten it, or save through a "
+            "FileField, whose max_length truncates names."
+        )

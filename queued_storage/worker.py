@@ -1,0 +1,318 @@
+"""Running one transfer: the lease, the engine, the outcome and the retry policy.
+
+Plain Python, no Celery: the tasks (``tasks.py``) call :func:`run_transfer` and turn
+:class:`RetryLater` into a Celery retry. The policy: lease the ledger row (single flight), call
+the engine, record ``remote`` only after verification (the ledger publishes it), send the
+signal, and only then delete the local copy. Transient errors go back to ``pending`` and ask
+for a retry with exponential backoff and jitter; permanent errors and a spent budget end in
+``failed``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from django.db import connections
+from django.utils import timezone
+
+from queued_storage._remote import abort_open_upload, delete_remote
+from queued_storage.conf import settings
+from queued_storage.exceptions import LocalFileMissing, PermanentTransferError, TransferError
+from queued_storage.ledger import Ledger
+from queued_storage.models import State, StoredFile
+from queued_storage.signals import file_transferred, transfer_failed
+from queued_storage.state import FileState
+from queued_storage.storage import QueuedStorage, get_queued_storage
+from queued_storage.transfer import EngineConfig, Part, Resume, transfer_file
+
+__all__ = ["Outcome", "RetryLater", "backoff", "run_transfer"]
+
+logger = logging.getLogger(__name__)
+
+
+class Outcome(str, enum.Enum):
+    TRANSFERRED = "transferred"
+    ALREADY_REMOTE = "already-remote"
+    GONE = "gone"
+    LOST_LEASE = "lost-lease"
+    FAILED = "failed"
+
+
+class RetryLater(Exception):
+    """Ask the task layer to run this transfer again after *countdown* seconds."""
+
+    def __init__(self, countdown: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
+
+
+def backoff(attempt: int) -> float:
+    """Delay before attempt ``attempt + 1``: exponential, capped, with jitter (half to full)."""
+    delay = min(settings.RETRY_MAX_DELAY, settings.RETRY_DELAY * (2 ** max(0, attempt - 1)))
+    return float(delay / 2 + random.uniform(0, delay / 2))
+
+
+class _Heartbeat:
+    """Keeps one transfer's lease and progress fresh while the engine runs.
+
+    The engine reports progress as plain numbers; once a second the process's lease keeper
+    (one thread for every transfer of the process, started on first use) writes them to the
+    ledger, renewing the lease with them, and to the cache, and publishes ``transferring``,
+    so progress is visible at a bounded rate however fast the parts finish. A transfer that
+    ends within its first second (a small file) costs neither a thread nor a write.
+    """
+
+    def __init__(
+        self,
+        storage: QueuedStorage,
+        name: str,
+        owner: str,
+        leased: FileState | None = None,
+    ) -> None:
+        self.storage, self.name, self.owner = storage, name, owner
+        self.leased = leased  # published at the first renewal: "transferring", for status pages
+        self.done = 0
+        self.total = 0
+        self.renewed = time.monotonic()
+        self.active = True
+        self.lock = threading.Lock()
+
+    def progress(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    def beat(self, seconds: float) -> None:
+        """Renew the lease with the progress so far; called by the keeper, never concurrently
+        with :meth:`__exit__` (after which the transfer's outcome owns the row and the cache)."""
+        with self.lock:
+            if not self.active:
+                return
+            ledger = self.storage.ledger
+            if not ledger.renew(self.name, self.owner, seconds, self.done, self.total, self.leased):
+                self.active = False  # the lease was lost: recording the outcome finds that out
+                return
+            self.renewed = time.monotonic()
+            self.leased = None
+
+    def __enter__(self) -> _Heartbeat:
+        _keeper.add(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            self.active = False
+        _keeper.remove(self)
+
+
+class _LeaseKeeper:
+    """One daemon thread per process that renews the leases of the transfers running in it.
+
+    Started on first use and again after a fork (Celery's prefork children), so no thread
+    crosses a fork. Its database connection is its own and stays open between transfers; a
+    failing renewal is logged and tried again at the next tick.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._beats: set[_Heartbeat] = set()
+        self._pid = 0
+
+    def add(self, beat: _Heartbeat) -> None:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._beats = set()
+                thread = threading.Thread(
+                    target=self._run, name="queued-storage-leases", daemon=True
+                )
+                thread.start()
+            self._beats.add(beat)
+
+    def remove(self, beat: _Heartbeat) -> None:
+        with self._lock:
+            self._beats.discard(beat)
+
+    def _run(self) -> None:
+        while True:
+            seconds = settings.LEASE_TIMEOUT
+            interval = min(1.0, seconds / 4)
+            time.sleep(interval)
+            with self._lock:
+                beats = list(self._beats)
+            now = time.monotonic()
+            for beat in beats:
+                if now - beat.renewed < interval:
+                    continue  # renewed (or taken) less than an interval ago
+                try:
+                    beat.beat(seconds)
+                except Exception:
+                    logger.warning("could not renew the lease on %r", beat.name, exc_info=True)
+                    connections.close_all()  # this thread's own; a fresh one next tick
+
+
+_keeper = _LeaseKeeper()
+
+
+class _LedgerCheckpoint:
+    """Writes the open multipart upload and each finished part to the leased ledger row."""
+
+    def __init__(self, ledger: Ledger, name: str, owner: str, resume: Resume | None) -> None:
+        self.ledger, self.name, self.owner = ledger, name, owner
+        self.parts: list[list[Any]] = (
+            [[p.number, p.etag, p.digest, p.size] for p in resume.parts] if resume else []
+        )
+
+    def begin(self, upload_id: str, part_size: int, source: str) -> None:
+        self.parts = []
+        self.ledger.record_upload(
+            self.name, self.owner, upload_id=upload_id, part_size=part_size, source=source
+        )
+
+    def part(self, part: Part) -> None:
+        self.parts.append([part.number, part.etag, part.digest, part.size])
+        self.ledger.record_parts(self.name, self.owner, self.parts)
+
+    def end(self) -> None:
+        """The upload is complete (or aborted): nothing left to resume."""
+
+
+def _resume_of(row: StoredFile) -> Resume | None:
+    if not row.upload_id or not row.part_size:
+        return None
+    parts = [Part(int(n), str(etag), str(digest), int(size)) for n, etag, digest, size in row.parts]
+    return Resume(upload_id=row.upload_id, part_size=row.part_size, source=row.source, parts=parts)
+
+
+def _abort_upload(storage: QueuedStorage, name: str) -> None:
+    """Abort the file's open multipart upload, if the ledger knows one (best effort)."""
+    row = storage.ledger.row(name)
+    if row is not None and row.upload_id and abort_open_upload(storage.remote, name, row.upload_id):
+        storage.ledger.clear_upload(name)
+
+
+def _discard_remote(storage: QueuedStorage, name: str) -> None:
+    try:
+        delete_remote(storage.remote, name)
+    except Exception:
+        logger.error(
+            "%r was deleted during its transfer, and its remote copy could not be removed; "
+            "delete it by hand",
+            name,
+            exc_info=True,
+        )
+
+
+def _fail(storage: QueuedStorage, name: str, owner: str, error: TransferError) -> Outcome:
+    reason = str(error)
+    _abort_upload(storage, name)
+    storage.ledger.fail(name, owner, reason)
+    logger.error("transfer of %r failed for good: %s", name, reason)
+    transfer_failed.send(
+        sender=type(storage),
+        name=name,
+        alias=storage.alias,
+        local=storage.local,
+        remote=storage.remote,
+        error=error,
+        reason=reason,
+    )
+    return Outcome.FAILED
+
+
+def run_transfer(
+    alias: str, name: str, *, owner: str | None = None, delete_local: bool | None = None
+) -> Outcome:
+    """Transfer one file, exactly the policy the Celery task applies; no Celery needed.
+
+    Returns what happened. Raises :class:`RetryLater` when the task should run again later
+    (a transient error within budget, or another worker holding the lease).
+    """
+    storage = get_queued_storage(alias)
+    ledger = storage.ledger
+    owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+    lease = ledger.lease(name, owner, settings.LEASE_TIMEOUT)
+    row = lease.row
+    if not lease.acquired:
+        if row is None:
+            return Outcome.GONE  # deleted (or never saved): nothing to bring back
+        if row.state == State.REMOTE:
+            ledger.republish(name)
+            return Outcome.ALREADY_REMOTE
+        if row.state == State.FAILED:
+            return Outcome.FAILED  # retried on request only (storage.transfer or reconcile)
+        # Another worker holds the lease: come back when it would have expired.
+        remaining = settings.LEASE_TIMEOUT
+        if row.lease_expires is not None:
+            remaining = max(1.0, (row.lease_expires - timezone.now()).total_seconds() + 1)
+        raise RetryLater(remaining, f"{name!r} is being transferred by {row.lease_owner}")
+    if row is None:
+        return Outcome.GONE  # deleted between taking the lease and reading the row
+    resume = _resume_of(row)
+    try:
+        with _Heartbeat(storage, name, owner, FileState.from_row(row)) as beat:
+            result = transfer_file(
+                storage.local,
+                storage.remote,
+                name,
+                config=EngineConfig.from_settings(),
+                progress=beat.progress,
+                resume=resume,
+                checkpoint=_LedgerCheckpoint(ledger, name, owner, resume),
+            )
+    except TransferError as err:
+        if ledger.row(name) is None:
+            # Deleted while we were sending it (which is why the local copy vanished, say).
+            _discard_remote(storage, name)
+            return Outcome.GONE
+        if isinstance(err, LocalFileMissing):
+            # Recorded, so that the reconcile pass reports the loss until it is resolved.
+            ledger.local_missing(name)
+        if isinstance(err, PermanentTransferError):
+            return _fail(storage, name, owner, err)
+        if row.attempts > settings.RETRIES:
+            return _fail(storage, name, owner, err)
+        ledger.retry_later(name, owner, str(err))
+        logger.warning(
+            "transfer of %r failed (attempt %d of %d), will retry: %s",
+            name,
+            row.attempts,
+            settings.RETRIES + 1,
+            err,
+        )
+        raise RetryLater(backoff(row.attempts), str(err)) from err
+
+    delete = delete_local if delete_local is not None else storage.delete_local
+    recorded = ledger.remote(
+        name,
+        owner,
+        size=result.size,
+        checksum=result.checksum,
+        algorithm=result.algorithm,
+        keep_local=not delete,
+    )
+    if not recorded:
+        if ledger.row(name) is None:
+            # Deleted while we were uploading: remove what we wrote, bring nothing back.
+            _discard_remote(storage, name)
+            return Outcome.GONE
+        return Outcome.LOST_LEASE  # another worker took over; it records the outcome
+    file_transferred.send(
+        sender=type(storage),
+        name=name,
+        local=storage.local,
+        remote=storage.remote,
+        alias=alias,
+        size=result.size,
+        checksum=result.checksum,
+        algorithm=result.algorithm,
+    )
+    if delete:
+        ledger.drop_local(name, result.size, storage.local.delete, announced=True)
+    return Outcome.TRANSFERRED

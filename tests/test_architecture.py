@@ -1,0 +1,186 @@
+"""The package's layout rules (DESIGN.md, "one owner per concern"), read from the source.
+
+Each rule is checked on the syntax tree of every module of ``queued_storage`` (migrations
+aside), so a change that breaks one fails here with the module and line that broke it.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "queued_storage"
+
+#: Modules that import ``queued_storage.apps``-time things lazily by Django's own design:
+#: ``AppConfig.ready()`` registers the system checks once the models are loaded.
+_READY_IMPORTS = {("queued_storage.apps", "queued_storage.checks")}
+
+
+@cache
+def modules() -> dict[str, ast.Module]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "migrations" in path.parts:
+            continue
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        found[name.removesuffix(".__init__")] = ast.parse(path.read_text(), str(path))
+    return found
+
+
+def imported(node: ast.Import | ast.ImportFrom) -> set[str]:
+    """Every module or name the statement imports, as dotted names."""
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names}
+    base = node.module or ""
+    return {base} | {f"{base}.{alias.name}" for alias in node.names}
+
+
+def imports(module: str) -> list[tuple[ast.Import | ast.ImportFrom, set[str]]]:
+    return [
+        (node, imported(node))
+        for node in ast.walk(modules()[module])
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+    ]
+
+
+def package_graph() -> dict[str, set[str]]:
+    names = set(modules())
+    return {
+        module: {
+            target
+            for node, targets in imports(module)
+            if node.col_offset == 0
+            for target in targets & names
+            if target != module
+        }
+        for module in names
+    }
+
+
+def test_no_import_cycle_between_the_package_modules() -> None:
+    graph = package_graph()
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
+
+
+def test_no_package_import_inside_a_function() -> None:
+    names = set(modules())
+    inside = [
+        (module, node.lineno, sorted(targets & names))
+        for module in modules()
+        for node, targets in imports(module)
+        if node.col_offset > 0
+        and targets & names
+        and not {(module, t) for t in targets} & _READY_IMPORTS
+    ]
+    assert inside == []
+
+
+def _calls(module: str, attributes: set[str]) -> list[tuple[str, int, str]]:
+    found = []
+    for node in ast.walk(modules()[module]):
+        call = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+        if call and node.func.attr in attributes:  # type: ignore[attr-defined]
+            found.append((module, node.lineno, ast.unparse(node.func)))  # type: ignore[attr-defined]
+    return found
+
+
+def test_only_the_ledger_writes_rows_and_publishes_states() -> None:
+    """No ``.update(``/``.delete()``/``.create(``/``bulk_create`` of a queryset, and no cache
+    write of a state, outside ``ledger.py`` (``state.py`` defines the write primitives the
+    ledger calls)."""
+    writers = []
+    for module in modules():
+        if module in ("queued_storage.ledger", "queued_storage.state"):
+            continue
+        for where in _calls(module, {"write_state", "write_progress", "drop_state"}):
+            writers.append(where)
+        for node, targets in imports(module):
+            if {"queued_storage.state.write_state", "queued_storage.state.drop_state"} & targets:
+                writers.append((module, node.lineno, "imports a cache write"))
+        for module_, line, call in _calls(module, {"update", "delete", "create", "bulk_create"}):
+            receiver = call.rsplit(".", 1)[0]
+            if "objects" in receiver or "rows" in receiver or "StoredFile" in receiver:
+                writers.append((module_, line, call))
+    assert writers == []
+
+
+def test_the_engine_imports_no_celery_cache_or_ledger() -> None:
+    engine = [m for m in modules() if m == "queued_storage.transfer" or ".s3" in m or "_s3" in m]
+    assert "queued_storage.transfer" in engine
+    forbidden = (
+        "celery",
+        "django.core.cache",
+        "queued_storage.state",
+        "queued_storage.models",
+        "queued_storage.ledger",
+        "queued_storage.tasks",
+        "queued_storage.worker",
+    )
+    found = [
+        (module, node.lineno, sorted(targets))
+        for module in engine
+        for node, targets in imports(module)
+        if any(t == f or t.startswith(f + ".") for t in targets for f in forbidden)
+    ]
+    assert found == []
+
+
+def test_views_import_no_model() -> None:
+    found = [
+        (node.lineno, sorted(targets))
+        for node, targets in imports("queued_storage.views")
+        if any(t.startswith("queued_storage.models") for t in targets)
+    ]
+    assert found == []
+
+
+def test_tasks_hold_only_celery_glue_and_the_worker_needs_no_celery() -> None:
+    tasks = modules()["queued_storage.tasks"]
+    functions = [n.name for n in tasks.body if isinstance(n, ast.FunctionDef)]
+    assert sorted(functions) == ["TransferAndDelete", "_run_task", "reconcile", "transfer"]
+    code = (
+        "import sys, django; from django.conf import settings; "
+        "settings.configure(INSTALLED_APPS=['django.contrib.contenttypes', 'queued_storage'], "
+        "DATABASES={'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}); "
+        "django.setup(); import queued_storage.worker, queued_storage.reconcile; "
+        "print(sorted(m for m in sys.modules if m == 'celery' or m.startswith('celery.')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "queued_storage.worker",
+        "queued_storage.reconcile",
+        "queued_storage.storage",
+        "queued_storage.views",
+    ],
+)
+def test_loggers_are_named_after_their_module(module: str) -> None:
+    source = ast.unparse(modules()[f"queued_storage.{module}"])
+    assert "getLogger(__name__)" in source
+    assert '"queued_storage: ' not in source
