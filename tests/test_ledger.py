@@ -6,6 +6,7 @@ Python process) has to arbitrate.
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,11 +14,14 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.cache import caches
 from django.db import close_old_connections, connections, transaction
 from django.test import override_settings
+from django.utils import timezone
 
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
+from queued_storage.state import FileState, cache_key
 from tests.conftest import need
 
 pytestmark = pytest.mark.django_db(
@@ -130,3 +134,153 @@ def test_deleted_row_cannot_be_recorded(ledger_db: str) -> None:
 def _close_connections() -> Iterator[None]:
     yield
     close_old_connections()
+
+
+# --- every transition and its cache effect ---------------------------------------------------
+@pytest.fixture
+def ledger(ledger_db: str) -> Iterator[Ledger]:
+    need("redis")
+    caches["default"].clear()
+    yield Ledger("cache-effects", "qs-test-prefix")
+    caches["default"].clear()
+
+
+def cached(ledger: Ledger, name: str) -> FileState | None:
+    """What the cache itself holds for *name* (``None``: nothing), never the row."""
+    value = caches["default"].get(cache_key(ledger.cache_prefix, ledger.alias, name))
+    return None if value is None or value.get("s") is None else FileState.from_cache(value)
+
+
+def row(ledger: Ledger, name: str) -> StoredFile:
+    found = ledger.row(name)
+    assert found is not None
+    return found
+
+
+def test_saved_inserts_one_final_row_and_publishes_it_at_the_commit(
+    ledger: Ledger, ledger_db: str
+) -> None:
+    with transaction.atomic(using=ledger_db):
+        assert ledger.saved("a.bin", "h1", 5)
+        assert cached(ledger, "a.bin") is None  # not before the commit
+        assert not ledger.saved("a.bin", "h2", 7)  # the name is taken
+    assert cached(ledger, "a.bin") == FileState(State.PENDING, 5, True)
+    found = row(ledger, "a.bin")
+    assert (found.state, found.size, found.local_exists, found.host) == ("pending", 5, True, "h1")
+
+
+def test_a_rolled_back_save_publishes_nothing(ledger: Ledger, ledger_db: str) -> None:
+    def save_then_fail() -> None:
+        with transaction.atomic(using=ledger_db):
+            ledger.saved("gone.bin", "h", 5)
+            raise RuntimeError("roll back")
+
+    with pytest.raises(RuntimeError):
+        save_then_fail()
+    assert ledger.row("gone.bin") is None
+    assert cached(ledger, "gone.bin") is None
+
+
+def test_lease_writes_no_cache_and_renew_publishes_transferring_and_progress(
+    ledger: Ledger,
+) -> None:
+    ledger.saved("f.bin", "h", 10)
+    before = cached(ledger, "f.bin")
+    lease = ledger.lease("f.bin", "w", 60)
+    assert lease.acquired and lease.row is not None and lease.row.state == State.TRANSFERRING
+    assert cached(ledger, "f.bin") == before  # a short transfer never shows "transferring"
+    leased = FileState.from_row(lease.row)
+    assert ledger.renew("f.bin", "w", 60, 4, 10, leased)
+    assert cached(ledger, "f.bin") == FileState(State.TRANSFERRING, 10, True)
+    assert ledger.progress("f.bin") == (4, 10)
+    assert row(ledger, "f.bin").bytes_done == 4
+    assert not ledger.renew("f.bin", "someone-else", 60, 5, 10)
+
+
+def test_remote_publishes_once_whether_the_local_copy_stays(ledger: Ledger) -> None:
+    for name, keep in (("keep.bin", True), ("drop.bin", False)):
+        ledger.saved(name, "h", 3)
+        assert ledger.lease(name, "w", 60).acquired
+        assert ledger.remote(name, "w", size=3, checksum="c", algorithm="md5", keep_local=keep)
+        assert cached(ledger, name) == FileState(State.REMOTE, 3, keep)
+        assert row(ledger, name).state == State.REMOTE
+
+
+def test_drop_local_deletes_only_after_the_cache_says_remote(ledger: Ledger) -> None:
+    ledger.saved("d.bin", "h", 3)
+    assert ledger.lease("d.bin", "w", 60).acquired
+    assert ledger.remote("d.bin", "w", size=3, checksum="c", algorithm="md5")
+    seen: list[FileState | None] = []
+    assert ledger.drop_local("d.bin", 3, lambda name: seen.append(cached(ledger, name)))
+    assert seen == [FileState(State.REMOTE, 3, False)]
+    assert row(ledger, "d.bin").local_exists is False
+
+
+def test_retry_later_and_fail_end_the_lease_and_publish(ledger: Ledger) -> None:
+    ledger.saved("t.bin", "h", 3)
+    assert ledger.lease("t.bin", "w", 60).acquired
+    assert ledger.retry_later("t.bin", "w", "throttled")
+    assert cached(ledger, "t.bin") == FileState(State.PENDING, 3, True)
+    assert (row(ledger, "t.bin").last_error, row(ledger, "t.bin").lease_owner) == ("throttled", "")
+    assert ledger.lease("t.bin", "w", 60).acquired
+    ledger.local_missing("t.bin")
+    assert ledger.fail("t.bin", "w", "gone")
+    assert cached(ledger, "t.bin") == FileState(State.FAILED, 3, False)
+    assert ledger.retry("t.bin")
+    assert cached(ledger, "t.bin") == FileState(State.PENDING, 3, False)
+    assert row(ledger, "t.bin").attempts == 0
+
+
+def test_forget_deletes_the_row_and_its_cached_state(ledger: Ledger) -> None:
+    ledger.saved("x.bin", "h", 1)
+    assert cached(ledger, "x.bin") is not None
+    forgotten = ledger.forget("x.bin")
+    assert forgotten is not None and forgotten.name == "x.bin"
+    assert ledger.row("x.bin") is None and cached(ledger, "x.bin") is None
+
+
+def test_reconcile_transitions_match_the_row_as_it_was_read(ledger: Ledger) -> None:
+    now = timezone.now()
+    ledger.saved("lease.bin", "h", 1)
+    assert ledger.lease("lease.bin", "dead", 60).acquired
+    read = row(ledger, "lease.bin")
+    assert ledger.renew("lease.bin", "dead", 60, 1)  # the row moved on since it was read
+    assert not ledger.take_back(read, now)
+    assert ledger.take_back(row(ledger, "lease.bin"), now)
+    assert cached(ledger, "lease.bin") == FileState(State.PENDING, 1, True)
+
+    pending = row(ledger, "lease.bin")
+    assert ledger.claim(pending, now + datetime.timedelta(seconds=1))
+    assert not ledger.claim(pending, now)  # another pass claimed it first
+    ledger.unclaim(pending, now + datetime.timedelta(seconds=1))
+    assert row(ledger, "lease.bin").updated == pending.updated
+
+    assert ledger.lost(pending, "Data loss: gone", now)
+    lost = row(ledger, "lease.bin")
+    assert (lost.state, lost.local_exists, lost.last_error) == ("failed", False, "Data loss: gone")
+    assert cached(ledger, "lease.bin") == FileState(State.FAILED, 1, False)
+    assert ledger.retry_failed(lost, now)
+    assert cached(ledger, "lease.bin") == FileState(State.PENDING, 1, True)
+
+
+def test_reservations_are_finished_or_dropped(ledger: Ledger) -> None:
+    now = timezone.now()
+    assert ledger.reserve("half.bin", "h") and ledger.reserve("none.bin", "h")
+    assert ledger.finish_save(row(ledger, "half.bin"), 9, now)
+    assert cached(ledger, "half.bin") == FileState(State.PENDING, 9, True)
+    assert not ledger.drop_reservation(row(ledger, "half.bin"))  # it has a file now
+    assert ledger.drop_reservation(row(ledger, "none.bin"))
+    assert ledger.row("none.bin") is None
+
+
+def test_seed_remote_records_unknown_names_only(ledger: Ledger) -> None:
+    ledger.saved("known.bin", "h", 1)
+    assert ledger.seed_remote([("known.bin", 5, "e1"), ("new.bin", 6, "e2")]) == ["new.bin"]
+    seeded = row(ledger, "new.bin")
+    assert (seeded.state, seeded.size, seeded.local_exists, seeded.checksum) == (
+        "remote",
+        6,
+        False,
+        "e2",
+    )
+    assert row(ledger, "known.bin").state == State.PENDING
