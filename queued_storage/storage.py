@@ -31,15 +31,15 @@ from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
 from queued_storage import state as file_state
-from queued_storage._remote import (
+from queued_storage.conf import settings
+from queued_storage.exceptions import QueuedStorageConfigError, StagingFull, StorageNotFound
+from queued_storage.models import StoredFile
+from queued_storage.transfer import (
     abort_open_upload,
     delete_remote,
     remote_exists,
     remote_exists_within,
 )
-from queued_storage.conf import settings
-from queued_storage.exceptions import QueuedStorageConfigError, StagingFull, StorageNotFound
-from queued_storage.models import StoredFile
 
 __all__ = ["Progress", "QueuedStorage", "checked_name", "get_queued_storage", "queued_storages"]
 

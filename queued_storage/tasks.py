@@ -26,13 +26,19 @@ from django.db import connections
 from django.utils import timezone
 
 from queued_storage import state as file_state
-from queued_storage._remote import abort_open_upload, delete_remote
 from queued_storage.conf import settings
 from queued_storage.exceptions import LocalFileMissing, PermanentTransferError, TransferError
 from queued_storage.models import State, StoredFile
 from queued_storage.signals import file_transferred, transfer_failed
 from queued_storage.storage import QueuedStorage, get_queued_storage
-from queued_storage.transfer import EngineConfig, Part, Resume, transfer_file
+from queued_storage.transfer import (
+    EngineConfig,
+    Part,
+    Resume,
+    abort_open_upload,
+    delete_remote,
+    transfer_file,
+)
 
 __all__ = [
     "Outcome",
