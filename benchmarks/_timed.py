@@ -34,7 +34,8 @@ def engine(path: str, key: str, checksum: str | None = None) -> Run:
     _django()
     from django.core.files.storage import storages
 
-    from queued_storage._s3engine import s3_client, s3_transfer
+    from queued_storage._s3.client import s3_client
+    from queued_storage._s3.upload import s3_transfer
     from queued_storage.transfer import EngineConfig
 
     config = EngineConfig.from_settings()

@@ -50,7 +50,6 @@ from django.core.files.utils import validate_file_name
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from queued_storage._remote import abort_multipart, abort_open_upload, is_s3, remote_exists
 from queued_storage.conf import settings
 from queued_storage.dispatch import dispatch
 from queued_storage.exceptions import LocalFileMissing, StorageNotFound
@@ -58,6 +57,7 @@ from queued_storage.models import State, StoredFile
 from queued_storage.names import OWN_DIRECTORY_PREFIX, checked_name
 from queued_storage.signals import transfer_failed
 from queued_storage.storage import QueuedStorage, get_queued_storage, queued_storages
+from queued_storage.transfer import abort_open_upload, open_uploads, remote_exists
 
 __all__ = ["LOST", "Report", "overdue", "reconcile"]
 
@@ -330,21 +330,13 @@ def _orphan_uploads(
     the upload a row records, never while a live lease holder may be about to record one, and
     never an upload younger than *after* seconds.
     """
-    remote: Any = storage.remote
-    if not is_s3(remote):
-        return
-    location = str(getattr(remote, "location", "") or "").strip("/")
-    prefix = f"{location}/" if location else ""
-    client = remote.connection.meta.client
-    kwargs: dict[str, Any] = {"Bucket": remote.bucket_name, "Prefix": prefix}
     # S3 gives aware UTC times, whatever USE_TZ says.
     young = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=after)
     aborted = 0
     try:
-        for _ in range(_UPLOAD_PAGES):
-            page = client.list_multipart_uploads(**kwargs)
-            uploads = [u for u in page.get("Uploads", []) if u.get("Initiated", young) <= young]
-            names = {str(u["Key"])[len(prefix) :] for u in uploads}
+        for page in open_uploads(storage.remote, _UPLOAD_PAGES):
+            uploads = [u for u in page if u.initiated <= young]
+            names = {u.name for u in uploads}
             rows = {
                 row.name: row
                 for row in StoredFile.objects.using(StoredFile.db()).filter(
@@ -352,11 +344,11 @@ def _orphan_uploads(
                 )
             }
             for upload in uploads:
-                name = str(upload["Key"])[len(prefix) :]
+                name = upload.name
                 row = rows.get(name)
                 if (
                     row is None
-                    or row.upload_id == upload["UploadId"]
+                    or row.upload_id == upload.upload_id
                     or (
                         row.state == State.TRANSFERRING
                         and row.lease_expires is not None
@@ -364,7 +356,8 @@ def _orphan_uploads(
                     )
                 ):
                     continue
-                abort_multipart(remote, name, str(upload["UploadId"]))
+                if not abort_open_upload(storage.remote, name, upload.upload_id):
+                    return  # logged; the next pass tries again
                 report.aborted_uploads.append(f"{storage.alias}:{name}")
                 logger.warning(
                     "aborted an open multipart upload of %r that no ledger row can resume (its "
@@ -374,10 +367,6 @@ def _orphan_uploads(
                 aborted += 1
                 if aborted >= batch:
                     return
-            if not page.get("IsTruncated"):
-                return
-            kwargs["KeyMarker"] = page.get("NextKeyMarker", "")
-            kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
     except Exception as err:
         logger.warning(
             "could not look for orphaned multipart uploads of storage %r (%s: %s); next pass",

@@ -28,18 +28,18 @@ from django.utils.deconstruct import deconstructible
 from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
-from queued_storage._remote import (
-    abort_open_upload,
-    delete_remote,
-    remote_exists,
-    remote_exists_within,
-)
 from queued_storage.conf import settings
 from queued_storage.dispatch import dispatch
 from queued_storage.exceptions import QueuedStorageConfigError, StorageNotFound
 from queued_storage.ledger import Ledger, check_staging_budget, ledger_database
 from queued_storage.names import check_length, checked_name, valid_name
 from queued_storage.state import FileState, cache_key
+from queued_storage.transfer import (
+    abort_open_upload,
+    delete_remote,
+    remote_exists,
+    remote_exists_within,
+)
 
 __all__ = ["Progress", "QueuedStorage", "get_queued_storage", "queued_storages"]
 

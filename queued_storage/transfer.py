@@ -1,15 +1,18 @@
 """The transfer engine: stream one file from the local to the remote storage and verify it.
 
 Plain functions, no Celery, no cache, no ledger: the task layer (``tasks.py``) leases the file,
-calls :func:`transfer_file` and records the outcome.
+calls :func:`transfer_file` and records the outcome. This module is the engine's facade: every
+other module asks the remote storage through it (exists, delete, list, abort an open upload,
+list open uploads), whatever the remote is.
 
 Two paths:
 
-* **S3** (``storages.backends.s3.S3Storage`` and subclasses, local storage with paths): see
-  ``_s3engine``: one ``PutObject`` below ``QUEUED_STORAGE_MULTIPART_THRESHOLD``, else a
-  resumable multipart upload with parts read by offset, at most ``MAX_CONCURRENCY`` in flight,
-  each part's MD5 checked against the ETag the server computed, the final ETag and size checked,
-  and the object created with ``If-None-Match: *`` so that nothing is ever overwritten.
+* **S3** (``storages.backends.s3.S3Storage`` and subclasses, local storage with paths): the one
+  S3 adapter, ``queued_storage._s3`` (see ``_s3/upload.py``): one ``PutObject`` below
+  ``QUEUED_STORAGE_MULTIPART_THRESHOLD``, else a resumable multipart upload with parts read by
+  offset, at most ``MAX_CONCURRENCY`` in flight, each part checked against the checksum the
+  server computed, the final checksum and size checked, and the object created with
+  ``If-None-Match: *`` so that nothing is ever overwritten.
 * **Any other storage** (the slow path): a chunked copy through the Storage API, verified by
   reading the remote copy back and comparing SHA-256 digests.
 
@@ -20,16 +23,23 @@ never touched here.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
 from django.core.files import File
 from django.core.files.storage import Storage
+from storages.backends.s3 import S3Storage
 
-from queued_storage._remote import is_s3
-from queued_storage._s3engine import Checkpoint, Part, Resume, s3_transfer
+from queued_storage._s3 import objects as s3_objects
+from queued_storage._s3.client import is_s3
+from queued_storage._s3.errors import CONNECTION_ERRORS as S3_CONNECTION_ERRORS
+from queued_storage._s3.errors import translate as translate_s3_error
+from queued_storage._s3.objects import OpenUpload
+from queued_storage._s3.upload import Checkpoint, Part, Resume, s3_transfer
 from queued_storage.conf import settings
 from queued_storage.exceptions import (
     ChecksumMismatch,
@@ -42,13 +52,22 @@ from queued_storage.exceptions import (
 __all__ = [
     "Checkpoint",
     "EngineConfig",
+    "OpenUpload",
     "Part",
     "ProgressCallback",
     "Resume",
     "TransferResult",
+    "abort_open_upload",
     "classify_error",
+    "delete_remote",
+    "list_remote",
+    "open_uploads",
+    "remote_exists",
+    "remote_exists_within",
     "transfer_file",
 ]
+
+logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 """Called with ``(bytes_done, bytes_total)`` from the thread that called the engine."""
@@ -81,19 +100,8 @@ class TransferResult:
 
 
 # --- error classification -----------------------------------------------------------------
-_TRANSIENT_CODES = {
-    "RequestTimeout",
-    "RequestTimeTooSkewed",
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "InternalError",
-    "ServiceUnavailable",
-    "OperationAborted",
-    "BadDigest",
-    "IncompleteBody",
-}
+#: Connection failures, botocore's and the standard library's: transient.
+_CONNECTION_ERRORS = (*S3_CONNECTION_ERRORS, ConnectionError, TimeoutError)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -114,41 +122,11 @@ def classify_error(exc: BaseException, name: str) -> TransferError:
     """
     if isinstance(exc, TransferError):
         return exc
-    from botocore.exceptions import (
-        ClientError,
-        HTTPClientError,
-        NoCredentialsError,
-        PartialCredentialsError,
-    )
-    from botocore.exceptions import (
-        ConnectionError as BotoConnectionError,
-    )
-
     for err in _chain(exc):
-        if isinstance(err, ClientError):
-            code = str(err.response.get("Error", {}).get("Code", ""))
-            status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            text = f"Transfer of {name!r} to the remote storage failed: {err}"
-            if (
-                code in _TRANSIENT_CODES
-                or status >= 500
-                or status == 429
-                or (code.isdigit() and int(code) >= 500)
-            ):
-                return TransientTransferError(text, name=name)
-            hint = {
-                "NoSuchBucket": " Create the bucket or fix the remote storage's bucket_name.",
-                "AccessDenied": " Give the worker's credentials s3:PutObject and s3:GetObject.",
-                "InvalidAccessKeyId": " Fix the worker's S3 credentials.",
-                "SignatureDoesNotMatch": " Fix the worker's S3 credentials.",
-            }.get(code, "")
-            return PermanentTransferError(text + hint, name=name)
-        if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
-            return PermanentTransferError(
-                f"Transfer of {name!r} failed: the worker has no S3 credentials ({err}).",
-                name=name,
-            )
-        if isinstance(err, (BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError)):
+        translated = translate_s3_error(err, name)
+        if translated is not None:
+            return translated
+        if isinstance(err, _CONNECTION_ERRORS):
             return TransientTransferError(
                 f"Transfer of {name!r} failed on a connection error: {err}", name=name
             )
@@ -158,7 +136,7 @@ def classify_error(exc: BaseException, name: str) -> TransferError:
 # --- engine -------------------------------------------------------------------------------
 def _local_path(local: Storage, name: str) -> str | None:
     try:
-        return str(local.path(name))
+        return local.path(name)
     except NotImplementedError:
         return None
 
@@ -215,9 +193,10 @@ def transfer_file(
     """
     config = config or EngineConfig.from_settings()
     try:
-        path = _local_path(local, name) if is_s3(remote) else None
-        if path is not None:
-            return _transfer_s3(local, remote, name, path, config, progress, resume, checkpoint)
+        if is_s3(remote):
+            path = _local_path(local, name)
+            if path is not None:
+                return _transfer_s3(local, remote, name, path, config, progress, resume, checkpoint)
         return _transfer_generic(local, remote, name, config, progress)
     except TransferError:
         raise
@@ -233,7 +212,7 @@ def transfer_file(
 
 def _transfer_s3(
     local: Storage,
-    remote: Any,
+    remote: S3Storage,
     name: str,
     path: str,
     config: EngineConfig,
@@ -283,7 +262,7 @@ def _transfer_generic(
         )
     if progress is not None:
         progress(size, size)
-    remote_size = int(remote.size(name))
+    remote_size = remote.size(name)
     with remote.open(name, "rb") as rh:
         actual, _ = _sha256(rh, config.chunk_size)
     if remote_size != size or actual != expected:
@@ -294,3 +273,101 @@ def _transfer_generic(
             name=name,
         )
     return TransferResult(size=size, checksum=expected, algorithm="sha256")
+
+
+# --- the remote storage's own questions ---------------------------------------------------
+def remote_exists(remote: Storage, name: str, *, timeout: float | None = None) -> bool:
+    """Whether the remote holds *name*, whatever ``file_overwrite`` says (one HEAD on S3).
+
+    With *timeout*, S3 is asked by a client that neither waits longer nor retries (botocore's
+    defaults would wait 60 s per read, three times); see :func:`remote_exists_within`.
+    """
+    if is_s3(remote):
+        return s3_objects.exists(remote, name, timeout=timeout)
+    return remote.exists(name)
+
+
+def remote_exists_within(remote: Storage, name: str, timeout: float) -> bool:
+    """:func:`remote_exists` with a hard deadline of *timeout* seconds, whatever the remote.
+
+    The question runs in a daemon thread, so that a storage whose ``exists()`` hangs (a
+    black-holed endpoint, a stuck network mount) cannot hold the caller; S3 is also asked
+    with a client that gives up by itself after *timeout*. Raises :class:`TimeoutError` when
+    no answer came in time, else what the remote raised.
+    """
+    answer: list[bool] = []
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def ask() -> None:
+        try:
+            answer.append(remote_exists(remote, name, timeout=timeout))
+        except BaseException as err:  # handed to the caller below
+            failure.append(err)
+        finally:
+            done.set()
+
+    threading.Thread(target=ask, name="queued-storage-remote-check", daemon=True).start()
+    if not done.wait(timeout):
+        raise TimeoutError(f"the remote storage did not answer within {timeout:g} s")
+    if failure:
+        raise failure[0]
+    return answer[0]
+
+
+def list_remote(remote: Storage, prefix: str = "") -> Iterator[tuple[str, int, str]]:
+    """Every object of the remote under *prefix*: ``(name, size, etag)``, in listing order.
+
+    S3 is listed page by page under the storage's ``location``, and names are given as the
+    storage names them (without the location). Other storages are walked with ``listdir``;
+    their ETag is ``""``.
+    """
+    if is_s3(remote):
+        yield from s3_objects.list_objects(remote, prefix)
+        return
+    directories = [prefix.strip("/")]
+    while directories:
+        directory = directories.pop()
+        try:
+            subdirectories, files = remote.listdir(directory)
+        except FileNotFoundError:
+            continue
+        base = f"{directory}/" if directory else ""
+        directories.extend(base + d for d in sorted(subdirectories, reverse=True))
+        for leaf in sorted(files):
+            yield base + leaf, remote.size(base + leaf), ""
+
+
+def delete_remote(remote: Storage, name: str) -> None:
+    """Delete *name* from the remote; a missing object is not an error."""
+    if is_s3(remote):
+        s3_objects.delete(remote, name)
+        return
+    if remote.exists(name):
+        remote.delete(name)
+
+
+def abort_open_upload(remote: Storage, name: str, upload_id: str) -> bool:
+    """Best effort: abort *name*'s open multipart upload *upload_id* (S3 only; no id, or
+    another storage: nothing to do); ``False`` (and a warning) if that failed.
+
+    Used where the file is going away anyway (delete, final failure, data loss, an upload no
+    ledger row can resume): an upload left open costs storage, never correctness.
+    """
+    if not upload_id or not is_s3(remote):
+        return True
+    try:
+        s3_objects.abort(remote, name, upload_id)
+    except Exception:
+        logger.warning("could not abort the open upload of %r", name, exc_info=True)
+        return False
+    return True
+
+
+def open_uploads(remote: Storage, max_pages: int) -> Iterator[list[OpenUpload]]:
+    """The remote's open multipart uploads, a page (up to 1,000) at a time, at most
+    *max_pages* pages: ``OpenUpload(name, upload_id, initiated)``, names as the storage names
+    them, *initiated* aware UTC. Only S3 has them: empty for any other storage."""
+    if not is_s3(remote):
+        return iter(())
+    return s3_objects.open_uploads(remote, max_pages)

@@ -23,7 +23,6 @@ from typing import Any
 from django.db import connections
 from django.utils import timezone
 
-from queued_storage._remote import abort_open_upload, delete_remote
 from queued_storage.conf import settings
 from queued_storage.exceptions import LocalFileMissing, PermanentTransferError, TransferError
 from queued_storage.ledger import Ledger
@@ -31,7 +30,14 @@ from queued_storage.models import State, StoredFile
 from queued_storage.signals import file_transferred, transfer_failed
 from queued_storage.state import FileState
 from queued_storage.storage import QueuedStorage, get_queued_storage
-from queued_storage.transfer import EngineConfig, Part, Resume, transfer_file
+from queued_storage.transfer import (
+    EngineConfig,
+    Part,
+    Resume,
+    abort_open_upload,
+    delete_remote,
+    transfer_file,
+)
 
 __all__ = ["Outcome", "RetryLater", "backoff", "run_transfer"]
 

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 
 from queued_storage import state as file_state
-from queued_storage._s3engine import Part, Resume, choose_part_size, s3_transfer
+from queued_storage._s3.upload import Part, Resume, choose_part_size, s3_transfer
 from queued_storage.exceptions import ChecksumMismatch, PermanentTransferError
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile

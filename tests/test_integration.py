@@ -23,8 +23,8 @@ from django.core.files.storage import storages
 from django.db import transaction
 from django.test import override_settings
 
-from queued_storage._remote import remote_exists_within
 from queued_storage.models import State, StoredFile
+from queued_storage.transfer import remote_exists_within
 from tests.conftest import need, wait_for
 from tests.testapp.models import Document, LegacyDocument
 

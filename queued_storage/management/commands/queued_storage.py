@@ -15,11 +15,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from queued_storage._remote import list_remote
 from queued_storage.models import StoredFile
 from queued_storage.names import LEDGER_NAME_LENGTH
 from queued_storage.reconcile import reconcile
 from queued_storage.storage import QueuedStorage, queued_storages
+from queued_storage.transfer import list_remote
 
 #: Names looked up and inserted per ledger query (under SQLite's bound-variable limit).
 SEED_BATCH = 500

@@ -1,4 +1,4 @@
-"""The S3 strategy of the transfer engine: part-wise upload from a path, verified, resumable.
+"""The S3 upload: part-wise from a path, verified by the server's own checksums, resumable.
 
 Why not boto3's ``upload_file``: it cannot resume an interrupted multipart upload, buffers
 whole parts, and does not check what the server computed. Here:
@@ -7,16 +7,15 @@ whole parts, and does not check what the server computed. Here:
   server computes from the bytes). Above it, parts of ``part_size`` bytes are read from the
   file by offset and streamed, at most ``max_concurrency`` in flight, with about 1 MiB of
   buffer each: memory does not depend on the file's size.
-* Multipart verification (``checksum``):
+* Multipart verification (``checksum``, see :mod:`queued_storage._s3.checksums`):
 
   - ``"crc32"`` (default): each part carries ``x-amz-checksum-crc32``, which S3 checks on
     arrival; after completion the object's composite CRC32 (the CRC32 of the parts' CRC32s,
     ``-<parts>``) must equal ours. S3 builds it from the checksums it verified, moto from the
-    bytes it stored (moto does not check the per-part header, it echoes it), so the whole
-    object is proven by the server's computation on both. About 0.2 CPU-s per GiB.
+    bytes it stored, so the whole object is proven by the server's computation on both.
   - ``"md5"``: each part's MD5 travels as ``Content-MD5`` and must equal the part's ETag (the
     MD5 the server computed); the object's ETag must be the MD5 of the parts' MD5s,
-    ``-<parts>``. Works on any server that computes S3 ETags; about 1.3 CPU-s per GiB.
+    ``-<parts>``. Works on any server that computes S3 ETags.
 
 * Every finished part is reported to a :class:`Checkpoint` from the orchestrating thread (the
   task layer writes it to the ledger), so a retry lists the upload's parts on the server and
@@ -32,20 +31,28 @@ whole parts, and does not check what the server computed. Here:
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import math
 import os
-import zlib
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
-from queued_storage._remote import abort_upload, s3_client, s3_key
+from botocore.exceptions import ClientError
+from storages.backends.s3 import S3Storage
+
+from queued_storage._s3.checksums import CHECKS, Digest, Md5Checks
+from queued_storage._s3.client import s3_client, s3_key
+from queued_storage._s3.errors import error_code
+from queued_storage._s3.objects import abort_upload
 from queued_storage.exceptions import ChecksumMismatch, PermanentTransferError
 
-__all__ = ["Checkpoint", "Part", "Resume", "choose_part_size", "s3_transfer"]
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ListPartsRequestTypeDef
+
+__all__ = ["Checkpoint", "Part", "Resume", "S3Result", "choose_part_size", "s3_transfer"]
 
 MiB = 1024 * 1024
 MIN_PART = 5 * MiB
@@ -103,106 +110,6 @@ def choose_part_size(size: int, configured: int) -> int:
     return min(MAX_PART, math.ceil(part / MiB) * MiB)
 
 
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode()
-
-
-def _code(err: Exception) -> str:
-    response = getattr(err, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
-
-
-class _Crc32Digest:
-    def __init__(self) -> None:
-        self.value = 0
-
-    def update(self, data: bytes) -> None:
-        self.value = zlib.crc32(data, self.value)
-
-    def digest(self) -> bytes:
-        return self.value.to_bytes(4, "big")
-
-
-class Md5Checks:
-    """Verification by the ETag the server computes: the MD5 of a part or plain object.
-
-    Proves the bytes against S3 and against servers that do not check checksum headers (moto):
-    the ETag is computed by the server from what it received. Costs an MD5 of every byte
-    (about 1.3 CPU-seconds per GiB here).
-    """
-
-    name = "md5"
-    whole = "md5"
-    composite = "s3-multipart-etag"
-    create_args: ClassVar[dict[str, str]] = {}
-    head_args: ClassVar[dict[str, str]] = {}
-
-    def new(self) -> Any:
-        return hashlib.md5(usedforsecurity=False)
-
-    def encode(self, digest: Any) -> str:
-        return str(digest.hexdigest())
-
-    def send(self, digest: Any) -> dict[str, str]:
-        return {"ContentMD5": _b64(digest.digest())}
-
-    def received(self, response: dict[str, Any]) -> str:
-        return str(response.get("ETag", "")).strip('"')
-
-    def combine(self, values: list[str]) -> str:
-        joined = b"".join(bytes.fromhex(v) for v in values)
-        return f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(values)}"
-
-    def complete_entry(self, part: Part) -> dict[str, Any]:
-        return {"PartNumber": part.number, "ETag": f'"{part.etag}"'}
-
-    def same(self, received: str, expected: str) -> bool:
-        return received == expected
-
-
-class Crc32Checks(Md5Checks):
-    """Verification by S3's CRC32 checksums (``x-amz-checksum-crc32``): about 0.2 s per GiB.
-
-    S3 computes the CRC32 of what it receives and refuses a request whose header disagrees;
-    the stored part and composite checksums are then S3's own. A server that stores the header
-    without checking it (moto does) makes this an echo: use ``md5`` against such servers.
-    """
-
-    name = "crc32"
-    whole = "crc32"
-    composite = "s3-composite-crc32"
-    create_args: ClassVar[dict[str, str]] = {"ChecksumAlgorithm": "CRC32"}
-    head_args: ClassVar[dict[str, str]] = {"ChecksumMode": "ENABLED"}
-
-    def new(self) -> Any:
-        return _Crc32Digest()
-
-    def encode(self, digest: Any) -> str:
-        return _b64(digest.digest())
-
-    def send(self, digest: Any) -> dict[str, str]:
-        return {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": _b64(digest.digest())}
-
-    def received(self, response: dict[str, Any]) -> str:
-        return str(response.get("ChecksumCRC32") or "")
-
-    def combine(self, values: list[str]) -> str:
-        joined = b"".join(base64.b64decode(v) for v in values)
-        return f"{_b64(zlib.crc32(joined).to_bytes(4, 'big'))}-{len(values)}"
-
-    def complete_entry(self, part: Part) -> dict[str, Any]:
-        return {**super().complete_entry(part), "ChecksumCRC32": part.digest}
-
-    def same(self, received: str, expected: str) -> bool:
-        # S3 reports a composite as "<crc>-<parts>"; moto leaves the part count out.
-        base, _, count = received.partition("-")
-        want_base, _, want_count = expected.partition("-")
-        return base == want_base and count in ("", want_count)
-
-
-CHECKS: dict[str, Md5Checks] = {"md5": Md5Checks(), "crc32": Crc32Checks()}
-
-
 class _Source:
     """The local file, read by offset from any thread."""
 
@@ -222,7 +129,7 @@ class _Source:
             data += more
         return data
 
-    def digest(self, new: Callable[[], Any], offset: int, length: int, read_size: int) -> Any:
+    def digest(self, new: Callable[[], Digest], offset: int, length: int, read_size: int) -> Digest:
         """A *new()* hash of a range, read in *read_size* pieces (never the range at once)."""
         digest = new()
         end = offset + length
@@ -293,7 +200,7 @@ class S3Result:
 
 
 def s3_transfer(
-    remote: Any,
+    remote: S3Storage,
     name: str,
     path: str,
     *,
@@ -305,7 +212,7 @@ def s3_transfer(
     progress: Callable[[int, int], None] | None = None,
     resume: Resume | None = None,
     checkpoint: Checkpoint | None = None,
-    client: Any = None,
+    client: S3Client | None = None,
 ) -> S3Result:
     """Upload *path* to *remote* as *name* and verify it; see the module docstring."""
     client = client or s3_client(remote, max_concurrency)
@@ -358,13 +265,15 @@ def _taken(name: str) -> PermanentTransferError:
     )
 
 
-def _list_parts(client: Any, bucket: str, key: str, upload_id: str) -> dict[int, tuple[str, int]]:
+def _list_parts(
+    client: S3Client, bucket: str, key: str, upload_id: str
+) -> dict[int, tuple[str, int]]:
     found: dict[int, tuple[str, int]] = {}
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
+    kwargs: ListPartsRequestTypeDef = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
     while True:
         page = client.list_parts(**kwargs)
         for p in page.get("Parts", []):
-            found[int(p["PartNumber"])] = (str(p["ETag"]).strip('"'), int(p["Size"]))
+            found[p["PartNumber"]] = (p["ETag"].strip('"'), p["Size"])
         if not page.get("IsTruncated"):
             return found
         kwargs["PartNumberMarker"] = page["NextPartNumberMarker"]
@@ -374,7 +283,7 @@ def _list_parts(client: Any, bucket: str, key: str, upload_id: str) -> dict[int,
 class _Job:
     """One object's upload: where it goes, with which parameters, verified how."""
 
-    client: Any
+    client: S3Client
     bucket: str
     key: str
     name: str
@@ -393,7 +302,7 @@ class _Job:
         head = self.client.head_object(
             Bucket=self.bucket, Key=self.key, **self.sse_c, **self.checks.head_args
         )
-        return int(head["ContentLength"]) == size and self.checks.same(
+        return head["ContentLength"] == size and self.checks.same(
             self.checks.received(head), expected
         )
 
@@ -415,8 +324,6 @@ class _Job:
         )
 
     def single(self, source: _Source) -> S3Result:
-        from botocore.exceptions import ClientError
-
         data = source.read(0, source.size)
         digest = self.checks.new()
         digest.update(data)
@@ -431,7 +338,7 @@ class _Job:
                 **self.params,
             )
         except ClientError as err:
-            if _code(err) != "PreconditionFailed":
+            if error_code(err) != "PreconditionFailed":
                 raise
             if not self.ours(expected, len(data)):
                 raise _taken(self.name) from err
@@ -452,8 +359,6 @@ class _Job:
         resume: Resume | None,
         checkpoint: Checkpoint,
     ) -> S3Result:
-        from botocore.exceptions import ClientError
-
         client, bucket, key = self.client, self.bucket, self.key
         size = source.size
         fingerprint = f"{self.checks.name}:{source.fingerprint}"
@@ -465,7 +370,7 @@ class _Job:
                 try:
                     on_server = _list_parts(client, bucket, key, resume.upload_id)
                 except ClientError as err:
-                    if _code(err) != "NoSuchUpload":
+                    if error_code(err) != "NoSuchUpload":
                         raise
                 else:
                     upload_id, part_size = resume.upload_id, resume.part_size
@@ -494,7 +399,8 @@ class _Job:
                 Key=key,
                 UploadId=upload_id,
                 PartNumber=number,
-                Body=_PartReader(source, offset, length, piece),
+                # botocore streams any object with read, seek and tell.
+                Body=cast("IO[bytes]", _PartReader(source, offset, length, piece)),
                 ContentLength=length,
                 **self.checks.send(digest),
                 **self.sse_c,
@@ -503,7 +409,7 @@ class _Job:
             received = self.checks.received(response)
             if not self.opaque and received != expected:
                 raise self.mismatch(f"part {number}", received, expected)
-            etag = str(response["ETag"]).strip('"')
+            etag = response["ETag"].strip('"')
             return Part(number=number, etag=etag, digest=expected, size=length)
 
         missing = [n for n in range(1, count + 1) if n not in done]
@@ -538,7 +444,7 @@ class _Job:
                 **self.sse_c,
             )
         except ClientError as err:
-            if _code(err) != "PreconditionFailed":
+            if error_code(err) != "PreconditionFailed":
                 raise
             abort_upload(client, bucket, key, upload_id)
             checkpoint.end()
@@ -548,7 +454,7 @@ class _Job:
         checkpoint.end()
         head = client.head_object(Bucket=bucket, Key=key, **self.sse_c, **self.checks.head_args)
         received = self.checks.received(head)
-        remote_size = int(head["ContentLength"])
+        remote_size = head["ContentLength"]
         if remote_size == size and not self.opaque and not received:
             self.delete()
             raise self.unsupported("the object")
@@ -572,14 +478,14 @@ class _Job:
                 remote.update(chunk)
         finally:
             body.close()
-        if remote.hexdigest() != local.hexdigest():
+        if remote.digest() != local.digest():
             self.delete()
             raise ChecksumMismatch(
                 f"The remote copy of {self.name!r} does not match the local file (sha256); it "
                 "was deleted and the transfer will be retried.",
                 name=self.name,
             )
-        return S3Result(size=source.size, checksum=local.hexdigest(), algorithm="sha256")
+        return S3Result(size=source.size, checksum=local.digest().hex(), algorithm="sha256")
 
 
 def _collect(finished: set[Future[Part]], done: dict[int, Part], checkpoint: Checkpoint) -> int:

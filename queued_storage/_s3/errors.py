@@ -1,0 +1,83 @@
+"""botocore's errors, read once: their codes, and which ones a retry can cure.
+
+Throttling, timeouts, connection errors and 5xx are transient; access denied, a missing
+bucket, bad credentials and other 4xx are permanent. :func:`translate` answers for one error;
+:func:`queued_storage.transfer.classify_error` walks an error's causes and decides the rest.
+"""
+
+from __future__ import annotations
+
+from botocore.exceptions import (
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from queued_storage.exceptions import (
+    PermanentTransferError,
+    TransferError,
+    TransientTransferError,
+)
+
+__all__ = ["CONNECTION_ERRORS", "error_code", "http_status", "translate"]
+
+#: botocore's own connection failures (it raises these, not the standard ``ConnectionError``).
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (BotoConnectionError, HTTPClientError)
+
+_TRANSIENT_CODES = {
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "InternalError",
+    "ServiceUnavailable",
+    "OperationAborted",
+    "BadDigest",
+    "IncompleteBody",
+}
+
+_HINTS = {
+    "NoSuchBucket": " Create the bucket or fix the remote storage's bucket_name.",
+    "AccessDenied": " Give the worker's credentials s3:PutObject and s3:GetObject.",
+    "InvalidAccessKeyId": " Fix the worker's S3 credentials.",
+    "SignatureDoesNotMatch": " Fix the worker's S3 credentials.",
+}
+
+
+def error_code(err: ClientError) -> str:
+    """S3's error code (``"NoSuchUpload"``, ``"PreconditionFailed"``, ...), or ``""``."""
+    return err.response.get("Error", {}).get("Code", "")
+
+
+def http_status(err: ClientError) -> int:
+    """The HTTP status of the failed request, or 0."""
+    return err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+
+
+def translate(err: BaseException, name: str) -> TransferError | None:
+    """The transfer error that a botocore client or credentials error means, else ``None``.
+
+    Connection errors are left to the caller (see :data:`CONNECTION_ERRORS`), which treats
+    botocore's and the standard library's alike.
+    """
+    if isinstance(err, ClientError):
+        code, status = error_code(err), http_status(err)
+        text = f"Transfer of {name!r} to the remote storage failed: {err}"
+        if (
+            code in _TRANSIENT_CODES
+            or status >= 500
+            or status == 429
+            or (code.isdigit() and int(code) >= 500)
+        ):
+            return TransientTransferError(text, name=name)
+        return PermanentTransferError(text + _HINTS.get(code, ""), name=name)
+    if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
+        return PermanentTransferError(
+            f"Transfer of {name!r} failed: the worker has no S3 credentials ({err}).",
+            name=name,
+        )
+    return None
