@@ -28,14 +28,14 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, cast
 
 from django.core.files import File
 from django.core.files.storage import Storage
 from storages.backends.s3 import S3Storage
 
 from queued_storage._s3 import objects as s3_objects
-from queued_storage._s3.client import is_s3
+from queued_storage._s3.client import is_s3, s3_client
 from queued_storage._s3.errors import CONNECTION_ERRORS as S3_CONNECTION_ERRORS
 from queued_storage._s3.errors import translate as translate_s3_error
 from queued_storage._s3.objects import OpenUpload
@@ -295,6 +295,10 @@ def remote_exists_within(remote: Storage, name: str, timeout: float) -> bool:
     with a client that gives up by itself after *timeout*. Raises :class:`TimeoutError` when
     no answer came in time, else what the remote raised.
     """
+    if is_s3(remote):
+        # Built here, outside the deadline: making a client loads botocore's service model
+        # (local work, a few hundred milliseconds the first time), which is not the remote's.
+        s3_client(cast(S3Storage, remote), timeout=timeout)
     answer: list[bool] = []
     failure: list[BaseException] = []
     done = threading.Event()

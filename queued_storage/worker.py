@@ -39,7 +39,7 @@ from queued_storage.transfer import (
     transfer_file,
 )
 
-__all__ = ["Outcome", "RetryLater", "backoff", "run_transfer"]
+__all__ = ["Heartbeat", "LedgerCheckpoint", "Outcome", "RetryLater", "backoff", "run_transfer"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def backoff(attempt: int) -> float:
     return float(delay / 2 + random.uniform(0, delay / 2))
 
 
-class _Heartbeat:
+class Heartbeat:
     """Keeps one transfer's lease and progress fresh while the engine runs.
 
     The engine reports progress as plain numbers; once a second the process's lease keeper
@@ -107,7 +107,7 @@ class _Heartbeat:
             self.renewed = time.monotonic()
             self.leased = None
 
-    def __enter__(self) -> _Heartbeat:
+    def __enter__(self) -> Heartbeat:
         _keeper.add(self)
         return self
 
@@ -127,10 +127,10 @@ class _LeaseKeeper:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._beats: set[_Heartbeat] = set()
+        self._beats: set[Heartbeat] = set()
         self._pid = 0
 
-    def add(self, beat: _Heartbeat) -> None:
+    def add(self, beat: Heartbeat) -> None:
         with self._lock:
             if self._pid != os.getpid():
                 self._pid = os.getpid()
@@ -141,7 +141,7 @@ class _LeaseKeeper:
                 thread.start()
             self._beats.add(beat)
 
-    def remove(self, beat: _Heartbeat) -> None:
+    def remove(self, beat: Heartbeat) -> None:
         with self._lock:
             self._beats.discard(beat)
 
@@ -166,7 +166,7 @@ class _LeaseKeeper:
 _keeper = _LeaseKeeper()
 
 
-class _LedgerCheckpoint:
+class LedgerCheckpoint:
     """Writes the open multipart upload and each finished part to the leased ledger row."""
 
     def __init__(self, ledger: Ledger, name: str, owner: str, resume: Resume | None) -> None:
@@ -262,7 +262,7 @@ def run_transfer(
         return Outcome.GONE  # deleted between taking the lease and reading the row
     resume = _resume_of(row)
     try:
-        with _Heartbeat(storage, name, owner, FileState.from_row(row)) as beat:
+        with Heartbeat(storage, name, owner, FileState.from_row(row)) as beat:
             result = transfer_file(
                 storage.local,
                 storage.remote,
@@ -270,7 +270,7 @@ def run_transfer(
                 config=EngineConfig.from_settings(),
                 progress=beat.progress,
                 resume=resume,
-                checkpoint=_LedgerCheckpoint(ledger, name, owner, resume),
+                checkpoint=LedgerCheckpoint(ledger, name, owner, resume),
             )
     except TransferError as err:
         if ledger.row(name) is None:

@@ -23,7 +23,7 @@ from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
 from queued_storage.transfer import EngineConfig, transfer_file
-from queued_storage.worker import Outcome, _Heartbeat, _LedgerCheckpoint, run_transfer
+from queued_storage.worker import Heartbeat, LedgerCheckpoint, Outcome, run_transfer
 from tests.conftest import direct_s3_client, need, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -68,7 +68,7 @@ class Crash(BaseException):
     """Stands for the worker dying: raised after a number of parts were recorded."""
 
 
-class CrashingCheckpoint(_LedgerCheckpoint):
+class CrashingCheckpoint(LedgerCheckpoint):
     def __init__(self, *args: Any, after: int) -> None:
         super().__init__(*args)
         self.after = after
@@ -82,7 +82,7 @@ class CrashingCheckpoint(_LedgerCheckpoint):
 def crash_after(s: QueuedStorage, name: str, parts: int) -> StoredFile:
     """Run a first attempt that dies after *parts* parts, leaving its lease to expire."""
     assert Ledger(s.alias).lease(name, "dead-worker", 0.01).acquired
-    checkpoint = CrashingCheckpoint(s.alias, name, "dead-worker", None, after=parts)
+    checkpoint = CrashingCheckpoint(s.ledger, name, "dead-worker", None, after=parts)
     with pytest.raises(Crash):
         transfer_file(s.local, s.remote, name, config=CONFIG, checkpoint=checkpoint)
     row = StoredFile.get_row(s.alias, name)
@@ -265,7 +265,7 @@ def test_heartbeat_publishes_progress_to_cache_and_ledger(clean: Any) -> None:
     s = storage()
     name = s.save("beat.bin", ContentFile(b"x" * 10))
     assert Ledger(s.alias).lease(name, "me", 60).acquired
-    with _Heartbeat(s, name, "me") as beat:
+    with Heartbeat(s, name, "me") as beat:
         beat.progress(4, 10)
         wait_for(
             lambda: file_state.get_progress(s.cache_prefix, s.alias, name) == (4, 10),
