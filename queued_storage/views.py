@@ -254,18 +254,12 @@ class UploadView(QueuedStorageView):
 
     def _declared_length(self, request: HttpRequest, *, chunked_ok: bool) -> int | None:
         """The body's declared length, refusing what is too large before reading it."""
-        raw = request.META.get("CONTENT_LENGTH", "")
-        if raw in ("", None):
+        declared = _non_negative("Content-Length", request.META.get("CONTENT_LENGTH"))
+        if declared is None:
             chunked = "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
             if chunked and chunked_ok and self._server_frames_body(request):
                 return None
             raise UploadRefused(411, "Send a Content-Length header with the upload.")
-        try:
-            declared = int(raw)
-        except ValueError:
-            raise UploadRefused(400, f"Content-Length {raw!r} is not a number.") from None
-        if declared < 0:
-            raise UploadRefused(400, f"Content-Length {raw!r} is negative.")
         if declared > self.get_max_bytes():
             raise UploadRefused(
                 413, f"The upload has {declared} bytes; the limit is {self.get_max_bytes()}."
@@ -476,7 +470,11 @@ class NginxUploadView(UploadView):
 
 
 def _int_header(request: HttpRequest, header: str) -> int | None:
-    raw = request.headers.get(header, "")
+    return _non_negative(header, request.headers.get(header))
+
+
+def _non_negative(header: str, raw: str | None) -> int | None:
+    """The header's value as a count of bytes (``None`` when absent); 400 when it is not one."""
     if not raw:
         return None
     try:
