@@ -30,7 +30,7 @@ test-faults: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python example_project/demo.py $(ARGS)
 
-# make bench ARGS=--quick: every row on small sizes (under two minutes)
+# make bench ARGS=--quick: every row on small sizes (about three minutes)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 	$(BIN)/python benchmarks/bench_uploads.py $(ARGS)
