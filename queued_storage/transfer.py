@@ -35,7 +35,7 @@ from django.core.files.storage import Storage
 from storages.backends.s3 import S3Storage
 
 from queued_storage._s3 import objects as s3_objects
-from queued_storage._s3.client import is_s3, s3_client
+from queued_storage._s3.client import is_s3, s3_client, s3_key
 from queued_storage._s3.errors import CONNECTION_ERRORS as S3_CONNECTION_ERRORS
 from queued_storage._s3.errors import translate as translate_s3_error
 from queued_storage._s3.objects import OpenUpload
@@ -361,7 +361,9 @@ def abort_open_upload(remote: Storage, name: str, upload_id: str) -> bool:
     if not upload_id or not is_s3(remote):
         return True
     try:
-        s3_objects.abort(remote, name, upload_id)
+        s3_objects.abort_upload(
+            s3_client(remote), remote.bucket_name, s3_key(remote, name), upload_id
+        )
     except Exception:
         logger.warning("could not abort the open upload of %r", name, exc_info=True)
         return False

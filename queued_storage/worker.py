@@ -196,7 +196,7 @@ def _resume_of(row: StoredFile) -> Resume | None:
     return Resume(upload_id=row.upload_id, part_size=row.part_size, source=row.source, parts=parts)
 
 
-def _abort_upload(storage: QueuedStorage, name: str) -> None:
+def _drop_open_upload(storage: QueuedStorage, name: str) -> None:
     """Abort the file's open multipart upload, if the ledger knows one (best effort)."""
     row = storage.ledger.row(name)
     if row is not None and row.upload_id and abort_open_upload(storage.remote, name, row.upload_id):
@@ -217,7 +217,7 @@ def _discard_remote(storage: QueuedStorage, name: str) -> None:
 
 def _fail(storage: QueuedStorage, name: str, owner: str, error: TransferError) -> Outcome:
     reason = str(error)
-    _abort_upload(storage, name)
+    _drop_open_upload(storage, name)
     storage.ledger.fail(name, owner, reason)
     logger.error("transfer of %r failed for good: %s", name, reason)
     transfer_failed.send(

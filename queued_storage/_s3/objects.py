@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OpenUpload",
-    "abort",
     "abort_upload",
     "delete",
     "exists",
@@ -83,18 +82,13 @@ def abort_upload(client: S3Client, bucket: str, key: str, upload_id: str) -> Non
     """Abort a multipart upload; one that is already gone is not an error.
 
     The one abort: the engine calls it with its own client, everything else through
-    :func:`abort` (and :func:`queued_storage.transfer.abort_open_upload`).
+    :func:`queued_storage.transfer.abort_open_upload`.
     """
     try:
         client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
     except ClientError as err:
         if error_code(err) not in ("NoSuchUpload", "404"):
             raise
-
-
-def abort(remote: S3Storage, name: str, upload_id: str) -> None:
-    """Abort the multipart upload *upload_id* of *name*."""
-    abort_upload(s3_client(remote), remote.bucket_name, s3_key(remote, name), upload_id)
 
 
 def open_uploads(remote: S3Storage, max_pages: int) -> Iterator[list[OpenUpload]]:
