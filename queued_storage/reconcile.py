@@ -218,7 +218,7 @@ class _Pass:
 
     # -- helpers ---------------------------------------------------------------------------
     def _present(self, name: str) -> bool:
-        return bool(self.storage.local.exists(name))
+        return self.storage.local.exists(name)
 
     def _requeue(self, row: StoredFile, into: list[str]) -> None:
         """Send the row's transfer; when the broker refuses, undo the claim for the next pass."""
@@ -295,7 +295,7 @@ class _Pass:
                         f"{_label(row)}: an interrupted save left the file; adopt it with --adopt"
                     )
                     continue
-                size = int(self.storage.local.size(row.name))
+                size = self.storage.local.size(row.name)
                 if self.ledger.finish_save(row, size, self.now):
                     self._requeue(row, self.report.adopted)
             elif self.ledger.drop_reservation(row):
@@ -378,7 +378,7 @@ def _orphan_uploads(
 
 def _local_root(storage: QueuedStorage) -> str | None:
     try:
-        return os.path.realpath(str(storage.local.path("")))
+        return os.path.realpath(storage.local.path(""))
     except Exception:
         return None
 

@@ -383,7 +383,7 @@ class QueuedStorage(Storage):
             raise SuspiciousFileOperation("QueuedStorage.save() needs a file name.")
         name = valid_name(checked_name(str(name)), max_length)
         check_staging_budget(name, _declared_size(content))
-        stored = str(self.local.save(name, content, max_length=max_length))
+        stored = self.local.save(name, content, max_length=max_length)
         stored = self._record(name, stored, max_length)
         if not self.delayed:
             transaction.on_commit(lambda: self._dispatch(stored), using=ledger_database())
@@ -398,7 +398,7 @@ class QueuedStorage(Storage):
         fails, the local file is deleted: no row names it, so nothing else can own it.
         """
         try:
-            size = int(self.local.size(stored))
+            size = self.local.size(stored)
             for candidate in self._candidates(name, stored, max_length):
                 if candidate != stored:
                     if not self._move_local(stored, candidate):
@@ -517,7 +517,7 @@ class QueuedStorage(Storage):
                     f"QueuedStorage cannot transfer {name!r}: it has no local copy and no "
                     "ledger row."
                 )
-            self.ledger.saved(name, settings.HOST, int(self.local.size(name)))
+            self.ledger.saved(name, settings.HOST, self.local.size(name))
         else:
             self.ledger.retry(name)
         return self._dispatch(name, host=row.host if row is not None else None)
@@ -551,19 +551,19 @@ class QueuedStorage(Storage):
         if found is not None and found.is_remote:
             return True  # the ledger knows: no network call to learn it
         if storage is self.local:
-            return bool(self.local.exists(name))
+            return self.local.exists(name)
         return found is None and bool(remote_exists(self.remote, name))
 
     def size(self, name: str) -> int:
         storage, found = self._route(name)
         if storage is self.remote and found is not None and found.size is not None:
             return found.size
-        return int(storage.size(name))
+        return storage.size(name)
 
     def url(self, name: str | None) -> str:
         if name is None:
-            return str(self.local.url(name))
-        return str(self.get_storage(name).url(name))
+            return self.local.url(name)
+        return self.get_storage(name).url(name)
 
     def path(self, name: str) -> str:
         storage = self.get_storage(name)
@@ -572,7 +572,7 @@ class QueuedStorage(Storage):
                 f"{name!r} is only on the remote storage now, which has no filesystem path; "
                 "read it with storage.open(name)."
             )
-        return str(self.local.path(name))
+        return self.local.path(name)
 
     def listdir(self, path: str) -> tuple[list[str], list[str]]:
         """Directories and files of *path* in either storage, merged."""
