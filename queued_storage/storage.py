@@ -37,7 +37,6 @@ from queued_storage.state import FileState, cache_key
 from queued_storage.transfer import (
     abort_open_upload,
     delete_remote,
-    remote_exists,
     remote_exists_within,
 )
 
@@ -305,11 +304,11 @@ class QueuedStorage(Storage):
         # The cached answer says "local" but there is no local copy: it may be stale (the
         # transfer finished and deleted the local copy). Ask the ledger itself.
         found = self.get_state(name, fresh=True)
-        if found is not None:
-            return self._serving(found), found
-        # Not in the ledger and not local: a file stored remotely before this app managed the
-        # storage (for example by django-queued-storage).
-        return self.remote, None
+        # A name the ledger does not know is the local storage's, as in django-queued-storage:
+        # a write goes there (then save() or transfer() records it), and nothing asks the remote.
+        # Objects stored remotely before this app managed the storage are found after
+        # ``manage.py queued_storage seed``, which records them.
+        return self._serving(found), found
 
     def get_storage(self, name: str) -> Storage:
         """The storage that serves *name* now: ``self.local`` or ``self.remote``."""
@@ -382,6 +381,9 @@ class QueuedStorage(Storage):
         if not name:
             raise SuspiciousFileOperation("QueuedStorage.save() needs a file name.")
         name = valid_name(checked_name(str(name)), max_length)
+        if type(self).get_available_name is not Storage.get_available_name:
+            # A subclass chooses names (UUIDs, say): it proposes, the ledger still decides.
+            name = valid_name(checked_name(self.get_available_name(name, max_length)), max_length)
         check_staging_budget(name, _declared_size(content))
         stored = self.local.save(name, content, max_length=max_length)
         stored = self._record(name, stored, max_length)
@@ -547,12 +549,8 @@ class QueuedStorage(Storage):
         return self.get_storage(name).open(name, mode)
 
     def exists(self, name: str) -> bool:
-        storage, found = self._route(name)
-        if found is not None and found.is_remote:
-            return True  # the ledger knows: no network call to learn it
-        if storage is self.local:
-            return self.local.exists(name)
-        return found is None and bool(remote_exists(self.remote, name))
+        """From the ledger and the local disk, never from the remote's network API."""
+        return self.get_storage(name) is self.remote or self.local.exists(name)
 
     def size(self, name: str) -> int:
         storage, found = self._route(name)
@@ -561,7 +559,9 @@ class QueuedStorage(Storage):
         return storage.size(name)
 
     def url(self, name: str | None) -> str:
-        if name is None:
+        """The URL of the copy that serves *name*; a name the ledger does not know (even one
+        that is no valid file name, such as ``"/evil.com"``) is the local storage's to answer."""
+        if name is None or self.get_state(name) is None:
             return self.local.url(name)
         return self.get_storage(name).url(name)
 
@@ -575,25 +575,34 @@ class QueuedStorage(Storage):
         return self.local.path(name)
 
     def listdir(self, path: str) -> tuple[list[str], list[str]]:
-        """Directories and files of *path* in either storage, merged."""
-        try:
-            local_dirs, local_files = self.local.listdir(path)
-        except FileNotFoundError:
-            local_dirs, local_files = [], []
-        remote_dirs, remote_files = self.remote.listdir(path)
+        """Directories and files of *path* in either storage, merged; a side without the
+        directory contributes nothing (``FileNotFoundError`` only when neither has it)."""
+        sides = []
+        for storage in (self.local, self.remote):
+            try:
+                sides.append(storage.listdir(path))
+            except FileNotFoundError:
+                continue
+        if not sides:
+            raise FileNotFoundError(f"No directory {path!r} in either storage.")
         return (
-            sorted(set(local_dirs) | set(remote_dirs)),
-            sorted(set(local_files) | set(remote_files)),
+            sorted({d for dirs, _ in sides for d in dirs}),
+            sorted({f for _, files in sides for f in files}),
         )
 
+    def _timed(self, name: str) -> Storage:
+        """The copy whose times describe *name*: the local copy while it exists (the one
+        ``path()`` names), else the remote. One file, one set of answers."""
+        return self.local if self.local.exists(name) else self.get_storage(name)
+
     def get_accessed_time(self, name: str) -> datetime.datetime:
-        return self.get_storage(name).get_accessed_time(name)
+        return self._timed(name).get_accessed_time(name)
 
     def get_created_time(self, name: str) -> datetime.datetime:
-        return self.get_storage(name).get_created_time(name)
+        return self._timed(name).get_created_time(name)
 
     def get_modified_time(self, name: str) -> datetime.datetime:
-        return self.get_storage(name).get_modified_time(name)
+        return self._timed(name).get_modified_time(name)
 
     def open_local(self, name: str, mode: str = "rb") -> IO[bytes]:
         """The local copy, whatever the state (for tools that need the staged file)."""
