@@ -56,6 +56,14 @@ class Settings:
     def _get(self, name: str) -> Any:
         return getattr(django_settings, f"QUEUED_STORAGE_{name}", DEFAULTS[name])
 
+    def __getattr__(self, attribute: str) -> Any:
+        """django-queued-storage's spelling: ``settings.QUEUED_STORAGE_RETRIES`` is
+        ``settings.RETRIES``."""
+        short = attribute.removeprefix("QUEUED_STORAGE_")
+        if short != attribute and short in DEFAULTS:
+            return getattr(self, short)
+        raise AttributeError(f"queued_storage has no setting {attribute!r}")
+
     # --- state cache ---------------------------------------------------------------------
     @property
     def CACHE(self) -> str:

@@ -89,6 +89,7 @@ def get_state(prefix: str, alias: str, name: str, *, fresh: bool = False) -> Fil
     ``fresh=True`` skips the cache (used when the cached state contradicts the disk).
     """
     key = cache_key(prefix, alias, name)
+    replace = fresh
     if not fresh:
         try:
             value = _cache().get(key)
@@ -96,16 +97,21 @@ def get_state(prefix: str, alias: str, name: str, *, fresh: bool = False) -> Fil
             logger.warning("state cache read failed; using the ledger", exc_info=True)
             value = None
         if value is not None:
-            return None if value.get("s") is None else FileState.from_cache(value)
+            try:
+                return None if value["s"] is None else FileState.from_cache(value)
+            except (TypeError, KeyError, ValueError):
+                # Not ours (``True`` written by django-queued-storage's code to the same key,
+                # say): a miss, replaced below by what the ledger says.
+                replace = True
     row = StoredFile.get_row(alias, name)
     found = FileState.from_row(row) if row is not None else None
+    value, timeout = (_ABSENT, ABSENT_TIMEOUT) if found is None else (found.to_cache(), None)
+    timeout = timeout or settings.CACHE_TIMEOUT
     try:
-        if found is None:
-            _cache().add(key, _ABSENT, ABSENT_TIMEOUT)
-        elif fresh:
-            _cache().set(key, found.to_cache(), settings.CACHE_TIMEOUT)
+        if replace:
+            _cache().set(key, value, timeout)
         else:
-            _cache().add(key, found.to_cache(), settings.CACHE_TIMEOUT)
+            _cache().add(key, value, timeout)
     except Exception:
         logger.warning("state cache write failed", exc_info=True)
     return found

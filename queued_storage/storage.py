@@ -172,17 +172,22 @@ class QueuedStorage(Storage):
         self.remote = self._backend("remote", self.remote_path, self.remote_options)
         self.task_path: str = task or type(self).task
         try:
-            self.task = import_string(self.task_path)
+            found = import_string(self.task_path)
         except ImportError as err:
             raise QueuedStorageConfigError(
                 f"QueuedStorage option 'task' is {self.task_path!r}, which cannot be imported "
                 f"({err}). Use 'queued_storage.tasks.Transfer' or "
                 "'queued_storage.tasks.TransferAndDelete'."
             ) from err
+        self.task = _celery_task(self.task_path, found)
+        self._calls = threading.local()
         self.delayed = type(self).delayed if delayed is None else delayed
         self.cache_prefix = cache_prefix or type(self).cache_prefix or settings.CACHE_PREFIX
         self.delete_local = (
-            delete_local if delete_local is not None else self.task_path == _TRANSFER_AND_DELETE
+            delete_local
+            if delete_local is not None
+            else bool(getattr(self.task, "delete_local", None))
+            or self.task_path == _TRANSFER_AND_DELETE
         )
         self.queue = queue
         self.alias: str = alias or self._find_alias() or self._digest_alias()
@@ -504,7 +509,15 @@ class QueuedStorage(Storage):
             return False
 
     def _dispatch(self, name: str, *, host: str | None = None) -> Any:
-        return dispatch(self.task, self.alias, name, queue=self.queue_for(host))
+        result = dispatch(self.task, self.alias, name, queue=self.queue_for(host))
+        self._calls.result = result
+        return result
+
+    @property
+    def result(self) -> Any:
+        """The ``AsyncResult`` of the last transfer this thread dispatched (django-queued-storage's
+        attribute; thread-local, so never another request's), or ``None``."""
+        return getattr(self._calls, "result", None)
 
     def transfer(self, name: str) -> Any:
         """Queue the transfer of *name* now (the old API); a ``failed`` file gets a new budget.
@@ -620,6 +633,42 @@ class Progress:
     @property
     def percent(self) -> float:
         return 100.0 if self.total == 0 else round(100.0 * self.done / self.total, 1)
+
+
+def _celery_task(path: str, found: Any) -> Any:
+    """The Celery task *found* at *path*: a task, or a task class (django-queued-storage's
+    ``Transfer`` subclasses), registered with Celery here. Anything else is refused now, not
+    at the first save (where it would leave every file pending)."""
+    from celery import Task  # the storage itself works without importing Celery
+    from celery.local import Proxy
+
+    if isinstance(found, type) and issubclass(found, Task):
+        # Resolved when a message is sent: by then the project's Celery app is the current one
+        # (a storage may be built while Django loads the models, before it is configured).
+        return Proxy(lambda: _registered(found))
+    if isinstance(found, Task) or (
+        callable(getattr(found, "apply_async", None)) and isinstance(getattr(found, "name", 0), str)
+    ):
+        return found
+    raise QueuedStorageConfigError(
+        f"QueuedStorage option 'task' is {path!r}, which is a {type(found).__name__}, not a "
+        "Celery task: messages could not be sent. Pass 'queued_storage.tasks.Transfer', "
+        "'queued_storage.tasks.TransferAndDelete', or the dotted path of a subclass of "
+        "queued_storage.tasks.Transfer (override its transfer(name, local, remote))."
+    )
+
+
+def _registered(task_class: Any) -> Any:
+    """The current Celery app's instance of *task_class* (a ``queued_storage.tasks.Transfer``
+    subclass registers itself when it is defined; another task class is registered here)."""
+    from celery import current_app
+
+    name = task_class.name or f"{task_class.__module__}.{task_class.__qualname__}"
+    registered = current_app.tasks.get(name)
+    if type(registered) is not task_class:
+        task_class.name = name
+        registered = current_app.register_task(task_class())
+    return registered
 
 
 def _declared_size(content: Any) -> int | None:

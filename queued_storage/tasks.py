@@ -3,13 +3,22 @@
 Task messages carry two plain strings, the storage alias and the file name. The policy (lease,
 engine, outcome, retries) is the worker's; a :class:`~queued_storage.worker.RetryLater` becomes
 a Celery retry after its countdown.
+
+:class:`Transfer` and :class:`TransferAndDelete` are task classes, as in django-queued-storage:
+a subclass that overrides ``transfer(self, name, local, remote)`` replaces the engine with its
+own copy (``True``: done, then checked as any transfer; ``False``: retry later). Every subclass
+is registered with every Celery app under its dotted path when it is defined, so a worker that
+imports the module defining it (Celery's ``autodiscover_tasks`` does) knows it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from celery import shared_task
+from celery import Task, shared_task
+from celery import _state as celery_state
+from celery.local import Proxy
+from django.core.files.storage import Storage
 
 from queued_storage.reconcile import reconcile as run_pass
 from queued_storage.worker import RetryLater, run_transfer
@@ -17,36 +26,69 @@ from queued_storage.worker import RetryLater, run_transfer
 __all__ = ["Transfer", "TransferAndDelete", "reconcile", "transfer"]
 
 
-def _run_task(task: Any, alias: str, name: str, delete_local: bool | None) -> str:
-    try:
-        return run_transfer(alias, name, delete_local=delete_local).value
-    except RetryLater as later:
-        raise task.retry(countdown=later.countdown, max_retries=None) from later
+def _share(task_class: type[Transfer]) -> None:
+    """Register *task_class* with every Celery app, now and when one is finalized (what
+    ``shared_task`` does for functions)."""
+
+    def register(app: Any) -> Any:
+        found = app.tasks.get(task_class.name)
+        if type(found) is task_class:
+            return found
+        return app.register_task(task_class())
+
+    celery_state.connect_on_app_finalize(register)
+    for app in celery_state._get_active_apps():
+        if app.finalized:
+            with app._finalize_mutex:
+                register(app)
 
 
-_TASK_OPTIONS: dict[str, Any] = {
-    "bind": True,
-    "acks_late": True,
-    "reject_on_worker_lost": True,
-    "ignore_result": True,
-    "max_retries": None,
-}
+class Transfer(Task):  # type: ignore[misc]
+    """Transfer a file of a queued storage: ``run(alias, name)``, with the storage's
+    ``delete_local`` (django-queued-storage's name for the keep-the-local-copy task)."""
+
+    name = "queued_storage.tasks.transfer"
+    acks_late = True
+    reject_on_worker_lost = True
+    max_retries = None
+    #: ``None``: the storage's ``delete_local``; ``True``: always delete the local copy.
+    delete_local: ClassVar[bool | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = f"{cls.__module__}.{cls.__qualname__}"
+        _share(cls)
+
+    def run(self, alias: str, name: str) -> str:
+        hook = None if type(self).transfer is Transfer.transfer else self.transfer
+        try:
+            return run_transfer(alias, name, delete_local=self.delete_local, hook=hook).value
+        except RetryLater as later:
+            raise self.retry(countdown=later.countdown, max_retries=None) from later
+
+    def transfer(self, name: str, local: Storage, remote: Storage, **kwargs: Any) -> Any:
+        """django-queued-storage's hook: copy *name* from *local* to *remote* yourself.
+
+        Return ``True`` when the remote holds the file (it is then checked: the remote object
+        must exist with the local size), ``False`` to be retried with the usual backoff;
+        anything else fails the file with a reason naming this class. Not overridden, the
+        verified, resumable engine runs instead.
+        """
+        raise NotImplementedError
 
 
-@shared_task(name="queued_storage.tasks.transfer", **_TASK_OPTIONS)
-def transfer(self: Any, alias: str, name: str) -> str:
-    """Transfer *name* of the queued storage *alias*, with the storage's ``delete_local``."""
-    return _run_task(self, alias, name, None)
-
-
-@shared_task(name="queued_storage.tasks.TransferAndDelete", **_TASK_OPTIONS)
-def TransferAndDelete(self: Any, alias: str, name: str) -> str:
+class TransferAndDelete(Transfer):
     """django-queued-storage's name: transfer, then delete the local copy."""
-    return _run_task(self, alias, name, True)
+
+    name = "queued_storage.tasks.TransferAndDelete"
+    delete_local = True
 
 
-#: django-queued-storage's name for the keep-the-local-copy task.
-Transfer = transfer
+_share(Transfer)
+
+#: The default transfer task of the current Celery app (``transfer.delay(alias, name)``).
+transfer: Any = Proxy(lambda: celery_state.get_current_app().tasks[Transfer.name])
 
 
 @shared_task(name="queued_storage.tasks.reconcile", ignore_result=True)

@@ -18,13 +18,21 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from django.core.files.storage import Storage
 from django.db import connections
 from django.utils import timezone
 
 from queued_storage.conf import settings
-from queued_storage.exceptions import LocalFileMissing, PermanentTransferError, TransferError
+from queued_storage.exceptions import (
+    ChecksumMismatch,
+    LocalFileMissing,
+    PermanentTransferError,
+    TransferError,
+    TransientTransferError,
+)
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.signals import file_transferred, transfer_failed
@@ -34,8 +42,11 @@ from queued_storage.transfer import (
     EngineConfig,
     Part,
     Resume,
+    TransferResult,
     abort_open_upload,
+    classify_error,
     delete_remote,
+    remote_exists,
     transfer_file,
 )
 
@@ -232,13 +243,55 @@ def _fail(storage: QueuedStorage, name: str, owner: str, error: TransferError) -
     return Outcome.FAILED
 
 
+#: A django-queued-storage ``Transfer.transfer(name, local, remote)`` hook.
+TransferHook = Callable[[str, Storage, Storage], Any]
+
+
+def _run_hook(hook: TransferHook, storage: QueuedStorage, name: str) -> TransferResult:
+    """Run a task's own ``transfer(name, local, remote)`` in place of the engine, then check
+    what it claims: the remote object must exist with the local copy's size."""
+    owner = getattr(getattr(hook, "__self__", None), "__class__", type(hook))
+    label = f"{owner.__module__}.{owner.__qualname__}.transfer()"
+    try:
+        size = storage.local.size(name)
+    except FileNotFoundError as err:
+        raise LocalFileMissing(
+            f"The local copy of {name!r} is missing, so {label} cannot send it.", name=name
+        ) from err
+    try:
+        done = hook(name, storage.local, storage.remote)
+    except Exception as err:
+        raise classify_error(err, name) from err
+    if done is False:
+        raise TransientTransferError(f"{label} returned False for {name!r}; retried.", name=name)
+    if done is not True:
+        raise PermanentTransferError(
+            f"{label} returned {done!r} for {name!r}: it must return True (the remote holds the "
+            "file) or False (retry later). Fix the task and retry with storage.transfer(name).",
+            name=name,
+        )
+    if not remote_exists(storage.remote, name) or storage.remote.size(name) != size:
+        raise ChecksumMismatch(
+            f"{label} returned True, but the remote storage does not hold {name!r} with the "
+            f"local copy's {size} bytes; retried.",
+            name=name,
+        )
+    return TransferResult(size=size, checksum="", algorithm="hook")
+
+
 def run_transfer(
-    alias: str, name: str, *, owner: str | None = None, delete_local: bool | None = None
+    alias: str,
+    name: str,
+    *,
+    owner: str | None = None,
+    delete_local: bool | None = None,
+    hook: TransferHook | None = None,
 ) -> Outcome:
     """Transfer one file, exactly the policy the Celery task applies; no Celery needed.
 
     Returns what happened. Raises :class:`RetryLater` when the task should run again later
-    (a transient error within budget, or another worker holding the lease).
+    (a transient error within budget, or another worker holding the lease). *hook*: a task's
+    own ``transfer(name, local, remote)``, run in place of the engine and then checked.
     """
     storage = get_queued_storage(alias)
     ledger = storage.ledger
@@ -263,15 +316,18 @@ def run_transfer(
     resume = _resume_of(row)
     try:
         with Heartbeat(storage, name, owner, FileState.from_row(row)) as beat:
-            result = transfer_file(
-                storage.local,
-                storage.remote,
-                name,
-                config=EngineConfig.from_settings(),
-                progress=beat.progress,
-                resume=resume,
-                checkpoint=LedgerCheckpoint(ledger, name, owner, resume),
-            )
+            if hook is not None:
+                result = _run_hook(hook, storage, name)
+            else:
+                result = transfer_file(
+                    storage.local,
+                    storage.remote,
+                    name,
+                    config=EngineConfig.from_settings(),
+                    progress=beat.progress,
+                    resume=resume,
+                    checkpoint=LedgerCheckpoint(ledger, name, owner, resume),
+                )
     except TransferError as err:
         if ledger.row(name) is None:
             # Deleted while we were sending it (which is why the local copy vanished, say).

@@ -160,7 +160,11 @@ def test_views_import_no_model() -> None:
 def test_tasks_hold_only_celery_glue_and_the_worker_needs_no_celery() -> None:
     tasks = modules()["queued_storage.tasks"]
     functions = [n.name for n in tasks.body if isinstance(n, ast.FunctionDef)]
-    assert sorted(functions) == ["TransferAndDelete", "_run_task", "reconcile", "transfer"]
+    classes = [n.name for n in tasks.body if isinstance(n, ast.ClassDef)]
+    assert (sorted(functions), sorted(classes)) == (
+        ["_share", "reconcile"],
+        ["Transfer", "TransferAndDelete"],
+    )
     code = (
         "import sys, django; from django.conf import settings; "
         "settings.configure(INSTALLED_APPS=['django.contrib.contenttypes', 'queued_storage'], "

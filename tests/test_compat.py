@@ -60,7 +60,7 @@ def test_old_task_names_are_celery_tasks() -> None:
         "storages.backends.s3.S3Storage",
         task="queued_storage.tasks.TransferAndDelete",
     )
-    assert storage.task is tasks.TransferAndDelete
+    assert isinstance(storage.task, tasks.TransferAndDelete)
 
 
 def test_cache_prefix_setting_and_option() -> None:

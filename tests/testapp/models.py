@@ -7,6 +7,7 @@ from django.db import models
 
 from queued_storage.backends import QueuedFileSystemStorage
 from queued_storage.fields import QueuedFileField, QueuedImageField
+from queued_storage.storage import QueuedStorage
 
 #: Built in code with django-queued-storage's constructor: the worker finds it by digest.
 legacy_storage = QueuedFileSystemStorage(
@@ -15,6 +16,14 @@ legacy_storage = QueuedFileSystemStorage(
         "location": os.path.join(os.environ.get("QS_TEST_WORKDIR", tempfile.gettempdir()), "legacy")
     },
     task="queued_storage.tasks.TransferAndDelete",
+)
+
+#: A storage whose transfers run a django-queued-storage ``Transfer`` subclass's own hook.
+hook_storage = QueuedStorage(
+    local="staging",
+    remote="fs_remote",
+    task="tests.testapp.tasks.CopyByHand",
+    alias="old-api-hook",
 )
 
 

@@ -1,0 +1,120 @@
+"""django-queued-storage's API, as its users wrote against it (its tests/test_storages.py is
+the reference): ``Transfer`` subclasses with their own ``transfer`` hook, ``storage.result``,
+``queued_storage.utils``, the ``QUEUED_STORAGE_*`` spelling of the settings, old cache values."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.cache import caches
+from django.core.exceptions import ImproperlyConfigured
+from django.core.files.base import ContentFile
+from django.core.files.storage import FileSystemStorage
+from django.db import transaction
+
+from queued_storage.conf import settings as qs_settings
+from queued_storage.models import State, StoredFile
+from queued_storage.storage import QueuedStorage
+from queued_storage.utils import import_attribute
+from queued_storage.worker import Outcome, RetryLater, run_transfer
+from tests.conftest import wait_for
+from tests.testapp.models import hook_storage
+from tests.testapp.tasks import CopyByHand
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def storage_with(task: str, alias: str, **options: Any) -> QueuedStorage:
+    return QueuedStorage(local="staging", remote="fs_remote", task=task, alias=alias, **options)
+
+
+def test_a_transfer_subclass_hook_runs_in_a_real_worker(worker: Any, clean: Any) -> None:
+    storage = hook_storage  # built where the worker builds it too: tests/testapp/models.py
+    assert isinstance(storage.task, CopyByHand)
+    assert storage.task.name == "tests.testapp.tasks.CopyByHand"
+    with transaction.atomic():
+        name = storage.save("by-hand.txt", ContentFile(b"copied by the hook"))
+
+    def remote() -> StoredFile | None:
+        row = StoredFile.get_row("old-api-hook", name)
+        return row if row is not None and row.state == State.REMOTE else None
+
+    row = wait_for(remote, timeout=60, what="the hook's transfer")
+    assert (row.size, row.checksum_algorithm) == (18, "hook")
+    with storage.remote.open(name) as fh:
+        assert fh.read() == b"copied by the hook"
+    assert storage.using_remote(name)
+
+
+def test_a_hook_that_returns_false_is_retried(clean: Any) -> None:
+    storage = storage_with("tests.testapp.tasks.NotYet", "old-api-not-yet", delayed=True)
+    name = storage.save("later.txt", ContentFile(b"x"))
+    with pytest.raises(RetryLater, match=r"NotYet.transfer\(\) returned False"):
+        run_transfer(storage.alias, name, hook=storage.task.transfer)
+    row = StoredFile.get_row(storage.alias, name)
+    assert row is not None and (row.state, row.attempts) == (State.PENDING, 1)
+
+
+def test_a_hook_that_returns_anything_else_fails_naming_the_task(clean: Any) -> None:
+    storage = storage_with("tests.testapp.tasks.SaysNothing", "old-api-nothing", delayed=True)
+    name = storage.save("nothing.txt", ContentFile(b"x"))
+    assert run_transfer(storage.alias, name, hook=storage.task.transfer) == Outcome.FAILED
+    row = StoredFile.get_row(storage.alias, name)
+    assert row is not None and row.state == State.FAILED
+    assert row.last_error.startswith(
+        "tests.testapp.tasks.SaysNothing.transfer() returned None for 'nothing.txt': it must "
+        "return True"
+    )
+
+
+def test_a_hook_that_claims_a_copy_it_did_not_make_is_not_believed(clean: Any) -> None:
+    storage = storage_with("tests.testapp.tasks.ClaimsDone", "old-api-claims", delayed=True)
+    name = storage.save("claimed.txt", ContentFile(b"x"))
+    with pytest.raises(RetryLater, match=r"the remote storage does not hold 'claimed.txt'"):
+        run_transfer(storage.alias, name, hook=storage.task.transfer)
+    assert StoredFile.get_row(storage.alias, name).state == State.PENDING  # type: ignore[union-attr]
+
+
+def test_a_task_that_is_not_a_celery_task_is_refused_when_the_storage_is_built() -> None:
+    with pytest.raises(ImproperlyConfigured, match=r"is a function, not a Celery task"):
+        storage_with("tests.testapp.tasks.not_a_task", "old-api-function")
+
+
+def test_result_is_the_last_dispatch_of_this_thread_only(clean: Any) -> None:
+    storage = storage_with("queued_storage.tasks.Transfer", "old-api-result", delayed=True)
+    assert storage.result is None
+    name = storage.save("result.txt", ContentFile(b"x"))
+    sent = storage.transfer(name)
+    assert sent is not None and storage.result is sent
+    seen: list[Any] = []
+    thread = threading.Thread(target=lambda: seen.append(storage.result))
+    thread.start()
+    thread.join()
+    assert seen == [None]
+
+
+def test_import_attribute_and_the_old_settings_spelling() -> None:
+    assert import_attribute("django.core.files.storage.FileSystemStorage") is FileSystemStorage
+    built = import_attribute("django.core.files.storage.FileSystemStorage", {"location": "/tmp/x"})
+    assert isinstance(built, FileSystemStorage) and built.location == "/tmp/x"
+    assert import_attribute(FileSystemStorage) is FileSystemStorage
+    assert qs_settings.QUEUED_STORAGE_RETRIES == qs_settings.RETRIES
+    assert qs_settings.QUEUED_STORAGE_CACHE_PREFIX == qs_settings.CACHE_PREFIX
+    with pytest.raises(AttributeError, match="no setting 'QUEUED_STORAGE_NOPE'"):
+        _ = qs_settings.QUEUED_STORAGE_NOPE
+
+
+@pytest.mark.parametrize("old_value", [True, False, "remote", 1, {"x": 1}])
+def test_a_cache_value_that_is_not_ours_is_a_miss_and_replaced(clean: Any, old_value: Any) -> None:
+    storage = storage_with("queued_storage.tasks.Transfer", "old-api-cache", delayed=True)
+    name = storage.save("cached.txt", ContentFile(b"cached"))
+    caches["default"].set(storage.get_cache_key(name), old_value)
+    assert storage.exists(name)
+    assert storage.get_state(name).state == State.PENDING  # type: ignore[union-attr]
+    with storage.open(name) as fh:
+        assert fh.read() == b"cached"
+    assert caches["default"].get(storage.get_cache_key(name))["s"] == "pending"
+    assert Path(storage.path(name)).exists()
