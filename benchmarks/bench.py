@@ -67,7 +67,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.services import LOOPBACK, ServiceStack, free_port  # noqa: E402
+from tests.harness.services import LOOPBACK, ServiceStack, free_port  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -557,7 +557,7 @@ class Bench:
         from django.core.files.storage import storages
 
         from queued_storage.models import State, StoredFile
-        from tests.workers import CeleryWorker
+        from tests.harness.workers import CeleryWorker
 
         count = 150 if self.quick else 500
         rounds = 3

@@ -35,8 +35,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.services import ServiceStack  # noqa: E402
-from tests.webservers import DjangoServer, peak_rss_kib, peak_rss_reset  # noqa: E402
+from tests.harness.services import ServiceStack  # noqa: E402
+from tests.harness.webservers import DjangoServer, peak_rss_kib, peak_rss_reset  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

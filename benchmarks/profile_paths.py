@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.services import ServiceStack  # noqa: E402
+from tests.harness.services import ServiceStack  # noqa: E402
 
 BUCKET = "bench-bucket"
 

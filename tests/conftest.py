@@ -86,7 +86,7 @@ def worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Any]:
     """One real Celery worker process (prefork, concurrency 1) for the whole session."""
     need("redis")
     need("moto")
-    from tests.workers import CeleryWorker
+    from tests.harness.workers import CeleryWorker
 
     logfile = Path(settings.WORKDIR) / "worker-main.log"
     w = CeleryWorker(
@@ -137,7 +137,7 @@ def host_queue(host: str | None = None) -> str:
 def make_worker(
     name: str, *, queues: list[str], env: dict[str, str] | None = None, concurrency: int = 1
 ) -> Any:
-    from tests.workers import CeleryWorker
+    from tests.harness.workers import CeleryWorker
 
     return CeleryWorker(
         "tests.celery_app",

@@ -22,7 +22,7 @@ elif "QS_TEST_WORKDIR" in os.environ:
     ENV = {k: v for k, v in os.environ.items() if k.startswith("QS_TEST_")}
     UNAVAILABLE = {}
 else:
-    from tests.services import ServiceStack
+    from tests.harness.services import ServiceStack
 
     _STACK = ServiceStack(strict=STRICT, bucket="qs-test")
     _STACK.start()

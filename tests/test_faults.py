@@ -37,7 +37,7 @@ from django.test import override_settings
 from queued_storage.models import State, StoredFile
 from queued_storage.reconcile import reconcile
 from tests.conftest import wait_for
-from tests.workers import PROJECT_ROOT
+from tests.harness.workers import PROJECT_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

@@ -29,7 +29,7 @@ from django.test import Client, override_settings
 from queued_storage.models import State, StoredFile
 from queued_storage.uploads import SPOOL_DIRNAME
 from tests.conftest import wait_for
-from tests.webservers import DjangoServer, Nginx, peak_rss_kib, peak_rss_reset
+from tests.harness.webservers import DjangoServer, Nginx, peak_rss_kib, peak_rss_reset
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

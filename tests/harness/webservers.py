@@ -1,7 +1,7 @@
 """Real web servers for the upload tests and benchmarks: gunicorn, uvicorn and nginx.
 
 Each runs as a subprocess on a loopback port with its output in a log file (the
-:class:`tests.services._ProcessService` life cycle: start, wait until it answers, stop). The
+:class:`tests.harness.services._ProcessService` life cycle: start, wait until it answers, stop). The
 Django servers serve ``tests.webapp`` with the environment they are given (the test run's
 ``QS_TEST_*`` variables, so they share its database, cache, broker and staging directory).
 
@@ -20,11 +20,11 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from tests.services import LOOPBACK, ServiceUnavailable, _ProcessService
+from tests.harness.services import LOOPBACK, ServiceUnavailable, _ProcessService
 
 __all__ = ["DOCS_NGINX_CONF", "DjangoServer", "Nginx", "peak_rss_kib", "peak_rss_reset"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS_NGINX_CONF = ROOT / "docs" / "nginx.conf"
 
 
