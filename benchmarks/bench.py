@@ -67,7 +67,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness.services import LOOPBACK, ServiceStack, free_port  # noqa: E402
+from qs_dev.processes import LOOPBACK, free_port  # noqa: E402
+from tests.harness.services import ServiceStack  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

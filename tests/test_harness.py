@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConn
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from qs_dev.processes import LOOPBACK, free_port, pid_alive
 from tests.harness.services import (
     ENV_BROKER_URL,
     ENV_BUCKET,
@@ -34,7 +35,6 @@ from tests.harness.services import (
     ENV_S3_DIRECT_ENDPOINT,
     ENV_S3_ENDPOINT,
     ENV_WORKDIR,
-    LOOPBACK,
     HttpFaultProxy,
     MotoServer,
     PostgresServer,
@@ -43,9 +43,7 @@ from tests.harness.services import (
     ServiceStack,
     ServiceUnavailable,
     TcpFaultProxy,
-    free_port,
     make_s3_client,
-    pid_alive,
 )
 from tests.harness.workers import CeleryWorker
 

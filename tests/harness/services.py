@@ -34,12 +34,10 @@ import itertools
 import json
 import logging
 import os
-import random
 import select
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -53,6 +51,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from xml.sax.saxutils import escape as xml_escape
+
+from qs_dev.processes import (
+    LOOPBACK,
+    ManagedProcess,
+    ProcessError,
+    free_port,
+    http_status,
+    wait_pids_gone,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -71,24 +78,19 @@ __all__ = [
     "ENV_S3_ENDPOINT",
     "ENV_UNAVAILABLE",
     "ENV_WORKDIR",
-    "LOOPBACK",
     "HttpFaultProxy",
     "MotoServer",
     "PostgresServer",
     "ProxiedRequest",
     "RedisServer",
+    "ServerProcess",
     "ServiceStack",
     "ServiceUnavailable",
     "TcpFaultProxy",
-    "free_port",
     "make_s3_client",
-    "pid_alive",
-    "wait_pids_gone",
 ]
 
 log = logging.getLogger(__name__)
-
-LOOPBACK = "127.0.0.1"
 
 #: Credentials and region every test S3 client uses (moto accepts anything).
 AWS_TEST_ACCESS_KEY = "testing"
@@ -133,43 +135,6 @@ class ServiceUnavailable(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _ephemeral_port_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now.
-
-    Ports are picked *outside* the kernel's ephemeral range when possible: the services are
-    stopped and restarted on the same port in outage tests, and a port from the ephemeral range
-    could meanwhile be handed out as the local port of some outgoing connection.
-    """
-    low, high = _ephemeral_port_range()
-    ranges = [r for r in ((15000, low - 1), (high + 1, 65535)) if r[1] - r[0] >= 500]
-    rng = random.SystemRandom()
-    for _ in range(50 if ranges else 0):
-        start, end = rng.choice(ranges)
-        port = rng.randint(start, end)
-        if _port_is_free(port):
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def _tail(path: Path | None, lines: int = 30) -> str:
@@ -222,46 +187,21 @@ def make_s3_client(endpoint_url: str, *, config: Config | None = None) -> S3Clie
     )
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie (dead, waiting to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    # "pid (comm) state ...": comm may contain spaces and parentheses.
-    state = stat.rsplit(")", 1)[1].split()[0]
-    return state not in ("Z", "X")
-
-
-def wait_pids_gone(pids: Collection[int], timeout: float) -> list[int]:
-    """Wait until none of ``pids`` is alive (see :func:`pid_alive`); return those still alive."""
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = [pid for pid in pids if pid_alive(pid)]
-        if not alive or time.monotonic() >= deadline:
-            return alive
-        time.sleep(0.02)
-
-
 # ---------------------------------------------------------------------------------------------
 # subprocess-based services
 # ---------------------------------------------------------------------------------------------
 
 
-_ServiceT = TypeVar("_ServiceT", bound="_ProcessService")
+_ServiceT = TypeVar("_ServiceT", bound="ServerProcess")
 _ProxyT = TypeVar("_ProxyT", bound="_FaultProxyBase")
 
 
-class _ProcessService:
-    """A server subprocess with its output in ``workdir/<name>.log`` and a fixed port."""
+class ServerProcess:
+    """A server subprocess on a fixed loopback port, its output in ``workdir/<name>.log``.
+
+    The process life cycle is :class:`qs_dev.processes.ManagedProcess`'s; a subclass says how
+    to run the server (:meth:`_argv`, :meth:`_env`) and when it answers (:meth:`_ready`).
+    """
 
     name = "service"
 
@@ -269,9 +209,8 @@ class _ProcessService:
         self.workdir = Path(workdir)
         self.log_path = self.workdir / f"{self.name}.log"
         self._port = port if port is not None else free_port()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._process = ManagedProcess(self.name, log_path=self.log_path, cwd=self.workdir)
         self._started_once = False
-        self._owner_pid = os.getpid()
 
     @property
     def port(self) -> int:
@@ -279,11 +218,11 @@ class _ProcessService:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._process.running
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._process.pid
 
     def _argv(self) -> list[str]:
         raise NotImplementedError
@@ -294,9 +233,6 @@ class _ProcessService:
     def _ready(self) -> bool:
         raise NotImplementedError
 
-    def _unavailable(self, reason: str) -> ServiceUnavailable:
-        return ServiceUnavailable(self.name, reason, _tail(self.log_path))
-
     def start(self, timeout: float = 20.0) -> None:
         """Start the server and wait until it answers; a restart reuses the same port."""
         if self.running:
@@ -305,59 +241,35 @@ class _ProcessService:
         # Before the first successful start the port may be re-picked if someone grabbed it.
         attempts = 1 if self._started_once else 3
         for attempt in range(attempts):
-            log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-            self._spawn()
+            argv = self._argv()
             try:
-                self._wait_ready(timeout)
-            except ServiceUnavailable:
-                self._terminate()
-                with self.log_path.open("rb") as fh:
-                    fh.seek(log_offset)
-                    new_output = fh.read().decode("utf-8", "replace").lower()
+                self._process.start(argv, env=self._env())
+            except OSError as exc:
+                raise ServiceUnavailable(
+                    self.name, f"cannot execute {argv[0]}: {exc}", _tail(self.log_path)
+                ) from exc
+            try:
+                self._process.wait_ready(self._up, timeout)
+            except ProcessError as exc:
+                new_output = self._process.log_text().lower()
                 if attempt + 1 < attempts and "address already in use" in new_output:
                     self._port = free_port()
                     continue
-                raise
+                if exc.exit_status is not None:
+                    reason = f"process exited with status {exc.exit_status} during start-up"
+                else:
+                    reason = f"not ready after {timeout:.0f}s on port {self._port}"
+                raise ServiceUnavailable(self.name, reason, exc.log_tail) from exc
             self._started_once = True
             return
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after ``timeout``); idempotent."""
-        self._terminate(timeout)
+        self._process.stop(timeout)
 
-    def _spawn(self) -> None:
-        argv = self._argv()
-        with self.log_path.open("ab") as logfile:
-            try:
-                self._proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=logfile,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.workdir,
-                    env=self._env(),
-                    start_new_session=True,  # keep terminal Ctrl-C away; we stop it ourselves
-                )
-            except OSError as exc:
-                raise self._unavailable(f"cannot execute {argv[0]}: {exc}") from exc
-        atexit.register(self._atexit_stop)  # registering the same bound method again is harmless
-
-    def _atexit_stop(self) -> None:
-        if os.getpid() == self._owner_pid:  # never from a forked child
-            self._terminate()
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            proc = self._proc
-            if proc is None or proc.poll() is not None:
-                code = proc.returncode if proc is not None else None
-                raise self._unavailable(f"process exited with status {code} during start-up")
-            if self._listening(proc.pid) and self._ready():
-                return
-            if time.monotonic() > deadline:
-                raise self._unavailable(f"not ready after {timeout:.0f}s on port {self._port}")
-            time.sleep(0.05)
+    def _up(self) -> bool:
+        pid = self._process.pid
+        return pid is not None and self._listening(pid) and self._ready()
 
     def _listening(self, pid: int) -> bool:
         """Whether *our* process listens on the port (so readiness probes cannot reach some
@@ -375,23 +287,6 @@ class _ProcessService:
             for conn in connections
         )
 
-    def _terminate(self, timeout: float = 10.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        atexit.unregister(self._atexit_stop)
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        else:
-            proc.wait()
-
     def __enter__(self: _ServiceT) -> _ServiceT:
         self.start()
         return self
@@ -405,7 +300,7 @@ class _ProcessService:
         self.stop()
 
 
-class RedisServer(_ProcessService):
+class RedisServer(ServerProcess):
     """A private ``redis-server`` on 127.0.0.1 without persistence."""
 
     name = "redis"
@@ -478,7 +373,7 @@ class RedisServer(_ProcessService):
             client.close()
 
 
-class MotoServer(_ProcessService):
+class MotoServer(ServerProcess):
     """moto's S3 in server mode as a subprocess (state is lost on stop)."""
 
     name = "moto"
@@ -514,11 +409,7 @@ class MotoServer(_ProcessService):
             conn.close()
 
     def _ready(self) -> bool:
-        try:
-            self._request("GET", "/", timeout=1.0)
-        except (OSError, http.client.HTTPException):
-            return False
-        return True
+        return http_status(self._port, "/", timeout=1.0) is not None
 
     @property
     def endpoint_url(self) -> str:

@@ -1,25 +1,23 @@
 """Real Celery worker processes for the integration tests.
 
-:class:`CeleryWorker` runs ``python -m celery -A <app> worker`` as a subprocess in its own process
-group (session), with output in a log file, and waits until Celery logs ``<name>@<host> ready.``.
-``stop()`` asks for a warm shutdown (SIGTERM to the main process) and SIGKILLs the whole group
-after a timeout; ``kill()`` SIGKILLs the whole group at once (a crashed machine).
+:class:`CeleryWorker` runs ``python -m celery -A <app> worker`` with the process life cycle of
+:class:`qs_dev.processes.ManagedProcess` (own process group, output in a log file) and waits
+until Celery logs ``<name>@<host> ready.``. ``stop()`` asks for a warm shutdown (SIGTERM to the
+main process) and SIGKILLs the whole group after a timeout; ``kill()`` SIGKILLs the whole group
+at once (a crashed machine).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from tests.harness.services import pid_alive, wait_pids_gone
+from qs_dev.processes import ManagedProcess, ProcessError, group_pids
 
 __all__ = ["PROJECT_ROOT", "CeleryWorker", "WorkerError"]
 
@@ -27,36 +25,8 @@ __all__ = ["PROJECT_ROOT", "CeleryWorker", "WorkerError"]
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-class WorkerError(RuntimeError):
+class WorkerError(ProcessError):
     """A worker failed to start (or exited); the message ends with the tail of its log."""
-
-
-def _group_pids(pgid: int) -> list[int]:
-    """Alive (non-zombie) processes whose process group is ``pgid``."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    result: list[int] = []
-    if psutil is not None:
-        for proc in psutil.process_iter(["status"]):
-            if proc.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            with contextlib.suppress(OSError):
-                if os.getpgid(proc.pid) == pgid:
-                    result.append(proc.pid)
-        return result
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # state ppid pgrp ...
-        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            result.append(int(entry.name))
-    return result
 
 
 class CeleryWorker:
@@ -92,8 +62,7 @@ class CeleryWorker:
         self.extra_args = list(extra_args)
         self.loglevel = loglevel
         self.cwd = Path(cwd) if cwd is not None else PROJECT_ROOT
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_offset = 0
+        self._process = ManagedProcess(f"celery worker {name}", log_path=self.logfile, cwd=self.cwd)
         self._ready_re = re.compile(rf"{re.escape(name)}@\S+ ready\.")
 
     # -- process control ----------------------------------------------------------------------
@@ -124,9 +93,8 @@ class CeleryWorker:
 
     def start(self, timeout: float = 30.0) -> CeleryWorker:
         """Start the worker and wait until it is ready; raise :class:`WorkerError` otherwise."""
-        if self._proc is not None:
+        if self._process.pid is not None:
             raise RuntimeError(f"worker {self.name} already started")
-        self.logfile.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         for key, value in self.env.items():
             if value is None:
@@ -134,107 +102,48 @@ class CeleryWorker:
             else:
                 env[key] = value
         env["PYTHONUNBUFFERED"] = "1"
-        with self.logfile.open("ab") as log:
-            self._log_offset = log.tell()
-            self._proc = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.cwd,
-                env=env,
-                start_new_session=True,  # own process group: kill() takes the pool with it
-            )
-        deadline = time.monotonic() + timeout
-        while not self._ready_re.search(self.log_text()):
-            if not self.running:
-                code = self._finish(self._proc)
-                raise WorkerError(
-                    f"celery worker {self.name} exited with status {code} during start-up\n"
-                    + self._tail()
-                )
-            if time.monotonic() > deadline:
-                self.kill()
-                raise WorkerError(
-                    f"celery worker {self.name} not ready after {timeout:.0f}s\n" + self._tail()
-                )
-            time.sleep(0.05)
+        self._process.start(self.command(), env=env)
+        try:
+            self._process.wait_ready(lambda: self._ready_re.search(self.log_text()), timeout)
+        except ProcessError as exc:
+            if exc.exit_status is not None:
+                what = f"exited with status {exc.exit_status} during start-up"
+            else:
+                what = f"not ready after {timeout:.0f}s"
+            raise WorkerError(f"celery worker {self.name} {what}\n" + self._tail()) from exc
         return self
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """Warm shutdown: SIGTERM the main process, wait ``timeout`` seconds, then SIGKILL the
         whole process group.  Returns the exit status (``None`` if not started); idempotent."""
-        proc = self._proc
-        if proc is None:
-            return None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        self._wait_main_exited(timeout)
-        return self._finish(proc)
+        return self._process.stop(timeout)
 
     def kill(self) -> int | None:
         """SIGKILL the worker and its pool children immediately (no shutdown handlers run)."""
-        proc = self._proc
-        if proc is None:
-            return None
-        return self._finish(proc)
-
-    def _finish(self, proc: subprocess.Popen[bytes]) -> int:
-        # The main process is not reaped yet, so the process group id is still ours.
-        members = _group_pids(proc.pid)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        code = proc.wait()
-        self._proc = None
-        # Orphaned pool children are reaped by init; being zombies they count as gone.
-        left = wait_pids_gone(members, 10.0)
-        if left:
-            raise WorkerError(f"worker {self.name}: processes {left} survived SIGKILL")
-        return code
-
-    def _wait_main_exited(self, timeout: float) -> bool:
-        """Wait for the main process to exit *without reaping it*."""
-        assert self._proc is not None
-        pid = self._proc.pid
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return True
-            if info is not None and info.si_pid == pid:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
+        return self._process.kill()
 
     # -- inspection ---------------------------------------------------------------------------
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._process.pid
 
     @property
     def running(self) -> bool:
         """Whether the main process is alive (does not reap it)."""
-        return self._proc is not None and pid_alive(self._proc.pid)
+        return self._process.running
 
     def pids(self) -> list[int]:
         """Alive processes of this worker: the main process first, then pool children."""
-        if self._proc is None:
+        main = self._process.pid
+        if main is None:
             return []
-        main = self._proc.pid
-        members = _group_pids(main)
+        members = group_pids(main)
         return sorted(members, key=lambda pid: (pid != main, pid))
 
     def log_text(self) -> str:
         """Output of the current (or last) start."""
-        try:
-            with self.logfile.open("rb") as fh:
-                fh.seek(self._log_offset)
-                return fh.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
+        return self._process.log_text()
 
     def wait_for_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
         """Wait until the log of the current start matches the regular expression ``pattern``."""
@@ -256,7 +165,7 @@ class CeleryWorker:
         return f"--- last lines of {self.logfile} ---\n{text}"
 
     def __enter__(self) -> CeleryWorker:
-        if self._proc is None:
+        if self._process.pid is None:
             self.start()
         return self
 
