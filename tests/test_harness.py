@@ -26,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from qs_dev.processes import LOOPBACK, free_port, pid_alive
+from tests.harness.faults import HttpFaultProxy, ProxiedRequest, TcpFaultProxy
 from tests.harness.services import (
     ENV_BROKER_URL,
     ENV_BUCKET,
@@ -35,14 +36,11 @@ from tests.harness.services import (
     ENV_S3_DIRECT_ENDPOINT,
     ENV_S3_ENDPOINT,
     ENV_WORKDIR,
-    HttpFaultProxy,
     MotoServer,
     PostgresServer,
-    ProxiedRequest,
     RedisServer,
     ServiceStack,
     ServiceUnavailable,
-    TcpFaultProxy,
     make_s3_client,
 )
 from tests.harness.workers import CeleryWorker
