@@ -1,7 +1,16 @@
-"""Fixtures shared by the suite: real services, a real Celery worker, clean storages."""
+"""Fixtures shared by the suite: real services, a real Celery worker, clean storages.
+
+The services are started here, in ``pytest_configure``, not by importing the settings:
+``DJANGO_SETTINGS_MODULE`` is not in the pytest configuration, so pytest-django leaves Django
+alone until its own ``pytest_configure`` (which runs last); this module's hook runs before it,
+starts the :class:`~tests.harness.services.ServiceStack`, exports its ``QS_TEST_*`` variables
+(inherited by every worker and web server the tests start), and only then names and loads
+``tests.settings``, which read them. ``pytest_unconfigure`` stops the services.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +21,86 @@ import pytest
 from django.conf import settings
 
 from tests.celery_app import app as celery_app  # noqa: F401  (configures the producer side)
+from tests.harness.faults import HttpFaultProxy, TcpFaultProxy
+from tests.harness.services import ServiceStack
+
+_STACK = pytest.StashKey["ServiceStack | None"]()
+SETTINGS_MODULE = "tests.settings"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the services and export them before the settings are loaded (see the module)."""
+    if not config.pluginmanager.has_plugin("django"):  # -p no:django: the harness self-test
+        return
+    import django.conf
+
+    if django.conf.settings.configured:
+        raise pytest.UsageError(
+            f"Django settings were loaded before {__file__} could start the test services: "
+            "DJANGO_SETTINGS_MODULE is set in the environment or given with --ds; unset it "
+            f"(the suite always uses {SETTINGS_MODULE})"
+        )
+    stack = None
+    if "QS_TEST_WORKDIR" not in os.environ and not os.environ.get("QS_TEST_NO_SERVICES"):
+        strict = os.environ.get("QUEUED_STORAGE_TEST_STRICT", "") not in ("", "0")
+        stack = ServiceStack(strict=strict, bucket="qs-test").start()
+        os.environ.update(stack.env())
+    config.stash[_STACK] = stack
+    os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
+    django.conf.settings.DATABASES  # noqa: B018  (load the settings: pytest-django sets up Django)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    stack = config.stash.get(_STACK, None)
+    if stack is not None:
+        stack.stop()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    stack = config.stash.get(_STACK, None)
+    if stack is None:
+        return []
+    lines = [
+        f"settings: {SETTINGS_MODULE}; services in {stack.workdir}, "
+        f"started in {stack.start_seconds or 0:.1f}s"
+    ]
+    if stack.unavailable:
+        lines.append(f"unavailable: {stack.unavailable}")
+    return lines
+
+
+@pytest.fixture(scope="session")
+def stack(pytestconfig: pytest.Config) -> ServiceStack:
+    """The services this pytest process started (the fault proxies are threads of it)."""
+    found = pytestconfig.stash.get(_STACK, None)
+    if found is None:
+        need("stack")  # skips (or fails, strict) when no service runs at all
+        pytest.fail("the fault proxies belong to the process that started the services")
+    return found
+
+
+@pytest.fixture
+def s3_proxy(stack: ServiceStack, clean: Any) -> Iterator[HttpFaultProxy]:
+    """The HTTP fault proxy between the storages and moto (the bucket emptied), with an empty
+    request log; afterwards it is up again, without faults and without a black hole."""
+    need("s3_proxy")
+    proxy = stack.s3_proxy
+    assert proxy is not None
+    proxy.clear_log()
+    yield proxy
+    proxy.come_up()
+    proxy.clear_faults()
+    proxy.end_black_hole()
+
+
+@pytest.fixture
+def broker_proxy(stack: ServiceStack) -> Iterator[TcpFaultProxy]:
+    """The TCP fault proxy between Celery and Redis (the broker); afterwards it is up again."""
+    need("broker_proxy")
+    proxy = stack.broker_proxy
+    assert proxy is not None
+    yield proxy
+    proxy.come_up()
 
 
 def need(service: str) -> None:

@@ -24,7 +24,7 @@ from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
 from queued_storage.transfer import EngineConfig, transfer_file
 from queued_storage.worker import Heartbeat, LedgerCheckpoint, Outcome, run_transfer
-from tests.conftest import direct_s3_client, need, wait_for
+from tests.conftest import direct_s3_client, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,17 +38,6 @@ CONFIG = EngineConfig(
     checksum="md5",
 )
 CRC32 = dataclasses.replace(CONFIG, checksum="crc32")
-
-
-@pytest.fixture
-def proxy(clean: Any) -> Any:
-    need("s3_proxy")
-    from tests import settings as test_settings
-
-    found = test_settings._STACK.s3_proxy
-    found.clear_log()
-    yield found
-    found.come_up()
 
 
 def storage(**options: Any) -> QueuedStorage:
@@ -99,7 +88,7 @@ def test_part_size_respects_s3_limits() -> None:
     assert huge / size <= 10_000
 
 
-def test_resume_sends_only_the_missing_parts(proxy: Any) -> None:
+def test_resume_sends_only_the_missing_parts(s3_proxy: Any) -> None:
     s = storage()
     data = os.urandom(6 * PART + 123)  # 7 parts
     name = s.save("resume.bin", ContentFile(data))
@@ -109,9 +98,9 @@ def test_resume_sends_only_the_missing_parts(proxy: Any) -> None:
         recorded = len(row.parts)
         assert row.upload_id and recorded >= 3
         first_upload = row.upload_id
-        proxy.clear_log()
+        s3_proxy.clear_log()
         assert run_transfer(s.alias, name) is Outcome.TRANSFERRED
-    resent = part_uploads(proxy)
+    resent = part_uploads(s3_proxy)
     print(f"parts recorded before the crash: {recorded}, parts sent on resume: {len(resent)}")
     assert len(resent) == 7 - recorded
     assert all(f"uploadId={first_upload}" in q for q in resent)
@@ -129,7 +118,7 @@ def clean_bytes(key: str) -> bytes:
     return s3().get_object(Bucket=settings.BUCKET, Key=key)["Body"].read()  # type: ignore[no-any-return]
 
 
-def test_resume_starts_over_when_the_file_changed(proxy: Any) -> None:
+def test_resume_starts_over_when_the_file_changed(s3_proxy: Any) -> None:
     s = storage()
     name = s.save("changed.bin", ContentFile(os.urandom(3 * PART)))
     with pytest.MonkeyPatch.context() as mp:
@@ -143,7 +132,7 @@ def test_resume_starts_over_when_the_file_changed(proxy: Any) -> None:
     assert open_uploads(s3()) == []  # the stale upload was aborted
 
 
-def test_final_failure_aborts_the_open_upload(proxy: Any) -> None:
+def test_final_failure_aborts_the_open_upload(s3_proxy: Any) -> None:
     s = storage()
     name = s.save("doomed.bin", ContentFile(os.urandom(3 * PART)))
     with pytest.MonkeyPatch.context() as mp:
@@ -157,7 +146,7 @@ def test_final_failure_aborts_the_open_upload(proxy: Any) -> None:
     assert row is not None and row.upload_id == "" and "missing" in row.last_error
 
 
-def test_delete_aborts_the_open_upload(proxy: Any) -> None:
+def test_delete_aborts_the_open_upload(s3_proxy: Any) -> None:
     s = storage()
     name = s.save("deleted.bin", ContentFile(os.urandom(3 * PART)))
     crash_after(s, name, 1)
@@ -168,7 +157,7 @@ def test_delete_aborts_the_open_upload(proxy: Any) -> None:
 
 
 @pytest.mark.parametrize("size", [MiB, 2 * PART + 5], ids=["single-put", "multipart"])
-def test_commit_never_overwrites_a_different_object(proxy: Any, size: int) -> None:
+def test_commit_never_overwrites_a_different_object(s3_proxy: Any, size: int) -> None:
     s = storage()
     name = s.save(f"taken-{size}.bin", ContentFile(os.urandom(size)))
     s3().put_object(Bucket=settings.BUCKET, Key=name, Body=b"someone else's")
@@ -179,7 +168,7 @@ def test_commit_never_overwrites_a_different_object(proxy: Any, size: int) -> No
 
 
 @pytest.mark.parametrize("size", [MiB, 2 * PART + 5], ids=["single-put", "multipart"])
-def test_retry_finding_its_own_verified_object_succeeds(proxy: Any, size: int) -> None:
+def test_retry_finding_its_own_verified_object_succeeds(s3_proxy: Any, size: int) -> None:
     s = storage()
     data = os.urandom(size)
     name = s.save(f"again-{size}.bin", ContentFile(data))
@@ -190,7 +179,7 @@ def test_retry_finding_its_own_verified_object_succeeds(proxy: Any, size: int) -
     assert open_uploads(s3()) == []
 
 
-def test_file_changed_between_read_and_verify_fails(proxy: Any) -> None:
+def test_file_changed_between_read_and_verify_fails(s3_proxy: Any) -> None:
     s = storage()
     name = s.save("moving.bin", ContentFile(os.urandom(3 * PART)))
     path = Path(s.local.path(name))
@@ -205,7 +194,7 @@ def test_file_changed_between_read_and_verify_fails(proxy: Any) -> None:
     assert s3().list_objects_v2(Bucket=settings.BUCKET).get("KeyCount") == 0
 
 
-def test_changed_file_is_never_recorded_remote(proxy: Any) -> None:
+def test_changed_file_is_never_recorded_remote(s3_proxy: Any) -> None:
     s = storage()
     data = os.urandom(2 * PART)
     name = s.save("never-remote.bin", ContentFile(data))
@@ -227,7 +216,7 @@ def test_changed_file_is_never_recorded_remote(proxy: Any) -> None:
     assert s.using_local(name)
 
 
-def test_single_put_checks_the_server_md5(proxy: Any) -> None:
+def test_single_put_checks_the_server_md5(s3_proxy: Any) -> None:
     s = storage()
     data = b"tiny" * 1000
     name = s.save("tiny.bin", ContentFile(data))
@@ -237,7 +226,7 @@ def test_single_put_checks_the_server_md5(proxy: Any) -> None:
     assert head["ETag"].strip('"') == result.checksum
 
 
-def test_multipart_checksum_is_the_server_etag(proxy: Any) -> None:
+def test_multipart_checksum_is_the_server_etag(s3_proxy: Any) -> None:
     s = storage()
     data = os.urandom(2 * PART + 1)
     name = s.save("three.bin", ContentFile(data))
@@ -248,7 +237,7 @@ def test_multipart_checksum_is_the_server_etag(proxy: Any) -> None:
     assert s3().head_object(Bucket=settings.BUCKET, Key=name)["ETag"].strip('"') == expected
 
 
-def test_progress_is_reported_in_order_up_to_the_total(proxy: Any) -> None:
+def test_progress_is_reported_in_order_up_to_the_total(s3_proxy: Any) -> None:
     s = storage()
     size = 4 * PART + 9
     name = s.save("progress.bin", ContentFile(os.urandom(size)))
@@ -291,7 +280,7 @@ def test_get_progress_of_a_finished_transfer(clean: Any) -> None:
     assert s.get_progress("unknown.bin") is None
 
 
-def test_resume_without_a_ledger_still_works_with_a_resume_object(proxy: Any) -> None:
+def test_resume_without_a_ledger_still_works_with_a_resume_object(s3_proxy: Any) -> None:
     """The engine takes a Resume from any caller (the ledger is only one source)."""
     s = storage()
     data = os.urandom(2 * PART + 3)
@@ -310,13 +299,13 @@ def test_resume_without_a_ledger_still_works_with_a_resume_object(proxy: Any) ->
         source=f"md5:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}",
         parts=[Part(1, etag, hashlib.md5(first).hexdigest(), PART)],
     )
-    proxy.clear_log()
+    s3_proxy.clear_log()
     transfer_file(s.local, s.remote, name, config=CONFIG, resume=resume)
-    assert len(part_uploads(proxy)) == 2
+    assert len(part_uploads(s3_proxy)) == 2
     assert clean_bytes(name) == data
 
 
-def test_crc32_mode_records_the_servers_composite_crc32(proxy: Any) -> None:
+def test_crc32_mode_records_the_servers_composite_crc32(s3_proxy: Any) -> None:
     s = storage()
     data = os.urandom(2 * PART + 5)
     name = s.save("crc.bin", ContentFile(data))
@@ -329,7 +318,7 @@ def test_crc32_mode_records_the_servers_composite_crc32(proxy: Any) -> None:
     assert clean_bytes(name) == data
 
 
-def test_crc32_mode_sends_a_small_file_as_one_put_checked_by_etag(proxy: Any) -> None:
+def test_crc32_mode_sends_a_small_file_as_one_put_checked_by_etag(s3_proxy: Any) -> None:
     s = storage()
     data = os.urandom(MiB)
     name = s.save("crc-small.bin", ContentFile(data))

@@ -187,19 +187,17 @@ def test_passes_on_several_hosts_at_once_requeue_each_file_once(broker: Any) -> 
     assert sorted(args[1] for args in broker("parked")) == sorted(names)
 
 
-def test_refused_broker_leaves_the_row_for_the_next_pass(broker: Any, caplog: Any) -> None:
-    from tests import settings as test_settings
-
-    need("broker_proxy")
+def test_refused_broker_leaves_the_row_for_the_next_pass(
+    broker: Any, caplog: Any, broker_proxy: Any
+) -> None:
     first, second = saved("a-refused.txt"), saved("b-refused.txt")
     before = row("queued_parked", first).updated
-    proxy = test_settings._STACK.broker_proxy
-    proxy.go_down()
+    broker_proxy.go_down()
     try:
         with caplog.at_level(logging.WARNING, logger="queued_storage"):
             report = reconcile()
     finally:
-        proxy.come_up()
+        broker_proxy.come_up()
     # The first refusal stops the pass from trying again (each costs the publish timeout).
     assert sorted(report.not_queued) == [f"queued_parked:{first}", f"queued_parked:{second}"]
     assert "reconcile could not queue 2 transfer(s)" in caplog.text
