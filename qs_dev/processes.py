@@ -36,12 +36,14 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from types import TracebackType
+from typing import IO, TypeVar
 
 __all__ = [
     "LOOPBACK",
     "ManagedProcess",
     "ProcessError",
+    "StartStop",
     "free_port",
     "group_pids",
     "http_status",
@@ -172,6 +174,32 @@ def group_pids(pgid: int) -> list[int]:
 
 
 # --- the life cycle ------------------------------------------------------------------------------
+_T = TypeVar("_T", bound="StartStop")
+
+
+class StartStop:
+    """``with x:`` for anything with ``start()`` and ``stop()``: started on entry, stopped on
+    exit (also after an error)."""
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self: _T) -> _T:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 class ProcessError(RuntimeError):
     """A child exited during start-up, was not ready in time, or left processes that survived
     SIGKILL. ``exit_status`` is its status when it exited by itself; ``log_tail`` the last lines

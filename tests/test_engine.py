@@ -24,7 +24,7 @@ from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
 from queued_storage.transfer import EngineConfig, transfer_file
 from queued_storage.worker import Heartbeat, LedgerCheckpoint, Outcome, run_transfer
-from tests.conftest import direct_s3_client, wait_for
+from tests.harness.suite import direct_s3_client, open_uploads, s3_bytes, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,10 +47,6 @@ def storage(**options: Any) -> QueuedStorage:
 def part_uploads(proxy: Any) -> list[str]:
     """Query strings of the UploadPart requests the proxy saw."""
     return [r[2] for r in proxy.requests if r[0] == "PUT" and "partNumber=" in r[2]]
-
-
-def open_uploads(client: Any) -> list[Any]:
-    return list(client.list_multipart_uploads(Bucket=settings.BUCKET).get("Uploads", []))
 
 
 class Crash(BaseException):
@@ -107,15 +103,11 @@ def test_resume_sends_only_the_missing_parts(s3_proxy: Any) -> None:
     row = StoredFile.get_row(s.alias, name)
     assert row is not None and row.state == State.REMOTE
     assert (row.upload_id, row.parts) == ("", [])
-    assert clean_bytes(name) == data
+    assert s3_bytes(s3(), name) == data
     assert open_uploads(s3()) == []
 
 
 s3 = direct_s3_client
-
-
-def clean_bytes(key: str) -> bytes:
-    return s3().get_object(Bucket=settings.BUCKET, Key=key)["Body"].read()  # type: ignore[no-any-return]
 
 
 def test_resume_starts_over_when_the_file_changed(s3_proxy: Any) -> None:
@@ -127,7 +119,7 @@ def test_resume_starts_over_when_the_file_changed(s3_proxy: Any) -> None:
         new_data = os.urandom(3 * PART)
         Path(s.local.path(name)).write_bytes(new_data)
         assert run_transfer(s.alias, name) is Outcome.TRANSFERRED
-    assert clean_bytes(name) == new_data
+    assert s3_bytes(s3(), name) == new_data
     assert all(u["UploadId"] != old for u in open_uploads(s3()))
     assert open_uploads(s3()) == []  # the stale upload was aborted
 
@@ -163,7 +155,7 @@ def test_commit_never_overwrites_a_different_object(s3_proxy: Any, size: int) ->
     s3().put_object(Bucket=settings.BUCKET, Key=name, Body=b"someone else's")
     with pytest.raises(PermanentTransferError, match="already holds a different object"):
         transfer_file(s.local, s.remote, name, config=CONFIG)
-    assert clean_bytes(name) == b"someone else's"
+    assert s3_bytes(s3(), name) == b"someone else's"
     assert open_uploads(s3()) == []
 
 
@@ -175,7 +167,7 @@ def test_retry_finding_its_own_verified_object_succeeds(s3_proxy: Any, size: int
     first = transfer_file(s.local, s.remote, name, config=CONFIG)
     again = transfer_file(s.local, s.remote, name, config=CONFIG)
     assert again == first
-    assert clean_bytes(name) == data
+    assert s3_bytes(s3(), name) == data
     assert open_uploads(s3()) == []
 
 
@@ -302,7 +294,7 @@ def test_resume_without_a_ledger_still_works_with_a_resume_object(s3_proxy: Any)
     s3_proxy.clear_log()
     transfer_file(s.local, s.remote, name, config=CONFIG, resume=resume)
     assert len(part_uploads(s3_proxy)) == 2
-    assert clean_bytes(name) == data
+    assert s3_bytes(s3(), name) == data
 
 
 def test_crc32_mode_records_the_servers_composite_crc32(s3_proxy: Any) -> None:
@@ -315,7 +307,7 @@ def test_crc32_mode_records_the_servers_composite_crc32(s3_proxy: Any) -> None:
     assert (result.algorithm, result.checksum) == ("s3-composite-crc32", f"{composite}-3")
     head = s3().head_object(Bucket=settings.BUCKET, Key=name, ChecksumMode="ENABLED")
     assert head["ChecksumCRC32"] == composite  # moto reports it without "-<parts>"
-    assert clean_bytes(name) == data
+    assert s3_bytes(s3(), name) == data
 
 
 def test_crc32_mode_sends_a_small_file_as_one_put_checked_by_etag(s3_proxy: Any) -> None:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from django.conf import settings
 from django.core.files import File
 from django.core.files.base import ContentFile
@@ -36,8 +35,8 @@ from django.test import override_settings
 
 from queued_storage.models import State, StoredFile
 from queued_storage.reconcile import reconcile
-from tests.conftest import wait_for
 from tests.harness.services import ServiceStack
+from tests.harness.suite import open_uploads, redis_client, remote_keys, wait_for
 from tests.harness.workers import PROJECT_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -102,17 +101,6 @@ def states(alias: str, names: list[str]) -> dict[str, str | None]:
         StoredFile.objects.filter(alias=alias, name__in=names).values_list("name", "state")
     )
     return {name: found.get(name) for name in names}
-
-
-def remote_keys(client: Any) -> list[str]:
-    keys: list[str] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.BUCKET):
-        keys.extend(o["Key"] for o in page.get("Contents", []))
-    return sorted(keys)
-
-
-def open_uploads(client: Any) -> list[Any]:
-    return list(client.list_multipart_uploads(Bucket=settings.BUCKET).get("Uploads", []))
 
 
 def lost_count(alias: str) -> int:
@@ -336,7 +324,8 @@ def test_flushall_mid_run_changes_no_read_asks_s3_nothing_and_loses_nothing(
 
     before = look()
     s3_proxy.clear_log()
-    redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"]).flushall()  # broker and cache
+    with redis_client() as client:
+        client.flushall()  # broker and cache
     after = look()
     seen = s3_proxy.requests
     asked = [r for r in seen if r.path.split("/", 2)[-1] in observed or r.query.startswith("list")]

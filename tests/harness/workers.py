@@ -15,9 +15,8 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
-from qs_dev.processes import ManagedProcess, ProcessError, group_pids
+from qs_dev.processes import ManagedProcess, ProcessError, StartStop, group_pids
 
 __all__ = ["PROJECT_ROOT", "CeleryWorker", "WorkerError"]
 
@@ -29,7 +28,7 @@ class WorkerError(ProcessError):
     """A worker failed to start (or exited); the message ends with the tail of its log."""
 
 
-class CeleryWorker:
+class CeleryWorker(StartStop):
     """One ``celery worker`` subprocess.
 
     ``env`` is merged over ``os.environ`` (plus ``PYTHONUNBUFFERED=1``); a value of ``None``
@@ -168,14 +167,6 @@ class CeleryWorker:
         if self._process.pid is None:
             self.start()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<CeleryWorker {self.name} app={self.app} pid={self.pid}>"
