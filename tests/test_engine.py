@@ -1,5 +1,6 @@
-"""The S3 engine against the real S3 server: resume, abort, conditional commit, checksums,
-progress. The HTTP fault proxy's request log shows what was actually sent.
+"""``queued_storage.transfer`` (the engine and its S3 adapter) against the real S3 server:
+resume, abort, conditional commit, checksums, progress, error classification. The HTTP fault
+proxy's request log shows what was actually sent.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 
 from queued_storage import state as file_state
-from queued_storage._s3.upload import Part, Resume, choose_part_size, s3_transfer
-from queued_storage.exceptions import ChecksumMismatch, PermanentTransferError
+from queued_storage._s3.upload import choose_part_size, s3_transfer  # no public seam yet
+from queued_storage.exceptions import (
+    ChecksumMismatch,
+    PermanentTransferError,
+    TransientTransferError,
+)
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
-from queued_storage.transfer import EngineConfig, transfer_file
+from queued_storage.transfer import EngineConfig, Part, Resume, classify_error, transfer_file
 from queued_storage.worker import Heartbeat, LedgerCheckpoint, Outcome, run_transfer
 from tests.harness.suite import direct_s3_client, open_uploads, s3_bytes, wait_for
 
@@ -356,3 +361,32 @@ def test_moto_builds_the_composite_crc32_from_the_bytes_not_the_headers(clean: A
 
 def crc(data: bytes) -> bytes:
     return zlib.crc32(data).to_bytes(4, "big")
+
+
+def test_classify_error_sorts_transient_and_permanent() -> None:
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    def client_error(code: str, status: int) -> ClientError:
+        response: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return ClientError(response, "PutObject")
+
+    for transient in (
+        client_error("SlowDown", 503),
+        client_error("InternalError", 500),
+        client_error("RequestTimeout", 400),
+        client_error("Throttling", 429),
+        EndpointConnectionError(endpoint_url="http://x"),
+    ):
+        assert isinstance(classify_error(transient, "f"), TransientTransferError), transient
+    for permanent in (
+        client_error("AccessDenied", 403),
+        client_error("NoSuchBucket", 404),
+        client_error("InvalidAccessKeyId", 403),
+    ):
+        assert isinstance(classify_error(permanent, "f"), PermanentTransferError), permanent
+    # boto3 wraps client errors in S3UploadFailedError: the cause is still found.
+    from boto3.exceptions import S3UploadFailedError
+
+    wrapped = S3UploadFailedError("Failed to upload")
+    wrapped.__context__ = client_error("AccessDenied", 403)
+    assert isinstance(classify_error(wrapped, "f"), PermanentTransferError)

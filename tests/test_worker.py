@@ -1,4 +1,5 @@
-"""The transfer policy (``run_transfer``) in-process: retries, failures, signals, order.
+"""``queued_storage.worker``: the transfer policy (``run_transfer``) in-process: retries,
+failures, signals, order.
 
 These run the same function the Celery task runs, without Celery, against the real S3 server;
 the end-to-end proofs with a worker process are in ``test_integration.py``.
@@ -15,11 +16,10 @@ from django.core.files.base import ContentFile
 from django.test import override_settings
 
 from queued_storage import signals
-from queued_storage.exceptions import PermanentTransferError, TransientTransferError
+from queued_storage.exceptions import TransientTransferError
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
-from queued_storage.transfer import classify_error
 from queued_storage.worker import Outcome, RetryLater, backoff, run_transfer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -137,32 +137,3 @@ def test_duplicate_delivery_while_leased_does_nothing(clean: Any) -> None:
     row = StoredFile.get_row(storage.alias, name)
     assert row is not None and (row.state, row.lease_owner) == (State.TRANSFERRING, "other-worker")
     assert clean.list_objects_v2(Bucket=settings.BUCKET).get("KeyCount") == 0
-
-
-def test_classify_error_sorts_transient_and_permanent() -> None:
-    from botocore.exceptions import ClientError, EndpointConnectionError
-
-    def client_error(code: str, status: int) -> ClientError:
-        response: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
-        return ClientError(response, "PutObject")
-
-    for transient in (
-        client_error("SlowDown", 503),
-        client_error("InternalError", 500),
-        client_error("RequestTimeout", 400),
-        client_error("Throttling", 429),
-        EndpointConnectionError(endpoint_url="http://x"),
-    ):
-        assert isinstance(classify_error(transient, "f"), TransientTransferError), transient
-    for permanent in (
-        client_error("AccessDenied", 403),
-        client_error("NoSuchBucket", 404),
-        client_error("InvalidAccessKeyId", 403),
-    ):
-        assert isinstance(classify_error(permanent, "f"), PermanentTransferError), permanent
-    # boto3 wraps client errors in S3UploadFailedError: the cause is still found.
-    from boto3.exceptions import S3UploadFailedError
-
-    wrapped = S3UploadFailedError("Failed to upload")
-    wrapped.__context__ = client_error("AccessDenied", 403)
-    assert isinstance(classify_error(wrapped, "f"), PermanentTransferError)
