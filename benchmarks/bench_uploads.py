@@ -35,6 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench import make_file  # noqa: E402
 from tests.harness.services import ServiceStack  # noqa: E402
 from tests.harness.webservers import (  # noqa: E402
     DjangoServer,
@@ -85,17 +86,6 @@ class Row:
     peak_rss_mib: float
     growth_mib: float
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def make_file(path: Path, size: int) -> Path:
-    block = os.urandom(8 * MiB)
-    with path.open("wb") as fh:
-        left = size
-        while left:
-            n = min(left, len(block))
-            fh.write(block[:n])
-            left -= n
-    return path
 
 
 class Bench:
