@@ -60,19 +60,10 @@ def engine(path: str, key: str, checksum: str | None = None) -> Run:
 
 def boto3_default(path: str, key: str) -> Run:
     """boto3's ``upload_file`` with default settings (no Django)."""
-    import boto3
     from botocore.config import Config
 
     unsigned = os.environ.get("BENCH_UNSIGNED") == "1"
-    config = Config(s3={"payload_signing_enabled": False}) if unsigned else None
-    client = boto3.client(
-        "s3",
-        endpoint_url=os.environ["QS_TEST_S3_DIRECT_ENDPOINT"],
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench-secret",
-        region_name="us-east-1",
-        config=config,
-    )
+    client = _boto3_client(Config(s3={"payload_signing_enabled": False}) if unsigned else None)
 
     def run() -> dict[str, Any]:
         client.upload_file(path, os.environ["QS_TEST_BUCKET"], key)
@@ -81,7 +72,9 @@ def boto3_default(path: str, key: str) -> Run:
     return run
 
 
-def _boto3_client() -> Any:
+def _boto3_client(config: Any = None) -> Any:
+    """boto3's default client for the benchmark's endpoint and credentials (``config``: None,
+    boto3's defaults, unless the row says otherwise)."""
     import boto3
 
     return boto3.client(
@@ -90,6 +83,7 @@ def _boto3_client() -> Any:
         aws_access_key_id="bench",
         aws_secret_access_key="bench-secret",
         region_name="us-east-1",
+        config=config,
     )
 
 

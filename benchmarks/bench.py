@@ -1,13 +1,14 @@
 """``make bench``: queued_storage against what a user would otherwise run, on one S3 server.
 
-Starts its own Redis, moto S3 server and PostgreSQL on loopback (``tests/services.py``), makes its
-files in a temporary directory, and measures every row against baselines in the same run on the
-same server; every ratio names its baseline's configuration. Where a row has rounds, each round
-runs every tool once, in turn (A, B, C; A, B, C; ...), and the row reports medians. Each
-transfer of row 1 runs in a process of its own; wall time and CPU seconds of a Python transfer
-are taken inside that process around the transfer itself (imports excluded), peak RSS is the
-process's (``os.wait4``). moto keeps objects in memory, so every object is deleted after its run
-and the server is reset between rows and tools. Nothing here asserts a time: targets are printed.
+Starts its own Redis, moto S3 server and PostgreSQL on loopback (the test harness,
+``tests/harness/``; its processes and ports through ``qs_dev.processes``), makes its files in a
+temporary directory, and measures every row against baselines in the same run on the same server;
+every ratio names its baseline's configuration. Where a row has rounds, each round runs every tool
+once, in turn (A, B, C; A, B, C; ...), and the row reports medians. Each transfer of row 1 runs in
+a process of its own; wall time and CPU seconds of a Python transfer are taken inside that process
+around the transfer itself (imports excluded), peak RSS is the process's (``os.wait4``). moto keeps
+objects in memory, so every object is deleted after its run and the server is reset between rows
+and tools. Nothing here asserts a time: targets are printed.
 
 Rows, and each baseline's configuration:
 
@@ -32,13 +33,14 @@ Rows, and each baseline's configuration:
    ``file_overwrite=True`` loop, worker CPU <= 4 ms per file.
 5. The request path: ``QueuedStorage.save()`` of a 100 MiB upload vs ``S3Storage.save()``
    (``file_overwrite=False``).
-6. ``QueuedStorage.save()`` latency of 16 KiB in autocommit (transfer dispatched to Redis at
-   once, no worker), p50/p99 of 300 saves (``--quick``: 100) after 20 warm-up saves, ledger on
-   SQLite and on PostgreSQL x S3 healthy (moto), refusing connections, black-holed (accepts,
-   never answers); one child process per configuration, 3 interleaved rounds, each child
-   stopped after ``--save-timeout`` seconds (a timed-out row reports what completed). Baseline:
-   ``S3Storage.save()`` with django-storages' defaults (``file_overwrite=True``) against healthy
-   moto. Targets: p50 <= 3 ms, p99 <= 15 ms everywhere, no difference between S3 states.
+6. ``QueuedStorage.save()`` latency of 16 KiB in autocommit (transfer dispatched to Redis at once,
+   no worker), p50/p99 of 300 saves (``--quick``: 100) after 20 warm-up saves, ledger on SQLite and
+   on PostgreSQL x S3 healthy (moto), refusing connections, black-holed (the tests' HTTP fault
+   proxy in front of moto: accepts, never answers); one child process per configuration, 3
+   interleaved rounds, each child stopped after ``--save-timeout`` seconds (a timed-out row reports
+   what completed). Baseline: ``S3Storage.save()`` with django-storages' defaults
+   (``file_overwrite=True``) against healthy moto. Targets: p50 <= 3 ms, p99 <= 15 ms everywhere,
+   no difference between S3 states.
 
 ``--quick`` runs every row on smaller sizes. Prints a table and a summary against the targets,
 and writes ``benchmarks/results.json`` (``--json`` to change).
@@ -52,8 +54,6 @@ import json
 import os
 import queue
 import resource
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,7 +67,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.services import LOOPBACK, ServiceStack, free_port  # noqa: E402
+from qs_dev.processes import LOOPBACK, ManagedProcess, free_port  # noqa: E402
+from tests.harness.faults import HttpFaultProxy  # noqa: E402
+from tests.harness.services import ServiceStack  # noqa: E402
+from tests.harness.webservers import peak_rss_kib  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -123,7 +126,6 @@ def run_child(argv: list[str], env: dict[str, str], *, inside: bool = True) -> S
     # A non-Python child reports nothing itself: sample its VmHWM (peak RSS since exec, which
     # unlike ru_maxrss does not include the forked parent's memory) until it exits.
     peak = 0.0
-    status_file = Path(f"/proc/{proc.pid}/status")
     if inside:
         out, err = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
         _, status, usage = os.wait4(proc.pid, 0)
@@ -132,12 +134,8 @@ def run_child(argv: list[str], env: dict[str, str], *, inside: bool = True) -> S
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            try:
-                for line in status_file.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak = max(peak, int(line.split()[1]) / 1024)
-            except OSError:
-                pass
+            with contextlib.suppress(OSError, RuntimeError):  # exiting: no /proc entry
+                peak = max(peak, peak_rss_kib(proc.pid) / 1024)
             time.sleep(0.005)
         out, err = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
     wall = time.perf_counter() - start
@@ -186,42 +184,6 @@ def tree_cpu(pid: int) -> tuple[float, float]:
 def self_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-class BlackHole:
-    """A loopback TCP listener that accepts every connection and never reads nor answers."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind((LOOPBACK, 0))
-        self.sock.listen(128)
-        self.sock.settimeout(0.2)
-        self.port = int(self.sock.getsockname()[1])
-        self.accepted: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-black-hole", daemon=True)
-        self._thread.start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted.append(conn)  # kept open, never read
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-        for conn in self.accepted:
-            conn.close()
 
 
 class LatencyChild:
@@ -508,7 +470,8 @@ class Bench:
         path.unlink()
         env = {**self.env, "BENCH_LEASE_TIMEOUT": "2"}
         argv = [sys.executable, "-m", "benchmarks._timed", "run_transfer", storage.alias, name]
-        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        proc = ManagedProcess("row3-transfer", log_path=self.tmp / "row3.log", cwd=ROOT)
+        proc.start(argv, env=env)
         part = qs.MULTIPART_CHUNKSIZE
         parts = -(-size // part)
         deadline = time.monotonic() + 300
@@ -518,8 +481,7 @@ class Bench:
             if row is not None and len(row.parts) >= parts // 2:
                 break
             time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.kill()
         row = StoredFile.get_row(storage.alias, name)
         assert row is not None and row.upload_id, "the transfer did not start a multipart upload"
         listed = self.client.list_parts(Bucket=BUCKET, Key=name, UploadId=row.upload_id)
@@ -557,7 +519,7 @@ class Bench:
         from django.core.files.storage import storages
 
         from queued_storage.models import State, StoredFile
-        from tests.workers import CeleryWorker
+        from tests.harness.workers import CeleryWorker
 
         count = 150 if self.quick else 500
         rounds = 3
@@ -786,11 +748,16 @@ class Bench:
             flush=True,
         )
         self.reset_s3()
-        hole = BlackHole()
+        assert self.stack.moto is not None
+        # The tests' HTTP fault proxy in front of moto, black-holed: it accepts connections and
+        # never answers.
+        hole = HttpFaultProxy((LOOPBACK, self.stack.moto.port), name="bench-black-hole")
+        hole.start()
+        hole.black_hole()
         endpoints = {
             "healthy": self.env["QS_TEST_S3_DIRECT_ENDPOINT"],
             "refused": f"http://{LOOPBACK}:{free_port()}",
-            "black-holed": hole.endpoint,
+            "black-holed": hole.endpoint_url,
         }
         sqlite = self.tmp / "row6-ledger.sqlite3"
         configs: list[tuple[str, str, str, str]] = [
@@ -832,7 +799,7 @@ class Bench:
             for child in children.values():
                 if child.alive:
                     child.stop()
-            hole.close()
+            hole.stop()
             app.control.purge()  # the dispatched transfers: no worker is meant to run them
             StoredFile.objects.filter(name__startswith="row6/").delete()
             staging = Path(storages["default"].local.location) / "row6"

@@ -1,9 +1,9 @@
 """Upload views under load: memory of the web process, and many clients at once.
 
 ``python benchmarks/bench_uploads.py [--quick]`` starts its own Redis, moto S3 server and
-PostgreSQL (``tests/services.py``), the web servers (``tests/webservers.py``: gunicorn with
-gthread workers, uvicorn with queued_storage's streaming ASGI handler, and uvicorn with
-Django's own ``ASGIHandler`` for comparison) serving the test project on PostgreSQL, and
+PostgreSQL (``tests/harness/services.py``), the web servers (``tests/harness/webservers.py``:
+gunicorn with gthread workers, uvicorn with queued_storage's streaming ASGI handler, and uvicorn
+with Django's own ``ASGIHandler`` for comparison) serving the test project on PostgreSQL, and
 measures, without asserting anything:
 
 1. ``big``: one raw ``PUT`` of 1 GiB (``--quick``: 128 MiB) per server. Idle RSS of the web
@@ -35,8 +35,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.services import ServiceStack  # noqa: E402
-from tests.webservers import DjangoServer, peak_rss_kib, peak_rss_reset  # noqa: E402
+from benchmarks.bench import make_file  # noqa: E402
+from tests.harness.services import ServiceStack  # noqa: E402
+from tests.harness.webservers import (  # noqa: E402
+    DjangoServer,
+    peak_rss_kib,
+    peak_rss_reset,
+    rss_kib,
+)
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -80,24 +86,6 @@ class Row:
     peak_rss_mib: float
     growth_mib: float
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def make_file(path: Path, size: int) -> Path:
-    block = os.urandom(8 * MiB)
-    with path.open("wb") as fh:
-        left = size
-        while left:
-            n = min(left, len(block))
-            fh.write(block[:n])
-            left -= n
-    return path
 
 
 class Bench:

@@ -1,7 +1,7 @@
 """Where a small file's time goes: cProfile of ``run_transfer`` and of ``QueuedStorage.save()``.
 
 ``python benchmarks/profile_paths.py [--count 200] [--top 30]`` starts its own Redis, moto S3
-server and PostgreSQL (``tests/services.py``), and in this one process, with the benchmark
+server and PostgreSQL (``tests/harness/services.py``), and in this one process, with the benchmark
 settings (ledger on PostgreSQL):
 
 * ``save``: profiles ``storages["default"].save()`` of COUNT files of 16 KiB in autocommit (the
@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.services import ServiceStack  # noqa: E402
+from tests.harness.services import ServiceStack  # noqa: E402
 
 BUCKET = "bench-bucket"
 

@@ -12,33 +12,42 @@ superuser ``admin``/``admin`` is created (a local demo only), a Celery worker is
   Exit status 0 when every check passes, 1 otherwise (with the tail of the worker's log).
 
 Every child process runs in its own process group (Ctrl-C in the terminal reaches only this
-launcher) and is stopped when the launcher exits, also after an error.
+launcher) and is stopped when the launcher exits, also after an error: the life cycle of
+``qs_dev.processes.ManagedProcess``, shared with the test harness and the benchmarks (``qs_dev``
+is development tooling at the repository's root, not test code; this script puts the root on
+``sys.path``).
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import hashlib
-import http.client
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-LOOPBACK = "127.0.0.1"
+if str(REPO) not in sys.path:  # qs_dev: the repository's development tooling, not installed
+    sys.path.insert(0, str(REPO))
+
+from qs_dev.processes import (  # noqa: E402
+    LOOPBACK,
+    ManagedProcess,
+    free_port,
+    http_status,
+    port_is_free,
+)
+
 SETTINGS_MODULE = "example.settings"
 DEFAULT_PORT = 8000
 SMOKE_SIZE = 1024 * 1024 + 321  # ~1 MiB, not a multiple of any block size
@@ -72,38 +81,9 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-# --- ports and probes --------------------------------------------------------------------------
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def http_status(port: int, path: str, timeout: float = 2.0) -> int | None:
-    """The status of ``GET path`` on the loopback port, or ``None`` if nothing answers."""
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return int(response.status)
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()
-
-
+# --- waiting and child processes -------------------------------------------------------------
 def wait_until(
-    what: str, probe: Callable[[], T | None], timeout: float, alive: Child | None = None
+    what: str, probe: Callable[[], T | None], timeout: float, alive: ManagedProcess | None = None
 ) -> T:
     """Poll *probe* until it returns a value that is not ``None``/false; fail after *timeout*."""
     deadline = time.monotonic() + timeout
@@ -119,100 +99,26 @@ def wait_until(
         time.sleep(0.1)
 
 
-# --- child processes ---------------------------------------------------------------------------
-class Child:
-    """A subprocess in its own process group, its output in ``<data>/<name>.log``.
-
-    With ``echo``, each output line is also printed to the terminal, prefixed with the name.
-    """
-
-    def __init__(
-        self, name: str, argv: list[str], log_path: Path, env: dict[str, str], *, echo: bool
-    ) -> None:
-        self.name = name
-        self.argv = argv
-        self.log_path = log_path
-        self.env = env
-        self.echo = echo
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-        self._pump: threading.Thread | None = None
-        #: Seconds to wait after SIGTERM (a worker finishes the transfer it is running).
-        self.stop_timeout = 10.0
-
-    def start(self) -> None:
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            self.argv,
-            cwd=HERE,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if self.echo else self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a process group of its own, away from the terminal's ^C
-        )
-        CHILDREN.append(self)
-        if self.echo:
-            self._pump = threading.Thread(target=self._copy_output, daemon=True)
-            self._pump.start()
-
-    def _copy_output(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None and self._log is not None
-        prefix = f"{self.name:>6} | "
-        for line in iter(self.proc.stdout.readline, b""):
-            with contextlib.suppress(ValueError, OSError):  # closed by stop()
-                self._log.write(line)
-                self._log.flush()
-                sys.stdout.write(prefix + line.decode("utf-8", "replace"))
-                sys.stdout.flush()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def stop(self, timeout: float | None = None) -> None:
-        """SIGTERM to the process group, SIGKILL after *timeout*; idempotent."""
-        if timeout is None:
-            timeout = self.stop_timeout
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        # Whatever the leader left behind in its group (the group id outlives the leader
-        # only while members remain, so this cannot hit an unrelated process).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        if self._pump is not None:
-            self._pump.join(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        if self._log is not None:
-            self._log.close()
-        self.proc = None
+CHILDREN: list[ManagedProcess] = []
 
 
-CHILDREN: list[Child] = []
+def start_child(
+    name: str, argv: list[str], data: Path, *, echo: bool, stop_timeout: float = 10.0
+) -> ManagedProcess:
+    """Start a child in its own process group (Ctrl-C in the terminal reaches only this
+    launcher), its output in ``<data>/<name>.log`` (with ``echo``, also printed, each line
+    prefixed with the name); ``stop_timeout``: seconds between SIGTERM and SIGKILL."""
+    child = ManagedProcess(
+        name,
+        log_path=data / f"{name}.log",
+        cwd=HERE,
+        echo=echo,
+        append=False,
+        stop_timeout=stop_timeout,
+    )
+    child.start(argv, env=child_env())
+    CHILDREN.append(child)
+    return child
 
 
 def stop_all() -> None:
@@ -238,21 +144,14 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def start_moto(data: Path) -> tuple[Child, int]:
+def start_moto(data: Path) -> tuple[ManagedProcess, int]:
     port = free_port()
-    moto = Child(
-        "moto",
-        [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)],
-        data / "moto.log",
-        child_env(),
-        echo=False,
-    )
-    moto.start()
-    return moto, port
+    argv = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)]
+    return start_child("moto", argv, data, echo=False), port
 
 
-def start_worker(data: Path, *, echo: bool) -> Child:
-    worker = Child(
+def start_worker(data: Path, *, echo: bool) -> ManagedProcess:
+    return start_child(
         "worker",
         [
             sys.executable,
@@ -273,13 +172,10 @@ def start_worker(data: Path, *, echo: bool) -> Child:
             "--hostname",
             f"demo-{os.getpid()}@%h",
         ],
-        data / "worker.log",
-        child_env(),
+        data,
         echo=echo,
+        stop_timeout=30.0,  # the worker finishes the transfer it is running
     )
-    worker.stop_timeout = 30.0
-    worker.start()
-    return worker
 
 
 def setup_django() -> None:
@@ -350,7 +246,7 @@ def ensure_bucket() -> str:
     return bucket
 
 
-def wait_worker_ready(worker: Child, timeout: float = 60.0) -> None:
+def wait_worker_ready(worker: ManagedProcess, timeout: float = 60.0) -> None:
     wait_until(
         "waiting for the Celery worker to be ready",
         lambda: " ready." in worker.log_text(),
@@ -366,7 +262,7 @@ def check(condition: bool, message: str) -> None:
         raise DemoError(message)
 
 
-def smoke(worker: Child, endpoint: str | None) -> None:
+def smoke(worker: ManagedProcess, endpoint: str | None) -> None:
     """Save ~1 MiB, check it end to end: local before commit, S3 after the transfer."""
     import requests
     from django.core.files.base import ContentFile
@@ -424,15 +320,15 @@ def smoke(worker: Child, endpoint: str | None) -> None:
     upload.delete()
 
 
-def serve(port: int, worker: Child, moto: Child | None, bucket: str, data: Path) -> None:
-    web = Child(
+def serve(
+    port: int, worker: ManagedProcess, moto: ManagedProcess | None, bucket: str, data: Path
+) -> None:
+    web = start_child(
         "web",
         [sys.executable, "manage.py", "runserver", f"{LOOPBACK}:{port}", "--noreload"],
-        data / "web.log",
-        child_env(),
+        data,
         echo=True,
     )
-    web.start()
     wait_until(
         "waiting for the development server",
         lambda: http_status(port, "/admin/login/") is not None,
@@ -474,9 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     data.mkdir(parents=True, exist_ok=True)
     os.environ["QS_DEMO_DIR"] = str(data)
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    worker: Child | None = None
+    worker: ManagedProcess | None = None
     try:
-        moto: Child | None = None
+        moto: ManagedProcess | None = None
         endpoint = os.environ.get("DEMO_S3_ENDPOINT_URL") or None
         if endpoint is None and not os.environ.get("DEMO_S3_BUCKET"):
             moto, moto_port = start_moto(data)

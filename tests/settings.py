@@ -1,14 +1,17 @@
-"""Settings of the test suite.
+"""Settings of the test suite. They read the services from the environment and start nothing.
 
-Importing this module starts the real services the suite uses (Redis, a moto S3 server,
-PostgreSQL, fault proxies) unless the environment already describes them (the Celery worker
-processes inherit that description from the test run). ``QUEUED_STORAGE_TEST_STRICT=1`` makes a
-service that cannot start an error instead of a skip. ``QS_TEST_NO_SERVICES=1`` skips services
-altogether (used by ``makemigrations --check``).
+``tests/conftest.py`` starts the real services the suite uses (Redis, a moto S3 server,
+PostgreSQL, fault proxies) in ``pytest_configure``, before Django loads these settings, and
+describes them in ``QS_TEST_*`` variables (``tests.harness.services.ServiceStack.env``) that the
+Celery workers and web servers the tests start inherit. Without them (``QS_TEST_NO_SERVICES=1``,
+used by mypy and ``makemigrations --check``, or settings loaded outside a pytest run) every
+service is unavailable: the tests that need one skip, or fail under
+``QUEUED_STORAGE_TEST_STRICT=1``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -20,15 +23,13 @@ if os.environ.get("QS_TEST_NO_SERVICES"):
     UNAVAILABLE: dict[str, str] = {"all": "QS_TEST_NO_SERVICES is set"}
 elif "QS_TEST_WORKDIR" in os.environ:
     ENV = {k: v for k, v in os.environ.items() if k.startswith("QS_TEST_")}
-    UNAVAILABLE = {}
+    UNAVAILABLE = dict(json.loads(ENV.get("QS_TEST_UNAVAILABLE", "{}")))
 else:
-    from tests.services import ServiceStack
-
-    _STACK = ServiceStack(strict=STRICT, bucket="qs-test")
-    _STACK.start()
-    ENV = _STACK.env()
-    UNAVAILABLE = dict(_STACK.unavailable)
-    os.environ.update(ENV)
+    ENV = {"QS_TEST_WORKDIR": tempfile.mkdtemp(prefix="qs-test-")}
+    UNAVAILABLE = {
+        "all": "no QS_TEST_* variables in the environment (tests/conftest.py starts the "
+        "services and sets them in a pytest run)"
+    }
 
 WORKDIR = Path(ENV["QS_TEST_WORKDIR"])
 STAGING_ROOT = WORKDIR / "staging"

@@ -24,7 +24,6 @@ from queued_storage.exceptions import QueuedStorageConfigError, StorageNotFound
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
 from queued_storage.worker import Outcome, run_transfer
-from tests.conftest import need
 from tests.testapp.models import Document
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -46,16 +45,6 @@ def roots(tmp_path: Path, clean: Any) -> Any:
 
     storage.written = written  # type: ignore[attr-defined]
     return storage
-
-
-@pytest.fixture
-def s3_proxy(clean: Any) -> Any:
-    need("s3_proxy")
-    from tests import settings as test_settings
-
-    proxy = test_settings._STACK.s3_proxy
-    proxy.clear_log()
-    return proxy
 
 
 def assert_nothing_written(storage: Any, clean: Any) -> None:

@@ -1,7 +1,9 @@
-"""Each system check id fires on its misconfiguration, and the checks are bound."""
+"""Each system check id fires on its misconfiguration, grouped by id (E001-E015, W001, W002,
+W011; W010 reads the ledger and is tested in ``test_reconcile.py``), and the checks are bound."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -9,7 +11,12 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
-from queued_storage.checks import check_queued_storages, check_settings
+from queued_storage.checks import (
+    check_queued_storages,
+    check_reliability_settings,
+    check_settings,
+    check_upload_settings,
+)
 
 
 def _ids(messages: list[Any]) -> list[str]:
@@ -25,11 +32,43 @@ def _storages(**options: Any) -> dict[str, Any]:
     }
 
 
+def _assert_upload_check(setting: str, value: Any, text: str, check_id: str) -> None:
+    with override_settings(**{f"QUEUED_STORAGE_{setting}": value}):
+        messages = check_upload_settings()
+    assert _ids(messages) == [f"queued_storage.{check_id}"]
+    assert text in messages[0].msg
+
+
+@pytest.fixture
+def celery_conf() -> Iterator[Any]:
+    from celery import current_app
+
+    conf = current_app.conf
+    saved = (conf.broker_url, conf.broker_transport_options)
+    yield conf
+    conf.broker_url, conf.broker_transport_options = saved
+
+
+# --- a configured project -----------------------------------------------------------------
 def test_configured_project_has_no_messages() -> None:
     assert check_queued_storages() == []
     assert check_settings() == []
 
 
+def test_configured_project_has_no_reliability_messages() -> None:
+    assert check_reliability_settings() == []
+
+
+def test_test_settings_have_no_upload_messages() -> None:
+    assert check_upload_settings() == []
+
+
+@override_settings(QUEUED_STORAGE_NGINX_SECRET=None, QUEUED_STORAGE_NGINX_UPLOAD_DIR=None)
+def test_defaults_have_no_upload_messages() -> None:
+    assert check_upload_settings() == []
+
+
+# --- E001-E007: storages and settings --------------------------------------------------------
 def test_e001_local_alias_missing() -> None:
     with override_settings(STORAGES=_storages(local="nope", remote="s3")):
         messages = check_queued_storages()
@@ -82,6 +121,108 @@ def test_e007_invalid_option() -> None:
     assert "Invalid option 'dleayed' for QueuedStorage" in messages[0].msg
 
 
+# --- E008-E009: the upload storage and sizes -----------------------------------------------
+@pytest.mark.parametrize("alias", ["nope", "staging", "s3"])
+def test_e008_upload_storage_is_not_a_queued_storage(alias: str) -> None:
+    with override_settings(QUEUED_STORAGE_UPLOAD_STORAGE=alias):
+        messages = check_upload_settings()
+    assert _ids(messages) == ["queued_storage.E008"]
+    assert messages[0].msg == (
+        f"QUEUED_STORAGE_UPLOAD_STORAGE is {alias!r}, which is not the alias of a QueuedStorage "
+        "in STORAGES."
+    )
+
+
+def test_e008_silent_for_a_queued_storage_alias() -> None:
+    with override_settings(QUEUED_STORAGE_UPLOAD_STORAGE="queued_fs"):
+        assert check_upload_settings() == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "text"),
+    [
+        ("UPLOAD_MAX_BYTES", 0, "QUEUED_STORAGE_UPLOAD_MAX_BYTES must be a positive integer"),
+        ("UPLOAD_MAX_BYTES", "5G", "QUEUED_STORAGE_UPLOAD_MAX_BYTES must be a positive integer"),
+        ("UPLOAD_CHUNK_SIZE", -1, "QUEUED_STORAGE_UPLOAD_CHUNK_SIZE must be a positive integer"),
+    ],
+)
+def test_e009_upload_sizes_not_positive_integers(setting: str, value: Any, text: str) -> None:
+    _assert_upload_check(setting, value, text, "E009")
+
+
+# --- E010-E011: the staging budget and the reconcile pass ------------------------------------
+@pytest.mark.parametrize("value", [None, 1, 50 * 1024**3])
+def test_e010_silent_for_none_or_a_positive_budget(value: Any) -> None:
+    with override_settings(QUEUED_STORAGE_STAGING_BUDGET=value):
+        assert check_reliability_settings() == []
+
+
+@pytest.mark.parametrize("value", [0, -1, "10G", 2.5, True])
+def test_e010_staging_budget_not_a_positive_integer(value: Any) -> None:
+    with override_settings(QUEUED_STORAGE_STAGING_BUDGET=value):
+        messages = check_reliability_settings()
+    assert _ids(messages) == ["queued_storage.E010"]
+    assert messages[0].msg == (
+        f"QUEUED_STORAGE_STAGING_BUDGET must be None or a positive number of bytes, got {value!r}."
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("RECONCILE_AFTER", 0),
+        ("RECONCILE_AFTER", "15m"),
+        ("RECONCILE_BATCH", 0),
+        ("RECONCILE_BATCH", 2.5),
+        ("RECONCILE_BATCH", None),
+    ],
+)
+def test_e011_reconcile_settings_positive(setting: str, value: Any) -> None:
+    with override_settings(**{f"QUEUED_STORAGE_{setting}": value}):
+        messages = check_reliability_settings()
+    assert _ids(messages) == ["queued_storage.E011"]
+    assert f"QUEUED_STORAGE_{setting} must be a positive number of" in messages[0].msg
+
+
+# --- E012-E015: the upload hooks and nginx ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("no.such.hook", "QUEUED_STORAGE_UPLOAD_AUTHORIZER 'no.such.hook'"),
+        ("queued_storage.conf.MiB", "must be the dotted path of a function"),
+    ],
+)
+def test_e012_authorizer_is_not_a_function(value: Any, text: str) -> None:
+    _assert_upload_check("UPLOAD_AUTHORIZER", value, text, "E012")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "text"),
+    [
+        ("UPLOAD_PERMISSION", "add_storedfile", "QUEUED_STORAGE_UPLOAD_PERMISSION must be None"),
+        ("STATUS_PERMISSION", 3, "QUEUED_STORAGE_STATUS_PERMISSION must be None"),
+    ],
+)
+def test_e013_invalid_permission_settings(setting: str, value: Any, text: str) -> None:
+    _assert_upload_check(setting, value, text, "E013")
+
+
+def test_e014_relative_nginx_upload_dir() -> None:
+    _assert_upload_check(
+        "NGINX_UPLOAD_DIR", "relative/dir", "QUEUED_STORAGE_NGINX_UPLOAD_DIR must be None", "E014"
+    )
+
+
+def test_e015_empty_nginx_secret() -> None:
+    _assert_upload_check(
+        "NGINX_SECRET",
+        "",
+        "QUEUED_STORAGE_NGINX_SECRET must be None or a non-empty string",
+        "E015",
+    )
+
+
+# --- W001-W002, W011 ------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "backend",
     [
@@ -101,10 +242,50 @@ def test_w001_silent_when_celery_is_eager() -> None:
         assert check_settings() == []
 
 
+def test_w002_nginx_directory_without_a_secret() -> None:
+    with override_settings(QUEUED_STORAGE_NGINX_SECRET=None):
+        messages = check_upload_settings()
+    assert _ids(messages) == ["queued_storage.W002"]
+    assert "QUEUED_STORAGE_NGINX_SECRET is not" in messages[0].msg
+
+
+def test_w011_visibility_timeout_shorter_than_the_longest_retry_delay(celery_conf: Any) -> None:
+    celery_conf.broker_url = "redis://127.0.0.1:1/0"
+    celery_conf.broker_transport_options = {"visibility_timeout": 600}
+    with override_settings(QUEUED_STORAGE_RETRY_MAX_DELAY=3600):
+        messages = check_reliability_settings()
+        assert _ids(messages) == ["queued_storage.W011"]
+        assert "visibility_timeout (600 s) is shorter than QUEUED_STORAGE_RETRY_MAX_DELAY" in (
+            messages[0].msg
+        )
+        celery_conf.broker_transport_options = {}  # Redis' default: 3600 s
+        assert check_reliability_settings() == []
+        celery_conf.broker_url = "amqp://127.0.0.1//"  # RabbitMQ has no visibility timeout
+        celery_conf.broker_transport_options = {"visibility_timeout": 600}
+        assert check_reliability_settings() == []
+
+
+# --- every check function is registered --------------------------------------------------
 def test_checks_are_bound() -> None:
     with (
         override_settings(QUEUED_STORAGE_RETRIES=0),
         pytest.raises(SystemCheckError, match=r"queued_storage\.E004"),
+    ):
+        call_command("check")
+
+
+def test_reliability_checks_are_bound() -> None:
+    with (
+        override_settings(QUEUED_STORAGE_STAGING_BUDGET=-1),
+        pytest.raises(SystemCheckError, match=r"queued_storage\.E010"),
+    ):
+        call_command("check")
+
+
+def test_upload_checks_are_bound() -> None:
+    with (
+        override_settings(QUEUED_STORAGE_UPLOAD_STORAGE="staging"),
+        pytest.raises(SystemCheckError, match=r"queued_storage\.E008"),
     ):
         call_command("check")
 

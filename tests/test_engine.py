@@ -1,5 +1,6 @@
-"""The S3 engine against the real S3 server: resume, abort, conditional commit, checksums,
-progress. The HTTP fault proxy's request log shows what was actually sent.
+"""``queued_storage.transfer`` (the engine and its S3 adapter) against the real S3 server:
+resume, abort, conditional commit, checksums, progress, error classification. The HTTP fault
+proxy's request log shows what was actually sent.
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 
 from queued_storage import state as file_state
-from queued_storage._s3.upload import Part, Resume, choose_part_size, s3_transfer
-from queued_storage.exceptions import ChecksumMismatch, PermanentTransferError
+from queued_storage._s3.upload import choose_part_size, s3_transfer  # no public seam yet
+from queued_storage.exceptions import (
+    ChecksumMismatch,
+    PermanentTransferError,
+    TransientTransferError,
+)
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
-from queued_storage.transfer import EngineConfig, transfer_file
+from queued_storage.transfer import EngineConfig, Part, Resume, classify_error, transfer_file
 from queued_storage.worker import Heartbeat, LedgerCheckpoint, Outcome, run_transfer
-from tests.conftest import direct_s3_client, need, wait_for
+from tests.harness.suite import direct_s3_client, open_uploads, s3_bytes, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,17 +45,6 @@ CONFIG = EngineConfig(
 CRC32 = dataclasses.replace(CONFIG, checksum="crc32")
 
 
-@pytest.fixture
-def proxy(clean: Any) -> Any:
-    need("s3_proxy")
-    from tests import settings as test_settings
-
-    found = test_settings._STACK.s3_proxy
-    found.clear_log()
-    yield found
-    found.come_up()
-
-
 def storage(**options: Any) -> QueuedStorage:
     return QueuedStorage(local="staging", remote="s3", delayed=True, **options)
 
@@ -58,10 +52,6 @@ def storage(**options: Any) -> QueuedStorage:
 def part_uploads(proxy: Any) -> list[str]:
     """Query strings of the UploadPart requests the proxy saw."""
     return [r[2] for r in proxy.requests if r[0] == "PUT" and "partNumber=" in r[2]]
-
-
-def open_uploads(client: Any) -> list[Any]:
-    return list(client.list_multipart_uploads(Bucket=settings.BUCKET).get("Uploads", []))
 
 
 class Crash(BaseException):
@@ -99,7 +89,7 @@ def test_part_size_respects_s3_limits() -> None:
     assert huge / size <= 10_000
 
 
-def test_resume_sends_only_the_missing_parts(proxy: Any) -> None:
+def test_resume_sends_only_the_missing_parts(s3_proxy: Any) -> None:
     s = storage()
     data = os.urandom(6 * PART + 123)  # 7 parts
     name = s.save("resume.bin", ContentFile(data))
@@ -109,27 +99,23 @@ def test_resume_sends_only_the_missing_parts(proxy: Any) -> None:
         recorded = len(row.parts)
         assert row.upload_id and recorded >= 3
         first_upload = row.upload_id
-        proxy.clear_log()
+        s3_proxy.clear_log()
         assert run_transfer(s.alias, name) is Outcome.TRANSFERRED
-    resent = part_uploads(proxy)
+    resent = part_uploads(s3_proxy)
     print(f"parts recorded before the crash: {recorded}, parts sent on resume: {len(resent)}")
     assert len(resent) == 7 - recorded
     assert all(f"uploadId={first_upload}" in q for q in resent)
     row = StoredFile.get_row(s.alias, name)
     assert row is not None and row.state == State.REMOTE
     assert (row.upload_id, row.parts) == ("", [])
-    assert clean_bytes(name) == data
+    assert s3_bytes(s3(), name) == data
     assert open_uploads(s3()) == []
 
 
 s3 = direct_s3_client
 
 
-def clean_bytes(key: str) -> bytes:
-    return s3().get_object(Bucket=settings.BUCKET, Key=key)["Body"].read()  # type: ignore[no-any-return]
-
-
-def test_resume_starts_over_when_the_file_changed(proxy: Any) -> None:
+def test_resume_starts_over_when_the_file_changed(s3_proxy: Any) -> None:
     s = storage()
     name = s.save("changed.bin", ContentFile(os.urandom(3 * PART)))
     with pytest.MonkeyPatch.context() as mp:
@@ -138,12 +124,12 @@ def test_resume_starts_over_when_the_file_changed(proxy: Any) -> None:
         new_data = os.urandom(3 * PART)
         Path(s.local.path(name)).write_bytes(new_data)
         assert run_transfer(s.alias, name) is Outcome.TRANSFERRED
-    assert clean_bytes(name) == new_data
+    assert s3_bytes(s3(), name) == new_data
     assert all(u["UploadId"] != old for u in open_uploads(s3()))
     assert open_uploads(s3()) == []  # the stale upload was aborted
 
 
-def test_final_failure_aborts_the_open_upload(proxy: Any) -> None:
+def test_final_failure_aborts_the_open_upload(s3_proxy: Any) -> None:
     s = storage()
     name = s.save("doomed.bin", ContentFile(os.urandom(3 * PART)))
     with pytest.MonkeyPatch.context() as mp:
@@ -157,7 +143,7 @@ def test_final_failure_aborts_the_open_upload(proxy: Any) -> None:
     assert row is not None and row.upload_id == "" and "missing" in row.last_error
 
 
-def test_delete_aborts_the_open_upload(proxy: Any) -> None:
+def test_delete_aborts_the_open_upload(s3_proxy: Any) -> None:
     s = storage()
     name = s.save("deleted.bin", ContentFile(os.urandom(3 * PART)))
     crash_after(s, name, 1)
@@ -168,29 +154,29 @@ def test_delete_aborts_the_open_upload(proxy: Any) -> None:
 
 
 @pytest.mark.parametrize("size", [MiB, 2 * PART + 5], ids=["single-put", "multipart"])
-def test_commit_never_overwrites_a_different_object(proxy: Any, size: int) -> None:
+def test_commit_never_overwrites_a_different_object(s3_proxy: Any, size: int) -> None:
     s = storage()
     name = s.save(f"taken-{size}.bin", ContentFile(os.urandom(size)))
     s3().put_object(Bucket=settings.BUCKET, Key=name, Body=b"someone else's")
     with pytest.raises(PermanentTransferError, match="already holds a different object"):
         transfer_file(s.local, s.remote, name, config=CONFIG)
-    assert clean_bytes(name) == b"someone else's"
+    assert s3_bytes(s3(), name) == b"someone else's"
     assert open_uploads(s3()) == []
 
 
 @pytest.mark.parametrize("size", [MiB, 2 * PART + 5], ids=["single-put", "multipart"])
-def test_retry_finding_its_own_verified_object_succeeds(proxy: Any, size: int) -> None:
+def test_retry_finding_its_own_verified_object_succeeds(s3_proxy: Any, size: int) -> None:
     s = storage()
     data = os.urandom(size)
     name = s.save(f"again-{size}.bin", ContentFile(data))
     first = transfer_file(s.local, s.remote, name, config=CONFIG)
     again = transfer_file(s.local, s.remote, name, config=CONFIG)
     assert again == first
-    assert clean_bytes(name) == data
+    assert s3_bytes(s3(), name) == data
     assert open_uploads(s3()) == []
 
 
-def test_file_changed_between_read_and_verify_fails(proxy: Any) -> None:
+def test_file_changed_between_read_and_verify_fails(s3_proxy: Any) -> None:
     s = storage()
     name = s.save("moving.bin", ContentFile(os.urandom(3 * PART)))
     path = Path(s.local.path(name))
@@ -205,7 +191,7 @@ def test_file_changed_between_read_and_verify_fails(proxy: Any) -> None:
     assert s3().list_objects_v2(Bucket=settings.BUCKET).get("KeyCount") == 0
 
 
-def test_changed_file_is_never_recorded_remote(proxy: Any) -> None:
+def test_changed_file_is_never_recorded_remote(s3_proxy: Any) -> None:
     s = storage()
     data = os.urandom(2 * PART)
     name = s.save("never-remote.bin", ContentFile(data))
@@ -227,7 +213,7 @@ def test_changed_file_is_never_recorded_remote(proxy: Any) -> None:
     assert s.using_local(name)
 
 
-def test_single_put_checks_the_server_md5(proxy: Any) -> None:
+def test_single_put_checks_the_server_md5(s3_proxy: Any) -> None:
     s = storage()
     data = b"tiny" * 1000
     name = s.save("tiny.bin", ContentFile(data))
@@ -237,7 +223,7 @@ def test_single_put_checks_the_server_md5(proxy: Any) -> None:
     assert head["ETag"].strip('"') == result.checksum
 
 
-def test_multipart_checksum_is_the_server_etag(proxy: Any) -> None:
+def test_multipart_checksum_is_the_server_etag(s3_proxy: Any) -> None:
     s = storage()
     data = os.urandom(2 * PART + 1)
     name = s.save("three.bin", ContentFile(data))
@@ -248,7 +234,7 @@ def test_multipart_checksum_is_the_server_etag(proxy: Any) -> None:
     assert s3().head_object(Bucket=settings.BUCKET, Key=name)["ETag"].strip('"') == expected
 
 
-def test_progress_is_reported_in_order_up_to_the_total(proxy: Any) -> None:
+def test_progress_is_reported_in_order_up_to_the_total(s3_proxy: Any) -> None:
     s = storage()
     size = 4 * PART + 9
     name = s.save("progress.bin", ContentFile(os.urandom(size)))
@@ -291,7 +277,7 @@ def test_get_progress_of_a_finished_transfer(clean: Any) -> None:
     assert s.get_progress("unknown.bin") is None
 
 
-def test_resume_without_a_ledger_still_works_with_a_resume_object(proxy: Any) -> None:
+def test_resume_without_a_ledger_still_works_with_a_resume_object(s3_proxy: Any) -> None:
     """The engine takes a Resume from any caller (the ledger is only one source)."""
     s = storage()
     data = os.urandom(2 * PART + 3)
@@ -310,13 +296,13 @@ def test_resume_without_a_ledger_still_works_with_a_resume_object(proxy: Any) ->
         source=f"md5:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}",
         parts=[Part(1, etag, hashlib.md5(first).hexdigest(), PART)],
     )
-    proxy.clear_log()
+    s3_proxy.clear_log()
     transfer_file(s.local, s.remote, name, config=CONFIG, resume=resume)
-    assert len(part_uploads(proxy)) == 2
-    assert clean_bytes(name) == data
+    assert len(part_uploads(s3_proxy)) == 2
+    assert s3_bytes(s3(), name) == data
 
 
-def test_crc32_mode_records_the_servers_composite_crc32(proxy: Any) -> None:
+def test_crc32_mode_records_the_servers_composite_crc32(s3_proxy: Any) -> None:
     s = storage()
     data = os.urandom(2 * PART + 5)
     name = s.save("crc.bin", ContentFile(data))
@@ -326,10 +312,10 @@ def test_crc32_mode_records_the_servers_composite_crc32(proxy: Any) -> None:
     assert (result.algorithm, result.checksum) == ("s3-composite-crc32", f"{composite}-3")
     head = s3().head_object(Bucket=settings.BUCKET, Key=name, ChecksumMode="ENABLED")
     assert head["ChecksumCRC32"] == composite  # moto reports it without "-<parts>"
-    assert clean_bytes(name) == data
+    assert s3_bytes(s3(), name) == data
 
 
-def test_crc32_mode_sends_a_small_file_as_one_put_checked_by_etag(proxy: Any) -> None:
+def test_crc32_mode_sends_a_small_file_as_one_put_checked_by_etag(s3_proxy: Any) -> None:
     s = storage()
     data = os.urandom(MiB)
     name = s.save("crc-small.bin", ContentFile(data))
@@ -375,3 +361,32 @@ def test_moto_builds_the_composite_crc32_from_the_bytes_not_the_headers(clean: A
 
 def crc(data: bytes) -> bytes:
     return zlib.crc32(data).to_bytes(4, "big")
+
+
+def test_classify_error_sorts_transient_and_permanent() -> None:
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    def client_error(code: str, status: int) -> ClientError:
+        response: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return ClientError(response, "PutObject")
+
+    for transient in (
+        client_error("SlowDown", 503),
+        client_error("InternalError", 500),
+        client_error("RequestTimeout", 400),
+        client_error("Throttling", 429),
+        EndpointConnectionError(endpoint_url="http://x"),
+    ):
+        assert isinstance(classify_error(transient, "f"), TransientTransferError), transient
+    for permanent in (
+        client_error("AccessDenied", 403),
+        client_error("NoSuchBucket", 404),
+        client_error("InvalidAccessKeyId", 403),
+    ):
+        assert isinstance(classify_error(permanent, "f"), PermanentTransferError), permanent
+    # boto3 wraps client errors in S3UploadFailedError: the cause is still found.
+    from boto3.exceptions import S3UploadFailedError
+
+    wrapped = S3UploadFailedError("Failed to upload")
+    wrapped.__context__ = client_error("AccessDenied", 403)
+    assert isinstance(classify_error(wrapped, "f"), PermanentTransferError)

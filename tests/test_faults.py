@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from django.conf import settings
 from django.core.files import File
 from django.core.files.base import ContentFile
@@ -36,22 +35,14 @@ from django.test import override_settings
 
 from queued_storage.models import State, StoredFile
 from queued_storage.reconcile import reconcile
-from tests.conftest import wait_for
-from tests.workers import PROJECT_ROOT
+from tests.harness.services import ServiceStack
+from tests.harness.suite import open_uploads, redis_client, remote_keys, wait_for
+from tests.harness.workers import PROJECT_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 MiB = 1024 * 1024
 BLOCK = os.urandom(MiB)
-
-
-def stack() -> Any:
-    from tests import settings as test_settings
-
-    found = getattr(test_settings, "_STACK", None)
-    if found is None:
-        pytest.fail("the fault proxies belong to the process that started the services")
-    return found
 
 
 def figures(capsys: Any, test: str, **values: Any) -> None:
@@ -112,33 +103,24 @@ def states(alias: str, names: list[str]) -> dict[str, str | None]:
     return {name: found.get(name) for name in names}
 
 
-def remote_keys(client: Any) -> list[str]:
-    keys: list[str] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.BUCKET):
-        keys.extend(o["Key"] for o in page.get("Contents", []))
-    return sorted(keys)
-
-
-def open_uploads(client: Any) -> list[Any]:
-    return list(client.list_multipart_uploads(Bucket=settings.BUCKET).get("Uploads", []))
-
-
-def reset_moto(client: Any) -> None:
-    """Drop moto's data (big tests keep hundreds of MiB in its memory) and recreate the bucket."""
-    stack().moto.reset()
-    client.create_bucket(Bucket=settings.BUCKET)
-
-
 def lost_count(alias: str) -> int:
     """Files of *alias* not on the remote whose local copy is gone, by the reconcile pass."""
     return reconcile(aliases=[alias]).lost_total
 
 
 @pytest.fixture
-def big(clean: Any) -> Iterator[Any]:
-    reset_moto(clean)
+def big(clean: Any, stack: ServiceStack) -> Iterator[Any]:
+    """``clean``, with moto's data dropped before and after (big tests keep hundreds of MiB in
+    its memory) and the bucket recreated."""
+
+    def reset_moto() -> None:
+        assert stack.moto is not None
+        stack.moto.reset()
+        clean.create_bucket(Bucket=settings.BUCKET)
+
+    reset_moto()
     yield clean
-    reset_moto(clean)
+    reset_moto()
 
 
 # --- 1. kill -9 ------------------------------------------------------------------------------
@@ -241,10 +223,9 @@ def test_kill_9_of_the_worker_during_transfers_loses_nothing(
     [pytest.param(3, id="3s"), pytest.param(15, id="15s", marks=pytest.mark.faults)],
 )
 def test_s3_down_while_transfers_run_files_stay_readable_and_all_arrive(
-    host_worker: Any, big: Any, capsys: Any, tmp_path: Path, outage: float
+    host_worker: Any, big: Any, capsys: Any, tmp_path: Path, outage: float, s3_proxy: Any
 ) -> None:
     storage = storages["queued_host"]
-    proxy = stack().s3_proxy
     expected: dict[str, str] = {}
     for i in range(8):
         path, digest = make_file(tmp_path, f"outage{i}", 8 * MiB)
@@ -258,7 +239,7 @@ def test_s3_down_while_transfers_run_files_stay_readable_and_all_arrive(
     )
     remote_before = [n for n, s in states("queued_host", names).items() if s == State.REMOTE]
     reads = failures = 0
-    proxy.go_down()
+    s3_proxy.go_down()
     try:
         end = time.monotonic() + outage
         while time.monotonic() < end:
@@ -277,7 +258,7 @@ def test_s3_down_while_transfers_run_files_stay_readable_and_all_arrive(
                 failures += not ok
             time.sleep(0.2)
     finally:
-        proxy.come_up()
+        s3_proxy.come_up()
     wait_for(
         lambda: (
             all(s == State.REMOTE for s in states("queued_host", names).values())
@@ -311,10 +292,9 @@ def test_s3_down_while_transfers_run_files_stay_readable_and_all_arrive(
 
 # --- 3. FLUSHALL ----------------------------------------------------------------------------
 def test_flushall_mid_run_changes_no_read_asks_s3_nothing_and_loses_nothing(
-    host_worker: Any, big: Any, capsys: Any, tmp_path: Path
+    host_worker: Any, big: Any, capsys: Any, tmp_path: Path, s3_proxy: Any
 ) -> None:
     storage = storages["queued_host"]
-    proxy = stack().s3_proxy
     expected: dict[str, str] = {}
     for i in range(10):
         path, digest = make_file(tmp_path, f"flush{i}", (i % 4 + 2) * MiB)
@@ -343,10 +323,11 @@ def test_flushall_mid_run_changes_no_read_asks_s3_nothing_and_loses_nothing(
         ]
 
     before = look()
-    proxy.clear_log()
-    redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"]).flushall()  # broker and cache
+    s3_proxy.clear_log()
+    with redis_client() as client:
+        client.flushall()  # broker and cache
     after = look()
-    seen = proxy.requests
+    seen = s3_proxy.requests
     asked = [r for r in seen if r.path.split("/", 2)[-1] in observed or r.query.startswith("list")]
     # The worker kept transferring the other files meanwhile; none of that was about state.
     with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=2):
@@ -381,13 +362,12 @@ def test_flushall_mid_run_changes_no_read_asks_s3_nothing_and_loses_nothing(
 
 # --- 4. broker down -------------------------------------------------------------------------
 def test_broker_down_while_saving_then_reconcile_transfers_everything(
-    host_worker: Any, clean: Any, capsys: Any
+    host_worker: Any, clean: Any, capsys: Any, broker_proxy: Any
 ) -> None:
     storage = storages["queued_host"]
-    broker = stack().broker_proxy
     payloads = {f"no-broker/{i}.txt": os.urandom(1000 + i) for i in range(5)}
     names: list[str] = []
-    broker.go_down()
+    broker_proxy.go_down()
     try:
         began = time.monotonic()
         for name, data in payloads.items():
@@ -399,7 +379,7 @@ def test_broker_down_while_saving_then_reconcile_transfers_everything(
                 readable += fh.read() == data
         pending = sum(s == State.PENDING for s in states("queued_host", names).values())
     finally:
-        broker.come_up()
+        broker_proxy.come_up()
     time.sleep(1)  # no message was sent: nothing moves without the reconcile pass
     assert all(s == State.PENDING for s in states("queued_host", names).values())
     with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=0.5):

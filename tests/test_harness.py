@@ -1,4 +1,4 @@
-"""Self-test of the integration-test harness (tests/services.py, tests/workers.py).
+"""Self-test of the integration-test harness (``tests/harness/``).
 
 Runs without Django: ``python -m pytest -p no:django tests/test_harness.py``.
 """
@@ -25,7 +25,9 @@ from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConn
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.services import (
+from qs_dev.processes import LOOPBACK, free_port, pid_alive
+from tests.harness.faults import HttpFaultProxy, ProxiedRequest, TcpFaultProxy
+from tests.harness.services import (
     ENV_BROKER_URL,
     ENV_BUCKET,
     ENV_PG_HOST,
@@ -34,20 +36,14 @@ from tests.services import (
     ENV_S3_DIRECT_ENDPOINT,
     ENV_S3_ENDPOINT,
     ENV_WORKDIR,
-    LOOPBACK,
-    HttpFaultProxy,
     MotoServer,
     PostgresServer,
-    ProxiedRequest,
     RedisServer,
     ServiceStack,
     ServiceUnavailable,
-    TcpFaultProxy,
-    free_port,
     make_s3_client,
-    pid_alive,
 )
-from tests.workers import CeleryWorker
+from tests.harness.workers import CeleryWorker
 
 pytestmark = pytest.mark.integration
 
@@ -503,7 +499,7 @@ def test_service_stack_unavailable_service(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_celery_worker_round_trip_stop_and_kill(redis_server: RedisServer, tmp_path: Path) -> None:
-    from tests import _harness_app
+    from tests.harness import selftest_app
 
     redis_server.flushall()
     base_url = f"redis://127.0.0.1:{redis_server.port}"
@@ -516,11 +512,11 @@ def test_celery_worker_round_trip_stop_and_kill(redis_server: RedisServer, tmp_p
         # tests/conftest.py may have set it; this app must not load the project's settings
         "DJANGO_SETTINGS_MODULE": None,
     }
-    _harness_app.configure(redis_server.url(0), base_url)
+    selftest_app.configure(redis_server.url(0), base_url)
     worker = CeleryWorker(
-        "tests._harness_app",
+        "tests.harness.selftest_app",
         env=env,
-        queues=[_harness_app.QUEUE],
+        queues=[selftest_app.QUEUE],
         logfile=tmp_path / "worker.log",
     )
     try:
@@ -529,8 +525,8 @@ def test_celery_worker_round_trip_stop_and_kill(redis_server: RedisServer, tmp_p
             pids = worker.pids()
             assert len(pids) == 2  # main + one prefork child
             assert pids[0] == worker.pid
-            assert _harness_app.add.delay(2, 3).get(timeout=20) == 5
-            assert _harness_app.getpid.delay().get(timeout=20) == pids[1]
+            assert selftest_app.add.delay(2, 3).get(timeout=20) == 5
+            assert selftest_app.getpid.delay().get(timeout=20) == pids[1]
             worker.wait_for_log(r"Task harness\.add\[.*\] succeeded")
         assert not worker.running
         assert worker.pids() == []
@@ -538,10 +534,10 @@ def test_celery_worker_round_trip_stop_and_kill(redis_server: RedisServer, tmp_p
 
         worker.start()  # a restart appends to the same log file
         pids = worker.pids()
-        assert _harness_app.add.delay(1, 1).get(timeout=20) == 2
+        assert selftest_app.add.delay(1, 1).get(timeout=20) == 2
 
         broker_proxy.go_down()  # broker outage: the worker loses its connection...
-        result = _harness_app.add.delay(20, 22)
+        result = selftest_app.add.delay(20, 22)
         worker.wait_for_log(r"Connection to broker lost")
         broker_proxy.come_up()  # ...and reconnects once it is back
         assert result.get(timeout=30) == 42
@@ -553,4 +549,4 @@ def test_celery_worker_round_trip_stop_and_kill(redis_server: RedisServer, tmp_p
     finally:
         worker.kill()
         broker_proxy.stop()
-        _harness_app.app.close()
+        selftest_app.app.close()

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import requests
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -25,19 +24,10 @@ from django.test import override_settings
 
 from queued_storage.models import State, StoredFile
 from queued_storage.transfer import remote_exists_within
-from tests.conftest import need, wait_for
+from tests.harness.suite import broker_messages, need, redis_client, s3_bytes, wait_for
 from tests.testapp.models import Document, LegacyDocument
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-
-def stack() -> Any:
-    from tests import settings as test_settings
-
-    found = getattr(test_settings, "_STACK", None)
-    if found is None:
-        pytest.fail("the fault proxies belong to the process that started the services")
-    return found
 
 
 def row_state(alias: str, name: str) -> str | None:
@@ -53,10 +43,6 @@ def wait_remote(alias: str, name: str, timeout: float = 30) -> StoredFile:
         return row if row is not None and row.state == State.REMOTE else None
 
     return wait_for(done, timeout=timeout, what=f"{name!r} to reach the remote")  # type: ignore[no-any-return]
-
-
-def s3_bytes(client: Any, key: str) -> bytes:
-    return client.get_object(Bucket=settings.BUCKET, Key=key)["Body"].read()  # type: ignore[no-any-return]
 
 
 def test_model_file_is_served_locally_then_transferred_then_from_s3(
@@ -147,22 +133,16 @@ def test_same_name_twice_never_overwrites_even_after_local_delete(worker: Any, c
 
 
 def _parked_messages() -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"])
-    try:
-        raw = client.lrange("parked", 0, -1)
-    finally:
-        client.close()
-    return [json.loads(item) for item in raw]
+    return broker_messages("parked")
 
 
 @pytest.fixture
 def parked(clean: Any) -> Any:
     need("redis")
-    client = redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"])
-    client.delete("parked")
-    yield client
-    client.delete("parked")
-    client.close()
+    with redis_client() as client:
+        client.delete("parked")
+        yield client
+        client.delete("parked")
 
 
 def test_task_message_carries_only_alias_and_name(parked: Any) -> None:
@@ -202,16 +182,15 @@ def test_rolled_back_save_ships_nothing(parked: Any) -> None:
 
 
 def test_refused_broker_leaves_file_pending_and_readable(
-    worker: Any, clean: Any, caplog: Any
+    worker: Any, clean: Any, caplog: Any, broker_proxy: Any
 ) -> None:
     storage = storages["default"]
-    broker = stack().broker_proxy
-    broker.go_down()
+    broker_proxy.go_down()
     try:
         with caplog.at_level(logging.WARNING, logger="queued_storage"), transaction.atomic():
             name = storage.save("no-broker.txt", ContentFile(b"still here"))
     finally:
-        broker.come_up()
+        broker_proxy.come_up()
     assert f"could not queue the transfer of {name!r}" in caplog.text
     assert row_state("default", name) == State.PENDING
     with storage.open(name) as fh:
@@ -223,7 +202,9 @@ def test_refused_broker_leaves_file_pending_and_readable(
     assert s3_bytes(clean, name) == b"still here"
 
 
-def test_flushing_redis_changes_no_read_and_asks_s3_nothing(worker: Any, clean: Any) -> None:
+def test_flushing_redis_changes_no_read_and_asks_s3_nothing(
+    worker: Any, clean: Any, s3_proxy: Any
+) -> None:
     storage = storages["default"]
     with transaction.atomic():
         remote_name = storage.save("flushed.txt", ContentFile(b"on s3"))
@@ -245,26 +226,27 @@ def test_flushing_redis_changes_no_read_and_asks_s3_nothing(worker: Any, clean: 
         ]
 
     before = observe()
-    proxy = stack().s3_proxy
-    redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"]).flushall()
-    proxy.clear_log()
+    with redis_client() as client:
+        client.flushall()
+    s3_proxy.clear_log()
     after = observe()
     assert after == before
-    assert proxy.requests == []  # no HEAD, no GET: state came from the ledger
+    assert s3_proxy.requests == []  # no HEAD, no GET: state came from the ledger
     # Reading the content does talk to S3, for that object only (django-storages' S3File may
     # HEAD it before the GET): that is the content, not the state.
     with storage.open(remote_name) as fh:
         assert fh.read() == b"on s3"
-    assert "GET" in [r[0] for r in proxy.requests]
-    assert {r[1] for r in proxy.requests} == {f"/{settings.BUCKET}/{remote_name}"}
+    assert "GET" in [r[0] for r in s3_proxy.requests]
+    assert {r[1] for r in s3_proxy.requests} == {f"/{settings.BUCKET}/{remote_name}"}
 
 
-def test_transient_s3_errors_are_retried_then_succeed(worker: Any, clean: Any) -> None:
+def test_transient_s3_errors_are_retried_then_succeed(
+    worker: Any, clean: Any, s3_proxy: Any
+) -> None:
     storage = storages["default"]
-    proxy = stack().s3_proxy
     with transaction.atomic():
         name = storage.save("flaky.txt", ContentFile(b"eventually"))
-        proxy.fail_next(6, status=503)
+        s3_proxy.fail_next(6, status=503)
     row = wait_remote("default", name, timeout=60)
     assert row.attempts >= 2
     assert s3_bytes(clean, name) == b"eventually"
@@ -299,10 +281,11 @@ def test_old_api_code_built_storage_transfers_and_deletes(worker: Any, clean: An
         assert fh.read() == b"old style"
 
 
-def test_save_succeeds_while_s3_refuses_connections(worker: Any, clean: Any, caplog: Any) -> None:
+def test_save_succeeds_while_s3_refuses_connections(
+    worker: Any, clean: Any, caplog: Any, s3_proxy: Any
+) -> None:
     storage = storages["default"]
-    proxy = stack().s3_proxy
-    proxy.go_down()
+    s3_proxy.go_down()
     try:
         with caplog.at_level(logging.WARNING, logger="queued_storage"), transaction.atomic():
             name = storage.save("s3-down.txt", ContentFile(b"saved anyway"))
@@ -311,7 +294,7 @@ def test_save_succeeds_while_s3_refuses_connections(worker: Any, clean: Any, cap
             assert fh.read() == b"saved anyway"
         assert "could not ask the remote storage" not in caplog.text  # it was never asked
     finally:
-        proxy.come_up()
+        s3_proxy.come_up()
     wait_remote("default", name, timeout=60)
     assert s3_bytes(clean, name) == b"saved anyway"
 
@@ -320,13 +303,12 @@ def _requests_for(proxy: Any, name: str) -> list[Any]:
     return [r for r in proxy.requests if name in r.path]
 
 
-def test_save_makes_no_request_to_a_black_holed_s3(worker: Any, clean: Any) -> None:
+def test_save_makes_no_request_to_a_black_holed_s3(worker: Any, clean: Any, s3_proxy: Any) -> None:
     """An endpoint that accepts connections and never answers costs a save nothing: it is
     never asked (botocore's defaults would wait 60 s per read, three times)."""
     storage = storages["queued_delayed"]
-    proxy = stack().s3_proxy
-    proxy.clear_log()
-    proxy.black_hole()
+    s3_proxy.clear_log()
+    s3_proxy.black_hole()
     try:
         name = storage.save("black-hole/report.txt", ContentFile(b"saved anyway"))
         assert name == "black-hole/report.txt"
@@ -336,23 +318,24 @@ def test_save_makes_no_request_to_a_black_holed_s3(worker: Any, clean: Any) -> N
         assert storage.url(name) == "/staging/black-hole/report.txt"
         with storage.open(name) as fh:
             assert fh.read() == b"saved anyway"
-        assert _requests_for(proxy, name) == []
+        assert _requests_for(s3_proxy, name) == []
         # The black hole is real: a question to S3 about the name is logged and never answered.
         with pytest.raises(TimeoutError):
             remote_exists_within(storage.remote, name, 1.0)
-        assert [r.method for r in _requests_for(proxy, name)] == ["HEAD"]
+        assert [r.method for r in _requests_for(s3_proxy, name)] == ["HEAD"]
     finally:
-        proxy.end_black_hole()
+        s3_proxy.end_black_hole()
     storage.transfer(name)
     wait_remote("queued_delayed", name, timeout=60)
     assert s3_bytes(clean, name) == b"saved anyway"
 
 
-def test_opt_in_remote_check_gives_up_after_its_own_timeout(clean: Any, caplog: Any) -> None:
+def test_opt_in_remote_check_gives_up_after_its_own_timeout(
+    clean: Any, caplog: Any, s3_proxy: Any
+) -> None:
     storage = storages["queued_delayed"]
-    proxy = stack().s3_proxy
-    proxy.clear_log()
-    proxy.black_hole()
+    s3_proxy.clear_log()
+    s3_proxy.black_hole()
     try:
         with (
             override_settings(QUEUED_STORAGE_REMOTE_CHECK_TIMEOUT=0.5),
@@ -360,9 +343,9 @@ def test_opt_in_remote_check_gives_up_after_its_own_timeout(clean: Any, caplog: 
         ):
             name = storage.save("checked.txt", ContentFile(b"saved anyway"))
         assert name == "checked.txt"
-        assert [r.method for r in _requests_for(proxy, name)] == ["HEAD"]  # asked once
+        assert [r.method for r in _requests_for(s3_proxy, name)] == ["HEAD"]  # asked once
     finally:
-        proxy.end_black_hole()
+        s3_proxy.end_black_hole()
     assert (
         "could not ask the remote storage whether 'checked.txt' exists (TimeoutError: the "
         "remote storage did not answer within 0.5 s); relying on the ledger" in caplog.text

@@ -22,7 +22,7 @@ from django.utils import timezone
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.state import FileState, cache_key
-from tests.conftest import need
+from tests.harness.suite import need
 
 pytestmark = pytest.mark.django_db(
     transaction=True, databases=[a for a in ("default", "postgres") if a in settings.DATABASES]

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
@@ -35,7 +34,7 @@ from queued_storage.models import State, StoredFile
 from queued_storage.reconcile import LOST, overdue, reconcile
 from queued_storage.storage import QueuedStorage
 from queued_storage.worker import Outcome, run_transfer
-from tests.conftest import need, wait_for
+from tests.harness.suite import broker_messages, need, redis_client, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -46,35 +45,22 @@ AFTER = 60
 def broker(clean: Any) -> Any:
     """Redis db 0 (the broker) with the queues these tests read emptied before and after."""
     need("redis")
-    client = redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"])
     queues = ["parked", "queued_storage.web-a", "queued_storage.web-b", "uploads.web-a"]
-
-    def empty() -> None:
+    with redis_client() as client:
         client.delete(*queues)
-
-    empty()
-    with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=AFTER):
-        yield messages_in
-    empty()
-    client.close()
+        with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=AFTER):
+            yield messages_in
+        client.delete(*queues)
 
 
 def messages_in(queue: str) -> list[list[Any]]:
     """The ``args`` of every task message waiting in *queue*."""
-    client = redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"])
-    try:
-        raw = client.lrange(queue, 0, -1)
-    finally:
-        client.close()
-    return [json.loads(base64.b64decode(json.loads(item)["body"]))[0] for item in raw]
+    return [json.loads(base64.b64decode(m["body"]))[0] for m in broker_messages(queue)]
 
 
 def drain(queue: str) -> None:
-    client = redis.Redis.from_url(settings.ENV["QS_TEST_REDIS_URL"])
-    try:
+    with redis_client() as client:
         client.delete(queue)
-    finally:
-        client.close()
 
 
 def parked() -> QueuedStorage:
@@ -187,19 +173,17 @@ def test_passes_on_several_hosts_at_once_requeue_each_file_once(broker: Any) -> 
     assert sorted(args[1] for args in broker("parked")) == sorted(names)
 
 
-def test_refused_broker_leaves_the_row_for_the_next_pass(broker: Any, caplog: Any) -> None:
-    from tests import settings as test_settings
-
-    need("broker_proxy")
+def test_refused_broker_leaves_the_row_for_the_next_pass(
+    broker: Any, caplog: Any, broker_proxy: Any
+) -> None:
     first, second = saved("a-refused.txt"), saved("b-refused.txt")
     before = row("queued_parked", first).updated
-    proxy = test_settings._STACK.broker_proxy
-    proxy.go_down()
+    broker_proxy.go_down()
     try:
         with caplog.at_level(logging.WARNING, logger="queued_storage"):
             report = reconcile()
     finally:
-        proxy.come_up()
+        broker_proxy.come_up()
     # The first refusal stops the pass from trying again (each costs the publish timeout).
     assert sorted(report.not_queued) == [f"queued_parked:{first}", f"queued_parked:{second}"]
     assert "reconcile could not queue 2 transfer(s)" in caplog.text

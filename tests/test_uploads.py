@@ -28,23 +28,13 @@ from django.test import Client, override_settings
 
 from queued_storage.models import State, StoredFile
 from queued_storage.uploads import SPOOL_DIRNAME
-from tests.conftest import wait_for
-from tests.webservers import DjangoServer, Nginx, peak_rss_kib, peak_rss_reset
+from tests.harness.suite import need_tool, wait_for
+from tests.harness.webservers import DjangoServer, Nginx, peak_rss_kib, peak_rss_reset
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 MiB = 1024 * 1024
 SECRET = settings.QUEUED_STORAGE_NGINX_SECRET
-
-
-def need_tool(what: str, available: bool, hint: str) -> None:
-    """``tests.conftest.need`` for a program or package: skip locally, fail in strict mode."""
-    if available:
-        return
-    message = f"{what} is not available: {hint}"
-    if settings.STRICT:
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def _has_module(name: str) -> bool:

@@ -1,7 +1,7 @@
 """Real web servers for the upload tests and benchmarks: gunicorn, uvicorn and nginx.
 
-Each runs as a subprocess on a loopback port with its output in a log file (the
-:class:`tests.services._ProcessService` life cycle: start, wait until it answers, stop). The
+Each runs as a subprocess on a loopback port with its output in a log file
+(:class:`tests.harness.services.ServerProcess`: start, wait until it answers, stop). The
 Django servers serve ``tests.webapp`` with the environment they are given (the test run's
 ``QS_TEST_*`` variables, so they share its database, cache, broker and staging directory).
 
@@ -12,7 +12,6 @@ only the lines marked ``test:`` changed.
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import shutil
@@ -20,27 +19,16 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from tests.services import LOOPBACK, ServiceUnavailable, _ProcessService
+from qs_dev.processes import LOOPBACK, http_status
+from tests.harness.services import ServerProcess, ServiceUnavailable
 
-__all__ = ["DOCS_NGINX_CONF", "DjangoServer", "Nginx", "peak_rss_kib", "peak_rss_reset"]
+__all__ = ["DOCS_NGINX_CONF", "DjangoServer", "Nginx", "peak_rss_kib", "peak_rss_reset", "rss_kib"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS_NGINX_CONF = ROOT / "docs" / "nginx.conf"
 
 
-def _answers(port: int, path: str) -> bool:
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=2)
-    try:
-        conn.request("GET", path)
-        conn.getresponse().read()
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
-    return True
-
-
-class DjangoServer(_ProcessService):
+class DjangoServer(ServerProcess):
     """``gunicorn`` (WSGI, ``tests.webapp:wsgi``) or ``uvicorn`` (ASGI) serving the test project.
 
     ``kind`` is ``"gunicorn"``, ``"uvicorn"`` (queued_storage's streaming ASGI handler) or
@@ -116,7 +104,7 @@ class DjangoServer(_ProcessService):
         return self._child_env
 
     def _ready(self) -> bool:
-        return _answers(self.port, "/uploads/status/ready-probe")
+        return http_status(self.port, "/uploads/status/ready-probe") is not None
 
     def start(self, timeout: float = 30.0) -> None:
         super().start(timeout)
@@ -141,7 +129,7 @@ class DjangoServer(_ProcessService):
         return int(children[0].pid)
 
 
-class Nginx(_ProcessService):
+class Nginx(ServerProcess):
     """nginx with the server block of ``docs/nginx.conf``, proxying to ``upstream_port``."""
 
     name = "nginx"
@@ -223,7 +211,7 @@ class Nginx(_ProcessService):
         ]
 
     def _ready(self) -> bool:
-        return _answers(self.port, "/nginx-ready-probe")
+        return http_status(self.port, "/nginx-ready-probe") is not None
 
     def _listening(self, pid: int) -> bool:
         return True  # the worker process listens, not the master; _ready() asks over HTTP
@@ -233,12 +221,21 @@ class Nginx(_ProcessService):
         return f"http://{LOOPBACK}:{self.port}"
 
 
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+def rss_kib(pid: int) -> int:
+    """``VmRSS`` of a process: its resident set size now, in KiB."""
+    return _status_kib(pid, "VmRSS")
+
+
 def peak_rss_kib(pid: int) -> int:
     """``VmHWM`` of a process: the peak resident set size, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmHWM for process {pid}")
+    return _status_kib(pid, "VmHWM")
 
 
 def peak_rss_reset(pid: int) -> bool:

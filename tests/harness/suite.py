@@ -1,0 +1,143 @@
+"""Helpers the suite's tests share (the fixtures are in ``tests/conftest.py``).
+
+Unlike the rest of the harness these depend on pytest and on the test settings: skipping or
+failing when a service is missing (:func:`need`), polling (:func:`wait_for`), and talking to the
+services directly, past the fault proxies (:func:`direct_s3_client`, :func:`redis_client`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from django.conf import settings
+
+from tests.harness.services import ENV_REDIS_URL, ENV_S3_DIRECT_ENDPOINT, make_s3_client
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = [
+    "broker_messages",
+    "direct_s3_client",
+    "empty_bucket",
+    "need",
+    "need_tool",
+    "open_uploads",
+    "redis_client",
+    "remote_keys",
+    "reset_storages",
+    "s3_bytes",
+    "wait_for",
+]
+
+
+def need_tool(what: str, available: bool, hint: str) -> None:
+    """Fail (strict mode, CI) or skip (a developer's machine) unless *what* is *available*."""
+    if available:
+        return
+    message = f"{what} is not available: {hint}"
+    if settings.STRICT:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def need(service: str) -> None:
+    """Fail (strict mode, CI) or skip (a developer's machine) when *service* is unavailable."""
+    unavailable = getattr(settings, "UNAVAILABLE", {})
+    reason = unavailable.get(service) or unavailable.get("all")
+    if reason:
+        need_tool(f"service {service!r}", False, reason)
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, what: str = "condition") -> Any:
+    """Poll *predicate* until it returns a truthy value; fail with *what* after *timeout*."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+# --- S3, past the fault proxy --------------------------------------------------------------------
+def direct_s3_client() -> Any:
+    """A boto3 client talking to moto directly (not through the fault proxy)."""
+    return make_s3_client(settings.ENV[ENV_S3_DIRECT_ENDPOINT])
+
+
+def s3_bytes(client: Any, key: str) -> bytes:
+    """The content of *key* in the test bucket."""
+    return client.get_object(Bucket=settings.BUCKET, Key=key)["Body"].read()  # type: ignore[no-any-return]
+
+
+def remote_keys(client: Any) -> list[str]:
+    """Every key in the test bucket, sorted."""
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.BUCKET):
+        keys.extend(o["Key"] for o in page.get("Contents", []))
+    return sorted(keys)
+
+
+def open_uploads(client: Any) -> list[Any]:
+    """The multipart uploads open in the test bucket."""
+    return list(client.list_multipart_uploads(Bucket=settings.BUCKET).get("Uploads", []))
+
+
+def empty_bucket(client: Any) -> None:
+    """Create the test bucket if it is missing, delete its objects, abort its open uploads."""
+    bucket = settings.BUCKET
+    try:
+        client.create_bucket(Bucket=bucket)
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    except Exception as err:  # BucketAlreadyExists on some moto versions
+        if "BucketAlready" not in type(err).__name__ and "BucketAlready" not in str(err):
+            raise
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+    for upload in open_uploads(client):
+        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+
+
+# --- local state ---------------------------------------------------------------------------------
+def reset_storages() -> None:
+    """Empty the staging directory and the filesystem remote; clear the state cache."""
+    from django.core.cache import caches
+
+    for path in (settings.STAGING_ROOT, Path(settings.WORKDIR) / "fs_remote"):
+        shutil.rmtree(path, ignore_errors=True)
+        Path(path).mkdir(parents=True, exist_ok=True)
+    caches["default"].clear()
+
+
+# --- Redis, past the broker's fault proxy --------------------------------------------------------
+@contextmanager
+def redis_client() -> Iterator[redis.Redis]:
+    """A client of Redis db 0 (the broker's database), closed afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(settings.ENV[ENV_REDIS_URL])
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def broker_messages(queue: str) -> list[dict[str, Any]]:
+    """The task messages waiting in *queue* (Celery's Redis transport: one JSON list item each),
+    left where they are."""
+    with redis_client() as client:
+        raw = client.lrange(queue, 0, -1)
+    return [json.loads(item) for item in raw]
