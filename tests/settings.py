@@ -177,6 +177,8 @@ STORAGES = {
 
 CELERY_BROKER_URL = ENV.get("QS_TEST_BROKER_URL", "memory://")
 CELERY_TASK_ALWAYS_EAGER = False
+# Results of transfers are kept (storage.transfer(name).get() works), directly in Redis db 2.
+CELERY_RESULT_BACKEND = f"{REDIS_URL}/2" if REDIS_URL else None
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TASK_PUBLISH_RETRY_POLICY = {

@@ -12,7 +12,7 @@ import pytest
 from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files.base import ContentFile
-from django.core.files.storage import FileSystemStorage
+from django.core.files.storage import FileSystemStorage, storages
 from django.db import transaction
 
 from queued_storage.conf import settings as qs_settings
@@ -20,7 +20,7 @@ from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
 from queued_storage.utils import import_attribute
 from queued_storage.worker import Outcome, RetryLater, run_transfer
-from tests.conftest import wait_for
+from tests.harness.suite import wait_for
 from tests.testapp.models import hook_storage
 from tests.testapp.tasks import CopyByHand
 
@@ -47,6 +47,15 @@ def test_a_transfer_subclass_hook_runs_in_a_real_worker(worker: Any, clean: Any)
     with storage.remote.open(name) as fh:
         assert fh.read() == b"copied by the hook"
     assert storage.using_remote(name)
+
+
+def test_transfer_returns_a_result_whose_get_gives_the_outcome(worker: Any, clean: Any) -> None:
+    storage = storages["queued_delayed"]
+    name = storage.save("with-result.txt", ContentFile(b"result"))
+    result = storage.transfer(name)
+    assert result is not None and result is storage.result
+    assert result.get(timeout=60) == "transferred"
+    assert storage.transfer(name).get(timeout=60) == "already-remote"
 
 
 def test_a_hook_that_returns_false_is_retried(clean: Any) -> None:

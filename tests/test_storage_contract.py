@@ -159,15 +159,11 @@ def test_name_reuse_is_forbidden_on_purpose(contract: Contract) -> None:
         assert fh.read() == b"1"
 
 
-def test_a_name_the_ledger_does_not_know_asks_s3_nothing(clean: Any) -> None:
-    from tests import settings as test_settings
-
-    stack = getattr(test_settings, "_STACK", None)
-    assert stack is not None, "the S3 fault proxy belongs to the process that started it"
+def test_a_name_the_ledger_does_not_know_asks_s3_nothing(s3_proxy: Any) -> None:
     storage = storages["queued_delayed"]
-    stack.s3_proxy.clear_log()
+    s3_proxy.clear_log()
     assert not storage.exists("never-saved.bin")
     assert storage.url("never-saved.bin") == "/staging/never-saved.bin"
     with pytest.raises(FileNotFoundError):
         storage.size("never-saved.bin")
-    assert [r for r in stack.s3_proxy.requests if "never-saved" in r.path] == []
+    assert [r for r in s3_proxy.requests if "never-saved" in r.path] == []
