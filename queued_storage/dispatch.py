@@ -13,13 +13,20 @@ __all__ = ["dispatch", "redact"]
 logger = logging.getLogger(__name__)
 
 
-def dispatch(task: Any, alias: str, name: str, *, queue: str | None = None) -> Any:
+def dispatch(
+    task: Any, alias: str, name: str, *, queue: str | None = None, keep_result: bool = False
+) -> Any:
     """Send the transfer message; never raise: a refused message leaves the file ``pending``.
 
     *task* is the storage's Celery task. Returns the ``AsyncResult``, or ``None`` when the
-    broker refused the message (the reason is logged, without credentials).
+    broker refused the message (the reason is logged, without credentials). *keep_result*:
+    the outcome is stored where a result backend is configured (``storage.transfer(name)``);
+    a save's transfer does not ask for it, so that a request never pays the backend's
+    subscription to the result.
     """
     options: dict[str, Any] = {"queue": queue} if queue else {}
+    if keep_result:
+        options["ignore_result"] = False
     try:
         return task.apply_async(args=[alias, name], **options)
     except Exception as err:

@@ -508,8 +508,9 @@ class QueuedStorage(Storage):
             )
             return False
 
-    def _dispatch(self, name: str, *, host: str | None = None) -> Any:
-        result = dispatch(self.task, self.alias, name, queue=self.queue_for(host))
+    def _dispatch(self, name: str, *, host: str | None = None, keep_result: bool = False) -> Any:
+        queue = self.queue_for(host)
+        result = dispatch(self.task, self.alias, name, queue=queue, keep_result=keep_result)
         self._calls.result = result
         return result
 
@@ -535,7 +536,7 @@ class QueuedStorage(Storage):
             self.ledger.saved(name, settings.HOST, self.local.size(name))
         else:
             self.ledger.retry(name)
-        return self._dispatch(name, host=row.host if row is not None else None)
+        return self._dispatch(name, host=row.host if row is not None else None, keep_result=True)
 
     def delete(self, name: str) -> None:
         """Delete every copy and the ledger row.

@@ -51,6 +51,8 @@ class Transfer(Task):  # type: ignore[misc]
     acks_late = True
     reject_on_worker_lost = True
     max_retries = None
+    #: Kept only when asked for (``storage.transfer(name)``): a save's dispatch stays cheap.
+    ignore_result = True
     #: ``None``: the storage's ``delete_local``; ``True``: always delete the local copy.
     delete_local: ClassVar[bool | None] = None
 
