@@ -45,11 +45,17 @@ SPOOL_DIRNAME = OWN_DIRECTORY_PREFIX + "incoming"
 
 #: Unicode categories refused in names: control characters and unpaired surrogates.
 _REFUSED_CATEGORIES = ("Cc", "Cs")
+#: Bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): they make
+#: a name display as another ("invoice\u202Etxt.exe" shows as "invoiceexe.txt").
+_BIDI_CONTROLS = frozenset(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
 
 
 def control_characters(name: str) -> list[str]:
-    """The control characters (category ``Cc``) and unpaired surrogates (``Cs``) in *name*."""
-    return sorted({c for c in name if unicodedata.category(c) in _REFUSED_CATEGORIES})
+    """The control characters (category ``Cc``), unpaired surrogates (``Cs``) and
+    bidirectional controls in *name*."""
+    return sorted(
+        {c for c in name if unicodedata.category(c) in _REFUSED_CATEGORIES or c in _BIDI_CONTROLS}
+    )
 
 
 def checked_name(name: str) -> str:
@@ -57,7 +63,8 @@ def checked_name(name: str) -> str:
 
     Control characters (category ``Cc``: NUL, tab, newline, DEL, C1) and unpaired surrogates
     (``Cs``) have no place in a file name: NUL cuts paths, newlines forge log lines and
-    headers, and neither survives every filesystem or S3 tool. Names that differ only in
+    headers, and neither survives every filesystem or S3 tool. Bidirectional controls make a
+    name display as another one. Names that differ only in
     Unicode normalisation (``é`` as one code point or as ``e`` plus a combining accent) are
     one name to a user and to macOS filesystems, so ``save()`` stores the NFC form and the
     ledger's unique key then keeps the two uploads apart.

@@ -390,7 +390,14 @@ class QueuedStorage(Storage):
             # A subclass chooses names (UUIDs, say): it proposes, the ledger still decides.
             name = valid_name(checked_name(self.get_available_name(name, max_length)), max_length)
         check_staging_budget(name, _declared_size(content))
-        stored = self.local.save(name, content, max_length=max_length)
+        try:
+            stored = self.local.save(name, content, max_length=max_length)
+        except (FileExistsError, NotADirectoryError) as err:
+            # FileSystemStorage could not make the file's folders: one of them is a file.
+            raise SuspiciousFileOperation(
+                f"QueuedStorage cannot store {name!r}: a folder of that name is a file in the "
+                "local storage. Choose a name whose folders are not files; nothing was kept."
+            ) from err
         stored = self._record(name, stored, max_length)
         if not self.delayed:
             transaction.on_commit(lambda: self._dispatch(stored), using=ledger_database())

@@ -82,7 +82,10 @@ def validate_upload_name(name: str) -> str:
     if len(name) > UPLOAD_NAME_LENGTH:
         raise UploadRefused(400, f"The file name is longer than {UPLOAD_NAME_LENGTH} characters.")
     if control_characters(name):
-        raise UploadRefused(400, "The file name contains a NUL or another control character.")
+        raise UploadRefused(
+            400,
+            "The file name contains a NUL, another control character or a bidirectional control.",
+        )
     if "\\" in name:
         raise UploadRefused(400, "The file name contains a backslash; use '/' between folders.")
     if name.startswith("/"):

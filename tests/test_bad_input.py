@@ -67,6 +67,8 @@ def assert_nothing_written(storage: Any, clean: Any) -> None:
         ("c1\x85next-line.txt", "U+0085"),
         ("dir\x00/x.txt", "U+0000"),
         ("lone\ud800surrogate.txt", "U+D800"),
+        ("invoice\u202etxt.exe", "U+202E"),
+        ("isolate\u2067.txt", "U+2067"),
     ],
 )
 def test_control_characters_are_refused_naming_the_file(
@@ -81,6 +83,18 @@ def test_control_characters_are_refused_naming_the_file(
         )
     assert_nothing_written(roots, clean)
     assert s3_proxy.requests == []  # refused before asking the remote anything
+
+
+def test_a_name_under_an_existing_file_is_refused_and_keeps_nothing(roots: Any, clean: Any) -> None:
+    first = roots.save("ok.txt", ContentFile(b"first"))
+    with pytest.raises(SuspiciousFileOperation) as raised:
+        roots.save("ok.txt/inner.txt", ContentFile(b"inner"))
+    assert str(raised.value) == (
+        "QueuedStorage cannot store 'ok.txt/inner.txt': a folder of that name is a file in the "
+        "local storage. Choose a name whose folders are not files; nothing was kept."
+    )
+    assert roots.written() == ["local/ok.txt"]
+    assert list(StoredFile.objects.values_list("name", flat=True)) == [first]
 
 
 @pytest.mark.parametrize(

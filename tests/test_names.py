@@ -34,7 +34,15 @@ def test_the_spool_directory_is_one_of_the_apps_own() -> None:
 
 @pytest.mark.parametrize(
     ("name", "shown"),
-    [("a\x00b", "U+0000"), ("line\nbreak", "U+000A"), ("del\x7f", "U+007F"), ("c1\x85", "U+0085")],
+    [
+        ("a\x00b", "U+0000"),
+        ("line\nbreak", "U+000A"),
+        ("del\x7f", "U+007F"),
+        ("c1\x85", "U+0085"),
+        ("invoice\u202etxt.exe", "U+202E"),  # shows as "invoiceexe.txt"
+        ("a\u202ab.txt", "U+202A"),
+        ("a\u2066b\u2069.txt", "U+2066, U+2069"),
+    ],
 )
 def test_control_characters_are_refused_by_code_point(name: str, shown: str) -> None:
     assert control_characters(name)

@@ -878,6 +878,25 @@ def test_post_needs_octet_stream_or_a_form(staging: Path) -> None:
 
 
 @override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all")
+def test_an_upload_under_an_existing_file_is_400_and_leaves_nothing(staging: Path) -> None:
+    client = Client()
+    assert client.put("/uploads/put/ok.txt", data=b"first").status_code == 201
+    response = client.put("/uploads/put/ok.txt/inner.txt", data=b"inner")
+    assert response.status_code == 400
+    assert "a folder of that name is a file" in response.json()["error"]
+    assert staged_files(staging) == ["ok.txt"]
+    assert list(StoredFile.objects.values_list("name", flat=True)) == ["ok.txt"]
+
+
+@override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all")
+def test_a_name_with_a_bidirectional_control_is_refused_unread(staging: Path) -> None:
+    response = Client().put("/uploads/put/invoice%E2%80%AEtxt.exe", data=b"x")
+    assert response.status_code == 400
+    assert "bidirectional control" in response.json()["error"]
+    assert staged_files(staging) == []
+
+
+@override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all")
 def test_raw_upload_without_a_name_is_400(staging: Path) -> None:
     response = Client().put("/uploads/put/", data=b"abc")
     assert response.status_code == 400
