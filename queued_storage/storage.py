@@ -527,6 +527,10 @@ class QueuedStorage(Storage):
         attribute; thread-local, so never another request's), or ``None``."""
         return getattr(self._calls, "result", None)
 
+    @result.setter
+    def result(self, value: Any) -> None:
+        self._calls.result = value
+
     def transfer(self, name: str) -> Any:
         """Queue the transfer of *name* now (the old API); a ``failed`` file gets a new budget.
 

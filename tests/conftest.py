@@ -11,6 +11,7 @@ starts the :class:`~tests.harness.services.ServiceStack`, exports its ``QS_TEST_
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_STACK] = stack
     os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
     django.conf.settings.DATABASES  # noqa: B018  (load the settings: pytest-django sets up Django)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop the transfer results the storages keep for this thread while Celery can still
+    forget them: at interpreter exit ``AsyncResult.__del__`` finds Celery's modules torn down
+    and prints an ignored exception per result."""
+    from queued_storage.storage import queued_storages  # Django is set up by now
+
+    for storage in queued_storages():
+        storage.result = None
+    gc.collect()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
