@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "RECONCILE_AFTER": 900,
     "RECONCILE_BATCH": 500,
     "STAGING_BUDGET": None,
+    "FSYNC": True,
     "UPLOAD_STORAGE": "default",
     "UPLOAD_MAX_BYTES": 5 * 1024 * MiB,
     "UPLOAD_CHUNK_SIZE": 256 * 1024,
@@ -151,6 +152,13 @@ class Settings:
     def RECONCILE_BATCH(self) -> int:
         """Most rows one reconcile pass handles per storage and kind of work."""
         return int(self._get("RECONCILE_BATCH"))
+
+    @property
+    def FSYNC(self) -> bool:
+        """Whether ``save()`` flushes the staged file and its folders to disk before its row
+        commits (a committed ``pending`` row then survives a power cut); ``False`` for
+        disposable staging."""
+        return bool(self._get("FSYNC"))
 
     @property
     def STAGING_BUDGET(self) -> int | None:

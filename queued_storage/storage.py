@@ -418,6 +418,7 @@ class QueuedStorage(Storage):
                     if not self._move_local(stored, candidate):
                         continue
                     stored = candidate
+                self._make_durable(stored)
                 if not self._remote_holds(stored) and self.ledger.saved(
                     stored, settings.HOST, size
                 ):
@@ -448,6 +449,28 @@ class QueuedStorage(Storage):
                 candidate = os.path.join(dir_name, self.get_alternative_name(file_root, file_ext))
             check_length(candidate)
             yield candidate
+
+    def _make_durable(self, name: str) -> None:
+        """Flush the local file *name* and the folders that name it to disk (invariant 11).
+
+        A committed ``pending`` row promises bytes that are there after a power cut: the file's
+        data, and each directory entry from the storage's root down to it (a save may have
+        made the folders). Off with ``QUEUED_STORAGE_FSYNC = False``; nothing to do for a
+        local storage without paths.
+        """
+        if not settings.FSYNC:
+            return
+        try:
+            path, root = self.local.path(name), self.local.path("")
+        except NotImplementedError:
+            return
+        _fsync(path)
+        directory = os.path.dirname(path)
+        while True:
+            _fsync(directory)
+            if os.path.samefile(directory, root) or os.path.dirname(directory) == directory:
+                return
+            directory = os.path.dirname(directory)
 
     def _move_local(self, source: str, target: str) -> bool:
         """Move the local file *source* to *target*; ``False`` when *target* exists.
@@ -681,6 +704,14 @@ def _registered(task_class: Any) -> Any:
         task_class.name = name
         registered = current_app.register_task(task_class())
     return registered
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _declared_size(content: Any) -> int | None:

@@ -169,6 +169,43 @@ def test_save_takes_another_name_when_the_ledger_holds_the_name_and_its_alternat
     assert sorted(p.name for p in Path(storage.local.path("")).iterdir()) == ["photo_second.jpg"]
 
 
+def test_save_flushes_the_file_and_its_folders_before_its_row(
+    storage: QueuedStorage, monkeypatch: Any
+) -> None:
+    events: list[tuple[str, str]] = []
+    real_fsync, real_saved = os.fsync, Ledger.saved
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def saved(self: Ledger, name: str, host: str, size: int) -> bool:
+        events.append(("row", name))
+        return real_saved(self, name, host, size)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(Ledger, "saved", saved)
+    name = storage.save("deep/er/file.txt", ContentFile(b"durable"))
+    root = Path(storage.local.path(""))
+    assert events == [
+        ("fsync", str(root / "deep" / "er" / "file.txt")),
+        ("fsync", str(root / "deep" / "er")),
+        ("fsync", str(root / "deep")),
+        ("fsync", str(root)),
+        ("row", name),
+    ]
+
+
+def test_fsync_can_be_turned_off_for_disposable_staging(
+    storage: QueuedStorage, monkeypatch: Any
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(os, "fsync", calls.append)
+    with override_settings(QUEUED_STORAGE_FSYNC=False):
+        storage.save("quick.txt", ContentFile(b"x"))
+    assert calls == []
+
+
 def test_a_failed_ledger_write_leaves_no_local_file(
     storage: QueuedStorage, monkeypatch: Any
 ) -> None:
