@@ -3,8 +3,14 @@
 #   make test-faults - the long fault tests (kill -9, S3 outage), each printing its figures
 #   make demo   - create .venv, install, run the example project (ARGS=--smoke: once, no browser)
 #   make bench  - the transfer benchmarks (ARGS=--quick for small sizes)
+# PYTHON=python3.13 (any interpreter on PATH, or a path): its own venv, .venv-python3.13,
+# so that several Pythons' environments live side by side; the default python3 uses .venv.
 PYTHON ?= python3
+ifeq ($(PYTHON),python3)
 VENV ?= .venv
+else
+VENV ?= .venv-$(notdir $(PYTHON))
+endif
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
