@@ -15,9 +15,9 @@ import logging
 import os
 import pathlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, ClassVar, cast
+from typing import IO, Any, ClassVar, TypeVar, cast
 
 from django.conf import settings as django_settings
 from django.core.exceptions import SuspiciousFileOperation
@@ -43,6 +43,8 @@ from queued_storage.transfer import (
 __all__ = ["Progress", "QueuedStorage", "get_queued_storage", "queued_storages"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 _registry: dict[str, QueuedStorage] = {}
 _registry_lock = threading.Lock()
@@ -593,18 +595,42 @@ class QueuedStorage(Storage):
             raise
 
     # -- reading ----------------------------------------------------------------------------------
+    def _read(self, name: str, read: Callable[[Storage, FileState | None], _T]) -> _T:
+        """*read* from the copy that serves *name*; when the local copy vanishes between the
+        routing and the read (its transfer just finished and deleted it), from the remote,
+        which the ledger then says holds it. Reads never fail during the switch."""
+        storage, found = self._route(name)
+        try:
+            return read(storage, found)
+        except FileNotFoundError:
+            if storage is not self.local:
+                raise
+            found = self.get_state(name, fresh=True)
+            if found is None or not found.is_remote:
+                raise
+            return read(self.remote, found)
+
     def _open(self, name: str, mode: str = "rb") -> File[Any]:
-        return self.get_storage(name).open(name, mode)
+        return self._read(name, lambda storage, found: storage.open(name, mode))
 
     def exists(self, name: str) -> bool:
         """From the ledger and the local disk, never from the remote's network API."""
-        return self.get_storage(name) is self.remote or self.local.exists(name)
+        found = self.get_state(name)
+        if found is not None and found.is_remote:
+            return True
+        if self.local.exists(name):
+            return True
+        # No local copy: a cached state may lag behind a transfer that just deleted it.
+        found = self.get_state(name, fresh=True)
+        return found is not None and found.is_remote
 
     def size(self, name: str) -> int:
-        storage, found = self._route(name)
-        if storage is self.remote and found is not None and found.size is not None:
-            return found.size
-        return storage.size(name)
+        def read(storage: Storage, found: FileState | None) -> int:
+            if storage is self.remote and found is not None and found.size is not None:
+                return found.size
+            return storage.size(name)
+
+        return self._read(name, read)
 
     def url(self, name: str | None) -> str:
         """The URL of the copy that serves *name*; a name the ledger does not know (even one
