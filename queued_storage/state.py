@@ -105,8 +105,10 @@ def get_state(prefix: str, alias: str, name: str, *, fresh: bool = False) -> Fil
                 replace = True
     row = StoredFile.get_row(alias, name)
     found = FileState.from_row(row) if row is not None else None
-    value, timeout = (_ABSENT, ABSENT_TIMEOUT) if found is None else (found.to_cache(), None)
-    timeout = timeout or settings.CACHE_TIMEOUT
+    if found is None:
+        value, timeout = _ABSENT, ABSENT_TIMEOUT
+    else:
+        value, timeout = found.to_cache(), settings.CACHE_TIMEOUT
     try:
         if replace:
             _cache().set(key, value, timeout)
