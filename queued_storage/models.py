@@ -59,6 +59,17 @@ class StoredFile(models.Model):
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
     transferred = models.DateTimeField(null=True, blank=True)
+    owner = models.CharField(
+        max_length=255,
+        blank=True,
+        default="",
+        help_text="Primary key of the user who uploaded it through the views, if any.",
+    )
+    retrying_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Start of the current run of transient (infrastructure) failures.",
+    )
 
     class Meta:
         verbose_name = "stored file"
