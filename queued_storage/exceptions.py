@@ -19,6 +19,7 @@ __all__ = [
     "PermanentTransferError",
     "QueuedStorageConfigError",
     "QueuedStorageError",
+    "RemoteCopyLost",
     "StagingFull",
     "StorageNotFound",
     "TransferError",
@@ -60,6 +61,11 @@ class ChecksumMismatch(TransientTransferError):
     Transient because a byte flipped in transit is cured by resending; if the local file keeps
     changing, the retry budget ends it in ``failed`` with this reason.
     """
+
+
+class RemoteCopyLost(PermanentTransferError):
+    """A file recorded ``remote`` is missing from the remote storage, or differs from what was
+    verified there (size or checksum): data loss, found by ``queued_storage.verify``."""
 
 
 class StorageNotFound(PermanentTransferError, ImproperlyConfigured):

@@ -445,6 +445,26 @@ class Ledger:
             self.republish(row.name)
         return marked
 
+    def remote_lost(
+        self, row: StoredFile, reason: str, now: datetime.datetime, *, local_exists: bool
+    ) -> bool:
+        """A ``remote`` file's remote copy is missing or differs (found by ``verify``): ``failed``.
+
+        Unlike :meth:`lost` the local copy is recorded as the caller found it (*local_exists*):
+        reads go back to it where it is still there, and a retry sends it again.
+        """
+        marked = bool(
+            self._as_read(row).update(
+                state=State.FAILED,
+                local_exists=local_exists,
+                last_error=reason[:ERROR_LENGTH],
+                updated=now,
+            )
+        )
+        if marked:
+            self.republish(row.name)
+        return marked
+
     def finish_save(self, row: StoredFile, size: int, now: datetime.datetime) -> bool:
         """A reservation whose save wrote the file and then stopped: ``pending`` with it."""
         finished = bool(self._as_read(row).update(size=size, local_exists=True, updated=now))

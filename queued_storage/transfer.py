@@ -35,6 +35,7 @@ from django.core.files.storage import Storage
 from storages.backends.s3 import S3Storage
 
 from queued_storage._s3 import objects as s3_objects
+from queued_storage._s3.checksums import CHECKS
 from queued_storage._s3.client import is_s3, s3_client, s3_key
 from queued_storage._s3.errors import CONNECTION_ERRORS as S3_CONNECTION_ERRORS
 from queued_storage._s3.errors import translate as translate_s3_error
@@ -55,6 +56,7 @@ __all__ = [
     "OpenUpload",
     "Part",
     "ProgressCallback",
+    "RemoteObject",
     "Resume",
     "TransferResult",
     "abort_open_upload",
@@ -62,8 +64,10 @@ __all__ = [
     "delete_remote",
     "list_remote",
     "open_uploads",
+    "remote_checksum_matches",
     "remote_exists",
     "remote_exists_within",
+    "remote_object",
     "transfer_file",
 ]
 
@@ -285,6 +289,58 @@ def remote_exists(remote: Storage, name: str, *, timeout: float | None = None) -
     if is_s3(remote):
         return s3_objects.exists(remote, name, timeout=timeout)
     return remote.exists(name)
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """What the remote says of one object without sending it: its size and the checksums it
+    keeps (``""`` where it keeps none: any storage but S3)."""
+
+    size: int
+    etag: str = ""
+    crc32: str = ""
+
+
+def remote_object(
+    remote: Storage, name: str, *, timeout: float | None = None
+) -> RemoteObject | None:
+    """Size and kept checksums of *name* on the remote, ``None`` when it does not hold it.
+
+    Nothing is downloaded: one HEAD on S3 (with S3's stored checksum; *timeout*: see
+    :func:`remote_exists`), ``exists()`` and ``size()`` elsewhere. Errors other than "not
+    there" propagate, so that a network failure is never taken for a missing object.
+    """
+    if is_s3(remote):
+        found = s3_objects.head(remote, name, timeout=timeout)
+        return None if found is None else RemoteObject(found.size, found.etag, found.crc32)
+    if not remote.exists(name):
+        return None
+    try:
+        return RemoteObject(size=remote.size(name))
+    except FileNotFoundError:
+        return None  # deleted between the two questions
+
+
+#: The recorded ``checksum_algorithm`` values an S3 ETag proves (MD5 of a plain object, MD5 of
+#: the parts' MD5s, the ETag ``seed`` recorded), and those S3's stored CRC32 proves.
+_BY_ETAG = frozenset({CHECKS["md5"].whole, CHECKS["md5"].composite, "s3-etag"})
+_BY_CRC32 = frozenset({CHECKS["crc32"].whole, CHECKS["crc32"].composite})
+
+
+def remote_checksum_matches(algorithm: str, checksum: str, found: RemoteObject) -> bool | None:
+    """Whether *found* carries the *checksum* the ledger recorded with *algorithm*.
+
+    ``None`` when the two cannot be compared: the ledger recorded none, or one the remote
+    does not keep (``sha256`` of a read-back or generic copy, a task's own ``hook``), or the
+    remote keeps no such checksum for this object (an S3 server without stored checksums).
+    """
+    if not checksum:
+        return None
+    if algorithm in _BY_ETAG and found.etag:
+        return found.etag == checksum
+    if algorithm in _BY_CRC32 and found.crc32:
+        return CHECKS["crc32"].same(found.crc32, checksum)
+    return None
 
 
 def remote_exists_within(remote: Storage, name: str, timeout: float) -> bool:

@@ -22,16 +22,21 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import ListMultipartUploadsRequestTypeDef
 
 __all__ = [
+    "ObjectHead",
     "OpenUpload",
     "abort_upload",
     "delete",
     "exists",
+    "head",
     "list_objects",
     "open_uploads",
 ]
 
 #: What a server that does not date an upload is taken for: as old as can be.
 _UNDATED = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+
+#: The object parameters a HEAD of an SSE-C object must repeat.
+_SSE_C = ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5")
 
 
 class OpenUpload(NamedTuple):
@@ -40,6 +45,14 @@ class OpenUpload(NamedTuple):
     name: str
     upload_id: str
     initiated: datetime.datetime  # aware, UTC
+
+
+class ObjectHead(NamedTuple):
+    """What one HEAD tells of an object: its size and the checksums the server keeps."""
+
+    size: int
+    etag: str  # without quotes
+    crc32: str  # S3's ChecksumCRC32 ("<base64>" or "<base64>-<parts>"), "" if none is kept
 
 
 def _location(remote: S3Storage) -> str:
@@ -58,6 +71,31 @@ def exists(remote: S3Storage, name: str, *, timeout: float | None = None) -> boo
             return False
         raise
     return True
+
+
+def head(remote: S3Storage, name: str, *, timeout: float | None = None) -> ObjectHead | None:
+    """Size and checksums of *name* (one HEAD, nothing downloaded); ``None`` on a 404.
+
+    Asks for S3's stored checksum (``ChecksumMode=ENABLED``) and sends the storage's SSE-C
+    key, if it has one (an object encrypted with it cannot be asked about without). Any other
+    error propagates: only a 404 says the object is not there.
+    """
+    key = s3_key(remote, name)
+    sse_c = {k: v for k, v in remote.get_object_parameters(key).items() if k in _SSE_C}
+    client = s3_client(remote, timeout=timeout)
+    try:
+        found = client.head_object(
+            Bucket=remote.bucket_name, Key=key, ChecksumMode="ENABLED", **sse_c
+        )
+    except ClientError as err:
+        if http_status(err) == 404:
+            return None
+        raise
+    return ObjectHead(
+        size=int(found["ContentLength"]),
+        etag=str(found.get("ETag", "")).strip('"'),
+        crc32=str(found.get("ChecksumCRC32") or ""),
+    )
 
 
 def delete(remote: S3Storage, name: str) -> None:
