@@ -1,0 +1,555 @@
+"""The ledger in the Django admin, and a state column for the admins of the user's own models.
+
+:class:`StoredFileAdmin` (registered when ``django.contrib.admin`` discovers this module) shows
+the ledger read-only: nobody edits a state by hand, every change goes through the ledger's
+transitions, from these actions:
+
+* **transfer now**: pending or failed files get a fresh budget and a transfer message, sent
+  through :func:`queued_storage.dispatch.dispatch` as a save sends it (``[alias, name]``);
+* **retry failed**: :meth:`~queued_storage.ledger.Ledger.retry_failed` for failed files whose
+  local copy is there, then a transfer message;
+* **verify the remote copy**: :func:`queued_storage.verify.verify` (a HEAD per file);
+* **delete the local copy**: for ``remote`` files whose remote copy verifies right then,
+  :meth:`~queued_storage.ledger.Ledger.drop_local` with the local storage's delete, as the
+  worker does after a transfer.
+
+The actions need the ``change`` permission of the ledger model (the change form itself stays
+read-only). Pages show the rows' own fields only: no storage, no option, no URL (a signed URL
+would carry the access key id).
+
+For the user's models, :class:`QueuedFileAdminMixin` adds a state column (badge, progress bar)
+per queued file field, costing one ledger query for the whole page, and an action that
+transfers the selected objects' files now; :func:`queued_state_column` is the column alone.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.options import IS_POPUP_VAR
+from django.contrib.admin.views.main import ChangeList
+from django.contrib.auth import get_permission_codename
+from django.db.models import Model, Q, QuerySet
+from django.http import HttpRequest
+from django.template.defaultfilters import filesizeformat
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.text import Truncator
+from django.utils.timesince import timesince
+
+from queued_storage.conf import settings
+from queued_storage.dispatch import dispatch
+from queued_storage.exceptions import StorageNotFound
+from queued_storage.models import State, StoredFile
+from queued_storage.storage import QueuedStorage, get_queued_storage
+from queued_storage.verify import VerifyReport, label, verify
+
+__all__ = [
+    "QueuedFileAdminMixin",
+    "StoredFileAdmin",
+    "queued_state_column",
+    "state_html",
+]
+
+if TYPE_CHECKING:
+    _StoredFileAdminBase = admin.ModelAdmin[StoredFile]
+    _MixinBase = admin.ModelAdmin[Any]
+else:  # ModelAdmin is generic for type checkers only (django-stubs)
+    _StoredFileAdminBase = admin.ModelAdmin
+    _MixinBase = object
+
+#: Seconds an S3 request of an admin action may take (no retries): a request must not hang
+#: on an unreachable remote; what could not be asked is reported unchecked.
+ADMIN_REMOTE_TIMEOUT = 10.0
+#: Problems listed by name in an action's message (the rest are counted).
+LISTED = 10
+#: The list page shows this much of a row's last error (the detail page shows all of it).
+ERROR_PREVIEW = 80
+
+_COLOURS = {
+    State.PENDING: "#6b6b6b",
+    State.TRANSFERRING: "#205ea6",
+    State.REMOTE: "#2e7d32",
+    State.FAILED: "#ba2121",
+}
+_BADGE = (
+    "display:inline-block;padding:1px 7px;border-radius:9px;color:#fff;"
+    "font-size:11px;font-weight:bold;white-space:nowrap;background:{}"
+)
+
+
+def _progress_html(done: int, total: int) -> SafeString:
+    percent = 100.0 if total <= 0 else min(100.0, 100.0 * done / total)
+    return format_html(
+        '<progress class="qs-progress" value="{}" max="{}">{}</progress> {}',
+        done,
+        max(total, 0),
+        f"{percent:.0f}%",
+        f"{percent:.0f}%",
+    )
+
+
+def state_html(state: str | None, done: int = 0, total: int = 0) -> SafeString:
+    """A coloured badge of *state*, and a progress bar of *done*/*total* bytes while it is
+    ``transferring``; ``None``: a file the ledger does not know."""
+    if state is None:
+        return format_html('<span class="qs-state qs-state-unknown">{}</span>', "unknown")
+    colour = _COLOURS.get(state, "#6b6b6b")
+    badge = format_html(
+        '<span class="qs-state qs-state-{}" style="{}">{}</span>',
+        state,
+        format_html(_BADGE, colour),
+        state,
+    )
+    if state == State.TRANSFERRING:
+        return format_html("{}<br>{}", badge, _progress_html(done, total))
+    return badge
+
+
+def _served_from(row: StoredFile) -> str:
+    if row.state == State.REMOTE:
+        return "remote"
+    return "local" if row.local_exists else "nowhere (local copy gone)"
+
+
+# -- the actions' work, shared by both admins ----------------------------------------------------
+class _Storages:
+    """The queued storages of an action, resolved once per alias."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, QueuedStorage | None] = {}
+
+    def get(self, alias: str) -> QueuedStorage | None:
+        if alias not in self.found:
+            try:
+                self.found[alias] = get_queued_storage(alias)
+            except StorageNotFound:
+                self.found[alias] = None
+        return self.found[alias]
+
+
+class _Sender:
+    """Sends transfer messages; once the broker refuses, stops trying for this action (each
+    refusal costs the publish retry policy's time), as the reconcile pass does."""
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def send(self, storage: QueuedStorage, row: StoredFile) -> bool:
+        if self.broken:
+            return False
+        queue = storage.queue_for(row.host or None)
+        if dispatch(storage.task, storage.alias, row.name, queue=queue) is None:
+            self.broken = True
+            return False
+        return True
+
+
+def _counted(parts: Iterable[tuple[int, str]]) -> str:
+    return "; ".join(text.format(n=n) for n, text in parts if n)
+
+
+def _transfer_rows(rows: Iterable[StoredFile]) -> tuple[int, str]:
+    """Queue the transfer of every pending or failed row, with a fresh budget (what
+    ``storage.transfer(name)`` does, without keeping a result). ``(queued, message)``."""
+    storages, sender = _Storages(), _Sender()
+    queued = refused = skipped = unknown = 0
+    for row in rows:
+        storage = storages.get(row.alias)
+        if storage is None:
+            unknown += 1
+        elif row.state not in (State.PENDING, State.FAILED) or not storage.ledger.retry(row.name):
+            skipped += 1  # a row that moved on meanwhile is skipped too
+        elif sender.send(storage, row):
+            queued += 1
+        else:
+            refused += 1
+    message = _counted(
+        [
+            (queued, "queued the transfer of {n} file(s)"),
+            (
+                refused,
+                "{n} not queued: the broker refused (they stay pending; the reconcile pass "
+                "queues them)",
+            ),
+            (skipped, "{n} skipped (transferring or remote already)"),
+            (unknown, "{n} skipped (a storage this process does not know)"),
+        ]
+    )
+    return queued, message
+
+
+def _level(report: VerifyReport) -> int:
+    if report.lost:
+        return messages.ERROR
+    return messages.SUCCESS if report.ok else messages.WARNING
+
+
+def _problems(report: VerifyReport) -> str:
+    listed = [str(problem) for problem in report.problems[:LISTED]]
+    more = len(report.problems) - len(listed)
+    if more > 0:
+        listed.append(f"and {more} more")
+    return (" " + "; ".join(listed)) if listed else ""
+
+
+# -- the ledger ----------------------------------------------------------------------------------
+_MAIN_FIELDS = (
+    "name",
+    "storage",
+    "state_badge",
+    "progress",
+    "served_from",
+    "size_human",
+    "local_exists",
+    "host",
+    "owner",
+)
+_TRANSFER_FIELDS = (
+    "attempts",
+    "last_error_full",
+    "checksum",
+    "checksum_algorithm",
+    "retrying_since",
+    "lease_owner",
+    "lease_expires",
+    "upload_id",
+    "part_size",
+    "parts_done",
+)
+_TIME_FIELDS = ("created", "updated", "transferred")
+
+
+@admin.register(StoredFile)
+class StoredFileAdmin(_StoredFileAdminBase):
+    """The ledger, read-only, with the operator's actions (see the module docstring)."""
+
+    list_display = (
+        "name",
+        "storage",
+        "state_badge",
+        "progress",
+        "size_human",
+        "attempts",
+        "error_preview",
+        "host",
+        "age",
+        "served_from",
+    )
+    list_filter = ("state", "alias", "host")
+    search_fields = ("name",)
+    date_hierarchy = "created"
+    ordering = ("-pk",)
+    actions = ("transfer_now", "retry_failed", "verify_remote", "delete_local_copy")
+    fieldsets = (
+        (None, {"fields": _MAIN_FIELDS}),
+        ("Transfer", {"fields": _TRANSFER_FIELDS}),
+        ("Times", {"fields": _TIME_FIELDS}),
+    )
+    readonly_fields = (*_MAIN_FIELDS, *_TRANSFER_FIELDS, *_TIME_FIELDS)
+
+    # -- read-only: rows change through the ledger's transitions only --------------------------
+    def get_queryset(self, request: HttpRequest) -> QuerySet[StoredFile]:
+        rows: QuerySet[StoredFile] = super().get_queryset(request).using(StoredFile.db())
+        return rows
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: StoredFile | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: StoredFile | None = None) -> bool:
+        return False
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        """The actions: the ledger model's ``change`` permission (the form stays read-only)."""
+        codename = get_permission_codename("change", self.opts)
+        return bool(request.user.has_perm(f"{self.opts.app_label}.{codename}"))
+
+    # -- columns --------------------------------------------------------------------------------
+    @admin.display(description="storage", ordering="alias")
+    def storage(self, row: StoredFile) -> str:
+        return row.alias
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, row: StoredFile) -> SafeString:
+        return state_html(row.state)
+
+    @admin.display(description="progress")
+    def progress(self, row: StoredFile) -> SafeString | str:
+        if row.state != State.TRANSFERRING:
+            return ""
+        return _progress_html(row.bytes_done, row.size or 0)
+
+    @admin.display(description="size", ordering="size")
+    def size_human(self, row: StoredFile) -> str:
+        return "" if row.size is None else str(filesizeformat(row.size))
+
+    @admin.display(description="last error")
+    def error_preview(self, row: StoredFile) -> str:
+        return Truncator(row.last_error).chars(ERROR_PREVIEW)
+
+    @admin.display(description="last error")
+    def last_error_full(self, row: StoredFile) -> SafeString | str:
+        if not row.last_error:
+            return ""
+        return format_html('<pre style="white-space:pre-wrap;margin:0">{}</pre>', row.last_error)
+
+    @admin.display(description="age", ordering="created")
+    def age(self, row: StoredFile) -> str:
+        return timesince(row.created, depth=1)
+
+    @admin.display(description="served from")
+    def served_from(self, row: StoredFile) -> str:
+        return _served_from(row)
+
+    @admin.display(description="parts done")
+    def parts_done(self, row: StoredFile) -> int:
+        return len(row.parts or [])
+
+    # -- actions --------------------------------------------------------------------------------
+    @admin.action(description="Transfer now (pending or failed files)", permissions=["operate"])
+    def transfer_now(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
+        queued, message = _transfer_rows(queryset.iterator())
+        level = messages.SUCCESS if queued else messages.INFO
+        self.message_user(request, f"Transfer now: {message or 'nothing to transfer'}.", level)
+
+    @admin.action(description="Retry failed files (new retry budget)", permissions=["operate"])
+    def retry_failed(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
+        storages, sender = _Storages(), _Sender()
+        queued = refused = no_local = changed = skipped = 0
+        for row in queryset.iterator():
+            storage = storages.get(row.alias)
+            if storage is None or row.state != State.FAILED:
+                skipped += 1
+                continue
+            # Another host's disk cannot be seen from here: its row says whether it holds it.
+            elsewhere = bool(row.host) and row.host != settings.HOST and row.local_exists
+            if not (elsewhere or storage.local.exists(row.name)):
+                no_local += 1
+            elif not storage.ledger.retry_failed(row, timezone.now()):
+                changed += 1
+            elif sender.send(storage, row):
+                queued += 1
+            else:
+                refused += 1
+        message = _counted(
+            [
+                (queued, "{n} failed file(s) queued again with a new retry budget"),
+                (refused, "{n} pending again but not queued: the broker refused"),
+                (
+                    no_local,
+                    "{n} not retried: the local copy is gone (restore it first, or delete "
+                    "the file through its storage)",
+                ),
+                (changed, "{n} changed meanwhile (left alone)"),
+                (skipped, "{n} skipped (not failed)"),
+            ]
+        )
+        level = messages.WARNING if no_local or refused else messages.SUCCESS
+        self.message_user(request, f"Retry failed: {message or 'nothing to retry'}.", level)
+
+    @admin.action(description="Verify the remote copy", permissions=["operate"])
+    def verify_remote(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
+        report = verify(queryset, timeout=ADMIN_REMOTE_TIMEOUT)
+        self.message_user(request, f"Verify: {report.summary()}{_problems(report)}", _level(report))
+
+    @admin.action(
+        description="Delete the local copy (remote files whose remote copy verifies)",
+        permissions=["operate"],
+    )
+    def delete_local_copy(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
+        storages = _Storages()
+        candidates: list[StoredFile] = []
+        skipped = 0
+        for row in queryset.iterator():
+            storage = storages.get(row.alias)
+            if storage is None or row.state != State.REMOTE or not storage.local.exists(row.name):
+                skipped += 1
+            else:
+                candidates.append(row)
+        report = verify(candidates, timeout=ADMIN_REMOTE_TIMEOUT) if candidates else VerifyReport()
+        passed = set(report.verified)
+        deleted = 0
+        for row in candidates:
+            storage = storages.get(row.alias)
+            if storage is not None and label(row) in passed:
+                storage.ledger.drop_local(row.name, row.size, storage.local.delete)
+                deleted += 1
+        kept = len(candidates) - deleted
+        message = _counted(
+            [
+                (deleted, "deleted the local copy of {n} file(s) whose remote copy verified"),
+                (kept, "{n} kept: the remote copy did not verify"),
+                (skipped, "{n} skipped (not remote, or no local copy here)"),
+            ]
+        )
+        level = messages.SUCCESS if not kept else _level(report)
+        text = f"Delete the local copy: {message or 'nothing to delete'}."
+        self.message_user(request, text + (_problems(report) if kept else ""), level)
+
+
+# -- the user's own models -----------------------------------------------------------------------
+#: The attribute of a listed object that holds its page's ledger rows, by ``(alias, name)``.
+_ROWS = "_queued_storage_rows"
+
+
+def _queued_file(obj: Model, field: str) -> tuple[QueuedStorage, str] | None:
+    """The queued storage and name of *obj*'s file in *field*, if it has one."""
+    file = getattr(obj, field, None)
+    if not file or not getattr(file, "name", None):
+        return None
+    storage = getattr(file, "storage", None)
+    if not isinstance(storage, QueuedStorage):
+        return None
+    return storage, str(file.name)
+
+
+def ledger_rows(
+    objects: Iterable[Model], fields: Sequence[str]
+) -> dict[tuple[str, str], StoredFile]:
+    """The ledger rows of the files in *fields* of *objects*, by ``(alias, name)``: one query
+    whatever the number of objects (none when they hold no queued file)."""
+    wanted: dict[str, set[str]] = {}
+    for obj in objects:
+        for field in fields:
+            found = _queued_file(obj, field)
+            if found is not None:
+                wanted.setdefault(found[0].alias, set()).add(found[1])
+    if not wanted:
+        return {}
+    query = Q()
+    for alias, names in wanted.items():
+        query |= Q(alias=alias, name__in=sorted(names))
+    rows = (
+        StoredFile.objects.using(StoredFile.db())
+        .filter(query)
+        .only("alias", "name", "state", "size", "bytes_done", "local_exists", "host", "updated")
+    )
+    return {(row.alias, row.name): row for row in rows}
+
+
+def attach_ledger_rows(objects: Iterable[Model], fields: Sequence[str]) -> None:
+    """Give each of *objects* the ledger rows of the page (see :func:`ledger_rows`), for the
+    state columns to read without a query per row."""
+    listed = list(objects)  # a page's queryset: evaluated once, its cache serves the template
+    rows = ledger_rows(listed, fields)
+    for obj in listed:
+        setattr(obj, _ROWS, rows)
+
+
+class QueuedStateColumn:
+    """A ``list_display`` column: the state badge (and progress) of one queued file field.
+
+    Reads the rows :func:`attach_ledger_rows` attached to the object (no query); on an object
+    without them, the state comes from the storage's read path (cache, then ledger).
+    """
+
+    def __init__(self, field: str, description: str | None = None) -> None:
+        self.field = field
+        self.__name__ = f"{field}_queued_state"
+        self.short_description = description or f"{field.replace('_', ' ')} state"
+
+    def __repr__(self) -> str:
+        return f"<QueuedStateColumn {self.field!r}>"
+
+    def __call__(self, obj: Model) -> SafeString | str:
+        found = _queued_file(obj, self.field)
+        if found is None:
+            return ""
+        storage, name = found
+        rows: dict[tuple[str, str], StoredFile] | None = getattr(obj, _ROWS, None)
+        if rows is not None:
+            row = rows.get((storage.alias, name))
+            if row is None:
+                return state_html(None)
+            return state_html(row.state, row.bytes_done, row.size or 0)
+        progress = storage.get_progress(name)
+        if progress is None:
+            state = storage.get_state(name)
+            return state_html(None if state is None else state.state)
+        return state_html(progress.state, progress.done, progress.total)
+
+
+@functools.cache
+def queued_state_column(field: str, description: str | None = None) -> QueuedStateColumn:
+    """The state column of the queued file field *field*, for any admin's ``list_display``.
+
+    Alone it reads each row's state through the storage (the cache, the ledger on a miss);
+    with :class:`QueuedFileAdminMixin` the whole page costs one ledger query.
+    """
+    return QueuedStateColumn(field, description)
+
+
+class QueuedFileAdminMixin(_MixinBase):
+    """For a ``ModelAdmin`` of a model with queued file fields: a state column per field in
+    :attr:`queued_file_fields` (badge, and a progress bar while transferring), read with one
+    ledger query for the whole page, and the action "Transfer the selected files now".
+
+    Put it before ``admin.ModelAdmin`` in the bases::
+
+        @admin.register(Document)
+        class DocumentAdmin(QueuedFileAdminMixin, admin.ModelAdmin):
+            list_display = ("title", "file")
+            queued_file_fields = ["file"]
+    """
+
+    #: Names of the model's file fields whose storage is a ``QueuedStorage``.
+    queued_file_fields: Sequence[str] = ("file",)
+
+    def get_list_display(self, request: HttpRequest) -> Any:
+        shown = list(super().get_list_display(request))
+        columns = [queued_state_column(field) for field in self.queued_file_fields]
+        return [*shown, *(column for column in columns if column not in shown)]
+
+    def get_changelist_instance(self, request: HttpRequest) -> ChangeList:
+        changelist = super().get_changelist_instance(request)
+        attach_ledger_rows(changelist.result_list, self.queued_file_fields)
+        return changelist
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions: dict[str, Any] = dict(super().get_actions(request))
+        if self.actions is None or IS_POPUP_VAR in request.GET:
+            return actions  # actions are off on this page
+        if self.has_change_permission(request):
+            name = "transfer_queued_files"
+            function = QueuedFileAdminMixin.transfer_queued_files
+            description = getattr(function, "short_description", name)
+            actions.setdefault(name, (function, name, description))
+        return actions
+
+    @admin.action(description="Transfer the selected files now")
+    def transfer_queued_files(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        objects = list(queryset)
+        rows = ledger_rows(objects, self.queued_file_fields)
+        known: list[StoredFile] = []
+        recorded = missing = 0
+        for obj in objects:
+            for field in self.queued_file_fields:
+                found = _queued_file(obj, field)
+                if found is None:
+                    continue
+                storage, name = found
+                row = rows.get((storage.alias, name))
+                if row is not None:
+                    known.append(row)
+                elif storage.local.exists(name):
+                    storage.transfer(name)  # records the local file, then queues it
+                    recorded += 1
+                else:
+                    missing += 1
+        queued, message = _transfer_rows(known)
+        extra = _counted(
+            [
+                (recorded, "{n} local file(s) unknown to the ledger recorded and queued"),
+                (missing, "{n} skipped (no ledger row and no local copy)"),
+            ]
+        )
+        text = "; ".join(part for part in (message, extra) if part) or "nothing to transfer"
+        level = messages.SUCCESS if queued or recorded else messages.INFO
+        self.message_user(request, f"Transfer now: {text}.", level)

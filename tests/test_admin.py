@@ -1,0 +1,431 @@
+"""The admin: the ledger (read-only, its actions), the state column of the user's own models,
+and an upload through the admin's own file widget that a real worker sends to moto S3.
+
+Transfer messages of the action tests go to the "parked" queue, which no worker consumes: the
+tests read them from Redis. The end-to-end tests use the session's real worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Permission
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils.text import Truncator
+
+from queued_storage.admin import ERROR_PREVIEW, queued_state_column
+from queued_storage.conf import settings as qs_settings
+from queued_storage.ledger import Ledger
+from queued_storage.models import State, StoredFile
+from queued_storage.storage import QueuedStorage
+from queued_storage.worker import Outcome, run_transfer
+from tests.harness.suite import broker_messages, need, redis_client, s3_bytes, wait_for
+from tests.testapp.models import Document
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+LEDGER = "/admin/queued_storage/storedfile/"
+DOCUMENTS = "/admin/testapp/document/"
+#: What no admin page may show: the remote's credentials and options.
+SECRETS = (
+    settings.S3_SECRET,
+    settings.S3_OPTIONS["access_key"],
+    settings.S3_OPTIONS["endpoint_url"],
+)
+LONG_ERROR = "The remote storage refused the upload of this file " + "because of reasons " * 20
+
+
+def queued(alias: str) -> QueuedStorage:
+    found = storages[alias]
+    assert isinstance(found, QueuedStorage)
+    return found
+
+
+def row(alias: str, name: str) -> StoredFile:
+    found = StoredFile.get_row(alias, name)
+    assert found is not None
+    return found
+
+
+def staged(alias: str, name: str, data: bytes = b"staged bytes") -> str:
+    """A local file and its ``pending`` row, as a save leaves them, but no message sent."""
+    storage = queued(alias)
+    stored = storage.local.save(name, ContentFile(data))
+    assert storage.ledger.saved(stored, qs_settings.HOST, len(data))
+    return stored
+
+
+def failed(alias: str, name: str, error: str = LONG_ERROR, *, local: bool = True) -> str:
+    stored = staged(alias, name)
+    ledger = queued(alias).ledger
+    assert ledger.lease(stored, "worker-1", 60).acquired
+    assert ledger.fail(stored, "worker-1", error)
+    if not local:
+        queued(alias).local.delete(stored)
+    return stored
+
+
+def transferring(alias: str, name: str, done: int, total: int) -> str:
+    stored = staged(alias, name, b"t" * total)
+    ledger = queued(alias).ledger
+    assert ledger.lease(stored, "worker-1", 60).acquired
+    assert ledger.renew(stored, "worker-1", 60, done, total)
+    return stored
+
+
+def transferred(name: str, data: bytes = b"on s3 now") -> str:
+    """Saved through the ``delayed`` storage and sent by the real engine, in this process."""
+    stored = queued("queued_delayed").save(name, ContentFile(data))
+    assert run_transfer("queued_delayed", stored) is Outcome.TRANSFERRED
+    return stored
+
+
+def messages_of(response: Any) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+def act(client: Client, url: str, action: str, rows: list[Any]) -> list[str]:
+    """Run an admin action on *rows* (objects with a ``pk``); the messages it left."""
+    response = client.post(
+        url,
+        {"action": action, "_selected_action": [str(r.pk) for r in rows], "index": "0"},
+        follow=True,
+    )
+    assert response.status_code == 200
+    return messages_of(response)
+
+
+@pytest.fixture
+def parked(clean: Any) -> Any:
+    """The "parked" queue, empty before and after: ``parked()`` is its messages' ``args``."""
+    need("redis")
+    with redis_client() as client:
+        client.delete("parked")
+
+        def messages() -> list[list[Any]]:
+            found = broker_messages("parked")
+            return [json.loads(base64.b64decode(m["body"]))[0] for m in found]
+
+        yield messages
+        client.delete("parked")
+
+
+# --- the ledger: what it shows -------------------------------------------------------------------
+def test_ledger_pages_show_each_state_and_no_credential_or_storage_option(
+    admin_client: Client, clean: Any
+) -> None:
+    pending = staged("queued_parked", "pages/pending.txt")
+    moving = transferring("queued_parked", "pages/moving.bin", 250, 1000)
+    broken = failed("queued_parked", "pages/broken.txt")
+    Ledger("queued_parked").seed_remote([("pages/remote.txt", 2048, "0123abcd")])
+
+    listing = admin_client.get(LEDGER)
+
+    assert listing.status_code == 200
+    html = listing.content.decode()
+    for state in ("pending", "transferring", "failed", "remote"):
+        assert f'<span class="qs-state qs-state-{state}"' in html
+    assert '<progress class="qs-progress" value="250" max="1000">25%</progress> 25%' in html
+    assert Truncator(LONG_ERROR).chars(ERROR_PREVIEW) in html
+    assert LONG_ERROR not in html  # the list shows the beginning only
+    assert "2.0\xa0KB" in html  # the size, for people
+    assert "Add stored file" not in html
+    for secret in SECRETS:
+        assert secret not in html
+    for name in (pending, moving, broken, "pages/remote.txt"):
+        detail = admin_client.get(f"{LEDGER}{row('queued_parked', name).pk}/change/")
+        assert detail.status_code == 200
+        page = detail.content.decode()
+        assert name in page
+        assert 'name="_save"' not in page  # read-only: nothing to submit
+        for secret in SECRETS:
+            assert secret not in page
+    detail = admin_client.get(f"{LEDGER}{row('queued_parked', broken).pk}/change/").content
+    assert LONG_ERROR in detail.decode()  # the detail page shows all of it
+
+
+def test_ledger_rows_cannot_be_added_changed_or_deleted_by_hand(
+    admin_client: Client, clean: Any
+) -> None:
+    name = staged("queued_parked", "by-hand.txt")
+    pk = row("queued_parked", name).pk
+    assert admin_client.get(f"{LEDGER}add/").status_code == 403
+    assert admin_client.post(f"{LEDGER}{pk}/change/", {"state": "remote"}).status_code == 403
+    assert admin_client.post(f"{LEDGER}{pk}/delete/", {"post": "yes"}).status_code == 403
+    actions = admin_client.get(LEDGER).context["action_form"].fields["action"].choices
+    assert [value for value, _ in actions] == [
+        "",
+        "transfer_now",
+        "retry_failed",
+        "verify_remote",
+        "delete_local_copy",
+    ]
+    assert row("queued_parked", name).state == State.PENDING
+
+
+def test_ledger_list_of_10000_rows_costs_a_bounded_number_of_queries(
+    admin_client: Client, clean: Any
+) -> None:
+    def bulk(start: int, count: int) -> None:
+        states = [State.PENDING, State.TRANSFERRING, State.REMOTE, State.FAILED]
+        StoredFile.objects.bulk_create(
+            StoredFile(
+                alias="queued_parked",
+                name=f"bulk/{i:05d}.bin",
+                state=states[i % 4],
+                size=1000 + i,
+                bytes_done=i % 1000,
+                host=f"web-{i % 3}",
+                local_exists=True,
+                last_error=LONG_ERROR if i % 4 == 3 else "",
+            )
+            for i in range(start, start + count)
+        )
+
+    def queries(url: str) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_client.get(url).status_code == 200
+        return len(captured)
+
+    urls = [LEDGER, f"{LEDGER}?state__exact=failed&q=bulk", f"{LEDGER}?host=web-1&p=2"]
+    bulk(0, 10)
+    few = [queries(url) for url in urls]
+    bulk(10, 9_990)
+    assert StoredFile.objects.count() == 10_000
+    many = [queries(url) for url in urls]
+    assert many == few
+    assert max(many) <= 12
+
+
+def test_a_view_only_user_sees_the_ledger_but_no_action(
+    client: Client, clean: Any, django_user_model: Any
+) -> None:
+    user = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_storedfile"))
+    client.force_login(user)
+    name = failed("queued_parked", "not-yours.txt")
+
+    response = client.get(LEDGER)
+
+    assert response.status_code == 200
+    assert name in response.content.decode()
+    assert response.context["action_form"] is None  # no action is offered
+    refused = client.post(
+        LEDGER,
+        {"action": "retry_failed", "_selected_action": [str(row("queued_parked", name).pk)]},
+    )
+    assert refused.status_code in (200, 302)
+    assert row("queued_parked", name).state == State.FAILED
+
+
+# --- the ledger: actions -------------------------------------------------------------------------
+def test_transfer_now_queues_pending_and_failed_files_through_the_dispatch(
+    admin_client: Client, parked: Any
+) -> None:
+    waiting = staged("queued_parked", "now/waiting.txt")
+    broken = failed("queued_parked", "now/broken.txt")
+    moving = transferring("queued_parked", "now/moving.bin", 10, 100)
+    rows = [row("queued_parked", n) for n in (waiting, broken, moving)]
+
+    shown = act(admin_client, LEDGER, "transfer_now", rows)
+
+    assert shown == [
+        "Transfer now: queued the transfer of 2 file(s); 1 skipped (transferring or remote "
+        "already)."
+    ]
+    assert sorted(parked()) == sorted([["queued_parked", waiting], ["queued_parked", broken]])
+    again = row("queued_parked", broken)
+    assert (again.state, again.attempts) == (State.PENDING, 0)  # a new budget
+    assert row("queued_parked", moving).state == State.TRANSFERRING
+
+
+def test_retry_failed_gives_a_new_budget_where_the_local_copy_is_there(
+    admin_client: Client, parked: Any
+) -> None:
+    there = failed("queued_parked", "retry/there.txt")
+    gone = failed("queued_parked", "retry/gone.txt", local=False)
+    waiting = staged("queued_parked", "retry/waiting.txt")
+    rows = [row("queued_parked", n) for n in (there, gone, waiting)]
+
+    shown = act(admin_client, LEDGER, "retry_failed", rows)
+
+    assert shown == [
+        "Retry failed: 1 failed file(s) queued again with a new retry budget; 1 not retried: "
+        "the local copy is gone (restore it first, or delete the file through its storage); "
+        "1 skipped (not failed)."
+    ]
+    assert parked() == [["queued_parked", there]]
+    assert (row("queued_parked", there).state, row("queued_parked", there).attempts) == (
+        State.PENDING,
+        0,
+    )
+    assert row("queued_parked", gone).state == State.FAILED
+
+
+def test_verify_action_reports_lost_remote_copies_and_marks_them_failed(
+    admin_client: Client, clean: Any
+) -> None:
+    kept = transferred("check/kept.txt")
+    gone = transferred("check/gone.txt")
+    clean.delete_object(Bucket=settings.BUCKET, Key=gone)
+    rows = [row("queued_delayed", n) for n in (kept, gone)]
+
+    response = admin_client.post(
+        LEDGER,
+        {"action": "verify_remote", "_selected_action": [str(r.pk) for r in rows]},
+        follow=True,
+    )
+
+    [shown] = list(response.context["messages"])
+    assert shown.level_tag == "error"
+    assert str(shown) == (
+        "Verify: 2 remote file(s) checked: 1 verified (0 by size only), 1 lost, 0 unchecked. "
+        f"queued_delayed:{gone}: missing: is missing from the remote storage"
+    )
+    assert row("queued_delayed", gone).state == State.FAILED
+    assert row("queued_delayed", kept).state == State.REMOTE
+
+
+def test_delete_local_copy_only_where_the_remote_copy_verifies_right_then(
+    admin_client: Client, clean: Any
+) -> None:
+    storage = queued("queued_delayed")
+    safe = transferred("drop/safe.txt", b"safe on s3")
+    unsafe = transferred("drop/unsafe.txt", b"gone from s3")
+    clean.delete_object(Bucket=settings.BUCKET, Key=unsafe)
+    waiting = storage.save("drop/waiting.txt", ContentFile(b"not sent yet"))
+    rows = [row("queued_delayed", n) for n in (safe, unsafe, waiting)]
+
+    shown = act(admin_client, LEDGER, "delete_local_copy", rows)
+
+    assert shown == [
+        "Delete the local copy: deleted the local copy of 1 file(s) whose remote copy "
+        "verified; 1 kept: the remote copy did not verify; 1 skipped (not remote, or no local "
+        f"copy here). queued_delayed:{unsafe}: missing: is missing from the remote storage"
+    ]
+    assert not Path(storage.local.path(safe)).exists()
+    assert not row("queued_delayed", safe).local_exists
+    assert not storage.get_state(safe).local_exists  # type: ignore[union-attr]
+    with storage.open(safe) as fh:  # served from S3
+        assert fh.read() == b"safe on s3"
+    assert Path(storage.local.path(unsafe)).exists()  # its only copy now
+    assert row("queued_delayed", unsafe).state == State.FAILED
+    assert Path(storage.local.path(waiting)).exists()
+
+
+# --- the user's own models: the mixin ------------------------------------------------------------
+def test_the_state_column_costs_one_ledger_query_for_the_whole_page(
+    admin_client: Client, clean: Any
+) -> None:
+    local = queued("default").local
+    states = [State.PENDING, State.TRANSFERRING, State.REMOTE, State.FAILED, None]
+
+    def documents(start: int, count: int) -> None:
+        names = [f"docs/{i:03d}.pdf" for i in range(start, start + count)]
+        for name in names:  # the staged files, as saves leave them
+            Path(local.path(name)).parent.mkdir(parents=True, exist_ok=True)
+            Path(local.path(name)).write_bytes(b"p" * 400)
+        Document.objects.bulk_create(Document(title=name, file=name) for name in names)
+        StoredFile.objects.bulk_create(
+            StoredFile(
+                alias="default",
+                name=name,
+                state=states[i % 5],
+                size=400,
+                bytes_done=100,
+                local_exists=True,
+            )
+            for i, name in enumerate(names, start)
+            if states[i % 5] is not None
+        )
+
+    def page() -> tuple[str, int, int]:
+        # The "file" column links each file through storage.url(), which reads its state
+        # from the cache (filled by the first view of the page); the state column reads the
+        # page's rows in one query, cache or not.
+        admin_client.get(DOCUMENTS)
+        with CaptureQueriesContext(connection) as captured:
+            response = admin_client.get(DOCUMENTS)
+        assert response.status_code == 200
+        ledger = [q for q in captured.captured_queries if "queued_storage_storedfile" in q["sql"]]
+        return response.content.decode(), len(captured), len(ledger)
+
+    documents(0, 5)
+    html, few, ledger_queries = page()
+    assert ledger_queries == 1
+    for state in ("pending", "transferring", "remote", "failed", "unknown"):
+        assert f'class="qs-state qs-state-{state}"' in html
+    assert '<progress class="qs-progress" value="100" max="400">25%</progress>' in html
+    assert 'value="transfer_queued_files"' in html  # the mixin's action is offered
+    documents(5, 95)
+    html, many, ledger_queries = page()
+    assert (many, ledger_queries) == (few, 1)
+    assert html.count('class="qs-state ') == 100
+
+
+def test_the_state_column_alone_reads_the_state_through_the_storage(clean: Any) -> None:
+    name = staged("default", "alone/one.txt")
+    doc = Document.objects.create(title="alone", file=name)
+    column = queued_state_column("file")
+    assert column is queued_state_column("file")
+    assert 'class="qs-state qs-state-pending"' in column(doc)
+    assert column.short_description == "file state"
+
+
+# --- end to end: the admin's file widget, a real worker, moto S3 ---------------------------------
+def test_a_file_uploaded_with_the_admin_add_form_reaches_s3_and_the_column_says_remote(
+    worker: Any, clean: Any, client: Client, django_user_model: Any
+) -> None:
+    django_user_model.objects.create_superuser("boss", "boss@example.com", "a-password")
+    login = client.post(
+        "/admin/login/?next=/admin/", {"username": "boss", "password": "a-password"}
+    )
+    assert login.status_code == 302
+    payload = os.urandom(300_000)
+
+    added = client.post(
+        f"{DOCUMENTS}add/",
+        {"title": "via the admin", "file": SimpleUploadedFile("scan.pdf", payload), "_save": "1"},
+    )
+
+    assert added.status_code == 302, added.content.decode()[:2000]
+    doc = Document.objects.get(title="via the admin")
+    name = doc.file.name
+    assert name.startswith("docs/scan")
+
+    def remote() -> StoredFile | None:
+        found = StoredFile.get_row("default", name)
+        assert found is None or found.state != State.FAILED, found.last_error
+        return found if found is not None and found.state == State.REMOTE else None
+
+    wait_for(remote, what=f"{name!r} to reach S3")
+    assert s3_bytes(clean, name) == payload
+    listing = client.get(DOCUMENTS).content.decode()
+    assert '<span class="qs-state qs-state-remote"' in listing
+    assert "via the admin" in listing
+
+
+def test_the_mixin_action_transfers_the_selected_objects_files(
+    worker: Any, clean: Any, admin_client: Client
+) -> None:
+    broken = failed("default", "docs/broken.txt")
+    waiting = staged("default", "docs/waiting.txt")
+    docs = [Document.objects.create(title=n, file=n) for n in (broken, waiting)]
+
+    shown = act(admin_client, DOCUMENTS, "transfer_queued_files", docs)
+
+    assert shown == ["Transfer now: queued the transfer of 2 file(s)."]
+    for name in (broken, waiting):
+        wait_for(lambda n=name: row("default", n).state == State.REMOTE, what=f"{name!r} on S3")
+        assert s3_bytes(clean, name) == b"staged bytes"
