@@ -19,7 +19,7 @@ from django.contrib.auth.models import Permission
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection
+from django.db import connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils.text import Truncator
@@ -179,19 +179,20 @@ def test_ledger_list_of_10000_rows_costs_a_bounded_number_of_queries(
 ) -> None:
     def bulk(start: int, count: int) -> None:
         states = [State.PENDING, State.TRANSFERRING, State.REMOTE, State.FAILED]
-        StoredFile.objects.bulk_create(
-            StoredFile(
-                alias="queued_parked",
-                name=f"bulk/{i:05d}.bin",
-                state=states[i % 4],
-                size=1000 + i,
-                bytes_done=i % 1000,
-                host=f"web-{i % 3}",
-                local_exists=True,
-                last_error=LONG_ERROR if i % 4 == 3 else "",
+        with transaction.atomic():  # one commit, not one per INSERT of the batch
+            StoredFile.objects.bulk_create(
+                StoredFile(
+                    alias="queued_parked",
+                    name=f"bulk/{i:05d}.bin",
+                    state=states[i % 4],
+                    size=1000 + i,
+                    bytes_done=i % 1000,
+                    host=f"web-{i % 3}",
+                    local_exists=True,
+                    last_error=LONG_ERROR if i % 4 == 3 else "",
+                )
+                for i in range(start, start + count)
             )
-            for i in range(start, start + count)
-        )
 
     def queries(url: str) -> int:
         with CaptureQueriesContext(connection) as captured:
