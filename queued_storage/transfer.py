@@ -38,6 +38,7 @@ from queued_storage._s3 import objects as s3_objects
 from queued_storage._s3.checksums import CHECKS
 from queued_storage._s3.client import is_s3, s3_client, s3_key
 from queued_storage._s3.errors import CONNECTION_ERRORS as S3_CONNECTION_ERRORS
+from queued_storage._s3.errors import TIMEOUT_ERRORS as S3_TIMEOUT_ERRORS
 from queued_storage._s3.errors import translate as translate_s3_error
 from queued_storage._s3.objects import OpenUpload
 from queued_storage._s3.upload import Checkpoint, Part, Resume, s3_transfer
@@ -349,7 +350,8 @@ def remote_exists_within(remote: Storage, name: str, timeout: float) -> bool:
     The question runs in a daemon thread, so that a storage whose ``exists()`` hangs (a
     black-holed endpoint, a stuck network mount) cannot hold the caller; S3 is also asked
     with a client that gives up by itself after *timeout*. Raises :class:`TimeoutError` when
-    no answer came in time, else what the remote raised.
+    no answer came in time (the deadline here, or the S3 client's own timeout, whichever
+    fires first), else what the remote raised.
     """
     if is_s3(remote):
         # Built here, outside the deadline: making a client loads botocore's service model
@@ -368,9 +370,12 @@ def remote_exists_within(remote: Storage, name: str, timeout: float) -> bool:
             done.set()
 
     threading.Thread(target=ask, name="queued-storage-remote-check", daemon=True).start()
+    late = f"the remote storage did not answer within {timeout:g} s"
     if not done.wait(timeout):
-        raise TimeoutError(f"the remote storage did not answer within {timeout:g} s")
+        raise TimeoutError(late)
     if failure:
+        if isinstance(failure[0], S3_TIMEOUT_ERRORS):
+            raise TimeoutError(late) from failure[0]
         raise failure[0]
     return answer[0]
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from botocore.exceptions import (
     ClientError,
+    ConnectTimeoutError,
     HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
+    ReadTimeoutError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -21,10 +23,13 @@ from queued_storage.exceptions import (
     TransientTransferError,
 )
 
-__all__ = ["CONNECTION_ERRORS", "error_code", "http_status", "translate"]
+__all__ = ["CONNECTION_ERRORS", "TIMEOUT_ERRORS", "error_code", "http_status", "translate"]
 
 #: botocore's own connection failures (it raises these, not the standard ``ConnectionError``).
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (BotoConnectionError, HTTPClientError)
+
+#: The client's own connect and read timeouts (both are also ``CONNECTION_ERRORS``).
+TIMEOUT_ERRORS: tuple[type[Exception], ...] = (ConnectTimeoutError, ReadTimeoutError)
 
 _TRANSIENT_CODES = {
     "RequestTimeout",
