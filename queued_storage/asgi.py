@@ -21,6 +21,11 @@ once, chunk by chunk, into the staging disk. Every other request goes through Dj
 
     application = get_asgi_application()
 
+A client that stops sending is given up on after ``timeout`` seconds without a body message
+(uvicorn has no such limit of its own): the view's read raises ``RequestAborted`` (caused by a
+``TimeoutError``). The stream is ``request.META[BODY_STREAM]``, so a view can set its own
+``timeout`` before it reads (``UploadView`` sets ``QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT``).
+
 Only synchronous views can read the stream (they run in a worker thread while the event loop
 serves the ``receive`` calls). The URL is resolved with ``ROOT_URLCONF``; a ``request.urlconf``
 set by middleware is not seen when choosing the handler.
@@ -41,7 +46,10 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http import FileResponse
 from django.urls import Resolver404, resolve, set_script_prefix
 
-__all__ = ["ReceiveStream", "StreamingASGIHandler", "get_asgi_application"]
+__all__ = ["BODY_STREAM", "ReceiveStream", "StreamingASGIHandler", "get_asgi_application"]
+
+#: The ``request.META`` key of a streaming view's :class:`ReceiveStream`.
+BODY_STREAM = "queued_storage.body_stream"
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -52,15 +60,16 @@ class ReceiveStream:
     ``read()`` is called from the view's worker thread; each missing piece is fetched with
     ``receive()`` on the server's event loop. It holds at most one ASGI message beyond what was
     asked for. A ``http.disconnect`` (the client went away) raises ``RequestAborted``; so does
-    waiting longer than ``timeout`` seconds for the next piece.
+    waiting longer than ``timeout`` seconds for the next piece (``None``: no limit), then
+    caused by a ``TimeoutError``. ``timeout`` may be changed between reads.
     """
 
     def __init__(
-        self, receive: Receive, loop: asyncio.AbstractEventLoop, timeout: float = 60.0
+        self, receive: Receive, loop: asyncio.AbstractEventLoop, timeout: float | None = 60.0
     ) -> None:
         self._receive = receive
         self._loop = loop
-        self._timeout = timeout
+        self.timeout = timeout
         self._buffer = bytearray()
         self._more = True
         self.received = 0  #: bytes taken from the server so far (tests and metrics)
@@ -77,13 +86,12 @@ class ReceiveStream:
             )
         future = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
         try:
-            message = future.result(self._timeout)
+            message = future.result(self.timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
             self._more = False
-            raise RequestAborted(
-                f"no request body received for {self._timeout:.0f} seconds"
-            ) from None
+            waited = f"no request body received for {self.timeout:g} seconds"
+            raise RequestAborted(waited) from TimeoutError(waited)
         if message["type"] == "http.disconnect":
             self._more = False
             raise RequestAborted("the client disconnected before the body was complete")
@@ -140,8 +148,9 @@ def _streams_body(scope: dict[str, Any]) -> bool:
 class StreamingASGIHandler(ASGIHandler):
     """Django's ``ASGIHandler``, except that streaming views run before the body is read."""
 
-    #: Seconds the body stream waits for the next piece before it gives up.
-    body_timeout = 60.0
+    #: Seconds the body stream waits for the next piece before it gives up (``None``: no
+    #: limit); a view may set its own (``request.META[BODY_STREAM].timeout``).
+    body_timeout: float | None = 60.0
 
     async def handle(self, scope: Any, receive: Any, send: Any) -> None:
         set_script_prefix(get_script_prefix(scope))
@@ -159,6 +168,7 @@ class StreamingASGIHandler(ASGIHandler):
             await self.send_response(error_response, send)
             await sync_to_async(error_response.close)()
             return
+        request.META[BODY_STREAM] = body
         try:
             response = await self.get_response_async(request)
             response._handler_class = self.__class__  # type: ignore[attr-defined]

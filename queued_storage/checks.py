@@ -6,7 +6,7 @@
 | E002 | a QueuedStorage's ``remote`` storage is neither a STORAGES alias nor a dotted path |
 | E003 | the local storage cannot give a filesystem path |
 | E004 | ``QUEUED_STORAGE_RETRIES`` is not a positive integer |
-| E005 | a delay or timeout setting is not a positive number |
+| E005 | a delay or timeout setting is not a positive number (or ``None`` where allowed) |
 | E006 | ``QUEUED_STORAGE_CACHE`` is not an alias in ``CACHES`` |
 | E007 | a QueuedStorage in STORAGES has an invalid option |
 | W001 | the state cache is not shared between processes while Celery is not eager |
@@ -275,7 +275,7 @@ def check_staging_budget(
     ]
 
 
-# -- upload views (queued_storage.views): E008, E009, E012-E015, W002 --------------------------
+# -- upload views (queued_storage.views): E005, E008, E009, E012-E015, W002 --------------------
 _UPLOAD_HINT = "See the settings table in the README (section Uploads)."
 
 
@@ -285,7 +285,7 @@ def _positive_int(value: Any) -> bool:
 
 @register(Tags.compatibility)
 def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """E008, E009, E012-E015, W002: the settings of the upload views (checked where set)."""
+    """E005, E008, E009, E012-E015, W002: the settings of the upload views (checked where set)."""
     messages: list[CheckMessage] = []
     alias = getattr(django_settings, "QUEUED_STORAGE_UPLOAD_STORAGE", None)
     if alias is not None and alias not in dict(_queued_entries()):
@@ -303,6 +303,15 @@ def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
         for name in ("UPLOAD_MAX_BYTES", "UPLOAD_CHUNK_SIZE")
         if not _positive_int(value := _setting(name))
     ]
+    idle = _setting("UPLOAD_IDLE_TIMEOUT")
+    if idle is not None and not _positive(idle, float):
+        problems.append(
+            (
+                "QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT must be None or a positive number of seconds, "
+                f"got {idle!r}",
+                "E005",
+            )
+        )
     authorizer = _setting("UPLOAD_AUTHORIZER")
     if authorizer is not None:
         try:

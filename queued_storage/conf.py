@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "UPLOAD_STORAGE": "default",
     "UPLOAD_MAX_BYTES": 5 * 1024 * MiB,
     "UPLOAD_CHUNK_SIZE": 256 * 1024,
+    "UPLOAD_IDLE_TIMEOUT": 30,
     "UPLOAD_AUTHORIZER": None,
     "UPLOAD_PERMISSION": "queued_storage.add_storedfile",
     "STATUS_PERMISSION": "queued_storage.view_storedfile",
@@ -181,6 +182,14 @@ class Settings:
     def UPLOAD_CHUNK_SIZE(self) -> int:
         """Read size in bytes of the upload views: one upload holds about one chunk."""
         return int(self._get("UPLOAD_CHUNK_SIZE"))
+
+    @property
+    def UPLOAD_IDLE_TIMEOUT(self) -> float | None:
+        """Seconds the upload view waits for the next bytes of a body before it answers 408
+        and keeps nothing (each read, not the whole upload); ``None``: the view sets no limit,
+        the server's own applies. Applied under gunicorn and ``queued_storage.asgi`` only."""
+        value = self._get("UPLOAD_IDLE_TIMEOUT")
+        return None if value is None else float(value)
 
     @property
     def UPLOAD_AUTHORIZER(self) -> str | None:

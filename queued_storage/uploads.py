@@ -11,6 +11,8 @@ The upload views (``views.py``) are thin; what they rely on lives here:
   directory only, and moves it into the same spool directory;
 * :class:`StagingUploadHandler` is Django's ``TemporaryFileUploadHandler`` writing into that
   spool directory, so multipart form uploads are moved too, whatever ``FILE_UPLOAD_TEMP_DIR`` is.
+* :func:`body_idle_timeout` makes each read of a body give up when the client stops sending
+  (``QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT``), where the server lets the view set that.
 
 Nothing here knows HTTP status codes beyond :class:`UploadRefused`, which carries one.
 """
@@ -21,12 +23,14 @@ import base64
 import binascii
 import contextlib
 import errno
+import functools
 import hashlib
+import logging
 import os
 import stat
 import tempfile
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -38,6 +42,7 @@ from django.core.files.uploadedfile import TemporaryUploadedFile, UploadedFile
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
 from django.http import UnreadablePostError
 
+from queued_storage.asgi import BODY_STREAM
 from queued_storage.conf import settings
 from queued_storage.exceptions import QueuedStorageConfigError, QueuedStorageError
 from queued_storage.names import (
@@ -53,11 +58,14 @@ __all__ = [
     "StagedFile",
     "StagingUploadHandler",
     "UploadRefused",
+    "body_idle_timeout",
     "claim_nginx_file",
     "spool_dir",
     "spool_stream",
     "validate_upload_name",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 class UploadRefused(QueuedStorageError):
@@ -218,6 +226,76 @@ def _write(out: Any, chunk: bytes) -> None:
 #: subclasses; Django raises UnreadablePostError / RequestAborted).
 CLIENT_GONE = (OSError, UnreadablePostError, RequestAborted)
 
+#: The client's socket in a gunicorn ``environ`` (every worker class sets it).
+GUNICORN_SOCKET = "gunicorn.socket"
+
+
+@contextlib.contextmanager
+def body_idle_timeout(meta: Mapping[str, Any], seconds: float | None) -> Iterator[bool]:
+    """Within the block, a read of the request body waits at most *seconds* for a byte.
+
+    A read that waits longer raises a ``TimeoutError`` (Django wraps it in
+    ``UnreadablePostError``; ``queued_storage.asgi`` raises ``RequestAborted`` from it), which
+    :func:`spool_stream` and the form view answer with 408. It is a limit per read, not per
+    upload: a slow client that keeps sending is never cut off. Yields whether it applies:
+
+    * gunicorn, HTTP/1.x (sync, gthread, gevent workers): ``environ["gunicorn.socket"]`` is
+      the client's socket. Its timeout is set for the block and put back afterwards, so the
+      response is written as gunicorn would write it. (Over HTTP/2, gunicorn bounds each body
+      read by its own ``--timeout`` and the socket is shared: it is left alone.)
+    * ``queued_storage.asgi``: its body stream's wait for the next ASGI message.
+    * Django's own ``ASGIHandler`` has the whole body before the view runs: nothing to do.
+    * Any other WSGI server (``runserver``, uWSGI, mod_wsgi) does not expose its socket; its
+      own limits apply, and that is logged once per server software.
+
+    ``None`` changes nothing: the server's limits apply (the streaming ASGI handler's is
+    ``StreamingASGIHandler.body_timeout``, 60 s).
+    """
+    if seconds is None:
+        yield False
+        return
+    stream = meta.get(BODY_STREAM)
+    if stream is not None:
+        stream.timeout = seconds
+        yield True
+        return
+    sock = meta.get(GUNICORN_SOCKET)
+    http1 = str(meta.get("SERVER_PROTOCOL", "")).startswith("HTTP/1")
+    if sock is None or not http1 or not hasattr(sock, "settimeout"):
+        if "wsgi.input" in meta and http1:
+            _log_no_idle_timeout(str(meta.get("SERVER_SOFTWARE", "an unknown WSGI server")))
+        yield False
+        return
+    previous = sock.gettimeout()
+    sock.settimeout(seconds)
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(OSError):  # the socket may be closed by now
+            sock.settimeout(previous)
+
+
+@functools.cache
+def _log_no_idle_timeout(server: str) -> None:
+    logger.warning(
+        "QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT cannot be applied under %s (only under gunicorn and "
+        "queued_storage.asgi): a client that stops sending holds its thread as long as the "
+        "server allows. Put nginx in front or serve through queued_storage.asgi (README, "
+        "Uploads: slow clients).",
+        server,
+    )
+
+
+def idle_timed_out(err: BaseException) -> bool:
+    """Whether a body read failed because the client sent nothing for the idle timeout."""
+    return isinstance(err, TimeoutError) or isinstance(err.__cause__, TimeoutError)
+
+
+def idle_refusal(seconds: float | None) -> UploadRefused:
+    """The 408 for a client that stopped sending (``seconds``: the idle timeout, if known)."""
+    waited = f"for {seconds:g} s" if seconds is not None else "for too long"
+    return UploadRefused(408, f"No bytes of the body arrived {waited}; nothing was kept.")
+
 
 def spool_stream(
     read: Callable[[int], bytes],
@@ -228,13 +306,15 @@ def spool_stream(
     max_bytes: int,
     chunk_size: int,
     expected: ExpectedChecksums,
+    idle_timeout: float | None = None,
 ) -> StagedFile:
     """Copy a request body into a new file in *directory*, ``chunk_size`` bytes at a time.
 
     ``declared`` is the ``Content-Length`` (``None`` for a chunked body, then ``max_bytes``
-    bounds it). A body that ends early (the client disconnected), a stream that yields more
-    than was declared, one over ``max_bytes``, or a checksum that does not match, leaves
-    nothing behind: the spool file is removed and :class:`UploadRefused` raised.
+    bounds it). A body that ends early (the client disconnected), a read that timed out
+    (:func:`body_idle_timeout`; 408, ``idle_timeout`` is named in its message), a stream that
+    yields more than was declared, one over ``max_bytes``, or a checksum that does not match,
+    leaves nothing behind: the spool file is removed and :class:`UploadRefused` raised.
     """
     fd, path = _new_spool_file(directory)
     received = 0
@@ -248,6 +328,8 @@ def spool_stream(
                 try:
                     chunk = read(want)
                 except CLIENT_GONE as err:
+                    if idle_timed_out(err):
+                        raise idle_refusal(idle_timeout) from err
                     raise UploadRefused(
                         400,
                         f"The client stopped sending after {received} bytes ({err!r}); "

@@ -43,6 +43,7 @@ from django.utils.module_loading import import_string
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
+from queued_storage.asgi import BODY_STREAM
 from queued_storage.conf import settings
 from queued_storage.exceptions import StagingFull
 from queued_storage.ledger import check_staging_budget, ledger_database
@@ -54,7 +55,10 @@ from queued_storage.uploads import (
     StagedFile,
     StagingUploadHandler,
     UploadRefused,
+    body_idle_timeout,
     claim_nginx_file,
+    idle_refusal,
+    idle_timed_out,
     spool_dir,
     spool_stream,
     validate_upload_name,
@@ -192,6 +196,10 @@ class UploadView(QueuedStorageView):
     ``Content-MD5`` (base64) and ``X-Checksum-SHA256`` (hex) are verified against the bytes
     received; a mismatch is 400 and nothing is kept.
 
+    A client that stops sending is answered 408 once a read of its body has waited
+    ``idle_timeout`` seconds (``QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT``), and nothing is kept:
+    under gunicorn and ``queued_storage.asgi`` only (see :func:`body_idle_timeout`).
+
     Answers 201 with ``{"name", "state", "size", "bytes_done", "local", "url",
     "status_url"}``; ``name`` is the name the file was stored under (a free variant of the
     requested one if that was taken).
@@ -202,6 +210,9 @@ class UploadView(QueuedStorageView):
     streams_request_body = True
     #: Largest body in bytes; ``None`` uses ``QUEUED_STORAGE_UPLOAD_MAX_BYTES``.
     max_bytes: int | None = None
+    #: Seconds a read of the body waits for the client; ``None`` uses
+    #: ``QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT``.
+    idle_timeout: float | None = None
     #: The form field of a multipart upload.
     form_field = "file"
 
@@ -223,6 +234,11 @@ class UploadView(QueuedStorageView):
     def get_max_bytes(self) -> int:
         return self.max_bytes if self.max_bytes is not None else settings.UPLOAD_MAX_BYTES
 
+    def get_idle_timeout(self) -> float | None:
+        if self.idle_timeout is not None:
+            return self.idle_timeout
+        return settings.UPLOAD_IDLE_TIMEOUT
+
     def _handle(self, request: HttpRequest, *, form: bool) -> HttpResponse:
         name = ""
         try:
@@ -237,20 +253,23 @@ class UploadView(QueuedStorageView):
             if form:
                 return self._save_form(request, storage, directory, name, declared)
             expected = ExpectedChecksums.from_headers(request.headers)
-            staged = spool_stream(
-                self._body_reader(request, declared),
-                directory,
-                name=name,
-                declared=declared,
-                max_bytes=self.get_max_bytes(),
-                chunk_size=settings.UPLOAD_CHUNK_SIZE,
-                expected=expected,
-            )
+            idle_timeout = self.get_idle_timeout()
+            with body_idle_timeout(request.META, idle_timeout):
+                staged = spool_stream(
+                    self._body_reader(request, declared),
+                    directory,
+                    name=name,
+                    declared=declared,
+                    max_bytes=self.get_max_bytes(),
+                    chunk_size=settings.UPLOAD_CHUNK_SIZE,
+                    expected=expected,
+                    idle_timeout=idle_timeout,
+                )
             return self._save(request, storage, name, staged)
         except UploadRefused as refusal:
             if refusal.status >= 500:
                 logger.warning("upload of %r refused: %s", name, refusal.message)
-            return _error(refusal.status, refusal.message)
+            return _refusal(request, refusal)
 
     def _declared_length(self, request: HttpRequest, *, chunked_ok: bool) -> int | None:
         """The body's declared length, refusing what is too large before reading it."""
@@ -294,10 +313,14 @@ class UploadView(QueuedStorageView):
         request._stream = counter  # type: ignore[assignment]
         handler = StagingUploadHandler(request, directory=directory)
         request.upload_handlers = [handler]
+        idle_timeout = self.get_idle_timeout()
         try:
-            files = request.FILES
+            with body_idle_timeout(request.META, idle_timeout):
+                files = request.FILES
         except (MultiPartParserError, *CLIENT_GONE) as err:
             handler.upload_interrupted()
+            if idle_timed_out(err):
+                return _refusal(request, idle_refusal(idle_timeout))
             return _error(400, f"The form upload could not be read ({err}); nothing was kept.")
         uploads = files.getlist(self.form_field)
         try:
@@ -352,6 +375,19 @@ class UploadView(QueuedStorageView):
         if payload["status_url"]:
             response["Location"] = payload["status_url"]
         return response
+
+
+def _refusal(request: HttpRequest, refusal: UploadRefused) -> JsonResponse:
+    """The answer to a refused upload; a 408 closes the connection.
+
+    A WSGI application may not send ``Connection`` (a hop-by-hop header); gunicorn closes a
+    connection whose body read failed by itself. Under ``queued_storage.asgi`` the header
+    makes the server close it at once, instead of after its keep-alive timeout.
+    """
+    response = _error(refusal.status, refusal.message)
+    if refusal.status == 408 and BODY_STREAM in request.META:
+        response["Connection"] = "close"
+    return response
 
 
 def _check_budget(name: str, declared: int | None) -> None:

@@ -132,6 +132,23 @@ def test_e007_invalid_option() -> None:
     assert "Invalid option 'dleayed' for QueuedStorage" in messages[0].msg
 
 
+@pytest.mark.parametrize("value", [0, -1, "30", True])
+def test_e005_upload_idle_timeout_none_or_positive(value: Any) -> None:
+    with override_settings(QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT=value):
+        messages = check_upload_settings()
+    assert _ids(messages) == ["queued_storage.E005"]
+    assert messages[0].msg == (
+        "QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT must be None or a positive number of seconds, "
+        f"got {value!r}."
+    )
+
+
+@pytest.mark.parametrize("value", [None, 0.5, 30])
+def test_e005_silent_for_no_or_a_positive_idle_timeout(value: Any) -> None:
+    with override_settings(QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT=value):
+        assert check_upload_settings() == []
+
+
 # --- E008-E009: the upload storage and sizes -----------------------------------------------
 @pytest.mark.parametrize("alias", ["nope", "staging", "s3"])
 def test_e008_upload_storage_is_not_a_queued_storage(alias: str) -> None:

@@ -12,9 +12,11 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -460,6 +462,110 @@ def test_matching_checksums_are_accepted(
     )
     assert response.status_code == 201, response.text
     assert (staging / "sum.bin").read_bytes() == payload
+
+
+# -- slow clients: the idle timeout (tests/urls.py: /quick/ waits 1.5 s for the next bytes) --------
+QUICK_408 = {"error": "No bytes of the body arrived for 1.5 s; nothing was kept."}
+
+
+def _stalled(url: str, name: str, cookies: dict[str, str], *, chunked: bool = False) -> RawClient:
+    """A client that sends the head and 64 KiB of a 1 MiB body, then nothing more."""
+    client = RawClient(url)
+    framing = {"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(MiB)}
+    client.send_head("PUT", f"/quick/{name}", {**framing, "Cookie": _cookie_header(cookies)})
+    client.send(b"10000\r\n" + b"p" * 65536 + b"\r\n" if chunked else b"p" * 65536)
+    return client
+
+
+def _closed_by_server(client: RawClient) -> bool:
+    """Whether the server closed the connection (after its answer was read)."""
+    try:
+        return client.sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_stalled_upload_is_answered_408_and_dropped_and_leaves_nothing(
+    server: DjangoServer, cookies: dict[str, str], staging: Path, chunked: bool
+) -> None:
+    client = _stalled(server.url, "stalled.bin", cookies, chunked=chunked)
+    try:
+        status, body = client.response()  # the client's socket gives up after 30 s
+        assert status == 408
+        assert json.loads(body) == QUICK_408
+        assert _closed_by_server(client)
+    finally:
+        client.close()
+    assert staged_files(staging) == []
+    assert not StoredFile.objects.exists()
+
+
+def test_stalled_uploads_on_every_thread_are_dropped_and_the_server_answers_again(
+    server: DjangoServer, cookies: dict[str, str], staging: Path
+) -> None:
+    # One more than gunicorn's threads (uvicorn runs each request in a thread of its own).
+    stalled = [_stalled(server.url, f"stalled-{i}.bin", cookies) for i in range(server.threads + 1)]
+    try:
+        after = requests.put(
+            f"{server.url}/quick/after.bin", data=b"after", cookies=cookies, timeout=60
+        )
+        answers = [client.response()[0] for client in stalled]
+    finally:
+        for client in stalled:
+            client.close()
+    assert after.status_code == 201, after.text
+    assert answers == [408] * len(stalled)
+    assert staged_files(staging) == ["after.bin"]
+
+
+def test_a_slow_but_steady_upload_is_not_cut_off(
+    server: DjangoServer, cookies: dict[str, str], staging: Path
+) -> None:
+    # 12 pieces 0.2 s apart: 2.4 s in all, longer than the idle timeout, never idle that long.
+    client = RawClient(server.url)
+    try:
+        client.send_head(
+            "PUT",
+            "/quick/steady.bin",
+            {"Content-Length": str(12 * 1000), "Cookie": _cookie_header(cookies)},
+        )
+        for _ in range(12):
+            client.send(b"s" * 1000)
+            time.sleep(0.2)
+        status, body = client.response()
+    finally:
+        client.close()
+    assert status == 201, body
+    assert (staging / "steady.bin").read_bytes() == b"s" * 12_000
+
+
+def test_a_stalled_form_upload_is_answered_408_and_leaves_nothing(
+    gunicorn: DjangoServer, cookies: dict[str, str], staging: Path
+) -> None:
+    head = (
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="f.bin"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n"
+    )
+    client = RawClient(gunicorn.url)
+    try:
+        client.send_head(
+            "POST",
+            "/quick/form.bin",
+            {
+                "Content-Type": "multipart/form-data; boundary=B",
+                "Content-Length": str(MiB),
+                "Cookie": _cookie_header(cookies),
+            },
+        )
+        client.send(head + b"f" * 65536)
+        status, body = client.response()
+    finally:
+        client.close()
+    assert status == 408
+    assert json.loads(body) == QUICK_408
+    assert staged_files(staging) == []
+    assert not StoredFile.objects.exists()
 
 
 # -- memory ---------------------------------------------------------------------------------------
@@ -992,6 +1098,24 @@ def test_staging_full_from_save_is_507_and_the_spool_is_emptied(
     assert response.status_code == 507
     assert staged_files(staging) == []
     assert not StoredFile.objects.exists()
+
+
+@override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all")
+def test_a_wsgi_server_that_hides_its_socket_is_logged_once(
+    staging: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from queued_storage.uploads import _log_no_idle_timeout
+
+    _log_no_idle_timeout.cache_clear()  # once per process: forget earlier tests
+    with caplog.at_level(logging.WARNING, logger="queued_storage.uploads"):
+        for name in ("one.bin", "two.bin"):  # Django's test client: no gunicorn.socket
+            assert Client().put(f"/uploads/put/{name}", data=b"x").status_code == 201
+    assert [record.getMessage() for record in caplog.records] == [
+        "QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT cannot be applied under an unknown WSGI server "
+        "(only under gunicorn and queued_storage.asgi): a client that stops sending holds its "
+        "thread as long as the server allows. Put nginx in front or serve through "
+        "queued_storage.asgi (README, Uploads: slow clients)."
+    ]
 
 
 @override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all")

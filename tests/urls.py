@@ -15,4 +15,6 @@ urlpatterns = [
     path("fs/<path:name>", UploadView.as_view(storage_alias="queued_fs"), name="fs-upload"),
     # A small limit, to refuse an over-long chunked body without sending gigabytes.
     path("small/<path:name>", UploadView.as_view(max_bytes=1024 * 1024), name="small-upload"),
+    # A short idle timeout, to drop a stalled client within a test.
+    path("quick/<path:name>", UploadView.as_view(idle_timeout=1.5), name="quick-upload"),
 ]
