@@ -21,6 +21,7 @@
 | E014 | ``QUEUED_STORAGE_NGINX_UPLOAD_DIR`` is not an absolute path |
 | E015 | ``QUEUED_STORAGE_NGINX_SECRET`` is empty or not a string |
 | W002 | ``QUEUED_STORAGE_NGINX_UPLOAD_DIR`` is set without ``QUEUED_STORAGE_NGINX_SECRET`` |
+| E016 | ``QUEUED_STORAGE_RETRY_FOR`` is not a positive number |
 """
 
 from __future__ import annotations
@@ -191,7 +192,8 @@ def _positive(value: Any, kind: type) -> bool:
 
 @register(Tags.compatibility)
 def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """E010, E011, W011: the reconcile pass, the staging budget, the broker's redelivery."""
+    """E010, E011, E016, W011: the retry bound, the reconcile pass, the staging budget, the
+    broker's redelivery."""
     messages: list[CheckMessage] = []
     budget = _setting("STAGING_BUDGET")
     if budget is not None and not _positive(budget, int):
@@ -215,6 +217,18 @@ def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[C
                     id="queued_storage.E011",
                 )
             )
+    retry_for = _setting("RETRY_FOR")
+    if not _positive(retry_for, float):
+        messages.append(
+            Error(
+                f"QUEUED_STORAGE_RETRY_FOR must be a positive number of seconds, got "
+                f"{retry_for!r}.",
+                hint="It is how long a file's transient failures (S3 down, lost workers) are "
+                f"retried before it is failed; remove it for the default ({DEFAULTS['RETRY_FOR']}"
+                " s, a day). See the README, section Errors and retries.",
+                id="queued_storage.E016",
+            )
+        )
     timeout = _redis_visibility_timeout()
     if timeout is not None and timeout < settings.RETRY_MAX_DELAY:
         messages.append(

@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "RETRIES": 5,
     "RETRY_DELAY": 60,
     "RETRY_MAX_DELAY": 3600,
+    "RETRY_FOR": 24 * 3600,
     "DATABASE": None,
     "LEASE_TIMEOUT": 120,
     "HOST": None,
@@ -84,7 +85,9 @@ class Settings:
     # --- retry policy --------------------------------------------------------------------
     @property
     def RETRIES(self) -> int:
-        """Retries after the first attempt before a transient failure becomes ``failed``."""
+        """Retries after a file's first error about the file itself (a checksum mismatch, a
+        hook asking to retry, an unknown error) before the next one makes it ``failed``.
+        Failures of the infrastructure are bounded by :attr:`RETRY_FOR` instead."""
         return int(self._get("RETRIES"))
 
     @property
@@ -96,6 +99,13 @@ class Settings:
     def RETRY_MAX_DELAY(self) -> float:
         """Upper bound in seconds of one backoff delay."""
         return float(self._get("RETRY_MAX_DELAY"))
+
+    @property
+    def RETRY_FOR(self) -> float:
+        """Seconds a run of infrastructure failures of one file (connection errors, timeouts,
+        5xx, throttling, lost workers, lost messages) is retried, counted from its first
+        failure; the first such failure after it makes the file ``failed``."""
+        return float(self._get("RETRY_FOR"))
 
     # --- ledger --------------------------------------------------------------------------
     @property

@@ -5,11 +5,15 @@ management command ``queued_storage_reconcile`` both call :func:`reconcile`. A p
 each queued storage and at most ``QUEUED_STORAGE_RECONCILE_BATCH`` rows of each kind:
 
 1. ``transferring`` rows whose lease expired (their worker died): back to ``pending``, queued
-   again (the lead's resume picks up an open multipart upload).
-2. ``pending`` rows whose transfer is overdue: never started ``QUEUED_STORAGE_RECONCILE_AFTER``
-   seconds after the save or the last attempt plus that attempt's longest backoff (the broker
-   refused or lost the message, the worker was killed holding it, Redis was flushed): queued
-   again through :func:`queued_storage.tasks.dispatch`, so the message is still ``[alias, name]``.
+   again (the lead's resume picks up an open multipart upload). A lost worker is a transient
+   failure: it starts a run of them (``retrying_since``), and a file whose run has lasted
+   ``QUEUED_STORAGE_RETRY_FOR`` (its workers keep dying) becomes ``failed`` instead.
+2. ``pending`` rows whose transfer is overdue (:func:`overdue`): not started
+   ``QUEUED_STORAGE_RECONCILE_AFTER`` seconds after the latest
+   moment their message was due, the save or the last attempt plus that attempt's longest
+   backoff (the broker refused or lost the message, the worker was killed holding it, Redis
+   was flushed): queued again through :func:`queued_storage.dispatch.dispatch`, so the message
+   is still ``[alias, name]``.
 3. ``failed=True`` only: ``failed`` rows get a fresh retry budget and are queued again.
 4. Stale reservations (a save that crashed before it wrote the local copy: ``pending``, no size,
    no local file, older than ``RECONCILE_AFTER``) are deleted; the save never returned, so
@@ -47,12 +51,12 @@ from typing import Any
 
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.utils import validate_file_name
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, DateTimeField, ExpressionWrapper, F, Q, QuerySet, Value
 from django.utils import timezone
 
 from queued_storage.conf import settings
 from queued_storage.dispatch import dispatch
-from queued_storage.exceptions import LocalFileMissing, StorageNotFound
+from queued_storage.exceptions import InfrastructureError, LocalFileMissing, StorageNotFound
 from queued_storage.models import State, StoredFile
 from queued_storage.names import OWN_DIRECTORY_PREFIX, checked_name
 from queued_storage.signals import transfer_failed
@@ -74,6 +78,7 @@ class Report:
     host: str
     requeued: list[str] = field(default_factory=list)
     taken_over: list[str] = field(default_factory=list)
+    given_up: list[str] = field(default_factory=list)
     retried: list[str] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
@@ -98,6 +103,7 @@ class Report:
         return {
             "requeued": len(self.requeued),
             "taken_over": len(self.taken_over),
+            "given_up": len(self.given_up),
             "retried": len(self.retried),
             "adopted": len(self.adopted),
             "stale": len(self.stale),
@@ -121,6 +127,7 @@ class Report:
         for label, items in (
             ("re-queued (overdue)", self.requeued),
             ("re-queued (lease expired)", self.taken_over),
+            ("failed (workers lost for longer than RETRY_FOR)", self.given_up),
             ("retried (were failed)", self.retried),
             ("adopted", self.adopted),
             ("stale reservations removed", self.stale),
@@ -153,26 +160,48 @@ class Report:
 
 
 def overdue(now: datetime.datetime, after: float) -> Q:
-    """``pending`` rows whose transfer should have started by *now*.
+    """``pending`` rows whose transfer should have started by *now*: *after* seconds have passed
+    since the latest moment their message was due.
 
-    A row last attempted ``n`` times waits at most ``min(RETRY_MAX_DELAY, RETRY_DELAY *
-    2**(n-1))`` for its retry (the backoff's upper bound); it is overdue *after* seconds later.
-    A row never attempted is overdue *after* seconds after it was saved.
+    * In a run of transient failures (``retrying_since`` set: an outage, a lost worker): the
+      retry waits at most as long as the run had lasted when it was scheduled
+      (``updated - retrying_since``), at least ``RETRY_DELAY`` and at most ``RETRY_MAX_DELAY``,
+      the bound of ``worker.outage_backoff``; computed in the database, exactly.
+    * After the file's *n*-th error about itself: ``min(RETRY_MAX_DELAY, RETRY_DELAY * 2**(n-1))``.
+    * Never failed: its message was due at the save.
     """
-    query = Q(attempts=0, updated__lt=now - datetime.timedelta(seconds=after))
-    longest = settings.RETRY_MAX_DELAY
+    cutoff = now - datetime.timedelta(seconds=after)
+    base, cap = settings.RETRY_DELAY, settings.RETRY_MAX_DELAY
+
+    def before(seconds: float) -> datetime.datetime:
+        return cutoff - datetime.timedelta(seconds=seconds)
+
+    # updated + min(cap, max(base, updated - retrying_since)) < cutoff
+    waited_as_long = ExpressionWrapper(
+        Value(cutoff) - (F("updated") - F("retrying_since")), output_field=DateTimeField()
+    )
+    running = Q(retrying_since__isnull=False) & (
+        Q(updated__lt=before(cap)) | (Q(updated__lt=before(base)) & Q(updated__lt=waited_as_long))
+    )
+    counted = Q(attempts=0, updated__lt=cutoff)
     attempt = 1
     while attempt <= settings.RETRIES:
-        wait = min(longest, settings.RETRY_DELAY * 2 ** (attempt - 1))
-        if wait >= longest:
+        wait = min(cap, base * 2 ** (attempt - 1))
+        if wait >= cap:
             break
-        query |= Q(attempts=attempt, updated__lt=now - datetime.timedelta(seconds=after + wait))
+        counted |= Q(attempts=attempt, updated__lt=before(wait))
         attempt += 1
-    # From here on every wait is the cap (or no retry waits at all: attempts beyond the budget
-    # come from a takeover after a lost lease).
-    return query | Q(
-        attempts__gte=attempt, updated__lt=now - datetime.timedelta(seconds=after + longest)
-    )
+    # From here on every wait is the cap (or no retry waits at all: more errors than the
+    # budget allows come from a budget that was lowered since).
+    counted |= Q(attempts__gte=attempt, updated__lt=before(cap))
+    return running | (Q(retrying_since__isnull=True) & counted)
+
+
+def _retried_for(row: StoredFile, now: datetime.datetime) -> float:
+    """Seconds since the row's run of transient failures began (0: none is running)."""
+    if row.retrying_since is None:
+        return 0.0
+    return (now - row.retrying_since).total_seconds()
 
 
 def _label(row: StoredFile) -> str:
@@ -244,15 +273,36 @@ class _Pass:
         if not self.ledger.lost(row, reason, self.now):
             return
         self.report.newly_lost.append(_label(row))
-        logger.error("%s", reason)
+        self._failed(row, LocalFileMissing(reason, name=row.name))
+
+    def _give_up(self, row: StoredFile) -> None:
+        """An expired lease of a file whose transient failures have outlasted ``RETRY_FOR``:
+        ``failed``, the reason, the signal, a log."""
+        since = row.retrying_since.isoformat(" ", "seconds") if row.retrying_since else "now"
+        reason = (
+            f"Gave up on {row.name!r}: the lease of {row.lease_owner} expired (its worker was "
+            f"lost), and its transfers have failed on the infrastructure (remote storage, "
+            f"network or workers) since {since}, longer than QUEUED_STORAGE_RETRY_FOR "
+            f"({settings.RETRY_FOR:g} s). It is served from its local copy; once the cause is "
+            "fixed, retry it with storage.transfer(name) or `manage.py queued_storage_reconcile "
+            "--failed`."
+        )
+        abort_open_upload(self.storage.remote, row.name, row.upload_id)
+        if not self.ledger.give_up(row, reason, self.now):
+            return
+        self.report.given_up.append(_label(row))
+        self._failed(row, InfrastructureError(reason, name=row.name))
+
+    def _failed(self, row: StoredFile, error: Exception) -> None:
+        logger.error("%s", error)
         transfer_failed.send(
             sender=type(self.storage),
             name=row.name,
             alias=row.alias,
             local=self.storage.local,
             remote=self.storage.remote,
-            error=LocalFileMissing(reason, name=row.name),
-            reason=reason,
+            error=error,
+            reason=str(error),
         )
 
     # -- the kinds of work -----------------------------------------------------------------
@@ -261,6 +311,8 @@ class _Pass:
         for row in rows.order_by("lease_expires")[: self.batch]:
             if not self._present(row.name):
                 self._lost(row)
+            elif _retried_for(row, self.now) >= settings.RETRY_FOR:
+                self._give_up(row)
             elif self.ledger.take_back(row, self.now):
                 self._requeue(row, self.report.taken_over)
 

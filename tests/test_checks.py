@@ -1,4 +1,4 @@
-"""Each system check id fires on its misconfiguration, grouped by id (E001-E015, W001, W002,
+"""Each system check id fires on its misconfiguration, grouped by id (E001-E016, W001, W002,
 W011; W010 reads the ledger and is tested in ``test_reconcile.py``), and the checks are bound."""
 
 from __future__ import annotations
@@ -193,6 +193,18 @@ def test_e011_reconcile_settings_positive(setting: str, value: Any) -> None:
         messages = check_reliability_settings()
     assert _ids(messages) == ["queued_storage.E011"]
     assert f"QUEUED_STORAGE_{setting} must be a positive number of" in messages[0].msg
+
+
+# --- E016: the retry bound -------------------------------------------------------------------
+@pytest.mark.parametrize("value", [0, -1, "1d", None, True])
+def test_e016_retry_for_not_a_positive_number(value: Any) -> None:
+    with override_settings(QUEUED_STORAGE_RETRY_FOR=value):
+        messages = check_reliability_settings()
+    assert _ids(messages) == ["queued_storage.E016"]
+    assert messages[0].msg == (
+        f"QUEUED_STORAGE_RETRY_FOR must be a positive number of seconds, got {value!r}."
+    )
+    assert "remove it for the default (86400 s, a day)" in messages[0].hint
 
 
 # --- E012-E015: the upload hooks and nginx ---------------------------------------------------

@@ -124,6 +124,38 @@ def test_overdue_waits_for_the_longest_backoff_of_the_last_attempt(broker: Any) 
         assert StoredFile.objects.filter(overdue(now, AFTER), name=name).exists()
 
 
+@pytest.mark.django_db(
+    transaction=True, databases=[a for a in ("default", "postgres") if a in settings.DATABASES]
+)
+@pytest.mark.parametrize("database", ["default", "postgres"])
+def test_overdue_in_a_run_of_transient_failures_waits_as_long_as_the_retry_would(
+    database: str,
+) -> None:
+    """A retry scheduled *e* seconds into a run of transient failures waits at most
+    ``min(RETRY_MAX_DELAY, max(RETRY_DELAY, e))`` (``worker.outage_backoff``); the row is overdue
+    ``AFTER`` seconds later, to the second, on both databases."""
+    if database == "postgres":
+        need("postgres")
+    now = timezone.now()
+    with override_settings(
+        QUEUED_STORAGE_DATABASE=database,
+        QUEUED_STORAGE_RETRY_DELAY=100,
+        QUEUED_STORAGE_RETRY_MAX_DELAY=1000,
+    ):
+        assert Ledger("qs").saved("waiting.bin", "h", 1)
+        rows = StoredFile.objects.using(database).filter(name="waiting.bin")
+
+        def is_overdue(age: float, run: float) -> bool:
+            """Last failure *age* seconds ago, *run* seconds into the run of failures."""
+            last = now - datetime.timedelta(seconds=age)
+            rows.update(updated=last, retrying_since=last - datetime.timedelta(seconds=run))
+            return rows.filter(overdue(now, AFTER)).exists()
+
+        for run, wait in ((50, 100), (300, 300), (5000, 1000)):
+            assert not is_overdue(wait + AFTER - 5, run)
+            assert is_overdue(wait + AFTER + 5, run)
+
+
 def test_expired_lease_is_taken_back_and_requeued(broker: Any) -> None:
     name = saved("killed-worker.bin")
     assert Ledger("queued_parked").lease(name, "dead-worker", 0.01).acquired
@@ -135,10 +167,38 @@ def test_expired_lease_is_taken_back_and_requeued(broker: Any) -> None:
     found = row("queued_parked", name)
     assert (found.state, found.lease_owner) == (State.PENDING, "")
     assert "The lease of dead-worker expired" in found.last_error
+    # A lost worker is not the file's error: no attempt counted, a run of failures begins.
+    assert (found.attempts, found.retrying_since is not None) == (0, True)
     assert row("queued_parked", live).state == State.TRANSFERRING  # untouched
     assert broker("parked") == [["queued_parked", name]]
     # The re-queued transfer runs normally.
     assert run_transfer("queued_parked", name) is Outcome.TRANSFERRED
+
+
+def test_a_file_whose_workers_keep_dying_is_failed_after_retry_for(broker: Any) -> None:
+    name = saved("kills-its-workers.bin")
+    assert Ledger("queued_parked").lease(name, "dead-worker", 0.01).acquired
+    day_ago = timezone.now() - datetime.timedelta(days=1, seconds=1)
+    StoredFile.rows("queued_parked", name).update(retrying_since=day_ago)
+    received: list[dict[str, Any]] = []
+
+    def on_failed(sender: Any, **kwargs: Any) -> None:
+        received.append(kwargs)
+
+    time.sleep(0.05)
+    signals.transfer_failed.connect(on_failed)
+    try:
+        report = reconcile()
+    finally:
+        signals.transfer_failed.disconnect(on_failed)
+    assert (report.given_up, report.taken_over) == ([f"queued_parked:{name}"], [])
+    assert report.ok  # not data loss: the local copy is there
+    found = row("queued_parked", name)
+    assert (found.state, found.attempts, found.lease_owner) == (State.FAILED, 0, "")
+    assert found.last_error.startswith(f"Gave up on {name!r}: the lease of dead-worker expired")
+    assert "longer than QUEUED_STORAGE_RETRY_FOR (86400 s)" in found.last_error
+    assert [r["name"] for r in received] == [name]
+    assert broker("parked") == []
 
 
 def test_work_per_pass_is_bounded_by_the_batch(broker: Any) -> None:
