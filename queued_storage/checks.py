@@ -11,7 +11,7 @@
 | E007 | a QueuedStorage in STORAGES has an invalid option |
 | W001 | the state cache is not shared between processes while Celery is not eager |
 | E010 | ``QUEUED_STORAGE_STAGING_BUDGET`` is neither ``None`` nor a positive integer |
-| E011 | ``QUEUED_STORAGE_RECONCILE_AFTER`` / ``RECONCILE_BATCH`` is not a positive number |
+| E011 | ``QUEUED_STORAGE_RECONCILE_AFTER`` (unless ``None``) or ``RECONCILE_BATCH`` not positive |
 | W010 | this host's waiting bytes are at 80 % of the staging budget (database check) |
 | W011 | the Redis broker's ``visibility_timeout`` is shorter than the longest retry delay |
 | E008 | ``QUEUED_STORAGE_UPLOAD_STORAGE`` is not the alias of a QueuedStorage in STORAGES |
@@ -208,7 +208,7 @@ def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[C
         )
     for name, kind in (("RECONCILE_AFTER", float), ("RECONCILE_BATCH", int)):
         value, default = _setting(name), DEFAULTS[name]
-        if not _positive(value, kind):
+        if not _positive(value, kind) and not (name == "RECONCILE_AFTER" and value is None):
             what = "seconds" if kind is float else "rows (an integer)"
             messages.append(
                 Error(

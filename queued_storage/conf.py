@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "MULTIPART_CHUNKSIZE": 16 * MiB,
     "MAX_CONCURRENCY": 4,
     "CHUNK_SIZE": 8 * MiB,
-    "RECONCILE_AFTER": 900,
+    "RECONCILE_AFTER": None,
     "RECONCILE_BATCH": 500,
     "STAGING_BUDGET": None,
     "FSYNC": True,
@@ -155,8 +155,11 @@ class Settings:
     # --- reconcile pass and staging budget (queued_storage.reconcile) ----------------------
     @property
     def RECONCILE_AFTER(self) -> float:
-        """Seconds a ``pending`` file may wait (beyond its retry backoff) before it is re-queued."""
-        return float(self._get("RECONCILE_AFTER"))
+        """Seconds a ``pending`` file may wait (beyond its retry backoff) before it is re-queued;
+        ``None`` (the default): :attr:`LEASE_TIMEOUT`, the time a worker has to show it is
+        working on a file before another may take it over."""
+        value = self._get("RECONCILE_AFTER")
+        return self.LEASE_TIMEOUT if value is None else float(value)
 
     @property
     def RECONCILE_BATCH(self) -> int:

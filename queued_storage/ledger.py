@@ -481,13 +481,25 @@ class Ledger:
         return taken
 
     def claim(self, row: StoredFile, now: datetime.datetime) -> bool:
-        """Mark an overdue ``pending`` row as queued again now (no state change)."""
-        return bool(self._as_read(row).update(updated=now))
+        """Mark an overdue ``pending`` row as queued again now (no state change).
+
+        Its message was lost (or waits behind a long queue): a transient failure, so a run of
+        them starts unless one is running. The next re-queue of the row then waits as long as
+        a retry would (see ``reconcile.overdue``): re-queues of a file that waits in a long
+        queue are spaced out, up to ``RETRY_MAX_DELAY`` apart.
+        """
+        return bool(
+            self._as_read(row).update(
+                updated=now, retrying_since=Coalesce(F("retrying_since"), Value(now))
+            )
+        )
 
     def unclaim(self, row: StoredFile, now: datetime.datetime) -> None:
         """Undo :meth:`claim` (or the claim of another transition) when the broker refused:
         the row looks as it did, for the next pass."""
-        self.rows(row.name).filter(state=State.PENDING, updated=now).update(updated=row.updated)
+        self.rows(row.name).filter(state=State.PENDING, updated=now).update(
+            updated=row.updated, retrying_since=row.retrying_since
+        )
 
     def retry_failed(self, row: StoredFile, now: datetime.datetime) -> bool:
         """A ``failed`` row whose local copy is there: ``pending`` with a new budget."""

@@ -9,11 +9,12 @@ each queued storage and at most ``QUEUED_STORAGE_RECONCILE_BATCH`` rows of each 
    failure: it starts a run of them (``retrying_since``), and a file whose run has lasted
    ``QUEUED_STORAGE_RETRY_FOR`` (its workers keep dying) becomes ``failed`` instead.
 2. ``pending`` rows whose transfer is overdue (:func:`overdue`): not started
-   ``QUEUED_STORAGE_RECONCILE_AFTER`` seconds after the latest
+   ``QUEUED_STORAGE_RECONCILE_AFTER`` seconds (default: the lease timeout) after the latest
    moment their message was due, the save or the last attempt plus that attempt's longest
    backoff (the broker refused or lost the message, the worker was killed holding it, Redis
    was flushed): queued again through :func:`queued_storage.dispatch.dispatch`, so the message
-   is still ``[alias, name]``.
+   is still ``[alias, name]``. A re-queue is a transient failure too, so a file re-queued again
+   and again (it waits in a long queue) is re-queued less and less often, as retries are.
 3. ``failed=True`` only: ``failed`` rows get a fresh retry budget and are queued again.
 4. Stale reservations (a save that crashed before it wrote the local copy: ``pending``, no size,
    no local file, older than ``RECONCILE_AFTER``) are deleted; the save never returned, so
@@ -163,12 +164,12 @@ def overdue(now: datetime.datetime, after: float) -> Q:
     """``pending`` rows whose transfer should have started by *now*: *after* seconds have passed
     since the latest moment their message was due.
 
-    * In a run of transient failures (``retrying_since`` set: an outage, a lost worker): the
-      retry waits at most as long as the run had lasted when it was scheduled
+    * In a run of transient failures (``retrying_since`` set: an outage, a lost worker, a lost
+      message): the retry waits at most as long as the run had lasted when it was scheduled
       (``updated - retrying_since``), at least ``RETRY_DELAY`` and at most ``RETRY_MAX_DELAY``,
       the bound of ``worker.outage_backoff``; computed in the database, exactly.
     * After the file's *n*-th error about itself: ``min(RETRY_MAX_DELAY, RETRY_DELAY * 2**(n-1))``.
-    * Never failed: its message was due at the save.
+    * Neither failed nor re-queued: its message was due at the save.
     """
     cutoff = now - datetime.timedelta(seconds=after)
     base, cap = settings.RETRY_DELAY, settings.RETRY_MAX_DELAY

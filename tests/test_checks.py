@@ -195,6 +195,12 @@ def test_e011_reconcile_settings_positive(setting: str, value: Any) -> None:
     assert f"QUEUED_STORAGE_{setting} must be a positive number of" in messages[0].msg
 
 
+@pytest.mark.parametrize("value", [None, 30, 0.5])
+def test_e011_silent_for_a_derived_or_positive_reconcile_after(value: Any) -> None:
+    with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=value):
+        assert check_reliability_settings() == []
+
+
 # --- E016: the retry bound -------------------------------------------------------------------
 @pytest.mark.parametrize("value", [0, -1, "1d", None, True])
 def test_e016_retry_for_not_a_positive_number(value: Any) -> None:
@@ -205,6 +211,12 @@ def test_e016_retry_for_not_a_positive_number(value: Any) -> None:
         f"QUEUED_STORAGE_RETRY_FOR must be a positive number of seconds, got {value!r}."
     )
     assert "remove it for the default (86400 s, a day)" in messages[0].hint
+
+
+@pytest.mark.parametrize("value", [3600, 0.5, 86400])
+def test_e016_silent_for_a_positive_retry_for(value: Any) -> None:
+    with override_settings(QUEUED_STORAGE_RETRY_FOR=value):
+        assert check_reliability_settings() == []
 
 
 # --- E012-E015: the upload hooks and nginx ---------------------------------------------------

@@ -291,10 +291,17 @@ def test_reconcile_transitions_match_the_row_as_it_was_read(ledger: Ledger) -> N
 
     pending = row(ledger, "lease.bin")
     assert (pending.attempts, pending.retrying_since) == (0, now)  # a lost worker: a run began
-    assert ledger.claim(pending, now + datetime.timedelta(seconds=1))
+    ledger.rows("lease.bin").update(retrying_since=None)
+    pending = row(ledger, "lease.bin")
+    later = now + datetime.timedelta(seconds=1)
+    assert ledger.claim(pending, later)
+    assert row(ledger, "lease.bin").retrying_since == later  # a lost message begins one too
     assert not ledger.claim(pending, now)  # another pass claimed it first
-    ledger.unclaim(pending, now + datetime.timedelta(seconds=1))
-    assert row(ledger, "lease.bin").updated == pending.updated
+    ledger.unclaim(pending, later)
+    assert (row(ledger, "lease.bin").updated, row(ledger, "lease.bin").retrying_since) == (
+        pending.updated,
+        None,
+    )
 
     assert ledger.lost(pending, "Data loss: gone", now)
     lost = row(ledger, "lease.bin")

@@ -156,6 +156,39 @@ def test_overdue_in_a_run_of_transient_failures_waits_as_long_as_the_retry_would
             assert is_overdue(wait + AFTER + 5, run)
 
 
+def test_reconcile_after_defaults_to_the_lease_timeout(broker: Any) -> None:
+    name = saved("quiet.bin", old=10)
+    with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=None):
+        with override_settings(QUEUED_STORAGE_LEASE_TIMEOUT=20):
+            assert qs_settings().RECONCILE_AFTER == 20
+            assert reconcile().requeued == []
+        with override_settings(QUEUED_STORAGE_LEASE_TIMEOUT=7):
+            assert qs_settings().RECONCILE_AFTER == 7
+            assert reconcile().requeued == [f"queued_parked:{name}"]
+    assert broker("parked") == [["queued_parked", name]]
+
+
+def test_requeues_of_a_file_that_keeps_waiting_are_spaced_out_like_retries(
+    broker: Any,
+) -> None:
+    """A re-queue is a transient failure (a lost message, or a long queue): the next re-queue
+    of the same file waits as a retry would, as long as the file has been waiting."""
+    name = saved("behind-a-long-queue.bin")
+    t0 = timezone.now()
+
+    def requeued_at(seconds: float) -> bool:
+        return bool(reconcile(now=t0 + datetime.timedelta(seconds=seconds)).requeued)
+
+    with override_settings(QUEUED_STORAGE_RETRY_DELAY=100, QUEUED_STORAGE_RETRY_MAX_DELAY=1000):
+        assert requeued_at(0)  # overdue since the save: the run of failures begins now
+        assert row("queued_parked", name).retrying_since == t0
+        assert not requeued_at(100 + AFTER - 5)  # waits at least RETRY_DELAY
+        assert requeued_at(100 + AFTER + 5)  # 165 s into the run
+        assert not requeued_at(165 + 165 + AFTER - 5)  # then as long as it has waited
+        assert requeued_at(165 + 165 + AFTER + 5)
+    assert len(broker("parked")) == 3
+
+
 def test_expired_lease_is_taken_back_and_requeued(broker: Any) -> None:
     name = saved("killed-worker.bin")
     assert Ledger("queued_parked").lease(name, "dead-worker", 0.01).acquired
@@ -248,6 +281,7 @@ def test_refused_broker_leaves_the_row_for_the_next_pass(
     assert sorted(report.not_queued) == [f"queued_parked:{first}", f"queued_parked:{second}"]
     assert "reconcile could not queue 2 transfer(s)" in caplog.text
     assert row("queued_parked", first).updated == before  # the claim was undone
+    assert row("queued_parked", first).retrying_since is None
     assert len(reconcile().requeued) == 2
     assert len(broker("parked")) == 2
 
@@ -451,9 +485,13 @@ def test_files_of_an_unknown_storage_are_an_error(broker: Any) -> None:
 
 
 def _host() -> str:
-    from queued_storage.conf import settings as qs_settings
+    return qs_settings().HOST
 
-    return qs_settings.HOST
+
+def qs_settings() -> Any:
+    from queued_storage.conf import settings as found
+
+    return found
 
 
 # --- per-host routing ----------------------------------------------------------------------
