@@ -22,6 +22,7 @@
 | E015 | ``QUEUED_STORAGE_NGINX_SECRET`` is empty or not a string |
 | W002 | ``QUEUED_STORAGE_NGINX_UPLOAD_DIR`` is set without ``QUEUED_STORAGE_NGINX_SECRET`` |
 | E016 | ``QUEUED_STORAGE_RETRY_FOR`` is not a positive number |
+| E017 | ``QUEUED_STORAGE_RECONCILE_ON_START`` is not an integer of 0 or more |
 """
 
 from __future__ import annotations
@@ -192,8 +193,8 @@ def _positive(value: Any, kind: type) -> bool:
 
 @register(Tags.compatibility)
 def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """E010, E011, E016, W011: the retry bound, the reconcile pass, the staging budget, the
-    broker's redelivery."""
+    """E010, E011, E016, E017, W011: the retry bound, the reconcile pass, the staging budget,
+    the broker's redelivery."""
     messages: list[CheckMessage] = []
     budget = _setting("STAGING_BUDGET")
     if budget is not None and not _positive(budget, int):
@@ -227,6 +228,18 @@ def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[C
                 f"retried before it is failed; remove it for the default ({DEFAULTS['RETRY_FOR']}"
                 " s, a day). See the README, section Errors and retries.",
                 id="queued_storage.E016",
+            )
+        )
+    on_start = _setting("RECONCILE_ON_START")
+    if not isinstance(on_start, int) or isinstance(on_start, bool) or on_start < 0:
+        messages.append(
+            Error(
+                "QUEUED_STORAGE_RECONCILE_ON_START must be an integer of 0 or more (files), got "
+                f"{on_start!r}.",
+                hint="It is the most files a starting worker re-queues; 0 turns that off. "
+                f"Remove it for the default ({DEFAULTS['RECONCILE_ON_START']}). See the README, "
+                "section The reconcile pass.",
+                id="queued_storage.E017",
             )
         )
     timeout = _redis_visibility_timeout()

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "CHUNK_SIZE": 8 * MiB,
     "RECONCILE_AFTER": None,
     "RECONCILE_BATCH": 500,
+    "RECONCILE_ON_START": 500,
     "STAGING_BUDGET": None,
     "FSYNC": True,
     "UPLOAD_STORAGE": "default",
@@ -165,6 +166,13 @@ class Settings:
     def RECONCILE_BATCH(self) -> int:
         """Most rows one reconcile pass handles per storage and kind of work."""
         return int(self._get("RECONCILE_BATCH"))
+
+    @property
+    def RECONCILE_ON_START(self) -> int:
+        """Most files a worker re-queues when it starts (its host's expired leases and overdue
+        transfers, looked for at start-up and once more when the leases of a worker that died
+        before it have expired); ``0`` turns this off."""
+        return int(self._get("RECONCILE_ON_START"))
 
     @property
     def FSYNC(self) -> bool:

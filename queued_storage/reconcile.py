@@ -39,6 +39,11 @@ looks at the local disk concerns only rows whose ``host`` is this host
 (``QUEUED_STORAGE_HOST``), unless ``all_hosts=True`` (a staging volume shared by hosts that
 record different names). Re-queued transfers are routed like the save routed them: with the
 storage option ``queue="host"`` to the queue of the host that holds the local copy.
+
+:func:`reconcile_on_start` is the part of a pass a worker runs when it starts (steps 1 and 2
+for its own host, at most ``QUEUED_STORAGE_RECONCILE_ON_START`` files, once per host however
+many workers start together), so that the messages a dead worker held do not wait for the
+next scheduled pass.
 """
 
 from __future__ import annotations
@@ -46,15 +51,18 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.utils import validate_file_name
+from django.db import connections
 from django.db.models import Count, DateTimeField, ExpressionWrapper, F, Q, QuerySet, Value
 from django.utils import timezone
 
+from queued_storage import state as read_side
 from queued_storage.conf import settings
 from queued_storage.dispatch import dispatch
 from queued_storage.exceptions import InfrastructureError, LocalFileMissing, StorageNotFound
@@ -64,7 +72,7 @@ from queued_storage.signals import transfer_failed
 from queued_storage.storage import QueuedStorage, get_queued_storage, queued_storages
 from queued_storage.transfer import abort_open_upload, open_uploads, remote_exists
 
-__all__ = ["LOST", "Report", "overdue", "reconcile"]
+__all__ = ["LOST", "Report", "overdue", "reconcile", "reconcile_on_start", "start_up_passes"]
 
 logger = logging.getLogger(__name__)
 
@@ -324,6 +332,20 @@ class _Pass:
                 self._lost(row)
             elif self.ledger.claim(row, self.now):
                 self._requeue(row, self.report.requeued)
+
+    def handled(self) -> int:
+        """Rows this pass has re-queued, failed or found lost so far (of every storage)."""
+        report = self.report
+        return sum(
+            len(items)
+            for items in (
+                report.requeued,
+                report.taken_over,
+                report.given_up,
+                report.newly_lost,
+                report.not_queued,
+            )
+        )
 
     def failed(self) -> None:
         rows = self.rows.filter(state=State.FAILED)
@@ -585,6 +607,80 @@ def reconcile(
     report.staging_bytes = StoredFile.waiting_bytes(host)
     _log(report)
     return report
+
+
+def reconcile_on_start(*, now: datetime.datetime | None = None) -> Report | None:
+    """The part of a pass a starting worker runs: this host's expired leases and overdue
+    transfers (steps 1 and 2 of the module docstring), at most ``RECONCILE_ON_START`` files.
+
+    ``None`` when that setting is 0, or when a worker of this host ran it less than
+    ``RECONCILE_AFTER`` seconds ago: a guard in the state cache lets one of many workers that
+    start together (a deploy, a reboot) run it. Where the cache fails, each runs it, which
+    costs each a few bounded queries and sends no message twice: every re-queue is a
+    conditional claim of the row as read, and a claimed row is not overdue again for at least
+    ``RECONCILE_AFTER``. No S3 request, no scan of the staging directory.
+    """
+    limit = settings.RECONCILE_ON_START
+    if limit <= 0:
+        return None
+    host, after = settings.HOST, settings.RECONCILE_AFTER
+    if not read_side.first_to_mark(settings.CACHE_PREFIX, f"reconcile-on-start:{host}", after):
+        return None
+    now = now or timezone.now()
+    report = Report(host=host, staging_budget=settings.STAGING_BUDGET)
+    sender = _Sender()
+    busy = (
+        StoredFile.objects.using(StoredFile.db())
+        .filter(host=host, state__in=[State.PENDING, State.TRANSFERRING])
+        .values_list("alias", flat=True)
+        .distinct()
+    )
+    for alias in sorted(set(busy)):
+        try:
+            storage = get_queued_storage(alias)
+        except StorageNotFound as err:
+            report.errors.append(f"the files of the storage {alias!r} cannot be transferred: {err}")
+            continue
+        work = _Pass(
+            storage, report, sender, hosts=[host], now=now, after=after, batch=limit, adopt=False
+        )
+        for kind in (work.expired_leases, work.overdue):
+            work.batch = limit - work.handled()
+            if work.batch <= 0:
+                break
+            kind()
+    logger.info(
+        "worker start-up on host %s: re-queued %d overdue transfer(s) and %d expired lease(s); "
+        "%d failed (workers lost for longer than RETRY_FOR), %d lost, %d not queued",
+        host,
+        len(report.requeued),
+        len(report.taken_over),
+        len(report.given_up),
+        len(report.newly_lost),
+        len(report.not_queued),
+    )
+    for error in report.errors:
+        logger.error("reconcile on start: %s", error)
+    return report
+
+
+def start_up_passes() -> None:
+    """What a starting worker runs in a thread of its own (``tasks.py``): :func:`reconcile_on_start`
+    at once, and again ``LEASE_TIMEOUT + RECONCILE_AFTER`` later, when the leases of a worker
+    that died just before this one started have expired and the transfers it had received are
+    overdue. A failure is logged; the scheduled passes find what these would have."""
+    for delay in (0.0, settings.LEASE_TIMEOUT + settings.RECONCILE_AFTER):
+        time.sleep(delay)
+        try:
+            reconcile_on_start()
+        except Exception:
+            logger.warning(
+                "the worker's start-up reconcile pass failed; the scheduled passes find what "
+                "it would have",
+                exc_info=True,
+            )
+        finally:
+            connections.close_all()  # this thread's own
 
 
 def _adopt_all(

@@ -132,13 +132,15 @@ def clean(s3_client: Any) -> Any:
 
 
 #: The fault tests' worker: a 3 s lease (quick takeover after kill -9), backoffs of 0.5 to 4 s,
-#: and the suite's small budget of 3 retries for errors about a file (outages and lost workers
-#: spend none of it: they are retried for QUEUED_STORAGE_RETRY_FOR, a day). See
+#: the suite's small budget of 3 retries for errors about a file (outages and lost workers spend
+#: none of it: they are retried for QUEUED_STORAGE_RETRY_FOR, a day), and the start-up reconcile
+#: pass on (so a restarted worker re-queues what the killed one held). See
 #: tests/settings_faults.py.
 FAULT_WORKER_ENV = {
     "QS_FAULT_LEASE_TIMEOUT": "3",
     "QS_FAULT_RETRY_DELAY": "0.5",
     "QS_FAULT_RETRY_MAX_DELAY": "4",
+    "QS_FAULT_RECONCILE_ON_START": "500",
 }
 
 

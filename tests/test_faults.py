@@ -7,9 +7,9 @@ asserts that nothing was lost. The long variants are marked ``faults`` (``make t
 ``make test`` runs the short ones.
 
 The transfers go to this host's queue (storage option ``queue="host"``), consumed by the
-``host_worker`` fixture (a 3 s lease, backoffs of 0.5 to 4 s, and the suite's budget of 3
-retries for errors about a file, which outages and lost workers do not spend), except where
-the main worker is what the test needs.
+``host_worker`` fixture (a 3 s lease, backoffs of 0.5 to 4 s, the suite's budget of 3 retries
+for errors about a file, which outages and lost workers do not spend, and the start-up
+reconcile pass on), except where the main worker is what the test needs.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.cache import caches
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.core.management import call_command
@@ -31,7 +32,7 @@ from queued_storage import signals
 from queued_storage.exceptions import StagingFull
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
-from queued_storage.reconcile import LOST, overdue, reconcile
+from queued_storage.reconcile import LOST, overdue, reconcile, reconcile_on_start
 from queued_storage.storage import QueuedStorage
 from queued_storage.worker import Outcome, run_transfer
 from tests.harness.suite import broker_messages, need, redis_client, wait_for
@@ -284,6 +285,69 @@ def test_refused_broker_leaves_the_row_for_the_next_pass(
     assert row("queued_parked", first).retrying_since is None
     assert len(reconcile().requeued) == 2
     assert len(broker("parked")) == 2
+
+
+# --- (a') the pass a worker runs when it starts ------------------------------------------
+@pytest.fixture
+def unguarded(broker: Any) -> Any:
+    """The state cache emptied, so no earlier start-up pass holds this host's guard."""
+    caches["default"].clear()
+    with override_settings(QUEUED_STORAGE_RECONCILE_ON_START=500):
+        yield broker
+    caches["default"].clear()
+
+
+def test_reconcile_on_start_requeues_this_hosts_files_up_to_its_limit(unguarded: Any) -> None:
+    expired = saved("held-by-the-dead-worker.bin")
+    assert Ledger("queued_parked").lease(expired, "dead-worker", 0.01).acquired
+    waiting = [saved(f"its-message-was-lost-{i}.txt") for i in range(3)]
+    elsewhere = saved("on-web-b.txt")
+    StoredFile.rows("queued_parked", elsewhere).update(host="web-b")
+    time.sleep(0.05)
+    with override_settings(QUEUED_STORAGE_RECONCILE_ON_START=3):
+        report = reconcile_on_start()
+    assert report is not None
+    assert report.taken_over == [f"queued_parked:{expired}"]  # expired leases first
+    assert report.requeued == [f"queued_parked:{n}" for n in waiting[:2]]  # oldest first
+    sent = [args[1] for args in unguarded("parked")]
+    assert sorted(sent) == sorted([expired, *waiting[:2]])
+    assert row("queued_parked", elsewhere).retrying_since is None  # another host's: untouched
+
+
+def test_reconcile_on_start_runs_once_while_a_hosts_workers_start_together(
+    unguarded: Any,
+) -> None:
+    names = [saved(f"after-the-crash-{i}.txt") for i in range(6)]
+    reports: list[Any] = []
+    barrier = threading.Barrier(4)
+
+    def start() -> None:
+        try:
+            barrier.wait()
+            reports.append(reconcile_on_start())
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ran = [r for r in reports if r is not None]
+    assert len(ran) == 1
+    assert sorted(ran[0].requeued) == sorted(f"queued_parked:{n}" for n in names)
+    assert reconcile_on_start() is None  # guarded for RECONCILE_AFTER
+    caches["default"].clear()  # the guard gone (a cache flushed), nothing is sent twice:
+    again = reconcile_on_start()  # claimed rows are not overdue again so soon
+    assert again is not None and again.requeued == []
+    assert sorted(args[1] for args in unguarded("parked")) == sorted(names)
+
+
+def test_reconcile_on_start_is_off_at_zero(unguarded: Any) -> None:
+    saved("left-alone.txt")
+    with override_settings(QUEUED_STORAGE_RECONCILE_ON_START=0):
+        assert reconcile_on_start() is None
+    assert unguarded("parked") == []
 
 
 # --- (b) failed rows, on request -----------------------------------------------------------
