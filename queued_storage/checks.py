@@ -11,7 +11,7 @@
 | E007 | a QueuedStorage in STORAGES has an invalid option |
 | W001 | the state cache is not shared between processes while Celery is not eager |
 | E010 | ``QUEUED_STORAGE_STAGING_BUDGET`` is neither ``None`` nor a positive integer |
-| E011 | ``QUEUED_STORAGE_RECONCILE_AFTER`` / ``RECONCILE_BATCH`` is not a positive number |
+| E011 | ``QUEUED_STORAGE_RECONCILE_AFTER`` (unless ``None``) or ``RECONCILE_BATCH`` not positive |
 | W010 | this host's waiting bytes are at 80 % of the staging budget (database check) |
 | W011 | the Redis broker's ``visibility_timeout`` is shorter than the longest retry delay |
 | E008 | ``QUEUED_STORAGE_UPLOAD_STORAGE`` is not the alias of a QueuedStorage in STORAGES |
@@ -21,6 +21,8 @@
 | E014 | ``QUEUED_STORAGE_NGINX_UPLOAD_DIR`` is not an absolute path |
 | E015 | ``QUEUED_STORAGE_NGINX_SECRET`` is empty or not a string |
 | W002 | ``QUEUED_STORAGE_NGINX_UPLOAD_DIR`` is set without ``QUEUED_STORAGE_NGINX_SECRET`` |
+| E016 | ``QUEUED_STORAGE_RETRY_FOR`` is not a positive number |
+| E017 | ``QUEUED_STORAGE_RECONCILE_ON_START`` is not an integer of 0 or more |
 """
 
 from __future__ import annotations
@@ -191,7 +193,8 @@ def _positive(value: Any, kind: type) -> bool:
 
 @register(Tags.compatibility)
 def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """E010, E011, W011: the reconcile pass, the staging budget, the broker's redelivery."""
+    """E010, E011, E016, E017, W011: the retry bound, the reconcile pass, the staging budget,
+    the broker's redelivery."""
     messages: list[CheckMessage] = []
     budget = _setting("STAGING_BUDGET")
     if budget is not None and not _positive(budget, int):
@@ -206,7 +209,7 @@ def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[C
         )
     for name, kind in (("RECONCILE_AFTER", float), ("RECONCILE_BATCH", int)):
         value, default = _setting(name), DEFAULTS[name]
-        if not _positive(value, kind):
+        if not _positive(value, kind) and not (name == "RECONCILE_AFTER" and value is None):
             what = "seconds" if kind is float else "rows (an integer)"
             messages.append(
                 Error(
@@ -215,6 +218,30 @@ def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[C
                     id="queued_storage.E011",
                 )
             )
+    retry_for = _setting("RETRY_FOR")
+    if not _positive(retry_for, float):
+        messages.append(
+            Error(
+                f"QUEUED_STORAGE_RETRY_FOR must be a positive number of seconds, got "
+                f"{retry_for!r}.",
+                hint="It is how long a file's transient failures (S3 down, lost workers) are "
+                f"retried before it is failed; remove it for the default ({DEFAULTS['RETRY_FOR']}"
+                " s, a day). See the README, section Errors and retries.",
+                id="queued_storage.E016",
+            )
+        )
+    on_start = _setting("RECONCILE_ON_START")
+    if not isinstance(on_start, int) or isinstance(on_start, bool) or on_start < 0:
+        messages.append(
+            Error(
+                "QUEUED_STORAGE_RECONCILE_ON_START must be an integer of 0 or more (files), got "
+                f"{on_start!r}.",
+                hint="It is the most files a starting worker re-queues; 0 turns that off. "
+                f"Remove it for the default ({DEFAULTS['RECONCILE_ON_START']}). See the README, "
+                "section The reconcile pass.",
+                id="queued_storage.E017",
+            )
+        )
     timeout = _redis_visibility_timeout()
     if timeout is not None and timeout < settings.RETRY_MAX_DELAY:
         messages.append(

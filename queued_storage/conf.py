@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "RETRIES": 5,
     "RETRY_DELAY": 60,
     "RETRY_MAX_DELAY": 3600,
+    "RETRY_FOR": 24 * 3600,
     "DATABASE": None,
     "LEASE_TIMEOUT": 120,
     "HOST": None,
@@ -35,8 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "MULTIPART_CHUNKSIZE": 16 * MiB,
     "MAX_CONCURRENCY": 4,
     "CHUNK_SIZE": 8 * MiB,
-    "RECONCILE_AFTER": 900,
+    "RECONCILE_AFTER": None,
     "RECONCILE_BATCH": 500,
+    "RECONCILE_ON_START": 500,
     "STAGING_BUDGET": None,
     "FSYNC": True,
     "UPLOAD_STORAGE": "default",
@@ -85,7 +87,9 @@ class Settings:
     # --- retry policy --------------------------------------------------------------------
     @property
     def RETRIES(self) -> int:
-        """Retries after the first attempt before a transient failure becomes ``failed``."""
+        """Retries after a file's first error about the file itself (a checksum mismatch, a
+        hook asking to retry, an unknown error) before the next one makes it ``failed``.
+        Failures of the infrastructure are bounded by :attr:`RETRY_FOR` instead."""
         return int(self._get("RETRIES"))
 
     @property
@@ -97,6 +101,13 @@ class Settings:
     def RETRY_MAX_DELAY(self) -> float:
         """Upper bound in seconds of one backoff delay."""
         return float(self._get("RETRY_MAX_DELAY"))
+
+    @property
+    def RETRY_FOR(self) -> float:
+        """Seconds a run of infrastructure failures of one file (connection errors, timeouts,
+        5xx, throttling, lost workers, lost messages) is retried, counted from its first
+        failure; the first such failure after it makes the file ``failed``."""
+        return float(self._get("RETRY_FOR"))
 
     # --- ledger --------------------------------------------------------------------------
     @property
@@ -146,13 +157,23 @@ class Settings:
     # --- reconcile pass and staging budget (queued_storage.reconcile) ----------------------
     @property
     def RECONCILE_AFTER(self) -> float:
-        """Seconds a ``pending`` file may wait (beyond its retry backoff) before it is re-queued."""
-        return float(self._get("RECONCILE_AFTER"))
+        """Seconds a ``pending`` file may wait (beyond its retry backoff) before it is re-queued;
+        ``None`` (the default): :attr:`LEASE_TIMEOUT`, the time a worker has to show it is
+        working on a file before another may take it over."""
+        value = self._get("RECONCILE_AFTER")
+        return self.LEASE_TIMEOUT if value is None else float(value)
 
     @property
     def RECONCILE_BATCH(self) -> int:
         """Most rows one reconcile pass handles per storage and kind of work."""
         return int(self._get("RECONCILE_BATCH"))
+
+    @property
+    def RECONCILE_ON_START(self) -> int:
+        """Most files a worker re-queues when it starts (its host's expired leases and overdue
+        transfers, looked for at start-up and once more when the leases of a worker that died
+        before it have expired); ``0`` turns this off."""
+        return int(self._get("RECONCILE_ON_START"))
 
     @property
     def FSYNC(self) -> bool:

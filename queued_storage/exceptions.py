@@ -1,9 +1,15 @@
 """Errors raised by queued_storage.
 
-Two families matter for the retry policy: :class:`TransientTransferError` (worth retrying:
-connection errors, timeouts, throttling, 5xx, a checksum mismatch that a resend may cure) and
-:class:`PermanentTransferError` (retrying cannot help: the local file is gone, access is denied,
-the bucket does not exist). The task's retry policy is a single ``except`` on these classes.
+Three kinds matter for the retry policy (``worker.py``), each one ``except``:
+
+* :class:`InfrastructureError` (a :class:`TransientTransferError`): the remote storage or the way
+  to it failed, not the file (connection refused or cut, timeouts, HTTP 5xx, throttling). Retried
+  for ``QUEUED_STORAGE_RETRY_FOR`` seconds, however many attempts that takes.
+* any other :class:`TransientTransferError`: an error about this file that a resend may cure (a
+  checksum mismatch, bytes that changed in transit, a task's hook asking to retry). Counted:
+  ``QUEUED_STORAGE_RETRIES`` retries.
+* :class:`PermanentTransferError`: retrying cannot help (the local file is gone, access is
+  denied, the bucket does not exist): ``failed`` at once.
 
 Configuration errors subclass Django's ``ImproperlyConfigured`` so that they read like every
 other Django configuration error.
@@ -15,6 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 __all__ = [
     "ChecksumMismatch",
+    "InfrastructureError",
     "LocalFileMissing",
     "PermanentTransferError",
     "QueuedStorageConfigError",
@@ -47,6 +54,16 @@ class TransientTransferError(TransferError):
     """A failure that a later attempt may not meet: the transfer is retried with backoff."""
 
 
+class InfrastructureError(TransientTransferError):
+    """The remote storage, or the network to it, failed: not the file's fault.
+
+    Connection refused or cut, a timeout, HTTP 5xx, throttling. It spends no retry budget: the
+    file is retried, with a backoff as long as the failures have lasted so far (capped by
+    ``QUEUED_STORAGE_RETRY_MAX_DELAY``), until ``QUEUED_STORAGE_RETRY_FOR`` seconds after the
+    first failure of the run.
+    """
+
+
 class PermanentTransferError(TransferError):
     """A failure that retrying cannot cure: the file goes straight to ``failed``."""
 
@@ -59,7 +76,8 @@ class ChecksumMismatch(TransientTransferError):
     """The remote object does not match the local file (size or checksum).
 
     Transient because a byte flipped in transit is cured by resending; if the local file keeps
-    changing, the retry budget ends it in ``failed`` with this reason.
+    changing, the retry budget (``QUEUED_STORAGE_RETRIES``: it is an error about the file, so
+    it counts) ends it in ``failed`` with this reason.
     """
 
 

@@ -7,7 +7,8 @@ alike without ``SELECT ... FOR UPDATE``, followed by the cache write that makes 
 visible to readers:
 
 * the unique key on ``(alias, name)`` reserves a name across processes and hosts;
-* a worker takes the lease with ``UPDATE ... WHERE state = 'pending' OR lease expired``: only
+* a worker takes the lease with ``UPDATE ... WHERE state = 'pending'``, or takes over a lease
+  that expired with ``UPDATE ... WHERE lease_owner = <the lost one> AND lease expired``: only
   one ``UPDATE`` can match, so only one worker transfers a file at a time;
 * a lease holder's writes match ``lease_owner = me``: a worker whose lease was taken over, or
   whose row was deleted meanwhile, records nothing;
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, connections, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import F, QuerySet, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from queued_storage import state as read_side
@@ -49,6 +51,8 @@ _NO_UPLOAD: dict[str, Any] = {"upload_id": "", "part_size": None, "source": "", 
 class LeaseResult:
     acquired: bool
     row: StoredFile | None
+    #: The lease was taken over from a worker whose lease expired (not a ``pending`` row's).
+    took_over: bool = False
 
 
 def ledger_database() -> str:
@@ -168,11 +172,12 @@ class Ledger:
         return row
 
     def retry(self, name: str) -> bool:
-        """A ``failed`` (or stale ``pending``) file may be transferred again, with a new budget."""
+        """A ``failed`` (or stale ``pending``) file may be transferred again, with a new budget
+        (no file errors counted, no run of transient failures running)."""
         retried = bool(
             self.rows(name)
             .filter(state__in=[State.FAILED, State.PENDING])
-            .update(state=State.PENDING, attempts=0, updated=timezone.now())
+            .update(state=State.PENDING, attempts=0, retrying_since=None, updated=timezone.now())
         )
         if retried:
             self.republish(name)
@@ -212,49 +217,99 @@ class Ledger:
 
     # -- a worker's lease -------------------------------------------------------------------
     def lease(self, name: str, owner: str, seconds: float) -> LeaseResult:
-        """Take the single-flight lease on a ``pending`` row or on one whose lease expired.
+        """Take the single-flight lease on a ``pending`` row, or take over a lease that expired.
 
-        One ``UPDATE ... RETURNING`` where the database has it (PostgreSQL, SQLite 3.35+): the
-        row comes back with the lease, and only a refused lease costs a second query (to say
-        why). Elsewhere, the ``UPDATE`` and then a ``SELECT``. No cache write: the lease keeper
-        publishes ``transferring`` when the transfer outlives its first renewal.
+        A lease counts no attempt (``attempts`` counts errors about the file). A takeover is
+        the failure of a worker, not of the file: it starts a run of transient failures
+        (``retrying_since``) unless one is running, and ``last_error`` names the lost lease.
+        ``LeaseResult.took_over`` says which of the two happened.
+
+        A ``pending`` row costs one ``UPDATE ... RETURNING`` (PostgreSQL, SQLite 3.35+; an
+        ``UPDATE`` and a ``SELECT`` elsewhere); a refused lease a ``SELECT`` more, to say why;
+        a takeover one ``UPDATE`` more, matching the expired lease as that ``SELECT`` read it.
+        No cache write: the lease keeper publishes ``transferring`` when the transfer outlives
+        its first renewal.
         """
         now = timezone.now()
         expires = now + datetime.timedelta(seconds=seconds)
+        taken = self._take(name, owner, expires, now)
+        if taken is not None:
+            return LeaseResult(acquired=True, row=taken)
+        row = self.row(name)
+        if (
+            row is None
+            or row.state != State.TRANSFERRING
+            or row.lease_expires is None
+            or row.lease_expires >= now
+        ):
+            return LeaseResult(acquired=False, row=row)
+        note = (
+            f"The lease of {row.lease_owner} expired (its worker was lost?); taken over by {owner}."
+        )
+        taken = self._take(name, owner, expires, now, lost=(row.lease_owner, note))
+        if taken is not None:
+            return LeaseResult(acquired=True, row=taken, took_over=True)
+        return LeaseResult(acquired=False, row=self.row(name))
+
+    def _take(
+        self,
+        name: str,
+        owner: str,
+        expires: datetime.datetime,
+        now: datetime.datetime,
+        *,
+        lost: tuple[str, str] | None = None,
+    ) -> StoredFile | None:
+        """One conditional UPDATE giving *owner* the lease of a ``pending`` row or, with
+        *lost* (the lost owner and the note to record), of that owner's expired lease; the row
+        as it is now, or ``None`` when the row did not match."""
         db = StoredFile.db()
         connection = connections[db]
         if connection.vendor in ("postgresql", "sqlite") and (
             connection.features.can_return_rows_from_bulk_insert
         ):
             q = connection.ops.quote_name
+
+            def when(value: datetime.datetime) -> Any:
+                return connection.ops.adapt_datetimefield_value(value)
+
             columns = ", ".join(q(str(f.column)) for f in StoredFile._meta.concrete_fields)
             table = q(StoredFile._meta.db_table)
-            sql = (
-                f"UPDATE {table} SET {q('state')} = %s, {q('lease_owner')} = %s, "
-                f"{q('lease_expires')} = %s, {q('attempts')} = {q('attempts')} + 1, "
-                f"{q('bytes_done')} = 0, {q('updated')} = %s "
-                f"WHERE {q('alias')} = %s AND {q('name')} = %s AND ({q('state')} = %s OR "
-                f"({q('state')} = %s AND {q('lease_expires')} < %s)) RETURNING {columns}"
+            sets = (
+                f"{q('state')} = %s, {q('lease_owner')} = %s, {q('lease_expires')} = %s, "
+                f"{q('bytes_done')} = 0, {q('updated')} = %s"
             )
-            params: list[Any] = [str(State.TRANSFERRING), owner, expires, now, self.alias, name]
-            params += [str(State.PENDING), str(State.TRANSFERRING), now]
-            leased = list(StoredFile.objects.db_manager(db).raw(sql, params))
-            if leased:
-                return LeaseResult(acquired=True, row=leased[0])
-            return LeaseResult(acquired=False, row=self.row(name))
-        taken = (
-            self.rows(name)
-            .filter(Q(state=State.PENDING) | Q(state=State.TRANSFERRING, lease_expires__lt=now))
-            .update(
-                state=State.TRANSFERRING,
-                lease_owner=owner,
-                lease_expires=expires,
-                attempts=F("attempts") + 1,
-                bytes_done=0,
-                updated=now,
-            )
-        )
-        return LeaseResult(acquired=bool(taken), row=self.row(name))
+            params: list[Any] = [str(State.TRANSFERRING), owner, when(expires), when(now)]
+            where = f"{q('alias')} = %s AND {q('name')} = %s AND {q('state')} = %s"
+            where_params: list[Any] = [self.alias, name]
+            if lost is None:
+                where_params.append(str(State.PENDING))
+            else:
+                sets += (
+                    f", {q('last_error')} = %s, "
+                    f"{q('retrying_since')} = COALESCE({q('retrying_since')}, %s)"
+                )
+                params += [lost[1][:ERROR_LENGTH], when(now)]
+                where += f" AND {q('lease_owner')} = %s AND {q('lease_expires')} < %s"
+                where_params += [str(State.TRANSFERRING), lost[0], when(now)]
+            sql = f"UPDATE {table} SET {sets} WHERE {where} RETURNING {columns}"
+            leased = list(StoredFile.objects.db_manager(db).raw(sql, params + where_params))
+            return leased[0] if leased else None
+        fields: dict[str, Any] = {
+            "state": State.TRANSFERRING,
+            "lease_owner": owner,
+            "lease_expires": expires,
+            "bytes_done": 0,
+            "updated": now,
+        }
+        rows = self.rows(name)
+        if lost is None:
+            rows = rows.filter(state=State.PENDING)
+        else:
+            rows = rows.filter(state=State.TRANSFERRING, lease_owner=lost[0], lease_expires__lt=now)
+            fields["last_error"] = lost[1][:ERROR_LENGTH]
+            fields["retrying_since"] = Coalesce(F("retrying_since"), Value(now))
+        return self.row(name) if rows.update(**fields) else None
 
     def _leased(self, name: str, owner: str) -> QuerySet[StoredFile]:
         leased: QuerySet[StoredFile] = self.rows(name).filter(
@@ -316,7 +371,8 @@ class Ledger:
         keep_local: bool = True,
     ) -> bool:
         """Record the verified remote copy and publish ``remote``: one cache write, saying
-        whether the local copy stays. ``False`` if the lease or the row was lost."""
+        whether the local copy stays. Ends any run of transient failures. ``False`` if the
+        lease or the row was lost."""
         now = timezone.now()
         recorded = bool(
             self._leased(name, owner).update(
@@ -328,6 +384,7 @@ class Ledger:
                 last_error="",
                 lease_owner="",
                 lease_expires=None,
+                retrying_since=None,
                 transferred=now,
                 updated=now,
                 **_NO_UPLOAD,
@@ -363,26 +420,38 @@ class Ledger:
         """The worker found no local copy: recorded, so the reconcile pass reports the loss."""
         self.rows(name).update(local_exists=False, updated=timezone.now())
 
-    def _release(self, name: str, owner: str, state: str, error: str) -> bool:
+    def _release(self, name: str, owner: str, state: str, error: str, *, counted: bool) -> bool:
+        """End the lease in *state* with *error*. *counted*: an error about the file (one more
+        ``attempts``, and the run of transient failures, if any, is over); otherwise a failure
+        of the infrastructure, which starts such a run unless one is running."""
+        now = timezone.now()
+        if counted:
+            effect: dict[str, Any] = {"attempts": F("attempts") + 1, "retrying_since": None}
+        else:
+            effect = {"retrying_since": Coalesce(F("retrying_since"), Value(now))}
         released = bool(
             self._leased(name, owner).update(
                 state=state,
                 last_error=error[:ERROR_LENGTH],
                 lease_owner="",
                 lease_expires=None,
-                updated=timezone.now(),
+                updated=now,
+                **effect,
             )
         )
         self.republish(name)
         return released
 
-    def retry_later(self, name: str, owner: str, error: str) -> bool:
-        """End the lease after a transient error: back to ``pending``, *error* kept."""
-        return self._release(name, owner, State.PENDING, error)
+    def retry_later(self, name: str, owner: str, error: str, *, counted: bool = True) -> bool:
+        """End the lease after a transient error: back to ``pending``, *error* kept; *counted*
+        for an error about the file, else the infrastructure's (see :meth:`_release`)."""
+        return self._release(name, owner, State.PENDING, error, counted=counted)
 
-    def fail(self, name: str, owner: str, error: str) -> bool:
-        """End the lease for good: ``failed``, *error* kept (served locally, retried on request)."""
-        return self._release(name, owner, State.FAILED, error)
+    def fail(self, name: str, owner: str, error: str, *, counted: bool = True) -> bool:
+        """End the lease for good: ``failed``, *error* kept (served locally, retried on request).
+        *counted*: the last error was about the file; otherwise the run of infrastructure
+        failures that outlasted ``QUEUED_STORAGE_RETRY_FOR`` stays recorded."""
+        return self._release(name, owner, State.FAILED, error, counted=counted)
 
     # -- the reconcile pass: each write matches the row as the pass read it -----------------
     @staticmethod
@@ -393,7 +462,9 @@ class Ledger:
         return found
 
     def take_back(self, row: StoredFile, now: datetime.datetime) -> bool:
-        """An expired lease (its worker died): back to ``pending`` for a new transfer."""
+        """An expired lease (its worker died): back to ``pending`` for a new transfer. A lost
+        worker is a transient failure, not the file's: no attempt is counted, and a run of
+        transient failures begins unless one is running."""
         taken = bool(
             self._as_read(row).update(
                 state=State.PENDING,
@@ -401,6 +472,7 @@ class Ledger:
                 lease_expires=None,
                 last_error=f"The lease of {row.lease_owner} expired (worker lost?); "
                 "queued again by the reconcile pass.",
+                retrying_since=Coalesce(F("retrying_since"), Value(now)),
                 updated=now,
             )
         )
@@ -409,19 +481,35 @@ class Ledger:
         return taken
 
     def claim(self, row: StoredFile, now: datetime.datetime) -> bool:
-        """Mark an overdue ``pending`` row as queued again now (no state change)."""
-        return bool(self._as_read(row).update(updated=now))
+        """Mark an overdue ``pending`` row as queued again now (no state change).
+
+        Its message was lost (or waits behind a long queue): a transient failure, so a run of
+        them starts unless one is running. The next re-queue of the row then waits as long as
+        a retry would (see ``reconcile.overdue``): re-queues of a file that waits in a long
+        queue are spaced out, up to ``RETRY_MAX_DELAY`` apart.
+        """
+        return bool(
+            self._as_read(row).update(
+                updated=now, retrying_since=Coalesce(F("retrying_since"), Value(now))
+            )
+        )
 
     def unclaim(self, row: StoredFile, now: datetime.datetime) -> None:
         """Undo :meth:`claim` (or the claim of another transition) when the broker refused:
         the row looks as it did, for the next pass."""
-        self.rows(row.name).filter(state=State.PENDING, updated=now).update(updated=row.updated)
+        self.rows(row.name).filter(state=State.PENDING, updated=now).update(
+            updated=row.updated, retrying_since=row.retrying_since
+        )
 
     def retry_failed(self, row: StoredFile, now: datetime.datetime) -> bool:
         """A ``failed`` row whose local copy is there: ``pending`` with a new budget."""
         retried = bool(
             self._as_read(row).update(
-                state=State.PENDING, attempts=0, local_exists=True, updated=now
+                state=State.PENDING,
+                attempts=0,
+                retrying_since=None,
+                local_exists=True,
+                updated=now,
             )
         )
         if retried:
@@ -464,6 +552,24 @@ class Ledger:
         if marked:
             self.republish(row.name)
         return marked
+
+    def give_up(self, row: StoredFile, reason: str, now: datetime.datetime) -> bool:
+        """An expired lease of a file whose transient failures have lasted longer than
+        ``QUEUED_STORAGE_RETRY_FOR`` (its workers keep dying): ``failed`` with *reason*; the
+        caller aborted its open upload."""
+        failed = bool(
+            self._as_read(row).update(
+                state=State.FAILED,
+                last_error=reason[:ERROR_LENGTH],
+                lease_owner="",
+                lease_expires=None,
+                updated=now,
+                **_NO_UPLOAD,
+            )
+        )
+        if failed:
+            self.republish(row.name)
+        return failed
 
     def finish_save(self, row: StoredFile, size: int, now: datetime.datetime) -> bool:
         """A reservation whose save wrote the file and then stopped: ``pending`` with it."""

@@ -5,11 +5,16 @@ management command ``queued_storage_reconcile`` both call :func:`reconcile`. A p
 each queued storage and at most ``QUEUED_STORAGE_RECONCILE_BATCH`` rows of each kind:
 
 1. ``transferring`` rows whose lease expired (their worker died): back to ``pending``, queued
-   again (the lead's resume picks up an open multipart upload).
-2. ``pending`` rows whose transfer is overdue: never started ``QUEUED_STORAGE_RECONCILE_AFTER``
-   seconds after the save or the last attempt plus that attempt's longest backoff (the broker
-   refused or lost the message, the worker was killed holding it, Redis was flushed): queued
-   again through :func:`queued_storage.tasks.dispatch`, so the message is still ``[alias, name]``.
+   again (the lead's resume picks up an open multipart upload). A lost worker is a transient
+   failure: it starts a run of them (``retrying_since``), and a file whose run has lasted
+   ``QUEUED_STORAGE_RETRY_FOR`` (its workers keep dying) becomes ``failed`` instead.
+2. ``pending`` rows whose transfer is overdue (:func:`overdue`): not started
+   ``QUEUED_STORAGE_RECONCILE_AFTER`` seconds (default: the lease timeout) after the latest
+   moment their message was due, the save or the last attempt plus that attempt's longest
+   backoff (the broker refused or lost the message, the worker was killed holding it, Redis
+   was flushed): queued again through :func:`queued_storage.dispatch.dispatch`, so the message
+   is still ``[alias, name]``. A re-queue is a transient failure too, so a file re-queued again
+   and again (it waits in a long queue) is re-queued less and less often, as retries are.
 3. ``failed=True`` only: ``failed`` rows get a fresh retry budget and are queued again.
 4. Stale reservations (a save that crashed before it wrote the local copy: ``pending``, no size,
    no local file, older than ``RECONCILE_AFTER``) are deleted; the save never returned, so
@@ -34,6 +39,11 @@ looks at the local disk concerns only rows whose ``host`` is this host
 (``QUEUED_STORAGE_HOST``), unless ``all_hosts=True`` (a staging volume shared by hosts that
 record different names). Re-queued transfers are routed like the save routed them: with the
 storage option ``queue="host"`` to the queue of the host that holds the local copy.
+
+:func:`reconcile_on_start` is the part of a pass a worker runs when it starts (steps 1 and 2
+for its own host, at most ``QUEUED_STORAGE_RECONCILE_ON_START`` files, once per host however
+many workers start together), so that the messages a dead worker held do not wait for the
+next scheduled pass.
 """
 
 from __future__ import annotations
@@ -41,25 +51,28 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.utils import validate_file_name
-from django.db.models import Count, Q, QuerySet
+from django.db import connections
+from django.db.models import Count, DateTimeField, ExpressionWrapper, F, Q, QuerySet, Value
 from django.utils import timezone
 
+from queued_storage import state as read_side
 from queued_storage.conf import settings
 from queued_storage.dispatch import dispatch
-from queued_storage.exceptions import LocalFileMissing, StorageNotFound
+from queued_storage.exceptions import InfrastructureError, LocalFileMissing, StorageNotFound
 from queued_storage.models import State, StoredFile
 from queued_storage.names import OWN_DIRECTORY_PREFIX, checked_name
 from queued_storage.signals import transfer_failed
 from queued_storage.storage import QueuedStorage, get_queued_storage, queued_storages
 from queued_storage.transfer import abort_open_upload, open_uploads, remote_exists
 
-__all__ = ["LOST", "Report", "overdue", "reconcile"]
+__all__ = ["LOST", "Report", "overdue", "reconcile", "reconcile_on_start", "start_up_passes"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +87,7 @@ class Report:
     host: str
     requeued: list[str] = field(default_factory=list)
     taken_over: list[str] = field(default_factory=list)
+    given_up: list[str] = field(default_factory=list)
     retried: list[str] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
@@ -98,6 +112,7 @@ class Report:
         return {
             "requeued": len(self.requeued),
             "taken_over": len(self.taken_over),
+            "given_up": len(self.given_up),
             "retried": len(self.retried),
             "adopted": len(self.adopted),
             "stale": len(self.stale),
@@ -121,6 +136,7 @@ class Report:
         for label, items in (
             ("re-queued (overdue)", self.requeued),
             ("re-queued (lease expired)", self.taken_over),
+            ("failed (workers lost for longer than RETRY_FOR)", self.given_up),
             ("retried (were failed)", self.retried),
             ("adopted", self.adopted),
             ("stale reservations removed", self.stale),
@@ -153,26 +169,48 @@ class Report:
 
 
 def overdue(now: datetime.datetime, after: float) -> Q:
-    """``pending`` rows whose transfer should have started by *now*.
+    """``pending`` rows whose transfer should have started by *now*: *after* seconds have passed
+    since the latest moment their message was due.
 
-    A row last attempted ``n`` times waits at most ``min(RETRY_MAX_DELAY, RETRY_DELAY *
-    2**(n-1))`` for its retry (the backoff's upper bound); it is overdue *after* seconds later.
-    A row never attempted is overdue *after* seconds after it was saved.
+    * In a run of transient failures (``retrying_since`` set: an outage, a lost worker, a lost
+      message): the retry waits at most as long as the run had lasted when it was scheduled
+      (``updated - retrying_since``), at least ``RETRY_DELAY`` and at most ``RETRY_MAX_DELAY``,
+      the bound of ``worker.outage_backoff``; computed in the database, exactly.
+    * After the file's *n*-th error about itself: ``min(RETRY_MAX_DELAY, RETRY_DELAY * 2**(n-1))``.
+    * Neither failed nor re-queued: its message was due at the save.
     """
-    query = Q(attempts=0, updated__lt=now - datetime.timedelta(seconds=after))
-    longest = settings.RETRY_MAX_DELAY
+    cutoff = now - datetime.timedelta(seconds=after)
+    base, cap = settings.RETRY_DELAY, settings.RETRY_MAX_DELAY
+
+    def before(seconds: float) -> datetime.datetime:
+        return cutoff - datetime.timedelta(seconds=seconds)
+
+    # updated + min(cap, max(base, updated - retrying_since)) < cutoff
+    waited_as_long = ExpressionWrapper(
+        Value(cutoff) - (F("updated") - F("retrying_since")), output_field=DateTimeField()
+    )
+    running = Q(retrying_since__isnull=False) & (
+        Q(updated__lt=before(cap)) | (Q(updated__lt=before(base)) & Q(updated__lt=waited_as_long))
+    )
+    counted = Q(attempts=0, updated__lt=cutoff)
     attempt = 1
     while attempt <= settings.RETRIES:
-        wait = min(longest, settings.RETRY_DELAY * 2 ** (attempt - 1))
-        if wait >= longest:
+        wait = min(cap, base * 2 ** (attempt - 1))
+        if wait >= cap:
             break
-        query |= Q(attempts=attempt, updated__lt=now - datetime.timedelta(seconds=after + wait))
+        counted |= Q(attempts=attempt, updated__lt=before(wait))
         attempt += 1
-    # From here on every wait is the cap (or no retry waits at all: attempts beyond the budget
-    # come from a takeover after a lost lease).
-    return query | Q(
-        attempts__gte=attempt, updated__lt=now - datetime.timedelta(seconds=after + longest)
-    )
+    # From here on every wait is the cap (or no retry waits at all: more errors than the
+    # budget allows come from a budget that was lowered since).
+    counted |= Q(attempts__gte=attempt, updated__lt=before(cap))
+    return running | (Q(retrying_since__isnull=True) & counted)
+
+
+def _retried_for(row: StoredFile, now: datetime.datetime) -> float:
+    """Seconds since the row's run of transient failures began (0: none is running)."""
+    if row.retrying_since is None:
+        return 0.0
+    return (now - row.retrying_since).total_seconds()
 
 
 def _label(row: StoredFile) -> str:
@@ -244,15 +282,36 @@ class _Pass:
         if not self.ledger.lost(row, reason, self.now):
             return
         self.report.newly_lost.append(_label(row))
-        logger.error("%s", reason)
+        self._failed(row, LocalFileMissing(reason, name=row.name))
+
+    def _give_up(self, row: StoredFile) -> None:
+        """An expired lease of a file whose transient failures have outlasted ``RETRY_FOR``:
+        ``failed``, the reason, the signal, a log."""
+        since = row.retrying_since.isoformat(" ", "seconds") if row.retrying_since else "now"
+        reason = (
+            f"Gave up on {row.name!r}: the lease of {row.lease_owner} expired (its worker was "
+            f"lost), and its transfers have failed on the infrastructure (remote storage, "
+            f"network or workers) since {since}, longer than QUEUED_STORAGE_RETRY_FOR "
+            f"({settings.RETRY_FOR:g} s). It is served from its local copy; once the cause is "
+            "fixed, retry it with storage.transfer(name) or `manage.py queued_storage_reconcile "
+            "--failed`."
+        )
+        abort_open_upload(self.storage.remote, row.name, row.upload_id)
+        if not self.ledger.give_up(row, reason, self.now):
+            return
+        self.report.given_up.append(_label(row))
+        self._failed(row, InfrastructureError(reason, name=row.name))
+
+    def _failed(self, row: StoredFile, error: Exception) -> None:
+        logger.error("%s", error)
         transfer_failed.send(
             sender=type(self.storage),
             name=row.name,
             alias=row.alias,
             local=self.storage.local,
             remote=self.storage.remote,
-            error=LocalFileMissing(reason, name=row.name),
-            reason=reason,
+            error=error,
+            reason=str(error),
         )
 
     # -- the kinds of work -----------------------------------------------------------------
@@ -261,6 +320,8 @@ class _Pass:
         for row in rows.order_by("lease_expires")[: self.batch]:
             if not self._present(row.name):
                 self._lost(row)
+            elif _retried_for(row, self.now) >= settings.RETRY_FOR:
+                self._give_up(row)
             elif self.ledger.take_back(row, self.now):
                 self._requeue(row, self.report.taken_over)
 
@@ -271,6 +332,20 @@ class _Pass:
                 self._lost(row)
             elif self.ledger.claim(row, self.now):
                 self._requeue(row, self.report.requeued)
+
+    def handled(self) -> int:
+        """Rows this pass has re-queued, failed or found lost so far (of every storage)."""
+        report = self.report
+        return sum(
+            len(items)
+            for items in (
+                report.requeued,
+                report.taken_over,
+                report.given_up,
+                report.newly_lost,
+                report.not_queued,
+            )
+        )
 
     def failed(self) -> None:
         rows = self.rows.filter(state=State.FAILED)
@@ -532,6 +607,80 @@ def reconcile(
     report.staging_bytes = StoredFile.waiting_bytes(host)
     _log(report)
     return report
+
+
+def reconcile_on_start(*, now: datetime.datetime | None = None) -> Report | None:
+    """The part of a pass a starting worker runs: this host's expired leases and overdue
+    transfers (steps 1 and 2 of the module docstring), at most ``RECONCILE_ON_START`` files.
+
+    ``None`` when that setting is 0, or when a worker of this host ran it less than
+    ``RECONCILE_AFTER`` seconds ago: a guard in the state cache lets one of many workers that
+    start together (a deploy, a reboot) run it. Where the cache fails, each runs it, which
+    costs each a few bounded queries and sends no message twice: every re-queue is a
+    conditional claim of the row as read, and a claimed row is not overdue again for at least
+    ``RECONCILE_AFTER``. No S3 request, no scan of the staging directory.
+    """
+    limit = settings.RECONCILE_ON_START
+    if limit <= 0:
+        return None
+    host, after = settings.HOST, settings.RECONCILE_AFTER
+    if not read_side.first_to_mark(settings.CACHE_PREFIX, f"reconcile-on-start:{host}", after):
+        return None
+    now = now or timezone.now()
+    report = Report(host=host, staging_budget=settings.STAGING_BUDGET)
+    sender = _Sender()
+    busy = (
+        StoredFile.objects.using(StoredFile.db())
+        .filter(host=host, state__in=[State.PENDING, State.TRANSFERRING])
+        .values_list("alias", flat=True)
+        .distinct()
+    )
+    for alias in sorted(set(busy)):
+        try:
+            storage = get_queued_storage(alias)
+        except StorageNotFound as err:
+            report.errors.append(f"the files of the storage {alias!r} cannot be transferred: {err}")
+            continue
+        work = _Pass(
+            storage, report, sender, hosts=[host], now=now, after=after, batch=limit, adopt=False
+        )
+        for kind in (work.expired_leases, work.overdue):
+            work.batch = limit - work.handled()
+            if work.batch <= 0:
+                break
+            kind()
+    logger.info(
+        "worker start-up on host %s: re-queued %d overdue transfer(s) and %d expired lease(s); "
+        "%d failed (workers lost for longer than RETRY_FOR), %d lost, %d not queued",
+        host,
+        len(report.requeued),
+        len(report.taken_over),
+        len(report.given_up),
+        len(report.newly_lost),
+        len(report.not_queued),
+    )
+    for error in report.errors:
+        logger.error("reconcile on start: %s", error)
+    return report
+
+
+def start_up_passes() -> None:
+    """What a starting worker runs in a thread of its own (``tasks.py``): :func:`reconcile_on_start`
+    at once, and again ``LEASE_TIMEOUT + RECONCILE_AFTER`` later, when the leases of a worker
+    that died just before this one started have expired and the transfers it had received are
+    overdue. A failure is logged; the scheduled passes find what these would have."""
+    for delay in (0.0, settings.LEASE_TIMEOUT + settings.RECONCILE_AFTER):
+        time.sleep(delay)
+        try:
+            reconcile_on_start()
+        except Exception:
+            logger.warning(
+                "the worker's start-up reconcile pass failed; the scheduled passes find what "
+                "it would have",
+                exc_info=True,
+            )
+        finally:
+            connections.close_all()  # this thread's own
 
 
 def _adopt_all(

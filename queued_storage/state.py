@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +25,7 @@ from django.core.cache import caches
 from queued_storage.conf import settings
 from queued_storage.models import State, StoredFile
 
-__all__ = ["FileState", "cache_key", "get_progress", "get_state"]
+__all__ = ["FileState", "cache_key", "first_to_mark", "get_progress", "get_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,3 +153,15 @@ def drop_state(prefix: str, alias: str, name: str) -> None:
         _cache().delete(cache_key(prefix, alias, name))
     except Exception:
         logger.warning("could not drop the cached state of %r", name, exc_info=True)
+
+
+def first_to_mark(prefix: str, what: str, seconds: float) -> bool:
+    """Whether this call is the first to mark *what* in the state cache in *seconds*: a guard
+    (``cache.add``) that lets one of many processes do some work. ``True`` as well when the
+    cache fails, so the guarded work must be safe to repeat."""
+    key = cache_key(prefix, "", what) + ":once"
+    try:
+        return bool(_cache().add(key, os.getpid(), max(1, math.ceil(seconds))))
+    except Exception:
+        logger.warning("state cache write failed; %s runs unguarded", what, exc_info=True)
+        return True

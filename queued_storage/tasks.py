@@ -9,18 +9,26 @@ a subclass that overrides ``transfer(self, name, local, remote)`` replaces the e
 own copy (``True``: done, then checked as any transfer; ``False``: retry later). Every subclass
 is registered with every Celery app under its dotted path when it is defined, so a worker that
 imports the module defining it (Celery's ``autodiscover_tasks`` does) knows it.
+
+When a worker starts (Celery's ``worker_ready``), a thread of it re-queues its host's expired
+leases and overdue transfers (``reconcile.start_up_passes``), so that what a dead worker held
+does not wait for the next scheduled reconcile pass.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, ClassVar
 
 from celery import Task, shared_task
 from celery import _state as celery_state
 from celery.local import Proxy
+from celery.signals import worker_ready
 from django.core.files.storage import Storage
 
+from queued_storage.conf import settings
 from queued_storage.reconcile import reconcile as run_pass
+from queued_storage.reconcile import start_up_passes
 from queued_storage.worker import RetryLater, run_transfer
 
 __all__ = ["Transfer", "TransferAndDelete", "reconcile", "transfer"]
@@ -101,3 +109,13 @@ def reconcile(failed: bool = False, adopt: bool = False, all_hosts: bool = False
     does not fail for it, so that the schedule keeps running.
     """
     return run_pass(failed=failed, adopt=adopt, all_hosts=all_hosts).counts()
+
+
+@worker_ready.connect
+def _reconcile_on_start(**kwargs: Any) -> None:
+    """A worker that starts re-queues what a dead one left (``reconcile.start_up_passes``), in
+    a thread of its own: start-up waits for nothing (``QUEUED_STORAGE_RECONCILE_ON_START``)."""
+    if settings.RECONCILE_ON_START > 0:
+        threading.Thread(
+            target=start_up_passes, name="queued-storage-reconcile-on-start", daemon=True
+        ).start()

@@ -45,6 +45,7 @@ from queued_storage._s3.upload import Checkpoint, Part, Resume, s3_transfer
 from queued_storage.conf import settings
 from queued_storage.exceptions import (
     ChecksumMismatch,
+    InfrastructureError,
     LocalFileMissing,
     PermanentTransferError,
     TransferError,
@@ -105,7 +106,7 @@ class TransferResult:
 
 
 # --- error classification -----------------------------------------------------------------
-#: Connection failures, botocore's and the standard library's: transient.
+#: Connection failures and timeouts, botocore's and the standard library's: infrastructure.
 _CONNECTION_ERRORS = (*S3_CONNECTION_ERRORS, ConnectionError, TimeoutError)
 
 
@@ -119,11 +120,13 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def classify_error(exc: BaseException, name: str) -> TransferError:
-    """Turn any error of a transfer into a transient or permanent :class:`TransferError`.
+    """Turn any error of a transfer into a :class:`TransferError` of the kind the retry policy
+    needs (see ``exceptions.py``).
 
-    Throttling, timeouts, connection errors and 5xx are transient; access denied, a missing
-    bucket, bad credentials and other 4xx are permanent. Anything unknown is transient: the
-    retry budget bounds it, and a permanent error retried a few times loses nothing.
+    Throttling, timeouts, connection errors and 5xx are :class:`InfrastructureError` (retried
+    for a time, spending no budget); access denied, a missing bucket, bad credentials and other
+    4xx are permanent. Anything unknown is a transient error counted against the retry budget:
+    the budget bounds it, and a permanent error retried a few times loses nothing.
     """
     if isinstance(exc, TransferError):
         return exc
@@ -132,7 +135,7 @@ def classify_error(exc: BaseException, name: str) -> TransferError:
         if translated is not None:
             return translated
         if isinstance(err, _CONNECTION_ERRORS):
-            return TransientTransferError(
+            return InfrastructureError(
                 f"Transfer of {name!r} failed on a connection error: {err}", name=name
             )
     return TransientTransferError(f"Transfer of {name!r} failed: {exc!r}", name=name)

@@ -3,9 +3,25 @@
 Plain Python, no Celery: the tasks (``tasks.py``) call :func:`run_transfer` and turn
 :class:`RetryLater` into a Celery retry. The policy: lease the ledger row (single flight), call
 the engine, record ``remote`` only after verification (the ledger publishes it), send the
-signal, and only then delete the local copy. Transient errors go back to ``pending`` and ask
-for a retry with exponential backoff and jitter; permanent errors and a spent budget end in
-``failed``.
+signal, and only then delete the local copy. After an error, by its kind
+(``exceptions.py``):
+
+* **infrastructure** (:class:`InfrastructureError`: connection refused or cut, timeouts, 5xx,
+  throttling; and a worker lost while it held the lease, found at the takeover): back to
+  ``pending``, spending no budget. The run of such failures starts at the first
+  (``StoredFile.retrying_since``); each retry waits as long as the run has lasted, at least
+  ``RETRY_DELAY`` and at most ``RETRY_MAX_DELAY`` (:func:`outage_backoff`), so the attempts
+  thin out exponentially; the first failure ``RETRY_FOR`` seconds or more after the run began
+  makes the file ``failed``;
+* **about the file** (any other transient error: a checksum mismatch, a hook asking to retry,
+  an unknown error): counted in ``attempts``; back to ``pending`` with an exponential
+  :func:`backoff` until the ``RETRIES + 1``-th, which makes it ``failed``. It ends a run of
+  infrastructure failures (the remote answered);
+* **permanent**: ``failed`` at once (counted).
+
+A success ends the run too. So an outage, or workers killed again and again, spends nothing of
+a healthy file's budget, and a file goes ``failed`` at the latest ``RETRY_FOR`` plus one
+backoff (``RETRY_MAX_DELAY``) plus one attempt after its infrastructure began to fail.
 """
 
 from __future__ import annotations
@@ -28,6 +44,7 @@ from django.utils import timezone
 from queued_storage.conf import settings
 from queued_storage.exceptions import (
     ChecksumMismatch,
+    InfrastructureError,
     LocalFileMissing,
     PermanentTransferError,
     TransferError,
@@ -50,7 +67,15 @@ from queued_storage.transfer import (
     transfer_file,
 )
 
-__all__ = ["Heartbeat", "LedgerCheckpoint", "Outcome", "RetryLater", "backoff", "run_transfer"]
+__all__ = [
+    "Heartbeat",
+    "LedgerCheckpoint",
+    "Outcome",
+    "RetryLater",
+    "backoff",
+    "outage_backoff",
+    "run_transfer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +97,19 @@ class RetryLater(Exception):
 
 
 def backoff(attempt: int) -> float:
-    """Delay before attempt ``attempt + 1``: exponential, capped, with jitter (half to full)."""
+    """Delay after the file's *attempt*-th error about itself: exponential, capped, with jitter
+    (half to full)."""
     delay = min(settings.RETRY_MAX_DELAY, settings.RETRY_DELAY * (2 ** max(0, attempt - 1)))
+    return float(delay / 2 + random.uniform(0, delay / 2))
+
+
+def outage_backoff(elapsed: float) -> float:
+    """Delay after an infrastructure failure, *elapsed* seconds into the run of them: as long
+    as the run has lasted, at least ``RETRY_DELAY``, at most ``RETRY_MAX_DELAY``, with jitter
+    (half to full). Waiting as long as one has already waited thins the attempts out
+    exponentially without counting them; ``reconcile.overdue`` reads the same bound back
+    from the row (``updated - retrying_since``)."""
+    delay = min(settings.RETRY_MAX_DELAY, max(settings.RETRY_DELAY, elapsed))
     return float(delay / 2 + random.uniform(0, delay / 2))
 
 
@@ -226,10 +262,19 @@ def _discard_remote(storage: QueuedStorage, name: str) -> None:
         )
 
 
-def _fail(storage: QueuedStorage, name: str, owner: str, error: TransferError) -> Outcome:
-    reason = str(error)
+def _fail(
+    storage: QueuedStorage,
+    name: str,
+    owner: str,
+    error: TransferError,
+    *,
+    counted: bool = True,
+    reason: str | None = None,
+) -> Outcome:
+    """``failed`` with *reason* (else the error's text); *counted*: an error about the file."""
+    reason = reason or str(error)
     _drop_open_upload(storage, name)
-    storage.ledger.fail(name, owner, reason)
+    storage.ledger.fail(name, owner, reason, counted=counted)
     logger.error("transfer of %r failed for good: %s", name, reason)
     transfer_failed.send(
         sender=type(storage),
@@ -241,6 +286,28 @@ def _fail(storage: QueuedStorage, name: str, owner: str, error: TransferError) -
         reason=reason,
     )
     return Outcome.FAILED
+
+
+def _retried_for(row: StoredFile) -> float:
+    """Seconds since the row's run of transient failures began (0: none is running)."""
+    if row.retrying_since is None:
+        return 0.0
+    return max(0.0, (timezone.now() - row.retrying_since).total_seconds())
+
+
+def _give_up(
+    storage: QueuedStorage, name: str, owner: str, error: TransferError, row: StoredFile
+) -> Outcome:
+    """``failed`` after a run of infrastructure failures that outlasted ``RETRY_FOR``."""
+    since = row.retrying_since.isoformat(" ", "seconds") if row.retrying_since else "now"
+    reason = (
+        f"{error} Gave up: transfers of {name!r} have failed on the infrastructure (remote "
+        f"storage, network or workers) since {since}, longer than QUEUED_STORAGE_RETRY_FOR "
+        f"({settings.RETRY_FOR:g} s). It is served from its local copy; once the cause is "
+        "fixed, retry it with storage.transfer(name) or `manage.py queued_storage_reconcile "
+        "--failed`."
+    )
+    return _fail(storage, name, owner, error, counted=False, reason=reason)
 
 
 #: A django-queued-storage ``Transfer.transfer(name, local, remote)`` hook.
@@ -290,7 +357,8 @@ def run_transfer(
     """Transfer one file, exactly the policy the Celery task applies; no Celery needed.
 
     Returns what happened. Raises :class:`RetryLater` when the task should run again later
-    (a transient error within budget, or another worker holding the lease). *hook*: a task's
+    (a transient error within its bound, see the module docstring, or another worker holding
+    the lease). *hook*: a task's
     own ``transfer(name, local, remote)``, run in place of the engine and then checked.
     """
     storage = get_queued_storage(alias)
@@ -313,6 +381,10 @@ def run_transfer(
         raise RetryLater(remaining, f"{name!r} is being transferred by {row.lease_owner}")
     if row is None:
         return Outcome.GONE  # deleted between taking the lease and reading the row
+    if lease.took_over and _retried_for(row) >= settings.RETRY_FOR:
+        # Its workers keep dying (a file that kills them?): a lost worker is a transient
+        # failure, bounded by time like the others.
+        return _give_up(storage, name, owner, InfrastructureError(row.last_error, name=name), row)
     resume = _resume_of(row)
     try:
         with Heartbeat(storage, name, owner, FileState.from_row(row)) as beat:
@@ -338,17 +410,32 @@ def run_transfer(
             ledger.local_missing(name)
         if isinstance(err, PermanentTransferError):
             return _fail(storage, name, owner, err)
-        if row.attempts > settings.RETRIES:
+        if isinstance(err, InfrastructureError):
+            elapsed = _retried_for(row)
+            if elapsed >= settings.RETRY_FOR:
+                return _give_up(storage, name, owner, err, row)
+            ledger.retry_later(name, owner, str(err), counted=False)
+            logger.warning(
+                "transfer of %r failed on the infrastructure (%.0f s into this run of "
+                "failures, retried for up to %g s), will retry: %s",
+                name,
+                elapsed,
+                settings.RETRY_FOR,
+                err,
+            )
+            raise RetryLater(outage_backoff(elapsed), str(err)) from err
+        errors = row.attempts + 1  # errors about this file, this one included
+        if errors > settings.RETRIES:
             return _fail(storage, name, owner, err)
         ledger.retry_later(name, owner, str(err))
         logger.warning(
-            "transfer of %r failed (attempt %d of %d), will retry: %s",
+            "transfer of %r failed (error %d of at most %d about the file), will retry: %s",
             name,
-            row.attempts,
+            errors,
             settings.RETRIES + 1,
             err,
         )
-        raise RetryLater(backoff(row.attempts), str(err)) from err
+        raise RetryLater(backoff(errors), str(err)) from err
 
     delete = delete_local if delete_local is not None else storage.delete_local
     recorded = ledger.remote(

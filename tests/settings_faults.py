@@ -3,7 +3,8 @@ environment, so that a test can start a worker with, say, a 3-second lease (quic
 after ``kill -9``) or a retry budget that outlasts a 15-second S3 outage.
 
 ``QS_FAULT_LEASE_TIMEOUT``, ``QS_FAULT_RETRIES``, ``QS_FAULT_RETRY_DELAY``,
-``QS_FAULT_RETRY_MAX_DELAY``, ``QS_FAULT_HOST`` (``QUEUED_STORAGE_HOST``).
+``QS_FAULT_RETRY_MAX_DELAY``, ``QS_FAULT_HOST`` (``QUEUED_STORAGE_HOST``),
+``QS_FAULT_RECONCILE_ON_START``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from tests.settings import *  # noqa: F403
 from tests.settings import (
     QUEUED_STORAGE_LEASE_TIMEOUT,
+    QUEUED_STORAGE_RECONCILE_ON_START,
     QUEUED_STORAGE_RETRIES,
     QUEUED_STORAGE_RETRY_DELAY,
     QUEUED_STORAGE_RETRY_MAX_DELAY,
@@ -27,6 +29,9 @@ QUEUED_STORAGE_RETRY_DELAY = float(
 )
 QUEUED_STORAGE_RETRY_MAX_DELAY = float(
     os.environ.get("QS_FAULT_RETRY_MAX_DELAY", QUEUED_STORAGE_RETRY_MAX_DELAY)
+)
+QUEUED_STORAGE_RECONCILE_ON_START = int(
+    os.environ.get("QS_FAULT_RECONCILE_ON_START", QUEUED_STORAGE_RECONCILE_ON_START)
 )
 if os.environ.get("QS_FAULT_HOST"):
     QUEUED_STORAGE_HOST = os.environ["QS_FAULT_HOST"]

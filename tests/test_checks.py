@@ -1,4 +1,4 @@
-"""Each system check id fires on its misconfiguration, grouped by id (E001-E015, W001, W002,
+"""Each system check id fires on its misconfiguration, grouped by id (E001-E017, W001, W002,
 W011; W010 reads the ledger and is tested in ``test_reconcile.py``), and the checks are bound."""
 
 from __future__ import annotations
@@ -210,6 +210,43 @@ def test_e011_reconcile_settings_positive(setting: str, value: Any) -> None:
         messages = check_reliability_settings()
     assert _ids(messages) == ["queued_storage.E011"]
     assert f"QUEUED_STORAGE_{setting} must be a positive number of" in messages[0].msg
+
+
+@pytest.mark.parametrize("value", [None, 30, 0.5])
+def test_e011_silent_for_a_derived_or_positive_reconcile_after(value: Any) -> None:
+    with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=value):
+        assert check_reliability_settings() == []
+
+
+# --- E016-E017: the retry bound and the start-up pass ----------------------------------------
+@pytest.mark.parametrize("value", [0, -1, "1d", None, True])
+def test_e016_retry_for_not_a_positive_number(value: Any) -> None:
+    with override_settings(QUEUED_STORAGE_RETRY_FOR=value):
+        messages = check_reliability_settings()
+    assert _ids(messages) == ["queued_storage.E016"]
+    assert messages[0].msg == (
+        f"QUEUED_STORAGE_RETRY_FOR must be a positive number of seconds, got {value!r}."
+    )
+    assert "remove it for the default (86400 s, a day)" in messages[0].hint
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "500", None, False])
+def test_e017_reconcile_on_start_not_a_count(value: Any) -> None:
+    with override_settings(QUEUED_STORAGE_RECONCILE_ON_START=value):
+        messages = check_reliability_settings()
+    assert _ids(messages) == ["queued_storage.E017"]
+    assert messages[0].msg == (
+        f"QUEUED_STORAGE_RECONCILE_ON_START must be an integer of 0 or more (files), got {value!r}."
+    )
+    assert "0 turns that off" in messages[0].hint
+
+
+@pytest.mark.parametrize(("retry_for", "on_start"), [(3600, 0), (0.5, 10), (86400, 500)])
+def test_e016_e017_silent_for_valid_values(retry_for: Any, on_start: Any) -> None:
+    with override_settings(
+        QUEUED_STORAGE_RETRY_FOR=retry_for, QUEUED_STORAGE_RECONCILE_ON_START=on_start
+    ):
+        assert check_reliability_settings() == []
 
 
 # --- E012-E015: the upload hooks and nginx ---------------------------------------------------

@@ -1,14 +1,16 @@
 """Fault tests with real faults: kill -9 of the worker, S3 down, Redis flushed, broker down,
-concurrent saves of one name from several processes, a file changing under its transfer, and a
-delete racing the transfer.
+concurrent saves of one name from several processes, a file changing under its transfer, a
+delete racing the transfer, a worker killed while it held retries, and (``faults``) two
+minutes of kills and S3 outages in turn.
 
 Each test prints one ``[figures]`` line (files saved, transferred, verified, lost, ...) and
 asserts that nothing was lost. The long variants are marked ``faults`` (``make test-faults``);
 ``make test`` runs the short ones.
 
 The transfers go to this host's queue (storage option ``queue="host"``), consumed by the
-``host_worker`` fixture (a 3 s lease and a retry budget that outlasts a 15 s outage), except
-where the main worker's small retry budget is what the test needs.
+``host_worker`` fixture (a 3 s lease, backoffs of 0.5 to 4 s, the suite's budget of 3 retries
+for errors about a file, which outages and lost workers do not spend, and the start-up
+reconcile pass on), except where the main worker is what the test needs.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import hashlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,12 +35,14 @@ from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.core.management import call_command
+from django.db.models import Q
 from django.test import override_settings
+from django.utils import timezone
 
 from queued_storage.models import State, StoredFile
-from queued_storage.reconcile import reconcile
+from queued_storage.reconcile import overdue, reconcile
 from tests.harness.services import ServiceStack
-from tests.harness.suite import open_uploads, redis_client, remote_keys, wait_for
+from tests.harness.suite import open_uploads, redis_client, remote_keys, s3_bytes, wait_for
 from tests.harness.workers import PROJECT_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -101,6 +107,16 @@ def states(alias: str, names: list[str]) -> dict[str, str | None]:
         StoredFile.objects.filter(alias=alias, name__in=names).values_list("name", "state")
     )
     return {name: found.get(name) for name in names}
+
+
+#: The host worker's timing (tests/conftest.py: FAULT_WORKER_ENV), for the passes this process
+#: runs as Celery beat would: they judge what is overdue with the workers' numbers.
+AS_THE_HOST_WORKER = override_settings(
+    QUEUED_STORAGE_LEASE_TIMEOUT=3,
+    QUEUED_STORAGE_RETRY_DELAY=0.5,
+    QUEUED_STORAGE_RETRY_MAX_DELAY=4,
+    QUEUED_STORAGE_RECONCILE_AFTER=None,
+)
 
 
 def lost_count(alias: str) -> int:
@@ -281,10 +297,12 @@ def test_s3_down_while_transfers_run_files_stay_readable_and_all_arrive(
         failed=sum(1 for r in rows.values() if r.state == State.FAILED),
         verified=verified,
         lost=lost,
-        max_attempts=max(r.attempts for r in rows.values()),
+        max_file_errors=max(r.attempts for r in rows.values()),
     )
     assert reads > 0 and failures == 0
     assert all(r.state == State.REMOTE for r in rows.values())
+    # The outage is not the files' fault: it spent none of their budget of 3 retries.
+    assert all((r.attempts, r.retrying_since) == (0, None) for r in rows.values())
     assert verified == len(names)
     assert lost == 0
     assert open_uploads(big) == []
@@ -625,3 +643,205 @@ def test_delete_during_the_s3_transfer_brings_nothing_back(
     assert objects == []
     assert uploads == []
     assert not storage.exists(name)
+
+
+# --- 8. a whole worker killed while it held the retries -------------------------------------
+#: The start-up pass's line as Celery logs it (the test settings log it to the console too).
+_START_UP = re.compile(
+    r"INFO/MainProcess\] worker start-up on host \S+: "
+    r"re-queued (\d+) overdue transfer\(s\) and (\d+) expired"
+)
+
+
+def start_up_requeues(log: str) -> int:
+    """Transfers the start-up passes in a worker's *log* re-queued (overdue and expired)."""
+    return sum(int(a) + int(b) for a, b in _START_UP.findall(log))
+
+
+def test_a_restarted_worker_requeues_what_the_killed_one_held_without_a_reconcile_pass(
+    host_worker: Any, clean: Any, capsys: Any, s3_proxy: Any
+) -> None:
+    """S3 is down, so every file waits for a retry whose message the worker holds (a countdown);
+    the whole worker is killed, and Redis would hand those messages out again only after its
+    visibility_timeout (an hour). The worker that starts next re-queues them itself."""
+    storage = storages["queued_host"]
+    payloads = {f"held/{i}.bin": os.urandom(3000 + i) for i in range(6)}
+    s3_proxy.go_down()
+    names = [storage.save(name, ContentFile(data)) for name, data in payloads.items()]
+    rows = StoredFile.objects.filter(alias="queued_host", name__in=names)
+    wait_for(
+        lambda: rows.filter(retrying_since__isnull=False).count() == len(names),
+        what="every file to fail once on the outage",
+    )
+    host_worker.kill()
+    held = rows.filter(state=State.PENDING).count()
+    with AS_THE_HOST_WORKER:
+
+        def all_overdue() -> bool:
+            now = timezone.now()
+            lost = Q(state=State.PENDING) & overdue(now, 3) | Q(
+                state=State.TRANSFERRING, lease_expires__lt=now
+            )
+            return rows.filter(lost).count() == len(names)
+
+        wait_for(all_overdue, what="the held messages to be overdue by the worker's numbers")
+    s3_proxy.come_up()
+    host_worker.start(timeout=60)
+    started = time.monotonic()
+    wait_for(
+        lambda: rows.filter(state=State.REMOTE).count() == len(names),
+        timeout=60,
+        what="every file on S3 without a reconcile pass",
+    )
+    requeued = start_up_requeues(host_worker.log_text())
+    verified = sum(
+        1
+        for name, data in zip(names, payloads.values(), strict=True)
+        if s3_bytes(clean, name) == data
+    )
+    figures(
+        capsys,
+        "worker-killed-holding-retries",
+        saved=len(names),
+        pending_at_kill=held,
+        requeued_at_start_up=requeued,
+        seconds_from_start_to_all_remote=round(time.monotonic() - started, 1),
+        verified=verified,
+        lost=lost_count("queued_host"),
+    )
+    assert requeued >= 1
+    assert verified == len(names)
+    assert all(r.attempts == 0 for r in rows)  # the outage and the kill spent no budget
+
+
+# --- 9. two minutes of kills and outages ----------------------------------------------------
+@pytest.mark.faults
+def test_kills_and_s3_outages_in_turn_for_two_minutes_fail_no_file_and_lose_none(
+    host_worker: Any, big: Any, capsys: Any, tmp_path: Path, s3_proxy: Any
+) -> None:
+    """Files are saved throughout a 120 s schedule that, every 4-10 s, kills the whole worker
+    (restarted 0-4 s later), kills one of its pool processes, takes S3 down for 3-12 s, or has
+    S3 answer 5xx. With the old policy (every fault one attempt of a budget of 3 retries) the
+    files failed after a few faults; none may fail now, and all must arrive, byte-identical.
+    The test runs a reconcile pass every 5 s, as Celery beat would."""
+    storage = storages["queued_host"]
+    seed = int(time.time())
+    rng = random.Random(seed)
+    log_offset = host_worker.logfile.stat().st_size if host_worker.logfile.exists() else 0
+    expected: dict[str, str] = {}
+    mib = 0
+    faults: Counter[str] = Counter()
+    failed_seen: set[str] = set()
+    outage_seconds = 0.0
+    requeued = taken_over = 0
+    began = time.monotonic()
+    schedule_end = began + 120
+    next_save, next_pass = began, began + 5
+    next_fault = began + rng.uniform(3, 6)
+    s3_back_at: float | None = None
+    restart_at: float | None = None
+    kinds: list[str] = []
+
+    def beat() -> None:
+        nonlocal requeued, taken_over
+        report = reconcile(aliases=["queued_host"])
+        requeued += len(report.requeued)
+        taken_over += len(report.taken_over)
+
+    with AS_THE_HOST_WORKER:
+        while (now := time.monotonic()) < schedule_end:
+            if now >= next_save and len(expected) < 40:
+                size = rng.randint(1, 20) * MiB
+                path, digest = make_file(tmp_path, f"chaos{len(expected)}", size)
+                expected[save_file(storage, f"chaos/{len(expected):02d}.bin", path)] = digest
+                mib += size // MiB
+                next_save = now + rng.uniform(1.5, 3.5)
+            if s3_back_at is not None and now >= s3_back_at:
+                s3_proxy.come_up()
+                s3_back_at = None
+            if restart_at is not None and now >= restart_at:
+                host_worker.start(timeout=60)
+                restart_at = None
+            if now >= next_fault and s3_back_at is None and restart_at is None:
+                if not kinds:  # every kind once per round, in a random order
+                    kinds = ["kill-worker", "kill-pool-process", "s3-down", "s3-5xx"]
+                    rng.shuffle(kinds)
+                kind = kinds.pop()
+                if kind == "kill-worker":
+                    host_worker.kill()  # the whole process group: the machine died
+                    restart_at = now + rng.uniform(0, 4)
+                elif kind == "kill-pool-process" and len(host_worker.pids()) > 1:
+                    os.kill(rng.choice(host_worker.pids()[1:]), 9)
+                elif kind == "s3-down":
+                    down = rng.uniform(3, 12)
+                    s3_proxy.go_down()
+                    s3_back_at = now + down
+                    outage_seconds += down
+                elif kind == "s3-5xx":
+                    s3_proxy.fail_next(rng.randint(5, 40), status=rng.choice([500, 503]))
+                faults[kind] += 1
+                next_fault = now + rng.uniform(4, 10)
+            if now >= next_pass:
+                beat()
+                next_pass = now + 5
+            failed_seen.update(
+                StoredFile.objects.filter(alias="queued_host", state=State.FAILED).values_list(
+                    "name", flat=True
+                )
+            )
+            time.sleep(0.2)
+        # The schedule is over: S3 answers, the worker runs, and everything must arrive.
+        s3_proxy.come_up()
+        s3_proxy.clear_faults()
+        if restart_at is not None:
+            host_worker.start(timeout=60)
+        names = sorted(expected)
+
+        def all_remote() -> bool:
+            found = states("queued_host", names)
+            failed_seen.update(n for n, s in found.items() if s == State.FAILED)
+            if failed_seen:
+                return True  # reported below
+            if all(s == State.REMOTE for s in found.values()):
+                return True
+            beat()
+            time.sleep(1)
+            return False
+
+        wait_for(all_remote, timeout=180, what="every file on S3 after the schedule")
+        aborted = len(reconcile(aliases=["queued_host"]).aborted_uploads)
+    rows = {r.name: r for r in StoredFile.objects.filter(alias="queued_host", name__in=names)}
+    keys = remote_keys(big)
+    verified = sum(1 for n in names if s3_sha256(big, n) == expected[n])
+    uploads = open_uploads(big)
+    log = host_worker.logfile.read_text(errors="replace")[log_offset:]
+    figures(
+        capsys,
+        "kills-and-outages[120s]",
+        seed=seed,
+        saved=len(names),
+        mib=mib,
+        worker_kills=faults["kill-worker"],
+        pool_process_kills=faults["kill-pool-process"],
+        s3_outages=faults["s3-down"],
+        s3_outage_seconds=round(outage_seconds, 1),
+        s3_5xx_bursts=faults["s3-5xx"],
+        failed=len(failed_seen),
+        transferred=sum(1 for r in rows.values() if r.state == State.REMOTE),
+        verified=verified,
+        lost=lost_count("queued_host"),
+        max_file_errors=max(r.attempts for r in rows.values()),
+        requeued_by_passes=requeued,
+        taken_over_by_passes=taken_over,
+        requeued_at_start_up=start_up_requeues(log),
+        orphan_uploads_aborted=aborted,
+        extra_objects=len(set(keys) - set(names)),
+        open_uploads=len(uploads),
+        seconds=round(time.monotonic() - began, 1),
+    )
+    assert failed_seen == set(), {n: rows[n].last_error for n in failed_seen if n in rows}
+    assert faults["kill-worker"] >= 2 and faults["s3-down"] >= 2
+    assert keys == names
+    assert verified == len(names)
+    assert all(r.state == State.REMOTE for r in rows.values())
+    assert uploads == []

@@ -93,19 +93,59 @@ def test_lease_is_single_flight_under_a_race(ledger_db: str) -> None:
     assert results.count(True) == 1
     row = StoredFile.get_row("s", "f.bin")
     assert row is not None
-    assert (row.state, row.attempts) == (State.TRANSFERRING, 1)
+    # A lease counts no attempt: ``attempts`` counts errors about the file.
+    assert (row.state, row.attempts, row.retrying_since) == (State.TRANSFERRING, 0, None)
 
 
 def test_expired_lease_can_be_taken_over(ledger_db: str) -> None:
     Ledger("s").reserve("f.bin", "h")
-    assert Ledger("s").lease("f.bin", "dead-worker", 0.2).acquired
+    first = Ledger("s").lease("f.bin", "dead-worker", 0.2)
+    assert first.acquired and not first.took_over
     assert not Ledger("s").lease("f.bin", "w2", 60).acquired
     time.sleep(0.3)
-    assert Ledger("s").lease("f.bin", "w2", 60).acquired
+    taken = Ledger("s").lease("f.bin", "w2", 60)
+    assert taken.acquired and taken.took_over
+    assert taken.row is not None
+    # The lost worker is a transient failure, not the file's: no attempt, a run begins.
+    assert (taken.row.lease_owner, taken.row.attempts) == ("w2", 0)
+    assert taken.row.retrying_since is not None
+    assert taken.row.last_error == (
+        "The lease of dead-worker expired (its worker was lost?); taken over by w2."
+    )
     # The worker that lost its lease can neither renew nor record the outcome.
     assert not Ledger("s").renew("f.bin", "dead-worker", 60, 10)
     assert not Ledger("s").remote("f.bin", "dead-worker", size=1, checksum="x", algorithm="md5")
     assert Ledger("s").remote("f.bin", "w2", size=1, checksum="x", algorithm="md5")
+
+
+def test_an_expired_lease_is_taken_over_once_under_a_race(ledger_db: str) -> None:
+    Ledger("s").reserve("f.bin", "h")
+    assert Ledger("s").lease("f.bin", "dead-worker", 0.05).acquired
+    time.sleep(0.1)
+    results = race(8, lambda i: Ledger("s").lease("f.bin", f"w{i}", 60))
+    assert [r.took_over for r in results if r.acquired] == [True]
+    row = StoredFile.get_row("s", "f.bin")
+    assert row is not None and row.lease_owner.startswith("w")
+
+
+def test_errors_count_only_when_they_are_about_the_file(ledger_db: str) -> None:
+    ledger = Ledger("s")
+    ledger.saved("f.bin", "h", 1)
+    assert ledger.lease("f.bin", "w", 60).acquired
+    assert ledger.retry_later("f.bin", "w", "S3 down", counted=False)
+    began = row(ledger, "f.bin").retrying_since
+    assert began is not None and row(ledger, "f.bin").attempts == 0
+    assert ledger.lease("f.bin", "w", 60).acquired
+    assert ledger.retry_later("f.bin", "w", "S3 still down", counted=False)
+    assert row(ledger, "f.bin").retrying_since == began  # the same run goes on
+    assert ledger.lease("f.bin", "w", 60).acquired
+    assert ledger.retry_later("f.bin", "w", "checksum mismatch")  # about the file
+    assert (row(ledger, "f.bin").attempts, row(ledger, "f.bin").retrying_since) == (1, None)
+    assert ledger.lease("f.bin", "w", 60).acquired
+    assert ledger.retry_later("f.bin", "w", "S3 down again", counted=False)
+    assert ledger.lease("f.bin", "w", 60).acquired
+    assert ledger.remote("f.bin", "w", size=1, checksum="x", algorithm="md5")
+    assert (row(ledger, "f.bin").attempts, row(ledger, "f.bin").retrying_since) == (1, None)
 
 
 def test_remote_and_failed_rows_are_not_leased(ledger_db: str) -> None:
@@ -250,10 +290,18 @@ def test_reconcile_transitions_match_the_row_as_it_was_read(ledger: Ledger) -> N
     assert cached(ledger, "lease.bin") == FileState(State.PENDING, 1, True)
 
     pending = row(ledger, "lease.bin")
-    assert ledger.claim(pending, now + datetime.timedelta(seconds=1))
+    assert (pending.attempts, pending.retrying_since) == (0, now)  # a lost worker: a run began
+    ledger.rows("lease.bin").update(retrying_since=None)
+    pending = row(ledger, "lease.bin")
+    later = now + datetime.timedelta(seconds=1)
+    assert ledger.claim(pending, later)
+    assert row(ledger, "lease.bin").retrying_since == later  # a lost message begins one too
     assert not ledger.claim(pending, now)  # another pass claimed it first
-    ledger.unclaim(pending, now + datetime.timedelta(seconds=1))
-    assert row(ledger, "lease.bin").updated == pending.updated
+    ledger.unclaim(pending, later)
+    assert (row(ledger, "lease.bin").updated, row(ledger, "lease.bin").retrying_since) == (
+        pending.updated,
+        None,
+    )
 
     assert ledger.lost(pending, "Data loss: gone", now)
     lost = row(ledger, "lease.bin")
@@ -261,6 +309,18 @@ def test_reconcile_transitions_match_the_row_as_it_was_read(ledger: Ledger) -> N
     assert cached(ledger, "lease.bin") == FileState(State.FAILED, 1, False)
     assert ledger.retry_failed(lost, now)
     assert cached(ledger, "lease.bin") == FileState(State.PENDING, 1, True)
+
+    assert ledger.lease("lease.bin", "dead", 0.01).acquired
+    expired = row(ledger, "lease.bin")
+    assert ledger.give_up(expired, "Gave up: workers lost for a day", now)
+    failed = row(ledger, "lease.bin")
+    assert (failed.state, failed.lease_owner, failed.last_error) == (
+        "failed",
+        "",
+        "Gave up: workers lost for a day",
+    )
+    assert cached(ledger, "lease.bin") == FileState(State.FAILED, 1, True)
+    assert not ledger.give_up(expired, "again", now)
 
 
 def test_reservations_are_finished_or_dropped(ledger: Ledger) -> None:

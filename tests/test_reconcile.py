@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.cache import caches
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.core.management import call_command
@@ -31,7 +32,7 @@ from queued_storage import signals
 from queued_storage.exceptions import StagingFull
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
-from queued_storage.reconcile import LOST, overdue, reconcile
+from queued_storage.reconcile import LOST, overdue, reconcile, reconcile_on_start
 from queued_storage.storage import QueuedStorage
 from queued_storage.worker import Outcome, run_transfer
 from tests.harness.suite import broker_messages, need, redis_client, wait_for
@@ -124,6 +125,71 @@ def test_overdue_waits_for_the_longest_backoff_of_the_last_attempt(broker: Any) 
         assert StoredFile.objects.filter(overdue(now, AFTER), name=name).exists()
 
 
+@pytest.mark.django_db(
+    transaction=True, databases=[a for a in ("default", "postgres") if a in settings.DATABASES]
+)
+@pytest.mark.parametrize("database", ["default", "postgres"])
+def test_overdue_in_a_run_of_transient_failures_waits_as_long_as_the_retry_would(
+    database: str,
+) -> None:
+    """A retry scheduled *e* seconds into a run of transient failures waits at most
+    ``min(RETRY_MAX_DELAY, max(RETRY_DELAY, e))`` (``worker.outage_backoff``); the row is overdue
+    ``AFTER`` seconds later, to the second, on both databases."""
+    if database == "postgres":
+        need("postgres")
+    now = timezone.now()
+    with override_settings(
+        QUEUED_STORAGE_DATABASE=database,
+        QUEUED_STORAGE_RETRY_DELAY=100,
+        QUEUED_STORAGE_RETRY_MAX_DELAY=1000,
+    ):
+        assert Ledger("qs").saved("waiting.bin", "h", 1)
+        rows = StoredFile.objects.using(database).filter(name="waiting.bin")
+
+        def is_overdue(age: float, run: float) -> bool:
+            """Last failure *age* seconds ago, *run* seconds into the run of failures."""
+            last = now - datetime.timedelta(seconds=age)
+            rows.update(updated=last, retrying_since=last - datetime.timedelta(seconds=run))
+            return rows.filter(overdue(now, AFTER)).exists()
+
+        for run, wait in ((50, 100), (300, 300), (5000, 1000)):
+            assert not is_overdue(wait + AFTER - 5, run)
+            assert is_overdue(wait + AFTER + 5, run)
+
+
+def test_reconcile_after_defaults_to_the_lease_timeout(broker: Any) -> None:
+    name = saved("quiet.bin", old=10)
+    with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=None):
+        with override_settings(QUEUED_STORAGE_LEASE_TIMEOUT=20):
+            assert qs_settings().RECONCILE_AFTER == 20
+            assert reconcile().requeued == []
+        with override_settings(QUEUED_STORAGE_LEASE_TIMEOUT=7):
+            assert qs_settings().RECONCILE_AFTER == 7
+            assert reconcile().requeued == [f"queued_parked:{name}"]
+    assert broker("parked") == [["queued_parked", name]]
+
+
+def test_requeues_of_a_file_that_keeps_waiting_are_spaced_out_like_retries(
+    broker: Any,
+) -> None:
+    """A re-queue is a transient failure (a lost message, or a long queue): the next re-queue
+    of the same file waits as a retry would, as long as the file has been waiting."""
+    name = saved("behind-a-long-queue.bin")
+    t0 = timezone.now()
+
+    def requeued_at(seconds: float) -> bool:
+        return bool(reconcile(now=t0 + datetime.timedelta(seconds=seconds)).requeued)
+
+    with override_settings(QUEUED_STORAGE_RETRY_DELAY=100, QUEUED_STORAGE_RETRY_MAX_DELAY=1000):
+        assert requeued_at(0)  # overdue since the save: the run of failures begins now
+        assert row("queued_parked", name).retrying_since == t0
+        assert not requeued_at(100 + AFTER - 5)  # waits at least RETRY_DELAY
+        assert requeued_at(100 + AFTER + 5)  # 165 s into the run
+        assert not requeued_at(165 + 165 + AFTER - 5)  # then as long as it has waited
+        assert requeued_at(165 + 165 + AFTER + 5)
+    assert len(broker("parked")) == 3
+
+
 def test_expired_lease_is_taken_back_and_requeued(broker: Any) -> None:
     name = saved("killed-worker.bin")
     assert Ledger("queued_parked").lease(name, "dead-worker", 0.01).acquired
@@ -135,10 +201,38 @@ def test_expired_lease_is_taken_back_and_requeued(broker: Any) -> None:
     found = row("queued_parked", name)
     assert (found.state, found.lease_owner) == (State.PENDING, "")
     assert "The lease of dead-worker expired" in found.last_error
+    # A lost worker is not the file's error: no attempt counted, a run of failures begins.
+    assert (found.attempts, found.retrying_since is not None) == (0, True)
     assert row("queued_parked", live).state == State.TRANSFERRING  # untouched
     assert broker("parked") == [["queued_parked", name]]
     # The re-queued transfer runs normally.
     assert run_transfer("queued_parked", name) is Outcome.TRANSFERRED
+
+
+def test_a_file_whose_workers_keep_dying_is_failed_after_retry_for(broker: Any) -> None:
+    name = saved("kills-its-workers.bin")
+    assert Ledger("queued_parked").lease(name, "dead-worker", 0.01).acquired
+    day_ago = timezone.now() - datetime.timedelta(days=1, seconds=1)
+    StoredFile.rows("queued_parked", name).update(retrying_since=day_ago)
+    received: list[dict[str, Any]] = []
+
+    def on_failed(sender: Any, **kwargs: Any) -> None:
+        received.append(kwargs)
+
+    time.sleep(0.05)
+    signals.transfer_failed.connect(on_failed)
+    try:
+        report = reconcile()
+    finally:
+        signals.transfer_failed.disconnect(on_failed)
+    assert (report.given_up, report.taken_over) == ([f"queued_parked:{name}"], [])
+    assert report.ok  # not data loss: the local copy is there
+    found = row("queued_parked", name)
+    assert (found.state, found.attempts, found.lease_owner) == (State.FAILED, 0, "")
+    assert found.last_error.startswith(f"Gave up on {name!r}: the lease of dead-worker expired")
+    assert "longer than QUEUED_STORAGE_RETRY_FOR (86400 s)" in found.last_error
+    assert [r["name"] for r in received] == [name]
+    assert broker("parked") == []
 
 
 def test_work_per_pass_is_bounded_by_the_batch(broker: Any) -> None:
@@ -188,8 +282,72 @@ def test_refused_broker_leaves_the_row_for_the_next_pass(
     assert sorted(report.not_queued) == [f"queued_parked:{first}", f"queued_parked:{second}"]
     assert "reconcile could not queue 2 transfer(s)" in caplog.text
     assert row("queued_parked", first).updated == before  # the claim was undone
+    assert row("queued_parked", first).retrying_since is None
     assert len(reconcile().requeued) == 2
     assert len(broker("parked")) == 2
+
+
+# --- (a') the pass a worker runs when it starts ------------------------------------------
+@pytest.fixture
+def unguarded(broker: Any) -> Any:
+    """The state cache emptied, so no earlier start-up pass holds this host's guard."""
+    caches["default"].clear()
+    with override_settings(QUEUED_STORAGE_RECONCILE_ON_START=500):
+        yield broker
+    caches["default"].clear()
+
+
+def test_reconcile_on_start_requeues_this_hosts_files_up_to_its_limit(unguarded: Any) -> None:
+    expired = saved("held-by-the-dead-worker.bin")
+    assert Ledger("queued_parked").lease(expired, "dead-worker", 0.01).acquired
+    waiting = [saved(f"its-message-was-lost-{i}.txt") for i in range(3)]
+    elsewhere = saved("on-web-b.txt")
+    StoredFile.rows("queued_parked", elsewhere).update(host="web-b")
+    time.sleep(0.05)
+    with override_settings(QUEUED_STORAGE_RECONCILE_ON_START=3):
+        report = reconcile_on_start()
+    assert report is not None
+    assert report.taken_over == [f"queued_parked:{expired}"]  # expired leases first
+    assert report.requeued == [f"queued_parked:{n}" for n in waiting[:2]]  # oldest first
+    sent = [args[1] for args in unguarded("parked")]
+    assert sorted(sent) == sorted([expired, *waiting[:2]])
+    assert row("queued_parked", elsewhere).retrying_since is None  # another host's: untouched
+
+
+def test_reconcile_on_start_runs_once_while_a_hosts_workers_start_together(
+    unguarded: Any,
+) -> None:
+    names = [saved(f"after-the-crash-{i}.txt") for i in range(6)]
+    reports: list[Any] = []
+    barrier = threading.Barrier(4)
+
+    def start() -> None:
+        try:
+            barrier.wait()
+            reports.append(reconcile_on_start())
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ran = [r for r in reports if r is not None]
+    assert len(ran) == 1
+    assert sorted(ran[0].requeued) == sorted(f"queued_parked:{n}" for n in names)
+    assert reconcile_on_start() is None  # guarded for RECONCILE_AFTER
+    caches["default"].clear()  # the guard gone (a cache flushed), nothing is sent twice:
+    again = reconcile_on_start()  # claimed rows are not overdue again so soon
+    assert again is not None and again.requeued == []
+    assert sorted(args[1] for args in unguarded("parked")) == sorted(names)
+
+
+def test_reconcile_on_start_is_off_at_zero(unguarded: Any) -> None:
+    saved("left-alone.txt")
+    with override_settings(QUEUED_STORAGE_RECONCILE_ON_START=0):
+        assert reconcile_on_start() is None
+    assert unguarded("parked") == []
 
 
 # --- (b) failed rows, on request -----------------------------------------------------------
@@ -391,9 +549,13 @@ def test_files_of_an_unknown_storage_are_an_error(broker: Any) -> None:
 
 
 def _host() -> str:
-    from queued_storage.conf import settings as qs_settings
+    return qs_settings().HOST
 
-    return qs_settings.HOST
+
+def qs_settings() -> Any:
+    from queued_storage.conf import settings as found
+
+    return found
 
 
 # --- per-host routing ----------------------------------------------------------------------

@@ -7,20 +7,25 @@ the end-to-end proofs with a worker process are in ``test_integration.py``.
 
 from __future__ import annotations
 
+import datetime
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.core.files.storage import Storage
+from django.dispatch import Signal
 from django.test import override_settings
+from django.utils import timezone
 
 from queued_storage import signals
-from queued_storage.exceptions import TransientTransferError
+from queued_storage.exceptions import InfrastructureError, TransientTransferError
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
-from queued_storage.worker import Outcome, RetryLater, backoff, run_transfer
+from queued_storage.worker import Outcome, RetryLater, backoff, outage_backoff, run_transfer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,10 +34,50 @@ def delayed(**options: Any) -> QueuedStorage:
     return QueuedStorage(local="staging", remote="s3", delayed=True, **options)
 
 
+def row_of(storage: QueuedStorage, name: str) -> StoredFile:
+    found = StoredFile.get_row(storage.alias, name)
+    assert found is not None
+    return found
+
+
+def not_yet(name: str, local: Storage, remote: Storage) -> bool:
+    """A task's ``transfer()`` hook that asks to be retried: an error about the file."""
+    return False
+
+
+@pytest.fixture
+def collect() -> Any:
+    """``collect(signal)``: the keyword arguments of every send of *signal* during the test."""
+    connected: list[tuple[Signal, Any]] = []
+
+    def start(signal: Signal) -> list[dict[str, Any]]:
+        received: list[dict[str, Any]] = []
+
+        def receiver(sender: Any, **kwargs: Any) -> None:
+            received.append(kwargs)
+
+        signal.connect(receiver, weak=False)
+        connected.append((signal, receiver))
+        return received
+
+    yield start
+    for signal, receiver in connected:
+        signal.disconnect(receiver)
+
+
 def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
     with override_settings(QUEUED_STORAGE_RETRY_DELAY=10, QUEUED_STORAGE_RETRY_MAX_DELAY=100):
         for attempt, full in ((1, 10), (2, 20), (3, 40), (4, 80), (5, 100), (9, 100)):
             samples = [backoff(attempt) for _ in range(200)]
+            assert min(samples) >= full / 2
+            assert max(samples) <= full
+            assert len(set(samples)) > 1  # jitter
+
+
+def test_outage_backoff_waits_as_long_as_the_outage_has_lasted_within_the_bounds() -> None:
+    with override_settings(QUEUED_STORAGE_RETRY_DELAY=10, QUEUED_STORAGE_RETRY_MAX_DELAY=100):
+        for elapsed, full in ((0, 10), (4, 10), (25, 25), (70, 70), (100, 100), (5000, 100)):
+            samples = [outage_backoff(elapsed) for _ in range(200)]
             assert min(samples) >= full / 2
             assert max(samples) <= full
             assert len(set(samples)) > 1  # jitter
@@ -46,44 +91,137 @@ def test_transient_error_goes_back_to_pending_and_asks_for_retry(s3_proxy: Any) 
         run_transfer(storage.alias, name)
     row = StoredFile.get_row(storage.alias, name)
     assert row is not None
-    assert (row.state, row.attempts, row.lease_owner) == (State.PENDING, 1, "")
+    # An infrastructure error: no attempt counted, a run of transient failures begins.
+    assert (row.state, row.attempts, row.lease_owner) == (State.PENDING, 0, "")
+    assert row.retrying_since is not None
     assert "connection error" in row.last_error
     assert raised.value.countdown > 0
     s3_proxy.come_up()
     assert run_transfer(storage.alias, name) is Outcome.TRANSFERRED
     row.refresh_from_db()
-    assert (row.state, row.attempts, row.last_error) == (State.REMOTE, 2, "")
+    assert (row.state, row.attempts, row.last_error, row.retrying_since) == (
+        State.REMOTE,
+        0,
+        "",
+        None,
+    )
 
 
-def test_spent_retry_budget_ends_in_failed_with_signal(s3_proxy: Any) -> None:
+def test_outages_and_server_errors_spend_no_retry_budget(s3_proxy: Any) -> None:
     storage = delayed()
-    name = storage.save("never.txt", ContentFile(b"x"))
-    received: list[dict[str, Any]] = []
+    name = storage.save("patient.txt", ContentFile(b"x"))
+    with override_settings(QUEUED_STORAGE_RETRIES=1):
+        s3_proxy.go_down()
+        for _ in range(4):  # connection refused, four times the budget
+            with pytest.raises(RetryLater):
+                run_transfer(storage.alias, name)
+        s3_proxy.come_up()
+        began = row_of(storage, name).retrying_since
+        for status, code in ((503, "SlowDown"), (500, "InternalError"), (429, "InjectedError")):
+            s3_proxy.fail_next(50, status=status)
+            with pytest.raises(RetryLater, match=rf"failed: An error occurred \({code}\)"):
+                run_transfer(storage.alias, name)
+            s3_proxy.clear_faults()
+        row = row_of(storage, name)
+        assert (row.state, row.attempts, row.retrying_since) == (State.PENDING, 0, began)
+        assert run_transfer(storage.alias, name) is Outcome.TRANSFERRED
+    assert row_of(storage, name).retrying_since is None
 
-    def on_failed(sender: Any, **kwargs: Any) -> None:
-        received.append(kwargs)
 
-    signals.transfer_failed.connect(on_failed)
+def test_outage_longer_than_retry_for_ends_in_failed_with_signal(
+    s3_proxy: Any, collect: Any
+) -> None:
+    storage = delayed()
+    name = storage.save("outlasted.txt", ContentFile(b"x"))
+    received = collect(signals.transfer_failed)
     s3_proxy.go_down()
-    try:
-        with override_settings(QUEUED_STORAGE_RETRIES=2):
-            for _ in range(2):  # the first attempt and the first retry ask for a retry
-                with pytest.raises(RetryLater):
-                    run_transfer(storage.alias, name)
-            assert run_transfer(storage.alias, name) is Outcome.FAILED
-    finally:
-        signals.transfer_failed.disconnect(on_failed)
-    row = StoredFile.get_row(storage.alias, name)
-    assert row is not None
-    assert (row.state, row.attempts) == (State.FAILED, 3)  # 1 attempt + 2 retries
-    assert len(received) == 1
-    assert received[0]["name"] == name
-    assert isinstance(received[0]["error"], TransientTransferError)
-    # Still served locally, and a manual transfer gives it a new budget.
+    with pytest.raises(RetryLater):
+        run_transfer(storage.alias, name)
+    # The run began a day and a second ago (QUEUED_STORAGE_RETRY_FOR is a day by default).
+    began = timezone.now() - datetime.timedelta(days=1, seconds=1)
+    StoredFile.rows(storage.alias, name).update(retrying_since=began)
+    assert run_transfer(storage.alias, name) is Outcome.FAILED
+    row = row_of(storage, name)
+    assert (row.state, row.attempts, row.retrying_since) == (State.FAILED, 0, began)
+    assert "connection error" in row.last_error
+    assert "longer than QUEUED_STORAGE_RETRY_FOR (86400 s)" in row.last_error
+    assert "retry it with storage.transfer(name)" in row.last_error
+    assert [r["name"] for r in received] == [name]
+    assert isinstance(received[0]["error"], InfrastructureError)
+    # Still served locally; a retry on request starts afresh.
     assert storage.using_local(name)
     s3_proxy.come_up()
-    assert Ledger(storage.alias).retry(name)
+    storage.transfer(name)  # the message goes nowhere (no worker): the row is what counts
+    assert row_of(storage, name).retrying_since is None
     assert run_transfer(storage.alias, name) is Outcome.TRANSFERRED
+
+
+def test_file_errors_are_counted_and_end_in_failed_after_the_retries(
+    clean: Any, collect: Any
+) -> None:
+    storage = delayed()
+    name = storage.save("not-yet.txt", ContentFile(b"x"))
+    received = collect(signals.transfer_failed)
+    with override_settings(QUEUED_STORAGE_RETRIES=2):
+        for errors in (1, 2):  # the first error and the first retry's ask for a retry
+            with pytest.raises(RetryLater, match="returned False"):
+                run_transfer(storage.alias, name, hook=not_yet)
+            assert row_of(storage, name).attempts == errors
+        assert run_transfer(storage.alias, name, hook=not_yet) is Outcome.FAILED
+    row = row_of(storage, name)
+    assert (row.state, row.attempts) == (State.FAILED, 3)  # 1 error + 2 retries
+    assert [r["name"] for r in received] == [name]
+    assert isinstance(received[0]["error"], TransientTransferError)
+    assert not isinstance(received[0]["error"], InfrastructureError)
+    # Still served locally, and a manual transfer gives it a new budget.
+    assert storage.using_local(name)
+    assert Ledger(storage.alias).retry(name)
+    assert row_of(storage, name).attempts == 0
+    assert run_transfer(storage.alias, name) is Outcome.TRANSFERRED
+
+
+def test_an_error_about_the_file_ends_the_run_of_transient_failures(s3_proxy: Any) -> None:
+    storage = delayed()
+    name = storage.save("mixed.txt", ContentFile(b"x"))
+    s3_proxy.go_down()
+    with pytest.raises(RetryLater):
+        run_transfer(storage.alias, name)
+    assert row_of(storage, name).retrying_since is not None
+    with pytest.raises(RetryLater, match="returned False"):
+        run_transfer(storage.alias, name, hook=not_yet)
+    row = row_of(storage, name)
+    assert (row.attempts, row.retrying_since) == (1, None)
+
+
+def test_a_takeover_after_a_lost_worker_spends_no_retry_budget(s3_proxy: Any) -> None:
+    storage = delayed()
+    name = storage.save("orphaned.txt", ContentFile(b"x"))
+    assert Ledger(storage.alias).lease(name, "dead-worker", 0.01).acquired
+    time.sleep(0.05)
+    s3_proxy.go_down()
+    with pytest.raises(RetryLater):
+        run_transfer(storage.alias, name)
+    row = row_of(storage, name)
+    assert (row.state, row.attempts) == (State.PENDING, 0)
+    assert row.retrying_since is not None  # the lost worker began the run
+    s3_proxy.come_up()
+    assert run_transfer(storage.alias, name) is Outcome.TRANSFERRED
+    assert row_of(storage, name).attempts == 0
+
+
+def test_a_file_whose_workers_keep_dying_fails_once_retry_for_has_passed(clean: Any) -> None:
+    storage = delayed()
+    name = storage.save("deadly.txt", ContentFile(b"x"))
+    assert Ledger(storage.alias).lease(name, "dead-worker", 0.01).acquired
+    began = timezone.now() - datetime.timedelta(days=1, seconds=1)
+    StoredFile.rows(storage.alias, name).update(retrying_since=began)
+    time.sleep(0.05)
+    assert run_transfer(storage.alias, name) is Outcome.FAILED
+    row = row_of(storage, name)
+    assert (row.state, row.attempts, row.lease_owner) == (State.FAILED, 0, "")
+    assert "The lease of dead-worker expired" in row.last_error
+    assert "longer than QUEUED_STORAGE_RETRY_FOR" in row.last_error
+    assert clean.list_objects_v2(Bucket=settings.BUCKET).get("KeyCount") == 0
 
 
 def test_missing_bucket_is_permanent_and_names_the_fix(clean: Any) -> None:

@@ -1,8 +1,11 @@
 """botocore's errors, read once: their codes, and which ones a retry can cure.
 
-Throttling, timeouts, connection errors and 5xx are transient; access denied, a missing
-bucket, bad credentials and other 4xx are permanent. :func:`translate` answers for one error;
-:func:`queued_storage.transfer.classify_error` walks an error's causes and decides the rest.
+Throttling, timeouts, connection errors and 5xx are failures of the infrastructure (transient,
+and not the file's fault: :class:`InfrastructureError`); a digest or body that S3 found wrong is
+transient and about the bytes of this file (:class:`TransientTransferError`, counted); access
+denied, a missing bucket, bad credentials and other 4xx are permanent. :func:`translate` answers
+for one error; :func:`queued_storage.transfer.classify_error` walks an error's causes and
+decides the rest.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from queued_storage.exceptions import (
+    InfrastructureError,
     PermanentTransferError,
     TransferError,
     TransientTransferError,
@@ -31,7 +35,8 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (BotoConnectionError, HTTPClien
 #: The client's own connect and read timeouts (both are also ``CONNECTION_ERRORS``).
 TIMEOUT_ERRORS: tuple[type[Exception], ...] = (ConnectTimeoutError, ReadTimeoutError)
 
-_TRANSIENT_CODES = {
+#: S3 (or the way to it) failed: retried for QUEUED_STORAGE_RETRY_FOR, spending no budget.
+_INFRASTRUCTURE_CODES = {
     "RequestTimeout",
     "RequestTimeTooSkewed",
     "SlowDown",
@@ -41,9 +46,11 @@ _TRANSIENT_CODES = {
     "InternalError",
     "ServiceUnavailable",
     "OperationAborted",
-    "BadDigest",
-    "IncompleteBody",
 }
+
+#: The bytes S3 received are not the bytes announced (a file changing under its transfer, a
+#: flipped bit): transient, but about this file, so they count against QUEUED_STORAGE_RETRIES.
+_FILE_CODES = {"BadDigest", "IncompleteBody"}
 
 _HINTS = {
     "NoSuchBucket": " Create the bucket or fix the remote storage's bucket_name.",
@@ -72,13 +79,15 @@ def translate(err: BaseException, name: str) -> TransferError | None:
     if isinstance(err, ClientError):
         code, status = error_code(err), http_status(err)
         text = f"Transfer of {name!r} to the remote storage failed: {err}"
+        if code in _FILE_CODES:
+            return TransientTransferError(text, name=name)
         if (
-            code in _TRANSIENT_CODES
+            code in _INFRASTRUCTURE_CODES
             or status >= 500
             or status == 429
             or (code.isdigit() and int(code) >= 500)
         ):
-            return TransientTransferError(text, name=name)
+            return InfrastructureError(text, name=name)
         return PermanentTransferError(text + _HINTS.get(code, ""), name=name)
     if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
         return PermanentTransferError(
