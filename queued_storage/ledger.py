@@ -14,7 +14,11 @@ visible to readers:
 * the reconcile pass's writes match the row as the pass read it (state and ``updated``), so
   whoever loses a race between passes on several hosts skips the row;
 * the local copy goes only after ``remote`` is in the ledger *and* the cache
-  (:meth:`Ledger.drop_local` is the one place that deletes it; invariant 2).
+  (:meth:`Ledger.drop_local` is the one place that deletes it; invariant 2);
+* each transition that creates a row, sets its state or deletes it is announced once, after
+  it commits, by :meth:`Ledger._announce` (``signals.file_state_changed``). The state it moved
+  from comes from the write's own condition (each transition names the state it leaves), or,
+  where it allows two, from the write itself (``retry``, ``lease``): no query is added.
 
 A :class:`Ledger` is bound to one queued storage's alias and cache prefix.
 """
@@ -22,27 +26,38 @@ A :class:`Ledger` is bound to one queued storage's alias and cache prefix.
 from __future__ import annotations
 
 import datetime
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, connections, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Case, F, Q, QuerySet, Value, When
+from django.db.models.functions import Concat
 from django.utils import timezone
 
 from queued_storage import state as read_side
 from queued_storage.conf import settings
 from queued_storage.exceptions import StagingFull
 from queued_storage.models import State, StoredFile
+from queued_storage.signals import file_state_changed
 from queued_storage.state import FileState
 
 __all__ = ["LeaseResult", "Ledger", "check_staging_budget", "ledger_database"]
+
+logger = logging.getLogger(__name__)
 
 #: ``StoredFile.last_error`` holds this much of a reason.
 ERROR_LENGTH = 4000
 
 #: The fields that describe an open multipart upload, emptied together.
 _NO_UPLOAD: dict[str, Any] = {"upload_id": "", "part_size": None, "source": "", "parts": []}
+
+
+def _takeover_note(owner: str) -> str:
+    """How ``last_error`` begins while *owner* runs a transfer it took over from a worker whose
+    lease expired (the previous lease owner follows)."""
+    return f"Taken over by {owner}: the lease expired (worker lost?) of "
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,35 @@ class Ledger:
     def _publish(self, name: str, found: FileState) -> None:
         read_side.write_state(self.cache_prefix, self.alias, name, found)
 
+    def _announce(self, transition: str, name: str, old: str | None, new: str | None) -> None:
+        """Send ``file_state_changed`` for *name* once the change is committed: at the commit of
+        the surrounding transaction (nothing if it rolls back), at once outside one. Free when
+        nothing listens. A receiver that raises is logged; the transition stands."""
+        if not file_state_changed.has_listeners(type(self)):
+            return
+        old_state = None if old is None else State(old)
+        new_state = None if new is None else State(new)
+
+        def send() -> None:
+            for receiver, result in file_state_changed.send_robust(
+                sender=type(self),
+                alias=self.alias,
+                name=name,
+                old_state=old_state,
+                new_state=new_state,
+                transition=transition,
+            ):
+                if isinstance(result, Exception):
+                    logger.error(
+                        "a file_state_changed receiver (%r) failed for %r (%s)",
+                        receiver,
+                        name,
+                        transition,
+                        exc_info=result,
+                    )
+
+        transaction.on_commit(send, using=StoredFile.db())
+
     def republish(self, name: str) -> None:
         """Publish the row as it is now (after a transition whose result depends on it, or
         when the cache may lag behind the row)."""
@@ -154,29 +198,41 @@ class Ledger:
                 lambda: self._publish(name, FileState.of(State.PENDING, size, True)),
                 using=StoredFile.db(),
             )
+            self._announce("saved", name, None, State.PENDING)
         return inserted
 
     def reserve(self, name: str, host: str) -> bool:
         """Insert a ``pending`` row without a local file yet (the name is taken, nothing else)."""
-        return self._insert(name=name, state=State.PENDING, host=host, local_exists=False)
+        inserted = self._insert(name=name, state=State.PENDING, host=host, local_exists=False)
+        if inserted:
+            self._announce("reserve", name, None, State.PENDING)
+        return inserted
 
     def forget(self, name: str) -> StoredFile | None:
         """Delete the row (the name is free again, no transfer may record it); the row it was."""
         row = self.row(name)
-        self.rows(name).delete()
+        deleted, _ = self.rows(name).delete()
         read_side.drop_state(self.cache_prefix, self.alias, name)
+        if deleted and row is not None:
+            self._announce("forget", name, row.state, None)
         return row
 
     def retry(self, name: str) -> bool:
-        """A ``failed`` (or stale ``pending``) file may be transferred again, with a new budget."""
-        retried = bool(
-            self.rows(name)
-            .filter(state__in=[State.FAILED, State.PENDING])
-            .update(state=State.PENDING, attempts=0, updated=timezone.now())
-        )
-        if retried:
-            self.republish(name)
-        return retried
+        """A ``failed`` (or stale ``pending``) file may be transferred again, with a new budget.
+
+        ``failed`` first, so that the state it left is known without a query; a ``pending``
+        file costs a second ``UPDATE`` (a rare, user-initiated case).
+        """
+        for old in (State.FAILED, State.PENDING):
+            if (
+                self.rows(name)
+                .filter(state=old)
+                .update(state=State.PENDING, attempts=0, updated=timezone.now())
+            ):
+                self.republish(name)
+                self._announce("retry", name, old, State.PENDING)
+                return True
+        return False
 
     def seed_remote(self, objects: list[tuple[str, int, str]]) -> list[str]:
         """Record objects the remote already holds ``(name, size, etag)`` as ``remote`` rows.
@@ -208,6 +264,8 @@ class Ledger:
             if name not in known
         ]
         manager.bulk_create(new, ignore_conflicts=True)
+        for row in new:
+            self._announce("seed_remote", row.name, None, State.REMOTE)
         return [row.name for row in new]
 
     # -- a worker's lease -------------------------------------------------------------------
@@ -218,9 +276,13 @@ class Ledger:
         row comes back with the lease, and only a refused lease costs a second query (to say
         why). Elsewhere, the ``UPDATE`` and then a ``SELECT``. No cache write: the lease keeper
         publishes ``transferring`` when the transfer outlives its first renewal.
+
+        A lease taken over from a worker whose lease expired notes that in ``last_error``
+        (cleared when the transfer ends well); the same write tells which state it left.
         """
         now = timezone.now()
         expires = now + datetime.timedelta(seconds=seconds)
+        takeover = _takeover_note(owner)
         db = StoredFile.db()
         connection = connections[db]
         if connection.vendor in ("postgresql", "sqlite") and (
@@ -232,15 +294,18 @@ class Ledger:
             sql = (
                 f"UPDATE {table} SET {q('state')} = %s, {q('lease_owner')} = %s, "
                 f"{q('lease_expires')} = %s, {q('attempts')} = {q('attempts')} + 1, "
-                f"{q('bytes_done')} = 0, {q('updated')} = %s "
+                f"{q('bytes_done')} = 0, {q('updated')} = %s, "
+                f"{q('last_error')} = CASE WHEN {q('state')} = %s "
+                f"THEN %s || {q('lease_owner')} ELSE {q('last_error')} END "
                 f"WHERE {q('alias')} = %s AND {q('name')} = %s AND ({q('state')} = %s OR "
                 f"({q('state')} = %s AND {q('lease_expires')} < %s)) RETURNING {columns}"
             )
-            params: list[Any] = [str(State.TRANSFERRING), owner, expires, now, self.alias, name]
+            params: list[Any] = [str(State.TRANSFERRING), owner, expires, now]
+            params += [str(State.TRANSFERRING), takeover, self.alias, name]
             params += [str(State.PENDING), str(State.TRANSFERRING), now]
             leased = list(StoredFile.objects.db_manager(db).raw(sql, params))
             if leased:
-                return LeaseResult(acquired=True, row=leased[0])
+                return self._leased_now(name, leased[0], takeover)
             return LeaseResult(acquired=False, row=self.row(name))
         taken = (
             self.rows(name)
@@ -252,9 +317,21 @@ class Ledger:
                 attempts=F("attempts") + 1,
                 bytes_done=0,
                 updated=now,
+                last_error=Case(
+                    When(state=State.TRANSFERRING, then=Concat(Value(takeover), F("lease_owner"))),
+                    default=F("last_error"),
+                ),
             )
         )
-        return LeaseResult(acquired=bool(taken), row=self.row(name))
+        row = self.row(name)
+        if taken and row is not None:
+            return self._leased_now(name, row, takeover)
+        return LeaseResult(acquired=bool(taken), row=row)
+
+    def _leased_now(self, name: str, row: StoredFile, takeover: str) -> LeaseResult:
+        old = State.TRANSFERRING if row.last_error.startswith(takeover) else State.PENDING
+        self._announce("lease", name, old, State.TRANSFERRING)
+        return LeaseResult(acquired=True, row=row)
 
     def _leased(self, name: str, owner: str) -> QuerySet[StoredFile]:
         leased: QuerySet[StoredFile] = self.rows(name).filter(
@@ -335,6 +412,7 @@ class Ledger:
         )
         if recorded:
             self._publish(name, FileState.of(State.REMOTE, size, keep_local))
+            self._announce("remote", name, State.TRANSFERRING, State.REMOTE)
         return recorded
 
     def drop_local(
@@ -363,7 +441,7 @@ class Ledger:
         """The worker found no local copy: recorded, so the reconcile pass reports the loss."""
         self.rows(name).update(local_exists=False, updated=timezone.now())
 
-    def _release(self, name: str, owner: str, state: str, error: str) -> bool:
+    def _release(self, name: str, owner: str, state: str, error: str, transition: str) -> bool:
         released = bool(
             self._leased(name, owner).update(
                 state=state,
@@ -374,15 +452,17 @@ class Ledger:
             )
         )
         self.republish(name)
+        if released:
+            self._announce(transition, name, State.TRANSFERRING, state)
         return released
 
     def retry_later(self, name: str, owner: str, error: str) -> bool:
         """End the lease after a transient error: back to ``pending``, *error* kept."""
-        return self._release(name, owner, State.PENDING, error)
+        return self._release(name, owner, State.PENDING, error, "retry_later")
 
     def fail(self, name: str, owner: str, error: str) -> bool:
         """End the lease for good: ``failed``, *error* kept (served locally, retried on request)."""
-        return self._release(name, owner, State.FAILED, error)
+        return self._release(name, owner, State.FAILED, error, "fail")
 
     # -- the reconcile pass: each write matches the row as the pass read it -----------------
     @staticmethod
@@ -406,6 +486,7 @@ class Ledger:
         )
         if taken:
             self.republish(row.name)
+            self._announce("take_back", row.name, row.state, State.PENDING)
         return taken
 
     def claim(self, row: StoredFile, now: datetime.datetime) -> bool:
@@ -426,6 +507,7 @@ class Ledger:
         )
         if retried:
             self.republish(row.name)
+            self._announce("retry_failed", row.name, row.state, State.PENDING)
         return retried
 
     def lost(self, row: StoredFile, reason: str, now: datetime.datetime) -> bool:
@@ -443,6 +525,7 @@ class Ledger:
         )
         if marked:
             self.republish(row.name)
+            self._announce("lost", row.name, row.state, State.FAILED)
         return marked
 
     def remote_lost(
@@ -463,6 +546,7 @@ class Ledger:
         )
         if marked:
             self.republish(row.name)
+            self._announce("remote_lost", row.name, row.state, State.FAILED)
         return marked
 
     def finish_save(self, row: StoredFile, size: int, now: datetime.datetime) -> bool:
@@ -477,4 +561,5 @@ class Ledger:
         deleted, _ = self._as_read(row).filter(local_exists=False, size__isnull=True).delete()
         if deleted:
             read_side.drop_state(self.cache_prefix, self.alias, row.name)
+            self._announce("drop_reservation", row.name, row.state, None)
         return bool(deleted)

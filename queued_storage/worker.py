@@ -313,6 +313,7 @@ def run_transfer(
         raise RetryLater(remaining, f"{name!r} is being transferred by {row.lease_owner}")
     if row is None:
         return Outcome.GONE  # deleted between taking the lease and reading the row
+    started = time.monotonic()
     resume = _resume_of(row)
     try:
         with Heartbeat(storage, name, owner, FileState.from_row(row)) as beat:
@@ -374,6 +375,7 @@ def run_transfer(
         size=result.size,
         checksum=result.checksum,
         algorithm=result.algorithm,
+        duration=time.monotonic() - started,
     )
     if delete:
         ledger.drop_local(name, result.size, storage.local.delete, announced=True)

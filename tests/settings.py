@@ -159,6 +159,21 @@ STORAGES = {
         "BACKEND": "queued_storage.storage.QueuedStorage",
         "OPTIONS": {"local": "staging", "remote": "s3", "queue": "host", "delete_local": True},
     },
+    # tests/test_monitoring.py: the signals of these storages' files are recorded in Redis by
+    # every process (tests/testapp/receivers.py), the worker's included.
+    "monitored": {
+        "BACKEND": "queued_storage.storage.QueuedStorage",
+        "OPTIONS": {"local": "staging", "remote": "s3", "alias": "monitored"},
+    },
+    "monitored_delayed": {
+        "BACKEND": "queued_storage.storage.QueuedStorage",
+        "OPTIONS": {
+            "local": "staging",
+            "remote": "s3",
+            "delayed": True,
+            "alias": "monitored_delayed",
+        },
+    },
     "staging": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {"location": str(STAGING_ROOT), "base_url": "/staging/"},
