@@ -212,6 +212,14 @@ QUEUED_STORAGE_LEASE_TIMEOUT = 20
 QUEUED_STORAGE_MULTIPART_THRESHOLD = 5 * 1024 * 1024
 QUEUED_STORAGE_MULTIPART_CHUNKSIZE = 5 * 1024 * 1024
 QUEUED_STORAGE_MAX_CONCURRENCY = 2
+# Monitoring (tests/test_monitoring.py): the metrics are on in every process of the suite, in
+# prometheus-client's multiprocess mode, so the worker's values can be read here (and by the
+# metrics view). The variable is set before prometheus-client is imported (by the app's
+# ready()), and the workers and web servers the tests start inherit it.
+QUEUED_STORAGE_METRICS = True
+QUEUED_STORAGE_METRICS_TOKEN = "qs-test-metrics-token"
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(WORKDIR / "prometheus"))
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 # Upload views (tests/test_uploads.py): nginx writes request bodies here.
 QUEUED_STORAGE_NGINX_UPLOAD_DIR = str(WORKDIR / "nginx-bodies")
 QUEUED_STORAGE_NGINX_SECRET = "qs-test-nginx-secret"
