@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from django.apps import AppConfig
 
+from queued_storage.conf import settings
+
 
 class QueuedStorageConfig(AppConfig):
     name = "queued_storage"
@@ -10,3 +12,8 @@ class QueuedStorageConfig(AppConfig):
 
     def ready(self) -> None:
         from queued_storage import checks  # noqa: F401  (registers the system checks)
+
+        if settings.METRICS:
+            from queued_storage import metrics
+
+            metrics.register()

@@ -23,6 +23,7 @@
 | W002 | ``QUEUED_STORAGE_NGINX_UPLOAD_DIR`` is set without ``QUEUED_STORAGE_NGINX_SECRET`` |
 | E016 | ``QUEUED_STORAGE_RETRY_FOR`` is not a positive number |
 | E017 | ``QUEUED_STORAGE_RECONCILE_ON_START`` is not an integer of 0 or more |
+| E018 | ``QUEUED_STORAGE_METRICS_TOKEN`` is neither ``None`` nor a non-empty string |
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from queued_storage.models import StoredFile
 from queued_storage.storage import QueuedStorage
 
 __all__ = [
+    "check_metrics_settings",
     "check_queued_storages",
     "check_reliability_settings",
     "check_settings",
@@ -399,3 +401,21 @@ def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
             )
         )
     return messages
+
+
+# -- monitoring (queued_storage.metrics): E018 -------------------------------------------------
+@register(Tags.compatibility)
+def check_metrics_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E018: the token that opens the metrics view."""
+    token = _setting("METRICS_TOKEN")
+    if token is None or (isinstance(token, str) and token.strip()):
+        return []
+    return [
+        Error(
+            f"QUEUED_STORAGE_METRICS_TOKEN must be None or a non-empty string, got {token!r}.",
+            hint="Set the bearer token your Prometheus scraper sends (a long random string), "
+            "or None to open queued_storage.metrics.metrics_view to staff users only. See the "
+            "README, section Monitoring.",
+            id="queued_storage.E018",
+        )
+    ]

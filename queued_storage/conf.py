@@ -51,6 +51,8 @@ DEFAULTS: dict[str, Any] = {
     "NGINX_UPLOAD_DIR": None,
     "NGINX_SECRET": None,
     "CHECKSUM": "crc32",
+    "METRICS": False,
+    "METRICS_TOKEN": None,
 }
 
 
@@ -252,6 +254,20 @@ class Settings:
                 "S3 server computes) or 'crc32' (cheaper, verified by S3's own checksum check)."
             )
         return value
+
+    # --- monitoring (queued_storage.metrics) ---------------------------------------------
+    @property
+    def METRICS(self) -> bool:
+        """Register the Prometheus metrics in prometheus-client's default registry at start-up
+        (``queued_storage.metrics.register()``); needs the ``metrics`` extra."""
+        return bool(self._get("METRICS"))
+
+    @property
+    def METRICS_TOKEN(self) -> str | None:
+        """Bearer token that opens ``queued_storage.metrics.metrics_view`` to a scraper;
+        ``None``: staff users only."""
+        value = self._get("METRICS_TOKEN")
+        return None if value is None else str(value)
 
 
 settings = Settings()

@@ -15,7 +15,11 @@ visible to readers:
 * the reconcile pass's writes match the row as the pass read it (state and ``updated``), so
   whoever loses a race between passes on several hosts skips the row;
 * the local copy goes only after ``remote`` is in the ledger *and* the cache
-  (:meth:`Ledger.drop_local` is the one place that deletes it; invariant 2).
+  (:meth:`Ledger.drop_local` is the one place that deletes it; invariant 2);
+* each transition that creates a row, sets its state or deletes it is announced once, after
+  it commits, by :meth:`Ledger._announce` (``signals.file_state_changed``). The state it moved
+  from comes from the write's own condition (each transition names the state it leaves), or,
+  where it allows two, from the write itself (``retry``, ``lease``): no query is added.
 
 A :class:`Ledger` is bound to one queued storage's alias and cache prefix.
 """
@@ -23,6 +27,7 @@ A :class:`Ledger` is bound to one queued storage's alias and cache prefix.
 from __future__ import annotations
 
 import datetime
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +41,12 @@ from queued_storage import state as read_side
 from queued_storage.conf import settings
 from queued_storage.exceptions import StagingFull
 from queued_storage.models import State, StoredFile
+from queued_storage.signals import file_state_changed
 from queued_storage.state import FileState
 
 __all__ = ["LeaseResult", "Ledger", "check_staging_budget", "ledger_database"]
+
+logger = logging.getLogger(__name__)
 
 #: ``StoredFile.last_error`` holds this much of a reason.
 ERROR_LENGTH = 4000
@@ -118,6 +126,35 @@ class Ledger:
     def _publish(self, name: str, found: FileState) -> None:
         read_side.write_state(self.cache_prefix, self.alias, name, found)
 
+    def _announce(self, transition: str, name: str, old: str | None, new: str | None) -> None:
+        """Send ``file_state_changed`` for *name* once the change is committed: at the commit of
+        the surrounding transaction (nothing if it rolls back), at once outside one. Free when
+        nothing listens. A receiver that raises is logged; the transition stands."""
+        if not file_state_changed.has_listeners(type(self)):
+            return
+        old_state = None if old is None else State(old)
+        new_state = None if new is None else State(new)
+
+        def send() -> None:
+            for receiver, result in file_state_changed.send_robust(
+                sender=type(self),
+                alias=self.alias,
+                name=name,
+                old_state=old_state,
+                new_state=new_state,
+                transition=transition,
+            ):
+                if isinstance(result, Exception):
+                    logger.error(
+                        "a file_state_changed receiver (%r) failed for %r (%s)",
+                        receiver,
+                        name,
+                        transition,
+                        exc_info=result,
+                    )
+
+        transaction.on_commit(send, using=StoredFile.db())
+
     def republish(self, name: str) -> None:
         """Publish the row as it is now (after a transition whose result depends on it, or
         when the cache may lag behind the row)."""
@@ -158,30 +195,44 @@ class Ledger:
                 lambda: self._publish(name, FileState.of(State.PENDING, size, True)),
                 using=StoredFile.db(),
             )
+            self._announce("saved", name, None, State.PENDING)
         return inserted
 
     def reserve(self, name: str, host: str) -> bool:
         """Insert a ``pending`` row without a local file yet (the name is taken, nothing else)."""
-        return self._insert(name=name, state=State.PENDING, host=host, local_exists=False)
+        inserted = self._insert(name=name, state=State.PENDING, host=host, local_exists=False)
+        if inserted:
+            self._announce("reserve", name, None, State.PENDING)
+        return inserted
 
     def forget(self, name: str) -> StoredFile | None:
         """Delete the row (the name is free again, no transfer may record it); the row it was."""
         row = self.row(name)
-        self.rows(name).delete()
+        deleted, _ = self.rows(name).delete()
         read_side.drop_state(self.cache_prefix, self.alias, name)
+        if deleted and row is not None:
+            self._announce("forget", name, row.state, None)
         return row
 
     def retry(self, name: str) -> bool:
         """A ``failed`` (or stale ``pending``) file may be transferred again, with a new budget
-        (no file errors counted, no run of transient failures running)."""
-        retried = bool(
-            self.rows(name)
-            .filter(state__in=[State.FAILED, State.PENDING])
-            .update(state=State.PENDING, attempts=0, retrying_since=None, updated=timezone.now())
-        )
-        if retried:
-            self.republish(name)
-        return retried
+        (no file errors counted, no run of transient failures running).
+
+        ``failed`` first, so that the state it left is known without a query; a ``pending``
+        file costs a second ``UPDATE`` (a rare, user-initiated case).
+        """
+        for old in (State.FAILED, State.PENDING):
+            if (
+                self.rows(name)
+                .filter(state=old)
+                .update(
+                    state=State.PENDING, attempts=0, retrying_since=None, updated=timezone.now()
+                )
+            ):
+                self.republish(name)
+                self._announce("retry", name, old, State.PENDING)
+                return True
+        return False
 
     def seed_remote(self, objects: list[tuple[str, int, str]]) -> list[str]:
         """Record objects the remote already holds ``(name, size, etag)`` as ``remote`` rows.
@@ -213,6 +264,8 @@ class Ledger:
             if name not in known
         ]
         manager.bulk_create(new, ignore_conflicts=True)
+        for row in new:
+            self._announce("seed_remote", row.name, None, State.REMOTE)
         return [row.name for row in new]
 
     # -- a worker's lease -------------------------------------------------------------------
@@ -234,6 +287,7 @@ class Ledger:
         expires = now + datetime.timedelta(seconds=seconds)
         taken = self._take(name, owner, expires, now)
         if taken is not None:
+            self._announce("lease", name, State.PENDING, State.TRANSFERRING)
             return LeaseResult(acquired=True, row=taken)
         row = self.row(name)
         if (
@@ -248,6 +302,7 @@ class Ledger:
         )
         taken = self._take(name, owner, expires, now, lost=(row.lease_owner, note))
         if taken is not None:
+            self._announce("lease", name, State.TRANSFERRING, State.TRANSFERRING)
             return LeaseResult(acquired=True, row=taken, took_over=True)
         return LeaseResult(acquired=False, row=self.row(name))
 
@@ -392,6 +447,7 @@ class Ledger:
         )
         if recorded:
             self._publish(name, FileState.of(State.REMOTE, size, keep_local))
+            self._announce("remote", name, State.TRANSFERRING, State.REMOTE)
         return recorded
 
     def drop_local(
@@ -420,7 +476,9 @@ class Ledger:
         """The worker found no local copy: recorded, so the reconcile pass reports the loss."""
         self.rows(name).update(local_exists=False, updated=timezone.now())
 
-    def _release(self, name: str, owner: str, state: str, error: str, *, counted: bool) -> bool:
+    def _release(
+        self, name: str, owner: str, state: str, error: str, transition: str, *, counted: bool
+    ) -> bool:
         """End the lease in *state* with *error*. *counted*: an error about the file (one more
         ``attempts``, and the run of transient failures, if any, is over); otherwise a failure
         of the infrastructure, which starts such a run unless one is running."""
@@ -440,18 +498,20 @@ class Ledger:
             )
         )
         self.republish(name)
+        if released:
+            self._announce(transition, name, State.TRANSFERRING, state)
         return released
 
     def retry_later(self, name: str, owner: str, error: str, *, counted: bool = True) -> bool:
         """End the lease after a transient error: back to ``pending``, *error* kept; *counted*
         for an error about the file, else the infrastructure's (see :meth:`_release`)."""
-        return self._release(name, owner, State.PENDING, error, counted=counted)
+        return self._release(name, owner, State.PENDING, error, "retry_later", counted=counted)
 
     def fail(self, name: str, owner: str, error: str, *, counted: bool = True) -> bool:
         """End the lease for good: ``failed``, *error* kept (served locally, retried on request).
         *counted*: the last error was about the file; otherwise the run of infrastructure
         failures that outlasted ``QUEUED_STORAGE_RETRY_FOR`` stays recorded."""
-        return self._release(name, owner, State.FAILED, error, counted=counted)
+        return self._release(name, owner, State.FAILED, error, "fail", counted=counted)
 
     # -- the reconcile pass: each write matches the row as the pass read it -----------------
     @staticmethod
@@ -478,6 +538,7 @@ class Ledger:
         )
         if taken:
             self.republish(row.name)
+            self._announce("take_back", row.name, row.state, State.PENDING)
         return taken
 
     def claim(self, row: StoredFile, now: datetime.datetime) -> bool:
@@ -514,6 +575,7 @@ class Ledger:
         )
         if retried:
             self.republish(row.name)
+            self._announce("retry_failed", row.name, row.state, State.PENDING)
         return retried
 
     def lost(self, row: StoredFile, reason: str, now: datetime.datetime) -> bool:
@@ -531,6 +593,7 @@ class Ledger:
         )
         if marked:
             self.republish(row.name)
+            self._announce("lost", row.name, row.state, State.FAILED)
         return marked
 
     def remote_lost(
@@ -551,6 +614,7 @@ class Ledger:
         )
         if marked:
             self.republish(row.name)
+            self._announce("remote_lost", row.name, row.state, State.FAILED)
         return marked
 
     def give_up(self, row: StoredFile, reason: str, now: datetime.datetime) -> bool:
@@ -569,6 +633,7 @@ class Ledger:
         )
         if failed:
             self.republish(row.name)
+            self._announce("give_up", row.name, row.state, State.FAILED)
         return failed
 
     def finish_save(self, row: StoredFile, size: int, now: datetime.datetime) -> bool:
@@ -583,4 +648,5 @@ class Ledger:
         deleted, _ = self._as_read(row).filter(local_exists=False, size__isnull=True).delete()
         if deleted:
             read_side.drop_state(self.cache_prefix, self.alias, row.name)
+            self._announce("drop_reservation", row.name, row.state, None)
         return bool(deleted)

@@ -385,6 +385,7 @@ def run_transfer(
         # Its workers keep dying (a file that kills them?): a lost worker is a transient
         # failure, bounded by time like the others.
         return _give_up(storage, name, owner, InfrastructureError(row.last_error, name=name), row)
+    started = time.monotonic()
     resume = _resume_of(row)
     try:
         with Heartbeat(storage, name, owner, FileState.from_row(row)) as beat:
@@ -461,6 +462,7 @@ def run_transfer(
         size=result.size,
         checksum=result.checksum,
         algorithm=result.algorithm,
+        duration=time.monotonic() - started,
     )
     if delete:
         ledger.drop_local(name, result.size, storage.local.delete, announced=True)

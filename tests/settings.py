@@ -159,6 +159,21 @@ STORAGES = {
         "BACKEND": "queued_storage.storage.QueuedStorage",
         "OPTIONS": {"local": "staging", "remote": "s3", "queue": "host", "delete_local": True},
     },
+    # tests/test_monitoring.py: the signals of these storages' files are recorded in Redis by
+    # every process (tests/testapp/receivers.py), the worker's included.
+    "monitored": {
+        "BACKEND": "queued_storage.storage.QueuedStorage",
+        "OPTIONS": {"local": "staging", "remote": "s3", "alias": "monitored"},
+    },
+    "monitored_delayed": {
+        "BACKEND": "queued_storage.storage.QueuedStorage",
+        "OPTIONS": {
+            "local": "staging",
+            "remote": "s3",
+            "delayed": True,
+            "alias": "monitored_delayed",
+        },
+    },
     "staging": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {"location": str(STAGING_ROOT), "base_url": "/staging/"},
@@ -200,6 +215,14 @@ QUEUED_STORAGE_RECONCILE_ON_START = 0
 QUEUED_STORAGE_MULTIPART_THRESHOLD = 5 * 1024 * 1024
 QUEUED_STORAGE_MULTIPART_CHUNKSIZE = 5 * 1024 * 1024
 QUEUED_STORAGE_MAX_CONCURRENCY = 2
+# Monitoring (tests/test_monitoring.py): the metrics are on in every process of the suite, in
+# prometheus-client's multiprocess mode, so the worker's values can be read here (and by the
+# metrics view). The variable is set before prometheus-client is imported (by the app's
+# ready()), and the workers and web servers the tests start inherit it.
+QUEUED_STORAGE_METRICS = True
+QUEUED_STORAGE_METRICS_TOKEN = "qs-test-metrics-token"
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(WORKDIR / "prometheus"))
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 # Upload views (tests/test_uploads.py): nginx writes request bodies here.
 QUEUED_STORAGE_NGINX_UPLOAD_DIR = str(WORKDIR / "nginx-bodies")
 QUEUED_STORAGE_NGINX_SECRET = "qs-test-nginx-secret"

@@ -18,7 +18,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "queued_storage"
 
 #: Modules that import ``queued_storage.apps``-time things lazily by Django's own design:
 #: ``AppConfig.ready()`` registers the system checks once the models are loaded.
-_READY_IMPORTS = {("queued_storage.apps", "queued_storage.checks")}
+_READY_IMPORTS = {
+    ("queued_storage.apps", "queued_storage.checks"),
+    # Only with QUEUED_STORAGE_METRICS: it needs the optional prometheus-client.
+    ("queued_storage.apps", "queued_storage.metrics"),
+}
 
 
 @cache

@@ -3,11 +3,13 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
+from queued_storage.metrics import metrics_view
 from queued_storage.views import UploadView
 from tests.views import form_upload
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("metrics/", metrics_view, name="metrics"),
     path("uploads/", include("queued_storage.urls")),
     # A project's own form view (tests/views.py).
     path("form-upload/", form_upload, name="form-upload"),

@@ -8,6 +8,7 @@ from django.db import models
 from queued_storage.backends import QueuedFileSystemStorage
 from queued_storage.fields import QueuedFileField, QueuedImageField
 from queued_storage.storage import QueuedStorage
+from tests.testapp import receivers  # noqa: F401  (connects the recording receiver)
 
 #: Built in code with django-queued-storage's constructor: the worker finds it by digest.
 legacy_storage = QueuedFileSystemStorage(
