@@ -30,14 +30,14 @@ import hmac
 import json
 import logging
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import unquote_to_bytes
 
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files.storage import storages
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, QueryDict
 from django.http.multipartparser import MultiPartParserError
-from django.urls import NoReverseMatch, Resolver404, resolve, reverse
+from django.urls import NoReverseMatch, Resolver404, ResolverMatch, resolve, reverse
 from django.utils.decorators import method_decorator
 from django.utils.module_loading import import_string
 from django.views import View
@@ -58,6 +58,7 @@ from queued_storage.uploads import (
     spool_dir,
     spool_stream,
     validate_upload_name,
+    validate_url_name,
 )
 
 __all__ = [
@@ -159,10 +160,26 @@ class QueuedStorageView(View):
 
     def requested_name(self, request: HttpRequest, *, required: bool = True) -> str:
         """The client's name (URL path, else ``?name=``), validated and prefixed."""
-        raw = self.kwargs.get("name") or request.GET.get("name", "")
+        return self.client_name(self.kwargs.get("name"), request.GET, required=required)
+
+    def client_name(self, path_name: str | None, query: QueryDict, *, required: bool = True) -> str:
+        """The name a client asks for, from the URL Django decoded: *path_name* (the URL's
+        ``<name>``), else the ``name`` of *query*; validated and prefixed.
+
+        The one rule for both steps of an nginx upload: :class:`NginxAuthView` calls it with
+        the original request's path and query decoded as Django's handlers decode them, so the
+        authorizer sees the same name before the body as the upload view after it. Refused
+        (:class:`UploadRefused`, 400) is every name :func:`validate_url_name` refuses, and a
+        query with ``name`` more than once (``QueryDict.get`` takes the last, others the
+        first).
+        """
+        names = query.getlist("name")
+        if len(names) > 1:
+            raise UploadRefused(400, "Give the file name once (?name= appears more than once).")
+        raw = path_name or (names[0] if names else "")
         if not raw and not required:
             return ""
-        return validate_upload_name(self.prefix + validate_upload_name(raw))
+        return validate_upload_name(self.prefix + validate_url_name(raw))
 
     def status_url(self, request: HttpRequest, name: str) -> str | None:
         """The status endpoint of *name* in the namespace these views were included under."""
@@ -491,10 +508,14 @@ class NginxAuthView(View):
 
     nginx calls it before it accepts the body, with the client's headers and
     ``X-Original-URI`` (``$request_uri``) and ``X-Original-Content-Length``
-    (``$content_length``). The original URI must resolve to a :class:`NginxUploadView`; its
-    name is validated and the view's ``authorize()`` asked. ``auth_request`` understands only
-    2xx, 401 and 403, so every other refusal (bad name, too large) is a 403; nginx's own
-    ``client_max_body_size`` gives the client its 413.
+    (``$content_length``). ``$request_uri`` is the request target as the client sent it, which
+    is also what nginx passes to Django with the upload; so the target is decoded as Django's
+    handlers will decode it (:func:`_as_django_decodes`), resolved with the URLconf, must
+    reach a :class:`NginxUploadView`, and its name comes from
+    :meth:`QueuedStorageView.client_name`, the upload view's own rule: the authorizer sees the
+    name the file will be stored under. What the two could read differently is refused.
+    ``auth_request`` understands only 2xx, 401 and 403, so every other refusal (bad name, too
+    large) is a 403; nginx's own ``client_max_body_size`` gives the client its 413.
     """
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -502,20 +523,19 @@ class NginxAuthView(View):
         if refused is not None:
             return refused
         original = request.headers.get("X-Original-URI", "")
-        parts = urlsplit(original)
         try:
-            match = resolve(parts.path, getattr(request, "urlconf", None))
+            path, query = _as_django_decodes(original)
+        except UploadRefused as refusal:
+            return _error(403, refusal.message)
+        try:
+            match = resolve(path, getattr(request, "urlconf", None))
         except Resolver404:
+            match = None
+        view = _routed_view(request, match) if match is not None else None
+        if not isinstance(view, NginxUploadView):
             return _error(403, f"{original!r} is not an nginx upload URL.")
-        view_class = getattr(match.func, "view_class", None)
-        if view_class is None or not issubclass(view_class, NginxUploadView):
-            return _error(403, f"{original!r} is not an nginx upload URL.")
-        view = view_class(**getattr(match.func, "view_initkwargs", {}))
-        view.setup(request, *match.args, **match.kwargs)
-        query = parse_qs(parts.query)
         try:
-            raw = match.kwargs.get("name") or (query.get("name") or [""])[0]
-            name = validate_upload_name(view.prefix + validate_upload_name(raw))
+            name = view.client_name(view.kwargs.get("name"), query)
             declared = _int_header(request, "X-Original-Content-Length")
         except UploadRefused as refusal:
             return _error(403, refusal.message)
@@ -525,6 +545,41 @@ class NginxAuthView(View):
         if refused is not None:
             return refused if refused.status_code == 401 else _error(403, _message(refused))
         return HttpResponse(status=204)
+
+
+def _as_django_decodes(target: str) -> tuple[str, QueryDict]:
+    """The path and query a view gets for the raw request target *target* (``$request_uri``).
+
+    WSGI servers percent-decode the path into ``PATH_INFO`` and Django decodes its bytes as
+    UTF-8; ASGI servers percent-decode it into ``scope["path"]`` as UTF-8. Neither resolves
+    ``.`` or ``..`` segments, merges slashes or decodes twice, and the query string reaches
+    ``QueryDict`` undecoded. Refused (:class:`UploadRefused`), where servers disagree: a target
+    that is not printable ASCII (HTTP requires the rest percent-encoded; gunicorn and uvicorn
+    refuse such a request line), one with a fragment, and a path whose bytes are not UTF-8
+    (``%FF`` reaches a WSGI view as ``%FF``, an ASGI view as U+FFFD).
+    """
+    if not target.startswith("/") or not all(" " < c < "\x7f" for c in target) or "#" in target:
+        raise UploadRefused(
+            400, f"The request target {target!r} is not an origin-form path of printable ASCII."
+        )
+    raw_path, _, raw_query = target.partition("?")
+    try:
+        path = unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UploadRefused(
+            400, f"The path {raw_path!r} is not UTF-8 once percent-decoded."
+        ) from None
+    return path, QueryDict(raw_query)
+
+
+def _routed_view(request: HttpRequest, match: ResolverMatch) -> QueuedStorageView | None:
+    """The upload or status view *match* routes to, set up for *request*; else ``None``."""
+    view_class = getattr(match.func, "view_class", None)
+    if view_class is None or not issubclass(view_class, QueuedStorageView):
+        return None
+    view: QueuedStorageView = view_class(**getattr(match.func, "view_initkwargs", {}))
+    view.setup(request, *match.args, **match.kwargs)
+    return view
 
 
 def _message(response: HttpResponse) -> str:

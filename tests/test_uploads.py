@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ from queued_storage.models import State, StoredFile
 from queued_storage.uploads import SPOOL_DIRNAME
 from tests.harness.suite import need_tool, wait_for
 from tests.harness.webservers import DjangoServer, Nginx, peak_rss_kib, peak_rss_reset
+from tests.hooks import HOOK_LOG, hook_calls
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -44,12 +46,14 @@ def _has_module(name: str) -> bool:
 
 
 # -- fixtures -------------------------------------------------------------------------------------
-def _server(kind: str, module: str) -> Iterator[DjangoServer]:
+@contextlib.contextmanager
+def _server(kind: str, module: str, *, hooked: bool = False) -> Iterator[DjangoServer]:
     need_tool(module, _has_module(module), f'pip install -e ".[test]" (the {module} package)')
+    env = {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    if hooked:
+        env["QS_TEST_UPLOAD_AUTHORIZER"] = "tests.hooks.name_hook"
     server = DjangoServer(
-        kind,
-        Path(settings.WORKDIR) / f"web-{kind}",
-        {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        kind, Path(settings.WORKDIR) / f"web-{kind}{'-hooked' if hooked else ''}", env
     )
     server.start()
     try:
@@ -60,24 +64,26 @@ def _server(kind: str, module: str) -> Iterator[DjangoServer]:
 
 @pytest.fixture(scope="module")
 def gunicorn(django_db_setup: Any) -> Iterator[DjangoServer]:
-    yield from _server("gunicorn", "gunicorn")
+    with _server("gunicorn", "gunicorn") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def uvicorn(django_db_setup: Any) -> Iterator[DjangoServer]:
-    yield from _server("uvicorn", "uvicorn")
+    with _server("uvicorn", "uvicorn") as server:
+        yield server
 
 
-@pytest.fixture(scope="module")
-def nginx(gunicorn: DjangoServer) -> Iterator[Nginx]:
+@contextlib.contextmanager
+def _nginx(upstream: DjangoServer, workdir: str) -> Iterator[Nginx]:
     need_tool(
         "nginx",
         shutil.which("nginx") is not None or os.path.exists("/usr/sbin/nginx"),
         "apt-get install nginx (.ci/run installs it)",
     )
     server = Nginx(
-        Path(settings.WORKDIR) / "nginx",
-        upstream_port=gunicorn.port,
+        Path(settings.WORKDIR) / workdir,
+        upstream_port=upstream.port,
         body_dir=Path(settings.QUEUED_STORAGE_NGINX_UPLOAD_DIR),
         secret=SECRET,
     )
@@ -86,6 +92,24 @@ def nginx(gunicorn: DjangoServer) -> Iterator[Nginx]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def nginx(gunicorn: DjangoServer) -> Iterator[Nginx]:
+    with _nginx(gunicorn, "nginx") as server:
+        yield server
+
+
+@pytest.fixture(scope="module", params=["gunicorn", "uvicorn"])
+def hooked_nginx(request: pytest.FixtureRequest, django_db_setup: Any) -> Iterator[Nginx]:
+    """nginx (``docs/nginx.conf``) in front of gunicorn, then of uvicorn, whose authorizer is
+    ``tests.hooks.name_hook`` (it refuses names under ``private/`` and logs every name)."""
+    kind = request.param
+    with (
+        _server(kind, kind, hooked=True) as upstream,
+        _nginx(upstream, f"nginx-hooked-{kind}") as server,
+    ):
+        yield server
 
 
 @pytest.fixture(params=["gunicorn", "uvicorn"])
@@ -101,13 +125,18 @@ def staging(clean: Any) -> Path:
 
 
 def _session_for(*codenames: str) -> dict[str, str]:
+    return _user_session(f"user-{'-'.join(codenames) or 'none'}", *codenames)[1]
+
+
+def _user_session(username: str, *codenames: str, **flags: bool) -> tuple[Any, dict[str, str]]:
+    """A new user with these permissions (and flags: ``is_staff``...) and its session cookie."""
     from django.contrib.auth.models import Permission, User
 
-    user = User.objects.create_user(f"user-{'-'.join(codenames) or 'none'}")
+    user = User.objects.create_user(username, **flags)
     user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
     client = Client()
     client.force_login(user)
-    return {settings.SESSION_COOKIE_NAME: client.cookies[settings.SESSION_COOKIE_NAME].value}
+    return user, {settings.SESSION_COOKIE_NAME: client.cookies[settings.SESSION_COOKIE_NAME].value}
 
 
 @pytest.fixture
@@ -670,6 +699,139 @@ def test_a_clients_own_x_file_path_moves_nothing(
         assert victim.read_bytes() == b"someone else's upload"
     finally:
         victim.unlink()
+
+
+# -- nginx: the authorizer sees the name the upload stores ----------------------------------------
+@pytest.fixture
+def hook_log(staging: Path) -> Iterator[Path]:
+    """What ``tests.hooks.name_hook`` records in the hooked servers, emptied before and after."""
+    HOOK_LOG.unlink(missing_ok=True)
+    yield HOOK_LOG
+    HOOK_LOG.unlink(missing_ok=True)
+
+
+def _put_raw(url: str, target: str, body: bytes, cookies: dict[str, str]) -> tuple[int, Any]:
+    """PUT *body* to the request target exactly as written (no client re-encodes it)."""
+    client = RawClient(url)
+    try:
+        client.send_head(
+            "PUT", target, {"Content-Length": str(len(body)), "Cookie": _cookie_header(cookies)}
+        )
+        client.send(body)
+        status, answer = client.response()
+    finally:
+        client.close()
+    return status, json.loads(answer)
+
+
+@pytest.mark.parametrize(
+    ("target", "status", "hook_saw"),
+    [
+        ("/uploads/nginx/%70rivate/x.bin", 403, ["private/x.bin"]),  # an encoded letter
+        ("/uploads/nginx/private%2Fx.bin", 403, ["private/x.bin"]),  # an encoded slash
+        ("/uploads/%6Eginx/private/x.bin", 403, ["private/x.bin"]),  # the route encoded
+        ("/uploads/nginx/?name=%70rivate/x.bin", 403, ["private/x.bin"]),
+        ("/uploads/nginx/?name=ok.bin&name=private/x.bin", 403, []),  # which one? refused
+        ("/uploads/nginx/a/%2e%2e/x.bin", 403, []),  # an encoded ..
+        ("/uploads/nginx/a/b/%2e%2e/%2e%2e/etc/x", 403, []),
+        ("/uploads/nginx/a%2F..%2Fx.bin", 403, []),  # .. between encoded slashes
+        ("/uploads/nginx/%252e%252e/x.bin", 403, []),  # encoded twice
+        ("/uploads/nginx/%FF.bin", 403, []),  # not UTF-8: "%FF" to WSGI, U+FFFD to ASGI
+        ("/uploads/nginx/caf\u00e9.bin", 403, []),  # raw UTF-8 bytes, not percent-encoded
+        ("/uploads/nginx/%0A.bin", 403, []),  # a newline: no URL pattern matches it
+        # nginx resolves these dots itself, out of the upload location: its 10m limit answers.
+        ("/uploads/nginx/%2e%2e/%2e%2e/etc/x", 413, []),
+    ],
+)
+def test_nginx_refuses_encoded_names_before_accepting_the_body(
+    hooked_nginx: Nginx,
+    hook_log: Path,
+    cookies: dict[str, str],
+    staging: Path,
+    target: str,
+    status: int,
+    hook_saw: list[str],
+) -> None:
+    body_dir = Path(settings.QUEUED_STORAGE_NGINX_UPLOAD_DIR)
+    answered, _ = _refused_while_sending(
+        hooked_nginx.url, target, {"Cookie": _cookie_header(cookies)}
+    )
+    assert answered == status
+    assert list(body_dir.iterdir()) == []  # nginx wrote no body file
+    assert staged_files(staging) == []
+    assert not StoredFile.objects.exists()
+    # The hook saw the decoded name at the auth step, and no view ever ran for the upload.
+    assert hook_calls() == [{"step": "auth", "action": "upload", "name": n} for n in hook_saw]
+
+
+@pytest.mark.parametrize(
+    ("target", "name"),
+    [
+        ("/uploads/nginx/caf%C3%A9%20menu.bin", "caf\u00e9 menu.bin"),
+        ("/uploads/nginx/cafe%CC%81.bin", "caf\u00e9.bin"),  # NFD, stored in NFC
+        ("/uploads/nginx/menus%2Fweek.bin", "menus/week.bin"),  # an encoded slash is a slash
+        ("/uploads/nginx/?name=caf%C3%A9+menu.bin", "caf\u00e9 menu.bin"),
+        ("/uploads/%6Eginx/%70lain.bin", "plain.bin"),
+        ("/uploads/nginx/50%25.bin", "50%.bin"),  # a percent sign, encoded once
+    ],
+)
+def test_the_hook_sees_the_stored_name_before_and_after_the_body(
+    hooked_nginx: Nginx,
+    hook_log: Path,
+    cookies: dict[str, str],
+    staging: Path,
+    target: str,
+    name: str,
+) -> None:
+    status, answer = _put_raw(hooked_nginx.url, target, b"soup", cookies)
+    assert status == 201, answer
+    assert answer["name"] == name
+    assert hook_calls() == [
+        {"step": "auth", "action": "upload", "name": name},
+        {"step": "view", "action": "upload", "name": name},
+    ]
+    assert (staging / name).read_bytes() == b"soup"
+    assert list(Path(settings.QUEUED_STORAGE_NGINX_UPLOAD_DIR).iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        (
+            "/uploads/put/%252e%252e/x.bin",
+            "The file name '%2e%2e/x.bin' holds the percent-escape '%2e' once decoded "
+            "(encoded twice?); such names are refused, as a later decode would change them.",
+        ),
+        (
+            "/uploads/put/?name=a.bin&name=b.bin",
+            "Give the file name once (?name= appears more than once).",
+        ),
+    ],
+)
+def test_a_name_encoded_twice_or_given_twice_is_refused_unread(
+    server: DjangoServer, cookies: dict[str, str], staging: Path, target: str, error: str
+) -> None:
+    status, body = _refused_while_sending(server.url, target, {"Cookie": _cookie_header(cookies)})
+    assert status == 400
+    assert json.loads(body) == {"error": error}
+    assert staged_files(staging) == []
+    assert not StoredFile.objects.exists()
+
+
+def test_a_path_that_is_not_utf8_is_refused_unread_by_wsgi_and_asgi(
+    server: DjangoServer, cookies: dict[str, str], staging: Path
+) -> None:
+    # gunicorn hands Django "%FF.bin", uvicorn "\ufffd.bin": either way, no file of that name.
+    status, body = _refused_while_sending(
+        server.url, "/uploads/put/%FF.bin", {"Cookie": _cookie_header(cookies)}
+    )
+    assert status == 400
+    assert json.loads(body)["error"] in (
+        "The file name '%FF.bin' holds the percent-escape '%FF' once decoded (encoded "
+        "twice?); such names are refused, as a later decode would change them.",
+        "The file name is not valid UTF-8 once percent-decoded; encode it as UTF-8.",
+    )
+    assert staged_files(staging) == []
 
 
 # -- nginx view: forged paths (in process) --------------------------------------------------------
