@@ -22,6 +22,9 @@ names it, or a subclass overrides :meth:`QueuedStorageView.authorize`. The defau
 Django's permission system (``QUEUED_STORAGE_UPLOAD_PERMISSION``,
 ``QUEUED_STORAGE_STATUS_PERMISSION``): anonymous users get 401, users without the permission
 403.
+
+A file uploaded by a signed-in user records ``str(request.user.pk)`` as its owner, in the
+ledger row's single INSERT (:func:`queued_storage.storage.owned_by`).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from queued_storage.conf import settings
 from queued_storage.exceptions import StagingFull
 from queued_storage.ledger import check_staging_budget, ledger_database
 from queued_storage.names import LEDGER_NAME_LENGTH
-from queued_storage.storage import QueuedStorage
+from queued_storage.storage import QueuedStorage, owned_by
 from queued_storage.uploads import (
     CLIENT_GONE,
     ExpectedChecksums,
@@ -97,6 +100,12 @@ def default_authorize(request: HttpRequest, name: str, action: str) -> bool | Ht
         return _error(401, "Sign in to upload files.")
     permission = settings.UPLOAD_PERMISSION if action == "upload" else settings.STATUS_PERMISSION
     return permission is None or bool(user.has_perm(permission))
+
+
+def _uploader(request: HttpRequest) -> str:
+    """The owner to record for what *request* uploads: the signed-in user's pk, else ``""``."""
+    user = getattr(request, "user", None)
+    return str(user.pk) if user is not None and user.is_authenticated else ""
 
 
 def get_authorizer() -> Any:
@@ -353,7 +362,7 @@ class UploadView(QueuedStorageView):
         (``pending``, served locally) whatever a fast worker does once the commit dispatches it.
         """
         try:
-            with transaction.atomic(using=ledger_database()):
+            with transaction.atomic(using=ledger_database()), owned_by(_uploader(request)):
                 stored = storage.save(name, content, max_length=LEDGER_NAME_LENGTH)
                 payload = storage.status(stored) or {"name": stored, "state": None}
         except SuspiciousFileOperation as err:

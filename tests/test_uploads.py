@@ -24,10 +24,13 @@ import pytest
 import requests
 from django.conf import settings
 from django.core.files.storage import storages
+from django.db import connections
 from django.http import HttpResponse
 from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
 
 from queued_storage.models import State, StoredFile
+from queued_storage.storage import owned_by
 from queued_storage.uploads import SPOOL_DIRNAME
 from tests.harness.suite import need_tool, wait_for
 from tests.harness.webservers import DjangoServer, Nginx, peak_rss_kib, peak_rss_reset
@@ -832,6 +835,51 @@ def test_a_path_that_is_not_utf8_is_refused_unread_by_wsgi_and_asgi(
         "The file name is not valid UTF-8 once percent-decoded; encode it as UTF-8.",
     )
     assert staged_files(staging) == []
+
+
+# -- owners ---------------------------------------------------------------------------------------
+def test_the_upload_views_record_the_uploader_as_owner(server: DjangoServer, staging: Path) -> None:
+    user, cookies = _user_session("uploader", "add_storedfile", "view_storedfile")
+    raw = requests.put(f"{server.url}/uploads/put/own/raw.bin", data=b"r", cookies=cookies)
+    form = requests.post(
+        f"{server.url}/uploads/put/", files={"file": ("form.bin", b"f")}, cookies=cookies
+    )
+    assert raw.status_code == form.status_code == 201, (raw.text, form.text)
+    owners = dict(StoredFile.objects.values_list("name", "owner"))
+    assert owners == {"own/raw.bin": str(user.pk), "form.bin": str(user.pk)}
+
+
+def test_an_nginx_upload_records_the_uploader_as_owner(nginx: Nginx, staging: Path) -> None:
+    user, cookies = _user_session("nginx-uploader", "add_storedfile")
+    status, answer = _put_raw(nginx.url, "/uploads/nginx/own/big.bin", b"nginx", cookies)
+    assert status == 201, answer
+    assert StoredFile.objects.get(name="own/big.bin").owner == str(user.pk)
+
+
+@override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all")
+def test_an_upload_without_a_signed_in_user_has_no_owner(staging: Path) -> None:
+    assert Client().put("/uploads/put/anonymous.bin", data=b"a").status_code == 201
+    assert StoredFile.objects.get(name="anonymous.bin").owner == ""
+
+
+def test_a_file_saved_from_code_has_an_owner_only_inside_owned_by(staging: Path) -> None:
+    from django.core.files.base import ContentFile
+
+    storage = storages["queued_delayed"]  # no transfer meanwhile
+    with owned_by("42"):
+        with CaptureQueriesContext(connections[StoredFile.db()]) as queries:
+            owned = storage.save("code/owned.txt", ContentFile(b"o"))
+        with owned_by("7"):
+            inner = storage.save("code/inner.txt", ContentFile(b"i"))
+        again = storage.save("code/again.txt", ContentFile(b"a"))
+    plain = storage.save("code/plain.txt", ContentFile(b"p"))
+    assert [storage.get_owner(n) for n in (owned, inner, again, plain)] == ["42", "7", "42", ""]
+    assert storage.get_owner("code/none.txt") is None
+    # The owner is part of the row's one INSERT: no other write.
+    writes = [q["sql"] for q in queries if not q["sql"].startswith("SELECT")]
+    assert len(writes) == 1
+    assert writes[0].startswith('INSERT INTO "queued_storage_storedfile"')
+    assert "owner" in writes[0]
 
 
 # -- nginx view: forged paths (in process) --------------------------------------------------------
