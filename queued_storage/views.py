@@ -21,7 +21,8 @@ Authorisation is one hook, ``authorize(request, name, action) -> bool | HttpResp
 names it, or a subclass overrides :meth:`QueuedStorageView.authorize`. The default asks
 Django's permission system (``QUEUED_STORAGE_UPLOAD_PERMISSION``,
 ``QUEUED_STORAGE_STATUS_PERMISSION``): anonymous users get 401, users without the permission
-403.
+403; a file's status is shown to its owner (:func:`owner_of`) and to staff only, anyone else
+gets the 404 of a name that does not exist.
 
 A file uploaded by a signed-in user records ``str(request.user.pk)`` as its owner, in the
 ledger row's single INSERT (:func:`queued_storage.storage.owned_by`).
@@ -72,6 +73,8 @@ __all__ = [
     "UploadView",
     "default_authorize",
     "get_authorizer",
+    "not_found",
+    "owner_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -87,19 +90,66 @@ def _error(status: int, message: str) -> JsonResponse:
     return JsonResponse({"error": message}, status=status)
 
 
+def not_found(name: str) -> JsonResponse:
+    """The status view's answer for a name the storage does not hold (404).
+
+    An authorizer returns it to refuse a file's status without revealing that the file
+    exists: the answer is the same, byte for byte.
+    """
+    return _error(404, f"No file {name!r} in this storage.")
+
+
 # -- authorisation --------------------------------------------------------------------------------
 def default_authorize(request: HttpRequest, name: str, action: str) -> bool | HttpResponse:
-    """Django's permission system: 401 for anonymous users, 403 without the permission.
+    """Django's permission system: 401 for anonymous users, 403 without the permission;
+    a file's status only for its owner and staff.
 
     The permission is ``QUEUED_STORAGE_UPLOAD_PERMISSION`` for ``action="upload"`` and
     ``QUEUED_STORAGE_STATUS_PERMISSION`` for ``action="status"``; ``None`` lets every
-    signed-in user through. Needs ``AuthenticationMiddleware`` (``request.user``).
+    signed-in user through. With the permission, ``"status"`` is allowed to staff
+    (``is_staff`` or ``is_superuser``) and to the user who uploaded the file
+    (:func:`owner_of`); anyone else gets :func:`not_found`, the answer for a name that does
+    not exist, so that the status endpoint does not tell which names exist. Files saved
+    without an owner (from code) are shown to staff only. Needs ``AuthenticationMiddleware``
+    (``request.user``).
     """
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return _error(401, "Sign in to upload files.")
     permission = settings.UPLOAD_PERMISSION if action == "upload" else settings.STATUS_PERMISSION
-    return permission is None or bool(user.has_perm(permission))
+    if permission is not None and not user.has_perm(permission):
+        return False
+    if (
+        action != "status"
+        or getattr(user, "is_staff", False)
+        or getattr(user, "is_superuser", False)
+    ):
+        return True
+    owner = owner_of(request, name)
+    return True if owner and owner == str(user.pk) else not_found(name)
+
+
+def owner_of(where: HttpRequest | QueuedStorage, name: str) -> str | None:
+    """Who uploaded *name*: the ``str(pk)`` of the user who uploaded it through the upload
+    views, ``""`` when unknown (saved from code, or by a client that was not a signed-in
+    user), ``None`` when the storage holds no file of that name.
+
+    *where* is the ``QueuedStorage``, or the request an authorizer was given: then the storage
+    is the one of the upload or status view the URLconf routed it to (not available for
+    :class:`NginxAuthView`'s request, which is routed to the auth view: pass the storage).
+    One query of the ledger row.
+    """
+    if isinstance(where, QueuedStorage):
+        return where.get_owner(name)
+    match = where.resolver_match
+    view = _routed_view(where, match) if match is not None else None
+    if view is None:
+        raise ImproperlyConfigured(
+            "owner_of(request, name) needs a request the URLconf routed to a queued_storage "
+            f"upload or status view; this one was routed to {match!r}. Pass the storage: "
+            "owner_of(storages[alias], name)."
+        )
+    return view.get_storage().get_owner(name)
 
 
 def _uploader(request: HttpRequest) -> str:
@@ -604,7 +654,9 @@ class StatusView(QueuedStorageView):
     ``{"name", "state", "size", "bytes_done", "local", "url"}``: ``bytes_done`` is what the
     running transfer has sent (``size`` once ``remote``), ``local`` whether the staging copy
     still exists, and ``url`` the URL to use now (``storage.url(name)``: the staging URL until
-    the transfer is verified, then the remote one). 404 for a name the ledger does not know.
+    the transfer is verified, then the remote one). 404 for a name the ledger does not know,
+    and (the default authorizer) for a file of another user: the same answer, so that a client
+    cannot tell which names exist.
     """
 
     http_method_names = ["get", "head"]
@@ -621,5 +673,5 @@ class StatusView(QueuedStorageView):
         storage = self.get_storage()
         payload = storage.status(name)
         if payload is None:
-            return _error(404, f"No file {name!r} in this storage.")
+            return not_found(name)
         return JsonResponse(payload)

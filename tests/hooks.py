@@ -15,11 +15,11 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from queued_storage.views import NginxAuthView, default_authorize
+from queued_storage.views import NginxAuthView, default_authorize, owner_of
 
 __all__ = ["HOOK_LOG", "hook_calls", "name_hook"]
 
-#: One JSON object per call of :func:`name_hook`: ``{"step", "action", "name"}``.
+#: One JSON object per call of :func:`name_hook`: ``{"step", "action", "name"}`` (and ``"owner"``).
 HOOK_LOG = Path(settings.WORKDIR) / "hook-calls.jsonl"
 
 
@@ -27,11 +27,15 @@ def name_hook(request: HttpRequest, name: str, action: str) -> bool | HttpRespon
     """A name-based hook: refuses every name under ``private/``, else asks the default.
 
     Each call is appended to :data:`HOOK_LOG`, with ``step`` ``"auth"`` for nginx's
-    ``auth_request`` and ``"view"`` for the upload or status view itself.
+    ``auth_request`` and ``"view"`` for the upload or status view itself; a ``"status"`` call
+    also records the file's ``owner``, as a hook reads it (:func:`owner_of`).
     """
     view_class = getattr(getattr(request.resolver_match, "func", None), "view_class", None)
     step = "auth" if view_class is not None and issubclass(view_class, NginxAuthView) else "view"
-    line = json.dumps({"step": step, "action": action, "name": name}) + "\n"
+    call: dict[str, Any] = {"step": step, "action": action, "name": name}
+    if action == "status":
+        call["owner"] = owner_of(request, name)
+    line = json.dumps(call) + "\n"
     fd = os.open(HOOK_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line.encode())

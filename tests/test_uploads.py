@@ -882,6 +882,106 @@ def test_a_file_saved_from_code_has_an_owner_only_inside_owned_by(staging: Path)
     assert "owner" in writes[0]
 
 
+# -- the status endpoint: the owner and staff only -----------------------------------------------
+def _status(server: DjangoServer, name: str, cookies: dict[str, str]) -> requests.Response:
+    return requests.get(f"{server.url}/uploads/status/{name}", cookies=cookies, timeout=30)
+
+
+def test_status_is_shown_to_the_owner_and_staff_and_is_404_to_others(
+    server: DjangoServer, staging: Path
+) -> None:
+    _, owner = _user_session("owner", "add_storedfile", "view_storedfile")
+    _, other = _user_session("other", "add_storedfile", "view_storedfile")
+    _, staff = _user_session("staff", "view_storedfile", is_staff=True)
+    _, root = _user_session("root", is_superuser=True)
+    put = requests.put(f"{server.url}/uploads/put/mine/scan.bin", data=b"scan", cookies=owner)
+    assert put.status_code == 201, put.text
+    for cookies in (owner, staff, root):
+        shown = _status(server, "mine/scan.bin", cookies)
+        assert shown.status_code == 200
+        assert shown.json()["name"] == "mine/scan.bin"
+    hidden = _status(server, "mine/scan.bin", other)
+    storages["default"].delete("mine/scan.bin")
+    missing = _status(server, "mine/scan.bin", other)
+    # The same answer as for a name that does not exist: nothing tells the two apart.
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.content == missing.content
+    assert hidden.json() == {"error": "No file 'mine/scan.bin' in this storage."}
+    assert hidden.headers["Content-Type"] == missing.headers["Content-Type"]
+
+
+def test_a_file_without_an_owner_shows_its_status_to_staff_only(
+    gunicorn: DjangoServer, staging: Path
+) -> None:
+    from django.core.files.base import ContentFile
+
+    _, user = _user_session("reader", "view_storedfile")
+    _, staff = _user_session("staff", "view_storedfile", is_staff=True)
+    name = storages["default"].save("code/report.txt", ContentFile(b"from code"))
+    assert _status(gunicorn, name, staff).status_code == 200
+    hidden = _status(gunicorn, name, user)
+    assert hidden.status_code == 404
+    assert hidden.json() == {"error": f"No file {name!r} in this storage."}
+
+
+def test_an_upload_under_a_taken_name_tells_nothing_of_the_other_file(
+    gunicorn: DjangoServer, staging: Path
+) -> None:
+    _, first = _user_session("first", "add_storedfile", "view_storedfile")
+    _, second = _user_session("second", "add_storedfile", "view_storedfile")
+    url = f"{gunicorn.url}/uploads/put/taken/report.pdf"
+    assert requests.put(url, data=b"the first user's report", cookies=first).status_code == 201
+    answer = requests.put(url, data=b"mine", cookies=second)
+    assert answer.status_code == 201, answer.text
+    stored = answer.json()["name"]
+    # Only that the name was taken shows (the stored name differs); the rest is the new file's.
+    assert stored != "taken/report.pdf"
+    assert stored.startswith("taken/report_") and stored.endswith(".pdf")
+    assert answer.json() == {
+        "name": stored,
+        "state": "pending",
+        "size": 4,
+        "bytes_done": 0,
+        "local": True,
+        "url": f"/staging/{stored}",
+        "status_url": f"/uploads/status/{stored}",
+    }
+    assert _status(gunicorn, stored, second).status_code == 200
+    assert _status(gunicorn, "taken/report.pdf", second).status_code == 404
+    assert (staging / "taken/report.pdf").read_bytes() == b"the first user's report"
+
+
+def test_a_hook_reads_the_owner_with_owner_of(
+    hooked_nginx: Nginx, hook_log: Path, staging: Path
+) -> None:
+    user, cookies = _user_session("hooked", "add_storedfile", "view_storedfile")
+    status, answer = _put_raw(hooked_nginx.url, "/uploads/nginx/hooked.bin", b"h", cookies)
+    assert status == 201, answer
+    shown = requests.get(f"{hooked_nginx.url}/uploads/status/hooked.bin", cookies=cookies)
+    missing = requests.get(f"{hooked_nginx.url}/uploads/status/none.bin", cookies=cookies)
+    assert (shown.status_code, missing.status_code) == (200, 404)
+    assert hook_calls()[-2:] == [
+        {"step": "view", "action": "status", "name": "hooked.bin", "owner": str(user.pk)},
+        {"step": "view", "action": "status", "name": "none.bin", "owner": None},
+    ]
+
+
+def test_owner_of_reads_a_storage_and_refuses_a_request_routed_elsewhere(staging: Path) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+    from django.core.files.base import ContentFile
+    from django.test import RequestFactory
+
+    from queued_storage.views import owner_of
+
+    storage = storages["queued_delayed"]  # no transfer meanwhile
+    with owned_by("42"):
+        name = storage.save("owned/of.txt", ContentFile(b"x"))
+    assert owner_of(storage, name) == "42"
+    assert owner_of(storage, "owned/none.txt") is None
+    with pytest.raises(ImproperlyConfigured, match="owner_of\\(request, name\\) needs a request"):
+        owner_of(RequestFactory().get("/uploads/nginx-auth/"), name)
+
+
 # -- nginx view: forged paths (in process) --------------------------------------------------------
 @pytest.fixture
 def nginx_dir(tmp_path: Path) -> Iterator[Path]:
@@ -1116,12 +1216,14 @@ def test_raw_upload_without_a_name_is_400(staging: Path) -> None:
 
 
 @override_settings(QUEUED_STORAGE_UPLOAD_STORAGE="queued_delayed")  # no transfer meanwhile
-def test_status_endpoint_json(cookies: dict[str, str], staging: Path) -> None:
+def test_status_endpoint_json(staging: Path) -> None:
     from django.core.files.base import ContentFile
 
+    user, cookies = _user_session("status-json", "add_storedfile", "view_storedfile")
     client = Client()
     client.cookies.load(cookies)
-    name = storages["queued_delayed"].save("status/one.txt", ContentFile(b"12345"))
+    with owned_by(str(user.pk)):
+        name = storages["queued_delayed"].save("status/one.txt", ContentFile(b"12345"))
     response = client.get("/uploads/status/status/one.txt")
     assert response.status_code == 200
     assert response.json() == {
