@@ -184,11 +184,12 @@ class Ledger:
             return False
         return True
 
-    def saved(self, name: str, host: str, size: int) -> bool:
+    def saved(self, name: str, host: str, size: int, *, owner: str = "") -> bool:
         """Record a file written locally as ``pending``, in one INSERT; ``False`` if the name
-        is taken. Its state reaches the cache when the surrounding transaction commits."""
+        is taken. Its state reaches the cache when the surrounding transaction commits.
+        *owner* is who uploaded it (a user's pk as a string; ``""``: unknown)."""
         inserted = self._insert(
-            name=name, state=State.PENDING, host=host, size=size, local_exists=True
+            name=name, state=State.PENDING, host=host, size=size, local_exists=True, owner=owner
         )
         if inserted:
             transaction.on_commit(

@@ -8,6 +8,7 @@ state), so one instance is safely shared by every thread.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -16,6 +17,7 @@ import os
 import pathlib
 import threading
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar, TypeVar, cast
 
@@ -40,7 +42,7 @@ from queued_storage.transfer import (
     remote_exists_within,
 )
 
-__all__ = ["Progress", "QueuedStorage", "get_queued_storage", "queued_storages"]
+__all__ = ["Progress", "QueuedStorage", "get_queued_storage", "owned_by", "queued_storages"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,27 @@ _registry: dict[str, QueuedStorage] = {}
 _registry_lock = threading.Lock()
 
 _TRANSFER_AND_DELETE = "queued_storage.tasks.TransferAndDelete"
+
+#: The owner the ledger records for files saved in this context (:func:`owned_by`).
+_owner: ContextVar[str] = ContextVar("queued_storage_owner", default="")
+
+
+@contextlib.contextmanager
+def owned_by(owner: str) -> Iterator[None]:
+    """Record *owner* (``str(user.pk)``) as the owner of every file saved in this block.
+
+    The upload views save inside it; a project's own view can too, also around a model's
+    ``FileField`` save, whose ``storage.save()`` takes no extra argument. The owner goes into
+    the ledger row's single INSERT (``StoredFile.owner``; ``""`` outside any block, meaning
+    unknown). A context variable, so it is per thread and per asyncio task: the storage
+    instance, shared by every thread, holds no per-call state.
+    """
+    token = _owner.set(owner)
+    try:
+        yield
+    finally:
+        _owner.reset(token)
+
 
 #: Storage classes that django-storages removed, mapped to their successors, so that a project
 #: written for django-queued-storage runs unchanged.
@@ -362,6 +385,12 @@ class QueuedStorage(Storage):
             "url": url,
         }
 
+    def get_owner(self, name: str) -> str | None:
+        """Who uploaded *name* (``StoredFile.owner``: a user's pk as a string, ``""`` when
+        unknown); ``None`` when the ledger has no row for it. One query of the row."""
+        row = self.ledger.row(name)
+        return None if row is None else row.owner
+
     def using_local(self, name: str) -> bool:
         return self.get_storage(name) is self.local
 
@@ -422,7 +451,7 @@ class QueuedStorage(Storage):
                     stored = candidate
                 self._make_durable(stored)
                 if not self._remote_holds(stored) and self.ledger.saved(
-                    stored, settings.HOST, size
+                    stored, settings.HOST, size, owner=_owner.get()
                 ):
                     return stored
         except BaseException:

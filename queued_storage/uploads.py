@@ -3,7 +3,8 @@
 The upload views (``views.py``) are thin; what they rely on lives here:
 
 * :func:`validate_upload_name` refuses names a client must not choose (``..``, absolute paths,
-  NUL and control characters, backslashes, empty segments);
+  NUL and control characters, backslashes, empty segments); :func:`validate_url_name` also
+  refuses what a URL cannot name unambiguously (still percent-encoded, not UTF-8);
 * :func:`spool_stream` copies a request body, one chunk at a time, into a temporary file in the
   *staging* storage's own directory, so that ``QueuedStorage.save()`` (through Django's
   ``FileSystemStorage._save``) moves it into place with a rename instead of a copy;
@@ -27,6 +28,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import stat
 import tempfile
 import unicodedata
@@ -63,6 +65,7 @@ __all__ = [
     "spool_dir",
     "spool_stream",
     "validate_upload_name",
+    "validate_url_name",
 ]
 
 logger = logging.getLogger(__name__)
@@ -108,6 +111,38 @@ def validate_upload_name(name: str) -> str:
         raise UploadRefused(400, f"Names under {SPOOL_DIRNAME!r} are reserved.")
     # QueuedStorage.save() stores names in Unicode NFC; ask the hook and the ledger the same.
     return unicodedata.normalize("NFC", name)
+
+
+#: A percent-escape. Django decodes a URL once; an escape left in the name was encoded twice.
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+#: What an ASGI server puts in the path for bytes that are not UTF-8 (a WSGI server leaves
+#: them percent-encoded, which :data:`_ESCAPE` finds).
+_REPLACEMENT = "\ufffd"
+
+
+def validate_url_name(name: str) -> str:
+    """*name*, taken from a URL's path or query string as Django decoded it, if a client may
+    store a file under it; else :class:`UploadRefused` (400).
+
+    On top of :func:`validate_upload_name`, refused are names that would mean something else
+    to the next component that decodes them: a name still holding a percent-escape (the client
+    encoded it twice: ``%252e%252e`` arrives as ``%2e%2e``, which one more decode makes
+    ``..``), and a name with U+FFFD, which an ASGI server puts for bytes that are not UTF-8
+    (where a WSGI server leaves ``%FF``: the same URL would name two files).
+    """
+    escape = _ESCAPE.search(name)
+    if escape is not None:
+        raise UploadRefused(
+            400,
+            f"The file name {name!r} holds the percent-escape {escape.group()!r} once "
+            "decoded (encoded twice?); such names are refused, as a later decode would change "
+            "them.",
+        )
+    if _REPLACEMENT in name:
+        raise UploadRefused(
+            400, "The file name is not valid UTF-8 once percent-decoded; encode it as UTF-8."
+        )
+    return validate_upload_name(name)
 
 
 # -- checksums ------------------------------------------------------------------------------------

@@ -21,7 +21,11 @@ Authorisation is one hook, ``authorize(request, name, action) -> bool | HttpResp
 names it, or a subclass overrides :meth:`QueuedStorageView.authorize`. The default asks
 Django's permission system (``QUEUED_STORAGE_UPLOAD_PERMISSION``,
 ``QUEUED_STORAGE_STATUS_PERMISSION``): anonymous users get 401, users without the permission
-403.
+403; a file's status is shown to its owner (:func:`owner_of`) and to staff only, anyone else
+gets the 404 of a name that does not exist.
+
+A file uploaded by a signed-in user records ``str(request.user.pk)`` as its owner, in the
+ledger row's single INSERT (:func:`queued_storage.storage.owned_by`).
 """
 
 from __future__ import annotations
@@ -30,14 +34,14 @@ import hmac
 import json
 import logging
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import unquote_to_bytes
 
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files.storage import storages
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, QueryDict
 from django.http.multipartparser import MultiPartParserError
-from django.urls import NoReverseMatch, Resolver404, resolve, reverse
+from django.urls import NoReverseMatch, Resolver404, ResolverMatch, resolve, reverse
 from django.utils.decorators import method_decorator
 from django.utils.module_loading import import_string
 from django.views import View
@@ -48,7 +52,7 @@ from queued_storage.conf import settings
 from queued_storage.exceptions import StagingFull
 from queued_storage.ledger import check_staging_budget, ledger_database
 from queued_storage.names import LEDGER_NAME_LENGTH
-from queued_storage.storage import QueuedStorage
+from queued_storage.storage import QueuedStorage, owned_by
 from queued_storage.uploads import (
     CLIENT_GONE,
     ExpectedChecksums,
@@ -62,6 +66,7 @@ from queued_storage.uploads import (
     spool_dir,
     spool_stream,
     validate_upload_name,
+    validate_url_name,
 )
 
 __all__ = [
@@ -72,6 +77,8 @@ __all__ = [
     "UploadView",
     "default_authorize",
     "get_authorizer",
+    "not_found",
+    "owner_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -87,19 +94,72 @@ def _error(status: int, message: str) -> JsonResponse:
     return JsonResponse({"error": message}, status=status)
 
 
+def not_found(name: str) -> JsonResponse:
+    """The status view's answer for a name the storage does not hold (404).
+
+    An authorizer returns it to refuse a file's status without revealing that the file
+    exists: the answer is the same, byte for byte.
+    """
+    return _error(404, f"No file {name!r} in this storage.")
+
+
 # -- authorisation --------------------------------------------------------------------------------
 def default_authorize(request: HttpRequest, name: str, action: str) -> bool | HttpResponse:
-    """Django's permission system: 401 for anonymous users, 403 without the permission.
+    """Django's permission system: 401 for anonymous users, 403 without the permission;
+    a file's status only for its owner and staff.
 
     The permission is ``QUEUED_STORAGE_UPLOAD_PERMISSION`` for ``action="upload"`` and
     ``QUEUED_STORAGE_STATUS_PERMISSION`` for ``action="status"``; ``None`` lets every
-    signed-in user through. Needs ``AuthenticationMiddleware`` (``request.user``).
+    signed-in user through. With the permission, ``"status"`` is allowed to staff
+    (``is_staff`` or ``is_superuser``) and to the user who uploaded the file
+    (:func:`owner_of`); anyone else gets :func:`not_found`, the answer for a name that does
+    not exist, so that the status endpoint does not tell which names exist. Files saved
+    without an owner (from code) are shown to staff only. Needs ``AuthenticationMiddleware``
+    (``request.user``).
     """
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return _error(401, "Sign in to upload files.")
     permission = settings.UPLOAD_PERMISSION if action == "upload" else settings.STATUS_PERMISSION
-    return permission is None or bool(user.has_perm(permission))
+    if permission is not None and not user.has_perm(permission):
+        return False
+    if (
+        action != "status"
+        or getattr(user, "is_staff", False)
+        or getattr(user, "is_superuser", False)
+    ):
+        return True
+    owner = owner_of(request, name)
+    return True if owner and owner == str(user.pk) else not_found(name)
+
+
+def owner_of(where: HttpRequest | QueuedStorage, name: str) -> str | None:
+    """Who uploaded *name*: the ``str(pk)`` of the user who uploaded it through the upload
+    views, ``""`` when unknown (saved from code, or by a client that was not a signed-in
+    user), ``None`` when the storage holds no file of that name.
+
+    *where* is the ``QueuedStorage``, or the request an authorizer was given: then the storage
+    is the one of the upload or status view the URLconf routed it to (not available for
+    :class:`NginxAuthView`'s request, which is routed to the auth view: pass the storage).
+    One query of the ledger row.
+    """
+    if isinstance(where, QueuedStorage):
+        return where.get_owner(name)
+    match = where.resolver_match
+    view = _routed_view(where, match) if match is not None else None
+    if view is None:
+        raise ImproperlyConfigured(
+            "owner_of(request, name) needs a request the URLconf routed to a queued_storage "
+            f"upload or status view; this one was routed to {match!r}. Pass the storage: "
+            "owner_of(storages[alias], name)."
+        )
+    return view.get_storage().get_owner(name)
+
+
+def _uploader(request: HttpRequest) -> str:
+    """The owner to record for what *request* uploads: the signed-in user's pk, else ``""``."""
+    user = getattr(request, "user", None)
+    return str(user.pk) if user is not None and user.is_authenticated else ""
 
 
 def get_authorizer() -> Any:
@@ -163,10 +223,26 @@ class QueuedStorageView(View):
 
     def requested_name(self, request: HttpRequest, *, required: bool = True) -> str:
         """The client's name (URL path, else ``?name=``), validated and prefixed."""
-        raw = self.kwargs.get("name") or request.GET.get("name", "")
+        return self.client_name(self.kwargs.get("name"), request.GET, required=required)
+
+    def client_name(self, path_name: str | None, query: QueryDict, *, required: bool = True) -> str:
+        """The name a client asks for, from the URL Django decoded: *path_name* (the URL's
+        ``<name>``), else the ``name`` of *query*; validated and prefixed.
+
+        The one rule for both steps of an nginx upload: :class:`NginxAuthView` calls it with
+        the original request's path and query decoded as Django's handlers decode them, so the
+        authorizer sees the same name before the body as the upload view after it. Refused
+        (:class:`UploadRefused`, 400) is every name :func:`validate_url_name` refuses, and a
+        query with ``name`` more than once (``QueryDict.get`` takes the last, others the
+        first).
+        """
+        names = query.getlist("name")
+        if len(names) > 1:
+            raise UploadRefused(400, "Give the file name once (?name= appears more than once).")
+        raw = path_name or (names[0] if names else "")
         if not raw and not required:
             return ""
-        return validate_upload_name(self.prefix + validate_upload_name(raw))
+        return validate_upload_name(self.prefix + validate_url_name(raw))
 
     def status_url(self, request: HttpRequest, name: str) -> str | None:
         """The status endpoint of *name* in the namespace these views were included under."""
@@ -359,7 +435,7 @@ class UploadView(QueuedStorageView):
         (``pending``, served locally) whatever a fast worker does once the commit dispatches it.
         """
         try:
-            with transaction.atomic(using=ledger_database()):
+            with transaction.atomic(using=ledger_database()), owned_by(_uploader(request)):
                 stored = storage.save(name, content, max_length=LEDGER_NAME_LENGTH)
                 payload = storage.status(stored) or {"name": stored, "state": None}
         except SuspiciousFileOperation as err:
@@ -527,10 +603,14 @@ class NginxAuthView(View):
 
     nginx calls it before it accepts the body, with the client's headers and
     ``X-Original-URI`` (``$request_uri``) and ``X-Original-Content-Length``
-    (``$content_length``). The original URI must resolve to a :class:`NginxUploadView`; its
-    name is validated and the view's ``authorize()`` asked. ``auth_request`` understands only
-    2xx, 401 and 403, so every other refusal (bad name, too large) is a 403; nginx's own
-    ``client_max_body_size`` gives the client its 413.
+    (``$content_length``). ``$request_uri`` is the request target as the client sent it, which
+    is also what nginx passes to Django with the upload; so the target is decoded as Django's
+    handlers will decode it (:func:`_as_django_decodes`), resolved with the URLconf, must
+    reach a :class:`NginxUploadView`, and its name comes from
+    :meth:`QueuedStorageView.client_name`, the upload view's own rule: the authorizer sees the
+    name the file will be stored under. What the two could read differently is refused.
+    ``auth_request`` understands only 2xx, 401 and 403, so every other refusal (bad name, too
+    large) is a 403; nginx's own ``client_max_body_size`` gives the client its 413.
     """
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -538,20 +618,19 @@ class NginxAuthView(View):
         if refused is not None:
             return refused
         original = request.headers.get("X-Original-URI", "")
-        parts = urlsplit(original)
         try:
-            match = resolve(parts.path, getattr(request, "urlconf", None))
+            path, query = _as_django_decodes(original)
+        except UploadRefused as refusal:
+            return _error(403, refusal.message)
+        try:
+            match = resolve(path, getattr(request, "urlconf", None))
         except Resolver404:
+            match = None
+        view = _routed_view(request, match) if match is not None else None
+        if not isinstance(view, NginxUploadView):
             return _error(403, f"{original!r} is not an nginx upload URL.")
-        view_class = getattr(match.func, "view_class", None)
-        if view_class is None or not issubclass(view_class, NginxUploadView):
-            return _error(403, f"{original!r} is not an nginx upload URL.")
-        view = view_class(**getattr(match.func, "view_initkwargs", {}))
-        view.setup(request, *match.args, **match.kwargs)
-        query = parse_qs(parts.query)
         try:
-            raw = match.kwargs.get("name") or (query.get("name") or [""])[0]
-            name = validate_upload_name(view.prefix + validate_upload_name(raw))
+            name = view.client_name(view.kwargs.get("name"), query)
             declared = _int_header(request, "X-Original-Content-Length")
         except UploadRefused as refusal:
             return _error(403, refusal.message)
@@ -561,6 +640,41 @@ class NginxAuthView(View):
         if refused is not None:
             return refused if refused.status_code == 401 else _error(403, _message(refused))
         return HttpResponse(status=204)
+
+
+def _as_django_decodes(target: str) -> tuple[str, QueryDict]:
+    """The path and query a view gets for the raw request target *target* (``$request_uri``).
+
+    WSGI servers percent-decode the path into ``PATH_INFO`` and Django decodes its bytes as
+    UTF-8; ASGI servers percent-decode it into ``scope["path"]`` as UTF-8. Neither resolves
+    ``.`` or ``..`` segments, merges slashes or decodes twice, and the query string reaches
+    ``QueryDict`` undecoded. Refused (:class:`UploadRefused`), where servers disagree: a target
+    that is not printable ASCII (HTTP requires the rest percent-encoded; gunicorn and uvicorn
+    refuse such a request line), one with a fragment, and a path whose bytes are not UTF-8
+    (``%FF`` reaches a WSGI view as ``%FF``, an ASGI view as U+FFFD).
+    """
+    if not target.startswith("/") or not all(" " < c < "\x7f" for c in target) or "#" in target:
+        raise UploadRefused(
+            400, f"The request target {target!r} is not an origin-form path of printable ASCII."
+        )
+    raw_path, _, raw_query = target.partition("?")
+    try:
+        path = unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UploadRefused(
+            400, f"The path {raw_path!r} is not UTF-8 once percent-decoded."
+        ) from None
+    return path, QueryDict(raw_query)
+
+
+def _routed_view(request: HttpRequest, match: ResolverMatch) -> QueuedStorageView | None:
+    """The upload or status view *match* routes to, set up for *request*; else ``None``."""
+    view_class = getattr(match.func, "view_class", None)
+    if view_class is None or not issubclass(view_class, QueuedStorageView):
+        return None
+    view: QueuedStorageView = view_class(**getattr(match.func, "view_initkwargs", {}))
+    view.setup(request, *match.args, **match.kwargs)
+    return view
 
 
 def _message(response: HttpResponse) -> str:
@@ -576,7 +690,9 @@ class StatusView(QueuedStorageView):
     ``{"name", "state", "size", "bytes_done", "local", "url"}``: ``bytes_done`` is what the
     running transfer has sent (``size`` once ``remote``), ``local`` whether the staging copy
     still exists, and ``url`` the URL to use now (``storage.url(name)``: the staging URL until
-    the transfer is verified, then the remote one). 404 for a name the ledger does not know.
+    the transfer is verified, then the remote one). 404 for a name the ledger does not know,
+    and (the default authorizer) for a file of another user: the same answer, so that a client
+    cannot tell which names exist.
     """
 
     http_method_names = ["get", "head"]
@@ -593,5 +709,5 @@ class StatusView(QueuedStorageView):
         storage = self.get_storage()
         payload = storage.status(name)
         if payload is None:
-            return _error(404, f"No file {name!r} in this storage.")
+            return not_found(name)
         return JsonResponse(payload)

@@ -226,6 +226,8 @@ os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 # Upload views (tests/test_uploads.py): nginx writes request bodies here.
 QUEUED_STORAGE_NGINX_UPLOAD_DIR = str(WORKDIR / "nginx-bodies")
 QUEUED_STORAGE_NGINX_SECRET = "qs-test-nginx-secret"
+# A web server started with this variable uses that hook (tests.hooks.name_hook); else the default.
+QUEUED_STORAGE_UPLOAD_AUTHORIZER = ENV.get("QS_TEST_UPLOAD_AUTHORIZER")
 # Django's TemporaryFileUploadHandler writes form uploads here (same filesystem as staging).
 FILE_UPLOAD_TEMP_DIR = str(WORKDIR / "form-uploads")
 os.makedirs(FILE_UPLOAD_TEMP_DIR, exist_ok=True)

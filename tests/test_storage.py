@@ -179,9 +179,9 @@ def test_save_flushes_the_file_and_its_folders_before_its_row(
         events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
         real_fsync(fd)
 
-    def saved(self: Ledger, name: str, host: str, size: int) -> bool:
+    def saved(self: Ledger, name: str, host: str, size: int, **kwargs: Any) -> bool:
         events.append(("row", name))
-        return real_saved(self, name, host, size)
+        return real_saved(self, name, host, size, **kwargs)
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(Ledger, "saved", saved)

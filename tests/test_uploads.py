@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,13 +26,17 @@ import pytest
 import requests
 from django.conf import settings
 from django.core.files.storage import storages
+from django.db import connections
 from django.http import HttpResponse
 from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
 
 from queued_storage.models import State, StoredFile
+from queued_storage.storage import owned_by
 from queued_storage.uploads import SPOOL_DIRNAME
 from tests.harness.suite import need_tool, wait_for
 from tests.harness.webservers import DjangoServer, Nginx, peak_rss_kib, peak_rss_reset
+from tests.hooks import HOOK_LOG, hook_calls
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -46,12 +51,14 @@ def _has_module(name: str) -> bool:
 
 
 # -- fixtures -------------------------------------------------------------------------------------
-def _server(kind: str, module: str) -> Iterator[DjangoServer]:
+@contextlib.contextmanager
+def _server(kind: str, module: str, *, hooked: bool = False) -> Iterator[DjangoServer]:
     need_tool(module, _has_module(module), f'pip install -e ".[test]" (the {module} package)')
+    env = {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    if hooked:
+        env["QS_TEST_UPLOAD_AUTHORIZER"] = "tests.hooks.name_hook"
     server = DjangoServer(
-        kind,
-        Path(settings.WORKDIR) / f"web-{kind}",
-        {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        kind, Path(settings.WORKDIR) / f"web-{kind}{'-hooked' if hooked else ''}", env
     )
     server.start()
     try:
@@ -62,24 +69,26 @@ def _server(kind: str, module: str) -> Iterator[DjangoServer]:
 
 @pytest.fixture(scope="module")
 def gunicorn(django_db_setup: Any) -> Iterator[DjangoServer]:
-    yield from _server("gunicorn", "gunicorn")
+    with _server("gunicorn", "gunicorn") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def uvicorn(django_db_setup: Any) -> Iterator[DjangoServer]:
-    yield from _server("uvicorn", "uvicorn")
+    with _server("uvicorn", "uvicorn") as server:
+        yield server
 
 
-@pytest.fixture(scope="module")
-def nginx(gunicorn: DjangoServer) -> Iterator[Nginx]:
+@contextlib.contextmanager
+def _nginx(upstream: DjangoServer, workdir: str) -> Iterator[Nginx]:
     need_tool(
         "nginx",
         shutil.which("nginx") is not None or os.path.exists("/usr/sbin/nginx"),
         "apt-get install nginx (.ci/run installs it)",
     )
     server = Nginx(
-        Path(settings.WORKDIR) / "nginx",
-        upstream_port=gunicorn.port,
+        Path(settings.WORKDIR) / workdir,
+        upstream_port=upstream.port,
         body_dir=Path(settings.QUEUED_STORAGE_NGINX_UPLOAD_DIR),
         secret=SECRET,
     )
@@ -88,6 +97,24 @@ def nginx(gunicorn: DjangoServer) -> Iterator[Nginx]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def nginx(gunicorn: DjangoServer) -> Iterator[Nginx]:
+    with _nginx(gunicorn, "nginx") as server:
+        yield server
+
+
+@pytest.fixture(scope="module", params=["gunicorn", "uvicorn"])
+def hooked_nginx(request: pytest.FixtureRequest, django_db_setup: Any) -> Iterator[Nginx]:
+    """nginx (``docs/nginx.conf``) in front of gunicorn, then of uvicorn, whose authorizer is
+    ``tests.hooks.name_hook`` (it refuses names under ``private/`` and logs every name)."""
+    kind = request.param
+    with (
+        _server(kind, kind, hooked=True) as upstream,
+        _nginx(upstream, f"nginx-hooked-{kind}") as server,
+    ):
+        yield server
 
 
 @pytest.fixture(params=["gunicorn", "uvicorn"])
@@ -103,13 +130,18 @@ def staging(clean: Any) -> Path:
 
 
 def _session_for(*codenames: str) -> dict[str, str]:
+    return _user_session(f"user-{'-'.join(codenames) or 'none'}", *codenames)[1]
+
+
+def _user_session(username: str, *codenames: str, **flags: bool) -> tuple[Any, dict[str, str]]:
+    """A new user with these permissions (and flags: ``is_staff``...) and its session cookie."""
     from django.contrib.auth.models import Permission, User
 
-    user = User.objects.create_user(f"user-{'-'.join(codenames) or 'none'}")
+    user = User.objects.create_user(username, **flags)
     user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
     client = Client()
     client.force_login(user)
-    return {settings.SESSION_COOKIE_NAME: client.cookies[settings.SESSION_COOKIE_NAME].value}
+    return user, {settings.SESSION_COOKIE_NAME: client.cookies[settings.SESSION_COOKIE_NAME].value}
 
 
 @pytest.fixture
@@ -778,6 +810,284 @@ def test_a_clients_own_x_file_path_moves_nothing(
         victim.unlink()
 
 
+# -- nginx: the authorizer sees the name the upload stores ----------------------------------------
+@pytest.fixture
+def hook_log(staging: Path) -> Iterator[Path]:
+    """What ``tests.hooks.name_hook`` records in the hooked servers, emptied before and after."""
+    HOOK_LOG.unlink(missing_ok=True)
+    yield HOOK_LOG
+    HOOK_LOG.unlink(missing_ok=True)
+
+
+def _put_raw(url: str, target: str, body: bytes, cookies: dict[str, str]) -> tuple[int, Any]:
+    """PUT *body* to the request target exactly as written (no client re-encodes it)."""
+    client = RawClient(url)
+    try:
+        client.send_head(
+            "PUT", target, {"Content-Length": str(len(body)), "Cookie": _cookie_header(cookies)}
+        )
+        client.send(body)
+        status, answer = client.response()
+    finally:
+        client.close()
+    return status, json.loads(answer)
+
+
+@pytest.mark.parametrize(
+    ("target", "status", "hook_saw"),
+    [
+        ("/uploads/nginx/%70rivate/x.bin", 403, ["private/x.bin"]),  # an encoded letter
+        ("/uploads/nginx/private%2Fx.bin", 403, ["private/x.bin"]),  # an encoded slash
+        ("/uploads/%6Eginx/private/x.bin", 403, ["private/x.bin"]),  # the route encoded
+        ("/uploads/nginx/?name=%70rivate/x.bin", 403, ["private/x.bin"]),
+        ("/uploads/nginx/?name=ok.bin&name=private/x.bin", 403, []),  # which one? refused
+        ("/uploads/nginx/a/%2e%2e/x.bin", 403, []),  # an encoded ..
+        ("/uploads/nginx/a/b/%2e%2e/%2e%2e/etc/x", 403, []),
+        ("/uploads/nginx/a%2F..%2Fx.bin", 403, []),  # .. between encoded slashes
+        ("/uploads/nginx/%252e%252e/x.bin", 403, []),  # encoded twice
+        ("/uploads/nginx/%FF.bin", 403, []),  # not UTF-8: "%FF" to WSGI, U+FFFD to ASGI
+        ("/uploads/nginx/caf\u00e9.bin", 403, []),  # raw UTF-8 bytes, not percent-encoded
+        ("/uploads/nginx/%0A.bin", 403, []),  # a newline: no URL pattern matches it
+        # nginx resolves these dots itself, out of the upload location: its 10m limit answers.
+        ("/uploads/nginx/%2e%2e/%2e%2e/etc/x", 413, []),
+    ],
+)
+def test_nginx_refuses_encoded_names_before_accepting_the_body(
+    hooked_nginx: Nginx,
+    hook_log: Path,
+    cookies: dict[str, str],
+    staging: Path,
+    target: str,
+    status: int,
+    hook_saw: list[str],
+) -> None:
+    body_dir = Path(settings.QUEUED_STORAGE_NGINX_UPLOAD_DIR)
+    answered, _ = _refused_while_sending(
+        hooked_nginx.url, target, {"Cookie": _cookie_header(cookies)}
+    )
+    assert answered == status
+    assert list(body_dir.iterdir()) == []  # nginx wrote no body file
+    assert staged_files(staging) == []
+    assert not StoredFile.objects.exists()
+    # The hook saw the decoded name at the auth step, and no view ever ran for the upload.
+    assert hook_calls() == [{"step": "auth", "action": "upload", "name": n} for n in hook_saw]
+
+
+@pytest.mark.parametrize(
+    ("target", "name"),
+    [
+        ("/uploads/nginx/caf%C3%A9%20menu.bin", "caf\u00e9 menu.bin"),
+        ("/uploads/nginx/cafe%CC%81.bin", "caf\u00e9.bin"),  # NFD, stored in NFC
+        ("/uploads/nginx/menus%2Fweek.bin", "menus/week.bin"),  # an encoded slash is a slash
+        ("/uploads/nginx/?name=caf%C3%A9+menu.bin", "caf\u00e9 menu.bin"),
+        ("/uploads/%6Eginx/%70lain.bin", "plain.bin"),
+        ("/uploads/nginx/50%25.bin", "50%.bin"),  # a percent sign, encoded once
+    ],
+)
+def test_the_hook_sees_the_stored_name_before_and_after_the_body(
+    hooked_nginx: Nginx,
+    hook_log: Path,
+    cookies: dict[str, str],
+    staging: Path,
+    target: str,
+    name: str,
+) -> None:
+    status, answer = _put_raw(hooked_nginx.url, target, b"soup", cookies)
+    assert status == 201, answer
+    assert answer["name"] == name
+    assert hook_calls() == [
+        {"step": "auth", "action": "upload", "name": name},
+        {"step": "view", "action": "upload", "name": name},
+    ]
+    assert (staging / name).read_bytes() == b"soup"
+    assert list(Path(settings.QUEUED_STORAGE_NGINX_UPLOAD_DIR).iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        (
+            "/uploads/put/%252e%252e/x.bin",
+            "The file name '%2e%2e/x.bin' holds the percent-escape '%2e' once decoded "
+            "(encoded twice?); such names are refused, as a later decode would change them.",
+        ),
+        (
+            "/uploads/put/?name=a.bin&name=b.bin",
+            "Give the file name once (?name= appears more than once).",
+        ),
+    ],
+)
+def test_a_name_encoded_twice_or_given_twice_is_refused_unread(
+    server: DjangoServer, cookies: dict[str, str], staging: Path, target: str, error: str
+) -> None:
+    status, body = _refused_while_sending(server.url, target, {"Cookie": _cookie_header(cookies)})
+    assert status == 400
+    assert json.loads(body) == {"error": error}
+    assert staged_files(staging) == []
+    assert not StoredFile.objects.exists()
+
+
+def test_a_path_that_is_not_utf8_is_refused_unread_by_wsgi_and_asgi(
+    server: DjangoServer, cookies: dict[str, str], staging: Path
+) -> None:
+    # gunicorn hands Django "%FF.bin", uvicorn "\ufffd.bin": either way, no file of that name.
+    status, body = _refused_while_sending(
+        server.url, "/uploads/put/%FF.bin", {"Cookie": _cookie_header(cookies)}
+    )
+    assert status == 400
+    assert json.loads(body)["error"] in (
+        "The file name '%FF.bin' holds the percent-escape '%FF' once decoded (encoded "
+        "twice?); such names are refused, as a later decode would change them.",
+        "The file name is not valid UTF-8 once percent-decoded; encode it as UTF-8.",
+    )
+    assert staged_files(staging) == []
+
+
+# -- owners ---------------------------------------------------------------------------------------
+def test_the_upload_views_record_the_uploader_as_owner(server: DjangoServer, staging: Path) -> None:
+    user, cookies = _user_session("uploader", "add_storedfile", "view_storedfile")
+    raw = requests.put(f"{server.url}/uploads/put/own/raw.bin", data=b"r", cookies=cookies)
+    form = requests.post(
+        f"{server.url}/uploads/put/", files={"file": ("form.bin", b"f")}, cookies=cookies
+    )
+    assert raw.status_code == form.status_code == 201, (raw.text, form.text)
+    owners = dict(StoredFile.objects.values_list("name", "owner"))
+    assert owners == {"own/raw.bin": str(user.pk), "form.bin": str(user.pk)}
+
+
+def test_an_nginx_upload_records_the_uploader_as_owner(nginx: Nginx, staging: Path) -> None:
+    user, cookies = _user_session("nginx-uploader", "add_storedfile")
+    status, answer = _put_raw(nginx.url, "/uploads/nginx/own/big.bin", b"nginx", cookies)
+    assert status == 201, answer
+    assert StoredFile.objects.get(name="own/big.bin").owner == str(user.pk)
+
+
+@override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all")
+def test_an_upload_without_a_signed_in_user_has_no_owner(staging: Path) -> None:
+    assert Client().put("/uploads/put/anonymous.bin", data=b"a").status_code == 201
+    assert StoredFile.objects.get(name="anonymous.bin").owner == ""
+
+
+def test_a_file_saved_from_code_has_an_owner_only_inside_owned_by(staging: Path) -> None:
+    from django.core.files.base import ContentFile
+
+    storage = storages["queued_delayed"]  # no transfer meanwhile
+    with owned_by("42"):
+        with CaptureQueriesContext(connections[StoredFile.db()]) as queries:
+            owned = storage.save("code/owned.txt", ContentFile(b"o"))
+        with owned_by("7"):
+            inner = storage.save("code/inner.txt", ContentFile(b"i"))
+        again = storage.save("code/again.txt", ContentFile(b"a"))
+    plain = storage.save("code/plain.txt", ContentFile(b"p"))
+    assert [storage.get_owner(n) for n in (owned, inner, again, plain)] == ["42", "7", "42", ""]
+    assert storage.get_owner("code/none.txt") is None
+    # The owner is part of the row's one INSERT: no other write.
+    writes = [q["sql"] for q in queries if not q["sql"].startswith("SELECT")]
+    assert len(writes) == 1
+    assert writes[0].startswith('INSERT INTO "queued_storage_storedfile"')
+    assert "owner" in writes[0]
+
+
+# -- the status endpoint: the owner and staff only -----------------------------------------------
+def _status(server: DjangoServer, name: str, cookies: dict[str, str]) -> requests.Response:
+    return requests.get(f"{server.url}/uploads/status/{name}", cookies=cookies, timeout=30)
+
+
+def test_status_is_shown_to_the_owner_and_staff_and_is_404_to_others(
+    server: DjangoServer, staging: Path
+) -> None:
+    _, owner = _user_session("owner", "add_storedfile", "view_storedfile")
+    _, other = _user_session("other", "add_storedfile", "view_storedfile")
+    _, staff = _user_session("staff", "view_storedfile", is_staff=True)
+    _, root = _user_session("root", is_superuser=True)
+    put = requests.put(f"{server.url}/uploads/put/mine/scan.bin", data=b"scan", cookies=owner)
+    assert put.status_code == 201, put.text
+    for cookies in (owner, staff, root):
+        shown = _status(server, "mine/scan.bin", cookies)
+        assert shown.status_code == 200
+        assert shown.json()["name"] == "mine/scan.bin"
+    hidden = _status(server, "mine/scan.bin", other)
+    storages["default"].delete("mine/scan.bin")
+    missing = _status(server, "mine/scan.bin", other)
+    # The same answer as for a name that does not exist: nothing tells the two apart.
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.content == missing.content
+    assert hidden.json() == {"error": "No file 'mine/scan.bin' in this storage."}
+    assert hidden.headers["Content-Type"] == missing.headers["Content-Type"]
+
+
+def test_a_file_without_an_owner_shows_its_status_to_staff_only(
+    gunicorn: DjangoServer, staging: Path
+) -> None:
+    from django.core.files.base import ContentFile
+
+    _, user = _user_session("reader", "view_storedfile")
+    _, staff = _user_session("staff", "view_storedfile", is_staff=True)
+    name = storages["default"].save("code/report.txt", ContentFile(b"from code"))
+    assert _status(gunicorn, name, staff).status_code == 200
+    hidden = _status(gunicorn, name, user)
+    assert hidden.status_code == 404
+    assert hidden.json() == {"error": f"No file {name!r} in this storage."}
+
+
+def test_an_upload_under_a_taken_name_tells_nothing_of_the_other_file(
+    gunicorn: DjangoServer, staging: Path
+) -> None:
+    _, first = _user_session("first", "add_storedfile", "view_storedfile")
+    _, second = _user_session("second", "add_storedfile", "view_storedfile")
+    url = f"{gunicorn.url}/uploads/put/taken/report.pdf"
+    assert requests.put(url, data=b"the first user's report", cookies=first).status_code == 201
+    answer = requests.put(url, data=b"mine", cookies=second)
+    assert answer.status_code == 201, answer.text
+    stored = answer.json()["name"]
+    # Only that the name was taken shows (the stored name differs); the rest is the new file's.
+    assert stored != "taken/report.pdf"
+    assert stored.startswith("taken/report_") and stored.endswith(".pdf")
+    assert answer.json() == {
+        "name": stored,
+        "state": "pending",
+        "size": 4,
+        "bytes_done": 0,
+        "local": True,
+        "url": f"/staging/{stored}",
+        "status_url": f"/uploads/status/{stored}",
+    }
+    assert _status(gunicorn, stored, second).status_code == 200
+    assert _status(gunicorn, "taken/report.pdf", second).status_code == 404
+    assert (staging / "taken/report.pdf").read_bytes() == b"the first user's report"
+
+
+def test_a_hook_reads_the_owner_with_owner_of(
+    hooked_nginx: Nginx, hook_log: Path, staging: Path
+) -> None:
+    user, cookies = _user_session("hooked", "add_storedfile", "view_storedfile")
+    status, answer = _put_raw(hooked_nginx.url, "/uploads/nginx/hooked.bin", b"h", cookies)
+    assert status == 201, answer
+    shown = requests.get(f"{hooked_nginx.url}/uploads/status/hooked.bin", cookies=cookies)
+    missing = requests.get(f"{hooked_nginx.url}/uploads/status/none.bin", cookies=cookies)
+    assert (shown.status_code, missing.status_code) == (200, 404)
+    assert hook_calls()[-2:] == [
+        {"step": "view", "action": "status", "name": "hooked.bin", "owner": str(user.pk)},
+        {"step": "view", "action": "status", "name": "none.bin", "owner": None},
+    ]
+
+
+def test_owner_of_reads_a_storage_and_refuses_a_request_routed_elsewhere(staging: Path) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+    from django.core.files.base import ContentFile
+    from django.test import RequestFactory
+
+    from queued_storage.views import owner_of
+
+    storage = storages["queued_delayed"]  # no transfer meanwhile
+    with owned_by("42"):
+        name = storage.save("owned/of.txt", ContentFile(b"x"))
+    assert owner_of(storage, name) == "42"
+    assert owner_of(storage, "owned/none.txt") is None
+    with pytest.raises(ImproperlyConfigured, match="owner_of\\(request, name\\) needs a request"):
+        owner_of(RequestFactory().get("/uploads/nginx-auth/"), name)
+
+
 # -- nginx view: forged paths (in process) --------------------------------------------------------
 @pytest.fixture
 def nginx_dir(tmp_path: Path) -> Iterator[Path]:
@@ -1012,12 +1322,14 @@ def test_raw_upload_without_a_name_is_400(staging: Path) -> None:
 
 
 @override_settings(QUEUED_STORAGE_UPLOAD_STORAGE="queued_delayed")  # no transfer meanwhile
-def test_status_endpoint_json(cookies: dict[str, str], staging: Path) -> None:
+def test_status_endpoint_json(staging: Path) -> None:
     from django.core.files.base import ContentFile
 
+    user, cookies = _user_session("status-json", "add_storedfile", "view_storedfile")
     client = Client()
     client.cookies.load(cookies)
-    name = storages["queued_delayed"].save("status/one.txt", ContentFile(b"12345"))
+    with owned_by(str(user.pk)):
+        name = storages["queued_delayed"].save("status/one.txt", ContentFile(b"12345"))
     response = client.get("/uploads/status/status/one.txt")
     assert response.status_code == 200
     assert response.json() == {
