@@ -155,7 +155,10 @@ def check_local(storages: Sequence[QueuedStorage]) -> list[Check]:
         except Exception as err:
             fix = "stage on a filesystem storage (check queued_storage.E003)"
             found.append(Check("local", storage.alias, FAIL, f"no path ({_error(err)})", fix))
-    waiting = StoredFile.waiting_bytes(settings.HOST)
+    try:
+        waiting = StoredFile.waiting_bytes(settings.HOST)
+    except Exception:  # no ledger yet: the ledger line says so
+        waiting = 0
     for root, sharing in sorted(roots.items()):
         subject = f"{root} ({_aliases(sharing)})"
         fix = f"make {root} writable by this user, or change {_local_option(sharing[0])}"

@@ -60,6 +60,7 @@ __all__ = [
     "human_age",
     "human_bytes",
     "merge_reports",
+    "pages",
     "retry_failed_rows",
     "status",
     "transfer_here",
@@ -100,6 +101,19 @@ class Sender:
             self.broken = True
             return False
         return True
+
+
+def pages(rows: QuerySet[StoredFile], batch: int = 500) -> Iterator[list[StoredFile]]:
+    """*rows* in primary key order, *batch* at a time, one query per page whatever the offset
+    (keyset pagination: no cursor stays open while the rows are changed)."""
+    last: Any = None
+    while True:
+        page = list((rows if last is None else rows.filter(pk__gt=last)).order_by("pk")[:batch])
+        if page:
+            yield page
+        if len(page) < batch:
+            return
+        last = page[-1].pk
 
 
 def counted(parts: Iterable[tuple[int, str]]) -> str:
@@ -687,18 +701,14 @@ def cleanup_local_copies(
         transferred__lt=cutoff,
     )
     total = LocalCopies()
-    last: Any = None
-    while True:
-        page = list((rows if last is None else rows.filter(pk__gt=last)).order_by("pk")[:batch])
-        if not page:
-            return total
+    for page in pages(rows, batch):
         done = drop_verified_local_copies(page, timeout=timeout, dry_run=dry_run)
         total.deleted += done.deleted
         total.kept += done.kept
         total.candidates += done.candidates
         total.skipped += done.skipped
         merge_reports(total.report, done.report)
-        last = page[-1].pk
+    return total
 
 
 # -- how the command and the doctor show numbers ---------------------------------------------

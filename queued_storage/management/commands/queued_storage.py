@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, cast
 
 from django.conf import settings as django_settings
+from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import InvalidStorageError, Storage, storages
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -44,6 +45,7 @@ from tqdm import tqdm
 
 from queued_storage import doctor
 from queued_storage.conf import settings
+from queued_storage.exceptions import QueuedStorageError
 from queued_storage.models import State, StoredFile
 from queued_storage.names import LEDGER_NAME_LENGTH
 from queued_storage.operations import (
@@ -54,6 +56,7 @@ from queued_storage.operations import (
     cleanup_uploads,
     human_age,
     human_bytes,
+    pages,
     retry_failed_rows,
     status,
     transfer_here,
@@ -242,16 +245,11 @@ class _Reading:
         return getattr(self._fh, attribute)
 
 
-def _keyset(rows: QuerySet[StoredFile], batch: int) -> Iterator[StoredFile]:
+def _keyset(rows: QuerySet[StoredFile], batch: int = 500) -> Iterator[StoredFile]:
     """*rows* in primary key order, one query per *batch* (no cursor held open while the
     rows are changed)."""
-    last: Any = None
-    while True:
-        page = list((rows if last is None else rows.filter(pk__gt=last)).order_by("pk")[:batch])
+    for page in pages(rows, batch):
         yield from page
-        if len(page) < batch:
-            return
-        last = page[-1].pk
 
 
 def _task_policy(storage: QueuedStorage) -> tuple[bool | None, TransferHook | None]:
@@ -541,7 +539,7 @@ class Command(BaseCommand):
         if aliases:
             self._storages(aliases)
         named, problems = self._selected(options)
-        rows = StoredFile.objects.using(StoredFile.db()).all()
+        rows = StoredFile.objects.using(StoredFile.db()).exclude(pk__in=[r.pk for r in named])
         if aliases:
             rows = rows.filter(alias__in=aliases)
         for problem in problems:
@@ -551,12 +549,12 @@ class Command(BaseCommand):
             return
         refused = 0
         if named or options["pending"]:
-            pending = _keyset(rows.filter(state=State.PENDING), 500) if options["pending"] else ()
+            pending = _keyset(rows.filter(state=State.PENDING)) if options["pending"] else ()
             done = transfer_rows(itertools.chain(named, pending))
             self._say(options, f"transfer: {done.message() or 'nothing to transfer'}.")
             refused += done.refused
         if options["failed"]:
-            retried = retry_failed_rows(_keyset(rows.filter(state=State.FAILED), 500))
+            retried = retry_failed_rows(_keyset(rows.filter(state=State.FAILED)))
             self._say(options, f"retry failed: {retried.message() or 'nothing to retry'}.")
             refused += retried.refused
         if refused or problems:
@@ -574,12 +572,12 @@ class Command(BaseCommand):
         here = rows.filter(host__in=[settings.HOST, ""])
         chosen: list[Iterator[StoredFile] | list[StoredFile]] = [named]
         if options["pending"]:
-            chosen.append(_keyset(here.filter(state=State.PENDING, local_exists=True), 500))
+            chosen.append(_keyset(here.filter(state=State.PENDING, local_exists=True)))
             elsewhere = rows.filter(state=State.PENDING).exclude(host__in=[settings.HOST, ""])
             if count := elsewhere.count():
                 self._say(options, f"{count} pending file(s) of other hosts left to them.")
         if options["failed"]:
-            chosen.append(_keyset(here.filter(state=State.FAILED, local_exists=True), 500))
+            chosen.append(_keyset(here.filter(state=State.FAILED, local_exists=True)))
         known = Storages()
         results: list[TransferHere] = []
         began = time.monotonic()
@@ -636,6 +634,8 @@ class Command(BaseCommand):
                 content = File(cast(IO[Any], _Reading(fh, size, bar)), name=name)
                 content.DEFAULT_CHUNK_SIZE = UPLOAD_READ
                 stored = storage.save(name, content)
+        except (SuspiciousFileOperation, QueuedStorageError) as err:
+            raise CommandError(f"{path} was not uploaded: {err}") from err
         finally:
             bar.close()
         seconds = time.monotonic() - began
@@ -673,7 +673,7 @@ class Command(BaseCommand):
             selection = list(remote.order_by("?")[: options["sample"]])
             total = len(selection)
         else:
-            selection, total = _keyset(remote, 500), remote.count()
+            selection, total = _keyset(remote), remote.count()
         bar = Bar(self, options, total=total, desc="verify", unit="file")
         try:
             report, _ = verify_in_chunks(
