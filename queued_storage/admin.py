@@ -35,18 +35,20 @@ from django.contrib.auth import get_permission_codename
 from django.db.models import Model, Q, QuerySet
 from django.http import HttpRequest
 from django.template.defaultfilters import filesizeformat
-from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 from django.utils.timesince import timesince
 
-from queued_storage.conf import settings
-from queued_storage.dispatch import dispatch
-from queued_storage.exceptions import StorageNotFound
 from queued_storage.models import State, StoredFile
-from queued_storage.storage import QueuedStorage, get_queued_storage
-from queued_storage.verify import VerifyReport, label, verify
+from queued_storage.operations import (
+    counted,
+    drop_verified_local_copies,
+    retry_failed_rows,
+    transfer_rows,
+)
+from queued_storage.storage import QueuedStorage
+from queued_storage.verify import VerifyReport, verify
 
 __all__ = [
     "QueuedFileAdminMixin",
@@ -116,73 +118,7 @@ def _served_from(row: StoredFile) -> str:
     return "local" if row.local_exists else "nowhere (local copy gone)"
 
 
-# -- the actions' work, shared by both admins ----------------------------------------------------
-class _Storages:
-    """The queued storages of an action, resolved once per alias."""
-
-    def __init__(self) -> None:
-        self.found: dict[str, QueuedStorage | None] = {}
-
-    def get(self, alias: str) -> QueuedStorage | None:
-        if alias not in self.found:
-            try:
-                self.found[alias] = get_queued_storage(alias)
-            except StorageNotFound:
-                self.found[alias] = None
-        return self.found[alias]
-
-
-class _Sender:
-    """Sends transfer messages; once the broker refuses, stops trying for this action (each
-    refusal costs the publish retry policy's time), as the reconcile pass does."""
-
-    def __init__(self) -> None:
-        self.broken = False
-
-    def send(self, storage: QueuedStorage, row: StoredFile) -> bool:
-        if self.broken:
-            return False
-        queue = storage.queue_for(row.host or None)
-        if dispatch(storage.task, storage.alias, row.name, queue=queue) is None:
-            self.broken = True
-            return False
-        return True
-
-
-def _counted(parts: Iterable[tuple[int, str]]) -> str:
-    return "; ".join(text.format(n=n) for n, text in parts if n)
-
-
-def _transfer_rows(rows: Iterable[StoredFile]) -> tuple[int, str]:
-    """Queue the transfer of every pending or failed row, with a fresh budget (what
-    ``storage.transfer(name)`` does, without keeping a result). ``(queued, message)``."""
-    storages, sender = _Storages(), _Sender()
-    queued = refused = skipped = unknown = 0
-    for row in rows:
-        storage = storages.get(row.alias)
-        if storage is None:
-            unknown += 1
-        elif row.state not in (State.PENDING, State.FAILED) or not storage.ledger.retry(row.name):
-            skipped += 1  # a row that moved on meanwhile is skipped too
-        elif sender.send(storage, row):
-            queued += 1
-        else:
-            refused += 1
-    message = _counted(
-        [
-            (queued, "queued the transfer of {n} file(s)"),
-            (
-                refused,
-                "{n} not queued: the broker refused (they stay pending; the reconcile pass "
-                "queues them)",
-            ),
-            (skipped, "{n} skipped (transferring or remote already)"),
-            (unknown, "{n} skipped (a storage this process does not know)"),
-        ]
-    )
-    return queued, message
-
-
+# -- messages (the actions' work is in queued_storage.operations, shared with the command) ------
 def _level(report: VerifyReport) -> int:
     if report.lost:
         return messages.ERROR
@@ -315,43 +251,16 @@ class StoredFileAdmin(_StoredFileAdminBase):
     # -- actions --------------------------------------------------------------------------------
     @admin.action(description="Transfer now (pending or failed files)", permissions=["operate"])
     def transfer_now(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
-        queued, message = _transfer_rows(queryset.iterator())
-        level = messages.SUCCESS if queued else messages.INFO
-        self.message_user(request, f"Transfer now: {message or 'nothing to transfer'}.", level)
+        done = transfer_rows(queryset.iterator())
+        level = messages.SUCCESS if done.queued else messages.INFO
+        text = done.message() or "nothing to transfer"
+        self.message_user(request, f"Transfer now: {text}.", level)
 
     @admin.action(description="Retry failed files (new retry budget)", permissions=["operate"])
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
-        storages, sender = _Storages(), _Sender()
-        queued = refused = no_local = changed = skipped = 0
-        for row in queryset.iterator():
-            storage = storages.get(row.alias)
-            if storage is None or row.state != State.FAILED:
-                skipped += 1
-                continue
-            # Another host's disk cannot be seen from here: its row says whether it holds it.
-            elsewhere = bool(row.host) and row.host != settings.HOST and row.local_exists
-            if not (elsewhere or storage.local.exists(row.name)):
-                no_local += 1
-            elif not storage.ledger.retry_failed(row, timezone.now()):
-                changed += 1
-            elif sender.send(storage, row):
-                queued += 1
-            else:
-                refused += 1
-        message = _counted(
-            [
-                (queued, "{n} failed file(s) queued again with a new retry budget"),
-                (refused, "{n} pending again but not queued: the broker refused"),
-                (
-                    no_local,
-                    "{n} not retried: the local copy is gone (restore it first, or delete "
-                    "the file through its storage)",
-                ),
-                (changed, "{n} changed meanwhile (left alone)"),
-                (skipped, "{n} skipped (not failed)"),
-            ]
-        )
-        level = messages.WARNING if no_local or refused else messages.SUCCESS
+        done = retry_failed_rows(queryset.iterator())
+        level = messages.WARNING if done.no_local or done.refused else messages.SUCCESS
+        message = done.message()
         self.message_user(request, f"Retry failed: {message or 'nothing to retry'}.", level)
 
     @admin.action(description="Verify the remote copy", permissions=["operate"])
@@ -364,34 +273,10 @@ class StoredFileAdmin(_StoredFileAdminBase):
         permissions=["operate"],
     )
     def delete_local_copy(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
-        storages = _Storages()
-        candidates: list[StoredFile] = []
-        skipped = 0
-        for row in queryset.iterator():
-            storage = storages.get(row.alias)
-            if storage is None or row.state != State.REMOTE or not storage.local.exists(row.name):
-                skipped += 1
-            else:
-                candidates.append(row)
-        report = verify(candidates, timeout=ADMIN_REMOTE_TIMEOUT) if candidates else VerifyReport()
-        passed = set(report.verified)
-        deleted = 0
-        for row in candidates:
-            storage = storages.get(row.alias)
-            if storage is not None and label(row) in passed:
-                storage.ledger.drop_local(row.name, row.size, storage.local.delete)
-                deleted += 1
-        kept = len(candidates) - deleted
-        message = _counted(
-            [
-                (deleted, "deleted the local copy of {n} file(s) whose remote copy verified"),
-                (kept, "{n} kept: the remote copy did not verify"),
-                (skipped, "{n} skipped (not remote, or no local copy here)"),
-            ]
-        )
-        level = messages.SUCCESS if not kept else _level(report)
-        text = f"Delete the local copy: {message or 'nothing to delete'}."
-        self.message_user(request, text + (_problems(report) if kept else ""), level)
+        done = drop_verified_local_copies(queryset.iterator(), timeout=ADMIN_REMOTE_TIMEOUT)
+        level = messages.SUCCESS if not done.kept else _level(done.report)
+        text = f"Delete the local copy: {done.message() or 'nothing to delete'}."
+        self.message_user(request, text + (_problems(done.report) if done.kept else ""), level)
 
 
 # -- the user's own models -----------------------------------------------------------------------
@@ -543,8 +428,9 @@ class QueuedFileAdminMixin(_MixinBase):
                     recorded += 1
                 else:
                     missing += 1
-        queued, message = _transfer_rows(known)
-        extra = _counted(
+        done = transfer_rows(known)
+        queued, message = done.queued, done.message()
+        extra = counted(
             [
                 (recorded, "{n} local file(s) unknown to the ledger recorded and queued"),
                 (missing, "{n} skipped (no ledger row and no local copy)"),

@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "RECONCILE_AFTER": None,
     "RECONCILE_BATCH": 500,
     "RECONCILE_ON_START": 500,
+    "RECONCILE_VERIFY_SAMPLE": 100,
     "STAGING_BUDGET": None,
     "FSYNC": True,
     "UPLOAD_STORAGE": "default",
@@ -53,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     "CHECKSUM": "crc32",
     "METRICS": False,
     "METRICS_TOKEN": None,
+    "CLEANUP_LOCAL_AFTER": 7 * 24 * 3600,
+    "CLEANUP_SPOOL_AFTER": 24 * 3600,
+    "CLEANUP_UPLOADS_AFTER": 24 * 3600,
 }
 
 
@@ -178,6 +182,12 @@ class Settings:
         return int(self._get("RECONCILE_ON_START"))
 
     @property
+    def RECONCILE_VERIFY_SAMPLE(self) -> int:
+        """Remote files each reconcile pass verifies (a HEAD each, the next ones in a rotation
+        over the ledger); ``0``: none."""
+        return max(0, int(self._get("RECONCILE_VERIFY_SAMPLE") or 0))
+
+    @property
     def FSYNC(self) -> bool:
         """Whether ``save()`` flushes the staged file and its folders to disk before its row
         commits (a committed ``pending`` row then survives a power cut); ``False`` for
@@ -268,6 +278,26 @@ class Settings:
         ``None``: staff users only."""
         value = self._get("METRICS_TOKEN")
         return None if value is None else str(value)
+
+    # --- manage.py queued_storage cleanup ----------------------------------------------------
+    @property
+    def CLEANUP_LOCAL_AFTER(self) -> float | None:
+        """Seconds after its verified transfer that ``cleanup`` deletes a file's local copy
+        (once the remote copy verifies again); ``None``: local copies are kept."""
+        value = self._get("CLEANUP_LOCAL_AFTER")
+        return None if value is None else float(value)
+
+    @property
+    def CLEANUP_SPOOL_AFTER(self) -> float:
+        """Seconds unchanged after which ``cleanup`` removes an upload view's spool file that
+        no process holds open (left by a killed web process)."""
+        return float(self._get("CLEANUP_SPOOL_AFTER"))
+
+    @property
+    def CLEANUP_UPLOADS_AFTER(self) -> float:
+        """Age in seconds after which ``cleanup`` aborts an S3 multipart upload that no ledger
+        row records."""
+        return float(self._get("CLEANUP_UPLOADS_AFTER"))
 
 
 settings = Settings()

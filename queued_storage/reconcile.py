@@ -32,6 +32,14 @@ each queued storage and at most ``QUEUED_STORAGE_RECONCILE_BATCH`` rows of each 
    ``transfer_failed`` is sent and an error is logged; every pass reports all such rows (error
    log, ``Report.ok`` false, non-zero exit of the command) until the file is restored and
    retried (``failed=True``) or deleted through the storage. Never silently dropped.
+8. ``QUEUED_STORAGE_RECONCILE_VERIFY_SAMPLE`` ``remote`` files (default 100; 0: none) are
+   verified (:func:`queued_storage.verify.verify`, a HEAD each), the next ones in a rotation
+   over the ledger kept in the cache, so that successive passes cover every file; a missing
+   or different remote copy is data loss, recorded as ``verify`` records it. A remote that does
+   not answer ends the sample early (one chunk of unanswered questions, not the whole sample).
+
+Each pass records when it ran, on which host and whether it was ok, in the cache
+(:func:`last_run`, for ``manage.py queued_storage doctor``).
 
 Several hosts may run passes at once: every change is a conditional ``UPDATE``/``DELETE`` that
 matches only the row as this pass read it, so whoever loses a race skips the row. Work that
@@ -56,6 +64,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.core.cache import caches
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.utils import validate_file_name
 from django.db import connections
@@ -68,11 +77,22 @@ from queued_storage.dispatch import dispatch
 from queued_storage.exceptions import InfrastructureError, LocalFileMissing, StorageNotFound
 from queued_storage.models import State, StoredFile
 from queued_storage.names import OWN_DIRECTORY_PREFIX, checked_name
+from queued_storage.operations import verify_in_chunks
 from queued_storage.signals import transfer_failed
+from queued_storage.state import cache_key
 from queued_storage.storage import QueuedStorage, get_queued_storage, queued_storages
 from queued_storage.transfer import abort_open_upload, open_uploads, remote_exists
+from queued_storage.verify import DEFAULT_CONCURRENCY, VerifyReport
 
-__all__ = ["LOST", "Report", "overdue", "reconcile", "reconcile_on_start", "start_up_passes"]
+__all__ = [
+    "LOST",
+    "Report",
+    "last_run",
+    "overdue",
+    "reconcile",
+    "reconcile_on_start",
+    "start_up_passes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +122,17 @@ class Report:
     errors: list[str] = field(default_factory=list)
     staging_bytes: int = 0
     staging_budget: int | None = None
+    #: The sample of remote files verified (``None``: none was).
+    verify: VerifyReport | None = None
+    #: Whether the sample stopped early because the remote did not answer.
+    verify_stopped: bool = False
 
     @property
     def ok(self) -> bool:
-        """No data loss and no storage the pass could not handle."""
-        return self.lost_total == 0 and not self.errors
+        """No data loss (of a local copy, or of a remote copy the sample found) and no
+        storage the pass could not handle."""
+        remote_lost = self.verify is not None and bool(self.verify.lost)
+        return self.lost_total == 0 and not self.errors and not remote_lost
 
     def counts(self) -> dict[str, int]:
         return {
@@ -125,6 +151,9 @@ class Report:
             "errors": len(self.errors),
             "overdue_elsewhere": sum(self.elsewhere.values()),
             "staging_bytes": self.staging_bytes,
+            "verified": len(self.verify.verified) if self.verify else 0,
+            "verify_lost": len(self.verify.lost) if self.verify else 0,
+            "verify_unchecked": len(self.verify.unchecked) if self.verify else 0,
         }
 
     def lines(self, *, verbose: bool = False) -> list[str]:
@@ -152,6 +181,12 @@ class Report:
             out.append(f"overdue on host {other} (its own pass handles them): {count}")
         out.append(f"LOST (not transferred, local copy gone): {self.lost_total}")
         out.extend(f"  {item}" for item in self.lost)
+        if self.verify is not None:
+            stopped = " (stopped: the remote did not answer)" if self.verify_stopped else ""
+            out.append(f"verify sample: {self.verify.summary()}{stopped}")
+            out.extend(f"  LOST {problem}" for problem in self.verify.lost)
+            if verbose:
+                out.extend(f"  UNCHECKED {problem}" for problem in self.verify.unchecked)
         out.extend(f"ERROR: {error}" for error in self.errors)
         return out
 
@@ -163,6 +198,12 @@ class Report:
                 f"{self.lost_total} file(s) never reached the remote storage and their local "
                 "copy is gone (data loss): restore them and run queued_storage_reconcile "
                 "--failed, or delete them through the storage"
+            )
+        if self.verify is not None and self.verify.lost:
+            parts.append(
+                f"{len(self.verify.lost)} remote copy(ies) missing or different (data loss "
+                "found by the verify sample; the files are failed now: retry those with a local "
+                "copy with queued_storage_reconcile --failed, restore the others)"
             )
         parts.extend(self.errors)
         return "; ".join(parts)
@@ -603,9 +644,11 @@ def reconcile(
         _adopt_all(owners, report, sender, now=now, after=after, batch=batch)
     if hosts is not None:
         _report_elsewhere(report, selected, hosts, now, after)
+    _verify_sample(report, aliases)
     _report_lost(report, aliases, batch)
     report.staging_bytes = StoredFile.waiting_bytes(host)
     _log(report)
+    _record_run(report, now)
     return report
 
 
@@ -785,3 +828,75 @@ def _log(report: Report) -> None:
         )
     for error in report.errors:
         logger.error("reconcile: %s", error)
+
+
+# -- the verify sample, and the record of each pass (manage.py queued_storage doctor) ------------
+#: Seconds one HEAD of the verify sample may take (no retries): a pass must not hang on S3.
+VERIFY_TIMEOUT = 10.0
+
+
+def _key(what: str, host: str = "") -> str:
+    return cache_key(f"{settings.CACHE_PREFIX}:reconcile", what, host)
+
+
+def _verify_sample(report: Report, aliases: Sequence[str] | None) -> None:
+    """Verify the next ``RECONCILE_VERIFY_SAMPLE`` remote files of the rotation (step 8).
+
+    The rotation's position (the last primary key verified) is kept in the cache: a lost
+    position starts again from the beginning, which costs nothing but repeated HEADs.
+    """
+    sample = settings.RECONCILE_VERIFY_SAMPLE
+    if not sample:
+        return
+    rows = StoredFile.objects.using(StoredFile.db()).filter(state=State.REMOTE)
+    if aliases is not None:
+        rows = rows.filter(alias__in=list(aliases))
+    cache = caches[settings.CACHE]
+    try:
+        after = int(cache.get(_key("verify-cursor")) or 0)
+    except Exception:
+        after = 0
+    chosen = list(rows.filter(pk__gt=after).order_by("pk")[:sample])
+    if len(chosen) < sample:  # the end of the ledger: go round
+        chosen += rows.filter(pk__lte=after).order_by("pk")[: sample - len(chosen)]
+    if not chosen:
+        return
+    report.verify, report.verify_stopped = verify_in_chunks(
+        chosen, chunk=DEFAULT_CONCURRENCY, timeout=VERIFY_TIMEOUT, stop_when_unanswered=True
+    )
+    if report.verify_stopped:
+        return  # the same files again next time
+    try:
+        cache.set(_key("verify-cursor"), chosen[-1].pk, settings.CACHE_TIMEOUT)
+    except Exception:
+        logger.warning("could not record the verify sample's position in the cache")
+
+
+def _record_run(report: Report, now: datetime.datetime) -> None:
+    """Remember when this host's pass ran, and the latest pass of any host (best effort).
+
+    In the cache, not a table: the record is read by ``doctor`` only, a cache shared by every
+    host and worker already holds the states, and a record lost to a flush only makes
+    ``doctor`` say so until the next pass; a table would cost a migration for one timestamp.
+    """
+    record = {"host": report.host, "at": now.isoformat(), "ok": report.ok}
+    try:
+        cache = caches[settings.CACHE]
+        cache.set(_key("last-pass", report.host), record, settings.CACHE_TIMEOUT)
+        cache.set(_key("last-pass"), record, settings.CACHE_TIMEOUT)
+    except Exception:
+        logger.warning("could not record the reconcile pass in the cache", exc_info=True)
+
+
+def last_run(host: str | None = None) -> dict[str, Any] | None:
+    """The last recorded pass of *host* (``""``: of any host), ``{"host", "at", "ok"}`` with
+    ``at`` an aware :class:`~datetime.datetime`; ``None`` when none is recorded."""
+    try:
+        found = caches[settings.CACHE].get(
+            _key("last-pass", settings.HOST if host is None else host)
+        )
+    except Exception:
+        return None
+    if not isinstance(found, dict) or "at" not in found:
+        return None
+    return {**found, "at": datetime.datetime.fromisoformat(str(found["at"]))}

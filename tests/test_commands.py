@@ -1,9 +1,19 @@
-"""``manage.py queued_storage``: the ``seed`` subcommand against a real S3 server (moto) and a
-filesystem remote, and ``reconcile`` as an alias of ``queued_storage_reconcile``."""
+"""``manage.py queued_storage``: every subcommand through ``call_command`` (and a few as a
+subprocess of ``tests/manage.py``), against moto behind the fault proxy, Redis as the broker and
+the cache, and a real Celery worker where a test needs one: ``seed``, ``reconcile`` (also as
+``queued_storage_reconcile``), ``status``, ``transfer``, ``upload``, ``verify``, ``cleanup`` and
+``doctor``, their output, JSON documents and exit codes."""
 
 from __future__ import annotations
 
+import datetime
 import io
+import json
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +26,12 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 
 from queued_storage.models import State, StoredFile
+from queued_storage.names import SPOOL_DIRNAME
+from queued_storage.reconcile import last_run, reconcile
 from queued_storage.storage import QueuedStorage
+from queued_storage.worker import Outcome, run_transfer
+from tests.harness.suite import open_uploads, s3_bytes, wait_for
+from tests.harness.workers import PROJECT_ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -135,3 +150,425 @@ def test_reconcile_subcommand_is_the_reconcile_command(clean: Any) -> None:
         ):
             call_command(*command, "--storage", "queued_delayed", verbosity=0)
         assert raised.value.returncode == 1
+
+
+# --- the operator's subcommands ---------------------------------------------------------------
+MiB = 1024 * 1024
+
+#: The keys of ``status --json`` (the schema in the README).
+STATUS_KEYS = {
+    "schema",
+    "generated",
+    "host",
+    "storages",
+    "totals",
+    "oldest_pending",
+    "oldest_pending_age",
+    "in_flight",
+    "in_flight_total",
+    "failures",
+    "failures_total",
+    "staging",
+    "reconcile",
+}
+DOCTOR_CHECKS = ["ledger", "local", "cache", "remote", "clock", "celery", "broker", "workers"]
+
+
+class Terminal(io.StringIO):
+    """An output stream that says it is a terminal, as an operator's stderr is."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def command(*args: str, tty: bool = False) -> tuple[str, str, int]:
+    """``manage.py queued_storage *args``: its stdout, its stderr and its exit status."""
+    out, err = io.StringIO(), Terminal() if tty else io.StringIO()
+    try:
+        call_command("queued_storage", *args, stdout=out, stderr=err)
+    except CommandError as error:
+        err.write(f"CommandError: {error}")
+        return out.getvalue(), err.getvalue(), error.returncode
+    return out.getvalue(), err.getvalue(), 0
+
+
+def manage(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python tests/manage.py queued_storage *args`` in a process of its own."""
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "tests" / "manage.py"), "queued_storage", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+    )
+
+
+def delayed() -> QueuedStorage:
+    found = storages["queued_delayed"]
+    assert isinstance(found, QueuedStorage)
+    return found
+
+
+def transferred(name: str, payload: bytes) -> str:
+    """Save *payload* in ``queued_delayed`` and transfer it with the real engine, here."""
+    storage = delayed()
+    stored = storage.save(name, ContentFile(payload))
+    assert run_transfer(storage.alias, stored) is Outcome.TRANSFERRED
+    return stored
+
+
+def row(name: str, alias: str = "queued_delayed") -> StoredFile:
+    found = StoredFile.get_row(alias, name)
+    assert found is not None
+    return found
+
+
+def test_status_json_counts_files_and_bytes_with_progress_and_failures(clean: Any) -> None:
+    storage = delayed()
+    waiting = storage.save("status/waiting.txt", ContentFile(b"12345"))
+    moving = storage.save("status/moving.bin", ContentFile(b"m" * 10))
+    broken = storage.save("status/broken.bin", ContentFile(b"bbb"))
+    transferred("status/done.txt", b"remote!")
+    ledger = storage.ledger
+    assert ledger.lease(moving, "worker-1", 60).acquired
+    assert ledger.renew(moving, "worker-1", 60, 4, 10)
+    assert ledger.lease(broken, "worker-2", 60).acquired
+    assert ledger.fail(broken, "worker-2", "The remote storage refused it: AccessDenied.")
+
+    out, err, code = command("status", "--json", "--storage", "queued_delayed")
+    assert (err, code) == ("", 0)
+    doc = json.loads(out)
+    assert set(doc) == STATUS_KEYS
+    assert doc["schema"] == 1
+    mine = doc["storages"]["queued_delayed"]
+    assert mine["states"] == {
+        "pending": {"files": 1, "bytes": 5},
+        "transferring": {"files": 1, "bytes": 10},
+        "remote": {"files": 1, "bytes": 7},
+        "failed": {"files": 1, "bytes": 3},
+    }
+    assert mine["local_copies"] == {"files": 4, "bytes": 25}
+    assert 0 <= mine["oldest_pending_age"] < 60
+    assert doc["oldest_pending_age"] == mine["oldest_pending_age"]
+    assert doc["totals"] == mine["states"]
+    (flying,) = doc["in_flight"]
+    assert {k: flying[k] for k in ("storage", "name", "bytes_done", "size", "percent")} == {
+        "storage": "queued_delayed",
+        "name": moving,
+        "bytes_done": 4,
+        "size": 10,
+        "percent": 40.0,
+    }
+    assert flying["lease_owner"] == "worker-1"
+    (failure,) = doc["failures"]
+    assert (failure["name"], failure["local_copy"], failure["attempts"]) == (broken, True, 1)
+    assert failure["reason"] == "The remote storage refused it: AccessDenied."
+    assert (doc["in_flight_total"], doc["failures_total"]) == (1, 1)
+    assert doc["staging"]["waiting_bytes"] >= 18
+    assert doc["reconcile"] == {
+        "host": doc["host"],
+        "last_run": None,
+        "age": None,
+        "ok": None,
+    }
+
+    out, _, code = command("status", "--storage", "queued_delayed")
+    lines = out.splitlines()
+    assert code == 0
+    assert lines[1].startswith(
+        "queued_delayed: pending 1 (5 B), transferring 1 (10 B), remote 1 (7 B), failed 1 (3 B)"
+        "; local copies 4 (25 B); oldest pending "
+    )
+    assert "in flight: 1" in lines
+    assert f"  queued_delayed:{moving}  4 B of 10 B (40.0%), attempt 1, lease worker-1 until " in (
+        out
+    )
+    assert f"  queued_delayed:{broken} (attempts 1, local copy kept): The remote storage " in out
+    assert lines[-1] == f"reconcile: no pass recorded on host {doc['host']}"
+    assert command("status", "-v", "0") == ("", "", 0)
+    assert waiting
+
+
+def test_transfer_queues_named_files_for_the_workers(worker: Any, clean: Any) -> None:
+    name = delayed().save("queue/by-hand.txt", ContentFile(b"queued by hand"))
+    out, err, code = command("transfer", name, "--pending", "--storage", "queued_delayed")
+    assert (out, err, code) == ("transfer: queued the transfer of 1 file(s).\n", "", 0)  # once
+    wait_for(lambda: row(name).state == State.REMOTE, what="the worker's transfer")
+    assert s3_bytes(clean, name) == b"queued by hand"
+
+    out, err, code = command("transfer", "no/such.txt", name)
+    assert code == 1
+    assert "'no/such.txt': not in the ledger" in err
+    assert out == "transfer: 1 skipped (transferring or remote already).\n"
+
+
+def test_transfer_sync_runs_the_workers_code_path_with_a_progress_bar(clean: Any) -> None:
+    payload = os.urandom(6 * MiB)  # a multipart upload (threshold 5 MiB)
+    name = delayed().save("sync/scan.bin", ContentFile(payload))
+    out, err, code = command(
+        "transfer", "--pending", "--storage", "queued_delayed", "--sync", tty=True
+    )
+    assert code == 0, err
+    assert f"queued_delayed:{name}: transferred and verified" in out
+    assert out.splitlines()[-1].startswith("1 transferred (6.0 MiB in ")
+    assert "scan.bin" in err and "100%" in err  # the bar, on the terminal
+    found = row(name)
+    assert (found.state, found.attempts, found.lease_owner) == (State.REMOTE, 1, "")
+    assert s3_bytes(clean, name) == payload
+
+    gone = delayed().save("sync/gone.txt", ContentFile(b"lost"))
+    Path(delayed().local.path(gone)).unlink()
+    out, err, code = command("transfer", gone, "--storage", "queued_delayed", "--sync")
+    assert code == 1
+    assert f"queued_delayed:{gone}: failed: The local copy of {gone!r} is missing" in err
+    assert out.splitlines()[-1].startswith("0 transferred (0 B in ")
+    assert "1 failed" in out
+    assert row(gone).state == State.FAILED
+
+
+def test_upload_streams_a_file_of_any_size_in_bounded_memory(clean: Any, tmp_path: Path) -> None:
+    path = tmp_path / "scan.tif"
+    with open(path, "wb") as fh:
+        fh.truncate(24 * MiB)
+    tracemalloc.start()
+    try:
+        out, err, code = command(
+            "upload", str(path), "--storage", "queued_delayed", "--name", "scans/a.tif",
+            "--no-progress", tty=True,
+        )  # fmt: skip
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (err, code) == ("", 0)
+    assert peak < 4 * MiB
+    assert out.startswith(f"uploaded {path} to queued_delayed:scans/a.tif (24.0 MiB in ")
+    assert out.endswith(
+        "pending; a delayed storage: queue it with 'manage.py queued_storage transfer "
+        "scans/a.tif --storage queued_delayed'\n"
+    )
+    found = row("scans/a.tif")
+    assert (found.state, found.size, found.local_exists) == (State.PENDING, 24 * MiB, True)
+    assert os.path.getsize(delayed().local.path("scans/a.tif")) == 24 * MiB
+
+    small = tmp_path / "note.txt"
+    small.write_bytes(b"plain storage")
+    out, err, code = command("upload", str(small), "--storage", "fs_remote", tty=True)
+    assert code == 0
+    assert "note.txt" in err and "100%" in err  # the bar, on the terminal
+    assert (Path(settings.WORKDIR) / "fs_remote" / "note.txt").read_bytes() == b"plain storage"
+    out, err, code = command("upload", str(small), "--storage", "fs_remote")
+    assert (err, code) == ("", 0)  # no terminal: no bar
+    assert "; 'note.txt' was taken" in out
+
+
+def test_verify_finds_an_object_deleted_behind_the_app_and_exits_1(clean: Any) -> None:
+    kept = transferred("verify/kept.txt", b"still there")
+    gone = transferred("verify/gone.txt", b"deleted behind the app's back")
+    clean.delete_object(Bucket=settings.BUCKET, Key=gone)  # boto3, straight to moto
+    out, err, code = command("verify", "--storage", "queued_delayed")
+    assert code == 1
+    assert out.splitlines() == [
+        "2 remote file(s) checked: 1 verified (0 by size only), 1 lost, 0 unchecked.",
+        f"LOST queued_delayed:{gone}: missing: is missing from the remote storage",
+    ]
+    assert "CommandError: 1 remote copy(ies) missing or different (data loss)" in err
+    assert (row(gone).state, row(kept).state) == (State.FAILED, State.REMOTE)
+
+    out, _, code = command("verify", "--json", "--storage", "queued_delayed")
+    assert code == 0
+    assert json.loads(out) == {
+        "ok": True,
+        "counts": {
+            "checked": 1,
+            "verified": 1,
+            "size_only": 0,
+            "lost": 0,
+            "unchecked": 0,
+            "skipped": 0,
+            "not_remote": 1,
+        },
+        "lost": [],
+        "unchecked": [],
+        "skipped": [],
+    }
+
+
+def test_verify_sample_and_since_choose_the_files(clean: Any) -> None:
+    names = [transferred(f"choose/{n}.txt", n.encode()) for n in ("a", "b", "c")]
+    long_ago = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+    StoredFile.objects.filter(name=names[0]).update(transferred=long_ago)
+    checked = "remote file(s) checked: {n} verified"
+    for args, n in [(["--sample", "2"], 2), (["--since", "1h"], 2), (["--since", "2019-12-31"], 3)]:
+        out, _, code = command("verify", *args)
+        assert (out.split(" ", 1)[1].startswith(checked.format(n=n)), code) == (True, 0), out
+    _, err, code = command("verify", "--since", "last week")
+    assert code == 1
+    assert "'last week' is neither an ISO date or date-time nor an age such as 12h or 7d" in err
+
+
+def test_reconcile_verifies_a_rotating_sample_and_reports_a_lost_remote_copy(clean: Any) -> None:
+    names = [transferred(f"sample/{n}.txt", n.encode() * 3) for n in ("a", "b", "c")]
+    delayed().ledger.drop_local(names[2], 3, delayed().local.delete)
+    clean.delete_object(Bucket=settings.BUCKET, Key=names[2])
+    with override_settings(QUEUED_STORAGE_RECONCILE_VERIFY_SAMPLE=2):
+        first = reconcile(aliases=["queued_delayed"])
+        assert first.verify is not None
+        assert (first.verify.verified, first.ok) == (
+            [f"queued_delayed:{n}" for n in names[:2]],
+            True,
+        )
+        second = reconcile(aliases=["queued_delayed"])  # c, then round to a
+    assert second.verify is not None
+    assert [p.label for p in second.verify.lost] == [f"queued_delayed:{names[2]}"]
+    assert second.verify.verified == [f"queued_delayed:{names[0]}"]
+    assert not second.ok and second.counts()["verify_lost"] == 1
+    assert (
+        "verify sample: 2 remote file(s) checked: 1 verified (0 by size only), 1 lost, 0 unchecked."
+        in second.lines()
+    )
+    assert "1 remote copy(ies) missing or different (data loss found by" in second.problem()
+    recorded = last_run()
+    assert recorded is not None and recorded["ok"] is False
+    with override_settings(QUEUED_STORAGE_RECONCILE_VERIFY_SAMPLE=0):
+        assert reconcile(aliases=["queued_delayed"]).verify is None
+
+
+def test_cleanup_removes_only_what_is_safe_and_dry_run_changes_nothing(clean: Any) -> None:
+    storage = delayed()
+    old = transferred("clean/old.txt", b"verified a week ago")
+    spool = Path(settings.STAGING_ROOT) / SPOOL_DIRNAME
+    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+    days_ago = time.time() - 3 * 86400
+    dead, busy, fresh = (spool / f"body-{n}.part" for n in ("dead", "busy", "fresh"))
+    for path in (dead, busy, fresh):
+        path.write_bytes(b"x" * 100)
+    for path in (dead, busy):
+        os.utime(path, (days_ago, days_ago))
+    orphan = clean.create_multipart_upload(Bucket=settings.BUCKET, Key="clean/orphan.bin")
+    owned_name = storage.save("clean/owned.bin", ContentFile(b"resumable"))
+    owned = clean.create_multipart_upload(Bucket=settings.BUCKET, Key=owned_name)["UploadId"]
+    ledger = storage.ledger
+    assert ledger.lease(owned_name, "w1", 60).acquired
+    assert ledger.record_upload(owned_name, "w1", upload_id=owned, part_size=5 * MiB, source="s")
+    assert ledger.retry_later(owned_name, "w1", "S3 timed out")  # pending, upload recorded
+    uploads = {orphan["UploadId"], owned}
+
+    with (
+        open(busy, "rb"),  # an upload still being received keeps its spool file open
+        override_settings(
+            QUEUED_STORAGE_CLEANUP_LOCAL_AFTER=0, QUEUED_STORAGE_CLEANUP_UPLOADS_AFTER=0
+        ),
+    ):
+        out, err, code = command("cleanup", "--dry-run", "--storage", "queued_delayed")
+        assert (err, code) == ("", 0)
+        assert out.splitlines() == [
+            "local copies of files remote for more than 0 s: would verify the remote copy of 1 "
+            "and delete the local copies that verify",
+            f"  queued_delayed:{old}",
+            "spool files unchanged for 1 d: would remove 1 (100 B), 1 still open",
+            f"  {dead} (100 B, 3 d old)",
+            "multipart uploads older than 0 s that no ledger row records: would abort 1",
+            # moto dates every upload 2010-11-10
+            "  queued_delayed:clean/orphan.bin (" + out.rstrip().rsplit("(", 1)[-1],
+        ]
+        assert storage.local.exists(old) and dead.exists()
+        assert {u["UploadId"] for u in open_uploads(clean)} == uploads
+
+        out, err, code = command("cleanup", "--storage", "queued_delayed")
+        assert (err, code) == ("", 0)
+        assert out.splitlines()[0] == (
+            "local copies of files remote for more than 0 s: deleted 1 whose remote copy "
+            "verified, kept 0"
+        )
+    assert not storage.local.exists(old)
+    assert (row(old).state, row(old).local_exists) == (State.REMOTE, False)
+    with storage.open(old) as fh:
+        assert fh.read() == b"verified a week ago"  # from the remote now
+    assert (dead.exists(), busy.exists(), fresh.exists()) == (False, True, True)
+    assert [u["UploadId"] for u in open_uploads(clean)] == [owned]
+
+
+def lines_of(out: str) -> dict[str, list[str]]:
+    """Doctor lines by check kind."""
+    found: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        found.setdefault(line.split()[1], []).append(line)
+    return found
+
+
+def test_doctor_passes_when_every_part_answers(worker: Any, clean: Any) -> None:
+    reconcile(aliases=["default"])  # records this host's pass
+    out, err, code = command("doctor", "--storage", "default", "--timeout", "2")
+    assert (err, code) == ("", 0), out
+    found = lines_of(out)
+    assert list(found) == [*DOCTOR_CHECKS, "reconcile"]
+    assert all(line.startswith("OK ") for line in out.splitlines())
+    assert found["local"][0].endswith(" free")
+    assert "CACHES['default']: RedisCache, shared" in found["cache"][0]
+    assert (
+        f"bucket '{settings.BUCKET}': reachable, a probe object written, read back"
+        in (found["remote"][0])
+    )
+    assert found["workers"][0].startswith(
+        "OK    workers    queue 'celery' (default): consumed by main@"
+    )
+    assert found["reconcile"][0].endswith(", ok")
+
+
+def test_doctor_names_the_fix_when_s3_and_the_broker_are_down(
+    worker: Any, clean: Any, s3_proxy: Any, broker_proxy: Any
+) -> None:
+    s3_proxy.go_down()
+    broker_proxy.go_down()
+    began = time.monotonic()
+    out, err, code = command("doctor", "--storage", "default", "--timeout", "1")
+    assert time.monotonic() - began < 15
+    assert code == 1
+    assert err == "CommandError: 4 check(s) failed: remote, broker, workers, reconcile."
+    found = lines_of(out)
+    (remote,) = found["remote"]
+    assert remote.startswith("FAIL  remote     s3 (default): cannot reach http://127.0.0.1:")
+    assert remote.endswith(
+        "-> fix: check the network path to the endpoint, or "
+        "STORAGES['s3']['OPTIONS']['endpoint_url']"
+    )
+    assert "clock" not in found  # no answer, no Date
+    (broker,) = found["broker"]
+    assert broker.startswith("FAIL  broker     redis://127.0.0.1:")
+    assert ": does not answer within 1 s (" in broker
+    assert broker.endswith(
+        "-> fix: start the broker, or fix CELERY_BROKER_URL (the app's broker_url)"
+    )
+    assert found["workers"] == [
+        "FAIL  workers    : not asked: the broker does not answer  -> fix: start the broker first"
+    ]
+    assert (
+        found["reconcile"][0].startswith("FAIL  reconcile  host ")
+        and "no pass recorded on this host" in found["reconcile"][0]
+    )
+    assert settings.S3_SECRET not in out + err
+
+
+def test_doctor_fails_a_queue_no_worker_consumes(worker: Any, clean: Any) -> None:
+    out, _, code = command("doctor", "--storage", "queued_parked", "--timeout", "1")
+    assert code == 1
+    (workers,) = lines_of(out)["workers"]
+    assert workers.startswith("FAIL  workers    queue 'parked' (queued_parked): no worker consumes")
+    assert workers.endswith("-> fix: start one: celery -A <your project> worker -Q parked")
+
+
+def test_verify_and_doctor_as_processes_with_json_and_exit_codes(worker: Any, clean: Any) -> None:
+    gone = transferred("process/gone.txt", b"deleted by hand")
+    clean.delete_object(Bucket=settings.BUCKET, Key=gone)
+    reconcile(aliases=["default"])
+    checked = manage("verify", "--storage", "queued_delayed")
+    assert checked.returncode == 1
+    assert f"LOST queued_delayed:{gone}: missing" in checked.stdout
+    assert "CommandError: 1 remote copy(ies) missing or different (data loss)" in checked.stderr
+    diagnosed = manage("doctor", "--storage", "default", "--json", "--timeout", "1")
+    assert diagnosed.returncode == 0, diagnosed.stdout + diagnosed.stderr
+    doc = json.loads(diagnosed.stdout)
+    assert doc["ok"] is True
+    assert [c["check"] for c in doc["checks"]] == [*DOCTOR_CHECKS, "reconcile"]
+    assert set(doc["checks"][0]) == {"check", "subject", "status", "detail", "fix"}

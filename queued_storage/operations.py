@@ -1,0 +1,734 @@
+"""What operators do to files, shared by the admin's actions and ``manage.py queued_storage``.
+
+Every change of a row goes through the ledger (:mod:`queued_storage.ledger`) and every message
+through :func:`queued_storage.dispatch.dispatch`, as a save sends it (``[alias, name]``):
+
+* :func:`transfer_rows`: pending or failed files get a fresh budget and a transfer message;
+* :func:`retry_failed_rows`: failed files whose local copy is there, the same;
+* :func:`drop_verified_local_copies`: the local copies of ``remote`` files whose remote copy
+  verifies right then (:func:`queued_storage.verify.verify`), deleted by
+  :meth:`~queued_storage.ledger.Ledger.drop_local` as the worker deletes them;
+* :func:`transfer_here`: one transfer in this process, through the worker's own code path
+  (:func:`queued_storage.worker.run_transfer`: lease, engine, outcome, retry policy);
+* :func:`verify_in_chunks`: :func:`~queued_storage.verify.verify` a chunk at a time (a
+  progress bar, and a stop when the remote does not answer: the reconcile pass's sample);
+* :func:`status`: counts, bytes, what is in flight and what failed, as plain data;
+* :func:`cleanup_spool` and :func:`cleanup_uploads`: what killed processes left behind (spool
+  files of upload views, S3 multipart uploads no row records).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import Count, Min, QuerySet, Sum
+from django.utils import timezone
+
+from queued_storage import state as read_side
+from queued_storage.conf import settings
+from queued_storage.dispatch import dispatch, redact
+from queued_storage.exceptions import StorageNotFound
+from queued_storage.models import State, StoredFile
+from queued_storage.names import SPOOL_DIRNAME
+from queued_storage.storage import QueuedStorage, get_queued_storage
+from queued_storage.transfer import abort_open_upload, open_uploads
+from queued_storage.verify import DEFAULT_CONCURRENCY, UNCHECKED, VerifyReport, label, verify
+from queued_storage.worker import Outcome, RetryLater, TransferHook, run_transfer
+
+__all__ = [
+    "Cleaned",
+    "LocalCopies",
+    "Queued",
+    "Retried",
+    "Sender",
+    "Storages",
+    "TransferHere",
+    "cleanup_local_copies",
+    "cleanup_spool",
+    "cleanup_uploads",
+    "counted",
+    "drop_verified_local_copies",
+    "human_age",
+    "human_bytes",
+    "merge_reports",
+    "pages",
+    "retry_failed_rows",
+    "status",
+    "transfer_here",
+    "transfer_rows",
+    "verify_in_chunks",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class Storages:
+    """The queued storages of an operation, resolved once per alias (``None``: unknown here)."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, QueuedStorage | None] = {}
+
+    def get(self, alias: str) -> QueuedStorage | None:
+        if alias not in self.found:
+            try:
+                self.found[alias] = get_queued_storage(alias)
+            except StorageNotFound:
+                self.found[alias] = None
+        return self.found[alias]
+
+
+class Sender:
+    """Sends transfer messages; once the broker refuses, stops trying for this operation (each
+    refusal costs the publish retry policy's time), as the reconcile pass does."""
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def send(self, storage: QueuedStorage, row: StoredFile) -> bool:
+        if self.broken:
+            return False
+        queue = storage.queue_for(row.host or None)
+        if dispatch(storage.task, storage.alias, row.name, queue=queue) is None:
+            self.broken = True
+            return False
+        return True
+
+
+def pages(rows: QuerySet[StoredFile], batch: int = 500) -> Iterator[list[StoredFile]]:
+    """*rows* in primary key order, *batch* at a time, one query per page whatever the offset
+    (keyset pagination: no cursor stays open while the rows are changed)."""
+    last: Any = None
+    while True:
+        page = list((rows if last is None else rows.filter(pk__gt=last)).order_by("pk")[:batch])
+        if page:
+            yield page
+        if len(page) < batch:
+            return
+        last = page[-1].pk
+
+
+def counted(parts: Iterable[tuple[int, str]]) -> str:
+    """``"; "``-joined texts whose count is not zero, ``{n}`` filled in."""
+    return "; ".join(text.format(n=n) for n, text in parts if n)
+
+
+# -- queueing --------------------------------------------------------------------------------
+@dataclass
+class Queued:
+    """What :func:`transfer_rows` did."""
+
+    queued: int = 0
+    refused: int = 0
+    skipped: int = 0
+    unknown: int = 0
+
+    def message(self) -> str:
+        return counted(
+            [
+                (self.queued, "queued the transfer of {n} file(s)"),
+                (
+                    self.refused,
+                    "{n} not queued: the broker refused (they stay pending; the reconcile pass "
+                    "queues them)",
+                ),
+                (self.skipped, "{n} skipped (transferring or remote already)"),
+                (self.unknown, "{n} skipped (a storage this process does not know)"),
+            ]
+        )
+
+
+def transfer_rows(rows: Iterable[StoredFile]) -> Queued:
+    """Queue the transfer of every pending or failed row, with a fresh budget (what
+    ``storage.transfer(name)`` does, without keeping a result)."""
+    storages, sender, done = Storages(), Sender(), Queued()
+    for row in rows:
+        storage = storages.get(row.alias)
+        if storage is None:
+            done.unknown += 1
+        elif row.state not in (State.PENDING, State.FAILED) or not storage.ledger.retry(row.name):
+            done.skipped += 1  # a row that moved on meanwhile is skipped too
+        elif sender.send(storage, row):
+            done.queued += 1
+        else:
+            done.refused += 1
+    return done
+
+
+@dataclass
+class Retried:
+    """What :func:`retry_failed_rows` did."""
+
+    queued: int = 0
+    refused: int = 0
+    no_local: int = 0
+    changed: int = 0
+    skipped: int = 0
+
+    def message(self) -> str:
+        return counted(
+            [
+                (self.queued, "{n} failed file(s) queued again with a new retry budget"),
+                (self.refused, "{n} pending again but not queued: the broker refused"),
+                (
+                    self.no_local,
+                    "{n} not retried: the local copy is gone (restore it first, or delete "
+                    "the file through its storage)",
+                ),
+                (self.changed, "{n} changed meanwhile (left alone)"),
+                (self.skipped, "{n} skipped (not failed)"),
+            ]
+        )
+
+
+def _local_copy_here_or_there(storage: QueuedStorage, row: StoredFile) -> bool:
+    """Whether *row*'s local copy is there: asked of this host's disk; another host's disk
+    cannot be seen from here, so its row says whether it holds it."""
+    elsewhere = bool(row.host) and row.host != settings.HOST and row.local_exists
+    return elsewhere or bool(storage.local.exists(row.name))
+
+
+def retry_failed_rows(rows: Iterable[StoredFile]) -> Retried:
+    """Give every failed row whose local copy is there a new budget, and queue it."""
+    storages, sender, done = Storages(), Sender(), Retried()
+    for row in rows:
+        storage = storages.get(row.alias)
+        if storage is None or row.state != State.FAILED:
+            done.skipped += 1
+        elif not _local_copy_here_or_there(storage, row):
+            done.no_local += 1
+        elif not storage.ledger.retry_failed(row, timezone.now()):
+            done.changed += 1
+        elif sender.send(storage, row):
+            done.queued += 1
+        else:
+            done.refused += 1
+    return done
+
+
+# -- local copies of remote files ------------------------------------------------------------
+@dataclass
+class LocalCopies:
+    """What :func:`drop_verified_local_copies` did (or, dry, would try)."""
+
+    deleted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    candidates: list[str] = field(default_factory=list)
+    skipped: int = 0
+    report: VerifyReport = field(default_factory=VerifyReport)
+
+    def message(self) -> str:
+        return counted(
+            [
+                (
+                    len(self.deleted),
+                    "deleted the local copy of {n} file(s) whose remote copy verified",
+                ),
+                (len(self.kept), "{n} kept: the remote copy did not verify"),
+                (self.skipped, "{n} skipped (not remote, or no local copy here)"),
+            ]
+        )
+
+
+def drop_verified_local_copies(
+    rows: Iterable[StoredFile], *, timeout: float | None, dry_run: bool = False
+) -> LocalCopies:
+    """Delete the local copy of each ``remote`` row whose remote copy verifies now.
+
+    The remote copy is asked about first (:func:`~queued_storage.verify.verify`, a HEAD each,
+    *timeout* per request): a copy that is missing or differs is data loss (recorded by
+    ``verify``) and its local copy is kept; one the remote could not be asked about is kept
+    too. *dry_run*: nothing is asked or deleted, the candidates are listed.
+    """
+    storages, done = Storages(), LocalCopies()
+    candidates: list[StoredFile] = []
+    for row in rows:
+        storage = storages.get(row.alias)
+        if storage is None or row.state != State.REMOTE or not storage.local.exists(row.name):
+            done.skipped += 1
+        else:
+            candidates.append(row)
+    done.candidates = [label(row) for row in candidates]
+    if dry_run or not candidates:
+        return done
+    done.report = verify(candidates, timeout=timeout)
+    passed = set(done.report.verified)
+    for row in candidates:
+        storage = storages.get(row.alias)
+        if storage is not None and label(row) in passed:
+            storage.ledger.drop_local(row.name, row.size, storage.local.delete)
+            done.deleted.append(label(row))
+        else:
+            done.kept.append(label(row))
+    return done
+
+
+# -- verifying a chunk at a time -------------------------------------------------------------
+def merge_reports(into: VerifyReport, part: VerifyReport) -> VerifyReport:
+    """Add *part*'s findings to *into* (``not_remote`` aside: each caller counts its own)."""
+    into.verified.extend(part.verified)
+    into.size_only += part.size_only
+    into.lost.extend(part.lost)
+    into.unchecked.extend(part.unchecked)
+    into.skipped.extend(part.skipped)
+    return into
+
+
+def _chunks(rows: Iterable[StoredFile], size: int) -> Iterator[list[StoredFile]]:
+    chunk: list[StoredFile] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def verify_in_chunks(
+    rows: Iterable[StoredFile],
+    *,
+    chunk: int = 500,
+    timeout: float | None = None,
+    progress: Callable[[int], None] | None = None,
+    stop_when_unanswered: bool = False,
+) -> tuple[VerifyReport, bool]:
+    """:func:`~queued_storage.verify.verify` *rows*, *chunk* at a time; ``(report, stopped)``.
+
+    *progress* is called with the number of rows each chunk checked. *stop_when_unanswered*:
+    stop after a chunk of which the remote answered no question (down, or black-holed: every
+    further chunk would wait *timeout* too); *stopped* says so.
+    """
+    report = VerifyReport()
+    concurrency = min(DEFAULT_CONCURRENCY, chunk)
+    for part in _chunks(rows, chunk):
+        found = verify(part, batch=chunk, concurrency=concurrency, timeout=timeout)
+        merge_reports(report, found)
+        if progress is not None:
+            progress(len(part))
+        unanswered = all(p.kind == UNCHECKED for p in found.problems) and not found.verified
+        if stop_when_unanswered and found.unchecked and unanswered and not found.lost:
+            return report, True
+    return report, False
+
+
+# -- one transfer in this process ------------------------------------------------------------
+#: What :func:`transfer_here` concluded, by outcome: ``(ok, text)``.
+_OUTCOMES: dict[str, tuple[bool, str]] = {
+    Outcome.TRANSFERRED.value: (True, "transferred and verified"),
+    Outcome.ALREADY_REMOTE.value: (True, "already remote"),
+    Outcome.GONE.value: (True, "deleted meanwhile (nothing to send)"),
+    Outcome.LOST_LEASE.value: (False, "another worker took the transfer over"),
+    Outcome.FAILED.value: (False, "failed"),
+    "retry-later": (False, "not transferred, will be retried"),
+    "busy": (False, "another worker is transferring it"),
+    "elsewhere": (False, "its local copy is on another host"),
+    "error": (False, "error"),
+}
+
+
+@dataclass
+class TransferHere:
+    """The result of :func:`transfer_here`."""
+
+    alias: str
+    name: str
+    outcome: str
+    size: int = 0
+    seconds: float = 0.0
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return _OUTCOMES[self.outcome][0]
+
+    @property
+    def label(self) -> str:
+        return f"{self.alias}:{self.name}"
+
+    def __str__(self) -> str:
+        text = f"{self.label}: {_OUTCOMES[self.outcome][1]}"
+        return f"{text}: {self.reason}" if self.reason else text
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:manage.py-queued_storage:{uuid.uuid4().hex}"
+
+
+def transfer_here(
+    storage: QueuedStorage,
+    row: StoredFile,
+    *,
+    delete_local: bool | None = None,
+    hook: TransferHook | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    interval: float = 0.25,
+) -> TransferHere:
+    """Transfer *row*'s file in this process, through the worker's own code path.
+
+    A pending or failed file gets a fresh budget first (:meth:`Ledger.retry`), then
+    :func:`~queued_storage.worker.run_transfer` takes the lease, runs the engine (with the
+    lease kept alive, and the progress published, by the process's lease keeper) and records
+    the outcome, exactly as in a Celery worker; *delete_local* and *hook* are the storage's
+    task's. *progress* is called with ``(done, total)`` about every *interval* seconds, from
+    the progress the lease keeper publishes. A file whose local copy is on another host is not
+    attempted (the engine would find no local copy, and record that as a loss).
+    """
+    alias, name = storage.alias, row.name
+    size = row.size or 0
+    here = not row.host or row.host == settings.HOST or storage.local.exists(name)
+    if not here:
+        return TransferHere(alias, name, "elsewhere", size, reason=f"host {row.host!r}")
+    if row.state in (State.PENDING, State.FAILED):
+        storage.ledger.retry(name)
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(interval):
+            found = read_side.get_progress(storage.cache_prefix, alias, name)
+            if found is not None and progress is not None:
+                progress(found[0], found[1] or size)
+
+    watcher = threading.Thread(target=watch, name="queued-storage-progress", daemon=True)
+    began = time.monotonic()
+    watcher.start()
+    try:
+        outcome = run_transfer(alias, name, owner=_owner(), delete_local=delete_local, hook=hook)
+    except RetryLater as later:
+        found = storage.ledger.row(name)
+        busy = found is not None and found.state == State.TRANSFERRING
+        return TransferHere(
+            alias, name, "busy" if busy else "retry-later", size, reason=redact(str(later))
+        )
+    except Exception as err:
+        return TransferHere(
+            alias, name, "error", size, reason=redact(f"{type(err).__name__}: {err}")
+        )
+    finally:
+        stop.set()
+        watcher.join()
+    seconds = time.monotonic() - began
+    done = TransferHere(alias, name, outcome.value, size, seconds)
+    after = storage.ledger.row(name)
+    if after is not None and after.size is not None:
+        done.size = after.size
+    if outcome == Outcome.FAILED and after is not None:
+        done.reason = redact(after.last_error)
+    if outcome in (Outcome.TRANSFERRED, Outcome.ALREADY_REMOTE) and progress is not None:
+        progress(done.size, done.size)
+    return done
+
+
+# -- status ----------------------------------------------------------------------------------
+def _iso(when: datetime.datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
+
+
+def _age(when: datetime.datetime | None, now: datetime.datetime) -> float | None:
+    return None if when is None else round(max(0.0, (now - when).total_seconds()), 1)
+
+
+def status(aliases: Sequence[str] | None = None, *, limit: int = 20) -> dict[str, Any]:
+    """What the ledger says, as plain JSON-ready data (the schema is in the README).
+
+    A handful of aggregate queries whatever the ledger's size, plus at most *limit* rows of
+    transfers in flight (their progress from the cache, where the lease keeper publishes it
+    about once a second, else from the row) and of failures.
+    """
+    now = timezone.now()
+    rows: QuerySet[StoredFile] = StoredFile.objects.using(StoredFile.db()).all()
+    if aliases:
+        rows = rows.filter(alias__in=list(aliases))
+    storages: dict[str, dict[str, Any]] = {}
+
+    def entry(alias: str) -> dict[str, Any]:
+        return storages.setdefault(
+            alias,
+            {
+                "states": {str(s): {"files": 0, "bytes": 0} for s in State.values},
+                "local_copies": {"files": 0, "bytes": 0},
+                "oldest_pending": None,
+                "oldest_pending_age": None,
+            },
+        )
+
+    totals = {str(s): {"files": 0, "bytes": 0} for s in State.values}
+    by_state = rows.values_list("alias", "state").annotate(n=Count("pk"), b=Sum("size"))
+    for alias, state, files, size in by_state.order_by("alias", "state"):
+        counts = {"files": int(files), "bytes": int(size or 0)}
+        entry(alias)["states"][state] = counts
+        totals[state]["files"] += counts["files"]
+        totals[state]["bytes"] += counts["bytes"]
+    local = rows.filter(local_exists=True).values_list("alias").annotate(n=Count("pk"))
+    for alias, files, size in local.annotate(b=Sum("size")).order_by("alias"):
+        entry(alias)["local_copies"] = {"files": int(files), "bytes": int(size or 0)}
+    pending = rows.filter(state=State.PENDING).values_list("alias").annotate(oldest=Min("created"))
+    oldest_all: datetime.datetime | None = None
+    for alias, oldest in pending.order_by("alias"):
+        entry(alias)["oldest_pending"] = _iso(oldest)
+        entry(alias)["oldest_pending_age"] = _age(oldest, now)
+        if oldest is not None and (oldest_all is None or oldest < oldest_all):
+            oldest_all = oldest
+    in_flight = []
+    flying = rows.filter(state=State.TRANSFERRING)
+    for row in flying.order_by("lease_expires", "pk")[:limit]:
+        done, total = read_side.get_progress(settings.CACHE_PREFIX, row.alias, row.name) or (
+            row.bytes_done,
+            row.size or 0,
+        )
+        total = total or row.size or 0
+        in_flight.append(
+            {
+                "storage": row.alias,
+                "name": row.name,
+                "host": row.host,
+                "bytes_done": int(done),
+                "size": int(total),
+                "percent": round(100.0 * done / total, 1) if total else None,
+                "attempts": row.attempts,
+                "lease_owner": row.lease_owner,
+                "lease_expires": _iso(row.lease_expires),
+            }
+        )
+    failures = []
+    failed = rows.filter(state=State.FAILED)
+    for row in failed.order_by("-updated", "-pk")[:limit]:
+        failures.append(
+            {
+                "storage": row.alias,
+                "name": row.name,
+                "host": row.host,
+                "size": row.size,
+                "attempts": row.attempts,
+                "local_copy": row.local_exists,
+                "updated": _iso(row.updated),
+                "reason": redact(row.last_error),
+            }
+        )
+    return {
+        "schema": 1,
+        "generated": _iso(now),
+        "host": settings.HOST,
+        "storages": storages,
+        "totals": totals,
+        "oldest_pending": _iso(oldest_all),
+        "oldest_pending_age": _age(oldest_all, now),
+        "in_flight": in_flight,
+        "in_flight_total": flying.count() if len(in_flight) == limit else len(in_flight),
+        "failures": failures,
+        "failures_total": failed.count() if len(failures) == limit else len(failures),
+        "staging": {
+            "host": settings.HOST,
+            "waiting_bytes": StoredFile.waiting_bytes(settings.HOST),
+            "budget": settings.STAGING_BUDGET,
+        },
+    }
+
+
+# -- what killed processes left behind -------------------------------------------------------
+@dataclass
+class Cleaned:
+    """One thing :func:`cleanup_spool` or :func:`cleanup_uploads` removed (or would)."""
+
+    where: str
+    what: str
+    size: int | None = None
+    age: float = 0.0
+
+
+def _open_files() -> set[tuple[int, int]] | None:
+    """``(device, inode)`` of every file a process holds open, as far as ``/proc`` shows this
+    user (every process for root); ``None`` where there is no ``/proc``."""
+    if not os.path.isdir("/proc/self/fd"):
+        return None
+    found: set[tuple[int, int]] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        directory = f"/proc/{pid}/fd"
+        try:
+            descriptors = os.listdir(directory)
+        except OSError:
+            continue  # gone, or another user's
+        for fd in descriptors:
+            try:
+                info = os.stat(f"{directory}/{fd}")
+            except OSError:
+                continue
+            found.add((info.st_dev, info.st_ino))
+    return found
+
+
+def _local_roots(storages: Iterable[QueuedStorage]) -> list[str]:
+    roots = set()
+    for storage in storages:
+        try:
+            roots.add(os.path.realpath(storage.local.path("")))
+        except Exception:
+            continue  # no paths: no spool either (the upload views need paths)
+    return sorted(roots)
+
+
+def cleanup_spool(
+    storages: Iterable[QueuedStorage], *, older_than: float, dry_run: bool = False
+) -> tuple[list[Cleaned], list[str]]:
+    """Remove the upload views' spool files that a killed web process left.
+
+    A body being received is written to ``<staging root>/.queued_storage-incoming/`` and moved
+    into place by the save; a process killed in between leaves it there. Removed: regular
+    files unchanged for *older_than* seconds that no process holds open (a slow upload in
+    progress keeps its file open and keeps writing to it). Returns ``(removed, in_use)``.
+    """
+    now = time.time()
+    candidates: list[tuple[str, os.stat_result]] = []
+    for root in _local_roots(storages):
+        directory = os.path.join(root, SPOOL_DIRNAME)
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue
+        for entry in sorted(entries, key=lambda e: e.name):
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if entry.is_file(follow_symlinks=False) and now - info.st_mtime > older_than:
+                candidates.append((entry.path, info))
+    if not candidates:
+        return [], []
+    held = _open_files() or set()
+    removed: list[Cleaned] = []
+    in_use: list[str] = []
+    for path, info in candidates:
+        if (info.st_dev, info.st_ino) in held:
+            in_use.append(path)
+            continue
+        if not dry_run:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue  # taken by its save, or removed by another cleanup meanwhile
+        removed.append(Cleaned(os.path.dirname(path), path, info.st_size, now - info.st_mtime))
+    return removed, in_use
+
+
+#: Most pages of ``ListMultipartUploads`` (1,000 uploads each) read per remote.
+UPLOAD_PAGES = 20
+
+
+def cleanup_uploads(
+    storages: Iterable[QueuedStorage], *, older_than: float, dry_run: bool = False
+) -> tuple[list[Cleaned], list[str]]:
+    """Abort the S3 multipart uploads under each storage's location that are older than
+    *older_than* seconds and that no ledger row records (``upload_id``); ``(aborted, errors)``.
+
+    An upload a row records is the resume point of its transfer; a name whose row is leased
+    right now is left alone too (its worker may be about to record the upload it opened).
+    Unlike the reconcile pass, which only touches names the ledger knows, this also aborts
+    uploads of names it does not know (a file deleted while a killed worker held its upload
+    open): a bucket shared with other applications needs a storage ``location`` of its own.
+    """
+    now = timezone.now()
+    young = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=older_than)
+    db = StoredFile.db()
+    aborted: list[Cleaned] = []
+    errors: list[str] = []
+    seen: set[str] = set()
+    for storage in storages:
+        try:
+            for page in open_uploads(storage.remote, UPLOAD_PAGES):
+                uploads = [u for u in page if u.initiated <= young and u.upload_id not in seen]
+                seen.update(u.upload_id for u in uploads)
+                if not uploads:
+                    continue
+                owned = set(
+                    StoredFile.objects.using(db)
+                    .filter(upload_id__in=[u.upload_id for u in uploads])
+                    .values_list("upload_id", flat=True)
+                )
+                leased = set(
+                    StoredFile.objects.using(db)
+                    .filter(
+                        name__in=[u.name for u in uploads],
+                        state=State.TRANSFERRING,
+                        lease_expires__gt=now,
+                    )
+                    .values_list("name", flat=True)
+                )
+                for upload in uploads:
+                    if upload.upload_id in owned or upload.name in leased:
+                        continue
+                    if not dry_run and not abort_open_upload(
+                        storage.remote, upload.name, upload.upload_id
+                    ):
+                        errors.append(f"{storage.alias}:{upload.name}: could not abort (logged)")
+                        continue
+                    age = (now - upload.initiated).total_seconds()
+                    aborted.append(Cleaned(storage.alias, upload.name, None, age))
+        except Exception as err:
+            errors.append(
+                f"{storage.alias}: could not list the open multipart uploads "
+                f"({type(err).__name__}: {redact(str(err))})"
+            )
+    return aborted, errors
+
+
+def cleanup_local_copies(
+    aliases: Sequence[str],
+    *,
+    older_than: float,
+    timeout: float | None,
+    dry_run: bool = False,
+    batch: int = 500,
+) -> LocalCopies:
+    """The local copies on this host of files verified ``remote`` more than *older_than*
+    seconds ago, deleted where the remote copy verifies again now
+    (:func:`drop_verified_local_copies`, *batch* rows at a time)."""
+    cutoff = timezone.now() - datetime.timedelta(seconds=older_than)
+    rows = StoredFile.objects.using(StoredFile.db()).filter(
+        alias__in=list(aliases),
+        state=State.REMOTE,
+        local_exists=True,
+        host=settings.HOST,
+        transferred__lt=cutoff,
+    )
+    total = LocalCopies()
+    for page in pages(rows, batch):
+        done = drop_verified_local_copies(page, timeout=timeout, dry_run=dry_run)
+        total.deleted += done.deleted
+        total.kept += done.kept
+        total.candidates += done.candidates
+        total.skipped += done.skipped
+        merge_reports(total.report, done.report)
+    return total
+
+
+# -- how the command and the doctor show numbers ---------------------------------------------
+def human_bytes(size: int | float | None) -> str:
+    """``1536`` -> ``"1.5 KiB"`` (binary units, as disks and S3 count)."""
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_age(seconds: float | None) -> str:
+    """``130`` -> ``"2 min"``: the largest whole unit."""
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{seconds:.0f} s"
