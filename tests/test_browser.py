@@ -8,6 +8,7 @@ the link and image leave the staging URL for the S3 URL, which serves the same b
 
 A screenshot of each stage is kept in ``.test-artifacts/browser/`` (git-ignored). Without
 Chromium or Playwright the test skips, or fails under ``QUEUED_STORAGE_TEST_STRICT=1``.
+``QS_TEST_CHROMIUM`` names another Chromium binary than ``chromium`` on ``PATH``.
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ document.addEventListener("queued-storage:error", (event) => {
 
 
 def chromium_path() -> str | None:
-    return os.environ.get("QS_TEST_CHROMIUM") or shutil.which("chromium")
+    """``QS_TEST_CHROMIUM`` if set (a path), else ``chromium`` on ``PATH``."""
+    given = os.environ.get("QS_TEST_CHROMIUM")
+    if given:
+        return given if os.access(given, os.X_OK) else None
+    return shutil.which("chromium")
 
 
 @contextlib.contextmanager
