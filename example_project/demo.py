@@ -5,10 +5,12 @@ Unless the environment names a real S3 (see the docstring of ``example/settings.
 S3 server is started on a free loopback port. Then the SQLite database is migrated, the
 superuser ``admin``/``admin`` is created (a local demo only), a Celery worker is started, and
 
-* by default, Django's development server runs until Ctrl-C (or SIGTERM): upload a file in the
-  admin and refresh the list to watch it move from the staging disk to S3;
+* by default, Django's development server runs until Ctrl-C (or SIGTERM): upload files on the
+  upload page (``/upload/``) and watch each one move from the staging disk to S3;
 * with ``--smoke``, a 1 MiB upload is saved and checked end to end instead: served locally
   before the commit, transferred and verified after it, then served from S3 byte for byte.
+  Then the upload page's path: the page carries the widget, a PUT to the upload view, the
+  status endpoint until ``remote``, the S3 URL (through Django's test client: no browser).
   Exit status 0 when every check passes, 1 otherwise (with the tail of the worker's log).
 
 Every child process runs in its own process group (Ctrl-C in the terminal reaches only this
@@ -51,6 +53,7 @@ from qs_dev.processes import (  # noqa: E402
 SETTINGS_MODULE = "example.settings"
 DEFAULT_PORT = 8000
 SMOKE_SIZE = 1024 * 1024 + 321  # ~1 MiB, not a multiple of any block size
+SMOKE_PAGE_SIZE = 64 * 1024 + 7  # the upload page's smoke upload
 SMOKE_TIMEOUT = 60.0
 
 T = TypeVar("T")
@@ -318,6 +321,62 @@ def smoke(worker: ManagedProcess, endpoint: str | None) -> None:
 
     upload.file.delete(save=False)
     upload.delete()
+    smoke_upload_page(worker, expected)
+
+
+def smoke_upload_page(worker: ManagedProcess, s3_prefix: str) -> None:
+    """The upload page as the browser uses it, through Django's test client (no browser):
+    the page carries the widget, a PUT to the upload view answers 201 with the staging URL,
+    the stored name is attached to the library, the status endpoint ends ``remote`` with an
+    S3 URL that serves the same bytes, and the library lists the file as served from S3."""
+    import requests
+    from django.contrib.auth import get_user_model
+    from django.contrib.staticfiles import finders
+    from django.test import Client
+
+    from gallery.models import Upload
+
+    client = Client(HTTP_HOST=LOOPBACK)
+    client.force_login(get_user_model().objects.get(username="admin"))
+    page = client.get("/upload/")
+    check(page.status_code == 200, f"GET /upload/ answered HTTP {page.status_code}")
+    html = page.content.decode()
+    check("data-qs-uploader" in html and "queued_storage/uploader.js" in html, "no widget")
+    check(finders.find("queued_storage/uploader.js") is not None, "uploader.js is not found")
+
+    data = os.urandom(SMOKE_PAGE_SIZE)
+    put = client.put(
+        "/uploads/put/?name=smoke-page.bin", data, content_type="application/octet-stream"
+    )
+    check(put.status_code == 201, f"the upload view answered {put.status_code}: {put.content!r}")
+    answer = put.json()
+    name, status_url = str(answer["name"]), str(answer["status_url"])
+    check(answer["state"] == "pending", f"the upload view answered the state {answer['state']!r}")
+    check(str(answer["url"]).startswith("/staging/"), f"a staging URL expected: {answer['url']}")
+    attached = client.post("/attach/", {"name": name})
+    check(attached.status_code == 201, f"POST /attach/ answered HTTP {attached.status_code}")
+    say(f"ok: uploaded through the upload page's view ({name}, {len(data)} bytes, pending)")
+
+    def remote() -> dict[str, Any] | None:
+        status: dict[str, Any] = client.get(status_url).json()
+        if status.get("state") == "failed":
+            raise DemoError(f"the transfer of {name} failed")
+        return status if status.get("state") == "remote" else None
+
+    status = wait_until("waiting for the upload's status: remote", remote, SMOKE_TIMEOUT, worker)
+    url = str(status["url"])
+    check(url.startswith(s3_prefix), f"an S3 URL under {s3_prefix} expected, got {url}")
+    with requests.Session() as session:
+        session.trust_env = urlsplit(url).hostname != LOOPBACK
+        response = session.get(url, timeout=30)
+    check(response.content == data, "the S3 copy of the page's upload differs")
+    listing = client.get("/").content.decode()
+    check(name in listing and "S3" in listing, "the library does not list the file on S3")
+    say("ok: the status endpoint says remote; its S3 URL serves the same bytes")
+
+    item = Upload.objects.get(file=name)
+    item.file.delete(save=False)
+    item.delete()
 
 
 def serve(
@@ -343,7 +402,7 @@ def serve(
         "   (a local demo only)\n"
         f"  S3:     bucket {bucket!r} ({s3})\n"
         f"  logs:   {data}/worker.log, {data}/web.log\n"
-        "  Upload a file in the admin, then refresh the list to watch it move to S3.\n"
+        f"  upload: http://{LOOPBACK}:{port}/upload/   (drop files; watch them move to S3)\n"
         "  Press Ctrl-C to stop.\n"
     )
     watched = [child for child in (web, worker, moto) if child is not None]

@@ -42,6 +42,7 @@ USE_TZ = True
 ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "tests.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+STATIC_URL = "/static/"  # tests/urls.py serves queued_storage's static files there
 
 INSTALLED_APPS = [
     "django.contrib.auth",

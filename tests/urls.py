@@ -1,11 +1,15 @@
 from __future__ import annotations
 
-from django.contrib import admin
-from django.urls import include, path
+from pathlib import Path
 
+from django.contrib import admin
+from django.urls import include, path, re_path
+from django.views.static import serve
+
+import queued_storage
 from queued_storage.metrics import metrics_view
 from queued_storage.views import UploadView
-from tests.views import form_upload
+from tests.views import form_upload, uploader_page
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -13,6 +17,14 @@ urlpatterns = [
     path("uploads/", include("queued_storage.urls")),
     # A project's own form view (tests/views.py).
     path("form-upload/", form_upload, name="form-upload"),
+    # The shipped upload widget on a page (tests/test_browser.py), its static files served
+    # from the package itself: the browser runs the JavaScript that ships.
+    path("uploader/", uploader_page, name="uploader"),
+    re_path(
+        r"^static/(?P<path>.*)$",
+        serve,
+        {"document_root": Path(queued_storage.__file__).parent / "static"},
+    ),
     # A remote without network clients: memory measurements see the upload path only.
     path("fs/<path:name>", UploadView.as_view(storage_alias="queued_fs"), name="fs-upload"),
     # A small limit, to refuse an over-long chunked body without sending gigabytes.

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 
 from django.core.files.storage import storages
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 
 from tests.testapp.models import Document
 
@@ -38,3 +39,8 @@ def form_upload(request: HttpRequest) -> JsonResponse:
         },
         status=201,
     )
+
+
+def uploader_page(request: HttpRequest) -> HttpResponse:
+    """A page with nothing but the shipped widget (``queued_storage/uploader.html``)."""
+    return render(request, "testapp/uploader_page.html")

@@ -27,12 +27,16 @@ moto S3 server on loopback. Environment variables switch to real parts:
     environment and never printed.
 ``DEMO_S3_REGION``
     Region name. Default: ``us-east-1``.
+``DEMO_DATABASE_URL``
+    If set (``postgresql://user:password@host:port/dbname``), the database is this PostgreSQL
+    (``psycopg`` must be installed) instead of the SQLite file in the data directory.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent  # example_project/
 REPO_DIR = BASE_DIR.parent
@@ -51,6 +55,7 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 LANGUAGE_CODE = "en-us"
 STATIC_URL = "static/"
+LOGIN_URL = "admin:login"  # the upload page asks the demo's user to sign in
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -99,6 +104,19 @@ DATABASES = {
         },
     }
 }
+DATABASE_URL = os.environ.get("DEMO_DATABASE_URL") or None
+if DATABASE_URL:
+    _db = urlsplit(DATABASE_URL)
+    if _db.scheme not in ("postgres", "postgresql"):
+        raise ValueError("DEMO_DATABASE_URL must be a postgresql://user:password@host/db URL")
+    DATABASES["default"] = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(_db.path.lstrip("/")),
+        "USER": unquote(_db.username or ""),
+        "PASSWORD": unquote(_db.password or ""),
+        "HOST": _db.hostname or "",
+        "PORT": str(_db.port or ""),
+    }
 
 # --- cache and broker: shared by the web process and the worker ------------------------------
 REDIS_URL = os.environ.get("DEMO_REDIS_URL") or None
@@ -165,6 +183,9 @@ STORAGES = {
 # Demo-friendly retry policy: a transient S3 error is retried after seconds, not minutes.
 QUEUED_STORAGE_RETRY_DELAY = 5
 QUEUED_STORAGE_RETRY_MAX_DELAY = 60
+# Django's development server cannot interrupt a stalled upload (gunicorn and queued_storage.asgi
+# can): no idle limit here, rather than a warning on every upload.
+QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT = None
 
 LOGGING = {
     "version": 1,

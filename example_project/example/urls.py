@@ -1,4 +1,5 @@
-"""URLs: the upload list at ``/``, the admin, and (DEBUG only) the staged files."""
+"""URLs: the library at ``/``, the upload page, queued_storage's upload and status views, the
+admin, and (DEBUG only) the staged files."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ from typing import cast
 from django.conf.urls.static import static
 from django.contrib import admin
 from django.core.files.storage import FileSystemStorage, storages
-from django.urls import path
+from django.urls import include, path
 
 from gallery import views
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("upload/", views.upload, name="upload"),
+    path("attach/", views.attach, name="attach"),
+    # PUT uploads/put/?name=<name> and GET uploads/status/<name> (namespace "queued_storage")
+    path("uploads/", include("queued_storage.urls")),
     path("admin/", admin.site.urls),
 ]
 # Files not yet on S3 are served from the staging directory (``static()`` is a no-op unless

@@ -1,17 +1,22 @@
-"""Upload a file here and refresh the list to watch it move from the staging disk to S3."""
+"""The media library in the admin: a thumbnail, and queued_storage's state column per field.
+
+``QueuedFileAdminMixin`` adds the columns "image state" and "file state" (a badge, and a
+progress bar while a file is transferring; one ledger query per page) and the action
+"Transfer the selected files now".
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
 from django.template.defaultfilters import filesizeformat
 from django.utils.html import format_html
 
 from gallery.models import Upload
+from queued_storage.admin import QueuedFileAdminMixin
 
 if TYPE_CHECKING:
     _UploadAdminBase = admin.ModelAdmin[Upload]
@@ -20,24 +25,30 @@ else:  # ModelAdmin is generic for type checkers only (django-stubs)
 
 
 @admin.register(Upload)
-class UploadAdmin(_UploadAdminBase):
-    list_display = ("title", "file_name", "state", "file_size", "served_from")
-    readonly_fields = ("state", "file_size", "served_from", "link")
-    search_fields = ("title", "file")
-    actions = ("queue_transfer",)
+class UploadAdmin(QueuedFileAdminMixin, _UploadAdminBase):
+    list_display = ("thumbnail", "title", "file_name", "file_size", "served_from")
+    list_display_links = ("thumbnail", "title")
+    queued_file_fields = ("image", "file")
+    readonly_fields = ("thumbnail", "file_size", "served_from", "link")
+    search_fields = ("title", "image", "file")
 
     def get_fields(self, request: HttpRequest, obj: Upload | None = None) -> Any:
         if obj is None:  # the add form: nothing to show about a file not saved yet
-            return ("title", "file")
-        return ("title", "file", "state", "file_size", "served_from", "link")
+            return ("title", "image", "file")
+        return ("title", "thumbnail", "image", "file", "file_size", "served_from", "link")
+
+    @admin.display(description="")
+    def thumbnail(self, obj: Upload) -> str:
+        if not obj.image:
+            return "-"
+        return format_html(
+            '<img src="{}" alt="" style="width:64px;height:48px;object-fit:cover">', obj.image.url
+        )
 
     @admin.display(description="file")
     def file_name(self, obj: Upload) -> str:
-        return obj.file.name or "-"
-
-    @admin.display(description="transfer state")
-    def state(self, obj: Upload) -> str:
-        return obj.transfer_state
+        stored = obj.stored
+        return stored.name or "-" if stored is not None else "-"
 
     @admin.display(description="size")
     def file_size(self, obj: Upload) -> str:
@@ -49,28 +60,20 @@ class UploadAdmin(_UploadAdminBase):
 
     @admin.display(description="URL")
     def link(self, obj: Upload) -> str:
-        if not obj.file:
+        stored = obj.stored
+        if stored is None:
             return "-"
-        url = obj.file.url
+        url = stored.url
         return format_html('<a href="{}">{}</a>', url, url.split("?", 1)[0])
 
     def save_model(
         self, request: HttpRequest, obj: Upload, form: ModelForm[Upload], change: bool
     ) -> None:
         super().save_model(request, obj, form, change)
-        if "file" in form.changed_data:
+        if {"image", "file"} & set(form.changed_data):
             messages.info(
                 request,
-                f"The file {obj.file.name} is saved on the local disk and served from there; "
-                "a Celery worker transfers it to S3 once this request is committed. Refresh "
-                "the list to watch its state change.",
+                f"{obj.title}: saved on the local disk and served from there; a Celery worker "
+                "transfers it to S3 once this request is committed. Refresh the list to watch "
+                "its state change, or upload on the site's upload page to watch it live.",
             )
-
-    @admin.action(description="Queue the transfer of the selected files again")
-    def queue_transfer(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
-        queued = 0
-        for upload in queryset:
-            if upload.file and upload.transfer_state != "remote":
-                upload.file.transfer()
-                queued += 1
-        self.message_user(request, f"Queued {queued} transfer(s).")

@@ -1,15 +1,22 @@
-"""One model: an uploaded file stored through the project's default (queued) storage."""
+"""The media library: each item holds an image (thumbnail shown) or any other file.
+
+Both fields store through the project's default storage, a ``QueuedStorage``: a file is served
+from the local staging disk until a Celery worker has copied it to S3 and verified the copy.
+"""
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import models
 
-from queued_storage.fields import QueuedFileField
+from queued_storage.fields import QueuedFieldFile, QueuedFileField, QueuedImageField
 
 
 class Upload(models.Model):
     title = models.CharField(max_length=200)
-    file = QueuedFileField(upload_to="uploads", max_length=255)
+    image = QueuedImageField(upload_to="images", max_length=255, blank=True)
+    file = QueuedFileField(upload_to="uploads", max_length=255, blank=True)
+    created = models.DateTimeField(auto_now_add=True, null=True)
 
     objects: models.Manager[Upload] = models.Manager()
 
@@ -19,20 +26,33 @@ class Upload(models.Model):
     def __str__(self) -> str:
         return self.title
 
+    def clean(self) -> None:
+        if not self.image and not self.file:
+            raise ValidationError("Choose an image or a file.")
+
+    @property
+    def stored(self) -> QueuedFieldFile | None:
+        """The item's file: the image if it has one, else the file (``None``: neither)."""
+        if self.image:
+            return self.image  # type: ignore[return-value]  (same mixin, an ImageFieldFile)
+        return self.file if self.file else None
+
     @property
     def transfer_state(self) -> str:
         """``pending``/``transferring``/``remote``/``failed``, or ``-`` when unknown."""
-        return self.file.state or "-"
+        stored = self.stored
+        return (stored.state if stored is not None else None) or "-"
 
     @property
     def size(self) -> int | None:
-        found = self.file.queued_state
+        stored = self.stored
+        found = stored.queued_state if stored is not None else None
         return found.size if found is not None else None
 
     @property
     def served_from(self) -> str:
         """Where reads of the file go now: ``local`` until the transfer is verified, then S3."""
-        name = self.file.name
-        if not name:
+        stored = self.stored
+        if stored is None or not stored.name:
             return "-"
-        return "S3" if self.file.queued_storage.using_remote(name) else "local"
+        return "S3" if stored.queued_storage.using_remote(stored.name) else "local"

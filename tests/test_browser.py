@@ -1,0 +1,228 @@
+"""The shipped upload widget in a real browser: Debian's Chromium, driven by Playwright.
+
+gunicorn serves the test project's ``/uploader/`` page (``queued_storage/uploader.html`` and the
+package's own ``static/queued_storage/uploader.js``), the suite's Celery worker transfers to
+moto. The browser uploads a 20 MiB file and a small PNG, and the test watches what a user sees:
+the upload bars reach 100 %, each state goes ``pending`` → (``transferring``) → ``remote``, and
+the link and image leave the staging URL for the S3 URL, which serves the same bytes.
+
+A screenshot of each stage is kept in ``.test-artifacts/browser/`` (git-ignored). Without
+Chromium or Playwright the test skips, or fails under ``QUEUED_STORAGE_TEST_STRICT=1``.
+``QS_TEST_CHROMIUM`` names another Chromium binary than ``chromium`` on ``PATH``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from django.conf import settings
+from django.contrib.auth.models import Permission, User
+from django.test import Client
+
+from queued_storage.models import State, StoredFile
+from tests.harness.suite import need_tool
+from tests.harness.webservers import DjangoServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+MiB = 1024 * 1024
+ARTIFACTS = Path(__file__).resolve().parents[1] / ".test-artifacts" / "browser"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # Without these Chromium calls home, and a closed network refuses its connections.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+INSTALL_HINT = 'apt-get install -y chromium (.ci/run installs it); pip install -e ".[test]"'
+
+#: Collects what the widget showed, from its own events, in the order it showed it.
+RECORDER = """
+window.qsSeen = [];
+document.addEventListener("queued-storage:state", (event) => {
+  const s = event.detail.status;
+  window.qsSeen.push({file: event.detail.file.name, state: s.state, url: s.url});
+});
+document.addEventListener("queued-storage:error", (event) => {
+  window.qsSeen.push({file: event.detail.file.name, state: "error", url: event.detail.message});
+});
+"""
+
+
+def chromium_path() -> str | None:
+    """``QS_TEST_CHROMIUM`` if set (a path), else ``chromium`` on ``PATH``."""
+    given = os.environ.get("QS_TEST_CHROMIUM")
+    if given:
+        return given if os.access(given, os.X_OK) else None
+    return shutil.which("chromium")
+
+
+@contextlib.contextmanager
+def browser_page() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def png_bytes() -> bytes:
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 48), (32, 94, 166))
+    for x in range(0, 64, 8):
+        for y in range(48):
+            image.putpixel((x, y), (255, 200, 0))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_the_shipped_widget_uploads_with_progress_and_follows_each_file_to_s3(
+    worker: Any, clean: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    need_tool("Playwright", importlib.util.find_spec("playwright") is not None, INSTALL_HINT)
+    need_tool("Chromium", chromium_path() is not None, INSTALL_HINT)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(20 * MiB))
+    picture = tmp_path / "picture.png"
+    picture.write_bytes(png_bytes())
+    sent = {"big.bin": big.read_bytes(), "picture.png": picture.read_bytes()}
+
+    user = User.objects.create_user("browser-user")
+    user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["add_storedfile", "view_storedfile"])
+    )
+    client = Client()
+    client.force_login(user)
+    session = client.cookies[settings.SESSION_COOKIE_NAME].value
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
+    shots: list[Path] = []
+    env = {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    server = DjangoServer("gunicorn", Path(settings.WORKDIR) / "web-browser", env)
+    server.start()
+    started = time.monotonic()
+    try:
+        with browser_page() as browser:
+            context = browser.new_context(viewport={"width": 900, "height": 700})
+            context.add_cookies(
+                [{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": server.url}]
+            )
+            page = context.new_page()
+            page.add_init_script(RECORDER)
+            page.goto(f"{server.url}/uploader/")
+
+            def shoot(stage: str) -> None:
+                path = ARTIFACTS / f"{len(shots) + 1}-{stage}.png"
+                page.screenshot(path=str(path), full_page=True)
+                shots.append(path)
+
+            shoot("empty")
+            page.set_input_files("input[type=file]", [str(big), str(picture)])
+
+            # The XHR upload bars reach 100 % once the upload view has answered.
+            page.wait_for_function(
+                """() => {
+                  const items = document.querySelectorAll(".qs-file[data-stored-name]");
+                  return items.length === 2 && [...items].every(
+                    (i) => i.querySelector(".qs-upload-progress").value === 100);
+                }""",
+                timeout=15_000,
+            )
+            items = page.locator(".qs-file")
+            for index in range(2):
+                assert items.nth(index).locator(".qs-upload-percent").inner_text() == "100 %"
+            shoot("uploaded")
+
+            # The 20 MiB file's transfer runs in 5 MiB parts: its state shows the progress.
+            big_state = page.locator('.qs-file[data-file-name="big.bin"] .qs-state')
+            page.wait_for_function(
+                """() => ["transferring", "remote"].includes(
+                  document.querySelector('.qs-file[data-file-name="big.bin"]').dataset.state)""",
+                timeout=20_000,
+            )
+            shoot(big_state.get_attribute("data-state") or "unknown")
+
+            page.wait_for_function(
+                """() => [...document.querySelectorAll(".qs-file")].every(
+                  (i) => ["remote", "failed", "error"].includes(i.dataset.state))""",
+                timeout=20_000,
+            )
+            link_hrefs = {
+                name: page.locator(f'.qs-file[data-file-name="{name}"] .qs-link').get_attribute(
+                    "href"
+                )
+                for name in sent
+            }
+            img = page.locator('.qs-file[data-file-name="picture.png"] img.qs-preview')
+            img_src = img.get_attribute("src")
+            page.wait_for_function(
+                """() => { const i = document.querySelector("img.qs-preview");
+                           return i.complete && i.naturalWidth > 0; }""",
+                timeout=10_000,
+            )
+            natural = img.evaluate("(i) => [i.naturalWidth, i.naturalHeight]")
+            states = {
+                name: page.locator(f'.qs-file[data-file-name="{name}"] .qs-state').inner_text()
+                for name in sent
+            }
+            shoot("remote")
+            seen: list[dict[str, Any]] = page.evaluate("window.qsSeen")
+            stored = {
+                name: page.locator(f'.qs-file[data-file-name="{name}"]').get_attribute(
+                    "data-stored-name"
+                )
+                for name in sent
+            }
+            context.close()
+    finally:
+        server.stop()
+        with capsys.disabled():
+            print(
+                f"\nbrowser screenshots ({time.monotonic() - started:.1f}s): "
+                + ", ".join(str(p) for p in shots)
+            )
+
+    assert states == {"big.bin": "remote", "picture.png": "remote"}, seen
+    s3 = settings.S3_ENDPOINT.rstrip("/") + f"/{settings.BUCKET}/"
+    for name, data in sent.items():
+        shown = [event for event in seen if event["file"] == name]
+        order = [event["state"] for event in shown]
+        # What the user saw, in order: pending first (the upload view's answer, served from the
+        # staging disk), maybe transferring, remote last; never backwards, never an error.
+        assert order[0] == "pending" and order[-1] == "remote", order
+        ranks = [["pending", "transferring", "remote"].index(state) for state in order]
+        assert ranks == sorted(ranks), order
+        assert shown[0]["url"].startswith("/staging/"), shown[0]
+        assert all(e["url"].startswith("/staging/") for e in shown if e["state"] != "remote")
+        final = link_hrefs[name]
+        assert final == shown[-1]["url"] and final.startswith(s3), (final, s3)
+        response = requests.get(final, timeout=30)
+        assert response.status_code == 200
+        assert response.content == data, f"the S3 copy of {name} differs"
+        row = StoredFile.objects.get(name=stored[name])
+        assert (row.state, row.size, row.owner) == (State.REMOTE, len(data), str(user.pk))
+    assert img_src == link_hrefs["picture.png"]
+    assert natural == [64, 48]
+    assert [p.name for p in shots][:2] == ["1-empty.png", "2-uploaded.png"]
+    assert shots[-1].name == f"{len(shots)}-remote.png"
