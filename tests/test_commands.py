@@ -281,10 +281,10 @@ def test_status_json_counts_files_and_bytes_with_progress_and_failures(clean: An
         "; local copies 4 (25 B); oldest pending "
     )
     assert "in flight: 1" in lines
-    assert f"  queued_delayed:{moving}  4 B of 10 B (40.0%), attempt 1, lease worker-1 until " in (
+    assert f"  queued_delayed:{moving}  4 B of 10 B (40.0%), file errors 0, lease worker-1 until " in (
         out
     )
-    assert f"  queued_delayed:{broken} (attempts 1, local copy kept): The remote storage " in out
+    assert f"  queued_delayed:{broken} (file errors 1, local copy kept): The remote storage " in out
     assert lines[-1] == f"reconcile: no pass recorded on host {doc['host']}"
     assert command("status", "-v", "0") == ("", "", 0)
     assert waiting
@@ -314,7 +314,7 @@ def test_transfer_sync_runs_the_workers_code_path_with_a_progress_bar(clean: Any
     assert out.splitlines()[-1].startswith("1 transferred (6.0 MiB in ")
     assert "scan.bin" in err and "100%" in err  # the bar, on the terminal
     found = row(name)
-    assert (found.state, found.attempts, found.lease_owner) == (State.REMOTE, 1, "")
+    assert (found.state, found.attempts, found.lease_owner) == (State.REMOTE, 0, "")
     assert s3_bytes(clean, name) == payload
 
     gone = delayed().save("sync/gone.txt", ContentFile(b"lost"))

@@ -482,7 +482,7 @@ class Command(BaseCommand):
             percent = "" if item["percent"] is None else f" ({item['percent']}%)"
             say(
                 f"  {item['storage']}:{item['name']}  {human_bytes(item['bytes_done'])} of "
-                f"{human_bytes(item['size'])}{percent}, attempt {item['attempts']}, "
+                f"{human_bytes(item['size'])}{percent}, file errors {item['attempts']}, "
                 f"lease {item['lease_owner']} until {item['lease_expires']}"
             )
         say(f"failed: {data['failures_total']}")
@@ -492,7 +492,7 @@ class Command(BaseCommand):
                 reason = reason[:159] + "…"
             local = "local copy kept" if item["local_copy"] else "no local copy"
             say(
-                f"  {item['storage']}:{item['name']} (attempts {item['attempts']}, {local}): "
+                f"  {item['storage']}:{item['name']} (file errors {item['attempts']}, {local}): "
                 f"{reason}"
             )
         run = data["reconcile"]
