@@ -67,8 +67,9 @@ def streaming(django_db_setup: Any) -> Iterator[DjangoServer]:
 
 
 @pytest.fixture(scope="module")
-def accel(django_db_setup: Any) -> Iterator[Nginx]:
-    """nginx (``docs/nginx.conf``) in front of a gunicorn whose view answers X-Accel-Redirect."""
+def accel(django_db_setup: Any) -> Iterator[tuple[Nginx, DjangoServer]]:
+    """nginx (``docs/nginx.conf``) and the gunicorn behind it, whose view answers
+    X-Accel-Redirect."""
     need_tool(
         "nginx",
         shutil.which("nginx") is not None or os.path.exists("/usr/sbin/nginx"),
@@ -83,9 +84,8 @@ def accel(django_db_setup: Any) -> Iterator[Nginx]:
             staging_dir=Path(settings.STAGING_ROOT),
         )
         front.start()
-        front.upstream = upstream  # type: ignore[attr-defined]
         try:
-            yield front
+            yield front, upstream
         finally:
             front.stop()
 
@@ -207,13 +207,14 @@ def test_a_symlink_out_of_the_staging_root_is_not_served(delayed: QueuedStorage)
 
 # -- through nginx: X-Accel-Redirect --------------------------------------------------------------
 def test_nginx_sends_a_waiting_file_that_django_only_authorised(
-    accel: Nginx, delayed: QueuedStorage
+    accel: tuple[Nginx, DjangoServer], delayed: QueuedStorage
 ) -> None:
+    nginx, upstream = accel
     owner = _user("viewer")
     name = _save(delayed, "films/été 2.mp4", owner)
     path = "/delayed-files/films/%C3%A9t%C3%A9%202.mp4"
     # Django alone: an empty body and where nginx should look.
-    direct = requests.get(accel.upstream.url + path, cookies=_cookies(owner), timeout=30)  # type: ignore[attr-defined]
+    direct = requests.get(upstream.url + path, cookies=_cookies(owner), timeout=30)
     assert direct.status_code == 200
     assert direct.content == b""
     assert (
@@ -221,23 +222,23 @@ def test_nginx_sends_a_waiting_file_that_django_only_authorised(
     )
     # Through nginx: the bytes, sent by nginx's internal location (its header), and Django's
     # headers kept.
-    sent = requests.get(accel.url + path, cookies=_cookies(owner), timeout=30)
+    sent = requests.get(nginx.url + path, cookies=_cookies(owner), timeout=30)
     assert sent.status_code == 200
     assert sent.content == PAYLOAD
     assert sent.headers["X-Queued-Storage-Sent-By"] == "nginx"
     assert sent.headers["Content-Type"] == "video/mp4"
     assert sent.headers["Content-Disposition"] == "inline; filename*=utf-8''%C3%A9t%C3%A9%202.mp4"
     assert "X-Accel-Redirect" not in sent.headers
-    part = requests.get(accel.url + path, cookies=_cookies(owner), headers={"Range": "bytes=5-9"})
+    part = requests.get(nginx.url + path, cookies=_cookies(owner), headers={"Range": "bytes=5-9"})
     assert (part.status_code, part.content) == (206, PAYLOAD[5:10])
     # A refused client gets Django's answer, not the file; the location itself is internal.
-    other = requests.get(accel.url + path, cookies=_cookies(_user("other")), timeout=30)
+    other = requests.get(nginx.url + path, cookies=_cookies(_user("other")), timeout=30)
     assert (other.status_code, other.content) == (
         404,
         json.dumps({"error": f"No file {name!r} in this storage."}).encode(),
     )
     assert (
-        requests.get(accel.url + "/_queued_storage_staged/" + name, timeout=30).status_code == 404
+        requests.get(nginx.url + "/_queued_storage_staged/" + name, timeout=30).status_code == 404
     )
 
 
