@@ -24,6 +24,9 @@
 | E016 | ``QUEUED_STORAGE_RETRY_FOR`` is not a positive number |
 | E017 | ``QUEUED_STORAGE_RECONCILE_ON_START`` is not an integer of 0 or more |
 | E018 | ``QUEUED_STORAGE_METRICS_TOKEN`` is neither ``None`` nor a non-empty string |
+| E019 | ``QUEUED_STORAGE_SERVE_STAGED`` is not ``None``, a URL name or prefix, or a dict of them |
+| E020 | ``QUEUED_STORAGE_SERVE_STAGED`` names a URL that does not reverse with ``name`` |
+| E021 | ``QUEUED_STORAGE_SENDFILE`` / ``SENDFILE_PREFIX`` is not a valid mode / location |
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
+from django.urls import reverse
 from django.utils.module_loading import import_string
 
-from queued_storage.conf import DEFAULTS, settings
+from queued_storage.conf import DEFAULTS, SENDFILE_MODES, settings
 from queued_storage.models import StoredFile
 from queued_storage.storage import QueuedStorage
 
@@ -44,6 +48,7 @@ __all__ = [
     "check_metrics_settings",
     "check_queued_storages",
     "check_reliability_settings",
+    "check_serving_settings",
     "check_settings",
     "check_staging_budget",
 ]
@@ -361,7 +366,7 @@ def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                         "E012",
                     )
                 )
-    for name in ("UPLOAD_PERMISSION", "STATUS_PERMISSION"):
+    for name in ("UPLOAD_PERMISSION", "STATUS_PERMISSION", "READ_PERMISSION"):
         value = _setting(name)
         if value is not None and (not isinstance(value, str) or value.count(".") != 1):
             problems.append(
@@ -418,4 +423,74 @@ def check_metrics_settings(app_configs: Any = None, **kwargs: Any) -> list[Check
             "README, section Monitoring.",
             id="queued_storage.E018",
         )
+    ]
+
+
+# -- serving waiting files (queued_storage.views.StagedFileView): E019-E021 --------------------
+_SERVING_HINT = "See the README, section Serving waiting files."
+
+
+@register(Tags.compatibility, Tags.urls)
+def check_serving_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E019-E021: where ``url()`` of a waiting file points, and how the view sends it."""
+    problems: list[tuple[str, str]] = []
+    serve = _setting("SERVE_STAGED")
+    queued = dict(_queued_entries())
+    if isinstance(serve, dict):
+        targets = serve
+        unknown = sorted(str(alias) for alias in serve if alias not in queued)
+        if unknown:
+            problems.append(
+                (
+                    "QUEUED_STORAGE_SERVE_STAGED has keys that are not aliases of a "
+                    f"QueuedStorage in STORAGES: {', '.join(map(repr, unknown))}",
+                    "E019",
+                )
+            )
+    else:
+        targets = {} if serve is None else {"": serve}
+    for alias, target in targets.items():
+        where = (
+            f"QUEUED_STORAGE_SERVE_STAGED[{alias!r}]" if alias else "QUEUED_STORAGE_SERVE_STAGED"
+        )
+        if not isinstance(target, str) or not target or ("/" in target and target[-1] != "/"):
+            problems.append(
+                (
+                    f"{where} must be a URL name (such as 'queued_storage:file') or a path "
+                    f"prefix ending with '/', got {target!r}",
+                    "E019",
+                )
+            )
+        elif "/" not in target:
+            try:
+                reverse(target, kwargs={"name": "probe/file.txt"})
+            except Exception as err:
+                problems.append(
+                    (
+                        f"{where} is {target!r}, which does not reverse with a 'name' argument "
+                        f"({type(err).__name__}: {err})",
+                        "E020",
+                    )
+                )
+    mode = _setting("SENDFILE")
+    if mode is not None and (not isinstance(mode, str) or mode.lower() not in SENDFILE_MODES):
+        problems.append(
+            (
+                f"QUEUED_STORAGE_SENDFILE must be None, 'x-accel-redirect' or 'x-sendfile', got "
+                f"{mode!r}",
+                "E021",
+            )
+        )
+    prefix = _setting("SENDFILE_PREFIX")
+    if not isinstance(prefix, str) or not prefix.startswith("/") or not prefix.endswith("/"):
+        problems.append(
+            (
+                "QUEUED_STORAGE_SENDFILE_PREFIX must be nginx's internal location, a path "
+                f"starting and ending with '/', got {prefix!r}",
+                "E021",
+            )
+        )
+    return [
+        Error(f"{problem}.", hint=_SERVING_HINT, id=f"queued_storage.{check_id}")
+        for problem, check_id in problems
     ]

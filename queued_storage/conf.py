@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
-__all__ = ["DEFAULTS", "settings"]
+__all__ = ["DEFAULTS", "SENDFILE_MODES", "settings"]
 
 MiB = 1024 * 1024
 
@@ -57,7 +57,14 @@ DEFAULTS: dict[str, Any] = {
     "CLEANUP_LOCAL_AFTER": 7 * 24 * 3600,
     "CLEANUP_SPOOL_AFTER": 24 * 3600,
     "CLEANUP_UPLOADS_AFTER": 24 * 3600,
+    "SERVE_STAGED": None,
+    "READ_PERMISSION": None,
+    "SENDFILE": None,
+    "SENDFILE_PREFIX": "/_queued_storage_staged/",
 }
+
+#: The values of ``QUEUED_STORAGE_SENDFILE`` besides ``None`` (Django streams the file).
+SENDFILE_MODES = ("x-accel-redirect", "x-sendfile")
 
 
 class Settings:
@@ -298,6 +305,53 @@ class Settings:
         """Age in seconds after which ``cleanup`` aborts an S3 multipart upload that no ledger
         row records."""
         return float(self._get("CLEANUP_UPLOADS_AFTER"))
+
+    # --- serving waiting files (queued_storage.views.StagedFileView) ----------------------
+    @property
+    def SERVE_STAGED(self) -> str | dict[str, str] | None:
+        """Where ``url()`` of a waiting file points: ``None`` (the local storage's own URL),
+        a URL name or a path prefix (for the storage ``UPLOAD_STORAGE`` names), or a dict of
+        them by ``STORAGES`` alias."""
+        value = self._get("SERVE_STAGED")
+        if value is None or isinstance(value, dict):
+            return value
+        return str(value)
+
+    def serve_staged_for(self, alias: str) -> str | None:
+        """The URL name or path prefix that serves the waiting files of the storage *alias*;
+        ``None``: they are served at the local storage's own URL (and the view answers 404)."""
+        value = self.SERVE_STAGED
+        if isinstance(value, dict):
+            found = value.get(alias)
+            return None if found is None else str(found)
+        return value if value is not None and alias == self.UPLOAD_STORAGE else None
+
+    @property
+    def READ_PERMISSION(self) -> str | None:
+        """Permission that lets the default authorizer give a signed-in user every waiting
+        file; ``None``: only its owner and staff may read it through the view."""
+        value = self._get("READ_PERMISSION")
+        return None if value is None else str(value)
+
+    @property
+    def SENDFILE(self) -> str | None:
+        """How the view hands a waiting file to the web server: ``None`` (Django streams it),
+        ``"x-accel-redirect"`` (nginx) or ``"x-sendfile"`` (Apache's mod_xsendfile, lighttpd)."""
+        value = self._get("SENDFILE")
+        if value is None:
+            return None
+        value = str(value).lower()
+        if value not in SENDFILE_MODES:
+            raise ImproperlyConfigured(
+                f"QUEUED_STORAGE_SENDFILE is {value!r}; use None, 'x-accel-redirect' or "
+                "'x-sendfile'."
+            )
+        return value
+
+    @property
+    def SENDFILE_PREFIX(self) -> str:
+        """nginx's ``internal`` location whose ``alias`` is the staging root (X-Accel-Redirect)."""
+        return str(self._get("SENDFILE_PREFIX"))
 
 
 settings = Settings()

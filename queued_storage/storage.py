@@ -26,7 +26,9 @@ from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import Storage, storages
 from django.db import transaction
+from django.urls import reverse
 from django.utils.deconstruct import deconstructible
+from django.utils.encoding import filepath_to_uri
 from django.utils.functional import SimpleLazyObject
 from django.utils.module_loading import import_string
 
@@ -373,7 +375,10 @@ class QueuedStorage(Storage):
             return None
         found = FileState.from_row(row)
         try:
-            url: str | None = str(self._serving(found).url(name))
+            serving = self._serving(found)
+            url: str | None = str(
+                self.waiting_url(name) if serving is self.local else serving.url(name)
+            )
         except Exception:  # a storage without URLs; the state is still worth answering
             url = None
         return {
@@ -663,10 +668,25 @@ class QueuedStorage(Storage):
 
     def url(self, name: str | None) -> str:
         """The URL of the copy that serves *name*; a name the ledger does not know (even one
-        that is no valid file name, such as ``"/evil.com"``) is the local storage's to answer."""
+        that is no valid file name, such as ``"/evil.com"``) is the local storage's to answer.
+
+        A waiting file's URL is the staged-file view's when ``QUEUED_STORAGE_SERVE_STAGED``
+        names one for this storage (:meth:`waiting_url`)."""
         if name is None or self.get_state(name) is None:
             return self.local.url(name)
-        return self.get_storage(name).url(name)
+        storage = self.get_storage(name)
+        return self.waiting_url(name) if storage is self.local else storage.url(name)
+
+    def waiting_url(self, name: str) -> str:
+        """The URL of *name* while it is served from the local copy: the view that
+        ``QUEUED_STORAGE_SERVE_STAGED`` names for this storage (a URL name, reversed with
+        ``name``, or a path prefix), else the local storage's own URL."""
+        target = settings.serve_staged_for(self.alias)
+        if target is None:
+            return self.local.url(name)
+        if "/" in target:
+            return target + filepath_to_uri(name)
+        return reverse(target, kwargs={"name": name})
 
     def path(self, name: str) -> str:
         storage = self.get_storage(name)

@@ -7,6 +7,8 @@ which gives (names in the ``queued_storage`` namespace):
 * ``uploads/put/<name>`` (``upload``): ``PUT``/``POST`` a raw body or ``POST`` a form;
   ``uploads/put/?name=<name>`` (``upload-query``) takes the name from the query string;
 * ``uploads/status/<name>`` (``status``): the file's state as JSON;
+* ``uploads/files/<name>`` (``file``): a waiting file's bytes, once
+  ``QUEUED_STORAGE_SERVE_STAGED = "queued_storage:file"`` (404 until then);
 * ``uploads/nginx/<name>`` (``nginx-upload``): the body nginx wrote to disk (``X-File-Path``);
 * ``uploads/nginx-auth/`` (``nginx-auth``): nginx's ``auth_request`` target.
 
@@ -27,6 +29,7 @@ urlpatterns = [
     path("put/", views.UploadView.as_view(), name="upload-query"),
     path("put/<path:name>", views.UploadView.as_view(), name="upload"),
     path("status/<path:name>", views.StatusView.as_view(), name="status"),
+    path("files/<path:name>", views.StagedFileView.as_view(), name="file"),
     path("nginx-auth/", views.NginxAuthView.as_view(), name="nginx-auth"),
     path("nginx/", views.NginxUploadView.as_view(), name="nginx-upload-query"),
     path("nginx/<path:name>", views.NginxUploadView.as_view(), name="nginx-upload"),

@@ -16,13 +16,18 @@ Three ways in (``urls.py`` wires them; the README's "Uploads: three ways in" sho
 Every file goes through ``QueuedStorage.save()``, so name reservation, the ledger and the
 dispatch on commit apply as for any other save.
 
+* :class:`StagedFileView` — ``GET`` a waiting file's bytes from the staging disk (Django
+  streams them, or hands them to nginx or Apache with ``QUEUED_STORAGE_SENDFILE``); a file
+  already on the remote is a redirect to its remote URL.
+
 Authorisation is one hook, ``authorize(request, name, action) -> bool | HttpResponse``
-(``action`` is ``"upload"`` or ``"status"``): the setting ``QUEUED_STORAGE_UPLOAD_AUTHORIZER``
-names it, or a subclass overrides :meth:`QueuedStorageView.authorize`. The default asks
-Django's permission system (``QUEUED_STORAGE_UPLOAD_PERMISSION``,
-``QUEUED_STORAGE_STATUS_PERMISSION``): anonymous users get 401, users without the permission
-403; a file's status is shown to its owner (:func:`owner_of`) and to staff only, anyone else
-gets the 404 of a name that does not exist.
+(``action`` is ``"upload"``, ``"status"`` or ``"read"``): the setting
+``QUEUED_STORAGE_UPLOAD_AUTHORIZER`` names it, or a subclass overrides
+:meth:`QueuedStorageView.authorize`. The default asks Django's permission system
+(``QUEUED_STORAGE_UPLOAD_PERMISSION``, ``QUEUED_STORAGE_STATUS_PERMISSION``): anonymous users
+get 401, users without the permission 403; a file's status, and a waiting file's bytes, are
+shown to its owner (:func:`owner_of`) and to staff only, anyone else gets the 404 of a name
+that does not exist.
 
 A file uploaded by a signed-in user records ``str(request.user.pk)`` as its owner, in the
 ledger row's single INSERT (:func:`queued_storage.storage.owned_by`).
@@ -33,16 +38,28 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from typing import Any
-from urllib.parse import unquote_to_bytes
+import mimetypes
+import os
+import re
+from typing import IO, Any
+from urllib.parse import quote, unquote_to_bytes
 
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files.storage import storages
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, QueryDict
+from django.http import (
+    FileResponse,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    HttpResponseRedirect,
+    JsonResponse,
+    QueryDict,
+)
 from django.http.multipartparser import MultiPartParserError
 from django.urls import NoReverseMatch, Resolver404, ResolverMatch, resolve, reverse
 from django.utils.decorators import method_decorator
+from django.utils.http import content_disposition_header, http_date
 from django.utils.module_loading import import_string
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
@@ -73,6 +90,7 @@ __all__ = [
     "NginxAuthView",
     "NginxUploadView",
     "QueuedStorageView",
+    "StagedFileView",
     "StatusView",
     "UploadView",
     "default_authorize",
@@ -116,18 +134,25 @@ def default_authorize(request: HttpRequest, name: str, action: str) -> bool | Ht
     not exist, so that the status endpoint does not tell which names exist. Files saved
     without an owner (from code) are shown to staff only. Needs ``AuthenticationMiddleware``
     (``request.user``).
+
+    ``action="read"`` (:class:`StagedFileView`, a waiting file's bytes): staff, users with
+    ``QUEUED_STORAGE_READ_PERMISSION`` (``None`` by default: no one by permission) and the
+    file's owner; anyone else signed in gets :func:`not_found`, anonymous users 401.
     """
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return _error(401, "Sign in to upload files.")
+    staff = getattr(user, "is_staff", False) or getattr(user, "is_superuser", False)
+    if action == "read":
+        permission = settings.READ_PERMISSION
+        if staff or (permission is not None and user.has_perm(permission)):
+            return True
+        owner = owner_of(request, name)
+        return True if owner and owner == str(user.pk) else not_found(name)
     permission = settings.UPLOAD_PERMISSION if action == "upload" else settings.STATUS_PERMISSION
     if permission is not None and not user.has_perm(permission):
         return False
-    if (
-        action != "status"
-        or getattr(user, "is_staff", False)
-        or getattr(user, "is_superuser", False)
-    ):
+    if action != "status" or staff:
         return True
     owner = owner_of(request, name)
     return True if owner and owner == str(user.pk) else not_found(name)
@@ -711,3 +736,195 @@ class StatusView(QueuedStorageView):
         if payload is None:
             return not_found(name)
         return JsonResponse(payload)
+
+
+# -- serving waiting files ------------------------------------------------------------------------
+#: Types a browser would run as a document of this site (scripts in HTML, SVG, XML): sent as
+#: attachments, so that an uploaded page cannot act with the site's cookies.
+ACTIVE_TYPES = frozenset(
+    {
+        "text/html",
+        "application/xhtml+xml",
+        "image/svg+xml",
+        "text/xml",
+        "application/xml",
+        "text/javascript",
+        "application/javascript",
+    }
+)
+#: Content types of compressed files, as :class:`~django.http.FileResponse` names them.
+_ENCODED_TYPES = {
+    "bzip2": "application/x-bzip",
+    "gzip": "application/gzip",
+    "xz": "application/x-xz",
+}
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+#: What :func:`_byte_range` answers for a range that starts past the end of the file.
+_UNSATISFIABLE = (-1, -1)
+
+
+class StagedFileView(QueuedStorageView):
+    """``GET``/``HEAD``: a waiting file's bytes, from the staging disk, to whoever may read it.
+
+    Mount it from ``queued_storage.urls`` (``files/<name>``, URL name ``file``) and set
+    ``QUEUED_STORAGE_SERVE_STAGED = "queued_storage:file"``: ``url()`` of a file that waits for
+    its transfer then points here, not at the staging storage's own URL (which would need the
+    staging directory served publicly). Until that setting names this view's storage, it
+    answers 404.
+
+    In order, before a byte of the file is read: the name is validated as the upload views
+    validate it (400: traversal, encoded twice, control characters, the spool); the authorizer
+    decides (``action="read"``); a name the ledger does not know is 404 (:func:`not_found`), a
+    file already on the remote is a 302 to its remote URL (old links keep working), a file
+    without a local copy inside the staging root is 404. Then, by ``QUEUED_STORAGE_SENDFILE``:
+    ``None`` streams it (:class:`~django.http.FileResponse`, single byte ranges answered 206),
+    ``"x-accel-redirect"`` answers with an empty body and ``X-Accel-Redirect:
+    <QUEUED_STORAGE_SENDFILE_PREFIX><path in the staging root>`` for nginx's ``internal``
+    location (docs/nginx.conf), ``"x-sendfile"`` with ``X-Sendfile: <absolute path>``
+    (percent-encoded, as mod_xsendfile's ``XSendFileUnescape`` expects).
+
+    Every answer carries the type guessed from the name, ``Content-Disposition`` with the file
+    name (``attachment`` for :data:`ACTIVE_TYPES`, else ``inline``), ``X-Content-Type-Options:
+    nosniff`` and ``Cache-Control: private``.
+    """
+
+    http_method_names = ["get", "head"]
+    action = "read"
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        storage = self.get_storage()
+        if settings.serve_staged_for(storage.alias) is None:
+            return _error(404, "Serving waiting files is off (QUEUED_STORAGE_SERVE_STAGED).")
+        try:
+            name = self.requested_name(request)
+        except UploadRefused as refusal:
+            return _error(refusal.status, refusal.message)
+        refused = _as_response(self.authorize(request, name))
+        if refused is not None:
+            return refused
+        return self.serve(request, storage, name)
+
+    def serve(self, request: HttpRequest, storage: QueuedStorage, name: str) -> HttpResponseBase:
+        """The answer for *name* once the request is authorised (see the class)."""
+        found = storage.get_state(name)
+        if found is not None and not found.is_remote:
+            staged = _staged_path(storage, name)
+            if staged is not None:
+                try:
+                    return _file_response(request, name, *staged)
+                except FileNotFoundError:
+                    pass  # its transfer just finished and deleted it
+            found = storage.get_state(name, fresh=True)
+        if found is None or not found.is_remote:
+            return not_found(name)
+        response = HttpResponseRedirect(storage.remote.url(name))
+        response["Cache-Control"] = "private, no-store"  # signed URLs expire
+        return response
+
+
+def _staged_path(storage: QueuedStorage, name: str) -> tuple[str, str] | None:
+    """The local storage's root and the real path of *name*'s local copy, if that is a
+    regular file inside the root once symlinks are resolved; else ``None``."""
+    try:
+        root = os.path.realpath(storage.local.path(""))
+        path = os.path.realpath(storage.local.path(name))
+    except (NotImplementedError, SuspiciousFileOperation):
+        return None
+    if os.path.commonpath([root, path]) != root or path == root:
+        logger.warning("refused to serve %r: its local copy is outside the staging root", name)
+        return None
+    return (root, path) if os.path.isfile(path) else None
+
+
+def _file_headers(name: str, stat: os.stat_result) -> dict[str, str]:
+    filename = name.rsplit("/", 1)[-1]
+    guessed, encoding = mimetypes.guess_type(filename)
+    content_type = _ENCODED_TYPES.get(encoding or "", guessed or "application/octet-stream")
+    disposition = content_disposition_header(content_type in ACTIVE_TYPES, filename)
+    return {
+        "Content-Type": content_type,
+        "Content-Disposition": disposition or "inline",
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private",
+        "Last-Modified": http_date(stat.st_mtime),
+    }
+
+
+def _file_response(request: HttpRequest, name: str, root: str, path: str) -> HttpResponseBase:
+    """The file at *path* (inside *root*, the staging root), handed to the web server or
+    streamed."""
+    stat = os.stat(path)
+    headers = _file_headers(name, stat)
+    mode = settings.SENDFILE
+    response: HttpResponseBase
+    if mode == "x-accel-redirect":
+        response = HttpResponse(headers=headers)
+        relative = os.path.relpath(path, root)
+        response["X-Accel-Redirect"] = settings.SENDFILE_PREFIX + quote(relative)
+        return response
+    if mode == "x-sendfile":
+        response = HttpResponse(headers=headers)
+        response["X-Sendfile"] = quote(path)
+        return response
+    size = stat.st_size
+    span = _byte_range(request, size, headers["Last-Modified"])
+    headers["Accept-Ranges"] = "bytes"
+    if span == _UNSATISFIABLE:
+        response = HttpResponse(status=416, headers=headers)
+        response["Content-Range"] = f"bytes */{size}"
+        return response
+    start, end = span if span is not None else (0, size - 1)
+    length = max(end - start + 1, 0)
+    if request.method == "HEAD":
+        response = HttpResponse(headers=headers)
+    elif span is None:
+        response = FileResponse(open(path, "rb"))  # noqa: SIM115 (closed by the response)
+    else:
+        response = FileResponse(_Slice(path, start, length), status=206)
+        response["Content-Range"] = f"bytes {start}-{end}/{size}"
+    # Ours win over what FileResponse guessed (it would show an HTML file inline).
+    for header, value in headers.items():
+        response[header] = value
+    response["Content-Length"] = str(length)
+    return response
+
+
+def _byte_range(request: HttpRequest, size: int, modified: str) -> tuple[int, int] | None:
+    """The one byte range the client asked for (first and last byte), :data:`_UNSATISFIABLE`,
+    or ``None`` for the whole file (no ``Range``, several ranges, a malformed one, or an
+    ``If-Range`` that is not the file's ``Last-Modified``)."""
+    match = _RANGE.fullmatch(request.headers.get("Range", "").strip())
+    if match is None or request.headers.get("If-Range", modified) != modified:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:
+        suffix = int(last)
+        return (max(size - suffix, 0), size - 1) if suffix and size else _UNSATISFIABLE
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if last and int(last) < start:
+        return None
+    return (start, end) if start < size else _UNSATISFIABLE
+
+
+class _Slice:
+    """*length* bytes of the file at *path* from *start*: what a 206 answer streams.
+
+    It has no ``fileno``, so a server's ``sendfile()`` cannot send past the range.
+    """
+
+    def __init__(self, path: str, start: int, length: int) -> None:
+        self._file: IO[bytes] = open(path, "rb")  # noqa: SIM115 (closed by the response)
+        self._file.seek(start)
+        self._left = length
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._file.read(size) if size > 0 else b""
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._file.close()

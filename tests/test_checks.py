@@ -1,4 +1,4 @@
-"""Each system check id fires on its misconfiguration, grouped by id (E001-E017, W001, W002,
+"""Each system check id fires on its misconfiguration, grouped by id (E001-E021, W001, W002,
 W011; W010 reads the ledger and is tested in ``test_reconcile.py``), and the checks are bound."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from django.test import override_settings
 from queued_storage.checks import (
     check_queued_storages,
     check_reliability_settings,
+    check_serving_settings,
     check_settings,
     check_upload_settings,
 )
@@ -266,6 +267,7 @@ def test_e012_authorizer_is_not_a_function(value: Any, text: str) -> None:
     [
         ("UPLOAD_PERMISSION", "add_storedfile", "QUEUED_STORAGE_UPLOAD_PERMISSION must be None"),
         ("STATUS_PERMISSION", 3, "QUEUED_STORAGE_STATUS_PERMISSION must be None"),
+        ("READ_PERMISSION", "view", "QUEUED_STORAGE_READ_PERMISSION must be None"),
     ],
 )
 def test_e013_invalid_permission_settings(setting: str, value: Any, text: str) -> None:
@@ -285,6 +287,40 @@ def test_e015_empty_nginx_secret() -> None:
         "QUEUED_STORAGE_NGINX_SECRET must be None or a non-empty string",
         "E015",
     )
+
+
+# --- E019-E021: serving waiting files ---------------------------------------------------------
+@pytest.mark.parametrize(
+    ("settings", "check_id", "text"),
+    [
+        ({"SERVE_STAGED": 3}, "E019", "QUEUED_STORAGE_SERVE_STAGED must be a URL name"),
+        (
+            {"SERVE_STAGED": "/no-slash"},
+            "E019",
+            "or a path prefix ending with '/', got '/no-slash'",
+        ),
+        ({"SERVE_STAGED": {"nope": "queued_storage:file"}}, "E019", "keys that are not aliases"),
+        ({"SERVE_STAGED": "queued_storage:status-nope"}, "E020", "which does not reverse"),
+        ({"SERVE_STAGED": {"default": "metrics"}}, "E020", "SERVE_STAGED['default'] is 'metrics'"),
+        ({"SENDFILE": "x-accel"}, "E021", "QUEUED_STORAGE_SENDFILE must be None, 'x-accel-red"),
+        ({"SENDFILE_PREFIX": "/internal"}, "E021", "starting and ending with '/', got '/internal'"),
+    ],
+)
+def test_e019_e021_serving_settings(settings: dict[str, Any], check_id: str, text: str) -> None:
+    with override_settings(**{f"QUEUED_STORAGE_{k}": v for k, v in settings.items()}):
+        messages = check_serving_settings()
+    assert _ids(messages) == [f"queued_storage.{check_id}"]
+    assert text in messages[0].msg
+
+
+@pytest.mark.parametrize(
+    "serve", [None, "queued_storage:file", "/waiting/", {"queued_delayed": "delayed-file"}]
+)
+def test_e019_e021_silent_for_valid_serving_settings(serve: Any) -> None:
+    with override_settings(
+        QUEUED_STORAGE_SERVE_STAGED=serve, QUEUED_STORAGE_SENDFILE="X-Accel-Redirect"
+    ):
+        assert check_serving_settings() == []
 
 
 # --- W001-W002, W011 ------------------------------------------------------------------------
@@ -358,6 +394,14 @@ def test_upload_checks_are_bound(db: None) -> None:
     with (
         override_settings(QUEUED_STORAGE_UPLOAD_STORAGE="staging"),
         pytest.raises(SystemCheckError, match=r"queued_storage\.E008"),
+    ):
+        call_command("check")
+
+
+def test_serving_checks_are_bound(db: None) -> None:
+    with (
+        override_settings(QUEUED_STORAGE_SENDFILE="sendfile"),
+        pytest.raises(SystemCheckError, match=r"queued_storage\.E021"),
     ):
         call_command("check")
 

@@ -281,8 +281,9 @@ def test_status_json_counts_files_and_bytes_with_progress_and_failures(clean: An
         "; local copies 4 (25 B); oldest pending "
     )
     assert "in flight: 1" in lines
-    assert f"  queued_delayed:{moving}  4 B of 10 B (40.0%), file errors 0, lease worker-1 until " in (
-        out
+    assert (
+        f"  queued_delayed:{moving}  4 B of 10 B (40.0%), file errors 0, lease worker-1 until "
+        in (out)
     )
     assert f"  queued_delayed:{broken} (file errors 1, local copy kept): The remote storage " in out
     assert lines[-1] == f"reconcile: no pass recorded on host {doc['host']}"

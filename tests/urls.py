@@ -8,7 +8,7 @@ from django.views.static import serve
 
 import queued_storage
 from queued_storage.metrics import metrics_view
-from queued_storage.views import UploadView
+from queued_storage.views import StagedFileView, UploadView
 from tests.views import form_upload, uploader_page
 
 urlpatterns = [
@@ -31,4 +31,10 @@ urlpatterns = [
     path("small/<path:name>", UploadView.as_view(max_bytes=1024 * 1024), name="small-upload"),
     # A short idle timeout, to drop a stalled client within a test.
     path("quick/<path:name>", UploadView.as_view(idle_timeout=1.5), name="quick-upload"),
+    # Waiting files of a storage that never dispatches by itself (tests/test_serving.py).
+    path(
+        "delayed-files/<path:name>",
+        StagedFileView.as_view(storage_alias="queued_delayed"),
+        name="delayed-file",
+    ),
 ]

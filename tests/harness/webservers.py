@@ -142,11 +142,15 @@ class Nginx(ServerProcess):
         body_dir: Path,
         secret: str,
         port: int | None = None,
+        staging_dir: Path | None = None,
     ) -> None:
         super().__init__(workdir, port)
         self.upstream_port = upstream_port
         self.body_dir = Path(body_dir)
         self.secret = secret
+        #: The staging root nginx sends waiting files from (X-Accel-Redirect); ``None``: the
+        #: documented /srv/staging/, unused.
+        self.staging_dir = staging_dir
         self.conf_path = self.workdir / "nginx.conf"
         self.error_log = self.workdir / "error.log"
 
@@ -174,6 +178,8 @@ class Nginx(ServerProcess):
             ),
             (r'"change-me";', f'"{self.secret}";'),
         ]
+        if self.staging_dir is not None:
+            replacements.append((r"alias /srv/staging/;", f"alias {self.staging_dir}/;"))
         for pattern, value in replacements:
             text, count = re.subn(pattern + r"(?=\s*#\s*test:)", value, text)
             if count == 0:
