@@ -55,6 +55,16 @@ __all__ = [
 
 _BACKEND = "queued_storage.storage.QueuedStorage"
 
+#: Where each check is explained: the configuration page of the docs (``docs/`` in the source
+#: tree, the same path on the built site), one heading per id. A path, not a URL: there is no
+#: published docs host, and a path in the repository is right for every checkout and sdist.
+DOCS_PAGE = "docs/configuration.md"
+
+
+def _see(check_id: str) -> str:
+    """The end of every hint: the docs entry of *check_id* (``"E005"``)."""
+    return f"See {DOCS_PAGE}#queued_storage-{check_id.lower()}"
+
 
 def _setting(name: str) -> Any:
     """The raw value of ``QUEUED_STORAGE_<name>`` (unchecked), or its default from ``conf``."""
@@ -96,7 +106,7 @@ def check_queued_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                     f"STORAGES[{alias!r}]: the local storage {local!r} is not an alias in "
                     "STORAGES.",
                     hint="Add it to STORAGES (for example a FileSystemStorage on fast disk) or "
-                    "name an existing alias in OPTIONS['local'].",
+                    "name an existing alias in OPTIONS['local']. " + _see("E001"),
                     id="queued_storage.E001",
                 )
             )
@@ -106,7 +116,7 @@ def check_queued_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                     f"STORAGES[{alias!r}]: the remote storage {remote!r} is not an alias in "
                     "STORAGES.",
                     hint="Add it to STORAGES (for example storages.backends.s3.S3Storage) or "
-                    "name an existing alias in OPTIONS['remote'].",
+                    "name an existing alias in OPTIONS['remote']. " + _see("E002"),
                     id="queued_storage.E002",
                 )
             )
@@ -115,7 +125,9 @@ def check_queued_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckM
         try:
             storage = QueuedStorage(**options)
         except ImproperlyConfigured as err:
-            messages.append(Error(f"STORAGES[{alias!r}]: {err}", id="queued_storage.E007"))
+            messages.append(
+                Error(f"STORAGES[{alias!r}]: {err}", hint=_see("E007"), id="queued_storage.E007")
+            )
             continue
         try:
             storage.local.path("queued-storage-check")
@@ -125,7 +137,7 @@ def check_queued_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                     f"STORAGES[{alias!r}]: the local storage {local!r} "
                     f"({type(storage.local).__name__}) cannot give a filesystem path.",
                     hint="The local storage must be on a filesystem the workers can read, "
-                    "such as django.core.files.storage.FileSystemStorage.",
+                    "such as django.core.files.storage.FileSystemStorage. " + _see("E003"),
                     id="queued_storage.E003",
                 )
             )
@@ -142,7 +154,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         messages.append(
             Error(
                 f"QUEUED_STORAGE_RETRIES must be a positive integer, got {retries!r}.",
-                hint="Set it to the number of retries after a failed attempt, e.g. 5.",
+                hint="Set it to the number of retries after a failed attempt, e.g. 5. "
+                + _see("E004"),
                 id="queued_storage.E004",
             )
         )
@@ -152,7 +165,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             messages.append(
                 Error(
                     f"QUEUED_STORAGE_{name} must be a positive number of seconds, got {value!r}.",
-                    hint=f"Remove the setting to use the default ({default}).",
+                    hint=f"Remove the setting to use the default ({default}). {_see('E005')}",
                     id="queued_storage.E005",
                 )
             )
@@ -163,7 +176,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             Error(
                 f"QUEUED_STORAGE_CACHE is {alias!r}, which is not an alias in CACHES.",
                 hint="Name a cache shared by the web processes and the workers (Redis, "
-                "Memcached, database or file-based).",
+                "Memcached, database or file-based). " + _see("E006"),
                 id="queued_storage.E006",
             )
         )
@@ -177,7 +190,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     "between processes, but Celery runs tasks in worker processes.",
                     hint="Web processes will not see the workers' state changes until the "
                     "ledger is read again. Point QUEUED_STORAGE_CACHE at a shared cache "
-                    "(Redis, Memcached, database or file-based).",
+                    "(Redis, Memcached, database or file-based). " + _see("W001"),
                     id="queued_storage.W001",
                 )
             )
@@ -210,7 +223,7 @@ def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[C
                 f"QUEUED_STORAGE_STAGING_BUDGET must be None or a positive number of bytes, got "
                 f"{budget!r}.",
                 hint="Set it to the most bytes that may wait for their transfer on one host "
-                "(e.g. 50 * 1024**3), or remove it for no limit.",
+                "(e.g. 50 * 1024**3), or remove it for no limit. " + _see("E010"),
                 id="queued_storage.E010",
             )
         )
@@ -221,7 +234,7 @@ def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[C
             messages.append(
                 Error(
                     f"QUEUED_STORAGE_{name} must be a positive number of {what}, got {value!r}.",
-                    hint=f"Remove the setting to use the default ({default}).",
+                    hint=f"Remove the setting to use the default ({default}). {_see('E011')}",
                     id="queued_storage.E011",
                 )
             )
@@ -233,7 +246,7 @@ def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[C
                 f"{retry_for!r}.",
                 hint="It is how long a file's transient failures (S3 down, lost workers) are "
                 f"retried before it is failed; remove it for the default ({DEFAULTS['RETRY_FOR']}"
-                " s, a day). See the README, section Errors and retries.",
+                f" s, a day). {_see('E016')}",
                 id="queued_storage.E016",
             )
         )
@@ -244,8 +257,7 @@ def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[C
                 "QUEUED_STORAGE_RECONCILE_ON_START must be an integer of 0 or more (files), got "
                 f"{on_start!r}.",
                 hint="It is the most files a starting worker re-queues; 0 turns that off. "
-                f"Remove it for the default ({DEFAULTS['RECONCILE_ON_START']}). See the README, "
-                "section The reconcile pass.",
+                f"Remove it for the default ({DEFAULTS['RECONCILE_ON_START']}). {_see('E017')}",
                 id="queued_storage.E017",
             )
         )
@@ -258,7 +270,7 @@ def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[C
                 "delivers a retry that waits longer again, once per visibility_timeout.",
                 hint="Set broker_transport_options={'visibility_timeout': ...} (the Django "
                 "setting CELERY_BROKER_TRANSPORT_OPTIONS) above both the longest transfer and "
-                "QUEUED_STORAGE_RETRY_MAX_DELAY.",
+                "QUEUED_STORAGE_RETRY_MAX_DELAY. " + _see("W011"),
                 id="queued_storage.W011",
             )
         )
@@ -303,16 +315,13 @@ def check_staging_budget(
             f"{settings.HOST!r} for their transfer; saves fail with StagingFull beyond it.",
             hint="Check that the workers consuming this host's transfers run and that the "
             "remote storage is reachable (manage.py queued_storage_reconcile reports what "
-            "waits), or raise the budget.",
+            "waits), or raise the budget. " + _see("W010"),
             id="queued_storage.W010",
         )
     ]
 
 
 # -- upload views (queued_storage.views): E005, E008, E009, E012-E015, W002 --------------------
-_UPLOAD_HINT = "See the settings table in the README (section Uploads)."
-
-
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
@@ -328,7 +337,8 @@ def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                 f"QUEUED_STORAGE_UPLOAD_STORAGE is {alias!r}, which is not the alias of a "
                 "QueuedStorage in STORAGES.",
                 hint="Name the STORAGES alias whose BACKEND is "
-                "queued_storage.storage.QueuedStorage that uploads should be saved into.",
+                "queued_storage.storage.QueuedStorage that uploads should be saved into. "
+                + _see("E008"),
                 id="queued_storage.E008",
             )
         )
@@ -391,7 +401,7 @@ def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
     if secret is not None and (not isinstance(secret, str) or not secret):
         problems.append(("QUEUED_STORAGE_NGINX_SECRET must be None or a non-empty string", "E015"))
     messages.extend(
-        Error(f"{problem}.", hint=_UPLOAD_HINT, id=f"queued_storage.{check_id}")
+        Error(f"{problem}.", hint=_see(check_id), id=f"queued_storage.{check_id}")
         for problem, check_id in problems
     )
     if upload_dir is not None and secret is None:
@@ -401,7 +411,7 @@ def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                 "any client that reaches Django directly can name a file in that directory "
                 "in X-File-Path (another client's upload in progress).",
                 hint="Set QUEUED_STORAGE_NGINX_SECRET and the same value in nginx's "
-                "proxy_set_header X-Queued-Storage-Secret (docs/nginx.conf).",
+                "proxy_set_header X-Queued-Storage-Secret (docs/nginx.conf). " + _see("W002"),
                 id="queued_storage.W002",
             )
         )
@@ -419,17 +429,14 @@ def check_metrics_settings(app_configs: Any = None, **kwargs: Any) -> list[Check
         Error(
             f"QUEUED_STORAGE_METRICS_TOKEN must be None or a non-empty string, got {token!r}.",
             hint="Set the bearer token your Prometheus scraper sends (a long random string), "
-            "or None to open queued_storage.metrics.metrics_view to staff users only. See the "
-            "README, section Monitoring.",
+            "or None to open queued_storage.metrics.metrics_view to staff users only. "
+            + _see("E018"),
             id="queued_storage.E018",
         )
     ]
 
 
 # -- serving waiting files (queued_storage.views.StagedFileView): E019-E021 --------------------
-_SERVING_HINT = "See the README, section Serving waiting files."
-
-
 @register(Tags.compatibility, Tags.urls)
 def check_serving_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """E019-E021: where ``url()`` of a waiting file points, and how the view sends it."""
@@ -491,6 +498,6 @@ def check_serving_settings(app_configs: Any = None, **kwargs: Any) -> list[Check
             )
         )
     return [
-        Error(f"{problem}.", hint=_SERVING_HINT, id=f"queued_storage.{check_id}")
+        Error(f"{problem}.", hint=_see(check_id), id=f"queued_storage.{check_id}")
         for problem, check_id in problems
     ]
