@@ -3,6 +3,7 @@
 #   make test-faults - the long fault tests (kill -9, S3 outage), each printing its figures
 #   make demo   - create .venv, install, run the example project (ARGS=--smoke: once, no browser)
 #   make bench  - the transfer benchmarks (ARGS=--quick for small sizes)
+#   make docs   - the documentation site (docs/, mkdocs.yml) into site/, warnings as errors
 #   make tox    - the version matrix (tox.ini) in a tox venv of its own (TOXARGS="-e minimum")
 # PYTHON=python3.13 (any interpreter on PATH, or a path): its own venv, .venv-python3.13,
 # so that several Pythons' environments live side by side; the default python3 uses .venv.
@@ -17,7 +18,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 STRICT ?=
 
-.PHONY: venv test test-faults demo bench lint format tox clean
+.PHONY: venv test test-faults demo bench docs lint format tox clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,18 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 	$(BIN)/python benchmarks/bench_uploads.py $(ARGS)
 
+# The docs site: MkDocs in strict mode (a broken link or anchor fails); the docs extra installs
+# it once per venv. NO_MKDOCS_2_WARNING silences Material's banner about MkDocs 2.0 (not a
+# warning of this build).
+DOCS_STAMP := $(VENV)/.docs-stamp
+
+$(DOCS_STAMP): $(STAMP) setup.cfg
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -65,4 +78,4 @@ tox: $(TOX_VENV)/.installed-stamp
 	$(TOX_VENV)/bin/tox $(TOXARGS)
 
 clean:
-	rm -rf $(VENV) $(TOX_VENV) .tox .demo build dist *.egg-info .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOX_VENV) .tox .demo site build dist *.egg-info .mypy_cache .ruff_cache
