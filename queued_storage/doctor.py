@@ -63,7 +63,7 @@ _T = TypeVar("_T")
 
 _RECONCILE_FIX = (
     "schedule the pass: the Celery beat task queued_storage.tasks.reconcile, or cron "
-    "'python manage.py queued_storage reconcile' (README: The reconcile pass)"
+    "'python manage.py queued_storage reconcile' (docs/operations.md: The reconcile pass)"
 )
 
 
@@ -355,7 +355,7 @@ def check_celery_app() -> tuple[list[Check], Any]:
     app = current_app._get_current_object()
     fix = (
         "define your project's Celery app (proj/celery.py) and import it in the project "
-        "package's __init__.py, as Celery's Django guide does (README: Quick start)"
+        "package's __init__.py, as Celery's Django guide does (docs/quickstart.md)"
     )
     if app.main in (None, "default") and not app.fixups:  # Celery's fallback app
         detail = "no Celery app is configured: transfers would go to Celery's fallback app"
@@ -461,7 +461,7 @@ def run(
 ) -> list[Check]:
     """Every check, in the order a file travels; see the module docstring."""
     if not storages:
-        fix = "add one to STORAGES (README: Quick start)"
+        fix = "add one to STORAGES (docs/quickstart.md)"
         return [Check("storages", "", FAIL, "no QueuedStorage is configured", fix)]
     found = check_ledger()
     found += check_local(storages)

@@ -437,7 +437,7 @@ def _age(when: datetime.datetime | None, now: datetime.datetime) -> float | None
 
 
 def status(aliases: Sequence[str] | None = None, *, limit: int = 20) -> dict[str, Any]:
-    """What the ledger says, as plain JSON-ready data (the schema is in the README).
+    """What the ledger says, as plain JSON-ready data (the schema is in docs/operations.md).
 
     A handful of aggregate queries whatever the ledger's size, plus at most *limit* rows of
     transfers in flight (their progress from the cache, where the lease keeper publishes it

@@ -315,8 +315,8 @@ def _log_no_idle_timeout(server: str) -> None:
     logger.warning(
         "QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT cannot be applied under %s (only under gunicorn and "
         "queued_storage.asgi): a client that stops sending holds its thread as long as the "
-        "server allows. Put nginx in front or serve through queued_storage.asgi (README, "
-        "Uploads: slow clients).",
+        "server allows. Put nginx in front or serve through queued_storage.asgi (docs/uploads.md, "
+        "Slow clients).",
         server,
     )
 

@@ -1,6 +1,6 @@
 """Upload views: large files in, without holding them in memory.
 
-Three ways in (``urls.py`` wires them; the README's "Uploads: three ways in" shows each):
+Three ways in (``urls.py`` wires them; docs/uploads.md shows each):
 
 * :class:`UploadView` — ``PUT`` (or ``POST`` with ``Content-Type: application/octet-stream``)
   of a raw body, for scripts and ``curl -T``; ``POST`` of a ``multipart/form-data`` form works

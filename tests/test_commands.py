@@ -155,7 +155,7 @@ def test_reconcile_subcommand_is_the_reconcile_command(clean: Any) -> None:
 # --- the operator's subcommands ---------------------------------------------------------------
 MiB = 1024 * 1024
 
-#: The keys of ``status --json`` (the schema in the README).
+#: The keys of ``status --json`` (the schema in docs/operations.md).
 STATUS_KEYS = {
     "schema",
     "generated",

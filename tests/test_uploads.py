@@ -1426,7 +1426,7 @@ def test_a_wsgi_server_that_hides_its_socket_is_logged_once(
         "QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT cannot be applied under an unknown WSGI server "
         "(only under gunicorn and queued_storage.asgi): a client that stops sending holds its "
         "thread as long as the server allows. Put nginx in front or serve through "
-        "queued_storage.asgi (README, Uploads: slow clients)."
+        "queued_storage.asgi (docs/uploads.md, Slow clients)."
     ]
 
 
