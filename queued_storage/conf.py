@@ -2,7 +2,8 @@
 
 Every ``QUEUED_STORAGE_*`` setting is a property of :data:`settings` that reads
 ``django.conf.settings`` when it is accessed, never at import, so ``override_settings`` works
-and nothing is frozen at start-up. docs/configuration.md lists each one with its type, default and effect.
+and nothing is frozen at start-up. docs/configuration.md lists each one with its type,
+default and effect.
 """
 
 from __future__ import annotations

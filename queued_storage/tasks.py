@@ -103,7 +103,8 @@ transfer: Any = Proxy(lambda: celery_state.get_current_app().tasks[Transfer.name
 
 @shared_task(name="queued_storage.tasks.reconcile", ignore_result=True)
 def reconcile(failed: bool = False, adopt: bool = False, all_hosts: bool = False) -> dict[str, int]:
-    """One reconcile pass on the worker's host (schedule it with Celery beat; see docs/quickstart.md).
+    """One reconcile pass on the worker's host (schedule it with Celery beat:
+    docs/quickstart.md).
 
     Returns the pass's counts. Data loss is logged as an error by the pass itself; the task
     does not fail for it, so that the schedule keeps running.
