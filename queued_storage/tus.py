@@ -65,7 +65,7 @@ from queued_storage.ledger import (
     tus_named,
     tus_upload,
 )
-from queued_storage.names import LEDGER_NAME_LENGTH, TUS_DIRNAME
+from queued_storage.names import LEDGER_NAME_LENGTH
 from queued_storage.storage import QueuedStorage, owned_by
 from queued_storage.uploads import (
     CHECKSUM_ALGORITHMS,
@@ -74,6 +74,7 @@ from queued_storage.uploads import (
     UploadRefused,
     append_stream,
     body_idle_timeout,
+    tus_dir,
     validate_upload_name,
 )
 from queued_storage.views import (
@@ -84,7 +85,7 @@ from queued_storage.views import (
     _uploader,
 )
 
-__all__ = ["TUS_VERSION", "TusUploadView", "parse_metadata", "tus_dir"]
+__all__ = ["TUS_VERSION", "TusUploadView", "parse_metadata"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +104,6 @@ TYPE_KEYS = ("filetype", "type", "content_type")
 #: Uploads an append of this process holds (see the module docstring).
 _held: set[str] = set()
 _held_lock = threading.Lock()
-
-
-def tus_dir(local: Any) -> str:
-    """The directory of unfinished tus uploads inside the local storage's root."""
-    path = os.path.join(local.path(""), TUS_DIRNAME)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
 
 
 def parse_metadata(header: str | None) -> dict[str, str]:

@@ -68,6 +68,7 @@ __all__ = [
     "claim_nginx_file",
     "spool_dir",
     "spool_stream",
+    "tus_dir",
     "validate_upload_name",
     "validate_url_name",
 ]
@@ -218,6 +219,14 @@ def spool_dir(local: Any) -> str:
             f"{type(local).__name__} has none (see check queued_storage.E003)."
         ) from err
     path = os.path.join(root, SPOOL_DIRNAME)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def tus_dir(local: Any) -> str:
+    """The directory of unfinished tus uploads inside the local storage's root (each upload's
+    bytes are the file named by its id), created on first use."""
+    path = os.path.join(spool_dir(local).removesuffix(SPOOL_DIRNAME), TUS_DIRNAME)
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
 
