@@ -9,7 +9,11 @@ measures, without asserting anything:
 1. ``big``: one raw ``PUT`` of 1 GiB (``--quick``: 128 MiB) per server. Idle RSS of the web
    process (after one small warm-up upload) and its peak RSS (``VmHWM``, reset before the
    upload) while receiving; the target is a growth within 64 MiB.
-2. ``concurrent``: 100 clients (``--quick``: 20) each ``PUT`` 8 MiB (``--quick``: 2 MiB) at the
+2. ``tus``: the same file as a tus upload (``tuspy``, 64 MiB chunks; ``--quick``: 16 MiB) per
+   server: wall time and RSS growth beside the raw ``PUT``'s (``extra.wall_ratio_vs_put``);
+   then an upload whose connection is closed at 50 % and resumed by tuspy from the server's
+   offset (``extra.resent_mib``: bytes sent twice).
+3. ``concurrent``: 100 clients (``--quick``: 20) each ``PUT`` 8 MiB (``--quick``: 2 MiB) at the
    same time, through uvicorn and through gunicorn: how many succeeded, wall time, peak RSS.
 
 Every upload goes through ``QueuedStorage.save()`` of the ``default`` storage (staging on the
@@ -157,6 +161,83 @@ class Bench:
         )
         self.clean_staging()
 
+    def tus(self, kind: str) -> None:
+        import socket
+
+        import requests
+        from tusclient.client import TusClient
+
+        size = 128 * MiB if self.quick else GiB
+        chunk = 16 * MiB if self.quick else 64 * MiB
+        source = self.tmp / "big.bin"
+        if not source.exists():
+            make_file(source, size)
+        server = self.server(kind)
+        try:
+            pid = server.app_pid
+            client = TusClient(f"{server.url}/uploads/tus/")
+            with source.open("rb") as stream:
+                warm = client.uploader(file_stream=stream, metadata={"filename": "tus-warm.bin"})
+                warm.upload(stop_at=1024)  # creation and one chunk: the code paths warmed up
+                idle = rss_kib(pid)
+                peak_rss_reset(pid)
+                began = time.monotonic()
+                uploader = client.uploader(
+                    file_stream=stream, chunk_size=chunk, metadata={"filename": f"tus-{kind}.bin"}
+                )
+                uploader.upload()
+                wall = time.monotonic() - began
+                peak = peak_rss_kib(pid)
+                ok = uploader.offset == size
+                # Interrupted at 50 %: a PATCH of the whole file, closed half-way.
+                cut = client.uploader(file_stream=stream, metadata={"filename": f"cut-{kind}.bin"})
+                cut.set_url(cut.create_url())
+                raw = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+                head_lines = [
+                    f"PATCH {cut.url.removeprefix(server.url)} HTTP/1.1",
+                    "Host: bench",
+                    "Tus-Resumable: 1.0.0",
+                    "Upload-Offset: 0",
+                    "Content-Type: application/offset+octet-stream",
+                    f"Content-Length: {size}",
+                ]
+                raw.sendall(("\r\n".join(head_lines) + "\r\n\r\n").encode())
+                stream.seek(0)
+                for _ in range(size // 2 // MiB):
+                    raw.sendall(stream.read(MiB))
+                raw.close()
+                time.sleep(1)
+                resumed = client.uploader(file_stream=stream, url=cut.url, chunk_size=chunk)
+                kept = resumed.offset
+                resumed.upload()
+                head = requests.head(cut.url, headers={"Tus-Resumable": "1.0.0"}, timeout=30)
+                ok = ok and head.headers.get("Upload-Offset") == str(size)
+        finally:
+            server.stop()
+        put = next((r for r in self.rows if r.row == "big" and r.server == kind), None)
+        self.rows.append(
+            Row(
+                row="tus",
+                server=kind,
+                clients=1,
+                size_mib=size / MiB,
+                ok=int(ok),
+                wall_s=round(wall, 2),
+                mib_s=round(size / MiB / wall, 1),
+                idle_rss_mib=round(idle / 1024, 1),
+                peak_rss_mib=round(peak / 1024, 1),
+                growth_mib=round((peak - idle) / 1024, 1),
+                extra={
+                    "chunk_mib": chunk // MiB,
+                    "wall_ratio_vs_put": round(wall / put.wall_s, 2) if put else None,
+                    "sent_before_cut_mib": size // 2 // MiB,
+                    "kept_by_server_mib": round(kept / MiB, 1),
+                    "resent_mib": round((size // 2 - kept) / MiB, 1),
+                },
+            )
+        )
+        self.clean_staging()
+
     def concurrent(self, kind: str, prefix: str = "/uploads/put/") -> None:
         clients = 20 if self.quick else 100
         size = 2 * MiB if self.quick else 8 * MiB
@@ -238,18 +319,27 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results-uploads.json"))
+    parser.add_argument(
+        "--only", choices=["big", "tus", "concurrent"], help="one kind of row (tus: with big)"
+    )
     args = parser.parse_args()
     began = time.monotonic()
     bench = Bench(args.quick)
     try:
         for kind in ("gunicorn", "uvicorn", "uvicorn-django"):
-            bench.big(kind)
+            if args.only in (None, "big", "tus"):
+                bench.big(kind)
+        for kind in ("gunicorn", "uvicorn"):
+            if args.only in (None, "tus"):
+                bench.tus(kind)
         for kind in ("uvicorn", "gunicorn"):
-            bench.concurrent(kind)
+            if args.only in (None, "concurrent"):
+                bench.concurrent(kind)
         # The same through a storage whose remote is a directory (tests/urls.py "fs/"): what
         # the S3 client each new thread builds (for the name check) costs, by difference.
         for kind in ("uvicorn", "gunicorn"):
-            bench.concurrent(kind, prefix="/fs/")
+            if args.only in (None, "concurrent"):
+                bench.concurrent(kind, prefix="/fs/")
     finally:
         bench.close()
     print(table(bench.rows))

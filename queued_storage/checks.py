@@ -27,6 +27,7 @@
 | E019 | ``QUEUED_STORAGE_SERVE_STAGED`` is not ``None``, a URL name or prefix, or a dict of them |
 | E020 | ``QUEUED_STORAGE_SERVE_STAGED`` names a URL that does not reverse with ``name`` |
 | E021 | ``QUEUED_STORAGE_SENDFILE`` / ``SENDFILE_PREFIX`` is not a valid mode / location |
+| E022 | ``QUEUED_STORAGE_TUS_EXPIRY`` is not a positive number of seconds |
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ __all__ = [
     "check_serving_settings",
     "check_settings",
     "check_staging_budget",
+    "check_tus_settings",
 ]
 
 _BACKEND = "queued_storage.storage.QueuedStorage"
@@ -500,4 +502,21 @@ def check_serving_settings(app_configs: Any = None, **kwargs: Any) -> list[Check
     return [
         Error(f"{problem}.", hint=_see(check_id), id=f"queued_storage.{check_id}")
         for problem, check_id in problems
+    ]
+
+
+# -- tus resumable uploads (queued_storage.tus): E022 ------------------------------------------
+@register(Tags.compatibility)
+def check_tus_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E022: how long an unfinished tus upload lives."""
+    expiry = _setting("TUS_EXPIRY")
+    if _positive(expiry, float):
+        return []
+    return [
+        Error(
+            f"QUEUED_STORAGE_TUS_EXPIRY must be a positive number of seconds, got {expiry!r}.",
+            hint="Set how long an unfinished tus upload may wait for its next chunk (the "
+            "default is 86400, a day). See docs/tus.md, section Settings.",
+            id="queued_storage.E022",
+        )
     ]

@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "READ_PERMISSION": None,
     "SENDFILE": None,
     "SENDFILE_PREFIX": "/_queued_storage_staged/",
+    "TUS_EXPIRY": 24 * 3600,
 }
 
 #: The values of ``QUEUED_STORAGE_SENDFILE`` besides ``None`` (Django streams the file).
@@ -207,6 +208,13 @@ class Settings:
         """Most bytes that may wait on this host for their transfer; ``None``: no limit."""
         value = self._get("STAGING_BUDGET")
         return None if value is None else int(value)
+
+    # --- tus resumable uploads (queued_storage.tus) ---------------------------------------
+    @property
+    def TUS_EXPIRY(self) -> float:
+        """Seconds an unfinished tus upload lives after its creation or its last append; then
+        it answers 410 and ``manage.py queued_storage cleanup`` removes its bytes."""
+        return float(self._get("TUS_EXPIRY"))
 
     # --- upload views (queued_storage.views) ---------------------------------------------
     @property

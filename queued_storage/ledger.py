@@ -40,11 +40,23 @@ from django.utils import timezone
 from queued_storage import state as read_side
 from queued_storage.conf import settings
 from queued_storage.exceptions import StagingFull
-from queued_storage.models import State, StoredFile
+from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.signals import file_state_changed
 from queued_storage.state import FileState
 
-__all__ = ["LeaseResult", "Ledger", "check_staging_budget", "ledger_database"]
+__all__ = [
+    "LeaseResult",
+    "Ledger",
+    "check_staging_budget",
+    "ledger_database",
+    "tus_advance",
+    "tus_complete",
+    "tus_create",
+    "tus_expired",
+    "tus_forget",
+    "tus_named",
+    "tus_upload",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -651,3 +663,55 @@ class Ledger:
             read_side.drop_state(self.cache_prefix, self.alias, row.name)
             self._announce("drop_reservation", row.name, row.state, None)
         return bool(deleted)
+
+
+# -- tus uploads (queued_storage.tus) -------------------------------------------------------------
+# A tus upload's row is written here too, each change one conditional statement: an append
+# moves ``offset`` only from the value it started at, so two appends cannot both record theirs.
+def tus_upload(upload_id: object) -> TusUpload | None:
+    """The row of a tus upload, read from the database (never a process's memory)."""
+    return TusUpload.get(upload_id)
+
+
+def tus_create(**fields: Any) -> TusUpload:
+    """Insert the row of a new tus upload (an unguessable random id is the caller's)."""
+    row: TusUpload = TusUpload.objects.using(StoredFile.db()).create(**fields)
+    return row
+
+
+def tus_advance(upload_id: object, old: int, new: int, expires: datetime.datetime) -> bool:
+    """Record *new* as the offset of an upload whose offset is still *old*; ``False`` if not."""
+    rows = TusUpload.objects.using(StoredFile.db()).filter(
+        pk=upload_id, offset=old, completed__isnull=True
+    )
+    return bool(rows.update(offset=new, expires=expires))
+
+
+def tus_complete(upload_id: object, now: datetime.datetime) -> bool:
+    """Mark an upload whose last byte arrived as handed to ``QueuedStorage.save()``.
+
+    Run in the save's transaction before the save: the upload's reservation in the staging
+    budget then ends as the saved file's row begins (the budget is not counted twice).
+    """
+    rows = TusUpload.objects.using(StoredFile.db()).filter(pk=upload_id, completed__isnull=True)
+    return bool(rows.update(completed=now))
+
+
+def tus_named(upload_id: object, stored_name: str) -> bool:
+    """Record the name ``QueuedStorage.save()`` stored a finished upload under."""
+    rows = TusUpload.objects.using(StoredFile.db()).filter(pk=upload_id)
+    return bool(rows.update(stored_name=stored_name))
+
+
+def tus_forget(upload_id: object) -> bool:
+    """Delete an upload's row (terminated, or expired and cleaned up)."""
+    deleted, _ = TusUpload.objects.using(StoredFile.db()).filter(pk=upload_id).delete()
+    return bool(deleted)
+
+
+def tus_expired(now: datetime.datetime, host: str | None = None) -> list[TusUpload]:
+    """Uploads whose ``expires`` has passed (finished ones too: their row only answers HEAD)."""
+    rows = TusUpload.objects.using(StoredFile.db()).filter(expires__lt=now).order_by("expires")
+    if host is not None:
+        rows = rows.filter(host=host)
+    return list(rows)

@@ -13,7 +13,7 @@ from django.db.models import Sum
 from queued_storage.conf import settings
 from queued_storage.names import LEDGER_NAME_LENGTH
 
-__all__ = ["State", "StoredFile"]
+__all__ = ["State", "StoredFile", "TusUpload"]
 
 
 class State(models.TextChoices):
@@ -104,4 +104,48 @@ class StoredFile(models.Model):
         rows = cls.objects.using(cls.db()).filter(local_exists=True).exclude(state=State.REMOTE)
         if host is not None:
             rows = rows.filter(host=host)
-        return int(rows.aggregate(total=Sum("size"))["total"] or 0)
+        return int(rows.aggregate(total=Sum("size"))["total"] or 0) + TusUpload.reserved_bytes(host)
+
+
+class TusUpload(models.Model):
+    """One resumable (tus) upload being received: the truth about its offset, for every process.
+
+    The bytes are in ``<staging root>/.queued_storage-tus/<id>``; ``offset`` counts those that
+    are committed (a process killed mid-chunk may leave more on disk: the next append cuts them
+    off). ``stored_name`` is set when the last byte arrived and ``QueuedStorage.save()`` took the
+    file; the row then only answers ``HEAD`` until it expires. Rows change through ``ledger.py``.
+    """
+
+    id = models.UUIDField(primary_key=True)
+    alias = models.CharField(max_length=100, help_text="Alias of the queued storage.")
+    name = models.CharField(max_length=LEDGER_NAME_LENGTH, help_text="Name the client asked for.")
+    content_type = models.CharField(max_length=255, blank=True, default="")
+    metadata = models.TextField(blank=True, default="", help_text="Upload-Metadata as sent.")
+    owner = models.CharField(max_length=255, blank=True, default="")
+    host = models.CharField(max_length=255, blank=True, default="", help_text="Holds the bytes.")
+    length = models.BigIntegerField()
+    offset = models.BigIntegerField(default=0)
+    created = models.DateTimeField(auto_now_add=True)
+    expires = models.DateTimeField()
+    stored_name = models.CharField(max_length=LEDGER_NAME_LENGTH, blank=True, default="")
+    completed = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "tus upload"
+        indexes = [models.Index(fields=["expires"], name="queued_storage_tus_expires")]
+
+    def __str__(self) -> str:
+        return f"tus {self.id} {self.alias}:{self.name} ({self.offset}/{self.length})"
+
+    @classmethod
+    def get(cls, upload_id: object) -> TusUpload | None:
+        found: TusUpload | None = cls.objects.using(StoredFile.db()).filter(pk=upload_id).first()
+        return found
+
+    @classmethod
+    def reserved_bytes(cls, host: str | None = None) -> int:
+        """Bytes reserved by the tus uploads still being received (their ``Upload-Length``)."""
+        rows = cls.objects.using(StoredFile.db()).filter(completed__isnull=True)
+        if host is not None:
+            rows = rows.filter(host=host)
+        return int(rows.aggregate(total=Sum("length"))["total"] or 0)

@@ -19,6 +19,7 @@ __all__ = [
     "OWN_DIRECTORY_PREFIX",
     "PART_BYTES_MAX",
     "SPOOL_DIRNAME",
+    "TUS_DIRNAME",
     "UPLOAD_NAME_LENGTH",
     "check_length",
     "checked_name",
@@ -42,6 +43,9 @@ OWN_DIRECTORY_PREFIX = ".queued_storage-"
 #: Directory inside the staging storage's root that holds upload bodies being received. It is
 #: on the staging filesystem by construction, so the final move into place is a rename.
 SPOOL_DIRNAME = OWN_DIRECTORY_PREFIX + "incoming"
+#: Directory inside the staging storage's root that holds the bytes of unfinished tus uploads
+#: (one file per upload, named by its id), moved into place by the save like the spool's.
+TUS_DIRNAME = OWN_DIRECTORY_PREFIX + "tus"
 
 #: Unicode categories refused in names: control characters and unpaired surrogates.
 _REFUSED_CATEGORIES = ("Cc", "Cs")

@@ -20,6 +20,7 @@ through :func:`queued_storage.dispatch.dispatch`, as a save sends it (``[alias, 
 from __future__ import annotations
 
 import datetime
+import fcntl
 import logging
 import os
 import socket
@@ -37,10 +38,12 @@ from queued_storage import state as read_side
 from queued_storage.conf import settings
 from queued_storage.dispatch import dispatch, redact
 from queued_storage.exceptions import StorageNotFound
+from queued_storage.ledger import tus_expired, tus_forget
 from queued_storage.models import State, StoredFile
 from queued_storage.names import SPOOL_DIRNAME
 from queued_storage.storage import QueuedStorage, get_queued_storage
 from queued_storage.transfer import abort_open_upload, open_uploads
+from queued_storage.uploads import tus_dir
 from queued_storage.verify import DEFAULT_CONCURRENCY, UNCHECKED, VerifyReport, label, verify
 from queued_storage.worker import Outcome, RetryLater, TransferHook, run_transfer
 
@@ -54,6 +57,7 @@ __all__ = [
     "TransferHere",
     "cleanup_local_copies",
     "cleanup_spool",
+    "cleanup_tus",
     "cleanup_uploads",
     "counted",
     "drop_verified_local_copies",
@@ -617,6 +621,49 @@ def cleanup_spool(
             except FileNotFoundError:
                 continue  # taken by its save, or removed by another cleanup meanwhile
         removed.append(Cleaned(os.path.dirname(path), path, info.st_size, now - info.st_mtime))
+    return removed, in_use
+
+
+def cleanup_tus(
+    storages: Iterable[QueuedStorage], *, dry_run: bool = False
+) -> tuple[list[Cleaned], list[str]]:
+    """Remove the tus uploads of this host whose ``expires`` has passed: the bytes of an
+    unfinished one (which end its reservation in the staging budget) and the row.
+
+    An upload a request is appending to right now (its file is locked) is left for the next
+    run. Returns ``(removed, in_use)``.
+    """
+    now = timezone.now()
+    chosen = {storage.alias: storage for storage in storages}
+    removed: list[Cleaned] = []
+    in_use: list[str] = []
+    for row in tus_expired(now, host=settings.HOST):
+        storage = chosen.get(row.alias)
+        if storage is None:
+            continue
+        path = os.path.join(tus_dir(storage.local), str(row.id))
+        age = (now - row.expires).total_seconds()
+        size: int | None = None
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = None
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    in_use.append(f"{row.alias}:{row.name} (tus {row.id})")
+                    continue
+                size = os.fstat(fd).st_size
+                if not dry_run:
+                    os.unlink(path)
+            if not dry_run:
+                tus_forget(row.id)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        removed.append(Cleaned(row.alias, f"{row.name} (tus {row.id})", size, age))
     return removed, in_use
 
 

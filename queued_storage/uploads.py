@@ -50,20 +50,25 @@ from queued_storage.exceptions import QueuedStorageConfigError, QueuedStorageErr
 from queued_storage.names import (
     PART_BYTES_MAX,
     SPOOL_DIRNAME,
+    TUS_DIRNAME,
     UPLOAD_NAME_LENGTH,
     control_characters,
 )
 
 __all__ = [
     "SPOOL_DIRNAME",
+    "Appended",
+    "ChunkChecksum",
     "ExpectedChecksums",
     "StagedFile",
     "StagingUploadHandler",
     "UploadRefused",
+    "append_stream",
     "body_idle_timeout",
     "claim_nginx_file",
     "spool_dir",
     "spool_stream",
+    "tus_dir",
     "validate_upload_name",
     "validate_url_name",
 ]
@@ -107,8 +112,8 @@ def validate_upload_name(name: str) -> str:
             raise UploadRefused(400, f"The file name {name!r} has an empty, '.' or '..' segment.")
         if len(part.encode("utf-8", "surrogatepass")) > PART_BYTES_MAX:
             raise UploadRefused(400, "A segment of the file name is longer than 255 bytes.")
-    if parts[0] == SPOOL_DIRNAME:
-        raise UploadRefused(400, f"Names under {SPOOL_DIRNAME!r} are reserved.")
+    if parts[0] in (SPOOL_DIRNAME, TUS_DIRNAME):
+        raise UploadRefused(400, f"Names under {parts[0]!r} are reserved.")
     # QueuedStorage.save() stores names in Unicode NFC; ask the hook and the ledger the same.
     return unicodedata.normalize("NFC", name)
 
@@ -214,6 +219,14 @@ def spool_dir(local: Any) -> str:
             f"{type(local).__name__} has none (see check queued_storage.E003)."
         ) from err
     path = os.path.join(root, SPOOL_DIRNAME)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def tus_dir(local: Any) -> str:
+    """The directory of unfinished tus uploads inside the local storage's root (each upload's
+    bytes are the file named by its id), created on first use."""
+    path = os.path.join(spool_dir(local).removesuffix(SPOOL_DIRNAME), TUS_DIRNAME)
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
 
@@ -405,6 +418,158 @@ def spool_stream(
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+        raise
+
+
+# -- appending to a resumable upload (queued_storage.tus) -----------------------------------------
+#: ``Upload-Checksum`` algorithms (tus checksum extension), by their tus name.
+CHECKSUM_ALGORITHMS: dict[str, Callable[[], Any]] = {
+    "sha1": lambda: hashlib.sha1(usedforsecurity=False),
+    "md5": lambda: hashlib.md5(usedforsecurity=False),
+    "sha256": hashlib.sha256,
+}
+
+
+@dataclass
+class ChunkChecksum:
+    """The digest a tus client announced for one chunk (``Upload-Checksum: <algo> <base64>``)."""
+
+    algorithm: str
+    digest: bytes
+
+    @classmethod
+    def from_header(cls, value: str | None) -> ChunkChecksum | None:
+        """Parse the header; an unknown algorithm or a malformed digest is a 400, unread."""
+        if not value:
+            return None
+        algorithm, _, encoded = value.strip().partition(" ")
+        factory = CHECKSUM_ALGORITHMS.get(algorithm.lower())
+        if factory is None:
+            known = ", ".join(CHECKSUM_ALGORITHMS)
+            raise UploadRefused(
+                400, f"Upload-Checksum algorithm {algorithm!r} is not supported; use {known}."
+            )
+        try:
+            digest = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            digest = b""
+        if len(digest) != factory().digest_size:
+            raise UploadRefused(400, f"Upload-Checksum is not the base64 of a {algorithm} digest.")
+        return cls(algorithm.lower(), digest)
+
+    def hasher(self) -> Any:
+        return CHECKSUM_ALGORITHMS[self.algorithm]()
+
+
+@dataclass
+class Appended:
+    """What :func:`append_stream` kept: ``received`` bytes after the offset, and why it
+    stopped early (``refusal``: the client went away or stalled), if it did."""
+
+    received: int
+    refusal: UploadRefused | None = None
+
+
+def append_stream(
+    read: Callable[[int], bytes],
+    fd: int,
+    *,
+    offset: int,
+    declared: int | None,
+    remaining: int,
+    chunk_size: int,
+    checksum: ChunkChecksum | None,
+    idle_timeout: float | None = None,
+    fsync: bool = True,
+) -> Appended:
+    """Append a request body to the partial file open at *fd*, from *offset*, in bounded memory.
+
+    Bytes past *offset* (a process killed mid-append wrote them, uncommitted) are cut off
+    first. ``declared`` is the ``Content-Length`` (``None``: chunked, bounded by *remaining*,
+    the bytes the upload still lacks). A body longer than *remaining* (413) or than its
+    ``Content-Length`` (400), or one whose *checksum* does not match (460), is cut off again:
+    :class:`UploadRefused`, nothing kept. A client that goes away or stalls keeps what arrived
+    (an :class:`Appended` with its ``refusal``), unless it announced a checksum: a chunk that
+    cannot be verified is discarded whole. What is kept is on disk (``fsync``) on return.
+    """
+    os.ftruncate(fd, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    hasher = checksum.hasher() if checksum is not None else None
+    limit = declared if declared is not None else remaining
+    received = 0
+    refusal: UploadRefused | None = None
+    try:
+        while True:
+            want = min(chunk_size, limit - received) if declared is not None else chunk_size
+            if want <= 0:
+                break
+            try:
+                chunk = read(want)
+            except CLIENT_GONE as err:
+                refusal = (
+                    idle_refusal(idle_timeout)
+                    if idle_timed_out(err)
+                    else UploadRefused(
+                        400, f"The client stopped sending after {received} bytes of the chunk."
+                    )
+                )
+                break
+            if not chunk:
+                break
+            received += len(chunk)
+            if received > limit:
+                if declared is None:
+                    raise UploadRefused(
+                        413, f"The chunk is longer than the {remaining} bytes the upload lacks."
+                    )
+                raise UploadRefused(
+                    400, f"The body is longer than its Content-Length ({declared})."
+                )
+            if hasher is not None:
+                hasher.update(chunk)
+            _write_fd(fd, chunk)
+        if refusal is None and declared is not None:
+            if received < declared:
+                refusal = UploadRefused(
+                    400, f"The body ended after {received} of {declared} bytes."
+                )
+            else:
+                try:
+                    extra = read(1)
+                except CLIENT_GONE:
+                    extra = b""
+                if extra:
+                    raise UploadRefused(
+                        400, f"The body is longer than its Content-Length ({declared})."
+                    )
+        if checksum is not None and hasher is not None:
+            if refusal is not None:
+                os.ftruncate(fd, offset)
+                return Appended(0, refusal)
+            if hasher.digest() != checksum.digest:
+                raise UploadRefused(
+                    460,
+                    f"Upload-Checksum ({checksum.algorithm}) does not match the chunk; "
+                    "it was discarded, send it again.",
+                )
+        if fsync and received:
+            os.fsync(fd)
+        return Appended(received, refusal)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, offset)
+        raise
+
+
+def _write_fd(fd: int, chunk: bytes) -> None:
+    """Write all of *chunk* at the file position; a full disk is a 507."""
+    view = memoryview(chunk)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UploadRefused(507, "The staging disk is full; the chunk was not kept.") from err
         raise
 
 

@@ -10,7 +10,9 @@ which gives (names in the ``queued_storage`` namespace):
 * ``uploads/files/<name>`` (``file``): a waiting file's bytes, once
   ``QUEUED_STORAGE_SERVE_STAGED = "queued_storage:file"`` (404 until then);
 * ``uploads/nginx/<name>`` (``nginx-upload``): the body nginx wrote to disk (``X-File-Path``);
-* ``uploads/nginx-auth/`` (``nginx-auth``): nginx's ``auth_request`` target.
+* ``uploads/nginx-auth/`` (``nginx-auth``): nginx's ``auth_request`` target;
+* ``uploads/tus/`` (``tus``): the tus 1.0 endpoint (create with ``POST``), and
+  ``uploads/tus/<upload_id>`` (``tus-upload``) one resumable upload (``docs/tus.md``).
 
 To upload into another ``STORAGES`` alias than ``QUEUED_STORAGE_UPLOAD_STORAGE``, include
 them with ``{"storage_alias": "videos"}`` as the third argument of ``path()``, under another
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from queued_storage import views
+from queued_storage import tus, views
 
 app_name = "queued_storage"
 
@@ -33,4 +35,6 @@ urlpatterns = [
     path("nginx-auth/", views.NginxAuthView.as_view(), name="nginx-auth"),
     path("nginx/", views.NginxUploadView.as_view(), name="nginx-upload-query"),
     path("nginx/<path:name>", views.NginxUploadView.as_view(), name="nginx-upload"),
+    path("tus/", tus.TusUploadView.as_view(), name="tus"),
+    path("tus/<str:upload_id>", tus.TusUploadView.as_view(), name="tus-upload"),
 ]

@@ -1,4 +1,4 @@
-"""Each system check id fires on its misconfiguration, grouped by id (E001-E021, W001, W002,
+"""Each system check id fires on its misconfiguration, grouped by id (E001-E022, W001, W002,
 W011; W010 reads the ledger and is tested in ``test_reconcile.py``), and the checks are bound."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from queued_storage.checks import (
     check_reliability_settings,
     check_serving_settings,
     check_settings,
+    check_tus_settings,
     check_upload_settings,
 )
 
@@ -321,6 +322,31 @@ def test_e019_e021_silent_for_valid_serving_settings(serve: Any) -> None:
         QUEUED_STORAGE_SERVE_STAGED=serve, QUEUED_STORAGE_SENDFILE="X-Accel-Redirect"
     ):
         assert check_serving_settings() == []
+
+
+# --- E022: tus uploads -----------------------------------------------------------------------
+@pytest.mark.parametrize("expiry", [0, -1, "a day", None, True])
+def test_e022_tus_expiry_must_be_a_positive_number(expiry: Any) -> None:
+    with override_settings(QUEUED_STORAGE_TUS_EXPIRY=expiry):
+        messages = check_tus_settings()
+    assert _ids(messages) == ["queued_storage.E022"]
+    assert messages[0].msg == (
+        f"QUEUED_STORAGE_TUS_EXPIRY must be a positive number of seconds, got {expiry!r}."
+    )
+
+
+@pytest.mark.parametrize("expiry", [1, 3600, 0.5])
+def test_e022_silent_for_a_positive_expiry(expiry: Any) -> None:
+    with override_settings(QUEUED_STORAGE_TUS_EXPIRY=expiry):
+        assert check_tus_settings() == []
+
+
+def test_tus_checks_are_bound(db: None) -> None:
+    with (
+        override_settings(QUEUED_STORAGE_TUS_EXPIRY=0),
+        pytest.raises(SystemCheckError, match=r"queued_storage\.E022"),
+    ):
+        call_command("check")
 
 
 # --- W001-W002, W011 ------------------------------------------------------------------------

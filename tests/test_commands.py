@@ -469,6 +469,7 @@ def test_cleanup_removes_only_what_is_safe_and_dry_run_changes_nothing(clean: An
             f"  queued_delayed:{old}",
             "spool files unchanged for 1 d: would remove 1 (100 B), 1 still open",
             f"  {dead} (100 B, 3 d old)",
+            "expired tus uploads: would remove 0 (0 B), 0 still receiving",
             "multipart uploads older than 0 s that no ledger row records: would abort 1",
             # moto dates every upload 2010-11-10
             "  queued_delayed:clean/orphan.bin (" + out.rstrip().rsplit("(", 1)[-1],

@@ -53,6 +53,7 @@ from queued_storage.operations import (
     TransferHere,
     cleanup_local_copies,
     cleanup_spool,
+    cleanup_tus,
     cleanup_uploads,
     human_age,
     human_bytes,
@@ -757,6 +758,13 @@ class Command(BaseCommand):
             options,
             [f"{c.what} ({human_bytes(c.size)}, {human_age(c.age)} old)" for c in removed],
         )
+        expired, busy = cleanup_tus(chosen, dry_run=dry)
+        self._say(
+            options,
+            f"expired tus uploads: {remove} {len(expired)} "
+            f"({human_bytes(sum(c.size or 0 for c in expired))}), {len(busy)} still receiving",
+        )
+        self._list(options, [f"{c.where}:{c.what} ({human_bytes(c.size)})" for c in expired])
         aborted, errors = cleanup_uploads(
             chosen, older_than=settings.CLEANUP_UPLOADS_AFTER, dry_run=dry
         )

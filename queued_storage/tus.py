@@ -1,0 +1,462 @@
+"""tus 1.0.0 resumable uploads (https://tus.io/protocols/resumable-upload) as Django views.
+
+:class:`TusUploadView` speaks the core protocol (``OPTIONS``, ``HEAD``, ``PATCH``) and the
+extensions ``creation``, ``creation-with-upload``, ``expiration``, ``checksum`` (``sha1``,
+``md5``, ``sha256``; a chunk that does not match is discarded, 460) and ``termination``.
+``Upload-Defer-Length`` is not offered: the length is needed at creation, where the limits
+apply. ``docs/tus.md`` is the user's page.
+
+Why it is built this way:
+
+* The state of an upload is its :class:`~queued_storage.models.TusUpload` row, read at every
+  request: any web process (any host sharing the staging volume) continues any upload.
+* Its bytes are a file of its own, ``<staging root>/.queued_storage-tus/<id>``, on the staging
+  filesystem, so the last byte ends in ``QueuedStorage.save()`` moving it into place with a
+  rename (no copy), as the raw upload view's spool file is.
+* Appends to one upload are serialised by an exclusive ``flock`` on that file (taken without
+  waiting; whoever finds it held gets 409) plus a per-process set, since threads of one process
+  can share lock ownership on network filesystems. A ``flock`` is released by the kernel when
+  its process dies, so a web process killed mid-append does not block the upload. The offset
+  moves with one conditional UPDATE from the offset the append started at (``ledger.py``).
+* The authorizer hook (``action="upload"``), the owner check, the version check and the
+  limits all run before a byte of the body is read; the body is read with the raw upload
+  view's reader and idle timeout, one ``QUEUED_STORAGE_UPLOAD_CHUNK_SIZE`` at a time.
+* The offset only counts bytes that are on disk (``fsync``, unless ``QUEUED_STORAGE_FSYNC`` is
+  off); bytes a killed process wrote past it are cut off by the next append.
+
+Requests other than ``OPTIONS`` need ``Tus-Resumable: 1.0.0`` (412 otherwise). A browser cannot
+send that header cross-site without a CORS preflight, which is why the views are exempt from
+CSRF, like the raw upload view.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import datetime
+import fcntl
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+from django.core.exceptions import SuspiciousFileOperation
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+from django.utils.decorators import method_decorator
+from django.utils.http import http_date
+from django.views.decorators.csrf import csrf_exempt
+
+from queued_storage.asgi import BODY_STREAM
+from queued_storage.conf import settings
+from queued_storage.exceptions import StagingFull
+from queued_storage.ledger import (
+    ledger_database,
+    tus_advance,
+    tus_complete,
+    tus_create,
+    tus_forget,
+    tus_named,
+    tus_upload,
+)
+from queued_storage.names import LEDGER_NAME_LENGTH
+from queued_storage.storage import QueuedStorage, owned_by
+from queued_storage.uploads import (
+    CHECKSUM_ALGORITHMS,
+    ChunkChecksum,
+    StagedFile,
+    UploadRefused,
+    append_stream,
+    body_idle_timeout,
+    tus_dir,
+    validate_upload_name,
+)
+from queued_storage.views import (
+    STAGING_FULL,
+    UploadView,
+    _as_response,
+    _check_budget,
+    _uploader,
+)
+
+__all__ = ["TUS_VERSION", "TusUploadView", "parse_metadata"]
+
+logger = logging.getLogger(__name__)
+
+TUS_VERSION = "1.0.0"
+EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
+OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+#: Response headers of a finished upload: the name it was stored under (percent-encoded
+#: UTF-8) and its status URL.
+NAME_HEADER = "X-Queued-Storage-Name"
+STATUS_HEADER = "X-Queued-Storage-Status-Url"
+#: ``Upload-Metadata`` keys that carry the file name and the content type (tus-js-client and
+#: Uppy send ``filename``/``filetype``; ``name``/``type`` are accepted too).
+NAME_KEYS = ("filename", "name")
+TYPE_KEYS = ("filetype", "type", "content_type")
+
+#: Uploads an append of this process holds (see the module docstring).
+_held: set[str] = set()
+_held_lock = threading.Lock()
+
+
+def parse_metadata(header: str | None) -> dict[str, str]:
+    """``Upload-Metadata``: comma-separated ``key base64value`` pairs (the value optional)."""
+    found: dict[str, str] = {}
+    for pair in (header or "").split(","):
+        pair = pair.strip()
+        if not pair:
+            continue
+        key, _, encoded = pair.partition(" ")
+        if not key or key in found:
+            raise UploadRefused(400, f"Upload-Metadata has an empty or repeated key {key!r}.")
+        try:
+            found[key] = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise UploadRefused(
+                400, f"Upload-Metadata {key!r} is not the base64 of UTF-8 text."
+            ) from None
+    return found
+
+
+class _Busy(Exception):
+    """Another request appends to this upload right now."""
+
+
+@contextlib.contextmanager
+def _exclusive(upload_id: str, path: str) -> Iterator[int]:
+    """The partial file open for writing, held exclusively; :class:`_Busy` if it is held,
+    ``FileNotFoundError`` if it is gone."""
+    with _held_lock:
+        if upload_id in _held:
+            raise _Busy
+        _held.add(upload_id)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise _Busy from None
+            yield fd
+        finally:
+            os.close(fd)  # also releases the flock
+    finally:
+        with _held_lock:
+            _held.discard(upload_id)
+
+
+def _response(status: int, message: str = "", **headers: str) -> HttpResponse:
+    response = HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
+    response["Tus-Resumable"] = TUS_VERSION
+    for key, value in headers.items():
+        response[key.replace("_", "-")] = value
+    return response
+
+
+def _expires_header(when: datetime.datetime) -> str:
+    return http_date(when.timestamp())
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class TusUploadView(UploadView):
+    """The tus endpoint: ``POST`` creates an upload (URL without ``upload_id``); ``HEAD``,
+    ``PATCH`` and ``DELETE`` act on one (URL with ``upload_id``); ``OPTIONS`` on either.
+
+    Class attributes (and ``as_view()`` arguments) as :class:`~queued_storage.views.UploadView`:
+    ``storage_alias``, ``prefix``, ``max_bytes``, ``idle_timeout``.
+    """
+
+    http_method_names = ["options", "head", "post", "patch", "delete"]
+
+    # -- protocol frame ------------------------------------------------------------------------
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        method = (request.method or "").lower()
+        if method != "options" and request.headers.get("Tus-Resumable") != TUS_VERSION:
+            return _response(412, f"Send Tus-Resumable: {TUS_VERSION}.", Tus_Version=TUS_VERSION)
+        with_id = "upload_id" in kwargs
+        if method in ("head", "patch", "delete") and not with_id:
+            return _response(
+                405, "Create an upload with POST; then use its URL.", Allow="OPTIONS, POST"
+            )
+        if method == "post" and with_id:
+            return _response(405, "POST creates uploads at the endpoint URL.")
+        try:
+            return super().dispatch(request, *args, **kwargs)
+        except UploadRefused as refusal:
+            if refusal.status >= 500:
+                logger.warning("tus upload refused: %s", refusal.message)
+            response = _response(refusal.status, refusal.message)
+            if refusal.status == 408 and BODY_STREAM in request.META:
+                response["Connection"] = "close"
+            return response
+
+    def options(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return _response(
+            204,
+            Tus_Version=TUS_VERSION,
+            Tus_Extension=EXTENSIONS,
+            Tus_Max_Size=str(self.get_max_bytes()),
+            Tus_Checksum_Algorithm=",".join(CHECKSUM_ALGORITHMS),
+        )
+
+    def _refused(self, request: HttpRequest, name: str) -> HttpResponse | None:
+        refused = _as_response(self.authorize(request, name))
+        if refused is not None:
+            refused["Tus-Resumable"] = TUS_VERSION
+        return refused
+
+    def _own_upload(self, request: HttpRequest) -> tuple[Any, HttpResponse | None]:
+        """The upload of the URL, after the authorizer and the owner check; 404 for a
+        malformed or unknown id, an upload of another storage or another user; 410 when
+        it expired."""
+        upload_id = str(self.kwargs["upload_id"])
+        try:
+            uuid.UUID(upload_id)
+        except ValueError:
+            return None, _response(404, "No such upload.")
+        row = tus_upload(upload_id)
+        if row is None or row.alias != self.get_storage().alias:
+            return None, _response(404, "No such upload.")
+        refused = self._refused(request, row.name)
+        if refused is not None:
+            return None, refused
+        if row.owner != _uploader(request):
+            return None, _response(404, "No such upload.")
+        if row.expires <= timezone.now():
+            return None, _response(410, "This upload expired; start a new one.")
+        return row, None
+
+    def _upload_url(self, request: HttpRequest, upload_id: str) -> str:
+        match = request.resolver_match
+        namespace = match.namespace if match is not None and match.namespace else "queued_storage"
+        return reverse(f"{namespace}:tus-upload", kwargs={"upload_id": upload_id})
+
+    def _status_url(self, request: HttpRequest, name: str) -> str | None:
+        try:
+            return self.status_url(request, name)
+        except NoReverseMatch:
+            return None
+
+    def _finished_headers(self, request: HttpRequest, stored: str) -> dict[str, str]:
+        headers = {NAME_HEADER: quote(stored, safe="/")}
+        status = self._status_url(request, stored)
+        if status:
+            headers[STATUS_HEADER] = status
+        return headers
+
+    # -- core ----------------------------------------------------------------------------------
+    def head(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        row, refused = self._own_upload(request)
+        if refused is not None:
+            return refused
+        response = _response(
+            200,
+            Upload_Offset=str(row.offset),
+            Upload_Length=str(row.length),
+            Upload_Expires=_expires_header(row.expires),
+            Cache_Control="no-store",
+        )
+        if row.metadata:
+            response["Upload-Metadata"] = row.metadata
+        if row.stored_name:
+            for key, value in self._finished_headers(request, row.stored_name).items():
+                response[key] = value
+        return response
+
+    def patch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        row, refused = self._own_upload(request)
+        if refused is not None:
+            return refused
+        if request.content_type != OFFSET_CONTENT_TYPE:
+            return _response(415, f"Send the chunk as Content-Type: {OFFSET_CONTENT_TYPE}.")
+        raw = request.headers.get("Upload-Offset", "")
+        if not raw.isdigit():
+            return _response(400, "Send Upload-Offset: the offset this chunk starts at.")
+        if int(raw) != row.offset or row.completed is not None:
+            return _response(
+                409,
+                f"The upload is at offset {row.offset}, not {raw}.",
+                Upload_Offset=str(row.offset),
+            )
+        return self._append(request, row)
+
+    def delete(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        row, refused = self._own_upload(request)
+        if refused is not None:
+            return refused
+        if row.completed is not None:
+            return _response(409, "This upload is finished; delete the stored file instead.")
+        path = os.path.join(tus_dir(self.get_storage().local), str(row.id))
+        try:
+            with _exclusive(str(row.id), path):
+                os.unlink(path)
+        except _Busy:
+            return _response(409, "A chunk of this upload is being received; try again.")
+        except FileNotFoundError:
+            pass
+        tus_forget(row.id)
+        return _response(204)
+
+    # -- creation ------------------------------------------------------------------------------
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.headers.get("Upload-Defer-Length"):
+            return _response(400, "Upload-Defer-Length is not supported; send Upload-Length.")
+        raw_length = request.headers.get("Upload-Length", "")
+        if not raw_length.isdigit():
+            return _response(400, "Send Upload-Length: the size of the whole file in bytes.")
+        length = int(raw_length)
+        raw_metadata = request.headers.get("Upload-Metadata", "")
+        metadata = parse_metadata(raw_metadata)
+        raw_name = next((metadata[k] for k in NAME_KEYS if metadata.get(k)), "")
+        if not raw_name:
+            return _response(400, "Name the file in Upload-Metadata (filename <base64>).")
+        name = validate_upload_name(self.prefix + validate_upload_name(raw_name))
+        refused = self._refused(request, name)
+        if refused is not None:
+            return refused
+        if length > self.get_max_bytes():
+            return _response(
+                413, f"The upload has {length} bytes; the limit is {self.get_max_bytes()}."
+            )
+        with_body = request.content_type == OFFSET_CONTENT_TYPE
+        declared = self._declared_length(request, chunked_ok=True) if with_body else None
+        if with_body and declared is not None and declared > length:
+            return _response(400, f"The body is longer than Upload-Length ({length}).")
+        ChunkChecksum.from_header(request.headers.get("Upload-Checksum"))  # 400 before the body
+        try:
+            _check_budget(name, length)
+        except UploadRefused as refusal:
+            return _response(refusal.status, refusal.message)
+        storage = self.get_storage()
+        upload_id = str(uuid.uuid4())
+        path = os.path.join(tus_dir(storage.local), upload_id)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        content_type = next((metadata[k] for k in TYPE_KEYS if metadata.get(k)), "")
+        try:
+            row = tus_create(
+                id=upload_id,
+                alias=storage.alias,
+                name=name,
+                content_type=content_type[:255],
+                metadata=raw_metadata,
+                owner=_uploader(request),
+                host=settings.HOST,
+                length=length,
+                expires=timezone.now() + datetime.timedelta(seconds=settings.TUS_EXPIRY),
+            )
+        except BaseException:
+            os.unlink(path)
+            raise
+        location = self._upload_url(request, upload_id)
+        if with_body or length == 0:
+            response = self._append(request, row)
+            if response.status_code != 204:
+                response["Location"] = location
+                return response
+            response.status_code = 201
+        else:
+            response = _response(201, Upload_Offset="0")
+        response["Location"] = location
+        response["Upload-Expires"] = _expires_header(row.expires)
+        return response
+
+    # -- appending -----------------------------------------------------------------------------
+    def _append(self, request: HttpRequest, row: Any) -> HttpResponse:
+        """Receive one chunk at ``row.offset``; finish the upload with its last byte."""
+        with_body = request.content_type == OFFSET_CONTENT_TYPE
+        declared = self._declared_length(request, chunked_ok=True) if with_body else 0
+        remaining = row.length - row.offset
+        if declared is not None and declared > remaining:
+            return _response(413, f"The chunk has {declared} bytes; the upload lacks {remaining}.")
+        checksum = ChunkChecksum.from_header(request.headers.get("Upload-Checksum"))
+        storage = self.get_storage()
+        upload_id = str(row.id)
+        path = os.path.join(tus_dir(storage.local), upload_id)
+        try:
+            with _exclusive(upload_id, path) as fd:
+                fresh = tus_upload(upload_id)  # another append may have ended meanwhile
+                if fresh is None:
+                    return _response(404, "No such upload.")
+                if fresh.offset != row.offset or fresh.completed is not None:
+                    return _response(
+                        409,
+                        f"The upload is at offset {fresh.offset}, not {row.offset}.",
+                        Upload_Offset=str(fresh.offset),
+                    )
+                idle_timeout = self.get_idle_timeout()
+                if with_body:
+                    with body_idle_timeout(request.META, idle_timeout):
+                        appended = append_stream(
+                            self._body_reader(request, declared),
+                            fd,
+                            offset=row.offset,
+                            declared=declared,
+                            remaining=remaining,
+                            chunk_size=settings.UPLOAD_CHUNK_SIZE,
+                            checksum=checksum,
+                            idle_timeout=idle_timeout,
+                            fsync=settings.FSYNC,
+                        )
+                    received, refusal = appended.received, appended.refusal
+                else:
+                    received, refusal = 0, None
+                offset = row.offset + received
+                expires = timezone.now() + datetime.timedelta(seconds=settings.TUS_EXPIRY)
+                if offset == row.length and refusal is None:
+                    return self._finish(request, storage, row, path, expires)
+                if received and not tus_advance(upload_id, row.offset, offset, expires):
+                    return _response(409, "The upload changed while this chunk arrived.")
+                if refusal is not None:
+                    raise refusal
+                return _response(
+                    204, Upload_Offset=str(offset), Upload_Expires=_expires_header(expires)
+                )
+        except _Busy:
+            return _response(
+                409,
+                "Another request is sending a chunk of this upload.",
+                Upload_Offset=str(row.offset),
+            )
+        except FileNotFoundError:
+            return _response(410, "The bytes of this upload are gone; start a new one.")
+
+    def _finish(
+        self,
+        request: HttpRequest,
+        storage: QueuedStorage,
+        row: Any,
+        path: str,
+        expires: datetime.datetime,
+    ) -> HttpResponse:
+        """Save the complete file through ``QueuedStorage.save()`` (a rename out of the tus
+        directory): the offset, the end of the upload's budget reservation, the saved file's
+        row and its transfer (dispatched on commit) are one transaction."""
+        staged = StagedFile(path, row.name, row.length)
+        try:
+            with transaction.atomic(using=ledger_database()), owned_by(row.owner):
+                if not tus_advance(row.id, row.offset, row.length, expires) or not tus_complete(
+                    row.id, timezone.now()
+                ):
+                    return _response(409, "The upload changed while this chunk arrived.")
+                stored = storage.save(row.name, staged, max_length=LEDGER_NAME_LENGTH)
+                tus_named(row.id, stored)
+        except SuspiciousFileOperation as err:
+            return _response(400, str(err))
+        except StagingFull as err:
+            logger.warning("tus upload %s of %r refused: %s", row.id, row.name, err)
+            return _response(507, STAGING_FULL)
+        finally:
+            staged.close()
+        return _response(
+            204,
+            Upload_Offset=str(row.length),
+            Upload_Expires=_expires_header(expires),
+            **{k.replace("-", "_"): v for k, v in self._finished_headers(request, stored).items()},
+        )

@@ -1,0 +1,555 @@
+"""tus 1.0 resumable uploads (``queued_storage.tus``) against real gunicorn and uvicorn.
+
+The client is ``tuspy`` (an independent tus implementation from PyPI), or a raw socket where a
+test needs to stop in the middle of a body. Interruptions are real: a TCP fault proxy between
+client and gunicorn cuts the connection, and the web process is killed and started again. The
+256 MiB version with three interruptions is marked ``faults`` (``make test-faults``).
+"""
+
+# ruff: noqa: F811  (the fixtures of test_uploads are imported, and used as arguments)
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import requests
+from django.conf import settings
+from django.core.management import call_command
+from django.test import override_settings
+from django.utils import timezone
+from tusclient.client import TusClient
+from tusclient.exceptions import TusCommunicationError
+
+from queued_storage.conf import settings as qs_settings
+from queued_storage.exceptions import StagingFull
+from queued_storage.ledger import check_staging_budget
+from queued_storage.models import State, StoredFile, TusUpload
+from queued_storage.names import TUS_DIRNAME
+from tests.harness.faults import TcpFaultProxy
+from tests.harness.suite import wait_for
+from tests.harness.webservers import DjangoServer
+from tests.test_uploads import (  # noqa: F401  (fixtures)
+    MiB,
+    RawClient,
+    _cookie_header,
+    _payload,
+    _session_for,
+    _wait_state,
+    cookies,
+    gunicorn,
+    server,
+    staging,
+    uvicorn,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+TUS = {"Tus-Resumable": "1.0.0"}
+
+
+def _meta(name: str, content_type: str = "application/octet-stream") -> str:
+    encode = base64.b64encode
+    name_b64, type_b64 = encode(name.encode()).decode(), encode(content_type.encode()).decode()
+    return f"filename {name_b64},filetype {type_b64}"
+
+
+def _client(base: str, cookies: dict[str, str]) -> TusClient:
+    return TusClient(f"{base}/uploads/tus/", headers={"Cookie": _cookie_header(cookies)})
+
+
+_OPENED: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_streams() -> Iterator[None]:
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
+def _opened(path: Path) -> Any:
+    """*path* open for tuspy (its file_path mode leaves the files it opens unclosed)."""
+    stream = path.open("rb")
+    _OPENED.append(stream)
+    return stream
+
+
+def _stream(path: Path, data: bytes) -> Any:
+    path.write_bytes(data)
+    return _opened(path)
+
+
+def _partial(staging: Path, url: str) -> Path:
+    return staging / TUS_DIRNAME / url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _create(base: str, cookies: dict[str, str], name: str, length: int) -> str:
+    response = requests.post(
+        f"{base}/uploads/tus/",
+        headers={
+            **TUS,
+            "Upload-Length": str(length),
+            "Upload-Metadata": _meta(name),
+            "Cookie": _cookie_header(cookies),
+        },
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    return base + response.headers["Location"]
+
+
+def _offset(url: str, cookies: dict[str, str]) -> int:
+    response = requests.head(url, headers={**TUS, "Cookie": _cookie_header(cookies)}, timeout=10)
+    assert response.status_code == 200, response.status_code
+    return int(response.headers["Upload-Offset"])
+
+
+def _patch(
+    url: str, cookies: dict[str, str], offset: int, data: bytes, **headers: str
+) -> requests.Response:
+    return requests.patch(
+        url,
+        data=data,
+        headers={
+            **TUS,
+            "Upload-Offset": str(offset),
+            "Content-Type": "application/offset+octet-stream",
+            "Cookie": _cookie_header(cookies),
+            **headers,
+        },
+        timeout=60,
+    )
+
+
+def _status(client: RawClient) -> int:
+    """The status of the response on *client* (its head only: a 204 has no body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = client.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"connection closed before a response: {data!r}")
+        data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def _s3_body(clean: Any, name: str) -> bytes:
+    return clean.get_object(Bucket=settings.BUCKET, Key=name)["Body"].read()  # type: ignore[no-any-return]
+
+
+# -- protocol -------------------------------------------------------------------------------------
+def test_options_advertises_version_extensions_limit_and_checksums(server: DjangoServer) -> None:
+    response = requests.options(f"{server.url}/uploads/tus/", timeout=10)
+    assert response.status_code == 204
+    assert response.headers["Tus-Version"] == "1.0.0"
+    assert response.headers["Tus-Extension"] == (
+        "creation,creation-with-upload,expiration,checksum,termination"
+    )
+    assert response.headers["Tus-Max-Size"] == str(5 * 1024**3)
+    assert response.headers["Tus-Checksum-Algorithm"] == "sha1,md5,sha256"
+
+
+def test_a_request_without_tus_resumable_is_refused_412(
+    server: DjangoServer, cookies: dict[str, str]
+) -> None:
+    response = requests.post(
+        f"{server.url}/uploads/tus/",
+        headers={"Upload-Length": "3", "Cookie": _cookie_header(cookies)},
+        timeout=10,
+    )
+    assert response.status_code == 412
+    assert response.headers["Tus-Version"] == "1.0.0"
+
+
+def test_tuspy_upload_is_moved_into_place_and_ends_byte_identical_on_s3(
+    server: DjangoServer, worker: Any, clean: Any, cookies: dict[str, str], tmp_path: Path
+) -> None:
+    payload = _payload(3 * MiB + 17, server.kind.encode())
+    staging = Path(settings.STAGING_ROOT)
+    uploader = _client(server.url, cookies).uploader(
+        file_stream=_stream(tmp_path / "clip.mp4", payload),
+        chunk_size=MiB,
+        metadata={"filename": "tus/clip.mp4", "filetype": "video/mp4"},
+        upload_checksum=True,  # sha1 per chunk
+    )
+    uploader.upload(stop_at=2 * MiB)
+    assert _offset(uploader.url, cookies) == 2 * MiB
+    inode = _partial(staging, uploader.url).stat().st_ino
+    uploader.upload()
+    headers = uploader.request.response_headers
+    assert headers["upload-offset"] == str(len(payload))
+    assert headers["x-queued-storage-name"] == "tus/clip.mp4"
+    assert headers["x-queued-storage-status-url"] == "/uploads/status/tus/clip.mp4"
+    assert (staging / "tus/clip.mp4").stat().st_ino == inode  # renamed, not copied
+    assert not _partial(staging, uploader.url).exists()
+    row = StoredFile.get_row("default", "tus/clip.mp4")
+    assert row is not None and row.owner != ""
+    status = _wait_state(server.url, cookies, "tus/clip.mp4", State.REMOTE)
+    assert status["size"] == len(payload)
+    assert _s3_body(clean, "tus/clip.mp4") == payload
+    # The finished upload still answers HEAD with the stored name, until it expires.
+    head = requests.head(uploader.url, headers={**TUS, "Cookie": _cookie_header(cookies)})
+    assert head.headers["Upload-Offset"] == head.headers["Upload-Length"] == str(len(payload))
+    assert head.headers["X-Queued-Storage-Name"] == "tus/clip.mp4"
+
+
+def test_creation_with_upload_takes_the_first_chunk_in_the_post(
+    server: DjangoServer, staging: Path, cookies: dict[str, str]
+) -> None:
+    payload = _payload(MiB, b"cwu")
+    response = requests.post(
+        f"{server.url}/uploads/tus/",
+        data=payload[:1000],
+        headers={
+            **TUS,
+            "Upload-Length": str(len(payload)),
+            "Upload-Metadata": _meta("cwu.bin"),
+            "Content-Type": "application/offset+octet-stream",
+            "Cookie": _cookie_header(cookies),
+        },
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    assert response.headers["Upload-Offset"] == "1000"
+    url = server.url + response.headers["Location"]
+    done = _patch(url, cookies, 1000, payload[1000:])
+    assert done.status_code == 204, done.text
+    assert done.headers["X-Queued-Storage-Name"] == "cwu.bin"
+    assert (staging / "cwu.bin").read_bytes() == payload
+
+
+# -- checksums, concurrency, termination, expiry --------------------------------------------------
+def test_a_chunk_with_a_wrong_checksum_is_refused_460_and_the_upload_resumes(
+    server: DjangoServer, staging: Path, cookies: dict[str, str], tmp_path: Path
+) -> None:
+    payload = _payload(2 * MiB, b"sum")
+    url = _create(server.url, cookies, "summed.bin", len(payload))
+    wrong = base64.b64encode(hashlib.sha1(b"something else").digest()).decode()
+    refused = _patch(url, cookies, 0, payload[:MiB], **{"Upload-Checksum": f"sha1 {wrong}"})
+    assert refused.status_code == 460
+    assert refused.text == (
+        "Upload-Checksum (sha1) does not match the chunk; it was discarded, send it again."
+    )
+    assert _offset(url, cookies) == 0
+    assert _partial(staging, url).stat().st_size == 0
+    md5 = base64.b64encode(hashlib.md5(payload[:MiB]).digest()).decode()
+    accepted = _patch(url, cookies, 0, payload[:MiB], **{"Upload-Checksum": f"md5 {md5}"})
+    assert accepted.status_code == 204
+    uploader = _client(server.url, cookies).uploader(
+        file_stream=_stream(tmp_path / "summed.bin", payload), url=url, upload_checksum=True
+    )
+    assert uploader.offset == MiB  # tuspy asked the server (HEAD)
+    uploader.upload()
+    assert (staging / "summed.bin").read_bytes() == payload
+
+
+def test_concurrent_patches_one_wins_the_other_gets_409_and_nothing_is_corrupted(
+    server: DjangoServer, staging: Path, cookies: dict[str, str]
+) -> None:
+    payload = _payload(2 * MiB, b"winner")
+    url = _create(server.url, cookies, "raced.bin", len(payload))
+    path = url.removeprefix(server.url)
+    winner = RawClient(server.url)
+    loser: dict[str, Any] = {}
+    try:
+        winner.send_head(
+            "PATCH",
+            path,
+            {
+                **TUS,
+                "Upload-Offset": "0",
+                "Content-Type": "application/offset+octet-stream",
+                "Content-Length": str(len(payload)),
+                "Cookie": _cookie_header(cookies),
+            },
+        )
+        winner.send(payload[:MiB])
+        wait_for(lambda: _partial(staging, url).stat().st_size >= MiB, what="the first MiB")
+
+        def race() -> None:
+            loser["response"] = _patch(url, cookies, 0, b"L" * len(payload))
+
+        thread = threading.Thread(target=race)
+        thread.start()
+        thread.join(timeout=2)  # gunicorn answers at once; uvicorn after the winner's body
+        winner.send(payload[MiB:])
+        status = _status(winner)
+        thread.join(timeout=30)
+    finally:
+        winner.close()
+    assert status == 204
+    assert loser["response"].status_code == 409
+    assert (staging / "raced.bin").read_bytes() == payload
+
+
+def test_termination_deletes_the_partial_file_and_the_upload(
+    server: DjangoServer, staging: Path, cookies: dict[str, str]
+) -> None:
+    url = _create(server.url, cookies, "dropped.bin", 2 * MiB)
+    assert _patch(url, cookies, 0, _payload(MiB)).status_code == 204
+    assert _partial(staging, url).stat().st_size == MiB
+    gone = requests.delete(url, headers={**TUS, "Cookie": _cookie_header(cookies)}, timeout=10)
+    assert gone.status_code == 204
+    assert gone.headers["Tus-Resumable"] == "1.0.0"
+    assert not _partial(staging, url).exists()
+    assert not TusUpload.objects.exists()
+    head = requests.head(url, headers={**TUS, "Cookie": _cookie_header(cookies)}, timeout=10)
+    assert head.status_code == 404
+
+
+def test_an_expired_upload_answers_410_and_cleanup_removes_it(
+    gunicorn: DjangoServer, staging: Path, cookies: dict[str, str]
+) -> None:
+    url = _create(gunicorn.url, cookies, "stale.bin", 2 * MiB)
+    assert _patch(url, cookies, 0, _payload(MiB)).status_code == 204
+    assert StoredFile.waiting_bytes(qs_settings.HOST) == 2 * MiB  # reserved
+    with override_settings(QUEUED_STORAGE_STAGING_BUDGET=3 * MiB), pytest.raises(StagingFull):
+        check_staging_budget("other.bin", 2 * MiB)
+    past = timezone.now() - timezone.timedelta(seconds=1)
+    TusUpload.objects.update(expires=past)  # as if QUEUED_STORAGE_TUS_EXPIRY had passed
+    head = requests.head(url, headers={**TUS, "Cookie": _cookie_header(cookies)}, timeout=10)
+    assert head.status_code == 410
+    assert _patch(url, cookies, MiB, _payload(MiB)).status_code == 410
+    call_command("queued_storage", "cleanup", "--storage", "default", verbosity=0)
+    assert not _partial(staging, url).exists()
+    assert not TusUpload.objects.exists()
+    assert StoredFile.waiting_bytes(qs_settings.HOST) == 0
+    head = requests.head(url, headers={**TUS, "Cookie": _cookie_header(cookies)}, timeout=10)
+    assert head.status_code == 404
+
+
+# -- authorisation and limits ---------------------------------------------------------------------
+def test_an_anonymous_client_is_refused_before_its_body_is_read(
+    server: DjangoServer, staging: Path
+) -> None:
+    client = RawClient(server.url)
+    try:
+        client.send_head(
+            "POST",
+            "/uploads/tus/",
+            {
+                **TUS,
+                "Upload-Length": str(512 * MiB),
+                "Upload-Metadata": _meta("secret.bin"),
+                "Content-Type": "application/offset+octet-stream",
+                "Content-Length": str(512 * MiB),
+            },
+        )
+        client.send(b"z" * 65536)
+        status = _status(client)  # answered while 512 MiB are still to come
+    finally:
+        client.close()
+    assert status == 401
+    assert not TusUpload.objects.exists()
+    assert not (staging / TUS_DIRNAME).exists() or not any((staging / TUS_DIRNAME).iterdir())
+
+
+def test_another_users_upload_is_a_404_and_the_owner_continues(
+    server: DjangoServer, staging: Path, cookies: dict[str, str]
+) -> None:
+    url = _create(server.url, cookies, "mine.bin", MiB)
+    other = _session_for("add_storedfile")
+    client = RawClient(server.url)
+    try:
+        client.send_head(
+            "PATCH",
+            url.removeprefix(server.url),
+            {
+                **TUS,
+                "Upload-Offset": "0",
+                "Content-Type": "application/offset+octet-stream",
+                "Content-Length": str(64 * MiB),
+                "Cookie": _cookie_header(other),
+            },
+        )
+        client.send(b"x" * 65536)
+        status = _status(client)
+    finally:
+        client.close()
+    assert status == 404
+    assert _offset(url, cookies) == 0
+    assert _patch(url, cookies, 0, _payload(MiB)).status_code == 204
+
+
+def test_an_upload_over_the_limit_is_refused_413_at_creation(
+    server: DjangoServer, staging: Path, cookies: dict[str, str], tmp_path: Path
+) -> None:
+    response = requests.post(
+        f"{server.url}/uploads/tus/",
+        headers={
+            **TUS,
+            "Upload-Length": str(6 * 1024**3),
+            "Upload-Metadata": _meta("huge.iso"),
+            "Cookie": _cookie_header(cookies),
+        },
+        timeout=10,
+    )
+    assert response.status_code == 413
+    assert response.text == f"The upload has {6 * 1024**3} bytes; the limit is {5 * 1024**3}."
+    assert not TusUpload.objects.exists()
+
+
+# -- interruptions --------------------------------------------------------------------------------
+@pytest.fixture
+def restartable(
+    django_db_setup: Any, staging: Path
+) -> Iterator[tuple[DjangoServer, TcpFaultProxy]]:
+    """A gunicorn of its own (the test kills and restarts it) behind a TCP fault proxy."""
+    env = {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    web = DjangoServer("gunicorn", Path(settings.WORKDIR) / "web-tus-restartable", env)
+    web.start()
+    proxy = TcpFaultProxy(("127.0.0.1", web.port), name="tus-proxy")
+    proxy.start()
+    try:
+        yield web, proxy
+    finally:
+        proxy.stop()
+        web.stop()
+
+
+def _kill_and_restart(web: DjangoServer) -> None:
+    """kill -9 of gunicorn's worker and master (nothing is cleaned up), then a new one."""
+    master = psutil.Process(web.app_pid).parent()
+    assert master is not None
+    os.kill(web.app_pid, signal.SIGKILL)
+    os.kill(master.pid, signal.SIGKILL)
+    web.stop()
+    web.start()
+
+
+def _partial_patch(
+    url: str, base: str, cookies: dict[str, str], offset: int, data: bytes, total: int
+) -> RawClient:
+    """Start a PATCH that declares *total* bytes and send *data* only."""
+    client = RawClient(base)
+    client.send_head(
+        "PATCH",
+        url.removeprefix(base),
+        {
+            **TUS,
+            "Upload-Offset": str(offset),
+            "Content-Type": "application/offset+octet-stream",
+            "Content-Length": str(total),
+            "Cookie": _cookie_header(cookies),
+        },
+    )
+    client.send(data)
+    return client
+
+
+def test_an_interrupted_upload_resumes_after_a_dropped_connection_and_a_killed_server(
+    restartable: tuple[DjangoServer, TcpFaultProxy],
+    worker: Any,
+    clean: Any,
+    cookies: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    web, proxy = restartable
+    base = f"http://127.0.0.1:{proxy.port}"
+    staging = Path(settings.STAGING_ROOT)
+    payload = _payload(4 * MiB + 5, b"interrupted")
+    source = _stream(tmp_path / "resumed.bin", payload)
+    uploader = _client(base, cookies).uploader(
+        file_stream=source, chunk_size=2 * MiB, metadata={"filename": "resumed.bin"}
+    )
+    uploader.set_url(uploader.create_url())
+    partial = _partial(staging, uploader.url)
+
+    # 1. The proxy drops the connection after 1 MiB of a 2 MiB chunk: the server keeps it.
+    client = _partial_patch(uploader.url, base, cookies, 0, payload[:MiB], 2 * MiB)
+    wait_for(lambda: partial.stat().st_size >= MiB, what="the first MiB on disk")
+    proxy.go_down()
+    client.close()
+    proxy.come_up()
+    wait_for(lambda: _offset(uploader.url, cookies) == MiB, what="the offset to be committed")
+
+    # 2. The web process is killed mid-chunk: what it wrote is not committed, and is cut off.
+    client = _partial_patch(uploader.url, base, cookies, MiB, payload[MiB : 2 * MiB], 2 * MiB)
+    wait_for(lambda: partial.stat().st_size >= 2 * MiB, what="the second MiB on disk")
+    _kill_and_restart(web)
+    client.close()
+    assert _offset(uploader.url, cookies) == MiB
+
+    # 3. tuspy resumes from the server's offset and finishes.
+    resumed = _client(base, cookies).uploader(
+        file_stream=source, url=uploader.url, chunk_size=2 * MiB, upload_checksum=True
+    )
+    assert resumed.offset == MiB
+    resumed.upload()
+    assert resumed.request.response_headers["x-queued-storage-name"] == "resumed.bin"
+    assert (staging / "resumed.bin").read_bytes() == payload
+    _wait_state(base, cookies, "resumed.bin", State.REMOTE)
+    assert _s3_body(clean, "resumed.bin") == payload
+
+
+@pytest.mark.faults
+def test_256_mib_upload_survives_three_interruptions_and_ends_byte_identical_on_s3(
+    restartable: tuple[DjangoServer, TcpFaultProxy],
+    worker: Any,
+    clean: Any,
+    cookies: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    web, proxy = restartable
+    base = f"http://127.0.0.1:{proxy.port}"
+    staging = Path(settings.STAGING_ROOT)
+    size = 256 * MiB
+    source = tmp_path / "big.bin"
+    with source.open("wb") as out:
+        for _ in range(size // MiB):
+            out.write(os.urandom(MiB))
+    uploader = _client(base, cookies).uploader(
+        file_stream=_opened(source),
+        chunk_size=64 * MiB,
+        metadata={"filename": "big/tus.bin"},
+        upload_checksum=True,
+        retries=20,
+        retry_delay=1,
+    )
+    uploader.set_url(uploader.create_url())
+    partial = _partial(staging, uploader.url)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            uploader.upload()
+        except BaseException as err:  # reported by the test thread
+            failure.append(err)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run)
+    thread.start()
+    # Cut inside the 1st, 2nd and 3rd chunk: a dropped connection, a killed and restarted
+    # web process, a dropped connection again.
+    for n, cut in enumerate((32 * MiB, 96 * MiB, 160 * MiB)):
+        wait_for(lambda c=cut: partial.stat().st_size >= c, timeout=120, what=f"{cut} bytes")
+        if n == 1:
+            _kill_and_restart(web)
+        else:
+            proxy.go_down()
+            proxy.come_up()
+    thread.join(timeout=600)
+    assert not failure, failure
+    assert uploader.offset == size
+    assert uploader.request.response_headers["x-queued-storage-name"] == "big/tus.bin"
+    _wait_state(base, cookies, "big/tus.bin", State.REMOTE)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert hashlib.sha256(_s3_body(clean, "big/tus.bin")).hexdigest() == digest
+    print(f"256 MiB in 64 MiB chunks, 3 interruptions: {time.monotonic() - started:.1f} s")
+
+
+def test_tuspy_reports_a_refused_creation(server: DjangoServer, tmp_path: Path) -> None:
+    uploader = _client(server.url, {}).uploader(
+        file_stream=_stream(tmp_path / "x.bin", b"x"), metadata={"filename": "x.bin"}
+    )
+    with pytest.raises(TusCommunicationError) as refused:
+        uploader.create_url()
+    assert refused.value.status_code == 401
