@@ -516,7 +516,7 @@ def check_tus_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
         Error(
             f"QUEUED_STORAGE_TUS_EXPIRY must be a positive number of seconds, got {expiry!r}.",
             hint="Set how long an unfinished tus upload may wait for its next chunk (the "
-            "default is 86400, a day). See docs/tus.md, section Settings.",
+            "default is 86400, a day). " + _see("E022"),
             id="queued_storage.E022",
         )
     ]
