@@ -6,6 +6,10 @@ moto. The browser uploads a 20 MiB file and a small PNG, and the test watches wh
 the upload bars reach 100 %, each state goes ``pending`` → (``transferring``) → ``remote``, and
 the link and image leave the staging URL for the S3 URL, which serves the same bytes.
 
+In tus mode (``data-tus-url``) the page sends a 12 MiB file in 1 MiB ``PATCH`` chunks; the test
+reloads the page mid-way and picks the same file again: the widget finds the upload it
+remembered in ``localStorage``, asks the server for its offset and sends only the rest.
+
 A screenshot of each stage is kept in ``.test-artifacts/browser/`` (git-ignored). Without
 Chromium or Playwright the test skips, or fails under ``QUEUED_STORAGE_TEST_STRICT=1``.
 ``QS_TEST_CHROMIUM`` names another Chromium binary than ``chromium`` on ``PATH``.
@@ -29,7 +33,7 @@ from django.conf import settings
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
-from queued_storage.models import State, StoredFile
+from queued_storage.models import State, StoredFile, TusUpload
 from tests.harness.suite import need_tool
 from tests.harness.webservers import DjangoServer
 
@@ -115,7 +119,7 @@ def test_the_shipped_widget_uploads_with_progress_and_follows_each_file_to_s3(
     session = client.cookies[settings.SESSION_COOKIE_NAME].value
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*.png"):
+    for old in ARTIFACTS.glob("[0-9]*.png"):
         old.unlink()
     shots: list[Path] = []
     env = {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"}
@@ -226,3 +230,125 @@ def test_the_shipped_widget_uploads_with_progress_and_follows_each_file_to_s3(
     assert natural == [64, 48]
     assert [p.name for p in shots][:2] == ["1-empty.png", "2-uploaded.png"]
     assert shots[-1].name == f"{len(shots)}-remote.png"
+
+
+def test_the_widget_in_tus_mode_resumes_after_a_reload_from_the_servers_offset(
+    worker: Any, clean: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    need_tool("Playwright", importlib.util.find_spec("playwright") is not None, INSTALL_HINT)
+    need_tool("Chromium", chromium_path() is not None, INSTALL_HINT)
+    big = tmp_path / "resumed.bin"
+    big.write_bytes(os.urandom(12 * MiB))
+    data = big.read_bytes()
+
+    user = User.objects.create_user("tus-browser-user")
+    user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["add_storedfile", "view_storedfile"])
+    )
+    client = Client()
+    client.force_login(user)
+    session = client.cookies[settings.SESSION_COOKIE_NAME].value
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("tus-*.png"):
+        old.unlink()
+    shots: list[Path] = []
+    #: Every tus request the page sent: (method, Upload-Offset or None).
+    sent: list[tuple[str, int | None]] = []
+    env = {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    server = DjangoServer("gunicorn", Path(settings.WORKDIR) / "web-browser-tus", env)
+    server.start()
+    started = time.monotonic()
+    item = '.qs-file[data-file-name="resumed.bin"]'
+    try:
+        with browser_page() as browser:
+            context = browser.new_context(viewport={"width": 900, "height": 500})
+            context.add_cookies(
+                [{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": server.url}]
+            )
+            page = context.new_page()
+            page.add_init_script(RECORDER)
+
+            def record(request: Any) -> None:
+                if "/uploads/tus/" in request.url:
+                    offset = request.headers.get("upload-offset")
+                    sent.append((request.method, int(offset) if offset else None))
+
+            page.on("request", record)
+
+            def shoot(stage: str) -> None:
+                path = ARTIFACTS / f"tus-{len(shots) + 1}-{stage}.png"
+                page.screenshot(path=str(path), full_page=True)
+                shots.append(path)
+
+            # 6 MiB/s up: the first visit is cut while the file is on its way.
+            network = context.new_cdp_session(page)
+            network.send("Network.enable")
+            throttle = {"offline": False, "latency": 0, "downloadThroughput": -1}
+            network.send(
+                "Network.emulateNetworkConditions", {**throttle, "uploadThroughput": 6 * MiB}
+            )
+            page.goto(f"{server.url}/uploader/?tus={MiB}")
+            page.set_input_files("input[type=file]", [str(big)])
+            page.wait_for_function(
+                f"""() => document.querySelector('{item} .qs-upload-progress').value >= 30""",
+                timeout=10_000,
+            )
+            shoot("cut")
+            network.send("Network.emulateNetworkConditions", {**throttle, "uploadThroughput": -1})
+            page.reload()
+            # What the server holds now (the remembered upload's HEAD, as the user).
+            upload_url = page.evaluate("Object.values(localStorage)[0]")
+            head = requests.head(
+                upload_url,
+                headers={"Tus-Resumable": "1.0.0"},
+                cookies={settings.SESSION_COOKIE_NAME: session},
+                timeout=10,
+            )
+            offset_before = int(head.headers["Upload-Offset"])
+            first_visit = len(sent)
+            page.set_input_files("input[type=file]", [str(big)])
+            page.wait_for_function(
+                f"""() => ["remote", "failed", "error"].includes(
+                          document.querySelector('{item}')?.dataset.state)""",
+                timeout=15_000,
+            )
+            shoot("remote")
+            state = page.locator(f"{item} .qs-state").inner_text()
+            resumed_from = page.locator(item).get_attribute("data-resumed-from")
+            href = page.locator(f"{item} .qs-link").get_attribute("href")
+            stored = page.locator(item).get_attribute("data-stored-name")
+            remembered = page.evaluate("Object.keys(localStorage)")
+            seen: list[dict[str, Any]] = page.evaluate("window.qsSeen")
+            context.close()
+    finally:
+        server.stop()
+        with capsys.disabled():
+            print(
+                f"\nbrowser screenshots, tus ({time.monotonic() - started:.1f}s): "
+                + ", ".join(str(p) for p in shots)
+            )
+
+    assert state == "remote", seen
+    # The first visit created the upload and sent part of it; the server kept that part.
+    assert sent[0] == ("POST", None)
+    assert 0 < offset_before < len(data), offset_before
+    # The second pick created nothing: HEAD, then PATCHes from the server's offset on.
+    again = sent[first_visit:]
+    assert again[0] == ("HEAD", None) and "POST" not in [m for m, _ in again], again
+    patches = [offset for method, offset in again if method == "PATCH"]
+    assert resumed_from is not None and patches[0] == int(resumed_from) >= offset_before
+    assert patches == sorted(patches), patches
+    resent = len(data) - patches[0]
+    assert resent < len(data) - offset_before + MiB, (resent, offset_before)
+    upload = TusUpload.objects.get()
+    assert upload_url.endswith(f"/uploads/tus/{upload.id}"), upload_url
+    assert (upload.offset, upload.stored_name) == (len(data), stored)
+    assert remembered == []  # the finished upload is forgotten
+    s3 = settings.S3_ENDPOINT.rstrip("/") + f"/{settings.BUCKET}/"
+    assert href is not None and href.startswith(s3), href
+    response = requests.get(href, timeout=30)
+    assert response.status_code == 200 and response.content == data, "the S3 copy differs"
+    row = StoredFile.objects.get(name=stored)
+    assert (row.state, row.size, row.owner) == (State.REMOTE, len(data), str(user.pk))
+    assert [p.name for p in shots] == ["tus-1-cut.png", "tus-2-remote.png"]

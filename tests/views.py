@@ -42,5 +42,11 @@ def form_upload(request: HttpRequest) -> JsonResponse:
 
 
 def uploader_page(request: HttpRequest) -> HttpResponse:
-    """A page with nothing but the shipped widget (``queued_storage/uploader.html``)."""
-    return render(request, "testapp/uploader_page.html")
+    """A page with nothing but the shipped widget (``queued_storage/uploader.html``);
+    ``?tus=<chunk size>`` puts it in tus mode with chunks of that many bytes."""
+    chunk_size = request.GET.get("tus", "")
+    return render(
+        request,
+        "testapp/uploader_page.html",
+        {"tus": bool(chunk_size), "chunk_size": chunk_size if chunk_size.isdigit() else ""},
+    )

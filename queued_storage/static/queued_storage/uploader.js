@@ -22,12 +22,35 @@
  *   `queued-storage:state`    {file, item, status}    a status was shown (also the first one)
  *   `queued-storage:error`    {file, item, message}   the upload or a status request failed
  *
+ * tus mode: with `data-tus-url` (the tus endpoint, `queued_storage:tus`) each file is sent
+ * with the tus 1.0 protocol instead of one PUT, by the small client below (no dependency):
+ *
+ *   - `POST` to the endpoint creates the upload (`Upload-Length`, `Upload-Metadata` with the
+ *     base64 `filename` and `filetype`); its `Location` is kept in `localStorage` under the
+ *     file's name, size and lastModified, so that picking the same file again (after a page
+ *     reload, a closed tab) asks the server where it stopped (`HEAD`) and resumes from there;
+ *   - `PATCH` requests of `data-chunk-size` bytes (default 8 MiB) carry the file from
+ *     `Upload-Offset`; XHR progress runs across the chunks;
+ *   - a failed request (network error, 409, 423, 460, 408, 429, 5xx) is retried after the
+ *     delays of `data-retry-delays` (ms, default `500,1000,2000,4000`), each time from the offset
+ *     a `HEAD` reports; other answers (403, 404, 410, 413...) end the upload with their message;
+ *   - the last `PATCH` answers `X-Queued-Storage-Name` and `X-Queued-Storage-Status-Url`: the
+ *     remembered URL is forgotten, and the status is followed as in step 3 above.
+ *
+ * Every request (PUT, tus, attach) carries the page's CSRF token (`X-CSRFToken`) and the
+ * session cookie; the upload views are exempt from CSRF, a project's own may not be.
+ *
  * `window.QueuedStorageUploader.init(element)` sets up an element added after the page loaded.
  */
 (function () {
   "use strict";
 
   var FINAL = { remote: true, failed: true };
+  var TUS_VERSION = "1.0.0";
+  var MiB = 1024 * 1024;
+  /* Answers after which a tus request is worth sending again (0: the network failed). */
+  var RETRY_STATUS = { 0: true, 408: true, 409: true, 423: true, 429: true, 460: true };
+  var STORE_PREFIX = "queued-storage:tus:";
 
   function formatBytes(n) {
     if (n === null || n === undefined) return "";
@@ -57,6 +80,33 @@
     return match ? decodeURIComponent(match[1]) : "";
   }
 
+  /* The CSRF token goes to this site only, never to another origin's upload URL. */
+  function sameOriginCsrf(xhr, url, root) {
+    if (new URL(url, window.location.href).origin === window.location.origin) {
+      xhr.setRequestHeader("X-CSRFToken", csrfToken(root));
+    }
+  }
+
+  /* base64 of the UTF-8 bytes of text, as Upload-Metadata wants its values. */
+  function base64Utf8(text) {
+    var bytes = new TextEncoder().encode(text);
+    var binary = "";
+    for (var i = 0; i < bytes.length; i += 1) binary += String.fromCharCode(bytes[i]);
+    return window.btoa(binary);
+  }
+
+  /* localStorage, or nothing where it is refused (private windows, disabled storage). */
+  function store(action, key, value) {
+    try {
+      if (action === "get") return window.localStorage.getItem(key);
+      if (action === "set") window.localStorage.setItem(key, value);
+      else window.localStorage.removeItem(key);
+    } catch (ignored) {
+      /* no resume after a reload, the upload itself goes on */
+    }
+    return null;
+  }
+
   function errorMessage(xhrOrResponse, text) {
     try {
       var body = JSON.parse(text);
@@ -79,6 +129,16 @@
     this.uploadUrl = root.getAttribute("data-upload-url");
     this.attachUrl = root.getAttribute("data-attach-url") || "";
     this.pollInterval = parseInt(root.getAttribute("data-poll-interval") || "500", 10);
+    this.tusUrl = root.getAttribute("data-tus-url") || "";
+    this.chunkSize = parseInt(root.getAttribute("data-chunk-size") || "", 10) || 8 * MiB;
+    this.retryDelays = (root.getAttribute("data-retry-delays") || "500,1000,2000,4000")
+      .split(",")
+      .map(function (d) {
+        return parseInt(d, 10);
+      })
+      .filter(function (d) {
+        return d >= 0;
+      });
     this.list = root.querySelector(".qs-files") || root.appendChild(el("ul", "qs-files"));
     this.input = root.querySelector("input[type=file]");
     this.bind();
@@ -162,6 +222,10 @@
   };
 
   Uploader.prototype.upload = function (file) {
+    if (this.tusUrl) {
+      new TusUpload(this, file, this.makeItem(file)).start();
+      return;
+    }
     var self = this;
     var item = this.makeItem(file);
     var url = new URL(this.uploadUrl, window.location.href);
@@ -181,14 +245,7 @@
         self.fail(file, item, errorMessage(xhr, xhr.responseText));
         return;
       }
-      var answer = JSON.parse(xhr.responseText);
-      self.setUploadProgress(item, 100);
-      item.setAttribute("data-stored-name", answer.name);
-      self.emit("uploaded", { file: file, item: item, response: answer });
-      self.show(file, item, answer);
-      self.attach(file, item, answer).then(function () {
-        if (!FINAL[answer.state] && answer.status_url) self.poll(file, item, answer.status_url);
-      });
+      self.uploaded(file, item, JSON.parse(xhr.responseText));
     });
     xhr.addEventListener("error", function () {
       self.fail(file, item, "the connection failed");
@@ -196,7 +253,20 @@
     xhr.addEventListener("abort", function () {
       self.fail(file, item, "aborted");
     });
+    sameOriginCsrf(xhr, url.toString(), this.root);
     xhr.send(file);
+  };
+
+  /* The upload is stored (answer: name, state, url, status_url): show it, attach it, follow it. */
+  Uploader.prototype.uploaded = function (file, item, answer) {
+    var self = this;
+    this.setUploadProgress(item, 100);
+    item.setAttribute("data-stored-name", answer.name);
+    this.emit("uploaded", { file: file, item: item, response: answer });
+    this.show(file, item, answer);
+    this.attach(file, item, answer).then(function () {
+      if (!FINAL[answer.state] && answer.status_url) self.poll(file, item, answer.status_url);
+    });
   };
 
   Uploader.prototype.attach = function (file, item, answer) {
@@ -269,6 +339,185 @@
         });
     }
     window.setTimeout(next, this.pollInterval);
+  };
+
+  /*
+   * One file sent with tus 1.0 (https://tus.io/protocols/resumable-upload): creation, then
+   * PATCH chunks from the server's offset; HEAD after a failure or to resume a remembered
+   * upload. Its state: `url` (the upload's URL), `offset` (what the server confirmed),
+   * `failures` (in a row; reset by every chunk the server takes).
+   */
+  function TusUpload(uploader, file, item) {
+    this.uploader = uploader;
+    this.file = file;
+    this.item = item;
+    this.endpoint = new URL(uploader.tusUrl, window.location.href).toString();
+    this.key = STORE_PREFIX + [this.endpoint, file.name, file.size, file.lastModified].join(":");
+    this.url = null;
+    this.offset = 0;
+    this.failures = 0;
+  }
+
+  TusUpload.prototype.request = function (method, url, headers, body, onProgress) {
+    var self = this;
+    return new Promise(function (resolve) {
+      var xhr = new XMLHttpRequest();
+      xhr.open(method, url);
+      xhr.setRequestHeader("Tus-Resumable", TUS_VERSION);
+      sameOriginCsrf(xhr, url, self.uploader.root);
+      Object.keys(headers).forEach(function (name) {
+        xhr.setRequestHeader(name, headers[name]);
+      });
+      if (onProgress) {
+        xhr.upload.addEventListener("progress", function (event) {
+          onProgress(event.loaded);
+        });
+      }
+      xhr.addEventListener("load", function () {
+        resolve(xhr);
+      });
+      ["error", "abort", "timeout"].forEach(function (type) {
+        xhr.addEventListener(type, function () {
+          resolve(xhr); // status 0: the network failed
+        });
+      });
+      xhr.send(body === undefined ? null : body);
+    });
+  };
+
+  TusUpload.prototype.start = function () {
+    var remembered = store("get", this.key);
+    if (remembered) {
+      this.url = remembered;
+      this.resume(true);
+    } else {
+      this.create();
+    }
+  };
+
+  TusUpload.prototype.create = function () {
+    var self = this;
+    var metadata = "filename " + base64Utf8(this.file.name);
+    if (this.file.type) metadata += ",filetype " + base64Utf8(this.file.type);
+    this.request("POST", this.endpoint, {
+      "Upload-Length": String(this.file.size),
+      "Upload-Metadata": metadata,
+    }).then(function (xhr) {
+      if (xhr.status !== 201 || !xhr.getResponseHeader("Location")) {
+        self.failed(xhr, function () {
+          self.create();
+        });
+        return;
+      }
+      self.url = new URL(xhr.getResponseHeader("Location"), self.endpoint).toString();
+      store("set", self.key, self.url);
+      self.offset = 0;
+      if (!self.done(xhr)) self.send();
+    });
+  };
+
+  /* Ask the server for the offset, then go on from there. A remembered upload the server no
+   * longer knows (404, 410: expired, or removed) starts again from the first byte. */
+  TusUpload.prototype.resume = function (remembered) {
+    var self = this;
+    this.request("HEAD", this.url, {}).then(function (xhr) {
+      var offset = parseInt(xhr.getResponseHeader("Upload-Offset") || "", 10);
+      if (xhr.status === 200 && offset >= 0) {
+        self.offset = offset;
+        if (remembered) self.item.setAttribute("data-resumed-from", String(offset));
+        self.uploader.setUploadProgress(self.item, percent(offset, self.file.size));
+        if (!self.done(xhr)) self.send();
+      } else if (remembered && (xhr.status === 404 || xhr.status === 410)) {
+        store("remove", self.key);
+        self.create();
+      } else {
+        self.failed(xhr, function () {
+          self.resume(false);
+        });
+      }
+    });
+  };
+
+  TusUpload.prototype.send = function () {
+    var self = this;
+    var start = this.offset;
+    var chunk = this.file.slice(start, Math.min(this.file.size, start + this.uploader.chunkSize));
+    this.setState("uploading");
+    this.request(
+      "PATCH",
+      this.url,
+      { "Upload-Offset": String(start), "Content-Type": "application/offset+octet-stream" },
+      chunk,
+      function (loaded) {
+        self.uploader.setUploadProgress(self.item, percent(start + loaded, self.file.size));
+      }
+    ).then(function (xhr) {
+      var offset = parseInt(xhr.getResponseHeader("Upload-Offset") || "", 10);
+      if (xhr.status !== 204 || !(offset > start)) {
+        self.failed(xhr, function () {
+          self.resume(false);
+        });
+        return;
+      }
+      self.offset = offset;
+      self.failures = 0;
+      if (!self.done(xhr)) self.send();
+    });
+  };
+
+  /* The answer that ends the upload names the stored file: forget the upload, follow the file. */
+  TusUpload.prototype.done = function (xhr) {
+    var self = this;
+    var name = xhr.getResponseHeader("X-Queued-Storage-Name");
+    if (!name) return false;
+    store("remove", this.key);
+    var answer = { name: decodeURIComponent(name), state: "pending", url: null };
+    answer.status_url = xhr.getResponseHeader("X-Queued-Storage-Status-Url");
+    var shown = answer.status_url
+      ? fetch(answer.status_url, {
+          credentials: "same-origin",
+          headers: { Accept: "application/json" },
+        })
+          .then(function (response) {
+            return response.ok ? response.json() : {};
+          })
+          .catch(function () {
+            return {};
+          })
+      : Promise.resolve({});
+    shown.then(function (status) {
+      Object.keys(status).forEach(function (key) {
+        answer[key] = status[key];
+      });
+      self.uploader.uploaded(self.file, self.item, answer);
+    });
+    return true;
+  };
+
+  /* A request failed: try again after the next delay if the answer says it may work, else
+   * show the server's message. */
+  TusUpload.prototype.failed = function (xhr, again) {
+    var self = this;
+    var retry = RETRY_STATUS[xhr.status] || xhr.status >= 500;
+    var delay = this.uploader.retryDelays[this.failures];
+    if (!retry || delay === undefined) {
+      var message = xhr.status ? errorMessage(xhr, xhr.responseText) : "the connection failed";
+      if (xhr.status && xhr.responseText && message === "HTTP " + xhr.status) {
+        message += ": " + xhr.responseText; // tus answers are plain text
+      }
+      if (xhr.status === 404 || xhr.status === 410) store("remove", this.key);
+      this.uploader.fail(this.file, this.item, message);
+      return;
+    }
+    this.failures += 1;
+    this.setState("retrying", "retrying in " + (delay / 1000).toFixed(1) + " s");
+    window.setTimeout(again, delay);
+  };
+
+  TusUpload.prototype.setState = function (state, text) {
+    var node = this.item.querySelector(".qs-state");
+    node.setAttribute("data-state", state);
+    node.textContent = text || state;
   };
 
   function init(root) {
