@@ -9,8 +9,9 @@ superuser ``admin``/``admin`` is created (a local demo only), a Celery worker is
   upload page (``/upload/``) and watch each one move from the staging disk to S3;
 * with ``--smoke``, a 1 MiB upload is saved and checked end to end instead: served locally
   before the commit, transferred and verified after it, then served from S3 byte for byte.
-  Then the upload page's path: the page carries the widget, a PUT to the upload view, the
-  status endpoint until ``remote``, the S3 URL (through Django's test client: no browser).
+  Then the upload page's path: the page carries the widget in tus mode, a tus upload in two
+  chunks (``POST``, ``PATCH``, ``HEAD`` for the offset, ``PATCH``), the status endpoint until
+  ``remote``, the S3 URL (through Django's test client: no browser).
   Exit status 0 when every check passes, 1 otherwise (with the tail of the worker's log).
 
 Every child process runs in its own process group (Ctrl-C in the terminal reaches only this
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import base64
 import hashlib
 import os
 import shutil
@@ -35,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -326,8 +328,9 @@ def smoke(worker: ManagedProcess, endpoint: str | None) -> None:
 
 def smoke_upload_page(worker: ManagedProcess, s3_prefix: str) -> None:
     """The upload page as the browser uses it, through Django's test client (no browser):
-    the page carries the widget, a PUT to the upload view answers 201 with the staging URL,
-    the stored name is attached to the library, the status endpoint ends ``remote`` with an
+    the page carries the widget in tus mode; a tus upload sent in two chunks, resumed from the
+    offset ``HEAD`` reports, names the stored file and its status URL on the last chunk; the
+    stored name is attached to the library, the status endpoint ends ``remote`` with an
     S3 URL that serves the same bytes, and the library lists the file as served from S3."""
     import requests
     from django.contrib.auth import get_user_model
@@ -342,20 +345,39 @@ def smoke_upload_page(worker: ManagedProcess, s3_prefix: str) -> None:
     check(page.status_code == 200, f"GET /upload/ answered HTTP {page.status_code}")
     html = page.content.decode()
     check("data-qs-uploader" in html and "queued_storage/uploader.js" in html, "no widget")
+    check('data-tus-url="/uploads/tus/"' in html, "the widget is not in tus mode")
     check(finders.find("queued_storage/uploader.js") is not None, "uploader.js is not found")
 
     data = os.urandom(SMOKE_PAGE_SIZE)
-    put = client.put(
-        "/uploads/put/?name=smoke-page.bin", data, content_type="application/octet-stream"
+    tus = {"HTTP_TUS_RESUMABLE": "1.0.0"}
+    created = client.generic(
+        "POST",
+        "/uploads/tus/",
+        HTTP_UPLOAD_LENGTH=str(len(data)),
+        HTTP_UPLOAD_METADATA="filename " + base64.b64encode(b"smoke-page.bin").decode(),
+        **tus,
     )
-    check(put.status_code == 201, f"the upload view answered {put.status_code}: {put.content!r}")
-    answer = put.json()
-    name, status_url = str(answer["name"]), str(answer["status_url"])
-    check(answer["state"] == "pending", f"the upload view answered the state {answer['state']!r}")
-    check(str(answer["url"]).startswith("/staging/"), f"a staging URL expected: {answer['url']}")
+    check(created.status_code == 201, f"tus creation answered {created.status_code}")
+    upload_url = created["Location"]
+    half = len(data) // 2
+    for chunk in (data[:half], data[half:]):
+        offset = client.head(upload_url, **tus)["Upload-Offset"]
+        sent = client.patch(
+            upload_url,
+            chunk,
+            content_type="application/offset+octet-stream",
+            HTTP_UPLOAD_OFFSET=offset,
+            **tus,
+        )
+        check(sent.status_code == 204, f"tus PATCH answered {sent.status_code}: {sent.content!r}")
+    check(sent["Upload-Offset"] == str(len(data)), "the tus upload did not end at its length")
+    name = unquote(sent["X-Queued-Storage-Name"])
+    status_url = sent["X-Queued-Storage-Status-Url"]
+    answer = client.get(status_url).json()
+    check(answer["state"] in ("pending", "transferring", "remote"), f"state {answer['state']!r}")
     attached = client.post("/attach/", {"name": name})
     check(attached.status_code == 201, f"POST /attach/ answered HTTP {attached.status_code}")
-    say(f"ok: uploaded through the upload page's view ({name}, {len(data)} bytes, pending)")
+    say(f"ok: uploaded with tus in two chunks, as the upload page does ({name}, {len(data)} bytes)")
 
     def remote() -> dict[str, Any] | None:
         status: dict[str, Any] = client.get(status_url).json()

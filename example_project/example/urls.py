@@ -16,7 +16,8 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("upload/", views.upload, name="upload"),
     path("attach/", views.attach, name="attach"),
-    # PUT uploads/put/?name=<name> and GET uploads/status/<name> (namespace "queued_storage")
+    # PUT uploads/put/?name=<name>, the tus endpoint uploads/tus/ (the upload page's widget) and
+    # GET uploads/status/<name> (namespace "queued_storage")
     path("uploads/", include("queued_storage.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -1,7 +1,8 @@
 """The media library's pages: the list of every file, and the upload page.
 
-The upload page includes queued_storage's widget (``queued_storage/uploader.html``): the browser
-PUTs each file to queued_storage's upload view, then posts the stored name to :func:`attach`,
+The upload page includes queued_storage's widget (``queued_storage/uploader.html``) in tus mode:
+the browser sends each file in resumable chunks to queued_storage's tus endpoint
+(``uploads/tus/``), then posts the stored name to :func:`attach`,
 which records it in the library, and follows its state on the status endpoint.
 """
 
