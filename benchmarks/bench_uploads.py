@@ -17,7 +17,7 @@ measures, without asserting anything:
    same time, through uvicorn and through gunicorn: how many succeeded, wall time, peak RSS.
 
 Every upload goes through ``QueuedStorage.save()`` of the ``default`` storage (staging on the
-local disk, S3 on moto), so the name reservation asks S3 once per file as in production. No
+local disk, S3 on moto; the save itself sends S3 nothing, as in production). No
 Celery worker runs: the transfer is not what is measured. Prints a table and writes
 ``benchmarks/results-uploads.json`` (``--json`` to change).
 """
