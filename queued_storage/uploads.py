@@ -29,6 +29,7 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import stat
 import tempfile
 import unicodedata
@@ -318,6 +319,13 @@ def body_idle_timeout(meta: Mapping[str, Any], seconds: float | None) -> Iterato
     sock.settimeout(seconds)
     try:
         yield True
+    except BaseException as err:
+        if idle_timed_out(err):
+            # The rest of the body will not be read: no more reads on this connection, so
+            # gunicorn closes it after the 408 (some releases would keep it alive, waiting).
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
+        raise
     finally:
         with contextlib.suppress(OSError):  # the socket may be closed by now
             sock.settimeout(previous)
@@ -336,7 +344,14 @@ def _log_no_idle_timeout(server: str) -> None:
 
 def idle_timed_out(err: BaseException) -> bool:
     """Whether a body read failed because the client sent nothing for the idle timeout."""
-    return isinstance(err, TimeoutError) or isinstance(err.__cause__, TimeoutError)
+    seen: BaseException | None = err
+    for _ in range(8):  # e.g. UploadRefused from UnreadablePostError from TimeoutError
+        if seen is None:
+            return False
+        if isinstance(seen, TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def idle_refusal(seconds: float | None) -> UploadRefused:

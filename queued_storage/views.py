@@ -481,9 +481,10 @@ class UploadView(QueuedStorageView):
 def _refusal(request: HttpRequest, refusal: UploadRefused) -> JsonResponse:
     """The answer to a refused upload; a 408 closes the connection.
 
-    A WSGI application may not send ``Connection`` (a hop-by-hop header); gunicorn closes a
-    connection whose body read failed by itself. Under ``queued_storage.asgi`` the header
-    makes the server close it at once, instead of after its keep-alive timeout.
+    A WSGI application may not send ``Connection`` (a hop-by-hop header): under gunicorn the
+    idle timeout shuts the socket's reading side (``body_idle_timeout``), so gunicorn closes
+    the connection after the answer. Under ``queued_storage.asgi`` the header makes the server
+    close it at once, instead of after its keep-alive timeout.
     """
     response = _error(refusal.status, refusal.message)
     if refusal.status == 408 and BODY_STREAM in request.META:

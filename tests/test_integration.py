@@ -23,6 +23,7 @@ from django.db import transaction
 from django.test import override_settings
 
 from queued_storage.models import State, StoredFile
+from queued_storage.storage import QueuedStorage
 from queued_storage.transfer import remote_exists_within
 from tests.harness.suite import broker_messages, need, redis_client, s3_bytes, wait_for
 from tests.testapp.models import Document, LegacyDocument
@@ -35,12 +36,20 @@ def row_state(alias: str, name: str) -> str | None:
     return None if row is None else row.state
 
 
-def wait_remote(alias: str, name: str, timeout: float = 30) -> StoredFile:
+def wait_remote(
+    alias: str, name: str, timeout: float = 30, *, storage: QueuedStorage | None = None
+) -> StoredFile:
+    """The row once it is ``remote`` and the state cache says so too (the worker publishes
+    to the cache just after the row commits: a read between the two still goes local)."""
+    storage = storage or storages[alias]
+
     def done() -> StoredFile | None:
         row = StoredFile.get_row(alias, name)
         if row is not None and row.state == State.FAILED:
             pytest.fail(f"{name!r} failed: {row.last_error}")
-        return row if row is not None and row.state == State.REMOTE else None
+        if row is None or row.state != State.REMOTE:
+            return None
+        return row if storage.using_remote(name) else None
 
     return wait_for(done, timeout=timeout, what=f"{name!r} to reach the remote")  # type: ignore[no-any-return]
 
@@ -274,7 +283,7 @@ def test_old_api_code_built_storage_transfers_and_deletes(worker: Any, clean: An
     storage = doc.file.storage
     name = doc.file.name
     assert storage.alias.startswith("qs-")
-    wait_remote(storage.alias, name)
+    wait_remote(storage.alias, name, storage=storage)
     wait_for(lambda: not Path(storage.local.path(name)).exists(), what="local copy deleted")
     assert storage.using_remote(name)
     assert storage.get_storage(name) is storage.remote

@@ -39,8 +39,11 @@ def test_a_transfer_subclass_hook_runs_in_a_real_worker(worker: Any, clean: Any)
         name = storage.save("by-hand.txt", ContentFile(b"copied by the hook"))
 
     def remote() -> StoredFile | None:
+        # The row, then the state cache (published just after the row commits) say remote.
         row = StoredFile.get_row("old-api-hook", name)
-        return row if row is not None and row.state == State.REMOTE else None
+        if row is None or row.state != State.REMOTE:
+            return None
+        return row if storage.using_remote(name) else None
 
     row = wait_for(remote, timeout=60, what="the hook's transfer")
     assert (row.size, row.checksum_algorithm) == (18, "hook")
