@@ -4,8 +4,8 @@ delete racing the transfer, a worker killed while it held retries, and (``faults
 minutes of kills and S3 outages in turn.
 
 Each test prints one ``[figures]`` line (files saved, transferred, verified, lost, ...) and
-asserts that nothing was lost. The long variants are marked ``faults`` (``make test-faults``);
-``make test`` runs the short ones.
+asserts that nothing was lost. The whole file is marked ``faults``: ``make test-faults`` runs
+it (the short and the long variants), ``make test`` leaves it out to stay within its time.
 
 The transfers go to this host's queue (storage option ``queue="host"``), consumed by the
 ``host_worker`` fixture (a 3 s lease, backoffs of 0.5 to 4 s, the suite's budget of 3 retries
@@ -45,7 +45,11 @@ from tests.harness.services import ServiceStack
 from tests.harness.suite import open_uploads, redis_client, remote_keys, s3_bytes, wait_for
 from tests.harness.workers import PROJECT_ROOT
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.faults,
+    pytest.mark.django_db(transaction=True),
+]
 
 MiB = 1024 * 1024
 BLOCK = os.urandom(MiB)
