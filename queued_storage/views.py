@@ -250,6 +250,16 @@ class QueuedStorageView(View):
         """The client's name (URL path, else ``?name=``), validated and prefixed."""
         return self.client_name(self.kwargs.get("name"), request.GET, required=required)
 
+    def authorised_name(self, request: HttpRequest) -> str | HttpResponse:
+        """The requested name once the authorizer allows it, else the answer that refuses it
+        (400 for a name the rules refuse, the authorizer's own refusal otherwise)."""
+        try:
+            name = self.requested_name(request)
+        except UploadRefused as refusal:
+            return _error(refusal.status, refusal.message)
+        refused = _as_response(self.authorize(request, name))
+        return name if refused is None else refused
+
     def client_name(self, path_name: str | None, query: QueryDict, *, required: bool = True) -> str:
         """The name a client asks for, from the URL Django decoded: *path_name* (the URL's
         ``<name>``), else the ``name`` of *query*; validated and prefixed.
@@ -725,13 +735,9 @@ class StatusView(QueuedStorageView):
     action = "status"
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        try:
-            name = self.requested_name(request)
-        except UploadRefused as refusal:
-            return _error(refusal.status, refusal.message)
-        refused = _as_response(self.authorize(request, name))
-        if refused is not None:
-            return refused
+        name = self.authorised_name(request)
+        if not isinstance(name, str):
+            return name
         storage = self.get_storage()
         payload = storage.status(name)
         if payload is None:
@@ -796,13 +802,9 @@ class StagedFileView(QueuedStorageView):
         storage = self.get_storage()
         if settings.serve_staged_for(storage.alias) is None:
             return _error(404, "Serving waiting files is off (QUEUED_STORAGE_SERVE_STAGED).")
-        try:
-            name = self.requested_name(request)
-        except UploadRefused as refusal:
-            return _error(refusal.status, refusal.message)
-        refused = _as_response(self.authorize(request, name))
-        if refused is not None:
-            return refused
+        name = self.authorised_name(request)
+        if not isinstance(name, str):
+            return name
         return self.serve(request, storage, name)
 
     def serve(self, request: HttpRequest, storage: QueuedStorage, name: str) -> HttpResponseBase:
