@@ -36,11 +36,12 @@ from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.names import TUS_DIRNAME
 from tests.harness.faults import TcpFaultProxy
 from tests.harness.suite import wait_for
-from tests.harness.webservers import DjangoServer
+from tests.harness.webservers import DjangoServer, Nginx
 from tests.test_uploads import (  # noqa: F401  (fixtures)
     MiB,
     RawClient,
     _cookie_header,
+    _nginx,
     _payload,
     _session_for,
     _wait_state,
@@ -553,3 +554,60 @@ def test_tuspy_reports_a_refused_creation(server: DjangoServer, tmp_path: Path) 
     with pytest.raises(TusCommunicationError) as refused:
         uploader.create_url()
     assert refused.value.status_code == 401
+
+
+# -- behind nginx -----------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=["gunicorn", "uvicorn"])
+def tus_nginx(request: pytest.FixtureRequest) -> Iterator[Nginx]:
+    """nginx with ``docs/nginx.conf`` as shipped (its ``/uploads/tus/`` location: request
+    buffering off) in front of gunicorn, then of uvicorn."""
+    upstream: DjangoServer = request.getfixturevalue(request.param)
+    with _nginx(upstream, f"nginx-tus-{request.param}") as proxy:
+        yield proxy
+
+
+def test_through_nginx_a_chunk_reaches_staging_before_it_ends_and_a_cut_keeps_it(
+    tus_nginx: Nginx, worker: Any, clean: Any, cookies: dict[str, str], tmp_path: Path
+) -> None:
+    base = tus_nginx.url
+    staging = Path(settings.STAGING_ROOT)
+    name = f"nginx-cut-{tus_nginx.upstream_port}.bin"
+    payload = _payload(4 * MiB + 17, name.encode())
+    url = _create(base, cookies, name, len(payload))
+    partial = _partial(staging, url)
+
+    # Half a 2 MiB chunk is on the staging disk while the client still owes the other half:
+    # nginx streams the body through instead of spooling it first.
+    client = _partial_patch(url, base, cookies, 0, payload[:MiB], 2 * MiB)
+    wait_for(lambda: partial.stat().st_size >= MiB, what="the first MiB on the staging disk")
+    client.close()  # the client goes away mid-chunk: nginx closes the upstream request
+    wait_for(lambda: _offset(url, cookies) == MiB, what="the first MiB to be committed")
+
+    # tuspy continues from the server's offset, through nginx.
+    uploader = _client(base, cookies).uploader(
+        file_stream=_stream(tmp_path / name, payload), url=url, chunk_size=2 * MiB
+    )
+    assert uploader.offset == MiB
+    uploader.upload()
+    assert uploader.request.response_headers["x-queued-storage-name"] == name
+    _wait_state(base, cookies, name, State.REMOTE)
+    assert _s3_body(clean, name) == payload
+
+
+def test_through_nginx_a_chunk_larger_than_the_sites_body_limit_is_accepted(
+    tus_nginx: Nginx, worker: Any, clean: Any, cookies: dict[str, str], tmp_path: Path
+) -> None:
+    # docs/nginx.conf limits every other location to 10m; a tus chunk may be larger.
+    name = f"nginx-big-{tus_nginx.upstream_port}.bin"
+    payload = _payload(24 * MiB + 3, name.encode())
+    uploader = _client(tus_nginx.url, cookies).uploader(
+        file_stream=_stream(tmp_path / name, payload),
+        chunk_size=16 * MiB,
+        metadata={"filename": name},
+        upload_checksum=True,
+    )
+    uploader.upload()
+    assert uploader.offset == len(payload)
+    assert uploader.request.response_headers["x-queued-storage-name"] == name
+    _wait_state(tus_nginx.url, cookies, name, State.REMOTE)
+    assert _s3_body(clean, name) == payload
