@@ -354,10 +354,85 @@ def idle_timed_out(err: BaseException) -> bool:
     return False
 
 
-def idle_refusal(seconds: float | None) -> UploadRefused:
-    """The 408 for a client that stopped sending (``seconds``: the idle timeout, if known)."""
+def idle_refusal(seconds: float | None, kept: str = "nothing was kept") -> UploadRefused:
+    """The 408 for a client that stopped sending (``seconds``: the idle timeout, if known;
+    ``kept``: what the server did with the bytes that arrived)."""
     waited = f"for {seconds:g} s" if seconds is not None else "for too long"
-    return UploadRefused(408, f"No bytes of the body arrived {waited}; nothing was kept.")
+    return UploadRefused(408, f"No bytes of the body arrived {waited}; {kept}.")
+
+
+@dataclass
+class BodyReader:
+    """A request body, ``chunk_size`` bytes at a time, never more than ``limit`` bytes.
+
+    ``declared`` is the ``Content-Length`` (``None`` for a chunked body; then ``limit`` bounds
+    it and ``too_long`` is the 413's message). A body longer than either raises
+    :class:`UploadRefused`. One that stops early (the client went away, stalled for the idle
+    timeout, or sent less than it declared) ends :meth:`chunks`, with ``cut`` saying why:
+    the caller decides what becomes of the bytes that arrived, and ``kept`` says it in the
+    refusal (the raw upload view removes them, a tus chunk keeps them).
+    """
+
+    read: Callable[[int], bytes]
+    declared: int | None
+    limit: int
+    chunk_size: int
+    too_long: str
+    kept: str
+    idle_timeout: float | None = None
+    received: int = 0
+    cut: UploadRefused | None = None
+
+    def chunks(self) -> Iterator[bytes]:
+        limit = self.declared if self.declared is not None else self.limit
+        while True:
+            want = self.chunk_size
+            if self.declared is not None:
+                want = min(want, limit - self.received)
+                if want <= 0:
+                    break
+            try:
+                chunk = self.read(want)
+            except CLIENT_GONE as err:
+                if idle_timed_out(err):
+                    self.cut = idle_refusal(self.idle_timeout, self.kept)
+                else:
+                    self.cut = UploadRefused(
+                        400,
+                        f"The client stopped sending after {self.received} bytes ({err!r}); "
+                        f"{self.kept}.",
+                    )
+                self.cut.__cause__ = err
+                return
+            if not chunk:
+                break
+            self.received += len(chunk)
+            if self.received > limit:
+                if self.declared is None:
+                    raise UploadRefused(413, self.too_long)
+                raise UploadRefused(
+                    400, f"The body is longer than its Content-Length ({self.declared})."
+                )
+            yield chunk
+        if self.declared is None:
+            return
+        if self.received < self.declared:
+            self.cut = UploadRefused(
+                400,
+                f"The body ended after {self.received} of {self.declared} bytes (the client "
+                f"disconnected?); {self.kept}.",
+            )
+            return
+        # A stream that is not bounded by the server (Django's ASGI request reads whatever
+        # the body file holds) must not have more than was declared.
+        try:
+            extra = self.read(1)
+        except CLIENT_GONE:
+            extra = b""
+        if extra:
+            raise UploadRefused(
+                400, f"The body is longer than its Content-Length ({self.declared})."
+            )
 
 
 def spool_stream(
@@ -379,57 +454,25 @@ def spool_stream(
     yields more than was declared, one over ``max_bytes``, or a checksum that does not match,
     leaves nothing behind: the spool file is removed and :class:`UploadRefused` raised.
     """
+    body = BodyReader(
+        read,
+        declared,
+        limit=max_bytes,
+        chunk_size=chunk_size,
+        too_long=f"The body is larger than {max_bytes} bytes; nothing was kept.",
+        kept="nothing was kept",
+        idle_timeout=idle_timeout,
+    )
     fd, path = _new_spool_file(directory)
-    received = 0
     try:
         with os.fdopen(fd, "wb") as out:
-            limit = declared if declared is not None else max_bytes
-            while True:
-                want = min(chunk_size, limit - received) if declared is not None else chunk_size
-                if want <= 0:
-                    break
-                try:
-                    chunk = read(want)
-                except CLIENT_GONE as err:
-                    if idle_timed_out(err):
-                        raise idle_refusal(idle_timeout) from err
-                    raise UploadRefused(
-                        400,
-                        f"The client stopped sending after {received} bytes ({err!r}); "
-                        "nothing was kept.",
-                    ) from err
-                if not chunk:
-                    break
-                received += len(chunk)
-                if received > limit:
-                    if declared is None:
-                        raise UploadRefused(
-                            413, f"The body is larger than {max_bytes} bytes; nothing was kept."
-                        )
-                    raise UploadRefused(
-                        400, f"The body is longer than its Content-Length ({declared})."
-                    )
+            for chunk in body.chunks():
                 expected.update(chunk)
                 _write(out, chunk)
-            if declared is not None:
-                if received < declared:
-                    raise UploadRefused(
-                        400,
-                        f"The body ended after {received} of {declared} bytes (the client "
-                        "disconnected?); nothing was kept.",
-                    )
-                # A stream that is not bounded by the server (Django's ASGI request reads
-                # whatever the body file holds) must not have more than was declared.
-                try:
-                    extra = read(1)
-                except CLIENT_GONE:
-                    extra = b""
-                if extra:
-                    raise UploadRefused(
-                        400, f"The body is longer than its Content-Length ({declared})."
-                    )
+        if body.cut is not None:
+            raise body.cut
         expected.verify()
-        return StagedFile(path, name, received)
+        return StagedFile(path, name, body.received)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -510,66 +553,37 @@ def append_stream(
     os.ftruncate(fd, offset)
     os.lseek(fd, offset, os.SEEK_SET)
     hasher = checksum.hasher() if checksum is not None else None
-    limit = declared if declared is not None else remaining
-    received = 0
-    refusal: UploadRefused | None = None
+    body = BodyReader(
+        read,
+        declared,
+        limit=remaining,
+        chunk_size=chunk_size,
+        too_long=f"The chunk is longer than the {remaining} bytes the upload lacks.",
+        kept=(
+            "the chunk was discarded, send it again"
+            if checksum is not None
+            else "the bytes that arrived were kept; ask for the offset"
+        ),
+        idle_timeout=idle_timeout,
+    )
     try:
-        while True:
-            want = min(chunk_size, limit - received) if declared is not None else chunk_size
-            if want <= 0:
-                break
-            try:
-                chunk = read(want)
-            except CLIENT_GONE as err:
-                refusal = (
-                    idle_refusal(idle_timeout)
-                    if idle_timed_out(err)
-                    else UploadRefused(
-                        400, f"The client stopped sending after {received} bytes of the chunk."
-                    )
-                )
-                break
-            if not chunk:
-                break
-            received += len(chunk)
-            if received > limit:
-                if declared is None:
-                    raise UploadRefused(
-                        413, f"The chunk is longer than the {remaining} bytes the upload lacks."
-                    )
-                raise UploadRefused(
-                    400, f"The body is longer than its Content-Length ({declared})."
-                )
+        for chunk in body.chunks():
             if hasher is not None:
                 hasher.update(chunk)
             _write_fd(fd, chunk)
-        if refusal is None and declared is not None:
-            if received < declared:
-                refusal = UploadRefused(
-                    400, f"The body ended after {received} of {declared} bytes."
-                )
-            else:
-                try:
-                    extra = read(1)
-                except CLIENT_GONE:
-                    extra = b""
-                if extra:
-                    raise UploadRefused(
-                        400, f"The body is longer than its Content-Length ({declared})."
-                    )
         if checksum is not None and hasher is not None:
-            if refusal is not None:
+            if body.cut is not None:
                 os.ftruncate(fd, offset)
-                return Appended(0, refusal)
+                return Appended(0, body.cut)
             if hasher.digest() != checksum.digest:
                 raise UploadRefused(
                     460,
                     f"Upload-Checksum ({checksum.algorithm}) does not match the chunk; "
                     "it was discarded, send it again.",
                 )
-        if fsync and received:
+        if fsync and body.received:
             os.fsync(fd)
-        return Appended(received, refusal)
+        return Appended(body.received, body.cut)
     except BaseException:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, offset)

@@ -398,6 +398,44 @@ def test_an_upload_over_the_limit_is_refused_413_at_creation(
     assert not TusUpload.objects.exists()
 
 
+@pytest.mark.parametrize("checksum", [False, True], ids=["plain", "with-checksum"])
+def test_a_stalled_chunk_is_answered_408_and_keeps_only_what_it_may(
+    server: DjangoServer, cookies: dict[str, str], checksum: bool
+) -> None:
+    # tests/urls.py: /quick-tus/<id> is the tus view with an idle timeout of 1.5 s.
+    payload = _payload(2 * MiB, b"stalled")
+    url = _create(server.url, cookies, f"stalled-{checksum}.bin", len(payload))
+    upload_id = url.rstrip("/").rsplit("/", 1)[-1]
+    headers = {
+        **TUS,
+        "Upload-Offset": "0",
+        "Content-Type": "application/offset+octet-stream",
+        "Content-Length": str(MiB),
+        "Cookie": _cookie_header(cookies),
+    }
+    if checksum:
+        digest = base64.b64encode(hashlib.sha1(payload[:MiB]).digest()).decode()
+        headers["Upload-Checksum"] = f"sha1 {digest}"
+    client = RawClient(server.url)
+    try:
+        client.send_head("PATCH", f"/quick-tus/{upload_id}", headers)
+        client.send(payload[: 256 * 1024])  # then nothing more
+        status, body = client.response()
+    finally:
+        client.close()
+    assert status == 408
+    kept = 0 if checksum else 256 * 1024  # a chunk that cannot be verified is discarded
+    assert _offset(url, cookies) == kept
+    expected = (
+        "the chunk was discarded, send it again"
+        if checksum
+        else "the bytes that arrived were kept; ask for the offset"
+    )
+    assert body.decode() == f"No bytes of the body arrived for 1.5 s; {expected}."
+    assert _patch(url, cookies, kept, payload[kept:]).status_code == 204
+    assert (Path(settings.STAGING_ROOT) / f"stalled-{checksum}.bin").read_bytes() == payload
+
+
 # -- interruptions --------------------------------------------------------------------------------
 @pytest.fixture
 def restartable(

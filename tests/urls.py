@@ -8,6 +8,7 @@ from django.views.static import serve
 
 import queued_storage
 from queued_storage.metrics import metrics_view
+from queued_storage.tus import TusUploadView
 from queued_storage.views import StagedFileView, UploadView
 from tests.views import form_upload, uploader_page
 
@@ -31,6 +32,7 @@ urlpatterns = [
     path("small/<path:name>", UploadView.as_view(max_bytes=1024 * 1024), name="small-upload"),
     # A short idle timeout, to drop a stalled client within a test.
     path("quick/<path:name>", UploadView.as_view(idle_timeout=1.5), name="quick-upload"),
+    path("quick-tus/<str:upload_id>", TusUploadView.as_view(idle_timeout=1.5), name="quick-tus"),
     # Waiting files of a storage that never dispatches by itself (tests/test_serving.py).
     path(
         "delayed-files/<path:name>",
