@@ -6,7 +6,7 @@
 | E002 | a QueuedStorage's ``remote`` storage is neither a STORAGES alias nor a dotted path |
 | E003 | the local storage cannot give a filesystem path |
 | E004 | ``QUEUED_STORAGE_RETRIES`` is not a positive integer |
-| E005 | a delay or timeout setting is not a positive number (or ``None`` where allowed) |
+| E005 | a delay, timeout or cleanup age is not a positive number (or ``None`` where allowed) |
 | E006 | ``QUEUED_STORAGE_CACHE`` is not an alias in ``CACHES`` |
 | E007 | a QueuedStorage in STORAGES has an invalid option |
 | W001 | the state cache is not shared between processes while Celery is not eager |
@@ -161,12 +161,18 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="queued_storage.E004",
             )
         )
-    for name in ("RETRY_DELAY", "RETRY_MAX_DELAY", "LEASE_TIMEOUT", "CACHE_TIMEOUT"):
+    delays = ("RETRY_DELAY", "RETRY_MAX_DELAY", "LEASE_TIMEOUT", "CACHE_TIMEOUT")
+    cleanup = ("CLEANUP_LOCAL_AFTER", "CLEANUP_SPOOL_AFTER", "CLEANUP_UPLOADS_AFTER")
+    for name in delays + cleanup:
         value, default = _setting(name), DEFAULTS[name]
+        nullable = name == "CLEANUP_LOCAL_AFTER"  # None: local copies are kept
+        if value is None and nullable:
+            continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            must = "None or a positive number" if nullable else "a positive number"
             messages.append(
                 Error(
-                    f"QUEUED_STORAGE_{name} must be a positive number of seconds, got {value!r}.",
+                    f"QUEUED_STORAGE_{name} must be {must} of seconds, got {value!r}.",
                     hint=f"Remove the setting to use the default ({default}). {_see('E005')}",
                     id="queued_storage.E005",
                 )

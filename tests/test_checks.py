@@ -121,6 +121,34 @@ def test_e005_delays_and_timeouts_positive(setting: str, value: Any) -> None:
     assert f"QUEUED_STORAGE_{setting} must be a positive number" in messages[0].msg
 
 
+@pytest.mark.parametrize(
+    "setting", ["CLEANUP_LOCAL_AFTER", "CLEANUP_SPOOL_AFTER", "CLEANUP_UPLOADS_AFTER"]
+)
+@pytest.mark.parametrize("value", [0, -3, "3600", True])
+def test_e005_cleanup_ages_positive(setting: str, value: Any) -> None:
+    with override_settings(**{f"QUEUED_STORAGE_{setting}": value}):
+        messages = check_settings()
+    assert _ids(messages) == ["queued_storage.E005"]
+    assert f"QUEUED_STORAGE_{setting} must be " in messages[0].msg
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("CLEANUP_LOCAL_AFTER", None), ("CLEANUP_LOCAL_AFTER", 60), ("CLEANUP_SPOOL_AFTER", 0.5)],
+)
+def test_e005_silent_for_keeping_local_copies_or_a_positive_age(setting: str, value: Any) -> None:
+    with override_settings(**{f"QUEUED_STORAGE_{setting}": value}):
+        assert check_settings() == []
+
+
+def test_e005_a_cleanup_spool_age_of_none_is_refused() -> None:
+    with override_settings(QUEUED_STORAGE_CLEANUP_SPOOL_AFTER=None):
+        messages = check_settings()
+    assert [m.msg for m in messages] == [
+        "QUEUED_STORAGE_CLEANUP_SPOOL_AFTER must be a positive number of seconds, got None."
+    ]
+
+
 def test_e006_cache_alias_missing() -> None:
     with override_settings(QUEUED_STORAGE_CACHE="states"):
         messages = check_settings()
