@@ -60,7 +60,7 @@ import datetime
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -319,11 +319,7 @@ class _Pass:
             "there and run `manage.py queued_storage_reconcile --failed`, or delete it "
             "through the storage."
         )
-        abort_open_upload(self.storage.remote, row.name, row.upload_id)
-        if not self.ledger.lost(row, reason, self.now):
-            return
-        self.report.newly_lost.append(_label(row))
-        self._failed(row, LocalFileMissing(reason, name=row.name))
+        self._fail(row, self.ledger.lost, LocalFileMissing(reason, name=row.name))
 
     def _give_up(self, row: StoredFile) -> None:
         """An expired lease of a file whose transient failures have outlasted ``RETRY_FOR``:
@@ -337,13 +333,21 @@ class _Pass:
             "fixed, retry it with storage.transfer(name) or `manage.py queued_storage_reconcile "
             "--failed`."
         )
-        abort_open_upload(self.storage.remote, row.name, row.upload_id)
-        if not self.ledger.give_up(row, reason, self.now):
-            return
-        self.report.given_up.append(_label(row))
-        self._failed(row, InfrastructureError(reason, name=row.name))
+        self._fail(row, self.ledger.give_up, InfrastructureError(reason, name=row.name))
 
-    def _failed(self, row: StoredFile, error: Exception) -> None:
+    def _fail(
+        self,
+        row: StoredFile,
+        transition: Callable[[StoredFile, str, datetime.datetime], bool],
+        error: LocalFileMissing | InfrastructureError,
+    ) -> None:
+        """Abort the row's open multipart upload, make the ledger *transition* to ``failed``
+        and, when it was this pass that made it, report it and send ``transfer_failed``."""
+        abort_open_upload(self.storage.remote, row.name, row.upload_id)
+        if not transition(row, str(error), self.now):
+            return
+        lost = isinstance(error, LocalFileMissing)
+        (self.report.newly_lost if lost else self.report.given_up).append(_label(row))
         logger.error("%s", error)
         transfer_failed.send(
             sender=type(self.storage),
