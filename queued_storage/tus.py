@@ -74,6 +74,7 @@ from queued_storage.uploads import (
     UploadRefused,
     append_stream,
     body_idle_timeout,
+    byte_count,
     tus_dir,
     validate_upload_name,
 )
@@ -276,13 +277,13 @@ class TusUploadView(UploadView):
             return refused
         if request.content_type != OFFSET_CONTENT_TYPE:
             return _response(415, f"Send the chunk as Content-Type: {OFFSET_CONTENT_TYPE}.")
-        raw = request.headers.get("Upload-Offset", "")
-        if not raw.isdigit():
+        offset = byte_count("Upload-Offset", request.headers.get("Upload-Offset"))
+        if offset is None:
             return _response(400, "Send Upload-Offset: the offset this chunk starts at.")
-        if int(raw) != row.offset or row.completed is not None:
+        if offset != row.offset or row.completed is not None:
             return _response(
                 409,
-                f"The upload is at offset {row.offset}, not {raw}.",
+                f"The upload is at offset {row.offset}, not {offset}.",
                 Upload_Offset=str(row.offset),
             )
         return self._append(request, row)
@@ -308,10 +309,9 @@ class TusUploadView(UploadView):
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if request.headers.get("Upload-Defer-Length"):
             return _response(400, "Upload-Defer-Length is not supported; send Upload-Length.")
-        raw_length = request.headers.get("Upload-Length", "")
-        if not raw_length.isdigit():
+        length = byte_count("Upload-Length", request.headers.get("Upload-Length"))
+        if length is None:
             return _response(400, "Send Upload-Length: the size of the whole file in bytes.")
-        length = int(raw_length)
         raw_metadata = request.headers.get("Upload-Metadata", "")
         metadata = parse_metadata(raw_metadata)
         raw_name = next((metadata[k] for k in NAME_KEYS if metadata.get(k)), "")

@@ -87,6 +87,22 @@ class UploadRefused(QueuedStorageError):
 
 
 # -- names --------------------------------------------------------------------------------------
+#: A count of bytes in a header: ASCII digits only (``int()`` would also take ``+1``, ``1_0``,
+#: `` 1 `` and Unicode digits, and raise on ``²``), at most 19 of them (an int64).
+_BYTE_COUNT = re.compile(r"[0-9]{1,19}")
+
+
+def byte_count(header: str, raw: str | None) -> int | None:
+    """The value of *header*, a count of bytes (``None`` when absent or empty); anything
+    else is refused with 400, naming the header."""
+    if not raw:
+        return None
+    if _BYTE_COUNT.fullmatch(raw) is None:
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
+        raise UploadRefused(400, f"{header} {shown!r} is not a count of bytes (digits 0-9).")
+    return int(raw)
+
+
 def validate_upload_name(name: str) -> str:
     """*name* if a client may store a file under it, else :class:`UploadRefused` (400).
 

@@ -77,6 +77,7 @@ from queued_storage.uploads import (
     StagingUploadHandler,
     UploadRefused,
     body_idle_timeout,
+    byte_count,
     claim_nginx_file,
     idle_refusal,
     idle_timed_out,
@@ -384,7 +385,7 @@ class UploadView(QueuedStorageView):
 
     def _declared_length(self, request: HttpRequest, *, chunked_ok: bool) -> int | None:
         """The body's declared length, refusing what is too large before reading it."""
-        declared = _non_negative("Content-Length", request.META.get("CONTENT_LENGTH"))
+        declared = byte_count("Content-Length", request.META.get("CONTENT_LENGTH"))
         if declared is None:
             chunked = "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
             if chunked and chunked_ok and self._server_frames_body(request):
@@ -618,20 +619,7 @@ class NginxUploadView(UploadView):
 
 
 def _int_header(request: HttpRequest, header: str) -> int | None:
-    return _non_negative(header, request.headers.get(header))
-
-
-def _non_negative(header: str, raw: str | None) -> int | None:
-    """The header's value as a count of bytes (``None`` when absent); 400 when it is not one."""
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise UploadRefused(400, f"{header} {raw!r} is not a number.") from None
-    if value < 0:
-        raise UploadRefused(400, f"{header} {raw!r} is negative.")
-    return value
+    return byte_count(header, request.headers.get(header))
 
 
 class NginxAuthView(View):

@@ -170,6 +170,32 @@ def test_a_request_without_tus_resumable_is_refused_412(
     assert response.headers["Tus-Version"] == "1.0.0"
 
 
+@pytest.mark.parametrize("value", ["\u00b2", "+5", "1_0", "0x10", "-1", "9" * 30])
+def test_a_length_or_offset_that_is_not_plain_digits_is_400_naming_the_header(
+    server: DjangoServer, cookies: dict[str, str], value: str
+) -> None:
+    headers = {**TUS, "Cookie": _cookie_header(cookies), "Upload-Metadata": _meta("digits.bin")}
+    created = requests.post(
+        f"{server.url}/uploads/tus/", headers={**headers, "Upload-Length": value}, timeout=10
+    )
+    assert created.status_code == 400, created.text
+    assert created.text.startswith("Upload-Length "), created.text
+    url = _create(server.url, cookies, "digits.bin", 10)
+    patched = requests.patch(
+        url,
+        data=b"0123456789",
+        headers={
+            **headers,
+            "Upload-Offset": value,
+            "Content-Type": "application/offset+octet-stream",
+        },
+        timeout=10,
+    )
+    assert patched.status_code == 400, patched.text
+    assert patched.text.startswith("Upload-Offset "), patched.text
+    assert _offset(url, cookies) == 0
+
+
 def test_tuspy_upload_is_moved_into_place_and_ends_byte_identical_on_s3(
     server: DjangoServer, worker: Any, clean: Any, cookies: dict[str, str], tmp_path: Path
 ) -> None:
