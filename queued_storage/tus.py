@@ -318,6 +318,11 @@ class TusUploadView(UploadView):
         if not raw_name:
             return _response(400, "Name the file in Upload-Metadata (filename <base64>).")
         name = validate_upload_name(self.prefix + validate_upload_name(raw_name))
+        content_type = next((metadata[k] for k in TYPE_KEYS if metadata.get(k)), "")
+        if not all(" " <= char <= "~" for char in content_type):
+            return _response(
+                400, "Upload-Metadata filetype must be a media type in printable ASCII."
+            )
         refused = self._refused(request, name)
         if refused is not None:
             return refused
@@ -338,7 +343,6 @@ class TusUploadView(UploadView):
         upload_id = str(uuid.uuid4())
         path = os.path.join(tus_dir(storage.local), upload_id)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-        content_type = next((metadata[k] for k in TYPE_KEYS if metadata.get(k)), "")
         try:
             row = tus_create(
                 id=upload_id,

@@ -196,6 +196,26 @@ def test_a_length_or_offset_that_is_not_plain_digits_is_400_naming_the_header(
     assert _offset(url, cookies) == 0
 
 
+@pytest.mark.parametrize("filetype", ["text/plain\x00", "image/p\u00e9g", "a\nb"])
+def test_a_file_type_that_is_not_printable_ascii_is_400_and_nothing_is_created(
+    server: DjangoServer, cookies: dict[str, str], staging: Path, filetype: str
+) -> None:
+    response = requests.post(
+        f"{server.url}/uploads/tus/",
+        headers={
+            **TUS,
+            "Upload-Length": "10",
+            "Upload-Metadata": _meta("typed.bin", filetype),
+            "Cookie": _cookie_header(cookies),
+        },
+        timeout=10,
+    )
+    assert response.status_code == 400, response.text
+    assert "filetype" in response.text
+    assert not TusUpload.objects.exists()
+    assert list((staging / TUS_DIRNAME).glob("*")) == []
+
+
 def test_tuspy_upload_is_moved_into_place_and_ends_byte_identical_on_s3(
     server: DjangoServer, worker: Any, clean: Any, cookies: dict[str, str], tmp_path: Path
 ) -> None:
