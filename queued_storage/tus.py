@@ -165,6 +165,30 @@ def _expires_header(when: datetime.datetime) -> str:
     return http_date(when.timestamp())
 
 
+def _elsewhere(row: Any) -> bool:
+    """Whether *row*'s bytes were received by another host than this one."""
+    return bool(row.host) and row.host != settings.HOST
+
+
+def _on_another_host(row: Any) -> HttpResponse:
+    """503 for a request that reached a host without the upload's bytes: a staging volume
+    that is not shared, and routing that is not sticky. The client retries (tus clients retry
+    a 5xx), and nothing is lost; the hosts' names are logged, not sent."""
+    logger.warning(
+        "tus upload %s: its bytes are on host %r, this request reached host %r, whose staging "
+        "directory does not have them; share the staging volume or route an upload's requests "
+        "to one host (docs/tus.md)",
+        row.id,
+        row.host,
+        settings.HOST,
+    )
+    return _response(
+        503,
+        "This upload's bytes are on another web host; retry (the request must reach that host).",
+        Retry_After="5",
+    )
+
+
 @method_decorator(csrf_exempt, name="dispatch")
 class TusUploadView(UploadView):
     """The tus endpoint: ``POST`` creates an upload (URL without ``upload_id``); ``HEAD``,
@@ -301,7 +325,8 @@ class TusUploadView(UploadView):
         except _Busy:
             return _response(409, "A chunk of this upload is being received; try again.")
         except FileNotFoundError:
-            pass
+            if _elsewhere(row):
+                return _on_another_host(row)
         tus_forget(row.id)
         return _response(204)
 
@@ -429,6 +454,8 @@ class TusUploadView(UploadView):
                 Upload_Offset=str(row.offset),
             )
         except FileNotFoundError:
+            if _elsewhere(row):
+                return _on_another_host(row)
             return _response(410, "The bytes of this upload are gone; start a new one.")
 
     def _finish(

@@ -482,6 +482,32 @@ def test_a_stalled_chunk_is_answered_408_and_keeps_only_what_it_may(
     assert (Path(settings.STAGING_ROOT) / f"stalled-{checksum}.bin").read_bytes() == payload
 
 
+def test_a_chunk_that_reaches_a_host_without_the_bytes_is_503_and_the_upload_survives(
+    server: DjangoServer, cookies: dict[str, str], staging: Path
+) -> None:
+    # The upload was received by another host (its row names that host; its bytes are on that
+    # host's staging disk, not here): a load balancer without sticky routing sent us a chunk.
+    url = _create(server.url, cookies, "elsewhere.bin", 8)
+    upload_id = url.rstrip("/").rsplit("/", 1)[-1]
+    assert _patch(url, cookies, 0, b"1234").status_code == 204
+    TusUpload.objects.filter(id=upload_id).update(host="web-2.internal")
+    elsewhere = _partial(staging, url).read_bytes()
+    _partial(staging, url).unlink()
+
+    patched = _patch(url, cookies, 4, b"5678")
+    assert patched.status_code == 503, patched.text
+    assert patched.headers["Retry-After"] == "5"
+    assert "web-2" not in patched.text  # host names are logged, not sent
+    deleted = requests.delete(url, headers={**TUS, "Cookie": _cookie_header(cookies)}, timeout=10)
+    assert deleted.status_code == 503
+    assert _offset(url, cookies) == 4  # the upload is intact for the host that has its bytes
+
+    # Back on the host with the bytes, the upload continues.
+    _partial(staging, url).write_bytes(elsewhere)
+    assert _patch(url, cookies, 4, b"5678").status_code == 204
+    assert (staging / "elsewhere.bin").read_bytes() == b"12345678"
+
+
 # -- interruptions --------------------------------------------------------------------------------
 @pytest.fixture
 def restartable(
