@@ -17,6 +17,9 @@ The actions need the ``change`` permission of the ledger model (the change form 
 read-only). Pages show the rows' own fields only: no storage, no option, no URL (a signed URL
 would carry the access key id).
 
+:class:`TusUploadAdmin` shows the resumable (tus) uploads being received, read-only: status,
+bytes received of the whole, owner, host, expiry.
+
 For the user's models, :class:`QueuedFileAdminMixin` adds a state column (badge, progress bar)
 per queued file field, costing one ledger query for the whole page, and an action that
 transfers the selected objects' files now; :func:`queued_state_column` is the column alone.
@@ -35,12 +38,13 @@ from django.contrib.auth import get_permission_codename
 from django.db.models import Model, Q, QuerySet
 from django.http import HttpRequest
 from django.template.defaultfilters import filesizeformat
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 from django.utils.timesince import timesince
 
-from queued_storage.models import State, StoredFile
+from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.operations import (
     counted,
     drop_verified_local_copies,
@@ -53,15 +57,18 @@ from queued_storage.verify import VerifyReport, verify
 __all__ = [
     "QueuedFileAdminMixin",
     "StoredFileAdmin",
+    "TusUploadAdmin",
     "queued_state_column",
     "state_html",
 ]
 
 if TYPE_CHECKING:
     _StoredFileAdminBase = admin.ModelAdmin[StoredFile]
+    _TusUploadAdminBase = admin.ModelAdmin[TusUpload]
     _MixinBase = admin.ModelAdmin[Any]
 else:  # ModelAdmin is generic for type checkers only (django-stubs)
     _StoredFileAdminBase = admin.ModelAdmin
+    _TusUploadAdminBase = admin.ModelAdmin
     _MixinBase = object
 
 #: Seconds an S3 request of an admin action may take (no retries): a request must not hang
@@ -282,6 +289,80 @@ class StoredFileAdmin(_StoredFileAdminBase):
 # -- the user's own models -----------------------------------------------------------------------
 #: The attribute of a listed object that holds its page's ledger rows, by ``(alias, name)``.
 _ROWS = "_queued_storage_rows"
+
+
+_TUS_FIELDS = (
+    "id",
+    "alias",
+    "name",
+    "status",
+    "received",
+    "length_human",
+    "content_type",
+    "owner",
+    "host",
+    "created",
+    "expires",
+    "completed",
+    "stored_name",
+)
+
+
+@admin.register(TusUpload)
+class TusUploadAdmin(_TusUploadAdminBase):
+    """Resumable (tus) uploads, read-only: what is being received, by whom, how far, until
+    when. An unfinished upload ends with its last chunk, its client's ``DELETE`` or
+    ``manage.py queued_storage cleanup`` after it expired; nobody edits one by hand."""
+
+    list_display = (
+        "name",
+        "status",
+        "received",
+        "length_human",
+        "owner",
+        "host",
+        "age",
+        "expires",
+    )
+    list_filter = (("completed", admin.EmptyFieldListFilter), "alias", "host")
+    search_fields = ("name", "owner", "stored_name")
+    date_hierarchy = "created"
+    ordering = ("-created",)
+    fields = _TUS_FIELDS
+    readonly_fields = _TUS_FIELDS
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TusUpload]:
+        rows: QuerySet[TusUpload] = super().get_queryset(request).using(StoredFile.db())
+        return rows
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: TusUpload | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: TusUpload | None = None) -> bool:
+        return False
+
+    @admin.display(description="status")
+    def status(self, row: TusUpload) -> str:
+        if row.completed is not None:
+            return "finished"
+        if row.expires <= timezone.now():
+            return "expired"
+        return "receiving"
+
+    @admin.display(description="received", ordering="offset")
+    def received(self, row: TusUpload) -> SafeString:
+        return _progress_html(row.offset, row.length)
+
+    @admin.display(description="length", ordering="length")
+    def length_human(self, row: TusUpload) -> str:
+        return str(filesizeformat(row.length))
+
+    @admin.display(description="age", ordering="created")
+    def age(self, row: TusUpload) -> str:
+        return timesince(row.created, depth=1)
 
 
 def _queued_file(obj: Model, field: str) -> tuple[QueuedStorage, str] | None:

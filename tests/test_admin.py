@@ -8,8 +8,10 @@ tests read them from Redis. The end-to-end tests use the session's real worker.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,13 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from django.utils.text import Truncator
 
 from queued_storage.admin import ERROR_PREVIEW, queued_state_column
 from queued_storage.conf import settings as qs_settings
-from queued_storage.ledger import Ledger
-from queued_storage.models import State, StoredFile
+from queued_storage.ledger import Ledger, tus_complete, tus_create, tus_named
+from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.storage import QueuedStorage
 from queued_storage.worker import Outcome, run_transfer
 from tests.harness.suite import broker_messages, need, redis_client, s3_bytes, wait_for
@@ -36,6 +39,7 @@ from tests.testapp.models import Document
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 LEDGER = "/admin/queued_storage/storedfile/"
+TUS_UPLOADS = "/admin/queued_storage/tusupload/"
 DOCUMENTS = "/admin/testapp/document/"
 #: What no admin page may show: the remote's credentials and options.
 SECRETS = (
@@ -430,3 +434,56 @@ def test_the_mixin_action_transfers_the_selected_objects_files(
     for name in (broken, waiting):
         wait_for(lambda n=name: row("default", n).state == State.REMOTE, what=f"{name!r} on S3")
         assert s3_bytes(clean, name) == b"staged bytes"
+
+
+# --- tus uploads ---------------------------------------------------------------------------------
+def _tus(name: str, offset: int, length: int, expires_in: float) -> TusUpload:
+    row = tus_create(
+        id=str(uuid.uuid4()),
+        alias="queued_parked",
+        name=name,
+        metadata="filename c2VjcmV0",
+        owner="7",
+        host="web-1",
+        length=length,
+        offset=offset,
+        expires=timezone.now() + datetime.timedelta(seconds=expires_in),
+    )
+    return row
+
+
+def test_tus_uploads_are_listed_with_status_and_progress_and_cannot_be_edited(
+    admin_client: Client,
+) -> None:
+    receiving = _tus("videos/film.mp4", 512 * 1024, 2 * 1024 * 1024, 3600)
+    stale = _tus("videos/stale.mp4", 10, 100, -60)
+    done = _tus("videos/done.mp4", 40, 40, 3600)
+    assert tus_complete(done.id, timezone.now()) and tus_named(done.id, "videos/done.mp4")
+
+    listing = admin_client.get(TUS_UPLOADS)
+
+    assert listing.status_code == 200
+    html = listing.content.decode()
+    shown = {str(r.pk): r for r in listing.context["cl"].result_list}
+    assert set(shown) == {str(receiving.id), str(stale.id), str(done.id)}
+    admin_view = listing.context["cl"].model_admin
+    assert [admin_view.status(shown[str(r.id)]) for r in (receiving, stale, done)] == [
+        "receiving",
+        "expired",
+        "finished",
+    ]
+    assert '<progress class="qs-progress" value="524288" max="2097152">25%</progress>' in html
+    assert "2.0\xa0MB" in html
+    for secret in SECRETS:
+        assert secret not in html
+    unfinished = admin_client.get(f"{TUS_UPLOADS}?completed__isempty=1")
+    assert {str(r.pk) for r in unfinished.context["cl"].result_list} == {
+        str(receiving.id),
+        str(stale.id),
+    }
+    detail = admin_client.get(f"{TUS_UPLOADS}{receiving.id}/change/").content.decode()
+    assert "videos/film.mp4" in detail and 'name="_save"' not in detail
+    assert admin_client.get(f"{TUS_UPLOADS}add/").status_code == 403
+    deleted = admin_client.post(f"{TUS_UPLOADS}{receiving.id}/delete/", {"post": "yes"})
+    assert deleted.status_code == 403
+    assert TusUpload.objects.filter(pk=receiving.id).exists()
