@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Count, Min, QuerySet, Sum
+from django.db.models import Count, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
 from queued_storage import state as read_side
@@ -39,7 +39,7 @@ from queued_storage.conf import settings
 from queued_storage.dispatch import dispatch, redact
 from queued_storage.exceptions import StorageNotFound
 from queued_storage.ledger import tus_expired, tus_forget
-from queued_storage.models import State, StoredFile
+from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.names import SPOOL_DIRNAME
 from queued_storage.storage import QueuedStorage, get_queued_storage
 from queued_storage.transfer import abort_open_upload, open_uploads
@@ -534,6 +534,27 @@ def status(aliases: Sequence[str] | None = None, *, limit: int = 20) -> dict[str
             "waiting_bytes": StoredFile.waiting_bytes(settings.HOST),
             "budget": settings.STAGING_BUDGET,
         },
+        "tus": _tus_status(aliases, now),
+    }
+
+
+def _tus_status(aliases: Sequence[str] | None, now: datetime.datetime) -> dict[str, int]:
+    """Unfinished resumable uploads (every host's): how many are receiving, how many expired
+    (``cleanup`` removes those), and their bytes received of the lengths they reserve."""
+    rows = TusUpload.objects.using(StoredFile.db()).filter(completed__isnull=True)
+    if aliases:
+        rows = rows.filter(alias__in=list(aliases))
+    found = rows.aggregate(
+        receiving=Count("pk", filter=Q(expires__gt=now)),
+        expired=Count("pk", filter=Q(expires__lte=now)),
+        received=Sum("offset", filter=Q(expires__gt=now)),
+        reserved=Sum("length", filter=Q(expires__gt=now)),
+    )
+    return {
+        "receiving": int(found["receiving"] or 0),
+        "received_bytes": int(found["received"] or 0),
+        "reserved_bytes": int(found["reserved"] or 0),
+        "expired": int(found["expired"] or 0),
     }
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,11 @@ from django.core.files.storage import storages
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
+from django.utils import timezone
 
-from queued_storage.models import State, StoredFile
+from queued_storage.conf import settings as qs_settings
+from queued_storage.ledger import tus_create
+from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.names import SPOOL_DIRNAME
 from queued_storage.reconcile import last_run, reconcile
 from queued_storage.storage import QueuedStorage
@@ -169,6 +173,7 @@ STATUS_KEYS = {
     "failures",
     "failures_total",
     "staging",
+    "tus",
     "reconcile",
 }
 DOCTOR_CHECKS = ["ledger", "local", "cache", "remote", "clock", "celery", "broker", "workers"]
@@ -273,6 +278,8 @@ def test_status_json_counts_files_and_bytes_with_progress_and_failures(clean: An
         "ok": None,
     }
 
+    assert doc["tus"] == {"receiving": 0, "received_bytes": 0, "reserved_bytes": 0, "expired": 0}
+
     out, _, code = command("status", "--storage", "queued_delayed")
     lines = out.splitlines()
     assert code == 0
@@ -289,6 +296,36 @@ def test_status_json_counts_files_and_bytes_with_progress_and_failures(clean: An
     assert lines[-1] == f"reconcile: no pass recorded on host {doc['host']}"
     assert command("status", "-v", "0") == ("", "", 0)
     assert waiting
+
+
+def test_status_counts_unfinished_resumable_uploads_and_their_bytes(clean: Any) -> None:
+    def upload(name: str, offset: int, length: int, expires_in: float) -> None:
+        tus_create(
+            id=str(uuid.uuid4()),
+            alias="queued_delayed",
+            name=name,
+            length=length,
+            offset=offset,
+            host=qs_settings.HOST,
+            expires=timezone.now() + datetime.timedelta(seconds=expires_in),
+        )
+
+    upload("tus/a.bin", 3 * 1024 * 1024, 8 * 1024 * 1024, 600)
+    upload("tus/b.bin", 1024 * 1024, 2 * 1024 * 1024, 600)
+    upload("tus/old.bin", 5, 50, -1)
+    upload("tus/elsewhere.bin", 1, 2, 600)
+    TusUpload.objects.filter(name="tus/elsewhere.bin").update(alias="queued_parked")
+
+    out, _, code = command("status", "--json", "--storage", "queued_delayed")
+    assert code == 0
+    assert json.loads(out)["tus"] == {
+        "receiving": 2,
+        "received_bytes": 4 * 1024 * 1024,
+        "reserved_bytes": 10 * 1024 * 1024,
+        "expired": 1,
+    }
+    out, _, code = command("status", "--storage", "queued_delayed")
+    assert "resumable uploads: 2 receiving (4.0 MiB of 10.0 MiB received), 1 expired" in out
 
 
 def test_transfer_queues_named_files_for_the_workers(worker: Any, clean: Any) -> None:

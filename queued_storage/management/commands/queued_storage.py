@@ -478,6 +478,13 @@ class Command(BaseCommand):
         budget = staging["budget"]
         limit = "no staging budget" if budget is None else f"budget {human_bytes(budget)}"
         say(f"waiting on host {staging['host']}: {human_bytes(staging['waiting_bytes'])} ({limit})")
+        tus = data["tus"]
+        if tus["receiving"] or tus["expired"]:
+            say(
+                f"resumable uploads: {tus['receiving']} receiving "
+                f"({human_bytes(tus['received_bytes'])} of "
+                f"{human_bytes(tus['reserved_bytes'])} received), {tus['expired']} expired"
+            )
         say(f"in flight: {data['in_flight_total']}")
         for item in data["in_flight"]:
             percent = "" if item["percent"] is None else f" ({item['percent']}%)"
