@@ -353,12 +353,14 @@ class TusUploadAdmin(_TusUploadAdminBase):
         return "receiving"
 
     @admin.display(description="received", ordering="offset")
-    def received(self, row: TusUpload) -> SafeString:
+    def received(self, row: TusUpload) -> SafeString | str:
+        if row.length is None:  # Upload-Defer-Length: the client has not said yet
+            return str(filesizeformat(row.offset))
         return _progress_html(row.offset, row.length)
 
     @admin.display(description="length", ordering="length")
     def length_human(self, row: TusUpload) -> str:
-        return str(filesizeformat(row.length))
+        return "not known yet" if row.length is None else str(filesizeformat(row.length))
 
     @admin.display(description="age", ordering="created")
     def age(self, row: TusUpload) -> str:
