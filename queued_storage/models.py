@@ -7,6 +7,9 @@ read-through copy of these rows (``state.py``).
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
+
 from django.db import models, router
 from django.db.models import Sum
 
@@ -141,6 +144,12 @@ class TusUpload(models.Model):
     def get(cls, upload_id: object) -> TusUpload | None:
         found: TusUpload | None = cls.objects.using(StoredFile.db()).filter(pk=upload_id).first()
         return found
+
+    @classmethod
+    def known(cls, upload_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of *upload_ids* that have a row (finished, expired or not)."""
+        rows = cls.objects.using(StoredFile.db()).filter(pk__in=list(upload_ids))
+        return set(rows.values_list("id", flat=True))
 
     @classmethod
     def reserved_bytes(cls, host: str | None = None) -> int:
