@@ -159,7 +159,7 @@ def test_options_advertises_version_extensions_limit_and_checksums(server: Djang
     assert response.status_code == 204
     assert response.headers["Tus-Version"] == "1.0.0"
     assert response.headers["Tus-Extension"] == (
-        "creation,creation-with-upload,expiration,checksum,termination"
+        "creation,creation-with-upload,creation-defer-length,expiration,checksum,termination"
     )
     assert response.headers["Tus-Max-Size"] == str(5 * 1024**3)
     assert response.headers["Tus-Checksum-Algorithm"] == "sha1,md5,sha256"
@@ -724,6 +724,161 @@ def test_256_mib_upload_survives_three_interruptions_and_ends_byte_identical_on_
         resent_each_mib="/".join(f"{n / MiB:.1f}" for n in resent),
         patches=len(patches),
     )
+
+
+# -- deferred length (creation-defer-length) ------------------------------------------------------
+def _create_deferred(
+    base: str, headers: dict[str, str], data: bytes = b"", **extra: str
+) -> requests.Response:
+    if data:
+        extra = {"Content-Type": "application/offset+octet-stream", **extra}
+    return requests.post(
+        f"{base}/uploads/tus/",
+        data=data,
+        headers={
+            **TUS,
+            "Upload-Defer-Length": "1",
+            "Upload-Metadata": _meta("later.bin"),
+            **headers,
+            **extra,
+        },
+        timeout=10,
+    )
+
+
+def test_an_upload_of_deferred_length_learns_its_length_from_a_later_patch_and_is_stored(
+    server: DjangoServer, staging: Path, cookies: dict[str, str]
+) -> None:
+    auth = {"Cookie": _cookie_header(cookies)}
+    payload = _payload(2 * MiB + 9, b"deferred")
+    created = _create_deferred(server.url, auth, payload[:1000])  # creation-with-upload
+    assert created.status_code == 201, created.text
+    assert created.headers["Upload-Offset"] == "1000"
+    url = server.url + created.headers["Location"]
+    head = requests.head(url, headers={**TUS, **auth}, timeout=10)
+    assert head.headers["Upload-Defer-Length"] == "1"
+    assert "Upload-Length" not in head.headers
+    first = _patch(url, cookies, 1000, payload[1000:MiB])
+    assert first.status_code == 204, first.text
+    assert first.headers["Upload-Offset"] == str(MiB)
+    assert "X-Queued-Storage-Name" not in first.headers  # not finished: no length yet
+    assert TusUpload.objects.get().length is None
+    last = _patch(url, cookies, MiB, payload[MiB:], **{"Upload-Length": str(len(payload))})
+    assert last.status_code == 204, last.text
+    assert last.headers["X-Queued-Storage-Name"] == "later.bin"
+    assert (staging / "later.bin").read_bytes() == payload
+    head = requests.head(url, headers={**TUS, **auth}, timeout=10)
+    assert head.headers["Upload-Length"] == str(len(payload))
+    assert "Upload-Defer-Length" not in head.headers
+
+
+def test_a_deferred_length_is_set_once_never_below_the_offset_and_never_with_upload_length(
+    server: DjangoServer, staging: Path, cookies: dict[str, str]
+) -> None:
+    auth = {"Cookie": _cookie_header(cookies)}
+    both = _create_deferred(server.url, auth, **{"Upload-Length": "10"})
+    assert (both.status_code, both.text) == (
+        400,
+        "Send Upload-Length, or Upload-Defer-Length: 1 without Upload-Length.",
+    )
+    assert _create_deferred(server.url, auth, **{"Upload-Defer-Length": "0"}).status_code == 400
+    url = server.url + _create_deferred(server.url, auth).headers["Location"]
+    assert _patch(url, cookies, 0, b"x" * 100).status_code == 204
+    short = _patch(url, cookies, 100, b"", **{"Upload-Length": "99"})
+    assert (short.status_code, short.text) == (
+        400,
+        "Upload-Length 99 is less than the 100 bytes received.",
+    )
+    assert _patch(url, cookies, 100, b"y" * 10, **{"Upload-Length": "200"}).status_code == 204
+    changed = _patch(url, cookies, 110, b"z" * 90, **{"Upload-Length": "300"})
+    assert (changed.status_code, changed.text) == (
+        400,
+        "The upload's length is 200; it cannot change to 300.",
+    )
+    done = _patch(url, cookies, 110, b"z" * 90, **{"Upload-Length": "200"})  # the same: fine
+    assert done.status_code == 204, done.text
+    assert (staging / "later.bin").read_bytes() == b"x" * 100 + b"y" * 10 + b"z" * 90
+
+
+def test_a_chunk_of_deferred_length_past_the_limit_is_refused_413_before_it_is_read(
+    server: DjangoServer, staging: Path, cookies: dict[str, str]
+) -> None:
+    limit = 5 * 1024**3
+    auth = {"Cookie": _cookie_header(cookies)}
+    url = server.url + _create_deferred(server.url, auth).headers["Location"]
+    assert _patch(url, cookies, 0, b"x").status_code == 204
+    client = _partial_patch(url, server.url, cookies, 1, b"y" * 65536, limit)  # 1 + limit
+    try:
+        status, body = client.response()  # answered while the 5 GiB are still to come
+    finally:
+        client.close()
+    assert (status, body.decode()) == (
+        413,
+        f"The chunk has {limit} bytes; after the 1 received the limit of {limit} leaves "
+        f"{limit - 1}.",
+    )
+    over = _patch(url, cookies, 1, b"", **{"Upload-Length": str(limit + 1)})
+    assert (over.status_code, over.text) == (
+        413,
+        f"The upload has {limit + 1} bytes; the limit is {limit}.",
+    )
+    chunked = RawClient(server.url)
+    try:
+        chunked.send_head(
+            "PATCH",
+            url.removeprefix(server.url),
+            {
+                **TUS,
+                "Upload-Offset": "1",
+                "Content-Type": "application/offset+octet-stream",
+                "Transfer-Encoding": "chunked",
+                **auth,
+            },
+        )
+        chunked.send(b"10000\r\n" + b"z" * 65536 + b"\r\n")
+        status, _ = chunked.response()
+    finally:
+        chunked.close()
+    assert status == 411
+    assert _offset(url, cookies) == 1
+    assert _partial(staging, url).stat().st_size == 1
+
+
+@override_settings(
+    QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all",
+    QUEUED_STORAGE_STAGING_BUDGET=1000,
+)
+def test_each_chunk_of_deferred_length_is_checked_against_the_staging_budget(
+    staging: Path,
+) -> None:
+    from django.test import Client
+
+    client = Client(headers=TUS)
+    created = client.post(
+        "/uploads/tus/",
+        headers={"Upload-Defer-Length": "1", "Upload-Metadata": _meta("budget.bin")},
+    )
+    assert created.status_code == 201
+    url = created.headers["Location"]
+
+    def patch(offset: int, data: bytes, **headers: str) -> Any:
+        return client.patch(
+            url,
+            data=data,
+            content_type="application/offset+octet-stream",
+            headers={"Upload-Offset": str(offset), **headers},
+        )
+
+    assert patch(0, b"a" * 600).status_code == 204
+    assert StoredFile.waiting_bytes(qs_settings.HOST) == 600  # what it received
+    assert patch(600, b"b" * 500).status_code == 507  # 600 + 500 > 1000
+    assert patch(600, b"c", **{"Upload-Length": "1100"}).status_code == 507  # 600 + 500
+    assert TusUpload.objects.get().length is None
+    assert _partial(staging, url).stat().st_size == 600
+    done = patch(600, b"c" * 300, **{"Upload-Length": "900"})
+    assert done.status_code == 204
+    assert done.headers["X-Queued-Storage-Name"] == "budget.bin"
+    assert (staging / "budget.bin").read_bytes() == b"a" * 600 + b"c" * 300
 
 
 # -- several web processes, one staging volume ----------------------------------------------------
