@@ -55,6 +55,7 @@ __all__ = [
     "tus_expired",
     "tus_forget",
     "tus_named",
+    "tus_set_length",
     "tus_upload",
 ]
 
@@ -685,6 +686,15 @@ def tus_advance(upload_id: object, old: int, new: int, expires: datetime.datetim
         pk=upload_id, offset=old, completed__isnull=True
     )
     return bool(rows.update(offset=new, expires=expires))
+
+
+def tus_set_length(upload_id: object, length: int) -> bool:
+    """Record the ``Upload-Length`` of an upload created with ``Upload-Defer-Length``, once:
+    ``False`` if its length is already known (another request set it)."""
+    rows = TusUpload.objects.using(StoredFile.db()).filter(
+        pk=upload_id, length__isnull=True, completed__isnull=True, offset__lte=length
+    )
+    return bool(rows.update(length=length))
 
 
 def tus_complete(upload_id: object, now: datetime.datetime) -> bool:

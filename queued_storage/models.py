@@ -7,8 +7,12 @@ read-through copy of these rows (``state.py``).
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
+
 from django.db import models, router
 from django.db.models import Sum
+from django.db.models.functions import Coalesce
 
 from queued_storage.conf import settings
 from queued_storage.names import LEDGER_NAME_LENGTH
@@ -123,7 +127,9 @@ class TusUpload(models.Model):
     metadata = models.TextField(blank=True, default="", help_text="Upload-Metadata as sent.")
     owner = models.CharField(max_length=255, blank=True, default="")
     host = models.CharField(max_length=255, blank=True, default="", help_text="Holds the bytes.")
-    length = models.BigIntegerField()
+    length = models.BigIntegerField(
+        null=True, blank=True, help_text="Upload-Length; empty until a deferred one is sent."
+    )
     offset = models.BigIntegerField(default=0)
     created = models.DateTimeField(auto_now_add=True)
     expires = models.DateTimeField()
@@ -135,7 +141,8 @@ class TusUpload(models.Model):
         indexes = [models.Index(fields=["expires"], name="queued_storage_tus_expires")]
 
     def __str__(self) -> str:
-        return f"tus {self.id} {self.alias}:{self.name} ({self.offset}/{self.length})"
+        length = "?" if self.length is None else self.length
+        return f"tus {self.id} {self.alias}:{self.name} ({self.offset}/{length})"
 
     @classmethod
     def get(cls, upload_id: object) -> TusUpload | None:
@@ -143,9 +150,17 @@ class TusUpload(models.Model):
         return found
 
     @classmethod
+    def known(cls, upload_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of *upload_ids* that have a row (finished, expired or not)."""
+        rows = cls.objects.using(StoredFile.db()).filter(pk__in=list(upload_ids))
+        return set(rows.values_list("id", flat=True))
+
+    @classmethod
     def reserved_bytes(cls, host: str | None = None) -> int:
-        """Bytes reserved by the tus uploads still being received (their ``Upload-Length``)."""
+        """Bytes reserved by the tus uploads still being received: their ``Upload-Length``, or
+        the bytes received so far while the length is deferred (each chunk of such an upload
+        is checked against the budget as it comes)."""
         rows = cls.objects.using(StoredFile.db()).filter(completed__isnull=True)
         if host is not None:
             rows = rows.filter(host=host)
-        return int(rows.aggregate(total=Sum("length"))["total"] or 0)
+        return int(rows.aggregate(total=Sum(Coalesce("length", "offset")))["total"] or 0)

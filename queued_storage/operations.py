@@ -13,8 +13,10 @@ through :func:`queued_storage.dispatch.dispatch`, as a save sends it (``[alias, 
 * :func:`verify_in_chunks`: :func:`~queued_storage.verify.verify` a chunk at a time (a
   progress bar, and a stop when the remote does not answer: the reconcile pass's sample);
 * :func:`status`: counts, bytes, what is in flight and what failed, as plain data;
-* :func:`cleanup_spool` and :func:`cleanup_uploads`: what killed processes left behind (spool
-  files of upload views, S3 multipart uploads no row records).
+* :func:`cleanup_spool`, :func:`cleanup_tus`, :func:`cleanup_tus_orphans` and
+  :func:`cleanup_uploads`: what killed processes and abandoned uploads left behind (spool
+  files of upload views, expired tus uploads, tus part files no row owns, S3 multipart
+  uploads no row records).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import fcntl
 import logging
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -40,7 +43,7 @@ from queued_storage.dispatch import dispatch, redact
 from queued_storage.exceptions import StorageNotFound
 from queued_storage.ledger import tus_expired, tus_forget
 from queued_storage.models import State, StoredFile, TusUpload
-from queued_storage.names import SPOOL_DIRNAME
+from queued_storage.names import SPOOL_DIRNAME, TUS_DIRNAME
 from queued_storage.storage import QueuedStorage, get_queued_storage
 from queued_storage.transfer import abort_open_upload, open_uploads
 from queued_storage.uploads import tus_dir
@@ -58,6 +61,7 @@ __all__ = [
     "cleanup_local_copies",
     "cleanup_spool",
     "cleanup_tus",
+    "cleanup_tus_orphans",
     "cleanup_uploads",
     "counted",
     "drop_verified_local_copies",
@@ -686,6 +690,64 @@ def cleanup_tus(
                 os.close(fd)
         removed.append(Cleaned(row.alias, f"{row.name} (tus {row.id})", size, age))
     return removed, in_use
+
+
+def cleanup_tus_orphans(
+    storages: Iterable[QueuedStorage], *, older_than: float, dry_run: bool = False
+) -> list[Cleaned]:
+    """Remove the tus part files that no upload row owns, unchanged for *older_than* seconds.
+
+    A creation writes the part file (``<staging root>/.queued_storage-tus/<id>``) and then the
+    row; a web process killed in between leaves a file no row names, and so does a row deleted
+    by hand or lost with a database restore. :func:`cleanup_tus` never sees those (it works
+    from the rows). Only regular files named by an upload id (a UUID, as the view writes it)
+    directly in that directory are considered, on every host (no row means no host owns it):
+    those whose id has no row, unchanged (``mtime``) for *older_than* seconds, and not locked
+    by a request right now. A creation still about to write its row has a file seconds old.
+    """
+    now = time.time()
+    candidates: list[tuple[str, uuid.UUID, os.stat_result]] = []
+    for root in _local_roots(storages):
+        directory = os.path.join(root, TUS_DIRNAME)
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue
+        for entry in sorted(entries, key=lambda e: e.name):
+            try:
+                upload_id = uuid.UUID(entry.name)
+            except ValueError:
+                continue
+            if str(upload_id) != entry.name:
+                continue  # not a name the view writes
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(info.st_mode) and now - info.st_mtime > older_than:
+                candidates.append((entry.path, upload_id, info))
+    if not candidates:
+        return []
+    owned = TusUpload.known(upload_id for _, upload_id, _ in candidates)
+    removed: list[Cleaned] = []
+    for path, upload_id, info in candidates:
+        if upload_id in owned:
+            continue
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            continue  # removed meanwhile (a DELETE of its upload)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            if not dry_run:
+                os.unlink(path)
+        finally:
+            os.close(fd)
+        removed.append(Cleaned(os.path.dirname(path), path, info.st_size, now - info.st_mtime))
+    return removed
 
 
 #: Most pages of ``ListMultipartUploads`` (1,000 uploads each) read per remote.

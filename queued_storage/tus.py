@@ -1,10 +1,9 @@
 """tus 1.0.0 resumable uploads (https://tus.io/protocols/resumable-upload) as Django views.
 
 :class:`TusUploadView` speaks the core protocol (``OPTIONS``, ``HEAD``, ``PATCH``) and the
-extensions ``creation``, ``creation-with-upload``, ``expiration``, ``checksum`` (``sha1``,
-``md5``, ``sha256``; a chunk that does not match is discarded, 460) and ``termination``.
-``Upload-Defer-Length`` is not offered: the length is needed at creation, where the limits
-apply. ``docs/tus.md`` is the user's page.
+extensions ``creation``, ``creation-with-upload``, ``creation-defer-length``, ``expiration``,
+``checksum`` (``sha1``, ``md5``, ``sha256``; a chunk that does not match is discarded, 460) and
+``termination``. ``docs/tus.md`` is the user's page.
 
 Why it is built this way:
 
@@ -21,6 +20,10 @@ Why it is built this way:
 * The authorizer hook (``action="upload"``), the owner check, the version check and the
   limits all run before a byte of the body is read; the body is read with the raw upload
   view's reader and idle timeout, one ``QUEUED_STORAGE_UPLOAD_CHUNK_SIZE`` at a time.
+* An upload whose length is deferred (``Upload-Defer-Length: 1``) keeps the limits per chunk:
+  each chunk needs a ``Content-Length``, the offset plus it must fit the size limit, and it
+  is checked against the staging budget (where the upload reserves what it received); the
+  ``Upload-Length`` a later ``PATCH`` sends is checked like one sent at creation, and set once.
 * The offset only counts bytes that are on disk (``fsync``, unless ``QUEUED_STORAGE_FSYNC`` is
   off); bytes a killed process wrote past it are cut off by the next append.
 
@@ -63,6 +66,7 @@ from queued_storage.ledger import (
     tus_create,
     tus_forget,
     tus_named,
+    tus_set_length,
     tus_upload,
 )
 from queued_storage.names import LEDGER_NAME_LENGTH
@@ -91,7 +95,7 @@ __all__ = ["TUS_VERSION", "TusUploadView", "parse_metadata"]
 logger = logging.getLogger(__name__)
 
 TUS_VERSION = "1.0.0"
-EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
+EXTENSIONS = "creation,creation-with-upload,creation-defer-length,expiration,checksum,termination"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 #: Response headers of a finished upload: the name it was stored under (percent-encoded
 #: UTF-8) and its status URL.
@@ -284,10 +288,13 @@ class TusUploadView(UploadView):
         response = _response(
             200,
             Upload_Offset=str(row.offset),
-            Upload_Length=str(row.length),
             Upload_Expires=_expires_header(row.expires),
             Cache_Control="no-store",
         )
+        if row.length is None:
+            response["Upload-Defer-Length"] = "1"
+        else:
+            response["Upload-Length"] = str(row.length)
         if row.metadata:
             response["Upload-Metadata"] = row.metadata
         if row.stored_name:
@@ -310,7 +317,45 @@ class TusUploadView(UploadView):
                 f"The upload is at offset {row.offset}, not {offset}.",
                 Upload_Offset=str(row.offset),
             )
+        raw_length = request.headers.get("Upload-Length")
+        if raw_length is not None:
+            row = self._settle_length(row, raw_length)
         return self._append(request, row)
+
+    def _settle_length(self, row: Any, raw: str) -> Any:
+        """The upload with the ``Upload-Length`` a ``PATCH`` sent: recorded once if it was
+        deferred (after the size limit and the staging budget), else the same as before."""
+        length = byte_count("Upload-Length", raw)
+        if length is None:
+            raise UploadRefused(400, "Send Upload-Length: the size of the whole file in bytes.")
+        if row.length is not None:
+            if length != row.length:
+                raise UploadRefused(
+                    400, f"The upload's length is {row.length}; it cannot change to {length}."
+                )
+            return row
+        if length < row.offset:
+            raise UploadRefused(
+                400, f"Upload-Length {length} is less than the {row.offset} bytes received."
+            )
+        if length > self.get_max_bytes():
+            raise UploadRefused(
+                413, f"The upload has {length} bytes; the limit is {self.get_max_bytes()}."
+            )
+        if length > row.offset:  # nothing more to come: nothing to check
+            _check_budget(row.name, length - row.offset)
+        if not tus_set_length(row.id, length):
+            fresh = tus_upload(row.id)
+            if fresh is None:
+                raise UploadRefused(404, "No such upload.")
+            if fresh.length != length:
+                raise UploadRefused(
+                    409,
+                    f"The upload changed meanwhile (length {fresh.length}, offset "
+                    f"{fresh.offset}); ask with HEAD.",
+                )
+        row.length = length
+        return row
 
     def delete(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         row, refused = self._own_upload(request)
@@ -332,10 +377,18 @@ class TusUploadView(UploadView):
 
     # -- creation ------------------------------------------------------------------------------
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if request.headers.get("Upload-Defer-Length"):
-            return _response(400, "Upload-Defer-Length is not supported; send Upload-Length.")
-        length = byte_count("Upload-Length", request.headers.get("Upload-Length"))
-        if length is None:
+        deferred = request.headers.get("Upload-Defer-Length")
+        raw_length = request.headers.get("Upload-Length", "")
+        length: int | None
+        if deferred is not None:
+            if deferred != "1" or raw_length:
+                return _response(
+                    400, "Send Upload-Length, or Upload-Defer-Length: 1 without Upload-Length."
+                )
+            length = None
+        else:
+            length = byte_count("Upload-Length", raw_length)
+        if deferred is None and length is None:
             return _response(400, "Send Upload-Length: the size of the whole file in bytes.")
         raw_metadata = request.headers.get("Upload-Metadata", "")
         metadata = parse_metadata(raw_metadata)
@@ -351,17 +404,20 @@ class TusUploadView(UploadView):
         refused = self._refused(request, name)
         if refused is not None:
             return refused
-        if length > self.get_max_bytes():
+        if length is not None and length > self.get_max_bytes():
             return _response(
                 413, f"The upload has {length} bytes; the limit is {self.get_max_bytes()}."
             )
         with_body = request.content_type == OFFSET_CONTENT_TYPE
-        declared = self._declared_length(request, chunked_ok=True) if with_body else None
-        if with_body and declared is not None and declared > length:
+        declared = (
+            self._declared_length(request, chunked_ok=length is not None) if with_body else None
+        )
+        if with_body and declared is not None and length is not None and declared > length:
             return _response(400, f"The body is longer than Upload-Length ({length}).")
         ChunkChecksum.from_header(request.headers.get("Upload-Checksum"))  # 400 before the body
         try:
-            _check_budget(name, length)
+            # A deferred length reserves what arrives: the first chunk's, checked here.
+            _check_budget(name, length if length is not None else declared)
         except UploadRefused as refusal:
             return _response(refusal.status, refusal.message)
         storage = self.get_storage()
@@ -385,7 +441,7 @@ class TusUploadView(UploadView):
             raise
         location = self._upload_url(request, upload_id)
         if with_body or length == 0:
-            response = self._append(request, row)
+            response = self._append(request, row, checked=True)
             if response.status_code != 204:
                 response["Location"] = location
                 return response
@@ -397,13 +453,33 @@ class TusUploadView(UploadView):
         return response
 
     # -- appending -----------------------------------------------------------------------------
-    def _append(self, request: HttpRequest, row: Any) -> HttpResponse:
-        """Receive one chunk at ``row.offset``; finish the upload with its last byte."""
+    def _append(self, request: HttpRequest, row: Any, *, checked: bool = False) -> HttpResponse:
+        """Receive one chunk at ``row.offset``; finish the upload with its last byte.
+
+        While the length is deferred the chunk's ``Content-Length`` is required, the offset
+        plus it must fit the size limit, and it must fit the staging budget (unless the
+        creation *checked* it already).
+        """
         with_body = request.content_type == OFFSET_CONTENT_TYPE
-        declared = self._declared_length(request, chunked_ok=True) if with_body else 0
-        remaining = row.length - row.offset
-        if declared is not None and declared > remaining:
-            return _response(413, f"The chunk has {declared} bytes; the upload lacks {remaining}.")
+        deferred = row.length is None
+        declared = self._declared_length(request, chunked_ok=not deferred) if with_body else 0
+        if deferred:
+            assert declared is not None  # _declared_length answers 411 for a chunked body
+            remaining = self.get_max_bytes() - row.offset
+            if declared > remaining:
+                return _response(
+                    413,
+                    f"The chunk has {declared} bytes; after the {row.offset} received the "
+                    f"limit of {self.get_max_bytes()} leaves {remaining}.",
+                )
+            if declared and not checked:
+                _check_budget(row.name, declared)
+        else:
+            remaining = row.length - row.offset
+            if declared is not None and declared > remaining:
+                return _response(
+                    413, f"The chunk has {declared} bytes; the upload lacks {remaining}."
+                )
         checksum = ChunkChecksum.from_header(request.headers.get("Upload-Checksum"))
         storage = self.get_storage()
         upload_id = str(row.id)

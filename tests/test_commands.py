@@ -7,6 +7,7 @@ the cache, and a real Celery worker where a test needs one: ``seed``, ``reconcil
 from __future__ import annotations
 
 import datetime
+import fcntl
 import io
 import json
 import os
@@ -30,7 +31,7 @@ from django.utils import timezone
 from queued_storage.conf import settings as qs_settings
 from queued_storage.ledger import tus_create
 from queued_storage.models import State, StoredFile, TusUpload
-from queued_storage.names import SPOOL_DIRNAME
+from queued_storage.names import SPOOL_DIRNAME, TUS_DIRNAME
 from queued_storage.reconcile import last_run, reconcile
 from queued_storage.storage import QueuedStorage
 from queued_storage.worker import Outcome, run_transfer
@@ -507,6 +508,7 @@ def test_cleanup_removes_only_what_is_safe_and_dry_run_changes_nothing(clean: An
             "spool files unchanged for 1 d: would remove 1 (100 B), 1 still open",
             f"  {dead} (100 B, 3 d old)",
             "expired tus uploads: would remove 0 (0 B), 0 still receiving",
+            "tus part files no upload owns, unchanged for 1 d: would remove 0 (0 B)",
             "multipart uploads older than 0 s that no ledger row records: would abort 1",
             # moto dates every upload 2010-11-10
             "  queued_delayed:clean/orphan.bin (" + out.rstrip().rsplit("(", 1)[-1],
@@ -526,6 +528,73 @@ def test_cleanup_removes_only_what_is_safe_and_dry_run_changes_nothing(clean: An
         assert fh.read() == b"verified a week ago"  # from the remote now
     assert (dead.exists(), busy.exists(), fresh.exists()) == (False, True, True)
     assert [u["UploadId"] for u in open_uploads(clean)] == [owned]
+
+
+def test_cleanup_removes_tus_part_files_no_upload_owns_once_older_than_the_expiry(
+    clean: Any,
+) -> None:
+    staging = Path(settings.STAGING_ROOT)
+    directory = staging / TUS_DIRNAME
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    days_ago = time.time() - 2 * 86400
+
+    def part(name: str, *, old: bool = True, where: Path = directory) -> Path:
+        path = where / name
+        path.write_bytes(b"t" * 100)
+        if old:
+            os.utime(path, (days_ago, days_ago))
+        return path
+
+    def upload_row(upload_id: str, host: str, expires_in: float) -> None:
+        tus_create(
+            id=upload_id,
+            alias="queued_delayed",
+            name=f"tus/{upload_id}.bin",
+            host=host,
+            length=1000,
+            offset=100,
+            expires=timezone.now() + datetime.timedelta(seconds=expires_in),
+        )
+
+    orphan = part(str(uuid.uuid4()))  # its creation died before the row was written
+    young = part(str(uuid.uuid4()), old=False)
+    live = part(str(uuid.uuid4()))  # idle for two days, its row still there
+    upload_row(live.name, qs_settings.HOST, 3600)
+    elsewhere = part(str(uuid.uuid4()))  # expired, of another host sharing the volume
+    upload_row(elsewhere.name, "other-host", -3600)
+    locked = part(str(uuid.uuid4()))  # a request holds it (a DELETE of its upload)
+    stray = part("notes.txt")
+    outside = part(str(uuid.uuid4()), where=staging)  # a staged file, not a part file
+    target = part("target.bin", where=staging)
+    link = directory / str(uuid.uuid4())
+    link.symlink_to(target)
+    os.utime(link, (days_ago, days_ago), follow_symlinks=False)
+    kept = [young, live, elsewhere, locked, stray, outside, target]
+
+    with open(locked, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        out, err, code = command("cleanup", "--dry-run", "--storage", "queued_delayed")
+        assert (err, code) == ("", 0)
+        lines = out.splitlines()
+        at = lines.index("tus part files no upload owns, unchanged for 1 d: would remove 1 (100 B)")
+        assert lines[at + 1] == f"  {orphan} (100 B, 2 d old)"
+        assert orphan.exists()
+
+        out, err, code = command("cleanup", "--storage", "queued_delayed")
+        assert (err, code) == ("", 0)
+        assert "tus part files no upload owns, unchanged for 1 d: removed 1 (100 B)" in out
+    assert not orphan.exists()
+    assert [path for path in kept if not path.exists()] == []
+    assert link.is_symlink()
+    assert TusUpload.known([uuid.UUID(live.name), uuid.UUID(elsewhere.name)]) == {
+        uuid.UUID(live.name),
+        uuid.UUID(elsewhere.name),
+    }
+
+    os.utime(locked, (days_ago, days_ago))  # no longer held: the next run takes it
+    out, _, _ = command("cleanup", "--storage", "queued_delayed")
+    assert "tus part files no upload owns, unchanged for 1 d: removed 1 (100 B)" in out
+    assert not locked.exists()
 
 
 def lines_of(out: str) -> dict[str, list[str]]:

@@ -2,8 +2,10 @@
 
 The client is ``tuspy`` (an independent tus implementation from PyPI), or a raw socket where a
 test needs to stop in the middle of a body. Interruptions are real: a TCP fault proxy between
-client and gunicorn cuts the connection, and the web process is killed and started again. The
-256 MiB version with three interruptions is marked ``faults`` (``make test-faults``).
+client and server cuts the connection, the web process is killed and started again, and a
+client process (``tests/tus_client.py``) is killed with SIGKILL. The 256 MiB version with
+three interruptions is marked ``faults`` (``make test-faults``). Several web processes on one
+staging directory take turns with the chunks of one upload.
 """
 
 # ruff: noqa: F811  (the fixtures of test_uploads are imported, and used as arguments)
@@ -13,6 +15,8 @@ import base64
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +32,7 @@ from django.test import override_settings
 from django.utils import timezone
 from tusclient.client import TusClient
 from tusclient.exceptions import TusCommunicationError
+from tusclient.uploader import Uploader
 
 from queued_storage.conf import settings as qs_settings
 from queued_storage.exceptions import StagingFull
@@ -35,12 +40,15 @@ from queued_storage.ledger import check_staging_budget
 from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.names import TUS_DIRNAME
 from tests.harness.faults import TcpFaultProxy
-from tests.harness.suite import wait_for
+from tests.harness.suite import need_tool, wait_for
 from tests.harness.webservers import DjangoServer, Nginx
+from tests.harness.workers import PROJECT_ROOT
+from tests.test_faults import figures
 from tests.test_uploads import (  # noqa: F401  (fixtures)
     MiB,
     RawClient,
     _cookie_header,
+    _has_module,
     _nginx,
     _payload,
     _session_for,
@@ -152,7 +160,7 @@ def test_options_advertises_version_extensions_limit_and_checksums(server: Djang
     assert response.status_code == 204
     assert response.headers["Tus-Version"] == "1.0.0"
     assert response.headers["Tus-Extension"] == (
-        "creation,creation-with-upload,expiration,checksum,termination"
+        "creation,creation-with-upload,creation-defer-length,expiration,checksum,termination"
     )
     assert response.headers["Tus-Max-Size"] == str(5 * 1024**3)
     assert response.headers["Tus-Checksum-Algorithm"] == "sha1,md5,sha256"
@@ -509,13 +517,16 @@ def test_a_chunk_that_reaches_a_host_without_the_bytes_is_503_and_the_upload_sur
 
 
 # -- interruptions --------------------------------------------------------------------------------
-@pytest.fixture
+@pytest.fixture(params=["gunicorn", "uvicorn"])
 def restartable(
-    django_db_setup: Any, staging: Path
+    request: pytest.FixtureRequest, django_db_setup: Any, staging: Path
 ) -> Iterator[tuple[DjangoServer, TcpFaultProxy]]:
-    """A gunicorn of its own (the test kills and restarts it) behind a TCP fault proxy."""
+    """A gunicorn, then a uvicorn, of its own (the test kills and restarts it) behind a TCP
+    fault proxy."""
+    kind = request.param
+    need_tool(kind, _has_module(kind), f'pip install -e ".[test]" (the {kind} package)')
     env = {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"}
-    web = DjangoServer("gunicorn", Path(settings.WORKDIR) / "web-tus-restartable", env)
+    web = DjangoServer(kind, Path(settings.WORKDIR) / f"web-tus-restartable-{kind}", env)
     web.start()
     proxy = TcpFaultProxy(("127.0.0.1", web.port), name="tus-proxy")
     proxy.start()
@@ -526,13 +537,23 @@ def restartable(
         web.stop()
 
 
+def _kill(web: DjangoServer) -> None:
+    """kill -9 of every process of the server (gunicorn's master and worker, uvicorn's one
+    process): nothing is cleaned up, no response is finished."""
+    assert web.pid is not None
+    top = psutil.Process(web.pid)
+    processes = [top, *top.children(recursive=True)]
+    assert web.app_pid in {p.pid for p in processes}
+    for process in processes:
+        process.send_signal(signal.SIGKILL)
+    _, alive = psutil.wait_procs(processes, timeout=10)
+    assert not alive, alive
+
+
 def _kill_and_restart(web: DjangoServer) -> None:
-    """kill -9 of gunicorn's worker and master (nothing is cleaned up), then a new one."""
-    master = psutil.Process(web.app_pid).parent()
-    assert master is not None
-    os.kill(web.app_pid, signal.SIGKILL)
-    os.kill(master.pid, signal.SIGKILL)
-    web.stop()
+    """kill -9 of the server, then a new one on the same port."""
+    _kill(web)
+    web.stop()  # reaps what was killed
     web.start()
 
 
@@ -601,6 +622,42 @@ def test_an_interrupted_upload_resumes_after_a_dropped_connection_and_a_killed_s
     assert _s3_body(clean, "resumed.bin") == payload
 
 
+class _Recording(Uploader):
+    """tuspy's uploader, noting the offset of every answered ``HEAD`` and of every ``PATCH``
+    it starts (a retry asks the server with ``HEAD`` first, then sends from there)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.events: list[tuple[str, int]] = []
+        super().__init__(*args, **kwargs)
+
+    def get_offset(self) -> int:
+        offset = int(super().get_offset())
+        self.events.append(("head", offset))
+        return offset
+
+    def _do_request(self) -> None:
+        self.events.append(("patch", self.offset))
+        super()._do_request()
+
+
+def _resumed_at(events: list[tuple[str, int]], offset: int) -> None:
+    """After an interruption the client asked the server (``HEAD``) and sent its next
+    ``PATCH`` from the offset the server reported, which is *offset*."""
+    first = next(n for n, (kind, _) in enumerate(events) if kind == "patch")
+    assert events[first] == ("patch", offset), events
+    assert ("head", offset) in events[:first], events
+    assert all(event == ("head", offset) for event in events[:first]), events
+
+
+def _prefix_sha256(path: Path, length: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while length > 0 and (block := fh.read(min(8 * MiB, length))):
+            digest.update(block)
+            length -= len(block)
+    return digest.hexdigest()
+
+
 @pytest.mark.faults
 def test_256_mib_upload_survives_three_interruptions_and_ends_byte_identical_on_s3(
     restartable: tuple[DjangoServer, TcpFaultProxy],
@@ -608,25 +665,106 @@ def test_256_mib_upload_survives_three_interruptions_and_ends_byte_identical_on_
     clean: Any,
     cookies: dict[str, str],
     tmp_path: Path,
+    capsys: Any,
 ) -> None:
+    """Four 64 MiB chunks with a sha1 each; cut inside the 2nd, 3rd and 4th: (a) the client
+    process killed with SIGKILL, (b) the connection dropped by the fault proxy, (c) the web
+    process killed with SIGKILL and started again. After each the server's offset is the
+    start of the cut chunk (an unverifiable chunk is discarded), it never goes backwards, the
+    bytes below it are the file's, and the client resumes from it."""
     web, proxy = restartable
     base = f"http://127.0.0.1:{proxy.port}"
     staging = Path(settings.STAGING_ROOT)
-    size = 256 * MiB
+    size, chunk, into = 256 * MiB, 64 * MiB, 16 * MiB
     source = tmp_path / "big.bin"
     with source.open("wb") as out:
         for _ in range(size // MiB):
             out.write(os.urandom(MiB))
-    uploader = _client(base, cookies).uploader(
+    url_file = tmp_path / "upload-url"
+    seen: list[int] = []  # every offset of the row the test read, in order
+    resent: list[int] = []  # bytes of the cut chunk that had arrived, sent again after it
+
+    def committed(upload_id: str) -> int:
+        row = TusUpload.get(upload_id)
+        assert row is not None
+        seen.append(row.offset)
+        return row.offset
+
+    def on_disk() -> int:
+        """The size of the partial file (noting the row's offset at each look)."""
+        committed(upload_id)
+        return partial.stat().st_size
+
+    def holds(offset: int) -> None:
+        """The row says *offset*, a chunk boundary, and the file's first bytes are the source's."""
+        assert committed(upload_id) == offset
+        assert offset % chunk == 0
+        assert partial.stat().st_size >= offset
+        assert _prefix_sha256(partial, offset) == _prefix_sha256(source, offset)
+
+    started = time.monotonic()
+    # (a) The client process, killed with SIGKILL inside its second chunk.
+    with (tmp_path / "tus-client.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.tus_client",
+                "--endpoint",
+                f"{base}/uploads/tus/",
+                "--cookie",
+                _cookie_header(cookies),
+                "--file",
+                str(source),
+                "--name",
+                "big/tus.bin",
+                "--url-file",
+                str(url_file),
+                "--chunk-size",
+                str(chunk),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        )
+        try:
+            url = wait_for(
+                lambda: url_file.exists() and url_file.read_text(),
+                timeout=60,
+                what="the client to store its upload URL",
+            )
+            upload_id = url.rsplit("/", 1)[-1]
+            partial = _partial(staging, url)
+            direct = web.url + url.removeprefix(base)  # past the fault proxy
+            wait_for(
+                lambda: on_disk() >= chunk + into,
+                timeout=120,
+                what="the client inside its second chunk",
+            )
+            resent.append(partial.stat().st_size - chunk)
+            process.send_signal(signal.SIGKILL)
+            assert process.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    wait_for(lambda: on_disk() == chunk, what="the server to discard the cut chunk")
+    assert _offset(direct, cookies) == chunk
+    holds(chunk)
+
+    # A fresh client resumes with the stored URL, from the server's offset.
+    uploader = _Recording(
         file_stream=_opened(source),
-        chunk_size=64 * MiB,
-        metadata={"filename": "big/tus.bin"},
+        client=_client(base, cookies),
+        url=url_file.read_text(),
+        chunk_size=chunk,
         upload_checksum=True,
-        retries=20,
+        retries=30,
         retry_delay=1,
     )
-    uploader.set_url(uploader.create_url())
-    partial = _partial(staging, uploader.url)
+    assert uploader.offset == chunk
+    assert uploader.events == [("head", chunk)]
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -635,26 +773,259 @@ def test_256_mib_upload_survives_three_interruptions_and_ends_byte_identical_on_
         except BaseException as err:  # reported by the test thread
             failure.append(err)
 
-    started = time.monotonic()
     thread = threading.Thread(target=run)
     thread.start()
-    # Cut inside the 1st, 2nd and 3rd chunk: a dropped connection, a killed and restarted
-    # web process, a dropped connection again.
-    for n, cut in enumerate((32 * MiB, 96 * MiB, 160 * MiB)):
-        wait_for(lambda c=cut: partial.stat().st_size >= c, timeout=120, what=f"{cut} bytes")
-        if n == 1:
-            _kill_and_restart(web)
-        else:
-            proxy.go_down()
-            proxy.come_up()
-    thread.join(timeout=600)
+    try:
+        # (b) The fault proxy drops the connection inside the third chunk.
+        wait_for(
+            lambda: on_disk() >= 2 * chunk + into,
+            timeout=120,
+            what="the third chunk",
+        )
+        resent.append(partial.stat().st_size - 2 * chunk)
+        mark_b = len(uploader.events)
+        proxy.go_down()
+        wait_for(
+            lambda: on_disk() == 2 * chunk,
+            what="the server to discard the cut chunk",
+        )
+        assert _offset(direct, cookies) == 2 * chunk
+        holds(2 * chunk)
+        proxy.come_up()
+
+        # (c) The web process is killed with SIGKILL inside the fourth chunk, then restarted.
+        wait_for(
+            lambda: on_disk() >= 3 * chunk + into,
+            timeout=120,
+            what="the fourth chunk",
+        )
+        mark_c = len(uploader.events)
+        _kill(web)
+        resent.append(partial.stat().st_size - 3 * chunk)
+        holds(3 * chunk)
+        assert partial.stat().st_size > 3 * chunk  # uncommitted: the next append cuts it off
+        web.stop()
+        web.start()
+    finally:
+        thread.join(timeout=600)
     assert not failure, failure
+    elapsed = time.monotonic() - started
     assert uploader.offset == size
     assert uploader.request.response_headers["x-queued-storage-name"] == "big/tus.bin"
+    _resumed_at(uploader.events[mark_b:], 2 * chunk)
+    _resumed_at(uploader.events[mark_c:], 3 * chunk)
+    patches = [offset for kind, offset in uploader.events if kind == "patch"]
+    assert patches == sorted(patches) and all(offset % chunk == 0 for offset in patches)
+    assert seen == sorted(seen)  # the offset never went backwards
+
     _wait_state(base, cookies, "big/tus.bin", State.REMOTE)
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    assert hashlib.sha256(_s3_body(clean, "big/tus.bin")).hexdigest() == digest
-    print(f"256 MiB in 64 MiB chunks, 3 interruptions: {time.monotonic() - started:.1f} s")
+    remote = hashlib.sha256()
+    for block in clean.get_object(Bucket=settings.BUCKET, Key="big/tus.bin")["Body"].iter_chunks(
+        8 * MiB
+    ):
+        remote.update(block)
+    assert remote.hexdigest() == _prefix_sha256(source, size)
+    figures(
+        capsys,
+        f"tus-256MiB[{web.kind}]",
+        seconds=f"{elapsed:.1f}",
+        chunks="4x64MiB+sha1",
+        interruptions="client-kill-9,proxy-drop,server-kill-9",
+        resent_mib=f"{sum(resent) / MiB:.1f}",
+        resent_each_mib="/".join(f"{n / MiB:.1f}" for n in resent),
+        patches=len(patches),
+    )
+
+
+# -- deferred length (creation-defer-length) ------------------------------------------------------
+def _create_deferred(
+    base: str, headers: dict[str, str], data: bytes = b"", **extra: str
+) -> requests.Response:
+    if data:
+        extra = {"Content-Type": "application/offset+octet-stream", **extra}
+    return requests.post(
+        f"{base}/uploads/tus/",
+        data=data,
+        headers={
+            **TUS,
+            "Upload-Defer-Length": "1",
+            "Upload-Metadata": _meta("later.bin"),
+            **headers,
+            **extra,
+        },
+        timeout=10,
+    )
+
+
+def test_an_upload_of_deferred_length_learns_its_length_from_a_later_patch_and_is_stored(
+    server: DjangoServer, staging: Path, cookies: dict[str, str]
+) -> None:
+    auth = {"Cookie": _cookie_header(cookies)}
+    payload = _payload(2 * MiB + 9, b"deferred")
+    created = _create_deferred(server.url, auth, payload[:1000])  # creation-with-upload
+    assert created.status_code == 201, created.text
+    assert created.headers["Upload-Offset"] == "1000"
+    url = server.url + created.headers["Location"]
+    head = requests.head(url, headers={**TUS, **auth}, timeout=10)
+    assert head.headers["Upload-Defer-Length"] == "1"
+    assert "Upload-Length" not in head.headers
+    first = _patch(url, cookies, 1000, payload[1000:MiB])
+    assert first.status_code == 204, first.text
+    assert first.headers["Upload-Offset"] == str(MiB)
+    assert "X-Queued-Storage-Name" not in first.headers  # not finished: no length yet
+    assert TusUpload.objects.get().length is None
+    last = _patch(url, cookies, MiB, payload[MiB:], **{"Upload-Length": str(len(payload))})
+    assert last.status_code == 204, last.text
+    assert last.headers["X-Queued-Storage-Name"] == "later.bin"
+    assert (staging / "later.bin").read_bytes() == payload
+    head = requests.head(url, headers={**TUS, **auth}, timeout=10)
+    assert head.headers["Upload-Length"] == str(len(payload))
+    assert "Upload-Defer-Length" not in head.headers
+
+
+def test_a_deferred_length_is_set_once_never_below_the_offset_and_never_with_upload_length(
+    server: DjangoServer, staging: Path, cookies: dict[str, str]
+) -> None:
+    auth = {"Cookie": _cookie_header(cookies)}
+    both = _create_deferred(server.url, auth, **{"Upload-Length": "10"})
+    assert (both.status_code, both.text) == (
+        400,
+        "Send Upload-Length, or Upload-Defer-Length: 1 without Upload-Length.",
+    )
+    assert _create_deferred(server.url, auth, **{"Upload-Defer-Length": "0"}).status_code == 400
+    url = server.url + _create_deferred(server.url, auth).headers["Location"]
+    assert _patch(url, cookies, 0, b"x" * 100).status_code == 204
+    short = _patch(url, cookies, 100, b"", **{"Upload-Length": "99"})
+    assert (short.status_code, short.text) == (
+        400,
+        "Upload-Length 99 is less than the 100 bytes received.",
+    )
+    assert _patch(url, cookies, 100, b"y" * 10, **{"Upload-Length": "200"}).status_code == 204
+    changed = _patch(url, cookies, 110, b"z" * 90, **{"Upload-Length": "300"})
+    assert (changed.status_code, changed.text) == (
+        400,
+        "The upload's length is 200; it cannot change to 300.",
+    )
+    done = _patch(url, cookies, 110, b"z" * 90, **{"Upload-Length": "200"})  # the same: fine
+    assert done.status_code == 204, done.text
+    assert (staging / "later.bin").read_bytes() == b"x" * 100 + b"y" * 10 + b"z" * 90
+
+
+def test_a_chunk_of_deferred_length_past_the_limit_is_refused_413_before_it_is_read(
+    server: DjangoServer, staging: Path, cookies: dict[str, str]
+) -> None:
+    limit = 5 * 1024**3
+    auth = {"Cookie": _cookie_header(cookies)}
+    url = server.url + _create_deferred(server.url, auth).headers["Location"]
+    assert _patch(url, cookies, 0, b"x").status_code == 204
+    client = _partial_patch(url, server.url, cookies, 1, b"y" * 65536, limit)  # 1 + limit
+    try:
+        status, body = client.response()  # answered while the 5 GiB are still to come
+    finally:
+        client.close()
+    assert (status, body.decode()) == (
+        413,
+        f"The chunk has {limit} bytes; after the 1 received the limit of {limit} leaves "
+        f"{limit - 1}.",
+    )
+    over = _patch(url, cookies, 1, b"", **{"Upload-Length": str(limit + 1)})
+    assert (over.status_code, over.text) == (
+        413,
+        f"The upload has {limit + 1} bytes; the limit is {limit}.",
+    )
+    chunked = RawClient(server.url)
+    try:
+        chunked.send_head(
+            "PATCH",
+            url.removeprefix(server.url),
+            {
+                **TUS,
+                "Upload-Offset": "1",
+                "Content-Type": "application/offset+octet-stream",
+                "Transfer-Encoding": "chunked",
+                **auth,
+            },
+        )
+        chunked.send(b"10000\r\n" + b"z" * 65536 + b"\r\n")
+        status, _ = chunked.response()
+    finally:
+        chunked.close()
+    assert status == 411
+    assert _offset(url, cookies) == 1
+    assert _partial(staging, url).stat().st_size == 1
+
+
+@override_settings(
+    QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all",
+    QUEUED_STORAGE_STAGING_BUDGET=1000,
+)
+def test_each_chunk_of_deferred_length_is_checked_against_the_staging_budget(
+    staging: Path,
+) -> None:
+    from django.test import Client
+
+    client = Client(headers=TUS)
+    created = client.post(
+        "/uploads/tus/",
+        headers={"Upload-Defer-Length": "1", "Upload-Metadata": _meta("budget.bin")},
+    )
+    assert created.status_code == 201
+    url = created.headers["Location"]
+
+    def patch(offset: int, data: bytes, **headers: str) -> Any:
+        return client.patch(
+            url,
+            data=data,
+            content_type="application/offset+octet-stream",
+            headers={"Upload-Offset": str(offset), **headers},
+        )
+
+    assert patch(0, b"a" * 600).status_code == 204
+    assert StoredFile.waiting_bytes(qs_settings.HOST) == 600  # what it received
+    assert patch(600, b"b" * 500).status_code == 507  # 600 + 500 > 1000
+    assert patch(600, b"c", **{"Upload-Length": "1100"}).status_code == 507  # 600 + 500
+    assert TusUpload.objects.get().length is None
+    assert _partial(staging, url).stat().st_size == 600
+    done = patch(600, b"c" * 300, **{"Upload-Length": "900"})
+    assert done.status_code == 204
+    assert done.headers["X-Queued-Storage-Name"] == "budget.bin"
+    assert (staging / "budget.bin").read_bytes() == b"a" * 600 + b"c" * 300
+
+
+# -- several web processes, one staging volume ----------------------------------------------------
+def test_chunks_of_one_upload_alternate_between_two_web_servers_and_it_ends_on_s3(
+    gunicorn: DjangoServer,
+    uvicorn: DjangoServer,
+    worker: Any,
+    clean: Any,
+    cookies: dict[str, str],
+) -> None:
+    """A gunicorn and a uvicorn, separate processes on one staging directory and one database:
+    created on A, a chunk on B, HEAD on A, a chunk on A, the last one on B."""
+    a, b = gunicorn, uvicorn
+    assert a.app_pid != b.app_pid
+    staging = Path(settings.STAGING_ROOT)
+    payload = _payload(4 * MiB + 7, b"two servers")
+    on_a = _create(a.url, cookies, "shared/two.bin", len(payload))
+    path = on_a.removeprefix(a.url)
+    on_b = b.url + path
+    sha256 = base64.b64encode(hashlib.sha256(payload[: MiB + 1]).digest()).decode()
+    first = _patch(on_b, cookies, 0, payload[: MiB + 1], **{"Upload-Checksum": f"sha256 {sha256}"})
+    assert (first.status_code, first.headers["Upload-Offset"]) == (204, str(MiB + 1)), first.text
+    assert _offset(on_a, cookies) == MiB + 1
+    stale = _patch(on_a, cookies, 0, payload[:MiB])  # A keeps nothing of the upload in memory
+    assert (stale.status_code, stale.headers["Upload-Offset"]) == (409, str(MiB + 1))
+    second = _patch(on_a, cookies, MiB + 1, payload[MiB + 1 : 3 * MiB])
+    assert (second.status_code, second.headers["Upload-Offset"]) == (204, str(3 * MiB))
+    last = _patch(on_b, cookies, 3 * MiB, payload[3 * MiB :])
+    assert last.status_code == 204, last.text
+    assert last.headers["Upload-Offset"] == str(len(payload))
+    assert last.headers["X-Queued-Storage-Name"] == "shared/two.bin"
+    assert last.headers["X-Queued-Storage-Status-Url"] == "/uploads/status/shared/two.bin"
+    assert not _partial(staging, on_a).exists()
+    assert (staging / "shared/two.bin").read_bytes() == payload
+    _wait_state(a.url, cookies, "shared/two.bin", State.REMOTE)
+    assert _s3_body(clean, "shared/two.bin") == payload
 
 
 def test_tuspy_reports_a_refused_creation(server: DjangoServer, tmp_path: Path) -> None:

@@ -7,7 +7,8 @@
 * ``upload``: stream a local file of any size into a storage, as a saved upload (``save()``).
 * ``verify``: ask the remote again about ``remote`` files (a HEAD each); exit 1 on data loss.
 * ``cleanup``: delete old local copies of verified files, spool files a killed web process
-  left, multipart uploads no ledger row records.
+  left, expired tus uploads and tus part files no upload row owns, multipart uploads no
+  ledger row records.
 * ``doctor``: one line per check of this host's set-up, each failing line with its fix.
 * ``seed``: record the objects a remote storage already holds in the ledger, as ``remote``,
   when a site adopts the package with a bucket full of files. Their names are then reserved
@@ -54,6 +55,7 @@ from queued_storage.operations import (
     cleanup_local_copies,
     cleanup_spool,
     cleanup_tus,
+    cleanup_tus_orphans,
     cleanup_uploads,
     human_age,
     human_bytes,
@@ -353,8 +355,8 @@ class Command(BaseCommand):
 
         clean = commands.add_parser(
             "cleanup",
-            help="Delete old local copies of verified files, spool files of killed uploads "
-            "and multipart uploads no ledger row records.",
+            help="Delete old local copies of verified files, spool files of killed uploads, "
+            "expired tus uploads and multipart uploads no ledger row records.",
         )
         _storage_option(clean, "every queued storage")
         clean.add_argument("--dry-run", action="store_true", help="Say what, change nothing.")
@@ -772,6 +774,16 @@ class Command(BaseCommand):
             f"({human_bytes(sum(c.size or 0 for c in expired))}), {len(busy)} still receiving",
         )
         self._list(options, [f"{c.where}:{c.what} ({human_bytes(c.size)})" for c in expired])
+        orphans = cleanup_tus_orphans(chosen, older_than=settings.TUS_EXPIRY, dry_run=dry)
+        self._say(
+            options,
+            f"tus part files no upload owns, unchanged for {human_age(settings.TUS_EXPIRY)}: "
+            f"{remove} {len(orphans)} ({human_bytes(sum(c.size or 0 for c in orphans))})",
+        )
+        self._list(
+            options,
+            [f"{c.what} ({human_bytes(c.size)}, {human_age(c.age)} old)" for c in orphans],
+        )
         aborted, errors = cleanup_uploads(
             chosen, older_than=settings.CLEANUP_UPLOADS_AFTER, dry_run=dry
         )
