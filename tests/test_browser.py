@@ -10,6 +10,8 @@ In tus mode (``data-tus-url``) the page sends a 12 MiB file in 1 MiB ``PATCH`` c
 reloads the page mid-way and picks the same file again: the widget finds the upload it
 remembered in ``localStorage``, asks the server for its offset and sends only the rest; then
 the network drops mid-chunk, and the widget asks for the offset again and goes on by itself.
+A ``PATCH`` that hangs (no progress, no answer) is aborted after the widget's stall timeout
+and resumed the same way.
 
 A screenshot of each stage is kept in ``.test-artifacts/browser/`` (git-ignored). Without
 Chromium or Playwright the test skips, or fails under ``QUEUED_STORAGE_TEST_STRICT=1``.
@@ -18,13 +20,16 @@ Chromium or Playwright the test skips, or fails under ``QUEUED_STORAGE_TEST_STRI
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import os
 import shutil
 import time
 from collections.abc import Iterator
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +37,12 @@ import pytest
 import requests
 from django.conf import settings
 from django.contrib.auth.models import Permission, User
+from django.db import connections
 from django.test import Client
 
 from queued_storage.models import State, StoredFile, TusUpload
-from tests.harness.suite import need_tool
+from tests.harness.faults import HttpFaultProxy
+from tests.harness.suite import need_tool, s3_bytes
 from tests.harness.webservers import DjangoServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -66,6 +73,124 @@ document.addEventListener("queued-storage:error", (event) => {
   window.qsSeen.push({file: event.detail.file.name, state: "error", url: event.detail.message});
 });
 """
+
+
+#: Every text the widget's state showed, in order (a MutationObserver sees each change, however
+#: briefly it stays).
+STATE_RECORDER = """
+window.qsStates = [];
+new MutationObserver(() => {
+  for (const node of document.querySelectorAll(".qs-state")) {
+    if (window.qsStates[window.qsStates.length - 1] !== node.textContent) {
+      window.qsStates.push(node.textContent);
+    }
+  }
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
+@dataclasses.dataclass
+class TusExchange:
+    """One tus request of the page: what it sent and what came back (``status`` ``None``: no
+    answer, ``failure`` says why)."""
+
+    method: str
+    offset: int | None  # the request's Upload-Offset
+    status: int | None = None
+    answer: int | None = None  # the answer's Upload-Offset
+    name: str | None = None  # the answer's X-Queued-Storage-Name
+    failure: str | None = None
+
+
+class TusTraffic:
+    """Records, in order, every request a page sends to ``/uploads/tus/``, and its answer."""
+
+    def __init__(self, page: Any) -> None:
+        self.exchanges: list[TusExchange] = []
+        self._by_request: dict[Any, TusExchange] = {}
+        page.on("request", self._request)
+        page.on("response", self._response)
+        page.on("requestfailed", self._failed)
+
+    def _request(self, request: Any) -> None:
+        if "/uploads/tus/" in request.url:
+            exchange = TusExchange(request.method, _int(request.headers.get("upload-offset")))
+            self.exchanges.append(exchange)
+            self._by_request[request] = exchange
+
+    def _response(self, response: Any) -> None:
+        exchange = self._by_request.get(response.request)
+        if exchange is not None:
+            exchange.status = response.status
+            exchange.answer = _int(response.headers.get("upload-offset"))
+            exchange.name = response.headers.get("x-queued-storage-name")
+
+    def _failed(self, request: Any) -> None:
+        exchange = self._by_request.get(request)
+        if exchange is not None:
+            exchange.failure = request.failure or "failed"
+
+
+def assert_each_patch_starts_where_the_server_is(exchanges: list[TusExchange]) -> None:
+    """Every PATCH starts at the offset the server gave last: the answer of the request before
+    it (creation, HEAD, or the PATCH before it). After a request without an answer (or with
+    an error) the client must ask (HEAD) before it sends again."""
+    known: int | None = None
+    for exchange in exchanges:
+        if exchange.method == "PATCH":
+            assert exchange.offset is not None and exchange.offset == known, exchanges
+        known = exchange.answer if exchange.status in (200, 201, 204) else None
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value else None
+
+
+def _upload_offset(headers: Message) -> int:
+    """A request's Upload-Offset, for the proxy's ``when=`` (-1 without one)."""
+    value = headers.get("Upload-Offset")
+    return int(value) if value else -1
+
+
+def _server_offset() -> int:
+    """The offset in the upload's ledger row (what the server has), read in a thread of its
+    own: Django refuses to query inside the event loop Playwright's sync API runs here."""
+
+    def read() -> int:
+        try:
+            return TusUpload.objects.get().offset
+        finally:
+            connections.close_all()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(read).result()
+
+
+def _signed_in(username: str) -> tuple[User, str]:
+    """A user who may upload and read statuses, and a session cookie value for them."""
+    user = User.objects.create_user(username)
+    user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["add_storedfile", "view_storedfile"])
+    )
+    client = Client()
+    client.force_login(user)
+    return user, client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+@contextlib.contextmanager
+def proxied_server(workdir: str) -> Iterator[tuple[DjangoServer, HttpFaultProxy]]:
+    """The test project on gunicorn, and the fault proxy the browser reaches it through (one
+    connection per request: see :class:`HttpFaultProxy`'s ``keep_alive``)."""
+    env = {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    server = DjangoServer("gunicorn", Path(settings.WORKDIR) / workdir, env)
+    server.start()
+    proxy = HttpFaultProxy(("127.0.0.1", server.port), name=f"{workdir}-proxy", keep_alive=False)
+    proxy.start()
+    try:
+        yield server, proxy
+    finally:
+        proxy.stop()
+        server.stop()
 
 
 def chromium_path() -> str | None:
@@ -384,3 +509,72 @@ def test_the_widget_in_tus_mode_resumes_after_a_reload_from_the_servers_offset(
     assert names == ["tus-1-cut.png", "tus-2-retrying.png", "tus-3-remote.png"]
     with capsys.disabled():
         print(f"tus: cut at {offset_before} of {len(data)} bytes; re-sent {resent}")
+
+
+def test_the_widget_in_tus_mode_aborts_a_stalled_patch_and_resumes_from_the_servers_offset(
+    worker: Any, clean: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``PATCH`` that neither fails nor progresses (the proxy holds it and never answers):
+    after ``data-stall-timeout`` the widget aborts it, asks for the offset and goes on."""
+    need_tool("Playwright", importlib.util.find_spec("playwright") is not None, INSTALL_HINT)
+    need_tool("Chromium", chromium_path() is not None, INSTALL_HINT)
+    size, chunk, stall_ms = 6 * MiB, MiB, 3000
+    source = tmp_path / "stalled.bin"
+    source.write_bytes(os.urandom(size))
+    data = source.read_bytes()
+    user, session = _signed_in("tus-stall-user")
+    item = '.qs-file[data-file-name="stalled.bin"]'
+
+    started = time.monotonic()
+    with proxied_server("web-browser-tus-stall") as (_server, proxy):
+        base = proxy.endpoint_url
+        stall = proxy.interrupt_next("PATCH", when=lambda h: _upload_offset(h) == 2 * MiB)
+        with browser_page() as browser:
+            context = browser.new_context()
+            context.add_cookies(
+                [{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": base}]
+            )
+            page = context.new_page()
+            page.add_init_script(RECORDER + STATE_RECORDER)
+            traffic = TusTraffic(page)
+            page.goto(f"{base}/uploader/?tus={chunk}&stall={stall_ms}")
+            assert page.get_attribute("[data-qs-uploader]", "data-stall-timeout") == "3000"
+            page.set_input_files("input[type=file]", [str(source)])
+            assert stall.wait(60), "no PATCH at 2 MiB"
+            at_stall = _server_offset()
+            # Nothing here releases the held PATCH: only the widget can end it.
+            page.wait_for_function(
+                f"""() => ["remote", "failed", "error"].includes(
+                          document.querySelector('{item}')?.dataset.state)""",
+                timeout=60_000,
+            )
+            state = page.locator(f"{item} .qs-state").inner_text()
+            stored = page.locator(item).get_attribute("data-stored-name")
+            states: list[str] = page.evaluate("window.qsStates")
+            seen: list[dict[str, Any]] = page.evaluate("window.qsSeen")
+            context.close()
+    elapsed = time.monotonic() - started
+
+    assert state == "remote", (states, seen)
+    assert (stall.forwarded, stall.upstream_status) == (0, None)  # the server saw nothing of it
+    assert at_stall == 2 * MiB
+    exchanges = traffic.exchanges
+    stalled = next(i for i, e in enumerate(exchanges) if e.offset == 2 * MiB)
+    # The widget aborted it (net::ERR_ABORTED: the page's own abort, not a network error) ...
+    assert exchanges[stalled].status is None, exchanges
+    assert "ABORTED" in (exchanges[stalled].failure or ""), exchanges[stalled]
+    assert "stalled, retrying in 0.5 s" in states, states
+    # ... asked for the offset, and sent the rest from there. (Should a healthy request
+    # stall too on a loaded machine, it is resumed the same way: the checks allow for it.)
+    head, resumed = exchanges[stalled + 1 : stalled + 3]
+    assert (head.method, head.status, head.answer) == ("HEAD", 200, at_stall)
+    assert (resumed.method, resumed.offset, resumed.status) == ("PATCH", at_stall, 204)
+    assert_each_patch_starts_where_the_server_is(exchanges)
+    assert exchanges[-1].name == stored
+    upload = TusUpload.objects.get()
+    assert (upload.offset, upload.stored_name) == (size, stored)
+    row = StoredFile.objects.get(name=stored)
+    assert (row.state, row.size, row.owner) == (State.REMOTE, size, str(user.pk))
+    assert s3_bytes(clean, stored) == data, "the S3 copy differs"
+    with capsys.disabled():
+        print(f"\ntus widget, stalled PATCH aborted after {stall_ms} ms ({elapsed:.1f}s)")
