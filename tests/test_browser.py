@@ -10,6 +10,12 @@ In tus mode (``data-tus-url``) the page sends a 12 MiB file in 1 MiB ``PATCH`` c
 reloads the page mid-way and picks the same file again: the widget finds the upload it
 remembered in ``localStorage``, asks the server for its offset and sends only the rest; then
 the network drops mid-chunk, and the widget asks for the offset again and goes on by itself.
+A ``PATCH`` that hangs (no progress, no answer) is aborted after the widget's stall timeout
+and resumed the same way.
+
+An independent client checks the tus server: tus-js-client (``tests/assets/tus-js-client/``,
+vendored) in a page of the test site, behind a fault proxy that drops one request's connection
+after half its body and holds another while the page reloads.
 
 A screenshot of each stage is kept in ``.test-artifacts/browser/`` (git-ignored). Without
 Chromium or Playwright the test skips, or fails under ``QUEUED_STORAGE_TEST_STRICT=1``.
@@ -18,13 +24,16 @@ Chromium or Playwright the test skips, or fails under ``QUEUED_STORAGE_TEST_STRI
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import os
 import shutil
 import time
 from collections.abc import Iterator
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +41,13 @@ import pytest
 import requests
 from django.conf import settings
 from django.contrib.auth.models import Permission, User
+from django.db import connections
 from django.test import Client
 
 from queued_storage.models import State, StoredFile, TusUpload
-from tests.harness.suite import need_tool
+from queued_storage.tus import parse_metadata
+from tests.harness.faults import HttpFaultProxy
+from tests.harness.suite import need_tool, s3_bytes, wait_for
 from tests.harness.webservers import DjangoServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -66,6 +78,159 @@ document.addEventListener("queued-storage:error", (event) => {
   window.qsSeen.push({file: event.detail.file.name, state: "error", url: event.detail.message});
 });
 """
+
+
+#: Every text the widget's state showed, in order (a MutationObserver sees each change, however
+#: briefly it stays).
+STATE_RECORDER = """
+window.qsStates = [];
+new MutationObserver(() => {
+  for (const node of document.querySelectorAll(".qs-state")) {
+    if (window.qsStates[window.qsStates.length - 1] !== node.textContent) {
+      window.qsStates.push(node.textContent);
+    }
+  }
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+TUS_JS_CLIENT_VERSION = "4.3.1"
+
+#: The tus-js-client page's application code: one upload of the picked file, resumed from the
+#: upload tus-js-client remembered for this file (its fingerprint in ``localStorage``) if there
+#: is one, as tus-js-client's documentation shows. Retries are tus-js-client's own (its default
+#: ``retryDelays``); the page only records what happened in ``window.tusLog``.
+START_TUS_JS_UPLOAD = """
+async ({endpoint, chunkSize}) => {
+  const file = document.querySelector("input[type=file]").files[0];
+  const log = (window.tusLog = window.tusLog || []);
+  const upload = new tus.Upload(file, {
+    endpoint,
+    chunkSize,
+    metadata: {filename: file.name, filetype: file.type},
+    removeFingerprintOnSuccess: true,
+    onError: (error) => log.push({event: "error", message: String(error)}),
+    onSuccess: ({lastResponse}) => log.push({
+      event: "success",
+      url: upload.url,
+      name: lastResponse.getHeader("X-Queued-Storage-Name"),
+    }),
+  });
+  const previous = await upload.findPreviousUploads();
+  if (previous.length) upload.resumeFromPreviousUpload(previous[0]);
+  upload.start();
+  log.push({event: "start", previous: previous.map((p) => p.uploadUrl)});
+  return previous.map((p) => p.uploadUrl);
+}
+"""
+
+#: The upload URLs tus-js-client keeps in ``localStorage`` (its keys start with ``tus::``).
+REMEMBERED_BY_TUS_JS = """() => Object.keys(localStorage)
+  .filter((key) => key.startsWith("tus::"))
+  .map((key) => JSON.parse(localStorage.getItem(key)).uploadUrl)"""
+
+
+@dataclasses.dataclass
+class TusExchange:
+    """One tus request of the page: what it sent and what came back (``status`` ``None``: no
+    answer, ``failure`` says why)."""
+
+    method: str
+    offset: int | None  # the request's Upload-Offset
+    status: int | None = None
+    answer: int | None = None  # the answer's Upload-Offset
+    name: str | None = None  # the answer's X-Queued-Storage-Name
+    failure: str | None = None
+
+
+class TusTraffic:
+    """Records, in order, every request a page sends to ``/uploads/tus/``, and its answer."""
+
+    def __init__(self, page: Any) -> None:
+        self.exchanges: list[TusExchange] = []
+        self._by_request: dict[Any, TusExchange] = {}
+        page.on("request", self._request)
+        page.on("response", self._response)
+        page.on("requestfailed", self._failed)
+
+    def _request(self, request: Any) -> None:
+        if "/uploads/tus/" in request.url:
+            exchange = TusExchange(request.method, _int(request.headers.get("upload-offset")))
+            self.exchanges.append(exchange)
+            self._by_request[request] = exchange
+
+    def _response(self, response: Any) -> None:
+        exchange = self._by_request.get(response.request)
+        if exchange is not None:
+            exchange.status = response.status
+            exchange.answer = _int(response.headers.get("upload-offset"))
+            exchange.name = response.headers.get("x-queued-storage-name")
+
+    def _failed(self, request: Any) -> None:
+        exchange = self._by_request.get(request)
+        if exchange is not None:
+            exchange.failure = request.failure or "failed"
+
+
+def assert_each_patch_starts_where_the_server_is(exchanges: list[TusExchange]) -> None:
+    """Every PATCH starts at the offset the server gave last: the answer of the request before
+    it (creation, HEAD, or the PATCH before it). After a request without an answer (or with
+    an error) the client must ask (HEAD) before it sends again."""
+    known: int | None = None
+    for exchange in exchanges:
+        if exchange.method == "PATCH":
+            assert exchange.offset is not None and exchange.offset == known, exchanges
+        known = exchange.answer if exchange.status in (200, 201, 204) else None
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value else None
+
+
+def _upload_offset(headers: Message) -> int:
+    """A request's Upload-Offset, for the proxy's ``when=`` (-1 without one)."""
+    value = headers.get("Upload-Offset")
+    return int(value) if value else -1
+
+
+def _server_offset() -> int:
+    """The offset in the upload's ledger row (what the server has), read in a thread of its
+    own: Django refuses to query inside the event loop Playwright's sync API runs here."""
+
+    def read() -> int:
+        try:
+            return TusUpload.objects.get().offset
+        finally:
+            connections.close_all()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(read).result()
+
+
+def _signed_in(username: str) -> tuple[User, str]:
+    """A user who may upload and read statuses, and a session cookie value for them."""
+    user = User.objects.create_user(username)
+    user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["add_storedfile", "view_storedfile"])
+    )
+    client = Client()
+    client.force_login(user)
+    return user, client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+@contextlib.contextmanager
+def proxied_server(workdir: str) -> Iterator[tuple[DjangoServer, HttpFaultProxy]]:
+    """The test project on gunicorn, and the fault proxy the browser reaches it through (one
+    connection per request: see :class:`HttpFaultProxy`'s ``keep_alive``)."""
+    env = {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    server = DjangoServer("gunicorn", Path(settings.WORKDIR) / workdir, env)
+    server.start()
+    proxy = HttpFaultProxy(("127.0.0.1", server.port), name=f"{workdir}-proxy", keep_alive=False)
+    proxy.start()
+    try:
+        yield server, proxy
+    finally:
+        proxy.stop()
+        server.stop()
 
 
 def chromium_path() -> str | None:
@@ -384,3 +549,200 @@ def test_the_widget_in_tus_mode_resumes_after_a_reload_from_the_servers_offset(
     assert names == ["tus-1-cut.png", "tus-2-retrying.png", "tus-3-remote.png"]
     with capsys.disabled():
         print(f"tus: cut at {offset_before} of {len(data)} bytes; re-sent {resent}")
+
+
+def test_tus_js_client_resumes_after_a_dropped_connection_and_a_reload_from_the_servers_offset(
+    worker: Any, clean: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tus-js-client, not our widget: its own retry after a dropped connection, and its own
+    resume (``findPreviousUploads()``, ``resumeFromPreviousUpload()``) after a reload, both
+    from the offset the server reports; then the file goes to S3 byte for byte.
+
+    The connection is dropped by the proxy, not by Chromium's offline mode: offline,
+    ``navigator.onLine`` is false and tus-js-client does not retry (``isOnline()`` in its
+    ``shouldRetry``); the page would have to restart the upload itself.
+    """
+    need_tool("Playwright", importlib.util.find_spec("playwright") is not None, INSTALL_HINT)
+    need_tool("Chromium", chromium_path() is not None, INSTALL_HINT)
+    size, chunk, cut_after = 12 * MiB, MiB, 512 * 1024
+    source = tmp_path / "tus-js.bin"
+    source.write_bytes(os.urandom(size))
+    data = source.read_bytes()
+    user, session = _signed_in("tus-js-client-user")
+
+    started = time.monotonic()
+    with proxied_server("web-browser-tus-js") as (_server, proxy):
+        base = proxy.endpoint_url
+        # (a) The PATCH at 3 MiB reaches the server with half its body, then its connection
+        # drops. (b) The first PATCH from 7 MiB on is held (the server sees nothing of it)
+        # while the page reloads.
+        cut = proxy.interrupt_next(
+            "PATCH", after_bytes=cut_after, when=lambda h: _upload_offset(h) == 3 * MiB
+        )
+        hold = proxy.interrupt_next("PATCH", when=lambda h: _upload_offset(h) >= 7 * MiB)
+        start = {"endpoint": f"{base}/uploads/tus/", "chunkSize": chunk}
+        with browser_page() as browser:
+            context = browser.new_context()
+            context.add_cookies(
+                [{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": base}]
+            )
+            page = context.new_page()
+            traffic = TusTraffic(page)
+            page.goto(f"{base}/tus-js-client/")
+            assert page.evaluate("tus.isSupported") is True
+            page.set_input_files("input[type=file]", [str(source)])
+            assert page.evaluate(START_TUS_JS_UPLOAD, start) == []
+
+            assert cut.wait(60), "no PATCH at 3 MiB"
+            kept = _server_offset()  # while the client still waits for an answer
+            cut.release()
+
+            assert hold.wait(60), "no PATCH from 7 MiB on"
+            at_reload = _server_offset()
+            remembered_before = page.evaluate(REMEMBERED_BY_TUS_JS)
+            log_before = page.evaluate("window.tusLog")
+            page.reload()
+            hold.release()
+            reloaded = len(traffic.exchanges)
+            page.set_input_files("input[type=file]", [str(source)])
+            previous = page.evaluate(START_TUS_JS_UPLOAD, start)
+            page.wait_for_function(
+                "() => window.tusLog.some((entry) => entry.event !== 'start')", timeout=60_000
+            )
+            log_after = page.evaluate("window.tusLog")
+            remembered_after = page.evaluate(REMEMBERED_BY_TUS_JS)
+            context.close()
+    upload = TusUpload.objects.get()
+    stored = upload.stored_name
+    wait_for(
+        lambda: StoredFile.objects.filter(name=stored, state=State.REMOTE).exists(),
+        timeout=60,
+        what=f"{stored!r} to reach S3",
+    )
+    elapsed = time.monotonic() - started
+
+    upload_url = f"{base}/uploads/tus/{upload.id}"
+    exchanges = traffic.exchanges
+    first_visit, second_visit = exchanges[:reloaded], exchanges[reloaded:]
+    # One upload was created, with the metadata tus-js-client sends.
+    assert [e.method for e in exchanges].count("POST") == 1
+    assert (exchanges[0].method, exchanges[0].status) == ("POST", 201)
+    assert parse_metadata(upload.metadata) == {
+        "filename": "tus-js.bin",
+        "filetype": "application/octet-stream",
+    }
+    assert upload.content_type == "application/octet-stream"
+
+    # (a) The server kept the half chunk that arrived before the connection dropped.
+    assert (cut.forwarded, cut.upstream_status, cut.error) == (cut_after, 400, None)
+    assert kept == 3 * MiB + cut_after
+    dropped = next(i for i, e in enumerate(first_visit) if e.offset == 3 * MiB)
+    assert first_visit[dropped].status is None and first_visit[dropped].failure, first_visit
+    # tus-js-client retried by itself: HEAD, then the PATCH from the offset the server had.
+    head, resumed = first_visit[dropped + 1 : dropped + 3]
+    assert (head.method, head.status, head.answer) == ("HEAD", 200, kept)
+    assert (resumed.method, resumed.offset, resumed.status) == ("PATCH", kept, 204)
+    assert [entry["event"] for entry in log_before] == ["start"]  # no onError, one start()
+    # What was sent twice: the half chunk the server did not get. Bytes of PATCH bodies, up
+    # to the held PATCH (tus-js-client sends chunkSize from the offset, less at the end).
+    held = first_visit[-1]
+    assert (held.method, held.status, held.offset) == ("PATCH", None, at_reload)
+    patched = sum(min(chunk, size - e.offset) for e in first_visit[:-1] if e.offset is not None)
+    resent = patched - at_reload
+    assert resent == chunk - cut_after and 0 < resent < chunk, resent
+
+    # (b) After the reload tus-js-client found the upload it remembered, asked the server for
+    # its offset (nothing of the held PATCH arrived) and sent the rest, nothing twice.
+    assert remembered_before == [upload_url]
+    assert previous == [upload_url]
+    assert at_reload >= 7 * MiB
+    assert (second_visit[0].method, second_visit[0].status) == ("HEAD", 200)
+    assert second_visit[0].answer == at_reload
+    patches = second_visit[1:]
+    assert [(e.method, e.status) for e in patches] == [("PATCH", 204)] * len(patches)
+    assert [e.offset for e in patches] == list(range(at_reload, size, chunk))
+    assert_each_patch_starts_where_the_server_is(exchanges)
+
+    # (c) The last answer names the stored file; it is on S3, byte for byte.
+    assert log_after[0] == {"event": "start", "previous": [upload_url]}
+    assert log_after[1:] == [{"event": "success", "url": upload_url, "name": "tus-js.bin"}]
+    assert patches[-1].name == stored == "tus-js.bin"
+    assert remembered_after == []  # removeFingerprintOnSuccess
+    assert (upload.offset, upload.completed is not None) == (size, True)
+    row = StoredFile.objects.get(name=stored)
+    assert (row.state, row.size, row.owner) == (State.REMOTE, size, str(user.pk))
+    assert s3_bytes(clean, stored) == data, "the S3 copy differs"
+    with capsys.disabled():
+        print(
+            f"\ntus-js-client {TUS_JS_CLIENT_VERSION} ({elapsed:.1f}s): cut at {kept} "
+            f"(re-sent {resent}), reloaded at {at_reload} of {size} bytes"
+        )
+
+
+def test_the_widget_in_tus_mode_aborts_a_stalled_patch_and_resumes_from_the_servers_offset(
+    worker: Any, clean: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``PATCH`` that neither fails nor progresses (the proxy holds it and never answers):
+    after ``data-stall-timeout`` the widget aborts it, asks for the offset and goes on."""
+    need_tool("Playwright", importlib.util.find_spec("playwright") is not None, INSTALL_HINT)
+    need_tool("Chromium", chromium_path() is not None, INSTALL_HINT)
+    size, chunk, stall_ms = 6 * MiB, MiB, 3000
+    source = tmp_path / "stalled.bin"
+    source.write_bytes(os.urandom(size))
+    data = source.read_bytes()
+    user, session = _signed_in("tus-stall-user")
+    item = '.qs-file[data-file-name="stalled.bin"]'
+
+    started = time.monotonic()
+    with proxied_server("web-browser-tus-stall") as (_server, proxy):
+        base = proxy.endpoint_url
+        stall = proxy.interrupt_next("PATCH", when=lambda h: _upload_offset(h) == 2 * MiB)
+        with browser_page() as browser:
+            context = browser.new_context()
+            context.add_cookies(
+                [{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": base}]
+            )
+            page = context.new_page()
+            page.add_init_script(RECORDER + STATE_RECORDER)
+            traffic = TusTraffic(page)
+            page.goto(f"{base}/uploader/?tus={chunk}&stall={stall_ms}")
+            assert page.get_attribute("[data-qs-uploader]", "data-stall-timeout") == "3000"
+            page.set_input_files("input[type=file]", [str(source)])
+            assert stall.wait(60), "no PATCH at 2 MiB"
+            at_stall = _server_offset()
+            # Nothing here releases the held PATCH: only the widget can end it.
+            page.wait_for_function(
+                f"""() => ["remote", "failed", "error"].includes(
+                          document.querySelector('{item}')?.dataset.state)""",
+                timeout=60_000,
+            )
+            state = page.locator(f"{item} .qs-state").inner_text()
+            stored = page.locator(item).get_attribute("data-stored-name")
+            states: list[str] = page.evaluate("window.qsStates")
+            seen: list[dict[str, Any]] = page.evaluate("window.qsSeen")
+            context.close()
+    elapsed = time.monotonic() - started
+
+    assert state == "remote", (states, seen)
+    assert (stall.forwarded, stall.upstream_status) == (0, None)  # the server saw nothing of it
+    assert at_stall == 2 * MiB
+    exchanges = traffic.exchanges
+    stalled = next(i for i, e in enumerate(exchanges) if e.offset == 2 * MiB)
+    # The widget aborted it (net::ERR_ABORTED: the page's own abort, not a network error) ...
+    assert exchanges[stalled].status is None, exchanges
+    assert "ABORTED" in (exchanges[stalled].failure or ""), exchanges[stalled]
+    assert "stalled, retrying in 0.5 s" in states, states
+    # ... asked for the offset, and sent the rest from there. (Should a healthy request
+    # stall too on a loaded machine, it is resumed the same way: the checks allow for it.)
+    head, resumed = exchanges[stalled + 1 : stalled + 3]
+    assert (head.method, head.status, head.answer) == ("HEAD", 200, at_stall)
+    assert (resumed.method, resumed.offset, resumed.status) == ("PATCH", at_stall, 204)
+    assert_each_patch_starts_where_the_server_is(exchanges)
+    assert exchanges[-1].name == stored
+    upload = TusUpload.objects.get()
+    assert (upload.offset, upload.stored_name) == (size, stored)
+    row = StoredFile.objects.get(name=stored)
+    assert (row.state, row.size, row.owner) == (State.REMOTE, size, str(user.pk))
+    assert s3_bytes(clean, stored) == data, "the S3 copy differs"
+    with capsys.disabled():
+        print(f"\ntus widget, stalled PATCH aborted after {stall_ms} ms ({elapsed:.1f}s)")

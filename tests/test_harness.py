@@ -13,6 +13,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
@@ -352,6 +353,108 @@ def test_http_proxy_go_down_and_come_up(
         client.head_bucket(Bucket=bucket)
     finally:
         client.close()
+
+
+class _CountingHandler(BaseHTTPRequestHandler):
+    """Reads a body up to its Content-Length or the end of the stream; answers how much came:
+    204 when all of it did, 400 otherwise (as an upload view would)."""
+
+    protocol_version = "HTTP/1.1"
+    server: _CountingServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_PATCH(self) -> None:
+        length = int(self.headers["Content-Length"])
+        received = 0
+        while received < length:
+            data = self.rfile.read1(min(64 * 1024, length - received))
+            if not data:
+                break
+            received += len(data)
+        self.server.received.append(received)
+        self.send_response(204 if received == length else 400)
+        self.send_header("Received", str(received))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+class _CountingServer(ThreadingHTTPServer):
+    daemon_threads = True
+    received: list[int]
+
+
+@pytest.fixture
+def counting_upstream() -> Iterator[_CountingServer]:
+    server = _CountingServer((LOOPBACK, 0), _CountingHandler)
+    server.received = []
+    thread = threading.Thread(target=server.serve_forever, name="counting-upstream")
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_http_proxy_interrupt_next_cuts_one_request_mid_body_or_holds_it(
+    counting_upstream: _CountingServer,
+) -> None:
+    proxy = HttpFaultProxy((LOOPBACK, counting_upstream.server_address[1]), keep_alive=False)
+    proxy.start()
+    url = f"{proxy.endpoint_url}/upload"
+    failures: list[BaseException] = []
+
+    def patch(part: str) -> threading.Thread:
+        def send() -> None:
+            try:
+                requests.patch(url, data=b"p" * MiB, headers={"X-Part": part}, timeout=30)
+            except requests.ConnectionError as err:
+                failures.append(err)
+
+        thread = threading.Thread(target=send, name=f"patch-{part}")
+        thread.start()
+        return thread
+
+    try:
+        cut = proxy.interrupt_next(
+            "PATCH", after_bytes=256 * 1024, when=lambda h: h.get("X-Part") == "2"
+        )
+        first = requests.patch(url, data=b"p" * MiB, headers={"X-Part": "1"}, timeout=30)
+        assert (first.status_code, first.headers["Connection"]) == (204, "close")
+        assert cut.request is None  # not the request it waits for
+
+        # The upstream gets the head and 256 KiB, then the end of the body, and answers; the
+        # client still waits until the release, then its connection drops without an answer.
+        second = patch("2")
+        assert cut.wait(10)
+        assert cut.request == ProxiedRequest("PATCH", "/upload", "")
+        assert (cut.forwarded, cut.upstream_status, cut.error) == (256 * 1024, 400, None)
+        assert cut.upstream_headers["Received"] == str(256 * 1024)
+        assert cut.headers["X-Part"] == "2"
+        assert second.is_alive() and not failures
+        cut.release()
+        second.join(10)
+        assert len(failures) == 1
+
+        # A held request: nothing of it reaches the upstream.
+        hold = proxy.interrupt_next("PATCH")
+        third = patch("3")
+        assert hold.wait(10)
+        assert (hold.forwarded, hold.upstream_status) == (0, None)
+        hold.release()
+        third.join(10)
+        assert len(failures) == 2
+        assert counting_upstream.received == [MiB, 256 * 1024]
+
+        fourth = requests.patch(url, data=b"p" * MiB, headers={"X-Part": "4"}, timeout=30)
+        assert fourth.status_code == 204
+        assert counting_upstream.received == [MiB, 256 * 1024, MiB]
+        assert [r.method for r in proxy.requests] == ["PATCH"] * 4
+    finally:
+        proxy.stop()
 
 
 # -- TcpFaultProxy -------------------------------------------------------------------------------

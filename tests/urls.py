@@ -4,6 +4,7 @@ from pathlib import Path
 
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.views.generic import TemplateView
 from django.views.static import serve
 
 import queued_storage
@@ -25,6 +26,18 @@ urlpatterns = [
         r"^static/(?P<path>.*)$",
         serve,
         {"document_root": Path(queued_storage.__file__).parent / "static"},
+    ),
+    # An independent tus client in a page of this site (tests/test_browser.py): the vendored
+    # tus-js-client (tests/assets/, a test fixture, not shipped) and a file input.
+    path(
+        "tus-js-client/",
+        TemplateView.as_view(template_name="testapp/tus_js_client_page.html"),
+        name="tus-js-client",
+    ),
+    re_path(
+        r"^test-assets/(?P<path>.*)$",
+        serve,
+        {"document_root": Path(__file__).resolve().parent / "assets"},
     ),
     # A remote without network clients: memory measurements see the upload path only.
     path("fs/<path:name>", UploadView.as_view(storage_alias="queued_fs"), name="fs-upload"),

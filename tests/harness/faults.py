@@ -1,9 +1,11 @@
 """Fault-injection proxies on loopback ports, put between the code under test and a service.
 
 :class:`TcpFaultProxy`   byte-level TCP forwarder (put in front of Redis as Celery broker).
-:class:`HttpFaultProxy`  HTTP/1.1 reverse proxy (put between boto3 and moto) that logs requests,
-                         injects S3 error responses, can refuse connections or accept them and
-                         never answer (:meth:`HttpFaultProxy.black_hole`).
+:class:`HttpFaultProxy`  HTTP/1.1 reverse proxy (put between boto3 and moto, or a browser and
+                         gunicorn) that logs requests, injects S3 error responses, can refuse
+                         connections or accept them and never answer
+                         (:meth:`HttpFaultProxy.black_hole`), and drops the connection of one
+                         chosen request mid-body (:meth:`HttpFaultProxy.interrupt_next`).
 
 Both implement ``go_down()`` by *closing their listening socket* and cutting every open
 connection (clients get ``ECONNREFUSED`` at once on connect, and EOF on connections that were
@@ -24,13 +26,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterator
+from email.message import Message
 from http.server import BaseHTTPRequestHandler
 from typing import Any, NamedTuple, TypeVar
 from xml.sax.saxutils import escape as xml_escape
 
 from qs_dev.processes import LOOPBACK, StartStop, free_port
 
-__all__ = ["HttpFaultProxy", "ProxiedRequest", "TcpFaultProxy"]
+__all__ = ["HttpFaultProxy", "Interruption", "ProxiedRequest", "TcpFaultProxy"]
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +297,51 @@ class ProxiedRequest(NamedTuple):
     query: str
 
 
+class Interruption:
+    """One request :meth:`HttpFaultProxy.interrupt_next` stops, and what became of it.
+
+    ``after_bytes=None`` holds the request: nothing of it reaches the upstream, the client
+    waits. ``after_bytes=N`` forwards the head and the first *N* bytes of the body, then ends
+    the body (half-close: the upstream reads end-of-file) and reads the upstream's answer,
+    which the client never gets. Either way :attr:`reached` is set at that point (the
+    upstream is done with the request) and the client's connection is dropped once
+    :meth:`release` is called (or the proxy stops), so that a test can look at the server
+    in between, while the client still waits.
+    """
+
+    def __init__(
+        self, method: str, after_bytes: int | None, when: Callable[[Message], bool] | None
+    ) -> None:
+        if after_bytes is not None and after_bytes < 0:
+            raise ValueError(f"after_bytes must be >= 0 or None, not {after_bytes}")
+        self.method = method.upper()
+        self.after_bytes = after_bytes
+        self.when = when
+        #: The request it stopped, and its headers (set when one matched).
+        self.request: ProxiedRequest | None = None
+        self.headers: dict[str, str] = {}
+        #: Body bytes the upstream received, its answer's status and headers (``None`` and
+        #: ``{}`` for a held request, or when it did not answer); the error, if forwarding
+        #: failed.
+        self.forwarded = 0
+        self.upstream_status: int | None = None
+        self.upstream_headers: dict[str, str] = {}
+        self.error: BaseException | None = None
+        self.reached = threading.Event()
+        self._released = threading.Event()
+
+    def matches(self, method: str, headers: Message) -> bool:
+        return method.upper() == self.method and (self.when is None or bool(self.when(headers)))
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until the request is stopped (see the class); ``False`` on timeout."""
+        return self.reached.wait(timeout)
+
+    def release(self) -> None:
+        """Drop the client's connection (its request fails without an answer)."""
+        self._released.set()
+
+
 _HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -418,7 +466,14 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if "://" in target.split("?", 1)[0]:  # absolute-form request target
             target = "/" + target.split("://", 1)[1].partition("/")[2]
         path, _, query = target.partition("?")
-        failure = self.proxy._record(ProxiedRequest(self.command, path, query))
+        request = ProxiedRequest(self.command, path, query)
+        failure = self.proxy._record(request)
+        if not self.proxy.keep_alive:
+            self.close_connection = True
+        interruption = self.proxy._interruption_for(request, self.headers)
+        if interruption is not None:
+            self._interrupt(interruption, target)
+            return
         if self.proxy.black_holed:
             self.proxy._hold()  # never answer: the client waits for its own timeout
             self.close_connection = True
@@ -449,25 +504,61 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.proxy._listener.track(conn.sock)
         return conn
 
-    def _forward(self, target: str, body: Iterator[bytes], length: str | None) -> None:
+    def _send_head(self, conn: http.client.HTTPConnection, target: str, length: str | None) -> None:
+        """The request line and headers, hop-by-hop headers replaced by the proxy's own."""
         chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
         drop = set(_HOP_BY_HOP)
         for token in self.headers.get("Connection", "").split(","):
             drop.add(token.strip().lower())
+        conn.putrequest(self.command, target, skip_host=True, skip_accept_encoding=True)
+        if "Host" not in self.headers:
+            conn.putheader("Host", f"{conn.host}:{conn.port}")
+        for name, value in self.headers.items():
+            if name.lower() not in drop:
+                conn.putheader(name, value)
+        if chunked:
+            conn.putheader("Transfer-Encoding", "chunked")
+        elif length is not None:
+            conn.putheader("Content-Length", length)
+        conn.endheaders()
+
+    def _interrupt(self, interruption: Interruption, target: str) -> None:
+        """See :class:`Interruption`."""
+        self.close_connection = True
+        try:
+            if interruption.after_bytes is not None:
+                body, length = self._body()
+                conn = self._connect_upstream()
+                self._send_head(conn, target, length)
+                for piece in body:
+                    piece = piece[: interruption.after_bytes - interruption.forwarded]
+                    if piece:
+                        conn.send(piece)
+                        interruption.forwarded += len(piece)
+                    if interruption.forwarded >= interruption.after_bytes:
+                        break
+                assert conn.sock is not None
+                conn.sock.shutdown(socket.SHUT_WR)  # the upstream reads the end of the body
+                response = conn.getresponse()
+                interruption.upstream_status = response.status
+                interruption.upstream_headers = dict(response.getheaders())
+                response.read()
+                response.close()
+        except (OSError, http.client.HTTPException, _BadRequest) as exc:
+            interruption.error = exc
+        finally:
+            if self._upstream is not None:
+                self._upstream.close()
+                self._upstream = None
+            interruption.reached.set()
+        interruption._released.wait()
+        _shutdown_quietly(self.connection)
+
+    def _forward(self, target: str, body: Iterator[bytes], length: str | None) -> None:
         response: http.client.HTTPResponse | None = None
         try:
             conn = self._connect_upstream()
-            conn.putrequest(self.command, target, skip_host=True, skip_accept_encoding=True)
-            if "Host" not in self.headers:
-                conn.putheader("Host", f"{conn.host}:{conn.port}")
-            for name, value in self.headers.items():
-                if name.lower() not in drop:
-                    conn.putheader(name, value)
-            if chunked:
-                conn.putheader("Transfer-Encoding", "chunked")
-            elif length is not None:
-                conn.putheader("Content-Length", length)
-            conn.endheaders()
+            self._send_head(conn, target, length)
             try:
                 for piece in body:
                     conn.send(piece)
@@ -557,7 +648,12 @@ class HttpFaultProxy(_FaultProxyBase):
     * :meth:`fail_next` answers the next ``n`` requests with an S3 XML error (after reading the
       request body), :meth:`go_down` refuses connections, :meth:`come_up` restores,
       :meth:`black_hole` accepts connections and never answers.
+    * :meth:`interrupt_next` holds one chosen request, or lets the upstream have part of its
+      body, and then drops the client's connection (:class:`Interruption`).
     * If the upstream cannot be reached the client gets ``502 BadGateway`` (S3 XML error).
+    * ``keep_alive=False`` answers every request with ``Connection: close``. A browser resends
+      by itself, once, a request that fails on a connection it reused before any answer came
+      (Chromium does); on fresh connections a dropped request fails in the page.
     """
 
     def __init__(
@@ -567,11 +663,14 @@ class HttpFaultProxy(_FaultProxyBase):
         port: int | None = None,
         name: str = "http-fault-proxy",
         upstream_timeout: float = 120.0,
+        keep_alive: bool = True,
     ) -> None:
         super().__init__(upstream, port=port, name=name)
         self.upstream_timeout = upstream_timeout
+        self.keep_alive = keep_alive
         self._state_lock = threading.Lock()
         self._log: list[ProxiedRequest] = []
+        self._interruptions: list[Interruption] = []  # armed, then stopped
         self._fail_remaining = 0
         self._fail_status = 503
         self._fail_methods: frozenset[str] | None = None
@@ -623,12 +722,46 @@ class HttpFaultProxy(_FaultProxyBase):
     def _hold(self) -> None:
         self._released.wait()
 
+    def interrupt_next(
+        self,
+        method: str,
+        *,
+        after_bytes: int | None = None,
+        when: Callable[[Message], bool] | None = None,
+    ) -> Interruption:
+        """Stop the next request with *method* (and whose headers *when* accepts): hold it
+        (``after_bytes=None``) or let the upstream have its first *after_bytes* body bytes;
+        then drop the client's connection on :meth:`Interruption.release`. Several may be
+        armed; the first that matches a request takes it. :meth:`go_down` and :meth:`stop`
+        release those that took a request and disarm the others."""
+        interruption = Interruption(method, after_bytes, when)
+        with self._state_lock:
+            self._interruptions.append(interruption)
+        return interruption
+
+    def _interruption_for(self, request: ProxiedRequest, headers: Message) -> Interruption | None:
+        with self._state_lock:
+            for interruption in self._interruptions:
+                if interruption.request is None and interruption.matches(request.method, headers):
+                    interruption.request = request
+                    interruption.headers = dict(headers.items())
+                    return interruption
+        return None
+
+    def _release_interruptions(self) -> None:
+        with self._state_lock:
+            interruptions, self._interruptions = self._interruptions, []
+        for interruption in interruptions:
+            interruption.release()
+
     def go_down(self) -> None:
         self.end_black_hole()
+        self._release_interruptions()
         super().go_down()
 
     def stop(self) -> None:
         self.end_black_hole()
+        self._release_interruptions()
         super().stop()
 
     @property

@@ -34,6 +34,10 @@
  *   - a failed request (network error, 409, 423, 460, 408, 429, 5xx) is retried after the
  *     delays of `data-retry-delays` (ms, default `500,1000,2000,4000`), each time from the offset
  *     a `HEAD` reports; other answers (403, 404, 410, 413...) end the upload with their message;
+ *   - a request that makes no progress (no byte of its body sent, no byte of an answer) for
+ *     `data-stall-timeout` ms (default 30000; 0: never) is aborted and counts as a failed one,
+ *     so a connection that hangs without failing (a half-open path, a server that stopped
+ *     reading) is retried from the server's offset instead of waiting for its idle timeout;
  *   - the last `PATCH` answers `X-Queued-Storage-Name` and `X-Queued-Storage-Status-Url`: the
  *     remembered URL is forgotten, and the status is followed as in step 3 above.
  *
@@ -51,6 +55,7 @@
   /* Answers after which a tus request is worth sending again (0: the network failed). */
   var RETRY_STATUS = { 0: true, 408: true, 409: true, 423: true, 429: true, 460: true };
   var STORE_PREFIX = "queued-storage:tus:";
+  var STALL_TIMEOUT = 30000;
 
   function formatBytes(n) {
     if (n === null || n === undefined) return "";
@@ -131,6 +136,8 @@
     this.pollInterval = parseInt(root.getAttribute("data-poll-interval") || "500", 10);
     this.tusUrl = root.getAttribute("data-tus-url") || "";
     this.chunkSize = parseInt(root.getAttribute("data-chunk-size") || "", 10) || 8 * MiB;
+    this.stallTimeout = parseInt(root.getAttribute("data-stall-timeout") || "", 10);
+    if (!(this.stallTimeout >= 0)) this.stallTimeout = STALL_TIMEOUT;
     this.retryDelays = (root.getAttribute("data-retry-delays") || "500,1000,2000,4000")
       .split(",")
       .map(function (d) {
@@ -358,30 +365,51 @@
     this.failures = 0;
   }
 
+  /* One request; the promise gives the XHR, status 0 when the network failed or the request
+   * stalled: no progress for the stall timeout (then `xhr.queuedStorageStalled` is true). */
   TusUpload.prototype.request = function (method, url, headers, body, onProgress) {
     var self = this;
+    var stallTimeout = this.uploader.stallTimeout;
     return new Promise(function (resolve) {
       var xhr = new XMLHttpRequest();
+      var timer = null;
+      /* (Re)start the stall timer: every sign of progress gives the request another period. */
+      function alive() {
+        if (!stallTimeout) return;
+        window.clearTimeout(timer);
+        timer = window.setTimeout(function () {
+          xhr.queuedStorageStalled = true;
+          xhr.abort();
+        }, stallTimeout);
+      }
       xhr.open(method, url);
       xhr.setRequestHeader("Tus-Resumable", TUS_VERSION);
       sameOriginCsrf(xhr, url, self.uploader.root);
       Object.keys(headers).forEach(function (name) {
         xhr.setRequestHeader(name, headers[name]);
       });
-      if (onProgress) {
+      if (body !== undefined) {
         xhr.upload.addEventListener("progress", function (event) {
-          onProgress(event.loaded);
+          alive();
+          if (onProgress) onProgress(event.loaded);
         });
+        xhr.upload.addEventListener("load", alive); // the body is sent; the answer may take
       }
+      xhr.addEventListener("readystatechange", alive); // the answer's headers, its body
+      xhr.addEventListener("progress", alive);
+      xhr.addEventListener("loadend", function () {
+        window.clearTimeout(timer);
+      });
       xhr.addEventListener("load", function () {
         resolve(xhr);
       });
       ["error", "abort", "timeout"].forEach(function (type) {
         xhr.addEventListener(type, function () {
-          resolve(xhr); // status 0: the network failed
+          resolve(xhr); // status 0: the network failed, or the request stalled
         });
       });
       xhr.send(body === undefined ? null : body);
+      alive();
     });
   };
 
@@ -500,8 +528,13 @@
     var self = this;
     var retry = RETRY_STATUS[xhr.status] || xhr.status >= 500;
     var delay = this.uploader.retryDelays[this.failures];
+    var stalled = !xhr.status && xhr.queuedStorageStalled;
     if (!retry || delay === undefined) {
-      var message = xhr.status ? errorMessage(xhr, xhr.responseText) : "the connection failed";
+      var message = xhr.status
+        ? errorMessage(xhr, xhr.responseText)
+        : stalled
+          ? "the connection stalled"
+          : "the connection failed";
       if (xhr.status && xhr.responseText && message === "HTTP " + xhr.status) {
         message += ": " + xhr.responseText; // tus answers are plain text
       }
@@ -510,7 +543,8 @@
       return;
     }
     this.failures += 1;
-    this.setState("retrying", "retrying in " + (delay / 1000).toFixed(1) + " s");
+    var wait = "retrying in " + (delay / 1000).toFixed(1) + " s";
+    this.setState("retrying", stalled ? "stalled, " + wait : wait);
     window.setTimeout(again, delay);
   };
 
