@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine with only Python and pip:
 #   make test   - create .venv, install, start Redis/PostgreSQL/S3/Celery workers, run the suite
 #   make test-faults - the long fault tests (kill -9, S3 outage), each printing its figures
+#   make test-browser - the upload widget and tus-js-client in Chromium (Playwright)
 #   make demo   - create .venv, install, run the example project (ARGS=--smoke: once, no browser)
 #   make bench  - the transfer benchmarks (ARGS=--quick for small sizes)
 #   make docs   - the documentation site (docs/, mkdocs.yml) into site/, warnings as errors
@@ -18,7 +19,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 STRICT ?=
 
-.PHONY: venv test test-faults demo bench docs lint format tox clean
+.PHONY: venv test test-faults test-browser demo bench docs lint format tox clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +35,10 @@ test: $(STAMP)
 # The long fault tests (marker "faults", deselected by make test); each prints its figures.
 test-faults: $(STAMP)
 	QUEUED_STORAGE_TEST_STRICT=$(STRICT) PYTHONDEVMODE=1 $(BIN)/python -m pytest -m faults $(ARGS)
+
+# The browser tests (marker "browser", deselected by make test): Chromium from Debian's package.
+test-browser: $(STAMP)
+	QUEUED_STORAGE_TEST_STRICT=$(STRICT) PYTHONDEVMODE=1 $(BIN)/python -m pytest -m browser $(ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python example_project/demo.py $(ARGS)

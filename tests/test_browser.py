@@ -50,7 +50,11 @@ from tests.harness.faults import HttpFaultProxy
 from tests.harness.suite import need_tool, s3_bytes, wait_for
 from tests.harness.webservers import DjangoServer
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True),
+]
 
 MiB = 1024 * 1024
 ARTIFACTS = Path(__file__).resolve().parents[1] / ".test-artifacts" / "browser"
