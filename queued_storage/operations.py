@@ -606,6 +606,25 @@ def _local_roots(storages: Iterable[QueuedStorage]) -> list[str]:
     return sorted(roots)
 
 
+def _old_files(
+    storages: Iterable[QueuedStorage], dirname: str, older_than: float, now: float
+) -> Iterator[tuple[os.DirEntry[str], os.stat_result]]:
+    """The regular files (not links, not folders) directly in each staging root's *dirname*
+    that are unchanged (``mtime``) for more than *older_than* seconds, by name."""
+    for root in _local_roots(storages):
+        try:
+            entries = list(os.scandir(os.path.join(root, dirname)))
+        except FileNotFoundError:
+            continue
+        for entry in sorted(entries, key=lambda e: e.name):
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(info.st_mode) and now - info.st_mtime > older_than:
+                yield entry, info
+
+
 def cleanup_spool(
     storages: Iterable[QueuedStorage], *, older_than: float, dry_run: bool = False
 ) -> tuple[list[Cleaned], list[str]]:
@@ -617,20 +636,9 @@ def cleanup_spool(
     progress keeps its file open and keeps writing to it). Returns ``(removed, in_use)``.
     """
     now = time.time()
-    candidates: list[tuple[str, os.stat_result]] = []
-    for root in _local_roots(storages):
-        directory = os.path.join(root, SPOOL_DIRNAME)
-        try:
-            entries = list(os.scandir(directory))
-        except FileNotFoundError:
-            continue
-        for entry in sorted(entries, key=lambda e: e.name):
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if entry.is_file(follow_symlinks=False) and now - info.st_mtime > older_than:
-                candidates.append((entry.path, info))
+    candidates = [
+        (entry.path, info) for entry, info in _old_files(storages, SPOOL_DIRNAME, older_than, now)
+    ]
     if not candidates:
         return [], []
     held = _open_files() or set()
@@ -707,25 +715,13 @@ def cleanup_tus_orphans(
     """
     now = time.time()
     candidates: list[tuple[str, uuid.UUID, os.stat_result]] = []
-    for root in _local_roots(storages):
-        directory = os.path.join(root, TUS_DIRNAME)
+    for entry, info in _old_files(storages, TUS_DIRNAME, older_than, now):
         try:
-            entries = list(os.scandir(directory))
-        except FileNotFoundError:
+            upload_id = uuid.UUID(entry.name)
+        except ValueError:
             continue
-        for entry in sorted(entries, key=lambda e: e.name):
-            try:
-                upload_id = uuid.UUID(entry.name)
-            except ValueError:
-                continue
-            if str(upload_id) != entry.name:
-                continue  # not a name the view writes
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISREG(info.st_mode) and now - info.st_mtime > older_than:
-                candidates.append((entry.path, upload_id, info))
+        if str(upload_id) == entry.name:  # a name the view writes
+            candidates.append((entry.path, upload_id, info))
     if not candidates:
         return []
     owned = TusUpload.known(upload_id for _, upload_id, _ in candidates)
