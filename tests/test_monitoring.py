@@ -388,15 +388,20 @@ def test_a_reconcile_pass_in_the_worker_counts_its_findings(
     started = time.time()
     reconcile_task.delay()
     runs = "queued_storage_reconcile_runs_total"
-    after = wait_for(
-        lambda: (now := scrape(client)) and value(now, runs) > value(before, runs) and now,
-        what="the reconcile pass in the worker",
-    )
+    last_run = "queued_storage_reconcile_last_run_timestamp_seconds"
+
+    def counted() -> Samples | None:
+        # A scrape lists the worker's metric files before it reads them: one the worker
+        # creates meanwhile (its first gauge of the pass) shows in the next scrape.
+        now = scrape(client)
+        return now if value(now, runs) > value(before, runs) and value(now, last_run) else None
+
+    after = wait_for(counted, what="the reconcile pass in the worker")
     assert value(after, runs) - value(before, runs) == 1
     found = "queued_storage_reconcile_findings_total"
     assert value(after, found, kind="newly_lost") - value(before, found, kind="newly_lost") == 1
     assert value(after, "queued_storage_reconcile_lost_files") == 1
-    assert value(after, "queued_storage_reconcile_last_run_timestamp_seconds") >= started
+    assert value(after, last_run) >= started
     assert value(after, "queued_storage_lost_files", alias="monitored_delayed") == 1
 
 
