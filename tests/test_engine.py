@@ -21,6 +21,7 @@ from queued_storage import state as file_state
 from queued_storage._s3.upload import choose_part_size, s3_transfer  # no public seam yet
 from queued_storage.exceptions import (
     ChecksumMismatch,
+    InfrastructureError,
     PermanentTransferError,
     TransientTransferError,
 )
@@ -361,6 +362,61 @@ def test_moto_builds_the_composite_crc32_from_the_bytes_not_the_headers(clean: A
 
 def crc(data: bytes) -> bytes:
     return zlib.crc32(data).to_bytes(4, "big")
+
+
+def test_a_response_cut_mid_body_is_a_failure_of_the_infrastructure() -> None:
+    """A connection that breaks while botocore reads a response's body (S3 went down as it
+    answered CreateMultipartUpload, say) is a failure of the infrastructure: retried without
+    spending the file's budget (botocore makes it a 500 of the operation)."""
+    import socket
+    import threading
+
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer_half() -> None:
+        conn, _ = server.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.lower().split(b"\r\n")
+                    if line.startswith(b"content-length:")
+                ),
+                0,
+            )
+            while len(body) < length:
+                body += conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: 400\r\n"
+                b"\r\n<?xml version='1.0' encoding='UTF-8'?><InitiateMultipartUploadResult>"
+            )
+        server.close()
+
+    thread = threading.Thread(target=answer_half, daemon=True)
+    thread.start()
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region_name="us-east-1",
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+    with pytest.raises(ClientError) as cut:
+        client.create_multipart_upload(Bucket="b", Key="k")
+    thread.join(timeout=10)
+    client.close()
+    classified = classify_error(cut.value, "big.bin")
+    assert type(classified) is InfrastructureError, (type(cut.value), cut.value)
 
 
 def test_classify_error_sorts_transient_and_permanent() -> None:
