@@ -338,10 +338,7 @@ class TusUploadView(UploadView):
             raise UploadRefused(
                 400, f"Upload-Length {length} is less than the {row.offset} bytes received."
             )
-        if length > self.get_max_bytes():
-            raise UploadRefused(
-                413, f"The upload has {length} bytes; the limit is {self.get_max_bytes()}."
-            )
+        self.check_length(length)
         if length > row.offset:  # nothing more to come: nothing to check
             _check_budget(row.name, length - row.offset)
         if not tus_set_length(row.id, length):
@@ -404,10 +401,8 @@ class TusUploadView(UploadView):
         refused = self._refused(request, name)
         if refused is not None:
             return refused
-        if length is not None and length > self.get_max_bytes():
-            return _response(
-                413, f"The upload has {length} bytes; the limit is {self.get_max_bytes()}."
-            )
+        if length is not None:
+            self.check_length(length)  # dispatch() answers the refusal
         with_body = request.content_type == OFFSET_CONTENT_TYPE
         declared = (
             self._declared_length(request, chunked_ok=length is not None) if with_body else None

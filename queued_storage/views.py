@@ -346,6 +346,13 @@ class UploadView(QueuedStorageView):
     def get_max_bytes(self) -> int:
         return self.max_bytes if self.max_bytes is not None else settings.UPLOAD_MAX_BYTES
 
+    def check_length(self, length: int) -> None:
+        """413 for an upload of *length* bytes over the limit, before its body is read."""
+        if length > self.get_max_bytes():
+            raise UploadRefused(
+                413, f"The upload has {length} bytes; the limit is {self.get_max_bytes()}."
+            )
+
     def get_idle_timeout(self) -> float | None:
         if self.idle_timeout is not None:
             return self.idle_timeout
@@ -391,10 +398,7 @@ class UploadView(QueuedStorageView):
             if chunked and chunked_ok and self._server_frames_body(request):
                 return None
             raise UploadRefused(411, "Send a Content-Length header with the upload.")
-        if declared > self.get_max_bytes():
-            raise UploadRefused(
-                413, f"The upload has {declared} bytes; the limit is {self.get_max_bytes()}."
-            )
+        self.check_length(declared)
         return declared
 
     @staticmethod
@@ -594,10 +598,8 @@ class NginxUploadView(UploadView):
             if refused is not None:
                 return refused
             declared = _int_header(request, "X-Content-Length")
-            if declared is not None and declared > self.get_max_bytes():
-                raise UploadRefused(
-                    413, f"The upload has {declared} bytes; the limit is {self.get_max_bytes()}."
-                )
+            if declared is not None:
+                self.check_length(declared)
             expected = ExpectedChecksums.from_headers(request.headers)
             storage = self.get_storage()
             staged = claim_nginx_file(
