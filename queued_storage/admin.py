@@ -63,12 +63,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    _StoredFileAdminBase = admin.ModelAdmin[StoredFile]
-    _TusUploadAdminBase = admin.ModelAdmin[TusUpload]
+    _ModelAdminBase = admin.ModelAdmin[Any]
     _MixinBase = admin.ModelAdmin[Any]
 else:  # ModelAdmin is generic for type checkers only (django-stubs)
-    _StoredFileAdminBase = admin.ModelAdmin
-    _TusUploadAdminBase = admin.ModelAdmin
+    _ModelAdminBase = admin.ModelAdmin
     _MixinBase = object
 
 #: Seconds an S3 request of an admin action may take (no retries): a request must not hang
@@ -167,8 +165,26 @@ _TRANSFER_FIELDS = (
 _TIME_FIELDS = ("created", "updated", "transferred")
 
 
+class _ReadOnlyLedgerAdmin(_ModelAdminBase):
+    """The package's own tables, read from the ledger's database; nobody adds, edits or deletes
+    a row by hand: rows change through ``ledger.py`` only."""
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        rows: QuerySet[Any] = super().get_queryset(request).using(StoredFile.db())
+        return rows
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+
 @admin.register(StoredFile)
-class StoredFileAdmin(_StoredFileAdminBase):
+class StoredFileAdmin(_ReadOnlyLedgerAdmin):
     """The ledger, read-only, with the operator's actions (see the module docstring)."""
 
     list_display = (
@@ -194,20 +210,6 @@ class StoredFileAdmin(_StoredFileAdminBase):
         ("Times", {"fields": _TIME_FIELDS}),
     )
     readonly_fields = (*_MAIN_FIELDS, *_TRANSFER_FIELDS, *_TIME_FIELDS)
-
-    # -- read-only: rows change through the ledger's transitions only --------------------------
-    def get_queryset(self, request: HttpRequest) -> QuerySet[StoredFile]:
-        rows: QuerySet[StoredFile] = super().get_queryset(request).using(StoredFile.db())
-        return rows
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: StoredFile | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: StoredFile | None = None) -> bool:
-        return False
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         """The actions: the ledger model's ``change`` permission (the form stays read-only)."""
@@ -309,7 +311,7 @@ _TUS_FIELDS = (
 
 
 @admin.register(TusUpload)
-class TusUploadAdmin(_TusUploadAdminBase):
+class TusUploadAdmin(_ReadOnlyLedgerAdmin):
     """Resumable (tus) uploads, read-only: what is being received, by whom, how far, until
     when. An unfinished upload ends with its last chunk, its client's ``DELETE`` or
     ``manage.py queued_storage cleanup`` after it expired; nobody edits one by hand."""
@@ -330,19 +332,6 @@ class TusUploadAdmin(_TusUploadAdminBase):
     ordering = ("-created",)
     fields = _TUS_FIELDS
     readonly_fields = _TUS_FIELDS
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[TusUpload]:
-        rows: QuerySet[TusUpload] = super().get_queryset(request).using(StoredFile.db())
-        return rows
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: TusUpload | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: TusUpload | None = None) -> bool:
-        return False
 
     @admin.display(description="status")
     def status(self, row: TusUpload) -> str:
