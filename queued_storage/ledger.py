@@ -195,6 +195,7 @@ class Ledger:
                 manager.create(alias=self.alias, **fields)
         except IntegrityError:
             return False
+        read_side.written_in_transaction(self.cache_prefix, self.alias, fields["name"])
         return True
 
     def saved(self, name: str, host: str, size: int, *, owner: str = "") -> bool:

@@ -8,7 +8,11 @@ the common read free of database queries. Rules that keep the copy honest:
 * a read that missed the cache fills it with ``cache.add``, which never overwrites a value a
   transition wrote meanwhile, so a slow reader cannot put back a stale state;
 * a cache that fails (Redis down, flushed) only costs speed: errors are logged and the ledger
-  answers. No state is ever learned from the remote storage's network API.
+  answers. No state is ever learned from the remote storage's network API;
+* a row written inside a transaction that is still open is read from the ledger, bypassing the
+  cache, until that transaction ends: the cache may hold what other processes see (an
+  "unknown" cached by an ``exists()`` just before the save, say), and the row is published to
+  the cache only at the commit (a rollback must leave nothing behind).
 """
 
 from __future__ import annotations
@@ -21,11 +25,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core.cache import caches
+from django.db import transaction
 
 from queued_storage.conf import settings
 from queued_storage.models import State, StoredFile
 
-__all__ = ["FileState", "cache_key", "first_to_mark", "get_progress", "get_state"]
+__all__ = [
+    "FileState",
+    "cache_key",
+    "first_to_mark",
+    "get_progress",
+    "get_state",
+    "written_in_transaction",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +97,46 @@ def _cache() -> Any:
     return caches[settings.CACHE]
 
 
+#: The attribute of a ledger connection that holds the cache keys of the rows written in its
+#: open transaction (a connection belongs to one thread, and so does its transaction).
+_WRITTEN = "_queued_storage_written"
+
+
+def _written_keys() -> set[str] | None:
+    """The keys of the rows written in the ledger connection's open transaction; ``None`` when
+    no transaction is open (then the keys of the last one, committed or rolled back, go)."""
+    connection = transaction.get_connection(StoredFile.db())
+    written: set[str] | None = getattr(connection, _WRITTEN, None)
+    if not connection.in_atomic_block:
+        if written:
+            written.clear()
+        return None
+    if written is None:
+        written = set()
+        setattr(connection, _WRITTEN, written)
+    return written
+
+
+def written_in_transaction(prefix: str, alias: str, name: str) -> None:
+    """Note that *name*'s row was written in the ledger connection's open transaction (if one
+    is open): until it ends, this thread reads that row from the ledger, not from the cache."""
+    written = _written_keys()
+    if written is not None:
+        written.add(cache_key(prefix, alias, name))
+
+
 def get_state(prefix: str, alias: str, name: str, *, fresh: bool = False) -> FileState | None:
     """The state of *name*, or ``None`` when the ledger has no row for it.
 
-    ``fresh=True`` skips the cache (used when the cached state contradicts the disk).
+    ``fresh=True`` skips the cache (used when the cached state contradicts the disk). A row
+    this thread wrote in a transaction still open is read from the ledger and not cached (the
+    cache shows committed rows only; see the module).
     """
     key = cache_key(prefix, alias, name)
+    written = _written_keys()
+    if written and key in written:
+        row = StoredFile.get_row(alias, name)
+        return FileState.from_row(row) if row is not None else None
     replace = fresh
     if not fresh:
         try:

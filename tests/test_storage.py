@@ -11,20 +11,23 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.core.files.uploadedfile import TemporaryUploadedFile
 from django.core.management import call_command
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.test import override_settings
 
+from queued_storage.conf import settings as qs_settings
 from queued_storage.exceptions import QueuedStorageConfigError, StorageNotFound
-from queued_storage.ledger import Ledger
+from queued_storage.ledger import Ledger, ledger_database
 from queued_storage.models import State, StoredFile
-from queued_storage.state import cache_key
+from queued_storage.state import FileState, cache_key
 from queued_storage.storage import QueuedStorage, get_queued_storage
 from queued_storage.worker import Outcome, run_transfer
+from tests.testapp.models import Document
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -356,3 +359,61 @@ def test_delete_during_the_upload_brings_nothing_back(clean: Any, tmp_path: Path
     assert not (tmp_path / "remote" / name).exists()
     assert not os.path.exists(storage.local.path(name))
     assert not storage.exists(name)
+
+
+# --- a save inside a transaction and the cached "unknown" ------------------------------------
+WAITING = {"queued_delayed": "/waiting/", "default": "/waiting/"}
+
+
+def _cached(storage: QueuedStorage, name: str) -> Any:
+    key = cache_key(storage.ledger.cache_prefix, storage.alias, name)
+    return caches[qs_settings.CACHE].get(key)
+
+
+@override_settings(QUEUED_STORAGE_SERVE_STAGED=WAITING)
+def test_a_save_in_a_transaction_after_exists_is_read_as_pending_not_as_the_cached_unknown(
+    storage: QueuedStorage,
+) -> None:
+    # django-imagekit's order: exists() (caches "unknown"), save(), then the URL in the page.
+    with transaction.atomic(using=ledger_database()):
+        assert storage.exists("thumbs/a.jpg") is False
+        assert _cached(storage, "thumbs/a.jpg") == {"s": None}
+        name = storage.save("thumbs/a.jpg", ContentFile(b"thumbnail"))
+        assert storage.url(name) == "/waiting/thumbs/a.jpg"
+        assert storage.get_state(name) == FileState(State.PENDING, 9, True)
+        assert storage.exists(name) is True
+        # Other processes do not see the row before the commit: the cache keeps their answer.
+        assert _cached(storage, name) == {"s": None}
+    assert _cached(storage, name) == {"s": "pending", "z": 9, "l": True}
+    assert storage.url(name) == "/waiting/thumbs/a.jpg"
+
+
+@override_settings(QUEUED_STORAGE_SERVE_STAGED=WAITING)
+def test_a_field_file_saved_in_an_atomic_block_knows_its_state_and_url(clean: Any) -> None:
+    with transaction.atomic(using=ledger_database()):
+        item = Document(title="scan")
+        assert item.file.storage.exists("docs/scan.txt") is False
+        item.file.save("scan.txt", ContentFile(b"page"), save=True)
+        assert item.file.name == "docs/scan.txt"
+        assert item.file.state == State.PENDING
+        assert item.file.url == "/waiting/docs/scan.txt"
+
+
+@override_settings(QUEUED_STORAGE_SERVE_STAGED=WAITING)
+def test_a_save_rolled_back_leaves_no_cached_state_and_the_name_unknown(
+    storage: QueuedStorage,
+) -> None:
+    name = "thumbs/b.jpg"
+
+    def view() -> None:
+        with transaction.atomic(using=ledger_database()):
+            assert storage.exists(name) is False
+            assert storage.save(name, ContentFile(b"thumbnail")) == name
+            assert storage.get_state(name) == FileState(State.PENDING, 9, True)
+            raise RuntimeError("the view failed")
+
+    with pytest.raises(RuntimeError, match="the view failed"):
+        view()
+    assert storage.get_state(name) is None
+    assert _cached(storage, name) == {"s": None}
+    assert not StoredFile.objects.filter(name=name).exists()
