@@ -20,6 +20,7 @@ from __future__ import annotations
 from django.core.exceptions import ImproperlyConfigured
 
 __all__ = [
+    "BadHookResult",
     "ChecksumMismatch",
     "InfrastructureError",
     "LocalFileMissing",
@@ -84,6 +85,12 @@ class ChecksumMismatch(TransientTransferError):
 class RemoteCopyLost(PermanentTransferError):
     """A file recorded ``remote`` is missing from the remote storage, or differs from what was
     verified there (size or checksum): data loss, found by ``queued_storage.verify``."""
+
+
+class BadHookResult(PermanentTransferError, ValueError):
+    """A django-queued-storage ``Transfer`` subclass's ``transfer()`` returned something other
+    than ``True`` or ``False``: the file is ``failed``, and the task fails with this error (a
+    ``ValueError``, as in django-queued-storage) so that its result shows it."""
 
 
 class StorageNotFound(PermanentTransferError, ImproperlyConfigured):

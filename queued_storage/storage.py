@@ -436,7 +436,7 @@ class QueuedStorage(Storage):
             ) from err
         stored = self._record(name, stored, max_length)
         if not self.delayed:
-            transaction.on_commit(lambda: self._dispatch(stored), using=ledger_database())
+            transaction.on_commit(lambda: self._dispatch_saved(stored), using=ledger_database())
         return stored
 
     def _record(self, name: str, stored: str, max_length: int | None) -> str:
@@ -576,14 +576,18 @@ class QueuedStorage(Storage):
 
     def _dispatch(self, name: str, *, host: str | None = None, keep_result: bool = False) -> Any:
         queue = self.queue_for(host)
-        result = dispatch(self.task, self.alias, name, queue=queue, keep_result=keep_result)
-        self._calls.result = result
-        return result
+        return dispatch(self.task, self.alias, name, queue=queue, keep_result=keep_result)
+
+    def _dispatch_saved(self, name: str) -> None:
+        """A save's dispatch (at its commit): the one that sets :attr:`result`."""
+        self._calls.result = self._dispatch(name)
 
     @property
     def result(self) -> Any:
-        """The ``AsyncResult`` of the last transfer this thread dispatched (django-queued-storage's
-        attribute; thread-local, so never another request's), or ``None``."""
+        """The ``AsyncResult`` of the transfer this thread's last save dispatched, or ``None``
+        (django-queued-storage's attribute; thread-local, so never another request's). As in
+        django-queued-storage, only a save of a storage that is not ``delayed`` sets it; a
+        :meth:`transfer` returns its own result and leaves this one alone."""
         return getattr(self._calls, "result", None)
 
     @result.setter
@@ -594,7 +598,7 @@ class QueuedStorage(Storage):
         """Queue the transfer of *name* now (the old API); a ``failed`` file gets a new budget.
 
         Returns the Celery ``AsyncResult``, or ``None`` when the broker refused the message
-        (the file stays ``pending``; the reason is logged).
+        (the file stays ``pending``; the reason is logged). :attr:`result` is left as it was.
         """
         row = self.ledger.row(name)
         if row is None:

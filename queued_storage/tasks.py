@@ -82,8 +82,10 @@ class Transfer(Task):  # type: ignore[misc]
 
         Return ``True`` when the remote holds the file (it is then checked: the remote object
         must exist with the local size), ``False`` to be retried with the usual backoff;
-        anything else fails the file with a reason naming this class. Not overridden, the
-        verified, resumable engine runs instead.
+        anything else fails the file with a reason naming this class, and the task with
+        :class:`~queued_storage.exceptions.BadHookResult` (a ``ValueError``, as the old app
+        raised), so that ``result.get()`` raises it. Not overridden, the verified, resumable
+        engine runs instead.
         """
         raise NotImplementedError
 

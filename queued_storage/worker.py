@@ -43,6 +43,7 @@ from django.utils import timezone
 
 from queued_storage.conf import settings
 from queued_storage.exceptions import (
+    BadHookResult,
     ChecksumMismatch,
     InfrastructureError,
     LocalFileMissing,
@@ -332,7 +333,7 @@ def _run_hook(hook: TransferHook, storage: QueuedStorage, name: str) -> Transfer
     if done is False:
         raise TransientTransferError(f"{label} returned False for {name!r}; retried.", name=name)
     if done is not True:
-        raise PermanentTransferError(
+        raise BadHookResult(
             f"{label} returned {done!r} for {name!r}: it must return True (the remote holds the "
             "file) or False (retry later). Fix the task and retry with storage.transfer(name).",
             name=name,
@@ -358,7 +359,8 @@ def run_transfer(
 
     Returns what happened. Raises :class:`RetryLater` when the task should run again later
     (a transient error within its bound, see the module docstring, or another worker holding
-    the lease). *hook*: a task's
+    the lease), and :class:`~queued_storage.exceptions.BadHookResult` (a ``ValueError``) after
+    recording ``failed`` when *hook* returned neither ``True`` nor ``False``. *hook*: a task's
     own ``transfer(name, local, remote)``, run in place of the engine and then checked.
     """
     storage = get_queued_storage(alias)
@@ -409,6 +411,9 @@ def run_transfer(
         if isinstance(err, LocalFileMissing):
             # Recorded, so that the reconcile pass reports the loss until it is resolved.
             ledger.local_missing(name)
+        if isinstance(err, BadHookResult):
+            _fail(storage, name, owner, err)
+            raise err  # recorded; the task fails with it too (django-queued-storage's ValueError)
         if isinstance(err, PermanentTransferError):
             return _fail(storage, name, owner, err)
         if isinstance(err, InfrastructureError):

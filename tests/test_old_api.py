@@ -16,12 +16,13 @@ from django.core.files.storage import FileSystemStorage, storages
 from django.db import transaction
 
 from queued_storage.conf import settings as qs_settings
+from queued_storage.exceptions import BadHookResult
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
 from queued_storage.utils import import_attribute
-from queued_storage.worker import Outcome, RetryLater, run_transfer
+from queued_storage.worker import RetryLater, run_transfer
 from tests.harness.suite import wait_for
-from tests.testapp.models import hook_storage
+from tests.testapp.models import hook_storage, says_nothing_storage
 from tests.testapp.tasks import CopyByHand
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -56,7 +57,8 @@ def test_transfer_returns_a_result_whose_get_gives_the_outcome(worker: Any, clea
     storage = storages["queued_delayed"]
     name = storage.save("with-result.txt", ContentFile(b"result"))
     result = storage.transfer(name)
-    assert result is not None and result is storage.result
+    assert result is not None
+    assert storage.result is None  # a manual transfer leaves it alone, as in the old app
     assert result.get(timeout=60) == "transferred"
     assert storage.transfer(name).get(timeout=60) == "already-remote"
 
@@ -70,16 +72,34 @@ def test_a_hook_that_returns_false_is_retried(clean: Any) -> None:
     assert row is not None and (row.state, row.attempts) == (State.PENDING, 1)
 
 
-def test_a_hook_that_returns_anything_else_fails_naming_the_task(clean: Any) -> None:
+def test_a_hook_that_returns_anything_else_fails_the_file_and_raises_value_error(
+    clean: Any,
+) -> None:
     storage = storage_with("tests.testapp.tasks.SaysNothing", "old-api-nothing", delayed=True)
     name = storage.save("nothing.txt", ContentFile(b"x"))
-    assert run_transfer(storage.alias, name, hook=storage.task.transfer) == Outcome.FAILED
+    with pytest.raises(ValueError, match=r"SaysNothing.transfer\(\) returned None") as raised:
+        run_transfer(storage.alias, name, hook=storage.task.transfer)
+    assert isinstance(raised.value, BadHookResult)
     row = StoredFile.get_row(storage.alias, name)
     assert row is not None and row.state == State.FAILED
     assert row.last_error.startswith(
         "tests.testapp.tasks.SaysNothing.transfer() returned None for 'nothing.txt': it must "
         "return True"
     )
+
+
+def test_the_task_of_a_hook_that_returns_anything_else_fails_with_value_error_in_a_worker(
+    worker: Any, clean: Any
+) -> None:
+    storage = says_nothing_storage  # the worker builds it too: tests/testapp/models.py
+    name = storage.save("says-nothing.txt", ContentFile(b"x"))
+    result = storage.transfer(name)
+    with pytest.raises(ValueError, match=r"SaysNothing.transfer\(\) returned None"):
+        result.get(timeout=60, propagate=True)
+    assert result.state == "FAILURE"
+    row = StoredFile.get_row(storage.alias, name)
+    assert row is not None and row.state == State.FAILED
+    assert storage.using_local(name)  # still served from its local copy
 
 
 def test_a_hook_that_claims_a_copy_it_did_not_make_is_not_believed(clean: Any) -> None:
@@ -95,12 +115,23 @@ def test_a_task_that_is_not_a_celery_task_is_refused_when_the_storage_is_built()
         storage_with("tests.testapp.tasks.not_a_task", "old-api-function")
 
 
-def test_result_is_the_last_dispatch_of_this_thread_only(clean: Any) -> None:
-    storage = storage_with("queued_storage.tasks.Transfer", "old-api-result", delayed=True)
+def test_a_plain_function_with_a_delay_attribute_is_refused_when_the_storage_is_built() -> None:
+    with pytest.raises(
+        ImproperlyConfigured,
+        match=r"option 'task' is 'tests.testapp.tasks.has_delay', which is a function, not a "
+        r"Celery task",
+    ):
+        storage_with("tests.testapp.tasks.has_delay", "old-api-has-delay")
+
+
+def test_result_is_the_last_save_dispatch_of_this_thread_only(clean: Any) -> None:
+    storage = storage_with("queued_storage.tasks.Transfer", "old-api-result")
     assert storage.result is None
-    name = storage.save("result.txt", ContentFile(b"x"))
-    sent = storage.transfer(name)
-    assert sent is not None and storage.result is sent
+    name = storage.save("result.txt", ContentFile(b"x"))  # autocommit: dispatched at once
+    sent = storage.result
+    assert sent is not None and sent.id
+    assert storage.transfer(name) is not sent
+    assert storage.result is sent  # a manual transfer leaves it alone
     seen: list[Any] = []
     thread = threading.Thread(target=lambda: seen.append(storage.result))
     thread.start()

@@ -48,3 +48,13 @@ class LegacyDocument(models.Model):
 
     class Meta:
         app_label = "testapp"
+
+
+#: A storage whose ``Transfer`` subclass's hook returns neither True nor False.
+says_nothing_storage = QueuedStorage(
+    local="staging",
+    remote="fs_remote",
+    task="tests.testapp.tasks.SaysNothing",
+    alias="old-api-says-nothing",
+    delayed=True,
+)

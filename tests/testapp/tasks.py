@@ -42,3 +42,11 @@ class ClaimsDone(Transfer):
 
 def not_a_task(alias: str, name: str) -> None:
     """A plain function: not a Celery task."""
+
+
+def has_delay(alias: str, name: str) -> None:
+    """A plain function with a ``delay`` attribute, as a hand-rolled "task" might have: still
+    not a Celery task (no ``apply_async``, no name)."""
+
+
+has_delay.delay = has_delay  # type: ignore[attr-defined]
