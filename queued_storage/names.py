@@ -89,10 +89,10 @@ def valid_name(name: str, max_length: int | None) -> str:
     A name longer than *max_length* is truncated by the save (as Django does), so its length
     is checked once it is.
     """
-    name = name.replace("\\", "/")
+    given, name = name, name.replace("\\", "/")
     dir_name, file_name = os.path.split(name)
     if ".." in pathlib.PurePath(dir_name).parts:
-        raise SuspiciousFileOperation(f"Detected path traversal attempt in '{dir_name}'")
+        raise SuspiciousFileOperation(f"Detected path traversal attempt in '{given}'")
     validate_file_name(file_name)
     validate_file_name(name, allow_relative_path=True)
     if max_length is None or len(name) <= max_length:

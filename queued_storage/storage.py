@@ -25,6 +25,7 @@ from django.conf import settings as django_settings
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import Storage, storages
+from django.core.files.utils import validate_file_name
 from django.db import transaction
 from django.urls import reverse
 from django.utils.deconstruct import deconstructible
@@ -417,14 +418,19 @@ class QueuedStorage(Storage):
         """
         if name is None:
             name = content.name
-        if not hasattr(content, "chunks"):
-            content = File(content, name)
         if not name:
             raise SuspiciousFileOperation("QueuedStorage.save() needs a file name.")
+        # Django's contract: the name as given is validated before anything else (before the
+        # content is looked at, and before get_available_name()), with Django's own message.
+        validate_file_name(str(name), allow_relative_path=True)
+        if not hasattr(content, "chunks"):
+            content = File(content, name)
         name = valid_name(checked_name(str(name)), max_length)
         if type(self).get_available_name is not Storage.get_available_name:
             # A subclass chooses names (UUIDs, say): it proposes, the ledger still decides.
-            name = valid_name(checked_name(self.get_available_name(name, max_length)), max_length)
+            proposed = self.get_available_name(name, max_length)
+            validate_file_name(str(proposed), allow_relative_path=True)
+            name = valid_name(checked_name(proposed), max_length)
         check_staging_budget(name, _declared_size(content))
         try:
             stored = self.local.save(name, content, max_length=max_length)

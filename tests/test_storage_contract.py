@@ -85,6 +85,36 @@ def test_a_name_get_available_name_proposes_is_still_validated(clean: Any) -> No
     assert not StoredFile.objects.filter(alias="contract-escape").exists()
 
 
+@pytest.mark.parametrize("name", ["path/to/../test.file", "/path/to/test.file"])
+def test_save_refuses_a_traversing_name_as_given_before_looking_at_the_content(
+    name: str, clean: Any
+) -> None:
+    # Django's Storage.save(): the name first, with Django's message naming the whole name;
+    # a str content (no chunks(), no size) is not looked at before that.
+    storage = Contract("delayed").storage
+    with pytest.raises(SuspiciousFileOperation) as raised:
+        storage.save(name, "content")
+    assert str(raised.value) == f"Detected path traversal attempt in '{name}'"
+    assert not StoredFile.objects.filter(alias=storage.alias).exists()
+    assert not (STAGING / "path").exists()
+
+
+@pytest.mark.parametrize("proposed", ["path/to/../test.file", "/path/to/test.file"])
+def test_a_traversing_name_from_get_available_name_is_refused_naming_it(
+    proposed: str, clean: Any
+) -> None:
+    class Proposes(QueuedStorage):
+        def get_available_name(self, name: str, max_length: int | None = None) -> str:
+            return proposed
+
+    storage = Proposes(local="staging", remote="fs_remote", delayed=True, alias="contract-proposes")
+    with pytest.raises(SuspiciousFileOperation) as raised:
+        storage.save("test.file", "content")
+    assert str(raised.value) == f"Detected path traversal attempt in '{proposed}'"
+    assert not StoredFile.objects.filter(alias="contract-proposes").exists()
+    assert not (STAGING / "test.file").exists()
+
+
 def test_unknown_names_belong_to_the_local_storage(contract: Contract) -> None:
     storage = contract.storage
     with storage.open("by-hand.txt", "wb") as fh:  # FileSystemStorage makes no directory here
