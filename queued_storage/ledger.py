@@ -49,6 +49,7 @@ __all__ = [
     "Ledger",
     "check_staging_budget",
     "ledger_database",
+    "reads_block_writes",
     "tus_advance",
     "tus_complete",
     "tus_create",
@@ -81,17 +82,32 @@ def ledger_database() -> str:
     return StoredFile.db()
 
 
-def check_staging_budget(name: str, size: int | None) -> None:
+def reads_block_writes() -> bool:
+    """Whether a read now would keep this transaction from taking the write lock later.
+
+    A SQLite transaction that has read cannot wait for the write lock (SQLite answers "database
+    is locked" at once rather than risk a deadlock), so inside one a save must write its row
+    before it reads the staging budget. Elsewhere (PostgreSQL, or autocommit) reading first is
+    harmless.
+    """
+    connection = transaction.get_connection(StoredFile.db())
+    return bool(connection.vendor == "sqlite" and connection.in_atomic_block)
+
+
+def check_staging_budget(name: str, size: int | None, *, recorded: bool = False) -> None:
     """Raise :class:`StagingFull` when *size* more bytes would exceed this host's budget.
 
     ``QUEUED_STORAGE_STAGING_BUDGET`` bounds the bytes waiting on this host for their transfer;
     an unknown *size* (``None``) compares only what already waits. One aggregate query.
+    *recorded*: the file's own row is already in the ledger (counted in what waits).
     """
     budget = settings.STAGING_BUDGET
     if budget is None:
         return
     size = size or 0
     waiting = StoredFile.waiting_bytes(settings.HOST)
+    if recorded:
+        waiting -= size
     if waiting + size > budget:
         raise StagingFull(
             f"QueuedStorage cannot stage {name!r} ({size} bytes): {waiting} of the {budget} "
@@ -176,14 +192,15 @@ class Ledger:
             self._publish(name, FileState.from_row(row))
 
     # -- saving ------------------------------------------------------------------------------
-    def _insert(self, **fields: Any) -> bool:
+    def _insert(self, then: Callable[[], None] | None = None, **fields: Any) -> bool:
         """One INSERT; ``False`` when another file holds the name.
 
         Inside a transaction it runs in a savepoint, so that a unique violation does not break
         the caller's transaction (PostgreSQL aborts the whole transaction otherwise); the row
         becomes visible to others at the commit, and a concurrent insert of the same key waits
         for that commit and then fails, which is what we want. In autocommit mode a plain
-        INSERT does the same in one round trip.
+        INSERT does the same in one round trip. *then* runs after the INSERT, in its savepoint:
+        what it raises undoes the row (inside a transaction only).
         """
         db = StoredFile.db()
         manager = StoredFile.objects.using(db)
@@ -191,6 +208,8 @@ class Ledger:
             if transaction.get_connection(db).in_atomic_block:
                 with transaction.atomic(using=db):
                     manager.create(alias=self.alias, **fields)
+                    if then is not None:
+                        then()
             else:
                 manager.create(alias=self.alias, **fields)
         except IntegrityError:
@@ -198,12 +217,22 @@ class Ledger:
         read_side.written_in_transaction(self.cache_prefix, self.alias, fields["name"])
         return True
 
-    def saved(self, name: str, host: str, size: int, *, owner: str = "") -> bool:
+    def saved(
+        self, name: str, host: str, size: int, *, owner: str = "", check_budget: bool = False
+    ) -> bool:
         """Record a file written locally as ``pending``, in one INSERT; ``False`` if the name
         is taken. Its state reaches the cache when the surrounding transaction commits.
-        *owner* is who uploaded it (a user's pk as a string; ``""``: unknown)."""
+        *owner* is who uploaded it (a user's pk as a string; ``""``: unknown). *check_budget*
+        (inside a transaction): the staging budget is checked after the INSERT, in its
+        savepoint (see :func:`reads_block_writes`); :class:`StagingFull` undoes the row."""
         inserted = self._insert(
-            name=name, state=State.PENDING, host=host, size=size, local_exists=True, owner=owner
+            (lambda: check_staging_budget(name, size, recorded=True)) if check_budget else None,
+            name=name,
+            state=State.PENDING,
+            host=host,
+            size=size,
+            local_exists=True,
+            owner=owner,
         )
         if inserted:
             transaction.on_commit(

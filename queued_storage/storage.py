@@ -36,7 +36,12 @@ from django.utils.module_loading import import_string
 from queued_storage.conf import settings
 from queued_storage.dispatch import dispatch
 from queued_storage.exceptions import QueuedStorageConfigError, StorageNotFound
-from queued_storage.ledger import Ledger, check_staging_budget, ledger_database
+from queued_storage.ledger import (
+    Ledger,
+    check_staging_budget,
+    ledger_database,
+    reads_block_writes,
+)
 from queued_storage.names import check_length, checked_name, valid_name
 from queued_storage.state import FileState, cache_key
 from queued_storage.transfer import (
@@ -431,7 +436,11 @@ class QueuedStorage(Storage):
             proposed = self.get_available_name(name, max_length)
             validate_file_name(str(proposed), allow_relative_path=True)
             name = valid_name(checked_name(proposed), max_length)
-        check_staging_budget(name, _declared_size(content))
+        # The budget is read before the local write, where that cannot break the transaction
+        # (SQLite); else after the row's INSERT, in its savepoint.
+        budget_first = not reads_block_writes()
+        if budget_first:
+            check_staging_budget(name, _declared_size(content))
         try:
             stored = self.local.save(name, content, max_length=max_length)
         except (FileExistsError, NotADirectoryError) as err:
@@ -440,12 +449,14 @@ class QueuedStorage(Storage):
                 f"QueuedStorage cannot store {name!r}: a folder of that name is a file in the "
                 "local storage. Choose a name whose folders are not files; nothing was kept."
             ) from err
-        stored = self._record(name, stored, max_length)
+        stored = self._record(name, stored, max_length, check_budget=not budget_first)
         if not self.delayed:
             transaction.on_commit(lambda: self._dispatch_saved(stored), using=ledger_database())
         return stored
 
-    def _record(self, name: str, stored: str, max_length: int | None) -> str:
+    def _record(
+        self, name: str, stored: str, max_length: int | None, *, check_budget: bool = False
+    ) -> str:
         """Insert the row of the local file *stored*; the name it was recorded under.
 
         When the ledger (or, if asked, the remote) holds *stored* already, the local file
@@ -462,7 +473,7 @@ class QueuedStorage(Storage):
                     stored = candidate
                 self._make_durable(stored)
                 if not self._remote_holds(stored) and self.ledger.saved(
-                    stored, settings.HOST, size, owner=_owner.get()
+                    stored, settings.HOST, size, owner=_owner.get(), check_budget=check_budget
                 ):
                     return stored
         except BaseException:

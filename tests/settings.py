@@ -233,6 +233,7 @@ QUEUED_STORAGE_UPLOAD_AUTHORIZER = ENV.get("QS_TEST_UPLOAD_AUTHORIZER")
 # points url() of waiting files at the view and hands them to nginx; the suite itself does not.
 QUEUED_STORAGE_SERVE_STAGED = json.loads(ENV.get("QS_TEST_SERVE_STAGED", "null"))
 QUEUED_STORAGE_SENDFILE = ENV.get("QS_TEST_SENDFILE")
+QUEUED_STORAGE_STAGING_BUDGET = json.loads(ENV.get("QS_TEST_STAGING_BUDGET", "null"))
 # Django's TemporaryFileUploadHandler writes form uploads here (same filesystem as staging).
 FILE_UPLOAD_TEMP_DIR = str(WORKDIR / "form-uploads")
 os.makedirs(FILE_UPLOAD_TEMP_DIR, exist_ok=True)

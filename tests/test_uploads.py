@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -1410,6 +1411,44 @@ def test_staging_full_from_save_is_507_and_the_spool_is_emptied(
     assert response.status_code == 507
     assert staged_files(staging) == []
     assert not StoredFile.objects.exists()
+
+
+def test_a_burst_over_the_staging_budget_on_a_sqlite_ledger_is_201_or_507_never_500(
+    staging: Path,
+) -> None:
+    # A SQLite transaction that has read cannot wait for the write lock: the budget's SELECT
+    # must not run before the ledger INSERT in the save's transaction (it was 10-15 x 500
+    # "database is locked" in 20 uploads).
+    assert settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+    size, budget, uploads = 64 * 1024, 10 * 64 * 1024, 20
+    env = {
+        **settings.ENV,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "QS_TEST_UPLOAD_AUTHORIZER": "tests.test_uploads.allow_all",
+        "QS_TEST_STAGING_BUDGET": str(budget),
+    }
+    server = DjangoServer(
+        "gunicorn", Path(settings.WORKDIR) / "web-gunicorn-budget", env, threads=uploads
+    )
+    server.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(uploads) as pool:
+            answers = list(
+                pool.map(
+                    lambda i: requests.put(
+                        f"{server.url}/delayed-put/burst/{i}.bin", data=b"b" * size, timeout=60
+                    ),
+                    range(uploads),
+                )
+            )
+    finally:
+        server.stop()
+    statuses = sorted(answer.status_code for answer in answers)
+    assert set(statuses) <= {201, 507}, [a.text for a in answers if a.status_code not in (201, 507)]
+    saved = statuses.count(201)
+    assert saved == budget // size  # nothing is transferred: every saved file still waits
+    assert len(staged_files(staging)) == saved
+    assert StoredFile.objects.count() == saved
 
 
 @override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all")

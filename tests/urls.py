@@ -41,6 +41,12 @@ urlpatterns = [
     ),
     # A remote without network clients: memory measurements see the upload path only.
     path("fs/<path:name>", UploadView.as_view(storage_alias="queued_fs"), name="fs-upload"),
+    # Uploads to a storage that never dispatches by itself: what they stage stays waiting.
+    path(
+        "delayed-put/<path:name>",
+        UploadView.as_view(storage_alias="queued_delayed"),
+        name="delayed-upload",
+    ),
     # A small limit, to refuse an over-long chunked body without sending gigabytes.
     path("small/<path:name>", UploadView.as_view(max_bytes=1024 * 1024), name="small-upload"),
     # A short idle timeout, to drop a stalled client within a test.
