@@ -692,9 +692,9 @@ def test_form_post_to_the_upload_view_is_moved_from_the_spool(
         def __iter__(self) -> Iterator[bytes]:
             yield body[: 1 * MiB]
             spooled = wait_for(
-                lambda: [p for p in spool.iterdir() if p.stat().st_size > 0]
-                if spool.is_dir()
-                else None,
+                lambda: (
+                    [p for p in spool.iterdir() if p.stat().st_size > 0] if spool.is_dir() else None
+                ),
                 timeout=30,
                 what="the form's spool file",
             )
