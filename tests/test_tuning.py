@@ -26,7 +26,7 @@ from django.test import Client, override_settings
 
 import queued_storage._s3.upload as s3_upload
 import queued_storage.views as views
-from queued_storage.models import State, StoredFile
+from queued_storage.models import StoredFile
 from queued_storage.state import cache_key
 from queued_storage.storage import QueuedStorage, owned_by
 from queued_storage.worker import Outcome, run_transfer
@@ -229,7 +229,8 @@ def test_status_permission_is_the_permission_the_status_view_requires(clean: Any
     assert _client(without).get("/uploads/status/status.txt").status_code == 403
     response = _client(allowed).get("/uploads/status/status.txt")
     assert response.status_code == 200, response.content
-    assert response.json()["state"] == State.PENDING
+    # (the session's worker may have transferred it by now: the state is not the point)
+    assert response.json()["name"] == "status.txt"
 
 
 # -- the staged-file view: handing the file to the web server -------------------------------------
