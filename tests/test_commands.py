@@ -680,3 +680,71 @@ def test_verify_and_doctor_as_processes_with_json_and_exit_codes(worker: Any, cl
     assert doc["ok"] is True
     assert [c["check"] for c in doc["checks"]] == [*DOCTOR_CHECKS, "reconcile"]
     assert set(doc["checks"][0]) == {"check", "subject", "status", "detail", "fix"}
+
+
+# --- each option does what its help says ---------------------------------------------------------
+def test_status_limit_is_the_most_failures_and_transfers_in_flight_listed(clean: Any) -> None:
+    storage = delayed()
+    failed = [storage.save(f"limit/failed-{i}.txt", ContentFile(b"f")) for i in range(3)]
+    for i, name in enumerate(failed):
+        assert storage.ledger.lease(name, f"w{i}", 60).acquired
+        assert storage.ledger.fail(name, f"w{i}", f"reason {i}")
+    flying = [storage.save(f"limit/flying-{i}.txt", ContentFile(b"m")) for i in range(2)]
+    for i, name in enumerate(flying):
+        assert storage.ledger.lease(name, f"m{i}", 60).acquired
+    out, err, code = command("status", "--json", "--storage", "queued_delayed", "--limit", "1")
+    assert (err, code) == ("", 0)
+    doc = json.loads(out)
+    assert [f["name"] for f in doc["failures"]] == [failed[2]]  # the latest
+    assert doc["failures_total"] == 3
+    assert len(doc["in_flight"]) == 1
+    assert doc["in_flight_total"] == 2
+    doc = json.loads(command("status", "--json", "--storage", "queued_delayed")[0])
+    assert (len(doc["failures"]), len(doc["in_flight"])) == (3, 2)  # the default lists 20
+
+
+def test_transfer_failed_gives_failed_files_a_fresh_budget_and_queues_them(
+    worker: Any, clean: Any
+) -> None:
+    storage = delayed()
+    failed = storage.save("again/failed.txt", ContentFile(b"failed once"))
+    waiting = storage.save("again/waiting.txt", ContentFile(b"not failed"))
+    assert storage.ledger.lease(failed, "w", 60).acquired
+    assert storage.ledger.fail(failed, "w", "The remote storage refused it: AccessDenied.")
+    out, err, code = command("transfer", "--failed", "--storage", "queued_delayed")
+    assert (err, code) == ("", 0)
+    assert out == "retry failed: 1 failed file(s) queued again with a new retry budget.\n"
+    wait_for(lambda: row(failed).state == State.REMOTE, what="the failed file's new transfer")
+    assert s3_bytes(clean, failed) == b"failed once"
+    assert row(waiting).state == State.PENDING  # --failed queues failed files only
+
+
+def test_verify_all_checks_every_remote_file_and_excludes_a_sample(clean: Any) -> None:
+    for n in ("a", "b", "c"):
+        transferred(f"every/{n}.txt", n.encode())
+    out, err, code = command("verify", "--all", "--storage", "queued_delayed")
+    assert (err, code) == ("", 0)
+    assert out.splitlines() == [
+        "3 remote file(s) checked: 3 verified (0 by size only), 0 lost, 0 unchecked."
+    ]
+    _, err, code = command("verify", "--all", "--sample", "1")
+    assert code == 1
+    assert "argument --sample: not allowed with argument --all" in err
+
+
+def test_doctor_reconcile_within_is_how_recent_the_last_pass_must_be(
+    worker: Any, clean: Any
+) -> None:
+    two_hours_ago = timezone.now() - datetime.timedelta(hours=2)
+    reconcile(aliases=["default"], now=two_hours_ago)  # records a pass two hours old
+    # Only the reconcile line is looked at: the other checks do not depend on the option.
+    base = ("doctor", "--storage", "default", "--timeout", "1")
+    out, _, code = command(*base, "--reconcile-within", "3600")
+    assert code == 1
+    (line,) = lines_of(out)["reconcile"]
+    assert line.startswith("FAIL  reconcile  ")
+    assert "last pass 2 h ago, more than 1 h" in line
+    out, _, _ = command(*base, "--reconcile-within", str(3 * 3600))
+    (line,) = lines_of(out)["reconcile"]
+    assert line.startswith("OK    reconcile  ")
+    assert line.endswith("last pass 2 h ago, ok")

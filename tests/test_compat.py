@@ -13,6 +13,7 @@ from queued_storage import backends, fields, signals, tasks
 from queued_storage.models import State
 from queued_storage.state import cache_key
 from queued_storage.worker import Outcome, run_transfer
+from tests.harness.suite import s3_bytes, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -89,7 +90,7 @@ def test_get_storage_using_local_using_remote_and_transfer(clean: Any) -> None:
     assert storage.get_storage(name) is storage.remote
 
 
-def test_queued_file_field_transfer_and_state(clean: Any) -> None:
+def test_queued_file_field_transfer_and_state(worker: Any, clean: Any) -> None:
     from tests.testapp.models import Document
 
     field = Document._meta.get_field("file")
@@ -98,7 +99,12 @@ def test_queued_file_field_transfer_and_state(clean: Any) -> None:
     doc.file.save("field.txt", ContentFile(b"abc"), save=False)
     assert doc.file.state == State.PENDING
     assert not doc.file.is_remote
-    assert doc.file.transfer() is not None
+    result = doc.file.transfer()
+    assert result is not None and result.id
+    # The queued transfer reaches the worker and the field's state follows it to the remote.
+    wait_for(lambda: doc.file.state == State.REMOTE, what="the field's file to reach the remote")
+    assert doc.file.is_remote
+    assert s3_bytes(clean, doc.file.name) == b"abc"
 
 
 def test_file_transferred_keeps_its_old_arguments(clean: Any) -> None:

@@ -55,6 +55,24 @@ MiB = 1024 * 1024
 BLOCK = os.urandom(MiB)
 
 
+#: The environment variable that replays a fault test's random choices: the seed its
+#: ``[seed]`` line printed (docs/development.md).
+SEED_ENV = "QS_FAULT_SEED"
+
+
+def fault_seed(capsys: Any, test: str) -> int:
+    """The seed of *test*'s random choices: ``$QS_FAULT_SEED`` when set (to replay a run),
+    else the clock. Printed at once, so a run that fails or hangs can be replayed."""
+    given = os.environ.get(SEED_ENV, "").strip()
+    try:
+        seed = int(given) if given else int(time.time())
+    except ValueError:
+        pytest.fail(f"{SEED_ENV}={given!r} is not an integer; unset it or give a printed seed.")
+    with capsys.disabled():
+        sys.stdout.write(f"\n[seed] {test}: {seed} (replay with {SEED_ENV}={seed})\n")
+    return seed
+
+
 def figures(capsys: Any, test: str, **values: Any) -> None:
     """Print the figures a fault test measured, also when pytest captures output."""
     line = f"[figures] {test}: " + ", ".join(f"{k}={v}" for k, v in values.items())
@@ -162,7 +180,7 @@ def test_kill_9_of_the_worker_during_transfers_loses_nothing(
     high: int,
 ) -> None:
     storage = storages["queued_host"]
-    seed = int(time.time())
+    seed = fault_seed(capsys, f"kill-9[{count} files]")
     rng = random.Random(seed)
     sizes = [rng.randint(low, high) * MiB for _ in range(count)]
     expected: dict[str, str] = {}
@@ -732,7 +750,7 @@ def test_kills_and_s3_outages_in_turn_for_two_minutes_fail_no_file_and_lose_none
     files failed after a few faults; none may fail now, and all must arrive, byte-identical.
     The test runs a reconcile pass every 5 s, as Celery beat would."""
     storage = storages["queued_host"]
-    seed = int(time.time())
+    seed = fault_seed(capsys, "kills-and-outages[120s]")
     rng = random.Random(seed)
     log_offset = host_worker.logfile.stat().st_size if host_worker.logfile.exists() else 0
     expected: dict[str, str] = {}

@@ -526,10 +526,8 @@ def test_postgres_django_settings_select_1(tmp_path: Path) -> None:
 
 
 def test_service_stack_start_env_from_env_stop() -> None:
-    started = time.monotonic()
     stack = ServiceStack("stack-bucket", strict=True).start()
     try:
-        assert time.monotonic() - started < 30  # typically ~1 s
         assert stack.unavailable == {}
         assert stack.redis is not None
         assert stack.moto is not None

@@ -85,6 +85,8 @@ def test_reservation_inside_a_transaction_keeps_it_usable(ledger_db: str) -> Non
 def test_same_name_in_two_storages_is_two_rows(ledger_db: str) -> None:
     assert Ledger("one").reserve("a.txt", "h")
     assert Ledger("two").reserve("a.txt", "h")
+    rows = StoredFile.objects.using(ledger_db).filter(name="a.txt")
+    assert sorted(rows.values_list("alias", flat=True)) == ["one", "two"]
 
 
 def test_lease_is_single_flight_under_a_race(ledger_db: str) -> None:
@@ -99,10 +101,14 @@ def test_lease_is_single_flight_under_a_race(ledger_db: str) -> None:
 
 def test_expired_lease_can_be_taken_over(ledger_db: str) -> None:
     Ledger("s").reserve("f.bin", "h")
-    first = Ledger("s").lease("f.bin", "dead-worker", 0.2)
+    first = Ledger("s").lease("f.bin", "dead-worker", 60)
     assert first.acquired and not first.took_over
     assert not Ledger("s").lease("f.bin", "w2", 60).acquired
-    time.sleep(0.3)
+    # The dead worker's lease runs out: its expiry is set in the past (no sleep, which a
+    # loaded machine could stretch past a short lease before the first takeover attempt).
+    expired = timezone.now() - datetime.timedelta(seconds=1)
+    rows = StoredFile.objects.using(ledger_db).filter(alias="s", name="f.bin")
+    assert rows.update(lease_expires=expired) == 1
     taken = Ledger("s").lease("f.bin", "w2", 60)
     assert taken.acquired and taken.took_over
     assert taken.row is not None

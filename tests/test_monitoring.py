@@ -473,7 +473,7 @@ def test_the_metrics_view_answers_staff_and_the_token(client: Client, admin_clie
 
 # --- E018 ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("token", ["", "   ", 12345])
-def test_e016_metrics_token_is_not_a_non_empty_string(token: Any) -> None:
+def test_e018_metrics_token_is_not_a_non_empty_string(token: Any) -> None:
     with override_settings(QUEUED_STORAGE_METRICS_TOKEN=token):
         messages = check_metrics_settings()
     assert [m.id for m in messages] == ["queued_storage.E018"]
@@ -483,7 +483,7 @@ def test_e016_metrics_token_is_not_a_non_empty_string(token: Any) -> None:
 
 
 @pytest.mark.parametrize("token", [None, "a-long-random-token"])
-def test_e016_silent_for_none_or_a_token(token: Any) -> None:
+def test_e018_silent_for_none_or_a_token(token: Any) -> None:
     with override_settings(QUEUED_STORAGE_METRICS_TOKEN=token):
         assert check_metrics_settings() == []
         assert [m for m in run_checks() if m.id == "queued_storage.E018"] == []

@@ -643,3 +643,16 @@ def test_reconcile_task_in_the_worker_requeues_an_overdue_file(worker: Any, clea
         what="the worker's reconcile pass to get the file transferred",
     )
     assert clean.get_object(Bucket=settings.BUCKET, Key=name)["Body"].read() == b"beat"
+
+
+def test_reconcile_all_hosts_takes_care_of_other_hosts_files_on_a_shared_volume(
+    broker: Any,
+) -> None:
+    name = saved("shared/on-web-b.txt")
+    StoredFile.rows("queued_parked", name).update(host="web-b")  # its copy is on this disk too
+    call_command("queued_storage", "reconcile", "--storage", "queued_parked", verbosity=0)
+    assert broker("parked") == []  # web-b's file: left to web-b's pass
+    call_command(
+        "queued_storage", "reconcile", "--all-hosts", "--storage", "queued_parked", verbosity=0
+    )
+    assert broker("parked") == [["queued_parked", name]]

@@ -31,6 +31,7 @@ from django.db import connections
 from django.http import HttpResponse
 from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
+from urllib3 import encode_multipart_formdata
 
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import owned_by
@@ -678,15 +679,41 @@ def test_form_post_to_the_upload_view_is_moved_from_the_spool(
     server: DjangoServer, cookies: dict[str, str], staging: Path
 ) -> None:
     payload = _payload(3 * MiB, b"form")
+    body, content_type = encode_multipart_formdata({"file": ("picked.bin", payload)})
+    spool = staging / SPOOL_DIRNAME
+    seen: dict[str, int] = {}
+
+    class Body:
+        """The form in two halves; between them the server has the spool file open: its
+        inode is noted (a Content-Length, not a chunked body: Django's form parser needs it)."""
+
+        def __len__(self) -> int:
+            return len(body)
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield body[: 1 * MiB]
+            spooled = wait_for(
+                lambda: (
+                    [p for p in spool.iterdir() if p.stat().st_size > 0] if spool.is_dir() else None
+                ),
+                timeout=30,
+                what="the form's spool file",
+            )
+            assert len(spooled) == 1, spooled
+            seen["inode"] = spooled[0].stat().st_ino
+            yield body[1 * MiB :]
+
     response = requests.post(
         f"{server.url}/uploads/put/",
-        files={"file": ("picked.bin", payload)},
+        data=Body(),
+        headers={"Content-Type": content_type},
         cookies=cookies,
         timeout=30,
     )
     assert response.status_code == 201, response.text
     assert response.json()["name"] == "picked.bin"
     assert (staging / "picked.bin").read_bytes() == payload
+    assert (staging / "picked.bin").stat().st_ino == seen["inode"]  # a rename, not a copy
     assert staged_files(staging) == ["picked.bin"]
 
 
@@ -1124,8 +1151,11 @@ def test_nginx_file_inside_the_directory_is_renamed_into_staging(
 
 def test_nginx_file_on_another_filesystem_is_copied_then_removed(staging: Path) -> None:
     shm = Path("/dev/shm")
-    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(staging).st_dev:
-        pytest.skip("no second filesystem (/dev/shm) to move from")
+    need_tool(
+        "a second filesystem (/dev/shm) to move from",
+        shm.is_dir() and os.stat(shm).st_dev != os.stat(staging).st_dev,
+        "mount a tmpfs on /dev/shm (the staging directory must be on another filesystem)",
+    )
     body_dir = shm / f"qs-bodies-{os.getpid()}"
     body_dir.mkdir()
     try:
