@@ -66,7 +66,9 @@ __all__ = [
     "UploadRefused",
     "append_stream",
     "body_idle_timeout",
+    "byte_count",
     "claim_nginx_file",
+    "parse_byte_count",
     "spool_dir",
     "spool_stream",
     "tus_dir",
@@ -92,15 +94,26 @@ class UploadRefused(QueuedStorageError):
 _BYTE_COUNT = re.compile(r"[0-9]{1,19}")
 
 
+def parse_byte_count(raw: str) -> int | None:
+    """*raw* as a count of bytes or a byte position (ASCII digits, at most 19), else ``None``.
+
+    The one rule for numbers of bytes a client sends in a header (``Content-Length``,
+    ``Upload-Offset``, the positions of a ``Range``): ``int()`` of an unbounded string of
+    digits costs time quadratic in its length, and Python refuses more than 4,300 digits.
+    """
+    return int(raw) if _BYTE_COUNT.fullmatch(raw) is not None else None
+
+
 def byte_count(header: str, raw: str | None) -> int | None:
     """The value of *header*, a count of bytes (``None`` when absent or empty); anything
     else is refused with 400, naming the header."""
     if not raw:
         return None
-    if _BYTE_COUNT.fullmatch(raw) is None:
+    count = parse_byte_count(raw)
+    if count is None:
         shown = raw if len(raw) <= 40 else raw[:40] + "..."
         raise UploadRefused(400, f"{header} {shown!r} is not a count of bytes (digits 0-9).")
-    return int(raw)
+    return count
 
 
 def validate_upload_name(name: str) -> str:

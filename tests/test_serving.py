@@ -161,6 +161,34 @@ def test_gunicorn_streams_a_waiting_file_to_its_owner_with_ranges(
     assert delayed.get_state(name).state == "pending"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(
+    "ranges",
+    [
+        "bytes=" + "9" * 5000 + "-",
+        "bytes=0-" + "1" * 5000,
+        "bytes=-" + "1" * 5000,
+        "bytes=" + "1" * 20 + "-",  # one digit past an int64's 19
+        "bytes=0-" + "9" * 20,
+    ],
+    ids=["first-5000-digits", "last-5000-digits", "suffix-5000-digits", "first-20", "last-20"],
+)
+def test_a_range_position_of_more_than_19_ascii_digits_is_ignored_and_the_file_served_whole(
+    streaming: DjangoServer, delayed: QueuedStorage, ranges: str
+) -> None:
+    owner = _user("ranger")
+    _save(delayed, "ranges/data.bin", owner)
+    answer = requests.get(
+        f"{streaming.url}/delayed-files/ranges/data.bin",
+        cookies=_cookies(owner),
+        headers={"Range": ranges},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.content == PAYLOAD
+    assert "Content-Range" not in answer.headers
+    assert answer.headers["Content-Length"] == str(len(PAYLOAD))
+
+
 def _raw_get(server: DjangoServer, target: str) -> tuple[int, bytes]:
     """``GET`` *target* exactly as written (no client normalises ``..`` away)."""
     host, port = server.url.removeprefix("http://").split(":")
