@@ -110,6 +110,14 @@ SECRET_HEADER = "X-Queued-Storage-Secret"
 STAGING_FULL = "The staging area is full; nothing was kept. Retry later."
 
 
+#: What :func:`default_authorize` tells an anonymous client, by action.
+SIGN_IN = {
+    "upload": "Sign in to upload files.",
+    "status": "Sign in to see this file's status.",
+    "read": "Sign in to read this file.",
+}
+
+
 def _error(status: int, message: str) -> JsonResponse:
     return JsonResponse({"error": message}, status=status)
 
@@ -125,8 +133,8 @@ def not_found(name: str) -> JsonResponse:
 
 # -- authorisation --------------------------------------------------------------------------------
 def default_authorize(request: HttpRequest, name: str, action: str) -> bool | HttpResponse:
-    """Django's permission system: 401 for anonymous users, 403 without the permission;
-    a file's status only for its owner and staff.
+    """Django's permission system: 401 for anonymous users (the message names the action:
+    :data:`SIGN_IN`), 403 without the permission; a file's status only for its owner and staff.
 
     The permission is ``QUEUED_STORAGE_UPLOAD_PERMISSION`` for ``action="upload"`` and
     ``QUEUED_STORAGE_STATUS_PERMISSION`` for ``action="status"``; ``None`` lets every
@@ -143,7 +151,7 @@ def default_authorize(request: HttpRequest, name: str, action: str) -> bool | Ht
     """
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
-        return _error(401, "Sign in to upload files.")
+        return _error(401, SIGN_IN.get(action, "Sign in first."))
     staff = getattr(user, "is_staff", False) or getattr(user, "is_superuser", False)
     if action == "read":
         permission = settings.READ_PERMISSION

@@ -284,6 +284,21 @@ def test_anonymous_is_401_and_another_user_gets_the_404_of_a_missing_name(
     assert theirs.content == missing.content.replace(b"none.txt", b"report.txt")
 
 
+def test_an_anonymous_client_is_told_to_sign_in_for_what_it_asked(
+    streaming: DjangoServer, delayed: QueuedStorage
+) -> None:
+    name = _save(delayed, "private/minutes.txt", _user("gina"))
+    read = requests.get(f"{streaming.url}/delayed-files/{name}", timeout=30)
+    assert (read.status_code, read.json()) == (401, {"error": "Sign in to read this file."})
+    status = requests.get(f"{streaming.url}/uploads/status/{name}", timeout=30)
+    assert (status.status_code, status.json()) == (
+        401,
+        {"error": "Sign in to see this file's status."},
+    )
+    upload = requests.put(f"{streaming.url}/uploads/put/{name}", data=b"x", timeout=30)
+    assert (upload.status_code, upload.json()) == (401, {"error": "Sign in to upload files."})
+
+
 @override_settings(QUEUED_STORAGE_SERVE_STAGED=SERVE)
 def test_staff_and_holders_of_the_read_permission_may_read(delayed: QueuedStorage) -> None:
     name = _save(delayed, "notes.txt", None, b"notes")
