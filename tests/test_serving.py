@@ -270,6 +270,51 @@ def test_nginx_sends_a_waiting_file_that_django_only_authorised(
     )
 
 
+#: What the view sets on every answer to keep a waiting file from acting as a page of the site.
+SECURITY_HEADERS = (
+    "Content-Type",
+    "Content-Disposition",
+    "X-Content-Type-Options",
+    "Cache-Control",
+)
+
+
+def test_nginx_keeps_the_security_headers_of_djangos_answer_on_every_answer_it_sends(
+    accel: tuple[Nginx, DjangoServer], delayed: QueuedStorage
+) -> None:
+    nginx, upstream = accel
+    owner = _user("careful")
+    _save(delayed, "pages/index.html", owner, b"<script>alert(1)</script>")
+    url = "/delayed-files/pages/index.html"
+    direct = requests.get(upstream.url + url, cookies=_cookies(owner), timeout=30)
+    assert [direct.headers[h] for h in SECURITY_HEADERS] == [
+        "text/html",
+        'attachment; filename="index.html"',
+        "nosniff",
+        "private",
+    ]
+    for method, ranges, status in [
+        ("GET", None, 200),
+        ("HEAD", None, 200),
+        ("GET", "bytes=0-7", 206),
+        ("GET", "bytes=4096-", 416),  # nginx's own answer
+    ]:
+        sent = requests.request(
+            method,
+            nginx.url + url,
+            cookies=_cookies(owner),
+            headers={"Range": ranges} if ranges else {},
+            timeout=30,
+        )
+        assert sent.status_code == status, (method, ranges)
+        assert "nginx" in sent.headers["X-Queued-Storage-Sent-By"]
+        kept = {h: sent.headers.get(h) for h in SECURITY_HEADERS}
+        # A browser reads the first value of X-Content-Type-Options (Fetch, "determine
+        # nosniff"): nginx adds its headers twice to its 416 (its header filters run again).
+        kept["X-Content-Type-Options"] = (kept["X-Content-Type-Options"] or "").split(",")[0]
+        assert kept == {h: direct.headers[h] for h in SECURITY_HEADERS}, (method, ranges)
+
+
 # -- who may read ---------------------------------------------------------------------------------
 @override_settings(QUEUED_STORAGE_SERVE_STAGED=SERVE)
 def test_anonymous_is_401_and_another_user_gets_the_404_of_a_missing_name(
