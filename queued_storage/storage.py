@@ -36,7 +36,7 @@ from queued_storage.conf import settings
 from queued_storage.dispatch import dispatch
 from queued_storage.exceptions import QueuedStorageConfigError, StorageNotFound
 from queued_storage.ledger import Ledger, check_staging_budget, ledger_database
-from queued_storage.names import check_length, checked_name, valid_name
+from queued_storage.names import check_length, stored_name
 from queued_storage.state import FileState, cache_key
 from queued_storage.transfer import (
     abort_open_upload,
@@ -421,10 +421,10 @@ class QueuedStorage(Storage):
             content = File(content, name)
         if not name:
             raise SuspiciousFileOperation("QueuedStorage.save() needs a file name.")
-        name = valid_name(checked_name(str(name)), max_length)
+        name = stored_name(str(name), max_length)
         if type(self).get_available_name is not Storage.get_available_name:
             # A subclass chooses names (UUIDs, say): it proposes, the ledger still decides.
-            name = valid_name(checked_name(self.get_available_name(name, max_length)), max_length)
+            name = stored_name(self.get_available_name(name, max_length), max_length)
         check_staging_budget(name, _declared_size(content))
         try:
             stored = self.local.save(name, content, max_length=max_length)
