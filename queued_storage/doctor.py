@@ -45,7 +45,7 @@ from queued_storage._s3.probe import Probe, ProbeFailed, probe
 from queued_storage.conf import settings
 from queued_storage.dispatch import redact
 from queued_storage.models import StoredFile
-from queued_storage.names import OWN_DIRECTORY_PREFIX
+from queued_storage.names import DOCTOR_DIRNAME
 from queued_storage.operations import human_age, human_bytes
 from queued_storage.reconcile import last_run
 from queued_storage.state import cache_key
@@ -164,7 +164,7 @@ def check_local(storages: Sequence[QueuedStorage]) -> list[Check]:
         fix = f"make {root} writable by this user, or change {_local_option(sharing[0])}"
         try:
             os.makedirs(root, exist_ok=True)  # what the first save would do
-            fd, path = tempfile.mkstemp(dir=root, prefix=f"{OWN_DIRECTORY_PREFIX}doctor-")
+            fd, path = tempfile.mkstemp(dir=root, prefix=f"{DOCTOR_DIRNAME}-")
             try:
                 os.write(fd, b"queued_storage doctor")
                 os.fsync(fd)
@@ -239,7 +239,7 @@ def check_cache(timeout: float) -> list[Check]:
 
 # -- remote storages -------------------------------------------------------------------------
 def _probe_name() -> str:
-    return f"{OWN_DIRECTORY_PREFIX}doctor/{settings.HOST}-{uuid.uuid4().hex}.txt"
+    return f"{DOCTOR_DIRNAME}/{settings.HOST}-{uuid.uuid4().hex}.txt"
 
 
 def _skew(server: datetime.datetime | None, subject: str) -> Check:

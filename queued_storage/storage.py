@@ -42,7 +42,7 @@ from queued_storage.ledger import (
     ledger_database,
     reads_block_writes,
 )
-from queued_storage.names import check_length, checked_name, valid_name
+from queued_storage.names import check_length, stored_name
 from queued_storage.state import FileState, cache_key
 from queued_storage.transfer import (
     abort_open_upload,
@@ -430,12 +430,12 @@ class QueuedStorage(Storage):
         validate_file_name(str(name), allow_relative_path=True)
         if not hasattr(content, "chunks"):
             content = File(content, name)
-        name = valid_name(checked_name(str(name)), max_length)
+        name = stored_name(str(name), max_length)
         if type(self).get_available_name is not Storage.get_available_name:
             # A subclass chooses names (UUIDs, say): it proposes, the ledger still decides.
             proposed = self.get_available_name(name, max_length)
             validate_file_name(str(proposed), allow_relative_path=True)
-            name = valid_name(checked_name(proposed), max_length)
+            name = stored_name(proposed, max_length)
         # The budget is read before the local write, where that cannot break the transaction
         # (SQLite); else after the row's INSERT, in its savepoint.
         budget_first = not reads_block_writes()

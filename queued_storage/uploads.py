@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from django.core.exceptions import RequestAborted
+from django.core.exceptions import RequestAborted, SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import storages
 from django.core.files.uploadedfile import TemporaryUploadedFile, UploadedFile
@@ -49,11 +49,16 @@ from queued_storage.asgi import BODY_STREAM
 from queued_storage.conf import settings
 from queued_storage.exceptions import QueuedStorageConfigError, QueuedStorageError
 from queued_storage.names import (
+    LEDGER_NAME_LENGTH,
+    NAME_BYTES_MAX,
+    OWN_DIRECTORY_PREFIX,
     PART_BYTES_MAX,
     SPOOL_DIRNAME,
     TUS_DIRNAME,
     UPLOAD_NAME_LENGTH,
     control_characters,
+    reserved_directory,
+    stored_name,
 )
 
 __all__ = [
@@ -66,7 +71,9 @@ __all__ = [
     "UploadRefused",
     "append_stream",
     "body_idle_timeout",
+    "byte_count",
     "claim_nginx_file",
+    "parse_byte_count",
     "spool_dir",
     "spool_stream",
     "tus_dir",
@@ -92,15 +99,26 @@ class UploadRefused(QueuedStorageError):
 _BYTE_COUNT = re.compile(r"[0-9]{1,19}")
 
 
+def parse_byte_count(raw: str) -> int | None:
+    """*raw* as a count of bytes or a byte position (ASCII digits, at most 19), else ``None``.
+
+    The one rule for numbers of bytes a client sends in a header (``Content-Length``,
+    ``Upload-Offset``, the positions of a ``Range``): ``int()`` of an unbounded string of
+    digits costs time quadratic in its length, and Python refuses more than 4,300 digits.
+    """
+    return int(raw) if _BYTE_COUNT.fullmatch(raw) is not None else None
+
+
 def byte_count(header: str, raw: str | None) -> int | None:
     """The value of *header*, a count of bytes (``None`` when absent or empty); anything
     else is refused with 400, naming the header."""
     if not raw:
         return None
-    if _BYTE_COUNT.fullmatch(raw) is None:
+    count = parse_byte_count(raw)
+    if count is None:
         shown = raw if len(raw) <= 40 else raw[:40] + "..."
         raise UploadRefused(400, f"{header} {shown!r} is not a count of bytes (digits 0-9).")
-    return int(raw)
+    return count
 
 
 def validate_upload_name(name: str) -> str:
@@ -108,7 +126,10 @@ def validate_upload_name(name: str) -> str:
 
     Refused: empty names, absolute paths, ``.`` and ``..`` segments, empty segments (``a//b``,
     a trailing ``/``), backslashes, NUL and every other control character, segments longer
-    than 255 bytes (no filesystem takes them), and names inside the spool directory.
+    than 255 bytes (no filesystem takes them), names over 1,024 bytes (S3's key limit), and
+    names under the app's own folders (``.queued_storage-*``: the spool, tus uploads).
+    Then every rule ``QueuedStorage.save()`` applies (:func:`queued_storage.names.stored_name`),
+    so that a name accepted before the body is not refused once the body has arrived.
     """
     if not name:
         raise UploadRefused(400, "The upload needs a file name (in the URL or ?name=).")
@@ -129,10 +150,26 @@ def validate_upload_name(name: str) -> str:
             raise UploadRefused(400, f"The file name {name!r} has an empty, '.' or '..' segment.")
         if len(part.encode("utf-8", "surrogatepass")) > PART_BYTES_MAX:
             raise UploadRefused(400, "A segment of the file name is longer than 255 bytes.")
-    if parts[0] in (SPOOL_DIRNAME, TUS_DIRNAME):
-        raise UploadRefused(400, f"Names under {parts[0]!r} are reserved.")
     # QueuedStorage.save() stores names in Unicode NFC; ask the hook and the ledger the same.
-    return unicodedata.normalize("NFC", name)
+    name = unicodedata.normalize("NFC", name)
+    size = len(name.encode("utf-8"))
+    if size > NAME_BYTES_MAX:
+        raise UploadRefused(
+            400,
+            f"The file name {name[:60]!r}... has {size} bytes in UTF-8; the limit is "
+            f"{NAME_BYTES_MAX} bytes (S3's limit for a key). Shorten it.",
+        )
+    if reserved_directory(name) is not None:
+        raise UploadRefused(
+            400,
+            f"The file name {name!r} starts with {OWN_DIRECTORY_PREFIX!r}: top-level names "
+            "starting with it are reserved for queued_storage's own files. Choose another "
+            "folder or name.",
+        )
+    try:
+        return stored_name(name, LEDGER_NAME_LENGTH)
+    except SuspiciousFileOperation as err:
+        raise UploadRefused(400, str(err)) from None
 
 
 #: A percent-escape. Django decodes a URL once; an escape left in the name was encoded twice.

@@ -81,6 +81,7 @@ from queued_storage.uploads import (
     claim_nginx_file,
     idle_refusal,
     idle_timed_out,
+    parse_byte_count,
     spool_dir,
     spool_stream,
     validate_upload_name,
@@ -109,6 +110,14 @@ SECRET_HEADER = "X-Queued-Storage-Secret"
 STAGING_FULL = "The staging area is full; nothing was kept. Retry later."
 
 
+#: What :func:`default_authorize` tells an anonymous client, by action.
+SIGN_IN = {
+    "upload": "Sign in to upload files.",
+    "status": "Sign in to see this file's status.",
+    "read": "Sign in to read this file.",
+}
+
+
 def _error(status: int, message: str) -> JsonResponse:
     return JsonResponse({"error": message}, status=status)
 
@@ -124,8 +133,8 @@ def not_found(name: str) -> JsonResponse:
 
 # -- authorisation --------------------------------------------------------------------------------
 def default_authorize(request: HttpRequest, name: str, action: str) -> bool | HttpResponse:
-    """Django's permission system: 401 for anonymous users, 403 without the permission;
-    a file's status only for its owner and staff.
+    """Django's permission system: 401 for anonymous users (the message names the action:
+    :data:`SIGN_IN`), 403 without the permission; a file's status only for its owner and staff.
 
     The permission is ``QUEUED_STORAGE_UPLOAD_PERMISSION`` for ``action="upload"`` and
     ``QUEUED_STORAGE_STATUS_PERMISSION`` for ``action="status"``; ``None`` lets every
@@ -142,7 +151,7 @@ def default_authorize(request: HttpRequest, name: str, action: str) -> bool | Ht
     """
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
-        return _error(401, "Sign in to upload files.")
+        return _error(401, SIGN_IN.get(action, "Sign in first."))
     staff = getattr(user, "is_staff", False) or getattr(user, "is_superuser", False)
     if action == "read":
         permission = settings.READ_PERMISSION
@@ -755,7 +764,8 @@ _ENCODED_TYPES = {
     "gzip": "application/gzip",
     "xz": "application/x-xz",
 }
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+#: A ``Range`` of one byte range; each position is checked by :func:`parse_byte_count`.
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 #: What :func:`_byte_range` answers for a range that starts past the end of the file.
 _UNSATISFIABLE = (-1, -1)
 
@@ -885,19 +895,26 @@ def _file_response(request: HttpRequest, name: str, root: str, path: str) -> Htt
 def _byte_range(request: HttpRequest, size: int, modified: str) -> tuple[int, int] | None:
     """The one byte range the client asked for (first and last byte), :data:`_UNSATISFIABLE`,
     or ``None`` for the whole file (no ``Range``, several ranges, a malformed one, or an
-    ``If-Range`` that is not the file's ``Last-Modified``)."""
+    ``If-Range`` that is not the file's ``Last-Modified``).
+
+    A position of more than 19 digits (past any int64, so past any file) is malformed, as in
+    every other header that counts bytes (:func:`parse_byte_count`): the ``Range`` is ignored
+    and the whole file is the answer, which RFC 9110 (section 14.2) allows for a ``Range`` a
+    server does not take, and which is what a client asking for such a range gets from the
+    other malformed ones.
+    """
     match = _RANGE.fullmatch(request.headers.get("Range", "").strip())
     if match is None or request.headers.get("If-Range", modified) != modified:
         return None
-    first, last = match.groups()
-    if not first and not last:
+    first, last = (parse_byte_count(group) if group else -1 for group in match.groups())
+    if first is None or last is None or (first < 0 and last < 0):
         return None
-    if not first:
-        suffix = int(last)
+    if first < 0:
+        suffix = last
         return (max(size - suffix, 0), size - 1) if suffix and size else _UNSATISFIABLE
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if last and int(last) < start:
+    start = first
+    end = min(last, size - 1) if last >= 0 else size - 1
+    if last >= 0 and last < start:
         return None
     return (start, end) if start < size else _UNSATISFIABLE
 

@@ -125,6 +125,23 @@ def test_a_name_over_1024_bytes_is_refused(roots: Any, clean: Any) -> None:
     assert_nothing_written(roots, clean)
 
 
+@pytest.mark.parametrize(
+    "bad", [".queued_storage-doctor/x.txt", ".queued_storage-incoming/a/b.bin", ".queued_storage-x"]
+)
+def test_a_name_under_the_apps_own_prefix_is_refused_by_save_naming_the_file_and_the_fix(
+    roots: Any, clean: Any, bad: str
+) -> None:
+    for storage in (roots, storages["queued_delayed"]):
+        with pytest.raises(SuspiciousFileOperation) as raised:
+            storage.save(bad, ContentFile(b"x"))
+        assert str(raised.value) == (
+            f"QueuedStorage refuses the file name {bad!r}: top-level names starting with "
+            "'.queued_storage-' are reserved for queued_storage's own files. Choose another "
+            "folder or name."
+        )
+    assert_nothing_written(roots, clean)
+
+
 def test_a_1000_character_name_in_directories_is_stored_and_transferred(clean: Any) -> None:
     storage = storages["queued_delayed"]
     name = "/".join(["d" * 199] * 4 + ["d" * 196 + ".txt"])  # 1,000 characters

@@ -12,14 +12,18 @@ from queued_storage.names import (
     LEDGER_NAME_LENGTH,
     NAME_BYTES_MAX,
     OWN_DIRECTORY_PREFIX,
+    OWN_DIRNAMES,
     PART_BYTES_MAX,
     SPOOL_DIRNAME,
     UPLOAD_NAME_LENGTH,
     check_length,
     checked_name,
     control_characters,
+    reserved_directory,
+    stored_name,
     valid_name,
 )
+from queued_storage.uploads import UploadRefused, validate_upload_name
 
 
 def test_the_ledger_column_is_the_name_limit() -> None:
@@ -30,6 +34,68 @@ def test_the_ledger_column_is_the_name_limit() -> None:
 
 def test_the_spool_directory_is_one_of_the_apps_own() -> None:
     assert SPOOL_DIRNAME.startswith(OWN_DIRECTORY_PREFIX)
+
+
+def test_every_top_level_name_under_the_apps_prefix_is_reserved_and_only_those() -> None:
+    assert {".queued_storage-incoming", ".queued_storage-tus", ".queued_storage-doctor"} == set(
+        OWN_DIRNAMES
+    )
+    for directory in [*OWN_DIRNAMES, ".queued_storage-later", ".queued_storage-doctor-x.txt"]:
+        assert directory.startswith(OWN_DIRECTORY_PREFIX)
+        name = f"{directory}/x.txt"
+        assert reserved_directory(name) == directory
+        with pytest.raises(SuspiciousFileOperation) as raised:
+            stored_name(name, None)
+        assert str(raised.value) == (
+            f"QueuedStorage refuses the file name {name!r}: top-level names starting with "
+            "'.queued_storage-' are reserved for queued_storage's own files. Choose another "
+            "folder or name."
+        )
+    for free in ["a/.queued_storage-tus/x.txt", ".queued_storage/x.txt", "queued_storage-x.txt"]:
+        assert reserved_directory(free) is None
+        assert stored_name(free, None) == free
+
+
+#: 1,024 and 1,025 bytes of UTF-8 in 516 and 517 characters, no part over 255 bytes.
+AT_THE_LIMIT = "/".join(["\u00e9" * 127 + "x"] * 3 + ["\u00e9" * 127, "y"])
+OVER_THE_LIMIT = "/".join(["\u00e9" * 127 + "x"] * 4 + ["y"])
+
+
+@pytest.mark.parametrize(
+    ("name", "accepted"),
+    [
+        (AT_THE_LIMIT, True),
+        (OVER_THE_LIMIT, False),
+        ("cafe\u0301.txt", True),  # NFD: stored in NFC
+        (".queued_storage-doctor/x.txt", False),
+        (".queued_storage-x", False),
+        ("a/.queued_storage-tus/b.txt", True),
+    ],
+    ids=["1024-bytes", "1025-bytes", "nfd", "doctor", "prefix-file", "deeper"],
+)
+def test_a_name_the_upload_views_accept_is_one_save_stores_unchanged(
+    name: str, accepted: bool
+) -> None:
+    assert [len(n.encode()) for n in (AT_THE_LIMIT, OVER_THE_LIMIT)] == [1024, 1025]
+    if not accepted:
+        with pytest.raises(UploadRefused):
+            validate_upload_name(name)
+        with pytest.raises(SuspiciousFileOperation):
+            stored_name(name, LEDGER_NAME_LENGTH)
+        return
+    upload_name = validate_upload_name(name)
+    assert stored_name(upload_name, LEDGER_NAME_LENGTH) == upload_name
+
+
+def test_an_upload_name_over_1024_bytes_in_utf8_is_refused_though_under_1000_characters() -> None:
+    name = "/".join(["\u00e9" * 120] * 5)
+    assert (len(name), len(name.encode())) == (604, 1204)
+    with pytest.raises(UploadRefused) as raised:
+        validate_upload_name(name)
+    assert raised.value.message == (
+        f"The file name {name[:60]!r}... has 1204 bytes in UTF-8; the limit is 1024 bytes "
+        "(S3's limit for a key). Shorten it."
+    )
 
 
 @pytest.mark.parametrize(

@@ -161,6 +161,34 @@ def test_gunicorn_streams_a_waiting_file_to_its_owner_with_ranges(
     assert delayed.get_state(name).state == "pending"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(
+    "ranges",
+    [
+        "bytes=" + "9" * 5000 + "-",
+        "bytes=0-" + "1" * 5000,
+        "bytes=-" + "1" * 5000,
+        "bytes=" + "1" * 20 + "-",  # one digit past an int64's 19
+        "bytes=0-" + "9" * 20,
+    ],
+    ids=["first-5000-digits", "last-5000-digits", "suffix-5000-digits", "first-20", "last-20"],
+)
+def test_a_range_position_of_more_than_19_ascii_digits_is_ignored_and_the_file_served_whole(
+    streaming: DjangoServer, delayed: QueuedStorage, ranges: str
+) -> None:
+    owner = _user("ranger")
+    _save(delayed, "ranges/data.bin", owner)
+    answer = requests.get(
+        f"{streaming.url}/delayed-files/ranges/data.bin",
+        cookies=_cookies(owner),
+        headers={"Range": ranges},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.content == PAYLOAD
+    assert "Content-Range" not in answer.headers
+    assert answer.headers["Content-Length"] == str(len(PAYLOAD))
+
+
 def _raw_get(server: DjangoServer, target: str) -> tuple[int, bytes]:
     """``GET`` *target* exactly as written (no client normalises ``..`` away)."""
     host, port = server.url.removeprefix("http://").split(":")
@@ -242,6 +270,51 @@ def test_nginx_sends_a_waiting_file_that_django_only_authorised(
     )
 
 
+#: What the view sets on every answer to keep a waiting file from acting as a page of the site.
+SECURITY_HEADERS = (
+    "Content-Type",
+    "Content-Disposition",
+    "X-Content-Type-Options",
+    "Cache-Control",
+)
+
+
+def test_nginx_keeps_the_security_headers_of_djangos_answer_on_every_answer_it_sends(
+    accel: tuple[Nginx, DjangoServer], delayed: QueuedStorage
+) -> None:
+    nginx, upstream = accel
+    owner = _user("careful")
+    _save(delayed, "pages/index.html", owner, b"<script>alert(1)</script>")
+    url = "/delayed-files/pages/index.html"
+    direct = requests.get(upstream.url + url, cookies=_cookies(owner), timeout=30)
+    assert [direct.headers[h] for h in SECURITY_HEADERS] == [
+        "text/html",
+        'attachment; filename="index.html"',
+        "nosniff",
+        "private",
+    ]
+    for method, ranges, status in [
+        ("GET", None, 200),
+        ("HEAD", None, 200),
+        ("GET", "bytes=0-7", 206),
+        ("GET", "bytes=4096-", 416),  # nginx's own answer
+    ]:
+        sent = requests.request(
+            method,
+            nginx.url + url,
+            cookies=_cookies(owner),
+            headers={"Range": ranges} if ranges else {},
+            timeout=30,
+        )
+        assert sent.status_code == status, (method, ranges)
+        assert "nginx" in sent.headers["X-Queued-Storage-Sent-By"]
+        kept = {h: sent.headers.get(h) for h in SECURITY_HEADERS}
+        # A browser reads the first value of X-Content-Type-Options (Fetch, "determine
+        # nosniff"): nginx adds its headers twice to its 416 (its header filters run again).
+        kept["X-Content-Type-Options"] = (kept["X-Content-Type-Options"] or "").split(",")[0]
+        assert kept == {h: direct.headers[h] for h in SECURITY_HEADERS}, (method, ranges)
+
+
 # -- who may read ---------------------------------------------------------------------------------
 @override_settings(QUEUED_STORAGE_SERVE_STAGED=SERVE)
 def test_anonymous_is_401_and_another_user_gets_the_404_of_a_missing_name(
@@ -254,6 +327,21 @@ def test_anonymous_is_401_and_another_user_gets_the_404_of_a_missing_name(
     theirs, missing = bob.get(f"/delayed-files/{name}"), bob.get("/delayed-files/private/none.txt")
     assert (theirs.status_code, missing.status_code) == (404, 404)
     assert theirs.content == missing.content.replace(b"none.txt", b"report.txt")
+
+
+def test_an_anonymous_client_is_told_to_sign_in_for_what_it_asked(
+    streaming: DjangoServer, delayed: QueuedStorage
+) -> None:
+    name = _save(delayed, "private/minutes.txt", _user("gina"))
+    read = requests.get(f"{streaming.url}/delayed-files/{name}", timeout=30)
+    assert (read.status_code, read.json()) == (401, {"error": "Sign in to read this file."})
+    status = requests.get(f"{streaming.url}/uploads/status/{name}", timeout=30)
+    assert (status.status_code, status.json()) == (
+        401,
+        {"error": "Sign in to see this file's status."},
+    )
+    upload = requests.put(f"{streaming.url}/uploads/put/{name}", data=b"x", timeout=30)
+    assert (upload.status_code, upload.json()) == (401, {"error": "Sign in to upload files."})
 
 
 @override_settings(QUEUED_STORAGE_SERVE_STAGED=SERVE)

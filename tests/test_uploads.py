@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -355,6 +356,42 @@ def test_user_without_the_permission_is_answered_403_while_still_sending(
     )
     assert status == 403
     assert json.loads(body) == {"error": "You may not upload or read this file."}
+    assert not StoredFile.objects.exists()
+
+
+#: 604 characters (under the 1,000 the views allow), 1,204 bytes of UTF-8 (over S3's 1,024);
+#: no part over 255 bytes.
+LONG_IN_BYTES = "/".join(["\u00e9" * 120] * 5)
+LONG_IN_BYTES_REFUSED = (
+    f"The file name {LONG_IN_BYTES[:60]!r}... has 1204 bytes in UTF-8; the limit is 1024 bytes "
+    "(S3's limit for a key). Shorten it."
+)
+
+
+def _reserved_refused(name: str) -> str:
+    return (
+        f"The file name {name!r} starts with '.queued_storage-': top-level names starting "
+        "with it are reserved for queued_storage's own files. Choose another folder or name."
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "refused"),
+    [
+        (LONG_IN_BYTES, LONG_IN_BYTES_REFUSED),
+        (".queued_storage-doctor/x.txt", _reserved_refused(".queued_storage-doctor/x.txt")),
+        (".queued_storage-later/x.txt", _reserved_refused(".queued_storage-later/x.txt")),
+    ],
+    ids=["1204-bytes", "doctor", "any-of-the-prefix"],
+)
+def test_a_name_save_would_refuse_is_refused_400_before_the_body(
+    server: DjangoServer, cookies: dict[str, str], staging: Path, name: str, refused: str
+) -> None:
+    status, body = _refused_while_sending(
+        server.url, "/uploads/put/" + quote(name), {"Cookie": _cookie_header(cookies)}
+    )
+    assert (status, json.loads(body)) == (400, {"error": refused})
+    assert staged_files(staging) == []
     assert not StoredFile.objects.exists()
 
 
@@ -805,6 +842,44 @@ def test_nginx_offload_end_to_end_to_s3(
     assert row.size == 8 * MiB + 5
     body = clean.get_object(Bucket=settings.BUCKET, Key="scans/scan.tiff")["Body"].read()
     assert hashlib.sha256(body).hexdigest() == digest
+
+
+@pytest.mark.parametrize(
+    ("name", "refused"),
+    [
+        (LONG_IN_BYTES, LONG_IN_BYTES_REFUSED),
+        (".queued_storage-doctor/x.txt", _reserved_refused(".queued_storage-doctor/x.txt")),
+    ],
+    ids=["1204-bytes", "doctor"],
+)
+def test_nginx_refuses_a_name_save_would_refuse_before_accepting_the_body(
+    nginx: Nginx,
+    gunicorn: DjangoServer,
+    cookies: dict[str, str],
+    staging: Path,
+    name: str,
+    refused: str,
+) -> None:
+    target = "/uploads/nginx/" + quote(name)
+    # The auth answer nginx gets, asked as nginx asks it.
+    auth = requests.get(
+        f"{gunicorn.url}/uploads/nginx-auth/",
+        headers={
+            "X-Original-URI": target,
+            "X-Original-Content-Length": str(512 * MiB),
+            "X-Queued-Storage-Secret": SECRET,
+        },
+        cookies=cookies,
+        timeout=30,
+    )
+    assert (auth.status_code, auth.json()) == (403, {"error": refused})
+    # Through nginx: answered while the body is still being sent, and no body written.
+    body_dir = Path(settings.QUEUED_STORAGE_NGINX_UPLOAD_DIR)
+    status, _ = _refused_while_sending(nginx.url, target, {"Cookie": _cookie_header(cookies)})
+    assert status == 403
+    assert list(body_dir.iterdir()) == []
+    assert staged_files(staging) == []
+    assert not StoredFile.objects.exists()
 
 
 @pytest.mark.parametrize("path", ["/uploads/nginx/stolen.bin", "/uploads/%6Eginx/stolen.bin"])
