@@ -666,6 +666,43 @@ def test_doctor_fails_a_queue_no_worker_consumes(worker: Any, clean: Any) -> Non
     assert workers.endswith("-> fix: start one: celery -A <your project> worker -Q parked")
 
 
+#: Commands as a newcomer runs them before ``migrate``: every subcommand runs inside the same
+#: ``ledger_required()``; these three are a read, a save (the local copy first) and the other
+#: command (each process costs seconds of the suite).
+BEFORE_MIGRATE = [
+    ["queued_storage", "status"],
+    ["queued_storage", "upload", "manage.py", "--name", "unmigrated/manage.py"],
+    ["queued_storage_reconcile"],
+]
+
+
+@pytest.mark.parametrize("argv", BEFORE_MIGRATE, ids=" ".join)
+def test_a_command_before_migrate_names_migrate_without_a_traceback(
+    argv: list[str], tmp_path: Path
+) -> None:
+    """A fresh SQLite database (no table): one line naming the fix, exit status 1."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QS_TEST_")}
+    env |= {
+        "QS_TEST_WORKDIR": str(tmp_path),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+    }
+    done = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "tests" / "manage.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=PROJECT_ROOT / "tests",
+        env=env,
+    )
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert done.stderr == (
+        "CommandError: The ledger's tables (queued_storage_storedfile, "
+        "queued_storage_tusupload) do not exist in database 'default': run 'python manage.py "
+        "migrate' first.\n"
+    )
+
+
 #: A remote as the README's first quick start had it: a bucket name and an endpoint, no keys.
 NO_KEYS_STORAGES = {
     "keyless_s3": {
