@@ -86,7 +86,8 @@ _warned_lock = threading.Lock()
 
 
 def cache_failed(kind: str, err: BaseException, consequence: str) -> None:
-    """Log that the state cache failed to *kind* (``read``, ``write``, ``drop``, ``guard``).
+    """Log that the state cache failed to *kind* (``read``, ``write``, ``drop``, ``guard``, or
+    what the reconcile pass records there).
 
     One WARNING per kind per :data:`CACHE_WARNING_INTERVAL` seconds in this process, one line
     naming the cache, the error and *consequence* (what happens instead), with no traceback;
