@@ -2,7 +2,8 @@
 #   make test   - create .venv, install, start Redis/PostgreSQL/S3/Celery workers, run the suite
 #   make test-faults - the long fault tests (kill -9, S3 outage), each printing its figures
 #   make test-browser - the upload widget and tus-js-client in Chromium (Playwright)
-#   make demo   - create .venv, install, run the example project (ARGS=--smoke: once, no browser)
+#   make demo   - create .venv, install the demo's needs only, run the example project
+#                 (ARGS=--smoke: once, no browser)
 #   make bench  - the transfer benchmarks (ARGS=--quick for small sizes)
 #   make docs   - the documentation site (docs/, mkdocs.yml) into site/, warnings as errors
 #   make tox    - the version matrix (tox.ini) in a tox venv of its own (TOXARGS="-e minimum")
@@ -15,17 +16,30 @@ else
 VENV ?= .venv-$(notdir $(PYTHON))
 endif
 BIN := $(VENV)/bin
+# The venv itself (shared); the suite's packages (test, lint, bench extras: Playwright, the
+# embedded PostgreSQL, ...) in STAMP; the demo's (the app, moto's server, requests, Pillow) in
+# DEMO_STAMP, so that `make demo` on a fresh clone installs only what the demo runs. Either order
+# works on one venv: each stamp installs its own extras with `pip install -e`.
+VENV_STAMP := $(VENV)/.venv-stamp
 STAMP := $(VENV)/.installed-stamp
+DEMO_STAMP := $(VENV)/.demo-stamp
 ARGS ?=
 STRICT ?=
 
 .PHONY: venv test test-faults test-browser demo bench docs lint format tox clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	touch $(VENV_STAMP)
+
+$(STAMP): $(VENV_STAMP) setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[redis,test,lint,bench]"
 	touch $(STAMP)
+
+$(DEMO_STAMP): $(VENV_STAMP) setup.cfg pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[redis,demo]"
+	touch $(DEMO_STAMP)
 
 venv: $(STAMP)
 
@@ -40,7 +54,7 @@ test-faults: $(STAMP)
 test-browser: $(STAMP)
 	QUEUED_STORAGE_TEST_STRICT=$(STRICT) PYTHONDEVMODE=1 $(BIN)/python -m pytest -m browser $(ARGS)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/python example_project/demo.py $(ARGS)
 
 # make bench ARGS=--quick: every row on small sizes (about three minutes)

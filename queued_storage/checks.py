@@ -1,5 +1,9 @@
 """System checks (ids ``queued_storage.E00N`` / ``W00N``); none does network I/O.
 
+Every hint states the fix on its own: the installed package has no documentation pages a user
+could open (``docs/`` is in the repository, not in the wheel, and there is no published site),
+so a hint never points at one. The id is the key of its entry in the docs' configuration page.
+
 | id   | problem |
 |------|---------|
 | E001 | a QueuedStorage's ``local`` storage is neither a STORAGES alias nor a dotted path |
@@ -25,7 +29,8 @@
 | E017 | ``QUEUED_STORAGE_RECONCILE_ON_START`` is not an integer of 0 or more |
 | E018 | ``QUEUED_STORAGE_METRICS_TOKEN`` is neither ``None`` nor a non-empty string |
 | E019 | ``QUEUED_STORAGE_SERVE_STAGED`` is not ``None``, a URL name or prefix, or a dict of them |
-| E020 | ``QUEUED_STORAGE_SERVE_STAGED`` names a URL that does not reverse with ``name`` |
+| E020 | ``QUEUED_STORAGE_SERVE_STAGED`` names a URL that exists but does not take ``name`` |
+| W020 | ``QUEUED_STORAGE_SERVE_STAGED`` names a URL the URLconf does not have (not included yet) |
 | E021 | ``QUEUED_STORAGE_SENDFILE`` / ``SENDFILE_PREFIX`` is not a valid mode / location |
 | E022 | ``QUEUED_STORAGE_TUS_EXPIRY`` is not a positive number of seconds |
 """
@@ -38,7 +43,7 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
-from django.urls import reverse
+from django.urls import NoReverseMatch, URLResolver, get_resolver, reverse
 from django.utils.module_loading import import_string
 
 from queued_storage.conf import DEFAULTS, SENDFILE_MODES, settings
@@ -57,15 +62,8 @@ __all__ = [
 
 _BACKEND = "queued_storage.storage.QueuedStorage"
 
-#: Where each check is explained: the configuration page of the docs (``docs/`` in the source
-#: tree, the same path on the built site), one heading per id. A path, not a URL: there is no
-#: published docs host, and a path in the repository is right for every checkout and sdist.
-DOCS_PAGE = "docs/configuration.md"
-
-
-def _see(check_id: str) -> str:
-    """The end of every hint: the docs entry of *check_id* (``"E005"``)."""
-    return f"See {DOCS_PAGE}#queued_storage-{check_id.lower()}"
+#: The line that makes ``"queued_storage:file"`` (and the upload views) reversible.
+INCLUDE_URLS = 'path("uploads/", include("queued_storage.urls"))'
 
 
 def _setting(name: str) -> Any:
@@ -108,7 +106,7 @@ def check_queued_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                     f"STORAGES[{alias!r}]: the local storage {local!r} is not an alias in "
                     "STORAGES.",
                     hint="Add it to STORAGES (for example a FileSystemStorage on fast disk) or "
-                    "name an existing alias in OPTIONS['local']. " + _see("E001"),
+                    "name an existing alias in OPTIONS['local'].",
                     id="queued_storage.E001",
                 )
             )
@@ -118,7 +116,7 @@ def check_queued_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                     f"STORAGES[{alias!r}]: the remote storage {remote!r} is not an alias in "
                     "STORAGES.",
                     hint="Add it to STORAGES (for example storages.backends.s3.S3Storage) or "
-                    "name an existing alias in OPTIONS['remote']. " + _see("E002"),
+                    "name an existing alias in OPTIONS['remote'].",
                     id="queued_storage.E002",
                 )
             )
@@ -128,7 +126,13 @@ def check_queued_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckM
             storage = QueuedStorage(**options)
         except ImproperlyConfigured as err:
             messages.append(
-                Error(f"STORAGES[{alias!r}]: {err}", hint=_see("E007"), id="queued_storage.E007")
+                Error(
+                    f"STORAGES[{alias!r}]: {err}",
+                    hint=f"Fix or remove the option the message names in STORAGES[{alias!r}]"
+                    "['OPTIONS'] (QueuedStorage takes local, remote, delete_local, the task "
+                    "options and local_options/remote_options for storages built in code).",
+                    id="queued_storage.E007",
+                )
             )
             continue
         try:
@@ -139,7 +143,7 @@ def check_queued_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                     f"STORAGES[{alias!r}]: the local storage {local!r} "
                     f"({type(storage.local).__name__}) cannot give a filesystem path.",
                     hint="The local storage must be on a filesystem the workers can read, "
-                    "such as django.core.files.storage.FileSystemStorage. " + _see("E003"),
+                    "such as django.core.files.storage.FileSystemStorage.",
                     id="queued_storage.E003",
                 )
             )
@@ -156,8 +160,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         messages.append(
             Error(
                 f"QUEUED_STORAGE_RETRIES must be a positive integer, got {retries!r}.",
-                hint="Set it to the number of retries after a failed attempt, e.g. 5. "
-                + _see("E004"),
+                hint="Set it to the number of retries after a failed attempt, e.g. 5.",
                 id="queued_storage.E004",
             )
         )
@@ -173,7 +176,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             messages.append(
                 Error(
                     f"QUEUED_STORAGE_{name} must be {must} of seconds, got {value!r}.",
-                    hint=f"Remove the setting to use the default ({default}). {_see('E005')}",
+                    hint=f"Remove the setting to use the default ({default}).",
                     id="queued_storage.E005",
                 )
             )
@@ -184,7 +187,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             Error(
                 f"QUEUED_STORAGE_CACHE is {alias!r}, which is not an alias in CACHES.",
                 hint="Name a cache shared by the web processes and the workers (Redis, "
-                "Memcached, database or file-based). " + _see("E006"),
+                "Memcached, database or file-based).",
                 id="queued_storage.E006",
             )
         )
@@ -198,7 +201,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     "between processes, but Celery runs tasks in worker processes.",
                     hint="Web processes will not see the workers' state changes until the "
                     "ledger is read again. Point QUEUED_STORAGE_CACHE at a shared cache "
-                    "(Redis, Memcached, database or file-based). " + _see("W001"),
+                    "(Redis, Memcached, database or file-based).",
                     id="queued_storage.W001",
                 )
             )
@@ -231,7 +234,7 @@ def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[C
                 f"QUEUED_STORAGE_STAGING_BUDGET must be None or a positive number of bytes, got "
                 f"{budget!r}.",
                 hint="Set it to the most bytes that may wait for their transfer on one host "
-                "(e.g. 50 * 1024**3), or remove it for no limit. " + _see("E010"),
+                "(e.g. 50 * 1024**3), or remove it for no limit.",
                 id="queued_storage.E010",
             )
         )
@@ -242,7 +245,7 @@ def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[C
             messages.append(
                 Error(
                     f"QUEUED_STORAGE_{name} must be a positive number of {what}, got {value!r}.",
-                    hint=f"Remove the setting to use the default ({default}). {_see('E011')}",
+                    hint=f"Remove the setting to use the default ({default}).",
                     id="queued_storage.E011",
                 )
             )
@@ -254,7 +257,7 @@ def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[C
                 f"{retry_for!r}.",
                 hint="It is how long a file's transient failures (S3 down, lost workers) are "
                 f"retried before it is failed; remove it for the default ({DEFAULTS['RETRY_FOR']}"
-                f" s, a day). {_see('E016')}",
+                " s, a day).",
                 id="queued_storage.E016",
             )
         )
@@ -265,7 +268,7 @@ def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[C
                 "QUEUED_STORAGE_RECONCILE_ON_START must be an integer of 0 or more (files), got "
                 f"{on_start!r}.",
                 hint="It is the most files a starting worker re-queues; 0 turns that off. "
-                f"Remove it for the default ({DEFAULTS['RECONCILE_ON_START']}). {_see('E017')}",
+                f"Remove it for the default ({DEFAULTS['RECONCILE_ON_START']}).",
                 id="queued_storage.E017",
             )
         )
@@ -278,7 +281,7 @@ def check_reliability_settings(app_configs: Any = None, **kwargs: Any) -> list[C
                 "delivers a retry that waits longer again, once per visibility_timeout.",
                 hint="Set broker_transport_options={'visibility_timeout': ...} (the Django "
                 "setting CELERY_BROKER_TRANSPORT_OPTIONS) above both the longest transfer and "
-                "QUEUED_STORAGE_RETRY_MAX_DELAY. " + _see("W011"),
+                "QUEUED_STORAGE_RETRY_MAX_DELAY.",
                 id="queued_storage.W011",
             )
         )
@@ -323,13 +326,20 @@ def check_staging_budget(
             f"{settings.HOST!r} for their transfer; saves fail with StagingFull beyond it.",
             hint="Check that the workers consuming this host's transfers run and that the "
             "remote storage is reachable (manage.py queued_storage_reconcile reports what "
-            "waits), or raise the budget. " + _see("W010"),
+            "waits), or raise the budget.",
             id="queued_storage.W010",
         )
     ]
 
 
 # -- upload views (queued_storage.views): E005, E008, E009, E012-E015, W002 --------------------
+_AUTHORIZER_HINT = (
+    "Give the dotted path of a function authorize(request, name, action) that raises "
+    "PermissionDenied to refuse (e.g. 'myapp.uploads.authorize'), or remove the setting to use "
+    "the permission settings."
+)
+
+
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
@@ -345,13 +355,16 @@ def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                 f"QUEUED_STORAGE_UPLOAD_STORAGE is {alias!r}, which is not the alias of a "
                 "QueuedStorage in STORAGES.",
                 hint="Name the STORAGES alias whose BACKEND is "
-                "queued_storage.storage.QueuedStorage that uploads should be saved into. "
-                + _see("E008"),
+                "queued_storage.storage.QueuedStorage that uploads should be saved into.",
                 id="queued_storage.E008",
             )
         )
-    problems: list[tuple[str, str]] = [
-        (f"QUEUED_STORAGE_{name} must be a positive integer (bytes), got {value!r}", "E009")
+    problems: list[tuple[str, str, str]] = [
+        (
+            f"QUEUED_STORAGE_{name} must be a positive integer (bytes), got {value!r}",
+            "E009",
+            f"Set a number of bytes, or remove the setting for the default ({DEFAULTS[name]}).",
+        )
         for name in ("UPLOAD_MAX_BYTES", "UPLOAD_CHUNK_SIZE")
         if not _positive_int(value := _setting(name))
     ]
@@ -362,6 +375,9 @@ def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                 "QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT must be None or a positive number of seconds, "
                 f"got {idle!r}",
                 "E005",
+                "Set the seconds an upload may send nothing before it is dropped, None to wait "
+                "forever, or remove the setting for the default "
+                f"({DEFAULTS['UPLOAD_IDLE_TIMEOUT']}).",
             )
         )
     authorizer = _setting("UPLOAD_AUTHORIZER")
@@ -373,6 +389,7 @@ def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                 (
                     f"QUEUED_STORAGE_UPLOAD_AUTHORIZER {authorizer!r} cannot be imported ({err})",
                     "E012",
+                    _AUTHORIZER_HINT,
                 )
             )
         else:
@@ -382,6 +399,7 @@ def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                         "QUEUED_STORAGE_UPLOAD_AUTHORIZER must be the dotted path of a function "
                         f"authorize(request, name, action), got {authorizer!r}",
                         "E012",
+                        _AUTHORIZER_HINT,
                     )
                 )
     for name in ("UPLOAD_PERMISSION", "STATUS_PERMISSION", "READ_PERMISSION"):
@@ -392,6 +410,8 @@ def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                     f"QUEUED_STORAGE_{name} must be None or a permission '<app_label>.<codename>', "
                     f"got {value!r}",
                     "E013",
+                    "Give a permission as '<app_label>.<codename>' (e.g. "
+                    "'queued_storage.add_storedfile'), or None to let any signed-in user in.",
                 )
             )
     upload_dir = _setting("NGINX_UPLOAD_DIR")
@@ -403,14 +423,23 @@ def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                 "QUEUED_STORAGE_NGINX_UPLOAD_DIR must be None or an absolute path, got "
                 f"{upload_dir!r}",
                 "E014",
+                "Set it to nginx's client_body_temp_path, as an absolute path, or None when "
+                "nginx does not offload uploads.",
             )
         )
     secret = _setting("NGINX_SECRET")
     if secret is not None and (not isinstance(secret, str) or not secret):
-        problems.append(("QUEUED_STORAGE_NGINX_SECRET must be None or a non-empty string", "E015"))
+        problems.append(
+            (
+                "QUEUED_STORAGE_NGINX_SECRET must be None or a non-empty string",
+                "E015",
+                "Set a long random string, and the same value in nginx's proxy_set_header "
+                "X-Queued-Storage-Secret; or None when nginx does not offload uploads.",
+            )
+        )
     messages.extend(
-        Error(f"{problem}.", hint=_see(check_id), id=f"queued_storage.{check_id}")
-        for problem, check_id in problems
+        Error(f"{problem}.", hint=hint, id=f"queued_storage.{check_id}")
+        for problem, check_id, hint in problems
     )
     if upload_dir is not None and secret is None:
         messages.append(
@@ -419,7 +448,7 @@ def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
                 "any client that reaches Django directly can name a file in that directory "
                 "in X-File-Path (another client's upload in progress).",
                 hint="Set QUEUED_STORAGE_NGINX_SECRET and the same value in nginx's "
-                "proxy_set_header X-Queued-Storage-Secret (docs/nginx.conf). " + _see("W002"),
+                "proxy_set_header X-Queued-Storage-Secret.",
                 id="queued_storage.W002",
             )
         )
@@ -437,18 +466,73 @@ def check_metrics_settings(app_configs: Any = None, **kwargs: Any) -> list[Check
         Error(
             f"QUEUED_STORAGE_METRICS_TOKEN must be None or a non-empty string, got {token!r}.",
             hint="Set the bearer token your Prometheus scraper sends (a long random string), "
-            "or None to open queued_storage.metrics.metrics_view to staff users only. "
-            + _see("E018"),
+            "or None to open queued_storage.metrics.metrics_view to staff users only.",
             id="queued_storage.E018",
         )
     ]
 
 
-# -- serving waiting files (queued_storage.views.StagedFileView): E019-E021 --------------------
+# -- serving waiting files (queued_storage.views.StagedFileView): E019-E021, W020 --------------
+_SERVE_HINT = (
+    "Set it to None (url() of a waiting file is then the local storage's), to a URL name that "
+    "takes a 'name' argument such as 'queued_storage:file' (with "
+    + INCLUDE_URLS
+    + " in your urlpatterns), or to a path prefix ending with '/'."
+)
+_SENDFILE_HINT = (
+    "Set QUEUED_STORAGE_SENDFILE to 'x-accel-redirect' (nginx), 'x-sendfile' (Apache) or None "
+    "(Django sends the bytes), and QUEUED_STORAGE_SENDFILE_PREFIX to the internal location "
+    "of your web server that maps to the staging directory, such as "
+    f"{DEFAULTS['SENDFILE_PREFIX']!r} (its default)."
+)
+
+
+_OWN_VIEW = "path('waiting/<path:name>', queued_storage.views.StagedFileView.as_view(), name=...)"
+
+
+def _url_name_exists(target: str) -> bool:
+    """Whether the URLconf has a URL named *target* (``"ns:name"``), whatever its arguments:
+    its namespaces (instance or application) are included, and the last one names it."""
+    *namespaces, name = target.split(":")
+    resolver: URLResolver = get_resolver()
+    for namespace in namespaces:
+        if namespace not in resolver.namespace_dict and namespace in resolver.app_dict:
+            namespace = resolver.app_dict[namespace][0]  # the application's first instance
+        if namespace not in resolver.namespace_dict:
+            return False
+        resolver = resolver.namespace_dict[namespace][1]
+    return name in resolver.reverse_dict
+
+
+def _missing_url(where: str, target: str) -> Warning:
+    """W020: the named URL is not (yet) in the URLconf; only url() of a waiting file fails."""
+    if target.split(":", 1)[0] == "queued_storage":
+        fix = f"Add {INCLUDE_URLS} to your urlpatterns (ROOT_URLCONF)."
+    else:
+        fix = (
+            f"Add a URL named {target!r} whose pattern takes a 'name' argument (e.g. "
+            f"{_OWN_VIEW}), or add "
+            f"{INCLUDE_URLS} to your urlpatterns and set {where} = 'queued_storage:file'."
+        )
+    return Warning(
+        f"{where} is {target!r}, but the URLconf has no URL of that name: url() of a file "
+        "waiting for its transfer raises NoReverseMatch until it has.",
+        hint=fix,
+        id="queued_storage.W020",
+    )
+
+
 @register(Tags.compatibility, Tags.urls)
 def check_serving_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """E019-E021: where ``url()`` of a waiting file points, and how the view sends it."""
-    problems: list[tuple[str, str]] = []
+    """E019-E021, W020: where ``url()`` of a waiting file points, and how the view sends it.
+
+    A URL name the URLconf does not have (``queued_storage.urls`` not included yet) is a
+    warning, W020: it breaks only ``url()`` of a waiting file, and an error would stop every
+    ``manage.py`` command, ``queued_storage doctor`` too. A malformed value (E019), or a URL
+    that exists but does not take a ``name`` (E020), is an error.
+    """
+    problems: list[tuple[str, str, str]] = []
+    messages: list[CheckMessage] = []
     serve = _setting("SERVE_STAGED")
     queued = dict(_queued_entries())
     if isinstance(serve, dict):
@@ -460,6 +544,8 @@ def check_serving_settings(app_configs: Any = None, **kwargs: Any) -> list[Check
                     "QUEUED_STORAGE_SERVE_STAGED has keys that are not aliases of a "
                     f"QueuedStorage in STORAGES: {', '.join(map(repr, unknown))}",
                     "E019",
+                    "Key the dict by the STORAGES aliases of your QueuedStorages (known: "
+                    f"{', '.join(map(repr, queued)) or 'none'}), or give one value for all.",
                 )
             )
     else:
@@ -474,17 +560,33 @@ def check_serving_settings(app_configs: Any = None, **kwargs: Any) -> list[Check
                     f"{where} must be a URL name (such as 'queued_storage:file') or a path "
                     f"prefix ending with '/', got {target!r}",
                     "E019",
+                    _SERVE_HINT,
                 )
             )
         elif "/" not in target:
             try:
                 reverse(target, kwargs={"name": "probe/file.txt"})
+            except NoReverseMatch as err:
+                if not _url_name_exists(target):
+                    messages.append(_missing_url(where, target))
+                    continue
+                problems.append(
+                    (
+                        f"{where} is {target!r}, which does not reverse with a 'name' argument "
+                        f"({type(err).__name__}: {err})",
+                        "E020",
+                        f"Name a URL whose pattern takes a 'name' argument: 'queued_storage:file'"
+                        f" (with {INCLUDE_URLS} in your urlpatterns), or your own "
+                        f"{_OWN_VIEW}.",
+                    )
+                )
             except Exception as err:
                 problems.append(
                     (
                         f"{where} is {target!r}, which does not reverse with a 'name' argument "
                         f"({type(err).__name__}: {err})",
                         "E020",
+                        "Fix the URLconf error the message names (ROOT_URLCONF).",
                     )
                 )
     mode = _setting("SENDFILE")
@@ -494,6 +596,7 @@ def check_serving_settings(app_configs: Any = None, **kwargs: Any) -> list[Check
                 f"QUEUED_STORAGE_SENDFILE must be None, 'x-accel-redirect' or 'x-sendfile', got "
                 f"{mode!r}",
                 "E021",
+                _SENDFILE_HINT,
             )
         )
     prefix = _setting("SENDFILE_PREFIX")
@@ -503,12 +606,14 @@ def check_serving_settings(app_configs: Any = None, **kwargs: Any) -> list[Check
                 "QUEUED_STORAGE_SENDFILE_PREFIX must be nginx's internal location, a path "
                 f"starting and ending with '/', got {prefix!r}",
                 "E021",
+                _SENDFILE_HINT,
             )
         )
-    return [
-        Error(f"{problem}.", hint=_see(check_id), id=f"queued_storage.{check_id}")
-        for problem, check_id in problems
+    errors: list[CheckMessage] = [
+        Error(f"{problem}.", hint=hint, id=f"queued_storage.{check_id}")
+        for problem, check_id, hint in problems
     ]
+    return errors + messages
 
 
 # -- tus resumable uploads (queued_storage.tus): E022 ------------------------------------------
@@ -522,7 +627,7 @@ def check_tus_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
         Error(
             f"QUEUED_STORAGE_TUS_EXPIRY must be a positive number of seconds, got {expiry!r}.",
             hint="Set how long an unfinished tus upload may wait for its next chunk (the "
-            "default is 86400, a day). " + _see("E022"),
+            "default is 86400, a day).",
             id="queued_storage.E022",
         )
     ]

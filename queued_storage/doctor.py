@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
+from botocore.exceptions import NoCredentialsError, PartialCredentialsError
 from celery import current_app
 from django.conf import settings as django_settings
 from django.core.cache import caches
@@ -63,7 +64,7 @@ _T = TypeVar("_T")
 
 _RECONCILE_FIX = (
     "schedule the pass: the Celery beat task queued_storage.tasks.reconcile, or cron "
-    "'python manage.py queued_storage reconcile' (docs/operations.md: The reconcile pass)"
+    "'python manage.py queued_storage reconcile' every few minutes"
 )
 
 
@@ -261,7 +262,16 @@ def _skew(server: datetime.datetime | None, subject: str) -> Check:
 def _probe_failed(failure: ProbeFailed, spec: str, subject: str, timeout: float) -> Check:
     where = f"{redact(failure.endpoint)} bucket {failure.bucket!r}"
     code = failure.code
-    if failure.step == "reach":
+    if isinstance(failure.error, (NoCredentialsError, PartialCredentialsError)):
+        found = "incomplete" if isinstance(failure.error, PartialCredentialsError) else "missing"
+        detail = f"{where}: the credentials are {found} ({_error(failure.error)})"
+        fix = (
+            f"set {_option(spec, 'access_key')} and 'secret_key' (from the environment, "
+            "e.g. os.environ['AWS_ACCESS_KEY_ID'] and os.environ['AWS_SECRET_ACCESS_KEY']), "
+            "or export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to every process, or give "
+            "the host an IAM role or an AWS profile (AWS_PROFILE)"
+        )
+    elif failure.step == "reach":
         detail = f"cannot reach {where} within {timeout:g} s ({_error(failure.error)})"
         fix = f"check the network path to the endpoint, or {_option(spec, 'endpoint_url')}"
     elif code in ("404", "NoSuchBucket"):
@@ -355,7 +365,9 @@ def check_celery_app() -> tuple[list[Check], Any]:
     app = current_app._get_current_object()
     fix = (
         "define your project's Celery app (proj/celery.py) and import it in the project "
-        "package's __init__.py, as Celery's Django guide does (docs/quickstart.md)"
+        "package's __init__.py, as Celery's Django guide does: app = Celery('proj'); "
+        "app.config_from_object('django.conf:settings', namespace='CELERY'); "
+        "app.autodiscover_tasks()"
     )
     if app.main in (None, "default") and not app.fixups:  # Celery's fallback app
         detail = "no Celery app is configured: transfers would go to Celery's fallback app"
@@ -461,7 +473,10 @@ def run(
 ) -> list[Check]:
     """Every check, in the order a file travels; see the module docstring."""
     if not storages:
-        fix = "add one to STORAGES (docs/quickstart.md)"
+        fix = (
+            "add one to STORAGES: {'BACKEND': 'queued_storage.storage.QueuedStorage', "
+            "'OPTIONS': {'local': <a FileSystemStorage alias>, 'remote': <an S3Storage alias>}}"
+        )
         return [Check("storages", "", FAIL, "no QueuedStorage is configured", fix)]
     found = check_ledger()
     found += check_local(storages)

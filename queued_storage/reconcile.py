@@ -872,8 +872,10 @@ def _verify_sample(report: Report, aliases: Sequence[str] | None) -> None:
         return  # the same files again next time
     try:
         cache.set(_key("verify-cursor"), chosen[-1].pk, settings.CACHE_TIMEOUT)
-    except Exception:
-        logger.warning("could not record the verify sample's position in the cache")
+    except Exception as err:
+        read_side.cache_failed(
+            "record the verify sample's position", err, "the next sample starts from the beginning"
+        )
 
 
 def _record_run(report: Report, now: datetime.datetime) -> None:
@@ -888,8 +890,10 @@ def _record_run(report: Report, now: datetime.datetime) -> None:
         cache = caches[settings.CACHE]
         cache.set(_key("last-pass", report.host), record, settings.CACHE_TIMEOUT)
         cache.set(_key("last-pass"), record, settings.CACHE_TIMEOUT)
-    except Exception:
-        logger.warning("could not record the reconcile pass in the cache", exc_info=True)
+    except Exception as err:
+        read_side.cache_failed(
+            "record the reconcile pass", err, "doctor's reconcile line will not see this pass"
+        )
 
 
 def last_run(host: str | None = None) -> dict[str, Any] | None:

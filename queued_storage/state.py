@@ -7,8 +7,11 @@ the common read free of database queries. Rules that keep the copy honest:
   commit;
 * a read that missed the cache fills it with ``cache.add``, which never overwrites a value a
   transition wrote meanwhile, so a slow reader cannot put back a stale state;
-* a cache that fails (Redis down, flushed) only costs speed: errors are logged and the ledger
-  answers. No state is ever learned from the remote storage's network API;
+* a cache that fails (Redis down, flushed) only costs speed: the ledger answers, and the
+  failure is logged once per kind (read, write, drop, guard) per minute per process, as one
+  WARNING line without a traceback (the traceback at DEBUG), so that a cache outage does not
+  bury the log under a traceback per request. No state is ever learned from the remote
+  storage's network API;
 * a row written inside a transaction that is still open is read from the ledger, bypassing the
   cache, until that transaction ends: the cache may hold what other processes see (an
   "unknown" cached by an ``exists()`` just before the save, say), and the row is published to
@@ -21,6 +24,8 @@ import hashlib
 import logging
 import math
 import os
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +36,9 @@ from queued_storage.conf import settings
 from queued_storage.models import State, StoredFile
 
 __all__ = [
+    "CACHE_WARNING_INTERVAL",
     "FileState",
+    "cache_failed",
     "cache_key",
     "first_to_mark",
     "get_progress",
@@ -76,6 +83,43 @@ class FileState:
 
 
 _ABSENT = {"s": None}
+
+#: Seconds between two WARNINGs of one kind of cache failure in one process.
+CACHE_WARNING_INTERVAL = 60.0
+
+_warned_at: dict[str, float] = {}
+_warned_lock = threading.Lock()
+
+
+def cache_failed(kind: str, err: BaseException, consequence: str) -> None:
+    """Log that the state cache failed to *kind* (``read``, ``write``, ``drop``, ``guard``, or
+    what the reconcile pass records there).
+
+    One WARNING per kind per :data:`CACHE_WARNING_INTERVAL` seconds in this process, one line
+    naming the cache, the error and *consequence* (what happens instead), with no traceback;
+    every failure, the first too, at DEBUG with its traceback.
+    """
+    now = time.monotonic()
+    with _warned_lock:
+        last = _warned_at.get(kind)
+        due = last is None or now - last >= CACHE_WARNING_INTERVAL
+        if due:
+            _warned_at[kind] = now
+    if due:
+        logger.warning(
+            "the state cache CACHES[%r] failed to %s (%s: %s); %s. Start the cache or fix "
+            "CACHES[%r]; the same failure is logged again in %g s at the earliest (at DEBUG "
+            "each time, with its traceback).",
+            settings.CACHE,
+            kind,
+            type(err).__name__,
+            err,
+            consequence,
+            settings.CACHE,
+            CACHE_WARNING_INTERVAL,
+        )
+    logger.debug("the state cache failed to %s", kind, exc_info=err)
+
 
 #: Progress entries only matter while a transfer runs; they expire on their own.
 PROGRESS_TIMEOUT = 300
@@ -141,8 +185,8 @@ def get_state(prefix: str, alias: str, name: str, *, fresh: bool = False) -> Fil
     if not fresh:
         try:
             value = _cache().get(key)
-        except Exception:  # a cache outage costs speed, never correctness
-            logger.warning("state cache read failed; using the ledger", exc_info=True)
+        except Exception as err:  # a cache outage costs speed, never correctness
+            cache_failed("read", err, "states are read from the ledger")
             value = None
         if value is not None:
             try:
@@ -162,8 +206,8 @@ def get_state(prefix: str, alias: str, name: str, *, fresh: bool = False) -> Fil
             _cache().set(key, value, timeout)
         else:
             _cache().add(key, value, timeout)
-    except Exception:
-        logger.warning("state cache write failed", exc_info=True)
+    except Exception as err:
+        cache_failed("write", err, "states are not cached; the ledger holds them")
     return found
 
 
@@ -181,8 +225,8 @@ def write_state(prefix: str, alias: str, name: str, state: FileState) -> None:
     """Set the cached state of *name* (a cache that fails costs speed, never correctness)."""
     try:
         _cache().set(cache_key(prefix, alias, name), state.to_cache(), settings.CACHE_TIMEOUT)
-    except Exception:
-        logger.warning("could not write the state of %r to the cache", name, exc_info=True)
+    except Exception as err:
+        cache_failed("write", err, "states are not cached; the ledger holds them")
 
 
 def write_progress(prefix: str, alias: str, name: str, done: int, total: int) -> None:
@@ -197,8 +241,12 @@ def drop_state(prefix: str, alias: str, name: str) -> None:
     """Drop the cached state of a deleted file."""
     try:
         _cache().delete(cache_key(prefix, alias, name))
-    except Exception:
-        logger.warning("could not drop the cached state of %r", name, exc_info=True)
+    except Exception as err:
+        cache_failed(
+            "drop",
+            err,
+            "a deleted file's cached state stays until it expires (QUEUED_STORAGE_CACHE_TIMEOUT)",
+        )
 
 
 def first_to_mark(prefix: str, what: str, seconds: float) -> bool:
@@ -208,6 +256,6 @@ def first_to_mark(prefix: str, what: str, seconds: float) -> bool:
     key = cache_key(prefix, "", what) + ":once"
     try:
         return bool(_cache().add(key, os.getpid(), max(1, math.ceil(seconds))))
-    except Exception:
-        logger.warning("state cache write failed; %s runs unguarded", what, exc_info=True)
+    except Exception as err:
+        cache_failed("guard", err, f"{what} runs unguarded")
         return True

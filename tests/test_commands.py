@@ -666,6 +666,87 @@ def test_doctor_fails_a_queue_no_worker_consumes(worker: Any, clean: Any) -> Non
     assert workers.endswith("-> fix: start one: celery -A <your project> worker -Q parked")
 
 
+#: Commands as a newcomer runs them before ``migrate``: every subcommand runs inside the same
+#: ``ledger_required()``; these three are a read, a save (the local copy first) and the other
+#: command (each process costs seconds of the suite).
+BEFORE_MIGRATE = [
+    ["queued_storage", "status"],
+    ["queued_storage", "upload", "manage.py", "--name", "unmigrated/manage.py"],
+    ["queued_storage_reconcile"],
+]
+
+
+@pytest.mark.parametrize("argv", BEFORE_MIGRATE, ids=" ".join)
+def test_a_command_before_migrate_names_migrate_without_a_traceback(
+    argv: list[str], tmp_path: Path
+) -> None:
+    """A fresh SQLite database (no table): one line naming the fix, exit status 1."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QS_TEST_")}
+    env |= {
+        "QS_TEST_WORKDIR": str(tmp_path),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+    }
+    done = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "tests" / "manage.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=PROJECT_ROOT / "tests",
+        env=env,
+    )
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert done.stderr == (
+        "CommandError: The ledger's tables (queued_storage_storedfile, "
+        "queued_storage_tusupload) do not exist in database 'default': run 'python manage.py "
+        "migrate' first.\n"
+    )
+
+
+#: A remote as the README's first quick start had it: a bucket name and an endpoint, no keys.
+NO_KEYS_STORAGES = {
+    "keyless_s3": {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {"bucket_name": "qs-test", "endpoint_url": "http://127.0.0.1:9"},
+    },
+    "keyless": {
+        "BACKEND": "queued_storage.storage.QueuedStorage",
+        "OPTIONS": {"local": "staging", "remote": "keyless_s3"},
+    },
+}
+
+
+def test_doctor_names_missing_credentials_as_such(
+    clean: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No keys in the options, the settings or the environment, no AWS config or credentials
+    file: botocore's NoCredentialsError is named as missing credentials with how to give
+    them, not as a network problem."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role either
+    with override_settings(
+        STORAGES={**settings.STORAGES, **NO_KEYS_STORAGES},
+        AWS_S3_ACCESS_KEY_ID=None,
+        AWS_S3_SECRET_ACCESS_KEY=None,
+    ):
+        out, err, code = command("doctor", "--storage", "keyless", "--timeout", "1")
+    assert code == 1
+    assert lines_of(out)["remote"] == [
+        "FAIL  remote     keyless_s3 (keyless): http://127.0.0.1:9 bucket 'qs-test': the "
+        "credentials are missing (NoCredentialsError: Unable to locate credentials)  -> fix: "
+        "set STORAGES['keyless_s3']['OPTIONS']['access_key'] and 'secret_key' (from the "
+        "environment, e.g. os.environ['AWS_ACCESS_KEY_ID'] and "
+        "os.environ['AWS_SECRET_ACCESS_KEY']), or export AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY to every process, or give the host an IAM role or an AWS "
+        "profile (AWS_PROFILE)"
+    ]
+    assert err.startswith("CommandError: ") and "remote" in err
+
+
 def test_verify_and_doctor_as_processes_with_json_and_exit_codes(worker: Any, clean: Any) -> None:
     gone = transferred("process/gone.txt", b"deleted by hand")
     clean.delete_object(Bucket=settings.BUCKET, Key=gone)

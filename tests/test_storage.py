@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -20,6 +21,8 @@ from django.core.management import call_command
 from django.db import DatabaseError, transaction
 from django.test import override_settings
 
+from qs_dev.processes import LOOPBACK, free_port
+from queued_storage import state as read_side
 from queued_storage.conf import settings as qs_settings
 from queued_storage.exceptions import QueuedStorageConfigError, StorageNotFound
 from queued_storage.ledger import Ledger, ledger_database
@@ -417,3 +420,40 @@ def test_a_save_rolled_back_leaves_no_cached_state_and_the_name_unknown(
     assert storage.get_state(name) is None
     assert _cached(storage, name) == {"s": None}
     assert not StoredFile.objects.filter(name=name).exists()
+
+
+# --- a cache that does not answer ----------------------------------------------------------
+def test_a_cache_that_refuses_connections_logs_one_warning_per_kind_without_traceback(
+    storage: QueuedStorage, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis down: save, url and exists still work from the ledger; the log gets one line for
+    the failed writes and one for the failed reads (not one traceback per call); the
+    tracebacks are at DEBUG."""
+    monkeypatch.setattr(read_side, "_warned_at", {})  # as in a process that just started
+    port = free_port()  # nothing listens there
+    closed = f"redis://{LOOPBACK}:{port}/0"
+    down = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": closed}
+    with (
+        override_settings(CACHES={**settings.CACHES, "down": down}, QUEUED_STORAGE_CACHE="down"),
+        caplog.at_level(logging.DEBUG, logger="queued_storage"),
+    ):
+        name = storage.save("cache-down.txt", ContentFile(b"saved with the cache down"))
+        for _ in range(3):
+            assert storage.exists(name)
+            assert storage.url(name)
+        assert storage.get_state(name) is not None
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    refused = f"ConnectionError: Error 111 connecting to {LOOPBACK}:{port}. Connection refused."
+    assert [r.getMessage() for r in loud] == [
+        f"the state cache CACHES['down'] failed to {kind} ({refused}); {consequence}. Start "
+        "the cache or fix CACHES['down']; the same failure is logged again in 60 s at the "
+        "earliest (at DEBUG each time, with its traceback)."
+        for kind, consequence in [
+            ("write", "states are not cached; the ledger holds them"),
+            ("read", "states are read from the ledger"),
+        ]
+    ]
+    assert [r.exc_info for r in loud] == [None, None]
+    quiet = [r for r in caplog.records if r.name == "queued_storage.state" and r.levelno < 30]
+    assert len(quiet) >= 8  # every failure, at DEBUG
+    assert all(r.exc_info is not None for r in quiet)

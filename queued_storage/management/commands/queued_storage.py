@@ -32,13 +32,16 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import IO, Any, cast
 
+from django.apps import apps
 from django.conf import settings as django_settings
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import InvalidStorageError, Storage, storages
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError, connections
 from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -110,6 +113,34 @@ def add_reconcile_arguments(parser: CommandParser) -> None:
         help="Check the local copies of every host's files, not only this host's (a "
         "staging volume shared by hosts that record different QUEUED_STORAGE_HOST names).",
     )
+
+
+def _missing_tables() -> list[str]:
+    """The app's tables its database does not have (``migrate`` not run yet); empty when that
+    cannot be told (the database does not answer: that error is the one to show)."""
+    db = StoredFile.db()
+    try:
+        existing = set(connections[db].introspection.table_names())
+    except DatabaseError:
+        return []
+    models = apps.get_app_config("queued_storage").get_models()
+    return [m._meta.db_table for m in models if m._meta.db_table not in existing]
+
+
+@contextmanager
+def ledger_required() -> Iterator[None]:
+    """A database error because the ledger's tables do not exist yet becomes a
+    :class:`CommandError` naming ``migrate`` (one line, exit status 1), not a traceback."""
+    try:
+        yield
+    except DatabaseError as err:
+        missing = _missing_tables()
+        if not missing:
+            raise
+        raise CommandError(
+            f"The ledger's tables ({', '.join(missing)}) do not exist in database "
+            f"{StoredFile.db()!r}: run 'python manage.py migrate' first."
+        ) from err
 
 
 def run_reconcile(command: BaseCommand, options: dict[str, Any]) -> None:
@@ -417,7 +448,8 @@ class Command(BaseCommand):
             "seed": self._seed_all,
             "reconcile": self._reconcile,
         }[options["subcommand"]]
-        handler(options)
+        with ledger_required():
+            handler(options)
 
     def _reconcile(self, options: dict[str, Any]) -> None:
         run_reconcile(self, options)

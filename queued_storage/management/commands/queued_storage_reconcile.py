@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from queued_storage.management.commands.queued_storage import (
     add_reconcile_arguments,
+    ledger_required,
     run_reconcile,
 )
 
@@ -28,4 +29,5 @@ class Command(BaseCommand):
         add_reconcile_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        run_reconcile(self, options)
+        with ledger_required():
+            run_reconcile(self, options)
