@@ -35,7 +35,7 @@ from queued_storage.models import State, StoredFile
 from queued_storage.reconcile import LOST, overdue, reconcile, reconcile_on_start
 from queued_storage.storage import QueuedStorage
 from queued_storage.worker import Outcome, run_transfer
-from tests.harness.suite import broker_messages, need, redis_client, wait_for
+from tests.harness.suite import broker_messages, need, redis_client, s3_bytes, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -283,8 +283,64 @@ def test_refused_broker_leaves_the_row_for_the_next_pass(
     assert "reconcile could not queue 2 transfer(s)" in caplog.text
     assert row("queued_parked", first).updated == before  # the claim was undone
     assert row("queued_parked", first).retrying_since is None
-    assert len(reconcile().requeued) == 2
+    # ... and the refusal recorded: the next pass queues both first, as refused, not overdue.
+    assert row("queued_parked", second).dispatch_refused is not None
+    assert len(reconcile().requeued_refused) == 2
     assert len(broker("parked")) == 2
+    assert row("queued_parked", second).dispatch_refused is None
+
+
+def refused_saves(broker_proxy: Any, count: int, storage: str = "queued_parked") -> list[str]:
+    """Save *count* files through *storage* while the broker refuses connections."""
+    broker_proxy.go_down()
+    try:
+        found = storages[storage]
+        return [found.save(f"while-refused-{i}.txt", ContentFile(b"r%d" % i)) for i in range(count)]
+    finally:
+        broker_proxy.come_up()
+
+
+def test_a_save_the_broker_refused_is_recorded_and_the_next_pass_queues_it_at_once(
+    broker: Any, broker_proxy: Any
+) -> None:
+    (name,) = refused_saves(broker_proxy, 1)
+    refused = row("queued_parked", name)
+    assert (refused.state, refused.dispatch_refused is not None) == (State.PENDING, True)
+    assert refused.retrying_since is None  # nothing was lost: no message had been sent
+    assert broker("parked") == []
+    not_yet_overdue = StoredFile.objects.filter(pk=refused.pk).filter(
+        overdue(timezone.now(), AFTER)
+    )
+    assert not not_yet_overdue.exists()  # the overdue path would wait another AFTER (60 s)
+    report = reconcile()
+    assert (report.requeued_refused, report.requeued) == ([f"queued_parked:{name}"], [])
+    assert report.counts()["requeued_refused"] == 1
+    assert broker("parked") == [["queued_parked", name]]
+    sent = row("queued_parked", name)
+    assert (sent.dispatch_refused, sent.retrying_since, sent.attempts) == (None, None, 0)
+    # Sent once: the next pass finds it neither refused nor overdue.
+    assert reconcile().requeued_refused == []
+    assert len(broker("parked")) == 1
+
+
+def test_a_starting_worker_queues_this_hosts_refused_files_at_once(
+    unguarded: Any, broker_proxy: Any
+) -> None:
+    names = refused_saves(broker_proxy, 2)
+    elsewhere = row("queued_parked", names[1])
+    StoredFile.rows("queued_parked", elsewhere.name).update(host="web-b")
+    report = reconcile_on_start()
+    assert report is not None
+    assert (report.requeued_refused, report.requeued) == ([f"queued_parked:{names[0]}"], [])
+    assert unguarded("parked") == [["queued_parked", names[0]]]
+    assert row("queued_parked", names[0]).dispatch_refused is None
+    assert row("queued_parked", names[1]).dispatch_refused is not None  # another host's
+
+
+def test_a_lease_clears_the_refusal_a_message_got_through(broker: Any, broker_proxy: Any) -> None:
+    (name,) = refused_saves(broker_proxy, 1)
+    assert Ledger("queued_parked").lease(name, "a-worker", 20).acquired
+    assert row("queued_parked", name).dispatch_refused is None
 
 
 # --- (a') the pass a worker runs when it starts ------------------------------------------
@@ -643,3 +699,25 @@ def test_reconcile_task_in_the_worker_requeues_an_overdue_file(worker: Any, clea
         what="the worker's reconcile pass to get the file transferred",
     )
     assert clean.get_object(Bucket=settings.BUCKET, Key=name)["Body"].read() == b"beat"
+
+
+def test_files_saved_while_the_broker_was_down_arrive_after_one_pass_not_when_overdue(
+    worker: Any, clean: Any, broker_proxy: Any
+) -> None:
+    """The worker transfers them after one pass, well before they are overdue: the pass sends
+    the refused ones at once (a message for an overdue file would wait RECONCILE_AFTER)."""
+    with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=120):
+        assert qs_settings().RECONCILE_AFTER == 120
+        names = refused_saves(broker_proxy, 3, storage="default")
+        rows = StoredFile.objects.filter(alias="default", name__in=names)
+        assert rows.filter(state=State.PENDING, dispatch_refused__isnull=False).count() == 3
+        assert not rows.filter(overdue(timezone.now(), 120)).exists()
+        report = reconcile(aliases=["default"])
+        assert sorted(report.requeued_refused) == sorted(f"default:{n}" for n in names)
+        wait_for(
+            lambda: rows.filter(state=State.REMOTE).count() == 3,
+            timeout=30,
+            what="the worker to transfer the files the pass queued",
+        )
+    assert [s3_bytes(clean, n) for n in names] == [b"r0", b"r1", b"r2"]
+    assert not rows.filter(dispatch_refused__isnull=False).exists()
