@@ -26,6 +26,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from queued_storage import signals
@@ -721,3 +722,18 @@ def test_files_saved_while_the_broker_was_down_arrive_after_one_pass_not_when_ov
         )
     assert [s3_bytes(clean, n) for n in names] == [b"r0", b"r1", b"r2"]
     assert not rows.filter(dispatch_refused__isnull=False).exists()
+
+
+def test_the_pass_finds_the_refused_files_through_their_partial_index(broker: Any) -> None:
+    """Invariant 12: a pass looks for refused files every time; a partial index holds only
+    them, so the look costs the same however large the ledger is."""
+    saved("a-file-of-the-ledger.txt")
+    with CaptureQueriesContext(connections["default"]) as ran:
+        reconcile(aliases=["queued_parked"])
+    (sql,) = [
+        q["sql"] for q in ran.captured_queries if '"dispatch_refused" IS NOT NULL' in q["sql"]
+    ]
+    with connections["default"].cursor() as cursor:
+        cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
+        plan = " ".join(str(step[-1]) for step in cursor.fetchall())
+    assert "USING INDEX queued_storage_refused" in plan, plan
