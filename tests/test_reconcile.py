@@ -33,6 +33,7 @@ from queued_storage import signals
 from queued_storage.exceptions import StagingFull
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
+from queued_storage.operations import transfer_rows
 from queued_storage.reconcile import LOST, overdue, reconcile, reconcile_on_start
 from queued_storage.storage import QueuedStorage
 from queued_storage.worker import Outcome, run_transfer
@@ -336,6 +337,22 @@ def test_a_starting_worker_queues_this_hosts_refused_files_at_once(
     assert unguarded("parked") == [["queued_parked", names[0]]]
     assert row("queued_parked", names[0]).dispatch_refused is None
     assert row("queued_parked", names[1]).dispatch_refused is not None  # another host's
+
+
+def test_files_the_transfer_command_could_not_queue_are_marked_refused(
+    broker: Any, broker_proxy: Any
+) -> None:
+    names = [saved(f"queued-by-hand-{i}.txt", old=1) for i in range(2)]
+    broker_proxy.go_down()
+    try:
+        done = transfer_rows(StoredFile.objects.filter(name__in=names).order_by("name"))
+    finally:
+        broker_proxy.come_up()
+    # The first refusal stops the command from trying again; both rows are marked.
+    assert (done.queued, done.refused) == (0, 2)
+    assert all(row("queued_parked", n).dispatch_refused is not None for n in names)
+    assert sorted(reconcile().requeued_refused) == [f"queued_parked:{n}" for n in names]
+    assert sorted(args[1] for args in broker("parked")) == names
 
 
 def test_a_lease_clears_the_refusal_a_message_got_through(broker: Any, broker_proxy: Any) -> None:
