@@ -8,6 +8,7 @@ the end-to-end proofs with a worker process are in ``test_integration.py``.
 from __future__ import annotations
 
 import datetime
+import html
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
 from django.dispatch import Signal
-from django.test import override_settings
+from django.test import Client, override_settings
 from django.utils import timezone
 
 from queued_storage import signals
@@ -232,7 +233,7 @@ def test_a_file_whose_workers_keep_dying_fails_once_retry_for_has_passed(clean: 
 
 
 def test_a_missing_bucket_keeps_the_file_pending_on_the_outage_budget_until_it_is_created(
-    clean: Any,
+    clean: Any, admin_client: Client
 ) -> None:
     """A missing bucket is the site's configuration, not the file's fault: the file waits
     (``pending``, no attempt counted, a run of infrastructure failures) with a reason naming
@@ -254,6 +255,8 @@ def test_a_missing_bucket_keeps_the_file_pending_on_the_outage_budget_until_it_i
     )
     assert settings.S3_SECRET not in row.last_error
     assert Path(storage.local.path(name)).read_bytes() == b"x"  # nothing lost
+    page = admin_client.get(f"/admin/queued_storage/storedfile/{row.pk}/change/")
+    assert html.escape(row.last_error) in page.content.decode()  # the admin says why
     (remote,) = [c for c in check_remotes([storage], timeout=2) if c.check == "remote"]
     assert (remote.status, remote.fix) == (
         FAIL,
