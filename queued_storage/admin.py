@@ -156,6 +156,7 @@ _TRANSFER_FIELDS = (
     "checksum",
     "checksum_algorithm",
     "retrying_since",
+    "dispatch_refused",
     "lease_owner",
     "lease_expires",
     "upload_id",

@@ -19,10 +19,11 @@ def dispatch(
     """Send the transfer message; never raise: a refused message leaves the file ``pending``.
 
     *task* is the storage's Celery task. Returns the ``AsyncResult``, or ``None`` when the
-    broker refused the message (the reason is logged, without credentials). *keep_result*:
-    the outcome is stored where a result backend is configured (``storage.transfer(name)``);
-    a save's transfer does not ask for it, so that a request never pays the backend's
-    subscription to the result.
+    broker refused the message (the reason is logged, without credentials; the caller records
+    the refusal with ``Ledger.refused``, so that a starting worker or the next reconcile pass
+    queues the file at once). *keep_result*: the outcome is stored where a result backend is
+    configured (``storage.transfer(name)``); a save's transfer does not ask for it, so that a
+    request never pays the backend's subscription to the result.
     """
     options: dict[str, Any] = {"queue": queue} if queue else {}
     if keep_result:
@@ -32,7 +33,8 @@ def dispatch(
     except Exception as err:
         logger.warning(
             "could not queue the transfer of %r (%s: %s); it stays pending and is served "
-            "locally until the reconcile pass or storage.transfer(name) queues it",
+            "locally until the next reconcile pass, a worker that starts, or "
+            "storage.transfer(name) queues it",
             name,
             type(err).__name__,
             redact(str(err)),

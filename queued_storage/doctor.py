@@ -275,8 +275,11 @@ def _probe_failed(failure: ProbeFailed, spec: str, subject: str, timeout: float)
         detail = f"cannot reach {where} within {timeout:g} s ({_error(failure.error)})"
         fix = f"check the network path to the endpoint, or {_option(spec, 'endpoint_url')}"
     elif code in ("404", "NoSuchBucket"):
-        detail = f"{where}: the bucket does not exist"
-        fix = f"create the bucket, or fix {_option(spec, 'bucket_name')}"
+        detail = f"{where}: the bucket does not exist; the files sent to it wait (pending)"
+        fix = (
+            "create the bucket (the waiting files then go on their own), or fix "
+            f"{_option(spec, 'bucket_name')}"
+        )
     elif code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
         detail = f"{where}: the credentials are refused ({code})"
         fix = f"fix {_option(spec, 'access_key')}/'secret_key' (or the host's IAM role)"

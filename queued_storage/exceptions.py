@@ -3,13 +3,14 @@
 Three kinds matter for the retry policy (``worker.py``), each one ``except``:
 
 * :class:`InfrastructureError` (a :class:`TransientTransferError`): the remote storage or the way
-  to it failed, not the file (connection refused or cut, timeouts, HTTP 5xx, throttling). Retried
-  for ``QUEUED_STORAGE_RETRY_FOR`` seconds, however many attempts that takes.
+  to it failed, not the file (connection refused or cut, timeouts, HTTP 5xx, throttling, a
+  bucket that does not exist yet). Retried for ``QUEUED_STORAGE_RETRY_FOR`` seconds, however
+  many attempts that takes.
 * any other :class:`TransientTransferError`: an error about this file that a resend may cure (a
   checksum mismatch, bytes that changed in transit, a task's hook asking to retry). Counted:
   ``QUEUED_STORAGE_RETRIES`` retries.
 * :class:`PermanentTransferError`: retrying cannot help (the local file is gone, access is
-  denied, the bucket does not exist): ``failed`` at once.
+  denied): ``failed`` at once.
 
 Configuration errors subclass Django's ``ImproperlyConfigured`` so that they read like every
 other Django configuration error.
@@ -58,7 +59,8 @@ class TransientTransferError(TransferError):
 class InfrastructureError(TransientTransferError):
     """The remote storage, or the network to it, failed: not the file's fault.
 
-    Connection refused or cut, a timeout, HTTP 5xx, throttling. It spends no retry budget: the
+    Connection refused or cut, a timeout, HTTP 5xx, throttling; a missing bucket too (the
+    site's configuration, which the files wait for). It spends no retry budget: the
     file is retried, with a backoff as long as the failures have lasted so far (capped by
     ``QUEUED_STORAGE_RETRY_MAX_DELAY``), until ``QUEUED_STORAGE_RETRY_FOR`` seconds after the
     first failure of the run.

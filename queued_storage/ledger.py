@@ -14,6 +14,10 @@ visible to readers:
   whose row was deleted meanwhile, records nothing;
 * the reconcile pass's writes match the row as the pass read it (state and ``updated``), so
   whoever loses a race between passes on several hosts skips the row;
+* a transfer message the broker refused is recorded on the row (``dispatch_refused``), so
+  that a starting worker and every reconcile pass queue it at once; the write that precedes
+  the next message (a claim, a retry) clears the mark, an unclaim after another refusal puts
+  it back, and a lease clears it (a message got through);
 * the local copy goes only after ``remote`` is in the ledger *and* the cache
   (:meth:`Ledger.drop_local` is the one place that deletes it; invariant 2);
 * each transition that creates a row, sets its state or deletes it is announced once, after
@@ -270,7 +274,11 @@ class Ledger:
                 self.rows(name)
                 .filter(state=old)
                 .update(
-                    state=State.PENDING, attempts=0, retrying_since=None, updated=timezone.now()
+                    state=State.PENDING,
+                    attempts=0,
+                    retrying_since=None,
+                    dispatch_refused=None,
+                    updated=timezone.now(),
                 )
             ):
                 self.republish(name)
@@ -311,6 +319,18 @@ class Ledger:
         for row in new:
             self._announce("seed_remote", row.name, None, State.REMOTE)
         return [row.name for row in new]
+
+    def refused(self, name: str) -> bool:
+        """The broker refused the transfer message of a ``pending`` file (a save's, a retry's):
+        recorded (``dispatch_refused``), so that a starting worker and every reconcile pass
+        queue it at once instead of waiting until it is overdue. No state changes and the row's
+        clock stays; a second refusal keeps the first one's time. ``False``: the row is not
+        ``pending`` (a worker took it meanwhile) or was marked already."""
+        return bool(
+            self.rows(name)
+            .filter(state=State.PENDING, dispatch_refused__isnull=True)
+            .update(dispatch_refused=timezone.now())
+        )
 
     # -- a worker's lease -------------------------------------------------------------------
     def lease(self, name: str, owner: str, seconds: float) -> LeaseResult:
@@ -376,7 +396,7 @@ class Ledger:
             table = q(StoredFile._meta.db_table)
             sets = (
                 f"{q('state')} = %s, {q('lease_owner')} = %s, {q('lease_expires')} = %s, "
-                f"{q('bytes_done')} = 0, {q('updated')} = %s"
+                f"{q('bytes_done')} = 0, {q('dispatch_refused')} = NULL, {q('updated')} = %s"
             )
             params: list[Any] = [str(State.TRANSFERRING), owner, when(expires), when(now)]
             where = f"{q('alias')} = %s AND {q('name')} = %s AND {q('state')} = %s"
@@ -399,6 +419,7 @@ class Ledger:
             "lease_owner": owner,
             "lease_expires": expires,
             "bytes_done": 0,
+            "dispatch_refused": None,
             "updated": now,
         }
         rows = self.rows(name)
@@ -595,15 +616,31 @@ class Ledger:
         """
         return bool(
             self._as_read(row).update(
-                updated=now, retrying_since=Coalesce(F("retrying_since"), Value(now))
+                updated=now,
+                retrying_since=Coalesce(F("retrying_since"), Value(now)),
+                dispatch_refused=None,
             )
+        )
+
+    def claim_refused(self, row: StoredFile, now: datetime.datetime) -> bool:
+        """Claim a ``pending`` row whose message the broker refused (:meth:`refused`), to queue
+        it now rather than when it is overdue: the mark is cleared and the row's clock moved,
+        so one pass sends it and the next one finds it neither refused nor overdue. No run of
+        transient failures starts: no message was lost, none had been sent."""
+        return bool(
+            self._as_read(row)
+            .filter(dispatch_refused__isnull=False)
+            .update(dispatch_refused=None, updated=now)
         )
 
     def unclaim(self, row: StoredFile, now: datetime.datetime) -> None:
         """Undo :meth:`claim` (or the claim of another transition) when the broker refused:
-        the row looks as it did, for the next pass."""
+        the row looks as it did, for the next pass, and is marked refused (:meth:`refused`),
+        so that the next pass or a starting worker queues it at once."""
         self.rows(row.name).filter(state=State.PENDING, updated=now).update(
-            updated=row.updated, retrying_since=row.retrying_since
+            updated=row.updated,
+            retrying_since=row.retrying_since,
+            dispatch_refused=row.dispatch_refused or now,
         )
 
     def retry_failed(self, row: StoredFile, now: datetime.datetime) -> bool:
@@ -613,6 +650,7 @@ class Ledger:
                 state=State.PENDING,
                 attempts=0,
                 retrying_since=None,
+                dispatch_refused=None,
                 local_exists=True,
                 updated=now,
             )

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable
 
 from django.db import models, router
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.db.models.functions import Coalesce
 
 from queued_storage.conf import settings
@@ -74,13 +74,27 @@ class StoredFile(models.Model):
         blank=True,
         help_text="Start of the current run of transient (infrastructure) failures.",
     )
+    dispatch_refused = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the broker refused the file's transfer message; empty once one is sent.",
+    )
 
     class Meta:
         verbose_name = "stored file"
         constraints = [
             models.UniqueConstraint(fields=["alias", "name"], name="queued_storage_alias_name"),
         ]
-        indexes = [models.Index(fields=["state", "updated"], name="queued_storage_state_upd")]
+        indexes = [
+            models.Index(fields=["state", "updated"], name="queued_storage_state_upd"),
+            # The reconcile pass and a starting worker look for these on every run; a partial
+            # index holds only the few rows whose message the broker refused.
+            models.Index(
+                fields=["alias", "host", "dispatch_refused"],
+                condition=Q(dispatch_refused__isnull=False),
+                name="queued_storage_refused",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.alias}:{self.name} ({self.state})"

@@ -96,19 +96,20 @@ class Storages:
 
 class Sender:
     """Sends transfer messages; once the broker refuses, stops trying for this operation (each
-    refusal costs the publish retry policy's time), as the reconcile pass does."""
+    refusal costs the publish retry policy's time), as the reconcile pass does. A row not sent
+    is marked refused in the ledger, so that a starting worker or the next pass queues it."""
 
     def __init__(self) -> None:
         self.broken = False
 
     def send(self, storage: QueuedStorage, row: StoredFile) -> bool:
-        if self.broken:
-            return False
-        queue = storage.queue_for(row.host or None)
-        if dispatch(storage.task, storage.alias, row.name, queue=queue) is None:
+        if not self.broken:
+            queue = storage.queue_for(row.host or None)
+            if dispatch(storage.task, storage.alias, row.name, queue=queue) is not None:
+                return True
             self.broken = True
-            return False
-        return True
+        storage.ledger.refused(row.name)
+        return False
 
 
 def pages(rows: QuerySet[StoredFile], batch: int = 500) -> Iterator[list[StoredFile]]:

@@ -4,6 +4,10 @@ Plain functions, no Celery: the periodic task ``queued_storage.tasks.reconcile``
 management command ``queued_storage_reconcile`` both call :func:`reconcile`. A pass does, for
 each queued storage and at most ``QUEUED_STORAGE_RECONCILE_BATCH`` rows of each kind:
 
+0. ``pending`` rows whose transfer message the broker refused (``dispatch_refused``, recorded by
+   the save, ``storage.transfer``, the commands and earlier passes): queued at once, not when
+   they become overdue; the mark is cleared as the message goes, and put back if the broker
+   refuses again.
 1. ``transferring`` rows whose lease expired (their worker died): back to ``pending``, queued
    again (the lead's resume picks up an open multipart upload). A lost worker is a transient
    failure: it starts a run of them (``retrying_since``), and a file whose run has lasted
@@ -48,7 +52,7 @@ looks at the local disk concerns only rows whose ``host`` is this host
 record different names). Re-queued transfers are routed like the save routed them: with the
 storage option ``queue="host"`` to the queue of the host that holds the local copy.
 
-:func:`reconcile_on_start` is the part of a pass a worker runs when it starts (steps 1 and 2
+:func:`reconcile_on_start` is the part of a pass a worker runs when it starts (steps 0 to 2
 for its own host, at most ``QUEUED_STORAGE_RECONCILE_ON_START`` files, once per host however
 many workers start together), so that the messages a dead worker held do not wait for the
 next scheduled pass.
@@ -106,6 +110,8 @@ class Report:
 
     host: str
     requeued: list[str] = field(default_factory=list)
+    #: Queued now because the broker had refused their message (``dispatch_refused``).
+    requeued_refused: list[str] = field(default_factory=list)
     taken_over: list[str] = field(default_factory=list)
     given_up: list[str] = field(default_factory=list)
     retried: list[str] = field(default_factory=list)
@@ -137,6 +143,7 @@ class Report:
     def counts(self) -> dict[str, int]:
         return {
             "requeued": len(self.requeued),
+            "requeued_refused": len(self.requeued_refused),
             "taken_over": len(self.taken_over),
             "given_up": len(self.given_up),
             "retried": len(self.retried),
@@ -164,6 +171,7 @@ class Report:
         ]
         for label, items in (
             ("re-queued (overdue)", self.requeued),
+            ("queued (the broker had refused them)", self.requeued_refused),
             ("re-queued (lease expired)", self.taken_over),
             ("failed (workers lost for longer than RETRY_FOR)", self.given_up),
             ("retried (were failed)", self.retried),
@@ -360,6 +368,21 @@ class _Pass:
         )
 
     # -- the kinds of work -----------------------------------------------------------------
+    def refused(self) -> None:
+        """``pending`` rows whose message the broker refused (``dispatch_refused``): queued
+        now, without waiting until they are overdue (one partial index finds them)."""
+        rows = self.rows.filter(
+            dispatch_refused__isnull=False,
+            state=State.PENDING,
+            local_exists=True,
+            size__isnull=False,
+        )
+        for row in rows.order_by("dispatch_refused")[: self.batch]:
+            if not self._present(row.name):
+                self._lost(row)
+            elif self.ledger.claim_refused(row, self.now):
+                self._requeue(row, self.report.requeued_refused)
+
     def expired_leases(self) -> None:
         rows = self.rows.filter(state=State.TRANSFERRING, lease_expires__lt=self.now)
         for row in rows.order_by("lease_expires")[: self.batch]:
@@ -385,6 +408,7 @@ class _Pass:
             len(items)
             for items in (
                 report.requeued,
+                report.requeued_refused,
                 report.taken_over,
                 report.given_up,
                 report.newly_lost,
@@ -576,6 +600,7 @@ def _adopt(
             if sender.send(storage, name, settings.HOST):
                 report.adopted.append(label)
             else:
+                storage.ledger.refused(name)
                 report.not_queued.append(label)
 
 
@@ -636,6 +661,7 @@ def reconcile(
             batch=batch,
             adopt=adopt,
         )
+        work.refused()
         work.expired_leases()
         work.overdue()
         if failed:
@@ -657,8 +683,9 @@ def reconcile(
 
 
 def reconcile_on_start(*, now: datetime.datetime | None = None) -> Report | None:
-    """The part of a pass a starting worker runs: this host's expired leases and overdue
-    transfers (steps 1 and 2 of the module docstring), at most ``RECONCILE_ON_START`` files.
+    """The part of a pass a starting worker runs: this host's transfers the broker refused,
+    expired leases and overdue transfers (steps 0 to 2 of the module docstring), at most
+    ``RECONCILE_ON_START`` files.
 
     ``None`` when that setting is 0, or when a worker of this host ran it less than
     ``RECONCILE_AFTER`` seconds ago: a guard in the state cache lets one of many workers that
@@ -691,17 +718,19 @@ def reconcile_on_start(*, now: datetime.datetime | None = None) -> Report | None
         work = _Pass(
             storage, report, sender, hosts=[host], now=now, after=after, batch=limit, adopt=False
         )
-        for kind in (work.expired_leases, work.overdue):
+        for kind in (work.refused, work.expired_leases, work.overdue):
             work.batch = limit - work.handled()
             if work.batch <= 0:
                 break
             kind()
     logger.info(
-        "worker start-up on host %s: re-queued %d overdue transfer(s) and %d expired lease(s); "
-        "%d failed (workers lost for longer than RETRY_FOR), %d lost, %d not queued",
+        "worker start-up on host %s: re-queued %d overdue transfer(s) and %d expired lease(s), "
+        "queued %d the broker had refused; %d failed (workers lost for longer than RETRY_FOR), "
+        "%d lost, %d not queued",
         host,
         len(report.requeued),
         len(report.taken_over),
+        len(report.requeued_refused),
         len(report.given_up),
         len(report.newly_lost),
         len(report.not_queued),

@@ -593,11 +593,28 @@ class QueuedStorage(Storage):
 
     def _dispatch(self, name: str, *, host: str | None = None, keep_result: bool = False) -> Any:
         queue = self.queue_for(host)
-        return dispatch(self.task, self.alias, name, queue=queue, keep_result=keep_result)
+        result = dispatch(self.task, self.alias, name, queue=queue, keep_result=keep_result)
+        if result is None:
+            self._record_refusal(name)
+        return result
 
     def _dispatch_saved(self, name: str) -> None:
         """A save's dispatch (at its commit): the one that sets :attr:`result`."""
         self._calls.result = self._dispatch(name)
+
+    def _record_refusal(self, name: str) -> None:
+        """Mark the row refused, so that a starting worker or the next reconcile pass queues it
+        at once. Runs after the commit: a failure is logged, not raised into the request (the
+        file is saved; the pass queues it once it is overdue)."""
+        try:
+            self.ledger.refused(name)
+        except Exception:
+            logger.warning(
+                "could not record that the broker refused the transfer of %r; the reconcile "
+                "pass queues it once it is overdue",
+                name,
+                exc_info=True,
+            )
 
     @property
     def result(self) -> Any:

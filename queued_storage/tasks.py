@@ -10,9 +10,10 @@ own copy (``True``: done, then checked as any transfer; ``False``: retry later).
 is registered with every Celery app under its dotted path when it is defined, so a worker that
 imports the module defining it (Celery's ``autodiscover_tasks`` does) knows it.
 
-When a worker starts (Celery's ``worker_ready``), a thread of it re-queues its host's expired
-leases and overdue transfers (``reconcile.start_up_passes``), so that what a dead worker held
-does not wait for the next scheduled reconcile pass.
+When a worker starts (Celery's ``worker_ready``), a thread of it queues its host's transfers
+the broker refused and re-queues its expired leases and overdue transfers
+(``reconcile.start_up_passes``), so that files saved while the broker was down and what a dead
+worker held do not wait for the next scheduled reconcile pass.
 """
 
 from __future__ import annotations

@@ -123,10 +123,11 @@ def classify_error(exc: BaseException, name: str) -> TransferError:
     """Turn any error of a transfer into a :class:`TransferError` of the kind the retry policy
     needs (see ``exceptions.py``).
 
-    Throttling, timeouts, connection errors and 5xx are :class:`InfrastructureError` (retried
-    for a time, spending no budget); access denied, a missing bucket, bad credentials and other
-    4xx are permanent. Anything unknown is a transient error counted against the retry budget:
-    the budget bounds it, and a permanent error retried a few times loses nothing.
+    Throttling, timeouts, connection errors, 5xx and a missing bucket are
+    :class:`InfrastructureError` (retried for a time, spending no budget); access denied, bad
+    credentials and other 4xx are permanent. Anything unknown is a transient error counted
+    against the retry budget: the budget bounds it, and a permanent error retried a few times
+    loses nothing.
     """
     if isinstance(exc, TransferError):
         return exc

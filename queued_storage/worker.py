@@ -7,7 +7,8 @@ signal, and only then delete the local copy. After an error, by its kind
 (``exceptions.py``):
 
 * **infrastructure** (:class:`InfrastructureError`: connection refused or cut, timeouts, 5xx,
-  throttling; and a worker lost while it held the lease, found at the takeover): back to
+  throttling, a bucket that does not exist; and a worker lost while it held the lease, found
+  at the takeover): back to
   ``pending``, spending no budget. The run of such failures starts at the first
   (``StoredFile.retrying_since``); each retry waits as long as the run has lasted, at least
   ``RETRY_DELAY`` and at most ``RETRY_MAX_DELAY`` (:func:`outage_backoff`), so the attempts

@@ -437,10 +437,20 @@ def test_classify_error_sorts_transient_and_permanent() -> None:
         assert isinstance(classify_error(transient, "f"), TransientTransferError), transient
     for permanent in (
         client_error("AccessDenied", 403),
-        client_error("NoSuchBucket", 404),
         client_error("InvalidAccessKeyId", 403),
     ):
         assert isinstance(classify_error(permanent, "f"), PermanentTransferError), permanent
+    # A missing bucket is the site's configuration: the file waits for it, as for an outage.
+    assert type(classify_error(client_error("NoSuchBucket", 404), "f")) is InfrastructureError
+    # The hint follows a full stop (botocore's message has none).
+    denied = client_error("AccessDenied", 403)
+    denied.response["Error"]["Message"] = "Access Denied"
+    assert str(ClientError(denied.response, "PutObject")).endswith("Access Denied")
+    assert str(classify_error(ClientError(denied.response, "PutObject"), "f")) == (
+        "Transfer of 'f' to the remote storage failed: An error occurred (AccessDenied) when "
+        "calling the PutObject operation: Access Denied. Give the worker's credentials "
+        "s3:PutObject and s3:GetObject."
+    )
     # boto3 wraps client errors in S3UploadFailedError: the cause is still found.
     from boto3.exceptions import S3UploadFailedError
 

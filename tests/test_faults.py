@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.cache import caches
 from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
@@ -41,6 +42,7 @@ from django.utils import timezone
 
 from queued_storage.models import State, StoredFile
 from queued_storage.reconcile import overdue, reconcile
+from tests.conftest import FAULT_WORKER_ENV, host_queue, make_worker
 from tests.harness.services import ServiceStack
 from tests.harness.suite import open_uploads, redis_client, remote_keys, s3_bytes, wait_for
 from tests.harness.workers import PROJECT_ROOT
@@ -453,6 +455,60 @@ def test_broker_down_while_saving_then_reconcile_transfers_everything(
     assert readable == pending == len(names)
     assert verified == len(names)
     assert lost == 0
+
+
+_REFUSED_AT_START_UP = re.compile(
+    r"INFO/MainProcess\] worker start-up on host \S+: [^\n]*queued (\d+) the broker had refused"
+)
+
+
+def test_files_saved_while_the_broker_was_down_go_as_soon_as_a_worker_starts(
+    clean: Any, capsys: Any, broker_proxy: Any
+) -> None:
+    """No worker runs and the broker refuses: the saves record the refusal on their rows. The
+    worker that starts next queues them itself, at once: its RECONCILE_AFTER is 120 s, so the
+    overdue path (and a scheduled pass, 5 min) would have left them waiting."""
+    storage = storages["queued_host"]
+    payloads = {f"refused/{i}.txt": os.urandom(500 + i) for i in range(4)}
+    broker_proxy.go_down()
+    try:
+        names = [storage.save(name, ContentFile(data)) for name, data in payloads.items()]
+    finally:
+        broker_proxy.come_up()
+    rows = StoredFile.objects.filter(alias="queued_host", name__in=names)
+    assert rows.filter(state=State.PENDING, dispatch_refused__isnull=False).count() == len(names)
+    assert not rows.filter(overdue(timezone.now(), 120)).exists()
+    env = {**FAULT_WORKER_ENV, "QS_FAULT_LEASE_TIMEOUT": "120"}  # RECONCILE_AFTER: 120 s
+    worker = make_worker("refused", queues=[host_queue()], env=env)
+    caches["default"].clear()  # no earlier start-up pass of this host holds its guard
+    worker.start(timeout=60)
+    try:
+        wait_for(
+            lambda: rows.filter(state=State.REMOTE).count() == len(names),
+            timeout=60,
+            what="every file on S3 after the worker started, without a reconcile pass",
+        )
+        log = worker.log_text()
+    finally:
+        worker.stop()
+        caches["default"].clear()  # its guard (120 s) would hold back the next worker's pass
+    queued = [int(n) for n in _REFUSED_AT_START_UP.findall(log)]
+    verified = sum(
+        1
+        for name, data in zip(names, payloads.values(), strict=True)
+        if s3_bytes(clean, name) == data
+    )
+    figures(
+        capsys,
+        "broker-refused-then-worker-start",
+        saved=len(names),
+        queued_at_start_up=sum(queued),
+        verified=verified,
+        lost=lost_count("queued_host"),
+    )
+    assert sum(queued) == len(names)
+    assert verified == len(names)
+    assert not rows.filter(dispatch_refused__isnull=False).exists()
 
 
 # --- 5. concurrent saves of one name --------------------------------------------------------

@@ -205,10 +205,14 @@ def test_refused_broker_leaves_file_pending_and_readable(
     with storage.open(name) as fh:
         assert fh.read() == b"still here"
     assert storage.using_local(name)
+    refused = StoredFile.get_row("default", name)
+    assert refused is not None and refused.dispatch_refused is not None  # for the next pass
     # Once the broker is back, a manual transfer (or the reconcile pass) ships it.
     assert storage.transfer(name) is not None
     wait_remote("default", name)
     assert s3_bytes(clean, name) == b"still here"
+    sent = StoredFile.get_row("default", name)
+    assert sent is not None and sent.dispatch_refused is None
 
 
 def test_flushing_redis_changes_no_read_and_asks_s3_nothing(

@@ -26,16 +26,18 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from queued_storage import signals
 from queued_storage.exceptions import StagingFull
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
+from queued_storage.operations import transfer_rows
 from queued_storage.reconcile import LOST, overdue, reconcile, reconcile_on_start
 from queued_storage.storage import QueuedStorage
 from queued_storage.worker import Outcome, run_transfer
-from tests.harness.suite import broker_messages, need, redis_client, wait_for
+from tests.harness.suite import broker_messages, need, redis_client, s3_bytes, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -283,8 +285,80 @@ def test_refused_broker_leaves_the_row_for_the_next_pass(
     assert "reconcile could not queue 2 transfer(s)" in caplog.text
     assert row("queued_parked", first).updated == before  # the claim was undone
     assert row("queued_parked", first).retrying_since is None
-    assert len(reconcile().requeued) == 2
+    # ... and the refusal recorded: the next pass queues both first, as refused, not overdue.
+    assert row("queued_parked", second).dispatch_refused is not None
+    assert len(reconcile().requeued_refused) == 2
     assert len(broker("parked")) == 2
+    assert row("queued_parked", second).dispatch_refused is None
+
+
+def refused_saves(broker_proxy: Any, count: int, storage: str = "queued_parked") -> list[str]:
+    """Save *count* files through *storage* while the broker refuses connections."""
+    broker_proxy.go_down()
+    try:
+        found = storages[storage]
+        return [found.save(f"while-refused-{i}.txt", ContentFile(b"r%d" % i)) for i in range(count)]
+    finally:
+        broker_proxy.come_up()
+
+
+def test_a_save_the_broker_refused_is_recorded_and_the_next_pass_queues_it_at_once(
+    broker: Any, broker_proxy: Any
+) -> None:
+    (name,) = refused_saves(broker_proxy, 1)
+    refused = row("queued_parked", name)
+    assert (refused.state, refused.dispatch_refused is not None) == (State.PENDING, True)
+    assert refused.retrying_since is None  # nothing was lost: no message had been sent
+    assert broker("parked") == []
+    not_yet_overdue = StoredFile.objects.filter(pk=refused.pk).filter(
+        overdue(timezone.now(), AFTER)
+    )
+    assert not not_yet_overdue.exists()  # the overdue path would wait another AFTER (60 s)
+    report = reconcile()
+    assert (report.requeued_refused, report.requeued) == ([f"queued_parked:{name}"], [])
+    assert report.counts()["requeued_refused"] == 1
+    assert broker("parked") == [["queued_parked", name]]
+    sent = row("queued_parked", name)
+    assert (sent.dispatch_refused, sent.retrying_since, sent.attempts) == (None, None, 0)
+    # Sent once: the next pass finds it neither refused nor overdue.
+    assert reconcile().requeued_refused == []
+    assert len(broker("parked")) == 1
+
+
+def test_a_starting_worker_queues_this_hosts_refused_files_at_once(
+    unguarded: Any, broker_proxy: Any
+) -> None:
+    names = refused_saves(broker_proxy, 2)
+    elsewhere = row("queued_parked", names[1])
+    StoredFile.rows("queued_parked", elsewhere.name).update(host="web-b")
+    report = reconcile_on_start()
+    assert report is not None
+    assert (report.requeued_refused, report.requeued) == ([f"queued_parked:{names[0]}"], [])
+    assert unguarded("parked") == [["queued_parked", names[0]]]
+    assert row("queued_parked", names[0]).dispatch_refused is None
+    assert row("queued_parked", names[1]).dispatch_refused is not None  # another host's
+
+
+def test_files_the_transfer_command_could_not_queue_are_marked_refused(
+    broker: Any, broker_proxy: Any
+) -> None:
+    names = [saved(f"queued-by-hand-{i}.txt", old=1) for i in range(2)]
+    broker_proxy.go_down()
+    try:
+        done = transfer_rows(StoredFile.objects.filter(name__in=names).order_by("name"))
+    finally:
+        broker_proxy.come_up()
+    # The first refusal stops the command from trying again; both rows are marked.
+    assert (done.queued, done.refused) == (0, 2)
+    assert all(row("queued_parked", n).dispatch_refused is not None for n in names)
+    assert sorted(reconcile().requeued_refused) == [f"queued_parked:{n}" for n in names]
+    assert sorted(args[1] for args in broker("parked")) == names
+
+
+def test_a_lease_clears_the_refusal_a_message_got_through(broker: Any, broker_proxy: Any) -> None:
+    (name,) = refused_saves(broker_proxy, 1)
+    assert Ledger("queued_parked").lease(name, "a-worker", 20).acquired
+    assert row("queued_parked", name).dispatch_refused is None
 
 
 # --- (a') the pass a worker runs when it starts ------------------------------------------
@@ -656,3 +730,40 @@ def test_reconcile_all_hosts_takes_care_of_other_hosts_files_on_a_shared_volume(
         "queued_storage", "reconcile", "--all-hosts", "--storage", "queued_parked", verbosity=0
     )
     assert broker("parked") == [["queued_parked", name]]
+
+
+def test_files_saved_while_the_broker_was_down_arrive_after_one_pass_not_when_overdue(
+    worker: Any, clean: Any, broker_proxy: Any
+) -> None:
+    """The worker transfers them after one pass, well before they are overdue: the pass sends
+    the refused ones at once (a message for an overdue file would wait RECONCILE_AFTER)."""
+    with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=120):
+        assert qs_settings().RECONCILE_AFTER == 120
+        names = refused_saves(broker_proxy, 3, storage="default")
+        rows = StoredFile.objects.filter(alias="default", name__in=names)
+        assert rows.filter(state=State.PENDING, dispatch_refused__isnull=False).count() == 3
+        assert not rows.filter(overdue(timezone.now(), 120)).exists()
+        report = reconcile(aliases=["default"])
+        assert sorted(report.requeued_refused) == sorted(f"default:{n}" for n in names)
+        wait_for(
+            lambda: rows.filter(state=State.REMOTE).count() == 3,
+            timeout=30,
+            what="the worker to transfer the files the pass queued",
+        )
+    assert [s3_bytes(clean, n) for n in names] == [b"r0", b"r1", b"r2"]
+    assert not rows.filter(dispatch_refused__isnull=False).exists()
+
+
+def test_the_pass_finds_the_refused_files_through_their_partial_index(broker: Any) -> None:
+    """Invariant 12: a pass looks for refused files every time; a partial index holds only
+    them, so the look costs the same however large the ledger is."""
+    saved("a-file-of-the-ledger.txt")
+    with CaptureQueriesContext(connections["default"]) as ran:
+        reconcile(aliases=["queued_parked"])
+    (sql,) = [
+        q["sql"] for q in ran.captured_queries if '"dispatch_refused" IS NOT NULL' in q["sql"]
+    ]
+    with connections["default"].cursor() as cursor:
+        cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
+        plan = " ".join(str(step[-1]) for step in cursor.fetchall())
+    assert "USING INDEX queued_storage_refused" in plan, plan

@@ -8,6 +8,7 @@ the end-to-end proofs with a worker process are in ``test_integration.py``.
 from __future__ import annotations
 
 import datetime
+import html
 import time
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
 from django.dispatch import Signal
-from django.test import override_settings
+from django.test import Client, override_settings
 from django.utils import timezone
 
 from queued_storage import signals
+from queued_storage.doctor import FAIL, check_remotes
 from queued_storage.exceptions import InfrastructureError, TransientTransferError
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
@@ -230,17 +232,55 @@ def test_a_file_whose_workers_keep_dying_fails_once_retry_for_has_passed(clean: 
     assert clean.list_objects_v2(Bucket=settings.BUCKET).get("KeyCount") == 0
 
 
-def test_missing_bucket_is_permanent_and_names_the_fix(clean: Any) -> None:
+def test_a_missing_bucket_keeps_the_file_pending_on_the_outage_budget_until_it_is_created(
+    clean: Any, admin_client: Client
+) -> None:
+    """A missing bucket is the site's configuration, not the file's fault: the file waits
+    (``pending``, no attempt counted, a run of infrastructure failures) with a reason naming
+    the bucket and the fix, doctor says the same, and once the bucket exists the file goes."""
     storage = QueuedStorage(local="staging", remote="s3_nobucket", delayed=True)
-    name = storage.save("lost.txt", ContentFile(b"x"))
-    assert run_transfer(storage.alias, name) is Outcome.FAILED
-    row = StoredFile.get_row(storage.alias, name)
-    assert row is not None
-    assert (row.state, row.attempts) == (State.FAILED, 1)
-    assert "NoSuchBucket" in row.last_error
-    assert "Create the bucket or fix the remote storage's bucket_name" in row.last_error
+    name = storage.save("waits-for-its-bucket.txt", ContentFile(b"x"))
+    with override_settings(QUEUED_STORAGE_RETRIES=0):  # an error about the file: failed at once
+        for _ in range(2):
+            with pytest.raises(RetryLater):
+                run_transfer(storage.alias, name)
+    row = row_of(storage, name)
+    assert (row.state, row.attempts, row.lease_owner) == (State.PENDING, 0, "")
+    assert row.retrying_since is not None
+    assert row.last_error == (
+        "Transfer of 'waits-for-its-bucket.txt' to the remote storage failed: the bucket "
+        "'no-such-bucket' does not exist (PutObject: NoSuchBucket). Create the bucket or fix "
+        "the remote storage's bucket_name; until then the file waits (pending, served from its "
+        "local copy) and is retried for up to QUEUED_STORAGE_RETRY_FOR."
+    )
     assert settings.S3_SECRET not in row.last_error
     assert Path(storage.local.path(name)).read_bytes() == b"x"  # nothing lost
+    page = admin_client.get(f"/admin/queued_storage/storedfile/{row.pk}/change/")
+    assert html.escape(row.last_error) in page.content.decode()  # the admin says why
+    (remote,) = [c for c in check_remotes([storage], timeout=2) if c.check == "remote"]
+    assert (remote.status, remote.fix) == (
+        FAIL,
+        "create the bucket (the waiting files then go on their own), or fix "
+        "STORAGES['s3_nobucket']['OPTIONS']['bucket_name']",
+    )
+    assert remote.detail.endswith(
+        "bucket 'no-such-bucket': the bucket does not exist; the files sent to it wait (pending)"
+    )
+    clean.create_bucket(Bucket="no-such-bucket")
+    try:
+        assert run_transfer(storage.alias, name) is Outcome.TRANSFERRED
+        row.refresh_from_db()
+        assert (row.state, row.attempts, row.last_error, row.retrying_since) == (
+            State.REMOTE,
+            0,
+            "",
+            None,
+        )
+        stored = clean.get_object(Bucket="no-such-bucket", Key=name)["Body"].read()
+        assert stored == b"x"
+    finally:
+        clean.delete_object(Bucket="no-such-bucket", Key=name)
+        clean.delete_bucket(Bucket="no-such-bucket")
 
 
 def test_file_transferred_is_sent_after_remote_and_before_local_delete(clean: Any) -> None:

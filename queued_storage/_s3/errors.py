@@ -1,9 +1,10 @@
 """botocore's errors, read once: their codes, and which ones a retry can cure.
 
 Throttling, timeouts, connection errors and 5xx are failures of the infrastructure (transient,
-and not the file's fault: :class:`InfrastructureError`); a digest or body that S3 found wrong is
-transient and about the bytes of this file (:class:`TransientTransferError`, counted); access
-denied, a missing bucket, bad credentials and other 4xx are permanent. :func:`translate` answers
+and not the file's fault: :class:`InfrastructureError`), and so is a missing bucket (the site's
+configuration: the files wait, ``pending``, until the bucket is created); a digest or body that
+S3 found wrong is transient and about the bytes of this file (:class:`TransientTransferError`,
+counted); access denied, bad credentials and other 4xx are permanent. :func:`translate` answers
 for one error; :func:`queued_storage.transfer.classify_error` walks an error's causes and
 decides the rest.
 """
@@ -53,7 +54,6 @@ _INFRASTRUCTURE_CODES = {
 _FILE_CODES = {"BadDigest", "IncompleteBody"}
 
 _HINTS = {
-    "NoSuchBucket": " Create the bucket or fix the remote storage's bucket_name.",
     "AccessDenied": " Give the worker's credentials s3:PutObject and s3:GetObject.",
     "InvalidAccessKeyId": " Fix the worker's S3 credentials.",
     "SignatureDoesNotMatch": " Fix the worker's S3 credentials.",
@@ -70,6 +70,26 @@ def http_status(err: ClientError) -> int:
     return err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
 
 
+def _sentence(text: str) -> str:
+    """*text* ending with a full stop (botocore's messages end without one)."""
+    text = text.rstrip()
+    return text if text.endswith((".", "!", "?")) else f"{text}."
+
+
+def _no_bucket(err: ClientError, name: str) -> InfrastructureError:
+    """A missing bucket: the site's configuration, not the file's fault. Retried as an outage
+    is (``QUEUED_STORAGE_RETRY_FOR``); the reason names the bucket and the fix."""
+    bucket = err.response.get("Error", {}).get("BucketName") or ""
+    which = f"the bucket {bucket!r}" if bucket else "its bucket"
+    return InfrastructureError(
+        f"Transfer of {name!r} to the remote storage failed: {which} does not exist "
+        f"({err.operation_name}: NoSuchBucket). Create the bucket or fix the remote storage's "
+        "bucket_name; until then the file waits (pending, served from its local copy) and is "
+        "retried for up to QUEUED_STORAGE_RETRY_FOR.",
+        name=name,
+    )
+
+
 def translate(err: BaseException, name: str) -> TransferError | None:
     """The transfer error that a botocore client or credentials error means, else ``None``.
 
@@ -78,7 +98,9 @@ def translate(err: BaseException, name: str) -> TransferError | None:
     """
     if isinstance(err, ClientError):
         code, status = error_code(err), http_status(err)
-        text = f"Transfer of {name!r} to the remote storage failed: {err}"
+        text = f"Transfer of {name!r} to the remote storage failed: {_sentence(str(err))}"
+        if code == "NoSuchBucket":
+            return _no_bucket(err, name)
         if code in _FILE_CODES:
             return TransientTransferError(text, name=name)
         if (
