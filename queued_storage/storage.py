@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import hashlib
 import json
 import logging
@@ -448,6 +449,16 @@ class QueuedStorage(Storage):
             raise SuspiciousFileOperation(
                 f"QueuedStorage cannot store {name!r}: a folder of that name is a file in the "
                 "local storage. Choose a name whose folders are not files; nothing was kept."
+            ) from err
+        except OSError as err:
+            if err.errno != errno.ENAMETOOLONG:
+                raise
+            # The name is taken on the local disk, and the free variant the local storage chose
+            # (a suffix of 8 characters) is longer than its filesystem allows.
+            raise SuspiciousFileOperation(
+                f"QueuedStorage cannot store {name!r}: the local storage holds a file of that "
+                "name, and a free variant of it is longer than its filesystem allows. Choose "
+                "a shorter name; nothing was kept."
             ) from err
         stored = self._record(name, stored, max_length, check_budget=not budget_first)
         if not self.delayed:

@@ -54,6 +54,23 @@ def assert_nothing_written(storage: Any, clean: Any) -> None:
 
 
 # --- names ---------------------------------------------------------------------------------
+def test_a_taken_name_whose_free_variant_is_too_long_for_the_disk_is_refused(
+    roots: Any, clean: Any
+) -> None:
+    long = "a" * 250 + ".txt"  # 254 bytes: a free variant adds 8 and is over the 255 allowed
+    first = roots.save(long, ContentFile(b"first"))
+    assert first == long
+    with pytest.raises(SuspiciousFileOperation) as raised:
+        roots.save(long, ContentFile(b"second"))
+    assert str(raised.value) == (
+        f"QueuedStorage cannot store {long!r}: the local storage holds a file of that name, "
+        "and a free variant of it is longer than its filesystem allows. Choose a shorter "
+        "name; nothing was kept."
+    )
+    assert roots.written() == [f"local/{long}"]
+    assert list(StoredFile.objects.values_list("name", flat=True)) == [first]
+
+
 @pytest.mark.parametrize(
     ("bad", "shown"),
     [
