@@ -17,8 +17,9 @@ Why it is built this way:
   can share lock ownership on network filesystems. A ``flock`` is released by the kernel when
   its process dies, so a web process killed mid-append does not block the upload. The offset
   moves with one conditional UPDATE from the offset the append started at (``ledger.py``).
-* The authorizer hook (``action="upload"``), the owner check, the version check and the
-  limits all run before a byte of the body is read; the body is read with the raw upload
+* The version check, the owner check, the authorizer hook (``action="upload"``) and the
+  limits all run before a byte of the body is read (an id of someone else's upload gets
+  the 404 of an unknown id, never the authorizer's answer); the body is read with the raw upload
   view's reader and idle timeout, one ``QUEUED_STORAGE_UPLOAD_CHUNK_SIZE`` at a time.
 * An upload whose length is deferred (``Upload-Defer-Length: 1``) keeps the limits per chunk:
   each chunk needs a ``Content-Length``, the offset plus it must fit the size limit, and it
@@ -242,22 +243,27 @@ class TusUploadView(UploadView):
         return refused
 
     def _own_upload(self, request: HttpRequest) -> tuple[Any, HttpResponse | None]:
-        """The upload of the URL, after the authorizer and the owner check; 404 for a
-        malformed or unknown id, an upload of another storage or another user; 410 when
-        it expired."""
+        """The upload of the URL, after the owner check and the authorizer; 410 when it
+        expired.
+
+        A malformed or unknown id, an upload of another storage and an upload of another
+        client all get the same 404, byte for byte (status, body, headers: the requester is
+        read first in every case, so each 404 carries the ``Vary: Cookie`` of the session it
+        read). The authorizer is asked only about the client's own upload: its 401 or 403
+        for someone else's id would tell that the id exists.
+        """
+        uploader = _uploader(request)
         upload_id = str(self.kwargs["upload_id"])
         try:
             uuid.UUID(upload_id)
         except ValueError:
             return None, _response(404, "No such upload.")
         row = tus_upload(upload_id)
-        if row is None or row.alias != self.get_storage().alias:
+        if row is None or row.alias != self.get_storage().alias or row.owner != uploader:
             return None, _response(404, "No such upload.")
         refused = self._refused(request, row.name)
         if refused is not None:
             return None, refused
-        if row.owner != _uploader(request):
-            return None, _response(404, "No such upload.")
         if row.expires <= timezone.now():
             return None, _response(410, "This upload expired; start a new one.")
         return row, None

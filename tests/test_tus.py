@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -432,6 +433,38 @@ def test_another_users_upload_is_a_404_and_the_owner_continues(
     assert status == 404
     assert _offset(url, cookies) == 0
     assert _patch(url, cookies, 0, _payload(MiB)).status_code == 204
+
+
+def _answer(method: str, url: str, cookies: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+    """Status, body and headers (all but ``Date``) of a tus request to *url*."""
+    headers = {**TUS, "Cookie": _cookie_header(cookies)} if cookies else dict(TUS)
+    if method == "PATCH":
+        headers |= {"Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+    response = requests.request(method, url, headers=headers, data=b"1234", timeout=10)
+    shown = {k.lower(): v for k, v in response.headers.items() if k.lower() != "date"}
+    return response.status_code, response.content, shown
+
+
+@pytest.mark.parametrize("method", ["HEAD", "PATCH", "DELETE"])
+def test_someone_elses_upload_id_answers_exactly_like_an_unknown_id(
+    server: DjangoServer, staging: Path, cookies: dict[str, str], method: str
+) -> None:
+    url = _create(server.url, cookies, "private.bin", 8)
+    unknown = f"{server.url}/uploads/tus/{uuid.uuid4()}"
+    clients = {
+        "anonymous": {},  # the authorizer would say 401
+        "without the permission": _session_for(),  # 403
+        "with the permission": _session_for("add_storedfile"),
+    }
+    for who, client_cookies in clients.items():
+        theirs = _answer(method, url, client_cookies)
+        assert theirs == _answer(method, unknown, client_cookies), who
+        status, body, headers = theirs
+        assert status == 404, who
+        assert body == (b"" if method == "HEAD" else b"No such upload."), who
+        assert headers["vary"] == "Cookie", who
+    assert _offset(url, cookies) == 0  # untouched, and still the owner's
+    assert _patch(url, cookies, 0, b"12345678").status_code == 204
 
 
 def test_an_upload_over_the_limit_is_refused_413_at_creation(
