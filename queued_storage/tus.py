@@ -43,6 +43,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -158,6 +159,38 @@ def _exclusive(upload_id: str, path: str) -> Iterator[int]:
             _held.discard(upload_id)
 
 
+def _appending(upload_id: str, path: str) -> bool:
+    """Whether a request appends to the upload right now (its lock is held): this process's
+    set, then a shared ``flock`` taken and let go at once."""
+    with _held_lock:
+        if upload_id in _held:
+            return True
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases the flock
+    return False
+
+
+def _settled(upload_id: str, path: str, seconds: float) -> bool:
+    """Wait, at most *seconds*, until no request appends to the upload; whether none does.
+
+    An append commits its offset before it lets go of the lock, so once the lock was free,
+    the row has the offset of every chunk that began before."""
+    deadline = time.monotonic() + seconds
+    while _appending(upload_id, path):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def _response(status: int, message: str = "", **headers: str) -> HttpResponse:
     response = HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
     response["Tus-Resumable"] = TUS_VERSION
@@ -200,10 +233,13 @@ class TusUploadView(UploadView):
     ``PATCH`` and ``DELETE`` act on one (URL with ``upload_id``); ``OPTIONS`` on either.
 
     Class attributes (and ``as_view()`` arguments) as :class:`~queued_storage.views.UploadView`:
-    ``storage_alias``, ``prefix``, ``max_bytes``, ``idle_timeout``.
+    ``storage_alias``, ``prefix``, ``max_bytes``, ``idle_timeout``; and ``head_wait``.
     """
 
     http_method_names = ["options", "head", "post", "patch", "delete"]
+    #: Seconds a ``HEAD`` waits for a chunk being received to end, so that it answers the
+    #: offset the next ``PATCH`` is held to (``0``: answer at once).
+    head_wait: float = 10.0
 
     # -- protocol frame ------------------------------------------------------------------------
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
@@ -288,9 +324,23 @@ class TusUploadView(UploadView):
 
     # -- core ----------------------------------------------------------------------------------
     def head(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        """The offset the next ``PATCH`` will be held to.
+
+        A chunk still being received (a client that resumes at once after a dropped
+        connection often asks while the server is still writing what arrived) is waited for,
+        at most :attr:`head_wait` seconds; then the offset it committed is answered. After
+        that wait (a chunk that keeps arriving), the committed offset is answered as it is.
+        """
         row, refused = self._own_upload(request)
         if refused is not None:
             return refused
+        if row.completed is None and self.head_wait > 0:
+            upload_id = str(row.id)
+            path = os.path.join(tus_dir(self.get_storage().local), upload_id)
+            if _settled(upload_id, path, self.head_wait):
+                row = tus_upload(upload_id)
+                if row is None:  # deleted meanwhile
+                    return _response(404, "No such upload.")
         response = _response(
             200,
             Upload_Offset=str(row.offset),

@@ -655,6 +655,33 @@ def test_an_interrupted_upload_resumes_after_a_dropped_connection_and_a_killed_s
     assert _s3_body(clean, "resumed.bin") == payload
 
 
+def test_a_head_right_after_a_dropped_patch_answers_the_offset_the_next_patch_is_held_to(
+    server: DjangoServer, staging: Path, cookies: dict[str, str]
+) -> None:
+    piece = 300_001  # more than one 256 KiB read, and not a multiple of it
+    payload = _payload(6 * (piece + 1000), b"head")
+    url = _create(server.url, cookies, "dropped-then-head.bin", len(payload))
+    partial = _partial(staging, url)
+    offset = 0
+    for _ in range(5):
+        chunk = payload[offset : offset + piece]
+        client = _partial_patch(url, server.url, cookies, offset, chunk, len(payload) - offset)
+        try:
+            # The server holds the chunk (its first read is on disk); the client goes away
+            # and asks at once, while the server may still be writing what arrived.
+            first_read = offset + 256 * 1024
+            wait_for(lambda: partial.stat().st_size >= first_read, what="a read on disk")  # noqa: B023
+        finally:
+            client.close()
+        offset = _offset(url, cookies)
+        resumed = _patch(url, cookies, offset, payload[offset : offset + 1000])
+        assert resumed.status_code == 204, resumed.text
+        offset += 1000
+    done = _patch(url, cookies, offset, payload[offset:])
+    assert done.status_code == 204, done.text
+    assert (staging / "dropped-then-head.bin").read_bytes() == payload
+
+
 class _Recording(Uploader):
     """tuspy's uploader, noting the offset of every answered ``HEAD`` and of every ``PATCH``
     it starts (a retry asks the server with ``HEAD`` first, then sends from there)."""
