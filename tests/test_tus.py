@@ -655,6 +655,51 @@ def test_an_interrupted_upload_resumes_after_a_dropped_connection_and_a_killed_s
     assert _s3_body(clean, "resumed.bin") == payload
 
 
+def _queued_bytes(local_port: int, remote_port: int) -> tuple[int, int]:
+    """``(tx_queue, rx_queue)`` of the loopback TCP socket between these ports
+    (``/proc/net/tcp``): bytes sent but not yet acknowledged, and bytes received but not yet
+    read by the process that owns the socket."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (int(address.split(":")[1], 16) for address in fields[1:3])
+        if (local, remote) == (local_port, remote_port):
+            tx, rx = fields[4].split(":")
+            return int(tx, 16), int(rx, 16)
+    raise AssertionError(f"no TCP socket from port {local_port} to port {remote_port}")
+
+
+def _read_by_server(client: RawClient, server_port: int) -> bool:
+    """Whether every byte *client* sent was read by the server's process from its socket."""
+    client_port = client.sock.getsockname()[1]
+    unacknowledged, _ = _queued_bytes(client_port, server_port)
+    _, unread = _queued_bytes(server_port, client_port)
+    return unacknowledged == 0 and unread == 0
+
+
+def test_a_patch_cut_mid_body_keeps_exactly_the_bytes_the_server_read(
+    server: DjangoServer, staging: Path, cookies: dict[str, str]
+) -> None:
+    payload = _payload(2 * MiB, b"cut")
+    arrived = MiB + 193_206  # not a multiple of the 256 KiB the server reads at a time
+    url = _create(server.url, cookies, "cut.bin", len(payload))
+    partial = _partial(staging, url)
+    client = _partial_patch(url, server.url, cookies, 0, payload[:MiB], len(payload))
+    try:
+        wait_for(lambda: partial.stat().st_size == MiB, what="four full reads on disk")
+        client.send(payload[MiB:arrived])  # the server now waits for the rest of a read
+        wait_for(lambda: _read_by_server(client, server.port), what="the server to read it all")
+    finally:
+        client.close()
+    # Every byte reached the server's process. Under uvicorn they are the application's once
+    # its body stream took them from uvicorn, which it does as they come while it waits for
+    # more, before a disconnect seen after them.
+    assert _offset(url, cookies) == arrived
+    assert partial.read_bytes() == payload[:arrived]
+    finished = _patch(url, cookies, arrived, payload[arrived:])
+    assert finished.status_code == 204, finished.text
+    assert (staging / "cut.bin").read_bytes() == payload
+
+
 def test_a_head_right_after_a_dropped_patch_answers_the_offset_the_next_patch_is_held_to(
     server: DjangoServer, staging: Path, cookies: dict[str, str]
 ) -> None:
