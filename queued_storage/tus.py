@@ -23,8 +23,9 @@ Why it is built this way:
   view's reader and idle timeout, one ``QUEUED_STORAGE_UPLOAD_CHUNK_SIZE`` at a time.
 * An upload whose length is deferred (``Upload-Defer-Length: 1``) keeps the limits per chunk:
   each chunk needs a ``Content-Length``, the offset plus it must fit the size limit, and it
-  is checked against the staging budget (where the upload reserves what it received); the
-  ``Upload-Length`` a later ``PATCH`` sends is checked like one sent at creation, and set once.
+  is held in the staging budget while it arrives (then the upload reserves what it
+  received); the ``Upload-Length`` a later ``PATCH`` sends is checked like one sent at
+  creation, and set once.
 * The offset only counts bytes that are on disk (``fsync``, unless ``QUEUED_STORAGE_FSYNC`` is
   off); bytes a killed process wrote past it are cut off by the next append.
 
@@ -88,8 +89,8 @@ from queued_storage.views import (
     STAGING_FULL,
     UploadView,
     _as_response,
-    _check_budget,
     _uploader,
+    budget_reserved,
 )
 
 __all__ = ["TUS_VERSION", "TusUploadView", "parse_metadata"]
@@ -395,9 +396,10 @@ class TusUploadView(UploadView):
                 400, f"Upload-Length {length} is less than the {row.offset} bytes received."
             )
         self.check_length(length)
-        if length > row.offset:  # nothing more to come: nothing to check
-            _check_budget(row.name, length - row.offset)
-        if not tus_set_length(row.id, length):
+        more = length - row.offset if length > row.offset else None  # none: nothing to check
+        with budget_reserved(self.get_storage(), row.name, more):  # until the row holds it
+            settled = tus_set_length(row.id, length)
+        if not settled:
             fresh = tus_upload(row.id)
             if fresh is None:
                 raise UploadRefused(404, "No such upload.")
@@ -466,39 +468,45 @@ class TusUploadView(UploadView):
         if with_body and declared is not None and length is not None and declared > length:
             return _response(400, f"The body is longer than Upload-Length ({length}).")
         ChunkChecksum.from_header(request.headers.get("Upload-Checksum"))  # 400 before the body
-        try:
-            # A deferred length reserves what arrives: the first chunk's, checked here.
-            _check_budget(name, length if length is not None else declared)
-        except UploadRefused as refusal:
-            return _response(refusal.status, refusal.message)
         storage = self.get_storage()
-        upload_id = str(uuid.uuid4())
-        path = os.path.join(tus_dir(storage.local), upload_id)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-        try:
-            row = tus_create(
-                id=upload_id,
-                alias=storage.alias,
-                name=name,
-                content_type=content_type[:255],
-                metadata=raw_metadata,
-                owner=_uploader(request),
-                host=settings.HOST,
-                length=length,
-                expires=timezone.now() + datetime.timedelta(seconds=settings.TUS_EXPIRY),
-            )
-        except BaseException:
-            os.unlink(path)
-            raise
-        location = self._upload_url(request, upload_id)
-        if with_body or length == 0:
-            response = self._append(request, row, checked=True)
-            if response.status_code != 204:
-                response["Location"] = location
-                return response
-            response.status_code = 201
-        else:
-            response = _response(201, Upload_Offset="0")
+        with contextlib.ExitStack() as reservation:
+            try:
+                # The bytes are held in the budget from the check on: the whole length until
+                # the row holds it; a deferred length's first chunk until it is received.
+                reservation.enter_context(
+                    budget_reserved(storage, name, length if length is not None else declared)
+                )
+            except UploadRefused as refusal:
+                return _response(refusal.status, refusal.message)
+            upload_id = str(uuid.uuid4())
+            path = os.path.join(tus_dir(storage.local), upload_id)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            try:
+                row = tus_create(
+                    id=upload_id,
+                    alias=storage.alias,
+                    name=name,
+                    content_type=content_type[:255],
+                    metadata=raw_metadata,
+                    owner=_uploader(request),
+                    host=settings.HOST,
+                    length=length,
+                    expires=timezone.now() + datetime.timedelta(seconds=settings.TUS_EXPIRY),
+                )
+            except BaseException:
+                os.unlink(path)
+                raise
+            if length is not None:
+                reservation.close()  # the row holds the length from now on
+            location = self._upload_url(request, upload_id)
+            if with_body or length == 0:
+                response = self._append(request, row, checked=True)
+                if response.status_code != 204:
+                    response["Location"] = location
+                    return response
+                response.status_code = 201
+            else:
+                response = _response(201, Upload_Offset="0")
         response["Location"] = location
         response["Upload-Expires"] = _expires_header(row.expires)
         return response
@@ -523,16 +531,32 @@ class TusUploadView(UploadView):
                     f"The chunk has {declared} bytes; after the {row.offset} received the "
                     f"limit of {self.get_max_bytes()} leaves {remaining}.",
                 )
-            if declared and not checked:
-                _check_budget(row.name, declared)
         else:
             remaining = row.length - row.offset
             if declared is not None and declared > remaining:
                 return _response(
                     413, f"The chunk has {declared} bytes; the upload lacks {remaining}."
                 )
-        checksum = ChunkChecksum.from_header(request.headers.get("Upload-Checksum"))
         storage = self.get_storage()
+        # A chunk of deferred length is held in the budget while it arrives (the row holds it
+        # once its offset moved); a known length is held by the row already.
+        reserved = declared if deferred and declared and not checked else None
+        with budget_reserved(storage, row.name, reserved):
+            checksum = ChunkChecksum.from_header(request.headers.get("Upload-Checksum"))
+            return self._receive(request, storage, row, declared, remaining, checksum)
+
+    def _receive(
+        self,
+        request: HttpRequest,
+        storage: QueuedStorage,
+        row: Any,
+        declared: int | None,
+        remaining: int,
+        checksum: ChunkChecksum | None,
+    ) -> HttpResponse:
+        """The chunk of :meth:`_append` once its limits are checked: appended under the
+        upload's lock, its offset committed, the upload finished with its last byte."""
+        with_body = request.content_type == OFFSET_CONTENT_TYPE
         upload_id = str(row.id)
         path = os.path.join(tus_dir(storage.local), upload_id)
         try:

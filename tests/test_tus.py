@@ -48,12 +48,14 @@ from tests.test_faults import figures
 from tests.test_uploads import (  # noqa: F401  (fixtures)
     MiB,
     RawClient,
+    _answered,
     _cookie_header,
     _has_module,
     _nginx,
     _payload,
     _session_for,
     _wait_state,
+    budgeted,
     cookies,
     gunicorn,
     server,
@@ -1095,6 +1097,52 @@ def test_each_chunk_of_deferred_length_is_checked_against_the_staging_budget(
     assert done.status_code == 204
     assert done.headers["X-Queued-Storage-Name"] == "budget.bin"
     assert (staging / "budget.bin").read_bytes() == b"a" * 600 + b"c" * 300
+
+
+def test_a_burst_of_deferred_chunks_beyond_the_staging_budget_is_refused_507_before_they_are_sent(
+    budgeted: DjangoServer, staging: Path, cookies: dict[str, str]
+) -> None:
+    # Six uploads of deferred length (each reserves what it received: nothing yet) send a
+    # chunk of 3 MiB at once; the budget is 8 MiB: two chunks fit, whichever come first.
+    size = 3 * MiB
+    urls = []
+    for _ in range(6):
+        created = _create_deferred(budgeted.url, {"Cookie": _cookie_header(cookies)})
+        assert created.status_code == 201, created.text
+        urls.append(budgeted.url + created.headers["Location"])
+    clients = [RawClient(budgeted.url) for _ in urls]
+    try:
+        for client, url in zip(clients, urls, strict=True):
+            client.send_head(
+                "PATCH",
+                url.removeprefix(budgeted.url),
+                {
+                    **TUS,
+                    "Upload-Offset": "0",
+                    "Content-Type": "application/offset+octet-stream",
+                    "Content-Length": str(size),
+                    "Cookie": _cookie_header(cookies),
+                },
+            )
+        wait_for(lambda: len(_answered(clients)) >= 4, what="four answers")
+        refused = _answered(clients)
+        assert len(refused) == 4
+        for client in refused:  # answered before a byte of the chunk was sent
+            assert client.response() == (
+                507,
+                b"The staging area is full; nothing was kept. Retry later.",
+            )
+        admitted = [c for c in clients if c not in refused]
+        for client in admitted:
+            client.send(_payload(size))
+            assert _status(client) == 204
+    finally:
+        for client in clients:
+            client.close()
+    offsets = sorted(TusUpload.objects.values_list("offset", flat=True))
+    assert offsets == [0, 0, 0, 0, size, size]
+    parts = [p.stat().st_size for p in (staging / TUS_DIRNAME).iterdir()]
+    assert sorted(parts) == [0, 0, 0, 0, size, size]  # 6 MiB on the disk, of a budget of 8
 
 
 # -- several web processes, one staging volume ----------------------------------------------------
