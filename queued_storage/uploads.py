@@ -355,7 +355,9 @@ def _reserved_bytes(directory: str) -> int:
     total = 0
     with _mine_lock:
         mine = set(_mine)
-    for entry in os.scandir(directory):
+    with os.scandir(directory) as found:
+        entries = list(found)
+    for entry in entries:
         size, dash, _ = entry.name.partition("-")
         if not dash or not size.isdigit():
             continue
