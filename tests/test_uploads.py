@@ -17,7 +17,10 @@ import logging
 import os
 import select
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +37,7 @@ from django.test.utils import CaptureQueriesContext
 
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import owned_by
-from queued_storage.uploads import SPOOL_DIRNAME
+from queued_storage.uploads import SPOOL_DIRNAME, reserve_in_flight
 from tests.harness.suite import need_tool, wait_for
 from tests.harness.webservers import DjangoServer, Nginx, peak_rss_kib, peak_rss_reset
 from tests.hooks import HOOK_LOG, hook_calls
@@ -1438,6 +1441,49 @@ def test_a_burst_of_uploads_beyond_the_staging_budget_is_refused_507_before_any_
     assert len(stored) == 2, stored
     assert sum((staging / name).stat().st_size for name in stored) == 2 * size  # <= 8 MiB
     assert StoredFile.objects.count() == 2
+
+
+_HOLDER = """
+import sys, time
+from queued_storage.uploads import reserve_in_flight
+with reserve_in_flight(sys.argv[1], 5000, lambda in_flight: None):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_reservation_counts_in_every_process_and_a_killed_process_releases_it(
+    tmp_path: Path,
+) -> None:
+    directory = str(tmp_path / "in-flight")
+    root = str(Path(__file__).resolve().parents[1])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, directory],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": root},
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        seen: list[int] = []
+        with (
+            reserve_in_flight(directory, 300, seen.append),
+            reserve_in_flight(directory, 20, seen.append),
+        ):
+            assert len(os.listdir(directory)) == 3
+        assert seen == [5000, 5300]  # the other process's, then this one's too
+        holder.send_signal(signal.SIGKILL)  # no cleanup: the kernel drops its flock
+        holder.wait(timeout=10)
+        with reserve_in_flight(directory, 1, seen.append):
+            assert len(os.listdir(directory)) == 1  # the dead process's file is gone
+        assert seen == [5000, 5300, 0]
+        assert os.listdir(directory) == []
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        if holder.stdout is not None:
+            holder.stdout.close()
 
 
 @override_settings(
