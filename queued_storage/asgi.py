@@ -59,9 +59,11 @@ class ReceiveStream:
 
     ``read()`` is called from the view's worker thread; each missing piece is fetched with
     ``receive()`` on the server's event loop. It holds at most one ASGI message beyond what was
-    asked for. A ``http.disconnect`` (the client went away) raises ``RequestAborted``; so does
-    waiting longer than ``timeout`` seconds for the next piece (``None``: no limit), then
-    caused by a ``TimeoutError``. ``timeout`` may be changed between reads.
+    asked for. A ``http.disconnect`` (the client went away) raises ``RequestAborted``, once
+    the bytes that arrived before it have been read (a read returns them, short, and the
+    next one raises); waiting longer than ``timeout`` seconds for the next piece (``None``:
+    no limit) raises ``RequestAborted`` caused by a ``TimeoutError`` at once. ``timeout`` may
+    be changed between reads.
     """
 
     def __init__(
@@ -73,6 +75,8 @@ class ReceiveStream:
         self._buffer = bytearray()
         self._more = True
         self.received = 0  #: bytes taken from the server so far (tests and metrics)
+        #: The disconnect seen while bytes were still buffered: raised by the next read.
+        self._gone: RequestAborted | None = None
 
     def _pull(self) -> None:
         try:
@@ -100,12 +104,29 @@ class ReceiveStream:
         self._buffer += body
         self._more = bool(message.get("more_body", False))
 
+    def _pull_or_keep(self) -> None:
+        """:meth:`_pull`, except that a client that went away with bytes in the buffer gets
+        them read first: the read returns what arrived (short, as a socket's read at EOF
+        would), the next one raises. A WSGI server's body reads the same way, so a tus chunk
+        cut mid-body keeps every byte the application was handed under either server."""
+        try:
+            self._pull()
+        except RequestAborted as err:
+            if not self._buffer or isinstance(err.__cause__, TimeoutError):
+                raise
+            self._gone = err
+
     async def _next(self) -> dict[str, Any]:
         return await self._receive()
 
+    def _raise_if_gone(self) -> None:
+        if self._gone is not None and not self._buffer:
+            raise self._gone
+
     def read(self, size: int = -1) -> bytes:
+        self._raise_if_gone()
         while self._more and (size is None or size < 0 or len(self._buffer) < size):
-            self._pull()
+            self._pull_or_keep()
         if size is None or size < 0:
             size = len(self._buffer)
         data = bytes(self._buffer[:size])
@@ -113,10 +134,11 @@ class ReceiveStream:
         return data
 
     def readline(self, size: int = -1) -> bytes:
+        self._raise_if_gone()
         while self._more and b"\n" not in self._buffer:
             if size is not None and 0 <= size <= len(self._buffer):
                 break
-            self._pull()
+            self._pull_or_keep()
         end = self._buffer.find(b"\n")
         end = len(self._buffer) if end < 0 else end + 1
         if size is not None and size >= 0:

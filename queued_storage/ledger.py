@@ -52,6 +52,7 @@ __all__ = [
     "LeaseResult",
     "Ledger",
     "check_staging_budget",
+    "check_staging_budget_in_flight",
     "ledger_database",
     "reads_block_writes",
     "tus_advance",
@@ -122,6 +123,32 @@ def check_staging_budget(name: str, size: int | None, *, recorded: bool = False)
             name=name,
             size=size,
             waiting=waiting,
+            budget=budget,
+        )
+
+
+def check_staging_budget_in_flight(name: str, size: int, in_flight: int) -> None:
+    """Raise :class:`StagingFull` when a body of *size* bytes, about to be received, would not
+    fit this host's budget beside what waits and the *in_flight* bytes of the bodies this
+    host is receiving (``queued_storage.uploads.reserve_in_flight`` counts them).
+
+    The upload views' check before a body is read; ``save()`` checks with
+    :func:`check_staging_budget`. The same aggregate query.
+    """
+    budget = settings.STAGING_BUDGET
+    if budget is None:
+        return
+    waiting = StoredFile.waiting_bytes(settings.HOST)
+    if waiting + in_flight + size > budget:
+        raise StagingFull(
+            f"QueuedStorage cannot receive {name!r} ({size} bytes): of the {budget} bytes of "
+            f"QUEUED_STORAGE_STAGING_BUDGET, {waiting} wait on host {settings.HOST!r} for their "
+            f"transfer to the remote storage and {in_flight} are bodies being received. Check "
+            "that the transfer workers run and the remote is reachable (queued_storage_reconcile "
+            "reports what waits), or raise the budget.",
+            name=name,
+            size=size,
+            waiting=waiting + in_flight,
             budget=budget,
         )
 

@@ -17,13 +17,15 @@ Why it is built this way:
   can share lock ownership on network filesystems. A ``flock`` is released by the kernel when
   its process dies, so a web process killed mid-append does not block the upload. The offset
   moves with one conditional UPDATE from the offset the append started at (``ledger.py``).
-* The authorizer hook (``action="upload"``), the owner check, the version check and the
-  limits all run before a byte of the body is read; the body is read with the raw upload
+* The version check, the owner check, the authorizer hook (``action="upload"``) and the
+  limits all run before a byte of the body is read (an id of someone else's upload gets
+  the 404 of an unknown id, never the authorizer's answer); the body is read with the raw upload
   view's reader and idle timeout, one ``QUEUED_STORAGE_UPLOAD_CHUNK_SIZE`` at a time.
 * An upload whose length is deferred (``Upload-Defer-Length: 1``) keeps the limits per chunk:
   each chunk needs a ``Content-Length``, the offset plus it must fit the size limit, and it
-  is checked against the staging budget (where the upload reserves what it received); the
-  ``Upload-Length`` a later ``PATCH`` sends is checked like one sent at creation, and set once.
+  is held in the staging budget while it arrives (then the upload reserves what it
+  received); the ``Upload-Length`` a later ``PATCH`` sends is checked like one sent at
+  creation, and set once.
 * The offset only counts bytes that are on disk (``fsync``, unless ``QUEUED_STORAGE_FSYNC`` is
   off); bytes a killed process wrote past it are cut off by the next append.
 
@@ -42,6 +44,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -86,8 +89,8 @@ from queued_storage.views import (
     STAGING_FULL,
     UploadView,
     _as_response,
-    _check_budget,
     _uploader,
+    budget_reserved,
 )
 
 __all__ = ["TUS_VERSION", "TusUploadView", "parse_metadata"]
@@ -157,6 +160,38 @@ def _exclusive(upload_id: str, path: str) -> Iterator[int]:
             _held.discard(upload_id)
 
 
+def _appending(upload_id: str, path: str) -> bool:
+    """Whether a request appends to the upload right now (its lock is held): this process's
+    set, then a shared ``flock`` taken and let go at once."""
+    with _held_lock:
+        if upload_id in _held:
+            return True
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases the flock
+    return False
+
+
+def _settled(upload_id: str, path: str, seconds: float) -> bool:
+    """Wait, at most *seconds*, until no request appends to the upload; whether none does.
+
+    An append commits its offset before it lets go of the lock, so once the lock was free,
+    the row has the offset of every chunk that began before."""
+    deadline = time.monotonic() + seconds
+    while _appending(upload_id, path):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def _response(status: int, message: str = "", **headers: str) -> HttpResponse:
     response = HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
     response["Tus-Resumable"] = TUS_VERSION
@@ -199,10 +234,13 @@ class TusUploadView(UploadView):
     ``PATCH`` and ``DELETE`` act on one (URL with ``upload_id``); ``OPTIONS`` on either.
 
     Class attributes (and ``as_view()`` arguments) as :class:`~queued_storage.views.UploadView`:
-    ``storage_alias``, ``prefix``, ``max_bytes``, ``idle_timeout``.
+    ``storage_alias``, ``prefix``, ``max_bytes``, ``idle_timeout``; and ``head_wait``.
     """
 
     http_method_names = ["options", "head", "post", "patch", "delete"]
+    #: Seconds a ``HEAD`` waits for a chunk being received to end, so that it answers the
+    #: offset the next ``PATCH`` is held to (``0``: answer at once).
+    head_wait: float = 10.0
 
     # -- protocol frame ------------------------------------------------------------------------
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
@@ -242,22 +280,27 @@ class TusUploadView(UploadView):
         return refused
 
     def _own_upload(self, request: HttpRequest) -> tuple[Any, HttpResponse | None]:
-        """The upload of the URL, after the authorizer and the owner check; 404 for a
-        malformed or unknown id, an upload of another storage or another user; 410 when
-        it expired."""
+        """The upload of the URL, after the owner check and the authorizer; 410 when it
+        expired.
+
+        A malformed or unknown id, an upload of another storage and an upload of another
+        client all get the same 404, byte for byte (status, body, headers: the requester is
+        read first in every case, so each 404 carries the ``Vary: Cookie`` of the session it
+        read). The authorizer is asked only about the client's own upload: its 401 or 403
+        for someone else's id would tell that the id exists.
+        """
+        uploader = _uploader(request)
         upload_id = str(self.kwargs["upload_id"])
         try:
             uuid.UUID(upload_id)
         except ValueError:
             return None, _response(404, "No such upload.")
         row = tus_upload(upload_id)
-        if row is None or row.alias != self.get_storage().alias:
+        if row is None or row.alias != self.get_storage().alias or row.owner != uploader:
             return None, _response(404, "No such upload.")
         refused = self._refused(request, row.name)
         if refused is not None:
             return None, refused
-        if row.owner != _uploader(request):
-            return None, _response(404, "No such upload.")
         if row.expires <= timezone.now():
             return None, _response(410, "This upload expired; start a new one.")
         return row, None
@@ -282,9 +325,23 @@ class TusUploadView(UploadView):
 
     # -- core ----------------------------------------------------------------------------------
     def head(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        """The offset the next ``PATCH`` will be held to.
+
+        A chunk still being received (a client that resumes at once after a dropped
+        connection often asks while the server is still writing what arrived) is waited for,
+        at most :attr:`head_wait` seconds; then the offset it committed is answered. After
+        that wait (a chunk that keeps arriving), the committed offset is answered as it is.
+        """
         row, refused = self._own_upload(request)
         if refused is not None:
             return refused
+        if row.completed is None and self.head_wait > 0:
+            upload_id = str(row.id)
+            path = os.path.join(tus_dir(self.get_storage().local), upload_id)
+            if _settled(upload_id, path, self.head_wait):
+                row = tus_upload(upload_id)
+                if row is None:  # deleted meanwhile
+                    return _response(404, "No such upload.")
         response = _response(
             200,
             Upload_Offset=str(row.offset),
@@ -339,9 +396,10 @@ class TusUploadView(UploadView):
                 400, f"Upload-Length {length} is less than the {row.offset} bytes received."
             )
         self.check_length(length)
-        if length > row.offset:  # nothing more to come: nothing to check
-            _check_budget(row.name, length - row.offset)
-        if not tus_set_length(row.id, length):
+        more = length - row.offset if length > row.offset else None  # none: nothing to check
+        with budget_reserved(self.get_storage(), row.name, more):  # until the row holds it
+            settled = tus_set_length(row.id, length)
+        if not settled:
             fresh = tus_upload(row.id)
             if fresh is None:
                 raise UploadRefused(404, "No such upload.")
@@ -410,39 +468,45 @@ class TusUploadView(UploadView):
         if with_body and declared is not None and length is not None and declared > length:
             return _response(400, f"The body is longer than Upload-Length ({length}).")
         ChunkChecksum.from_header(request.headers.get("Upload-Checksum"))  # 400 before the body
-        try:
-            # A deferred length reserves what arrives: the first chunk's, checked here.
-            _check_budget(name, length if length is not None else declared)
-        except UploadRefused as refusal:
-            return _response(refusal.status, refusal.message)
         storage = self.get_storage()
-        upload_id = str(uuid.uuid4())
-        path = os.path.join(tus_dir(storage.local), upload_id)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-        try:
-            row = tus_create(
-                id=upload_id,
-                alias=storage.alias,
-                name=name,
-                content_type=content_type[:255],
-                metadata=raw_metadata,
-                owner=_uploader(request),
-                host=settings.HOST,
-                length=length,
-                expires=timezone.now() + datetime.timedelta(seconds=settings.TUS_EXPIRY),
-            )
-        except BaseException:
-            os.unlink(path)
-            raise
-        location = self._upload_url(request, upload_id)
-        if with_body or length == 0:
-            response = self._append(request, row, checked=True)
-            if response.status_code != 204:
-                response["Location"] = location
-                return response
-            response.status_code = 201
-        else:
-            response = _response(201, Upload_Offset="0")
+        with contextlib.ExitStack() as reservation:
+            try:
+                # The bytes are held in the budget from the check on: the whole length until
+                # the row holds it; a deferred length's first chunk until it is received.
+                reservation.enter_context(
+                    budget_reserved(storage, name, length if length is not None else declared)
+                )
+            except UploadRefused as refusal:
+                return _response(refusal.status, refusal.message)
+            upload_id = str(uuid.uuid4())
+            path = os.path.join(tus_dir(storage.local), upload_id)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            try:
+                row = tus_create(
+                    id=upload_id,
+                    alias=storage.alias,
+                    name=name,
+                    content_type=content_type[:255],
+                    metadata=raw_metadata,
+                    owner=_uploader(request),
+                    host=settings.HOST,
+                    length=length,
+                    expires=timezone.now() + datetime.timedelta(seconds=settings.TUS_EXPIRY),
+                )
+            except BaseException:
+                os.unlink(path)
+                raise
+            if length is not None:
+                reservation.close()  # the row holds the length from now on
+            location = self._upload_url(request, upload_id)
+            if with_body or length == 0:
+                response = self._append(request, row, checked=True)
+                if response.status_code != 204:
+                    response["Location"] = location
+                    return response
+                response.status_code = 201
+            else:
+                response = _response(201, Upload_Offset="0")
         response["Location"] = location
         response["Upload-Expires"] = _expires_header(row.expires)
         return response
@@ -467,16 +531,32 @@ class TusUploadView(UploadView):
                     f"The chunk has {declared} bytes; after the {row.offset} received the "
                     f"limit of {self.get_max_bytes()} leaves {remaining}.",
                 )
-            if declared and not checked:
-                _check_budget(row.name, declared)
         else:
             remaining = row.length - row.offset
             if declared is not None and declared > remaining:
                 return _response(
                     413, f"The chunk has {declared} bytes; the upload lacks {remaining}."
                 )
-        checksum = ChunkChecksum.from_header(request.headers.get("Upload-Checksum"))
         storage = self.get_storage()
+        # A chunk of deferred length is held in the budget while it arrives (the row holds it
+        # once its offset moved); a known length is held by the row already.
+        reserved = declared if deferred and declared and not checked else None
+        with budget_reserved(storage, row.name, reserved):
+            checksum = ChunkChecksum.from_header(request.headers.get("Upload-Checksum"))
+            return self._receive(request, storage, row, declared, remaining, checksum)
+
+    def _receive(
+        self,
+        request: HttpRequest,
+        storage: QueuedStorage,
+        row: Any,
+        declared: int | None,
+        remaining: int,
+        checksum: ChunkChecksum | None,
+    ) -> HttpResponse:
+        """The chunk of :meth:`_append` once its limits are checked: appended under the
+        upload's lock, its offset committed, the upload finished with its last byte."""
+        with_body = request.content_type == OFFSET_CONTENT_TYPE
         upload_id = str(row.id)
         path = os.path.join(tus_dir(storage.local), upload_id)
         try:

@@ -14,6 +14,8 @@ The upload views (``views.py``) are thin; what they rely on lives here:
   spool directory, so multipart form uploads are moved too, whatever ``FILE_UPLOAD_TEMP_DIR`` is.
 * :func:`body_idle_timeout` makes each read of a body give up when the client stops sending
   (``QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT``), where the server lets the view set that.
+* :func:`reserve_in_flight` holds a body's declared length in the staging budget while it is
+  received, for every web process of the host to see.
 
 Nothing here knows HTTP status codes beyond :class:`UploadRefused`, which carries one.
 """
@@ -24,6 +26,7 @@ import base64
 import binascii
 import contextlib
 import errno
+import fcntl
 import functools
 import hashlib
 import logging
@@ -32,7 +35,9 @@ import re
 import socket
 import stat
 import tempfile
+import threading
 import unicodedata
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -74,6 +79,8 @@ __all__ = [
     "byte_count",
     "claim_nginx_file",
     "parse_byte_count",
+    "reservations_dir",
+    "reserve_in_flight",
     "spool_dir",
     "spool_stream",
     "tus_dir",
@@ -321,6 +328,93 @@ def _write(out: Any, chunk: bytes) -> None:
                 507, "The staging disk is full; nothing was kept. Retry later."
             ) from err
         raise
+
+
+# -- bodies being received, in the staging budget ------------------------------------------------
+#: Directory inside the spool with one directory per host of the bodies being received.
+RESERVATIONS_DIRNAME = "in-flight"
+
+#: Reservations of this process (see :func:`_reserved_bytes`).
+_mine: set[str] = set()
+_mine_lock = threading.Lock()
+
+
+def reservations_dir(local: Any, host: str) -> str:
+    """Where the bodies *host* is receiving into the staging storage *local* are reserved:
+    ``<spool>/in-flight/<hash of host>/`` (a host of its own on a shared staging volume)."""
+    digest = hashlib.sha256(host.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return os.path.join(spool_dir(local), RESERVATIONS_DIRNAME, digest)
+
+
+@contextlib.contextmanager
+def reserve_in_flight(directory: str, size: int, check: Callable[[int], None]) -> Iterator[None]:
+    """Hold *size* bytes of the staging budget while a body is received; *check* decides.
+
+    The budget query counts the files that wait on the disk; a body being received is on
+    the disk too but in no row yet, so every request receiving one declares it here: a file
+    in *directory*, named by its size, that its process holds locked (``flock``) until the
+    block ends, however it ends (an answer, an error, a client gone). Every web process of
+    the host (gunicorn and uvicorn workers alike) sees every other's, and a process that dies
+    lets go of its locks: the next reservation finds its file unlocked and removes it.
+
+    Reserving is one step for the whole host: under an exclusive lock of *directory* itself,
+    *check* is called with the bytes the live reservations hold (it raises to refuse, and
+    nothing is reserved), then the file is made; so a burst of concurrent requests is
+    admitted one after the other, each counting those before it. Cost: a ``flock`` and one
+    open per body being received on the host; no query beyond what *check* makes.
+    """
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    lock = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        check(_reserved_bytes(directory))
+        path = os.path.join(directory, f"{size}-{uuid.uuid4().hex}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with _mine_lock:
+            _mine.add(path)
+    finally:
+        os.close(lock)  # also releases the flock
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        with _mine_lock:
+            _mine.discard(path)
+        os.close(fd)
+
+
+def _reserved_bytes(directory: str) -> int:
+    """The bytes the live reservations in *directory* hold; files of dead processes (no
+    one holds their lock) are removed. This process's own are known without a lock (on a
+    network filesystem, ``flock`` may be per process)."""
+    total = 0
+    with _mine_lock:
+        mine = set(_mine)
+    with os.scandir(directory) as found:
+        entries = list(found)
+    for entry in entries:
+        size, dash, _ = entry.name.partition("-")
+        if not dash or not size.isdigit():
+            continue
+        if entry.path in mine:
+            total += int(size)
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # released meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            total += int(size)
+            continue
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)  # its process died (or just released it)
+    return total
 
 
 # -- request bodies -------------------------------------------------------------------------------

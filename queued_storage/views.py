@@ -41,6 +41,8 @@ import logging
 import mimetypes
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO, Any
 from urllib.parse import quote, unquote_to_bytes
 
@@ -67,7 +69,11 @@ from django.views.decorators.csrf import csrf_exempt
 from queued_storage.asgi import BODY_STREAM
 from queued_storage.conf import settings
 from queued_storage.exceptions import StagingFull
-from queued_storage.ledger import check_staging_budget, ledger_database
+from queued_storage.ledger import (
+    check_staging_budget,
+    check_staging_budget_in_flight,
+    ledger_database,
+)
 from queued_storage.names import LEDGER_NAME_LENGTH
 from queued_storage.storage import QueuedStorage, owned_by
 from queued_storage.uploads import (
@@ -82,6 +88,8 @@ from queued_storage.uploads import (
     idle_refusal,
     idle_timed_out,
     parse_byte_count,
+    reservations_dir,
+    reserve_in_flight,
     spool_dir,
     spool_stream,
     validate_upload_name,
@@ -375,25 +383,25 @@ class UploadView(QueuedStorageView):
             if refused is not None:
                 return refused
             declared = self._declared_length(request, chunked_ok=not form)
-            _check_budget(name, declared)
             storage = self.get_storage()
-            directory = spool_dir(storage.local)
-            if form:
-                return self._save_form(request, storage, directory, name, declared)
-            expected = ExpectedChecksums.from_headers(request.headers)
-            idle_timeout = self.get_idle_timeout()
-            with body_idle_timeout(request.META, idle_timeout):
-                staged = spool_stream(
-                    self._body_reader(request, declared),
-                    directory,
-                    name=name,
-                    declared=declared,
-                    max_bytes=self.get_max_bytes(),
-                    chunk_size=settings.UPLOAD_CHUNK_SIZE,
-                    expected=expected,
-                    idle_timeout=idle_timeout,
-                )
-            return self._save(request, storage, name, staged)
+            with budget_reserved(storage, name, declared):
+                directory = spool_dir(storage.local)
+                if form:
+                    return self._save_form(request, storage, directory, name, declared)
+                expected = ExpectedChecksums.from_headers(request.headers)
+                idle_timeout = self.get_idle_timeout()
+                with body_idle_timeout(request.META, idle_timeout):
+                    staged = spool_stream(
+                        self._body_reader(request, declared),
+                        directory,
+                        name=name,
+                        declared=declared,
+                        max_bytes=self.get_max_bytes(),
+                        chunk_size=settings.UPLOAD_CHUNK_SIZE,
+                        expected=expected,
+                        idle_timeout=idle_timeout,
+                    )
+                return self._save(request, storage, name, staged)
         except UploadRefused as refusal:
             if refusal.status >= 500:
                 logger.warning("upload of %r refused: %s", name, refusal.message)
@@ -527,15 +535,43 @@ def _check_budget(name: str, declared: int | None) -> None:
     try:
         check_staging_budget(name, declared)
     except StagingFull as full:
-        logger.warning(
-            "upload of %r (%d bytes) refused unread: %d of the %d bytes of "
-            "QUEUED_STORAGE_STAGING_BUDGET wait for their transfer",
-            name,
-            declared,
-            full.waiting,
-            full.budget,
-        )
-        raise UploadRefused(507, STAGING_FULL) from full
+        _refused_unread(name, declared, full)
+
+
+def _refused_unread(name: str, declared: int, full: StagingFull) -> None:
+    logger.warning(
+        "upload of %r (%d bytes) refused unread: %d of the %d bytes of "
+        "QUEUED_STORAGE_STAGING_BUDGET wait for their transfer or are being received",
+        name,
+        declared,
+        full.waiting,
+        full.budget,
+    )
+    raise UploadRefused(507, STAGING_FULL) from full
+
+
+@contextmanager
+def budget_reserved(storage: QueuedStorage, name: str, declared: int | None) -> Iterator[None]:
+    """507 before the body is read when it cannot fit in ``QUEUED_STORAGE_STAGING_BUDGET``
+    beside what waits and the bodies this host is receiving; else its *declared* length is
+    held in the budget until the block ends (:func:`~queued_storage.uploads.reserve_in_flight`:
+    every web process of the host sees it; it ends with the request, answered, failed or cut).
+
+    Without a budget, or for a body of unknown length (chunked: ``save()`` checks the size
+    received), nothing is reserved.
+    """
+    if declared is None or settings.STAGING_BUDGET is None:
+        yield
+        return
+
+    def check(in_flight: int) -> None:
+        try:
+            check_staging_budget_in_flight(name, declared, in_flight)
+        except StagingFull as full:
+            _refused_unread(name, declared, full)
+
+    with reserve_in_flight(reservations_dir(storage.local, settings.HOST), declared, check):
+        yield
 
 
 class _CountingStream:

@@ -229,11 +229,14 @@ QUEUED_STORAGE_NGINX_UPLOAD_DIR = str(WORKDIR / "nginx-bodies")
 QUEUED_STORAGE_NGINX_SECRET = "qs-test-nginx-secret"
 # A web server started with this variable uses that hook (tests.hooks.name_hook); else the default.
 QUEUED_STORAGE_UPLOAD_AUTHORIZER = ENV.get("QS_TEST_UPLOAD_AUTHORIZER")
+#: A staging budget, for the web servers of one test (tests/test_uploads.py, ``budgeted``).
+QUEUED_STORAGE_STAGING_BUDGET = (
+    int(ENV["QS_TEST_STAGING_BUDGET"]) if "QS_TEST_STAGING_BUDGET" in ENV else None
+)
 # Serving waiting files (tests/test_serving.py): a web server started with these variables
 # points url() of waiting files at the view and hands them to nginx; the suite itself does not.
 QUEUED_STORAGE_SERVE_STAGED = json.loads(ENV.get("QS_TEST_SERVE_STAGED", "null"))
 QUEUED_STORAGE_SENDFILE = ENV.get("QS_TEST_SENDFILE")
-QUEUED_STORAGE_STAGING_BUDGET = json.loads(ENV.get("QS_TEST_STAGING_BUDGET", "null"))
 # Django's TemporaryFileUploadHandler writes form uploads here (same filesystem as staging).
 FILE_UPLOAD_TEMP_DIR = str(WORKDIR / "form-uploads")
 os.makedirs(FILE_UPLOAD_TEMP_DIR, exist_ok=True)

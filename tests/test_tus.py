@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,14 @@ from tests.test_faults import figures
 from tests.test_uploads import (  # noqa: F401  (fixtures)
     MiB,
     RawClient,
+    _answered,
     _cookie_header,
     _has_module,
     _nginx,
     _payload,
     _session_for,
     _wait_state,
+    budgeted,
     cookies,
     gunicorn,
     server,
@@ -434,6 +437,38 @@ def test_another_users_upload_is_a_404_and_the_owner_continues(
     assert _patch(url, cookies, 0, _payload(MiB)).status_code == 204
 
 
+def _answer(method: str, url: str, cookies: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+    """Status, body and headers (all but ``Date``) of a tus request to *url*."""
+    headers = {**TUS, "Cookie": _cookie_header(cookies)} if cookies else dict(TUS)
+    if method == "PATCH":
+        headers |= {"Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+    response = requests.request(method, url, headers=headers, data=b"1234", timeout=10)
+    shown = {k.lower(): v for k, v in response.headers.items() if k.lower() != "date"}
+    return response.status_code, response.content, shown
+
+
+@pytest.mark.parametrize("method", ["HEAD", "PATCH", "DELETE"])
+def test_someone_elses_upload_id_answers_exactly_like_an_unknown_id(
+    server: DjangoServer, staging: Path, cookies: dict[str, str], method: str
+) -> None:
+    url = _create(server.url, cookies, "private.bin", 8)
+    unknown = f"{server.url}/uploads/tus/{uuid.uuid4()}"
+    clients = {
+        "anonymous": {},  # the authorizer would say 401
+        "without the permission": _session_for(),  # 403
+        "with the permission": _session_for("add_storedfile"),
+    }
+    for who, client_cookies in clients.items():
+        theirs = _answer(method, url, client_cookies)
+        assert theirs == _answer(method, unknown, client_cookies), who
+        status, body, headers = theirs
+        assert status == 404, who
+        assert body == (b"" if method == "HEAD" else b"No such upload."), who
+        assert headers["vary"] == "Cookie", who
+    assert _offset(url, cookies) == 0  # untouched, and still the owner's
+    assert _patch(url, cookies, 0, b"12345678").status_code == 204
+
+
 def test_an_upload_over_the_limit_is_refused_413_at_creation(
     server: DjangoServer, staging: Path, cookies: dict[str, str], tmp_path: Path
 ) -> None:
@@ -620,6 +655,78 @@ def test_an_interrupted_upload_resumes_after_a_dropped_connection_and_a_killed_s
     assert (staging / "resumed.bin").read_bytes() == payload
     _wait_state(base, cookies, "resumed.bin", State.REMOTE)
     assert _s3_body(clean, "resumed.bin") == payload
+
+
+def _queued_bytes(local_port: int, remote_port: int) -> tuple[int, int]:
+    """``(tx_queue, rx_queue)`` of the loopback TCP socket between these ports
+    (``/proc/net/tcp``): bytes sent but not yet acknowledged, and bytes received but not yet
+    read by the process that owns the socket."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (int(address.split(":")[1], 16) for address in fields[1:3])
+        if (local, remote) == (local_port, remote_port):
+            tx, rx = fields[4].split(":")
+            return int(tx, 16), int(rx, 16)
+    raise AssertionError(f"no TCP socket from port {local_port} to port {remote_port}")
+
+
+def _read_by_server(client: RawClient, server_port: int) -> bool:
+    """Whether every byte *client* sent was read by the server's process from its socket."""
+    client_port = client.sock.getsockname()[1]
+    unacknowledged, _ = _queued_bytes(client_port, server_port)
+    _, unread = _queued_bytes(server_port, client_port)
+    return unacknowledged == 0 and unread == 0
+
+
+def test_a_patch_cut_mid_body_keeps_exactly_the_bytes_the_server_read(
+    server: DjangoServer, staging: Path, cookies: dict[str, str]
+) -> None:
+    payload = _payload(2 * MiB, b"cut")
+    arrived = MiB + 193_206  # not a multiple of the 256 KiB the server reads at a time
+    url = _create(server.url, cookies, "cut.bin", len(payload))
+    partial = _partial(staging, url)
+    client = _partial_patch(url, server.url, cookies, 0, payload[:MiB], len(payload))
+    try:
+        wait_for(lambda: partial.stat().st_size == MiB, what="four full reads on disk")
+        client.send(payload[MiB:arrived])  # the server now waits for the rest of a read
+        wait_for(lambda: _read_by_server(client, server.port), what="the server to read it all")
+    finally:
+        client.close()
+    # Every byte reached the server's process. Under uvicorn they are the application's once
+    # its body stream took them from uvicorn, which it does as they come while it waits for
+    # more, before a disconnect seen after them.
+    assert _offset(url, cookies) == arrived
+    assert partial.read_bytes() == payload[:arrived]
+    finished = _patch(url, cookies, arrived, payload[arrived:])
+    assert finished.status_code == 204, finished.text
+    assert (staging / "cut.bin").read_bytes() == payload
+
+
+def test_a_head_right_after_a_dropped_patch_answers_the_offset_the_next_patch_is_held_to(
+    server: DjangoServer, staging: Path, cookies: dict[str, str]
+) -> None:
+    piece = 300_001  # more than one 256 KiB read, and not a multiple of it
+    payload = _payload(6 * (piece + 1000), b"head")
+    url = _create(server.url, cookies, "dropped-then-head.bin", len(payload))
+    partial = _partial(staging, url)
+    offset = 0
+    for _ in range(5):
+        chunk = payload[offset : offset + piece]
+        client = _partial_patch(url, server.url, cookies, offset, chunk, len(payload) - offset)
+        try:
+            # The server holds the chunk (its first read is on disk); the client goes away
+            # and asks at once, while the server may still be writing what arrived.
+            first_read = offset + 256 * 1024
+            wait_for(lambda: partial.stat().st_size >= first_read, what="a read on disk")  # noqa: B023
+        finally:
+            client.close()
+        offset = _offset(url, cookies)
+        resumed = _patch(url, cookies, offset, payload[offset : offset + 1000])
+        assert resumed.status_code == 204, resumed.text
+        offset += 1000
+    done = _patch(url, cookies, offset, payload[offset:])
+    assert done.status_code == 204, done.text
+    assert (staging / "dropped-then-head.bin").read_bytes() == payload
 
 
 class _Recording(Uploader):
@@ -990,6 +1097,52 @@ def test_each_chunk_of_deferred_length_is_checked_against_the_staging_budget(
     assert done.status_code == 204
     assert done.headers["X-Queued-Storage-Name"] == "budget.bin"
     assert (staging / "budget.bin").read_bytes() == b"a" * 600 + b"c" * 300
+
+
+def test_a_burst_of_deferred_chunks_beyond_the_staging_budget_is_refused_507_before_they_are_sent(
+    budgeted: DjangoServer, staging: Path, cookies: dict[str, str]
+) -> None:
+    # Six uploads of deferred length (each reserves what it received: nothing yet) send a
+    # chunk of 3 MiB at once; the budget is 8 MiB: two chunks fit, whichever come first.
+    size = 3 * MiB
+    urls = []
+    for _ in range(6):
+        created = _create_deferred(budgeted.url, {"Cookie": _cookie_header(cookies)})
+        assert created.status_code == 201, created.text
+        urls.append(budgeted.url + created.headers["Location"])
+    clients = [RawClient(budgeted.url) for _ in urls]
+    try:
+        for client, url in zip(clients, urls, strict=True):
+            client.send_head(
+                "PATCH",
+                url.removeprefix(budgeted.url),
+                {
+                    **TUS,
+                    "Upload-Offset": "0",
+                    "Content-Type": "application/offset+octet-stream",
+                    "Content-Length": str(size),
+                    "Cookie": _cookie_header(cookies),
+                },
+            )
+        wait_for(lambda: len(_answered(clients)) >= 4, what="four answers")
+        refused = _answered(clients)
+        assert len(refused) == 4
+        for client in refused:  # answered before a byte of the chunk was sent
+            assert client.response() == (
+                507,
+                b"The staging area is full; nothing was kept. Retry later.",
+            )
+        admitted = [c for c in clients if c not in refused]
+        for client in admitted:
+            client.send(_payload(size))
+            assert _status(client) == 204
+    finally:
+        for client in clients:
+            client.close()
+    offsets = sorted(TusUpload.objects.values_list("offset", flat=True))
+    assert offsets == [0, 0, 0, 0, size, size]
+    parts = [p.stat().st_size for p in (staging / TUS_DIRNAME).iterdir()]
+    assert sorted(parts) == [0, 0, 0, 0, size, size]  # 6 MiB on the disk, of a budget of 8
 
 
 # -- several web processes, one staging volume ----------------------------------------------------

@@ -41,14 +41,14 @@ urlpatterns = [
     ),
     # A remote without network clients: memory measurements see the upload path only.
     path("fs/<path:name>", UploadView.as_view(storage_alias="queued_fs"), name="fs-upload"),
-    # Uploads to a storage that never dispatches by itself: what they stage stays waiting.
+    # A small limit, to refuse an over-long chunked body without sending gigabytes.
+    path("small/<path:name>", UploadView.as_view(max_bytes=1024 * 1024), name="small-upload"),
+    # A storage that does not dispatch: no transfer writes to the ledger while a test saves.
     path(
         "delayed-put/<path:name>",
         UploadView.as_view(storage_alias="queued_delayed"),
         name="delayed-upload",
     ),
-    # A small limit, to refuse an over-long chunked body without sending gigabytes.
-    path("small/<path:name>", UploadView.as_view(max_bytes=1024 * 1024), name="small-upload"),
     # A short idle timeout, to drop a stalled client within a test.
     path("quick/<path:name>", UploadView.as_view(idle_timeout=1.5), name="quick-upload"),
     path("quick-tus/<str:upload_id>", TusUploadView.as_view(idle_timeout=1.5), name="quick-tus"),
