@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from django.conf import settings as django_settings
 from django.core.files.storage import Storage, storages
@@ -28,6 +28,10 @@ from django.utils.module_loading import import_string
 from queued_storage.conf import settings
 from queued_storage.exceptions import QueuedStorageConfigError
 from queued_storage.ledger import Ledger
+
+if TYPE_CHECKING:
+    from celery import Task
+    from celery.result import AsyncResult
 
 __all__ = [
     "RENAMED_BACKENDS",
@@ -135,7 +139,7 @@ def registered_storages() -> list[ConfiguredStorage]:
 
 
 # -- the Celery task --------------------------------------------------------------------------
-def celery_task(path: str) -> Any:
+def celery_task(path: str) -> Task:
     """The Celery task at the dotted *path*: a task, or a task class (django-queued-storage's
     ``Transfer`` subclasses), registered with Celery here. Anything else is refused now, not
     at the first save (where it would leave every file pending)."""
@@ -166,7 +170,7 @@ def celery_task(path: str) -> Any:
     )
 
 
-def _registered_task(task_class: Any) -> Any:
+def _registered_task(task_class: type[Task]) -> Task:
     """The current Celery app's instance of *task_class* (a ``queued_storage.tasks.Transfer``
     subclass registers itself when it is defined; another task class is registered here)."""
     from celery import current_app
@@ -275,7 +279,7 @@ class ConfiguredStorage(Storage):
         return self.queue.replace("{host}", host)
 
     @property
-    def result(self) -> Any:
+    def result(self) -> AsyncResult | None:
         """The ``AsyncResult`` of the transfer this thread's last save dispatched, or ``None``
         (django-queued-storage's attribute; thread-local, so never another request's). As in
         django-queued-storage, only a save of a storage that is not ``delayed`` sets it; a
@@ -283,7 +287,7 @@ class ConfiguredStorage(Storage):
         return getattr(self._calls, "result", None)
 
     @result.setter
-    def result(self, value: Any) -> None:
+    def result(self, value: AsyncResult | None) -> None:
         self._calls.result = value
 
     def _find_alias(self) -> str | None:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
@@ -55,6 +55,9 @@ __all__ = [
     "owned_by",
     "queued_storages",
 ]
+
+if TYPE_CHECKING:
+    from celery.result import AsyncResult
 
 logger = logging.getLogger(__name__)
 
@@ -326,7 +329,9 @@ class QueuedStorage(ConfiguredStorage):
             )
             return False
 
-    def _dispatch(self, name: str, *, host: str | None = None, keep_result: bool = False) -> Any:
+    def _dispatch(
+        self, name: str, *, host: str | None = None, keep_result: bool = False
+    ) -> AsyncResult | None:
         queue = self.queue_for(host)
         result = dispatch(self.task, self.alias, name, queue=queue, keep_result=keep_result)
         if result is None:
@@ -351,7 +356,7 @@ class QueuedStorage(ConfiguredStorage):
                 exc_info=True,
             )
 
-    def transfer(self, name: str) -> Any:
+    def transfer(self, name: str) -> AsyncResult | None:
         """Queue the transfer of *name* now (the old API); a ``failed`` file gets a new budget.
 
         Returns the Celery ``AsyncResult``, or ``None`` when the broker refused the message
