@@ -113,16 +113,24 @@ def resolve_storage(role: str, spec: object, options: dict[str, Any] | None = No
     return cast(Storage, SimpleLazyObject(lambda: found(**options)))
 
 
-def queued_entries() -> Iterator[tuple[str, dict[str, Any], type[ConfiguredStorage]]]:
-    """The ``STORAGES`` entries of queued storages: alias, ``OPTIONS`` and class. An entry
-    whose ``BACKEND`` cannot be imported is left out (Django reports it where it is used)."""
+def queued_entries(
+    options: dict[str, Any] | None = None,
+) -> Iterator[tuple[str, dict[str, Any], type[ConfiguredStorage]]]:
+    """The ``STORAGES`` entries of queued storages: alias, ``OPTIONS`` and class; with
+    *options*, only the entries with exactly these ``OPTIONS`` (the others' ``BACKEND`` is not
+    even imported: a storage built while Django loads the models imports no other backend).
+    An entry whose ``BACKEND`` cannot be imported is left out (Django reports it where it is
+    used)."""
     for alias, conf in getattr(django_settings, "STORAGES", {}).items():
+        entry_options = conf.get("OPTIONS", {})
+        if options is not None and entry_options != options:
+            continue
         try:
             backend = import_string(conf.get("BACKEND", ""))
         except Exception:
             continue
         if isinstance(backend, type) and issubclass(backend, ConfiguredStorage):
-            yield str(alias), conf.get("OPTIONS", {}), backend
+            yield str(alias), entry_options, backend
 
 
 # -- the registry -----------------------------------------------------------------------------
@@ -295,8 +303,8 @@ class ConfiguredStorage(Storage):
         args, kwargs = getattr(self, "_constructor_args", ((), {}))
         if args:
             return None
-        for key, options, backend in queued_entries():
-            if backend is type(self) and options == kwargs:
+        for key, _options, backend in queued_entries(kwargs):
+            if backend is type(self):
                 return key
         return None
 
