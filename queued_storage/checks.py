@@ -37,7 +37,6 @@ so a hint never points at one. The id is the key of its entry in the docs' confi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -47,6 +46,8 @@ from django.urls import NoReverseMatch, URLResolver, get_resolver, reverse
 from django.utils.module_loading import import_string
 
 from queued_storage.conf import DEFAULTS, SENDFILE_MODES, settings
+from queued_storage.construction import queued_entries, storage_spec
+from queued_storage.exceptions import QueuedStorageConfigError
 from queued_storage.models import StoredFile
 from queued_storage.storage import QueuedStorage
 
@@ -71,34 +72,24 @@ def _setting(name: str) -> Any:
     return getattr(django_settings, f"QUEUED_STORAGE_{name}", DEFAULTS[name])
 
 
-def _queued_entries() -> Iterator[tuple[str, dict[str, Any]]]:
-    for alias, conf in getattr(django_settings, "STORAGES", {}).items():
-        try:
-            backend = import_string(conf.get("BACKEND", ""))
-        except ImportError:
-            continue
-        if isinstance(backend, type) and issubclass(backend, QueuedStorage):
-            yield alias, conf.get("OPTIONS", {})
+def _queued_aliases() -> list[str]:
+    return [alias for alias, _options, _backend in queued_entries()]
 
 
-def _known(spec: Any) -> bool:
-    if not isinstance(spec, str) or not spec:
+def _known(spec: object) -> bool:
+    """Whether *spec* names a storage: a ``STORAGES`` alias, or a dotted path that imports
+    (the storage's own rule, :func:`~queued_storage.construction.storage_spec`)."""
+    try:
+        storage_spec("local", spec)
+    except QueuedStorageConfigError:
         return False
-    if spec in getattr(django_settings, "STORAGES", {}):
-        return True
-    if "." in spec:
-        try:
-            import_string(spec)
-        except ImportError:
-            return False
-        return True
-    return False
+    return True
 
 
 @register(Tags.compatibility)
 def check_queued_storages(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
-    for alias, options in _queued_entries():
+    for alias, options, _backend in queued_entries():
         local, remote = options.get("local"), options.get("remote")
         if not _known(local):
             messages.append(
@@ -349,7 +340,7 @@ def check_upload_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
     """E005, E008, E009, E012-E015, W002: the settings of the upload views (checked where set)."""
     messages: list[CheckMessage] = []
     alias = getattr(django_settings, "QUEUED_STORAGE_UPLOAD_STORAGE", None)
-    if alias is not None and alias not in dict(_queued_entries()):
+    if alias is not None and alias not in _queued_aliases():
         messages.append(
             Error(
                 f"QUEUED_STORAGE_UPLOAD_STORAGE is {alias!r}, which is not the alias of a "
@@ -534,7 +525,7 @@ def check_serving_settings(app_configs: Any = None, **kwargs: Any) -> list[Check
     problems: list[tuple[str, str, str]] = []
     messages: list[CheckMessage] = []
     serve = _setting("SERVE_STAGED")
-    queued = dict(_queued_entries())
+    queued = _queued_aliases()
     if isinstance(serve, dict):
         targets = serve
         unknown = sorted(str(alias) for alias in serve if alias not in queued)

@@ -44,6 +44,7 @@ from django.utils import timezone
 from queued_storage._s3.client import is_s3
 from queued_storage._s3.probe import Probe, ProbeFailed, probe
 from queued_storage.conf import settings
+from queued_storage.construction import is_alias
 from queued_storage.dispatch import redact
 from queued_storage.models import StoredFile
 from queued_storage.names import DOCTOR_DIRNAME
@@ -122,7 +123,7 @@ def _aliases(storages: Sequence[QueuedStorage]) -> str:
 
 def _option(spec: str, option: str) -> str:
     """Where the user sets *option* of the storage *spec* (a STORAGES alias or dotted path)."""
-    if spec in getattr(django_settings, "STORAGES", {}):
+    if is_alias(spec):
         return f"STORAGES[{spec!r}]['OPTIONS'][{option!r}]"
     return f"the {option!r} of the QueuedStorage's remote_options"
 
@@ -192,7 +193,7 @@ def check_local(storages: Sequence[QueuedStorage]) -> list[Check]:
 
 def _local_option(storage: QueuedStorage) -> str:
     spec = storage.local_path
-    if spec in getattr(django_settings, "STORAGES", {}):
+    if is_alias(spec):
         return f"STORAGES[{spec!r}]['OPTIONS']['location']"
     return "the QueuedStorage's local_options['location']"
 

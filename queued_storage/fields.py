@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, overload
 
+from django.core.files.storage import Storage
 from django.db.models.fields.files import FieldFile, FileField, ImageField, ImageFieldFile
 
 from queued_storage.state import FileState
 from queued_storage.storage import QueuedStorage
+
+if TYPE_CHECKING:
+    from celery.result import AsyncResult
 
 __all__ = ["QueuedFieldFile", "QueuedFileField", "QueuedImageField", "QueuedImageFieldFile"]
 
 
 class _QueuedFileMixin:
     name: str | None
-    storage: Any
+    storage: Storage
 
     @property
     def queued_storage(self) -> QueuedStorage:
@@ -29,7 +33,7 @@ class _QueuedFileMixin:
             )
         return self.storage
 
-    def transfer(self) -> Any:
+    def transfer(self) -> AsyncResult | None:
         """Queue the transfer of this file now; see :meth:`QueuedStorage.transfer`."""
         if not self.name:
             raise ValueError("This field has no file to transfer.")

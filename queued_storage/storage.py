@@ -11,18 +11,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
-import hashlib
-import json
 import logging
-import os
-import pathlib
-import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import IO, Any, ClassVar, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from django.conf import settings as django_settings
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import Storage, storages
@@ -31,19 +25,21 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils.deconstruct import deconstructible
 from django.utils.encoding import filepath_to_uri
-from django.utils.functional import SimpleLazyObject
-from django.utils.module_loading import import_string
 
 from queued_storage.conf import settings
-from queued_storage.dispatch import dispatch
-from queued_storage.exceptions import QueuedStorageConfigError, StorageNotFound
-from queued_storage.ledger import (
-    Ledger,
-    check_staging_budget,
-    ledger_database,
-    reads_block_writes,
+from queued_storage.construction import (
+    RENAMED_BACKENDS,
+    ConfiguredStorage,
+    is_alias,
+    queued_entries,
+    registered,
+    registered_storages,
 )
-from queued_storage.names import check_length, stored_name
+from queued_storage.dispatch import dispatch
+from queued_storage.exceptions import StorageNotFound
+from queued_storage.ledger import check_staging_budget, ledger_database, reads_block_writes
+from queued_storage.names import stored_name
+from queued_storage.staging import declared_size, free_names, make_durable, move_local
 from queued_storage.state import FileState, cache_key
 from queued_storage.transfer import (
     abort_open_upload,
@@ -51,16 +47,21 @@ from queued_storage.transfer import (
     remote_exists_within,
 )
 
-__all__ = ["Progress", "QueuedStorage", "get_queued_storage", "owned_by", "queued_storages"]
+__all__ = [
+    "RENAMED_BACKENDS",
+    "Progress",
+    "QueuedStorage",
+    "get_queued_storage",
+    "owned_by",
+    "queued_storages",
+]
+
+if TYPE_CHECKING:
+    from celery.result import AsyncResult
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-_registry: dict[str, QueuedStorage] = {}
-_registry_lock = threading.Lock()
-
-_TRANSFER_AND_DELETE = "queued_storage.tasks.TransferAndDelete"
 
 #: The owner the ledger records for files saved in this context (:func:`owned_by`).
 _owner: ContextVar[str] = ContextVar("queued_storage_owner", default="")
@@ -83,19 +84,6 @@ def owned_by(owner: str) -> Iterator[None]:
         _owner.reset(token)
 
 
-#: Storage classes that django-storages removed, mapped to their successors, so that a project
-#: written for django-queued-storage runs unchanged.
-RENAMED_BACKENDS = {
-    "storages.backends.s3boto.S3BotoStorage": "storages.backends.s3.S3Storage",
-    "storages.backends.s3boto3.S3Boto3Storage": "storages.backends.s3.S3Storage",
-}
-
-
-def _stable(value: Any) -> str:
-    """A stand-in for values JSON cannot hold, stable across processes (no memory address)."""
-    return f"<{type(value).__module__}.{type(value).__qualname__}>"
-
-
 def get_queued_storage(alias: str) -> QueuedStorage:
     """The ``QueuedStorage`` a task message names: a ``STORAGES`` alias or a registered digest.
 
@@ -103,7 +91,7 @@ def get_queued_storage(alias: str) -> QueuedStorage:
     register themselves under a digest of their configuration when they are constructed, which
     in a worker happens when Django imports the project's models.
     """
-    if alias in getattr(django_settings, "STORAGES", {}):
+    if is_alias(alias):
         found = storages[alias]
         if not isinstance(found, QueuedStorage):
             raise StorageNotFound(
@@ -112,9 +100,8 @@ def get_queued_storage(alias: str) -> QueuedStorage:
                 name="",
             )
         return found
-    with _registry_lock:
-        registered = _registry.get(alias)
-    if registered is None:
+    built = registered(alias)
+    if not isinstance(built, QueuedStorage):
         raise StorageNotFound(
             f"This worker does not know the queued storage {alias!r}. A QueuedStorage built in "
             "code registers itself when the module that builds it is imported: make sure the "
@@ -122,11 +109,11 @@ def get_queued_storage(alias: str) -> QueuedStorage:
             "or configure the storage in settings.STORAGES.",
             name="",
         )
-    return registered
+    return built
 
 
 @deconstructible(path="queued_storage.storage.QueuedStorage")
-class QueuedStorage(Storage):
+class QueuedStorage(ConfiguredStorage):
     """Save locally, serve locally until the transfer to the remote storage is verified.
 
     New style (``settings.STORAGES``)::
@@ -142,183 +129,10 @@ class QueuedStorage(Storage):
                       task="queued_storage.tasks.TransferAndDelete")
 
     ``local`` and ``remote`` are ``STORAGES`` aliases, or dotted paths of storage classes built
-    with ``local_options``/``remote_options``.
+    with ``local_options``/``remote_options``. The construction (options, Celery task, alias,
+    registry) is :class:`~queued_storage.construction.ConfiguredStorage`'s; the staging-disk
+    work is :mod:`queued_storage.staging`'s.
     """
-
-    #: Defaults that subclasses may override, as in django-queued-storage.
-    #: Subclasses may name the storages here (dotted paths); an instance holds the storages.
-    local: Storage = None  # type: ignore[assignment]
-    remote: Storage = None  # type: ignore[assignment]
-    local_options: Any = None
-    remote_options: Any = None
-    task: Any = "queued_storage.tasks.Transfer"
-    delayed: bool = False
-    cache_prefix: Any = None
-
-    OPTIONS: ClassVar[tuple[str, ...]] = (
-        "local",
-        "remote",
-        "local_options",
-        "remote_options",
-        "cache_prefix",
-        "delayed",
-        "task",
-        "delete_local",
-        "queue",
-        "alias",
-    )
-
-    def __init__(
-        self,
-        local: str | None = None,
-        remote: str | None = None,
-        local_options: dict[str, Any] | None = None,
-        remote_options: dict[str, Any] | None = None,
-        cache_prefix: str | None = None,
-        delayed: bool | None = None,
-        task: str | None = None,
-        *,
-        delete_local: bool | None = None,
-        queue: str | None = None,
-        alias: str | None = None,
-        **unknown: Any,
-    ) -> None:
-        if unknown:
-            bad = ", ".join(repr(k) for k in sorted(unknown))
-            raise QueuedStorageConfigError(
-                f"Invalid option {bad} for QueuedStorage. Valid options are: "
-                f"{', '.join(self.OPTIONS)}."
-            )
-        _check_type("local_options", local_options, dict)
-        _check_type("remote_options", remote_options, dict)
-        _check_type("cache_prefix", cache_prefix, str)
-        _check_type("delayed", delayed, bool)
-        _check_type("task", task, str)
-        _check_type("delete_local", delete_local, bool)
-        _check_type("queue", queue, str)
-        _check_type("alias", alias, str)
-
-        self.local_path: str = self._spec("local", local or type(self).local)
-        self.remote_path: str = self._spec("remote", remote or type(self).remote)
-        self.local_options = dict(local_options or type(self).local_options or {})
-        self.remote_options = dict(remote_options or type(self).remote_options or {})
-        self.local = self._backend("local", self.local_path, self.local_options)
-        self.remote = self._backend("remote", self.remote_path, self.remote_options)
-        self.task_path: str = task or type(self).task
-        try:
-            found = import_string(self.task_path)
-        except ImportError as err:
-            raise QueuedStorageConfigError(
-                f"QueuedStorage option 'task' is {self.task_path!r}, which cannot be imported "
-                f"({err}). Use 'queued_storage.tasks.Transfer' or "
-                "'queued_storage.tasks.TransferAndDelete'."
-            ) from err
-        self.task = _celery_task(self.task_path, found)
-        self._calls = threading.local()
-        self.delayed = type(self).delayed if delayed is None else delayed
-        self.cache_prefix = cache_prefix or type(self).cache_prefix or settings.CACHE_PREFIX
-        self.delete_local = (
-            delete_local
-            if delete_local is not None
-            else bool(getattr(self.task, "delete_local", None))
-            or self.task_path == _TRANSFER_AND_DELETE
-        )
-        self.queue = queue
-        self.alias: str = alias or self._find_alias() or self._digest_alias()
-        self.ledger = Ledger(self.alias, self.cache_prefix)
-        with _registry_lock:
-            _registry[self.alias] = self
-
-    # -- construction helpers -----------------------------------------------------------------
-    @staticmethod
-    def _spec(role: str, value: Any) -> str:
-        if not isinstance(value, str) or not value:
-            raise QueuedStorageConfigError(
-                f"QueuedStorage needs the {role!r} storage as an alias in settings.STORAGES or "
-                f"as a dotted path to a storage class, got {value!r}."
-            )
-        return value
-
-    @staticmethod
-    def _backend(role: str, spec: str, options: dict[str, Any]) -> Storage:
-        if spec in getattr(django_settings, "STORAGES", {}):
-            if options:
-                raise QueuedStorageConfigError(
-                    f"QueuedStorage: {role}_options can only be given with a dotted path; "
-                    f"{spec!r} is a STORAGES alias, so set its OPTIONS in STORAGES instead."
-                )
-            return cast(Storage, SimpleLazyObject(lambda: storages[spec]))
-        if "." not in spec:
-            raise QueuedStorageConfigError(
-                f"QueuedStorage: the {role} storage {spec!r} is not an alias in "
-                f"settings.STORAGES. Add STORAGES[{spec!r}] = {{'BACKEND': ...}} or name an "
-                "existing alias."
-            )
-        if spec in RENAMED_BACKENDS:
-            logger.warning(
-                "queued_storage: %s no longer exists in django-storages; using %s. Change the "
-                "dotted path to silence this warning.",
-                spec,
-                RENAMED_BACKENDS[spec],
-            )
-            spec = RENAMED_BACKENDS[spec]
-        try:
-            cls = import_string(spec)
-        except ImportError as err:
-            raise QueuedStorageConfigError(
-                f"QueuedStorage: the {role} storage class {spec!r} cannot be imported ({err})."
-            ) from err
-        return cast(Storage, SimpleLazyObject(lambda: cls(**options)))
-
-    def _find_alias(self) -> str | None:
-        """The STORAGES key this instance was built from, if any (Django does not pass it)."""
-        args, kwargs = getattr(self, "_constructor_args", ((), {}))
-        if args:
-            return None
-        for key, conf in getattr(django_settings, "STORAGES", {}).items():
-            if conf.get("OPTIONS", {}) != kwargs:
-                continue
-            try:
-                backend = import_string(conf.get("BACKEND", ""))
-            except ImportError:
-                continue
-            if backend is type(self):
-                return str(key)
-        return None
-
-    def _digest_alias(self) -> str:
-        """A stable name for a storage built in code: a digest of what decides its transfers.
-
-        Everything the worker's side depends on is in it (storages, options, task, policy), so
-        two storages that would transfer differently never share a name. ``delayed`` is left
-        out: it only matters in the process that saves. Pass ``alias=`` for a name that stays
-        the same when these options change.
-        """
-        config = [
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            self.local_path,
-            self.local_options,
-            self.remote_path,
-            self.remote_options,
-            self.task_path,
-            self.delete_local,
-            self.queue,
-            self.cache_prefix,
-        ]
-        text = json.dumps(config, sort_keys=True, default=_stable)
-        return "qs-" + hashlib.sha256(text.encode()).hexdigest()[:20]
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Never pickle live connections or lazy objects: rebuild from the constructor.
-        return {"constructor_args": self._constructor_args}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        args, kwargs = state["constructor_args"]
-        self._constructor_args = (args, kwargs)
-        self.__init__(*args, **kwargs)  # type: ignore[misc]
-
-    def __repr__(self) -> str:
-        return f"<QueuedStorage {self.alias!r}: {self.local_path!r} -> {self.remote_path!r}>"
 
     # -- state ----------------------------------------------------------------------------------
     def get_cache_key(self, name: str) -> str:
@@ -441,7 +255,7 @@ class QueuedStorage(Storage):
         # (SQLite); else after the row's INSERT, in its savepoint.
         budget_first = not reads_block_writes()
         if budget_first:
-            check_staging_budget(name, _declared_size(content))
+            check_staging_budget(name, declared_size(content))
         try:
             stored = self.local.save(name, content, max_length=max_length)
         except (FileExistsError, NotADirectoryError) as err:
@@ -477,12 +291,12 @@ class QueuedStorage(Storage):
         """
         try:
             size = self.local.size(stored)
-            for candidate in self._candidates(name, stored, max_length):
+            for candidate in free_names(name, stored, max_length, self.get_alternative_name):
                 if candidate != stored:
-                    if not self._move_local(stored, candidate):
+                    if not move_local(self.local, stored, candidate):
                         continue
                     stored = candidate
-                self._make_durable(stored)
+                make_durable(self.local, stored)
                 if not self._remote_holds(stored) and self.ledger.saved(
                     stored, settings.HOST, size, owner=_owner.get(), check_budget=check_budget
                 ):
@@ -492,93 +306,6 @@ class QueuedStorage(Storage):
             raise
         self.local.delete(stored)
         raise SuspiciousFileOperation(f"QueuedStorage could not find a free name for {name!r}.")
-
-    def _candidates(self, name: str, first: str, max_length: int | None) -> Iterator[str]:
-        """*first*, then up to 99 alternatives of *name* as ``get_available_name`` makes them."""
-        check_length(first)
-        yield first
-        dir_name, file_name = os.path.split(name)
-        file_ext = "".join(pathlib.PurePath(file_name).suffixes)
-        file_root = file_name.removesuffix(file_ext)
-        for _ in range(99):
-            candidate = os.path.join(dir_name, self.get_alternative_name(file_root, file_ext))
-            if max_length is not None and len(candidate) > max_length:
-                file_root = file_root[: -(len(candidate) - max_length)]
-                if not file_root:
-                    raise SuspiciousFileOperation(
-                        f"Storage can not find an available filename for {name!r}. Please "
-                        "make sure that the corresponding file field allows sufficient "
-                        "max_length."
-                    )
-                candidate = os.path.join(dir_name, self.get_alternative_name(file_root, file_ext))
-            check_length(candidate)
-            yield candidate
-
-    def _make_durable(self, name: str) -> None:
-        """Flush the local file *name* and the folders that name it to disk (invariant 11).
-
-        A committed ``pending`` row promises bytes that are there after a power cut: the file's
-        data, and each directory entry from the storage's root down to it (a save may have
-        made the folders). Off with ``QUEUED_STORAGE_FSYNC = False``; nothing to do for a
-        local storage without paths.
-        """
-        if not settings.FSYNC:
-            return
-        try:
-            path, root = self.local.path(name), self.local.path("")
-        except NotImplementedError:
-            return
-        _fsync(path)
-        directory = os.path.dirname(path)
-        while True:
-            _fsync(directory)
-            if os.path.samefile(directory, root) or os.path.dirname(directory) == directory:
-                return
-            directory = os.path.dirname(directory)
-
-    def _move_local(self, source: str, target: str) -> bool:
-        """Move the local file *source* to *target*; ``False`` when *target* exists.
-
-        A hard link and an unlink where the local storage has paths (never replaces an
-        existing file, costs no copy); through the Storage API otherwise.
-        """
-        source_path: str | None
-        try:
-            source_path, target_path = self.local.path(source), self.local.path(target)
-        except NotImplementedError:
-            source_path = target_path = None
-        if source_path is not None and target_path is not None:
-            try:
-                os.link(source_path, target_path)
-            except FileExistsError:
-                return False
-            except OSError:
-                pass  # no hard links on this filesystem: copy below
-            else:
-                os.unlink(source_path)
-                return True
-        if self.local.exists(target):
-            return False
-        with self.local.open(source, "rb") as fh:
-            moved = self.local.save(target, fh)
-        if moved != target:
-            self.local.delete(moved)
-            return False
-        self.local.delete(source)
-        return True
-
-    def queue_for(self, host: str | None = None) -> str | None:
-        """The Celery queue of transfers of files whose local copy *host* holds.
-
-        ``queue="host"`` routes to ``queued_storage.<host>``, a queue containing ``{host}``
-        to that queue with the host's name; *host* defaults to ``QUEUED_STORAGE_HOST``.
-        """
-        if not self.queue:
-            return None
-        host = host or settings.HOST
-        if self.queue == "host":
-            return f"queued_storage.{host}"
-        return self.queue.replace("{host}", host)
 
     def _remote_holds(self, name: str) -> bool:
         """With ``QUEUED_STORAGE_REMOTE_CHECK_TIMEOUT``: whether the remote holds *name*.
@@ -602,7 +329,9 @@ class QueuedStorage(Storage):
             )
             return False
 
-    def _dispatch(self, name: str, *, host: str | None = None, keep_result: bool = False) -> Any:
+    def _dispatch(
+        self, name: str, *, host: str | None = None, keep_result: bool = False
+    ) -> AsyncResult | None:
         queue = self.queue_for(host)
         result = dispatch(self.task, self.alias, name, queue=queue, keep_result=keep_result)
         if result is None:
@@ -627,19 +356,7 @@ class QueuedStorage(Storage):
                 exc_info=True,
             )
 
-    @property
-    def result(self) -> Any:
-        """The ``AsyncResult`` of the transfer this thread's last save dispatched, or ``None``
-        (django-queued-storage's attribute; thread-local, so never another request's). As in
-        django-queued-storage, only a save of a storage that is not ``delayed`` sets it; a
-        :meth:`transfer` returns its own result and leaves this one alone."""
-        return getattr(self._calls, "result", None)
-
-    @result.setter
-    def result(self, value: Any) -> None:
-        self._calls.result = value
-
-    def transfer(self, name: str) -> Any:
+    def transfer(self, name: str) -> AsyncResult | None:
         """Queue the transfer of *name* now (the old API); a ``failed`` file gets a new budget.
 
         Returns the Celery ``AsyncResult``, or ``None`` when the broker refused the message
@@ -794,82 +511,19 @@ class Progress:
         return 100.0 if self.total == 0 else round(100.0 * self.done / self.total, 1)
 
 
-def _celery_task(path: str, found: Any) -> Any:
-    """The Celery task *found* at *path*: a task, or a task class (django-queued-storage's
-    ``Transfer`` subclasses), registered with Celery here. Anything else is refused now, not
-    at the first save (where it would leave every file pending)."""
-    from celery import Task  # the storage itself works without importing Celery
-    from celery.local import Proxy
-
-    if isinstance(found, type) and issubclass(found, Task):
-        # Resolved when a message is sent: by then the project's Celery app is the current one
-        # (a storage may be built while Django loads the models, before it is configured).
-        return Proxy(lambda: _registered(found))
-    if isinstance(found, Task) or (
-        callable(getattr(found, "apply_async", None)) and isinstance(getattr(found, "name", 0), str)
-    ):
-        return found
-    raise QueuedStorageConfigError(
-        f"QueuedStorage option 'task' is {path!r}, which is a {type(found).__name__}, not a "
-        "Celery task: messages could not be sent. Pass 'queued_storage.tasks.Transfer', "
-        "'queued_storage.tasks.TransferAndDelete', or the dotted path of a subclass of "
-        "queued_storage.tasks.Transfer (override its transfer(name, local, remote))."
-    )
-
-
-def _registered(task_class: Any) -> Any:
-    """The current Celery app's instance of *task_class* (a ``queued_storage.tasks.Transfer``
-    subclass registers itself when it is defined; another task class is registered here)."""
-    from celery import current_app
-
-    name = task_class.name or f"{task_class.__module__}.{task_class.__qualname__}"
-    registered = current_app.tasks.get(name)
-    if type(registered) is not task_class:
-        task_class.name = name
-        registered = current_app.register_task(task_class())
-    return registered
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _declared_size(content: Any) -> int | None:
-    """The size *content* says it has, or ``None`` when it cannot say."""
-    try:
-        return int(content.size)
-    except (AttributeError, TypeError, ValueError, OSError):
-        return None
-
-
 def queued_storages() -> list[QueuedStorage]:
     """Every ``QueuedStorage`` this process knows: those in ``STORAGES``, then those built in
     code (registered when constructed). Entries that cannot be built are left out (the system
     checks report them)."""
     found: dict[str, QueuedStorage] = {}
-    for alias, conf in getattr(django_settings, "STORAGES", {}).items():
+    for alias, _options, _backend in queued_entries():
         try:
-            backend = import_string(conf.get("BACKEND", ""))
-            if isinstance(backend, type) and issubclass(backend, QueuedStorage):
-                storage = storages[alias]
-                if isinstance(storage, QueuedStorage):
-                    found.setdefault(storage.alias, storage)
+            storage = storages[alias]
         except Exception:
             continue
-    with _registry_lock:
-        registered = list(_registry.values())
-    for storage in registered:
-        found.setdefault(storage.alias, storage)
+        if isinstance(storage, QueuedStorage):
+            found.setdefault(storage.alias, storage)
+    for built in registered_storages():
+        if isinstance(built, QueuedStorage):
+            found.setdefault(built.alias, built)
     return list(found.values())
-
-
-def _check_type(option: str, value: Any, expected: type) -> None:
-    if value is not None and not isinstance(value, expected):
-        raise QueuedStorageConfigError(
-            f"QueuedStorage option {option!r} must be a {expected.__name__}, got "
-            f"{type(value).__name__} {value!r}."
-        )

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ContextDecorator
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +47,10 @@ from django.test import TestCase, override_settings
 
 from queued_storage.ledger import ledger_database
 from queued_storage.storage import QueuedStorage, queued_storages
+
+if TYPE_CHECKING:
+    from celery import Task
+    from celery.result import EagerResult
 
 try:
     import pytest
@@ -71,15 +75,18 @@ class _EagerTask:
     (``throw=True``). Everything else is the task's own.
     """
 
-    def __init__(self, task: Any) -> None:
+    def __init__(self, task: Task) -> None:
         self._task = task
 
     def apply_async(
-        self, args: Any = None, kwargs: Any = None, **options: Any
-    ) -> Any:  # options (queue, ignore_result) only matter to a broker
+        self,
+        args: Sequence[object] | None = None,
+        kwargs: Mapping[str, object] | None = None,
+        **options: object,
+    ) -> EagerResult:  # options (queue, ignore_result) only matter to a broker
         return self._task.apply(args=args, kwargs=kwargs, throw=True)
 
-    def __getattr__(self, attribute: str) -> Any:
+    def __getattr__(self, attribute: str) -> object:
         return getattr(self._task, attribute)
 
 
@@ -97,7 +104,7 @@ class SynchronousTransfers(ContextDecorator):
     ) -> None:
         self._given = remote_dir
         self._staging_dir = staging_dir
-        self._saved: list[tuple[QueuedStorage, Storage, Storage, Any]] = []
+        self._saved: list[tuple[QueuedStorage, Storage, Storage, Task]] = []
         self._settings: override_settings | None = None
         self._made: Path | None = None
         self.remote_dir = Path(remote_dir) if remote_dir is not None else Path()

@@ -131,6 +131,21 @@ def test_only_the_ledger_writes_rows_and_publishes_states() -> None:
     assert writers == []
 
 
+def test_only_the_construction_module_reads_the_storages_setting() -> None:
+    """``settings.STORAGES`` is read through ``queued_storage.construction`` (``is_alias``,
+    ``storage_spec``, ``resolve_storage``, ``queued_entries``), so that an alias or a dotted
+    path means the same thing to the storage, the checks, the doctor and the commands."""
+    readers = [
+        (module, node.lineno)
+        for module, tree in modules().items()
+        if module != "queued_storage.construction"
+        for node in ast.walk(tree)
+        if (isinstance(node, ast.Constant) and node.value == "STORAGES")
+        or (isinstance(node, ast.Attribute) and node.attr == "STORAGES")
+    ]
+    assert readers == []
+
+
 def test_the_engine_imports_no_celery_cache_or_ledger() -> None:
     engine = [m for m in modules() if m == "queued_storage.transfer" or ".s3" in m or "_s3" in m]
     assert "queued_storage.transfer" in engine

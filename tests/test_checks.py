@@ -101,6 +101,20 @@ def test_e002_remote_alias_missing() -> None:
     assert "the remote storage 's4'" in messages[0].msg
 
 
+def test_e002_names_a_dotted_path_that_cannot_be_imported() -> None:
+    with override_settings(STORAGES=_storages(local="staging", remote="storages.nope.Storage")):
+        messages = check_queued_storages()
+    assert _ids(messages) == ["queued_storage.E002"]
+    assert "the remote storage 'storages.nope.Storage'" in messages[0].msg
+
+
+def test_a_class_path_django_storages_renamed_is_accepted_as_the_storage_accepts_it() -> None:
+    remote = {"remote": "storages.backends.s3boto.S3BotoStorage"}
+    with override_settings(STORAGES=_storages(local="staging", **remote)):
+        messages = check_queued_storages()
+    assert messages == []
+
+
 def test_e003_local_storage_without_path() -> None:
     with override_settings(STORAGES=_storages(local="s3", remote="fs_remote")):
         messages = check_queued_storages()
