@@ -1,7 +1,7 @@
 """What operators do to files, shared by the admin's actions and ``manage.py queued_storage``.
 
 Every change of a row goes through the ledger (:mod:`queued_storage.ledger`) and every message
-through :func:`queued_storage.dispatch.dispatch`, as a save sends it (``[alias, name]``):
+through :class:`queued_storage.dispatch.Sender`, as a save sends it (``[alias, name]``):
 
 * :func:`transfer_rows`: pending or failed files get a fresh budget and a transfer message;
 * :func:`retry_failed_rows`: failed files whose local copy is there, the same;
@@ -39,7 +39,7 @@ from django.utils import timezone
 
 from queued_storage import state as read_side
 from queued_storage.conf import settings
-from queued_storage.dispatch import dispatch, redact
+from queued_storage.dispatch import Sender, redact
 from queued_storage.exceptions import StorageNotFound
 from queued_storage.ledger import tus_expired, tus_forget
 from queued_storage.models import State, StoredFile, TusUpload
@@ -92,24 +92,6 @@ class Storages:
             except StorageNotFound:
                 self.found[alias] = None
         return self.found[alias]
-
-
-class Sender:
-    """Sends transfer messages; once the broker refuses, stops trying for this operation (each
-    refusal costs the publish retry policy's time), as the reconcile pass does. A row not sent
-    is marked refused in the ledger, so that a starting worker or the next pass queues it."""
-
-    def __init__(self) -> None:
-        self.broken = False
-
-    def send(self, storage: QueuedStorage, row: StoredFile) -> bool:
-        if not self.broken:
-            queue = storage.queue_for(row.host or None)
-            if dispatch(storage.task, storage.alias, row.name, queue=queue) is not None:
-                return True
-            self.broken = True
-        storage.ledger.refused(row.name)
-        return False
 
 
 def pages(rows: QuerySet[StoredFile], batch: int = 500) -> Iterator[list[StoredFile]]:
@@ -165,7 +147,7 @@ def transfer_rows(rows: Iterable[StoredFile]) -> Queued:
             done.unknown += 1
         elif row.state not in (State.PENDING, State.FAILED) or not storage.ledger.retry(row.name):
             done.skipped += 1  # a row that moved on meanwhile is skipped too
-        elif sender.send(storage, row):
+        elif sender.send_or_mark(storage, row.name, row.host):
             done.queued += 1
         else:
             done.refused += 1
@@ -216,7 +198,7 @@ def retry_failed_rows(rows: Iterable[StoredFile]) -> Retried:
             done.no_local += 1
         elif not storage.ledger.retry_failed(row, timezone.now()):
             done.changed += 1
-        elif sender.send(storage, row):
+        elif sender.send_or_mark(storage, row.name, row.host):
             done.queued += 1
         else:
             done.refused += 1

@@ -16,7 +16,7 @@ each queued storage and at most ``QUEUED_STORAGE_RECONCILE_BATCH`` rows of each 
    ``QUEUED_STORAGE_RECONCILE_AFTER`` seconds (default: the lease timeout) after the latest
    moment their message was due, the save or the last attempt plus that attempt's longest
    backoff (the broker refused or lost the message, the worker was killed holding it, Redis
-   was flushed): queued again through :func:`queued_storage.dispatch.dispatch`, so the message
+   was flushed): queued again through :class:`queued_storage.dispatch.Sender`, so the message
    is still ``[alias, name]``. A re-queue is a transient failure too, so a file re-queued again
    and again (it waits in a long queue) is re-queued less and less often, as retries are.
 3. ``failed=True`` only: ``failed`` rows get a fresh retry budget and are queued again.
@@ -77,7 +77,7 @@ from django.utils import timezone
 
 from queued_storage import state as read_side
 from queued_storage.conf import settings
-from queued_storage.dispatch import dispatch
+from queued_storage.dispatch import Sender
 from queued_storage.exceptions import InfrastructureError, LocalFileMissing, StorageNotFound
 from queued_storage.models import State, StoredFile
 from queued_storage.names import OWN_DIRECTORY_PREFIX, checked_name
@@ -87,6 +87,7 @@ from queued_storage.state import cache_key
 from queued_storage.storage import QueuedStorage, get_queued_storage, queued_storages
 from queued_storage.transfer import abort_open_upload, open_uploads, remote_exists
 from queued_storage.verify import DEFAULT_CONCURRENCY, VerifyReport
+from queued_storage.worker import retried_for
 
 __all__ = [
     "LOST",
@@ -255,31 +256,8 @@ def overdue(now: datetime.datetime, after: float) -> Q:
     return running | (Q(retrying_since__isnull=True) & counted)
 
 
-def _retried_for(row: StoredFile, now: datetime.datetime) -> float:
-    """Seconds since the row's run of transient failures began (0: none is running)."""
-    if row.retrying_since is None:
-        return 0.0
-    return (now - row.retrying_since).total_seconds()
-
-
 def _label(row: StoredFile) -> str:
     return f"{row.alias}:{row.name}"
-
-
-class _Sender:
-    """Re-queues through ``tasks.dispatch``; stops trying for the pass once the broker refuses
-    (each refusal costs the publish retry policy's time)."""
-
-    def __init__(self) -> None:
-        self.broken = False
-
-    def send(self, storage: QueuedStorage, name: str, host: str) -> bool:
-        if self.broken:
-            return False
-        if dispatch(storage.task, storage.alias, name, queue=storage.queue_for(host)) is None:
-            self.broken = True
-            return False
-        return True
 
 
 class _Pass:
@@ -289,7 +267,7 @@ class _Pass:
         self,
         storage: QueuedStorage,
         report: Report,
-        sender: _Sender,
+        sender: Sender,
         *,
         hosts: list[str] | None,
         now: datetime.datetime,
@@ -388,7 +366,7 @@ class _Pass:
         for row in rows.order_by("lease_expires")[: self.batch]:
             if not self._present(row.name):
                 self._lost(row)
-            elif _retried_for(row, self.now) >= settings.RETRY_FOR:
+            elif retried_for(row, self.now) >= settings.RETRY_FOR:
                 self._give_up(row)
             elif self.ledger.take_back(row, self.now):
                 self._requeue(row, self.report.taken_over)
@@ -538,7 +516,7 @@ def _adopt(
     storage: QueuedStorage,
     root: str,
     report: Report,
-    sender: _Sender,
+    sender: Sender,
     *,
     now: datetime.datetime,
     after: float,
@@ -597,10 +575,9 @@ def _adopt(
                 continue  # another pass adopted it (or a save took the name) meanwhile
             adopted += 1
             label = f"{storage.alias}:{name}"
-            if sender.send(storage, name, settings.HOST):
+            if sender.send_or_mark(storage, name, settings.HOST):
                 report.adopted.append(label)
             else:
-                storage.ledger.refused(name)
                 report.not_queued.append(label)
 
 
@@ -647,7 +624,7 @@ def reconcile(
     after, batch = settings.RECONCILE_AFTER, settings.RECONCILE_BATCH
     host = settings.HOST
     report = Report(host=host, staging_budget=settings.STAGING_BUDGET)
-    sender = _Sender()
+    sender = Sender()
     hosts = None if all_hosts else [host]
     selected = _storages(aliases, report)
     for storage in selected.values():
@@ -702,7 +679,7 @@ def reconcile_on_start(*, now: datetime.datetime | None = None) -> Report | None
         return None
     now = now or timezone.now()
     report = Report(host=host, staging_budget=settings.STAGING_BUDGET)
-    sender = _Sender()
+    sender = Sender()
     busy = (
         StoredFile.objects.using(StoredFile.db())
         .filter(host=host, state__in=[State.PENDING, State.TRANSFERRING])
@@ -762,7 +739,7 @@ def start_up_passes() -> None:
 def _adopt_all(
     selected: dict[str, QueuedStorage],
     report: Report,
-    sender: _Sender,
+    sender: Sender,
     *,
     now: datetime.datetime,
     after: float,
