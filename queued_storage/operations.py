@@ -13,20 +13,17 @@ through :class:`queued_storage.dispatch.Sender`, as a save sends it (``[alias, n
 * :func:`verify_in_chunks`: :func:`~queued_storage.verify.verify` a chunk at a time (a
   progress bar, and a stop when the remote does not answer: the reconcile pass's sample);
 * :func:`status`: counts, bytes, what is in flight and what failed, as plain data;
-* :func:`cleanup_spool`, :func:`cleanup_tus`, :func:`cleanup_tus_orphans` and
-  :func:`cleanup_uploads`: what killed processes and abandoned uploads left behind (spool
-  files of upload views, expired tus uploads, tus part files no row owns, S3 multipart
-  uploads no row records).
+* :func:`cleanup_local_copies`: the local copies of files remote for a while, deleted as
+  :func:`drop_verified_local_copies` does (the rest of the clean-up, of what killed processes
+  and abandoned uploads left behind, is :mod:`queued_storage.cleanup`'s).
 """
 
 from __future__ import annotations
 
 import datetime
-import fcntl
 import logging
 import os
 import socket
-import stat
 import threading
 import time
 import uuid
@@ -38,15 +35,18 @@ from django.db.models import Count, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
 from queued_storage import state as read_side
+from queued_storage.cleanup import (  # re-exported: the clean-up's home is cleanup.py
+    Cleaned,
+    cleanup_spool,
+    cleanup_tus,
+    cleanup_tus_orphans,
+    cleanup_uploads,
+)
 from queued_storage.conf import settings
 from queued_storage.dispatch import Sender, redact
 from queued_storage.exceptions import StorageNotFound
-from queued_storage.ledger import tus_expired, tus_forget
 from queued_storage.models import State, StoredFile, TusUpload
-from queued_storage.names import SPOOL_DIRNAME, TUS_DIRNAME
 from queued_storage.storage import QueuedStorage, get_queued_storage
-from queued_storage.transfer import abort_open_upload, open_uploads
-from queued_storage.uploads import tus_dir
 from queued_storage.verify import DEFAULT_CONCURRENCY, UNCHECKED, VerifyReport, label, verify
 from queued_storage.worker import Outcome, RetryLater, TransferHook, run_transfer
 
@@ -543,251 +543,6 @@ def _tus_status(aliases: Sequence[str] | None, now: datetime.datetime) -> dict[s
         "reserved_bytes": int(found["reserved"] or 0),
         "expired": int(found["expired"] or 0),
     }
-
-
-# -- what killed processes left behind -------------------------------------------------------
-@dataclass
-class Cleaned:
-    """One thing :func:`cleanup_spool` or :func:`cleanup_uploads` removed (or would)."""
-
-    where: str
-    what: str
-    size: int | None = None
-    age: float = 0.0
-
-
-def _open_files() -> set[tuple[int, int]] | None:
-    """``(device, inode)`` of every file a process holds open, as far as ``/proc`` shows this
-    user (every process for root); ``None`` where there is no ``/proc``."""
-    if not os.path.isdir("/proc/self/fd"):
-        return None
-    found: set[tuple[int, int]] = set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        directory = f"/proc/{pid}/fd"
-        try:
-            descriptors = os.listdir(directory)
-        except OSError:
-            continue  # gone, or another user's
-        for fd in descriptors:
-            try:
-                info = os.stat(f"{directory}/{fd}")
-            except OSError:
-                continue
-            found.add((info.st_dev, info.st_ino))
-    return found
-
-
-def _local_roots(storages: Iterable[QueuedStorage]) -> list[str]:
-    roots = set()
-    for storage in storages:
-        try:
-            roots.add(os.path.realpath(storage.local.path("")))
-        except Exception:
-            continue  # no paths: no spool either (the upload views need paths)
-    return sorted(roots)
-
-
-def _old_files(
-    storages: Iterable[QueuedStorage], dirname: str, older_than: float, now: float
-) -> Iterator[tuple[os.DirEntry[str], os.stat_result]]:
-    """The regular files (not links, not folders) directly in each staging root's *dirname*
-    that are unchanged (``mtime``) for more than *older_than* seconds, by name."""
-    for root in _local_roots(storages):
-        try:
-            entries = list(os.scandir(os.path.join(root, dirname)))
-        except FileNotFoundError:
-            continue
-        for entry in sorted(entries, key=lambda e: e.name):
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISREG(info.st_mode) and now - info.st_mtime > older_than:
-                yield entry, info
-
-
-def cleanup_spool(
-    storages: Iterable[QueuedStorage], *, older_than: float, dry_run: bool = False
-) -> tuple[list[Cleaned], list[str]]:
-    """Remove the upload views' spool files that a killed web process left.
-
-    A body being received is written to ``<staging root>/.queued_storage-incoming/`` and moved
-    into place by the save; a process killed in between leaves it there. Removed: regular
-    files unchanged for *older_than* seconds that no process holds open (a slow upload in
-    progress keeps its file open and keeps writing to it). Returns ``(removed, in_use)``.
-    """
-    now = time.time()
-    candidates = [
-        (entry.path, info) for entry, info in _old_files(storages, SPOOL_DIRNAME, older_than, now)
-    ]
-    if not candidates:
-        return [], []
-    held = _open_files() or set()
-    removed: list[Cleaned] = []
-    in_use: list[str] = []
-    for path, info in candidates:
-        if (info.st_dev, info.st_ino) in held:
-            in_use.append(path)
-            continue
-        if not dry_run:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                continue  # taken by its save, or removed by another cleanup meanwhile
-        removed.append(Cleaned(os.path.dirname(path), path, info.st_size, now - info.st_mtime))
-    return removed, in_use
-
-
-def cleanup_tus(
-    storages: Iterable[QueuedStorage], *, dry_run: bool = False
-) -> tuple[list[Cleaned], list[str]]:
-    """Remove the tus uploads of this host whose ``expires`` has passed: the bytes of an
-    unfinished one (which end its reservation in the staging budget) and the row.
-
-    An upload a request is appending to right now (its file is locked) is left for the next
-    run. Returns ``(removed, in_use)``.
-    """
-    now = timezone.now()
-    chosen = {storage.alias: storage for storage in storages}
-    removed: list[Cleaned] = []
-    in_use: list[str] = []
-    for row in tus_expired(now, host=settings.HOST):
-        storage = chosen.get(row.alias)
-        if storage is None:
-            continue
-        path = os.path.join(tus_dir(storage.local), str(row.id))
-        age = (now - row.expires).total_seconds()
-        size: int | None = None
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            fd = None
-        try:
-            if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    in_use.append(f"{row.alias}:{row.name} (tus {row.id})")
-                    continue
-                size = os.fstat(fd).st_size
-                if not dry_run:
-                    os.unlink(path)
-            if not dry_run:
-                tus_forget(row.id)
-        finally:
-            if fd is not None:
-                os.close(fd)
-        removed.append(Cleaned(row.alias, f"{row.name} (tus {row.id})", size, age))
-    return removed, in_use
-
-
-def cleanup_tus_orphans(
-    storages: Iterable[QueuedStorage], *, older_than: float, dry_run: bool = False
-) -> list[Cleaned]:
-    """Remove the tus part files that no upload row owns, unchanged for *older_than* seconds.
-
-    A creation writes the part file (``<staging root>/.queued_storage-tus/<id>``) and then the
-    row; a web process killed in between leaves a file no row names, and so does a row deleted
-    by hand or lost with a database restore. :func:`cleanup_tus` never sees those (it works
-    from the rows). Only regular files named by an upload id (a UUID, as the view writes it)
-    directly in that directory are considered, on every host (no row means no host owns it):
-    those whose id has no row, unchanged (``mtime``) for *older_than* seconds, and not locked
-    by a request right now. A creation still about to write its row has a file seconds old.
-    """
-    now = time.time()
-    candidates: list[tuple[str, uuid.UUID, os.stat_result]] = []
-    for entry, info in _old_files(storages, TUS_DIRNAME, older_than, now):
-        try:
-            upload_id = uuid.UUID(entry.name)
-        except ValueError:
-            continue
-        if str(upload_id) == entry.name:  # a name the view writes
-            candidates.append((entry.path, upload_id, info))
-    if not candidates:
-        return []
-    owned = TusUpload.known(upload_id for _, upload_id, _ in candidates)
-    removed: list[Cleaned] = []
-    for path, upload_id, info in candidates:
-        if upload_id in owned:
-            continue
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            continue  # removed meanwhile (a DELETE of its upload)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            if not dry_run:
-                os.unlink(path)
-        finally:
-            os.close(fd)
-        removed.append(Cleaned(os.path.dirname(path), path, info.st_size, now - info.st_mtime))
-    return removed
-
-
-#: Most pages of ``ListMultipartUploads`` (1,000 uploads each) read per remote.
-UPLOAD_PAGES = 20
-
-
-def cleanup_uploads(
-    storages: Iterable[QueuedStorage], *, older_than: float, dry_run: bool = False
-) -> tuple[list[Cleaned], list[str]]:
-    """Abort the S3 multipart uploads under each storage's location that are older than
-    *older_than* seconds and that no ledger row records (``upload_id``); ``(aborted, errors)``.
-
-    An upload a row records is the resume point of its transfer; a name whose row is leased
-    right now is left alone too (its worker may be about to record the upload it opened).
-    Unlike the reconcile pass, which only touches names the ledger knows, this also aborts
-    uploads of names it does not know (a file deleted while a killed worker held its upload
-    open): a bucket shared with other applications needs a storage ``location`` of its own.
-    """
-    now = timezone.now()
-    young = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=older_than)
-    db = StoredFile.db()
-    aborted: list[Cleaned] = []
-    errors: list[str] = []
-    seen: set[str] = set()
-    for storage in storages:
-        try:
-            for page in open_uploads(storage.remote, UPLOAD_PAGES):
-                uploads = [u for u in page if u.initiated <= young and u.upload_id not in seen]
-                seen.update(u.upload_id for u in uploads)
-                if not uploads:
-                    continue
-                owned = set(
-                    StoredFile.objects.using(db)
-                    .filter(upload_id__in=[u.upload_id for u in uploads])
-                    .values_list("upload_id", flat=True)
-                )
-                leased = set(
-                    StoredFile.objects.using(db)
-                    .filter(
-                        name__in=[u.name for u in uploads],
-                        state=State.TRANSFERRING,
-                        lease_expires__gt=now,
-                    )
-                    .values_list("name", flat=True)
-                )
-                for upload in uploads:
-                    if upload.upload_id in owned or upload.name in leased:
-                        continue
-                    if not dry_run and not abort_open_upload(
-                        storage.remote, upload.name, upload.upload_id
-                    ):
-                        errors.append(f"{storage.alias}:{upload.name}: could not abort (logged)")
-                        continue
-                    age = (now - upload.initiated).total_seconds()
-                    aborted.append(Cleaned(storage.alias, upload.name, None, age))
-        except Exception as err:
-            errors.append(
-                f"{storage.alias}: could not list the open multipart uploads "
-                f"({type(err).__name__}: {redact(str(err))})"
-            )
-    return aborted, errors
 
 
 def cleanup_local_copies(

@@ -76,6 +76,7 @@ from django.db.models import Count, DateTimeField, ExpressionWrapper, F, Q, Quer
 from django.utils import timezone
 
 from queued_storage import state as read_side
+from queued_storage.cleanup import PASS_UPLOAD_PAGES, abort_orphan_uploads
 from queued_storage.conf import settings
 from queued_storage.dispatch import Sender
 from queued_storage.exceptions import InfrastructureError, LocalFileMissing, StorageNotFound
@@ -85,7 +86,7 @@ from queued_storage.operations import verify_in_chunks
 from queued_storage.signals import transfer_failed
 from queued_storage.state import cache_key
 from queued_storage.storage import QueuedStorage, get_queued_storage, queued_storages
-from queued_storage.transfer import abort_open_upload, open_uploads, remote_exists
+from queued_storage.transfer import abort_open_upload, remote_exists
 from queued_storage.verify import DEFAULT_CONCURRENCY, VerifyReport
 from queued_storage.worker import retried_for
 
@@ -439,63 +440,31 @@ class _Pass:
                 self.report.cleaned.append(_label(row))
 
 
-#: Most pages of ``ListMultipartUploads`` (1,000 uploads each) one pass reads per storage.
-_UPLOAD_PAGES = 5
-
-
 def _orphan_uploads(
     storage: QueuedStorage, report: Report, *, now: datetime.datetime, after: float, batch: int
 ) -> None:
-    """Abort the S3 multipart uploads of this storage's files that no ledger row can resume.
-
-    Only keys the ledger knows for this storage are touched (a bucket may be shared), never
-    the upload a row records, never while a live lease holder may be about to record one, and
-    never an upload younger than *after* seconds.
-    """
-    # S3 gives aware UTC times, whatever USE_TZ says.
-    young = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=after)
-    aborted = 0
-    try:
-        for page in open_uploads(storage.remote, _UPLOAD_PAGES):
-            uploads = [u for u in page if u.initiated <= young]
-            names = {u.name for u in uploads}
-            rows = {
-                row.name: row
-                for row in StoredFile.objects.using(StoredFile.db()).filter(
-                    alias=storage.alias, name__in=list(names)
-                )
-            }
-            for upload in uploads:
-                name = upload.name
-                row = rows.get(name)
-                if (
-                    row is None
-                    or row.upload_id == upload.upload_id
-                    or (
-                        row.state == State.TRANSFERRING
-                        and row.lease_expires is not None
-                        and row.lease_expires > now
-                    )
-                ):
-                    continue
-                if not abort_open_upload(storage.remote, name, upload.upload_id):
-                    return  # logged; the next pass tries again
-                report.aborted_uploads.append(f"{storage.alias}:{name}")
-                logger.warning(
-                    "aborted an open multipart upload of %r that no ledger row can resume (its "
-                    "worker died before recording it)",
-                    name,
-                )
-                aborted += 1
-                if aborted >= batch:
-                    return
-    except Exception as err:
+    """Abort the S3 multipart uploads of this storage's files that no ledger row can resume
+    (:func:`queued_storage.cleanup.orphaned`): only names the ledger knows for this storage (a
+    bucket may be shared), none younger than *after* seconds, at most *batch*; the first that
+    cannot be aborted ends it until the next pass."""
+    done = abort_orphan_uploads(
+        storage,
+        older_than=after,
+        max_pages=PASS_UPLOAD_PAGES,
+        known_only=True,
+        limit=batch,
+        stop_at_failure=True,
+        now=now,
+    )
+    for upload in done.aborted:
+        report.aborted_uploads.append(f"{storage.alias}:{upload.what}")
         logger.warning(
-            "could not look for orphaned multipart uploads of storage %r (%s: %s); next pass",
-            storage.alias,
-            type(err).__name__,
-            err,
+            "aborted an open multipart upload of %r that no ledger row can resume (its "
+            "worker died before recording it)",
+            upload.what,
         )
+    for error in done.errors:
+        logger.warning("orphaned multipart uploads: %s; next pass", error)
 
 
 def _local_root(storage: QueuedStorage) -> str | None:

@@ -48,6 +48,12 @@ from django.utils.dateparse import parse_date, parse_datetime
 from tqdm import tqdm
 
 from queued_storage import doctor
+from queued_storage.cleanup import (
+    cleanup_spool,
+    cleanup_tus,
+    cleanup_tus_orphans,
+    cleanup_uploads,
+)
 from queued_storage.conf import settings
 from queued_storage.exceptions import QueuedStorageError
 from queued_storage.models import State, StoredFile
@@ -56,10 +62,6 @@ from queued_storage.operations import (
     Storages,
     TransferHere,
     cleanup_local_copies,
-    cleanup_spool,
-    cleanup_tus,
-    cleanup_tus_orphans,
-    cleanup_uploads,
     human_age,
     human_bytes,
     pages,
