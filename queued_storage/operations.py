@@ -10,8 +10,6 @@ through :class:`queued_storage.dispatch.Sender`, as a save sends it (``[alias, n
   :meth:`~queued_storage.ledger.Ledger.drop_local` as the worker deletes them;
 * :func:`transfer_here`: one transfer in this process, through the worker's own code path
   (:func:`queued_storage.worker.run_transfer`: lease, engine, outcome, retry policy);
-* :func:`verify_in_chunks`: :func:`~queued_storage.verify.verify` a chunk at a time (a
-  progress bar, and a stop when the remote does not answer: the reconcile pass's sample);
 * :func:`status`: counts, bytes, what is in flight and what failed, as plain data;
 * :func:`cleanup_local_copies`: the local copies of files remote for a while, deleted as
   :func:`drop_verified_local_copies` does (the rest of the clean-up, of what killed processes
@@ -47,7 +45,13 @@ from queued_storage.dispatch import Sender, redact
 from queued_storage.exceptions import StorageNotFound
 from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.storage import QueuedStorage, get_queued_storage
-from queued_storage.verify import DEFAULT_CONCURRENCY, UNCHECKED, VerifyReport, label, verify
+from queued_storage.verify import (  # merge_reports, verify_in_chunks: re-exported
+    VerifyReport,
+    label,
+    merge_reports,
+    verify,
+    verify_in_chunks,
+)
 from queued_storage.worker import Outcome, RetryLater, TransferHook, run_transfer
 
 __all__ = [
@@ -260,55 +264,6 @@ def drop_verified_local_copies(
         else:
             done.kept.append(label(row))
     return done
-
-
-# -- verifying a chunk at a time -------------------------------------------------------------
-def merge_reports(into: VerifyReport, part: VerifyReport) -> VerifyReport:
-    """Add *part*'s findings to *into* (``not_remote`` aside: each caller counts its own)."""
-    into.verified.extend(part.verified)
-    into.size_only += part.size_only
-    into.lost.extend(part.lost)
-    into.unchecked.extend(part.unchecked)
-    into.skipped.extend(part.skipped)
-    return into
-
-
-def _chunks(rows: Iterable[StoredFile], size: int) -> Iterator[list[StoredFile]]:
-    chunk: list[StoredFile] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def verify_in_chunks(
-    rows: Iterable[StoredFile],
-    *,
-    chunk: int = 500,
-    timeout: float | None = None,
-    progress: Callable[[int], None] | None = None,
-    stop_when_unanswered: bool = False,
-) -> tuple[VerifyReport, bool]:
-    """:func:`~queued_storage.verify.verify` *rows*, *chunk* at a time; ``(report, stopped)``.
-
-    *progress* is called with the number of rows each chunk checked. *stop_when_unanswered*:
-    stop after a chunk of which the remote answered no question (down, or black-holed: every
-    further chunk would wait *timeout* too); *stopped* says so.
-    """
-    report = VerifyReport()
-    concurrency = min(DEFAULT_CONCURRENCY, chunk)
-    for part in _chunks(rows, chunk):
-        found = verify(part, batch=chunk, concurrency=concurrency, timeout=timeout)
-        merge_reports(report, found)
-        if progress is not None:
-            progress(len(part))
-        unanswered = all(p.kind == UNCHECKED for p in found.problems) and not found.verified
-        if stop_when_unanswered and found.unchecked and unanswered and not found.lost:
-            return report, True
-    return report, False
 
 
 # -- one transfer in this process ------------------------------------------------------------

@@ -82,12 +82,11 @@ from queued_storage.dispatch import Sender
 from queued_storage.exceptions import InfrastructureError, LocalFileMissing, StorageNotFound
 from queued_storage.models import State, StoredFile
 from queued_storage.names import OWN_DIRECTORY_PREFIX, checked_name
-from queued_storage.operations import verify_in_chunks
 from queued_storage.signals import transfer_failed
 from queued_storage.state import cache_key
 from queued_storage.storage import QueuedStorage, get_queued_storage, queued_storages
 from queued_storage.transfer import abort_open_upload, remote_exists
-from queued_storage.verify import DEFAULT_CONCURRENCY, VerifyReport
+from queued_storage.verify import DEFAULT_CONCURRENCY, VerifyReport, verify_in_chunks
 from queued_storage.worker import retried_for
 
 __all__ = [

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -64,7 +64,9 @@ __all__ = [
     "Problem",
     "VerifyReport",
     "label",
+    "merge_reports",
     "verify",
+    "verify_in_chunks",
 ]
 
 logger = logging.getLogger(__name__)
@@ -240,6 +242,55 @@ def verify(
                 _conclude(storage, row, answer, report)
     logger.info("verify: %s", report.summary())
     return report
+
+
+# -- a chunk at a time (the command's progress bar, the reconcile pass's sample) ----------------
+def merge_reports(into: VerifyReport, part: VerifyReport) -> VerifyReport:
+    """Add *part*'s findings to *into* (``not_remote`` aside: each caller counts its own)."""
+    into.verified.extend(part.verified)
+    into.size_only += part.size_only
+    into.lost.extend(part.lost)
+    into.unchecked.extend(part.unchecked)
+    into.skipped.extend(part.skipped)
+    return into
+
+
+def _chunks(rows: Iterable[StoredFile], size: int) -> Iterator[list[StoredFile]]:
+    chunk: list[StoredFile] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def verify_in_chunks(
+    rows: Iterable[StoredFile],
+    *,
+    chunk: int = 500,
+    timeout: float | None = None,
+    progress: Callable[[int], None] | None = None,
+    stop_when_unanswered: bool = False,
+) -> tuple[VerifyReport, bool]:
+    """:func:`~queued_storage.verify.verify` *rows*, *chunk* at a time; ``(report, stopped)``.
+
+    *progress* is called with the number of rows each chunk checked. *stop_when_unanswered*:
+    stop after a chunk of which the remote answered no question (down, or black-holed: every
+    further chunk would wait *timeout* too); *stopped* says so.
+    """
+    report = VerifyReport()
+    concurrency = min(DEFAULT_CONCURRENCY, chunk)
+    for part in _chunks(rows, chunk):
+        found = verify(part, batch=chunk, concurrency=concurrency, timeout=timeout)
+        merge_reports(report, found)
+        if progress is not None:
+            progress(len(part))
+        unanswered = all(p.kind == UNCHECKED for p in found.problems) and not found.verified
+        if stop_when_unanswered and found.unchecked and unanswered and not found.lost:
+            return report, True
+    return report, False
 
 
 # -- selection ---------------------------------------------------------------------------------

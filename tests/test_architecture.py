@@ -189,3 +189,30 @@ def test_loggers_are_named_after_their_module(module: str) -> None:
     source = ast.unparse(modules()[f"queued_storage.{module}"])
     assert "getLogger(__name__)" in source
     assert '"queued_storage: ' not in source
+
+
+def test_repair_does_not_depend_on_the_operator_layer() -> None:
+    """DESIGN: operate → repair → ledger. The reconcile pass imports no module of the operator
+    layer (operations, doctor, admin, the management commands), directly or through a module
+    it imports."""
+    operator = (
+        "queued_storage.operations",
+        "queued_storage.doctor",
+        "queued_storage.admin",
+        "queued_storage.management",
+    )
+    graph = package_graph()
+    reached: dict[str, str] = {}
+    todo = ["queued_storage.reconcile"]
+    while todo:
+        module = todo.pop()
+        for target in sorted(graph[module]):
+            if target not in reached:
+                reached[target] = module
+                todo.append(target)
+    found = sorted(
+        (target, f"imported by {reached[target]}")
+        for target in reached
+        if any(target == o or target.startswith(o + ".") for o in operator)
+    )
+    assert found == []

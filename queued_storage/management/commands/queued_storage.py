@@ -69,13 +69,12 @@ from queued_storage.operations import (
     status,
     transfer_here,
     transfer_rows,
-    verify_in_chunks,
 )
 from queued_storage.reconcile import last_run, reconcile
 from queued_storage.storage import QueuedStorage, queued_storages
 from queued_storage.tasks import Transfer
 from queued_storage.transfer import list_remote
-from queued_storage.verify import VerifyReport
+from queued_storage.verify import VerifyReport, verify_in_chunks
 from queued_storage.worker import TransferHook
 
 #: Names looked up and inserted per ledger query (under SQLite's bound-variable limit).
