@@ -264,27 +264,19 @@ def _ledgered(
     storage: QueuedStorage, uploads: list[OpenUpload], *, known_only: bool, now: datetime.datetime
 ) -> _Ledgered:
     names = [u.name for u in uploads]
+    rows = StoredFile.all_rows()
     if known_only:  # one query, by the ledger's unique key (alias, name)
-        rows = list(
-            StoredFile.objects.using(StoredFile.db()).filter(alias=storage.alias, name__in=names)
-        )
+        found = list(rows.of_storage(storage.alias).named(names))
         return _Ledgered(
-            recorded={row.upload_id for row in rows if row.upload_id},
-            leased={row.name for row in rows if _leased(row, now)},
-            known={row.name for row in rows},
+            recorded={row.upload_id for row in found if row.upload_id},
+            leased={row.name for row in found if _leased(row, now)},
+            known={row.name for row in found},
         )
-    db = StoredFile.db()
-    recorded = set(
-        StoredFile.objects.using(db)
-        .filter(upload_id__in=[u.upload_id for u in uploads])
-        .values_list("upload_id", flat=True)
+    return _Ledgered(
+        recorded=rows.recording_uploads(u.upload_id for u in uploads),
+        leased=rows.leased_names(names, now),
+        known=None,
     )
-    leased = set(
-        StoredFile.objects.using(db)
-        .filter(name__in=names, state=State.TRANSFERRING, lease_expires__gt=now)
-        .values_list("name", flat=True)
-    )
-    return _Ledgered(recorded=recorded, leased=leased, known=None)
 
 
 def _leased(row: StoredFile, now: datetime.datetime) -> bool:

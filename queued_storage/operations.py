@@ -25,11 +25,11 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import Count, Min, Q, QuerySet, Sum
+from django.db.models import Count, Min, Q, Sum
 from django.utils import timezone
 
 from queued_storage import state as read_side
@@ -43,7 +43,7 @@ from queued_storage.cleanup import (  # re-exported: the clean-up's home is clea
 from queued_storage.conf import settings
 from queued_storage.dispatch import Sender, redact
 from queued_storage.exceptions import StorageNotFound
-from queued_storage.models import State, StoredFile, TusUpload
+from queued_storage.models import State, StoredFile, TusUpload, keyset_pages
 from queued_storage.storage import QueuedStorage, get_queued_storage
 from queued_storage.verify import (  # merge_reports, verify_in_chunks: re-exported
     VerifyReport,
@@ -98,17 +98,8 @@ class Storages:
         return self.found[alias]
 
 
-def pages(rows: QuerySet[StoredFile], batch: int = 500) -> Iterator[list[StoredFile]]:
-    """*rows* in primary key order, *batch* at a time, one query per page whatever the offset
-    (keyset pagination: no cursor stays open while the rows are changed)."""
-    last: Any = None
-    while True:
-        page = list((rows if last is None else rows.filter(pk__gt=last)).order_by("pk")[:batch])
-        if page:
-            yield page
-        if len(page) < batch:
-            return
-        last = page[-1].pk
+#: Keyset pagination of ledger rows (its home is ``models.keyset_pages``).
+pages = keyset_pages
 
 
 def counted(parts: Iterable[tuple[int, str]]) -> str:
@@ -390,9 +381,7 @@ def status(aliases: Sequence[str] | None = None, *, limit: int = 20) -> dict[str
     about once a second, else from the row) and of failures.
     """
     now = timezone.now()
-    rows: QuerySet[StoredFile] = StoredFile.objects.using(StoredFile.db()).all()
-    if aliases:
-        rows = rows.filter(alias__in=list(aliases))
+    rows = StoredFile.all_rows().of(aliases or None)
     storages: dict[str, dict[str, Any]] = {}
 
     def entry(alias: str) -> dict[str, Any]:
@@ -413,10 +402,10 @@ def status(aliases: Sequence[str] | None = None, *, limit: int = 20) -> dict[str
         entry(alias)["states"][state] = counts
         totals[state]["files"] += counts["files"]
         totals[state]["bytes"] += counts["bytes"]
-    local = rows.filter(local_exists=True).values_list("alias").annotate(n=Count("pk"))
+    local = rows.with_local_copy().values_list("alias").annotate(n=Count("pk"))
     for alias, files, size in local.annotate(b=Sum("size")).order_by("alias"):
         entry(alias)["local_copies"] = {"files": int(files), "bytes": int(size or 0)}
-    pending = rows.filter(state=State.PENDING).values_list("alias").annotate(oldest=Min("created"))
+    pending = rows.pending().values_list("alias").annotate(oldest=Min("created"))
     oldest_all: datetime.datetime | None = None
     for alias, oldest in pending.order_by("alias"):
         entry(alias)["oldest_pending"] = _iso(oldest)
@@ -424,7 +413,7 @@ def status(aliases: Sequence[str] | None = None, *, limit: int = 20) -> dict[str
         if oldest is not None and (oldest_all is None or oldest < oldest_all):
             oldest_all = oldest
     in_flight = []
-    flying = rows.filter(state=State.TRANSFERRING)
+    flying = rows.transferring()
     for row in flying.order_by("lease_expires", "pk")[:limit]:
         done, total = read_side.get_progress(settings.CACHE_PREFIX, row.alias, row.name) or (
             row.bytes_done,
@@ -445,7 +434,7 @@ def status(aliases: Sequence[str] | None = None, *, limit: int = 20) -> dict[str
             }
         )
     failures = []
-    failed = rows.filter(state=State.FAILED)
+    failed = rows.failed()
     for row in failed.order_by("-updated", "-pk")[:limit]:
         failures.append(
             {
@@ -483,9 +472,7 @@ def status(aliases: Sequence[str] | None = None, *, limit: int = 20) -> dict[str
 def _tus_status(aliases: Sequence[str] | None, now: datetime.datetime) -> dict[str, int]:
     """Unfinished resumable uploads (every host's): how many are receiving, how many expired
     (``cleanup`` removes those), and their bytes received of the lengths they reserve."""
-    rows = TusUpload.objects.using(StoredFile.db()).filter(completed__isnull=True)
-    if aliases:
-        rows = rows.filter(alias__in=list(aliases))
+    rows = TusUpload.all_rows().unfinished().of(aliases or None)
     found = rows.aggregate(
         receiving=Count("pk", filter=Q(expires__gt=now)),
         expired=Count("pk", filter=Q(expires__lte=now)),
@@ -512,13 +499,7 @@ def cleanup_local_copies(
     seconds ago, deleted where the remote copy verifies again now
     (:func:`drop_verified_local_copies`, *batch* rows at a time)."""
     cutoff = timezone.now() - datetime.timedelta(seconds=older_than)
-    rows = StoredFile.objects.using(StoredFile.db()).filter(
-        alias__in=list(aliases),
-        state=State.REMOTE,
-        local_exists=True,
-        host=settings.HOST,
-        transferred__lt=cutoff,
-    )
+    rows = StoredFile.all_rows().of(aliases).on_host(settings.HOST).local_copies_of_remote(cutoff)
     total = LocalCopies()
     for page in pages(rows, batch):
         done = drop_verified_local_copies(page, timeout=timeout, dry_run=dry_run)

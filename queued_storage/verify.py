@@ -49,7 +49,7 @@ from django.utils import timezone
 from queued_storage.conf import settings
 from queued_storage.dispatch import redact
 from queued_storage.exceptions import RemoteCopyLost, StorageNotFound
-from queued_storage.models import State, StoredFile
+from queued_storage.models import State, StoredFile, keyset_pages
 from queued_storage.signals import transfer_failed
 from queued_storage.storage import QueuedStorage, get_queued_storage
 from queued_storage.transfer import RemoteObject, remote_checksum_matches, remote_object
@@ -304,7 +304,7 @@ def _select(
 ) -> Iterator[list[StoredFile]]:
     """The selected ``remote`` rows, *batch* at a time; the others are counted in *report*."""
     if rows is None:
-        rows = StoredFile.objects.using(StoredFile.db()).all()
+        rows = StoredFile.all_rows()
     if isinstance(rows, QuerySet) and not rows.query.is_sliced:
         selected: QuerySet[StoredFile] = rows
         if aliases is not None:
@@ -314,7 +314,7 @@ def _select(
         if prefix:
             selected = selected.filter(name__startswith=prefix)
         report.not_remote = selected.exclude(state=State.REMOTE).count()
-        yield from _pages(selected.filter(state=State.REMOTE).order_by("pk"), batch)
+        yield from keyset_pages(selected.filter(state=State.REMOTE), batch)
         return
     chunk: list[StoredFile] = []
     for row in rows:
@@ -331,18 +331,6 @@ def _select(
             chunk = []
     if chunk:
         yield chunk
-
-
-def _pages(rows: QuerySet[StoredFile], batch: int) -> Iterator[list[StoredFile]]:
-    """Keyset pagination on the primary key: each page is one query, whatever the offset."""
-    last: Any = None
-    while True:
-        page = list((rows if last is None else rows.filter(pk__gt=last))[:batch])
-        if page:
-            yield page
-        if len(page) < batch:
-            return
-        last = page[-1].pk
 
 
 def _storage(
