@@ -109,8 +109,20 @@ class StoredFileQuerySet(models.QuerySet["StoredFile"]):
     def not_on_hosts(self, hosts: Iterable[str]) -> StoredFileQuerySet:
         return self._without(host__in=list(hosts))
 
+    def other_than(self, rows: Iterable[StoredFile]) -> StoredFileQuerySet:
+        """These rows but *rows*."""
+        return self._without(pk__in=[row.pk for row in rows])
+
     def named(self, names: Iterable[str]) -> StoredFileQuerySet:
         return self._where(name__in=list(names))
+
+    def starting_with(self, prefix: str) -> StoredFileQuerySet:
+        """Rows whose name begins with *prefix*."""
+        return self._where(name__startswith=prefix)
+
+    def transferred_since(self, when: datetime.datetime) -> StoredFileQuerySet:
+        """Rows verified ``remote`` at or after *when*."""
+        return self._where(transferred__gte=when)
 
     def names(self) -> set[str]:
         """The names of these rows (one query)."""
@@ -138,6 +150,12 @@ class StoredFileQuerySet(models.QuerySet["StoredFile"]):
 
     def with_local_copy(self) -> StoredFileQuerySet:
         return self._where(local_exists=True)
+
+    def pending_with_local_copy(self) -> StoredFileQuerySet:
+        return self._where(state=State.PENDING, local_exists=True)
+
+    def failed_with_local_copy(self) -> StoredFileQuerySet:
+        return self._where(state=State.FAILED, local_exists=True)
 
     # -- what the reconcile pass and the commands look for -----------------------------------
     def with_work(self) -> StoredFileQuerySet:
