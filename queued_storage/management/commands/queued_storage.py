@@ -58,11 +58,11 @@ from queued_storage.operations import (
     human_bytes,
     queue_transfers,
     seed,
-    status_report,
     transfer_files_here,
     verify_files,
 )
 from queued_storage.reconcile import reconcile
+from queued_storage.status import status_report
 from queued_storage.storage import QueuedStorage, queued_storages
 from queued_storage.verify import VerifyReport
 
