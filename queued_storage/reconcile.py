@@ -688,7 +688,7 @@ def _report_lost(report: Report, aliases: Sequence[str] | None, batch: int) -> N
 
 
 def _log(report: Report) -> None:
-    counts: dict[str, Any] = report.counts()
+    counts: dict[str, int] = report.counts()
     logger.info(
         "reconcile pass on %s: %s",
         report.host,

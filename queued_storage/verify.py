@@ -316,21 +316,20 @@ def _select(
         report.not_remote = selected.exclude(state=State.REMOTE).count()
         yield from keyset_pages(selected.filter(state=State.REMOTE), batch)
         return
-    chunk: list[StoredFile] = []
-    for row in rows:
-        if aliases is not None and row.alias not in aliases:
-            continue
-        if (names is not None and row.name not in names) or not row.name.startswith(prefix):
-            continue
-        if row.state != State.REMOTE:
-            report.not_remote += 1
-            continue
-        chunk.append(row)
-        if len(chunk) == batch:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    listed = rows
+
+    def remote_rows() -> Iterator[StoredFile]:
+        for row in listed:
+            if aliases is not None and row.alias not in aliases:
+                continue
+            if (names is not None and row.name not in names) or not row.name.startswith(prefix):
+                continue
+            if row.state != State.REMOTE:
+                report.not_remote += 1
+                continue
+            yield row
+
+    yield from _chunks(remote_rows(), batch)
 
 
 def _storage(
