@@ -385,7 +385,7 @@ def ledger_rows(
     for alias, names in wanted.items():
         query |= Q(alias=alias, name__in=sorted(names))
     rows = (
-        StoredFile.objects.using(StoredFile.db())
+        StoredFile.all_rows()
         .filter(query)
         .only("alias", "name", "state", "size", "bytes_done", "local_exists", "host", "updated")
     )

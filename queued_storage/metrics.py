@@ -34,7 +34,6 @@ from typing import Any
 from celery.signals import task_success
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
-from django.db.models import Count, Min, Q, Sum
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
@@ -299,19 +298,8 @@ class LedgerCollector:
         db = StoredFile.db()
         connection = connections[db]
         opened = connection.connection is None
-        lost = Q(local_exists=False, size__isnull=False) & ~Q(state=State.REMOTE)
         try:
-            return list(
-                StoredFile.objects.using(db)
-                .values("alias", "state")
-                .annotate(
-                    files=Count("pk"),
-                    bytes=Sum("size"),
-                    oldest=Min("created"),
-                    lost=Count("pk", filter=lost),
-                )
-                .order_by("alias", "state")
-            )
+            return StoredFile.all_rows().totals_by_state()
         finally:
             if opened and not connection.in_atomic_block:
                 connection.close()

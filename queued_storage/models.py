@@ -7,17 +7,27 @@ read-through copy of these rows (``state.py``).
 
 from __future__ import annotations
 
+import datetime
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from django.db import models, router
-from django.db.models import Q, Sum
+from django.db.models import Count, DateTimeField, ExpressionWrapper, F, Min, Q, Sum, Value
 from django.db.models.functions import Coalesce
 
 from queued_storage.conf import settings
 from queued_storage.names import LEDGER_NAME_LENGTH
 
-__all__ = ["State", "StoredFile", "TusUpload"]
+__all__ = [
+    "State",
+    "StoredFile",
+    "StoredFileQuerySet",
+    "TusUpload",
+    "TusUploadQuerySet",
+    "keyset_pages",
+    "overdue",
+]
 
 
 class State(models.TextChoices):
@@ -25,6 +35,228 @@ class State(models.TextChoices):
     TRANSFERRING = "transferring"
     REMOTE = "remote"
     FAILED = "failed"
+
+
+def overdue(now: datetime.datetime, after: float) -> Q:
+    """``pending`` rows whose transfer should have started by *now*: *after* seconds have passed
+    since the latest moment their message was due.
+
+    * In a run of transient failures (``retrying_since`` set: an outage, a lost worker, a lost
+      message): the retry waits at most as long as the run had lasted when it was scheduled
+      (``updated - retrying_since``), at least ``RETRY_DELAY`` and at most ``RETRY_MAX_DELAY``,
+      the bound of ``worker.outage_backoff``; computed in the database, exactly.
+    * After the file's *n*-th error about itself: ``min(RETRY_MAX_DELAY, RETRY_DELAY * 2**(n-1))``.
+    * Neither failed nor re-queued: its message was due at the save.
+    """
+    cutoff = now - datetime.timedelta(seconds=after)
+    base, cap = settings.RETRY_DELAY, settings.RETRY_MAX_DELAY
+
+    def before(seconds: float) -> datetime.datetime:
+        return cutoff - datetime.timedelta(seconds=seconds)
+
+    # updated + min(cap, max(base, updated - retrying_since)) < cutoff
+    waited_as_long = ExpressionWrapper(
+        Value(cutoff) - (F("updated") - F("retrying_since")), output_field=DateTimeField()
+    )
+    running = Q(retrying_since__isnull=False) & (
+        Q(updated__lt=before(cap)) | (Q(updated__lt=before(base)) & Q(updated__lt=waited_as_long))
+    )
+    counted = Q(attempts=0, updated__lt=cutoff)
+    attempt = 1
+    while attempt <= settings.RETRIES:
+        wait = min(cap, base * 2 ** (attempt - 1))
+        if wait >= cap:
+            break
+        counted |= Q(attempts=attempt, updated__lt=before(wait))
+        attempt += 1
+    # From here on every wait is the cap (or no retry waits at all: more errors than the
+    # budget allows come from a budget that was lowered since).
+    counted |= Q(attempts__gte=attempt, updated__lt=before(cap))
+    return running | (Q(retrying_since__isnull=True) & counted)
+
+
+class StoredFileQuerySet(models.QuerySet["StoredFile"]):
+    """The ledger's read queries, named for what they find; each chains onto the others.
+
+    Start from :meth:`StoredFile.all_rows` (the ledger's database). Each recurring predicate
+    has an index (invariant 12): ``(alias, name)`` unique, ``(state, updated)``, and the partial
+    index of refused rows."""
+
+    def _where(self, *args: Q, **kwargs: Any) -> StoredFileQuerySet:
+        found: StoredFileQuerySet = self.filter(*args, **kwargs)  # the stubs lose the subclass
+        return found
+
+    def _without(self, *args: Q, **kwargs: Any) -> StoredFileQuerySet:
+        found: StoredFileQuerySet = self.exclude(*args, **kwargs)
+        return found
+
+    # -- by storage, host, name --------------------------------------------------------------
+    def of(self, aliases: Iterable[str] | None) -> StoredFileQuerySet:
+        """Rows of these storages (``None``: of every storage)."""
+        return self if aliases is None else self._where(alias__in=list(aliases))
+
+    def of_storage(self, alias: str) -> StoredFileQuerySet:
+        return self._where(alias=alias)
+
+    def on_hosts(self, hosts: Iterable[str] | None) -> StoredFileQuerySet:
+        """Rows whose local copy these hosts hold (``None``: any host)."""
+        return self if hosts is None else self._where(host__in=list(hosts))
+
+    def on_host(self, host: str) -> StoredFileQuerySet:
+        """Rows whose local copy *host* holds."""
+        return self._where(host=host)
+
+    def not_on_hosts(self, hosts: Iterable[str]) -> StoredFileQuerySet:
+        return self._without(host__in=list(hosts))
+
+    def other_than(self, rows: Iterable[StoredFile]) -> StoredFileQuerySet:
+        """These rows but *rows*."""
+        return self._without(pk__in=[row.pk for row in rows])
+
+    def named(self, names: Iterable[str]) -> StoredFileQuerySet:
+        return self._where(name__in=list(names))
+
+    def starting_with(self, prefix: str) -> StoredFileQuerySet:
+        """Rows whose name begins with *prefix*."""
+        return self._where(name__startswith=prefix)
+
+    def transferred_since(self, when: datetime.datetime) -> StoredFileQuerySet:
+        """Rows verified ``remote`` at or after *when*."""
+        return self._where(transferred__gte=when)
+
+    def names(self) -> set[str]:
+        """The names of these rows (one query)."""
+        return set(self.values_list("name", flat=True))
+
+    def aliases(self) -> list[str]:
+        """The storages these rows belong to, sorted (one query)."""
+        return sorted(set(self.values_list("alias", flat=True).distinct()))
+
+    # -- by state ----------------------------------------------------------------------------
+    def pending(self) -> StoredFileQuerySet:
+        return self._where(state=State.PENDING)
+
+    def transferring(self) -> StoredFileQuerySet:
+        return self._where(state=State.TRANSFERRING)
+
+    def remote(self) -> StoredFileQuerySet:
+        return self._where(state=State.REMOTE)
+
+    def not_remote(self) -> StoredFileQuerySet:
+        return self._without(state=State.REMOTE)
+
+    def failed(self) -> StoredFileQuerySet:
+        return self._where(state=State.FAILED)
+
+    def with_local_copy(self) -> StoredFileQuerySet:
+        return self._where(local_exists=True)
+
+    def pending_with_local_copy(self) -> StoredFileQuerySet:
+        return self._where(state=State.PENDING, local_exists=True)
+
+    def failed_with_local_copy(self) -> StoredFileQuerySet:
+        return self._where(state=State.FAILED, local_exists=True)
+
+    # -- what the reconcile pass and the commands look for -----------------------------------
+    def with_work(self) -> StoredFileQuerySet:
+        """Rows that are not ``remote`` yet, or whose local copy is still there."""
+        return self._where(~Q(state=State.REMOTE) | Q(local_exists=True))
+
+    def in_progress_on(self, host: str) -> StoredFileQuerySet:
+        """``pending`` and ``transferring`` rows whose local copy *host* holds."""
+        return self._where(host=host, state__in=[State.PENDING, State.TRANSFERRING])
+
+    def refused(self) -> StoredFileQuerySet:
+        """``pending`` rows with a local copy whose transfer message the broker refused
+        (``dispatch_refused``; the partial index holds only those)."""
+        return self._where(
+            dispatch_refused__isnull=False,
+            state=State.PENDING,
+            local_exists=True,
+            size__isnull=False,
+        )
+
+    def expired_leases(self, now: datetime.datetime) -> StoredFileQuerySet:
+        """``transferring`` rows whose lease expired before *now* (their worker died)."""
+        return self._where(state=State.TRANSFERRING, lease_expires__lt=now)
+
+    def waiting(self) -> StoredFileQuerySet:
+        """``pending`` rows whose local copy is written (a size) and there."""
+        return self._where(state=State.PENDING, local_exists=True, size__isnull=False)
+
+    def overdue(self, now: datetime.datetime, after: float) -> StoredFileQuerySet:
+        """:meth:`waiting` rows whose transfer is :func:`overdue`."""
+        return self.waiting()._where(overdue(now, after))
+
+    def late(self, now: datetime.datetime, after: float) -> StoredFileQuerySet:
+        """Overdue ``pending`` rows with a local copy, and expired leases: what a host's own
+        reconcile pass would re-queue."""
+        return self._where(
+            Q(state=State.PENDING, local_exists=True) & overdue(now, after)
+            | Q(state=State.TRANSFERRING, lease_expires__lt=now)
+        )
+
+    def stale_reservations(self, before: datetime.datetime) -> StoredFileQuerySet:
+        """``pending`` rows of a save that never wrote its file, not changed since *before*."""
+        return self._where(
+            state=State.PENDING, local_exists=False, size__isnull=True, updated__lt=before
+        )
+
+    def local_copies_of_remote(self, before: datetime.datetime) -> StoredFileQuerySet:
+        """``remote`` rows verified before *before* whose local copy is still there."""
+        return self._where(state=State.REMOTE, local_exists=True, transferred__lt=before)
+
+    def lost(self) -> StoredFileQuerySet:
+        """Rows that are not ``remote`` and whose written local copy is gone (data loss)."""
+        return self._without(state=State.REMOTE)._where(local_exists=False, size__isnull=False)
+
+    def recording_uploads(self, upload_ids: Iterable[str]) -> set[str]:
+        """Those of *upload_ids* a row records (the resume point of its transfer)."""
+        rows = self._where(upload_id__in=list(upload_ids))
+        return set(rows.values_list("upload_id", flat=True))
+
+    def leased_names(self, names: Iterable[str], now: datetime.datetime) -> set[str]:
+        """Those of *names* whose row is ``transferring`` under a lease alive at *now*."""
+        rows = self._where(name__in=list(names), state=State.TRANSFERRING, lease_expires__gt=now)
+        return set(rows.values_list("name", flat=True))
+
+    # -- counting and paging -----------------------------------------------------------------
+    def count_by_host(self) -> list[tuple[str, int]]:
+        """``(host, rows)``, by host."""
+        grouped = self.values_list("host").annotate(count=Count("pk")).order_by("host")
+        return [(str(host), int(count)) for host, count in grouped]
+
+    def totals_by_state(self) -> list[dict[str, Any]]:
+        """Per ``(alias, state)``: files, bytes, the oldest ``created`` and the lost files
+        (:meth:`lost`), by alias and state: one aggregate query."""
+        lost = Q(local_exists=False, size__isnull=False) & ~Q(state=State.REMOTE)
+        return list(
+            self.values("alias", "state")
+            .annotate(
+                files=Count("pk"),
+                bytes=Sum("size"),
+                oldest=Min("created"),
+                lost=Count("pk", filter=lost),
+            )
+            .order_by("alias", "state")
+        )
+
+    def in_pages(self, batch: int = 500) -> Iterator[list[StoredFile]]:
+        """:func:`keyset_pages` of these rows."""
+        return keyset_pages(self, batch)
+
+
+def keyset_pages(rows: models.QuerySet[StoredFile], batch: int = 500) -> Iterator[list[StoredFile]]:
+    """*rows* in primary key order, *batch* at a time, one query per page whatever the offset
+    (keyset pagination: no cursor stays open while the rows are changed)."""
+    last: Any = None
+    while True:
+        page = list((rows if last is None else rows.filter(pk__gt=last)).order_by("pk")[:batch])
+        if page:
+            yield page
+        if len(page) < batch:
+            return
+        last = page[-1].pk
 
 
 class StoredFile(models.Model):
@@ -80,6 +312,8 @@ class StoredFile(models.Model):
         help_text="When the broker refused the file's transfer message; empty once one is sent.",
     )
 
+    objects = StoredFileQuerySet.as_manager()
+
     class Meta:
         verbose_name = "stored file"
         constraints = [
@@ -106,11 +340,14 @@ class StoredFile(models.Model):
         return settings.DATABASE or router.db_for_write(StoredFile)
 
     @classmethod
-    def rows(cls, alias: str, name: str) -> models.QuerySet[StoredFile]:
-        found: models.QuerySet[StoredFile] = StoredFile.objects.using(cls.db()).filter(
-            alias=alias, name=name
-        )
+    def all_rows(cls) -> StoredFileQuerySet:
+        """Every row, on the ledger's database: where each read query starts."""
+        found: StoredFileQuerySet = cls.objects.using(cls.db())
         return found
+
+    @classmethod
+    def rows(cls, alias: str, name: str) -> StoredFileQuerySet:
+        return cls.all_rows()._where(alias=alias, name=name)
 
     @classmethod
     def get_row(cls, alias: str, name: str) -> StoredFile | None:
@@ -119,10 +356,25 @@ class StoredFile(models.Model):
     @classmethod
     def waiting_bytes(cls, host: str | None = None) -> int:
         """Bytes of local copies not yet verified remote (on *host*, or on every host)."""
-        rows = cls.objects.using(cls.db()).filter(local_exists=True).exclude(state=State.REMOTE)
+        rows = cls.all_rows().filter(local_exists=True).exclude(state=State.REMOTE)
         if host is not None:
             rows = rows.filter(host=host)
         return int(rows.aggregate(total=Sum("size"))["total"] or 0) + TusUpload.reserved_bytes(host)
+
+
+class TusUploadQuerySet(models.QuerySet["TusUpload"]):
+    """The read queries of the tus uploads; start from :meth:`TusUpload.all_rows`."""
+
+    def unfinished(self) -> TusUploadQuerySet:
+        """Uploads still being received (or abandoned): no file saved from them yet."""
+        found: TusUploadQuerySet = self.filter(completed__isnull=True)
+        return found
+
+    def of(self, aliases: Iterable[str] | None) -> TusUploadQuerySet:
+        if aliases is None:
+            return self
+        found: TusUploadQuerySet = self.filter(alias__in=list(aliases))
+        return found
 
 
 class TusUpload(models.Model):
@@ -150,6 +402,8 @@ class TusUpload(models.Model):
     stored_name = models.CharField(max_length=LEDGER_NAME_LENGTH, blank=True, default="")
     completed = models.DateTimeField(null=True, blank=True)
 
+    objects = TusUploadQuerySet.as_manager()
+
     class Meta:
         verbose_name = "tus upload"
         indexes = [models.Index(fields=["expires"], name="queued_storage_tus_expires")]
@@ -159,6 +413,12 @@ class TusUpload(models.Model):
         return f"tus {self.id} {self.alias}:{self.name} ({self.offset}/{length})"
 
     @classmethod
+    def all_rows(cls) -> TusUploadQuerySet:
+        """Every upload, on the ledger's database: where each read query starts."""
+        found: TusUploadQuerySet = cls.objects.using(StoredFile.db())
+        return found
+
+    @classmethod
     def get(cls, upload_id: object) -> TusUpload | None:
         found: TusUpload | None = cls.objects.using(StoredFile.db()).filter(pk=upload_id).first()
         return found
@@ -166,7 +426,7 @@ class TusUpload(models.Model):
     @classmethod
     def known(cls, upload_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
         """Those of *upload_ids* that have a row (finished, expired or not)."""
-        rows = cls.objects.using(StoredFile.db()).filter(pk__in=list(upload_ids))
+        rows = cls.all_rows().filter(pk__in=list(upload_ids))
         return set(rows.values_list("id", flat=True))
 
     @classmethod
@@ -174,7 +434,7 @@ class TusUpload(models.Model):
         """Bytes reserved by the tus uploads still being received: their ``Upload-Length``, or
         the bytes received so far while the length is deferred (each chunk of such an upload
         is checked against the budget as it comes)."""
-        rows = cls.objects.using(StoredFile.db()).filter(completed__isnull=True)
+        rows = cls.all_rows().unfinished()
         if host is not None:
             rows = rows.filter(host=host)
         return int(rows.aggregate(total=Sum(Coalesce("length", "offset")))["total"] or 0)

@@ -1,7 +1,7 @@
 """What operators do to files, shared by the admin's actions and ``manage.py queued_storage``.
 
 Every change of a row goes through the ledger (:mod:`queued_storage.ledger`) and every message
-through :func:`queued_storage.dispatch.dispatch`, as a save sends it (``[alias, name]``):
+through :class:`queued_storage.dispatch.Sender`, as a save sends it (``[alias, name]``):
 
 * :func:`transfer_rows`: pending or failed files get a fresh budget and a transfer message;
 * :func:`retry_failed_rows`: failed files whose local copy is there, the same;
@@ -10,44 +10,52 @@ through :func:`queued_storage.dispatch.dispatch`, as a save sends it (``[alias, 
   :meth:`~queued_storage.ledger.Ledger.drop_local` as the worker deletes them;
 * :func:`transfer_here`: one transfer in this process, through the worker's own code path
   (:func:`queued_storage.worker.run_transfer`: lease, engine, outcome, retry policy);
-* :func:`verify_in_chunks`: :func:`~queued_storage.verify.verify` a chunk at a time (a
-  progress bar, and a stop when the remote does not answer: the reconcile pass's sample);
-* :func:`status`: counts, bytes, what is in flight and what failed, as plain data;
-* :func:`cleanup_spool`, :func:`cleanup_tus`, :func:`cleanup_tus_orphans` and
-  :func:`cleanup_uploads`: what killed processes and abandoned uploads left behind (spool
-  files of upload views, expired tus uploads, tus part files no row owns, S3 multipart
-  uploads no row records).
+* :func:`status` (:mod:`queued_storage.status`): counts, bytes, what is in flight and what
+  failed, as plain data;
+* :func:`cleanup_local_copies`: the local copies of files remote for a while, deleted as
+  :func:`drop_verified_local_copies` does (the rest of the clean-up, of what killed processes
+  and abandoned uploads left behind, is :mod:`queued_storage.cleanup`'s).
 """
 
 from __future__ import annotations
 
 import datetime
-import fcntl
+import itertools
 import logging
 import os
 import socket
-import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from django.db.models import Count, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
 from queued_storage import state as read_side
+from queued_storage.cleanup import (  # re-exported: the clean-up's home is cleanup.py
+    Cleaned,
+    cleanup_spool,
+    cleanup_tus,
+    cleanup_tus_orphans,
+    cleanup_uploads,
+)
 from queued_storage.conf import settings
-from queued_storage.dispatch import dispatch, redact
+from queued_storage.dispatch import Sender, redact
 from queued_storage.exceptions import StorageNotFound
-from queued_storage.ledger import tus_expired, tus_forget
-from queued_storage.models import State, StoredFile, TusUpload
-from queued_storage.names import SPOOL_DIRNAME, TUS_DIRNAME
+from queued_storage.models import State, StoredFile, StoredFileQuerySet, keyset_pages
+from queued_storage.names import LEDGER_NAME_LENGTH
+from queued_storage.status import status  # re-exported
 from queued_storage.storage import QueuedStorage, get_queued_storage
-from queued_storage.transfer import abort_open_upload, open_uploads
-from queued_storage.uploads import tus_dir
-from queued_storage.verify import DEFAULT_CONCURRENCY, UNCHECKED, VerifyReport, label, verify
+from queued_storage.tasks import Transfer
+from queued_storage.transfer import list_remote
+from queued_storage.verify import (  # merge_reports, verify_in_chunks: re-exported
+    VerifyReport,
+    label,
+    merge_reports,
+    verify,
+    verify_in_chunks,
+)
 from queued_storage.worker import Outcome, RetryLater, TransferHook, run_transfer
 
 __all__ = [
@@ -94,35 +102,8 @@ class Storages:
         return self.found[alias]
 
 
-class Sender:
-    """Sends transfer messages; once the broker refuses, stops trying for this operation (each
-    refusal costs the publish retry policy's time), as the reconcile pass does. A row not sent
-    is marked refused in the ledger, so that a starting worker or the next pass queues it."""
-
-    def __init__(self) -> None:
-        self.broken = False
-
-    def send(self, storage: QueuedStorage, row: StoredFile) -> bool:
-        if not self.broken:
-            queue = storage.queue_for(row.host or None)
-            if dispatch(storage.task, storage.alias, row.name, queue=queue) is not None:
-                return True
-            self.broken = True
-        storage.ledger.refused(row.name)
-        return False
-
-
-def pages(rows: QuerySet[StoredFile], batch: int = 500) -> Iterator[list[StoredFile]]:
-    """*rows* in primary key order, *batch* at a time, one query per page whatever the offset
-    (keyset pagination: no cursor stays open while the rows are changed)."""
-    last: Any = None
-    while True:
-        page = list((rows if last is None else rows.filter(pk__gt=last)).order_by("pk")[:batch])
-        if page:
-            yield page
-        if len(page) < batch:
-            return
-        last = page[-1].pk
+#: Keyset pagination of ledger rows (its home is ``models.keyset_pages``).
+pages = keyset_pages
 
 
 def counted(parts: Iterable[tuple[int, str]]) -> str:
@@ -165,7 +146,7 @@ def transfer_rows(rows: Iterable[StoredFile]) -> Queued:
             done.unknown += 1
         elif row.state not in (State.PENDING, State.FAILED) or not storage.ledger.retry(row.name):
             done.skipped += 1  # a row that moved on meanwhile is skipped too
-        elif sender.send(storage, row):
+        elif sender.send_or_mark(storage, row.name, row.host):
             done.queued += 1
         else:
             done.refused += 1
@@ -216,7 +197,7 @@ def retry_failed_rows(rows: Iterable[StoredFile]) -> Retried:
             done.no_local += 1
         elif not storage.ledger.retry_failed(row, timezone.now()):
             done.changed += 1
-        elif sender.send(storage, row):
+        elif sender.send_or_mark(storage, row.name, row.host):
             done.queued += 1
         else:
             done.refused += 1
@@ -278,55 +259,6 @@ def drop_verified_local_copies(
         else:
             done.kept.append(label(row))
     return done
-
-
-# -- verifying a chunk at a time -------------------------------------------------------------
-def merge_reports(into: VerifyReport, part: VerifyReport) -> VerifyReport:
-    """Add *part*'s findings to *into* (``not_remote`` aside: each caller counts its own)."""
-    into.verified.extend(part.verified)
-    into.size_only += part.size_only
-    into.lost.extend(part.lost)
-    into.unchecked.extend(part.unchecked)
-    into.skipped.extend(part.skipped)
-    return into
-
-
-def _chunks(rows: Iterable[StoredFile], size: int) -> Iterator[list[StoredFile]]:
-    chunk: list[StoredFile] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def verify_in_chunks(
-    rows: Iterable[StoredFile],
-    *,
-    chunk: int = 500,
-    timeout: float | None = None,
-    progress: Callable[[int], None] | None = None,
-    stop_when_unanswered: bool = False,
-) -> tuple[VerifyReport, bool]:
-    """:func:`~queued_storage.verify.verify` *rows*, *chunk* at a time; ``(report, stopped)``.
-
-    *progress* is called with the number of rows each chunk checked. *stop_when_unanswered*:
-    stop after a chunk of which the remote answered no question (down, or black-holed: every
-    further chunk would wait *timeout* too); *stopped* says so.
-    """
-    report = VerifyReport()
-    concurrency = min(DEFAULT_CONCURRENCY, chunk)
-    for part in _chunks(rows, chunk):
-        found = verify(part, batch=chunk, concurrency=concurrency, timeout=timeout)
-        merge_reports(report, found)
-        if progress is not None:
-            progress(len(part))
-        unanswered = all(p.kind == UNCHECKED for p in found.problems) and not found.verified
-        if stop_when_unanswered and found.unchecked and unanswered and not found.lost:
-            return report, True
-    return report, False
 
 
 # -- one transfer in this process ------------------------------------------------------------
@@ -436,378 +368,6 @@ def transfer_here(
     return done
 
 
-# -- status ----------------------------------------------------------------------------------
-def _iso(when: datetime.datetime | None) -> str | None:
-    return None if when is None else when.isoformat()
-
-
-def _age(when: datetime.datetime | None, now: datetime.datetime) -> float | None:
-    return None if when is None else round(max(0.0, (now - when).total_seconds()), 1)
-
-
-def status(aliases: Sequence[str] | None = None, *, limit: int = 20) -> dict[str, Any]:
-    """What the ledger says, as plain JSON-ready data (the schema is in docs/operations.md).
-
-    A handful of aggregate queries whatever the ledger's size, plus at most *limit* rows of
-    transfers in flight (their progress from the cache, where the lease keeper publishes it
-    about once a second, else from the row) and of failures.
-    """
-    now = timezone.now()
-    rows: QuerySet[StoredFile] = StoredFile.objects.using(StoredFile.db()).all()
-    if aliases:
-        rows = rows.filter(alias__in=list(aliases))
-    storages: dict[str, dict[str, Any]] = {}
-
-    def entry(alias: str) -> dict[str, Any]:
-        return storages.setdefault(
-            alias,
-            {
-                "states": {str(s): {"files": 0, "bytes": 0} for s in State.values},
-                "local_copies": {"files": 0, "bytes": 0},
-                "oldest_pending": None,
-                "oldest_pending_age": None,
-            },
-        )
-
-    totals = {str(s): {"files": 0, "bytes": 0} for s in State.values}
-    by_state = rows.values_list("alias", "state").annotate(n=Count("pk"), b=Sum("size"))
-    for alias, state, files, size in by_state.order_by("alias", "state"):
-        counts = {"files": int(files), "bytes": int(size or 0)}
-        entry(alias)["states"][state] = counts
-        totals[state]["files"] += counts["files"]
-        totals[state]["bytes"] += counts["bytes"]
-    local = rows.filter(local_exists=True).values_list("alias").annotate(n=Count("pk"))
-    for alias, files, size in local.annotate(b=Sum("size")).order_by("alias"):
-        entry(alias)["local_copies"] = {"files": int(files), "bytes": int(size or 0)}
-    pending = rows.filter(state=State.PENDING).values_list("alias").annotate(oldest=Min("created"))
-    oldest_all: datetime.datetime | None = None
-    for alias, oldest in pending.order_by("alias"):
-        entry(alias)["oldest_pending"] = _iso(oldest)
-        entry(alias)["oldest_pending_age"] = _age(oldest, now)
-        if oldest is not None and (oldest_all is None or oldest < oldest_all):
-            oldest_all = oldest
-    in_flight = []
-    flying = rows.filter(state=State.TRANSFERRING)
-    for row in flying.order_by("lease_expires", "pk")[:limit]:
-        done, total = read_side.get_progress(settings.CACHE_PREFIX, row.alias, row.name) or (
-            row.bytes_done,
-            row.size or 0,
-        )
-        total = total or row.size or 0
-        in_flight.append(
-            {
-                "storage": row.alias,
-                "name": row.name,
-                "host": row.host,
-                "bytes_done": int(done),
-                "size": int(total),
-                "percent": round(100.0 * done / total, 1) if total else None,
-                "attempts": row.attempts,
-                "lease_owner": row.lease_owner,
-                "lease_expires": _iso(row.lease_expires),
-            }
-        )
-    failures = []
-    failed = rows.filter(state=State.FAILED)
-    for row in failed.order_by("-updated", "-pk")[:limit]:
-        failures.append(
-            {
-                "storage": row.alias,
-                "name": row.name,
-                "host": row.host,
-                "size": row.size,
-                "attempts": row.attempts,
-                "local_copy": row.local_exists,
-                "updated": _iso(row.updated),
-                "reason": redact(row.last_error),
-            }
-        )
-    return {
-        "schema": 1,
-        "generated": _iso(now),
-        "host": settings.HOST,
-        "storages": storages,
-        "totals": totals,
-        "oldest_pending": _iso(oldest_all),
-        "oldest_pending_age": _age(oldest_all, now),
-        "in_flight": in_flight,
-        "in_flight_total": flying.count() if len(in_flight) == limit else len(in_flight),
-        "failures": failures,
-        "failures_total": failed.count() if len(failures) == limit else len(failures),
-        "staging": {
-            "host": settings.HOST,
-            "waiting_bytes": StoredFile.waiting_bytes(settings.HOST),
-            "budget": settings.STAGING_BUDGET,
-        },
-        "tus": _tus_status(aliases, now),
-    }
-
-
-def _tus_status(aliases: Sequence[str] | None, now: datetime.datetime) -> dict[str, int]:
-    """Unfinished resumable uploads (every host's): how many are receiving, how many expired
-    (``cleanup`` removes those), and their bytes received of the lengths they reserve."""
-    rows = TusUpload.objects.using(StoredFile.db()).filter(completed__isnull=True)
-    if aliases:
-        rows = rows.filter(alias__in=list(aliases))
-    found = rows.aggregate(
-        receiving=Count("pk", filter=Q(expires__gt=now)),
-        expired=Count("pk", filter=Q(expires__lte=now)),
-        received=Sum("offset", filter=Q(expires__gt=now)),
-        reserved=Sum("length", filter=Q(expires__gt=now)),
-    )
-    return {
-        "receiving": int(found["receiving"] or 0),
-        "received_bytes": int(found["received"] or 0),
-        "reserved_bytes": int(found["reserved"] or 0),
-        "expired": int(found["expired"] or 0),
-    }
-
-
-# -- what killed processes left behind -------------------------------------------------------
-@dataclass
-class Cleaned:
-    """One thing :func:`cleanup_spool` or :func:`cleanup_uploads` removed (or would)."""
-
-    where: str
-    what: str
-    size: int | None = None
-    age: float = 0.0
-
-
-def _open_files() -> set[tuple[int, int]] | None:
-    """``(device, inode)`` of every file a process holds open, as far as ``/proc`` shows this
-    user (every process for root); ``None`` where there is no ``/proc``."""
-    if not os.path.isdir("/proc/self/fd"):
-        return None
-    found: set[tuple[int, int]] = set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        directory = f"/proc/{pid}/fd"
-        try:
-            descriptors = os.listdir(directory)
-        except OSError:
-            continue  # gone, or another user's
-        for fd in descriptors:
-            try:
-                info = os.stat(f"{directory}/{fd}")
-            except OSError:
-                continue
-            found.add((info.st_dev, info.st_ino))
-    return found
-
-
-def _local_roots(storages: Iterable[QueuedStorage]) -> list[str]:
-    roots = set()
-    for storage in storages:
-        try:
-            roots.add(os.path.realpath(storage.local.path("")))
-        except Exception:
-            continue  # no paths: no spool either (the upload views need paths)
-    return sorted(roots)
-
-
-def _old_files(
-    storages: Iterable[QueuedStorage], dirname: str, older_than: float, now: float
-) -> Iterator[tuple[os.DirEntry[str], os.stat_result]]:
-    """The regular files (not links, not folders) directly in each staging root's *dirname*
-    that are unchanged (``mtime``) for more than *older_than* seconds, by name."""
-    for root in _local_roots(storages):
-        try:
-            entries = list(os.scandir(os.path.join(root, dirname)))
-        except FileNotFoundError:
-            continue
-        for entry in sorted(entries, key=lambda e: e.name):
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISREG(info.st_mode) and now - info.st_mtime > older_than:
-                yield entry, info
-
-
-def cleanup_spool(
-    storages: Iterable[QueuedStorage], *, older_than: float, dry_run: bool = False
-) -> tuple[list[Cleaned], list[str]]:
-    """Remove the upload views' spool files that a killed web process left.
-
-    A body being received is written to ``<staging root>/.queued_storage-incoming/`` and moved
-    into place by the save; a process killed in between leaves it there. Removed: regular
-    files unchanged for *older_than* seconds that no process holds open (a slow upload in
-    progress keeps its file open and keeps writing to it). Returns ``(removed, in_use)``.
-    """
-    now = time.time()
-    candidates = [
-        (entry.path, info) for entry, info in _old_files(storages, SPOOL_DIRNAME, older_than, now)
-    ]
-    if not candidates:
-        return [], []
-    held = _open_files() or set()
-    removed: list[Cleaned] = []
-    in_use: list[str] = []
-    for path, info in candidates:
-        if (info.st_dev, info.st_ino) in held:
-            in_use.append(path)
-            continue
-        if not dry_run:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                continue  # taken by its save, or removed by another cleanup meanwhile
-        removed.append(Cleaned(os.path.dirname(path), path, info.st_size, now - info.st_mtime))
-    return removed, in_use
-
-
-def cleanup_tus(
-    storages: Iterable[QueuedStorage], *, dry_run: bool = False
-) -> tuple[list[Cleaned], list[str]]:
-    """Remove the tus uploads of this host whose ``expires`` has passed: the bytes of an
-    unfinished one (which end its reservation in the staging budget) and the row.
-
-    An upload a request is appending to right now (its file is locked) is left for the next
-    run. Returns ``(removed, in_use)``.
-    """
-    now = timezone.now()
-    chosen = {storage.alias: storage for storage in storages}
-    removed: list[Cleaned] = []
-    in_use: list[str] = []
-    for row in tus_expired(now, host=settings.HOST):
-        storage = chosen.get(row.alias)
-        if storage is None:
-            continue
-        path = os.path.join(tus_dir(storage.local), str(row.id))
-        age = (now - row.expires).total_seconds()
-        size: int | None = None
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            fd = None
-        try:
-            if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    in_use.append(f"{row.alias}:{row.name} (tus {row.id})")
-                    continue
-                size = os.fstat(fd).st_size
-                if not dry_run:
-                    os.unlink(path)
-            if not dry_run:
-                tus_forget(row.id)
-        finally:
-            if fd is not None:
-                os.close(fd)
-        removed.append(Cleaned(row.alias, f"{row.name} (tus {row.id})", size, age))
-    return removed, in_use
-
-
-def cleanup_tus_orphans(
-    storages: Iterable[QueuedStorage], *, older_than: float, dry_run: bool = False
-) -> list[Cleaned]:
-    """Remove the tus part files that no upload row owns, unchanged for *older_than* seconds.
-
-    A creation writes the part file (``<staging root>/.queued_storage-tus/<id>``) and then the
-    row; a web process killed in between leaves a file no row names, and so does a row deleted
-    by hand or lost with a database restore. :func:`cleanup_tus` never sees those (it works
-    from the rows). Only regular files named by an upload id (a UUID, as the view writes it)
-    directly in that directory are considered, on every host (no row means no host owns it):
-    those whose id has no row, unchanged (``mtime``) for *older_than* seconds, and not locked
-    by a request right now. A creation still about to write its row has a file seconds old.
-    """
-    now = time.time()
-    candidates: list[tuple[str, uuid.UUID, os.stat_result]] = []
-    for entry, info in _old_files(storages, TUS_DIRNAME, older_than, now):
-        try:
-            upload_id = uuid.UUID(entry.name)
-        except ValueError:
-            continue
-        if str(upload_id) == entry.name:  # a name the view writes
-            candidates.append((entry.path, upload_id, info))
-    if not candidates:
-        return []
-    owned = TusUpload.known(upload_id for _, upload_id, _ in candidates)
-    removed: list[Cleaned] = []
-    for path, upload_id, info in candidates:
-        if upload_id in owned:
-            continue
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            continue  # removed meanwhile (a DELETE of its upload)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            if not dry_run:
-                os.unlink(path)
-        finally:
-            os.close(fd)
-        removed.append(Cleaned(os.path.dirname(path), path, info.st_size, now - info.st_mtime))
-    return removed
-
-
-#: Most pages of ``ListMultipartUploads`` (1,000 uploads each) read per remote.
-UPLOAD_PAGES = 20
-
-
-def cleanup_uploads(
-    storages: Iterable[QueuedStorage], *, older_than: float, dry_run: bool = False
-) -> tuple[list[Cleaned], list[str]]:
-    """Abort the S3 multipart uploads under each storage's location that are older than
-    *older_than* seconds and that no ledger row records (``upload_id``); ``(aborted, errors)``.
-
-    An upload a row records is the resume point of its transfer; a name whose row is leased
-    right now is left alone too (its worker may be about to record the upload it opened).
-    Unlike the reconcile pass, which only touches names the ledger knows, this also aborts
-    uploads of names it does not know (a file deleted while a killed worker held its upload
-    open): a bucket shared with other applications needs a storage ``location`` of its own.
-    """
-    now = timezone.now()
-    young = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=older_than)
-    db = StoredFile.db()
-    aborted: list[Cleaned] = []
-    errors: list[str] = []
-    seen: set[str] = set()
-    for storage in storages:
-        try:
-            for page in open_uploads(storage.remote, UPLOAD_PAGES):
-                uploads = [u for u in page if u.initiated <= young and u.upload_id not in seen]
-                seen.update(u.upload_id for u in uploads)
-                if not uploads:
-                    continue
-                owned = set(
-                    StoredFile.objects.using(db)
-                    .filter(upload_id__in=[u.upload_id for u in uploads])
-                    .values_list("upload_id", flat=True)
-                )
-                leased = set(
-                    StoredFile.objects.using(db)
-                    .filter(
-                        name__in=[u.name for u in uploads],
-                        state=State.TRANSFERRING,
-                        lease_expires__gt=now,
-                    )
-                    .values_list("name", flat=True)
-                )
-                for upload in uploads:
-                    if upload.upload_id in owned or upload.name in leased:
-                        continue
-                    if not dry_run and not abort_open_upload(
-                        storage.remote, upload.name, upload.upload_id
-                    ):
-                        errors.append(f"{storage.alias}:{upload.name}: could not abort (logged)")
-                        continue
-                    age = (now - upload.initiated).total_seconds()
-                    aborted.append(Cleaned(storage.alias, upload.name, None, age))
-        except Exception as err:
-            errors.append(
-                f"{storage.alias}: could not list the open multipart uploads "
-                f"({type(err).__name__}: {redact(str(err))})"
-            )
-    return aborted, errors
-
-
 def cleanup_local_copies(
     aliases: Sequence[str],
     *,
@@ -820,13 +380,7 @@ def cleanup_local_copies(
     seconds ago, deleted where the remote copy verifies again now
     (:func:`drop_verified_local_copies`, *batch* rows at a time)."""
     cutoff = timezone.now() - datetime.timedelta(seconds=older_than)
-    rows = StoredFile.objects.using(StoredFile.db()).filter(
-        alias__in=list(aliases),
-        state=State.REMOTE,
-        local_exists=True,
-        host=settings.HOST,
-        transferred__lt=cutoff,
-    )
+    rows = StoredFile.all_rows().of(aliases).on_host(settings.HOST).local_copies_of_remote(cutoff)
     total = LocalCopies()
     for page in pages(rows, batch):
         done = drop_verified_local_copies(page, timeout=timeout, dry_run=dry_run)
@@ -859,3 +413,239 @@ def human_age(seconds: float | None) -> str:
         if seconds >= size:
             return f"{int(seconds // size)} {unit}"
     return f"{seconds:.0f} s"
+
+
+# -- one call per subcommand of ``manage.py queued_storage`` ---------------------------------
+def task_policy(storage: QueuedStorage) -> tuple[bool | None, TransferHook | None]:
+    """``delete_local`` and the ``transfer()`` hook the storage's Celery task would run with
+    (what :meth:`queued_storage.tasks.Transfer.run` passes to ``run_transfer``)."""
+    task = storage.task
+    resolve = getattr(task, "_get_current_object", None)
+    if callable(resolve):
+        task = resolve()
+    if not isinstance(task, Transfer):
+        return None, None
+    return task.delete_local, task.transfer_hook
+
+
+def select_named(
+    names: Sequence[str], aliases: Sequence[str] | None
+) -> tuple[list[StoredFile], list[str]]:
+    """The rows of *names* (in *aliases*, else in any storage), and the problems with the names:
+    not in the ledger, or in several storages."""
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        return [], []
+    found: dict[str, list[StoredFile]] = {}
+    for row in StoredFile.all_rows().named(wanted).of(aliases or None).order_by("alias"):
+        found.setdefault(row.name, []).append(row)
+    problems = []
+    chosen = []
+    for name in wanted:
+        matches = found.get(name, [])
+        if not matches:
+            problems.append(f"{name!r}: not in the ledger (reconcile --adopt records local files)")
+        elif len(matches) > 1:
+            where = ", ".join(row.alias for row in matches)
+            problems.append(f"{name!r} is in several storages ({where}): name one with --storage")
+        else:
+            chosen.append(matches[0])
+    return chosen, problems
+
+
+def _the_others(named: list[StoredFile], aliases: Sequence[str] | None) -> StoredFileQuerySet:
+    return StoredFile.all_rows().other_than(named).of(aliases or None)
+
+
+@dataclass
+class Transfers:
+    """What :func:`queue_transfers` did."""
+
+    problems: list[str] = field(default_factory=list)
+    queued: Queued | None = None
+    retried: Retried | None = None
+
+    @property
+    def refused(self) -> int:
+        return (self.queued.refused if self.queued else 0) + (
+            self.retried.refused if self.retried else 0
+        )
+
+
+def queue_transfers(
+    names: Sequence[str], *, aliases: Sequence[str] | None, pending: bool, failed: bool
+) -> Transfers:
+    """Queue the transfer of the files *names*, of every ``pending`` file (*pending*) and of
+    every ``failed`` file whose local copy is there (*failed*, a fresh retry budget)."""
+    named, problems = select_named(names, aliases)
+    rows = _the_others(named, aliases)
+    done = Transfers(problems)
+    if named or pending:
+        waiting = rows.pending().in_pages() if pending else ()
+        done.queued = transfer_rows(itertools.chain(named, itertools.chain.from_iterable(waiting)))
+    if failed:
+        done.retried = retry_failed_rows(itertools.chain.from_iterable(rows.failed().in_pages()))
+    return done
+
+
+@dataclass
+class TransfersHere:
+    """What :func:`transfer_files_here` did."""
+
+    problems: list[str] = field(default_factory=list)
+    results: list[TransferHere] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def transfer_files_here(
+    names: Sequence[str],
+    *,
+    aliases: Sequence[str] | None,
+    pending: bool,
+    failed: bool,
+    say: Callable[[str], None],
+    warn: Callable[[str], None],
+    progress: Callable[[StoredFile], tuple[Callable[[int, int], None], Callable[[], None]]],
+) -> TransfersHere:
+    """Transfer in this process (:func:`transfer_here`, with the storage task's policy) the
+    files *names*, this host's ``pending`` files with a local copy (*pending*) and its
+    ``failed`` ones (*failed*), one after the other. Each problem goes to *warn* as it is
+    found, each result to *say* (done) or *warn* (not); *progress* gives a file's progress
+    callback and what to call when it is over."""
+    named, problems = select_named(names, aliases)
+    for problem in problems:
+        warn(problem)
+    rows = _the_others(named, aliases)
+    here = rows.on_hosts([settings.HOST, ""])
+    chosen: list[Iterable[StoredFile]] = [named]
+    if pending:
+        chosen.append(itertools.chain.from_iterable(here.pending_with_local_copy().in_pages()))
+        if count := rows.pending().not_on_hosts([settings.HOST, ""]).count():
+            say(f"{count} pending file(s) of other hosts left to them.")
+    if failed:
+        chosen.append(itertools.chain.from_iterable(here.failed_with_local_copy().in_pages()))
+    known = Storages()
+    done = TransfersHere(problems)
+    began = time.monotonic()
+    for row in itertools.chain.from_iterable(chosen):
+        storage = known.get(row.alias)
+        if storage is None:
+            problems.append(f"{row.alias}:{row.name}: a storage this process does not know")
+            warn(problems[-1])
+            continue
+        delete_local, hook = task_policy(storage)
+        moved, over = progress(row)
+        try:
+            result = transfer_here(
+                storage, row, delete_local=delete_local, hook=hook, progress=moved
+            )
+        finally:
+            over()
+        done.results.append(result)
+        (say if result.ok else warn)(str(result))
+    done.seconds = time.monotonic() - began
+    return done
+
+
+def verify_files(
+    aliases: Sequence[str] | None,
+    *,
+    since: datetime.datetime | None = None,
+    prefix: str = "",
+    sample: int | None = None,
+    timeout: float | None = None,
+    chunk: int = 100,
+    start: Callable[[int], Callable[[int], None]] | None = None,
+) -> VerifyReport:
+    """Verify the ``remote`` files of *aliases* (every storage: ``None``), transferred *since*,
+    whose names begin with *prefix*: all of them, *chunk* at a time, or a random *sample*.
+    *start* is called with the number of files once it is known, and returns the callback
+    that each chunk's count is given to. The report counts the selected files that are not
+    ``remote`` (before the verify fails some)."""
+    rows = StoredFile.all_rows().of(aliases or None)
+    if since is not None:
+        rows = rows.transferred_since(since)
+    if prefix:
+        rows = rows.starting_with(prefix)
+    remote = rows.remote()
+    not_remote = rows.not_remote().count()
+    selection: Iterable[StoredFile]
+    if sample:
+        selection = list(remote.order_by("?")[:sample])
+        total = len(selection)
+    else:
+        selection, total = itertools.chain.from_iterable(remote.in_pages()), remote.count()
+    progress = start(total) if start is not None else None
+    report, _ = verify_in_chunks(selection, chunk=chunk, timeout=timeout, progress=progress)
+    report.not_remote = not_remote
+    return report
+
+
+@dataclass
+class Cleanup:
+    """What :func:`cleanup` removed (or, dry, would), by kind."""
+
+    #: ``None``: local copies are kept (``QUEUED_STORAGE_CLEANUP_LOCAL_AFTER = None``).
+    local_copies: LocalCopies | None
+    spool: list[Cleaned]
+    spool_in_use: list[str]
+    tus: list[Cleaned]
+    tus_receiving: list[str]
+    tus_orphans: list[Cleaned]
+    uploads: list[Cleaned]
+    upload_errors: list[str]
+
+
+def cleanup(storages: Sequence[QueuedStorage], *, timeout: float, dry_run: bool) -> Cleanup:
+    """Every clean-up of ``manage.py queued_storage cleanup``, with the settings' ages: the
+    local copies of files remote for ``CLEANUP_LOCAL_AFTER`` (:func:`cleanup_local_copies`,
+    *timeout* per remote request), spool files, expired tus uploads, tus part files no upload
+    owns and multipart uploads no ledger row records (:mod:`queued_storage.cleanup`)."""
+    grace = settings.CLEANUP_LOCAL_AFTER
+    copies = None
+    if grace is not None:
+        aliases = [s.alias for s in storages]
+        copies = cleanup_local_copies(aliases, older_than=grace, timeout=timeout, dry_run=dry_run)
+    spool, in_use = cleanup_spool(
+        storages, older_than=settings.CLEANUP_SPOOL_AFTER, dry_run=dry_run
+    )
+    expired, receiving = cleanup_tus(storages, dry_run=dry_run)
+    orphans = cleanup_tus_orphans(storages, older_than=settings.TUS_EXPIRY, dry_run=dry_run)
+    aborted, errors = cleanup_uploads(
+        storages, older_than=settings.CLEANUP_UPLOADS_AFTER, dry_run=dry_run
+    )
+    return Cleanup(copies, spool, in_use, expired, receiving, orphans, aborted, errors)
+
+
+#: Names looked up and inserted per ledger query by :func:`seed` (under SQLite's limit).
+SEED_BATCH = 500
+
+
+@dataclass
+class Seeded:
+    """What :func:`seed` did (or, dry, would)."""
+
+    listed: int = 0
+    seeded: int = 0
+    #: Names over the ledger's limit, not seeded.
+    too_long: list[str] = field(default_factory=list)
+
+
+def seed(storage: QueuedStorage, prefix: str = "", *, dry_run: bool = False) -> Seeded:
+    """Record the objects *storage*'s remote holds under *prefix* as ``remote`` rows
+    (:meth:`~queued_storage.ledger.Ledger.seed_remote`: names the ledger knows are left
+    alone); *dry_run* counts the names that would be seeded."""
+    done = Seeded()
+    objects = list_remote(storage.remote, prefix)
+    while batch := list(itertools.islice(objects, SEED_BATCH)):
+        done.listed += len(batch)
+        if dry_run:
+            names = [name for name, _, _ in batch]
+            done.seeded += (
+                len(batch) - StoredFile.all_rows().of_storage(storage.alias).named(names).count()
+            )
+            continue
+        done.too_long += [name for name, _, _ in batch if len(name) > LEDGER_NAME_LENGTH]
+        batch = [o for o in batch if len(o[0]) <= LEDGER_NAME_LENGTH]
+        done.seeded += len(storage.ledger.seed_remote(batch))
+    return done

@@ -16,7 +16,7 @@ each queued storage and at most ``QUEUED_STORAGE_RECONCILE_BATCH`` rows of each 
    ``QUEUED_STORAGE_RECONCILE_AFTER`` seconds (default: the lease timeout) after the latest
    moment their message was due, the save or the last attempt plus that attempt's longest
    backoff (the broker refused or lost the message, the worker was killed holding it, Redis
-   was flushed): queued again through :func:`queued_storage.dispatch.dispatch`, so the message
+   was flushed): queued again through :class:`queued_storage.dispatch.Sender`, so the message
    is still ``[alias, name]``. A re-queue is a transient failure too, so a file re-queued again
    and again (it waits in a long queue) is re-queued less and less often, as retries are.
 3. ``failed=True`` only: ``failed`` rows get a fresh retry budget and are queued again.
@@ -72,21 +72,21 @@ from django.core.cache import caches
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.utils import validate_file_name
 from django.db import connections
-from django.db.models import Count, DateTimeField, ExpressionWrapper, F, Q, QuerySet, Value
 from django.utils import timezone
 
 from queued_storage import state as read_side
+from queued_storage.cleanup import PASS_UPLOAD_PAGES, abort_orphan_uploads
 from queued_storage.conf import settings
-from queued_storage.dispatch import dispatch
+from queued_storage.dispatch import Sender
 from queued_storage.exceptions import InfrastructureError, LocalFileMissing, StorageNotFound
-from queued_storage.models import State, StoredFile
+from queued_storage.models import StoredFile, overdue
 from queued_storage.names import OWN_DIRECTORY_PREFIX, checked_name
-from queued_storage.operations import verify_in_chunks
 from queued_storage.signals import transfer_failed
 from queued_storage.state import cache_key
 from queued_storage.storage import QueuedStorage, get_queued_storage, queued_storages
-from queued_storage.transfer import abort_open_upload, open_uploads, remote_exists
-from queued_storage.verify import DEFAULT_CONCURRENCY, VerifyReport
+from queued_storage.transfer import abort_open_upload, remote_exists
+from queued_storage.verify import DEFAULT_CONCURRENCY, VerifyReport, verify_in_chunks
+from queued_storage.worker import retried_for
 
 __all__ = [
     "LOST",
@@ -217,69 +217,8 @@ class Report:
         return "; ".join(parts)
 
 
-def overdue(now: datetime.datetime, after: float) -> Q:
-    """``pending`` rows whose transfer should have started by *now*: *after* seconds have passed
-    since the latest moment their message was due.
-
-    * In a run of transient failures (``retrying_since`` set: an outage, a lost worker, a lost
-      message): the retry waits at most as long as the run had lasted when it was scheduled
-      (``updated - retrying_since``), at least ``RETRY_DELAY`` and at most ``RETRY_MAX_DELAY``,
-      the bound of ``worker.outage_backoff``; computed in the database, exactly.
-    * After the file's *n*-th error about itself: ``min(RETRY_MAX_DELAY, RETRY_DELAY * 2**(n-1))``.
-    * Neither failed nor re-queued: its message was due at the save.
-    """
-    cutoff = now - datetime.timedelta(seconds=after)
-    base, cap = settings.RETRY_DELAY, settings.RETRY_MAX_DELAY
-
-    def before(seconds: float) -> datetime.datetime:
-        return cutoff - datetime.timedelta(seconds=seconds)
-
-    # updated + min(cap, max(base, updated - retrying_since)) < cutoff
-    waited_as_long = ExpressionWrapper(
-        Value(cutoff) - (F("updated") - F("retrying_since")), output_field=DateTimeField()
-    )
-    running = Q(retrying_since__isnull=False) & (
-        Q(updated__lt=before(cap)) | (Q(updated__lt=before(base)) & Q(updated__lt=waited_as_long))
-    )
-    counted = Q(attempts=0, updated__lt=cutoff)
-    attempt = 1
-    while attempt <= settings.RETRIES:
-        wait = min(cap, base * 2 ** (attempt - 1))
-        if wait >= cap:
-            break
-        counted |= Q(attempts=attempt, updated__lt=before(wait))
-        attempt += 1
-    # From here on every wait is the cap (or no retry waits at all: more errors than the
-    # budget allows come from a budget that was lowered since).
-    counted |= Q(attempts__gte=attempt, updated__lt=before(cap))
-    return running | (Q(retrying_since__isnull=True) & counted)
-
-
-def _retried_for(row: StoredFile, now: datetime.datetime) -> float:
-    """Seconds since the row's run of transient failures began (0: none is running)."""
-    if row.retrying_since is None:
-        return 0.0
-    return (now - row.retrying_since).total_seconds()
-
-
 def _label(row: StoredFile) -> str:
     return f"{row.alias}:{row.name}"
-
-
-class _Sender:
-    """Re-queues through ``tasks.dispatch``; stops trying for the pass once the broker refuses
-    (each refusal costs the publish retry policy's time)."""
-
-    def __init__(self) -> None:
-        self.broken = False
-
-    def send(self, storage: QueuedStorage, name: str, host: str) -> bool:
-        if self.broken:
-            return False
-        if dispatch(storage.task, storage.alias, name, queue=storage.queue_for(host)) is None:
-            self.broken = True
-            return False
-        return True
 
 
 class _Pass:
@@ -289,7 +228,7 @@ class _Pass:
         self,
         storage: QueuedStorage,
         report: Report,
-        sender: _Sender,
+        sender: Sender,
         *,
         hosts: list[str] | None,
         now: datetime.datetime,
@@ -300,8 +239,7 @@ class _Pass:
         self.storage, self.report, self.sender = storage, report, sender
         self.ledger = storage.ledger
         self.now, self.after, self.batch, self.adopt = now, after, batch, adopt
-        rows = StoredFile.objects.using(StoredFile.db()).filter(alias=storage.alias)
-        self.rows: QuerySet[StoredFile] = rows if hosts is None else rows.filter(host__in=hosts)
+        self.rows = StoredFile.all_rows().of_storage(storage.alias).on_hosts(hosts)
 
     # -- helpers ---------------------------------------------------------------------------
     def _present(self, name: str) -> bool:
@@ -371,31 +309,24 @@ class _Pass:
     def refused(self) -> None:
         """``pending`` rows whose message the broker refused (``dispatch_refused``): queued
         now, without waiting until they are overdue (one partial index finds them)."""
-        rows = self.rows.filter(
-            dispatch_refused__isnull=False,
-            state=State.PENDING,
-            local_exists=True,
-            size__isnull=False,
-        )
-        for row in rows.order_by("dispatch_refused")[: self.batch]:
+        for row in self.rows.refused().order_by("dispatch_refused")[: self.batch]:
             if not self._present(row.name):
                 self._lost(row)
             elif self.ledger.claim_refused(row, self.now):
                 self._requeue(row, self.report.requeued_refused)
 
     def expired_leases(self) -> None:
-        rows = self.rows.filter(state=State.TRANSFERRING, lease_expires__lt=self.now)
-        for row in rows.order_by("lease_expires")[: self.batch]:
+        for row in self.rows.expired_leases(self.now).order_by("lease_expires")[: self.batch]:
             if not self._present(row.name):
                 self._lost(row)
-            elif _retried_for(row, self.now) >= settings.RETRY_FOR:
+            elif retried_for(row, self.now) >= settings.RETRY_FOR:
                 self._give_up(row)
             elif self.ledger.take_back(row, self.now):
                 self._requeue(row, self.report.taken_over)
 
     def overdue(self) -> None:
-        rows = self.rows.filter(state=State.PENDING, local_exists=True, size__isnull=False)
-        for row in rows.filter(overdue(self.now, self.after)).order_by("updated")[: self.batch]:
+        rows = self.rows.overdue(self.now, self.after)
+        for row in rows.order_by("updated")[: self.batch]:
             if not self._present(row.name):
                 self._lost(row)
             elif self.ledger.claim(row, self.now):
@@ -417,7 +348,7 @@ class _Pass:
         )
 
     def failed(self) -> None:
-        rows = self.rows.filter(state=State.FAILED)
+        rows = self.rows.failed()
         for local_exists in (True, False):  # lost rows apart, so they never starve the others
             for row in rows.filter(local_exists=local_exists).order_by("updated")[: self.batch]:
                 if not self._present(row.name):
@@ -428,10 +359,7 @@ class _Pass:
 
     def stale_reservations(self) -> None:
         cutoff = self.now - datetime.timedelta(seconds=self.after)
-        rows = self.rows.filter(
-            state=State.PENDING, local_exists=False, size__isnull=True, updated__lt=cutoff
-        )
-        for row in rows.order_by("updated")[: self.batch]:
+        for row in self.rows.stale_reservations(cutoff).order_by("updated")[: self.batch]:
             if self._present(row.name):
                 # The save wrote the file, then crashed before recording it.
                 if not self.adopt:
@@ -455,69 +383,37 @@ class _Pass:
         if not self.storage.delete_local:
             return
         cutoff = self.now - datetime.timedelta(seconds=self.after)
-        rows = self.rows.filter(state=State.REMOTE, local_exists=True, transferred__lt=cutoff)
+        rows = self.rows.local_copies_of_remote(cutoff)
         for row in rows.order_by("transferred")[: self.batch]:
             if self.ledger.drop_local(row.name, row.size, self.storage.local.delete):
                 self.report.cleaned.append(_label(row))
 
 
-#: Most pages of ``ListMultipartUploads`` (1,000 uploads each) one pass reads per storage.
-_UPLOAD_PAGES = 5
-
-
 def _orphan_uploads(
     storage: QueuedStorage, report: Report, *, now: datetime.datetime, after: float, batch: int
 ) -> None:
-    """Abort the S3 multipart uploads of this storage's files that no ledger row can resume.
-
-    Only keys the ledger knows for this storage are touched (a bucket may be shared), never
-    the upload a row records, never while a live lease holder may be about to record one, and
-    never an upload younger than *after* seconds.
-    """
-    # S3 gives aware UTC times, whatever USE_TZ says.
-    young = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=after)
-    aborted = 0
-    try:
-        for page in open_uploads(storage.remote, _UPLOAD_PAGES):
-            uploads = [u for u in page if u.initiated <= young]
-            names = {u.name for u in uploads}
-            rows = {
-                row.name: row
-                for row in StoredFile.objects.using(StoredFile.db()).filter(
-                    alias=storage.alias, name__in=list(names)
-                )
-            }
-            for upload in uploads:
-                name = upload.name
-                row = rows.get(name)
-                if (
-                    row is None
-                    or row.upload_id == upload.upload_id
-                    or (
-                        row.state == State.TRANSFERRING
-                        and row.lease_expires is not None
-                        and row.lease_expires > now
-                    )
-                ):
-                    continue
-                if not abort_open_upload(storage.remote, name, upload.upload_id):
-                    return  # logged; the next pass tries again
-                report.aborted_uploads.append(f"{storage.alias}:{name}")
-                logger.warning(
-                    "aborted an open multipart upload of %r that no ledger row can resume (its "
-                    "worker died before recording it)",
-                    name,
-                )
-                aborted += 1
-                if aborted >= batch:
-                    return
-    except Exception as err:
+    """Abort the S3 multipart uploads of this storage's files that no ledger row can resume
+    (:func:`queued_storage.cleanup.orphaned`): only names the ledger knows for this storage (a
+    bucket may be shared), none younger than *after* seconds, at most *batch*; the first that
+    cannot be aborted ends it until the next pass."""
+    done = abort_orphan_uploads(
+        storage,
+        older_than=after,
+        max_pages=PASS_UPLOAD_PAGES,
+        known_only=True,
+        limit=batch,
+        stop_at_failure=True,
+        now=now,
+    )
+    for upload in done.aborted:
+        report.aborted_uploads.append(f"{storage.alias}:{upload.what}")
         logger.warning(
-            "could not look for orphaned multipart uploads of storage %r (%s: %s); next pass",
-            storage.alias,
-            type(err).__name__,
-            err,
+            "aborted an open multipart upload of %r that no ledger row can resume (its "
+            "worker died before recording it)",
+            upload.what,
         )
+    for error in done.errors:
+        logger.warning("orphaned multipart uploads: %s; next pass", error)
 
 
 def _local_root(storage: QueuedStorage) -> str | None:
@@ -538,7 +434,7 @@ def _adopt(
     storage: QueuedStorage,
     root: str,
     report: Report,
-    sender: _Sender,
+    sender: Sender,
     *,
     now: datetime.datetime,
     after: float,
@@ -546,7 +442,6 @@ def _adopt(
 ) -> None:
     """Give a row to each local file no ledger row knows, and queue its transfer."""
     cutoff = (now - datetime.timedelta(seconds=after)).timestamp()
-    db = StoredFile.db()
     adopted = 0
     for directory, files in _walk(root):
         candidates: dict[str, os.stat_result] = {}
@@ -561,11 +456,7 @@ def _adopt(
             candidates[os.path.relpath(path, root).replace(os.sep, "/")] = info
         if not candidates:
             continue
-        known = set(
-            StoredFile.objects.using(db)
-            .filter(name__in=list(candidates))
-            .values_list("name", flat=True)
-        )
+        known = StoredFile.all_rows().named(candidates).names()
         for name, info in candidates.items():
             if name in known:
                 continue
@@ -597,10 +488,9 @@ def _adopt(
                 continue  # another pass adopted it (or a save took the name) meanwhile
             adopted += 1
             label = f"{storage.alias}:{name}"
-            if sender.send(storage, name, settings.HOST):
+            if sender.send_or_mark(storage, name, settings.HOST):
                 report.adopted.append(label)
             else:
-                storage.ledger.refused(name)
                 report.not_queued.append(label)
 
 
@@ -609,20 +499,13 @@ def _storages(aliases: Sequence[str] | None, report: Report) -> dict[str, Queued
     if aliases is not None:
         wanted = list(dict.fromkeys(aliases))
     else:
-        busy = (
-            StoredFile.objects.using(StoredFile.db())
-            .filter(~Q(state=State.REMOTE) | Q(local_exists=True))
-            .values_list("alias", flat=True)
-            .distinct()
-        )
-        wanted = sorted(set(busy))
+        wanted = StoredFile.all_rows().with_work().aliases()
     found: dict[str, QueuedStorage] = {}
     for alias in wanted:
         try:
             found[alias] = get_queued_storage(alias)
         except StorageNotFound as err:
-            rows = StoredFile.objects.using(StoredFile.db()).filter(alias=alias)
-            count = rows.exclude(state=State.REMOTE).count()
+            count = StoredFile.all_rows().of_storage(alias).not_remote().count()
             if aliases is not None or count:
                 report.errors.append(
                     f"{count} file(s) of the storage {alias!r} cannot be transferred: {err}"
@@ -647,7 +530,7 @@ def reconcile(
     after, batch = settings.RECONCILE_AFTER, settings.RECONCILE_BATCH
     host = settings.HOST
     report = Report(host=host, staging_budget=settings.STAGING_BUDGET)
-    sender = _Sender()
+    sender = Sender()
     hosts = None if all_hosts else [host]
     selected = _storages(aliases, report)
     for storage in selected.values():
@@ -702,14 +585,8 @@ def reconcile_on_start(*, now: datetime.datetime | None = None) -> Report | None
         return None
     now = now or timezone.now()
     report = Report(host=host, staging_budget=settings.STAGING_BUDGET)
-    sender = _Sender()
-    busy = (
-        StoredFile.objects.using(StoredFile.db())
-        .filter(host=host, state__in=[State.PENDING, State.TRANSFERRING])
-        .values_list("alias", flat=True)
-        .distinct()
-    )
-    for alias in sorted(set(busy)):
+    sender = Sender()
+    for alias in StoredFile.all_rows().in_progress_on(host).aliases():
         try:
             storage = get_queued_storage(alias)
         except StorageNotFound as err:
@@ -762,7 +639,7 @@ def start_up_passes() -> None:
 def _adopt_all(
     selected: dict[str, QueuedStorage],
     report: Report,
-    sender: _Sender,
+    sender: Sender,
     *,
     now: datetime.datetime,
     after: float,
@@ -795,28 +672,14 @@ def _report_elsewhere(
     after: float,
 ) -> None:
     """Count the overdue files of other hosts, which this pass leaves to their own passes."""
-    rows = (
-        StoredFile.objects.using(StoredFile.db())
-        .filter(alias__in=list(selected))
-        .exclude(host__in=hosts)
-        .filter(
-            Q(state=State.PENDING, local_exists=True) & overdue(now, after)
-            | Q(state=State.TRANSFERRING, lease_expires__lt=now)
-        )
-    )
-    for host, count in rows.values_list("host").annotate(count=Count("pk")).order_by("host"):
-        report.elsewhere[str(host)] = int(count)
+    rows = StoredFile.all_rows().of(selected).not_on_hosts(hosts).late(now, after)
+    for host, count in rows.count_by_host():
+        report.elsewhere[host] = count
 
 
 def _report_lost(report: Report, aliases: Sequence[str] | None, batch: int) -> None:
     """Every row (of any host) that is not remote and whose local copy is gone."""
-    rows = (
-        StoredFile.objects.using(StoredFile.db())
-        .exclude(state=State.REMOTE)
-        .filter(local_exists=False, size__isnull=False)
-    )
-    if aliases is not None:
-        rows = rows.filter(alias__in=list(aliases))
+    rows = StoredFile.all_rows().lost().of(aliases)
     report.lost_total = rows.count()
     report.lost = [
         f"{row.alias}:{row.name} (host {row.host}, {row.size} bytes)"
@@ -825,7 +688,7 @@ def _report_lost(report: Report, aliases: Sequence[str] | None, batch: int) -> N
 
 
 def _log(report: Report) -> None:
-    counts: dict[str, Any] = report.counts()
+    counts: dict[str, int] = report.counts()
     logger.info(
         "reconcile pass on %s: %s",
         report.host,
@@ -881,9 +744,7 @@ def _verify_sample(report: Report, aliases: Sequence[str] | None) -> None:
     sample = settings.RECONCILE_VERIFY_SAMPLE
     if not sample:
         return
-    rows = StoredFile.objects.using(StoredFile.db()).filter(state=State.REMOTE)
-    if aliases is not None:
-        rows = rows.filter(alias__in=list(aliases))
+    rows = StoredFile.all_rows().remote().of(aliases)
     cache = caches[settings.CACHE]
     try:
         after = int(cache.get(_key("verify-cursor")) or 0)

@@ -30,7 +30,7 @@ from django.core.files.storage import Storage
 from queued_storage.conf import settings
 from queued_storage.reconcile import reconcile as run_pass
 from queued_storage.reconcile import start_up_passes
-from queued_storage.worker import RetryLater, run_transfer
+from queued_storage.worker import RetryLater, TransferHook, run_transfer
 
 __all__ = ["Transfer", "TransferAndDelete", "reconcile", "transfer"]
 
@@ -72,11 +72,19 @@ class Transfer(Task):  # type: ignore[misc]
         _share(cls)
 
     def run(self, alias: str, name: str) -> str:
-        hook = None if type(self).transfer is Transfer.transfer else self.transfer
         try:
-            return run_transfer(alias, name, delete_local=self.delete_local, hook=hook).value
+            return run_transfer(
+                alias, name, delete_local=self.delete_local, hook=self.transfer_hook
+            ).value
         except RetryLater as later:
             raise self.retry(countdown=later.countdown, max_retries=None) from later
+
+    @property
+    def transfer_hook(self) -> TransferHook | None:
+        """This task's own :meth:`transfer` where a subclass overrides it, else ``None`` (the
+        engine runs): what :meth:`run` and ``manage.py queued_storage transfer --sync`` pass
+        to ``run_transfer``."""
+        return None if type(self).transfer is Transfer.transfer else self.transfer
 
     def transfer(self, name: str, local: Storage, remote: Storage, **kwargs: Any) -> Any:
         """django-queued-storage's hook: copy *name* from *local* to *remote* yourself.

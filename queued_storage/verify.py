@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -49,7 +49,7 @@ from django.utils import timezone
 from queued_storage.conf import settings
 from queued_storage.dispatch import redact
 from queued_storage.exceptions import RemoteCopyLost, StorageNotFound
-from queued_storage.models import State, StoredFile
+from queued_storage.models import State, StoredFile, keyset_pages
 from queued_storage.signals import transfer_failed
 from queued_storage.storage import QueuedStorage, get_queued_storage
 from queued_storage.transfer import RemoteObject, remote_checksum_matches, remote_object
@@ -64,7 +64,9 @@ __all__ = [
     "Problem",
     "VerifyReport",
     "label",
+    "merge_reports",
     "verify",
+    "verify_in_chunks",
 ]
 
 logger = logging.getLogger(__name__)
@@ -242,6 +244,55 @@ def verify(
     return report
 
 
+# -- a chunk at a time (the command's progress bar, the reconcile pass's sample) ----------------
+def merge_reports(into: VerifyReport, part: VerifyReport) -> VerifyReport:
+    """Add *part*'s findings to *into* (``not_remote`` aside: each caller counts its own)."""
+    into.verified.extend(part.verified)
+    into.size_only += part.size_only
+    into.lost.extend(part.lost)
+    into.unchecked.extend(part.unchecked)
+    into.skipped.extend(part.skipped)
+    return into
+
+
+def _chunks(rows: Iterable[StoredFile], size: int) -> Iterator[list[StoredFile]]:
+    chunk: list[StoredFile] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def verify_in_chunks(
+    rows: Iterable[StoredFile],
+    *,
+    chunk: int = 500,
+    timeout: float | None = None,
+    progress: Callable[[int], None] | None = None,
+    stop_when_unanswered: bool = False,
+) -> tuple[VerifyReport, bool]:
+    """:func:`~queued_storage.verify.verify` *rows*, *chunk* at a time; ``(report, stopped)``.
+
+    *progress* is called with the number of rows each chunk checked. *stop_when_unanswered*:
+    stop after a chunk of which the remote answered no question (down, or black-holed: every
+    further chunk would wait *timeout* too); *stopped* says so.
+    """
+    report = VerifyReport()
+    concurrency = min(DEFAULT_CONCURRENCY, chunk)
+    for part in _chunks(rows, chunk):
+        found = verify(part, batch=chunk, concurrency=concurrency, timeout=timeout)
+        merge_reports(report, found)
+        if progress is not None:
+            progress(len(part))
+        unanswered = all(p.kind == UNCHECKED for p in found.problems) and not found.verified
+        if stop_when_unanswered and found.unchecked and unanswered and not found.lost:
+            return report, True
+    return report, False
+
+
 # -- selection ---------------------------------------------------------------------------------
 def _select(
     rows: QuerySet[StoredFile] | Iterable[StoredFile] | None,
@@ -253,7 +304,7 @@ def _select(
 ) -> Iterator[list[StoredFile]]:
     """The selected ``remote`` rows, *batch* at a time; the others are counted in *report*."""
     if rows is None:
-        rows = StoredFile.objects.using(StoredFile.db()).all()
+        rows = StoredFile.all_rows()
     if isinstance(rows, QuerySet) and not rows.query.is_sliced:
         selected: QuerySet[StoredFile] = rows
         if aliases is not None:
@@ -263,35 +314,22 @@ def _select(
         if prefix:
             selected = selected.filter(name__startswith=prefix)
         report.not_remote = selected.exclude(state=State.REMOTE).count()
-        yield from _pages(selected.filter(state=State.REMOTE).order_by("pk"), batch)
+        yield from keyset_pages(selected.filter(state=State.REMOTE), batch)
         return
-    chunk: list[StoredFile] = []
-    for row in rows:
-        if aliases is not None and row.alias not in aliases:
-            continue
-        if (names is not None and row.name not in names) or not row.name.startswith(prefix):
-            continue
-        if row.state != State.REMOTE:
-            report.not_remote += 1
-            continue
-        chunk.append(row)
-        if len(chunk) == batch:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    listed = rows
 
+    def remote_rows() -> Iterator[StoredFile]:
+        for row in listed:
+            if aliases is not None and row.alias not in aliases:
+                continue
+            if (names is not None and row.name not in names) or not row.name.startswith(prefix):
+                continue
+            if row.state != State.REMOTE:
+                report.not_remote += 1
+                continue
+            yield row
 
-def _pages(rows: QuerySet[StoredFile], batch: int) -> Iterator[list[StoredFile]]:
-    """Keyset pagination on the primary key: each page is one query, whatever the offset."""
-    last: Any = None
-    while True:
-        page = list((rows if last is None else rows.filter(pk__gt=last))[:batch])
-        if page:
-            yield page
-        if len(page) < batch:
-            return
-        last = page[-1].pk
+    yield from _chunks(remote_rows(), batch)
 
 
 def _storage(

@@ -27,6 +27,7 @@ backoff (``RETRY_MAX_DELAY``) plus one attempt after its infrastructure began to
 
 from __future__ import annotations
 
+import datetime
 import enum
 import logging
 import os
@@ -76,6 +77,7 @@ __all__ = [
     "RetryLater",
     "backoff",
     "outage_backoff",
+    "retried_for",
     "run_transfer",
 ]
 
@@ -290,11 +292,14 @@ def _fail(
     return Outcome.FAILED
 
 
-def _retried_for(row: StoredFile) -> float:
-    """Seconds since the row's run of transient failures began (0: none is running)."""
+def retried_for(row: StoredFile, now: datetime.datetime | None = None) -> float:
+    """Seconds from the start of the row's run of transient failures to *now* (default: this
+    moment); 0 when none is running, never negative (a clock read before the run began). The
+    one measure of the ``QUEUED_STORAGE_RETRY_FOR`` budget, for the worker and the reconcile
+    pass."""
     if row.retrying_since is None:
         return 0.0
-    return max(0.0, (timezone.now() - row.retrying_since).total_seconds())
+    return max(0.0, ((now or timezone.now()) - row.retrying_since).total_seconds())
 
 
 def _give_up(
@@ -384,7 +389,7 @@ def run_transfer(
         raise RetryLater(remaining, f"{name!r} is being transferred by {row.lease_owner}")
     if row is None:
         return Outcome.GONE  # deleted between taking the lease and reading the row
-    if lease.took_over and _retried_for(row) >= settings.RETRY_FOR:
+    if lease.took_over and retried_for(row) >= settings.RETRY_FOR:
         # Its workers keep dying (a file that kills them?): a lost worker is a transient
         # failure, bounded by time like the others.
         return _give_up(storage, name, owner, InfrastructureError(row.last_error, name=name), row)
@@ -418,7 +423,7 @@ def run_transfer(
         if isinstance(err, PermanentTransferError):
             return _fail(storage, name, owner, err)
         if isinstance(err, InfrastructureError):
-            elapsed = _retried_for(row)
+            elapsed = retried_for(row)
             if elapsed >= settings.RETRY_FOR:
                 return _give_up(storage, name, owner, err, row)
             ledger.retry_later(name, owner, str(err), counted=False)

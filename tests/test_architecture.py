@@ -204,3 +204,52 @@ def test_loggers_are_named_after_their_module(module: str) -> None:
     source = ast.unparse(modules()[f"queued_storage.{module}"])
     assert "getLogger(__name__)" in source
     assert '"queued_storage: ' not in source
+
+
+def test_repair_does_not_depend_on_the_operator_layer() -> None:
+    """DESIGN: operate → repair → ledger. The reconcile pass imports no module of the operator
+    layer (operations, doctor, admin, the management commands), directly or through a module
+    it imports."""
+    operator = (
+        "queued_storage.operations",
+        "queued_storage.doctor",
+        "queued_storage.admin",
+        "queued_storage.management",
+    )
+    graph = package_graph()
+    reached: dict[str, str] = {}
+    todo = ["queued_storage.reconcile"]
+    while todo:
+        module = todo.pop()
+        for target in sorted(graph[module]):
+            if target not in reached:
+                reached[target] = module
+                todo.append(target)
+    found = sorted(
+        (target, f"imported by {reached[target]}")
+        for target in reached
+        if any(target == o or target.startswith(o + ".") for o in operator)
+    )
+    assert found == []
+
+
+#: Modules that may use the models' managers directly: the ledger's conditional writes (and,
+#: until it is restructured, its own reads and the tus rows' store).
+_MANAGER_USERS = {"queued_storage.models", "queued_storage.ledger"}
+
+
+def test_read_queries_are_methods_of_the_models() -> None:
+    """DESIGN gives read queries to ``models.py`` (QuerySet methods named for what they find):
+    no other module reaches for ``StoredFile.objects`` or ``TusUpload.objects`` (the ledger's
+    conditional writes aside); each starts from ``all_rows()`` and the named methods."""
+    found = [
+        (module, node.lineno, ast.unparse(node))
+        for module, tree in modules().items()
+        if module not in _MANAGER_USERS
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr == "objects"
+        and isinstance(node.value, ast.Name)
+        and node.value.id in ("StoredFile", "TusUpload")
+    ]
+    assert found == []

@@ -17,16 +17,17 @@
   are left alone.
 * ``reconcile``: one reconcile pass (``manage.py queued_storage_reconcile`` is the same).
 
-Every row change goes through the ledger, through the functions the admin's actions use too
-(:mod:`queued_storage.operations`). Progress bars (tqdm) go to stderr, and only when it is a
-terminal: never with ``--no-progress``, ``-v 0`` or ``--json``.
+Each subcommand is one call into the operator layer (:mod:`queued_storage.operations`, whose
+functions the admin's actions use too; ``doctor``: :mod:`queued_storage.doctor`; ``reconcile``:
+:mod:`queued_storage.reconcile`); every row change goes through the ledger. Progress bars
+(tqdm) go to stderr, and only when it is a terminal: never with ``--no-progress``, ``-v 0``
+or ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import itertools
 import json
 import os
 import re
@@ -42,7 +43,6 @@ from django.core.files import File
 from django.core.files.storage import InvalidStorageError, Storage, storages
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
-from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from tqdm import tqdm
@@ -50,34 +50,22 @@ from tqdm import tqdm
 from queued_storage import doctor
 from queued_storage.conf import settings
 from queued_storage.exceptions import QueuedStorageError
-from queued_storage.models import State, StoredFile
+from queued_storage.models import StoredFile
 from queued_storage.names import LEDGER_NAME_LENGTH
 from queued_storage.operations import (
-    Storages,
-    TransferHere,
-    cleanup_local_copies,
-    cleanup_spool,
-    cleanup_tus,
-    cleanup_tus_orphans,
-    cleanup_uploads,
+    cleanup,
     human_age,
     human_bytes,
-    pages,
-    retry_failed_rows,
-    status,
-    transfer_here,
-    transfer_rows,
-    verify_in_chunks,
+    queue_transfers,
+    seed,
+    transfer_files_here,
+    verify_files,
 )
-from queued_storage.reconcile import last_run, reconcile
+from queued_storage.reconcile import reconcile
+from queued_storage.status import status_report
 from queued_storage.storage import QueuedStorage, queued_storages
-from queued_storage.tasks import Transfer
-from queued_storage.transfer import list_remote
 from queued_storage.verify import VerifyReport
-from queued_storage.worker import TransferHook
 
-#: Names looked up and inserted per ledger query (under SQLite's bound-variable limit).
-SEED_BATCH = 500
 #: Rows verified per call of ``verify()`` (the progress bar moves this many at a time).
 VERIFY_CHUNK = 100
 #: Read size of ``upload`` (bounded memory, whatever the file's size).
@@ -279,26 +267,6 @@ class _Reading:
         return getattr(self._fh, attribute)
 
 
-def _keyset(rows: QuerySet[StoredFile], batch: int = 500) -> Iterator[StoredFile]:
-    """*rows* in primary key order, one query per *batch* (no cursor held open while the
-    rows are changed)."""
-    for page in pages(rows, batch):
-        yield from page
-
-
-def _task_policy(storage: QueuedStorage) -> tuple[bool | None, TransferHook | None]:
-    """``delete_local`` and the ``transfer()`` hook the storage's Celery task would run with
-    (what ``queued_storage.tasks.Transfer.run`` passes to ``run_transfer``)."""
-    task = storage.task
-    resolve = getattr(task, "_get_current_object", None)
-    if callable(resolve):
-        task = resolve()
-    if not isinstance(task, Transfer):
-        return None, None
-    hook = None if type(task).transfer is Transfer.transfer else task.transfer
-    return task.delete_local, hook
-
-
 class Command(BaseCommand):
     help = (
         "Operate queued storages: status, transfer, upload, verify, cleanup, doctor, seed the "
@@ -475,16 +443,7 @@ class Command(BaseCommand):
         aliases = options["aliases"]
         if aliases:
             self._storages(aliases)
-        data = status(aliases, limit=options["limit"])
-        record = last_run(settings.HOST)
-        data["reconcile"] = {
-            "host": settings.HOST,
-            "last_run": None if record is None else record["at"].isoformat(),
-            "age": None
-            if record is None
-            else round((timezone.now() - record["at"]).total_seconds(), 1),
-            "ok": None if record is None else bool(record.get("ok")),
-        }
+        data = status_report(aliases, limit=options["limit"])
         if options["json"]:
             self.stdout.write(json.dumps(data, indent=2))
             return
@@ -546,103 +505,45 @@ class Command(BaseCommand):
             say(f"reconcile: last pass on host {settings.HOST} {age} ago ({verdict})")
 
     # -- transfer --------------------------------------------------------------------------
-    def _selected(self, options: dict[str, Any]) -> tuple[list[StoredFile], list[str]]:
-        """The rows named on the command line; the problems with the names."""
-        names: list[str] = list(dict.fromkeys(options["names"]))
-        if not names:
-            return [], []
-        rows = StoredFile.objects.using(StoredFile.db()).filter(name__in=names)
-        if options["aliases"]:
-            rows = rows.filter(alias__in=options["aliases"])
-        found: dict[str, list[StoredFile]] = {}
-        for row in rows.order_by("alias"):
-            found.setdefault(row.name, []).append(row)
-        problems = []
-        chosen = []
-        for name in names:
-            matches = found.get(name, [])
-            if not matches:
-                problems.append(
-                    f"{name!r}: not in the ledger (reconcile --adopt records local files)"
-                )
-            elif len(matches) > 1:
-                where = ", ".join(row.alias for row in matches)
-                problems.append(
-                    f"{name!r} is in several storages ({where}): name one with --storage"
-                )
-            else:
-                chosen.append(matches[0])
-        return chosen, problems
-
     def _transfer(self, options: dict[str, Any]) -> None:
         if not (options["names"] or options["pending"] or options["failed"]):
             raise CommandError("Name the files to transfer, or pass --pending and/or --failed.")
         aliases = options["aliases"]
         if aliases:
             self._storages(aliases)
-        named, problems = self._selected(options)
-        rows = StoredFile.objects.using(StoredFile.db()).exclude(pk__in=[r.pk for r in named])
-        if aliases:
-            rows = rows.filter(alias__in=aliases)
-        for problem in problems:
-            self.stderr.write(problem)
         if options["sync"]:
-            self._transfer_here(options, named, rows, problems)
+            self._transfer_here(options)
             return
-        refused = 0
-        if named or options["pending"]:
-            pending = _keyset(rows.filter(state=State.PENDING)) if options["pending"] else ()
-            done = transfer_rows(itertools.chain(named, pending))
-            self._say(options, f"transfer: {done.message() or 'nothing to transfer'}.")
-            refused += done.refused
-        if options["failed"]:
-            retried = retry_failed_rows(_keyset(rows.filter(state=State.FAILED)))
-            self._say(options, f"retry failed: {retried.message() or 'nothing to retry'}.")
-            refused += retried.refused
+        done = queue_transfers(
+            options["names"], aliases=aliases, pending=options["pending"], failed=options["failed"]
+        )
+        for problem in done.problems:
+            self.stderr.write(problem)
+        if done.queued is not None:
+            self._say(options, f"transfer: {done.queued.message() or 'nothing to transfer'}.")
+        if done.retried is not None:
+            self._say(options, f"retry failed: {done.retried.message() or 'nothing to retry'}.")
+        refused, problems = done.refused, done.problems
         if refused or problems:
             why = [f"{refused} not queued: the broker refused"] if refused else []
             why += [f"{len(problems)} name(s) not transferred"] if problems else []
             raise CommandError("; ".join(why) + ".", returncode=1)
 
-    def _transfer_here(
-        self,
-        options: dict[str, Any],
-        named: list[StoredFile],
-        rows: QuerySet[StoredFile],
-        problems: list[str],
-    ) -> None:
-        here = rows.filter(host__in=[settings.HOST, ""])
-        chosen: list[Iterator[StoredFile] | list[StoredFile]] = [named]
-        if options["pending"]:
-            chosen.append(_keyset(here.filter(state=State.PENDING, local_exists=True)))
-            elsewhere = rows.filter(state=State.PENDING).exclude(host__in=[settings.HOST, ""])
-            if count := elsewhere.count():
-                self._say(options, f"{count} pending file(s) of other hosts left to them.")
-        if options["failed"]:
-            chosen.append(_keyset(here.filter(state=State.FAILED, local_exists=True)))
-        known = Storages()
-        results: list[TransferHere] = []
-        began = time.monotonic()
-        for row in itertools.chain.from_iterable(chosen):
-            storage = known.get(row.alias)
-            if storage is None:
-                problems.append(f"{row.alias}:{row.name}: a storage this process does not know")
-                self.stderr.write(problems[-1])
-                continue
-            delete_local, hook = _task_policy(storage)
+    def _transfer_here(self, options: dict[str, Any]) -> None:
+        def progress(row: StoredFile) -> tuple[Callable[[int, int], None], Callable[[], None]]:
             bar = Bar(self, options, total=row.size or 0, desc=row.name)
-            try:
-                result = transfer_here(
-                    storage, row, delete_local=delete_local, hook=hook, progress=bar.to
-                )
-            finally:
-                bar.close()
-            results.append(result)
-            if result.ok:
-                self._say(options, str(result))
-            else:
-                self.stderr.write(str(result))
-        seconds = time.monotonic() - began
+            return bar.to, bar.close
+
+        done = transfer_files_here(
+            options["names"],
+            aliases=options["aliases"],
+            pending=options["pending"],
+            failed=options["failed"],
+            say=lambda text: self._say(options, text),
+            warn=self.stderr.write,
+            progress=progress,
+        )
+        results, seconds = done.results, done.seconds
         sent = [r for r in results if r.outcome == "transferred"]
         failed = [r for r in results if not r.ok]
         size = sum(r.size for r in sent)
@@ -652,9 +553,9 @@ class Command(BaseCommand):
             f"{len(sent)} transferred ({human_bytes(size)} in {seconds:.1f} s{rate}), "
             f"{len(failed)} failed, {len(results) - len(sent) - len(failed)} already done.",
         )
-        if failed or problems:
+        if failed or done.problems:
             raise CommandError(
-                f"{len(failed) + len(problems)} file(s) not transferred.", returncode=1
+                f"{len(failed) + len(done.problems)} file(s) not transferred.", returncode=1
             )
 
     # -- upload ----------------------------------------------------------------------------
@@ -701,29 +602,25 @@ class Command(BaseCommand):
         aliases = options["aliases"]
         if aliases:
             self._storages(aliases)
-        rows = StoredFile.objects.using(StoredFile.db()).all()
-        if aliases:
-            rows = rows.filter(alias__in=aliases)
-        if options["since"] is not None:
-            rows = rows.filter(transferred__gte=options["since"])
-        if options["prefix"]:
-            rows = rows.filter(name__startswith=options["prefix"])
-        remote = rows.filter(state=State.REMOTE)
-        not_remote = rows.exclude(state=State.REMOTE).count()  # before verify fails some
-        selection: Iterator[StoredFile] | list[StoredFile]
-        if options["sample"]:
-            selection = list(remote.order_by("?")[: options["sample"]])
-            total = len(selection)
-        else:
-            selection, total = _keyset(remote), remote.count()
-        bar = Bar(self, options, total=total, desc="verify", unit="file")
+        bars: list[Bar] = []
+
+        def start(total: int) -> Callable[[int], None]:
+            bars.append(Bar(self, options, total=total, desc="verify", unit="file"))
+            return bars[-1].add
+
         try:
-            report, _ = verify_in_chunks(
-                selection, chunk=VERIFY_CHUNK, timeout=options["timeout"], progress=bar.add
+            report = verify_files(
+                aliases,
+                since=options["since"],
+                prefix=options["prefix"],
+                sample=options["sample"],
+                timeout=options["timeout"],
+                chunk=VERIFY_CHUNK,
+                start=start,
             )
         finally:
-            bar.close()
-        report.not_remote = not_remote
+            for bar in bars:
+                bar.close()
         if options["json"]:
             self.stdout.write(json.dumps(report.as_dict(verified=options["verbosity"] >= 2)))
         else:
@@ -761,12 +658,11 @@ class Command(BaseCommand):
         remove, abort = ("would remove", "would abort") if dry else ("removed", "aborted")
         failures: list[str] = []
         grace = settings.CLEANUP_LOCAL_AFTER
-        if grace is None:
+        done = cleanup(chosen, timeout=REMOTE_TIMEOUT, dry_run=dry)
+        copies = done.local_copies
+        if grace is None or copies is None:
             self._say(options, "local copies: kept (QUEUED_STORAGE_CLEANUP_LOCAL_AFTER = None)")
         else:
-            copies = cleanup_local_copies(
-                [s.alias for s in chosen], older_than=grace, timeout=REMOTE_TIMEOUT, dry_run=dry
-            )
             old = f"remote for more than {human_age(grace)}"
             if dry:
                 self._say(
@@ -786,9 +682,7 @@ class Command(BaseCommand):
                     self.stderr.write(f"  kept {problem}")
                 if copies.report.lost:
                     failures.append(f"{len(copies.report.lost)} remote copy(ies) lost")
-        removed, in_use = cleanup_spool(
-            chosen, older_than=settings.CLEANUP_SPOOL_AFTER, dry_run=dry
-        )
+        removed, in_use = done.spool, done.spool_in_use
         self._say(
             options,
             f"spool files unchanged for {human_age(settings.CLEANUP_SPOOL_AFTER)}: {remove} "
@@ -799,14 +693,14 @@ class Command(BaseCommand):
             options,
             [f"{c.what} ({human_bytes(c.size)}, {human_age(c.age)} old)" for c in removed],
         )
-        expired, busy = cleanup_tus(chosen, dry_run=dry)
+        expired, busy = done.tus, done.tus_receiving
         self._say(
             options,
             f"expired tus uploads: {remove} {len(expired)} "
             f"({human_bytes(sum(c.size or 0 for c in expired))}), {len(busy)} still receiving",
         )
         self._list(options, [f"{c.where}:{c.what} ({human_bytes(c.size)})" for c in expired])
-        orphans = cleanup_tus_orphans(chosen, older_than=settings.TUS_EXPIRY, dry_run=dry)
+        orphans = done.tus_orphans
         self._say(
             options,
             f"tus part files no upload owns, unchanged for {human_age(settings.TUS_EXPIRY)}: "
@@ -816,9 +710,7 @@ class Command(BaseCommand):
             options,
             [f"{c.what} ({human_bytes(c.size)}, {human_age(c.age)} old)" for c in orphans],
         )
-        aborted, errors = cleanup_uploads(
-            chosen, older_than=settings.CLEANUP_UPLOADS_AFTER, dry_run=dry
-        )
+        aborted, errors = done.uploads, done.upload_errors
         self._say(
             options,
             f"multipart uploads older than {human_age(settings.CLEANUP_UPLOADS_AFTER)} that no "
@@ -856,26 +748,14 @@ class Command(BaseCommand):
     def _seed(
         self, storage: QueuedStorage, prefix: str, dry_run: bool, options: dict[str, Any]
     ) -> None:
-        listed = seeded = 0
-        objects = list_remote(storage.remote, prefix)
-        while batch := list(itertools.islice(objects, SEED_BATCH)):
-            listed += len(batch)
-            if dry_run:
-                names = [name for name, _, _ in batch]
-                known = StoredFile.objects.using(StoredFile.db()).filter(
-                    alias=storage.alias, name__in=names
-                )
-                seeded += len(batch) - known.count()
-                continue
-            too_long = [o for o in batch if len(o[0]) > LEDGER_NAME_LENGTH]
-            for name, _, _ in too_long:
-                self.stderr.write(
-                    f"{storage.alias}: {name[:60]!r}... has more than "
-                    f"{LEDGER_NAME_LENGTH} characters, which the ledger cannot hold; "
-                    "not seeded. Rename the object."
-                )
-            batch = [o for o in batch if len(o[0]) <= LEDGER_NAME_LENGTH]
-            seeded += len(storage.ledger.seed_remote(batch))
+        done = seed(storage, prefix, dry_run=dry_run)
+        for name in done.too_long:
+            self.stderr.write(
+                f"{storage.alias}: {name[:60]!r}... has more than "
+                f"{LEDGER_NAME_LENGTH} characters, which the ledger cannot hold; "
+                "not seeded. Rename the object."
+            )
+        listed, seeded = done.listed, done.seeded
         verb = "would seed" if dry_run else "seeded"
         self._say(
             options,

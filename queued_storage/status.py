@@ -1,0 +1,160 @@
+"""Status: what the ledger says, as plain JSON-ready data, for ``manage.py queued_storage
+status`` (the schema is in docs/operations.md): counts and bytes by storage and state, the
+oldest pending file, transfers in flight with their progress, failures with their reasons,
+the staging budget, the resumable uploads, and this host's last reconcile pass.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+from django.db.models import Count, Min, Q, Sum
+from django.utils import timezone
+
+from queued_storage import state as read_side
+from queued_storage.conf import settings
+from queued_storage.dispatch import redact
+from queued_storage.models import State, StoredFile, TusUpload
+from queued_storage.reconcile import last_run
+
+__all__ = ["status", "status_report"]
+
+
+def _iso(when: datetime.datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
+
+
+def _age(when: datetime.datetime | None, now: datetime.datetime) -> float | None:
+    return None if when is None else round(max(0.0, (now - when).total_seconds()), 1)
+
+
+def status(aliases: Sequence[str] | None = None, *, limit: int = 20) -> dict[str, Any]:
+    """What the ledger says, as plain JSON-ready data (the schema is in docs/operations.md).
+
+    A handful of aggregate queries whatever the ledger's size, plus at most *limit* rows of
+    transfers in flight (their progress from the cache, where the lease keeper publishes it
+    about once a second, else from the row) and of failures.
+    """
+    now = timezone.now()
+    rows = StoredFile.all_rows().of(aliases or None)
+    storages: dict[str, dict[str, Any]] = {}
+
+    def entry(alias: str) -> dict[str, Any]:
+        return storages.setdefault(
+            alias,
+            {
+                "states": {str(s): {"files": 0, "bytes": 0} for s in State.values},
+                "local_copies": {"files": 0, "bytes": 0},
+                "oldest_pending": None,
+                "oldest_pending_age": None,
+            },
+        )
+
+    totals = {str(s): {"files": 0, "bytes": 0} for s in State.values}
+    by_state = rows.values_list("alias", "state").annotate(n=Count("pk"), b=Sum("size"))
+    for alias, state, files, size in by_state.order_by("alias", "state"):
+        counts = {"files": int(files), "bytes": int(size or 0)}
+        entry(alias)["states"][state] = counts
+        totals[state]["files"] += counts["files"]
+        totals[state]["bytes"] += counts["bytes"]
+    local = rows.with_local_copy().values_list("alias").annotate(n=Count("pk"))
+    for alias, files, size in local.annotate(b=Sum("size")).order_by("alias"):
+        entry(alias)["local_copies"] = {"files": int(files), "bytes": int(size or 0)}
+    pending = rows.pending().values_list("alias").annotate(oldest=Min("created"))
+    oldest_all: datetime.datetime | None = None
+    for alias, oldest in pending.order_by("alias"):
+        entry(alias)["oldest_pending"] = _iso(oldest)
+        entry(alias)["oldest_pending_age"] = _age(oldest, now)
+        if oldest is not None and (oldest_all is None or oldest < oldest_all):
+            oldest_all = oldest
+    in_flight = []
+    flying = rows.transferring()
+    for row in flying.order_by("lease_expires", "pk")[:limit]:
+        done, total = read_side.get_progress(settings.CACHE_PREFIX, row.alias, row.name) or (
+            row.bytes_done,
+            row.size or 0,
+        )
+        total = total or row.size or 0
+        in_flight.append(
+            {
+                "storage": row.alias,
+                "name": row.name,
+                "host": row.host,
+                "bytes_done": int(done),
+                "size": int(total),
+                "percent": round(100.0 * done / total, 1) if total else None,
+                "attempts": row.attempts,
+                "lease_owner": row.lease_owner,
+                "lease_expires": _iso(row.lease_expires),
+            }
+        )
+    failures = []
+    failed = rows.failed()
+    for row in failed.order_by("-updated", "-pk")[:limit]:
+        failures.append(
+            {
+                "storage": row.alias,
+                "name": row.name,
+                "host": row.host,
+                "size": row.size,
+                "attempts": row.attempts,
+                "local_copy": row.local_exists,
+                "updated": _iso(row.updated),
+                "reason": redact(row.last_error),
+            }
+        )
+    return {
+        "schema": 1,
+        "generated": _iso(now),
+        "host": settings.HOST,
+        "storages": storages,
+        "totals": totals,
+        "oldest_pending": _iso(oldest_all),
+        "oldest_pending_age": _age(oldest_all, now),
+        "in_flight": in_flight,
+        "in_flight_total": flying.count() if len(in_flight) == limit else len(in_flight),
+        "failures": failures,
+        "failures_total": failed.count() if len(failures) == limit else len(failures),
+        "staging": {
+            "host": settings.HOST,
+            "waiting_bytes": StoredFile.waiting_bytes(settings.HOST),
+            "budget": settings.STAGING_BUDGET,
+        },
+        "tus": _tus_status(aliases, now),
+    }
+
+
+def _tus_status(aliases: Sequence[str] | None, now: datetime.datetime) -> dict[str, int]:
+    """Unfinished resumable uploads (every host's): how many are receiving, how many expired
+    (``cleanup`` removes those), and their bytes received of the lengths they reserve."""
+    rows = TusUpload.all_rows().unfinished().of(aliases or None)
+    found = rows.aggregate(
+        receiving=Count("pk", filter=Q(expires__gt=now)),
+        expired=Count("pk", filter=Q(expires__lte=now)),
+        received=Sum("offset", filter=Q(expires__gt=now)),
+        reserved=Sum("length", filter=Q(expires__gt=now)),
+    )
+    return {
+        "receiving": int(found["receiving"] or 0),
+        "received_bytes": int(found["received"] or 0),
+        "reserved_bytes": int(found["reserved"] or 0),
+        "expired": int(found["expired"] or 0),
+    }
+
+
+def status_report(aliases: Sequence[str] | None = None, *, limit: int = 20) -> dict[str, Any]:
+    """:func:`status`, with this host's last reconcile pass (``reconcile``: when, how long
+    ago, whether it was ok): ``manage.py queued_storage status``."""
+    data = status(aliases, limit=limit)
+    record = last_run(settings.HOST)
+    data["reconcile"] = {
+        "host": settings.HOST,
+        "last_run": None if record is None else record["at"].isoformat(),
+        "age": None
+        if record is None
+        else round((timezone.now() - record["at"]).total_seconds(), 1),
+        "ok": None if record is None else bool(record.get("ok")),
+    }
+    return data
