@@ -35,7 +35,7 @@ from queued_storage.construction import (
     registered,
     registered_storages,
 )
-from queued_storage.dispatch import dispatch
+from queued_storage.dispatch import send_transfer
 from queued_storage.exceptions import StorageNotFound
 from queued_storage.ledger import check_staging_budget, ledger_database, reads_block_writes
 from queued_storage.names import stored_name
@@ -332,8 +332,7 @@ class QueuedStorage(ConfiguredStorage):
     def _dispatch(
         self, name: str, *, host: str | None = None, keep_result: bool = False
     ) -> AsyncResult | None:
-        queue = self.queue_for(host)
-        result = dispatch(self.task, self.alias, name, queue=queue, keep_result=keep_result)
+        result = send_transfer(self, name, host=host, keep_result=keep_result)
         if result is None:
             self._record_refusal(name)
         return result
