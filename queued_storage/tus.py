@@ -85,13 +85,9 @@ from queued_storage.uploads import (
     tus_dir,
     validate_upload_name,
 )
-from queued_storage.views import (
-    STAGING_FULL,
-    UploadView,
-    _as_response,
-    _uploader,
-    budget_reserved,
-)
+from queued_storage.views.authorization import as_response, uploader
+from queued_storage.views.common import STAGING_FULL
+from queued_storage.views.upload import UploadView, budget_reserved
 
 __all__ = ["TUS_VERSION", "TusUploadView", "parse_metadata"]
 
@@ -274,7 +270,7 @@ class TusUploadView(UploadView):
         )
 
     def _refused(self, request: HttpRequest, name: str) -> HttpResponse | None:
-        refused = _as_response(self.authorize(request, name))
+        refused = as_response(self.authorize(request, name))
         if refused is not None:
             refused["Tus-Resumable"] = TUS_VERSION
         return refused
@@ -289,14 +285,14 @@ class TusUploadView(UploadView):
         read). The authorizer is asked only about the client's own upload: its 401 or 403
         for someone else's id would tell that the id exists.
         """
-        uploader = _uploader(request)
+        client = uploader(request)
         upload_id = str(self.kwargs["upload_id"])
         try:
             uuid.UUID(upload_id)
         except ValueError:
             return None, _response(404, "No such upload.")
         row = tus_upload(upload_id)
-        if row is None or row.alias != self.get_storage().alias or row.owner != uploader:
+        if row is None or row.alias != self.get_storage().alias or row.owner != client:
             return None, _response(404, "No such upload.")
         refused = self._refused(request, row.name)
         if refused is not None:
@@ -488,7 +484,7 @@ class TusUploadView(UploadView):
                     name=name,
                     content_type=content_type[:255],
                     metadata=raw_metadata,
-                    owner=_uploader(request),
+                    owner=uploader(request),
                     host=settings.HOST,
                     length=length,
                     expires=timezone.now() + datetime.timedelta(seconds=settings.TUS_EXPIRY),

@@ -167,13 +167,60 @@ def test_the_engine_imports_no_celery_cache_or_ledger() -> None:
     assert found == []
 
 
-def test_views_import_no_model() -> None:
-    found = [
-        (node.lineno, sorted(targets))
-        for node, targets in imports("queued_storage.views")
-        if any(t.startswith("queued_storage.models") for t in targets)
+#: The ingest part (DESIGN.md): views import no model at run time.
+INGEST = (
+    "queued_storage.views",
+    "queued_storage.tus",
+    "queued_storage.uploads",
+    "queued_storage.asgi",
+)
+
+
+def type_checking_only(tree: ast.Module) -> set[int]:
+    """The ids of the import statements inside an ``if TYPE_CHECKING:`` block of *tree*: they
+    run under a type checker only."""
+    found: set[int] = set()
+    for node in ast.walk(tree):
+        test = node.test if isinstance(node, ast.If) else None
+        guarded = isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+        guarded |= isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+        if guarded:
+            for statement in node.body:  # type: ignore[attr-defined]
+                found |= {id(inner) for inner in ast.walk(statement)}
+    return found
+
+
+def model_imports(tree: ast.Module) -> list[tuple[int, list[str]]]:
+    """The run-time imports of ``queued_storage.models`` in *tree* (line, names)."""
+    typing_only = type_checking_only(tree)
+    return [
+        (node.lineno, sorted(imported(node)))
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        and id(node) not in typing_only
+        and any(t.startswith("queued_storage.models") for t in imported(node))
     ]
+
+
+def test_views_import_no_model() -> None:
+    ingest = [m for m in modules() if m in INGEST or m.startswith("queued_storage.views.")]
+    assert "queued_storage.views.upload" in ingest and "queued_storage.tus" in ingest
+    found = [(module, *where) for module in ingest for where in model_imports(modules()[module])]
     assert found == []
+
+
+def test_the_model_import_rule_allows_type_checking_imports_only() -> None:
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from queued_storage.models import TusUpload\n"
+        "from queued_storage.models import StoredFile\n"
+        "import queued_storage.models\n"
+    )
+    assert model_imports(ast.parse(source)) == [
+        (4, ["queued_storage.models", "queued_storage.models.StoredFile"]),
+        (5, ["queued_storage.models"]),
+    ]
 
 
 def test_tasks_hold_only_celery_glue_and_the_worker_needs_no_celery() -> None:
@@ -198,7 +245,17 @@ def test_tasks_hold_only_celery_glue_and_the_worker_needs_no_celery() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["worker", "reconcile", "storage", "views", "dispatch", "state", "transfer"]
+    "module",
+    [
+        "worker",
+        "reconcile",
+        "storage",
+        "views.upload",
+        "views.staged",
+        "dispatch",
+        "state",
+        "transfer",
+    ],
 )
 def test_loggers_are_named_after_their_module(module: str) -> None:
     source = ast.unparse(modules()[f"queued_storage.{module}"])
