@@ -36,7 +36,6 @@ import socket
 import stat
 import tempfile
 import threading
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -55,15 +54,11 @@ from queued_storage.conf import settings
 from queued_storage.exceptions import QueuedStorageConfigError, QueuedStorageError
 from queued_storage.names import (
     LEDGER_NAME_LENGTH,
-    NAME_BYTES_MAX,
-    OWN_DIRECTORY_PREFIX,
-    PART_BYTES_MAX,
     SPOOL_DIRNAME,
     TUS_DIRNAME,
-    UPLOAD_NAME_LENGTH,
-    control_characters,
-    reserved_directory,
+    client_name_problem,
     stored_name,
+    url_name_problem,
 )
 
 __all__ = [
@@ -131,83 +126,30 @@ def byte_count(header: str, raw: str | None) -> int | None:
 def validate_upload_name(name: str) -> str:
     """*name* if a client may store a file under it, else :class:`UploadRefused` (400).
 
-    Refused: empty names, absolute paths, ``.`` and ``..`` segments, empty segments (``a//b``,
-    a trailing ``/``), backslashes, NUL and every other control character, segments longer
-    than 255 bytes (no filesystem takes them), names over 1,024 bytes (S3's key limit), and
-    names under the app's own folders (``.queued_storage-*``: the spool, tus uploads).
-    Then every rule ``QueuedStorage.save()`` applies (:func:`queued_storage.names.stored_name`),
-    so that a name accepted before the body is not refused once the body has arrived.
+    The rules are :func:`queued_storage.names.client_name_problem`'s, then every rule
+    ``QueuedStorage.save()`` applies (:func:`queued_storage.names.stored_name`), so that a
+    name accepted before the body is not refused once the body has arrived.
     """
-    if not name:
-        raise UploadRefused(400, "The upload needs a file name (in the URL or ?name=).")
-    if len(name) > UPLOAD_NAME_LENGTH:
-        raise UploadRefused(400, f"The file name is longer than {UPLOAD_NAME_LENGTH} characters.")
-    if control_characters(name):
-        raise UploadRefused(
-            400,
-            "The file name contains a NUL, another control character or a bidirectional control.",
-        )
-    if "\\" in name:
-        raise UploadRefused(400, "The file name contains a backslash; use '/' between folders.")
-    if name.startswith("/"):
-        raise UploadRefused(400, "The file name is an absolute path; give a relative name.")
-    parts = name.split("/")
-    for part in parts:
-        if part in ("", ".", ".."):
-            raise UploadRefused(400, f"The file name {name!r} has an empty, '.' or '..' segment.")
-        if len(part.encode("utf-8", "surrogatepass")) > PART_BYTES_MAX:
-            raise UploadRefused(400, "A segment of the file name is longer than 255 bytes.")
-    # QueuedStorage.save() stores names in Unicode NFC; ask the hook and the ledger the same.
-    name = unicodedata.normalize("NFC", name)
-    size = len(name.encode("utf-8"))
-    if size > NAME_BYTES_MAX:
-        raise UploadRefused(
-            400,
-            f"The file name {name[:60]!r}... has {size} bytes in UTF-8; the limit is "
-            f"{NAME_BYTES_MAX} bytes (S3's limit for a key). Shorten it.",
-        )
-    if reserved_directory(name) is not None:
-        raise UploadRefused(
-            400,
-            f"The file name {name!r} starts with {OWN_DIRECTORY_PREFIX!r}: top-level names "
-            "starting with it are reserved for queued_storage's own files. Choose another "
-            "folder or name.",
-        )
+    reason = client_name_problem(name)
+    if reason is not None:
+        raise UploadRefused(400, reason)
     try:
         return stored_name(name, LEDGER_NAME_LENGTH)
     except SuspiciousFileOperation as err:
         raise UploadRefused(400, str(err)) from None
 
 
-#: A percent-escape. Django decodes a URL once; an escape left in the name was encoded twice.
-_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
-#: What an ASGI server puts in the path for bytes that are not UTF-8 (a WSGI server leaves
-#: them percent-encoded, which :data:`_ESCAPE` finds).
-_REPLACEMENT = "\ufffd"
-
-
 def validate_url_name(name: str) -> str:
     """*name*, taken from a URL's path or query string as Django decoded it, if a client may
     store a file under it; else :class:`UploadRefused` (400).
 
-    On top of :func:`validate_upload_name`, refused are names that would mean something else
-    to the next component that decodes them: a name still holding a percent-escape (the client
-    encoded it twice: ``%252e%252e`` arrives as ``%2e%2e``, which one more decode makes
-    ``..``), and a name with U+FFFD, which an ASGI server puts for bytes that are not UTF-8
-    (where a WSGI server leaves ``%FF``: the same URL would name two files).
+    On top of :func:`validate_upload_name`, the rules of
+    :func:`queued_storage.names.url_name_problem` (a percent-escape left after decoding,
+    U+FFFD): names that would mean something else to the next component that decodes them.
     """
-    escape = _ESCAPE.search(name)
-    if escape is not None:
-        raise UploadRefused(
-            400,
-            f"The file name {name!r} holds the percent-escape {escape.group()!r} once "
-            "decoded (encoded twice?); such names are refused, as a later decode would change "
-            "them.",
-        )
-    if _REPLACEMENT in name:
-        raise UploadRefused(
-            400, "The file name is not valid UTF-8 once percent-decoded; encode it as UTF-8."
-        )
+    reason = url_name_problem(name)
+    if reason is not None:
+        raise UploadRefused(400, reason)
     return validate_upload_name(name)
 
 
