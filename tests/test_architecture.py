@@ -223,6 +223,73 @@ def test_the_model_import_rule_allows_type_checking_imports_only() -> None:
     ]
 
 
+#: Modules that may import from the private ``_s3`` subpackage (the one S3 adapter): the
+#: engine's generic path, which drives it, and the doctor, which runs its probe.
+_S3_USERS = {"queued_storage.transfer", "queued_storage.doctor"}
+
+
+def _private(dotted: str) -> bool:
+    return any(part.startswith("_") and not part.startswith("__") for part in dotted.split("."))
+
+
+def private_uses(module: str, tree: ast.Module, names: set[str]) -> list[tuple[str, int, str]]:
+    """What *module* (its syntax *tree*) uses of another package module's private names:
+    ``from m import _x``, ``import m._x``, ``m._x`` of an imported package module (one of
+    *names*), and the ``_s3`` subpackage outside itself and :data:`_S3_USERS`."""
+    found = []
+    bound: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        for target in sorted(imported(node)):
+            if not target.startswith("queued_storage."):
+                continue
+            own = target.startswith("queued_storage._s3") and (
+                module.startswith("queued_storage._s3") or module in _S3_USERS
+            )
+            if _private(target) and not own:
+                found.append((module, node.lineno, target))
+        for alias in node.names:
+            base = "" if isinstance(node, ast.Import) else f"{node.module or ''}."
+            if base + alias.name in names:
+                bound[alias.asname or alias.name] = base + alias.name
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+            and _private(node.attr)
+        ):
+            found.append((module, node.lineno, f"{bound[node.value.id]}.{node.attr}"))
+    return found
+
+
+def test_no_module_imports_a_private_name_of_another() -> None:
+    """A name with a leading underscore stays in its module; helpers shared across modules
+    are public (the views package's, for example)."""
+    names = set(modules())
+    found = [where for module in names for where in private_uses(module, modules()[module], names)]
+    assert found == []
+
+
+def test_the_private_name_rule_finds_each_form() -> None:
+    source = (
+        "from queued_storage.views.common import _error, error\n"
+        "from queued_storage import uploads\n"
+        "import queued_storage._s3.client\n"
+        "uploads._write(uploads.spool_dir, b'')\n"
+    )
+    names = {"queued_storage.uploads", "queued_storage._s3.client"}
+    assert private_uses("queued_storage.tus", ast.parse(source), names) == [
+        ("queued_storage.tus", 1, "queued_storage.views.common._error"),
+        ("queued_storage.tus", 3, "queued_storage._s3.client"),
+        ("queued_storage.tus", 4, "queued_storage.uploads._write"),
+    ]
+    assert private_uses("queued_storage.transfer", ast.parse(source), names)[1:] == [
+        ("queued_storage.transfer", 4, "queued_storage.uploads._write")
+    ]
+
+
 def test_tasks_hold_only_celery_glue_and_the_worker_needs_no_celery() -> None:
     tasks = modules()["queued_storage.tasks"]
     functions = [n.name for n in tasks.body if isinstance(n, ast.FunctionDef)]
