@@ -40,14 +40,14 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from django.core.exceptions import RequestAborted, SuspiciousFileOperation
 from django.core.files import File
-from django.core.files.storage import storages
+from django.core.files.storage import Storage, storages
 from django.core.files.uploadedfile import TemporaryUploadedFile, UploadedFile
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
-from django.http import UnreadablePostError
+from django.http import HttpRequest, UnreadablePostError
 
 from queued_storage.asgi import BODY_STREAM
 from queued_storage.conf import settings
@@ -60,6 +60,9 @@ from queued_storage.names import (
     stored_name,
     url_name_problem,
 )
+
+if TYPE_CHECKING:
+    from _hashlib import HASH
 
 __all__ = [
     "SPOOL_DIRNAME",
@@ -160,10 +163,10 @@ class ExpectedChecksums:
 
     md5: bytes | None = None
     sha256: bytes | None = None
-    _hashers: dict[str, Any] = field(default_factory=dict, repr=False)
+    _hashers: dict[str, HASH] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_headers(cls, headers: Any) -> ExpectedChecksums:
+    def from_headers(cls, headers: Mapping[str, str]) -> ExpectedChecksums:
         """Parse the headers; a malformed value is refused (400) before the body is read."""
         found = cls()
         md5 = headers.get("Content-MD5")
@@ -212,7 +215,7 @@ class ExpectedChecksums:
 
 
 # -- the spool directory ------------------------------------------------------------------------
-def spool_dir(local: Any) -> str:
+def spool_dir(local: Storage) -> str:
     """The spool directory inside the local (staging) storage's root, created on first use."""
     try:
         root = local.path("")
@@ -226,7 +229,7 @@ def spool_dir(local: Any) -> str:
     return path
 
 
-def tus_dir(local: Any) -> str:
+def tus_dir(local: Storage) -> str:
     """The directory of unfinished tus uploads inside the local storage's root (each upload's
     bytes are the file named by its id), created on first use."""
     path = os.path.join(spool_dir(local).removesuffix(SPOOL_DIRNAME), TUS_DIRNAME)
@@ -260,7 +263,7 @@ def _new_spool_file(directory: str) -> tuple[int, str]:
     return tempfile.mkstemp(dir=directory, prefix="body-", suffix=".part")
 
 
-def _write(out: Any, chunk: bytes) -> None:
+def _write(out: IO[bytes], chunk: bytes) -> None:
     """Write a chunk; a full disk becomes a 507 the client can act on (retry later)."""
     try:
         out.write(chunk)
@@ -281,7 +284,7 @@ _mine: set[str] = set()
 _mine_lock = threading.Lock()
 
 
-def reservations_dir(local: Any, host: str) -> str:
+def reservations_dir(local: Storage, host: str) -> str:
     """Where the bodies *host* is receiving into the staging storage *local* are reserved:
     ``<spool>/in-flight/<hash of host>/`` (a host of its own on a shared staging volume)."""
     digest = hashlib.sha256(host.encode("utf-8", "surrogatepass")).hexdigest()[:16]
@@ -570,7 +573,7 @@ def spool_stream(
 
 # -- appending to a resumable upload (queued_storage.tus) -----------------------------------------
 #: ``Upload-Checksum`` algorithms (tus checksum extension), by their tus name.
-CHECKSUM_ALGORITHMS: dict[str, Callable[[], Any]] = {
+CHECKSUM_ALGORITHMS: dict[str, Callable[[], HASH]] = {
     "sha1": lambda: hashlib.sha1(usedforsecurity=False),
     "md5": lambda: hashlib.md5(usedforsecurity=False),
     "sha256": hashlib.sha256,
@@ -604,7 +607,7 @@ class ChunkChecksum:
             raise UploadRefused(400, f"Upload-Checksum is not the base64 of a {algorithm} digest.")
         return cls(algorithm.lower(), digest)
 
-    def hasher(self) -> Any:
+    def hasher(self) -> HASH:
         return CHECKSUM_ALGORITHMS[self.algorithm]()
 
 
@@ -790,7 +793,7 @@ class StagingUploadHandler(TemporaryFileUploadHandler):
     Memory per file is Django's chunk size (64 KiB by default).
     """
 
-    def __init__(self, request: Any = None, *, directory: str | None = None) -> None:
+    def __init__(self, request: HttpRequest | None = None, *, directory: str | None = None) -> None:
         super().__init__(request)
         self.directory = directory or spool_dir(_default_local())
 
@@ -806,6 +809,7 @@ class StagingUploadHandler(TemporaryFileUploadHandler):
         )
 
 
-def _default_local() -> Any:
+def _default_local() -> Storage:
     storage = storages[settings.UPLOAD_STORAGE]
-    return getattr(storage, "local", storage)
+    local: Storage = getattr(storage, "local", storage)
+    return local

@@ -18,7 +18,7 @@ view asks the hook, and :func:`owner_of` finds the storage of the view a request
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files.storage import storages
@@ -39,6 +39,9 @@ from queued_storage.uploads import (
     validate_url_name,
 )
 from queued_storage.views.common import error, not_found
+
+#: The authorisation hook: ``(request, name, action) -> bool | HttpResponse``.
+Authorizer = Callable[[HttpRequest, str, str], "bool | HttpResponse"]
 
 #: What :func:`default_authorize` tells an anonymous client, by action.
 SIGN_IN = {
@@ -114,17 +117,18 @@ def uploader(request: HttpRequest) -> str:
     return str(user.pk) if user is not None and user.is_authenticated else ""
 
 
-def get_authorizer() -> Any:
+def get_authorizer() -> Authorizer:
     """The hook named by ``QUEUED_STORAGE_UPLOAD_AUTHORIZER``, or :func:`default_authorize`."""
     path = settings.UPLOAD_AUTHORIZER
     if path is None:
         return default_authorize
     try:
-        return import_string(path)
+        hook: Authorizer = import_string(path)
     except ImportError as err:
         raise ImproperlyConfigured(
             f"QUEUED_STORAGE_UPLOAD_AUTHORIZER is {path!r}, which cannot be imported ({err})."
         ) from err
+    return hook
 
 
 def as_response(verdict: bool | HttpResponse) -> HttpResponse | None:
@@ -160,7 +164,7 @@ class QueuedStorageView(View):
         ``request.POST`` or ``request.FILES``. ``name`` is the validated, prefixed name the
         client asked for (for a form upload without one, ``""``).
         """
-        return get_authorizer()(request, name, self.action)  # type: ignore[no-any-return]
+        return get_authorizer()(request, name, self.action)
 
     def get_storage(self) -> QueuedStorage:
         alias = self.kwargs.get("storage_alias") or self.storage_alias or settings.UPLOAD_STORAGE

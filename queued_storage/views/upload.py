@@ -8,11 +8,12 @@ read; the body is then read in chunks of ``QUEUED_STORAGE_UPLOAD_CHUNK_SIZE``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from django.core.exceptions import SuspiciousFileOperation
+from django.core.files import File
 from django.db import transaction
 from django.http import (
     HttpRequest,
@@ -171,11 +172,12 @@ class UploadView(QueuedStorageView):
         return "wsgi.input" not in request.META or bool(request.META.get("wsgi.input_terminated"))
 
     @staticmethod
-    def _body_reader(request: HttpRequest, declared: int | None) -> Any:
+    def _body_reader(request: HttpRequest, declared: int | None) -> Callable[[int], bytes]:
         if declared is None and "wsgi.input" in request.META:
             # Django bounds a WSGI body by CONTENT_LENGTH, i.e. to nothing for a chunked body;
             # a server that sets wsgi.input_terminated ends wsgi.input at the body's end.
-            return request.META["wsgi.input"].read
+            read: Callable[[int], bytes] = request.META["wsgi.input"].read
+            return read
         return request.read
 
     def _save_form(
@@ -231,7 +233,7 @@ class UploadView(QueuedStorageView):
         request: HttpRequest,
         storage: QueuedStorage,
         name: str,
-        content: Any,
+        content: File,  # type: ignore[type-arg]
     ) -> HttpResponse:
         """``storage.save()`` (a rename out of the spool), then the 201 answer.
 
