@@ -1,6 +1,6 @@
 """Taking an upload body onto the staging disk without holding it in memory.
 
-The upload views (``views.py``) are thin; what they rely on lives here:
+The upload views (the ``views`` package, ``tus.py``) are thin; what they rely on lives here:
 
 * :func:`validate_upload_name` refuses names a client must not choose (``..``, absolute paths,
   NUL and control characters, backslashes, empty segments); :func:`validate_url_name` also
