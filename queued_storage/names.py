@@ -86,6 +86,12 @@ def control_characters(name: str) -> list[str]:
     )
 
 
+def _refuse(reason: str | None) -> None:
+    """The save's error for a rule's *reason* (``None``: the name passes)."""
+    if reason is not None:
+        raise SuspiciousFileOperation(reason)
+
+
 def control_problem(name: str) -> str | None:
     """Why the save refuses *name* for its control characters (:func:`control_characters`)."""
     bad = control_characters(name)
@@ -109,9 +115,7 @@ def checked_name(name: str) -> str:
     one name to a user and to macOS filesystems, so ``save()`` stores the NFC form and the
     ledger's unique key then keeps the two uploads apart.
     """
-    reason = control_problem(name)
-    if reason is not None:
-        raise SuspiciousFileOperation(reason)
+    _refuse(control_problem(name))
     return unicodedata.normalize("NFC", name)
 
 
@@ -168,9 +172,7 @@ def reserved_problem(name: str) -> str | None:
 
 def check_not_reserved(name: str) -> None:
     """Refuse a name under one of the app's own folders (:func:`reserved_directory`)."""
-    reason = reserved_problem(name)
-    if reason is not None:
-        raise SuspiciousFileOperation(reason)
+    _refuse(reserved_problem(name))
 
 
 def segment_bytes(part: str) -> int:
@@ -195,9 +197,7 @@ def length_problem(name: str) -> str | None:
 
 def check_length(name: str) -> None:
     """Refuse a name with a part over :data:`PART_BYTES_MAX` or over :data:`NAME_BYTES_MAX`."""
-    reason = length_problem(name)
-    if reason is not None:
-        raise SuspiciousFileOperation(reason)
+    _refuse(length_problem(name))
 
 
 # -- names a client asks for (the upload views, before a body is read) ----------------------------
