@@ -7,12 +7,14 @@ aside), so a change that breaks one fails here with the module and line that bro
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from functools import cache
 from pathlib import Path
 
 import pytest
+from django.utils.module_loading import import_string
 
 PACKAGE = Path(__file__).resolve().parent.parent / "queued_storage"
 
@@ -288,6 +290,36 @@ def test_the_private_name_rule_finds_each_form() -> None:
     assert private_uses("queued_storage.transfer", ast.parse(source), names)[1:] == [
         ("queued_storage.transfer", 4, "queued_storage.uploads._write")
     ]
+
+
+#: What ``queued_storage.views`` offered before it became a package: every name stays there.
+VIEWS_NAMES = (
+    "ACTIVE_TYPES",
+    "SECRET_HEADER",
+    "SIGN_IN",
+    "STAGING_FULL",
+    "NginxAuthView",
+    "NginxUploadView",
+    "QueuedStorageView",
+    "StagedFileView",
+    "StatusView",
+    "UploadView",
+    "budget_reserved",
+    "default_authorize",
+    "get_authorizer",
+    "not_found",
+    "owner_of",
+)
+
+
+def test_the_views_names_keep_their_dotted_paths() -> None:
+    """Settings and docs name them as ``queued_storage.views.<name>``
+    (``QUEUED_STORAGE_UPLOAD_AUTHORIZER="queued_storage.views.default_authorize"``)."""
+    views = importlib.import_module("queued_storage.views")
+    found = {name: import_string(f"queued_storage.views.{name}") for name in VIEWS_NAMES}
+    assert found == {name: getattr(views, name) for name in VIEWS_NAMES}
+    assert sorted(views.__all__) == sorted(VIEWS_NAMES)
+    assert found["default_authorize"].__module__ == "queued_storage.views.authorization"
 
 
 def test_tasks_hold_only_celery_glue_and_the_worker_needs_no_celery() -> None:

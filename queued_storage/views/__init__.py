@@ -38,7 +38,11 @@ from queued_storage.views.authorization import (
     owner_of,
 )
 from queued_storage.views.common import STAGING_FULL, not_found
-from queued_storage.views.nginx import SECRET_HEADER, NginxAuthView, NginxUploadView
+from queued_storage.views.nginx import (
+    SECRET_HEADER,
+    NginxAuthView,
+    NginxUploadView,
+)
 from queued_storage.views.staged import ACTIVE_TYPES, StagedFileView
 from queued_storage.views.status import StatusView
 from queued_storage.views.upload import UploadView, budget_reserved
