@@ -2,12 +2,19 @@
 
 Used by the storage (``save()``), the upload views (before a body is read), the reconcile
 pass (adoption) and the ledger (its column's length).
+
+A rule answers with a reason (``str``, or ``None`` when the name passes): the ``*_problem``
+functions. Each caller turns a reason into its own error: the upload views into a 400
+(``queued_storage.uploads.UploadRefused``), the save into ``SuspiciousFileOperation`` (the
+``check_*``, :func:`checked_name` and :func:`stored_name` wrappers here, which the storage,
+the staging disk and the reconcile pass call).
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import re
 import unicodedata
 
 from django.core.exceptions import SuspiciousFileOperation
@@ -26,9 +33,15 @@ __all__ = [
     "check_length",
     "check_not_reserved",
     "checked_name",
+    "client_name_problem",
     "control_characters",
+    "control_problem",
+    "length_problem",
     "reserved_directory",
+    "reserved_problem",
+    "segment_bytes",
     "stored_name",
+    "url_name_problem",
     "valid_name",
 ]
 
@@ -73,6 +86,24 @@ def control_characters(name: str) -> list[str]:
     )
 
 
+def _refuse(reason: str | None) -> None:
+    """The save's error for a rule's *reason* (``None``: the name passes)."""
+    if reason is not None:
+        raise SuspiciousFileOperation(reason)
+
+
+def control_problem(name: str) -> str | None:
+    """Why the save refuses *name* for its control characters (:func:`control_characters`)."""
+    bad = control_characters(name)
+    if not bad:
+        return None
+    shown = ", ".join(f"U+{ord(c):04X}" for c in bad)
+    return (
+        f"QueuedStorage refuses the file name {name!r}: it contains control characters "
+        f"({shown}). Rename the file."
+    )
+
+
 def checked_name(name: str) -> str:
     """*name* in Unicode NFC; a name with control characters is refused.
 
@@ -84,13 +115,7 @@ def checked_name(name: str) -> str:
     one name to a user and to macOS filesystems, so ``save()`` stores the NFC form and the
     ledger's unique key then keeps the two uploads apart.
     """
-    bad = control_characters(name)
-    if bad:
-        shown = ", ".join(f"U+{ord(c):04X}" for c in bad)
-        raise SuspiciousFileOperation(
-            f"QueuedStorage refuses the file name {name!r}: it contains control characters "
-            f"({shown}). Rename the file."
-        )
+    _refuse(control_problem(name))
     return unicodedata.normalize("NFC", name)
 
 
@@ -133,24 +158,115 @@ def reserved_directory(name: str) -> str | None:
     return first if first.startswith(OWN_DIRECTORY_PREFIX) else None
 
 
+def reserved_problem(name: str) -> str | None:
+    """Why the save refuses a name under one of the app's own folders
+    (:func:`reserved_directory`)."""
+    if reserved_directory(name) is None:
+        return None
+    return (
+        f"QueuedStorage refuses the file name {name!r}: top-level names starting with "
+        f"{OWN_DIRECTORY_PREFIX!r} are reserved for queued_storage's own files. Choose "
+        "another folder or name."
+    )
+
+
 def check_not_reserved(name: str) -> None:
     """Refuse a name under one of the app's own folders (:func:`reserved_directory`)."""
-    if reserved_directory(name) is not None:
-        raise SuspiciousFileOperation(
-            f"QueuedStorage refuses the file name {name!r}: top-level names starting with "
-            f"{OWN_DIRECTORY_PREFIX!r} are reserved for queued_storage's own files. Choose "
-            "another folder or name."
-        )
+    _refuse(reserved_problem(name))
+
+
+def segment_bytes(part: str) -> int:
+    """The bytes of UTF-8 of *part* (an unpaired surrogate counts as the 3 bytes it takes)."""
+    return len(part.encode("utf-8", "surrogatepass"))
+
+
+def length_problem(name: str) -> str | None:
+    """Why the save refuses *name* for a part over :data:`PART_BYTES_MAX` or a length over
+    :data:`NAME_BYTES_MAX`."""
+    longest = max((segment_bytes(part) for part in name.split("/")), default=0)
+    total = segment_bytes(name)
+    if longest <= PART_BYTES_MAX and total <= NAME_BYTES_MAX:
+        return None
+    return (
+        f"QueuedStorage refuses the file name {name[:60]!r}... ({total} bytes): a file name "
+        f"may have at most {PART_BYTES_MAX} bytes between slashes (its longest part has "
+        f"{longest}) and {NAME_BYTES_MAX} bytes in all. Shorten it, or save through a "
+        "FileField, whose max_length truncates names."
+    )
 
 
 def check_length(name: str) -> None:
     """Refuse a name with a part over :data:`PART_BYTES_MAX` or over :data:`NAME_BYTES_MAX`."""
-    longest = max((len(part.encode()) for part in name.split("/")), default=0)
-    total = len(name.encode())
-    if longest > PART_BYTES_MAX or total > NAME_BYTES_MAX:
-        raise SuspiciousFileOperation(
-            f"QueuedStorage refuses the file name {name[:60]!r}... ({total} bytes): a file name "
-            f"may have at most {PART_BYTES_MAX} bytes between slashes (its longest part has "
-            f"{longest}) and {NAME_BYTES_MAX} bytes in all. Shorten it, or save through a "
-            "FileField, whose max_length truncates names."
+    _refuse(length_problem(name))
+
+
+# -- names a client asks for (the upload views, before a body is read) ----------------------------
+def client_name_problem(name: str) -> str | None:
+    """Why a client of the upload views may not store a file under *name*, else ``None``.
+
+    Refused: empty names, names over :data:`UPLOAD_NAME_LENGTH` characters, control
+    characters (:func:`control_characters`), backslashes, absolute paths, ``.`` and ``..``
+    segments, empty segments (``a//b``, a trailing ``/``), segments over
+    :data:`PART_BYTES_MAX` bytes, names over :data:`NAME_BYTES_MAX` bytes in NFC (the form
+    the save stores), and names under the app's own folders (:func:`reserved_directory`).
+    The reasons speak to the client; the save's rules (:func:`stored_name`) still apply after.
+    """
+    if not name:
+        return "The upload needs a file name (in the URL or ?name=)."
+    if len(name) > UPLOAD_NAME_LENGTH:
+        return f"The file name is longer than {UPLOAD_NAME_LENGTH} characters."
+    if control_characters(name):
+        return "The file name contains a NUL, another control character or a bidirectional control."
+    if "\\" in name:
+        return "The file name contains a backslash; use '/' between folders."
+    if name.startswith("/"):
+        return "The file name is an absolute path; give a relative name."
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            return f"The file name {name!r} has an empty, '.' or '..' segment."
+        if segment_bytes(part) > PART_BYTES_MAX:
+            return f"A segment of the file name is longer than {PART_BYTES_MAX} bytes."
+    # QueuedStorage.save() stores names in Unicode NFC; ask the hook and the ledger the same.
+    name = unicodedata.normalize("NFC", name)
+    size = segment_bytes(name)
+    if size > NAME_BYTES_MAX:
+        return (
+            f"The file name {name[:60]!r}... has {size} bytes in UTF-8; the limit is "
+            f"{NAME_BYTES_MAX} bytes (S3's limit for a key). Shorten it."
         )
+    if reserved_directory(name) is not None:
+        return (
+            f"The file name {name!r} starts with {OWN_DIRECTORY_PREFIX!r}: top-level names "
+            "starting with it are reserved for queued_storage's own files. Choose another "
+            "folder or name."
+        )
+    return None
+
+
+#: A percent-escape. Django decodes a URL once; an escape left in the name was encoded twice.
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+#: What an ASGI server puts in the path for bytes that are not UTF-8 (a WSGI server leaves
+#: them percent-encoded, which :data:`_ESCAPE` finds).
+_REPLACEMENT = "\ufffd"
+
+
+def url_name_problem(name: str) -> str | None:
+    """Why *name*, taken from a URL's path or query string as Django decoded it, would mean
+    something else to the next component that decodes it; else ``None``.
+
+    Refused: a name still holding a percent-escape (the client encoded it twice:
+    ``%252e%252e`` arrives as ``%2e%2e``, which one more decode makes ``..``), and a name
+    with U+FFFD, which an ASGI server puts for bytes that are not UTF-8 (where a WSGI server
+    leaves ``%FF``: the same URL would name two files). :func:`client_name_problem` applies
+    on top.
+    """
+    escape = _ESCAPE.search(name)
+    if escape is not None:
+        return (
+            f"The file name {name!r} holds the percent-escape {escape.group()!r} once "
+            "decoded (encoded twice?); such names are refused, as a later decode would change "
+            "them."
+        )
+    if _REPLACEMENT in name:
+        return "The file name is not valid UTF-8 once percent-decoded; encode it as UTF-8."
+    return None

@@ -47,7 +47,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from django.core.exceptions import SuspiciousFileOperation
@@ -85,13 +85,12 @@ from queued_storage.uploads import (
     tus_dir,
     validate_upload_name,
 )
-from queued_storage.views import (
-    STAGING_FULL,
-    UploadView,
-    _as_response,
-    _uploader,
-    budget_reserved,
-)
+from queued_storage.views.authorization import as_response, uploader
+from queued_storage.views.common import STAGING_FULL
+from queued_storage.views.upload import UploadView, budget_reserved
+
+if TYPE_CHECKING:  # views import no model at run time (DESIGN.md, "ingest")
+    from queued_storage.models import TusUpload
 
 __all__ = ["TUS_VERSION", "TusUploadView", "parse_metadata"]
 
@@ -204,12 +203,12 @@ def _expires_header(when: datetime.datetime) -> str:
     return http_date(when.timestamp())
 
 
-def _elsewhere(row: Any) -> bool:
+def _elsewhere(row: TusUpload) -> bool:
     """Whether *row*'s bytes were received by another host than this one."""
     return bool(row.host) and row.host != settings.HOST
 
 
-def _on_another_host(row: Any) -> HttpResponse:
+def _on_another_host(row: TusUpload) -> HttpResponse:
     """503 for a request that reached a host without the upload's bytes: a staging volume
     that is not shared, and routing that is not sticky. The client retries (tus clients retry
     a 5xx), and nothing is lost; the hosts' names are logged, not sent."""
@@ -274,14 +273,14 @@ class TusUploadView(UploadView):
         )
 
     def _refused(self, request: HttpRequest, name: str) -> HttpResponse | None:
-        refused = _as_response(self.authorize(request, name))
+        refused = as_response(self.authorize(request, name))
         if refused is not None:
             refused["Tus-Resumable"] = TUS_VERSION
         return refused
 
-    def _own_upload(self, request: HttpRequest) -> tuple[Any, HttpResponse | None]:
+    def _own_upload(self, request: HttpRequest) -> TusUpload | HttpResponse:
         """The upload of the URL, after the owner check and the authorizer; 410 when it
-        expired.
+        expired: either the row or the answer that refuses the request.
 
         A malformed or unknown id, an upload of another storage and an upload of another
         client all get the same 404, byte for byte (status, body, headers: the requester is
@@ -289,21 +288,21 @@ class TusUploadView(UploadView):
         read). The authorizer is asked only about the client's own upload: its 401 or 403
         for someone else's id would tell that the id exists.
         """
-        uploader = _uploader(request)
+        client = uploader(request)
         upload_id = str(self.kwargs["upload_id"])
         try:
             uuid.UUID(upload_id)
         except ValueError:
-            return None, _response(404, "No such upload.")
+            return _response(404, "No such upload.")
         row = tus_upload(upload_id)
-        if row is None or row.alias != self.get_storage().alias or row.owner != uploader:
-            return None, _response(404, "No such upload.")
+        if row is None or row.alias != self.get_storage().alias or row.owner != client:
+            return _response(404, "No such upload.")
         refused = self._refused(request, row.name)
         if refused is not None:
-            return None, refused
+            return refused
         if row.expires <= timezone.now():
-            return None, _response(410, "This upload expired; start a new one.")
-        return row, None
+            return _response(410, "This upload expired; start a new one.")
+        return row
 
     def _upload_url(self, request: HttpRequest, upload_id: str) -> str:
         match = request.resolver_match
@@ -332,16 +331,17 @@ class TusUploadView(UploadView):
         at most :attr:`head_wait` seconds; then the offset it committed is answered. After
         that wait (a chunk that keeps arriving), the committed offset is answered as it is.
         """
-        row, refused = self._own_upload(request)
-        if refused is not None:
-            return refused
+        row = self._own_upload(request)
+        if isinstance(row, HttpResponse):
+            return row
         if row.completed is None and self.head_wait > 0:
             upload_id = str(row.id)
             path = os.path.join(tus_dir(self.get_storage().local), upload_id)
             if _settled(upload_id, path, self.head_wait):
-                row = tus_upload(upload_id)
-                if row is None:  # deleted meanwhile
+                fresh = tus_upload(upload_id)
+                if fresh is None:  # deleted meanwhile
                     return _response(404, "No such upload.")
+                row = fresh
         response = _response(
             200,
             Upload_Offset=str(row.offset),
@@ -360,9 +360,9 @@ class TusUploadView(UploadView):
         return response
 
     def patch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        row, refused = self._own_upload(request)
-        if refused is not None:
-            return refused
+        row = self._own_upload(request)
+        if isinstance(row, HttpResponse):
+            return row
         if request.content_type != OFFSET_CONTENT_TYPE:
             return _response(415, f"Send the chunk as Content-Type: {OFFSET_CONTENT_TYPE}.")
         offset = byte_count("Upload-Offset", request.headers.get("Upload-Offset"))
@@ -379,7 +379,7 @@ class TusUploadView(UploadView):
             row = self._settle_length(row, raw_length)
         return self._append(request, row)
 
-    def _settle_length(self, row: Any, raw: str) -> Any:
+    def _settle_length(self, row: TusUpload, raw: str) -> TusUpload:
         """The upload with the ``Upload-Length`` a ``PATCH`` sent: recorded once if it was
         deferred (after the size limit and the staging budget), else the same as before."""
         length = byte_count("Upload-Length", raw)
@@ -413,9 +413,9 @@ class TusUploadView(UploadView):
         return row
 
     def delete(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        row, refused = self._own_upload(request)
-        if refused is not None:
-            return refused
+        row = self._own_upload(request)
+        if isinstance(row, HttpResponse):
+            return row
         if row.completed is not None:
             return _response(409, "This upload is finished; delete the stored file instead.")
         path = os.path.join(tus_dir(self.get_storage().local), str(row.id))
@@ -488,7 +488,7 @@ class TusUploadView(UploadView):
                     name=name,
                     content_type=content_type[:255],
                     metadata=raw_metadata,
-                    owner=_uploader(request),
+                    owner=uploader(request),
                     host=settings.HOST,
                     length=length,
                     expires=timezone.now() + datetime.timedelta(seconds=settings.TUS_EXPIRY),
@@ -512,7 +512,9 @@ class TusUploadView(UploadView):
         return response
 
     # -- appending -----------------------------------------------------------------------------
-    def _append(self, request: HttpRequest, row: Any, *, checked: bool = False) -> HttpResponse:
+    def _append(
+        self, request: HttpRequest, row: TusUpload, *, checked: bool = False
+    ) -> HttpResponse:
         """Receive one chunk at ``row.offset``; finish the upload with its last byte.
 
         While the length is deferred the chunk's ``Content-Length`` is required, the offset
@@ -522,7 +524,7 @@ class TusUploadView(UploadView):
         with_body = request.content_type == OFFSET_CONTENT_TYPE
         deferred = row.length is None
         declared = self._declared_length(request, chunked_ok=not deferred) if with_body else 0
-        if deferred:
+        if row.length is None:
             assert declared is not None  # _declared_length answers 411 for a chunked body
             remaining = self.get_max_bytes() - row.offset
             if declared > remaining:
@@ -549,7 +551,7 @@ class TusUploadView(UploadView):
         self,
         request: HttpRequest,
         storage: QueuedStorage,
-        row: Any,
+        row: TusUpload,
         declared: int | None,
         remaining: int,
         checksum: ChunkChecksum | None,
@@ -613,13 +615,14 @@ class TusUploadView(UploadView):
         self,
         request: HttpRequest,
         storage: QueuedStorage,
-        row: Any,
+        row: TusUpload,
         path: str,
         expires: datetime.datetime,
     ) -> HttpResponse:
         """Save the complete file through ``QueuedStorage.save()`` (a rename out of the tus
         directory): the offset, the end of the upload's budget reservation, the saved file's
         row and its transfer (dispatched on commit) are one transaction."""
+        assert row.length is not None  # the last byte arrived: the length is known
         staged = StagedFile(path, row.name, row.length)
         try:
             with transaction.atomic(using=ledger_database()), owned_by(row.owner):

@@ -1,6 +1,6 @@
 """Taking an upload body onto the staging disk without holding it in memory.
 
-The upload views (``views.py``) are thin; what they rely on lives here:
+The upload views (the ``views`` package, ``tus.py``) are thin; what they rely on lives here:
 
 * :func:`validate_upload_name` refuses names a client must not choose (``..``, absolute paths,
   NUL and control characters, backslashes, empty segments); :func:`validate_url_name` also
@@ -36,35 +36,33 @@ import socket
 import stat
 import tempfile
 import threading
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from django.core.exceptions import RequestAborted, SuspiciousFileOperation
 from django.core.files import File
-from django.core.files.storage import storages
+from django.core.files.storage import Storage, storages
 from django.core.files.uploadedfile import TemporaryUploadedFile, UploadedFile
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
-from django.http import UnreadablePostError
+from django.http import HttpRequest, UnreadablePostError
 
 from queued_storage.asgi import BODY_STREAM
 from queued_storage.conf import settings
 from queued_storage.exceptions import QueuedStorageConfigError, QueuedStorageError
 from queued_storage.names import (
     LEDGER_NAME_LENGTH,
-    NAME_BYTES_MAX,
-    OWN_DIRECTORY_PREFIX,
-    PART_BYTES_MAX,
     SPOOL_DIRNAME,
     TUS_DIRNAME,
-    UPLOAD_NAME_LENGTH,
-    control_characters,
-    reserved_directory,
+    client_name_problem,
     stored_name,
+    url_name_problem,
 )
+
+if TYPE_CHECKING:
+    from _hashlib import HASH
 
 __all__ = [
     "SPOOL_DIRNAME",
@@ -131,83 +129,30 @@ def byte_count(header: str, raw: str | None) -> int | None:
 def validate_upload_name(name: str) -> str:
     """*name* if a client may store a file under it, else :class:`UploadRefused` (400).
 
-    Refused: empty names, absolute paths, ``.`` and ``..`` segments, empty segments (``a//b``,
-    a trailing ``/``), backslashes, NUL and every other control character, segments longer
-    than 255 bytes (no filesystem takes them), names over 1,024 bytes (S3's key limit), and
-    names under the app's own folders (``.queued_storage-*``: the spool, tus uploads).
-    Then every rule ``QueuedStorage.save()`` applies (:func:`queued_storage.names.stored_name`),
-    so that a name accepted before the body is not refused once the body has arrived.
+    The rules are :func:`queued_storage.names.client_name_problem`'s, then every rule
+    ``QueuedStorage.save()`` applies (:func:`queued_storage.names.stored_name`), so that a
+    name accepted before the body is not refused once the body has arrived.
     """
-    if not name:
-        raise UploadRefused(400, "The upload needs a file name (in the URL or ?name=).")
-    if len(name) > UPLOAD_NAME_LENGTH:
-        raise UploadRefused(400, f"The file name is longer than {UPLOAD_NAME_LENGTH} characters.")
-    if control_characters(name):
-        raise UploadRefused(
-            400,
-            "The file name contains a NUL, another control character or a bidirectional control.",
-        )
-    if "\\" in name:
-        raise UploadRefused(400, "The file name contains a backslash; use '/' between folders.")
-    if name.startswith("/"):
-        raise UploadRefused(400, "The file name is an absolute path; give a relative name.")
-    parts = name.split("/")
-    for part in parts:
-        if part in ("", ".", ".."):
-            raise UploadRefused(400, f"The file name {name!r} has an empty, '.' or '..' segment.")
-        if len(part.encode("utf-8", "surrogatepass")) > PART_BYTES_MAX:
-            raise UploadRefused(400, "A segment of the file name is longer than 255 bytes.")
-    # QueuedStorage.save() stores names in Unicode NFC; ask the hook and the ledger the same.
-    name = unicodedata.normalize("NFC", name)
-    size = len(name.encode("utf-8"))
-    if size > NAME_BYTES_MAX:
-        raise UploadRefused(
-            400,
-            f"The file name {name[:60]!r}... has {size} bytes in UTF-8; the limit is "
-            f"{NAME_BYTES_MAX} bytes (S3's limit for a key). Shorten it.",
-        )
-    if reserved_directory(name) is not None:
-        raise UploadRefused(
-            400,
-            f"The file name {name!r} starts with {OWN_DIRECTORY_PREFIX!r}: top-level names "
-            "starting with it are reserved for queued_storage's own files. Choose another "
-            "folder or name.",
-        )
+    reason = client_name_problem(name)
+    if reason is not None:
+        raise UploadRefused(400, reason)
     try:
         return stored_name(name, LEDGER_NAME_LENGTH)
     except SuspiciousFileOperation as err:
         raise UploadRefused(400, str(err)) from None
 
 
-#: A percent-escape. Django decodes a URL once; an escape left in the name was encoded twice.
-_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
-#: What an ASGI server puts in the path for bytes that are not UTF-8 (a WSGI server leaves
-#: them percent-encoded, which :data:`_ESCAPE` finds).
-_REPLACEMENT = "\ufffd"
-
-
 def validate_url_name(name: str) -> str:
     """*name*, taken from a URL's path or query string as Django decoded it, if a client may
     store a file under it; else :class:`UploadRefused` (400).
 
-    On top of :func:`validate_upload_name`, refused are names that would mean something else
-    to the next component that decodes them: a name still holding a percent-escape (the client
-    encoded it twice: ``%252e%252e`` arrives as ``%2e%2e``, which one more decode makes
-    ``..``), and a name with U+FFFD, which an ASGI server puts for bytes that are not UTF-8
-    (where a WSGI server leaves ``%FF``: the same URL would name two files).
+    On top of :func:`validate_upload_name`, the rules of
+    :func:`queued_storage.names.url_name_problem` (a percent-escape left after decoding,
+    U+FFFD): names that would mean something else to the next component that decodes them.
     """
-    escape = _ESCAPE.search(name)
-    if escape is not None:
-        raise UploadRefused(
-            400,
-            f"The file name {name!r} holds the percent-escape {escape.group()!r} once "
-            "decoded (encoded twice?); such names are refused, as a later decode would change "
-            "them.",
-        )
-    if _REPLACEMENT in name:
-        raise UploadRefused(
-            400, "The file name is not valid UTF-8 once percent-decoded; encode it as UTF-8."
-        )
+    reason = url_name_problem(name)
+    if reason is not None:
+        raise UploadRefused(400, reason)
     return validate_upload_name(name)
 
 
@@ -218,10 +163,10 @@ class ExpectedChecksums:
 
     md5: bytes | None = None
     sha256: bytes | None = None
-    _hashers: dict[str, Any] = field(default_factory=dict, repr=False)
+    _hashers: dict[str, HASH] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_headers(cls, headers: Any) -> ExpectedChecksums:
+    def from_headers(cls, headers: Mapping[str, str]) -> ExpectedChecksums:
         """Parse the headers; a malformed value is refused (400) before the body is read."""
         found = cls()
         md5 = headers.get("Content-MD5")
@@ -270,7 +215,7 @@ class ExpectedChecksums:
 
 
 # -- the spool directory ------------------------------------------------------------------------
-def spool_dir(local: Any) -> str:
+def spool_dir(local: Storage) -> str:
     """The spool directory inside the local (staging) storage's root, created on first use."""
     try:
         root = local.path("")
@@ -284,7 +229,7 @@ def spool_dir(local: Any) -> str:
     return path
 
 
-def tus_dir(local: Any) -> str:
+def tus_dir(local: Storage) -> str:
     """The directory of unfinished tus uploads inside the local storage's root (each upload's
     bytes are the file named by its id), created on first use."""
     path = os.path.join(spool_dir(local).removesuffix(SPOOL_DIRNAME), TUS_DIRNAME)
@@ -318,7 +263,7 @@ def _new_spool_file(directory: str) -> tuple[int, str]:
     return tempfile.mkstemp(dir=directory, prefix="body-", suffix=".part")
 
 
-def _write(out: Any, chunk: bytes) -> None:
+def _write(out: IO[bytes], chunk: bytes) -> None:
     """Write a chunk; a full disk becomes a 507 the client can act on (retry later)."""
     try:
         out.write(chunk)
@@ -339,7 +284,7 @@ _mine: set[str] = set()
 _mine_lock = threading.Lock()
 
 
-def reservations_dir(local: Any, host: str) -> str:
+def reservations_dir(local: Storage, host: str) -> str:
     """Where the bodies *host* is receiving into the staging storage *local* are reserved:
     ``<spool>/in-flight/<hash of host>/`` (a host of its own on a shared staging volume)."""
     digest = hashlib.sha256(host.encode("utf-8", "surrogatepass")).hexdigest()[:16]
@@ -628,7 +573,7 @@ def spool_stream(
 
 # -- appending to a resumable upload (queued_storage.tus) -----------------------------------------
 #: ``Upload-Checksum`` algorithms (tus checksum extension), by their tus name.
-CHECKSUM_ALGORITHMS: dict[str, Callable[[], Any]] = {
+CHECKSUM_ALGORITHMS: dict[str, Callable[[], HASH]] = {
     "sha1": lambda: hashlib.sha1(usedforsecurity=False),
     "md5": lambda: hashlib.md5(usedforsecurity=False),
     "sha256": hashlib.sha256,
@@ -662,7 +607,7 @@ class ChunkChecksum:
             raise UploadRefused(400, f"Upload-Checksum is not the base64 of a {algorithm} digest.")
         return cls(algorithm.lower(), digest)
 
-    def hasher(self) -> Any:
+    def hasher(self) -> HASH:
         return CHECKSUM_ALGORITHMS[self.algorithm]()
 
 
@@ -848,7 +793,7 @@ class StagingUploadHandler(TemporaryFileUploadHandler):
     Memory per file is Django's chunk size (64 KiB by default).
     """
 
-    def __init__(self, request: Any = None, *, directory: str | None = None) -> None:
+    def __init__(self, request: HttpRequest | None = None, *, directory: str | None = None) -> None:
         super().__init__(request)
         self.directory = directory or spool_dir(_default_local())
 
@@ -864,6 +809,7 @@ class StagingUploadHandler(TemporaryFileUploadHandler):
         )
 
 
-def _default_local() -> Any:
+def _default_local() -> Storage:
     storage = storages[settings.UPLOAD_STORAGE]
-    return getattr(storage, "local", storage)
+    local: Storage = getattr(storage, "local", storage)
+    return local

@@ -7,12 +7,14 @@ aside), so a change that breaks one fails here with the module and line that bro
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from functools import cache
 from pathlib import Path
 
 import pytest
+from django.utils.module_loading import import_string
 
 PACKAGE = Path(__file__).resolve().parent.parent / "queued_storage"
 
@@ -167,13 +169,157 @@ def test_the_engine_imports_no_celery_cache_or_ledger() -> None:
     assert found == []
 
 
-def test_views_import_no_model() -> None:
-    found = [
-        (node.lineno, sorted(targets))
-        for node, targets in imports("queued_storage.views")
-        if any(t.startswith("queued_storage.models") for t in targets)
+#: The ingest part (DESIGN.md): views import no model at run time.
+INGEST = (
+    "queued_storage.views",
+    "queued_storage.tus",
+    "queued_storage.uploads",
+    "queued_storage.asgi",
+)
+
+
+def type_checking_only(tree: ast.Module) -> set[int]:
+    """The ids of the import statements inside an ``if TYPE_CHECKING:`` block of *tree*: they
+    run under a type checker only."""
+    found: set[int] = set()
+    for node in ast.walk(tree):
+        test = node.test if isinstance(node, ast.If) else None
+        guarded = isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+        guarded |= isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+        if guarded:
+            for statement in node.body:  # type: ignore[attr-defined]
+                found |= {id(inner) for inner in ast.walk(statement)}
+    return found
+
+
+def model_imports(tree: ast.Module) -> list[tuple[int, list[str]]]:
+    """The run-time imports of ``queued_storage.models`` in *tree* (line, names)."""
+    typing_only = type_checking_only(tree)
+    return [
+        (node.lineno, sorted(imported(node)))
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        and id(node) not in typing_only
+        and any(t.startswith("queued_storage.models") for t in imported(node))
     ]
+
+
+def test_views_import_no_model() -> None:
+    ingest = [m for m in modules() if m in INGEST or m.startswith("queued_storage.views.")]
+    assert "queued_storage.views.upload" in ingest and "queued_storage.tus" in ingest
+    found = [(module, *where) for module in ingest for where in model_imports(modules()[module])]
     assert found == []
+
+
+def test_the_model_import_rule_allows_type_checking_imports_only() -> None:
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from queued_storage.models import TusUpload\n"
+        "from queued_storage.models import StoredFile\n"
+        "import queued_storage.models\n"
+    )
+    assert model_imports(ast.parse(source)) == [
+        (4, ["queued_storage.models", "queued_storage.models.StoredFile"]),
+        (5, ["queued_storage.models"]),
+    ]
+
+
+#: Modules that may import from the private ``_s3`` subpackage (the one S3 adapter): the
+#: engine's generic path, which drives it, and the doctor, which runs its probe.
+_S3_USERS = {"queued_storage.transfer", "queued_storage.doctor"}
+
+
+def _private(dotted: str) -> bool:
+    return any(part.startswith("_") and not part.startswith("__") for part in dotted.split("."))
+
+
+def private_uses(module: str, tree: ast.Module, names: set[str]) -> list[tuple[str, int, str]]:
+    """What *module* (its syntax *tree*) uses of another package module's private names:
+    ``from m import _x``, ``import m._x``, ``m._x`` of an imported package module (one of
+    *names*), and the ``_s3`` subpackage outside itself and :data:`_S3_USERS`."""
+    found = []
+    bound: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        for target in sorted(imported(node)):
+            if not target.startswith("queued_storage."):
+                continue
+            own = target.startswith("queued_storage._s3") and (
+                module.startswith("queued_storage._s3") or module in _S3_USERS
+            )
+            if _private(target) and not own:
+                found.append((module, node.lineno, target))
+        for alias in node.names:
+            base = "" if isinstance(node, ast.Import) else f"{node.module or ''}."
+            if base + alias.name in names:
+                bound[alias.asname or alias.name] = base + alias.name
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+            and _private(node.attr)
+        ):
+            found.append((module, node.lineno, f"{bound[node.value.id]}.{node.attr}"))
+    return found
+
+
+def test_no_module_imports_a_private_name_of_another() -> None:
+    """A name with a leading underscore stays in its module; helpers shared across modules
+    are public (the views package's, for example)."""
+    names = set(modules())
+    found = [where for module in names for where in private_uses(module, modules()[module], names)]
+    assert found == []
+
+
+def test_the_private_name_rule_finds_each_form() -> None:
+    source = (
+        "from queued_storage.views.common import _error, error\n"
+        "from queued_storage import uploads\n"
+        "import queued_storage._s3.client\n"
+        "uploads._write(uploads.spool_dir, b'')\n"
+    )
+    names = {"queued_storage.uploads", "queued_storage._s3.client"}
+    assert private_uses("queued_storage.tus", ast.parse(source), names) == [
+        ("queued_storage.tus", 1, "queued_storage.views.common._error"),
+        ("queued_storage.tus", 3, "queued_storage._s3.client"),
+        ("queued_storage.tus", 4, "queued_storage.uploads._write"),
+    ]
+    assert private_uses("queued_storage.transfer", ast.parse(source), names)[1:] == [
+        ("queued_storage.transfer", 4, "queued_storage.uploads._write")
+    ]
+
+
+#: What ``queued_storage.views`` offered before it became a package: every name stays there.
+VIEWS_NAMES = (
+    "ACTIVE_TYPES",
+    "SECRET_HEADER",
+    "SIGN_IN",
+    "STAGING_FULL",
+    "NginxAuthView",
+    "NginxUploadView",
+    "QueuedStorageView",
+    "StagedFileView",
+    "StatusView",
+    "UploadView",
+    "budget_reserved",
+    "default_authorize",
+    "get_authorizer",
+    "not_found",
+    "owner_of",
+)
+
+
+def test_the_views_names_keep_their_dotted_paths() -> None:
+    """Settings and docs name them as ``queued_storage.views.<name>``
+    (``QUEUED_STORAGE_UPLOAD_AUTHORIZER="queued_storage.views.default_authorize"``)."""
+    views = importlib.import_module("queued_storage.views")
+    found = {name: import_string(f"queued_storage.views.{name}") for name in VIEWS_NAMES}
+    assert found == {name: getattr(views, name) for name in VIEWS_NAMES}
+    assert sorted(views.__all__) == sorted(VIEWS_NAMES)
+    assert found["default_authorize"].__module__ == "queued_storage.views.authorization"
 
 
 def test_tasks_hold_only_celery_glue_and_the_worker_needs_no_celery() -> None:
@@ -198,7 +344,17 @@ def test_tasks_hold_only_celery_glue_and_the_worker_needs_no_celery() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["worker", "reconcile", "storage", "views", "dispatch", "state", "transfer"]
+    "module",
+    [
+        "worker",
+        "reconcile",
+        "storage",
+        "views.upload",
+        "views.staged",
+        "dispatch",
+        "state",
+        "transfer",
+    ],
 )
 def test_loggers_are_named_after_their_module(module: str) -> None:
     source = ast.unparse(modules()[f"queued_storage.{module}"])

@@ -25,7 +25,7 @@ from django.core.files.storage import storages
 from django.test import Client, override_settings
 
 import queued_storage._s3.upload as s3_upload
-import queued_storage.views as views
+import queued_storage.views.upload as upload_view
 from queued_storage.models import StoredFile
 from queued_storage.state import cache_key
 from queued_storage.storage import QueuedStorage, owned_by
@@ -189,7 +189,7 @@ def test_upload_chunk_size_is_the_read_size_of_the_upload_view(
     clean: Any, monkeypatch: Any
 ) -> None:
     reads: list[int] = []
-    real_spool_stream = getattr(views, "spool_stream")  # noqa: B009 (imported, not exported)
+    real_spool_stream = getattr(upload_view, "spool_stream")  # noqa: B009 (imported, not exported)
 
     def spying_spool_stream(read: Any, *args: Any, **kwargs: Any) -> Any:
         def counted(size: int) -> bytes:
@@ -200,7 +200,7 @@ def test_upload_chunk_size_is_the_read_size_of_the_upload_view(
 
         return real_spool_stream(counted, *args, **kwargs)
 
-    monkeypatch.setattr(views, "spool_stream", spying_spool_stream)
+    monkeypatch.setattr(upload_view, "spool_stream", spying_spool_stream)
     client = _client(_user("uploader", "queued_storage.add_storedfile"))
     response = client.put("/uploads/put/chunked.bin", data=b"u" * 4500)
     assert response.status_code == 201, response.content

@@ -1616,9 +1616,9 @@ def test_upload_over_the_staging_budget_is_507_before_reading(staging: Path) -> 
 def test_staging_full_from_save_is_507_and_the_spool_is_emptied(
     staging: Path, monkeypatch: Any
 ) -> None:
-    from queued_storage import views
+    from queued_storage.views import upload
 
-    monkeypatch.setattr(views, "budget_reserved", lambda *args: contextlib.nullcontext())  # a race
+    monkeypatch.setattr(upload, "budget_reserved", lambda *args: contextlib.nullcontext())  # a race
     response = Client().put("/uploads/put/over.bin", data=b"b" * 1001)
     assert response.status_code == 507
     assert staged_files(staging) == []
