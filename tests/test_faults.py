@@ -463,11 +463,22 @@ _REFUSED_AT_START_UP = re.compile(
 
 
 def test_files_saved_while_the_broker_was_down_go_as_soon_as_a_worker_starts(
-    clean: Any, capsys: Any, broker_proxy: Any
+    host_worker: Any, clean: Any, capsys: Any, broker_proxy: Any
 ) -> None:
     """No worker runs and the broker refuses: the saves record the refusal on their rows. The
     worker that starts next queues them itself, at once: its RECONCILE_AFTER is 120 s, so the
-    overdue path (and a scheduled pass, 5 min) would have left them waiting."""
+    overdue path (and a scheduled pass, 5 min) would have left them waiting.
+
+    The suite's host worker is stopped meanwhile: its own second start-up pass (a few seconds
+    after it started, in an earlier test) would otherwise queue the files first."""
+    host_worker.stop()
+    try:
+        _refused_files_go_when_a_worker_starts(clean, capsys, broker_proxy)
+    finally:
+        host_worker.start(timeout=60)
+
+
+def _refused_files_go_when_a_worker_starts(clean: Any, capsys: Any, broker_proxy: Any) -> None:
     storage = storages["queued_host"]
     payloads = {f"refused/{i}.txt": os.urandom(500 + i) for i in range(4)}
     broker_proxy.go_down()
