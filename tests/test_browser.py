@@ -47,7 +47,7 @@ from django.test import Client
 from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.tus import parse_metadata
 from tests.harness.faults import HttpFaultProxy
-from tests.harness.suite import need_tool, s3_bytes, wait_for
+from tests.harness.suite import django_server, need_tool, s3_bytes, wait_for
 from tests.harness.webservers import DjangoServer
 
 pytestmark = [
@@ -225,16 +225,13 @@ def _signed_in(username: str) -> tuple[User, str]:
 def proxied_server(workdir: str) -> Iterator[tuple[DjangoServer, HttpFaultProxy]]:
     """The test project on gunicorn, and the fault proxy the browser reaches it through (one
     connection per request: see :class:`HttpFaultProxy`'s ``keep_alive``)."""
-    env = {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"}
-    server = DjangoServer("gunicorn", Path(settings.WORKDIR) / workdir, env)
-    server.start()
-    proxy = HttpFaultProxy(("127.0.0.1", server.port), name=f"{workdir}-proxy", keep_alive=False)
-    proxy.start()
-    try:
+    with (
+        django_server("gunicorn", workdir) as server,
+        HttpFaultProxy(
+            ("127.0.0.1", server.port), name=f"{workdir}-proxy", keep_alive=False
+        ) as proxy,
+    ):
         yield server, proxy
-    finally:
-        proxy.stop()
-        server.stop()
 
 
 def chromium_path() -> str | None:
@@ -292,12 +289,9 @@ def test_the_shipped_widget_uploads_with_progress_and_follows_each_file_to_s3(
     for old in ARTIFACTS.glob("[0-9]*.png"):
         old.unlink()
     shots: list[Path] = []
-    env = {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"}
-    server = DjangoServer("gunicorn", Path(settings.WORKDIR) / "web-browser", env)
-    server.start()
     started = time.monotonic()
     try:
-        with browser_page() as browser:
+        with django_server("gunicorn", "web-browser") as server, browser_page() as browser:
             context = browser.new_context(viewport={"width": 900, "height": 700})
             context.add_cookies(
                 [{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": server.url}]
@@ -370,7 +364,6 @@ def test_the_shipped_widget_uploads_with_progress_and_follows_each_file_to_s3(
             }
             context.close()
     finally:
-        server.stop()
         with capsys.disabled():
             print(
                 f"\nbrowser screenshots ({time.monotonic() - started:.1f}s): "
@@ -425,13 +418,10 @@ def test_the_widget_in_tus_mode_resumes_after_a_reload_from_the_servers_offset(
     shots: list[Path] = []
     #: Every tus request the page sent: (method, Upload-Offset or None).
     sent: list[tuple[str, int | None]] = []
-    env = {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"}
-    server = DjangoServer("gunicorn", Path(settings.WORKDIR) / "web-browser-tus", env)
-    server.start()
     started = time.monotonic()
     item = '.qs-file[data-file-name="resumed.bin"]'
     try:
-        with browser_page() as browser:
+        with django_server("gunicorn", "web-browser-tus") as server, browser_page() as browser:
             context = browser.new_context(viewport={"width": 900, "height": 500})
             context.add_cookies(
                 [{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": server.url}]
@@ -517,7 +507,6 @@ def test_the_widget_in_tus_mode_resumes_after_a_reload_from_the_servers_offset(
             seen: list[dict[str, Any]] = page.evaluate("window.qsSeen")
             context.close()
     finally:
-        server.stop()
         with capsys.disabled():
             print(
                 f"\nbrowser screenshots, tus ({time.monotonic() - started:.1f}s): "
