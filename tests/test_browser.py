@@ -234,6 +234,12 @@ def proxied_server(workdir: str) -> Iterator[tuple[DjangoServer, HttpFaultProxy]
         yield server, proxy
 
 
+def _need_chromium() -> None:
+    """Fail (strict mode) or skip unless Playwright and a Chromium to drive are installed."""
+    need_tool("Playwright", importlib.util.find_spec("playwright") is not None, INSTALL_HINT)
+    need_tool("Chromium", chromium_path() is not None, INSTALL_HINT)
+
+
 def chromium_path() -> str | None:
     """``QS_TEST_CHROMIUM`` if set (a path), else ``chromium`` on ``PATH``."""
     given = os.environ.get("QS_TEST_CHROMIUM")
@@ -269,21 +275,14 @@ def png_bytes() -> bytes:
 def test_the_shipped_widget_uploads_with_progress_and_follows_each_file_to_s3(
     worker: Any, clean: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    need_tool("Playwright", importlib.util.find_spec("playwright") is not None, INSTALL_HINT)
-    need_tool("Chromium", chromium_path() is not None, INSTALL_HINT)
+    _need_chromium()
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(20 * MiB))
     picture = tmp_path / "picture.png"
     picture.write_bytes(png_bytes())
     sent = {"big.bin": big.read_bytes(), "picture.png": picture.read_bytes()}
 
-    user = User.objects.create_user("browser-user")
-    user.user_permissions.add(
-        *Permission.objects.filter(codename__in=["add_storedfile", "view_storedfile"])
-    )
-    client = Client()
-    client.force_login(user)
-    session = client.cookies[settings.SESSION_COOKIE_NAME].value
+    user, session = _signed_in("browser-user")
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("[0-9]*.png"):
@@ -398,19 +397,12 @@ def test_the_shipped_widget_uploads_with_progress_and_follows_each_file_to_s3(
 def test_the_widget_in_tus_mode_resumes_after_a_reload_from_the_servers_offset(
     worker: Any, clean: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    need_tool("Playwright", importlib.util.find_spec("playwright") is not None, INSTALL_HINT)
-    need_tool("Chromium", chromium_path() is not None, INSTALL_HINT)
+    _need_chromium()
     big = tmp_path / "resumed.bin"
     big.write_bytes(os.urandom(12 * MiB))
     data = big.read_bytes()
 
-    user = User.objects.create_user("tus-browser-user")
-    user.user_permissions.add(
-        *Permission.objects.filter(codename__in=["add_storedfile", "view_storedfile"])
-    )
-    client = Client()
-    client.force_login(user)
-    session = client.cookies[settings.SESSION_COOKIE_NAME].value
+    user, session = _signed_in("tus-browser-user")
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("tus-*.png"):
@@ -555,8 +547,7 @@ def test_tus_js_client_resumes_after_a_dropped_connection_and_a_reload_from_the_
     ``navigator.onLine`` is false and tus-js-client does not retry (``isOnline()`` in its
     ``shouldRetry``); the page would have to restart the upload itself.
     """
-    need_tool("Playwright", importlib.util.find_spec("playwright") is not None, INSTALL_HINT)
-    need_tool("Chromium", chromium_path() is not None, INSTALL_HINT)
+    _need_chromium()
     size, chunk, cut_after = 12 * MiB, MiB, 512 * 1024
     source = tmp_path / "tus-js.bin"
     source.write_bytes(os.urandom(size))
@@ -677,8 +668,7 @@ def test_the_widget_in_tus_mode_aborts_a_stalled_patch_and_resumes_from_the_serv
 ) -> None:
     """A ``PATCH`` that neither fails nor progresses (the proxy holds it and never answers):
     after ``data-stall-timeout`` the widget aborts it, asks for the offset and goes on."""
-    need_tool("Playwright", importlib.util.find_spec("playwright") is not None, INSTALL_HINT)
-    need_tool("Chromium", chromium_path() is not None, INSTALL_HINT)
+    _need_chromium()
     size, chunk, stall_ms = 6 * MiB, MiB, 3000
     source = tmp_path / "stalled.bin"
     source.write_bytes(os.urandom(size))
