@@ -47,7 +47,7 @@ from django.test import Client
 from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.tus import parse_metadata
 from tests.harness.faults import HttpFaultProxy
-from tests.harness.suite import need_tool, s3_bytes, wait_for
+from tests.harness.suite import django_server, need_tool, s3_bytes, wait_for
 from tests.harness.webservers import DjangoServer
 
 pytestmark = [
@@ -225,16 +225,19 @@ def _signed_in(username: str) -> tuple[User, str]:
 def proxied_server(workdir: str) -> Iterator[tuple[DjangoServer, HttpFaultProxy]]:
     """The test project on gunicorn, and the fault proxy the browser reaches it through (one
     connection per request: see :class:`HttpFaultProxy`'s ``keep_alive``)."""
-    env = {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"}
-    server = DjangoServer("gunicorn", Path(settings.WORKDIR) / workdir, env)
-    server.start()
-    proxy = HttpFaultProxy(("127.0.0.1", server.port), name=f"{workdir}-proxy", keep_alive=False)
-    proxy.start()
-    try:
+    with (
+        django_server("gunicorn", workdir) as server,
+        HttpFaultProxy(
+            ("127.0.0.1", server.port), name=f"{workdir}-proxy", keep_alive=False
+        ) as proxy,
+    ):
         yield server, proxy
-    finally:
-        proxy.stop()
-        server.stop()
+
+
+def _need_chromium() -> None:
+    """Fail (strict mode) or skip unless Playwright and a Chromium to drive are installed."""
+    need_tool("Playwright", importlib.util.find_spec("playwright") is not None, INSTALL_HINT)
+    need_tool("Chromium", chromium_path() is not None, INSTALL_HINT)
 
 
 def chromium_path() -> str | None:
@@ -272,32 +275,22 @@ def png_bytes() -> bytes:
 def test_the_shipped_widget_uploads_with_progress_and_follows_each_file_to_s3(
     worker: Any, clean: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    need_tool("Playwright", importlib.util.find_spec("playwright") is not None, INSTALL_HINT)
-    need_tool("Chromium", chromium_path() is not None, INSTALL_HINT)
+    _need_chromium()
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(20 * MiB))
     picture = tmp_path / "picture.png"
     picture.write_bytes(png_bytes())
     sent = {"big.bin": big.read_bytes(), "picture.png": picture.read_bytes()}
 
-    user = User.objects.create_user("browser-user")
-    user.user_permissions.add(
-        *Permission.objects.filter(codename__in=["add_storedfile", "view_storedfile"])
-    )
-    client = Client()
-    client.force_login(user)
-    session = client.cookies[settings.SESSION_COOKIE_NAME].value
+    user, session = _signed_in("browser-user")
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("[0-9]*.png"):
         old.unlink()
     shots: list[Path] = []
-    env = {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"}
-    server = DjangoServer("gunicorn", Path(settings.WORKDIR) / "web-browser", env)
-    server.start()
     started = time.monotonic()
     try:
-        with browser_page() as browser:
+        with django_server("gunicorn", "web-browser") as server, browser_page() as browser:
             context = browser.new_context(viewport={"width": 900, "height": 700})
             context.add_cookies(
                 [{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": server.url}]
@@ -370,7 +363,6 @@ def test_the_shipped_widget_uploads_with_progress_and_follows_each_file_to_s3(
             }
             context.close()
     finally:
-        server.stop()
         with capsys.disabled():
             print(
                 f"\nbrowser screenshots ({time.monotonic() - started:.1f}s): "
@@ -405,19 +397,12 @@ def test_the_shipped_widget_uploads_with_progress_and_follows_each_file_to_s3(
 def test_the_widget_in_tus_mode_resumes_after_a_reload_from_the_servers_offset(
     worker: Any, clean: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    need_tool("Playwright", importlib.util.find_spec("playwright") is not None, INSTALL_HINT)
-    need_tool("Chromium", chromium_path() is not None, INSTALL_HINT)
+    _need_chromium()
     big = tmp_path / "resumed.bin"
     big.write_bytes(os.urandom(12 * MiB))
     data = big.read_bytes()
 
-    user = User.objects.create_user("tus-browser-user")
-    user.user_permissions.add(
-        *Permission.objects.filter(codename__in=["add_storedfile", "view_storedfile"])
-    )
-    client = Client()
-    client.force_login(user)
-    session = client.cookies[settings.SESSION_COOKIE_NAME].value
+    user, session = _signed_in("tus-browser-user")
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("tus-*.png"):
@@ -425,13 +410,10 @@ def test_the_widget_in_tus_mode_resumes_after_a_reload_from_the_servers_offset(
     shots: list[Path] = []
     #: Every tus request the page sent: (method, Upload-Offset or None).
     sent: list[tuple[str, int | None]] = []
-    env = {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"}
-    server = DjangoServer("gunicorn", Path(settings.WORKDIR) / "web-browser-tus", env)
-    server.start()
     started = time.monotonic()
     item = '.qs-file[data-file-name="resumed.bin"]'
     try:
-        with browser_page() as browser:
+        with django_server("gunicorn", "web-browser-tus") as server, browser_page() as browser:
             context = browser.new_context(viewport={"width": 900, "height": 500})
             context.add_cookies(
                 [{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": server.url}]
@@ -517,7 +499,6 @@ def test_the_widget_in_tus_mode_resumes_after_a_reload_from_the_servers_offset(
             seen: list[dict[str, Any]] = page.evaluate("window.qsSeen")
             context.close()
     finally:
-        server.stop()
         with capsys.disabled():
             print(
                 f"\nbrowser screenshots, tus ({time.monotonic() - started:.1f}s): "
@@ -566,8 +547,7 @@ def test_tus_js_client_resumes_after_a_dropped_connection_and_a_reload_from_the_
     ``navigator.onLine`` is false and tus-js-client does not retry (``isOnline()`` in its
     ``shouldRetry``); the page would have to restart the upload itself.
     """
-    need_tool("Playwright", importlib.util.find_spec("playwright") is not None, INSTALL_HINT)
-    need_tool("Chromium", chromium_path() is not None, INSTALL_HINT)
+    _need_chromium()
     size, chunk, cut_after = 12 * MiB, MiB, 512 * 1024
     source = tmp_path / "tus-js.bin"
     source.write_bytes(os.urandom(size))
@@ -688,8 +668,7 @@ def test_the_widget_in_tus_mode_aborts_a_stalled_patch_and_resumes_from_the_serv
 ) -> None:
     """A ``PATCH`` that neither fails nor progresses (the proxy holds it and never answers):
     after ``data-stall-timeout`` the widget aborts it, asks for the offset and goes on."""
-    need_tool("Playwright", importlib.util.find_spec("playwright") is not None, INSTALL_HINT)
-    need_tool("Chromium", chromium_path() is not None, INSTALL_HINT)
+    _need_chromium()
     size, chunk, stall_ms = 6 * MiB, MiB, 3000
     source = tmp_path / "stalled.bin"
     source.write_bytes(os.urandom(size))

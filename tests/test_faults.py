@@ -82,6 +82,16 @@ def figures(capsys: Any, test: str, **values: Any) -> None:
         sys.stdout.write(f"\n{line}\n")
 
 
+def _intact_on_s3(client: Any, names: list[str], payloads: dict[str, bytes]) -> int:
+    """How many of *names* (what ``save()`` returned for *payloads*, in order) hold exactly
+    their payload's bytes on S3."""
+    return sum(
+        1
+        for name, data in zip(names, payloads.values(), strict=True)
+        if s3_bytes(client, name) == data
+    )
+
+
 class _Moved(File):  # type: ignore[type-arg]
     """A file the local storage moves into place (as Django does with temporary uploads)."""
 
@@ -435,11 +445,7 @@ def test_broker_down_while_saving_then_reconcile_transfers_everything(
         timeout=60,
         what="the reconcile pass to get every file transferred",
     )
-    verified = sum(
-        1
-        for name, data in zip(names, payloads.values(), strict=True)
-        if clean.get_object(Bucket=settings.BUCKET, Key=name)["Body"].read() == data
-    )
+    verified = _intact_on_s3(clean, names, payloads)
     lost = lost_count("queued_host")
     figures(
         capsys,
@@ -504,11 +510,7 @@ def _refused_files_go_when_a_worker_starts(clean: Any, capsys: Any, broker_proxy
         worker.stop()
         caches["default"].clear()  # its guard (120 s) would hold back the next worker's pass
     queued = [int(n) for n in _REFUSED_AT_START_UP.findall(log)]
-    verified = sum(
-        1
-        for name, data in zip(names, payloads.values(), strict=True)
-        if s3_bytes(clean, name) == data
-    )
+    verified = _intact_on_s3(clean, names, payloads)
     figures(
         capsys,
         "broker-refused-then-worker-start",
@@ -786,11 +788,7 @@ def test_a_restarted_worker_requeues_what_the_killed_one_held_without_a_reconcil
         what="every file on S3 without a reconcile pass",
     )
     requeued = start_up_requeues(host_worker.log_text())
-    verified = sum(
-        1
-        for name, data in zip(names, payloads.values(), strict=True)
-        if s3_bytes(clean, name) == data
-    )
+    verified = _intact_on_s3(clean, names, payloads)
     figures(
         capsys,
         "worker-killed-holding-retries",

@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConn
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from qs_dev.processes import LOOPBACK, free_port, pid_alive
+from qs_dev.processes import LOOPBACK, free_port, http_status, pid_alive
 from tests.harness.faults import HttpFaultProxy, ProxiedRequest, TcpFaultProxy
 from tests.harness.services import (
     ENV_BROKER_URL,
@@ -44,6 +44,7 @@ from tests.harness.services import (
     ServiceUnavailable,
     make_s3_client,
 )
+from tests.harness.webservers import Nginx
 from tests.harness.workers import CeleryWorker
 
 pytestmark = pytest.mark.integration
@@ -103,18 +104,14 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def redis_server(workdir: Path) -> Iterator[RedisServer]:
-    server = RedisServer(workdir / "redis")
-    server.start()
-    yield server
-    server.stop()
+    with RedisServer(workdir / "redis") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def moto_server(workdir: Path) -> Iterator[MotoServer]:
-    server = MotoServer(workdir / "moto")
-    server.start()
-    yield server
-    server.stop()
+    with MotoServer(workdir / "moto") as server:
+        yield server
 
 
 @pytest.fixture
@@ -128,10 +125,8 @@ def bucket(moto_server: MotoServer) -> str:
 
 @pytest.fixture
 def s3_proxy(moto_server: MotoServer) -> Iterator[HttpFaultProxy]:
-    proxy = HttpFaultProxy((LOOPBACK, moto_server.port))
-    proxy.start()
-    yield proxy
-    proxy.stop()
+    with HttpFaultProxy((LOOPBACK, moto_server.port)) as proxy:
+        yield proxy
 
 
 # -- basics --------------------------------------------------------------------------------------
@@ -488,6 +483,37 @@ def test_tcp_proxy_redis_down_and_up(redis_server: RedisServer) -> None:
         client.close()
         proxy.stop()
     assert proxy.active_connections == 0
+
+
+# -- web servers ---------------------------------------------------------------------------------
+
+
+def test_a_web_server_in_a_with_block_starts_on_entry_and_stops_on_exit_also_after_an_error(
+    tmp_path: Path,
+) -> None:
+    # Nginx and DjangoServer are ServerProcesses: the same start and stop.
+    nginx = Nginx(
+        tmp_path / "nginx", upstream_port=free_port(), body_dir=tmp_path / "body", secret="s"
+    )
+    with nginx as entered:
+        assert entered is nginx
+        assert nginx.running
+        assert http_status(nginx.port, "/nginx-ready-probe") is not None
+        first, port = nginx.pid, nginx.port
+    assert not nginx.running
+    assert first is not None and not pid_alive(first)
+    pids: list[int | None] = []
+
+    def fail_inside() -> None:
+        with nginx:
+            pids.append(nginx.pid)
+            assert http_status(port, "/nginx-ready-probe") is not None  # the same port
+            raise RuntimeError("in the block")
+
+    with pytest.raises(RuntimeError, match=r"^in the block$"):
+        fail_inside()
+    assert not nginx.running
+    assert len(pids) == 1 and pids[0] is not None and not pid_alive(pids[0])
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------

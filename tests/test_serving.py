@@ -9,10 +9,7 @@ streams, one answers with ``X-Accel-Redirect`` to the nginx of ``docs/nginx.conf
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +26,7 @@ from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 
 from queued_storage.storage import QueuedStorage, owned_by
-from tests.harness.suite import need_tool, wait_for
+from tests.harness.suite import django_server, nginx_in_front, wait_for
 from tests.harness.webservers import DjangoServer, Nginx
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -39,24 +36,10 @@ SERVE = {"queued_delayed": "delayed-file", "default": "queued_storage:file"}
 PAYLOAD = bytes(range(256)) * 400
 
 
-@contextlib.contextmanager
-def _gunicorn(workdir: str, **env: str) -> Iterator[DjangoServer]:
-    server = DjangoServer(
-        "gunicorn",
-        Path(settings.WORKDIR) / workdir,
-        {
-            **settings.ENV,
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "QS_TEST_SERVE_STAGED": json.dumps(SERVE),
-            **env,
-        },
-        threads=4,
+def _gunicorn(workdir: str, **env: str) -> DjangoServer:
+    return django_server(
+        "gunicorn", workdir, {"QS_TEST_SERVE_STAGED": json.dumps(SERVE), **env}, threads=4
     )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -70,24 +53,11 @@ def streaming(django_db_setup: Any) -> Iterator[DjangoServer]:
 def accel(django_db_setup: Any) -> Iterator[tuple[Nginx, DjangoServer]]:
     """nginx (``docs/nginx.conf``) and the gunicorn behind it, whose view answers
     X-Accel-Redirect."""
-    need_tool(
-        "nginx",
-        shutil.which("nginx") is not None or os.path.exists("/usr/sbin/nginx"),
-        "apt-get install nginx (.ci/run installs it)",
-    )
-    with _gunicorn("web-serve-accel", QS_TEST_SENDFILE="x-accel-redirect") as upstream:
-        front = Nginx(
-            Path(settings.WORKDIR) / "nginx-serve",
-            upstream_port=upstream.port,
-            body_dir=Path(settings.QUEUED_STORAGE_NGINX_UPLOAD_DIR),
-            secret=settings.QUEUED_STORAGE_NGINX_SECRET,
-            staging_dir=Path(settings.STAGING_ROOT),
-        )
-        front.start()
-        try:
-            yield front, upstream
-        finally:
-            front.stop()
+    with (
+        _gunicorn("web-serve-accel", QS_TEST_SENDFILE="x-accel-redirect") as upstream,
+        nginx_in_front(upstream, "nginx-serve", staging_dir=Path(settings.STAGING_ROOT)) as front,
+    ):
+        yield front, upstream
 
 
 @pytest.fixture

@@ -41,17 +41,15 @@ from queued_storage.ledger import check_staging_budget
 from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.names import TUS_DIRNAME
 from tests.harness.faults import TcpFaultProxy
-from tests.harness.suite import need_tool, wait_for
+from tests.harness.rawhttp import TUS_RESUMABLE, RawClient, start_tus_patch
+from tests.harness.rawhttp import cookie_header as _cookie_header
+from tests.harness.suite import django_server, nginx_in_front, wait_for
 from tests.harness.webservers import DjangoServer, Nginx
 from tests.harness.workers import PROJECT_ROOT
 from tests.test_faults import figures
 from tests.test_uploads import (  # noqa: F401  (fixtures)
     MiB,
-    RawClient,
     _answered,
-    _cookie_header,
-    _has_module,
-    _nginx,
     _payload,
     _session_for,
     _wait_state,
@@ -65,7 +63,7 @@ from tests.test_uploads import (  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-TUS = {"Tus-Resumable": "1.0.0"}
+TUS = TUS_RESUMABLE
 
 
 def _meta(name: str, content_type: str = "application/octet-stream") -> str:
@@ -140,17 +138,6 @@ def _patch(
         },
         timeout=60,
     )
-
-
-def _status(client: RawClient) -> int:
-    """The status of the response on *client* (its head only: a 204 has no body)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = client.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"connection closed before a response: {data!r}")
-        data += chunk
-    return int(data.split(b" ", 2)[1])
 
 
 def _s3_body(clean: Any, name: str) -> bytes:
@@ -314,22 +301,9 @@ def test_concurrent_patches_one_wins_the_other_gets_409_and_nothing_is_corrupted
 ) -> None:
     payload = _payload(2 * MiB, b"winner")
     url = _create(server.url, cookies, "raced.bin", len(payload))
-    path = url.removeprefix(server.url)
-    winner = RawClient(server.url)
+    winner = start_tus_patch(url, cookies, 0, payload[:MiB], len(payload))
     loser: dict[str, Any] = {}
     try:
-        winner.send_head(
-            "PATCH",
-            path,
-            {
-                **TUS,
-                "Upload-Offset": "0",
-                "Content-Type": "application/offset+octet-stream",
-                "Content-Length": str(len(payload)),
-                "Cookie": _cookie_header(cookies),
-            },
-        )
-        winner.send(payload[:MiB])
         wait_for(lambda: _partial(staging, url).stat().st_size >= MiB, what="the first MiB")
 
         def race() -> None:
@@ -339,7 +313,7 @@ def test_concurrent_patches_one_wins_the_other_gets_409_and_nothing_is_corrupted
         thread.start()
         thread.join(timeout=2)  # gunicorn answers at once; uvicorn after the winner's body
         winner.send(payload[MiB:])
-        status = _status(winner)
+        status = winner.status()
         thread.join(timeout=30)
     finally:
         winner.close()
@@ -402,7 +376,7 @@ def test_an_anonymous_client_is_refused_before_its_body_is_read(
             },
         )
         client.send(b"z" * 65536)
-        status = _status(client)  # answered while 512 MiB are still to come
+        status = client.status()  # answered while 512 MiB are still to come
     finally:
         client.close()
     assert status == 401
@@ -415,21 +389,9 @@ def test_another_users_upload_is_a_404_and_the_owner_continues(
 ) -> None:
     url = _create(server.url, cookies, "mine.bin", MiB)
     other = _session_for("add_storedfile")
-    client = RawClient(server.url)
+    client = start_tus_patch(url, other, 0, b"x" * 65536, 64 * MiB)
     try:
-        client.send_head(
-            "PATCH",
-            url.removeprefix(server.url),
-            {
-                **TUS,
-                "Upload-Offset": "0",
-                "Content-Type": "application/offset+octet-stream",
-                "Content-Length": str(64 * MiB),
-                "Cookie": _cookie_header(other),
-            },
-        )
-        client.send(b"x" * 65536)
-        status = _status(client)
+        status = client.status()
     finally:
         client.close()
     assert status == 404
@@ -495,20 +457,13 @@ def test_a_stalled_chunk_is_answered_408_and_keeps_only_what_it_may(
     payload = _payload(2 * MiB, b"stalled")
     url = _create(server.url, cookies, f"stalled-{checksum}.bin", len(payload))
     upload_id = url.rstrip("/").rsplit("/", 1)[-1]
-    headers = {
-        **TUS,
-        "Upload-Offset": "0",
-        "Content-Type": "application/offset+octet-stream",
-        "Content-Length": str(MiB),
-        "Cookie": _cookie_header(cookies),
-    }
+    headers: dict[str, str] = {}
     if checksum:
         digest = base64.b64encode(hashlib.sha1(payload[:MiB]).digest()).decode()
         headers["Upload-Checksum"] = f"sha1 {digest}"
-    client = RawClient(server.url)
-    try:
-        client.send_head("PATCH", f"/quick-tus/{upload_id}", headers)
-        client.send(payload[: 256 * 1024])  # then nothing more
+    quick = f"{server.url}/quick-tus/{upload_id}"
+    client = start_tus_patch(quick, cookies, 0, payload[: 256 * 1024], MiB, **headers)
+    try:  # nothing more is sent
         status, body = client.response()
     finally:
         client.close()
@@ -559,17 +514,11 @@ def restartable(
     """A gunicorn, then a uvicorn, of its own (the test kills and restarts it) behind a TCP
     fault proxy."""
     kind = request.param
-    need_tool(kind, _has_module(kind), f'pip install -e ".[test]" (the {kind} package)')
-    env = {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"}
-    web = DjangoServer(kind, Path(settings.WORKDIR) / f"web-tus-restartable-{kind}", env)
-    web.start()
-    proxy = TcpFaultProxy(("127.0.0.1", web.port), name="tus-proxy")
-    proxy.start()
-    try:
+    with (
+        django_server(kind, f"web-tus-restartable-{kind}") as web,
+        TcpFaultProxy(("127.0.0.1", web.port), name="tus-proxy") as proxy,
+    ):
         yield web, proxy
-    finally:
-        proxy.stop()
-        web.stop()
 
 
 def _kill(web: DjangoServer) -> None:
@@ -592,26 +541,6 @@ def _kill_and_restart(web: DjangoServer) -> None:
     web.start()
 
 
-def _partial_patch(
-    url: str, base: str, cookies: dict[str, str], offset: int, data: bytes, total: int
-) -> RawClient:
-    """Start a PATCH that declares *total* bytes and send *data* only."""
-    client = RawClient(base)
-    client.send_head(
-        "PATCH",
-        url.removeprefix(base),
-        {
-            **TUS,
-            "Upload-Offset": str(offset),
-            "Content-Type": "application/offset+octet-stream",
-            "Content-Length": str(total),
-            "Cookie": _cookie_header(cookies),
-        },
-    )
-    client.send(data)
-    return client
-
-
 def test_an_interrupted_upload_resumes_after_a_dropped_connection_and_a_killed_server(
     restartable: tuple[DjangoServer, TcpFaultProxy],
     worker: Any,
@@ -631,7 +560,7 @@ def test_an_interrupted_upload_resumes_after_a_dropped_connection_and_a_killed_s
     partial = _partial(staging, uploader.url)
 
     # 1. The proxy drops the connection after 1 MiB of a 2 MiB chunk: the server keeps it.
-    client = _partial_patch(uploader.url, base, cookies, 0, payload[:MiB], 2 * MiB)
+    client = start_tus_patch(uploader.url, cookies, 0, payload[:MiB], 2 * MiB)
     wait_for(lambda: partial.stat().st_size >= MiB, what="the first MiB on disk")
     proxy.go_down()
     client.close()
@@ -639,7 +568,7 @@ def test_an_interrupted_upload_resumes_after_a_dropped_connection_and_a_killed_s
     wait_for(lambda: _offset(uploader.url, cookies) == MiB, what="the offset to be committed")
 
     # 2. The web process is killed mid-chunk: what it wrote is not committed, and is cut off.
-    client = _partial_patch(uploader.url, base, cookies, MiB, payload[MiB : 2 * MiB], 2 * MiB)
+    client = start_tus_patch(uploader.url, cookies, MiB, payload[MiB : 2 * MiB], 2 * MiB)
     wait_for(lambda: partial.stat().st_size >= 2 * MiB, what="the second MiB on disk")
     _kill_and_restart(web)
     client.close()
@@ -685,7 +614,7 @@ def test_a_patch_cut_mid_body_keeps_exactly_the_bytes_the_server_read(
     arrived = MiB + 193_206  # not a multiple of the 256 KiB the server reads at a time
     url = _create(server.url, cookies, "cut.bin", len(payload))
     partial = _partial(staging, url)
-    client = _partial_patch(url, server.url, cookies, 0, payload[:MiB], len(payload))
+    client = start_tus_patch(url, cookies, 0, payload[:MiB], len(payload))
     try:
         wait_for(lambda: partial.stat().st_size == MiB, what="four full reads on disk")
         client.send(payload[MiB:arrived])  # the server now waits for the rest of a read
@@ -712,7 +641,7 @@ def test_a_head_right_after_a_dropped_patch_answers_the_offset_the_next_patch_is
     offset = 0
     for _ in range(5):
         chunk = payload[offset : offset + piece]
-        client = _partial_patch(url, server.url, cookies, offset, chunk, len(payload) - offset)
+        client = start_tus_patch(url, cookies, offset, chunk, len(payload) - offset)
         try:
             # The server holds the chunk (its first read is on disk); the client goes away
             # and asks at once, while the server may still be writing what arrived.
@@ -1025,7 +954,7 @@ def test_a_chunk_of_deferred_length_past_the_limit_is_refused_413_before_it_is_r
     auth = {"Cookie": _cookie_header(cookies)}
     url = server.url + _create_deferred(server.url, auth).headers["Location"]
     assert _patch(url, cookies, 0, b"x").status_code == 204
-    client = _partial_patch(url, server.url, cookies, 1, b"y" * 65536, limit)  # 1 + limit
+    client = start_tus_patch(url, cookies, 1, b"y" * 65536, limit)  # 1 + limit
     try:
         status, body = client.response()  # answered while the 5 GiB are still to come
     finally:
@@ -1040,20 +969,8 @@ def test_a_chunk_of_deferred_length_past_the_limit_is_refused_413_before_it_is_r
         413,
         f"The upload has {limit + 1} bytes; the limit is {limit}.",
     )
-    chunked = RawClient(server.url)
+    chunked = start_tus_patch(url, cookies, 1, b"10000\r\n" + b"z" * 65536 + b"\r\n", None)
     try:
-        chunked.send_head(
-            "PATCH",
-            url.removeprefix(server.url),
-            {
-                **TUS,
-                "Upload-Offset": "1",
-                "Content-Type": "application/offset+octet-stream",
-                "Transfer-Encoding": "chunked",
-                **auth,
-            },
-        )
-        chunked.send(b"10000\r\n" + b"z" * 65536 + b"\r\n")
         status, _ = chunked.response()
     finally:
         chunked.close()
@@ -1110,20 +1027,10 @@ def test_a_burst_of_deferred_chunks_beyond_the_staging_budget_is_refused_507_bef
         created = _create_deferred(budgeted.url, {"Cookie": _cookie_header(cookies)})
         assert created.status_code == 201, created.text
         urls.append(budgeted.url + created.headers["Location"])
-    clients = [RawClient(budgeted.url) for _ in urls]
+    clients: list[RawClient] = []
     try:
-        for client, url in zip(clients, urls, strict=True):
-            client.send_head(
-                "PATCH",
-                url.removeprefix(budgeted.url),
-                {
-                    **TUS,
-                    "Upload-Offset": "0",
-                    "Content-Type": "application/offset+octet-stream",
-                    "Content-Length": str(size),
-                    "Cookie": _cookie_header(cookies),
-                },
-            )
+        for url in urls:  # each head only: the chunks are not sent yet
+            clients.append(start_tus_patch(url, cookies, 0, b"", size))
         wait_for(lambda: len(_answered(clients)) >= 4, what="four answers")
         refused = _answered(clients)
         assert len(refused) == 4
@@ -1135,7 +1042,7 @@ def test_a_burst_of_deferred_chunks_beyond_the_staging_budget_is_refused_507_bef
         admitted = [c for c in clients if c not in refused]
         for client in admitted:
             client.send(_payload(size))
-            assert _status(client) == 204
+            assert client.status() == 204
     finally:
         for client in clients:
             client.close()
@@ -1196,7 +1103,7 @@ def tus_nginx(request: pytest.FixtureRequest) -> Iterator[Nginx]:
     """nginx with ``docs/nginx.conf`` as shipped (its ``/uploads/tus/`` location: request
     buffering off) in front of gunicorn, then of uvicorn."""
     upstream: DjangoServer = request.getfixturevalue(request.param)
-    with _nginx(upstream, f"nginx-tus-{request.param}") as proxy:
+    with nginx_in_front(upstream, f"nginx-tus-{request.param}") as proxy:
         yield proxy
 
 
@@ -1212,7 +1119,7 @@ def test_through_nginx_a_chunk_reaches_staging_before_it_ends_and_a_cut_keeps_it
 
     # Half a 2 MiB chunk is on the staging disk while the client still owes the other half:
     # nginx streams the body through instead of spooling it first.
-    client = _partial_patch(url, base, cookies, 0, payload[:MiB], 2 * MiB)
+    client = start_tus_patch(url, cookies, 0, payload[:MiB], 2 * MiB)
     wait_for(lambda: partial.stat().st_size >= MiB, what="the first MiB on the staging disk")
     client.close()  # the client goes away mid-chunk: nginx closes the upstream request
     wait_for(lambda: _offset(url, cookies) == MiB, what="the first MiB to be committed")

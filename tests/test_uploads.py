@@ -19,7 +19,6 @@ import os
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,7 +40,9 @@ from urllib3 import encode_multipart_formdata
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import owned_by
 from queued_storage.uploads import SPOOL_DIRNAME, reserve_in_flight
-from tests.harness.suite import need_tool, wait_for
+from tests.harness.rawhttp import RawClient
+from tests.harness.rawhttp import cookie_header as _cookie_header
+from tests.harness.suite import django_server, need_tool, nginx_in_front, wait_for
 from tests.harness.webservers import DjangoServer, Nginx, peak_rss_kib, peak_rss_reset
 from tests.hooks import HOOK_LOG, hook_calls
 
@@ -51,19 +52,9 @@ MiB = 1024 * 1024
 SECRET = settings.QUEUED_STORAGE_NGINX_SECRET
 
 
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
-
-
 # -- fixtures -------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _server(
-    kind: str, module: str, *, hooked: bool = False, budget: int | None = None
-) -> Iterator[DjangoServer]:
-    need_tool(module, _has_module(module), f'pip install -e ".[test]" (the {module} package)')
-    env = {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+def _server(kind: str, *, hooked: bool = False, budget: int | None = None) -> DjangoServer:
+    env: dict[str, str] = {}
     workdir = f"web-{kind}"
     if hooked:
         env["QS_TEST_UPLOAD_AUTHORIZER"] = "tests.hooks.name_hook"
@@ -71,49 +62,24 @@ def _server(
     if budget is not None:
         env["QS_TEST_STAGING_BUDGET"] = str(budget)
         workdir += "-budget"
-    server = DjangoServer(kind, Path(settings.WORKDIR) / workdir, env)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    return django_server(kind, workdir, env)
 
 
 @pytest.fixture(scope="module")
 def gunicorn(django_db_setup: Any) -> Iterator[DjangoServer]:
-    with _server("gunicorn", "gunicorn") as server:
+    with _server("gunicorn") as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def uvicorn(django_db_setup: Any) -> Iterator[DjangoServer]:
-    with _server("uvicorn", "uvicorn") as server:
+    with _server("uvicorn") as server:
         yield server
-
-
-@contextlib.contextmanager
-def _nginx(upstream: DjangoServer, workdir: str) -> Iterator[Nginx]:
-    need_tool(
-        "nginx",
-        shutil.which("nginx") is not None or os.path.exists("/usr/sbin/nginx"),
-        "apt-get install nginx (.ci/run installs it)",
-    )
-    server = Nginx(
-        Path(settings.WORKDIR) / workdir,
-        upstream_port=upstream.port,
-        body_dir=Path(settings.QUEUED_STORAGE_NGINX_UPLOAD_DIR),
-        secret=SECRET,
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def nginx(gunicorn: DjangoServer) -> Iterator[Nginx]:
-    with _nginx(gunicorn, "nginx") as server:
+    with nginx_in_front(gunicorn, "nginx") as server:
         yield server
 
 
@@ -123,8 +89,8 @@ def hooked_nginx(request: pytest.FixtureRequest, django_db_setup: Any) -> Iterat
     ``tests.hooks.name_hook`` (it refuses names under ``private/`` and logs every name)."""
     kind = request.param
     with (
-        _server(kind, kind, hooked=True) as upstream,
-        _nginx(upstream, f"nginx-hooked-{kind}") as server,
+        _server(kind, hooked=True) as upstream,
+        nginx_in_front(upstream, f"nginx-hooked-{kind}") as server,
     ):
         yield server
 
@@ -132,7 +98,7 @@ def hooked_nginx(request: pytest.FixtureRequest, django_db_setup: Any) -> Iterat
 @pytest.fixture(scope="module", params=["gunicorn", "uvicorn"])
 def budgeted(request: pytest.FixtureRequest, django_db_setup: Any) -> Iterator[DjangoServer]:
     """A gunicorn, then a uvicorn, whose ``QUEUED_STORAGE_STAGING_BUDGET`` is 8 MiB."""
-    with _server(request.param, request.param, budget=8 * MiB) as server:
+    with _server(request.param, budget=8 * MiB) as server:
         yield server
 
 
@@ -169,10 +135,6 @@ def cookies() -> dict[str, str]:
     return _session_for("add_storedfile", "view_storedfile")
 
 
-def _cookie_header(cookies: dict[str, str]) -> str:
-    return "; ".join(f"{k}={v}" for k, v in cookies.items())
-
-
 def staged_files(root: Path) -> list[str]:
     """Every file in the staging directory (the spool included), relative."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
@@ -190,62 +152,6 @@ def _write_payload(path: Path, size: int) -> Path:
             out.write(block)
         out.write(block[: size % MiB])
     return path
-
-
-class RawClient:
-    """An HTTP/1.1 client on a plain socket: send part of a body, read, send more, or close."""
-
-    def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("http://").split(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=30)
-
-    def send_head(self, method: str, path: str, headers: dict[str, str]) -> None:
-        lines = [f"{method} {path} HTTP/1.1", "Host: testserver"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def response(self) -> tuple[int, bytes]:
-        """Status and body of the response (``Content-Length`` or chunked framing)."""
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"connection closed before a response: {data!r}")
-            data += chunk
-        head, _, rest = data.partition(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        headers = {
-            k.strip().lower(): v.strip()
-            for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
-        }
-        if b"content-length" in headers:
-            length = int(headers[b"content-length"])
-            while len(rest) < length:
-                rest += self._recv()
-            return status, rest[:length]
-        body = b""
-        while True:  # chunked
-            while b"\r\n" not in rest:
-                rest += self._recv()
-            size_line, _, rest = rest.partition(b"\r\n")
-            size = int(size_line, 16)
-            if size == 0:
-                return status, body
-            while len(rest) < size + 2:
-                rest += self._recv()
-            body, rest = body + rest[:size], rest[size + 2 :]
-
-    def _recv(self) -> bytes:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("connection closed in the middle of a response")
-        return chunk
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 # -- Django's ASGI handler vs the streaming one (in process) --------------------------------------
@@ -1633,28 +1539,26 @@ def test_a_burst_over_the_staging_budget_on_a_sqlite_ledger_is_201_or_507_never_
     # "database is locked" in 20 uploads).
     assert settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
     size, budget, uploads = 64 * 1024, 10 * 64 * 1024, 20
-    env = {
-        **settings.ENV,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "QS_TEST_UPLOAD_AUTHORIZER": "tests.test_uploads.allow_all",
-        "QS_TEST_STAGING_BUDGET": str(budget),
-    }
-    server = DjangoServer(
-        "gunicorn", Path(settings.WORKDIR) / "web-gunicorn-budget", env, threads=uploads
-    )
-    server.start()
-    try:
-        with concurrent.futures.ThreadPoolExecutor(uploads) as pool:
-            answers = list(
-                pool.map(
-                    lambda i: requests.put(
-                        f"{server.url}/delayed-put/burst/{i}.bin", data=b"b" * size, timeout=60
-                    ),
-                    range(uploads),
-                )
+    with (
+        django_server(
+            "gunicorn",
+            "web-gunicorn-budget",
+            {
+                "QS_TEST_UPLOAD_AUTHORIZER": "tests.test_uploads.allow_all",
+                "QS_TEST_STAGING_BUDGET": str(budget),
+            },
+            threads=uploads,
+        ) as server,
+        concurrent.futures.ThreadPoolExecutor(uploads) as pool,
+    ):
+        answers = list(
+            pool.map(
+                lambda i: requests.put(
+                    f"{server.url}/delayed-put/burst/{i}.bin", data=b"b" * size, timeout=60
+                ),
+                range(uploads),
             )
-    finally:
-        server.stop()
+        )
     statuses = sorted(answer.status_code for answer in answers)
     assert set(statuses) <= {201, 507}, [a.text for a in answers if a.status_code not in (201, 507)]
     saved = statuses.count(201)

@@ -1,16 +1,19 @@
 """Helpers the suite's tests share (the fixtures are in ``tests/conftest.py``).
 
 Unlike the rest of the harness these depend on pytest and on the test settings: skipping or
-failing when a service is missing (:func:`need`), polling (:func:`wait_for`), and talking to the
+failing when a service is missing (:func:`need`), polling (:func:`wait_for`), the web servers
+of the test project (:func:`django_server`, :func:`nginx_in_front`), and talking to the
 services directly, past the fault proxies (:func:`direct_s3_client`, :func:`redis_client`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +22,7 @@ import pytest
 from django.conf import settings
 
 from tests.harness.services import ENV_REDIS_URL, ENV_S3_DIRECT_ENDPOINT, make_s3_client
+from tests.harness.webservers import DjangoServer, Nginx
 
 if TYPE_CHECKING:
     import redis
@@ -26,9 +30,11 @@ if TYPE_CHECKING:
 __all__ = [
     "broker_messages",
     "direct_s3_client",
+    "django_server",
     "empty_bucket",
     "need",
     "need_tool",
+    "nginx_in_front",
     "open_uploads",
     "redis_client",
     "remote_keys",
@@ -66,6 +72,47 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, what: str = "
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+# --- web servers ---------------------------------------------------------------------------------
+def django_server(
+    kind: str, workdir: str, env: Mapping[str, str] | None = None, *, threads: int = 8
+) -> DjangoServer:
+    """*kind* (``gunicorn``, ``uvicorn``...: :class:`DjangoServer`) serving the test project with
+    this run's services and ``tests.settings``, *env* on top, its files in ``WORKDIR/workdir``.
+    Not started: ``with django_server(...) as server:`` starts it and stops it afterwards."""
+    module = kind.split("-")[0]
+    need_tool(
+        module,
+        importlib.util.find_spec(module) is not None,
+        f'pip install -e ".[test]" (the {module} package)',
+    )
+    return DjangoServer(
+        kind,
+        Path(settings.WORKDIR) / workdir,
+        {**settings.ENV, "DJANGO_SETTINGS_MODULE": "tests.settings", **(env or {})},
+        threads=threads,
+    )
+
+
+def nginx_in_front(
+    upstream: DjangoServer, workdir: str, *, staging_dir: Path | None = None
+) -> Nginx:
+    """nginx with ``docs/nginx.conf`` in front of *upstream*, with the test settings' upload
+    directory and secret, its files in ``WORKDIR/workdir``; not started (``with ... as nginx:``).
+    *staging_dir*: where it sends waiting files from (X-Accel-Redirect)."""
+    need_tool(
+        "nginx",
+        shutil.which("nginx") is not None or os.path.exists("/usr/sbin/nginx"),
+        "apt-get install nginx (.ci/run installs it)",
+    )
+    return Nginx(
+        Path(settings.WORKDIR) / workdir,
+        upstream_port=upstream.port,
+        body_dir=Path(settings.QUEUED_STORAGE_NGINX_UPLOAD_DIR),
+        secret=settings.QUEUED_STORAGE_NGINX_SECRET,
+        staging_dir=staging_dir,
+    )
 
 
 # --- S3, past the fault proxy --------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Real web servers for the upload tests and benchmarks: gunicorn, uvicorn and nginx.
 
 Each runs as a subprocess on a loopback port with its output in a log file
-(:class:`tests.harness.services.ServerProcess`: start, wait until it answers, stop). The
+(:class:`tests.harness.services.ServerProcess`: start, wait until it answers, stop; ``with
+server:`` starts it and stops it afterwards, also after an error). The
 Django servers serve ``tests.webapp`` with the environment they are given (the test run's
 ``QS_TEST_*`` variables, so they share its database, cache, broker and staging directory).
 
