@@ -40,7 +40,7 @@ from __future__ import annotations
 import datetime
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +84,7 @@ logger = logging.getLogger(__name__)
 ERROR_LENGTH = 4000
 
 #: The fields that describe an open multipart upload, emptied together.
-_NO_UPLOAD: dict[str, Any] = {"upload_id": "", "part_size": None, "source": "", "parts": []}
+_NO_UPLOAD: dict[str, object] = {"upload_id": "", "part_size": None, "source": "", "parts": []}
 
 
 # -- the state machine, declared --------------------------------------------------------------
@@ -241,12 +241,12 @@ class Ledger:
         self,
         transition: str,
         name: str,
-        fields: dict[str, Any] | None,
+        fields: Mapping[str, object] | None,
         *,
         row: StoredFile | None = None,
         source: str | None = None,
         old: str | None = None,
-        where: dict[str, Any] | None = None,
+        where: Mapping[str, object] | None = None,
         found: FileState | None = None,
         before: Callable[[], None] | None = None,
     ) -> bool:
@@ -544,9 +544,9 @@ class Ledger:
                 f"{q('state')} = %s, {q('lease_owner')} = %s, {q('lease_expires')} = %s, "
                 f"{q('bytes_done')} = 0, {q('dispatch_refused')} = NULL, {q('updated')} = %s"
             )
-            params: list[Any] = [str(State.TRANSFERRING), owner, when(expires), when(now)]
+            params: list[object] = [str(State.TRANSFERRING), owner, when(expires), when(now)]
             where = f"{q('alias')} = %s AND {q('name')} = %s AND {q('state')} = %s"
-            where_params: list[Any] = [self.alias, name]
+            where_params: list[object] = [self.alias, name]
             if lost is None:
                 where_params.append(str(State.PENDING))
             else:
@@ -560,7 +560,7 @@ class Ledger:
             sql = f"UPDATE {table} SET {sets} WHERE {where} RETURNING {columns}"
             leased = list(StoredFile.objects.db_manager(db).raw(sql, params + where_params))
             return leased[0] if leased else None
-        fields: dict[str, Any] = {
+        fields: dict[str, object] = {
             "state": State.TRANSFERRING,
             "lease_owner": owner,
             "lease_expires": expires,
@@ -690,7 +690,7 @@ class Ledger:
         assert TRANSITIONS[transition].target == state, transition
         now = timezone.now()
         if counted:
-            effect: dict[str, Any] = {"attempts": F("attempts") + 1, "retrying_since": None}
+            effect: dict[str, object] = {"attempts": F("attempts") + 1, "retrying_since": None}
         else:
             effect = {"retrying_since": Coalesce(F("retrying_since"), Value(now))}
         fields = {

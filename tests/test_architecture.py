@@ -131,6 +131,29 @@ def test_only_the_ledger_writes_rows_and_publishes_states() -> None:
     assert writers == []
 
 
+def test_every_write_of_the_ledger_goes_through_its_transition_mechanism() -> None:
+    """In ``ledger.py`` a queryset's ``.update(``/``.delete()`` is written only in
+    ``Ledger._transition`` (every declared transition) and ``Ledger._take`` (the lease's
+    ``UPDATE ... RETURNING``): no transition writes by hand beside the table."""
+    ledger = next(
+        node
+        for node in modules()["queued_storage.ledger"].body
+        if isinstance(node, ast.ClassDef) and node.name == "Ledger"
+    )
+    writers = sorted(
+        {
+            method.name
+            for method in ledger.body
+            if isinstance(method, ast.FunctionDef)
+            for node in ast.walk(method)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("update", "delete")
+        }
+    )
+    assert writers == ["_take", "_transition"]
+
+
 def test_only_the_construction_module_reads_the_storages_setting() -> None:
     """``settings.STORAGES`` is read through ``queued_storage.construction`` (``is_alias``,
     ``storage_spec``, ``resolve_storage``, ``queued_entries``), so that an alias or a dotted
