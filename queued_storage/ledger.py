@@ -98,7 +98,7 @@ class Row(enum.Enum):
 
 
 class Publish(enum.Enum):
-    """What a transition writes to the cache (the read side), once its write matched."""
+    """What a transition writes to the cache (the read side): unless said, once it matched."""
 
     NOTHING = "nothing"
     #: The row as it is after the write (one SELECT).
@@ -146,40 +146,42 @@ class Transition:
 #: Every transition of a file's row. Besides the state, a transition's write may be matched
 #: on more (the lease holder, the row as the reconcile pass read it, a mark): those
 #: conditions are in its method below; the state it leaves is always one of these.
+# fmt: off
 TRANSITIONS: dict[str, Transition] = {
     t.name: t
     for t in (
-        # name                from            to     cache                    announced
-        Transition("saved", (_NEW,), _P, Publish.AT_COMMIT, True),
-        Transition("reserve", (_NEW,), _P, Publish.NOTHING, True),
-        Transition("seed_remote", (_NEW,), _R, Publish.NOTHING, True),
-        Transition("forget", ANY, _GONE, Publish.DROP_ALWAYS, True),
-        Transition("retry", (_F, _P), _P, Publish.ROW, True),
-        Transition("refused", (_P,), _SAME, Publish.NOTHING, False),
+        #          name                from          to     cache                     announced
+        Transition("saved",             (_NEW,),      _P,    Publish.AT_COMMIT,        True),
+        Transition("reserve",           (_NEW,),      _P,    Publish.NOTHING,          True),
+        Transition("seed_remote",       (_NEW,),      _R,    Publish.NOTHING,          True),
+        Transition("forget",            ANY,          _GONE, Publish.DROP_ALWAYS,      True),
+        Transition("retry",             (_F, _P),     _P,    Publish.ROW,              True),
+        Transition("refused",           (_P,),        _SAME, Publish.NOTHING,          False),
         # a worker's lease; from ``transferring`` only when that lease expired (a takeover)
-        Transition("lease", (_P, _T), _T, Publish.NOTHING, True),
-        Transition("renew", (_T,), _SAME, Publish.GIVEN, False),
-        Transition("record_upload", (_T,), _SAME, Publish.NOTHING, False),
-        Transition("record_parts", (_T,), _SAME, Publish.NOTHING, False),
-        Transition("clear_upload", ANY, _SAME, Publish.NOTHING, False),
-        Transition("remote", (_T,), _R, Publish.GIVEN, True),
-        Transition("drop_local", (_R,), _SAME, Publish.GIVEN_BEFORE, False),
-        Transition("local_missing", ANY, _SAME, Publish.NOTHING, False),
-        Transition("retry_later", (_T,), _P, Publish.ROW_ALWAYS, True),
-        Transition("fail", (_T,), _F, Publish.ROW_ALWAYS, True),
+        Transition("lease",             (_P, _T),     _T,    Publish.NOTHING,          True),
+        Transition("renew",             (_T,),        _SAME, Publish.GIVEN,            False),
+        Transition("record_upload",     (_T,),        _SAME, Publish.NOTHING,          False),
+        Transition("record_parts",      (_T,),        _SAME, Publish.NOTHING,          False),
+        Transition("clear_upload",      ANY,          _SAME, Publish.NOTHING,          False),
+        Transition("remote",            (_T,),        _R,    Publish.GIVEN,            True),
+        Transition("drop_local",        (_R,),        _SAME, Publish.GIVEN_BEFORE,     False),
+        Transition("local_missing",     ANY,          _SAME, Publish.NOTHING,          False),
+        Transition("retry_later",       (_T,),        _P,    Publish.ROW_ALWAYS,       True),
+        Transition("fail",              (_T,),        _F,    Publish.ROW_ALWAYS,       True),
         # the reconcile pass (and verify): each write matches the row as it was read
-        Transition("take_back", (_T,), _P, Publish.ROW, True),
-        Transition("claim", (_P,), _SAME, Publish.NOTHING, False),
-        Transition("claim_refused", (_P,), _SAME, Publish.NOTHING, False),
-        Transition("unclaim", (_P,), _SAME, Publish.NOTHING, False),
-        Transition("retry_failed", (_F,), _P, Publish.ROW, True),
-        Transition("lost", (_P, _T, _F), _F, Publish.ROW, True),
-        Transition("remote_lost", (_R,), _F, Publish.ROW, True),
-        Transition("give_up", (_T,), _F, Publish.ROW, True),
-        Transition("finish_save", (_P,), _SAME, Publish.ROW, False),
-        Transition("drop_reservation", (_P,), _GONE, Publish.DROP, True),
+        Transition("take_back",         (_T,),        _P,    Publish.ROW,              True),
+        Transition("claim",             (_P,),        _SAME, Publish.NOTHING,          False),
+        Transition("claim_refused",     (_P,),        _SAME, Publish.NOTHING,          False),
+        Transition("unclaim",           (_P,),        _SAME, Publish.NOTHING,          False),
+        Transition("retry_failed",      (_F,),        _P,    Publish.ROW,              True),
+        Transition("lost",              (_P, _T, _F), _F,    Publish.ROW,              True),
+        Transition("remote_lost",       (_R,),        _F,    Publish.ROW,              True),
+        Transition("give_up",           (_T,),        _F,    Publish.ROW,              True),
+        Transition("finish_save",       (_P,),        _SAME, Publish.ROW,              False),
+        Transition("drop_reservation",  (_P,),        _GONE, Publish.DROP,             True),
     )
 }
+# fmt: on
 
 
 @dataclass(frozen=True)
