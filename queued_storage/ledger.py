@@ -209,15 +209,17 @@ def reads_block_writes() -> bool:
     return bool(connection.vendor == "sqlite" and connection.in_atomic_block)
 
 
-class Ledger:
-    """Every transition of the files of one queued storage (its alias and cache prefix)."""
+class _Machine:
+    """How a transition happens, for the files of one queued storage (its alias and cache
+    prefix): the conditional write, its cache publish, its announcement. :class:`Ledger` adds
+    the transitions themselves, one small method each."""
 
     def __init__(self, alias: str, cache_prefix: str | None = None) -> None:
         self.alias = alias
         self.cache_prefix = cache_prefix or settings.CACHE_PREFIX
 
     def __repr__(self) -> str:
-        return f"<Ledger {self.alias!r}>"
+        return f"<{type(self).__name__} {self.alias!r}>"
 
     # -- reading ---------------------------------------------------------------------------
     def rows(self, name: str) -> QuerySet[StoredFile]:
@@ -353,7 +355,7 @@ class Ledger:
         if row is not None:
             self._publish(name, FileState.from_row(row))
 
-    # -- saving ------------------------------------------------------------------------------
+    # -- the INSERT, the lease's UPDATE ... RETURNING, the row as read ------------------------
     def _insert(self, then: Callable[[], None] | None = None, **fields: Any) -> bool:
         """One INSERT; ``False`` when another file holds the name.
 
@@ -379,6 +381,80 @@ class Ledger:
         read_side.written_in_transaction(self.cache_prefix, self.alias, fields["name"])
         return True
 
+    def _take(
+        self,
+        name: str,
+        owner: str,
+        expires: datetime.datetime,
+        now: datetime.datetime,
+        *,
+        lost: tuple[str, str] | None = None,
+    ) -> StoredFile | None:
+        """One conditional UPDATE giving *owner* the lease of a ``pending`` row or, with
+        *lost* (the lost owner and the note to record), of that owner's expired lease; the row
+        as it is now, or ``None`` when the row did not match."""
+        db = StoredFile.db()
+        connection = connections[db]
+        if connection.vendor in ("postgresql", "sqlite") and (
+            connection.features.can_return_rows_from_bulk_insert
+        ):
+            q = connection.ops.quote_name
+
+            def when(value: datetime.datetime) -> Any:
+                return connection.ops.adapt_datetimefield_value(value)
+
+            columns = ", ".join(q(str(f.column)) for f in StoredFile._meta.concrete_fields)
+            table = q(StoredFile._meta.db_table)
+            sets = (
+                f"{q('state')} = %s, {q('lease_owner')} = %s, {q('lease_expires')} = %s, "
+                f"{q('bytes_done')} = 0, {q('dispatch_refused')} = NULL, {q('updated')} = %s"
+            )
+            params: list[object] = [str(State.TRANSFERRING), owner, when(expires), when(now)]
+            where = f"{q('alias')} = %s AND {q('name')} = %s AND {q('state')} = %s"
+            where_params: list[object] = [self.alias, name]
+            if lost is None:
+                where_params.append(str(State.PENDING))
+            else:
+                sets += (
+                    f", {q('last_error')} = %s, "
+                    f"{q('retrying_since')} = COALESCE({q('retrying_since')}, %s)"
+                )
+                params += [lost[1][:ERROR_LENGTH], when(now)]
+                where += f" AND {q('lease_owner')} = %s AND {q('lease_expires')} < %s"
+                where_params += [str(State.TRANSFERRING), lost[0], when(now)]
+            sql = f"UPDATE {table} SET {sets} WHERE {where} RETURNING {columns}"
+            leased = list(StoredFile.objects.db_manager(db).raw(sql, params + where_params))
+            return leased[0] if leased else None
+        fields: dict[str, object] = {
+            "state": State.TRANSFERRING,
+            "lease_owner": owner,
+            "lease_expires": expires,
+            "bytes_done": 0,
+            "dispatch_refused": None,
+            "updated": now,
+        }
+        rows = self.rows(name)
+        if lost is None:
+            rows = rows.filter(state=State.PENDING)
+        else:
+            rows = rows.filter(state=State.TRANSFERRING, lease_owner=lost[0], lease_expires__lt=now)
+            fields["last_error"] = lost[1][:ERROR_LENGTH]
+            fields["retrying_since"] = Coalesce(F("retrying_since"), Value(now))
+        return self.row(name) if rows.update(**fields) else None
+
+    @staticmethod
+    def _as_read(row: StoredFile) -> QuerySet[StoredFile]:
+        """*row* as the reconcile pass (or ``verify``) read it: key, state and ``updated``."""
+        found: QuerySet[StoredFile] = StoredFile.objects.using(StoredFile.db()).filter(
+            pk=row.pk, state=row.state, updated=row.updated
+        )
+        return found
+
+
+class Ledger(_Machine):
+    """Every transition of the files of one queued storage (its alias and cache prefix)."""
+
+    # -- saving ------------------------------------------------------------------------------
     def saved(
         self, name: str, host: str, size: int, *, owner: str = "", check_budget: bool = False
     ) -> bool:
@@ -518,67 +594,6 @@ class Ledger:
             return LeaseResult(acquired=True, row=taken, took_over=True)
         return LeaseResult(acquired=False, row=self.row(name))
 
-    def _take(
-        self,
-        name: str,
-        owner: str,
-        expires: datetime.datetime,
-        now: datetime.datetime,
-        *,
-        lost: tuple[str, str] | None = None,
-    ) -> StoredFile | None:
-        """One conditional UPDATE giving *owner* the lease of a ``pending`` row or, with
-        *lost* (the lost owner and the note to record), of that owner's expired lease; the row
-        as it is now, or ``None`` when the row did not match."""
-        db = StoredFile.db()
-        connection = connections[db]
-        if connection.vendor in ("postgresql", "sqlite") and (
-            connection.features.can_return_rows_from_bulk_insert
-        ):
-            q = connection.ops.quote_name
-
-            def when(value: datetime.datetime) -> Any:
-                return connection.ops.adapt_datetimefield_value(value)
-
-            columns = ", ".join(q(str(f.column)) for f in StoredFile._meta.concrete_fields)
-            table = q(StoredFile._meta.db_table)
-            sets = (
-                f"{q('state')} = %s, {q('lease_owner')} = %s, {q('lease_expires')} = %s, "
-                f"{q('bytes_done')} = 0, {q('dispatch_refused')} = NULL, {q('updated')} = %s"
-            )
-            params: list[object] = [str(State.TRANSFERRING), owner, when(expires), when(now)]
-            where = f"{q('alias')} = %s AND {q('name')} = %s AND {q('state')} = %s"
-            where_params: list[object] = [self.alias, name]
-            if lost is None:
-                where_params.append(str(State.PENDING))
-            else:
-                sets += (
-                    f", {q('last_error')} = %s, "
-                    f"{q('retrying_since')} = COALESCE({q('retrying_since')}, %s)"
-                )
-                params += [lost[1][:ERROR_LENGTH], when(now)]
-                where += f" AND {q('lease_owner')} = %s AND {q('lease_expires')} < %s"
-                where_params += [str(State.TRANSFERRING), lost[0], when(now)]
-            sql = f"UPDATE {table} SET {sets} WHERE {where} RETURNING {columns}"
-            leased = list(StoredFile.objects.db_manager(db).raw(sql, params + where_params))
-            return leased[0] if leased else None
-        fields: dict[str, object] = {
-            "state": State.TRANSFERRING,
-            "lease_owner": owner,
-            "lease_expires": expires,
-            "bytes_done": 0,
-            "dispatch_refused": None,
-            "updated": now,
-        }
-        rows = self.rows(name)
-        if lost is None:
-            rows = rows.filter(state=State.PENDING)
-        else:
-            rows = rows.filter(state=State.TRANSFERRING, lease_owner=lost[0], lease_expires__lt=now)
-            fields["last_error"] = lost[1][:ERROR_LENGTH]
-            fields["retrying_since"] = Coalesce(F("retrying_since"), Value(now))
-        return self.row(name) if rows.update(**fields) else None
-
     def _leased(self, name: str, owner: str) -> QuerySet[StoredFile]:
         """The row while *owner* holds its lease (the condition of every lease holder's write)."""
         leased: QuerySet[StoredFile] = self.rows(name).filter(
@@ -717,13 +732,6 @@ class Ledger:
         return self._release(name, owner, State.FAILED, error, "fail", counted=counted)
 
     # -- the reconcile pass: each write matches the row as the pass read it -----------------
-    @staticmethod
-    def _as_read(row: StoredFile) -> QuerySet[StoredFile]:
-        found: QuerySet[StoredFile] = StoredFile.objects.using(StoredFile.db()).filter(
-            pk=row.pk, state=row.state, updated=row.updated
-        )
-        return found
-
     def take_back(self, row: StoredFile, now: datetime.datetime) -> bool:
         """An expired lease (its worker died): back to ``pending`` for a new transfer. A lost
         worker is a transient failure, not the file's: no attempt is counted, and a run of

@@ -133,17 +133,14 @@ def test_only_the_ledger_writes_rows_and_publishes_states() -> None:
 
 def test_every_write_of_the_ledger_goes_through_its_transition_mechanism() -> None:
     """In ``ledger.py`` a queryset's ``.update(``/``.delete()`` is written only in
-    ``Ledger._transition`` (every declared transition) and ``Ledger._take`` (the lease's
-    ``UPDATE ... RETURNING``): no transition writes by hand beside the table."""
-    ledger = next(
-        node
-        for node in modules()["queued_storage.ledger"].body
-        if isinstance(node, ast.ClassDef) and node.name == "Ledger"
-    )
+    ``_transition`` (every declared transition) and ``_take`` (the lease's ``UPDATE ...
+    RETURNING``): no transition of ``Ledger`` writes by hand beside the table."""
     writers = sorted(
         {
             method.name
-            for method in ledger.body
+            for cls in modules()["queued_storage.ledger"].body
+            if isinstance(cls, ast.ClassDef)
+            for method in cls.body
             if isinstance(method, ast.FunctionDef)
             for node in ast.walk(method)
             if isinstance(node, ast.Call)
