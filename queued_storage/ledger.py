@@ -86,6 +86,15 @@ ERROR_LENGTH = 4000
 #: The fields that describe an open multipart upload, emptied together.
 _NO_UPLOAD: dict[str, object] = {"upload_id": "", "part_size": None, "source": "", "parts": []}
 
+#: The fields of a lease, emptied together when it ends.
+_NO_LEASE: dict[str, object] = {"lease_owner": "", "lease_expires": None}
+
+
+def _failing_since(now: datetime.datetime) -> Coalesce:
+    """``retrying_since`` after a transient failure: a run of them starts *now* unless one is
+    running (the run's start is what ``QUEUED_STORAGE_RETRY_FOR`` is measured from)."""
+    return Coalesce(F("retrying_since"), Value(now))
+
 
 # -- the state machine, declared --------------------------------------------------------------
 class Row(enum.Enum):
@@ -439,7 +448,7 @@ class _Machine:
         else:
             rows = rows.filter(state=State.TRANSFERRING, lease_owner=lost[0], lease_expires__lt=now)
             fields["last_error"] = lost[1][:ERROR_LENGTH]
-            fields["retrying_since"] = Coalesce(F("retrying_since"), Value(now))
+            fields["retrying_since"] = _failing_since(now)
         return self.row(name) if rows.update(**fields) else None
 
     @staticmethod
@@ -663,8 +672,7 @@ class Ledger(_Machine):
             "checksum": checksum,
             "checksum_algorithm": algorithm,
             "last_error": "",
-            "lease_owner": "",
-            "lease_expires": None,
+            **_NO_LEASE,
             "retrying_since": None,
             "transferred": now,
             "updated": now,
@@ -709,12 +717,11 @@ class Ledger(_Machine):
         if counted:
             effect: dict[str, object] = {"attempts": F("attempts") + 1, "retrying_since": None}
         else:
-            effect = {"retrying_since": Coalesce(F("retrying_since"), Value(now))}
+            effect = {"retrying_since": _failing_since(now)}
         fields = {
             "state": state,
             "last_error": error[:ERROR_LENGTH],
-            "lease_owner": "",
-            "lease_expires": None,
+            **_NO_LEASE,
             "updated": now,
             **effect,
         }
@@ -738,11 +745,10 @@ class Ledger(_Machine):
         transient failures begins unless one is running."""
         fields = {
             "state": State.PENDING,
-            "lease_owner": "",
-            "lease_expires": None,
+            **_NO_LEASE,
             "last_error": f"The lease of {row.lease_owner} expired (worker lost?); "
             "queued again by the reconcile pass.",
-            "retrying_since": Coalesce(F("retrying_since"), Value(now)),
+            "retrying_since": _failing_since(now),
             "updated": now,
         }
         return self._transition("take_back", row.name, fields, row=row)
@@ -757,7 +763,7 @@ class Ledger(_Machine):
         """
         fields = {
             "updated": now,
-            "retrying_since": Coalesce(F("retrying_since"), Value(now)),
+            "retrying_since": _failing_since(now),
             "dispatch_refused": None,
         }
         return self._transition("claim", row.name, fields, row=row)
@@ -805,8 +811,7 @@ class Ledger(_Machine):
             "state": State.FAILED,
             "local_exists": False,
             "last_error": reason[:ERROR_LENGTH],
-            "lease_owner": "",
-            "lease_expires": None,
+            **_NO_LEASE,
             "updated": now,
             **_NO_UPLOAD,
         }
@@ -835,8 +840,7 @@ class Ledger(_Machine):
         fields = {
             "state": State.FAILED,
             "last_error": reason[:ERROR_LENGTH],
-            "lease_owner": "",
-            "lease_expires": None,
+            **_NO_LEASE,
             "updated": now,
             **_NO_UPLOAD,
         }
