@@ -252,4 +252,3 @@ def test_the_docs_list_the_writes_that_keep_the_state_with_their_states() -> Non
     listed = {name: tuple(re.findall(r"`(\w+)`", states)) or ANY for name, states in rows}
     declared = {t.name: t.sources for t in TRANSITIONS.values() if t.target is Row.SAME}
     assert listed == declared
-
