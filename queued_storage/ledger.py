@@ -1,5 +1,12 @@
 """The ledger: every change of a file's row, each one conditional write plus its cache publish.
 
+The file's state machine is declared as data at the top (:data:`TRANSITIONS`: for each
+transition the states it may leave, the state it enters, what it publishes to the cache and
+whether it is announced), and every write goes through :meth:`Ledger._transition`, which builds
+the condition from that table, writes, publishes and announces. The docs draw the same table as
+a diagram (``docs/index.md``; ``tests/test_state_machine.py`` checks that they agree and walks
+every transition from every state on SQLite and PostgreSQL).
+
 The table (``models.StoredFile``) is the system of record; the cache is a read-through copy
 (``state.py``). Nothing else in the package writes a row or publishes a state: each method
 here is one conditional ``INSERT``/``UPDATE``/``DELETE``, atomic on SQLite and PostgreSQL
@@ -31,8 +38,9 @@ A :class:`Ledger` is bound to one queued storage's alias and cache prefix.
 from __future__ import annotations
 
 import datetime
+import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,15 +50,20 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from queued_storage import state as read_side
+from queued_storage.budget import check_staging_budget, check_staging_budget_in_flight
 from queued_storage.conf import settings
-from queued_storage.exceptions import StagingFull
-from queued_storage.models import State, StoredFile, TusUpload
+from queued_storage.models import State, StoredFile
 from queued_storage.signals import file_state_changed
 from queued_storage.state import FileState
+from queued_storage.tus_store import TusStore
 
 __all__ = [
+    "TRANSITIONS",
     "LeaseResult",
     "Ledger",
+    "Publish",
+    "Row",
+    "Transition",
     "check_staging_budget",
     "check_staging_budget_in_flight",
     "ledger_database",
@@ -71,7 +84,113 @@ logger = logging.getLogger(__name__)
 ERROR_LENGTH = 4000
 
 #: The fields that describe an open multipart upload, emptied together.
-_NO_UPLOAD: dict[str, Any] = {"upload_id": "", "part_size": None, "source": "", "parts": []}
+_NO_UPLOAD: dict[str, object] = {"upload_id": "", "part_size": None, "source": "", "parts": []}
+
+#: The fields of a lease, emptied together when it ends.
+_NO_LEASE: dict[str, object] = {"lease_owner": "", "lease_expires": None}
+
+
+def _failing_since(now: datetime.datetime) -> Coalesce:
+    """``retrying_since`` after a transient failure: a run of them starts *now* unless one is
+    running (the run's start is what ``QUEUED_STORAGE_RETRY_FOR`` is measured from)."""
+    return Coalesce(F("retrying_since"), Value(now))
+
+
+# -- the state machine, declared --------------------------------------------------------------
+class Row(enum.Enum):
+    """The two ends of a transition that are not a state."""
+
+    #: No row: before an INSERT (a transition from it creates the row), after a DELETE.
+    ABSENT = "absent"
+    #: The state stays as it is (the write changes other fields).
+    SAME = "same"
+
+
+class Publish(enum.Enum):
+    """What a transition writes to the cache (the read side): unless said, once it matched."""
+
+    NOTHING = "nothing"
+    #: The row as it is after the write (one SELECT).
+    ROW = "the row"
+    #: The row as it is after the write, also when the write matched nothing (the caller's
+    #: view of the row may be stale: the cache follows the row either way).
+    ROW_ALWAYS = "the row, also on a miss"
+    #: The state the caller computed (no SELECT).
+    GIVEN = "the given state"
+    #: The state the caller computed, before the write (the cache says it first).
+    GIVEN_BEFORE = "the given state, first"
+    #: The state the caller computed, when the surrounding transaction commits.
+    AT_COMMIT = "the given state, at commit"
+    #: The cache entry is dropped.
+    DROP = "drop"
+    #: The cache entry is dropped, also when the write matched nothing.
+    DROP_ALWAYS = "drop, also on a miss"
+
+
+#: The states of a row, for a transition that may leave any of them.
+ANY: tuple[str, ...] = tuple(State.values)
+
+_P, _T, _R, _F = State.PENDING, State.TRANSFERRING, State.REMOTE, State.FAILED
+_NEW, _GONE, _SAME = Row.ABSENT, Row.ABSENT, Row.SAME
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One row of :data:`TRANSITIONS`."""
+
+    name: str
+    #: The states the transition may leave (``Row.ABSENT``: it creates the row).
+    sources: tuple[str | Row, ...]
+    #: The state it enters (``Row.ABSENT``: it deletes the row; ``Row.SAME``: it keeps it).
+    target: str | Row
+    publish: Publish
+    #: Sent as ``signals.file_state_changed`` after the commit (``transition`` is the name).
+    announced: bool
+
+    def enters(self, source: str | Row) -> str | Row:
+        """The state a row in *source* is in after this transition."""
+        return source if self.target is Row.SAME else self.target
+
+
+#: Every transition of a file's row. Besides the state, a transition's write may be matched
+#: on more (the lease holder, the row as the reconcile pass read it, a mark): those
+#: conditions are in its method below; the state it leaves is always one of these.
+# fmt: off
+TRANSITIONS: dict[str, Transition] = {
+    t.name: t
+    for t in (
+        #          name                from          to     cache                     announced
+        Transition("saved",             (_NEW,),      _P,    Publish.AT_COMMIT,        True),
+        Transition("reserve",           (_NEW,),      _P,    Publish.NOTHING,          True),
+        Transition("seed_remote",       (_NEW,),      _R,    Publish.NOTHING,          True),
+        Transition("forget",            ANY,          _GONE, Publish.DROP_ALWAYS,      True),
+        Transition("retry",             (_F, _P),     _P,    Publish.ROW,              True),
+        Transition("refused",           (_P,),        _SAME, Publish.NOTHING,          False),
+        # a worker's lease; from ``transferring`` only when that lease expired (a takeover)
+        Transition("lease",             (_P, _T),     _T,    Publish.NOTHING,          True),
+        Transition("renew",             (_T,),        _SAME, Publish.GIVEN,            False),
+        Transition("record_upload",     (_T,),        _SAME, Publish.NOTHING,          False),
+        Transition("record_parts",      (_T,),        _SAME, Publish.NOTHING,          False),
+        Transition("clear_upload",      ANY,          _SAME, Publish.NOTHING,          False),
+        Transition("remote",            (_T,),        _R,    Publish.GIVEN,            True),
+        Transition("drop_local",        (_R,),        _SAME, Publish.GIVEN_BEFORE,     False),
+        Transition("local_missing",     ANY,          _SAME, Publish.NOTHING,          False),
+        Transition("retry_later",       (_T,),        _P,    Publish.ROW_ALWAYS,       True),
+        Transition("fail",              (_T,),        _F,    Publish.ROW_ALWAYS,       True),
+        # the reconcile pass (and verify): each write matches the row as it was read
+        Transition("take_back",         (_T,),        _P,    Publish.ROW,              True),
+        Transition("claim",             (_P,),        _SAME, Publish.NOTHING,          False),
+        Transition("claim_refused",     (_P,),        _SAME, Publish.NOTHING,          False),
+        Transition("unclaim",           (_P,),        _SAME, Publish.NOTHING,          False),
+        Transition("retry_failed",      (_F,),        _P,    Publish.ROW,              True),
+        Transition("lost",              (_P, _T, _F), _F,    Publish.ROW,              True),
+        Transition("remote_lost",       (_R,),        _F,    Publish.ROW,              True),
+        Transition("give_up",           (_T,),        _F,    Publish.ROW,              True),
+        Transition("finish_save",       (_P,),        _SAME, Publish.ROW,              False),
+        Transition("drop_reservation",  (_P,),        _GONE, Publish.DROP,             True),
+    )
+}
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -99,69 +218,17 @@ def reads_block_writes() -> bool:
     return bool(connection.vendor == "sqlite" and connection.in_atomic_block)
 
 
-def check_staging_budget(name: str, size: int | None, *, recorded: bool = False) -> None:
-    """Raise :class:`StagingFull` when *size* more bytes would exceed this host's budget.
-
-    ``QUEUED_STORAGE_STAGING_BUDGET`` bounds the bytes waiting on this host for their transfer;
-    an unknown *size* (``None``) compares only what already waits. One aggregate query.
-    *recorded*: the file's own row is already in the ledger (counted in what waits).
-    """
-    budget = settings.STAGING_BUDGET
-    if budget is None:
-        return
-    size = size or 0
-    waiting = StoredFile.waiting_bytes(settings.HOST)
-    if recorded:
-        waiting -= size
-    if waiting + size > budget:
-        raise StagingFull(
-            f"QueuedStorage cannot stage {name!r} ({size} bytes): {waiting} of the {budget} "
-            f"bytes of QUEUED_STORAGE_STAGING_BUDGET already wait on host {settings.HOST!r} "
-            "for their transfer to the remote storage. Check that the transfer workers run "
-            "and the remote is reachable (queued_storage_reconcile reports what waits), or "
-            "raise the budget.",
-            name=name,
-            size=size,
-            waiting=waiting,
-            budget=budget,
-        )
-
-
-def check_staging_budget_in_flight(name: str, size: int, in_flight: int) -> None:
-    """Raise :class:`StagingFull` when a body of *size* bytes, about to be received, would not
-    fit this host's budget beside what waits and the *in_flight* bytes of the bodies this
-    host is receiving (``queued_storage.uploads.reserve_in_flight`` counts them).
-
-    The upload views' check before a body is read; ``save()`` checks with
-    :func:`check_staging_budget`. The same aggregate query.
-    """
-    budget = settings.STAGING_BUDGET
-    if budget is None:
-        return
-    waiting = StoredFile.waiting_bytes(settings.HOST)
-    if waiting + in_flight + size > budget:
-        raise StagingFull(
-            f"QueuedStorage cannot receive {name!r} ({size} bytes): of the {budget} bytes of "
-            f"QUEUED_STORAGE_STAGING_BUDGET, {waiting} wait on host {settings.HOST!r} for their "
-            f"transfer to the remote storage and {in_flight} are bodies being received. Check "
-            "that the transfer workers run and the remote is reachable (queued_storage_reconcile "
-            "reports what waits), or raise the budget.",
-            name=name,
-            size=size,
-            waiting=waiting + in_flight,
-            budget=budget,
-        )
-
-
-class Ledger:
-    """Every transition of the files of one queued storage (its alias and cache prefix)."""
+class _Machine:
+    """How a transition happens, for the files of one queued storage (its alias and cache
+    prefix): the conditional write, its cache publish, its announcement. :class:`Ledger` adds
+    the transitions themselves, one small method each."""
 
     def __init__(self, alias: str, cache_prefix: str | None = None) -> None:
         self.alias = alias
         self.cache_prefix = cache_prefix or settings.CACHE_PREFIX
 
     def __repr__(self) -> str:
-        return f"<Ledger {self.alias!r}>"
+        return f"<{type(self).__name__} {self.alias!r}>"
 
     # -- reading ---------------------------------------------------------------------------
     def rows(self, name: str) -> QuerySet[StoredFile]:
@@ -182,18 +249,93 @@ class Ledger:
         row = self.row(name)
         return None if row is None else (row.bytes_done, row.size or 0)
 
-    # -- the cache side of each transition --------------------------------------------------
+    # -- the one mechanism: conditional write, cache publish, announcement -------------------
+    def _transition(
+        self,
+        transition: str,
+        name: str,
+        fields: Mapping[str, object] | None,
+        *,
+        row: StoredFile | None = None,
+        source: str | None = None,
+        old: str | None = None,
+        where: Mapping[str, object] | None = None,
+        found: FileState | None = None,
+        before: Callable[[], None] | None = None,
+    ) -> bool:
+        """Make *transition* (a key of :data:`TRANSITIONS`) happen to *name*, if its row allows.
+
+        One conditional ``UPDATE`` of *fields* (``None``: a ``DELETE``), atomic without locks.
+        Its condition: with *row*, the row as it was read (key, state and ``updated``; a row
+        read in a state the transition may not leave is not written at all); otherwise the
+        row's state is the transition's source (*source* of several), unless it may leave any.
+        *where* adds the transition's own conditions (the lease holder, a mark). Then the
+        cache is written as the table says (*found* for a given state; *before* runs between
+        a ``GIVEN_BEFORE`` publish and the write) and, when the write matched, the change is
+        announced (from *old*, where the transition may leave any state; unknown: not
+        announced). ``True`` when the write matched.
+        """
+        declared = TRANSITIONS[transition]
+        if row is not None:
+            if row.state not in declared.sources:
+                return False
+            rows = self._as_read(row)
+            old = State(row.state)
+        else:
+            rows = self.rows(name)
+            if declared.sources != ANY:
+                if source is None:
+                    (only,) = declared.sources
+                    assert isinstance(only, str), transition
+                    source = only
+                rows = rows.filter(state=source)
+                old = source
+        if where:
+            rows = rows.filter(**where)
+        if declared.publish is Publish.GIVEN_BEFORE and found is not None:
+            self._publish(name, found)
+        if before is not None:
+            before()
+        matched = bool(rows.delete()[0] if fields is None else rows.update(**fields))
+        self._effects(declared, name, old, matched, found)
+        return matched
+
+    def _effects(
+        self,
+        declared: Transition,
+        name: str,
+        old: str | Row | None,
+        matched: bool,
+        found: FileState | None = None,
+    ) -> None:
+        """The cache publish and the announcement of a transition whose write is done."""
+        publish = declared.publish
+        if publish is Publish.ROW_ALWAYS or (matched and publish is Publish.ROW):
+            self.republish(name)
+        elif publish is Publish.DROP_ALWAYS or (matched and publish is Publish.DROP):
+            read_side.drop_state(self.cache_prefix, self.alias, name)
+        elif matched and found is not None:
+            if publish is Publish.GIVEN:
+                self._publish(name, found)
+            elif publish is Publish.AT_COMMIT:
+                given = found
+                transaction.on_commit(lambda: self._publish(name, given), using=StoredFile.db())
+        if matched and declared.announced and old is not None:
+            self._announce(declared.name, name, old, declared.enters(old))
+
     def _publish(self, name: str, found: FileState) -> None:
         read_side.write_state(self.cache_prefix, self.alias, name, found)
 
-    def _announce(self, transition: str, name: str, old: str | None, new: str | None) -> None:
+    def _announce(
+        self, transition: str, name: str, old: str | Row | None, new: str | Row | None
+    ) -> None:
         """Send ``file_state_changed`` for *name* once the change is committed: at the commit of
         the surrounding transaction (nothing if it rolls back), at once outside one. Free when
         nothing listens. A receiver that raises is logged; the transition stands."""
         if not file_state_changed.has_listeners(type(self)):
             return
-        old_state = None if old is None else State(old)
-        new_state = None if new is None else State(new)
+        old_state = State(old) if isinstance(old, str) else None
+        new_state = State(new) if isinstance(new, str) else None
 
         def send() -> None:
             for receiver, result in file_state_changed.send_robust(
@@ -222,7 +364,7 @@ class Ledger:
         if row is not None:
             self._publish(name, FileState.from_row(row))
 
-    # -- saving ------------------------------------------------------------------------------
+    # -- the INSERT, the lease's UPDATE ... RETURNING, the row as read ------------------------
     def _insert(self, then: Callable[[], None] | None = None, **fields: Any) -> bool:
         """One INSERT; ``False`` when another file holds the name.
 
@@ -248,6 +390,80 @@ class Ledger:
         read_side.written_in_transaction(self.cache_prefix, self.alias, fields["name"])
         return True
 
+    def _take(
+        self,
+        name: str,
+        owner: str,
+        expires: datetime.datetime,
+        now: datetime.datetime,
+        *,
+        lost: tuple[str, str] | None = None,
+    ) -> StoredFile | None:
+        """One conditional UPDATE giving *owner* the lease of a ``pending`` row or, with
+        *lost* (the lost owner and the note to record), of that owner's expired lease; the row
+        as it is now, or ``None`` when the row did not match."""
+        db = StoredFile.db()
+        connection = connections[db]
+        if connection.vendor in ("postgresql", "sqlite") and (
+            connection.features.can_return_rows_from_bulk_insert
+        ):
+            q = connection.ops.quote_name
+
+            def when(value: datetime.datetime) -> Any:
+                return connection.ops.adapt_datetimefield_value(value)
+
+            columns = ", ".join(q(str(f.column)) for f in StoredFile._meta.concrete_fields)
+            table = q(StoredFile._meta.db_table)
+            sets = (
+                f"{q('state')} = %s, {q('lease_owner')} = %s, {q('lease_expires')} = %s, "
+                f"{q('bytes_done')} = 0, {q('dispatch_refused')} = NULL, {q('updated')} = %s"
+            )
+            params: list[object] = [str(State.TRANSFERRING), owner, when(expires), when(now)]
+            where = f"{q('alias')} = %s AND {q('name')} = %s AND {q('state')} = %s"
+            where_params: list[object] = [self.alias, name]
+            if lost is None:
+                where_params.append(str(State.PENDING))
+            else:
+                sets += (
+                    f", {q('last_error')} = %s, "
+                    f"{q('retrying_since')} = COALESCE({q('retrying_since')}, %s)"
+                )
+                params += [lost[1][:ERROR_LENGTH], when(now)]
+                where += f" AND {q('lease_owner')} = %s AND {q('lease_expires')} < %s"
+                where_params += [str(State.TRANSFERRING), lost[0], when(now)]
+            sql = f"UPDATE {table} SET {sets} WHERE {where} RETURNING {columns}"
+            leased = list(StoredFile.objects.db_manager(db).raw(sql, params + where_params))
+            return leased[0] if leased else None
+        fields: dict[str, object] = {
+            "state": State.TRANSFERRING,
+            "lease_owner": owner,
+            "lease_expires": expires,
+            "bytes_done": 0,
+            "dispatch_refused": None,
+            "updated": now,
+        }
+        rows = self.rows(name)
+        if lost is None:
+            rows = rows.filter(state=State.PENDING)
+        else:
+            rows = rows.filter(state=State.TRANSFERRING, lease_owner=lost[0], lease_expires__lt=now)
+            fields["last_error"] = lost[1][:ERROR_LENGTH]
+            fields["retrying_since"] = _failing_since(now)
+        return self.row(name) if rows.update(**fields) else None
+
+    @staticmethod
+    def _as_read(row: StoredFile) -> QuerySet[StoredFile]:
+        """*row* as the reconcile pass (or ``verify``) read it: key, state and ``updated``."""
+        found: QuerySet[StoredFile] = StoredFile.objects.using(StoredFile.db()).filter(
+            pk=row.pk, state=row.state, updated=row.updated
+        )
+        return found
+
+
+class Ledger(_Machine):
+    """Every transition of the files of one queued storage (its alias and cache prefix)."""
+
+    # -- saving ------------------------------------------------------------------------------
     def saved(
         self, name: str, host: str, size: int, *, owner: str = "", check_budget: bool = False
     ) -> bool:
@@ -265,28 +481,21 @@ class Ledger:
             local_exists=True,
             owner=owner,
         )
-        if inserted:
-            transaction.on_commit(
-                lambda: self._publish(name, FileState.of(State.PENDING, size, True)),
-                using=StoredFile.db(),
-            )
-            self._announce("saved", name, None, State.PENDING)
+        found = FileState.of(State.PENDING, size, True)
+        self._effects(TRANSITIONS["saved"], name, Row.ABSENT, inserted, found)
         return inserted
 
     def reserve(self, name: str, host: str) -> bool:
         """Insert a ``pending`` row without a local file yet (the name is taken, nothing else)."""
         inserted = self._insert(name=name, state=State.PENDING, host=host, local_exists=False)
-        if inserted:
-            self._announce("reserve", name, None, State.PENDING)
+        self._effects(TRANSITIONS["reserve"], name, Row.ABSENT, inserted)
         return inserted
 
     def forget(self, name: str) -> StoredFile | None:
         """Delete the row (the name is free again, no transfer may record it); the row it was."""
         row = self.row(name)
-        deleted, _ = self.rows(name).delete()
-        read_side.drop_state(self.cache_prefix, self.alias, name)
-        if deleted and row is not None:
-            self._announce("forget", name, row.state, None)
+        old = None if row is None else State(row.state)
+        self._transition("forget", name, None, old=old)
         return row
 
     def retry(self, name: str) -> bool:
@@ -297,19 +506,14 @@ class Ledger:
         file costs a second ``UPDATE`` (a rare, user-initiated case).
         """
         for old in (State.FAILED, State.PENDING):
-            if (
-                self.rows(name)
-                .filter(state=old)
-                .update(
-                    state=State.PENDING,
-                    attempts=0,
-                    retrying_since=None,
-                    dispatch_refused=None,
-                    updated=timezone.now(),
-                )
-            ):
-                self.republish(name)
-                self._announce("retry", name, old, State.PENDING)
+            fields = {
+                "state": State.PENDING,
+                "attempts": 0,
+                "retrying_since": None,
+                "dispatch_refused": None,
+                "updated": timezone.now(),
+            }
+            if self._transition("retry", name, fields, source=old):
                 return True
         return False
 
@@ -344,7 +548,7 @@ class Ledger:
         ]
         manager.bulk_create(new, ignore_conflicts=True)
         for row in new:
-            self._announce("seed_remote", row.name, None, State.REMOTE)
+            self._effects(TRANSITIONS["seed_remote"], row.name, Row.ABSENT, True)
         return [row.name for row in new]
 
     def refused(self, name: str) -> bool:
@@ -353,10 +557,11 @@ class Ledger:
         queue it at once instead of waiting until it is overdue. No state changes and the row's
         clock stays; a second refusal keeps the first one's time. ``False``: the row is not
         ``pending`` (a worker took it meanwhile) or was marked already."""
-        return bool(
-            self.rows(name)
-            .filter(state=State.PENDING, dispatch_refused__isnull=True)
-            .update(dispatch_refused=timezone.now())
+        return self._transition(
+            "refused",
+            name,
+            {"dispatch_refused": timezone.now()},
+            where={"dispatch_refused__isnull": True},
         )
 
     # -- a worker's lease -------------------------------------------------------------------
@@ -372,13 +577,14 @@ class Ledger:
         ``UPDATE`` and a ``SELECT`` elsewhere); a refused lease a ``SELECT`` more, to say why;
         a takeover one ``UPDATE`` more, matching the expired lease as that ``SELECT`` read it.
         No cache write: the lease keeper publishes ``transferring`` when the transfer outlives
-        its first renewal.
+        its first renewal. (Not through :meth:`_transition`: it returns the row it leased.)
         """
+        lease = TRANSITIONS["lease"]
         now = timezone.now()
         expires = now + datetime.timedelta(seconds=seconds)
         taken = self._take(name, owner, expires, now)
         if taken is not None:
-            self._announce("lease", name, State.PENDING, State.TRANSFERRING)
+            self._effects(lease, name, State.PENDING, True)
             return LeaseResult(acquired=True, row=taken)
         row = self.row(name)
         if (
@@ -393,72 +599,12 @@ class Ledger:
         )
         taken = self._take(name, owner, expires, now, lost=(row.lease_owner, note))
         if taken is not None:
-            self._announce("lease", name, State.TRANSFERRING, State.TRANSFERRING)
+            self._effects(lease, name, State.TRANSFERRING, True)
             return LeaseResult(acquired=True, row=taken, took_over=True)
         return LeaseResult(acquired=False, row=self.row(name))
 
-    def _take(
-        self,
-        name: str,
-        owner: str,
-        expires: datetime.datetime,
-        now: datetime.datetime,
-        *,
-        lost: tuple[str, str] | None = None,
-    ) -> StoredFile | None:
-        """One conditional UPDATE giving *owner* the lease of a ``pending`` row or, with
-        *lost* (the lost owner and the note to record), of that owner's expired lease; the row
-        as it is now, or ``None`` when the row did not match."""
-        db = StoredFile.db()
-        connection = connections[db]
-        if connection.vendor in ("postgresql", "sqlite") and (
-            connection.features.can_return_rows_from_bulk_insert
-        ):
-            q = connection.ops.quote_name
-
-            def when(value: datetime.datetime) -> Any:
-                return connection.ops.adapt_datetimefield_value(value)
-
-            columns = ", ".join(q(str(f.column)) for f in StoredFile._meta.concrete_fields)
-            table = q(StoredFile._meta.db_table)
-            sets = (
-                f"{q('state')} = %s, {q('lease_owner')} = %s, {q('lease_expires')} = %s, "
-                f"{q('bytes_done')} = 0, {q('dispatch_refused')} = NULL, {q('updated')} = %s"
-            )
-            params: list[Any] = [str(State.TRANSFERRING), owner, when(expires), when(now)]
-            where = f"{q('alias')} = %s AND {q('name')} = %s AND {q('state')} = %s"
-            where_params: list[Any] = [self.alias, name]
-            if lost is None:
-                where_params.append(str(State.PENDING))
-            else:
-                sets += (
-                    f", {q('last_error')} = %s, "
-                    f"{q('retrying_since')} = COALESCE({q('retrying_since')}, %s)"
-                )
-                params += [lost[1][:ERROR_LENGTH], when(now)]
-                where += f" AND {q('lease_owner')} = %s AND {q('lease_expires')} < %s"
-                where_params += [str(State.TRANSFERRING), lost[0], when(now)]
-            sql = f"UPDATE {table} SET {sets} WHERE {where} RETURNING {columns}"
-            leased = list(StoredFile.objects.db_manager(db).raw(sql, params + where_params))
-            return leased[0] if leased else None
-        fields: dict[str, Any] = {
-            "state": State.TRANSFERRING,
-            "lease_owner": owner,
-            "lease_expires": expires,
-            "bytes_done": 0,
-            "dispatch_refused": None,
-            "updated": now,
-        }
-        rows = self.rows(name)
-        if lost is None:
-            rows = rows.filter(state=State.PENDING)
-        else:
-            rows = rows.filter(state=State.TRANSFERRING, lease_owner=lost[0], lease_expires__lt=now)
-            fields["last_error"] = lost[1][:ERROR_LENGTH]
-            fields["retrying_since"] = Coalesce(F("retrying_since"), Value(now))
-        return self.row(name) if rows.update(**fields) else None
-
     def _leased(self, name: str, owner: str) -> QuerySet[StoredFile]:
+        """The row while *owner* holds its lease (the condition of every lease holder's write)."""
         leased: QuerySet[StoredFile] = self.rows(name).filter(
             state=State.TRANSFERRING, lease_owner=owner
         )
@@ -476,16 +622,15 @@ class Ledger:
         """Extend the lease with the progress so far; publish the progress (and *leased*, the
         ``transferring`` state, at the first renewal). ``False``: the lease was lost."""
         now = timezone.now()
-        renewed = bool(
-            self._leased(name, owner).update(
-                lease_expires=now + datetime.timedelta(seconds=seconds),
-                bytes_done=done,
-                updated=now,
-            )
+        fields = {
+            "lease_expires": now + datetime.timedelta(seconds=seconds),
+            "bytes_done": done,
+            "updated": now,
+        }
+        renewed = self._transition(
+            "renew", name, fields, where={"lease_owner": owner}, found=leased
         )
         if renewed:
-            if leased is not None:
-                self._publish(name, leased)
             read_side.write_progress(self.cache_prefix, self.alias, name, done, total)
         return renewed
 
@@ -493,19 +638,18 @@ class Ledger:
         self, name: str, owner: str, *, upload_id: str, part_size: int, source: str
     ) -> bool:
         """Remember the multipart upload a leased transfer opened (for a resume)."""
-        return bool(
-            self._leased(name, owner).update(
-                upload_id=upload_id, part_size=part_size, source=source, parts=[]
-            )
-        )
+        fields = {"upload_id": upload_id, "part_size": part_size, "source": source, "parts": []}
+        return self._transition("record_upload", name, fields, where={"lease_owner": owner})
 
     def record_parts(self, name: str, owner: str, parts: list[list[Any]]) -> bool:
         """Remember the finished parts ``[number, etag, digest, size]`` of the open upload."""
-        return bool(self._leased(name, owner).update(parts=parts))
+        return self._transition(
+            "record_parts", name, {"parts": parts}, where={"lease_owner": owner}
+        )
 
     def clear_upload(self, name: str) -> None:
         """The open upload was aborted: nothing left to resume."""
-        self.rows(name).update(**_NO_UPLOAD)
+        self._transition("clear_upload", name, dict(_NO_UPLOAD))
 
     def remote(
         self,
@@ -521,26 +665,21 @@ class Ledger:
         whether the local copy stays. Ends any run of transient failures. ``False`` if the
         lease or the row was lost."""
         now = timezone.now()
-        recorded = bool(
-            self._leased(name, owner).update(
-                state=State.REMOTE,
-                size=size,
-                bytes_done=size,
-                checksum=checksum,
-                checksum_algorithm=algorithm,
-                last_error="",
-                lease_owner="",
-                lease_expires=None,
-                retrying_since=None,
-                transferred=now,
-                updated=now,
-                **_NO_UPLOAD,
-            )
-        )
-        if recorded:
-            self._publish(name, FileState.of(State.REMOTE, size, keep_local))
-            self._announce("remote", name, State.TRANSFERRING, State.REMOTE)
-        return recorded
+        fields = {
+            "state": State.REMOTE,
+            "size": size,
+            "bytes_done": size,
+            "checksum": checksum,
+            "checksum_algorithm": algorithm,
+            "last_error": "",
+            **_NO_LEASE,
+            "retrying_since": None,
+            "transferred": now,
+            "updated": now,
+            **_NO_UPLOAD,
+        }
+        found = FileState.of(State.REMOTE, size, keep_local)
+        return self._transition("remote", name, fields, where={"lease_owner": owner}, found=found)
 
     def drop_local(
         self,
@@ -555,18 +694,17 @@ class Ledger:
         The cache says ``remote`` (without a local copy) before *delete* runs, unless the
         caller's :meth:`remote` already *announced* it; the row says so after.
         """
-        if not announced:
-            self._publish(name, FileState.of(State.REMOTE, size, False))
-        delete(name)
-        return bool(
-            self.rows(name)
-            .filter(state=State.REMOTE)
-            .update(local_exists=False, updated=timezone.now())
+        return self._transition(
+            "drop_local",
+            name,
+            {"local_exists": False, "updated": timezone.now()},
+            found=None if announced else FileState.of(State.REMOTE, size, False),
+            before=lambda: delete(name),
         )
 
     def local_missing(self, name: str) -> None:
         """The worker found no local copy: recorded, so the reconcile pass reports the loss."""
-        self.rows(name).update(local_exists=False, updated=timezone.now())
+        self._transition("local_missing", name, {"local_exists": False, "updated": timezone.now()})
 
     def _release(
         self, name: str, owner: str, state: str, error: str, transition: str, *, counted: bool
@@ -574,25 +712,20 @@ class Ledger:
         """End the lease in *state* with *error*. *counted*: an error about the file (one more
         ``attempts``, and the run of transient failures, if any, is over); otherwise a failure
         of the infrastructure, which starts such a run unless one is running."""
+        assert TRANSITIONS[transition].target == state, transition
         now = timezone.now()
         if counted:
-            effect: dict[str, Any] = {"attempts": F("attempts") + 1, "retrying_since": None}
+            effect: dict[str, object] = {"attempts": F("attempts") + 1, "retrying_since": None}
         else:
-            effect = {"retrying_since": Coalesce(F("retrying_since"), Value(now))}
-        released = bool(
-            self._leased(name, owner).update(
-                state=state,
-                last_error=error[:ERROR_LENGTH],
-                lease_owner="",
-                lease_expires=None,
-                updated=now,
-                **effect,
-            )
-        )
-        self.republish(name)
-        if released:
-            self._announce(transition, name, State.TRANSFERRING, state)
-        return released
+            effect = {"retrying_since": _failing_since(now)}
+        fields = {
+            "state": state,
+            "last_error": error[:ERROR_LENGTH],
+            **_NO_LEASE,
+            "updated": now,
+            **effect,
+        }
+        return self._transition(transition, name, fields, where={"lease_owner": owner})
 
     def retry_later(self, name: str, owner: str, error: str, *, counted: bool = True) -> bool:
         """End the lease after a transient error: back to ``pending``, *error* kept; *counted*
@@ -606,32 +739,19 @@ class Ledger:
         return self._release(name, owner, State.FAILED, error, "fail", counted=counted)
 
     # -- the reconcile pass: each write matches the row as the pass read it -----------------
-    @staticmethod
-    def _as_read(row: StoredFile) -> QuerySet[StoredFile]:
-        found: QuerySet[StoredFile] = StoredFile.objects.using(StoredFile.db()).filter(
-            pk=row.pk, state=row.state, updated=row.updated
-        )
-        return found
-
     def take_back(self, row: StoredFile, now: datetime.datetime) -> bool:
         """An expired lease (its worker died): back to ``pending`` for a new transfer. A lost
         worker is a transient failure, not the file's: no attempt is counted, and a run of
         transient failures begins unless one is running."""
-        taken = bool(
-            self._as_read(row).update(
-                state=State.PENDING,
-                lease_owner="",
-                lease_expires=None,
-                last_error=f"The lease of {row.lease_owner} expired (worker lost?); "
-                "queued again by the reconcile pass.",
-                retrying_since=Coalesce(F("retrying_since"), Value(now)),
-                updated=now,
-            )
-        )
-        if taken:
-            self.republish(row.name)
-            self._announce("take_back", row.name, row.state, State.PENDING)
-        return taken
+        fields = {
+            "state": State.PENDING,
+            **_NO_LEASE,
+            "last_error": f"The lease of {row.lease_owner} expired (worker lost?); "
+            "queued again by the reconcile pass.",
+            "retrying_since": _failing_since(now),
+            "updated": now,
+        }
+        return self._transition("take_back", row.name, fields, row=row)
 
     def claim(self, row: StoredFile, now: datetime.datetime) -> bool:
         """Mark an overdue ``pending`` row as queued again now (no state change).
@@ -641,69 +761,61 @@ class Ledger:
         a retry would (see ``reconcile.overdue``): re-queues of a file that waits in a long
         queue are spaced out, up to ``RETRY_MAX_DELAY`` apart.
         """
-        return bool(
-            self._as_read(row).update(
-                updated=now,
-                retrying_since=Coalesce(F("retrying_since"), Value(now)),
-                dispatch_refused=None,
-            )
-        )
+        fields = {
+            "updated": now,
+            "retrying_since": _failing_since(now),
+            "dispatch_refused": None,
+        }
+        return self._transition("claim", row.name, fields, row=row)
 
     def claim_refused(self, row: StoredFile, now: datetime.datetime) -> bool:
         """Claim a ``pending`` row whose message the broker refused (:meth:`refused`), to queue
         it now rather than when it is overdue: the mark is cleared and the row's clock moved,
         so one pass sends it and the next one finds it neither refused nor overdue. No run of
         transient failures starts: no message was lost, none had been sent."""
-        return bool(
-            self._as_read(row)
-            .filter(dispatch_refused__isnull=False)
-            .update(dispatch_refused=None, updated=now)
+        return self._transition(
+            "claim_refused",
+            row.name,
+            {"dispatch_refused": None, "updated": now},
+            row=row,
+            where={"dispatch_refused__isnull": False},
         )
 
     def unclaim(self, row: StoredFile, now: datetime.datetime) -> None:
         """Undo :meth:`claim` (or the claim of another transition) when the broker refused:
         the row looks as it did, for the next pass, and is marked refused (:meth:`refused`),
-        so that the next pass or a starting worker queues it at once."""
-        self.rows(row.name).filter(state=State.PENDING, updated=now).update(
-            updated=row.updated,
-            retrying_since=row.retrying_since,
-            dispatch_refused=row.dispatch_refused or now,
-        )
+        so that the next pass or a starting worker queues it at once. It matches the row as
+        the claim left it (``pending``, its clock at *now*), not as *row* was read."""
+        fields = {
+            "updated": row.updated,
+            "retrying_since": row.retrying_since,
+            "dispatch_refused": row.dispatch_refused or now,
+        }
+        self._transition("unclaim", row.name, fields, where={"updated": now})
 
     def retry_failed(self, row: StoredFile, now: datetime.datetime) -> bool:
         """A ``failed`` row whose local copy is there: ``pending`` with a new budget."""
-        retried = bool(
-            self._as_read(row).update(
-                state=State.PENDING,
-                attempts=0,
-                retrying_since=None,
-                dispatch_refused=None,
-                local_exists=True,
-                updated=now,
-            )
-        )
-        if retried:
-            self.republish(row.name)
-            self._announce("retry_failed", row.name, row.state, State.PENDING)
-        return retried
+        fields = {
+            "state": State.PENDING,
+            "attempts": 0,
+            "retrying_since": None,
+            "dispatch_refused": None,
+            "local_exists": True,
+            "updated": now,
+        }
+        return self._transition("retry_failed", row.name, fields, row=row)
 
     def lost(self, row: StoredFile, reason: str, now: datetime.datetime) -> bool:
         """The local copy of a file that never reached the remote is gone: ``failed``."""
-        marked = bool(
-            self._as_read(row).update(
-                state=State.FAILED,
-                local_exists=False,
-                last_error=reason[:ERROR_LENGTH],
-                lease_owner="",
-                lease_expires=None,
-                updated=now,
-                **_NO_UPLOAD,
-            )
-        )
-        if marked:
-            self.republish(row.name)
-            self._announce("lost", row.name, row.state, State.FAILED)
-        return marked
+        fields = {
+            "state": State.FAILED,
+            "local_exists": False,
+            "last_error": reason[:ERROR_LENGTH],
+            **_NO_LEASE,
+            "updated": now,
+            **_NO_UPLOAD,
+        }
+        return self._transition("lost", row.name, fields, row=row)
 
     def remote_lost(
         self, row: StoredFile, reason: str, now: datetime.datetime, *, local_exists: bool
@@ -713,110 +825,50 @@ class Ledger:
         Unlike :meth:`lost` the local copy is recorded as the caller found it (*local_exists*):
         reads go back to it where it is still there, and a retry sends it again.
         """
-        marked = bool(
-            self._as_read(row).update(
-                state=State.FAILED,
-                local_exists=local_exists,
-                last_error=reason[:ERROR_LENGTH],
-                updated=now,
-            )
-        )
-        if marked:
-            self.republish(row.name)
-            self._announce("remote_lost", row.name, row.state, State.FAILED)
-        return marked
+        fields = {
+            "state": State.FAILED,
+            "local_exists": local_exists,
+            "last_error": reason[:ERROR_LENGTH],
+            "updated": now,
+        }
+        return self._transition("remote_lost", row.name, fields, row=row)
 
     def give_up(self, row: StoredFile, reason: str, now: datetime.datetime) -> bool:
         """An expired lease of a file whose transient failures have lasted longer than
         ``QUEUED_STORAGE_RETRY_FOR`` (its workers keep dying): ``failed`` with *reason*; the
         caller aborted its open upload."""
-        failed = bool(
-            self._as_read(row).update(
-                state=State.FAILED,
-                last_error=reason[:ERROR_LENGTH],
-                lease_owner="",
-                lease_expires=None,
-                updated=now,
-                **_NO_UPLOAD,
-            )
-        )
-        if failed:
-            self.republish(row.name)
-            self._announce("give_up", row.name, row.state, State.FAILED)
-        return failed
+        fields = {
+            "state": State.FAILED,
+            "last_error": reason[:ERROR_LENGTH],
+            **_NO_LEASE,
+            "updated": now,
+            **_NO_UPLOAD,
+        }
+        return self._transition("give_up", row.name, fields, row=row)
 
     def finish_save(self, row: StoredFile, size: int, now: datetime.datetime) -> bool:
         """A reservation whose save wrote the file and then stopped: ``pending`` with it."""
-        finished = bool(self._as_read(row).update(size=size, local_exists=True, updated=now))
-        if finished:
-            self.republish(row.name)
-        return finished
+        fields = {"size": size, "local_exists": True, "updated": now}
+        return self._transition("finish_save", row.name, fields, row=row)
 
     def drop_reservation(self, row: StoredFile) -> bool:
         """Delete a reservation whose save stopped before writing the file."""
-        deleted, _ = self._as_read(row).filter(local_exists=False, size__isnull=True).delete()
-        if deleted:
-            read_side.drop_state(self.cache_prefix, self.alias, row.name)
-            self._announce("drop_reservation", row.name, row.state, None)
-        return bool(deleted)
+        return self._transition(
+            "drop_reservation",
+            row.name,
+            None,
+            row=row,
+            where={"local_exists": False, "size__isnull": True},
+        )
 
 
-# -- tus uploads (queued_storage.tus) -------------------------------------------------------------
-# A tus upload's row is written here too, each change one conditional statement: an append
-# moves ``offset`` only from the value it started at, so two appends cannot both record theirs.
-def tus_upload(upload_id: object) -> TusUpload | None:
-    """The row of a tus upload, read from the database (never a process's memory)."""
-    return TusUpload.get(upload_id)
-
-
-def tus_create(**fields: Any) -> TusUpload:
-    """Insert the row of a new tus upload (an unguessable random id is the caller's)."""
-    row: TusUpload = TusUpload.objects.using(StoredFile.db()).create(**fields)
-    return row
-
-
-def tus_advance(upload_id: object, old: int, new: int, expires: datetime.datetime) -> bool:
-    """Record *new* as the offset of an upload whose offset is still *old*; ``False`` if not."""
-    rows = TusUpload.objects.using(StoredFile.db()).filter(
-        pk=upload_id, offset=old, completed__isnull=True
-    )
-    return bool(rows.update(offset=new, expires=expires))
-
-
-def tus_set_length(upload_id: object, length: int) -> bool:
-    """Record the ``Upload-Length`` of an upload created with ``Upload-Defer-Length``, once:
-    ``False`` if its length is already known (another request set it)."""
-    rows = TusUpload.objects.using(StoredFile.db()).filter(
-        pk=upload_id, length__isnull=True, completed__isnull=True, offset__lte=length
-    )
-    return bool(rows.update(length=length))
-
-
-def tus_complete(upload_id: object, now: datetime.datetime) -> bool:
-    """Mark an upload whose last byte arrived as handed to ``QueuedStorage.save()``.
-
-    Run in the save's transaction before the save: the upload's reservation in the staging
-    budget then ends as the saved file's row begins (the budget is not counted twice).
-    """
-    rows = TusUpload.objects.using(StoredFile.db()).filter(pk=upload_id, completed__isnull=True)
-    return bool(rows.update(completed=now))
-
-
-def tus_named(upload_id: object, stored_name: str) -> bool:
-    """Record the name ``QueuedStorage.save()`` stored a finished upload under."""
-    rows = TusUpload.objects.using(StoredFile.db()).filter(pk=upload_id)
-    return bool(rows.update(stored_name=stored_name))
-
-
-def tus_forget(upload_id: object) -> bool:
-    """Delete an upload's row (terminated, or expired and cleaned up)."""
-    deleted, _ = TusUpload.objects.using(StoredFile.db()).filter(pk=upload_id).delete()
-    return bool(deleted)
-
-
-def tus_expired(now: datetime.datetime, host: str | None = None) -> list[TusUpload]:
-    """Uploads whose ``expires`` has passed (finished ones too: their row only answers HEAD)."""
-    rows = TusUpload.objects.using(StoredFile.db()).filter(expires__lt=now).order_by("expires")
-    if host is not None:
-        rows = rows.filter(host=host)
-    return list(rows)
+# -- tus uploads: their rows have a store of their own (queued_storage.tus_store) ----------------
+# Kept under these names for the callers that import them from here.
+tus_upload = TusStore.get
+tus_create = TusStore.create
+tus_advance = TusStore.advance
+tus_set_length = TusStore.set_length
+tus_complete = TusStore.complete
+tus_named = TusStore.named
+tus_forget = TusStore.forget
+tus_expired = TusStore.expired

@@ -114,11 +114,11 @@ def _calls(module: str, attributes: set[str]) -> list[tuple[str, int, str]]:
 
 def test_only_the_ledger_writes_rows_and_publishes_states() -> None:
     """No ``.update(``/``.delete()``/``.create(``/``bulk_create`` of a queryset, and no cache
-    write of a state, outside ``ledger.py`` (``state.py`` defines the write primitives the
-    ledger calls)."""
+    write of a state, outside ``ledger.py`` and the tus rows' ``tus_store.py`` (``state.py``
+    defines the write primitives the ledger calls)."""
     writers = []
     for module in modules():
-        if module in ("queued_storage.ledger", "queued_storage.state"):
+        if module in ("queued_storage.ledger", "queued_storage.tus_store", "queued_storage.state"):
             continue
         for where in _calls(module, {"write_state", "write_progress", "drop_state"}):
             writers.append(where)
@@ -131,6 +131,26 @@ def test_only_the_ledger_writes_rows_and_publishes_states() -> None:
             if any(mark in receiver for mark in queryset):
                 writers.append((module_, line, call))
     assert writers == []
+
+
+def test_every_write_of_the_ledger_goes_through_its_transition_mechanism() -> None:
+    """In ``ledger.py`` a queryset's ``.update(``/``.delete()`` is written only in
+    ``_transition`` (every declared transition) and ``_take`` (the lease's ``UPDATE ...
+    RETURNING``): no transition of ``Ledger`` writes by hand beside the table."""
+    writers = sorted(
+        {
+            method.name
+            for cls in modules()["queued_storage.ledger"].body
+            if isinstance(cls, ast.ClassDef)
+            for method in cls.body
+            if isinstance(method, ast.FunctionDef)
+            for node in ast.walk(method)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("update", "delete")
+        }
+    )
+    assert writers == ["_take", "_transition"]
 
 
 def test_only_the_construction_module_reads_the_storages_setting() -> None:
@@ -391,7 +411,9 @@ def test_repair_does_not_depend_on_the_operator_layer() -> None:
 
 #: Modules that may use the models' managers directly: the ledger's conditional writes (and,
 #: until it is restructured, its own reads and the tus rows' store).
-_MANAGER_USERS = {"queued_storage.models", "queued_storage.ledger"}
+#: The models, and the two stores whose conditional writes need the managers: the ledger (file
+#: rows) and the tus store (resumable uploads' rows).
+_MANAGER_USERS = {"queued_storage.models", "queued_storage.ledger", "queued_storage.tus_store"}
 
 
 def test_read_queries_are_methods_of_the_models() -> None:
