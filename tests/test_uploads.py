@@ -1536,9 +1536,12 @@ def test_a_burst_over_the_staging_budget_on_a_sqlite_ledger_is_201_or_507_never_
 ) -> None:
     # A SQLite transaction that has read cannot wait for the write lock: the budget's SELECT
     # must not run before the ledger INSERT in the save's transaction (it was 10-15 x 500
-    # "database is locked" in 20 uploads).
+    # "database is locked" in 20 uploads). Signed in, with an authorizer that does not look at
+    # the user: the session and the user are read when the owner is recorded, not before the
+    # save's transaction either.
     assert settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
     size, budget, uploads = 64 * 1024, 10 * 64 * 1024, 20
+    user, cookies = _user_session("burst-uploader")
     with (
         django_server(
             "gunicorn",
@@ -1554,7 +1557,10 @@ def test_a_burst_over_the_staging_budget_on_a_sqlite_ledger_is_201_or_507_never_
         answers = list(
             pool.map(
                 lambda i: requests.put(
-                    f"{server.url}/delayed-put/burst/{i}.bin", data=b"b" * size, timeout=60
+                    f"{server.url}/delayed-put/burst/{i}.bin",
+                    data=b"b" * size,
+                    cookies=cookies,
+                    timeout=60,
                 ),
                 range(uploads),
             )
@@ -1566,6 +1572,7 @@ def test_a_burst_over_the_staging_budget_on_a_sqlite_ledger_is_201_or_507_never_
     assert 1 <= saved <= budget // size
     assert len(staged_files(staging)) == saved
     assert StoredFile.objects.count() == saved
+    assert set(StoredFile.objects.values_list("owner", flat=True)) == {str(user.pk)}
 
 
 @override_settings(QUEUED_STORAGE_UPLOAD_AUTHORIZER="tests.test_uploads.allow_all")

@@ -240,8 +240,11 @@ class UploadView(QueuedStorageView):
         The answer is built before the save commits, so it describes the file as saved
         (``pending``, served locally) whatever a fast worker does once the commit dispatches it.
         """
+        # Who uploads is read before the transaction (it may load the session and the user): on
+        # SQLite a transaction that has read cannot wait for the write lock of the save's INSERT.
+        owner = uploader(request)
         try:
-            with transaction.atomic(using=ledger_database()), owned_by(uploader(request)):
+            with transaction.atomic(using=ledger_database()), owned_by(owner):
                 stored = storage.save(name, content, max_length=LEDGER_NAME_LENGTH)
                 payload = storage.status(stored) or {"name": stored, "state": None}
         except SuspiciousFileOperation as err:
