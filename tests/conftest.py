@@ -92,6 +92,20 @@ def stack(pytestconfig: pytest.Config) -> ServiceStack:
     return found
 
 
+@pytest.fixture(params=["default", "postgres"])
+def ledger_db(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The ledger on SQLite, then on PostgreSQL (``QUEUED_STORAGE_DATABASE``); the test's
+    connections are closed afterwards."""
+    from django.db import connections
+    from django.test import override_settings
+
+    if request.param == "postgres":
+        need("postgres")
+    with override_settings(QUEUED_STORAGE_DATABASE=request.param):
+        yield request.param
+    connections.close_all()
+
+
 @pytest.fixture
 def s3_proxy(stack: ServiceStack, clean: Any) -> Iterator[HttpFaultProxy]:
     """The HTTP fault proxy between the storages and moto (the bucket emptied), with an empty

@@ -16,7 +16,6 @@ import pytest
 from django.conf import settings
 from django.core.cache import caches
 from django.db import close_old_connections, connections, transaction
-from django.test import override_settings
 from django.utils import timezone
 
 from queued_storage.ledger import Ledger
@@ -27,15 +26,6 @@ from tests.harness.suite import need
 pytestmark = pytest.mark.django_db(
     transaction=True, databases=[a for a in ("default", "postgres") if a in settings.DATABASES]
 )
-
-
-@pytest.fixture(params=["default", "postgres"])
-def ledger_db(request: Any) -> Iterator[str]:
-    alias = request.param
-    if alias == "postgres":
-        need("postgres")
-    with override_settings(QUEUED_STORAGE_DATABASE=alias):
-        yield alias
 
 
 def race(n: int, work: Callable[[int], Any]) -> list[Any]:

@@ -61,14 +61,6 @@ def _close_connections() -> Iterator[None]:
     close_old_connections()
 
 
-@pytest.fixture(params=["default", "postgres"])
-def ledger_db(request: Any) -> Iterator[str]:
-    if request.param == "postgres":
-        need("postgres")
-    with override_settings(QUEUED_STORAGE_DATABASE=request.param):
-        yield request.param
-
-
 @pytest.fixture
 def sent() -> Iterator[list[Sent]]:
     """The ``file_state_changed`` signals this process sends for the ledger ``"sig"``."""

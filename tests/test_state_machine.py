@@ -18,14 +18,11 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import connections
-from django.test import override_settings
 from django.utils import timezone
 
 from queued_storage.ledger import ANY, TRANSITIONS, LeaseResult, Ledger, Row
 from queued_storage.models import State, StoredFile
 from queued_storage.signals import file_state_changed
-from tests.harness.suite import need
 
 pytestmark = pytest.mark.django_db(
     transaction=True, databases=[a for a in ("default", "postgres") if a in settings.DATABASES]
@@ -106,15 +103,6 @@ CASES: dict[str, Case] = {
         row={"size": None, "local_exists": False},
     ),
 }
-
-
-@pytest.fixture(params=["default", "postgres"])
-def ledger_db(request: Any) -> Iterator[str]:
-    if request.param == "postgres":
-        need("postgres")
-    with override_settings(QUEUED_STORAGE_DATABASE=request.param):
-        yield request.param
-    connections.close_all()
 
 
 @pytest.fixture
