@@ -470,8 +470,20 @@ class QueuedFileAdminMixin(_MixinBase):
         attach_ledger_rows(changelist.result_list, self.queued_file_fields)
         return changelist
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions: dict[str, Any] = dict(super().get_actions(request))
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
+        """The model admin's actions and, on the change list, ``transfer_queued_files``.
+
+        *action_location* is Django 6.1's (``None``: the change list, as before 6.1); the
+        change form gets no actions, as Django 6.1 gives an override without that argument.
+        """
+        if action_location is not None and getattr(action_location, "value", None) != (
+            "CHANGE_LIST"
+        ):
+            return {}
+        where: dict[str, Any] = (
+            {} if action_location is None else {"action_location": action_location}
+        )
+        actions: dict[str, Any] = dict(super().get_actions(request, **where))
         if self.actions is None or IS_POPUP_VAR in request.GET:
             return actions  # actions are off on this page
         if self.has_change_permission(request):
