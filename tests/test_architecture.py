@@ -245,6 +245,8 @@ def test_the_engine_imports_no_celery_cache_or_ledger() -> None:
 INGEST = (
     "queued_storage.views",
     "queued_storage.tus",
+    "queued_storage.tus_lock",
+    "queued_storage.tus_protocol",
     "queued_storage.uploads",
     "queued_storage.asgi",
 )
