@@ -147,7 +147,7 @@ def status_lines(data: Mapping[str, Any], *, verbose: bool) -> list[str]:
     return lines
 
 
-def status_json(data: Mapping[str, Any]) -> str:
+def status_json(data: Mapping[str, object]) -> str:
     """``status --json`` (the schema is in docs/operations.md)."""
     return json.dumps(data, indent=2)
 

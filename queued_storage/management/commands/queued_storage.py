@@ -283,18 +283,25 @@ class Command(BaseCommand):
         common(reconciling)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        handlers: dict[str, Callable[[Any], None]] = {
-            "status": self._status,
-            "transfer": self._transfer,
-            "upload": self._upload,
-            "verify": self._verify,
-            "cleanup": self._cleanup,
-            "doctor": self._doctor,
-            "seed": self._seed,
-            "reconcile": lambda options: run_reconcile(self, options),
-        }
+        # argparse's options are untyped: each subcommand's parser gives its TypedDict
         with ledger_required():
-            handlers[options["subcommand"]](options)
+            match options["subcommand"]:
+                case "status":
+                    self._status(cast(StatusOptions, options))
+                case "transfer":
+                    self._transfer(cast(TransferOptions, options))
+                case "upload":
+                    self._upload(cast(UploadOptions, options))
+                case "verify":
+                    self._verify(cast(VerifyOptions, options))
+                case "cleanup":
+                    self._cleanup(cast(CleanupOptions, options))
+                case "doctor":
+                    self._doctor(cast(DoctorOptions, options))
+                case "seed":
+                    self._seed(cast(SeedOptions, options))
+                case "reconcile":
+                    run_reconcile(self, cast(ReconcileOptions, options))
 
     def _say(self, options: Options, text: str) -> None:
         if options["verbosity"] >= 1:
