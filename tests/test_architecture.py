@@ -438,10 +438,11 @@ def test_loggers_are_named_after_their_module(module: str) -> None:
 
 def test_repair_does_not_depend_on_the_operator_layer() -> None:
     """DESIGN: operate → repair → ledger. The reconcile pass imports no module of the operator
-    layer (operations, doctor, admin, the management commands), directly or through a module
+    layer (operations, jobs, doctor, admin, the management commands), directly or through a module
     it imports."""
     operator = (
         "queued_storage.operations",
+        "queued_storage.jobs",
         "queued_storage.doctor",
         "queued_storage.admin",
         "queued_storage.management",
