@@ -65,7 +65,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.cache import caches
@@ -81,11 +80,12 @@ from queued_storage.dispatch import Sender
 from queued_storage.exceptions import InfrastructureError, LocalFileMissing, StorageNotFound
 from queued_storage.models import StoredFile, overdue
 from queued_storage.names import OWN_DIRECTORY_PREFIX, checked_name
+from queued_storage.report import Report, label
 from queued_storage.signals import transfer_failed
 from queued_storage.state import cache_key
 from queued_storage.storage import QueuedStorage, get_queued_storage, queued_storages
 from queued_storage.transfer import abort_open_upload, remote_exists
-from queued_storage.verify import DEFAULT_CONCURRENCY, VerifyReport, verify_in_chunks
+from queued_storage.verify import DEFAULT_CONCURRENCY, verify_in_chunks
 from queued_storage.worker import retried_for
 
 __all__ = [
@@ -102,123 +102,6 @@ logger = logging.getLogger(__name__)
 
 #: How ``last_error`` of a row whose local copy is gone begins.
 LOST = "Data loss"
-
-
-@dataclass
-class Report:
-    """What one pass did and found; items are ``"<alias>:<name>"``."""
-
-    host: str
-    requeued: list[str] = field(default_factory=list)
-    #: Queued now because the broker had refused their message (``dispatch_refused``).
-    requeued_refused: list[str] = field(default_factory=list)
-    taken_over: list[str] = field(default_factory=list)
-    given_up: list[str] = field(default_factory=list)
-    retried: list[str] = field(default_factory=list)
-    adopted: list[str] = field(default_factory=list)
-    stale: list[str] = field(default_factory=list)
-    cleaned: list[str] = field(default_factory=list)
-    aborted_uploads: list[str] = field(default_factory=list)
-    not_queued: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    newly_lost: list[str] = field(default_factory=list)
-    lost: list[str] = field(default_factory=list)
-    lost_total: int = 0
-    elsewhere: dict[str, int] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    staging_bytes: int = 0
-    staging_budget: int | None = None
-    #: The sample of remote files verified (``None``: none was).
-    verify: VerifyReport | None = None
-    #: Whether the sample stopped early because the remote did not answer.
-    verify_stopped: bool = False
-
-    @property
-    def ok(self) -> bool:
-        """No data loss (of a local copy, or of a remote copy the sample found) and no
-        storage the pass could not handle."""
-        remote_lost = self.verify is not None and bool(self.verify.lost)
-        return self.lost_total == 0 and not self.errors and not remote_lost
-
-    def counts(self) -> dict[str, int]:
-        return {
-            "requeued": len(self.requeued),
-            "requeued_refused": len(self.requeued_refused),
-            "taken_over": len(self.taken_over),
-            "given_up": len(self.given_up),
-            "retried": len(self.retried),
-            "adopted": len(self.adopted),
-            "stale": len(self.stale),
-            "cleaned": len(self.cleaned),
-            "aborted_uploads": len(self.aborted_uploads),
-            "not_queued": len(self.not_queued),
-            "skipped": len(self.skipped),
-            "newly_lost": len(self.newly_lost),
-            "lost": self.lost_total,
-            "errors": len(self.errors),
-            "overdue_elsewhere": sum(self.elsewhere.values()),
-            "staging_bytes": self.staging_bytes,
-            "verified": len(self.verify.verified) if self.verify else 0,
-            "verify_lost": len(self.verify.lost) if self.verify else 0,
-            "verify_unchecked": len(self.verify.unchecked) if self.verify else 0,
-        }
-
-    def lines(self, *, verbose: bool = False) -> list[str]:
-        """A human summary; *verbose* lists every item."""
-        budget = "no budget" if self.staging_budget is None else f"budget {self.staging_budget}"
-        out = [
-            f"host {self.host}: staging {self.staging_bytes} bytes waiting ({budget})",
-        ]
-        for label, items in (
-            ("re-queued (overdue)", self.requeued),
-            ("queued (the broker had refused them)", self.requeued_refused),
-            ("re-queued (lease expired)", self.taken_over),
-            ("failed (workers lost for longer than RETRY_FOR)", self.given_up),
-            ("retried (were failed)", self.retried),
-            ("adopted", self.adopted),
-            ("stale reservations removed", self.stale),
-            ("local copies of remote files removed", self.cleaned),
-            ("orphaned multipart uploads aborted", self.aborted_uploads),
-            ("not queued (broker refused; next pass)", self.not_queued),
-            ("skipped", self.skipped),
-        ):
-            out.append(f"{label}: {len(items)}")
-            if verbose or label == "skipped":
-                out.extend(f"  {item}" for item in items)
-        for other, count in sorted(self.elsewhere.items()):
-            out.append(f"overdue on host {other} (its own pass handles them): {count}")
-        out.append(f"LOST (not transferred, local copy gone): {self.lost_total}")
-        out.extend(f"  {item}" for item in self.lost)
-        if self.verify is not None:
-            stopped = " (stopped: the remote did not answer)" if self.verify_stopped else ""
-            out.append(f"verify sample: {self.verify.summary()}{stopped}")
-            out.extend(f"  LOST {problem}" for problem in self.verify.lost)
-            if verbose:
-                out.extend(f"  UNCHECKED {problem}" for problem in self.verify.unchecked)
-        out.extend(f"ERROR: {error}" for error in self.errors)
-        return out
-
-    def problem(self) -> str:
-        """Why the pass is not ok, in one sentence (the command's error message)."""
-        parts = []
-        if self.lost_total:
-            parts.append(
-                f"{self.lost_total} file(s) never reached the remote storage and their local "
-                "copy is gone (data loss): restore them and run queued_storage_reconcile "
-                "--failed, or delete them through the storage"
-            )
-        if self.verify is not None and self.verify.lost:
-            parts.append(
-                f"{len(self.verify.lost)} remote copy(ies) missing or different (data loss "
-                "found by the verify sample; the files are failed now: retry those with a local "
-                "copy with queued_storage_reconcile --failed, restore the others)"
-            )
-        parts.extend(self.errors)
-        return "; ".join(parts)
-
-
-def _label(row: StoredFile) -> str:
-    return f"{row.alias}:{row.name}"
 
 
 class _Pass:
@@ -248,10 +131,10 @@ class _Pass:
     def _requeue(self, row: StoredFile, into: list[str]) -> None:
         """Send the row's transfer; when the broker refuses, undo the claim for the next pass."""
         if self.sender.send(self.storage, row.name, row.host):
-            into.append(_label(row))
+            into.append(label(row))
             return
         self.ledger.unclaim(row, self.now)
-        self.report.not_queued.append(_label(row))
+        self.report.not_queued.append(label(row))
 
     def _lost(self, row: StoredFile) -> None:
         """Record that *row*'s local copy is gone: ``failed``, the reason, the signal, a log."""
@@ -293,7 +176,7 @@ class _Pass:
         if not transition(row, str(error), self.now):
             return
         lost = isinstance(error, LocalFileMissing)
-        (self.report.newly_lost if lost else self.report.given_up).append(_label(row))
+        (self.report.newly_lost if lost else self.report.given_up).append(label(row))
         logger.error("%s", error)
         transfer_failed.send(
             sender=type(self.storage),
@@ -364,14 +247,14 @@ class _Pass:
                 # The save wrote the file, then crashed before recording it.
                 if not self.adopt:
                     self.report.skipped.append(
-                        f"{_label(row)}: an interrupted save left the file; adopt it with --adopt"
+                        f"{label(row)}: an interrupted save left the file; adopt it with --adopt"
                     )
                     continue
                 size = self.storage.local.size(row.name)
                 if self.ledger.finish_save(row, size, self.now):
                     self._requeue(row, self.report.adopted)
             elif self.ledger.drop_reservation(row):
-                self.report.stale.append(_label(row))
+                self.report.stale.append(label(row))
                 logger.warning(
                     "removed the stale reservation of %r (storage %r): its save stopped before "
                     "writing the file",
@@ -386,7 +269,7 @@ class _Pass:
         rows = self.rows.local_copies_of_remote(cutoff)
         for row in rows.order_by("transferred")[: self.batch]:
             if self.ledger.drop_local(row.name, row.size, self.storage.local.delete):
-                self.report.cleaned.append(_label(row))
+                self.report.cleaned.append(label(row))
 
 
 def _orphan_uploads(
