@@ -62,29 +62,26 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.core.cache import caches
-from django.core.exceptions import SuspiciousFileOperation
-from django.core.files.utils import validate_file_name
 from django.db import connections
 from django.utils import timezone
 
 from queued_storage import state as read_side
+from queued_storage.adopt import adopt_all
 from queued_storage.cleanup import PASS_UPLOAD_PAGES, abort_orphan_uploads
 from queued_storage.conf import settings
 from queued_storage.dispatch import Sender
 from queued_storage.exceptions import InfrastructureError, LocalFileMissing, StorageNotFound
 from queued_storage.models import StoredFile, overdue
-from queued_storage.names import OWN_DIRECTORY_PREFIX, checked_name
 from queued_storage.report import Report, label
 from queued_storage.signals import transfer_failed
 from queued_storage.state import cache_key
 from queued_storage.storage import QueuedStorage, get_queued_storage, queued_storages
-from queued_storage.transfer import abort_open_upload, remote_exists
+from queued_storage.transfer import abort_open_upload
 from queued_storage.verify import DEFAULT_CONCURRENCY, verify_in_chunks
 from queued_storage.worker import retried_for
 
@@ -299,84 +296,6 @@ def _orphan_uploads(
         logger.warning("orphaned multipart uploads: %s; next pass", error)
 
 
-def _local_root(storage: QueuedStorage) -> str | None:
-    try:
-        return os.path.realpath(storage.local.path(""))
-    except Exception:
-        return None
-
-
-def _walk(root: str) -> Iterator[tuple[str, list[str]]]:
-    """``(directory, files)`` below *root*, sorted, never following symbolic links."""
-    for directory, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(OWN_DIRECTORY_PREFIX))
-        yield directory, sorted(files)
-
-
-def _adopt(
-    storage: QueuedStorage,
-    root: str,
-    report: Report,
-    sender: Sender,
-    *,
-    now: datetime.datetime,
-    after: float,
-    batch: int,
-) -> None:
-    """Give a row to each local file no ledger row knows, and queue its transfer."""
-    cutoff = (now - datetime.timedelta(seconds=after)).timestamp()
-    adopted = 0
-    for directory, files in _walk(root):
-        candidates: dict[str, os.stat_result] = {}
-        for filename in files:
-            path = os.path.join(directory, filename)
-            try:
-                info = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            if not os.path.isfile(path) or os.path.islink(path) or info.st_mtime > cutoff:
-                continue  # symbolic links and files still being written are left alone
-            candidates[os.path.relpath(path, root).replace(os.sep, "/")] = info
-        if not candidates:
-            continue
-        known = StoredFile.all_rows().named(candidates).names()
-        for name, info in candidates.items():
-            if name in known:
-                continue
-            if adopted >= batch:
-                return
-            try:
-                if checked_name(name) != name:
-                    raise SuspiciousFileOperation("its name is not in Unicode NFC form")
-                validate_file_name(name, allow_relative_path=True)
-            except SuspiciousFileOperation as err:
-                report.skipped.append(f"{storage.alias}:{name}: not adopted: {err}")
-                continue
-            try:
-                held = remote_exists(storage.remote, name)
-            except Exception as err:
-                report.skipped.append(
-                    f"{storage.alias}:{name}: not adopted: the remote storage could not say "
-                    f"whether it holds the name ({type(err).__name__}); next pass"
-                )
-                continue
-            if held:
-                report.skipped.append(
-                    f"{storage.alias}:{name}: not adopted: the remote storage already holds "
-                    "this name and nothing is overwritten; compare the two copies and delete "
-                    "the local one by hand"
-                )
-                continue
-            if not storage.ledger.saved(name, settings.HOST, int(info.st_size)):
-                continue  # another pass adopted it (or a save took the name) meanwhile
-            adopted += 1
-            label = f"{storage.alias}:{name}"
-            if sender.send_or_mark(storage, name, settings.HOST):
-                report.adopted.append(label)
-            else:
-                report.not_queued.append(label)
-
-
 def _storages(aliases: Sequence[str] | None, report: Report) -> dict[str, QueuedStorage]:
     """The storages of the pass: the ones named, else every one the ledger has work for."""
     if aliases is not None:
@@ -437,7 +356,7 @@ def reconcile(
         _orphan_uploads(storage, report, now=now, after=after, batch=batch)
     if adopt:
         owners = selected if aliases is not None else {s.alias: s for s in queued_storages()}
-        _adopt_all(owners, report, sender, now=now, after=after, batch=batch)
+        adopt_all(owners, report, sender, now=now, after=after, batch=batch)
     if hosts is not None:
         _report_elsewhere(report, selected, hosts, now, after)
     _verify_sample(report, aliases)
@@ -517,34 +436,6 @@ def start_up_passes() -> None:
             )
         finally:
             connections.close_all()  # this thread's own
-
-
-def _adopt_all(
-    selected: dict[str, QueuedStorage],
-    report: Report,
-    sender: Sender,
-    *,
-    now: datetime.datetime,
-    after: float,
-    batch: int,
-) -> None:
-    sharing: dict[str, set[str]] = {}
-    for storage in [*queued_storages(), *selected.values()]:
-        root = _local_root(storage)
-        if root is not None:
-            sharing.setdefault(root, set()).add(storage.alias)
-    for root, aliases in sorted(sharing.items()):
-        chosen = sorted(aliases & set(selected))
-        if not chosen:
-            continue
-        if len(chosen) > 1:
-            report.errors.append(
-                f"cannot adopt the files in {root}: the storages {', '.join(chosen)} stage "
-                "there; name the one that owns them with --storage"
-            )
-            continue
-        if os.path.isdir(root):
-            _adopt(selected[chosen[0]], root, report, sender, now=now, after=after, batch=batch)
 
 
 def _report_elsewhere(
