@@ -25,7 +25,8 @@ each queued storage and at most ``QUEUED_STORAGE_RECONCILE_BATCH`` rows of each 
    nothing is lost. If the crashed save did write the file, ``adopt=True`` finishes it.
 5. ``adopt=True`` only: local files that no ledger row knows (saved before the app was
    installed, or by a crashed process) and unchanged for ``RECONCILE_AFTER`` get a row and are
-   queued, unless the remote already holds the name (nothing is ever overwritten).
+   queued, unless the remote already holds the name (nothing is ever overwritten):
+   :mod:`queued_storage.adopt`.
 6. ``remote`` rows of a ``delete_local`` storage whose local copy is still there (the worker
    died between recording ``remote`` and deleting it): the local copy is deleted.
    S3 multipart uploads of a file the ledger knows that no row can resume (a worker killed
@@ -43,7 +44,8 @@ each queued storage and at most ``QUEUED_STORAGE_RECONCILE_BATCH`` rows of each 
    not answer ends the sample early (one chunk of unanswered questions, not the whole sample).
 
 Each pass records when it ran, on which host and whether it was ok, in the cache
-(:func:`last_run`, for ``manage.py queued_storage doctor``).
+(:func:`last_run`, for ``manage.py queued_storage doctor``; :mod:`queued_storage.pass_record`).
+What a pass did and found is a :class:`~queued_storage.report.Report`.
 
 Several hosts may run passes at once: every change is a conditional ``UPDATE``/``DELETE`` that
 matches only the row as this pass read it, so whoever loses a race skips the row. Work that
@@ -64,9 +66,7 @@ import datetime
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from django.core.cache import caches
 from django.db import connections
 from django.utils import timezone
 
@@ -77,9 +77,15 @@ from queued_storage.conf import settings
 from queued_storage.dispatch import Sender
 from queued_storage.exceptions import InfrastructureError, LocalFileMissing, StorageNotFound
 from queued_storage.models import StoredFile, overdue
+from queued_storage.pass_record import (
+    PassRecord,
+    last_run,
+    record_run,
+    remember_sample_position,
+    sample_position,
+)
 from queued_storage.report import Report, label
 from queued_storage.signals import transfer_failed
-from queued_storage.state import cache_key
 from queued_storage.storage import QueuedStorage, get_queued_storage, queued_storages
 from queued_storage.transfer import abort_open_upload
 from queued_storage.verify import DEFAULT_CONCURRENCY, verify_in_chunks
@@ -87,6 +93,7 @@ from queued_storage.worker import retried_for
 
 __all__ = [
     "LOST",
+    "PassRecord",
     "Report",
     "last_run",
     "overdue",
@@ -363,7 +370,7 @@ def reconcile(
     _report_lost(report, aliases, batch)
     report.staging_bytes = StoredFile.waiting_bytes(host)
     _log(report)
-    _record_run(report, now)
+    record_run(report, now)
     return report
 
 
@@ -500,30 +507,22 @@ def _log(report: Report) -> None:
         logger.error("reconcile: %s", error)
 
 
-# -- the verify sample, and the record of each pass (manage.py queued_storage doctor) ------------
+# -- the verify sample (step 8) ---------------------------------------------------------------
 #: Seconds one HEAD of the verify sample may take (no retries): a pass must not hang on S3.
 VERIFY_TIMEOUT = 10.0
-
-
-def _key(what: str, host: str = "") -> str:
-    return cache_key(f"{settings.CACHE_PREFIX}:reconcile", what, host)
 
 
 def _verify_sample(report: Report, aliases: Sequence[str] | None) -> None:
     """Verify the next ``RECONCILE_VERIFY_SAMPLE`` remote files of the rotation (step 8).
 
-    The rotation's position (the last primary key verified) is kept in the cache: a lost
-    position starts again from the beginning, which costs nothing but repeated HEADs.
+    The rotation's position (the last primary key verified) is kept in the cache
+    (:mod:`queued_storage.pass_record`).
     """
     sample = settings.RECONCILE_VERIFY_SAMPLE
     if not sample:
         return
     rows = StoredFile.all_rows().remote().of(aliases)
-    cache = caches[settings.CACHE]
-    try:
-        after = int(cache.get(_key("verify-cursor")) or 0)
-    except Exception:
-        after = 0
+    after = sample_position()
     chosen = list(rows.filter(pk__gt=after).order_by("pk")[:sample])
     if len(chosen) < sample:  # the end of the ledger: go round
         chosen += rows.filter(pk__lte=after).order_by("pk")[: sample - len(chosen)]
@@ -534,41 +533,4 @@ def _verify_sample(report: Report, aliases: Sequence[str] | None) -> None:
     )
     if report.verify_stopped:
         return  # the same files again next time
-    try:
-        cache.set(_key("verify-cursor"), chosen[-1].pk, settings.CACHE_TIMEOUT)
-    except Exception as err:
-        read_side.cache_failed(
-            "record the verify sample's position", err, "the next sample starts from the beginning"
-        )
-
-
-def _record_run(report: Report, now: datetime.datetime) -> None:
-    """Remember when this host's pass ran, and the latest pass of any host (best effort).
-
-    In the cache, not a table: the record is read by ``doctor`` only, a cache shared by every
-    host and worker already holds the states, and a record lost to a flush only makes
-    ``doctor`` say so until the next pass; a table would cost a migration for one timestamp.
-    """
-    record = {"host": report.host, "at": now.isoformat(), "ok": report.ok}
-    try:
-        cache = caches[settings.CACHE]
-        cache.set(_key("last-pass", report.host), record, settings.CACHE_TIMEOUT)
-        cache.set(_key("last-pass"), record, settings.CACHE_TIMEOUT)
-    except Exception as err:
-        read_side.cache_failed(
-            "record the reconcile pass", err, "doctor's reconcile line will not see this pass"
-        )
-
-
-def last_run(host: str | None = None) -> dict[str, Any] | None:
-    """The last recorded pass of *host* (``""``: of any host), ``{"host", "at", "ok"}`` with
-    ``at`` an aware :class:`~datetime.datetime`; ``None`` when none is recorded."""
-    try:
-        found = caches[settings.CACHE].get(
-            _key("last-pass", settings.HOST if host is None else host)
-        )
-    except Exception:
-        return None
-    if not isinstance(found, dict) or "at" not in found:
-        return None
-    return {**found, "at": datetime.datetime.fromisoformat(str(found["at"]))}
+    remember_sample_position(chosen[-1].pk)
