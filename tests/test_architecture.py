@@ -194,6 +194,9 @@ INGEST = (
     "queued_storage.views",
     "queued_storage.tus",
     "queued_storage.uploads",
+    "queued_storage.bodies",
+    "queued_storage.checksums",
+    "queued_storage.inflight",
     "queued_storage.asgi",
 )
 
