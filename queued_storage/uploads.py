@@ -202,6 +202,10 @@ class StagedFile(File):  # type: ignore[type-arg]
             os.unlink(self._path)
 
 
+#: The ``errno`` of a write to a full disk (or over a quota): a 507 the client can act on.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def _new_spool_file(directory: str) -> tuple[int, str]:
     return tempfile.mkstemp(dir=directory, prefix="body-", suffix=".part")
 
@@ -211,7 +215,7 @@ def _write(out: IO[bytes], chunk: bytes) -> None:
     try:
         out.write(chunk)
     except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if err.errno in _DISK_FULL:
             raise UploadRefused(
                 507, "The staging disk is full; nothing was kept. Retry later."
             ) from err
@@ -341,7 +345,7 @@ def _write_fd(fd: int, chunk: bytes) -> None:
         while view:
             view = view[os.write(fd, view) :]
     except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if err.errno in _DISK_FULL:
             raise UploadRefused(507, "The staging disk is full; the chunk was not kept.") from err
         raise
 
