@@ -8,50 +8,54 @@ The upload views (the ``views`` package, ``tus.py``) are thin; what they rely on
 * :func:`spool_stream` copies a request body, one chunk at a time, into a temporary file in the
   *staging* storage's own directory, so that ``QueuedStorage.save()`` (through Django's
   ``FileSystemStorage._save``) moves it into place with a rename instead of a copy;
+  :func:`append_stream` appends one to a resumable (tus) upload's partial file;
 * :func:`claim_nginx_file` takes a body nginx already wrote to disk, from a configured
   directory only, and moves it into the same spool directory;
 * :class:`StagingUploadHandler` is Django's ``TemporaryFileUploadHandler`` writing into that
   spool directory, so multipart form uploads are moved too, whatever ``FILE_UPLOAD_TEMP_DIR`` is.
-* :func:`body_idle_timeout` makes each read of a body give up when the client stops sending
-  (``QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT``), where the server lets the view set that.
-* :func:`reserve_in_flight` holds a body's declared length in the staging budget while it is
-  received, for every web process of the host to see.
+* :func:`spool_dir`, :func:`tus_dir` and :func:`reservations_dir`: where these live.
+
+Reading the body (:class:`UploadRefused`, :func:`body_idle_timeout`) is
+``queued_storage.bodies``'s, the digests a client announces ``queued_storage.checksums``'s,
+the reservation of a body being received (:func:`reserve_in_flight`)
+``queued_storage.inflight``'s; their names are importable from here too.
 
 Nothing here knows HTTP status codes beyond :class:`UploadRefused`, which carries one.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import errno
-import fcntl
-import functools
 import hashlib
-import logging
 import os
 import re
-import socket
 import stat
 import tempfile
-import threading
-import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO
 
-from django.core.exceptions import RequestAborted, SuspiciousFileOperation
+from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import Storage, storages
 from django.core.files.uploadedfile import TemporaryUploadedFile, UploadedFile
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
-from django.http import HttpRequest, UnreadablePostError
+from django.http import HttpRequest
 
-from queued_storage.asgi import BODY_STREAM
+from queued_storage.bodies import (
+    CLIENT_GONE,
+    BodyReader,
+    UploadRefused,
+    body_idle_timeout,
+    idle_refusal,
+    idle_timed_out,
+)
+from queued_storage.checksums import CHECKSUM_ALGORITHMS, ChunkChecksum, ExpectedChecksums
 from queued_storage.conf import settings
-from queued_storage.exceptions import QueuedStorageConfigError, QueuedStorageError
+from queued_storage.exceptions import QueuedStorageConfigError
+from queued_storage.inflight import RESERVATIONS_DIRNAME, reserve_in_flight
 from queued_storage.names import (
     LEDGER_NAME_LENGTH,
     SPOOL_DIRNAME,
@@ -61,10 +65,9 @@ from queued_storage.names import (
     url_name_problem,
 )
 
-if TYPE_CHECKING:
-    from _hashlib import HASH
-
 __all__ = [
+    "CHECKSUM_ALGORITHMS",
+    "CLIENT_GONE",
     "SPOOL_DIRNAME",
     "Appended",
     "ChunkChecksum",
@@ -76,6 +79,8 @@ __all__ = [
     "body_idle_timeout",
     "byte_count",
     "claim_nginx_file",
+    "idle_refusal",
+    "idle_timed_out",
     "parse_byte_count",
     "reservations_dir",
     "reserve_in_flight",
@@ -86,19 +91,8 @@ __all__ = [
     "validate_url_name",
 ]
 
-logger = logging.getLogger(__name__)
 
-
-class UploadRefused(QueuedStorageError):
-    """The upload cannot be accepted; ``status`` is the HTTP status the views answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-# -- names --------------------------------------------------------------------------------------
+# -- names and byte counts ------------------------------------------------------------------------
 #: A count of bytes in a header: ASCII digits only (``int()`` would also take ``+1``, ``1_0``,
 #: `` 1 `` and Unicode digits, and raise on ``²``), at most 19 of them (an int64).
 _BYTE_COUNT = re.compile(r"[0-9]{1,19}")
@@ -156,64 +150,6 @@ def validate_url_name(name: str) -> str:
     return validate_upload_name(name)
 
 
-# -- checksums ------------------------------------------------------------------------------------
-@dataclass
-class ExpectedChecksums:
-    """Digests a client announced (``Content-MD5``, ``X-Checksum-SHA256``), checked on arrival."""
-
-    md5: bytes | None = None
-    sha256: bytes | None = None
-    _hashers: dict[str, HASH] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> ExpectedChecksums:
-        """Parse the headers; a malformed value is refused (400) before the body is read."""
-        found = cls()
-        md5 = headers.get("Content-MD5")
-        if md5:
-            try:
-                found.md5 = base64.b64decode(md5.strip(), validate=True)
-            except (binascii.Error, ValueError):
-                found.md5 = None
-            if found.md5 is None or len(found.md5) != 16:
-                raise UploadRefused(400, "Content-MD5 must be the base64 of a 16-byte MD5.")
-        sha256 = headers.get("X-Checksum-SHA256")
-        if sha256:
-            try:
-                found.sha256 = bytes.fromhex(sha256.strip())
-            except ValueError:
-                found.sha256 = None
-            if found.sha256 is None or len(found.sha256) != 32:
-                raise UploadRefused(400, "X-Checksum-SHA256 must be 64 hexadecimal digits.")
-        if found.md5 is not None:
-            found._hashers["md5"] = hashlib.md5(usedforsecurity=False)
-        if found.sha256 is not None:
-            found._hashers["sha256"] = hashlib.sha256()
-        return found
-
-    def update(self, chunk: bytes) -> None:
-        for hasher in self._hashers.values():
-            hasher.update(chunk)
-
-    def verify(self) -> None:
-        """Raise :class:`UploadRefused` (400) when a digest of what arrived differs."""
-        if self.md5 is not None and self._hashers["md5"].digest() != self.md5:
-            raise UploadRefused(400, "Content-MD5 does not match the received body; not kept.")
-        if self.sha256 is not None and self._hashers["sha256"].digest() != self.sha256:
-            raise UploadRefused(
-                400, "X-Checksum-SHA256 does not match the received body; not kept."
-            )
-
-    def verify_file(self, path: str, chunk_size: int) -> None:
-        """Hash a file already on disk (the nginx path) and verify it."""
-        if not self._hashers:
-            return
-        with open(path, "rb") as fh:
-            while chunk := fh.read(chunk_size):
-                self.update(chunk)
-        self.verify()
-
-
 # -- the spool directory ------------------------------------------------------------------------
 def spool_dir(local: Storage) -> str:
     """The spool directory inside the local (staging) storage's root, created on first use."""
@@ -235,6 +171,13 @@ def tus_dir(local: Storage) -> str:
     path = os.path.join(spool_dir(local).removesuffix(SPOOL_DIRNAME), TUS_DIRNAME)
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
+
+
+def reservations_dir(local: Storage, host: str) -> str:
+    """Where the bodies *host* is receiving into the staging storage *local* are reserved:
+    ``<spool>/in-flight/<hash of host>/`` (a host of its own on a shared staging volume)."""
+    digest = hashlib.sha256(host.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return os.path.join(spool_dir(local), RESERVATIONS_DIRNAME, digest)
 
 
 class StagedFile(File):  # type: ignore[type-arg]
@@ -259,6 +202,10 @@ class StagedFile(File):  # type: ignore[type-arg]
             os.unlink(self._path)
 
 
+#: The ``errno`` of a write to a full disk (or over a quota): a 507 the client can act on.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def _new_spool_file(directory: str) -> tuple[int, str]:
     return tempfile.mkstemp(dir=directory, prefix="body-", suffix=".part")
 
@@ -268,263 +215,11 @@ def _write(out: IO[bytes], chunk: bytes) -> None:
     try:
         out.write(chunk)
     except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if err.errno in _DISK_FULL:
             raise UploadRefused(
                 507, "The staging disk is full; nothing was kept. Retry later."
             ) from err
         raise
-
-
-# -- bodies being received, in the staging budget ------------------------------------------------
-#: Directory inside the spool with one directory per host of the bodies being received.
-RESERVATIONS_DIRNAME = "in-flight"
-
-#: Reservations of this process (see :func:`_reserved_bytes`).
-_mine: set[str] = set()
-_mine_lock = threading.Lock()
-
-
-def reservations_dir(local: Storage, host: str) -> str:
-    """Where the bodies *host* is receiving into the staging storage *local* are reserved:
-    ``<spool>/in-flight/<hash of host>/`` (a host of its own on a shared staging volume)."""
-    digest = hashlib.sha256(host.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    return os.path.join(spool_dir(local), RESERVATIONS_DIRNAME, digest)
-
-
-@contextlib.contextmanager
-def reserve_in_flight(directory: str, size: int, check: Callable[[int], None]) -> Iterator[None]:
-    """Hold *size* bytes of the staging budget while a body is received; *check* decides.
-
-    The budget query counts the files that wait on the disk; a body being received is on
-    the disk too but in no row yet, so every request receiving one declares it here: a file
-    in *directory*, named by its size, that its process holds locked (``flock``) until the
-    block ends, however it ends (an answer, an error, a client gone). Every web process of
-    the host (gunicorn and uvicorn workers alike) sees every other's, and a process that dies
-    lets go of its locks: the next reservation finds its file unlocked and removes it.
-
-    Reserving is one step for the whole host: under an exclusive lock of *directory* itself,
-    *check* is called with the bytes the live reservations hold (it raises to refuse, and
-    nothing is reserved), then the file is made; so a burst of concurrent requests is
-    admitted one after the other, each counting those before it. Cost: a ``flock`` and one
-    open per body being received on the host; no query beyond what *check* makes.
-    """
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    lock = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        check(_reserved_bytes(directory))
-        path = os.path.join(directory, f"{size}-{uuid.uuid4().hex}")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        with _mine_lock:
-            _mine.add(path)
-    finally:
-        os.close(lock)  # also releases the flock
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        with _mine_lock:
-            _mine.discard(path)
-        os.close(fd)
-
-
-def _reserved_bytes(directory: str) -> int:
-    """The bytes the live reservations in *directory* hold; files of dead processes (no
-    one holds their lock) are removed. This process's own are known without a lock (on a
-    network filesystem, ``flock`` may be per process)."""
-    total = 0
-    with _mine_lock:
-        mine = set(_mine)
-    with os.scandir(directory) as found:
-        entries = list(found)
-    for entry in entries:
-        size, dash, _ = entry.name.partition("-")
-        if not dash or not size.isdigit():
-            continue
-        if entry.path in mine:
-            total += int(size)
-            continue
-        try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue  # released meanwhile
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            total += int(size)
-            continue
-        finally:
-            os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(entry.path)  # its process died (or just released it)
-    return total
-
-
-# -- request bodies -------------------------------------------------------------------------------
-#: What a body stream raises when the client went away mid-body (WSGI servers raise OSError
-#: subclasses; Django raises UnreadablePostError / RequestAborted).
-CLIENT_GONE = (OSError, UnreadablePostError, RequestAborted)
-
-#: The client's socket in a gunicorn ``environ`` (every worker class sets it).
-GUNICORN_SOCKET = "gunicorn.socket"
-
-
-@contextlib.contextmanager
-def body_idle_timeout(meta: Mapping[str, Any], seconds: float | None) -> Iterator[bool]:
-    """Within the block, a read of the request body waits at most *seconds* for a byte.
-
-    A read that waits longer raises a ``TimeoutError`` (Django wraps it in
-    ``UnreadablePostError``; ``queued_storage.asgi`` raises ``RequestAborted`` from it), which
-    :func:`spool_stream` and the form view answer with 408. It is a limit per read, not per
-    upload: a slow client that keeps sending is never cut off. Yields whether it applies:
-
-    * gunicorn, HTTP/1.x (sync, gthread, gevent workers): ``environ["gunicorn.socket"]`` is
-      the client's socket. Its timeout is set for the block and put back afterwards, so the
-      response is written as gunicorn would write it. (Over HTTP/2, gunicorn bounds each body
-      read by its own ``--timeout`` and the socket is shared: it is left alone.)
-    * ``queued_storage.asgi``: its body stream's wait for the next ASGI message.
-    * Django's own ``ASGIHandler`` has the whole body before the view runs: nothing to do.
-    * Any other WSGI server (``runserver``, uWSGI, mod_wsgi) does not expose its socket; its
-      own limits apply, and that is logged once per server software.
-
-    ``None`` changes nothing: the server's limits apply (the streaming ASGI handler's is
-    ``StreamingASGIHandler.body_timeout``, 60 s).
-    """
-    if seconds is None:
-        yield False
-        return
-    stream = meta.get(BODY_STREAM)
-    if stream is not None:
-        stream.timeout = seconds
-        yield True
-        return
-    sock = meta.get(GUNICORN_SOCKET)
-    http1 = str(meta.get("SERVER_PROTOCOL", "")).startswith("HTTP/1")
-    if sock is None or not http1 or not hasattr(sock, "settimeout"):
-        if "wsgi.input" in meta and http1:
-            _log_no_idle_timeout(str(meta.get("SERVER_SOFTWARE", "an unknown WSGI server")))
-        yield False
-        return
-    previous = sock.gettimeout()
-    sock.settimeout(seconds)
-    try:
-        yield True
-    except BaseException as err:
-        if idle_timed_out(err):
-            # The rest of the body will not be read: no more reads on this connection, so
-            # gunicorn closes it after the 408 (some releases would keep it alive, waiting).
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RD)
-        raise
-    finally:
-        with contextlib.suppress(OSError):  # the socket may be closed by now
-            sock.settimeout(previous)
-
-
-@functools.cache
-def _log_no_idle_timeout(server: str) -> None:
-    logger.warning(
-        "QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT cannot be applied under %s (only under gunicorn and "
-        "queued_storage.asgi): a client that stops sending holds its thread as long as the "
-        "server allows. Put nginx in front or serve through queued_storage.asgi (docs/uploads.md, "
-        "Slow clients).",
-        server,
-    )
-
-
-def idle_timed_out(err: BaseException) -> bool:
-    """Whether a body read failed because the client sent nothing for the idle timeout."""
-    seen: BaseException | None = err
-    for _ in range(8):  # e.g. UploadRefused from UnreadablePostError from TimeoutError
-        if seen is None:
-            return False
-        if isinstance(seen, TimeoutError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def idle_refusal(seconds: float | None, kept: str = "nothing was kept") -> UploadRefused:
-    """The 408 for a client that stopped sending (``seconds``: the idle timeout, if known;
-    ``kept``: what the server did with the bytes that arrived)."""
-    waited = f"for {seconds:g} s" if seconds is not None else "for too long"
-    return UploadRefused(408, f"No bytes of the body arrived {waited}; {kept}.")
-
-
-@dataclass
-class BodyReader:
-    """A request body, ``chunk_size`` bytes at a time, never more than ``limit`` bytes.
-
-    ``declared`` is the ``Content-Length`` (``None`` for a chunked body; then ``limit`` bounds
-    it and ``too_long`` is the 413's message). A body longer than either raises
-    :class:`UploadRefused`. One that stops early (the client went away, stalled for the idle
-    timeout, or sent less than it declared) ends :meth:`chunks`, with ``cut`` saying why:
-    the caller decides what becomes of the bytes that arrived, and ``kept`` says it in the
-    refusal (the raw upload view removes them, a tus chunk keeps them).
-    """
-
-    read: Callable[[int], bytes]
-    declared: int | None
-    limit: int
-    chunk_size: int
-    too_long: str
-    kept: str
-    idle_timeout: float | None = None
-    received: int = 0
-    cut: UploadRefused | None = None
-
-    def chunks(self) -> Iterator[bytes]:
-        limit = self.declared if self.declared is not None else self.limit
-        while True:
-            want = self.chunk_size
-            if self.declared is not None:
-                want = min(want, limit - self.received)
-                if want <= 0:
-                    break
-            try:
-                chunk = self.read(want)
-            except CLIENT_GONE as err:
-                if idle_timed_out(err):
-                    self.cut = idle_refusal(self.idle_timeout, self.kept)
-                else:
-                    self.cut = UploadRefused(
-                        400,
-                        f"The client stopped sending after {self.received} bytes ({err!r}); "
-                        f"{self.kept}.",
-                    )
-                self.cut.__cause__ = err
-                return
-            if not chunk:
-                break
-            self.received += len(chunk)
-            if self.received > limit:
-                if self.declared is None:
-                    raise UploadRefused(413, self.too_long)
-                raise UploadRefused(
-                    400, f"The body is longer than its Content-Length ({self.declared})."
-                )
-            yield chunk
-        if self.declared is None:
-            return
-        if self.received < self.declared:
-            self.cut = UploadRefused(
-                400,
-                f"The body ended after {self.received} of {self.declared} bytes (the client "
-                f"disconnected?); {self.kept}.",
-            )
-            return
-        # A stream that is not bounded by the server (Django's ASGI request reads whatever
-        # the body file holds) must not have more than was declared.
-        try:
-            extra = self.read(1)
-        except CLIENT_GONE:
-            extra = b""
-        if extra:
-            raise UploadRefused(
-                400, f"The body is longer than its Content-Length ({self.declared})."
-            )
 
 
 def spool_stream(
@@ -572,45 +267,6 @@ def spool_stream(
 
 
 # -- appending to a resumable upload (queued_storage.tus) -----------------------------------------
-#: ``Upload-Checksum`` algorithms (tus checksum extension), by their tus name.
-CHECKSUM_ALGORITHMS: dict[str, Callable[[], HASH]] = {
-    "sha1": lambda: hashlib.sha1(usedforsecurity=False),
-    "md5": lambda: hashlib.md5(usedforsecurity=False),
-    "sha256": hashlib.sha256,
-}
-
-
-@dataclass
-class ChunkChecksum:
-    """The digest a tus client announced for one chunk (``Upload-Checksum: <algo> <base64>``)."""
-
-    algorithm: str
-    digest: bytes
-
-    @classmethod
-    def from_header(cls, value: str | None) -> ChunkChecksum | None:
-        """Parse the header; an unknown algorithm or a malformed digest is a 400, unread."""
-        if not value:
-            return None
-        algorithm, _, encoded = value.strip().partition(" ")
-        factory = CHECKSUM_ALGORITHMS.get(algorithm.lower())
-        if factory is None:
-            known = ", ".join(CHECKSUM_ALGORITHMS)
-            raise UploadRefused(
-                400, f"Upload-Checksum algorithm {algorithm!r} is not supported; use {known}."
-            )
-        try:
-            digest = base64.b64decode(encoded.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            digest = b""
-        if len(digest) != factory().digest_size:
-            raise UploadRefused(400, f"Upload-Checksum is not the base64 of a {algorithm} digest.")
-        return cls(algorithm.lower(), digest)
-
-    def hasher(self) -> HASH:
-        return CHECKSUM_ALGORITHMS[self.algorithm]()
-
-
 @dataclass
 class Appended:
     """What :func:`append_stream` kept: ``received`` bytes after the offset, and why it
@@ -689,7 +345,7 @@ def _write_fd(fd: int, chunk: bytes) -> None:
         while view:
             view = view[os.write(fd, view) :]
     except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if err.errno in _DISK_FULL:
             raise UploadRefused(507, "The staging disk is full; the chunk was not kept.") from err
         raise
 
@@ -797,8 +453,18 @@ class StagingUploadHandler(TemporaryFileUploadHandler):
         super().__init__(request)
         self.directory = directory or spool_dir(_default_local())
 
-    def new_file(self, *args: Any, **kwargs: Any) -> None:
-        super(TemporaryFileUploadHandler, self).new_file(*args, **kwargs)
+    def new_file(
+        self,
+        field_name: str,
+        file_name: str,
+        content_type: str,
+        content_length: int | None,
+        charset: str | None = None,
+        content_type_extra: dict[str, bytes] | None = None,
+    ) -> None:
+        super(TemporaryFileUploadHandler, self).new_file(
+            field_name, file_name, content_type, content_length, charset, content_type_extra
+        )
         self.file = StagedUploadedFile(
             self.directory,
             self.file_name or "upload",

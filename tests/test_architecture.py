@@ -248,6 +248,9 @@ INGEST = (
     "queued_storage.tus_lock",
     "queued_storage.tus_protocol",
     "queued_storage.uploads",
+    "queued_storage.bodies",
+    "queued_storage.checksums",
+    "queued_storage.inflight",
     "queued_storage.asgi",
 )
 

@@ -1579,10 +1579,10 @@ def test_a_burst_over_the_staging_budget_on_a_sqlite_ledger_is_201_or_507_never_
 def test_a_wsgi_server_that_hides_its_socket_is_logged_once(
     staging: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from queued_storage.uploads import _log_no_idle_timeout
+    from queued_storage.bodies import _log_no_idle_timeout
 
     _log_no_idle_timeout.cache_clear()  # once per process: forget earlier tests
-    with caplog.at_level(logging.WARNING, logger="queued_storage.uploads"):
+    with caplog.at_level(logging.WARNING, logger="queued_storage.bodies"):
         for name in ("one.bin", "two.bin"):  # Django's test client: no gunicorn.socket
             assert Client().put(f"/uploads/put/{name}", data=b"x").status_code == 201
     assert [record.getMessage() for record in caplog.records] == [
