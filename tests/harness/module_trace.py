@@ -4,9 +4,11 @@
 this process with a ``sys.setprofile`` hook on its call phase (setup and teardown left out)
 and records, for each thread, the sequence of ``queued_storage`` modules whose functions are
 entered; calls into other code (Django, boto3, the test) are not recorded, and consecutive
-calls within one module count once. It prints, per thread: the distinct modules passed
-through, the number of module switches, how many times the sequence came back to a module
-it had left, and the sequence itself, with repeated runs folded (``[a > b] x3``).
+calls within one module count once. What runs while a module is imported (its body and what
+it calls) is left out unless ``--imports`` is given: a first request imports the views lazily.
+It prints, per thread: the distinct modules passed through, the number of module switches,
+how many times the sequence came back to a module it had left, and the sequence itself, with
+repeated runs folded (``[a > b] x3``).
 
 Only what runs in the pytest process is seen: a test that talks to a web server or a Celery
 worker in another process shows its own side only.
@@ -34,17 +36,30 @@ class ModuleTrace:
     """The modules of :data:`PACKAGE` entered, per thread name, consecutive repeats merged."""
 
     sequences: dict[str, list[str]] = field(default_factory=dict)
+    #: Record what runs while a module is imported (its body, and what it calls) too.
+    imports: bool = False
+    #: Modules not recorded (short names: ``conf``), as if they were outside the package.
+    skip: frozenset[str] = frozenset()
 
     def enter(self, module: str) -> None:
+        if module in self.skip:
+            return
         sequence = self.sequences.setdefault(threading.current_thread().name, [])
         if not sequence or sequence[-1] != module:
             sequence.append(module)
 
     def profiler(self) -> Callable[[FrameType, str, object], None]:
         prefix = PACKAGE + "."
+        importing = threading.local()  # how many module bodies this thread is running
 
         def profile(frame: FrameType, event: str, arg: object) -> None:
-            if event != "call":
+            if event not in ("call", "return"):
+                return
+            depth: int = getattr(importing, "depth", 0)
+            if not self.imports and frame.f_code.co_name == "<module>":
+                importing.depth = depth + 1 if event == "call" else max(0, depth - 1)
+                return
+            if event != "call" or depth:
                 return
             module = frame.f_globals.get("__name__", "")
             if isinstance(module, str) and (module == PACKAGE or module.startswith(prefix)):
@@ -133,9 +148,16 @@ def report(trace: ModuleTrace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("node_id", help="the pytest node id of one test")
+    parser.add_argument(
+        "--imports", action="store_true", help="also record what runs while a module is imported"
+    )
+    parser.add_argument(
+        "--skip", default="", help="modules to leave out, comma-separated short names: conf,models"
+    )
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="more pytest options")
     args = parser.parse_args(argv)
-    trace = ModuleTrace()
+    skip = frozenset(name.strip() for name in args.skip.split(",") if name.strip())
+    trace = ModuleTrace(imports=args.imports, skip=skip)
     status = pytest.main([args.node_id, "-q", *args.pytest_args], plugins=[_Plugin(trace)])
     print(report(trace))
     return int(status)
