@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
 
 import django
 from asgiref.sync import sync_to_async
@@ -51,7 +51,12 @@ __all__ = ["BODY_STREAM", "ReceiveStream", "StreamingASGIHandler", "get_asgi_app
 #: The ``request.META`` key of a streaming view's :class:`ReceiveStream`.
 BODY_STREAM = "queued_storage.body_stream"
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
+#: An ASGI connection scope: values of every type, read the way Django reads them.
+Scope = dict[str, Any]
+#: An ASGI message (``type``, ``body``, ``more_body``, ...), received or sent.
+Message = Mapping[str, object]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 
 class ReceiveStream:
@@ -99,7 +104,7 @@ class ReceiveStream:
         if message["type"] == "http.disconnect":
             self._more = False
             raise RequestAborted("the client disconnected before the body was complete")
-        body = message.get("body", b"")
+        body = cast(bytes, message.get("body", b""))
         self.received += len(body)
         self._buffer += body
         self._more = bool(message.get("more_body", False))
@@ -116,7 +121,7 @@ class ReceiveStream:
                 raise
             self._gone = err
 
-    async def _next(self) -> dict[str, Any]:
+    async def _next(self) -> Message:
         return await self._receive()
 
     def _raise_if_gone(self) -> None:
@@ -151,7 +156,7 @@ class ReceiveStream:
         self._buffer.clear()
 
 
-def _streams_body(scope: dict[str, Any]) -> bool:
+def _streams_body(scope: Scope) -> bool:
     """Whether the view at this request's path reads its body as a stream."""
     if scope.get("type") != "http":
         return False
@@ -174,7 +179,7 @@ class StreamingASGIHandler(ASGIHandler):
     #: limit); a view may set its own (``request.META[BODY_STREAM].timeout``).
     body_timeout: float | None = 60.0
 
-    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         set_script_prefix(get_script_prefix(scope))
         if not _streams_body(scope):
             await super().handle(scope, receive, send)

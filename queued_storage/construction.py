@@ -17,8 +17,8 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from django.conf import settings as django_settings
 from django.core.files.storage import Storage, storages
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = [
     "RENAMED_BACKENDS",
     "ConfiguredStorage",
+    "StorageOptions",
+    "TransferTask",
     "celery_task",
     "is_alias",
     "queued_entries",
@@ -55,6 +57,25 @@ RENAMED_BACKENDS = {
 }
 
 TRANSFER_AND_DELETE = "queued_storage.tasks.TransferAndDelete"
+
+#: The keyword arguments a storage class is built with (``OPTIONS`` of a ``STORAGES`` entry).
+StorageOptions = dict[str, object]
+
+
+class TransferTask(Protocol):
+    """What a queued storage needs of its Celery task: a name and a way to send a message (a
+    ``Task``, a ``Proxy`` of one, or a test's stand-in, ``queued_storage.testing``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def apply_async(
+        self,
+        args: Sequence[object] | None = None,
+        kwargs: Mapping[str, object] | None = None,
+        **options: object,
+    ) -> AsyncResult | None: ...
+
 
 _registry: dict[str, ConfiguredStorage] = {}
 _registry_lock = threading.Lock()
@@ -91,7 +112,7 @@ def storage_spec(role: str, spec: object) -> str | type[Storage]:
     return found
 
 
-def resolve_storage(role: str, spec: object, options: dict[str, Any] | None = None) -> Storage:
+def resolve_storage(role: str, spec: object, options: StorageOptions | None = None) -> Storage:
     """The storage *spec* names (see :func:`storage_spec`), built at its first use: an alias's
     from ``STORAGES``, a dotted path's class with *options* (which an alias cannot take)."""
     found = storage_spec(role, spec)
@@ -114,9 +135,10 @@ def resolve_storage(role: str, spec: object, options: dict[str, Any] | None = No
 
 
 def queued_entries(
-    options: dict[str, Any] | None = None,
+    options: StorageOptions | None = None,
 ) -> Iterator[tuple[str, dict[str, Any], type[ConfiguredStorage]]]:
-    """The ``STORAGES`` entries of queued storages: alias, ``OPTIONS`` and class; with
+    """The ``STORAGES`` entries of queued storages: alias, ``OPTIONS`` (keyword arguments for
+    the class, passed through as they are) and class; with
     *options*, only the entries with exactly these ``OPTIONS`` (the others' ``BACKEND`` is not
     even imported: a storage built while Django loads the models imports no other backend).
     An entry whose ``BACKEND`` cannot be imported is left out (Django reports it where it is
@@ -147,7 +169,7 @@ def registered_storages() -> list[ConfiguredStorage]:
 
 
 # -- the Celery task --------------------------------------------------------------------------
-def celery_task(path: str) -> Task:
+def celery_task(path: str) -> TransferTask:
     """The Celery task at the dotted *path*: a task, or a task class (django-queued-storage's
     ``Transfer`` subclasses), registered with Celery here. Anything else is refused now, not
     at the first save (where it would leave every file pending)."""
@@ -165,11 +187,11 @@ def celery_task(path: str) -> Task:
     if isinstance(found, type) and issubclass(found, Task):
         # Resolved when a message is sent: by then the project's Celery app is the current one
         # (a storage may be built while Django loads the models, before it is configured).
-        return Proxy(lambda: _registered_task(found))
+        return cast(TransferTask, Proxy(lambda: _registered_task(found)))
     if isinstance(found, Task) or (
         callable(getattr(found, "apply_async", None)) and isinstance(getattr(found, "name", 0), str)
     ):
-        return found
+        return cast(TransferTask, found)
     raise QueuedStorageConfigError(
         f"QueuedStorage option 'task' is {path!r}, which is a {type(found).__name__}, not a "
         "Celery task: messages could not be sent. Pass 'queued_storage.tasks.Transfer', "
@@ -199,10 +221,11 @@ class ConfiguredStorage(Storage):
     #: Subclasses may name the storages here (dotted paths); an instance holds the storages.
     local: Storage = None  # type: ignore[assignment]
     remote: Storage = None  # type: ignore[assignment]
-    local_options: dict[str, Any] | None = None
-    remote_options: dict[str, Any] | None = None
+    local_options: StorageOptions | None = None
+    remote_options: StorageOptions | None = None
     #: A Celery task, a ``Proxy`` of one, or a test's stand-in (``queued_storage.testing``).
-    task: Any = "queued_storage.tasks.Transfer"
+    #: A subclass may name it here (a dotted path); an instance holds the task.
+    task: TransferTask = "queued_storage.tasks.Transfer"  # type: ignore[assignment]
     delayed: bool = False
     #: ``None`` here: ``QUEUED_STORAGE_CACHE_PREFIX``; an instance holds the prefix it uses.
     cache_prefix: str = None  # type: ignore[assignment]
@@ -224,8 +247,8 @@ class ConfiguredStorage(Storage):
         self,
         local: str | None = None,
         remote: str | None = None,
-        local_options: dict[str, Any] | None = None,
-        remote_options: dict[str, Any] | None = None,
+        local_options: StorageOptions | None = None,
+        remote_options: StorageOptions | None = None,
         cache_prefix: str | None = None,
         delayed: bool | None = None,
         task: str | None = None,
@@ -256,7 +279,7 @@ class ConfiguredStorage(Storage):
         self.remote_options = dict(remote_options or type(self).remote_options or {})
         self.local = resolve_storage("local", self.local_path, self.local_options)
         self.remote = resolve_storage("remote", self.remote_path, self.remote_options)
-        self.task_path: str = task or type(self).task
+        self.task_path: str = task or cast(str, type(self).task)
         self.task = celery_task(self.task_path)
         self._calls = threading.local()
         self.delayed = type(self).delayed if delayed is None else delayed
@@ -334,7 +357,7 @@ class ConfiguredStorage(Storage):
         # Never pickle live connections or lazy objects: rebuild from the constructor.
         return {"constructor_args": self._constructor_args}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
+    def __setstate__(self, state: dict[str, tuple[tuple[object, ...], StorageOptions]]) -> None:
         args, kwargs = state["constructor_args"]
         self._constructor_args = (args, kwargs)
         self.__init__(*args, **kwargs)  # type: ignore[misc]

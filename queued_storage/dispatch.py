@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 if TYPE_CHECKING:
+    from celery.result import AsyncResult
+
+    from queued_storage.construction import TransferTask
     from queued_storage.storage import QueuedStorage
 
 __all__ = ["Sender", "dispatch", "redact", "send_transfer"]
@@ -22,9 +25,21 @@ __all__ = ["Sender", "dispatch", "redact", "send_transfer"]
 logger = logging.getLogger(__name__)
 
 
+class _SendOptions(TypedDict, total=False):
+    """The ``apply_async`` options a transfer message may be sent with."""
+
+    queue: str
+    ignore_result: bool
+
+
 def dispatch(
-    task: Any, alias: str, name: str, *, queue: str | None = None, keep_result: bool = False
-) -> Any:
+    task: TransferTask,
+    alias: str,
+    name: str,
+    *,
+    queue: str | None = None,
+    keep_result: bool = False,
+) -> AsyncResult | None:
     """Send the transfer message; never raise: a refused message leaves the file ``pending``.
 
     *task* is the storage's Celery task. Returns the ``AsyncResult``, or ``None`` when the
@@ -34,7 +49,7 @@ def dispatch(
     configured (``storage.transfer(name)``); a save's transfer does not ask for it, so that a
     request never pays the backend's subscription to the result.
     """
-    options: dict[str, Any] = {"queue": queue} if queue else {}
+    options: _SendOptions = {"queue": queue} if queue else {}
     if keep_result:
         options["ignore_result"] = False
     try:
@@ -53,7 +68,7 @@ def dispatch(
 
 def send_transfer(
     storage: QueuedStorage, name: str, *, host: str | None = None, keep_result: bool = False
-) -> Any:
+) -> AsyncResult | None:
     """:func:`dispatch` *name*'s transfer for *storage*, to the queue of *host* (the host that
     holds the local copy; ``None`` or ``""``: this one) as ``storage.queue_for`` routes it."""
     return dispatch(

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from botocore.exceptions import NoCredentialsError, PartialCredentialsError
 from celery import current_app
@@ -52,6 +52,10 @@ from queued_storage.operations import human_age, human_bytes
 from queued_storage.reconcile import last_run
 from queued_storage.state import cache_key
 from queued_storage.storage import QueuedStorage
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from storages.backends.s3 import S3Storage
 
 __all__ = ["FAIL", "OK", "WARN", "Check", "run"]
 
@@ -302,7 +306,7 @@ def _probe_failed(failure: ProbeFailed, spec: str, subject: str, timeout: float)
     return Check("remote", subject, FAIL, detail, fix)
 
 
-def _s3_round_trip(remote: Any, timeout: float) -> Probe:
+def _s3_round_trip(remote: S3Storage, timeout: float) -> Probe:
     return probe(remote, _probe_name(), timeout=timeout)
 
 
@@ -364,7 +368,7 @@ def check_remotes(storages: Sequence[QueuedStorage], timeout: float) -> list[Che
 
 
 # -- Celery ----------------------------------------------------------------------------------
-def check_celery_app() -> tuple[list[Check], Any]:
+def check_celery_app() -> tuple[list[Check], Celery | None]:
     """The app transfers are sent with, and whether it is the project's own."""
     app = current_app._get_current_object()
     fix = (
@@ -383,7 +387,7 @@ def check_celery_app() -> tuple[list[Check], Any]:
     return [Check("celery", "app", OK, detail)], app
 
 
-def check_broker(app: Any, timeout: float) -> list[Check]:
+def check_broker(app: Celery, timeout: float) -> list[Check]:
     connection = app.connection_for_write(connect_timeout=timeout)
     subject = redact(connection.as_uri(mask=""))  # no password, not even a mask
     try:
@@ -397,7 +401,7 @@ def check_broker(app: Any, timeout: float) -> list[Check]:
     return [Check("broker", subject, OK, "answers")]
 
 
-def _queue_of(app: Any, storage: QueuedStorage) -> str:
+def _queue_of(app: Celery, storage: QueuedStorage) -> str:
     """The queue *storage*'s transfers of this host's files go to."""
     queue = storage.queue_for(settings.HOST)
     if queue:
@@ -409,7 +413,7 @@ def _queue_of(app: Any, storage: QueuedStorage) -> str:
         return str(app.conf.task_default_queue)
 
 
-def check_workers(app: Any, storages: Sequence[QueuedStorage], timeout: float) -> list[Check]:
+def check_workers(app: Celery, storages: Sequence[QueuedStorage], timeout: float) -> list[Check]:
     queues: dict[str, list[QueuedStorage]] = {}
     for storage in storages:
         queues.setdefault(_queue_of(app, storage), []).append(storage)
@@ -417,8 +421,12 @@ def check_workers(app: Any, storages: Sequence[QueuedStorage], timeout: float) -
     # A connection of its own, not one of the app's pool, which may hold a dead one.
     connection = app.connection_for_write(connect_timeout=timeout)
 
-    def ask() -> Any:
-        return app.control.inspect(timeout=wait, connection=connection).active_queues()
+    def ask() -> dict[str, list[dict[str, object]]] | None:
+        # {worker: [{"name": queue, ...}, ...]}, or None when no worker answered
+        answer: dict[str, list[dict[str, object]]] | None = app.control.inspect(
+            timeout=wait, connection=connection
+        ).active_queues()
+        return answer
 
     try:
         replies = within(wait + timeout, ask)
@@ -429,8 +437,8 @@ def check_workers(app: Any, storages: Sequence[QueuedStorage], timeout: float) -
         connection.release()
     consumers: dict[str, list[str]] = {}
     for worker, consumed in sorted((replies or {}).items()):
-        for queue in consumed or []:
-            consumers.setdefault(str(queue.get("name")), []).append(worker)
+        for entry in consumed or []:
+            consumers.setdefault(str(entry.get("name")), []).append(worker)
     found: list[Check] = []
     for queue, sharing in sorted(queues.items()):
         subject = f"queue {queue!r} ({_aliases(sharing)})"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, overload
 
 from django.core.files.storage import Storage
 from django.db.models.fields.files import FieldFile, FileField, ImageField, ImageFieldFile
@@ -12,6 +12,7 @@ from queued_storage.storage import QueuedStorage
 
 if TYPE_CHECKING:
     from celery.result import AsyncResult
+    from django.db.models import Model
 
 __all__ = ["QueuedFieldFile", "QueuedFileField", "QueuedImageField", "QueuedImageFieldFile"]
 
@@ -75,10 +76,12 @@ class QueuedFileField(FileField):
     if TYPE_CHECKING:  # so that type checkers see ``instance.field`` as a QueuedFieldFile
 
         @overload  # type: ignore[override]
-        def __get__(self, instance: None, owner: Any) -> QueuedFileField: ...
+        def __get__(self, instance: None, owner: type[Model]) -> QueuedFileField: ...
         @overload
-        def __get__(self, instance: Any, owner: Any) -> QueuedFieldFile: ...
-        def __get__(self, instance: Any, owner: Any) -> Any: ...
+        def __get__(self, instance: Model, owner: type[Model]) -> QueuedFieldFile: ...
+        def __get__(
+            self, instance: Model | None, owner: type[Model]
+        ) -> QueuedFileField | QueuedFieldFile: ...
 
 
 class QueuedImageField(ImageField):
@@ -89,7 +92,9 @@ class QueuedImageField(ImageField):
     if TYPE_CHECKING:
 
         @overload  # type: ignore[override]
-        def __get__(self, instance: None, owner: Any) -> QueuedImageField: ...
+        def __get__(self, instance: None, owner: type[Model]) -> QueuedImageField: ...
         @overload
-        def __get__(self, instance: Any, owner: Any) -> QueuedImageFieldFile: ...
-        def __get__(self, instance: Any, owner: Any) -> Any: ...
+        def __get__(self, instance: Model, owner: type[Model]) -> QueuedImageFieldFile: ...
+        def __get__(
+            self, instance: Model | None, owner: type[Model]
+        ) -> QueuedImageField | QueuedImageFieldFile: ...

@@ -27,9 +27,9 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
-from django.core.cache import caches
+from django.core.cache import BaseCache, caches
 from django.db import transaction
 
 from queued_storage.conf import settings
@@ -53,6 +53,18 @@ logger = logging.getLogger(__name__)
 ABSENT_TIMEOUT = 60
 
 
+class _CachedStateKey(TypedDict):
+    s: State
+
+
+class CachedState(_CachedStateKey, total=False):
+    """A state as the cache holds it, in short keys (an entry written before ``z``/``l``
+    existed lacks them). A name the ledger does not hold is cached as ``{"s": None}``."""
+
+    z: int | None
+    l: bool  # noqa: E741 (the key the cache has always used)
+
+
 @dataclass(frozen=True)
 class FileState:
     """What the read path needs to know about one file."""
@@ -74,11 +86,11 @@ class FileState:
     def from_row(cls, row: StoredFile) -> FileState:
         return cls(state=State(row.state), size=row.size, local_exists=row.local_exists)
 
-    def to_cache(self) -> dict[str, Any]:
+    def to_cache(self) -> CachedState:
         return {"s": self.state, "z": self.size, "l": self.local_exists}
 
     @classmethod
-    def from_cache(cls, value: dict[str, Any]) -> FileState:
+    def from_cache(cls, value: CachedState) -> FileState:
         return cls(State(value["s"]), size=value.get("z"), local_exists=value.get("l", True))
 
 
@@ -137,7 +149,7 @@ def cache_key(prefix: str, alias: str, name: str) -> str:
     return f"{prefix}:{digest}"
 
 
-def _cache() -> Any:
+def _cache() -> BaseCache:
     return caches[settings.CACHE]
 
 

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
@@ -49,6 +49,7 @@ from queued_storage.transfer import (
 
 __all__ = [
     "RENAMED_BACKENDS",
+    "FileStatus",
     "Progress",
     "QueuedStorage",
     "get_queued_storage",
@@ -184,7 +185,7 @@ class QueuedStorage(ConfiguredStorage):
             return None
         return Progress(found.state, running[0], running[1] or total)
 
-    def status(self, name: str) -> dict[str, Any] | None:
+    def status(self, name: str) -> FileStatus | None:
         """What a status page shows of *name*, read from the ledger row itself (the truth, not
         a cached state that may lag behind it for a moment); ``None`` if the ledger has none.
 
@@ -495,6 +496,17 @@ class QueuedStorage(ConfiguredStorage):
     def open_local(self, name: str, mode: str = "rb") -> IO[bytes]:
         """The local copy, whatever the state (for tools that need the staged file)."""
         return self.local.open(name, mode)
+
+
+class FileStatus(TypedDict):
+    """What :meth:`QueuedStorage.status` answers: the JSON of a status page."""
+
+    name: str
+    state: str
+    size: int | None
+    bytes_done: int | None
+    local: bool
+    url: str | None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ worker held do not wait for the next scheduled reconcile pass.
 from __future__ import annotations
 
 import threading
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from celery import Task, shared_task
 from celery import _state as celery_state
@@ -32,6 +32,9 @@ from queued_storage.reconcile import reconcile as run_pass
 from queued_storage.reconcile import start_up_passes
 from queued_storage.worker import RetryLater, TransferHook, run_transfer
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 __all__ = ["Transfer", "TransferAndDelete", "reconcile", "transfer"]
 
 
@@ -39,7 +42,7 @@ def _share(task_class: type[Transfer]) -> None:
     """Register *task_class* with every Celery app, now and when one is finalized (what
     ``shared_task`` does for functions)."""
 
-    def register(app: Any) -> Any:
+    def register(app: Celery) -> Task:
         found = app.tasks.get(task_class.name)
         if type(found) is task_class:
             return found
@@ -65,7 +68,7 @@ class Transfer(Task):  # type: ignore[misc]
     #: ``None``: the storage's ``delete_local``; ``True``: always delete the local copy.
     delete_local: ClassVar[bool | None] = None
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if "name" not in cls.__dict__:
             cls.name = f"{cls.__module__}.{cls.__qualname__}"
@@ -86,7 +89,7 @@ class Transfer(Task):  # type: ignore[misc]
         to ``run_transfer``."""
         return None if type(self).transfer is Transfer.transfer else self.transfer
 
-    def transfer(self, name: str, local: Storage, remote: Storage, **kwargs: Any) -> Any:
+    def transfer(self, name: str, local: Storage, remote: Storage, **kwargs: object) -> object:
         """django-queued-storage's hook: copy *name* from *local* to *remote* yourself.
 
         Return ``True`` when the remote holds the file (it is then checked: the remote object
@@ -109,7 +112,7 @@ class TransferAndDelete(Transfer):
 _share(Transfer)
 
 #: The default transfer task of the current Celery app (``transfer.delay(alias, name)``).
-transfer: Any = Proxy(lambda: celery_state.get_current_app().tasks[Transfer.name])
+transfer: Task = Proxy(lambda: celery_state.get_current_app().tasks[Transfer.name])
 
 
 @shared_task(name="queued_storage.tasks.reconcile", ignore_result=True)
@@ -124,7 +127,7 @@ def reconcile(failed: bool = False, adopt: bool = False, all_hosts: bool = False
 
 
 @worker_ready.connect
-def _reconcile_on_start(**kwargs: Any) -> None:
+def _reconcile_on_start(**kwargs: object) -> None:
     """A worker that starts re-queues what a dead one left (``reconcile.start_up_passes``), in
     a thread of its own: start-up waits for nothing (``QUEUED_STORAGE_RECONCILE_ON_START``)."""
     if settings.RECONCILE_ON_START > 0:

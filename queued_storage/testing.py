@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ContextDecorator
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.conf import settings as django_settings
 from django.core.files.storage import FileSystemStorage, Storage
@@ -77,6 +77,10 @@ class _EagerTask:
 
     def __init__(self, task: Task) -> None:
         self._task = task
+
+    @property
+    def name(self) -> str:
+        return str(self._task.name)
 
     def apply_async(
         self,
@@ -154,7 +158,7 @@ class SynchronousTransfers(ContextDecorator):
             shutil.rmtree(self._made, ignore_errors=True)
             self._made = None
 
-    def run_on_commit(self) -> AbstractContextManager[list[Any]]:
+    def run_on_commit(self) -> AbstractContextManager[list[Callable[[], object]]]:
         """``with transfers.run_on_commit():`` runs, when the block ends, the on-commit
         callbacks it registered in the ledger's database (the transfers of its saves, and
         those their transitions register), as ``captureOnCommitCallbacks(execute=True)``
@@ -186,7 +190,7 @@ class SynchronousTransfersMixin(_MixinBase):
         self.remote_dir = transfers.remote_dir
         self.addCleanup(transfers.__exit__, None, None, None)
 
-    def transfers(self) -> AbstractContextManager[list[Any]]:
+    def transfers(self) -> AbstractContextManager[list[Callable[[], object]]]:
         """:meth:`SynchronousTransfers.run_on_commit`."""
         return self.queued_transfers.run_on_commit()
 

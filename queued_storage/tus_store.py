@@ -13,7 +13,6 @@ callers that import them from there.
 from __future__ import annotations
 
 import datetime
-from typing import Any
 
 from queued_storage.models import StoredFile, TusUpload
 
@@ -29,7 +28,7 @@ class TusStore:
         return TusUpload.get(upload_id)
 
     @classmethod
-    def create(cls, **fields: Any) -> TusUpload:
+    def create(cls, **fields: object) -> TusUpload:
         """Insert the row of a new tus upload (an unguessable random id is the caller's)."""
         row: TusUpload = TusUpload.objects.using(StoredFile.db()).create(**fields)
         return row

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.utils.module_loading import import_string
@@ -11,7 +12,9 @@ from queued_storage.exceptions import QueuedStorageConfigError
 __all__ = ["import_attribute"]
 
 
-def import_attribute(import_path: Any = None, options: dict[str, Any] | None = None) -> Any:
+def import_attribute(
+    import_path: object = None, options: Mapping[str, object] | None = None
+) -> Any:
     """The object at the dotted *import_path* (anything else is returned as it is); with
     *options*, the result of calling it with them (the old way to build a storage)."""
     if import_path is None:

@@ -37,7 +37,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from django.core.files.storage import Storage
 from django.db import connections
@@ -222,7 +221,7 @@ class LedgerCheckpoint:
 
     def __init__(self, ledger: Ledger, name: str, owner: str, resume: Resume | None) -> None:
         self.ledger, self.name, self.owner = ledger, name, owner
-        self.parts: list[list[Any]] = (
+        self.parts: list[list[int | str]] = (
             [[p.number, p.etag, p.digest, p.size] for p in resume.parts] if resume else []
         )
 
@@ -318,7 +317,7 @@ def _give_up(
 
 
 #: A django-queued-storage ``Transfer.transfer(name, local, remote)`` hook.
-TransferHook = Callable[[str, Storage, Storage], Any]
+TransferHook = Callable[[str, Storage, Storage], object]
 
 
 def _run_hook(hook: TransferHook, storage: QueuedStorage, name: str) -> TransferResult:

@@ -70,7 +70,7 @@ class NginxUploadView(UploadView):
             return refused
         return super().dispatch(request, *args, **kwargs)
 
-    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def post(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
         return self._handle(request, form=False)
 
     def _handle(self, request: HttpRequest, *, form: bool) -> HttpResponse:
@@ -123,7 +123,7 @@ class NginxAuthView(View):
     large) is a 403; nginx's own ``client_max_body_size`` gives the client its 413.
     """
 
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def dispatch(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
         refused = _check_secret(request)
         if refused is not None:
             return refused

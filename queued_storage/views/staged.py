@@ -6,7 +6,7 @@ import logging
 import mimetypes
 import os
 import re
-from typing import IO, Any
+from typing import IO
 from urllib.parse import quote
 
 from django.core.exceptions import SuspiciousFileOperation
@@ -84,7 +84,7 @@ class StagedFileView(QueuedStorageView):
     http_method_names = ["get", "head"]
     action = "read"
 
-    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+    def get(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponseBase:
         storage = self.get_storage()
         if settings.serve_staged_for(storage.alias) is None:
             return error(404, "Serving waiting files is off (QUEUED_STORAGE_SERVE_STAGED).")

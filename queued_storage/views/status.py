@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.http import (
     HttpRequest,
     HttpResponse,
@@ -28,7 +26,7 @@ class StatusView(QueuedStorageView):
     http_method_names = ["get", "head"]
     action = "status"
 
-    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def get(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
         name = self.authorised_name(request)
         if not isinstance(name, str):
             return name

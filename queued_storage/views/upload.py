@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import BinaryIO
 
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
@@ -93,10 +93,10 @@ class UploadView(QueuedStorageView):
     #: The form field of a multipart upload.
     form_field = "file"
 
-    def put(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def put(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
         return self._handle(request, form=False)
 
-    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def post(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
         content_type = request.content_type or ""
         if content_type == "multipart/form-data":
             return self._handle(request, form=True)
@@ -246,7 +246,10 @@ class UploadView(QueuedStorageView):
         try:
             with transaction.atomic(using=ledger_database()), owned_by(owner):
                 stored = storage.save(name, content, max_length=LEDGER_NAME_LENGTH)
-                payload = storage.status(stored) or {"name": stored, "state": None}
+                found = storage.status(stored)
+                payload: dict[str, object] = (
+                    {"name": stored, "state": None} if found is None else dict(found)
+                )
         except SuspiciousFileOperation as err:
             return error(400, str(err))
         except StagingFull as err:
@@ -255,10 +258,11 @@ class UploadView(QueuedStorageView):
         finally:
             if isinstance(content, StagedFile):
                 content.discard()
-        payload["status_url"] = self.status_url(request, stored)
+        status_url = self.status_url(request, stored)
+        payload["status_url"] = status_url
         response = JsonResponse(payload, status=201)
-        if payload["status_url"]:
-            response["Location"] = payload["status_url"]
+        if status_url:
+            response["Location"] = status_url
         return response
 
 
@@ -329,16 +333,16 @@ def budget_reserved(storage: QueuedStorage, name: str, declared: int | None) -> 
 class _CountingStream:
     """Counts the bytes a parser reads (a multipart body that ends early is not complete)."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         self.count = 0
 
-    def read(self, *args: Any) -> bytes:
+    def read(self, *args: int) -> bytes:
         data: bytes = self._stream.read(*args)
         self.count += len(data)
         return data
 
-    def readline(self, *args: Any) -> bytes:
+    def readline(self, *args: int) -> bytes:
         data: bytes = self._stream.readline(*args)
         self.count += len(data)
         return data
