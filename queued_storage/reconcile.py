@@ -75,6 +75,7 @@ from django.db import connections
 from django.utils import timezone
 
 from queued_storage import state as read_side
+from queued_storage import tally
 from queued_storage.cleanup import PASS_UPLOAD_PAGES, abort_orphan_uploads
 from queued_storage.conf import settings
 from queued_storage.dispatch import Sender
@@ -496,16 +497,13 @@ def _adopt(
 
 def _storages(aliases: Sequence[str] | None, report: Report) -> dict[str, QueuedStorage]:
     """The storages of the pass: the ones named, else every one the ledger has work for."""
-    if aliases is not None:
-        wanted = list(dict.fromkeys(aliases))
-    else:
-        wanted = StoredFile.all_rows().with_work().aliases()
+    wanted = list(dict.fromkeys(aliases)) if aliases is not None else tally.aliases_with_work()
     found: dict[str, QueuedStorage] = {}
     for alias in wanted:
         try:
             found[alias] = get_queued_storage(alias)
         except StorageNotFound as err:
-            count = StoredFile.all_rows().of_storage(alias).not_remote().count()
+            count = tally.unfinished_files(alias)
             if aliases is not None or count:
                 report.errors.append(
                     f"{count} file(s) of the storage {alias!r} cannot be transferred: {err}"
