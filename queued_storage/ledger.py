@@ -1,11 +1,13 @@
 """The ledger: every change of a file's row, each one conditional write plus its cache publish.
 
-The file's state machine is declared as data at the top (:data:`TRANSITIONS`: for each
-transition the states it may leave, the state it enters, what it publishes to the cache and
-whether it is announced), and every write goes through :meth:`Ledger._transition`, which builds
-the condition from that table, writes, publishes and announces. The docs draw the same table as
-a diagram (``docs/index.md``; ``tests/test_state_machine.py`` checks that they agree and walks
-every transition from every state on SQLite and PostgreSQL).
+The file's state machine is declared as data in :mod:`queued_storage.machine`
+(:data:`TRANSITIONS`: for each transition the states it may leave, the state it enters, what it
+publishes to the cache and whether it is announced; re-exported here), and every write goes
+through its one mechanism, :meth:`~queued_storage.machine.Machine._transition`, which builds the
+condition from that table, writes, publishes and announces. :class:`Ledger` holds the
+transitions themselves, one small method each. The docs draw the same table as a diagram
+(``docs/index.md``; ``tests/test_state_machine.py`` checks that they agree and walks every
+transition from every state on SQLite and PostgreSQL).
 
 The table (``models.StoredFile``) is the system of record; the cache is a read-through copy
 (``state.py``). Nothing else in the package writes a row or publishes a state: each method
@@ -28,9 +30,7 @@ visible to readers:
 * the local copy goes only after ``remote`` is in the ledger *and* the cache
   (:meth:`Ledger.drop_local` is the one place that deletes it; invariant 2);
 * each transition that creates a row, sets its state or deletes it is announced once, after
-  it commits, by :meth:`Ledger._announce` (``signals.file_state_changed``). The state it moved
-  from comes from the write's own condition (each transition names the state it leaves), or,
-  where it allows two, from the write itself (``retry``, ``lease``): no query is added.
+  it commits (``signals.file_state_changed``; see :mod:`queued_storage.machine`).
 
 A :class:`Ledger` is bound to one queued storage's alias and cache prefix.
 """
@@ -38,26 +38,31 @@ A :class:`Ledger` is bound to one queued storage's alias and cache prefix.
 from __future__ import annotations
 
 import datetime
-import enum
-import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from django.db import IntegrityError, connections, transaction
-from django.db.models import F, QuerySet, Value
-from django.db.models.functions import Coalesce
+from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from queued_storage import state as read_side
 from queued_storage.budget import check_staging_budget, check_staging_budget_in_flight
-from queued_storage.conf import settings
+from queued_storage.machine import (
+    ANY,
+    ERROR_LENGTH,
+    TRANSITIONS,
+    Machine,
+    Publish,
+    Row,
+    Transition,
+    failing_since,
+)
 from queued_storage.models import State, StoredFile
-from queued_storage.signals import file_state_changed
 from queued_storage.state import FileState
 from queued_storage.tus_store import TusStore
 
 __all__ = [
+    "ANY",
     "TRANSITIONS",
     "LeaseResult",
     "Ledger",
@@ -78,119 +83,11 @@ __all__ = [
     "tus_upload",
 ]
 
-logger = logging.getLogger(__name__)
-
-#: ``StoredFile.last_error`` holds this much of a reason.
-ERROR_LENGTH = 4000
-
 #: The fields that describe an open multipart upload, emptied together.
 _NO_UPLOAD: dict[str, object] = {"upload_id": "", "part_size": None, "source": "", "parts": []}
 
 #: The fields of a lease, emptied together when it ends.
 _NO_LEASE: dict[str, object] = {"lease_owner": "", "lease_expires": None}
-
-
-def _failing_since(now: datetime.datetime) -> Coalesce:
-    """``retrying_since`` after a transient failure: a run of them starts *now* unless one is
-    running (the run's start is what ``QUEUED_STORAGE_RETRY_FOR`` is measured from)."""
-    return Coalesce(F("retrying_since"), Value(now))
-
-
-# -- the state machine, declared --------------------------------------------------------------
-class Row(enum.Enum):
-    """The two ends of a transition that are not a state."""
-
-    #: No row: before an INSERT (a transition from it creates the row), after a DELETE.
-    ABSENT = "absent"
-    #: The state stays as it is (the write changes other fields).
-    SAME = "same"
-
-
-class Publish(enum.Enum):
-    """What a transition writes to the cache (the read side): unless said, once it matched."""
-
-    NOTHING = "nothing"
-    #: The row as it is after the write (one SELECT).
-    ROW = "the row"
-    #: The row as it is after the write, also when the write matched nothing (the caller's
-    #: view of the row may be stale: the cache follows the row either way).
-    ROW_ALWAYS = "the row, also on a miss"
-    #: The state the caller computed (no SELECT).
-    GIVEN = "the given state"
-    #: The state the caller computed, before the write (the cache says it first).
-    GIVEN_BEFORE = "the given state, first"
-    #: The state the caller computed, when the surrounding transaction commits.
-    AT_COMMIT = "the given state, at commit"
-    #: The cache entry is dropped.
-    DROP = "drop"
-    #: The cache entry is dropped, also when the write matched nothing.
-    DROP_ALWAYS = "drop, also on a miss"
-
-
-#: The states of a row, for a transition that may leave any of them.
-ANY: tuple[str, ...] = tuple(State.values)
-
-_P, _T, _R, _F = State.PENDING, State.TRANSFERRING, State.REMOTE, State.FAILED
-_NEW, _GONE, _SAME = Row.ABSENT, Row.ABSENT, Row.SAME
-
-
-@dataclass(frozen=True)
-class Transition:
-    """One row of :data:`TRANSITIONS`."""
-
-    name: str
-    #: The states the transition may leave (``Row.ABSENT``: it creates the row).
-    sources: tuple[str | Row, ...]
-    #: The state it enters (``Row.ABSENT``: it deletes the row; ``Row.SAME``: it keeps it).
-    target: str | Row
-    publish: Publish
-    #: Sent as ``signals.file_state_changed`` after the commit (``transition`` is the name).
-    announced: bool
-
-    def enters(self, source: str | Row) -> str | Row:
-        """The state a row in *source* is in after this transition."""
-        return source if self.target is Row.SAME else self.target
-
-
-#: Every transition of a file's row. Besides the state, a transition's write may be matched
-#: on more (the lease holder, the row as the reconcile pass read it, a mark): those
-#: conditions are in its method below; the state it leaves is always one of these.
-# fmt: off
-TRANSITIONS: dict[str, Transition] = {
-    t.name: t
-    for t in (
-        #          name                from          to     cache                     announced
-        Transition("saved",             (_NEW,),      _P,    Publish.AT_COMMIT,        True),
-        Transition("reserve",           (_NEW,),      _P,    Publish.NOTHING,          True),
-        Transition("seed_remote",       (_NEW,),      _R,    Publish.NOTHING,          True),
-        Transition("forget",            ANY,          _GONE, Publish.DROP_ALWAYS,      True),
-        Transition("retry",             (_F, _P),     _P,    Publish.ROW,              True),
-        Transition("refused",           (_P,),        _SAME, Publish.NOTHING,          False),
-        # a worker's lease; from ``transferring`` only when that lease expired (a takeover)
-        Transition("lease",             (_P, _T),     _T,    Publish.NOTHING,          True),
-        Transition("renew",             (_T,),        _SAME, Publish.GIVEN,            False),
-        Transition("record_upload",     (_T,),        _SAME, Publish.NOTHING,          False),
-        Transition("record_parts",      (_T,),        _SAME, Publish.NOTHING,          False),
-        Transition("clear_upload",      ANY,          _SAME, Publish.NOTHING,          False),
-        Transition("remote",            (_T,),        _R,    Publish.GIVEN,            True),
-        Transition("drop_local",        (_R,),        _SAME, Publish.GIVEN_BEFORE,     False),
-        Transition("local_missing",     ANY,          _SAME, Publish.NOTHING,          False),
-        Transition("retry_later",       (_T,),        _P,    Publish.ROW_ALWAYS,       True),
-        Transition("fail",              (_T,),        _F,    Publish.ROW_ALWAYS,       True),
-        # the reconcile pass (and verify): each write matches the row as it was read
-        Transition("take_back",         (_T,),        _P,    Publish.ROW,              True),
-        Transition("claim",             (_P,),        _SAME, Publish.NOTHING,          False),
-        Transition("claim_refused",     (_P,),        _SAME, Publish.NOTHING,          False),
-        Transition("unclaim",           (_P,),        _SAME, Publish.NOTHING,          False),
-        Transition("retry_failed",      (_F,),        _P,    Publish.ROW,              True),
-        Transition("lost",              (_P, _T, _F), _F,    Publish.ROW,              True),
-        Transition("remote_lost",       (_R,),        _F,    Publish.ROW,              True),
-        Transition("give_up",           (_T,),        _F,    Publish.ROW,              True),
-        Transition("finish_save",       (_P,),        _SAME, Publish.ROW,              False),
-        Transition("drop_reservation",  (_P,),        _GONE, Publish.DROP,             True),
-    )
-}
-# fmt: on
 
 
 @dataclass(frozen=True)
@@ -218,249 +115,7 @@ def reads_block_writes() -> bool:
     return bool(connection.vendor == "sqlite" and connection.in_atomic_block)
 
 
-class _Machine:
-    """How a transition happens, for the files of one queued storage (its alias and cache
-    prefix): the conditional write, its cache publish, its announcement. :class:`Ledger` adds
-    the transitions themselves, one small method each."""
-
-    def __init__(self, alias: str, cache_prefix: str | None = None) -> None:
-        self.alias = alias
-        self.cache_prefix = cache_prefix or settings.CACHE_PREFIX
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.alias!r}>"
-
-    # -- reading ---------------------------------------------------------------------------
-    def rows(self, name: str) -> QuerySet[StoredFile]:
-        return StoredFile.rows(self.alias, name)
-
-    def row(self, name: str) -> StoredFile | None:
-        return StoredFile.get_row(self.alias, name)
-
-    def state(self, name: str, *, fresh: bool = False) -> FileState | None:
-        """The file's state (cache, then ledger); ``None`` when the ledger does not know it."""
-        return read_side.get_state(self.cache_prefix, self.alias, name, fresh=fresh)
-
-    def progress(self, name: str) -> tuple[int, int] | None:
-        """``(done, total)`` of a running transfer from the cache, else from the row."""
-        running = read_side.get_progress(self.cache_prefix, self.alias, name)
-        if running is not None:
-            return running
-        row = self.row(name)
-        return None if row is None else (row.bytes_done, row.size or 0)
-
-    # -- the one mechanism: conditional write, cache publish, announcement -------------------
-    def _transition(
-        self,
-        transition: str,
-        name: str,
-        fields: Mapping[str, object] | None,
-        *,
-        row: StoredFile | None = None,
-        source: str | None = None,
-        old: str | None = None,
-        where: Mapping[str, object] | None = None,
-        found: FileState | None = None,
-        before: Callable[[], None] | None = None,
-    ) -> bool:
-        """Make *transition* (a key of :data:`TRANSITIONS`) happen to *name*, if its row allows.
-
-        One conditional ``UPDATE`` of *fields* (``None``: a ``DELETE``), atomic without locks.
-        Its condition: with *row*, the row as it was read (key, state and ``updated``; a row
-        read in a state the transition may not leave is not written at all); otherwise the
-        row's state is the transition's source (*source* of several), unless it may leave any.
-        *where* adds the transition's own conditions (the lease holder, a mark). Then the
-        cache is written as the table says (*found* for a given state; *before* runs between
-        a ``GIVEN_BEFORE`` publish and the write) and, when the write matched, the change is
-        announced (from *old*, where the transition may leave any state; unknown: not
-        announced). ``True`` when the write matched.
-        """
-        declared = TRANSITIONS[transition]
-        if row is not None:
-            if row.state not in declared.sources:
-                return False
-            rows = self._as_read(row)
-            old = State(row.state)
-        else:
-            rows = self.rows(name)
-            if declared.sources != ANY:
-                if source is None:
-                    (only,) = declared.sources
-                    assert isinstance(only, str), transition
-                    source = only
-                rows = rows.filter(state=source)
-                old = source
-        if where:
-            rows = rows.filter(**where)
-        if declared.publish is Publish.GIVEN_BEFORE and found is not None:
-            self._publish(name, found)
-        if before is not None:
-            before()
-        matched = bool(rows.delete()[0] if fields is None else rows.update(**fields))
-        self._effects(declared, name, old, matched, found)
-        return matched
-
-    def _effects(
-        self,
-        declared: Transition,
-        name: str,
-        old: str | Row | None,
-        matched: bool,
-        found: FileState | None = None,
-    ) -> None:
-        """The cache publish and the announcement of a transition whose write is done."""
-        publish = declared.publish
-        if publish is Publish.ROW_ALWAYS or (matched and publish is Publish.ROW):
-            self.republish(name)
-        elif publish is Publish.DROP_ALWAYS or (matched and publish is Publish.DROP):
-            read_side.drop_state(self.cache_prefix, self.alias, name)
-        elif matched and found is not None:
-            if publish is Publish.GIVEN:
-                self._publish(name, found)
-            elif publish is Publish.AT_COMMIT:
-                given = found
-                transaction.on_commit(lambda: self._publish(name, given), using=StoredFile.db())
-        if matched and declared.announced and old is not None:
-            self._announce(declared.name, name, old, declared.enters(old))
-
-    def _publish(self, name: str, found: FileState) -> None:
-        read_side.write_state(self.cache_prefix, self.alias, name, found)
-
-    def _announce(
-        self, transition: str, name: str, old: str | Row | None, new: str | Row | None
-    ) -> None:
-        """Send ``file_state_changed`` for *name* once the change is committed: at the commit of
-        the surrounding transaction (nothing if it rolls back), at once outside one. Free when
-        nothing listens. A receiver that raises is logged; the transition stands."""
-        if not file_state_changed.has_listeners(type(self)):
-            return
-        old_state = State(old) if isinstance(old, str) else None
-        new_state = State(new) if isinstance(new, str) else None
-
-        def send() -> None:
-            for receiver, result in file_state_changed.send_robust(
-                sender=type(self),
-                alias=self.alias,
-                name=name,
-                old_state=old_state,
-                new_state=new_state,
-                transition=transition,
-            ):
-                if isinstance(result, Exception):
-                    logger.error(
-                        "a file_state_changed receiver (%r) failed for %r (%s)",
-                        receiver,
-                        name,
-                        transition,
-                        exc_info=result,
-                    )
-
-        transaction.on_commit(send, using=StoredFile.db())
-
-    def republish(self, name: str) -> None:
-        """Publish the row as it is now (after a transition whose result depends on it, or
-        when the cache may lag behind the row)."""
-        row = self.row(name)
-        if row is not None:
-            self._publish(name, FileState.from_row(row))
-
-    # -- the INSERT, the lease's UPDATE ... RETURNING, the row as read ------------------------
-    def _insert(self, then: Callable[[], None] | None = None, **fields: Any) -> bool:
-        """One INSERT; ``False`` when another file holds the name.
-
-        Inside a transaction it runs in a savepoint, so that a unique violation does not break
-        the caller's transaction (PostgreSQL aborts the whole transaction otherwise); the row
-        becomes visible to others at the commit, and a concurrent insert of the same key waits
-        for that commit and then fails, which is what we want. In autocommit mode a plain
-        INSERT does the same in one round trip. *then* runs after the INSERT, in its savepoint:
-        what it raises undoes the row (inside a transaction only).
-        """
-        db = StoredFile.db()
-        manager = StoredFile.objects.using(db)
-        try:
-            if transaction.get_connection(db).in_atomic_block:
-                with transaction.atomic(using=db):
-                    manager.create(alias=self.alias, **fields)
-                    if then is not None:
-                        then()
-            else:
-                manager.create(alias=self.alias, **fields)
-        except IntegrityError:
-            return False
-        read_side.written_in_transaction(self.cache_prefix, self.alias, fields["name"])
-        return True
-
-    def _take(
-        self,
-        name: str,
-        owner: str,
-        expires: datetime.datetime,
-        now: datetime.datetime,
-        *,
-        lost: tuple[str, str] | None = None,
-    ) -> StoredFile | None:
-        """One conditional UPDATE giving *owner* the lease of a ``pending`` row or, with
-        *lost* (the lost owner and the note to record), of that owner's expired lease; the row
-        as it is now, or ``None`` when the row did not match."""
-        db = StoredFile.db()
-        connection = connections[db]
-        if connection.vendor in ("postgresql", "sqlite") and (
-            connection.features.can_return_rows_from_bulk_insert
-        ):
-            q = connection.ops.quote_name
-
-            def when(value: datetime.datetime) -> Any:
-                return connection.ops.adapt_datetimefield_value(value)
-
-            columns = ", ".join(q(str(f.column)) for f in StoredFile._meta.concrete_fields)
-            table = q(StoredFile._meta.db_table)
-            sets = (
-                f"{q('state')} = %s, {q('lease_owner')} = %s, {q('lease_expires')} = %s, "
-                f"{q('bytes_done')} = 0, {q('dispatch_refused')} = NULL, {q('updated')} = %s"
-            )
-            params: list[object] = [str(State.TRANSFERRING), owner, when(expires), when(now)]
-            where = f"{q('alias')} = %s AND {q('name')} = %s AND {q('state')} = %s"
-            where_params: list[object] = [self.alias, name]
-            if lost is None:
-                where_params.append(str(State.PENDING))
-            else:
-                sets += (
-                    f", {q('last_error')} = %s, "
-                    f"{q('retrying_since')} = COALESCE({q('retrying_since')}, %s)"
-                )
-                params += [lost[1][:ERROR_LENGTH], when(now)]
-                where += f" AND {q('lease_owner')} = %s AND {q('lease_expires')} < %s"
-                where_params += [str(State.TRANSFERRING), lost[0], when(now)]
-            sql = f"UPDATE {table} SET {sets} WHERE {where} RETURNING {columns}"
-            leased = list(StoredFile.objects.db_manager(db).raw(sql, params + where_params))
-            return leased[0] if leased else None
-        fields: dict[str, object] = {
-            "state": State.TRANSFERRING,
-            "lease_owner": owner,
-            "lease_expires": expires,
-            "bytes_done": 0,
-            "dispatch_refused": None,
-            "updated": now,
-        }
-        rows = self.rows(name)
-        if lost is None:
-            rows = rows.filter(state=State.PENDING)
-        else:
-            rows = rows.filter(state=State.TRANSFERRING, lease_owner=lost[0], lease_expires__lt=now)
-            fields["last_error"] = lost[1][:ERROR_LENGTH]
-            fields["retrying_since"] = _failing_since(now)
-        return self.row(name) if rows.update(**fields) else None
-
-    @staticmethod
-    def _as_read(row: StoredFile) -> QuerySet[StoredFile]:
-        """*row* as the reconcile pass (or ``verify``) read it: key, state and ``updated``."""
-        found: QuerySet[StoredFile] = StoredFile.objects.using(StoredFile.db()).filter(
-            pk=row.pk, state=row.state, updated=row.updated
-        )
-        return found
-
-
-class Ledger(_Machine):
+class Ledger(Machine):
     """Every transition of the files of one queued storage (its alias and cache prefix)."""
 
     # -- saving ------------------------------------------------------------------------------
@@ -473,8 +128,8 @@ class Ledger(_Machine):
         (inside a transaction): the staging budget is checked after the INSERT, in its
         savepoint (see :func:`reads_block_writes`); :class:`StagingFull` undoes the row."""
         inserted = self._insert(
+            name,
             (lambda: check_staging_budget(name, size, recorded=True)) if check_budget else None,
-            name=name,
             state=State.PENDING,
             host=host,
             size=size,
@@ -603,13 +258,6 @@ class Ledger(_Machine):
             return LeaseResult(acquired=True, row=taken, took_over=True)
         return LeaseResult(acquired=False, row=self.row(name))
 
-    def _leased(self, name: str, owner: str) -> QuerySet[StoredFile]:
-        """The row while *owner* holds its lease (the condition of every lease holder's write)."""
-        leased: QuerySet[StoredFile] = self.rows(name).filter(
-            state=State.TRANSFERRING, lease_owner=owner
-        )
-        return leased
-
     def renew(
         self,
         name: str,
@@ -641,7 +289,7 @@ class Ledger(_Machine):
         fields = {"upload_id": upload_id, "part_size": part_size, "source": source, "parts": []}
         return self._transition("record_upload", name, fields, where={"lease_owner": owner})
 
-    def record_parts(self, name: str, owner: str, parts: list[list[Any]]) -> bool:
+    def record_parts(self, name: str, owner: str, parts: list[list[int | str]]) -> bool:
         """Remember the finished parts ``[number, etag, digest, size]`` of the open upload."""
         return self._transition(
             "record_parts", name, {"parts": parts}, where={"lease_owner": owner}
@@ -717,7 +365,7 @@ class Ledger(_Machine):
         if counted:
             effect: dict[str, object] = {"attempts": F("attempts") + 1, "retrying_since": None}
         else:
-            effect = {"retrying_since": _failing_since(now)}
+            effect = {"retrying_since": failing_since(now)}
         fields = {
             "state": state,
             "last_error": error[:ERROR_LENGTH],
@@ -748,7 +396,7 @@ class Ledger(_Machine):
             **_NO_LEASE,
             "last_error": f"The lease of {row.lease_owner} expired (worker lost?); "
             "queued again by the reconcile pass.",
-            "retrying_since": _failing_since(now),
+            "retrying_since": failing_since(now),
             "updated": now,
         }
         return self._transition("take_back", row.name, fields, row=row)
@@ -763,7 +411,7 @@ class Ledger(_Machine):
         """
         fields = {
             "updated": now,
-            "retrying_since": _failing_since(now),
+            "retrying_since": failing_since(now),
             "dispatch_refused": None,
         }
         return self._transition("claim", row.name, fields, row=row)

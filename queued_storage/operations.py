@@ -1,4 +1,5 @@
-"""What operators do to files, shared by the admin's actions and ``manage.py queued_storage``.
+"""What operators do to ledger rows, shared by the admin's actions and ``manage.py
+queued_storage`` (whose subcommands choose the rows in :mod:`queued_storage.jobs`).
 
 Every change of a row goes through the ledger (:mod:`queued_storage.ledger`) and every message
 through :class:`queued_storage.dispatch.Sender`, as a save sends it (``[alias, name]``):
@@ -15,12 +16,13 @@ through :class:`queued_storage.dispatch.Sender`, as a save sends it (``[alias, n
 * :func:`cleanup_local_copies`: the local copies of files remote for a while, deleted as
   :func:`drop_verified_local_copies` does (the rest of the clean-up, of what killed processes
   and abandoned uploads left behind, is :mod:`queued_storage.cleanup`'s).
+
+``human_bytes`` and ``human_age`` are re-exported from :mod:`queued_storage.formatting`.
 """
 
 from __future__ import annotations
 
 import datetime
-import itertools
 import logging
 import os
 import socket
@@ -43,12 +45,10 @@ from queued_storage.cleanup import (  # re-exported: the clean-up's home is clea
 from queued_storage.conf import settings
 from queued_storage.dispatch import Sender, redact
 from queued_storage.exceptions import StorageNotFound
-from queued_storage.models import State, StoredFile, StoredFileQuerySet, keyset_pages
-from queued_storage.names import LEDGER_NAME_LENGTH
+from queued_storage.formatting import human_age, human_bytes  # re-exported
+from queued_storage.models import State, StoredFile, keyset_pages
 from queued_storage.status import status  # re-exported
 from queued_storage.storage import QueuedStorage, get_queued_storage
-from queued_storage.tasks import Transfer
-from queued_storage.transfer import list_remote
 from queued_storage.verify import (  # merge_reports, verify_in_chunks: re-exported
     VerifyReport,
     label,
@@ -390,262 +390,3 @@ def cleanup_local_copies(
         total.skipped += done.skipped
         merge_reports(total.report, done.report)
     return total
-
-
-# -- how the command and the doctor show numbers ---------------------------------------------
-def human_bytes(size: int | float | None) -> str:
-    """``1536`` -> ``"1.5 KiB"`` (binary units, as disks and S3 count)."""
-    if size is None:
-        return "?"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def human_age(seconds: float | None) -> str:
-    """``130`` -> ``"2 min"``: the largest whole unit."""
-    if seconds is None:
-        return "?"
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)} {unit}"
-    return f"{seconds:.0f} s"
-
-
-# -- one call per subcommand of ``manage.py queued_storage`` ---------------------------------
-def task_policy(storage: QueuedStorage) -> tuple[bool | None, TransferHook | None]:
-    """``delete_local`` and the ``transfer()`` hook the storage's Celery task would run with
-    (what :meth:`queued_storage.tasks.Transfer.run` passes to ``run_transfer``)."""
-    task = storage.task
-    resolve = getattr(task, "_get_current_object", None)
-    if callable(resolve):
-        task = resolve()
-    if not isinstance(task, Transfer):
-        return None, None
-    return task.delete_local, task.transfer_hook
-
-
-def select_named(
-    names: Sequence[str], aliases: Sequence[str] | None
-) -> tuple[list[StoredFile], list[str]]:
-    """The rows of *names* (in *aliases*, else in any storage), and the problems with the names:
-    not in the ledger, or in several storages."""
-    wanted = list(dict.fromkeys(names))
-    if not wanted:
-        return [], []
-    found: dict[str, list[StoredFile]] = {}
-    for row in StoredFile.all_rows().named(wanted).of(aliases or None).order_by("alias"):
-        found.setdefault(row.name, []).append(row)
-    problems = []
-    chosen = []
-    for name in wanted:
-        matches = found.get(name, [])
-        if not matches:
-            problems.append(f"{name!r}: not in the ledger (reconcile --adopt records local files)")
-        elif len(matches) > 1:
-            where = ", ".join(row.alias for row in matches)
-            problems.append(f"{name!r} is in several storages ({where}): name one with --storage")
-        else:
-            chosen.append(matches[0])
-    return chosen, problems
-
-
-def _the_others(named: list[StoredFile], aliases: Sequence[str] | None) -> StoredFileQuerySet:
-    return StoredFile.all_rows().other_than(named).of(aliases or None)
-
-
-@dataclass
-class Transfers:
-    """What :func:`queue_transfers` did."""
-
-    problems: list[str] = field(default_factory=list)
-    queued: Queued | None = None
-    retried: Retried | None = None
-
-    @property
-    def refused(self) -> int:
-        return (self.queued.refused if self.queued else 0) + (
-            self.retried.refused if self.retried else 0
-        )
-
-
-def queue_transfers(
-    names: Sequence[str], *, aliases: Sequence[str] | None, pending: bool, failed: bool
-) -> Transfers:
-    """Queue the transfer of the files *names*, of every ``pending`` file (*pending*) and of
-    every ``failed`` file whose local copy is there (*failed*, a fresh retry budget)."""
-    named, problems = select_named(names, aliases)
-    rows = _the_others(named, aliases)
-    done = Transfers(problems)
-    if named or pending:
-        waiting = rows.pending().in_pages() if pending else ()
-        done.queued = transfer_rows(itertools.chain(named, itertools.chain.from_iterable(waiting)))
-    if failed:
-        done.retried = retry_failed_rows(itertools.chain.from_iterable(rows.failed().in_pages()))
-    return done
-
-
-@dataclass
-class TransfersHere:
-    """What :func:`transfer_files_here` did."""
-
-    problems: list[str] = field(default_factory=list)
-    results: list[TransferHere] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-def transfer_files_here(
-    names: Sequence[str],
-    *,
-    aliases: Sequence[str] | None,
-    pending: bool,
-    failed: bool,
-    say: Callable[[str], None],
-    warn: Callable[[str], None],
-    progress: Callable[[StoredFile], tuple[Callable[[int, int], None], Callable[[], None]]],
-) -> TransfersHere:
-    """Transfer in this process (:func:`transfer_here`, with the storage task's policy) the
-    files *names*, this host's ``pending`` files with a local copy (*pending*) and its
-    ``failed`` ones (*failed*), one after the other. Each problem goes to *warn* as it is
-    found, each result to *say* (done) or *warn* (not); *progress* gives a file's progress
-    callback and what to call when it is over."""
-    named, problems = select_named(names, aliases)
-    for problem in problems:
-        warn(problem)
-    rows = _the_others(named, aliases)
-    here = rows.on_hosts([settings.HOST, ""])
-    chosen: list[Iterable[StoredFile]] = [named]
-    if pending:
-        chosen.append(itertools.chain.from_iterable(here.pending_with_local_copy().in_pages()))
-        if count := rows.pending().not_on_hosts([settings.HOST, ""]).count():
-            say(f"{count} pending file(s) of other hosts left to them.")
-    if failed:
-        chosen.append(itertools.chain.from_iterable(here.failed_with_local_copy().in_pages()))
-    known = Storages()
-    done = TransfersHere(problems)
-    began = time.monotonic()
-    for row in itertools.chain.from_iterable(chosen):
-        storage = known.get(row.alias)
-        if storage is None:
-            problems.append(f"{row.alias}:{row.name}: a storage this process does not know")
-            warn(problems[-1])
-            continue
-        delete_local, hook = task_policy(storage)
-        moved, over = progress(row)
-        try:
-            result = transfer_here(
-                storage, row, delete_local=delete_local, hook=hook, progress=moved
-            )
-        finally:
-            over()
-        done.results.append(result)
-        (say if result.ok else warn)(str(result))
-    done.seconds = time.monotonic() - began
-    return done
-
-
-def verify_files(
-    aliases: Sequence[str] | None,
-    *,
-    since: datetime.datetime | None = None,
-    prefix: str = "",
-    sample: int | None = None,
-    timeout: float | None = None,
-    chunk: int = 100,
-    start: Callable[[int], Callable[[int], None]] | None = None,
-) -> VerifyReport:
-    """Verify the ``remote`` files of *aliases* (every storage: ``None``), transferred *since*,
-    whose names begin with *prefix*: all of them, *chunk* at a time, or a random *sample*.
-    *start* is called with the number of files once it is known, and returns the callback
-    that each chunk's count is given to. The report counts the selected files that are not
-    ``remote`` (before the verify fails some)."""
-    rows = StoredFile.all_rows().of(aliases or None)
-    if since is not None:
-        rows = rows.transferred_since(since)
-    if prefix:
-        rows = rows.starting_with(prefix)
-    remote = rows.remote()
-    not_remote = rows.not_remote().count()
-    selection: Iterable[StoredFile]
-    if sample:
-        selection = remote.sample(sample)
-        total = len(selection)
-    else:
-        selection, total = itertools.chain.from_iterable(remote.in_pages()), remote.count()
-    progress = start(total) if start is not None else None
-    report, _ = verify_in_chunks(selection, chunk=chunk, timeout=timeout, progress=progress)
-    report.not_remote = not_remote
-    return report
-
-
-@dataclass
-class Cleanup:
-    """What :func:`cleanup` removed (or, dry, would), by kind."""
-
-    #: ``None``: local copies are kept (``QUEUED_STORAGE_CLEANUP_LOCAL_AFTER = None``).
-    local_copies: LocalCopies | None
-    spool: list[Cleaned]
-    spool_in_use: list[str]
-    tus: list[Cleaned]
-    tus_receiving: list[str]
-    tus_orphans: list[Cleaned]
-    uploads: list[Cleaned]
-    upload_errors: list[str]
-
-
-def cleanup(storages: Sequence[QueuedStorage], *, timeout: float, dry_run: bool) -> Cleanup:
-    """Every clean-up of ``manage.py queued_storage cleanup``, with the settings' ages: the
-    local copies of files remote for ``CLEANUP_LOCAL_AFTER`` (:func:`cleanup_local_copies`,
-    *timeout* per remote request), spool files, expired tus uploads, tus part files no upload
-    owns and multipart uploads no ledger row records (:mod:`queued_storage.cleanup`)."""
-    grace = settings.CLEANUP_LOCAL_AFTER
-    copies = None
-    if grace is not None:
-        aliases = [s.alias for s in storages]
-        copies = cleanup_local_copies(aliases, older_than=grace, timeout=timeout, dry_run=dry_run)
-    spool, in_use = cleanup_spool(
-        storages, older_than=settings.CLEANUP_SPOOL_AFTER, dry_run=dry_run
-    )
-    expired, receiving = cleanup_tus(storages, dry_run=dry_run)
-    orphans = cleanup_tus_orphans(storages, older_than=settings.TUS_EXPIRY, dry_run=dry_run)
-    aborted, errors = cleanup_uploads(
-        storages, older_than=settings.CLEANUP_UPLOADS_AFTER, dry_run=dry_run
-    )
-    return Cleanup(copies, spool, in_use, expired, receiving, orphans, aborted, errors)
-
-
-#: Names looked up and inserted per ledger query by :func:`seed` (under SQLite's limit).
-SEED_BATCH = 500
-
-
-@dataclass
-class Seeded:
-    """What :func:`seed` did (or, dry, would)."""
-
-    listed: int = 0
-    seeded: int = 0
-    #: Names over the ledger's limit, not seeded.
-    too_long: list[str] = field(default_factory=list)
-
-
-def seed(storage: QueuedStorage, prefix: str = "", *, dry_run: bool = False) -> Seeded:
-    """Record the objects *storage*'s remote holds under *prefix* as ``remote`` rows
-    (:meth:`~queued_storage.ledger.Ledger.seed_remote`: names the ledger knows are left
-    alone); *dry_run* counts the names that would be seeded."""
-    done = Seeded()
-    objects = list_remote(storage.remote, prefix)
-    while batch := list(itertools.islice(objects, SEED_BATCH)):
-        done.listed += len(batch)
-        if dry_run:
-            names = [name for name, _, _ in batch]
-            done.seeded += (
-                len(batch) - StoredFile.all_rows().of_storage(storage.alias).named(names).count()
-            )
-            continue
-        done.too_long += [name for name, _, _ in batch if len(name) > LEDGER_NAME_LENGTH]
-        batch = [o for o in batch if len(o[0]) <= LEDGER_NAME_LENGTH]
-        done.seeded += len(storage.ledger.seed_remote(batch))
-    return done

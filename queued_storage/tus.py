@@ -12,11 +12,10 @@ Why it is built this way:
 * Its bytes are a file of its own, ``<staging root>/.queued_storage-tus/<id>``, on the staging
   filesystem, so the last byte ends in ``QueuedStorage.save()`` moving it into place with a
   rename (no copy), as the raw upload view's spool file is.
-* Appends to one upload are serialised by an exclusive ``flock`` on that file (taken without
-  waiting; whoever finds it held gets 409) plus a per-process set, since threads of one process
-  can share lock ownership on network filesystems. A ``flock`` is released by the kernel when
-  its process dies, so a web process killed mid-append does not block the upload. The offset
-  moves with one conditional UPDATE from the offset the append started at (``ledger.py``).
+* Appends to one upload are serialised by its lock (:mod:`queued_storage.tus_lock`: a
+  ``flock`` on its file plus a per-process set; whoever finds it held gets 409), which a web
+  process killed mid-append does not keep. The offset moves with one conditional UPDATE from
+  the offset the append started at (``ledger.py``).
 * The version check, the owner check, the authorizer hook (``action="upload"``) and the
   limits all run before a byte of the body is read (an id of someone else's upload gets
   the 404 of an unknown id, never the authorizer's answer); the body is read with the raw upload
@@ -29,25 +28,20 @@ Why it is built this way:
 * The offset only counts bytes that are on disk (``fsync``, unless ``QUEUED_STORAGE_FSYNC`` is
   off); bytes a killed process wrote past it are cut off by the next append.
 
-Requests other than ``OPTIONS`` need ``Tus-Resumable: 1.0.0`` (412 otherwise). A browser cannot
+Requests other than ``OPTIONS`` need ``Tus-Resumable: 1.0.0`` (412 otherwise); the protocol's
+headers are read and answers framed by :mod:`queued_storage.tus_protocol`. A browser cannot
 send that header cross-site without a CORS preflight, which is why the views are exempt from
 CSRF, like the raw upload view.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import datetime
-import fcntl
 import logging
 import os
-import threading
-import time
 import uuid
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from django.core.exceptions import SuspiciousFileOperation
@@ -56,7 +50,6 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.decorators import method_decorator
-from django.utils.http import http_date
 from django.views.decorators.csrf import csrf_exempt
 
 from queued_storage.asgi import BODY_STREAM
@@ -74,6 +67,18 @@ from queued_storage.ledger import (
 )
 from queued_storage.names import LEDGER_NAME_LENGTH
 from queued_storage.storage import QueuedStorage, owned_by
+from queued_storage.tus_lock import Busy, exclusive, settled
+from queued_storage.tus_protocol import (
+    EXTENSIONS,
+    NAME_HEADER,
+    OFFSET_CONTENT_TYPE,
+    STATUS_HEADER,
+    TUS_VERSION,
+    answer,
+    creation,
+    expires_header,
+    parse_metadata,
+)
 from queued_storage.uploads import (
     CHECKSUM_ALGORITHMS,
     ChunkChecksum,
@@ -83,7 +88,6 @@ from queued_storage.uploads import (
     body_idle_timeout,
     byte_count,
     tus_dir,
-    validate_upload_name,
 )
 from queued_storage.views.authorization import as_response, uploader
 from queued_storage.views.common import STAGING_FULL
@@ -95,112 +99,6 @@ if TYPE_CHECKING:  # views import no model at run time (DESIGN.md, "ingest")
 __all__ = ["TUS_VERSION", "TusUploadView", "parse_metadata"]
 
 logger = logging.getLogger(__name__)
-
-TUS_VERSION = "1.0.0"
-EXTENSIONS = "creation,creation-with-upload,creation-defer-length,expiration,checksum,termination"
-OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
-#: Response headers of a finished upload: the name it was stored under (percent-encoded
-#: UTF-8) and its status URL.
-NAME_HEADER = "X-Queued-Storage-Name"
-STATUS_HEADER = "X-Queued-Storage-Status-Url"
-#: ``Upload-Metadata`` keys that carry the file name and the content type (tus-js-client and
-#: Uppy send ``filename``/``filetype``; ``name``/``type`` are accepted too).
-NAME_KEYS = ("filename", "name")
-TYPE_KEYS = ("filetype", "type", "content_type")
-
-#: Uploads an append of this process holds (see the module docstring).
-_held: set[str] = set()
-_held_lock = threading.Lock()
-
-
-def parse_metadata(header: str | None) -> dict[str, str]:
-    """``Upload-Metadata``: comma-separated ``key base64value`` pairs (the value optional)."""
-    found: dict[str, str] = {}
-    for pair in (header or "").split(","):
-        pair = pair.strip()
-        if not pair:
-            continue
-        key, _, encoded = pair.partition(" ")
-        if not key or key in found:
-            raise UploadRefused(400, f"Upload-Metadata has an empty or repeated key {key!r}.")
-        try:
-            found[key] = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, ValueError):
-            raise UploadRefused(
-                400, f"Upload-Metadata {key!r} is not the base64 of UTF-8 text."
-            ) from None
-    return found
-
-
-class _Busy(Exception):
-    """Another request appends to this upload right now."""
-
-
-@contextlib.contextmanager
-def _exclusive(upload_id: str, path: str) -> Iterator[int]:
-    """The partial file open for writing, held exclusively; :class:`_Busy` if it is held,
-    ``FileNotFoundError`` if it is gone."""
-    with _held_lock:
-        if upload_id in _held:
-            raise _Busy
-        _held.add(upload_id)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise _Busy from None
-            yield fd
-        finally:
-            os.close(fd)  # also releases the flock
-    finally:
-        with _held_lock:
-            _held.discard(upload_id)
-
-
-def _appending(upload_id: str, path: str) -> bool:
-    """Whether a request appends to the upload right now (its lock is held): this process's
-    set, then a shared ``flock`` taken and let go at once."""
-    with _held_lock:
-        if upload_id in _held:
-            return True
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # also releases the flock
-    return False
-
-
-def _settled(upload_id: str, path: str, seconds: float) -> bool:
-    """Wait, at most *seconds*, until no request appends to the upload; whether none does.
-
-    An append commits its offset before it lets go of the lock, so once the lock was free,
-    the row has the offset of every chunk that began before."""
-    deadline = time.monotonic() + seconds
-    while _appending(upload_id, path):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def _response(status: int, message: str = "", **headers: str) -> HttpResponse:
-    response = HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
-    response["Tus-Resumable"] = TUS_VERSION
-    for key, value in headers.items():
-        response[key.replace("_", "-")] = value
-    return response
-
-
-def _expires_header(when: datetime.datetime) -> str:
-    return http_date(when.timestamp())
 
 
 def _elsewhere(row: TusUpload) -> bool:
@@ -220,7 +118,7 @@ def _on_another_host(row: TusUpload) -> HttpResponse:
         row.host,
         settings.HOST,
     )
-    return _response(
+    return answer(
         503,
         "This upload's bytes are on another web host; retry (the request must reach that host).",
         Retry_After="5",
@@ -242,29 +140,29 @@ class TusUploadView(UploadView):
     head_wait: float = 10.0
 
     # -- protocol frame ------------------------------------------------------------------------
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+    def dispatch(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponseBase:
         method = (request.method or "").lower()
         if method != "options" and request.headers.get("Tus-Resumable") != TUS_VERSION:
-            return _response(412, f"Send Tus-Resumable: {TUS_VERSION}.", Tus_Version=TUS_VERSION)
+            return answer(412, f"Send Tus-Resumable: {TUS_VERSION}.", Tus_Version=TUS_VERSION)
         with_id = "upload_id" in kwargs
         if method in ("head", "patch", "delete") and not with_id:
-            return _response(
+            return answer(
                 405, "Create an upload with POST; then use its URL.", Allow="OPTIONS, POST"
             )
         if method == "post" and with_id:
-            return _response(405, "POST creates uploads at the endpoint URL.")
+            return answer(405, "POST creates uploads at the endpoint URL.")
         try:
             return super().dispatch(request, *args, **kwargs)
         except UploadRefused as refusal:
             if refusal.status >= 500:
                 logger.warning("tus upload refused: %s", refusal.message)
-            response = _response(refusal.status, refusal.message)
+            response = answer(refusal.status, refusal.message)
             if refusal.status == 408 and BODY_STREAM in request.META:
                 response["Connection"] = "close"
             return response
 
-    def options(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        return _response(
+    def options(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        return answer(
             204,
             Tus_Version=TUS_VERSION,
             Tus_Extension=EXTENSIONS,
@@ -293,15 +191,15 @@ class TusUploadView(UploadView):
         try:
             uuid.UUID(upload_id)
         except ValueError:
-            return _response(404, "No such upload.")
+            return answer(404, "No such upload.")
         row = tus_upload(upload_id)
         if row is None or row.alias != self.get_storage().alias or row.owner != client:
-            return _response(404, "No such upload.")
+            return answer(404, "No such upload.")
         refused = self._refused(request, row.name)
         if refused is not None:
             return refused
         if row.expires <= timezone.now():
-            return _response(410, "This upload expired; start a new one.")
+            return answer(410, "This upload expired; start a new one.")
         return row
 
     def _upload_url(self, request: HttpRequest, upload_id: str) -> str:
@@ -323,7 +221,7 @@ class TusUploadView(UploadView):
         return headers
 
     # -- core ----------------------------------------------------------------------------------
-    def head(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def head(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
         """The offset the next ``PATCH`` will be held to.
 
         A chunk still being received (a client that resumes at once after a dropped
@@ -337,15 +235,15 @@ class TusUploadView(UploadView):
         if row.completed is None and self.head_wait > 0:
             upload_id = str(row.id)
             path = os.path.join(tus_dir(self.get_storage().local), upload_id)
-            if _settled(upload_id, path, self.head_wait):
+            if settled(upload_id, path, self.head_wait):
                 fresh = tus_upload(upload_id)
                 if fresh is None:  # deleted meanwhile
-                    return _response(404, "No such upload.")
+                    return answer(404, "No such upload.")
                 row = fresh
-        response = _response(
+        response = answer(
             200,
             Upload_Offset=str(row.offset),
-            Upload_Expires=_expires_header(row.expires),
+            Upload_Expires=expires_header(row.expires),
             Cache_Control="no-store",
         )
         if row.length is None:
@@ -359,17 +257,17 @@ class TusUploadView(UploadView):
                 response[key] = value
         return response
 
-    def patch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def patch(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
         row = self._own_upload(request)
         if isinstance(row, HttpResponse):
             return row
         if request.content_type != OFFSET_CONTENT_TYPE:
-            return _response(415, f"Send the chunk as Content-Type: {OFFSET_CONTENT_TYPE}.")
+            return answer(415, f"Send the chunk as Content-Type: {OFFSET_CONTENT_TYPE}.")
         offset = byte_count("Upload-Offset", request.headers.get("Upload-Offset"))
         if offset is None:
-            return _response(400, "Send Upload-Offset: the offset this chunk starts at.")
+            return answer(400, "Send Upload-Offset: the offset this chunk starts at.")
         if offset != row.offset or row.completed is not None:
-            return _response(
+            return answer(
                 409,
                 f"The upload is at offset {row.offset}, not {offset}.",
                 Upload_Offset=str(row.offset),
@@ -412,50 +310,28 @@ class TusUploadView(UploadView):
         row.length = length
         return row
 
-    def delete(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def delete(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
         row = self._own_upload(request)
         if isinstance(row, HttpResponse):
             return row
         if row.completed is not None:
-            return _response(409, "This upload is finished; delete the stored file instead.")
+            return answer(409, "This upload is finished; delete the stored file instead.")
         path = os.path.join(tus_dir(self.get_storage().local), str(row.id))
         try:
-            with _exclusive(str(row.id), path):
+            with exclusive(str(row.id), path):
                 os.unlink(path)
-        except _Busy:
-            return _response(409, "A chunk of this upload is being received; try again.")
+        except Busy:
+            return answer(409, "A chunk of this upload is being received; try again.")
         except FileNotFoundError:
             if _elsewhere(row):
                 return _on_another_host(row)
         tus_forget(row.id)
-        return _response(204)
+        return answer(204)
 
     # -- creation ------------------------------------------------------------------------------
-    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        deferred = request.headers.get("Upload-Defer-Length")
-        raw_length = request.headers.get("Upload-Length", "")
-        length: int | None
-        if deferred is not None:
-            if deferred != "1" or raw_length:
-                return _response(
-                    400, "Send Upload-Length, or Upload-Defer-Length: 1 without Upload-Length."
-                )
-            length = None
-        else:
-            length = byte_count("Upload-Length", raw_length)
-        if deferred is None and length is None:
-            return _response(400, "Send Upload-Length: the size of the whole file in bytes.")
-        raw_metadata = request.headers.get("Upload-Metadata", "")
-        metadata = parse_metadata(raw_metadata)
-        raw_name = next((metadata[k] for k in NAME_KEYS if metadata.get(k)), "")
-        if not raw_name:
-            return _response(400, "Name the file in Upload-Metadata (filename <base64>).")
-        name = validate_upload_name(self.prefix + validate_upload_name(raw_name))
-        content_type = next((metadata[k] for k in TYPE_KEYS if metadata.get(k)), "")
-        if not all(" " <= char <= "~" for char in content_type):
-            return _response(
-                400, "Upload-Metadata filetype must be a media type in printable ASCII."
-            )
+    def post(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        asked = creation(request.headers, self.prefix)  # dispatch() answers a refusal
+        length, name = asked.length, asked.name
         refused = self._refused(request, name)
         if refused is not None:
             return refused
@@ -466,7 +342,7 @@ class TusUploadView(UploadView):
             self._declared_length(request, chunked_ok=length is not None) if with_body else None
         )
         if with_body and declared is not None and length is not None and declared > length:
-            return _response(400, f"The body is longer than Upload-Length ({length}).")
+            return answer(400, f"The body is longer than Upload-Length ({length}).")
         ChunkChecksum.from_header(request.headers.get("Upload-Checksum"))  # 400 before the body
         storage = self.get_storage()
         with contextlib.ExitStack() as reservation:
@@ -477,7 +353,7 @@ class TusUploadView(UploadView):
                     budget_reserved(storage, name, length if length is not None else declared)
                 )
             except UploadRefused as refusal:
-                return _response(refusal.status, refusal.message)
+                return answer(refusal.status, refusal.message)
             upload_id = str(uuid.uuid4())
             path = os.path.join(tus_dir(storage.local), upload_id)
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
@@ -486,8 +362,8 @@ class TusUploadView(UploadView):
                     id=upload_id,
                     alias=storage.alias,
                     name=name,
-                    content_type=content_type[:255],
-                    metadata=raw_metadata,
+                    content_type=asked.content_type[:255],
+                    metadata=asked.metadata,
                     owner=uploader(request),
                     host=settings.HOST,
                     length=length,
@@ -506,9 +382,9 @@ class TusUploadView(UploadView):
                     return response
                 response.status_code = 201
             else:
-                response = _response(201, Upload_Offset="0")
+                response = answer(201, Upload_Offset="0")
         response["Location"] = location
-        response["Upload-Expires"] = _expires_header(row.expires)
+        response["Upload-Expires"] = expires_header(row.expires)
         return response
 
     # -- appending -----------------------------------------------------------------------------
@@ -528,7 +404,7 @@ class TusUploadView(UploadView):
             assert declared is not None  # _declared_length answers 411 for a chunked body
             remaining = self.get_max_bytes() - row.offset
             if declared > remaining:
-                return _response(
+                return answer(
                     413,
                     f"The chunk has {declared} bytes; after the {row.offset} received the "
                     f"limit of {self.get_max_bytes()} leaves {remaining}.",
@@ -536,9 +412,7 @@ class TusUploadView(UploadView):
         else:
             remaining = row.length - row.offset
             if declared is not None and declared > remaining:
-                return _response(
-                    413, f"The chunk has {declared} bytes; the upload lacks {remaining}."
-                )
+                return answer(413, f"The chunk has {declared} bytes; the upload lacks {remaining}.")
         storage = self.get_storage()
         # A chunk of deferred length is held in the budget while it arrives (the row holds it
         # once its offset moved); a known length is held by the row already.
@@ -562,12 +436,12 @@ class TusUploadView(UploadView):
         upload_id = str(row.id)
         path = os.path.join(tus_dir(storage.local), upload_id)
         try:
-            with _exclusive(upload_id, path) as fd:
+            with exclusive(upload_id, path) as fd:
                 fresh = tus_upload(upload_id)  # another append may have ended meanwhile
                 if fresh is None:
-                    return _response(404, "No such upload.")
+                    return answer(404, "No such upload.")
                 if fresh.offset != row.offset or fresh.completed is not None:
-                    return _response(
+                    return answer(
                         409,
                         f"The upload is at offset {fresh.offset}, not {row.offset}.",
                         Upload_Offset=str(fresh.offset),
@@ -594,14 +468,14 @@ class TusUploadView(UploadView):
                 if offset == row.length and refusal is None:
                     return self._finish(request, storage, row, path, expires)
                 if received and not tus_advance(upload_id, row.offset, offset, expires):
-                    return _response(409, "The upload changed while this chunk arrived.")
+                    return answer(409, "The upload changed while this chunk arrived.")
                 if refusal is not None:
                     raise refusal
-                return _response(
-                    204, Upload_Offset=str(offset), Upload_Expires=_expires_header(expires)
+                return answer(
+                    204, Upload_Offset=str(offset), Upload_Expires=expires_header(expires)
                 )
-        except _Busy:
-            return _response(
+        except Busy:
+            return answer(
                 409,
                 "Another request is sending a chunk of this upload.",
                 Upload_Offset=str(row.offset),
@@ -609,7 +483,7 @@ class TusUploadView(UploadView):
         except FileNotFoundError:
             if _elsewhere(row):
                 return _on_another_host(row)
-            return _response(410, "The bytes of this upload are gone; start a new one.")
+            return answer(410, "The bytes of this upload are gone; start a new one.")
 
     def _finish(
         self,
@@ -629,19 +503,19 @@ class TusUploadView(UploadView):
                 if not tus_advance(row.id, row.offset, row.length, expires) or not tus_complete(
                     row.id, timezone.now()
                 ):
-                    return _response(409, "The upload changed while this chunk arrived.")
+                    return answer(409, "The upload changed while this chunk arrived.")
                 stored = storage.save(row.name, staged, max_length=LEDGER_NAME_LENGTH)
                 tus_named(row.id, stored)
         except SuspiciousFileOperation as err:
-            return _response(400, str(err))
+            return answer(400, str(err))
         except StagingFull as err:
             logger.warning("tus upload %s of %r refused: %s", row.id, row.name, err)
-            return _response(507, STAGING_FULL)
+            return answer(507, STAGING_FULL)
         finally:
             staged.close()
-        return _response(
+        return answer(
             204,
             Upload_Offset=str(row.length),
-            Upload_Expires=_expires_header(expires),
+            Upload_Expires=expires_header(expires),
             **{k.replace("-", "_"): v for k, v in self._finished_headers(request, stored).items()},
         )

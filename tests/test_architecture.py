@@ -112,13 +112,18 @@ def _calls(module: str, attributes: set[str]) -> list[tuple[str, int, str]]:
     return found
 
 
+#: The ledger's two modules: the transitions (``Ledger``) and their mechanism (``Machine``).
+_LEDGER = ("queued_storage.ledger", "queued_storage.machine")
+
+
 def test_only_the_ledger_writes_rows_and_publishes_states() -> None:
     """No ``.update(``/``.delete()``/``.create(``/``bulk_create`` of a queryset, and no cache
-    write of a state, outside ``ledger.py`` and the tus rows' ``tus_store.py`` (``state.py``
-    defines the write primitives the ledger calls)."""
+    write of a state, outside the ledger (``ledger.py`` and its mechanism ``machine.py``) and
+    the tus rows' ``tus_store.py`` (``state.py`` defines the write primitives the ledger
+    calls)."""
     writers = []
     for module in modules():
-        if module in ("queued_storage.ledger", "queued_storage.tus_store", "queued_storage.state"):
+        if module in (*_LEDGER, "queued_storage.tus_store", "queued_storage.state"):
             continue
         for where in _calls(module, {"write_state", "write_progress", "drop_state"}):
             writers.append(where)
@@ -133,24 +138,70 @@ def test_only_the_ledger_writes_rows_and_publishes_states() -> None:
     assert writers == []
 
 
+def writes_by_definition(tree: ast.Module) -> set[tuple[str, str]]:
+    """Where *tree* writes rows: each ``.update(``/``.delete(``/``.create(``/``.bulk_create(``
+    /``.raw(`` call, as (the top-level function or ``Class.method`` it is written in, or
+    ``<module>`` outside any, the method called)."""
+    writes = {"update", "delete", "create", "bulk_create", "raw"}
+    found = set()
+    for top in tree.body:
+        if isinstance(top, ast.ClassDef):
+            parts = [
+                (f"{top.name}.{m.name}" if isinstance(m, ast.FunctionDef) else top.name, m)
+                for m in top.body
+            ]
+        elif isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            parts = [(top.name, top)]
+        else:
+            parts = [("<module>", top)]
+        for where, part in parts:
+            for node in ast.walk(part):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in writes
+                ):
+                    found.add((where, node.func.attr))
+    return found
+
+
 def test_every_write_of_the_ledger_goes_through_its_transition_mechanism() -> None:
-    """In ``ledger.py`` a queryset's ``.update(``/``.delete()`` is written only in
-    ``_transition`` (every declared transition) and ``_take`` (the lease's ``UPDATE ...
-    RETURNING``): no transition of ``Ledger`` writes by hand beside the table."""
-    writers = sorted(
-        {
-            method.name
-            for cls in modules()["queued_storage.ledger"].body
-            if isinstance(cls, ast.ClassDef)
-            for method in cls.body
-            if isinstance(method, ast.FunctionDef)
-            for node in ast.walk(method)
-            if isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr in ("update", "delete")
-        }
+    """In the ledger's modules a row is updated or deleted only in ``Machine._transition``
+    (every declared transition) and ``Machine._take`` (the lease, whose ``UPDATE ...
+    RETURNING`` is ``take_returning``, the one raw query); rows are inserted only by
+    ``Machine._insert`` and ``Ledger.seed_remote`` (a bulk INSERT): no transition of
+    ``Ledger`` writes by hand beside the table."""
+    found = sorted(
+        (module.rsplit(".", 1)[1], *where)
+        for module in _LEDGER
+        for where in writes_by_definition(modules()[module])
     )
-    assert writers == ["_take", "_transition"]
+    assert found == [
+        ("ledger", "Ledger.seed_remote", "bulk_create"),
+        ("machine", "Machine._insert", "create"),
+        ("machine", "Machine._take", "update"),
+        ("machine", "Machine._transition", "delete"),
+        ("machine", "Machine._transition", "update"),
+        ("machine", "take_returning", "raw"),
+    ]
+
+
+def test_the_ledger_write_rule_finds_a_write_wherever_it_is_written() -> None:
+    source = (
+        "class Ledger:\n"
+        "    def forget(self, name):\n"
+        "        def inner():\n"
+        "            self.rows(name).delete()\n"
+        "        inner()\n"
+        "def helper(rows):\n"
+        "    return rows.update(state='x')\n"
+        "StoredFile.objects.create(name='x')\n"
+    )
+    assert sorted(writes_by_definition(ast.parse(source))) == [
+        ("<module>", "create"),
+        ("Ledger.forget", "delete"),
+        ("helper", "update"),
+    ]
 
 
 def test_only_the_construction_module_reads_the_storages_setting() -> None:
@@ -177,6 +228,7 @@ def test_the_engine_imports_no_celery_cache_or_ledger() -> None:
         "queued_storage.state",
         "queued_storage.models",
         "queued_storage.ledger",
+        "queued_storage.machine",
         "queued_storage.tasks",
         "queued_storage.worker",
     )
@@ -193,6 +245,8 @@ def test_the_engine_imports_no_celery_cache_or_ledger() -> None:
 INGEST = (
     "queued_storage.views",
     "queued_storage.tus",
+    "queued_storage.tus_lock",
+    "queued_storage.tus_protocol",
     "queued_storage.uploads",
     "queued_storage.asgi",
 )
@@ -384,10 +438,11 @@ def test_loggers_are_named_after_their_module(module: str) -> None:
 
 def test_repair_does_not_depend_on_the_operator_layer() -> None:
     """DESIGN: operate → repair → ledger. The reconcile pass imports no module of the operator
-    layer (operations, doctor, admin, the management commands), directly or through a module
+    layer (operations, jobs, doctor, admin, the management commands), directly or through a module
     it imports."""
     operator = (
         "queued_storage.operations",
+        "queued_storage.jobs",
         "queued_storage.doctor",
         "queued_storage.admin",
         "queued_storage.management",
@@ -409,11 +464,10 @@ def test_repair_does_not_depend_on_the_operator_layer() -> None:
     assert found == []
 
 
-#: Modules that may use the models' managers directly: the ledger's conditional writes (and,
-#: until it is restructured, its own reads and the tus rows' store).
-#: The models, and the two stores whose conditional writes need the managers: the ledger (file
-#: rows) and the tus store (resumable uploads' rows).
-_MANAGER_USERS = {"queued_storage.models", "queued_storage.ledger", "queued_storage.tus_store"}
+#: Modules that may use the models' managers directly: the models, and the two stores whose
+#: conditional writes need the managers: the ledger (file rows; ``ledger.py`` and its mechanism
+#: ``machine.py``) and the tus store (resumable uploads' rows).
+_MANAGER_USERS = {"queued_storage.models", *_LEDGER, "queued_storage.tus_store"}
 
 
 def test_read_queries_are_methods_of_the_models() -> None:

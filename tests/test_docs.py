@@ -16,7 +16,8 @@ from queued_storage.conf import DEFAULTS
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 CONFIGURATION = ROOT / "docs" / "configuration.md"
-CHECKS = ROOT / "queued_storage" / "checks.py"
+#: The system checks' package: one module per topic.
+CHECKS = ROOT / "queued_storage" / "checks"
 README_MAX_BYTES = 12_500
 
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
@@ -83,8 +84,15 @@ def test_every_setting_is_on_the_configuration_page() -> None:
     assert missing == []
 
 
+def _check_sources() -> list[str]:
+    """The source of every module of the checks' package."""
+    sources = [path.read_text(encoding="utf-8") for path in sorted(CHECKS.glob("*.py"))]
+    assert len(sources) >= 2
+    return sources
+
+
 def _check_ids() -> list[str]:
-    source = CHECKS.read_text(encoding="utf-8")
+    source = "\n".join(_check_sources())
     ids = set(re.findall(r"queued_storage\.([EW]\d{3})", source))
     ids |= set(re.findall(r"\"([EW]\d{3})\"", source))  # the ids given as (problem, "E009")
     return sorted(ids)
@@ -101,13 +109,19 @@ def test_every_check_id_has_an_entry_on_the_configuration_page() -> None:
 
 
 def test_every_check_hint_is_written_out_and_names_no_repository_path() -> None:
-    """Every ``Error``/``Warning`` in checks.py passes ``hint=``, and no string of checks.py
-    names a file of the repository (``docs/``, a ``.md`` page, ``nginx.conf``): the installed
-    package has none of them. ``tests/test_checks.py`` walks the hints the checks give."""
-    source = CHECKS.read_text(encoding="utf-8")
-    messages = re.findall(r"\b(?:Error|Warning)\((.*?)\bid=", source, flags=re.S)
+    """Every ``Error``/``Warning`` in the checks' modules passes ``hint=``, and no string of
+    them names a file of the repository (``docs/``, a ``.md`` page, ``nginx.conf``): the
+    installed package has none of them. ``tests/test_checks.py`` walks the hints the checks
+    give."""
+    sources = _check_sources()
+    messages = [
+        message
+        for source in sources
+        for message in re.findall(r"\b(?:Error|Warning)\((.*?)\bid=", source, flags=re.S)
+    ]
     assert len(messages) >= 15
     for message in messages:
         assert "hint=" in message, message
-    code = source.split('"""', 2)[2]  # past the module docstring, which may say why
-    assert re.findall(r"\bdocs/|\.md\b|\bnginx\.conf\b", code) == []
+    for source in sources:
+        code = source.split('"""', 2)[2]  # past the module docstring, which may say why
+        assert re.findall(r"\bdocs/|\.md\b|\bnginx\.conf\b", code) == []

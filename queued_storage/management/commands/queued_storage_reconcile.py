@@ -7,10 +7,11 @@ gone, or when files of an unknown storage wait.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from queued_storage.management.arguments import ReconcileOptions
 from queued_storage.management.commands.queued_storage import (
     add_reconcile_arguments,
     ledger_required,
@@ -30,4 +31,4 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         with ledger_required():
-            run_reconcile(self, options)
+            run_reconcile(self, cast(ReconcileOptions, options))

@@ -1,0 +1,131 @@
+"""System checks of what keeps a file moving: the retry bound, the reconcile pass, the staging
+budget and the broker's redelivery (E010, E011, E016, E017, W010, W011)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.apps import AppConfig
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from queued_storage.checks.common import positive_int, positive_number, setting
+from queued_storage.conf import DEFAULTS, settings
+from queued_storage.models import StoredFile
+
+__all__ = ["check_reliability_settings", "check_staging_budget"]
+
+
+@register(Tags.compatibility)
+def check_reliability_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: object
+) -> list[CheckMessage]:
+    """E010, E011, E016, E017, W011: the retry bound, the reconcile pass, the staging budget,
+    the broker's redelivery."""
+    messages: list[CheckMessage] = []
+    budget = setting("STAGING_BUDGET")
+    if budget is not None and not positive_int(budget):
+        messages.append(
+            Error(
+                f"QUEUED_STORAGE_STAGING_BUDGET must be None or a positive number of bytes, got "
+                f"{budget!r}.",
+                hint="Set it to the most bytes that may wait for their transfer on one host "
+                "(e.g. 50 * 1024**3), or remove it for no limit.",
+                id="queued_storage.E010",
+            )
+        )
+    for name, positive, what in (
+        ("RECONCILE_AFTER", positive_number, "seconds"),
+        ("RECONCILE_BATCH", positive_int, "rows (an integer)"),
+    ):
+        value, default = setting(name), DEFAULTS[name]
+        if not positive(value) and not (name == "RECONCILE_AFTER" and value is None):
+            messages.append(
+                Error(
+                    f"QUEUED_STORAGE_{name} must be a positive number of {what}, got {value!r}.",
+                    hint=f"Remove the setting to use the default ({default}).",
+                    id="queued_storage.E011",
+                )
+            )
+    retry_for = setting("RETRY_FOR")
+    if not positive_number(retry_for):
+        messages.append(
+            Error(
+                f"QUEUED_STORAGE_RETRY_FOR must be a positive number of seconds, got "
+                f"{retry_for!r}.",
+                hint="It is how long a file's transient failures (S3 down, lost workers) are "
+                f"retried before it is failed; remove it for the default ({DEFAULTS['RETRY_FOR']}"
+                " s, a day).",
+                id="queued_storage.E016",
+            )
+        )
+    on_start = setting("RECONCILE_ON_START")
+    if not isinstance(on_start, int) or isinstance(on_start, bool) or on_start < 0:
+        messages.append(
+            Error(
+                "QUEUED_STORAGE_RECONCILE_ON_START must be an integer of 0 or more (files), got "
+                f"{on_start!r}.",
+                hint="It is the most files a starting worker re-queues; 0 turns that off. "
+                f"Remove it for the default ({DEFAULTS['RECONCILE_ON_START']}).",
+                id="queued_storage.E017",
+            )
+        )
+    timeout = _redis_visibility_timeout()
+    if timeout is not None and timeout < settings.RETRY_MAX_DELAY:
+        messages.append(
+            Warning(
+                f"The Redis broker's visibility_timeout ({timeout:g} s) is shorter than "
+                f"QUEUED_STORAGE_RETRY_MAX_DELAY ({settings.RETRY_MAX_DELAY:g} s): Redis "
+                "delivers a retry that waits longer again, once per visibility_timeout.",
+                hint="Set broker_transport_options={'visibility_timeout': ...} (the Django "
+                "setting CELERY_BROKER_TRANSPORT_OPTIONS) above both the longest transfer and "
+                "QUEUED_STORAGE_RETRY_MAX_DELAY.",
+                id="queued_storage.W011",
+            )
+        )
+    return messages
+
+
+def _redis_visibility_timeout() -> float | None:
+    """The Redis transport's visibility timeout, or ``None`` when the broker is not Redis."""
+    from celery import current_app
+
+    conf = current_app.conf
+    url = str(conf.broker_url or "")
+    if not url.startswith(("redis://", "rediss://", "sentinel://", "redis+socket://")):
+        return None
+    options = conf.broker_transport_options or {}
+    try:
+        return float(options.get("visibility_timeout", 3600))
+    except (TypeError, ValueError):
+        return None
+
+
+@register(Tags.database)
+def check_staging_budget(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: object,
+) -> list[CheckMessage]:
+    """W010: reads the ledger, so it runs with ``check --database`` and ``migrate`` only."""
+    raw = setting("STAGING_BUDGET")
+    if not databases or not positive_int(raw):
+        return []  # no budget, or an invalid one (E010)
+    budget = int(raw)
+    if StoredFile.db() not in databases:
+        return []
+    try:
+        waiting = StoredFile.waiting_bytes(settings.HOST)
+    except Exception:  # no ledger table yet (before migrate)
+        return []
+    if waiting < 0.8 * budget:
+        return []
+    return [
+        Warning(
+            f"{waiting} of the {budget} bytes of QUEUED_STORAGE_STAGING_BUDGET wait on host "
+            f"{settings.HOST!r} for their transfer; saves fail with StagingFull beyond it.",
+            hint="Check that the workers consuming this host's transfers run and that the "
+            "remote storage is reachable (manage.py queued_storage_reconcile reports what "
+            "waits), or raise the budget.",
+            id="queued_storage.W010",
+        )
+    ]
