@@ -455,8 +455,8 @@ def check_reconcile(within_seconds: float) -> list[Check]:
         detail = "no pass recorded on this host (never ran, or the cache was cleared)"
         latest = last_run("")
         if latest is not None:
-            age = human_age((now - latest["at"]).total_seconds())
-            detail += f"; the latest recorded pass ran on host {latest['host']} {age} ago"
+            ago = human_age((now - latest["at"]).total_seconds())
+            detail += f"; the latest recorded pass ran on host {latest['host']} {ago} ago"
         return [Check("reconcile", subject, FAIL, detail, _RECONCILE_FIX)]
     age = (now - record["at"]).total_seconds()
     detail = f"last pass {human_age(age)} ago"

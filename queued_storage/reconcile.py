@@ -25,7 +25,8 @@ each queued storage and at most ``QUEUED_STORAGE_RECONCILE_BATCH`` rows of each 
    nothing is lost. If the crashed save did write the file, ``adopt=True`` finishes it.
 5. ``adopt=True`` only: local files that no ledger row knows (saved before the app was
    installed, or by a crashed process) and unchanged for ``RECONCILE_AFTER`` get a row and are
-   queued, unless the remote already holds the name (nothing is ever overwritten).
+   queued, unless the remote already holds the name (nothing is ever overwritten):
+   :mod:`queued_storage.adopt`.
 6. ``remote`` rows of a ``delete_local`` storage whose local copy is still there (the worker
    died between recording ``remote`` and deleting it): the local copy is deleted.
    S3 multipart uploads of a file the ledger knows that no row can resume (a worker killed
@@ -43,7 +44,8 @@ each queued storage and at most ``QUEUED_STORAGE_RECONCILE_BATCH`` rows of each 
    not answer ends the sample early (one chunk of unanswered questions, not the whole sample).
 
 Each pass records when it ran, on which host and whether it was ok, in the cache
-(:func:`last_run`, for ``manage.py queued_storage doctor``).
+(:func:`last_run`, for ``manage.py queued_storage doctor``; :mod:`queued_storage.pass_record`).
+What a pass did and found is a :class:`~queued_storage.report.Report`.
 
 Several hosts may run passes at once: every change is a conditional ``UPDATE``/``DELETE`` that
 matches only the row as this pass read it, so whoever loses a race skips the row. Work that
@@ -62,35 +64,37 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
 
-from django.core.cache import caches
-from django.core.exceptions import SuspiciousFileOperation
-from django.core.files.utils import validate_file_name
 from django.db import connections
 from django.utils import timezone
 
 from queued_storage import state as read_side
 from queued_storage import tally
+from queued_storage.adopt import adopt_all
 from queued_storage.cleanup import PASS_UPLOAD_PAGES, abort_orphan_uploads
 from queued_storage.conf import settings
 from queued_storage.dispatch import Sender
 from queued_storage.exceptions import InfrastructureError, LocalFileMissing, StorageNotFound
 from queued_storage.models import StoredFile, overdue
-from queued_storage.names import OWN_DIRECTORY_PREFIX, checked_name
+from queued_storage.pass_record import (
+    PassRecord,
+    last_run,
+    record_run,
+    remember_sample_position,
+    sample_position,
+)
+from queued_storage.report import Report, label
 from queued_storage.signals import transfer_failed
-from queued_storage.state import cache_key
 from queued_storage.storage import QueuedStorage, get_queued_storage, queued_storages
-from queued_storage.transfer import abort_open_upload, remote_exists
-from queued_storage.verify import DEFAULT_CONCURRENCY, VerifyReport, verify_in_chunks
+from queued_storage.transfer import abort_open_upload
+from queued_storage.verify import DEFAULT_CONCURRENCY, verify_in_chunks
 from queued_storage.worker import retried_for
 
 __all__ = [
     "LOST",
+    "PassRecord",
     "Report",
     "last_run",
     "overdue",
@@ -103,123 +107,6 @@ logger = logging.getLogger(__name__)
 
 #: How ``last_error`` of a row whose local copy is gone begins.
 LOST = "Data loss"
-
-
-@dataclass
-class Report:
-    """What one pass did and found; items are ``"<alias>:<name>"``."""
-
-    host: str
-    requeued: list[str] = field(default_factory=list)
-    #: Queued now because the broker had refused their message (``dispatch_refused``).
-    requeued_refused: list[str] = field(default_factory=list)
-    taken_over: list[str] = field(default_factory=list)
-    given_up: list[str] = field(default_factory=list)
-    retried: list[str] = field(default_factory=list)
-    adopted: list[str] = field(default_factory=list)
-    stale: list[str] = field(default_factory=list)
-    cleaned: list[str] = field(default_factory=list)
-    aborted_uploads: list[str] = field(default_factory=list)
-    not_queued: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    newly_lost: list[str] = field(default_factory=list)
-    lost: list[str] = field(default_factory=list)
-    lost_total: int = 0
-    elsewhere: dict[str, int] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    staging_bytes: int = 0
-    staging_budget: int | None = None
-    #: The sample of remote files verified (``None``: none was).
-    verify: VerifyReport | None = None
-    #: Whether the sample stopped early because the remote did not answer.
-    verify_stopped: bool = False
-
-    @property
-    def ok(self) -> bool:
-        """No data loss (of a local copy, or of a remote copy the sample found) and no
-        storage the pass could not handle."""
-        remote_lost = self.verify is not None and bool(self.verify.lost)
-        return self.lost_total == 0 and not self.errors and not remote_lost
-
-    def counts(self) -> dict[str, int]:
-        return {
-            "requeued": len(self.requeued),
-            "requeued_refused": len(self.requeued_refused),
-            "taken_over": len(self.taken_over),
-            "given_up": len(self.given_up),
-            "retried": len(self.retried),
-            "adopted": len(self.adopted),
-            "stale": len(self.stale),
-            "cleaned": len(self.cleaned),
-            "aborted_uploads": len(self.aborted_uploads),
-            "not_queued": len(self.not_queued),
-            "skipped": len(self.skipped),
-            "newly_lost": len(self.newly_lost),
-            "lost": self.lost_total,
-            "errors": len(self.errors),
-            "overdue_elsewhere": sum(self.elsewhere.values()),
-            "staging_bytes": self.staging_bytes,
-            "verified": len(self.verify.verified) if self.verify else 0,
-            "verify_lost": len(self.verify.lost) if self.verify else 0,
-            "verify_unchecked": len(self.verify.unchecked) if self.verify else 0,
-        }
-
-    def lines(self, *, verbose: bool = False) -> list[str]:
-        """A human summary; *verbose* lists every item."""
-        budget = "no budget" if self.staging_budget is None else f"budget {self.staging_budget}"
-        out = [
-            f"host {self.host}: staging {self.staging_bytes} bytes waiting ({budget})",
-        ]
-        for label, items in (
-            ("re-queued (overdue)", self.requeued),
-            ("queued (the broker had refused them)", self.requeued_refused),
-            ("re-queued (lease expired)", self.taken_over),
-            ("failed (workers lost for longer than RETRY_FOR)", self.given_up),
-            ("retried (were failed)", self.retried),
-            ("adopted", self.adopted),
-            ("stale reservations removed", self.stale),
-            ("local copies of remote files removed", self.cleaned),
-            ("orphaned multipart uploads aborted", self.aborted_uploads),
-            ("not queued (broker refused; next pass)", self.not_queued),
-            ("skipped", self.skipped),
-        ):
-            out.append(f"{label}: {len(items)}")
-            if verbose or label == "skipped":
-                out.extend(f"  {item}" for item in items)
-        for other, count in sorted(self.elsewhere.items()):
-            out.append(f"overdue on host {other} (its own pass handles them): {count}")
-        out.append(f"LOST (not transferred, local copy gone): {self.lost_total}")
-        out.extend(f"  {item}" for item in self.lost)
-        if self.verify is not None:
-            stopped = " (stopped: the remote did not answer)" if self.verify_stopped else ""
-            out.append(f"verify sample: {self.verify.summary()}{stopped}")
-            out.extend(f"  LOST {problem}" for problem in self.verify.lost)
-            if verbose:
-                out.extend(f"  UNCHECKED {problem}" for problem in self.verify.unchecked)
-        out.extend(f"ERROR: {error}" for error in self.errors)
-        return out
-
-    def problem(self) -> str:
-        """Why the pass is not ok, in one sentence (the command's error message)."""
-        parts = []
-        if self.lost_total:
-            parts.append(
-                f"{self.lost_total} file(s) never reached the remote storage and their local "
-                "copy is gone (data loss): restore them and run queued_storage_reconcile "
-                "--failed, or delete them through the storage"
-            )
-        if self.verify is not None and self.verify.lost:
-            parts.append(
-                f"{len(self.verify.lost)} remote copy(ies) missing or different (data loss "
-                "found by the verify sample; the files are failed now: retry those with a local "
-                "copy with queued_storage_reconcile --failed, restore the others)"
-            )
-        parts.extend(self.errors)
-        return "; ".join(parts)
-
-
-def _label(row: StoredFile) -> str:
-    return f"{row.alias}:{row.name}"
 
 
 class _Pass:
@@ -249,10 +136,10 @@ class _Pass:
     def _requeue(self, row: StoredFile, into: list[str]) -> None:
         """Send the row's transfer; when the broker refuses, undo the claim for the next pass."""
         if self.sender.send(self.storage, row.name, row.host):
-            into.append(_label(row))
+            into.append(label(row))
             return
         self.ledger.unclaim(row, self.now)
-        self.report.not_queued.append(_label(row))
+        self.report.not_queued.append(label(row))
 
     def _lost(self, row: StoredFile) -> None:
         """Record that *row*'s local copy is gone: ``failed``, the reason, the signal, a log."""
@@ -294,7 +181,7 @@ class _Pass:
         if not transition(row, str(error), self.now):
             return
         lost = isinstance(error, LocalFileMissing)
-        (self.report.newly_lost if lost else self.report.given_up).append(_label(row))
+        (self.report.newly_lost if lost else self.report.given_up).append(label(row))
         logger.error("%s", error)
         transfer_failed.send(
             sender=type(self.storage),
@@ -365,14 +252,14 @@ class _Pass:
                 # The save wrote the file, then crashed before recording it.
                 if not self.adopt:
                     self.report.skipped.append(
-                        f"{_label(row)}: an interrupted save left the file; adopt it with --adopt"
+                        f"{label(row)}: an interrupted save left the file; adopt it with --adopt"
                     )
                     continue
                 size = self.storage.local.size(row.name)
                 if self.ledger.finish_save(row, size, self.now):
                     self._requeue(row, self.report.adopted)
             elif self.ledger.drop_reservation(row):
-                self.report.stale.append(_label(row))
+                self.report.stale.append(label(row))
                 logger.warning(
                     "removed the stale reservation of %r (storage %r): its save stopped before "
                     "writing the file",
@@ -387,7 +274,7 @@ class _Pass:
         rows = self.rows.local_copies_of_remote(cutoff)
         for row in rows.order_by("transferred")[: self.batch]:
             if self.ledger.drop_local(row.name, row.size, self.storage.local.delete):
-                self.report.cleaned.append(_label(row))
+                self.report.cleaned.append(label(row))
 
 
 def _orphan_uploads(
@@ -415,84 +302,6 @@ def _orphan_uploads(
         )
     for error in done.errors:
         logger.warning("orphaned multipart uploads: %s; next pass", error)
-
-
-def _local_root(storage: QueuedStorage) -> str | None:
-    try:
-        return os.path.realpath(storage.local.path(""))
-    except Exception:
-        return None
-
-
-def _walk(root: str) -> Iterator[tuple[str, list[str]]]:
-    """``(directory, files)`` below *root*, sorted, never following symbolic links."""
-    for directory, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(OWN_DIRECTORY_PREFIX))
-        yield directory, sorted(files)
-
-
-def _adopt(
-    storage: QueuedStorage,
-    root: str,
-    report: Report,
-    sender: Sender,
-    *,
-    now: datetime.datetime,
-    after: float,
-    batch: int,
-) -> None:
-    """Give a row to each local file no ledger row knows, and queue its transfer."""
-    cutoff = (now - datetime.timedelta(seconds=after)).timestamp()
-    adopted = 0
-    for directory, files in _walk(root):
-        candidates: dict[str, os.stat_result] = {}
-        for filename in files:
-            path = os.path.join(directory, filename)
-            try:
-                info = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            if not os.path.isfile(path) or os.path.islink(path) or info.st_mtime > cutoff:
-                continue  # symbolic links and files still being written are left alone
-            candidates[os.path.relpath(path, root).replace(os.sep, "/")] = info
-        if not candidates:
-            continue
-        known = StoredFile.all_rows().named(candidates).names()
-        for name, info in candidates.items():
-            if name in known:
-                continue
-            if adopted >= batch:
-                return
-            try:
-                if checked_name(name) != name:
-                    raise SuspiciousFileOperation("its name is not in Unicode NFC form")
-                validate_file_name(name, allow_relative_path=True)
-            except SuspiciousFileOperation as err:
-                report.skipped.append(f"{storage.alias}:{name}: not adopted: {err}")
-                continue
-            try:
-                held = remote_exists(storage.remote, name)
-            except Exception as err:
-                report.skipped.append(
-                    f"{storage.alias}:{name}: not adopted: the remote storage could not say "
-                    f"whether it holds the name ({type(err).__name__}); next pass"
-                )
-                continue
-            if held:
-                report.skipped.append(
-                    f"{storage.alias}:{name}: not adopted: the remote storage already holds "
-                    "this name and nothing is overwritten; compare the two copies and delete "
-                    "the local one by hand"
-                )
-                continue
-            if not storage.ledger.saved(name, settings.HOST, int(info.st_size)):
-                continue  # another pass adopted it (or a save took the name) meanwhile
-            adopted += 1
-            label = f"{storage.alias}:{name}"
-            if sender.send_or_mark(storage, name, settings.HOST):
-                report.adopted.append(label)
-            else:
-                report.not_queued.append(label)
 
 
 def _storages(aliases: Sequence[str] | None, report: Report) -> dict[str, QueuedStorage]:
@@ -552,14 +361,14 @@ def reconcile(
         _orphan_uploads(storage, report, now=now, after=after, batch=batch)
     if adopt:
         owners = selected if aliases is not None else {s.alias: s for s in queued_storages()}
-        _adopt_all(owners, report, sender, now=now, after=after, batch=batch)
+        adopt_all(owners, report, sender, now=now, after=after, batch=batch)
     if hosts is not None:
         _report_elsewhere(report, selected, hosts, now, after)
     _verify_sample(report, aliases)
     _report_lost(report, aliases, batch)
     report.staging_bytes = StoredFile.waiting_bytes(host)
     _log(report)
-    _record_run(report, now)
+    record_run(report, now)
     return report
 
 
@@ -634,34 +443,6 @@ def start_up_passes() -> None:
             connections.close_all()  # this thread's own
 
 
-def _adopt_all(
-    selected: dict[str, QueuedStorage],
-    report: Report,
-    sender: Sender,
-    *,
-    now: datetime.datetime,
-    after: float,
-    batch: int,
-) -> None:
-    sharing: dict[str, set[str]] = {}
-    for storage in [*queued_storages(), *selected.values()]:
-        root = _local_root(storage)
-        if root is not None:
-            sharing.setdefault(root, set()).add(storage.alias)
-    for root, aliases in sorted(sharing.items()):
-        chosen = sorted(aliases & set(selected))
-        if not chosen:
-            continue
-        if len(chosen) > 1:
-            report.errors.append(
-                f"cannot adopt the files in {root}: the storages {', '.join(chosen)} stage "
-                "there; name the one that owns them with --storage"
-            )
-            continue
-        if os.path.isdir(root):
-            _adopt(selected[chosen[0]], root, report, sender, now=now, after=after, batch=batch)
-
-
 def _report_elsewhere(
     report: Report,
     selected: dict[str, QueuedStorage],
@@ -724,30 +505,22 @@ def _log(report: Report) -> None:
         logger.error("reconcile: %s", error)
 
 
-# -- the verify sample, and the record of each pass (manage.py queued_storage doctor) ------------
+# -- the verify sample (step 8) ---------------------------------------------------------------
 #: Seconds one HEAD of the verify sample may take (no retries): a pass must not hang on S3.
 VERIFY_TIMEOUT = 10.0
-
-
-def _key(what: str, host: str = "") -> str:
-    return cache_key(f"{settings.CACHE_PREFIX}:reconcile", what, host)
 
 
 def _verify_sample(report: Report, aliases: Sequence[str] | None) -> None:
     """Verify the next ``RECONCILE_VERIFY_SAMPLE`` remote files of the rotation (step 8).
 
-    The rotation's position (the last primary key verified) is kept in the cache: a lost
-    position starts again from the beginning, which costs nothing but repeated HEADs.
+    The rotation's position (the last primary key verified) is kept in the cache
+    (:mod:`queued_storage.pass_record`).
     """
     sample = settings.RECONCILE_VERIFY_SAMPLE
     if not sample:
         return
     rows = StoredFile.all_rows().remote().of(aliases)
-    cache = caches[settings.CACHE]
-    try:
-        after = int(cache.get(_key("verify-cursor")) or 0)
-    except Exception:
-        after = 0
+    after = sample_position()
     chosen = list(rows.filter(pk__gt=after).order_by("pk")[:sample])
     if len(chosen) < sample:  # the end of the ledger: go round
         chosen += rows.filter(pk__lte=after).order_by("pk")[: sample - len(chosen)]
@@ -758,41 +531,4 @@ def _verify_sample(report: Report, aliases: Sequence[str] | None) -> None:
     )
     if report.verify_stopped:
         return  # the same files again next time
-    try:
-        cache.set(_key("verify-cursor"), chosen[-1].pk, settings.CACHE_TIMEOUT)
-    except Exception as err:
-        read_side.cache_failed(
-            "record the verify sample's position", err, "the next sample starts from the beginning"
-        )
-
-
-def _record_run(report: Report, now: datetime.datetime) -> None:
-    """Remember when this host's pass ran, and the latest pass of any host (best effort).
-
-    In the cache, not a table: the record is read by ``doctor`` only, a cache shared by every
-    host and worker already holds the states, and a record lost to a flush only makes
-    ``doctor`` say so until the next pass; a table would cost a migration for one timestamp.
-    """
-    record = {"host": report.host, "at": now.isoformat(), "ok": report.ok}
-    try:
-        cache = caches[settings.CACHE]
-        cache.set(_key("last-pass", report.host), record, settings.CACHE_TIMEOUT)
-        cache.set(_key("last-pass"), record, settings.CACHE_TIMEOUT)
-    except Exception as err:
-        read_side.cache_failed(
-            "record the reconcile pass", err, "doctor's reconcile line will not see this pass"
-        )
-
-
-def last_run(host: str | None = None) -> dict[str, Any] | None:
-    """The last recorded pass of *host* (``""``: of any host), ``{"host", "at", "ok"}`` with
-    ``at`` an aware :class:`~datetime.datetime`; ``None`` when none is recorded."""
-    try:
-        found = caches[settings.CACHE].get(
-            _key("last-pass", settings.HOST if host is None else host)
-        )
-    except Exception:
-        return None
-    if not isinstance(found, dict) or "at" not in found:
-        return None
-    return {**found, "at": datetime.datetime.fromisoformat(str(found["at"]))}
+    remember_sample_position(chosen[-1].pk)
