@@ -23,6 +23,7 @@ from queued_storage.models import UNFINISHED, StoredFile, Tally, TallyGroup
 
 __all__ = [
     "FOLD_AT",
+    "REFILL",
     "aliases_with_work",
     "fold",
     "install",
@@ -120,6 +121,11 @@ _COUNT = (
 )
 
 
+#: The statements that count the tally again from the ledger (in a transaction that keeps
+#: writers out, as :func:`install` does).
+REFILL = (f"DELETE FROM {_TALLY}", f"INSERT INTO {_TALLY} ({_COLUMNS}) {_COUNT}")
+
+
 def install(connection: BaseDatabaseWrapper) -> None:
     """Create the triggers and fill the tally from the ledger as it is, in one transaction
     that keeps writers out of the ledger meanwhile (PostgreSQL: ``SHARE`` lock; SQLite: its
@@ -134,8 +140,8 @@ def install(connection: BaseDatabaseWrapper) -> None:
             cursor.execute(sql)
         for sql in _POSTGRESQL if postgresql else _SQLITE:
             cursor.execute(sql)
-        cursor.execute(f"DELETE FROM {_TALLY}")
-        cursor.execute(f"INSERT INTO {_TALLY} ({_COLUMNS}) {_COUNT}")
+        for sql in REFILL:
+            cursor.execute(sql)
 
 
 def uninstall(connection: BaseDatabaseWrapper) -> None:
