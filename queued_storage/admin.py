@@ -13,6 +13,11 @@ transitions, from these actions:
   :meth:`~queued_storage.ledger.Ledger.drop_local` with the local storage's delete, as the
   worker does after a transfer.
 
+On "select all" of more than :attr:`StoredFileAdmin.action_batch` files an action is queued
+for the workers in batches (:mod:`queued_storage.batches`). Filter choices, counts and the
+date hierarchy read the ledger's kept tally (:mod:`queued_storage.changelist`); the search
+matches names by prefix, through an index.
+
 The actions need the ``change`` permission of the ledger model (the change form itself stays
 read-only). Pages show the rows' own fields only: no storage, no option, no URL (a signed URL
 would carry the access key id).
