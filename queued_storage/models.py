@@ -212,13 +212,16 @@ class StoredFileQuerySet(models.QuerySet["StoredFile"]):
         """:meth:`waiting` rows whose transfer is :func:`overdue`."""
         return self.waiting()._where(overdue(now, after))
 
-    def late(self, now: datetime.datetime, after: float) -> StoredFileQuerySet:
-        """Overdue ``pending`` rows with a local copy, and expired leases: what a host's own
-        reconcile pass would re-queue."""
-        return self._where(
-            Q(state=State.PENDING, local_exists=True) & overdue(now, after)
-            | Q(state=State.TRANSFERRING, lease_expires__lt=now)
-        )
+    def late_by_host(self, now: datetime.datetime, after: float) -> list[tuple[str, int]]:
+        """``(host, rows)`` of the overdue ``pending`` rows with a local copy and the expired
+        leases: what each host's own reconcile pass would re-queue. Two counts, each read from
+        its partial index alone (``queued_storage_waiting``, ``queued_storage_leases``)."""
+        found: dict[str, int] = {}
+        overdue_rows = self._where(Q(state=State.PENDING, local_exists=True) & overdue(now, after))
+        for rows in (overdue_rows, self.expired_leases(now)):
+            for host, count in rows.count_by_host():
+                found[host] = found.get(host, 0) + count
+        return sorted(found.items())
 
     def stale_reservations(self, before: datetime.datetime) -> StoredFileQuerySet:
         """``pending`` rows of a save that never wrote its file, not changed since *before*."""
@@ -247,7 +250,7 @@ class StoredFileQuerySet(models.QuerySet["StoredFile"]):
     # -- counting and paging -----------------------------------------------------------------
     def count_by_host(self) -> list[tuple[str, int]]:
         """``(host, rows)``, by host."""
-        grouped = self.values_list("host").annotate(count=Count("pk")).order_by("host")
+        grouped = self.values_list("host").annotate(count=Count("*")).order_by("host")
         return [(str(host), int(count)) for host, count in grouped]
 
     def totals_by_state(self) -> list[dict[str, Any]]:
@@ -411,9 +414,17 @@ class StoredFile(models.Model):
             ),
             models.Index(fields=["alias", "id"], condition=LOST, name="queued_storage_lost"),
             models.Index(
-                fields=["lease_expires", "id"],
+                fields=["lease_expires", "host"],
+                include=["alias"],
                 condition=Q(state=State.TRANSFERRING),
                 name="queued_storage_leases",
+            ),
+            # What waits for its transfer, with what says whether it is overdue.
+            models.Index(
+                fields=["host", "updated"],
+                include=["attempts", "retrying_since", "alias"],
+                condition=Q(state=State.PENDING, local_exists=True),
+                name="queued_storage_waiting",
             ),
             # The admin's filters and its search (names beginning with the text).
             models.Index(fields=["host", "id"], name="queued_storage_host"),

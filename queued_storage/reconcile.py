@@ -451,8 +451,8 @@ def _report_elsewhere(
     after: float,
 ) -> None:
     """Count the overdue files of other hosts, which this pass leaves to their own passes."""
-    rows = StoredFile.all_rows().of(selected).not_on_hosts(hosts).late(now, after)
-    for host, count in rows.count_by_host():
+    rows = StoredFile.all_rows().of(selected).not_on_hosts(hosts)
+    for host, count in rows.late_by_host(now, after):
         report.elsewhere[host] = count
 
 

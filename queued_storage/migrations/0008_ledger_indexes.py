@@ -47,8 +47,18 @@ class Migration(migrations.Migration):
             model_name="storedfile",
             index=models.Index(
                 condition=models.Q(("state", "transferring")),
-                fields=["lease_expires", "id"],
+                fields=["lease_expires", "host"],
+                include=["alias"],
                 name="queued_storage_leases",
+            ),
+        ),
+        AddIndexConcurrentlyOnPostgres(
+            model_name="storedfile",
+            index=models.Index(
+                condition=models.Q(("local_exists", True), ("state", "pending")),
+                fields=["host", "updated"],
+                include=["attempts", "retrying_since", "alias"],
+                name="queued_storage_waiting",
             ),
         ),
         AddIndexConcurrentlyOnPostgres(
