@@ -557,8 +557,23 @@ class Tally(models.Model):
 
     @classmethod
     def groups(cls) -> list[TallyGroup]:
-        """:meth:`summed`'s groups."""
-        return cls.summed()[0]
+        """:meth:`summed`'s groups; while a group has fewer than no files (the tally is wrong
+        until ``tally.read()`` counts it again), the ledger's own, counted by a scan."""
+        groups = cls.summed()[0]
+        if all(group.files >= 0 and group.bytes >= 0 for group in groups):
+            return groups
+        written = ExpressionWrapper(Q(size__isnull=False), output_field=models.BooleanField())
+        counted = (
+            StoredFile.all_rows()
+            .annotate(written=written)
+            .values_list("alias", "host", "state", "local_exists", "written")
+            .annotate(n=Count("pk"), b=Coalesce(Sum("size"), 0))
+            .order_by()
+        )
+        return [
+            TallyGroup(alias, host, state, bool(local), bool(w), int(files), int(size))
+            for alias, host, state, local, w, files, size in counted
+        ]
 
 
 class TusUploadQuerySet(models.QuerySet["TusUpload"]):

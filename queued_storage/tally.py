@@ -128,13 +128,16 @@ REFILL = (f"DELETE FROM {_TALLY}", f"INSERT INTO {_TALLY} ({_COLUMNS}) {_COUNT}"
 
 def install(connection: BaseDatabaseWrapper) -> None:
     """Create the triggers and fill the tally from the ledger as it is, in one transaction
-    that keeps writers out of the ledger meanwhile (PostgreSQL: ``SHARE`` lock; SQLite: its
-    one writer), so that no change is counted twice or missed. Nothing on other vendors."""
+    that keeps writers out of the ledger and folds out of the tally meanwhile (PostgreSQL:
+    ``SHARE`` and ``EXCLUSIVE`` locks; SQLite: its one writer), so that no change is counted
+    twice or missed. Nothing on other vendors."""
     if connection.vendor not in Tally.VENDORS:
         return
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(f"LOCK TABLE {_LEDGER} IN SHARE MODE")
+            # Folds too: one that committed after the count began would be counted again.
+            cursor.execute(f"LOCK TABLE {_TALLY} IN EXCLUSIVE MODE")
         postgresql = connection.vendor == "postgresql"
         for sql in _POSTGRESQL_DROP[:3] if postgresql else _SQLITE_DROP:
             cursor.execute(sql)
