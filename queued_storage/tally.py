@@ -126,23 +126,29 @@ _COUNT = (
 REFILL = (f"DELETE FROM {_TALLY}", f"INSERT INTO {_TALLY} ({_COLUMNS}) {_COUNT}")
 
 
-def install(connection: BaseDatabaseWrapper) -> None:
-    """Create the triggers and fill the tally from the ledger as it is, in one transaction
-    that keeps writers out of the ledger and folds out of the tally meanwhile (PostgreSQL:
-    ``SHARE`` and ``EXCLUSIVE`` locks; SQLite: its one writer), so that no change is counted
-    twice or missed. Nothing on other vendors."""
+def install(connection: BaseDatabaseWrapper, *, triggers: bool = True) -> None:
+    """Create the triggers (unless *triggers* is false) and fill the tally from the ledger as
+    it is, in one transaction that keeps writers out of the ledger and folds out of the tally
+    meanwhile (PostgreSQL: ``SHARE ROW EXCLUSIVE`` and ``EXCLUSIVE`` locks, each of which also
+    waits for another count; SQLite: its one writer), so that no change is counted twice or
+    missed. Nothing on other vendors.
+
+    On SQLite, Django rebuilds a table for most changes of a field: a later migration that
+    changes the ledger's table must call this again (``tests/test_tally.py`` checks that the
+    triggers are there after the latest migration)."""
     if connection.vendor not in Tally.VENDORS:
         return
+    postgresql = connection.vendor == "postgresql"
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(f"LOCK TABLE {_LEDGER} IN SHARE MODE")
+        if postgresql:
+            cursor.execute(f"LOCK TABLE {_LEDGER} IN SHARE ROW EXCLUSIVE MODE")
             # Folds too: one that committed after the count began would be counted again.
             cursor.execute(f"LOCK TABLE {_TALLY} IN EXCLUSIVE MODE")
-        postgresql = connection.vendor == "postgresql"
-        for sql in _POSTGRESQL_DROP[:3] if postgresql else _SQLITE_DROP:
-            cursor.execute(sql)
-        for sql in _POSTGRESQL if postgresql else _SQLITE:
-            cursor.execute(sql)
+        if triggers:
+            for sql in _POSTGRESQL_DROP[:3] if postgresql else _SQLITE_DROP:
+                cursor.execute(sql)
+            for sql in _POSTGRESQL if postgresql else _SQLITE:
+                cursor.execute(sql)
         for sql in REFILL:
             cursor.execute(sql)
 
@@ -221,8 +227,9 @@ def unfinished_files(alias: str) -> int:
 
 
 def rebuild() -> None:
-    """Count the tally again from the ledger (a full scan): after the tally was found wrong."""
-    install(connections[StoredFile.db()])
+    """Count the tally again from the ledger (a full scan): after the tally was found wrong.
+    The triggers stay as they are."""
+    install(connections[StoredFile.db()], triggers=False)
 
 
 def maybe_fold(rows: int) -> None:
