@@ -58,9 +58,13 @@ demo: $(DEMO_STAMP)
 	$(BIN)/python example_project/demo.py $(ARGS)
 
 # make bench ARGS=--quick: every row on small sizes (about three minutes)
+# The scale batch (bench_scale.py) fills the ledger to 1M rows (--quick: 100k; SCALE_ARGS=--full:
+# 10M as well) and measures the recurring costs against the same mix at 1k rows.
+SCALE_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 	$(BIN)/python benchmarks/bench_uploads.py $(ARGS)
+	$(BIN)/python benchmarks/bench_scale.py $(ARGS) $(SCALE_ARGS)
 
 # The docs site: MkDocs in strict mode (a broken link or anchor fails); the docs extra installs
 # it once per venv. NO_MKDOCS_2_WARNING silences Material's banner about MkDocs 2.0 (not a

@@ -13,6 +13,11 @@ transitions, from these actions:
   :meth:`~queued_storage.ledger.Ledger.drop_local` with the local storage's delete, as the
   worker does after a transfer.
 
+On "select all" of more than :attr:`StoredFileAdmin.action_batch` files an action is queued
+for the workers in batches (:mod:`queued_storage.batches`). Filter choices, counts and the
+date hierarchy read the ledger's kept tally (:mod:`queued_storage.changelist`); the search
+matches names by prefix, through an index.
+
 The actions need the ``change`` permission of the ledger model (the change form itself stays
 read-only). Pages show the rows' own fields only: no storage, no option, no URL (a signed URL
 would carry the access key id).
@@ -35,6 +40,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.options import IS_POPUP_VAR
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
+from django.db import connections
 from django.db.models import Model, Q, QuerySet
 from django.http import HttpRequest
 from django.template.defaultfilters import filesizeformat
@@ -44,15 +50,23 @@ from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 from django.utils.timesince import timesince
 
-from queued_storage.models import State, StoredFile, TusUpload
-from queued_storage.operations import (
-    counted,
-    drop_verified_local_copies,
-    retry_failed_rows,
-    transfer_rows,
+from queued_storage.batches import (
+    ACTIONS,
+    BATCH,
+    ELIGIBLE,
+    queue_batches,
 )
+from queued_storage.changelist import (
+    AliasFilter,
+    HostFilter,
+    LedgerChangeList,
+    LedgerPaginator,
+    StateFilter,
+    ledger_groups,
+)
+from queued_storage.models import State, StoredFile, TusUpload
+from queued_storage.operations import counted, transfer_rows
 from queued_storage.storage import QueuedStorage
-from queued_storage.verify import VerifyReport, verify
 
 __all__ = [
     "QueuedFileAdminMixin",
@@ -69,11 +83,8 @@ else:  # ModelAdmin is generic for type checkers only (django-stubs)
     _ModelAdminBase = admin.ModelAdmin
     _MixinBase = object
 
-#: Seconds an S3 request of an admin action may take (no retries): a request must not hang
-#: on an unreachable remote; what could not be asked is reported unchecked.
-ADMIN_REMOTE_TIMEOUT = 10.0
-#: Problems listed by name in an action's message (the rest are counted).
-LISTED = 10
+#: After every name that begins with a text, in code point order: the search's upper bound.
+_LAST_CHARACTER = "\U0010ffff"
 #: The list page shows this much of a row's last error (the detail page shows all of it).
 ERROR_PREVIEW = 80
 
@@ -121,21 +132,6 @@ def _served_from(row: StoredFile) -> str:
     if row.state == State.REMOTE:
         return "remote"
     return "local" if row.local_exists else "nowhere (local copy gone)"
-
-
-# -- messages (the actions' work is in queued_storage.operations, shared with the command) ------
-def _level(report: VerifyReport) -> int:
-    if report.lost:
-        return messages.ERROR
-    return messages.SUCCESS if report.ok else messages.WARNING
-
-
-def _problems(report: VerifyReport) -> str:
-    listed = [str(problem) for problem in report.problems[:LISTED]]
-    more = len(report.problems) - len(listed)
-    if more > 0:
-        listed.append(f"and {more} more")
-    return (" " + "; ".join(listed)) if listed else ""
 
 
 # -- the ledger ----------------------------------------------------------------------------------
@@ -200,10 +196,23 @@ class StoredFileAdmin(_ReadOnlyLedgerAdmin):
         "age",
         "served_from",
     )
-    list_filter = ("state", "alias", "host")
+    # A ledger of millions (docs/operations.md, "The admin"): filter choices and counts from
+    # the kept tally, the search by name prefix through its index, the date hierarchy off on a
+    # big ledger, actions on "select all" queued in batches.
+    list_filter = (StateFilter, AliasFilter, HostFilter)
     search_fields = ("name",)
+    search_help_text = (
+        "Names that begin with the text, letter case as typed (e.g. uploads/2024/); "
+        "no search inside names."
+    )
     date_hierarchy = "created"
     ordering = ("-pk",)
+    paginator = LedgerPaginator
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    #: Files per batch when an action on "select all" is queued for the workers; a selection
+    #: of at most this many files that the action can act on runs in the request.
+    action_batch = BATCH
     actions = ("transfer_now", "retry_failed", "verify_remote", "delete_local_copy")
     fieldsets = (
         (None, {"fields": _MAIN_FIELDS}),
@@ -258,35 +267,68 @@ class StoredFileAdmin(_ReadOnlyLedgerAdmin):
     def parts_done(self, row: StoredFile) -> int:
         return len(row.parts or [])
 
+    # -- a ledger of millions --------------------------------------------------------------
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return LedgerChangeList
+
+    def get_paginator(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Any],
+        per_page: int,
+        orphans: int = 0,
+        allow_empty_first_page: bool = True,
+    ) -> LedgerPaginator:
+        return LedgerPaginator(
+            queryset, per_page, orphans, allow_empty_first_page, groups=ledger_groups(request)
+        )
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        """Names that begin with *search_term*, letter case as typed, through the index
+        ``queued_storage_name`` (a search inside names would read them all): ``LIKE 'term%'``
+        on PostgreSQL; on SQLite, whose ``LIKE`` ignores case and no index, the range of names
+        from the term up to the term followed by the last character."""
+        if not search_term:
+            return queryset, False
+        if connections[queryset.db].vendor == "sqlite":
+            found = queryset.filter(name__gte=search_term, name__lt=search_term + _LAST_CHARACTER)
+        else:
+            found = queryset.filter(name__startswith=search_term)
+        return found, False
+
     # -- actions --------------------------------------------------------------------------------
+    def _act(self, request: HttpRequest, queryset: QuerySet[StoredFile], action: str) -> None:
+        """Run *action* on the selection in this request; on "select all" of more than
+        :attr:`action_batch` files it can act on, queue it in batches for the workers."""
+        if request.POST.get("select_across") == "1":
+            eligible = queryset.filter(ELIGIBLE[action][0])
+            if eligible[: self.action_batch + 1].count() > self.action_batch:
+                level, text = queue_batches(action, queryset, self.action_batch).message()
+                self.message_user(request, text, level)
+                return
+        level, text = ACTIONS[action](queryset)
+        self.message_user(request, text, level)
+
     @admin.action(description="Transfer now (pending or failed files)", permissions=["operate"])
     def transfer_now(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
-        done = transfer_rows(queryset.iterator())
-        level = messages.SUCCESS if done.queued else messages.INFO
-        text = done.message() or "nothing to transfer"
-        self.message_user(request, f"Transfer now: {text}.", level)
+        self._act(request, queryset, "transfer_now")
 
     @admin.action(description="Retry failed files (new retry budget)", permissions=["operate"])
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
-        done = retry_failed_rows(queryset.iterator())
-        level = messages.WARNING if done.no_local or done.refused else messages.SUCCESS
-        message = done.message()
-        self.message_user(request, f"Retry failed: {message or 'nothing to retry'}.", level)
+        self._act(request, queryset, "retry_failed")
 
     @admin.action(description="Verify the remote copy", permissions=["operate"])
     def verify_remote(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
-        report = verify(queryset, timeout=ADMIN_REMOTE_TIMEOUT)
-        self.message_user(request, f"Verify: {report.summary()}{_problems(report)}", _level(report))
+        self._act(request, queryset, "verify_remote")
 
     @admin.action(
         description="Delete the local copy (remote files whose remote copy verifies)",
         permissions=["operate"],
     )
     def delete_local_copy(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
-        done = drop_verified_local_copies(queryset.iterator(), timeout=ADMIN_REMOTE_TIMEOUT)
-        level = messages.SUCCESS if not done.kept else _level(done.report)
-        text = f"Delete the local copy: {done.message() or 'nothing to delete'}."
-        self.message_user(request, text + (_problems(done.report) if done.kept else ""), level)
+        self._act(request, queryset, "delete_local_copy")
 
 
 # -- the user's own models -----------------------------------------------------------------------

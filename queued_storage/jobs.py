@@ -222,7 +222,7 @@ def verify_files(
     not_remote = rows.not_remote().count()
     selection: Iterable[StoredFile]
     if sample:
-        selection = list(remote.order_by("?")[:sample])
+        selection = remote.sample(sample)
         total = len(selection)
     else:
         selection, total = itertools.chain.from_iterable(remote.in_pages()), remote.count()

@@ -8,25 +8,40 @@ read-through copy of these rows (``state.py``).
 from __future__ import annotations
 
 import datetime
+import random
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
-from django.db import models, router
-from django.db.models import Count, DateTimeField, ExpressionWrapper, F, Min, Q, Sum, Value
+from django.db import connections, models, router
+from django.db.models import (
+    Count,
+    DateTimeField,
+    ExpressionWrapper,
+    F,
+    Max,
+    Min,
+    Q,
+    Sum,
+    Value,
+)
 from django.db.models.functions import Coalesce
 
 from queued_storage.conf import settings
 from queued_storage.names import LEDGER_NAME_LENGTH
 
 __all__ = [
+    "UNFINISHED",
     "State",
     "StoredFile",
     "StoredFileQuerySet",
+    "Tally",
+    "TallyGroup",
     "TusUpload",
     "TusUploadQuerySet",
     "keyset_pages",
     "overdue",
+    "waiting_in",
 ]
 
 
@@ -35,6 +50,15 @@ class State(models.TextChoices):
     TRANSFERRING = "transferring"
     REMOTE = "remote"
     FAILED = "failed"
+
+
+#: The states of a file not yet (or no longer) verified remote: rare in a ledger of millions,
+#: so their rows have partial indexes of their own (listed, not ``NOT state = 'remote'``: a
+#: positive list is what lets the planner use them).
+UNFINISHED: tuple[str, ...] = (State.PENDING, State.TRANSFERRING, State.FAILED)
+
+#: Rows whose written local copy is gone before the file was remote (data loss).
+LOST = Q(state__in=UNFINISHED, local_exists=False, size__isnull=False)
 
 
 def overdue(now: datetime.datetime, after: float) -> Q:
@@ -143,7 +167,7 @@ class StoredFileQuerySet(models.QuerySet["StoredFile"]):
         return self._where(state=State.REMOTE)
 
     def not_remote(self) -> StoredFileQuerySet:
-        return self._without(state=State.REMOTE)
+        return self._where(state__in=UNFINISHED)
 
     def failed(self) -> StoredFileQuerySet:
         return self._where(state=State.FAILED)
@@ -160,7 +184,7 @@ class StoredFileQuerySet(models.QuerySet["StoredFile"]):
     # -- what the reconcile pass and the commands look for -----------------------------------
     def with_work(self) -> StoredFileQuerySet:
         """Rows that are not ``remote`` yet, or whose local copy is still there."""
-        return self._where(~Q(state=State.REMOTE) | Q(local_exists=True))
+        return self._where(Q(state__in=UNFINISHED) | Q(local_exists=True))
 
     def in_progress_on(self, host: str) -> StoredFileQuerySet:
         """``pending`` and ``transferring`` rows whose local copy *host* holds."""
@@ -188,13 +212,16 @@ class StoredFileQuerySet(models.QuerySet["StoredFile"]):
         """:meth:`waiting` rows whose transfer is :func:`overdue`."""
         return self.waiting()._where(overdue(now, after))
 
-    def late(self, now: datetime.datetime, after: float) -> StoredFileQuerySet:
-        """Overdue ``pending`` rows with a local copy, and expired leases: what a host's own
-        reconcile pass would re-queue."""
-        return self._where(
-            Q(state=State.PENDING, local_exists=True) & overdue(now, after)
-            | Q(state=State.TRANSFERRING, lease_expires__lt=now)
-        )
+    def late_by_host(self, now: datetime.datetime, after: float) -> list[tuple[str, int]]:
+        """``(host, rows)`` of the overdue ``pending`` rows with a local copy and the expired
+        leases: what each host's own reconcile pass would re-queue. Two counts, each read from
+        its partial index alone (``queued_storage_waiting``, ``queued_storage_leases``)."""
+        found: dict[str, int] = {}
+        overdue_rows = self._where(Q(state=State.PENDING, local_exists=True) & overdue(now, after))
+        for rows in (overdue_rows, self.expired_leases(now)):
+            for host, count in rows.count_by_host():
+                found[host] = found.get(host, 0) + count
+        return sorted(found.items())
 
     def stale_reservations(self, before: datetime.datetime) -> StoredFileQuerySet:
         """``pending`` rows of a save that never wrote its file, not changed since *before*."""
@@ -208,7 +235,7 @@ class StoredFileQuerySet(models.QuerySet["StoredFile"]):
 
     def lost(self) -> StoredFileQuerySet:
         """Rows that are not ``remote`` and whose written local copy is gone (data loss)."""
-        return self._without(state=State.REMOTE)._where(local_exists=False, size__isnull=False)
+        return self._where(LOST)
 
     def recording_uploads(self, upload_ids: Iterable[str]) -> set[str]:
         """Those of *upload_ids* a row records (the resume point of its transfer)."""
@@ -223,13 +250,13 @@ class StoredFileQuerySet(models.QuerySet["StoredFile"]):
     # -- counting and paging -----------------------------------------------------------------
     def count_by_host(self) -> list[tuple[str, int]]:
         """``(host, rows)``, by host."""
-        grouped = self.values_list("host").annotate(count=Count("pk")).order_by("host")
+        grouped = self.values_list("host").annotate(count=Count("*")).order_by("host")
         return [(str(host), int(count)) for host, count in grouped]
 
     def totals_by_state(self) -> list[dict[str, Any]]:
         """Per ``(alias, state)``: files, bytes, the oldest ``created`` and the lost files
         (:meth:`lost`), by alias and state: one aggregate query."""
-        lost = Q(local_exists=False, size__isnull=False) & ~Q(state=State.REMOTE)
+        lost = LOST
         return list(
             self.values("alias", "state")
             .annotate(
@@ -240,6 +267,52 @@ class StoredFileQuerySet(models.QuerySet["StoredFile"]):
             )
             .order_by("alias", "state")
         )
+
+    def oldest_created(self, alias: str, state: str) -> datetime.datetime | None:
+        """When the oldest file of *alias* in *state* was saved (an unfinished state: one seek
+        of the partial index)."""
+        found: datetime.datetime | None = (
+            self._where(alias=alias, state=state)
+            .order_by("created")
+            .values_list("created", flat=True)
+            .first()
+        )
+        return found
+
+    def sample(self, size: int, *, tries: int = 20) -> list[StoredFile]:
+        """A uniform random sample of *size* of these rows, without sorting the table.
+
+        Random primary keys between the smallest and the largest of these rows are looked up,
+        a batch at a time, and the rows among them kept: each row is as likely as any other
+        (rejection sampling). Where these rows are too sparse among the keys to be found in
+        *tries* batches, the rest is drawn by ``ORDER BY RANDOM()`` among them.
+        """
+        if size <= 0:
+            return []
+        bounds = self.aggregate(low=Min("pk"), high=Max("pk"))
+        low, high = bounds["low"], bounds["high"]
+        if low is None or high is None:
+            return []
+        found: dict[int, StoredFile] = {}
+        tried: set[int] = set()
+        span = high - low + 1
+        for _ in range(tries):
+            if len(found) >= size or len(tried) >= span:
+                break
+            wanted = min(span - len(tried), 4 * (size - len(found)) + 16)
+            keys: set[int] = set()
+            while len(keys) < wanted:
+                key = random.randint(low, high)
+                if key not in tried:
+                    keys.add(key)
+            tried |= keys
+            for row in self._where(pk__in=sorted(keys)):
+                found[row.pk] = row
+        chosen = random.sample(list(found.values()), min(size, len(found)))
+        if len(chosen) < size and len(tried) < span:
+            rest = self._without(pk__in=[row.pk for row in chosen]).order_by("?")
+            chosen += list(rest[: size - len(chosen)])
+        return chosen
 
     def in_pages(self, batch: int = 500) -> Iterator[list[StoredFile]]:
         """:func:`keyset_pages` of these rows."""
@@ -328,6 +401,37 @@ class StoredFile(models.Model):
                 condition=Q(dispatch_refused__isnull=False),
                 name="queued_storage_refused",
             ),
+            # A ledger of millions is almost all ``remote`` rows without a local copy: what
+            # the reconcile pass, status, metrics and clean-up look for is in partial indexes
+            # that hold only the rare rows (migration 0008 builds them without locking).
+            models.Index(
+                fields=["alias", "state", "created"],
+                condition=Q(state__in=UNFINISHED),
+                name="queued_storage_unfinished",
+            ),
+            models.Index(
+                fields=["host", "id"], condition=Q(local_exists=True), name="queued_storage_local"
+            ),
+            models.Index(fields=["alias", "id"], condition=LOST, name="queued_storage_lost"),
+            models.Index(
+                fields=["lease_expires", "host"],
+                include=["alias"],
+                condition=Q(state=State.TRANSFERRING),
+                name="queued_storage_leases",
+            ),
+            # What waits for its transfer, with what says whether it is overdue.
+            models.Index(
+                fields=["host", "updated"],
+                include=["attempts", "retrying_since", "alias"],
+                condition=Q(state=State.PENDING, local_exists=True),
+                name="queued_storage_waiting",
+            ),
+            # The admin's filters and its search (names beginning with the text).
+            models.Index(fields=["host", "id"], name="queued_storage_host"),
+            models.Index(fields=["alias", "id"], name="queued_storage_alias"),
+            models.Index(
+                fields=["name"], opclasses=["varchar_pattern_ops"], name="queued_storage_name"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -355,11 +459,121 @@ class StoredFile(models.Model):
 
     @classmethod
     def waiting_bytes(cls, host: str | None = None) -> int:
-        """Bytes of local copies not yet verified remote (on *host*, or on every host)."""
-        rows = cls.all_rows().filter(local_exists=True).exclude(state=State.REMOTE)
-        if host is not None:
-            rows = rows.filter(host=host)
-        return int(rows.aggregate(total=Sum("size"))["total"] or 0) + TusUpload.reserved_bytes(host)
+        """Bytes of local copies not yet verified remote (on *host*, or on every host), and of
+        the tus uploads being received there: from the kept :class:`Tally`, not a scan."""
+        if Tally.kept():
+            waiting = waiting_in(Tally.groups(), host)
+        else:
+            rows = cls.all_rows()._where(state__in=UNFINISHED, local_exists=True)
+            if host is not None:
+                rows = rows.on_host(host)
+            waiting = int(rows.aggregate(total=Sum("size"))["total"] or 0)
+        return waiting + TusUpload.reserved_bytes(host)
+
+
+def waiting_in(groups: Iterable[TallyGroup], host: str | None) -> int:
+    """The bytes of the local copies not yet verified remote among *groups* (on *host*, or
+    on every host)."""
+    return sum(
+        group.bytes
+        for group in groups
+        if group.local and group.state in UNFINISHED and host in (None, group.host)
+    )
+
+
+class TallyGroup(NamedTuple):
+    """Files and bytes of the ledger's rows that agree on these five things."""
+
+    alias: str
+    host: str
+    state: str
+    #: ``local_exists``
+    local: bool
+    #: The row has a size (its local copy was written).
+    written: bool
+    files: int
+    bytes: int
+
+    @property
+    def lost(self) -> bool:
+        """The group's files are lost: not remote, written, and the local copy is gone."""
+        return self.state in UNFINISHED and self.written and not self.local
+
+
+class Tally(models.Model):
+    """What the ledger holds, kept by the database itself as rows change (``tally.py``).
+
+    Triggers on the ledger's table add one row here for each change of a row's alias, host,
+    state, ``local_exists`` or size: ``-1`` file and its bytes for the row as it was, ``+1``
+    as it is (an ``INSERT`` only the second, a ``DELETE`` only the first). The sum of the rows
+    of a group is the group's files and bytes, exactly, in every transaction (a transaction
+    sees its own changes); ``tally.fold()`` replaces the rows by their sums from time to time,
+    so that reading costs the same at 10 files and 10 million. Adding rows takes no lock
+    another writer waits for.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    alias = models.CharField(max_length=100)
+    host = models.CharField(max_length=255, blank=True, default="")
+    state = models.CharField(max_length=16)
+    local = models.BooleanField()
+    written = models.BooleanField()
+    files = models.BigIntegerField()
+    bytes = models.BigIntegerField()
+
+    class Meta:
+        verbose_name = "tally row"
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return f"{self.alias} {self.host} {self.state}: {self.files:+d} files, {self.bytes:+d} B"
+
+    #: The database vendors whose triggers keep the tally (elsewhere the reads scan the ledger).
+    VENDORS = ("postgresql", "sqlite")
+
+    @classmethod
+    def kept(cls) -> bool:
+        """Whether the ledger's database keeps the tally (PostgreSQL, SQLite)."""
+        return connections[StoredFile.db()].vendor in cls.VENDORS
+
+    @classmethod
+    def summed(cls) -> tuple[list[TallyGroup], int]:
+        """The groups with their sums (groups that sum to nothing left out), and how many rows
+        were summed: one aggregate query over this small table."""
+        grouped = (
+            cls.objects.using(StoredFile.db())
+            .values_list("alias", "host", "state", "local", "written")
+            .annotate(n=Sum("files"), b=Sum("bytes"), rows=Count("pk"))
+            .order_by("alias", "host", "state", "local", "written")
+        )
+        groups: list[TallyGroup] = []
+        rows = 0
+        for alias, host, state, local, written, files, size, counted in grouped:
+            rows += int(counted)
+            if files or size:
+                group = (alias, host, state, bool(local), bool(written), int(files), int(size))
+                groups.append(TallyGroup(*group))
+        return groups, rows
+
+    @classmethod
+    def groups(cls) -> list[TallyGroup]:
+        """:meth:`summed`'s groups; while a group has fewer than no files (the tally is wrong
+        until ``tally.read()`` counts it again), the ledger's own, counted by a scan."""
+        groups = cls.summed()[0]
+        if all(group.files >= 0 and group.bytes >= 0 for group in groups):
+            return groups
+        written = ExpressionWrapper(Q(size__isnull=False), output_field=models.BooleanField())
+        counted = (
+            StoredFile.all_rows()
+            .annotate(written=written)
+            .values_list("alias", "host", "state", "local_exists", "written")
+            .annotate(n=Count("pk"), b=Coalesce(Sum("size"), 0))
+            .order_by()
+        )
+        return [
+            TallyGroup(alias, host, state, bool(local), bool(w), int(files), int(size))
+            for alias, host, state, local, w, files, size in counted
+        ]
 
 
 class TusUploadQuerySet(models.QuerySet["TusUpload"]):
@@ -406,7 +620,15 @@ class TusUpload(models.Model):
 
     class Meta:
         verbose_name = "tus upload"
-        indexes = [models.Index(fields=["expires"], name="queued_storage_tus_expires")]
+        indexes = [
+            models.Index(fields=["expires"], name="queued_storage_tus_expires"),
+            # What the staging budget reserves for the uploads being received on a host.
+            models.Index(
+                fields=["host"],
+                condition=Q(completed__isnull=True),
+                name="queued_storage_tus_receiving",
+            ),
+        ]
 
     def __str__(self) -> str:
         length = "?" if self.length is None else self.length

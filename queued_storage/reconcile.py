@@ -71,6 +71,7 @@ from django.db import connections
 from django.utils import timezone
 
 from queued_storage import state as read_side
+from queued_storage import tally
 from queued_storage.adopt import adopt_all
 from queued_storage.cleanup import PASS_UPLOAD_PAGES, abort_orphan_uploads
 from queued_storage.conf import settings
@@ -305,16 +306,13 @@ def _orphan_uploads(
 
 def _storages(aliases: Sequence[str] | None, report: Report) -> dict[str, QueuedStorage]:
     """The storages of the pass: the ones named, else every one the ledger has work for."""
-    if aliases is not None:
-        wanted = list(dict.fromkeys(aliases))
-    else:
-        wanted = StoredFile.all_rows().with_work().aliases()
+    wanted = list(dict.fromkeys(aliases)) if aliases is not None else tally.aliases_with_work()
     found: dict[str, QueuedStorage] = {}
     for alias in wanted:
         try:
             found[alias] = get_queued_storage(alias)
         except StorageNotFound as err:
-            count = StoredFile.all_rows().of_storage(alias).not_remote().count()
+            count = tally.unfinished_files(alias)
             if aliases is not None or count:
                 report.errors.append(
                     f"{count} file(s) of the storage {alias!r} cannot be transferred: {err}"
@@ -453,8 +451,8 @@ def _report_elsewhere(
     after: float,
 ) -> None:
     """Count the overdue files of other hosts, which this pass leaves to their own passes."""
-    rows = StoredFile.all_rows().of(selected).not_on_hosts(hosts).late(now, after)
-    for host, count in rows.count_by_host():
+    rows = StoredFile.all_rows().of(selected).not_on_hosts(hosts)
+    for host, count in rows.late_by_host(now, after):
         report.elsewhere[host] = count
 
 

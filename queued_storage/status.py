@@ -10,13 +10,14 @@ import datetime
 from collections.abc import Sequence
 from typing import Any
 
-from django.db.models import Count, Min, Q, Sum
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from queued_storage import state as read_side
+from queued_storage import tally
 from queued_storage.conf import settings
 from queued_storage.dispatch import redact
-from queued_storage.models import State, StoredFile, TusUpload
+from queued_storage.models import State, StoredFile, Tally, TusUpload
 from queued_storage.reconcile import last_run
 
 __all__ = ["status", "status_report"]
@@ -53,22 +54,22 @@ def status(aliases: Sequence[str] | None = None, *, limit: int = 20) -> dict[str
         )
 
     totals = {str(s): {"files": 0, "bytes": 0} for s in State.values}
-    by_state = rows.values_list("alias", "state").annotate(n=Count("pk"), b=Sum("size"))
-    for alias, state, files, size in by_state.order_by("alias", "state"):
-        counts = {"files": int(files), "bytes": int(size or 0)}
-        entry(alias)["states"][state] = counts
-        totals[state]["files"] += counts["files"]
-        totals[state]["bytes"] += counts["bytes"]
-    local = rows.with_local_copy().values_list("alias").annotate(n=Count("pk"))
-    for alias, files, size in local.annotate(b=Sum("size")).order_by("alias"):
-        entry(alias)["local_copies"] = {"files": int(files), "bytes": int(size or 0)}
-    pending = rows.pending().values_list("alias").annotate(oldest=Min("created"))
+    wanted = None if not aliases else set(aliases)
     oldest_all: datetime.datetime | None = None
-    for alias, oldest in pending.order_by("alias"):
-        entry(alias)["oldest_pending"] = _iso(oldest)
-        entry(alias)["oldest_pending_age"] = _age(oldest, now)
-        if oldest is not None and (oldest_all is None or oldest < oldest_all):
-            oldest_all = oldest
+    for alias, state, files, size, local_files, local_bytes in _by_state(wanted):
+        counts = {"files": files, "bytes": size}
+        entry(alias)["states"][state] = counts
+        totals[state]["files"] += files
+        totals[state]["bytes"] += size
+        copies = entry(alias)["local_copies"]
+        copies["files"] += local_files
+        copies["bytes"] += local_bytes
+        if state == State.PENDING:
+            oldest = rows.oldest_created(alias, state)
+            entry(alias)["oldest_pending"] = _iso(oldest)
+            entry(alias)["oldest_pending_age"] = _age(oldest, now)
+            if oldest is not None and (oldest_all is None or oldest < oldest_all):
+                oldest_all = oldest
     in_flight = []
     flying = rows.transferring()
     for row in flying.order_by("lease_expires", "pk")[:limit]:
@@ -114,9 +115,9 @@ def status(aliases: Sequence[str] | None = None, *, limit: int = 20) -> dict[str
         "oldest_pending": _iso(oldest_all),
         "oldest_pending_age": _age(oldest_all, now),
         "in_flight": in_flight,
-        "in_flight_total": flying.count() if len(in_flight) == limit else len(in_flight),
+        "in_flight_total": totals[State.TRANSFERRING]["files"],
         "failures": failures,
-        "failures_total": failed.count() if len(failures) == limit else len(failures),
+        "failures_total": totals[State.FAILED]["files"],
         "staging": {
             "host": settings.HOST,
             "waiting_bytes": StoredFile.waiting_bytes(settings.HOST),
@@ -124,6 +125,31 @@ def status(aliases: Sequence[str] | None = None, *, limit: int = 20) -> dict[str
         },
         "tus": _tus_status(aliases, now),
     }
+
+
+def _by_state(wanted: set[str] | None) -> list[tuple[str, str, int, int, int, int]]:
+    """``(alias, state, files, bytes, files with a local copy, their bytes)`` by alias and
+    state: from the kept tally (``tally.py``), else one aggregate query."""
+    found: dict[tuple[str, str], list[int]] = {}
+    if Tally.kept():
+        for group in tally.read():
+            if wanted is None or group.alias in wanted:
+                sums = found.setdefault((group.alias, group.state), [0, 0, 0, 0])
+                sums[0] += group.files
+                sums[1] += group.bytes
+                if group.local:
+                    sums[2] += group.files
+                    sums[3] += group.bytes
+    else:
+        rows = StoredFile.all_rows().of(wanted)
+        local = Q(local_exists=True)
+        for alias, state, files, size, local_files, local_bytes in rows.values_list(
+            "alias", "state"
+        ).annotate(
+            n=Count("pk"), b=Sum("size"), ln=Count("pk", filter=local), lb=Sum("size", filter=local)
+        ):
+            found[(alias, state)] = [files, size or 0, local_files, local_bytes or 0]
+    return [(alias, state, *sums) for (alias, state), sums in sorted(found.items())]  # type: ignore[misc]
 
 
 def _tus_status(aliases: Sequence[str] | None, now: datetime.datetime) -> dict[str, int]:

@@ -31,7 +31,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django.utils.text import Truncator
 
-from queued_storage.admin import ERROR_PREVIEW, queued_state_column
+from queued_storage import changelist, tally
+from queued_storage.admin import ERROR_PREVIEW, StoredFileAdmin, queued_state_column
+from queued_storage.batches import run_batch
 from queued_storage.conf import settings as qs_settings
 from queued_storage.ledger import Ledger, tus_complete, tus_create, tus_named
 from queued_storage.models import State, StoredFile, TusUpload
@@ -209,9 +211,11 @@ def test_ledger_list_of_10000_rows_costs_a_bounded_number_of_queries(
 
     urls = [LEDGER, f"{LEDGER}?state__exact=failed&q=bulk", f"{LEDGER}?host=web-1&p=2"]
     bulk(0, 10)
+    queries(LEDGER)  # the first read of the tally after the inserts repairs or folds it, once
     few = [queries(url) for url in urls]
     bulk(10, 9_990)
     assert StoredFile.objects.count() == 10_000
+    queries(LEDGER)
     many = [queries(url) for url in urls]
     assert many == few
     assert max(many) <= 12
@@ -331,6 +335,195 @@ def test_delete_local_copy_only_where_the_remote_copy_verifies_right_then(
     assert Path(storage.local.path(unsafe)).exists()  # its only copy now
     assert row("queued_delayed", unsafe).state == State.FAILED
     assert Path(storage.local.path(waiting)).exists()
+
+
+# --- the ledger at a size of millions ------------------------------------------------------------
+def bulk_rows(rows: list[tuple[str, str, str, str]]) -> None:
+    """Ledger rows ``(alias, name, state, host)``, one INSERT (the triggers count them)."""
+    with transaction.atomic():
+        StoredFile.objects.bulk_create(
+            StoredFile(alias=alias, name=name, state=state, host=host, size=10, local_exists=True)
+            for alias, name, state, host in rows
+        )
+    tally.read()  # after the inserts (and the test database's flush): repaired, folded
+
+
+def ledger_sql(captured: CaptureQueriesContext) -> list[str]:
+    return [q["sql"] for q in captured.captured_queries if "queued_storage_storedfile" in q["sql"]]
+
+
+def test_filter_choices_are_the_states_and_the_tallys_aliases_and_hosts_with_no_distinct_scan(
+    admin_client: Client, clean: Any
+) -> None:
+    bulk_rows(
+        [
+            ("queued_parked", "choices/a.txt", State.FAILED, "web-2"),
+            ("queued_delayed", "choices/b.txt", State.REMOTE, ""),
+            ("queued_parked", "choices/c.txt", State.PENDING, "web-1"),
+        ]
+    )
+
+    with CaptureQueriesContext(connection) as captured:
+        listing = admin_client.get(LEDGER)
+
+    assert listing.status_code == 200
+    specs = {spec.title: spec.lookup_choices for spec in listing.context["cl"].filter_specs}
+    assert specs == {
+        "state": [(s, s) for s in ("pending", "transferring", "remote", "failed")],
+        "alias": [("queued_delayed", "queued_delayed"), ("queued_parked", "queued_parked")],
+        "host": [("", "(no host)"), ("web-1", "web-1"), ("web-2", "web-2")],
+    }
+    distinct = [sql for sql in ledger_sql(captured) if "DISTINCT" in sql.upper()]
+    assert [sql for sql in distinct if '"alias"' in sql or '"host"' in sql] == []
+    assert "COUNT(" not in " ".join(ledger_sql(captured)).upper()  # the tally counted
+    chosen = admin_client.get(f"{LEDGER}?host=web-2&alias=queued_parked")
+    assert [r.name for r in chosen.context["cl"].result_list] == ["choices/a.txt"]
+    unhosted = admin_client.get(f"{LEDGER}?host=")
+    assert [r.name for r in unhosted.context["cl"].result_list] == ["choices/b.txt"]
+
+
+def test_the_search_finds_names_that_begin_with_the_text_letter_case_as_typed(
+    admin_client: Client, clean: Any
+) -> None:
+    bulk_rows(
+        [
+            ("queued_parked", "reports/2024.pdf", State.REMOTE, "web-1"),
+            ("queued_parked", "Reports/2025.pdf", State.REMOTE, "web-1"),
+            ("queued_parked", "old/reports/2023.pdf", State.REMOTE, "web-1"),
+            ("queued_parked", "reports_100%.pdf", State.REMOTE, "web-1"),
+        ]
+    )
+
+    with CaptureQueriesContext(connection) as captured:
+        found = admin_client.get(f"{LEDGER}?q=reports/")
+
+    assert sorted(r.name for r in found.context["cl"].result_list) == ["reports/2024.pdf"]
+    assert [sql for sql in ledger_sql(captured) if "UPPER(" in sql.upper()] == []
+    assert [sql for sql in ledger_sql(captured) if "%reports" in sql] == []  # no inside search
+    assert "Names that begin with the text, letter case as typed" in found.content.decode()
+    literal = admin_client.get(f"{LEDGER}?q=reports_1")  # "_" is a character, not a wildcard
+    assert [r.name for r in literal.context["cl"].result_list] == ["reports_100%.pdf"]
+
+
+def test_the_date_hierarchy_is_shown_up_to_a_number_of_files_and_off_above(
+    admin_client: Client, clean: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(changelist, "DATE_HIERARCHY_MAX_FILES", 3)
+    bulk_rows([("queued_parked", f"dates/{i}.txt", State.REMOTE, "web-1") for i in range(3)])
+    small = admin_client.get(LEDGER)
+    assert small.context["cl"].date_hierarchy == "created"
+    assert 'class="toplinks"' in small.content.decode()
+
+    bulk_rows([("queued_parked", "dates/3.txt", State.REMOTE, "web-1")])
+    with CaptureQueriesContext(connection) as captured:
+        big = admin_client.get(LEDGER)
+
+    assert big.context["cl"].date_hierarchy is None
+    assert 'class="toplinks"' not in big.content.decode()
+    assert [sql for sql in ledger_sql(captured) if '"created"' in sql and "MIN(" in sql] == []
+
+
+def test_a_list_filtered_by_state_alias_and_host_is_counted_by_the_tally_and_others_up_to_a_cap(
+    admin_client: Client, clean: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(changelist.LedgerPaginator, "cap", 3)
+    bulk_rows(
+        [("queued_parked", f"cap/{i}.txt", State.FAILED, "web-1") for i in range(5)]
+        + [("queued_parked", "cap/remote.txt", State.REMOTE, "web-1")]
+    )
+
+    with CaptureQueriesContext(connection) as captured:
+        exact = admin_client.get(f"{LEDGER}?state__exact=failed&host=web-1")
+    assert (exact.context["cl"].result_count, exact.context["cl"].paginator.estimated) == (5, False)
+    assert [sql for sql in ledger_sql(captured) if "COUNT(" in sql.upper()] == []
+    assert "5 stored files" in exact.content.decode()
+
+    with CaptureQueriesContext(connection) as captured:
+        searched = admin_client.get(f"{LEDGER}?q=cap/&state__exact=failed")
+
+    html = searched.content.decode()
+    assert searched.context["cl"].paginator.estimated
+    [count] = [sql for sql in ledger_sql(captured) if "COUNT(" in sql.upper()]
+    assert "LIMIT 4" in count
+    assert "more than 3 stored files" in html
+    assert "more than 3 results" in html
+    assert "Select all more than 3 stored files" in html
+    assert len(searched.context["cl"].result_list) == 5  # one page of them
+    few = admin_client.get(f"{LEDGER}?q=cap/r")
+    assert (few.context["cl"].result_count, few.context["cl"].paginator.estimated) == (1, False)
+
+
+def select_all(client: Client, action: str) -> list[str]:
+    """Run *action* on "select all" of the ledger's list (every page)."""
+    response = client.post(
+        LEDGER,
+        {"action": action, "select_across": "1", "_selected_action": ["0"], "index": "0"},
+        follow=True,
+    )
+    assert response.status_code == 200
+    return messages_of(response)
+
+
+def test_an_action_on_select_all_of_many_files_is_queued_in_batches_of_primary_keys(
+    admin_client: Client, parked: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(StoredFileAdmin, "action_batch", 2)
+    names = [failed("queued_parked", f"many/{i}.txt") for i in range(5)]
+    staged("queued_parked", "many/pending.txt")  # not failed: not in a batch of retry_failed
+    pks = sorted(row("queued_parked", n).pk for n in names)
+
+    shown = select_all(admin_client, "retry_failed")
+
+    assert shown == [
+        "Retry failed: 5 selected failed file(s) queued for the workers in 3 batch(es) of up "
+        "to 2; each batch logs what it did."
+    ]
+    batches = sorted(parked())
+    assert batches == [
+        ["retry_failed", pks[:2]],
+        ["retry_failed", pks[2:4]],
+        ["retry_failed", pks[4:]],
+    ]
+    assert {row("queued_parked", n).state for n in names} == {State.FAILED}  # not in the request
+    assert run_batch(*batches[0]) == (
+        "Retry failed: 2 failed file(s) queued again with a new retry budget."
+    )
+    assert [row("queued_parked", n).state for n in names[:2]] == [State.PENDING] * 2
+    transfers = [["queued_parked", n] for n in names[:2]]
+    assert sorted(parked()) == sorted(batches + transfers)
+
+
+def test_an_action_on_select_all_of_few_files_runs_in_the_request(
+    admin_client: Client, parked: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(StoredFileAdmin, "action_batch", 2)
+    names = [failed("queued_parked", f"few/{i}.txt") for i in range(2)]
+    staged("queued_parked", "few/pending.txt")
+
+    shown = select_all(admin_client, "retry_failed")
+
+    assert shown == [
+        "Retry failed: 2 failed file(s) queued again with a new retry budget; 1 skipped (not "
+        "failed)."
+    ]
+    assert sorted(parked()) == sorted([["queued_parked", n] for n in names])
+
+
+def test_a_worker_runs_the_queued_batches_of_an_action_and_the_files_reach_s3(
+    worker: Any, clean: Any, admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(StoredFileAdmin, "action_batch", 2)
+    names = [failed("default", f"batch/{i}.txt") for i in range(3)]
+
+    shown = select_all(admin_client, "transfer_now")
+
+    assert shown == [
+        "Transfer now: 3 selected pending or failed file(s) queued for the workers in 2 "
+        "batch(es) of up to 2; each batch logs what it did."
+    ]
+    for name in names:
+        wait_for(lambda n=name: row("default", n).state == State.REMOTE, what=f"{name!r} on S3")
+        assert s3_bytes(clean, name) == b"staged bytes"
 
 
 # --- the user's own models: the mixin ------------------------------------------------------------

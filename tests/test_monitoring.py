@@ -397,10 +397,13 @@ def test_a_reconcile_pass_in_the_worker_counts_its_findings(
     assert value(after, "queued_storage_lost_files", alias="monitored_delayed") == 1
 
 
-def test_the_ledger_collector_makes_one_query_whatever_the_number_of_files(
+def test_the_ledger_collector_makes_the_same_queries_whatever_the_number_of_files(
     ledger_db: str,
 ) -> None:
+    """One read of the kept tally, and one seek (``LIMIT 1``) for the oldest file of each
+    unfinished state: none of them reads the ledger's rows in bulk."""
     collector = metrics.LedgerCollector()
+    made = []
     for count in (1, 300):
         StoredFile.objects.using(ledger_db).all().delete()
         StoredFile.objects.using(ledger_db).bulk_create(
@@ -409,11 +412,15 @@ def test_the_ledger_collector_makes_one_query_whatever_the_number_of_files(
         )
         with CaptureQueriesContext(connections[ledger_db]) as queries:
             families = {family.name: family for family in collector.collect()}
-        assert len(queries) == 1
+        made.append(len(queries))
+        assert "queued_storage_tally" in queries[0]["sql"]
+        assert "queued_storage_storedfile" not in queries[0]["sql"]
+        assert all(q["sql"].rstrip().endswith("LIMIT 1") for q in queries[1:])
         [files] = families["queued_storage_files"].samples
         assert (files.labels, files.value) == ({"alias": "many", "state": "pending"}, count)
         [size] = families["queued_storage_bytes"].samples
         assert size.value == 2 * count
+    assert made == [2, 2]
 
 
 def test_start_http_server_serves_the_page_and_leaves_no_connection(ledger_db: str) -> None:
