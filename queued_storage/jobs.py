@@ -30,6 +30,7 @@ from queued_storage.models import StoredFile, StoredFileQuerySet
 from queued_storage.names import LEDGER_NAME_LENGTH
 from queued_storage.operations import (
     LocalCopies,
+    LocalCopiesTotal,
     Queued,
     Retried,
     Storages,
@@ -237,7 +238,7 @@ class Cleanup:
     """What :func:`cleanup` removed (or, dry, would), by kind."""
 
     #: ``None``: local copies are kept (``QUEUED_STORAGE_CLEANUP_LOCAL_AFTER = None``).
-    local_copies: LocalCopies | None
+    local_copies: LocalCopiesTotal | None
     spool: list[Cleaned]
     spool_in_use: list[str]
     tus: list[Cleaned]
@@ -247,16 +248,28 @@ class Cleanup:
     upload_errors: list[str]
 
 
-def cleanup(storages: Sequence[QueuedStorage], *, timeout: float, dry_run: bool) -> Cleanup:
+def cleanup(
+    storages: Sequence[QueuedStorage],
+    *,
+    timeout: float,
+    dry_run: bool,
+    each_page: Callable[[LocalCopies], None] | None = None,
+) -> Cleanup:
     """Every clean-up of ``manage.py queued_storage cleanup``, with the settings' ages: the
     local copies of files remote for ``CLEANUP_LOCAL_AFTER`` (:func:`cleanup_local_copies`,
-    *timeout* per remote request), spool files, expired tus uploads, tus part files no upload
-    owns and multipart uploads no ledger row records (:mod:`queued_storage.cleanup`)."""
+    *timeout* per remote request, each page given to *each_page* as it is done), spool files,
+    expired tus uploads, tus part files no upload owns and multipart uploads no ledger row
+    records (:mod:`queued_storage.cleanup`)."""
     grace = settings.CLEANUP_LOCAL_AFTER
     copies = None
     if grace is not None:
-        aliases = [s.alias for s in storages]
-        copies = cleanup_local_copies(aliases, older_than=grace, timeout=timeout, dry_run=dry_run)
+        copies = cleanup_local_copies(
+            [s.alias for s in storages],
+            older_than=grace,
+            timeout=timeout,
+            dry_run=dry_run,
+            each_page=each_page,
+        )
     spool, in_use = cleanup_spool(
         storages, older_than=settings.CLEANUP_SPOOL_AFTER, dry_run=dry_run
     )

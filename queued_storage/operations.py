@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from django.utils import timezone
 
@@ -50,6 +51,7 @@ from queued_storage.models import State, StoredFile, keyset_pages
 from queued_storage.status import status  # re-exported
 from queued_storage.storage import QueuedStorage, get_queued_storage
 from queued_storage.verify import (  # merge_reports, verify_in_chunks: re-exported
+    Problem,
     VerifyReport,
     label,
     merge_reports,
@@ -59,8 +61,11 @@ from queued_storage.verify import (  # merge_reports, verify_in_chunks: re-expor
 from queued_storage.worker import Outcome, RetryLater, TransferHook, run_transfer
 
 __all__ = [
+    "EXAMPLES",
     "Cleaned",
+    "Examples",
     "LocalCopies",
+    "LocalCopiesTotal",
     "Queued",
     "Retried",
     "Sender",
@@ -368,6 +373,60 @@ def transfer_here(
     return done
 
 
+#: Items of each kind a total over many pages keeps by name (:class:`Examples`); the command
+#: lists as many without ``-v 2``.
+EXAMPLES = 20
+
+T = TypeVar("T")
+
+
+@dataclass
+class Examples(Generic[T]):
+    """How many items were counted, and the first *keep* of them: a total whose memory does
+    not grow with the count."""
+
+    count: int = 0
+    first: list[T] = field(default_factory=list)
+    keep: int = EXAMPLES
+
+    def add(self, items: Sequence[T]) -> None:
+        self.first += items[: max(0, self.keep - len(self.first))]
+        self.count += len(items)
+
+
+@dataclass
+class LocalCopiesTotal:
+    """What :func:`cleanup_local_copies` did (or, dry, would try) over all its pages: how many
+    of each kind, and the first few by name (each page's full lists went to its *each_page*)."""
+
+    #: How many of each kind are kept by name.
+    keep: int = EXAMPLES
+    skipped: int = 0
+    deleted: Examples[str] = field(init=False)
+    kept: Examples[str] = field(init=False)
+    candidates: Examples[str] = field(init=False)
+    #: Remote copies found missing or different (data loss: those rows are ``failed`` now).
+    lost: Examples[Problem] = field(init=False)
+    #: Why local copies were kept: each page's lost remote copies, then those the remote
+    #: could not be asked about (:attr:`VerifyReport.problems`).
+    problems: Examples[Problem] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.deleted = Examples[str](keep=self.keep)
+        self.kept = Examples[str](keep=self.keep)
+        self.candidates = Examples[str](keep=self.keep)
+        self.lost = Examples[Problem](keep=self.keep)
+        self.problems = Examples[Problem](keep=self.keep)
+
+    def add(self, page: LocalCopies) -> None:
+        self.deleted.add(page.deleted)
+        self.kept.add(page.kept)
+        self.candidates.add(page.candidates)
+        self.skipped += page.skipped
+        self.lost.add(page.report.lost)
+        self.problems.add(page.report.problems)
+
+
 def cleanup_local_copies(
     aliases: Sequence[str],
     *,
@@ -375,18 +434,23 @@ def cleanup_local_copies(
     timeout: float | None,
     dry_run: bool = False,
     batch: int = 500,
-) -> LocalCopies:
+    each_page: Callable[[LocalCopies], None] | None = None,
+    examples: int = EXAMPLES,
+) -> LocalCopiesTotal:
     """The local copies on this host of files verified ``remote`` more than *older_than*
     seconds ago, deleted where the remote copy verifies again now
-    (:func:`drop_verified_local_copies`, *batch* rows at a time)."""
+    (:func:`drop_verified_local_copies`, *batch* rows at a time).
+
+    The total counts, and keeps the first *examples* names of each kind: memory follows
+    *batch*, not the number of local copies. Each page's own :class:`LocalCopies` (every name,
+    and its verify report) goes to *each_page* as soon as it is done.
+    """
     cutoff = timezone.now() - datetime.timedelta(seconds=older_than)
     rows = StoredFile.all_rows().of(aliases).on_host(settings.HOST).local_copies_of_remote(cutoff)
-    total = LocalCopies()
+    total = LocalCopiesTotal(examples)
     for page in pages(rows, batch):
         done = drop_verified_local_copies(page, timeout=timeout, dry_run=dry_run)
-        total.deleted += done.deleted
-        total.kept += done.kept
-        total.candidates += done.candidates
-        total.skipped += done.skipped
-        merge_reports(total.report, done.report)
+        total.add(done)
+        if each_page is not None:
+            each_page(done)
     return total

@@ -30,10 +30,13 @@ from django.utils import timezone
 
 from queued_storage.conf import settings as qs_settings
 from queued_storage.ledger import tus_create
+from queued_storage.management.render import LISTED, CleanupPages
 from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.names import SPOOL_DIRNAME, TUS_DIRNAME
+from queued_storage.operations import LocalCopies, cleanup_local_copies
 from queued_storage.reconcile import last_run, reconcile
 from queued_storage.storage import QueuedStorage
+from queued_storage.verify import Problem, VerifyReport
 from queued_storage.worker import Outcome, run_transfer
 from tests.harness.suite import open_uploads, s3_bytes, wait_for
 from tests.harness.workers import PROJECT_ROOT
@@ -528,6 +531,98 @@ def test_cleanup_removes_only_what_is_safe_and_dry_run_changes_nothing(clean: An
         assert fh.read() == b"verified a week ago"  # from the remote now
     assert (dead.exists(), busy.exists(), fresh.exists()) == (False, True, True)
     assert [u["UploadId"] for u in open_uploads(clean)] == [owned]
+
+
+def test_cleanup_of_local_copies_keeps_counts_and_a_few_names_and_gives_each_page_to_a_callback(
+    clean: Any,
+) -> None:
+    names = [transferred(f"paged/{n:02}.txt", b"page %d" % n) for n in range(10)]
+    clean.delete_object(Bucket=settings.BUCKET, Key=names[7])  # lost: its local copy is kept
+    labels = [f"queued_delayed:{name}" for name in names]
+    seen: list[LocalCopies] = []
+
+    dry = cleanup_local_copies(
+        ["queued_delayed"], older_than=0, timeout=5, dry_run=True, batch=3, examples=4
+    )
+    assert (dry.candidates.count, dry.candidates.first, dry.deleted.count) == (10, labels[:4], 0)
+    done = cleanup_local_copies(
+        ["queued_delayed"], older_than=0, timeout=5, batch=3, examples=4, each_page=seen.append
+    )
+
+    kept = labels[7]
+    assert (done.deleted.count, done.kept.count, done.skipped) == (9, 1, 0)
+    assert (done.lost.count, done.problems.count) == (1, 1)
+    assert done.deleted.first == labels[:4]  # capped: the first 4 of 9
+    assert (done.kept.first, [p.label for p in done.lost.first]) == ([kept], [kept])
+    assert [len(page.candidates) for page in seen] == [3, 3, 3, 1]
+    assert [n for page in seen for n in page.deleted] == labels[:7] + labels[8:]  # each once
+    assert [n for page in seen for n in page.kept] == [kept]
+    assert [str(p) for page in seen for p in page.report.lost] == [str(done.lost.first[0])]
+    assert [
+        r.name for r in StoredFile.objects.filter(alias="queued_delayed", local_exists=True)
+    ] == [names[7]]
+
+
+def test_cleanup_at_v2_prints_the_names_of_a_long_run_as_they_come_and_each_once(
+    clean: Any,
+) -> None:
+    names = [transferred(f"many/{n:02}.txt", b"copy %d" % n) for n in range(LISTED + 2)]
+    gone = names[5]
+    clean.delete_object(Bucket=settings.BUCKET, Key=gone)
+    labels = [f"  queued_delayed:{name}" for name in names]
+    summary = "local copies of files remote for more than 0 s: "
+    with override_settings(QUEUED_STORAGE_CLEANUP_LOCAL_AFTER=0):
+        out, err, code = command("cleanup", "--dry-run", "--storage", "queued_delayed")
+        assert (err, code) == ("", 0)
+        assert out.splitlines()[: LISTED + 2] == [
+            f"{summary}would verify the remote copy of {LISTED + 2} and delete the local "
+            "copies that verify",
+            *labels[:LISTED],
+            "  ... and 2 more (-v 2 lists them)",
+        ]
+
+        out, err, code = command("cleanup", "-v", "2", "--storage", "queued_delayed")
+    assert code == 1
+    lines = out.splitlines()
+    assert (
+        lines[: LISTED + 2]
+        == [  # printed as they came, then the totals
+            *labels[:5],
+            *labels[6:],
+            f"{summary}deleted {LISTED + 1} whose remote copy verified, kept 1",
+        ]
+    )
+    assert lines[LISTED + 2].startswith("spool files unchanged for 1 d: removed ")
+    assert err.splitlines() == [
+        f"  kept queued_delayed:{gone}: missing: is missing from the remote storage",
+        "CommandError: 1 remote copy(ies) lost.",
+    ]
+
+
+def test_cleanup_at_v2_lists_few_names_under_the_summary_and_many_as_they_come() -> None:
+    lost = Problem("queued_delayed", "gone.txt", "missing", "not on the remote")
+
+    def page(*names: str, lost: list[Problem] | None = None) -> LocalCopies:
+        return LocalCopies(deleted=list(names), report=VerifyReport(lost=lost or []))
+
+    few = CleanupPages(dry_run=False, verbose=True)
+    assert few.take(page("a", "b", lost=[lost])) == ([], [])
+    assert few.names.rest(["a", "b"], 2) == ["  a", "  b"]  # under the summary, as without -v 2
+    assert few.kept.rest([], 1) == [f"  kept {lost}"]
+
+    many = CleanupPages(dry_run=False, verbose=True)
+    first = [f"f{n}" for n in range(LISTED)]
+    assert many.take(page(*first)) == ([], [])
+    assert many.take(page("x", "y")) == ([f"  {n}" for n in [*first, "x", "y"]], [])
+    assert many.take(page("z")) == (["  z"], [])
+    assert many.names.rest(first, LISTED + 3) == []  # printed already, not again
+
+    quiet = CleanupPages(dry_run=False, verbose=False)
+    assert quiet.take(page(*first, "x", lost=[lost])) == ([], [])
+    assert quiet.names.rest(first, LISTED + 1)[-2:] == [
+        f"  f{LISTED - 1}",
+        "  ... and 1 more (-v 2 lists them)",
+    ]
 
 
 def test_cleanup_removes_tus_part_files_no_upload_owns_once_older_than_the_expiry(

@@ -19,11 +19,14 @@ from queued_storage.conf import settings
 from queued_storage.formatting import human_age, human_bytes
 from queued_storage.jobs import Cleanup, Seeded, Transfers, TransfersHere, Uploaded
 from queued_storage.names import LEDGER_NAME_LENGTH
-from queued_storage.verify import VerifyReport
+from queued_storage.operations import EXAMPLES, LocalCopies
+from queued_storage.verify import Problem, VerifyReport
 
 __all__ = [
     "LISTED",
+    "AsTheyCome",
     "Bar",
+    "CleanupPages",
     "cleanup_failures",
     "cleanup_lines",
     "cleanup_warnings",
@@ -39,8 +42,9 @@ __all__ = [
     "verify_json",
 ]
 
-#: Items listed per kind by ``status`` and ``cleanup`` unless ``-v 2``.
-LISTED = 20
+#: Items listed per kind by ``status`` and ``cleanup`` unless ``-v 2`` (as many as the
+#: operator layer keeps by name in a total over many pages).
+LISTED = EXAMPLES
 
 
 class Bar:
@@ -202,8 +206,69 @@ def verify_json(report: VerifyReport, *, verbose: bool) -> str:
 
 
 # -- cleanup ---------------------------------------------------------------------------------
-def cleanup_lines(done: Cleanup, *, dry_run: bool, verbose: bool) -> list[str]:
-    """What ``cleanup`` removed (or, *dry_run*, would), by kind."""
+class AsTheyCome:
+    """The items of one kind that come page by page, listed as :func:`listed` lists them
+    with the total's count and first few (:class:`~queued_storage.operations.Examples`).
+
+    *verbose* (``-v 2``) lists every one: the first :data:`LISTED` are held, so that a small
+    run lists them under its summary line, as without ``-v 2``; once there are more, they are
+    printed as they come (before the summary line, which needs the totals), and only those
+    held are kept in memory.
+    """
+
+    def __init__(self, *, verbose: bool) -> None:
+        self.verbose = verbose
+        self.held: list[str] = []
+        self.flowing = False
+
+    def take(self, items: Sequence[str]) -> list[str]:
+        """The lines to print now for *items*, the next page's."""
+        if not self.verbose:
+            return []
+        if not self.flowing:
+            self.held += items
+            if len(self.held) <= LISTED:
+                return []
+            items, self.held, self.flowing = self.held, [], True
+        return [f"  {item}" for item in items]
+
+    def rest(self, first: Sequence[str], count: int) -> list[str]:
+        """The lines to print under the summary line: of *count* items whose *first* are
+        known, those not printed yet, or how many more there are."""
+        if self.flowing:
+            return []
+        shown = self.held if self.verbose else first[:LISTED]
+        lines = [f"  {item}" for item in shown]
+        if count > len(shown):
+            lines.append(f"  ... and {count - len(shown)} more (-v 2 lists them)")
+        return lines
+
+
+class CleanupPages:
+    """``cleanup``'s local copies as their pages come (the ``each_page`` of
+    :func:`~queued_storage.operations.cleanup_local_copies`): the names deleted (or, *dry_run*,
+    to verify) for stdout, the local copies kept because their remote copy did not verify for
+    stderr, each kind listed by :class:`AsTheyCome`."""
+
+    def __init__(self, *, dry_run: bool, verbose: bool) -> None:
+        self.dry_run, self.verbose = dry_run, verbose
+        self.names = AsTheyCome(verbose=verbose)
+        self.kept = AsTheyCome(verbose=verbose)
+
+    def take(self, page: LocalCopies) -> tuple[list[str], list[str]]:
+        """The lines to print now for *page*: ``(stdout, stderr)``."""
+        names = page.candidates if self.dry_run else page.deleted
+        return self.names.take(names), self.kept.take(_kept(page.report.problems))
+
+
+def _kept(problems: Sequence[Problem]) -> list[str]:
+    return [f"kept {problem}" for problem in problems]
+
+
+def cleanup_lines(done: Cleanup, pages: CleanupPages) -> list[str]:
+    """What ``cleanup`` removed (or, dry, would), by kind; the local copies' names that
+    *pages* printed as they came are not repeated."""
+    dry_run, verbose = pages.dry_run, pages.verbose
     remove, abort = ("would remove", "would abort") if dry_run else ("removed", "aborted")
     grace = settings.CLEANUP_LOCAL_AFTER
     copies = done.local_copies
@@ -213,16 +278,16 @@ def cleanup_lines(done: Cleanup, *, dry_run: bool, verbose: bool) -> list[str]:
     elif dry_run:
         lines.append(
             f"local copies of files remote for more than {human_age(grace)}: would verify "
-            f"the remote copy of {len(copies.candidates)} and delete the local copies that "
+            f"the remote copy of {copies.candidates.count} and delete the local copies that "
             "verify"
         )
-        lines += listed(copies.candidates, verbose=verbose)
+        lines += pages.names.rest(copies.candidates.first, copies.candidates.count)
     else:
         lines.append(
             f"local copies of files remote for more than {human_age(grace)}: deleted "
-            f"{len(copies.deleted)} whose remote copy verified, kept {len(copies.kept)}"
+            f"{copies.deleted.count} whose remote copy verified, kept {copies.kept.count}"
         )
-        lines += listed(copies.deleted, verbose=verbose)
+        lines += pages.names.rest(copies.deleted.first, copies.deleted.count)
     removed, in_use = done.spool, done.spool_in_use
     lines.append(
         f"spool files unchanged for {human_age(settings.CLEANUP_SPOOL_AFTER)}: {remove} "
@@ -261,19 +326,22 @@ def cleanup_lines(done: Cleanup, *, dry_run: bool, verbose: bool) -> list[str]:
     return lines
 
 
-def cleanup_warnings(done: Cleanup, *, dry_run: bool) -> list[str]:
-    """For stderr: the local copies kept because their remote copy did not verify, and the
-    multipart uploads that could not be aborted."""
+def cleanup_warnings(done: Cleanup, pages: CleanupPages) -> list[str]:
+    """For stderr: the local copies kept because their remote copy did not verify (those
+    *pages* did not print as they came), and the multipart uploads that could not be
+    aborted."""
     copies = done.local_copies
-    kept = [] if copies is None or dry_run else [f"  kept {p}" for p in copies.report.problems]
+    kept = []
+    if copies is not None and not pages.dry_run:
+        kept = pages.kept.rest(_kept(copies.problems.first), copies.problems.count)
     return kept + [f"  {error}" for error in done.upload_errors]
 
 
 def cleanup_failures(done: Cleanup, *, dry_run: bool) -> list[str]:
     """What makes ``cleanup`` exit 1: remote copies lost, multipart uploads not aborted."""
     copies = done.local_copies
-    lost = [] if copies is None or dry_run else copies.report.lost
-    return ([f"{len(lost)} remote copy(ies) lost"] if lost else []) + done.upload_errors
+    lost = 0 if copies is None or dry_run else copies.lost.count
+    return ([f"{lost} remote copy(ies) lost"] if lost else []) + done.upload_errors
 
 
 # -- doctor, seed ----------------------------------------------------------------------------

@@ -71,6 +71,7 @@ from queued_storage.management.arguments import (
 )
 from queued_storage.management.render import LISTED, Bar
 from queued_storage.models import StoredFile
+from queued_storage.operations import LocalCopies
 from queued_storage.reconcile import reconcile
 from queued_storage.status import status_report
 from queued_storage.verify import VerifyReport
@@ -425,10 +426,24 @@ class Command(BaseCommand):
 
     def _cleanup(self, options: CleanupOptions) -> None:
         dry = options["dry_run"]
-        done = cleanup(named_storages(options["aliases"]), timeout=REMOTE_TIMEOUT, dry_run=dry)
-        for line in render.cleanup_lines(done, dry_run=dry, verbose=options["verbosity"] >= 2):
+        pages = render.CleanupPages(dry_run=dry, verbose=options["verbosity"] >= 2)
+
+        def each_page(page: LocalCopies) -> None:
+            out, err = pages.take(page)
+            for line in out:
+                self._say(options, line)
+            for line in err:
+                self.stderr.write(line)
+
+        done = cleanup(
+            named_storages(options["aliases"]),
+            timeout=REMOTE_TIMEOUT,
+            dry_run=dry,
+            each_page=each_page,
+        )
+        for line in render.cleanup_lines(done, pages):
             self._say(options, line)
-        for line in render.cleanup_warnings(done, dry_run=dry):
+        for line in render.cleanup_warnings(done, pages):
             self.stderr.write(line)
         if failures := render.cleanup_failures(done, dry_run=dry):
             raise CommandError("; ".join(failures) + ".", returncode=1)
