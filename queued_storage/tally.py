@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from queued_storage.models import UNFINISHED, StoredFile, Tally, TallyGroup
 
 __all__ = [
+    "COMPACT_AT",
     "FOLD_AT",
     "REFILL",
     "aliases_with_work",
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: A read that sums more rows than this folds them (outside a transaction).
 FOLD_AT = 500
+#: A fold that removed this many rows compacts the table (PostgreSQL: see ``_compact``).
+COMPACT_AT = 10_000
 
 _LEDGER = "queued_storage_storedfile"
 _TALLY = "queued_storage_tally"
@@ -181,7 +184,10 @@ def fold() -> int:
                 "RETURNING 1) SELECT (SELECT COUNT(*) FROM gone)"
             )
             row = cursor.fetchone()
-        return int(row[0]) if row else 0
+        removed = int(row[0]) if row else 0
+        if removed >= COMPACT_AT and not connection.in_atomic_block:
+            _compact(connection)
+        return removed
     # SQLite: the rows up to the last one now; read before the transaction, whose first
     # statement then takes the write lock (a read first could not wait for it).
     with connection.cursor() as cursor:
@@ -196,6 +202,23 @@ def fold() -> int:
         )
         cursor.execute(f"DELETE FROM {_TALLY} WHERE id <= %s", [last])
         return int(cursor.rowcount)
+
+
+def _compact(connection: BaseDatabaseWrapper) -> None:
+    """Give back the pages a fold emptied (PostgreSQL): after a bulk load of the ledger the
+    tally's heap holds the pages of every row its triggers added, and a read would scan them
+    all (``VACUUM`` cannot truncate them: the fold's sums are in the last ones). ``VACUUM
+    FULL`` rewrites its few live rows; it waits at most a second for its lock (writers of the
+    ledger wait meanwhile), else the next large fold tries again."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '1s'")
+            try:
+                cursor.execute(f"VACUUM FULL {_TALLY}")
+            finally:
+                cursor.execute("RESET lock_timeout")
+    except DatabaseError:
+        logger.warning("the ledger's tally could not be compacted; next time", exc_info=True)
 
 
 def read() -> list[TallyGroup]:

@@ -52,6 +52,7 @@ INDEXES = {
         "queued_storage_local",
         "queued_storage_lost",
         "queued_storage_leases",
+        "queued_storage_waiting",
         "queued_storage_host",
         "queued_storage_alias",
         "queued_storage_name",
@@ -395,6 +396,30 @@ def _waiting_for_a_lock(db: str) -> bool:
         cursor.execute("SELECT COUNT(*) FROM pg_locks WHERE NOT granted")
         row = cursor.fetchone()
     return bool(row and row[0])
+
+
+@pytest.mark.parametrize("ledger_db", ["postgres"], indirect=True)
+def test_a_fold_after_a_bulk_load_gives_the_tallys_pages_back_on_postgresql(
+    ledger_db: str,
+) -> None:
+    """A bulk insert leaves one tally row per ledger row; the fold that sums them compacts the
+    table, so that a read scans a page or two, not the pages those rows filled."""
+    files = tally.COMPACT_AT + 500
+    StoredFile.objects.using(ledger_db).bulk_create(
+        StoredFile(alias="bulk", name=f"b{i}.bin", state=State.REMOTE, size=3) for i in range(files)
+    )
+
+    def pages() -> int:
+        with connections[ledger_db].cursor() as cursor:
+            cursor.execute("SELECT pg_relation_size('queued_storage_tally') / 8192")
+            (found,) = cursor.fetchone()
+        return int(found)
+
+    assert pages() > 20
+    assert tally.fold() >= files
+    assert pages() <= 2
+    [group] = [g for g in tally.read() if g.alias == "bulk"]
+    assert (group.files, group.bytes) == (files, 3 * files)
 
 
 @pytest.mark.parametrize("ledger_db", ["postgres"], indirect=True)
