@@ -22,6 +22,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "queued_storage"
 #: ``AppConfig.ready()`` registers the system checks once the models are loaded.
 _READY_IMPORTS = {
     ("queued_storage.apps", "queued_storage.checks"),
+    # The tally's post_migrate receiver (it imports the models).
+    ("queued_storage.apps", "queued_storage.tally"),
     # Only with QUEUED_STORAGE_METRICS: it needs the optional prometheus-client.
     ("queued_storage.apps", "queued_storage.metrics"),
 }

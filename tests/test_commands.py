@@ -792,7 +792,7 @@ def test_a_command_before_migrate_names_migrate_without_a_traceback(
     )
     assert (done.returncode, done.stdout) == (1, ""), done.stderr
     assert done.stderr == (
-        "CommandError: The ledger's tables (queued_storage_storedfile, "
+        "CommandError: The ledger's tables (queued_storage_storedfile, queued_storage_tally, "
         "queued_storage_tusupload) do not exist in database 'default': run 'python manage.py "
         "migrate' first.\n"
     )

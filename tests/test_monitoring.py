@@ -403,6 +403,8 @@ def test_the_ledger_collector_makes_the_same_queries_whatever_the_number_of_file
     """One read of the kept tally, and one seek (``LIMIT 1``) for the oldest file of each
     unfinished state: none of them reads the ledger's rows in bulk."""
     collector = metrics.LedgerCollector()
+    StoredFile.objects.using(ledger_db).all().delete()
+    list(collector.collect())  # a tally left by an earlier test is folded or counted again
     made = []
     for count in (1, 300):
         StoredFile.objects.using(ledger_db).all().delete()

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.core.management.sql import emit_post_migrate_signal
 from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.migrations.executor import MigrationExecutor
@@ -278,6 +279,34 @@ def test_emptying_the_ledger_in_one_statement_empties_the_tally(ledger_db: str) 
         empty = "TRUNCATE" if connection.vendor == "postgresql" else "DELETE FROM"
         cursor.execute(f"{empty} queued_storage_storedfile")
     assert kept(ledger_db) == []
+
+
+def test_a_ledger_emptied_after_its_tally_as_flush_may_leaves_the_tally_empty(
+    ledger_db: str,
+) -> None:
+    """``flush`` (a TransactionTestCase's teardown) empties the tables in no set order: the
+    tally first, then the ledger row by row (SQLite) leaves a ``-1`` per file, which a later
+    save would cancel out of sight. ``post_migrate``, which ``flush`` sends, empties it."""
+    StoredFile.objects.using(ledger_db).bulk_create(
+        StoredFile(alias="a", name=f"{i}.bin", host="h", state="pending", size=1, local_exists=True)
+        for i in range(3)
+    )
+    Tally.objects.using(ledger_db).all().delete()
+    StoredFile.objects.using(ledger_db).all().delete()
+    emit_post_migrate_signal(verbosity=0, interactive=False, db=ledger_db)
+    assert Tally.objects.using(ledger_db).count() == 0
+    assert Ledger("a").saved("new.bin", "h", 1)
+    assert (
+        kept(ledger_db) == counted(ledger_db) == [TallyGroup("a", "h", "pending", True, True, 1, 1)]
+    )
+
+
+def test_post_migrate_leaves_the_tally_of_a_ledger_with_rows_alone(ledger_db: str) -> None:
+    assert Ledger("a").saved("kept.bin", "h", 4)
+    before = list(Tally.objects.using(ledger_db).values_list("alias", "files", "bytes"))
+    emit_post_migrate_signal(verbosity=0, interactive=False, db=ledger_db)
+    assert list(Tally.objects.using(ledger_db).values_list("alias", "files", "bytes")) == before
+    assert kept(ledger_db) == counted(ledger_db)
 
 
 def test_a_rolled_back_transaction_leaves_the_tally_as_it_was(ledger_db: str) -> None:
