@@ -38,6 +38,7 @@ from queued_storage.models import State, StoredFile, Tally, TallyGroup, TusUploa
 from queued_storage.storage import QueuedStorage
 from queued_storage.worker import Outcome, run_transfer
 from tests.harness.suite import need, reset_storages, wait_for
+from tests.test_ledger import race
 from tests.test_state_machine import CASES, STATES, _make
 
 pytestmark = pytest.mark.django_db(
@@ -108,30 +109,6 @@ def _counted_from_the_empty_ledger(ledger_db: str) -> None:
     # hold the rows the ledger's emptying added after its own.
     tally.rebuild()
     assert tally_rows(ledger_db) == 0
-
-
-def race(n: int, work: Callable[[int], Any]) -> list[Any]:
-    """Run *work(i)* in *n* threads released together, each with its own connections."""
-    barrier = threading.Barrier(n)
-    results: list[Any] = [None] * n
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = work(i)
-        except BaseException as err:  # pragma: no cover - reported below
-            errors.append(err)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    return results
 
 
 # --- every kind of change --------------------------------------------------------------------
