@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.options import IS_POPUP_VAR
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
@@ -49,6 +50,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 from django.utils.timesince import timesince
+from django.utils.translation import gettext
 
 from queued_storage.batches import (
     ACTIONS,
@@ -169,6 +171,18 @@ class _ReadOnlyLedgerAdmin(_ModelAdminBase):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         rows: QuerySet[Any] = super().get_queryset(request).using(StoredFile.db())
         return rows
+
+    def action_checkbox(self, obj: Model) -> SafeString:
+        """Django's checkbox of a row, the same HTML written out: rendered through a form
+        widget's templates it costs about half a millisecond a row, a third of the time a page
+        of 100 rows takes to draw."""
+        label = format_html(gettext("Select this object for an action - {}"), str(obj))
+        return format_html(
+            '<input type="checkbox" name="{}" value="{}" class="action-select" aria-label="{}">',
+            helpers.ACTION_CHECKBOX_NAME,
+            str(obj.pk),
+            label,
+        )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -382,6 +382,15 @@ def test_filter_choices_are_the_states_and_the_tallys_aliases_and_hosts_with_no_
     assert [r.name for r in unhosted.context["cl"].result_list] == ["choices/b.txt"]
 
 
+def test_a_rows_checkbox_is_the_html_djangos_widget_draws(admin_client: Client, clean: Any) -> None:
+    bulk_rows([("queued_parked", 'odd/<"name">&.txt', State.FAILED, "web-1")])
+    row = StoredFile.all_rows().get(name='odd/<"name">&.txt')
+    ours = admin.site._registry[StoredFile]
+    assert ours.action_checkbox(row) == admin_options.ModelAdmin.action_checkbox(ours, row)
+    listing = admin_client.get(LEDGER)
+    assert str(ours.action_checkbox(row)) in listing.content.decode()
+
+
 def test_the_search_finds_names_that_begin_with_the_text_letter_case_as_typed(
     admin_client: Client, clean: Any
 ) -> None:
