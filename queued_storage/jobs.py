@@ -18,6 +18,7 @@ from typing import IO, cast
 from django.core.files import File
 from django.core.files.storage import Storage
 
+from queued_storage import tally
 from queued_storage.cleanup import (
     Cleaned,
     cleanup_spool,
@@ -220,7 +221,10 @@ def verify_files(
     if prefix:
         rows = rows.starting_with(prefix)
     remote = rows.remote()
-    not_remote = rows.not_remote().count()
+    if since is None and not prefix:  # by storage only: the kept tally counts them
+        not_remote = tally.unfinished_files(aliases or None)
+    else:
+        not_remote = rows.not_remote().count()
     selection: Iterable[StoredFile]
     if sample:
         selection = remote.sample(sample)

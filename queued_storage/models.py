@@ -124,8 +124,8 @@ class StoredFile(models.Model):
             ),
             models.Index(fields=["alias", "id"], condition=LOST, name="queued_storage_lost"),
             models.Index(
-                fields=["lease_expires", "host"],
-                include=["alias"],
+                fields=["lease_expires", "id"],
+                include=["host", "alias"],
                 condition=Q(state=State.TRANSFERRING),
                 name="queued_storage_leases",
             ),

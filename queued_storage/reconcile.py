@@ -312,7 +312,7 @@ def _storages(aliases: Sequence[str] | None, report: Report) -> dict[str, Queued
         try:
             found[alias] = get_queued_storage(alias)
         except StorageNotFound as err:
-            count = tally.unfinished_files(alias)
+            count = tally.unfinished_files([alias])
             if aliases is not None or count:
                 report.errors.append(
                     f"{count} file(s) of the storage {alias!r} cannot be transferred: {err}"

@@ -15,6 +15,7 @@ tally and the reads scan the ledger as before (``models.Tally.kept()``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -260,11 +261,14 @@ def aliases_with_work() -> list[str]:
     return sorted({g.alias for g in read() if g.state in UNFINISHED or g.local})
 
 
-def unfinished_files(alias: str) -> int:
-    """The files of *alias* that are not ``remote``."""
+def unfinished_files(aliases: Iterable[str] | None = None) -> int:
+    """The files of these storages (``None``: of every storage) that are not ``remote``."""
+    wanted = None if aliases is None else set(aliases)
     if not Tally.kept():
-        return StoredFile.all_rows().of_storage(alias).not_remote().count()
-    return sum(g.files for g in read() if g.alias == alias and g.state in UNFINISHED)
+        return StoredFile.all_rows().of(wanted).not_remote().count()
+    return sum(
+        g.files for g in read() if g.state in UNFINISHED and (wanted is None or g.alias in wanted)
+    )
 
 
 def rebuild() -> None:

@@ -47,8 +47,8 @@ class Migration(migrations.Migration):
             model_name="storedfile",
             index=models.Index(
                 condition=models.Q(("state", "transferring")),
-                fields=["lease_expires", "host"],
-                include=["alias"],
+                fields=["lease_expires", "id"],
+                include=["host", "alias"],
                 name="queued_storage_leases",
             ),
         ),
