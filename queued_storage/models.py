@@ -124,15 +124,13 @@ class StoredFile(models.Model):
             ),
             models.Index(fields=["alias", "id"], condition=LOST, name="queued_storage_lost"),
             models.Index(
-                fields=["lease_expires", "id"],
-                include=["host", "alias"],
+                fields=["lease_expires", "id", "host", "alias"],
                 condition=Q(state=State.TRANSFERRING),
                 name="queued_storage_leases",
             ),
             # What waits for its transfer, with what says whether it is overdue.
             models.Index(
-                fields=["host", "updated"],
-                include=["attempts", "retrying_since", "alias"],
+                fields=["host", "updated", "attempts", "retrying_since", "alias"],
                 condition=Q(state=State.PENDING, local_exists=True),
                 name="queued_storage_waiting",
             ),

@@ -47,8 +47,7 @@ class Migration(migrations.Migration):
             model_name="storedfile",
             index=models.Index(
                 condition=models.Q(("state", "transferring")),
-                fields=["lease_expires", "id"],
-                include=["host", "alias"],
+                fields=["lease_expires", "id", "host", "alias"],
                 name="queued_storage_leases",
             ),
         ),
@@ -56,8 +55,7 @@ class Migration(migrations.Migration):
             model_name="storedfile",
             index=models.Index(
                 condition=models.Q(("local_exists", True), ("state", "pending")),
-                fields=["host", "updated"],
-                include=["attempts", "retrying_since", "alias"],
+                fields=["host", "updated", "attempts", "retrying_since", "alias"],
                 name="queued_storage_waiting",
             ),
         ),
