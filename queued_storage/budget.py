@@ -13,7 +13,7 @@ from __future__ import annotations
 from queued_storage import tally
 from queued_storage.conf import settings
 from queued_storage.exceptions import StagingFull
-from queued_storage.models import StoredFile, Tally, TusUpload, waiting_in
+from queued_storage.models import TusUpload, waiting_in
 
 __all__ = ["check_staging_budget", "check_staging_budget_in_flight"]
 
@@ -21,8 +21,6 @@ __all__ = ["check_staging_budget", "check_staging_budget_in_flight"]
 def _waiting(host: str) -> int:
     """The bytes waiting on *host*: local copies not verified remote (the kept tally) and
     the tus uploads being received (their partial index)."""
-    if not Tally.kept():
-        return StoredFile.waiting_bytes(host)
     return waiting_in(tally.read(), host) + TusUpload.reserved_bytes(host)
 
 

@@ -40,7 +40,7 @@ from django.views.decorators.http import require_http_methods
 
 from queued_storage import tally
 from queued_storage.conf import settings
-from queued_storage.models import UNFINISHED, State, StoredFile, Tally
+from queued_storage.models import UNFINISHED, State, StoredFile
 from queued_storage.signals import file_state_changed, file_transferred
 
 try:
@@ -296,15 +296,13 @@ class LedgerCollector:
     def _query() -> list[dict[str, Any]]:
         """Files, bytes, oldest and lost files by alias and state: from the kept tally (its
         few rows, and one seek of a partial index for the oldest file of each unfinished
-        state), so a scrape costs the same at 10 files and 10 million; else one aggregate
-        query. A connection this opens outside a request (the scrape thread of
-        :func:`start_http_server`) is closed again, so scrapes leave no connection behind."""
+        state), so a scrape costs the same at 10 files and 10 million. A connection this
+        opens outside a request (the scrape thread of :func:`start_http_server`) is closed
+        again, so scrapes leave no connection behind."""
         db = StoredFile.db()
         connection = connections[db]
         opened = connection.connection is None
         try:
-            if not Tally.kept():
-                return StoredFile.all_rows().totals_by_state()
             found: dict[tuple[str, str], dict[str, Any]] = {}
             for group in tally.read():
                 key = (group.alias, group.state)

@@ -168,15 +168,8 @@ class StoredFile(models.Model):
     @classmethod
     def waiting_bytes(cls, host: str | None = None) -> int:
         """Bytes of local copies not yet verified remote (on *host*, or on every host), and of
-        the tus uploads being received there: from the kept :class:`Tally`, not a scan."""
-        if Tally.kept():
-            waiting = waiting_in(Tally.groups(), host)
-        else:
-            rows = cls.all_rows()._where(state__in=UNFINISHED, local_exists=True)
-            if host is not None:
-                rows = rows.on_host(host)
-            waiting = int(rows.aggregate(total=Sum("size"))["total"] or 0)
-        return waiting + TusUpload.reserved_bytes(host)
+        the tus uploads being received there: from the kept tally (:meth:`Tally.groups`)."""
+        return waiting_in(Tally.groups(), host) + TusUpload.reserved_bytes(host)
 
 
 def waiting_in(groups: Iterable[TallyGroup], host: str | None) -> int:
@@ -265,11 +258,18 @@ class Tally(models.Model):
 
     @classmethod
     def groups(cls) -> list[TallyGroup]:
-        """:meth:`summed`'s groups; while a group has fewer than no files (the tally is wrong
-        until ``tally.read()`` counts it again), the ledger's own, counted by a scan."""
+        """:meth:`summed`'s groups; where no tally is kept, or while a group has fewer than no
+        files (the tally is wrong until ``tally.read()`` counts it again), :meth:`counted`."""
+        if not cls.kept():
+            return cls.counted()
         groups = cls.summed()[0]
         if all(group.files >= 0 and group.bytes >= 0 for group in groups):
             return groups
+        return cls.counted()
+
+    @classmethod
+    def counted(cls) -> list[TallyGroup]:
+        """The ledger's groups counted by a scan of the ledger (one ``GROUP BY``)."""
         written = ExpressionWrapper(Q(size__isnull=False), output_field=models.BooleanField())
         counted = (
             StoredFile.all_rows()

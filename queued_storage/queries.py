@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from django.db import models
-from django.db.models import Count, DateTimeField, ExpressionWrapper, F, Max, Min, Q, Sum, Value
+from django.db.models import Count, DateTimeField, ExpressionWrapper, F, Max, Min, Q, Value
 
 from queued_storage.conf import settings
 
@@ -160,10 +160,6 @@ class StoredFileQuerySet(models.QuerySet["StoredFile"]):
         return self._where(state=State.FAILED, local_exists=True)
 
     # -- what the reconcile pass and the commands look for -----------------------------------
-    def with_work(self) -> StoredFileQuerySet:
-        """Rows that are not ``remote`` yet, or whose local copy is still there."""
-        return self._where(Q(state__in=UNFINISHED) | Q(local_exists=True))
-
     def in_progress_on(self, host: str) -> StoredFileQuerySet:
         """``pending`` and ``transferring`` rows whose local copy *host* holds."""
         return self._where(host=host, state__in=[State.PENDING, State.TRANSFERRING])
@@ -230,21 +226,6 @@ class StoredFileQuerySet(models.QuerySet["StoredFile"]):
         """``(host, rows)``, by host."""
         grouped = self.values_list("host").annotate(count=Count("*")).order_by("host")
         return [(str(host), int(count)) for host, count in grouped]
-
-    def totals_by_state(self) -> list[dict[str, Any]]:
-        """Per ``(alias, state)``: files, bytes, the oldest ``created`` and the lost files
-        (:meth:`lost`), by alias and state: one aggregate query."""
-        lost = LOST
-        return list(
-            self.values("alias", "state")
-            .annotate(
-                files=Count("pk"),
-                bytes=Sum("size"),
-                oldest=Min("created"),
-                lost=Count("pk", filter=lost),
-            )
-            .order_by("alias", "state")
-        )
 
     def oldest_created(self, alias: str, state: str) -> datetime.datetime | None:
         """When the oldest file of *alias* in *state* was saved (an unfinished state: one seek

@@ -17,7 +17,7 @@ from queued_storage import state as read_side
 from queued_storage import tally
 from queued_storage.conf import settings
 from queued_storage.dispatch import redact
-from queued_storage.models import State, StoredFile, Tally, TusUpload
+from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.reconcile import last_run
 
 __all__ = ["status", "status_report"]
@@ -129,26 +129,16 @@ def status(aliases: Sequence[str] | None = None, *, limit: int = 20) -> dict[str
 
 def _by_state(wanted: set[str] | None) -> list[tuple[str, str, int, int, int, int]]:
     """``(alias, state, files, bytes, files with a local copy, their bytes)`` by alias and
-    state: from the kept tally (``tally.py``), else one aggregate query."""
+    state: from the kept tally (``tally.read()``)."""
     found: dict[tuple[str, str], list[int]] = {}
-    if Tally.kept():
-        for group in tally.read():
-            if wanted is None or group.alias in wanted:
-                sums = found.setdefault((group.alias, group.state), [0, 0, 0, 0])
-                sums[0] += group.files
-                sums[1] += group.bytes
-                if group.local:
-                    sums[2] += group.files
-                    sums[3] += group.bytes
-    else:
-        rows = StoredFile.all_rows().of(wanted)
-        local = Q(local_exists=True)
-        for alias, state, files, size, local_files, local_bytes in rows.values_list(
-            "alias", "state"
-        ).annotate(
-            n=Count("pk"), b=Sum("size"), ln=Count("pk", filter=local), lb=Sum("size", filter=local)
-        ):
-            found[(alias, state)] = [files, size or 0, local_files, local_bytes or 0]
+    for group in tally.read():
+        if wanted is None or group.alias in wanted:
+            sums = found.setdefault((group.alias, group.state), [0, 0, 0, 0])
+            sums[0] += group.files
+            sums[1] += group.bytes
+            if group.local:
+                sums[2] += group.files
+                sums[3] += group.bytes
     return [(alias, state, *sums) for (alias, state), sums in sorted(found.items())]  # type: ignore[misc]
 
 

@@ -244,7 +244,9 @@ def read() -> list[TallyGroup]:
     """The tally's groups (:meth:`models.Tally.summed`), folded when more than :data:`FOLD_AT`
     rows were summed. A group with fewer than no files cannot be: the tally is counted again
     from the ledger (the one case known is a test database emptied table by table, tally
-    first), and the error logged."""
+    first), and the error logged. Where no tally is kept: the ledger counted by a scan."""
+    if not Tally.kept():
+        return Tally.counted()
     groups, rows = Tally.summed()
     if any(group.files < 0 or group.bytes < 0 for group in groups):
         logger.error("the ledger's tally was wrong (fewer than no files); counting it again")
@@ -256,16 +258,12 @@ def read() -> list[TallyGroup]:
 
 def aliases_with_work() -> list[str]:
     """The storages whose files are not all ``remote`` without a local copy, sorted."""
-    if not Tally.kept():
-        return StoredFile.all_rows().with_work().aliases()
     return sorted({g.alias for g in read() if g.state in UNFINISHED or g.local})
 
 
 def unfinished_files(aliases: Iterable[str] | None = None) -> int:
     """The files of these storages (``None``: of every storage) that are not ``remote``."""
     wanted = None if aliases is None else set(aliases)
-    if not Tally.kept():
-        return StoredFile.all_rows().of(wanted).not_remote().count()
     return sum(
         g.files for g in read() if g.state in UNFINISHED and (wanted is None or g.alias in wanted)
     )
@@ -281,7 +279,7 @@ def maybe_fold(rows: int) -> None:
     """Fold when a read summed more than :data:`FOLD_AT` *rows*, unless inside a transaction
     (whose locks the fold would keep until it ends). A fold that fails is logged: the tally
     stays right, only slower to read."""
-    if rows <= FOLD_AT or not Tally.kept():
+    if rows <= FOLD_AT:
         return
     if transaction.get_connection(StoredFile.db()).in_atomic_block:
         return
