@@ -222,6 +222,9 @@ class StoredFileAdmin(_ReadOnlyLedgerAdmin):
     date_hierarchy = "created"
     ordering = ("-pk",)
     paginator = LedgerPaginator
+    #: Drawing a row costs about half a millisecond of Python whatever the ledger's size:
+    #: 50 rows a page (Django's default is 100) keep a page of the ledger within 100 ms.
+    list_per_page = 50
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     #: Files per batch when an action on "select all" is queued for the workers; a selection

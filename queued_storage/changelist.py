@@ -8,7 +8,8 @@ read the kept tally (:mod:`queued_storage.tally`) instead of the table.
   aliases and hosts is the tally's sum, exact; any other list (a search, a date) is counted
   up to :data:`COUNT_CAP` rows and one more, and said to be "more than" that;
 * :class:`LedgerChangeList`: no date hierarchy when the ledger holds more than
-  :data:`DATE_HIERARCHY_MAX_FILES` files (its drill-down reads every row's date).
+  :data:`DATE_HIERARCHY_MAX_FILES` files (its drill-down reads every row's date), and each
+  row's link made from one URL reversed per page.
 
 On databases that keep no tally (neither PostgreSQL nor SQLite) the choices are read with
 ``DISTINCT`` and every list is counted up to the cap.
@@ -26,6 +27,7 @@ from django.db.models.expressions import Col
 from django.db.models.lookups import Exact
 from django.db.models.sql.where import AND
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils.functional import cached_property
 
 from queued_storage import tally
@@ -147,9 +149,15 @@ class LedgerPaginator(_PaginatorBase):
         return f"more than {self.cap_label}" if self.estimated else f"{self.count:,}"
 
 
+#: Stands for a row's primary key in the change URL reversed once per page.
+_PK = "0000pk0000"
+
+
 class LedgerChangeList(ChangeList):
     """Django's change list without the date hierarchy above
-    :data:`DATE_HIERARCHY_MAX_FILES` files (the tally's total)."""
+    :data:`DATE_HIERARCHY_MAX_FILES` files (the tally's total), and each row's change link
+    made from one reversed URL (Django reverses it for every row: about a fifth of the time a
+    page takes to draw)."""
 
     def __init__(
         self,
@@ -179,6 +187,23 @@ class LedgerChangeList(ChangeList):
             *args,
             **kwargs,
         )
+
+    @cached_property
+    def _change_url(self) -> str:
+        opts = self.opts
+        return reverse(
+            f"admin:{opts.app_label}_{opts.model_name}_change",
+            args=(_PK,),
+            current_app=self.model_admin.admin_site.name,
+        )
+
+    def url_for_result(self, result: Any) -> str:
+        """Django's URL of *result*'s change page (the same string ``reverse`` makes: an
+        integer key needs no quoting)."""
+        pk = getattr(result, self.pk_attname)
+        if not isinstance(pk, int):
+            return str(super().url_for_result(result))
+        return self._change_url.replace(_PK, str(pk), 1)
 
 
 class _ExactFilter(admin.SimpleListFilter):

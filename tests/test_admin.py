@@ -21,6 +21,7 @@ import pytest
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin import options as admin_options
+from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Permission
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
@@ -28,6 +29,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection, transaction
 from django.test import Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import Truncator
 
@@ -389,6 +391,22 @@ def test_a_rows_checkbox_is_the_html_djangos_widget_draws(admin_client: Client, 
     assert ours.action_checkbox(row) == admin_options.ModelAdmin.action_checkbox(ours, row)
     listing = admin_client.get(LEDGER)
     assert str(ours.action_checkbox(row)) in listing.content.decode()
+
+
+def test_a_page_of_the_ledger_holds_50_rows_each_linked_to_the_url_django_reverses(
+    admin_client: Client, clean: Any
+) -> None:
+    bulk_rows([("queued_parked", f"page/{i:03d}.txt", State.REMOTE, "web-1") for i in range(60)])
+    listing = admin_client.get(LEDGER)
+    rows = listing.context["cl"].result_list
+    assert [r.name for r in rows] == [f"page/{i:03d}.txt" for i in range(59, 9, -1)]
+    page = listing.content.decode()
+    for row in rows:
+        url = reverse("admin:queued_storage_storedfile_change", args=(quote(row.pk),))
+        assert listing.context["cl"].url_for_result(row) == url
+        assert f'<a href="{url}">{row.name}</a>' in page
+    second = admin_client.get(f"{LEDGER}?p=2").context["cl"].result_list
+    assert [r.name for r in second] == [f"page/{i:03d}.txt" for i in range(9, -1, -1)]
 
 
 def test_the_search_finds_names_that_begin_with_the_text_letter_case_as_typed(
