@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONCURRENCY": 4,
     "CHUNK_SIZE": 8 * MiB,
     "RECONCILE_AFTER": None,
+    "DISPATCH_WAIT": 0.25,
     "RECONCILE_BATCH": 500,
     "RECONCILE_ON_START": 500,
     "RECONCILE_VERIFY_SAMPLE": 100,
@@ -177,6 +178,13 @@ class Settings:
         working on a file before another may take it over."""
         value = self._get("RECONCILE_AFTER")
         return self.LEASE_TIMEOUT if value is None else float(value)
+
+    @property
+    def DISPATCH_WAIT(self) -> float:
+        """Seconds a save's request waits for the broker to take its transfer message; a
+        broker that has not by then (refused, slow, hung) costs later saves nothing until it
+        takes one again: their rows are marked refused for the next pass or starting worker."""
+        return float(self._get("DISPATCH_WAIT"))
 
     @property
     def RECONCILE_BATCH(self) -> int:

@@ -5,22 +5,36 @@ alias and the file name (invariant 5).
 * :func:`dispatch`: send one message to a queue, never raise;
 * :func:`send_transfer`: route it to the queue of the host that holds the local copy and send;
 * :class:`Sender`: the broker's circuit breaker for an operation that sends many (a reconcile
-  pass, a command, an admin action): once the broker refuses, the rest is not tried.
+  pass, a command, an admin action): once the broker refuses, the rest is not tried;
+* :func:`send_saved`: a save's message, sent by this process's :class:`Publisher` thread while
+  the request waits at most ``QUEUED_STORAGE_DISPATCH_WAIT``: a broker that refuses, is slow or
+  hangs costs the request that bound once, then nothing until it takes a message again.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import os
+import queue
 import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypedDict
 
-if TYPE_CHECKING:
-    from celery.result import AsyncResult
+from celery.result import AsyncResult
+from django.db import connections
 
+from queued_storage.conf import settings
+
+if TYPE_CHECKING:
     from queued_storage.construction import TransferTask
     from queued_storage.storage import QueuedStorage
 
-__all__ = ["Sender", "dispatch", "redact", "send_transfer"]
+__all__ = ["Publisher", "Sender", "dispatch", "redact", "send_saved", "send_transfer"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +44,7 @@ class _SendOptions(TypedDict, total=False):
 
     queue: str
     ignore_result: bool
+    task_id: str
 
 
 def dispatch(
@@ -39,6 +54,7 @@ def dispatch(
     *,
     queue: str | None = None,
     keep_result: bool = False,
+    task_id: str | None = None,
 ) -> AsyncResult | None:
     """Send the transfer message; never raise: a refused message leaves the file ``pending``.
 
@@ -50,6 +66,8 @@ def dispatch(
     request never pays the backend's subscription to the result.
     """
     options: _SendOptions = {"queue": queue} if queue else {}
+    if task_id is not None:
+        options["task_id"] = task_id
     if keep_result:
         options["ignore_result"] = False
     try:
@@ -74,6 +92,183 @@ def send_transfer(
     return dispatch(
         storage.task, storage.alias, name, queue=storage.queue_for(host), keep_result=keep_result
     )
+
+
+#: After a refused message, how long saves do not wait for the broker (seconds).
+PAUSE_AFTER_REFUSAL = 5.0
+
+#: Most messages refused in this process that it sends again once the broker takes one.
+BACKLOG = 10_000
+
+
+@dataclass
+class _Job:
+    task: TransferTask
+    alias: str
+    name: str
+    queue: str | None
+    refused: Callable[[], None]
+    wanted: Callable[[], bool]
+    task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    queued_at: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    sent: bool = False
+
+
+class Publisher:
+    """The process's sender of the saves' messages: one thread, started on first use (again
+    in a forked child), publishes them in order while the request that saved waits at most
+    ``QUEUED_STORAGE_DISPATCH_WAIT`` for its own.
+
+    Celery's publish waits for the broker: about 0.6 s of retries when it refuses a
+    connection, and as long as the kernel keeps a connection whose peer stopped answering (no
+    socket timeout is set unless the broker's transport options set one). So:
+
+    * a healthy broker takes the message within the wait: as if the request had sent it;
+    * a broker that refuses: the thread marks the row refused (``Ledger.refused``: a starting
+      worker or the next reconcile pass queues it at once) and keeps it in a backlog, sent
+      again as soon as the broker takes a message (the thread tries every
+      :data:`PAUSE_AFTER_REFUSAL` seconds, saves or not); for :data:`PAUSE_AFTER_REFUSAL` after a
+      refusal, saves do not wait, and messages queued while an attempt failed are marked
+      without another attempt (the thread's time stays bounded however many saves come);
+    * a broker that does not answer: once an attempt has lasted longer than the wait, saves
+      mark their rows refused at once and leave their messages in the queue for when it
+      answers.
+
+    A message still in this process's queue when the process ends is not sent; its row stays
+    ``pending`` (refused, or found once it is overdue) for the reconcile pass (invariant 6).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._backlog: collections.deque[_Job] = collections.deque(maxlen=BACKLOG)
+        self._busy_since: float | None = None
+        self._refused_at: float | None = None
+
+    def _stuck(self, now: float) -> bool:
+        busy = self._busy_since
+        return busy is not None and now - busy > settings.DISPATCH_WAIT
+
+    def _refused_lately(self, now: float) -> bool:
+        refused = self._refused_at
+        return refused is not None and now - refused < PAUSE_AFTER_REFUSAL
+
+    def send(
+        self,
+        task: TransferTask,
+        alias: str,
+        name: str,
+        queue: str | None,
+        refused: Callable[[], None],
+        wanted: Callable[[], bool],
+    ) -> AsyncResult | None:
+        """Hand *name*'s transfer message to the thread and wait for it at most
+        ``DISPATCH_WAIT`` (not at all while the broker is stuck or refused lately). ``None``:
+        refused, or marked refused because the broker is stuck (*refused* was called); else
+        the ``AsyncResult`` of the message's id (sent, or still to be sent). *wanted*: whether
+        the row still waits for a message (asked before a refused message is sent again)."""
+        self._start()
+        job = _Job(task, alias, name, queue, refused, wanted)
+        now = time.monotonic()
+        stuck, lately = self._stuck(now), self._refused_lately(now)
+        self._jobs.put(job)
+        if stuck:
+            refused()
+            return None
+        if not lately and job.done.wait(settings.DISPATCH_WAIT) and not job.sent:
+            return None
+        return AsyncResult(job.task_id, app=getattr(task, "app", None))
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._jobs = queue.SimpleQueue()
+            self._backlog = collections.deque(maxlen=BACKLOG)
+            self._busy_since = self._refused_at = None
+            thread = threading.Thread(
+                target=self._run, args=(self._jobs,), name="queued-storage-dispatch", daemon=True
+            )
+            thread.start()
+
+    def _run(self, jobs: queue.SimpleQueue[_Job]) -> None:
+        while True:
+            try:  # with a backlog, try it again every PAUSE_AFTER_REFUSAL without a save
+                job = jobs.get(timeout=PAUSE_AFTER_REFUSAL if self._backlog else None)
+            except queue.Empty:
+                job = None
+            try:
+                if job is None:
+                    self._drain()
+                else:
+                    self._publish(job)
+            except Exception:  # the thread goes on whatever one message does
+                logger.exception("the dispatch thread failed")
+            finally:
+                if job is not None:
+                    job.done.set()
+                connections.close_all()  # this thread's, if it read or wrote a row
+
+    def _publish(self, job: _Job) -> None:
+        refused_at = self._refused_at
+        if refused_at is not None and job.queued_at < refused_at:
+            self._refuse(job)  # queued while the last attempt failed: not tried again
+            return
+        if not self._attempt(job):
+            self._refuse(job)
+            return
+        job.sent = True
+        self._drain()
+
+    def _drain(self) -> None:
+        """Send the refused messages again, oldest first, while the broker takes them; those
+        whose row no longer waits (a pass or a starting worker queued it) are dropped."""
+        while self._backlog:
+            earlier = self._backlog[0]
+            if earlier.wanted() and not self._attempt(earlier):
+                return
+            self._backlog.popleft()
+
+    def _attempt(self, job: _Job) -> bool:
+        self._busy_since = time.monotonic()
+        try:
+            sent = dispatch(job.task, job.alias, job.name, queue=job.queue, task_id=job.task_id)
+        finally:
+            self._busy_since = None
+        self._refused_at = None if sent is not None else time.monotonic()
+        return sent is not None
+
+    def _refuse(self, job: _Job) -> None:
+        job.refused()
+        self._backlog.append(job)
+
+
+_publisher = Publisher()
+
+
+def send_saved(
+    storage: QueuedStorage,
+    name: str,
+    refused: Callable[[], None],
+    wanted: Callable[[], bool],
+    *,
+    inline: bool = False,
+) -> AsyncResult | None:
+    """A save's transfer message (at its commit), through the process's :class:`Publisher`;
+    *inline* (the caller is inside a transaction: a test case's, whose row the thread's own
+    connection could not see), where Celery runs tasks eagerly, or for a task that is not a
+    Celery task (``queued_storage.testing``'s stand-in): sent by the caller."""
+    task = storage.task
+    app = getattr(task, "app", None)
+    if inline or app is None or getattr(app.conf, "task_always_eager", False):
+        result = send_transfer(storage, name)
+        if result is None:
+            refused()
+        return result
+    return _publisher.send(task, storage.alias, name, storage.queue_for(None), refused, wanted)
 
 
 class Sender:

@@ -35,7 +35,7 @@ from queued_storage.construction import (
     registered,
     registered_storages,
 )
-from queued_storage.dispatch import send_transfer
+from queued_storage.dispatch import send_saved, send_transfer
 from queued_storage.exceptions import StorageNotFound
 from queued_storage.ledger import check_staging_budget, ledger_database, reads_block_writes
 from queued_storage.names import stored_name
@@ -339,8 +339,16 @@ class QueuedStorage(ConfiguredStorage):
         return result
 
     def _dispatch_saved(self, name: str) -> None:
-        """A save's dispatch (at its commit): the one that sets :attr:`result`."""
-        self._calls.result = self._dispatch(name)
+        """A save's dispatch (at its commit): the one that sets :attr:`result`. The request
+        waits for the broker at most ``DISPATCH_WAIT`` (:class:`dispatch.Publisher`)."""
+        inline = transaction.get_connection(ledger_database()).in_atomic_block
+        self._calls.result = send_saved(
+            self,
+            name,
+            lambda: self._record_refusal(name),
+            lambda: self.ledger.still_refused(name),
+            inline=inline,
+        )
 
     def _record_refusal(self, name: str) -> None:
         """Mark the row refused, so that a starting worker or the next reconcile pass queues it

@@ -127,6 +127,7 @@ def broker_proxy(stack: ServiceStack) -> Iterator[TcpFaultProxy]:
     proxy = stack.broker_proxy
     assert proxy is not None
     yield proxy
+    proxy.thaw()
     proxy.come_up()
 
 

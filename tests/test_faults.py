@@ -490,10 +490,17 @@ def _refused_files_go_when_a_worker_starts(clean: Any, capsys: Any, broker_proxy
     broker_proxy.go_down()
     try:
         names = [storage.save(name, ContentFile(data)) for name, data in payloads.items()]
+        rows = StoredFile.objects.filter(alias="queued_host", name__in=names)
+        wait_for(  # the first save's refusal is recorded by the publisher thread
+            lambda: (
+                rows.filter(state=State.PENDING, dispatch_refused__isnull=False).count()
+                == len(names)
+            ),
+            timeout=10,
+            what="every save's refusal recorded",
+        )
     finally:
         broker_proxy.come_up()
-    rows = StoredFile.objects.filter(alias="queued_host", name__in=names)
-    assert rows.filter(state=State.PENDING, dispatch_refused__isnull=False).count() == len(names)
     assert not rows.filter(overdue(timezone.now(), 120)).exists()
     env = {**FAULT_WORKER_ENV, "QS_FAULT_LEASE_TIMEOUT": "120"}  # RECONCILE_AFTER: 120 s
     worker = make_worker("refused", queues=[host_queue()], env=env)

@@ -198,6 +198,14 @@ def test_refused_broker_leaves_file_pending_and_readable(
     try:
         with caplog.at_level(logging.WARNING, logger="queued_storage"), transaction.atomic():
             name = storage.save("no-broker.txt", ContentFile(b"still here"))
+        # The request waited DISPATCH_WAIT at most; the publisher thread records the refusal.
+        refused = wait_for(
+            lambda: StoredFile.objects.filter(
+                alias="default", name=name, dispatch_refused__isnull=False
+            ).first(),
+            timeout=10,
+            what="the refusal recorded on the row, for the next pass",
+        )
     finally:
         broker_proxy.come_up()
     assert f"could not queue the transfer of {name!r}" in caplog.text
@@ -205,14 +213,42 @@ def test_refused_broker_leaves_file_pending_and_readable(
     with storage.open(name) as fh:
         assert fh.read() == b"still here"
     assert storage.using_local(name)
-    refused = StoredFile.get_row("default", name)
-    assert refused is not None and refused.dispatch_refused is not None  # for the next pass
+    assert refused.state == State.PENDING
     # Once the broker is back, a manual transfer (or the reconcile pass) ships it.
     assert storage.transfer(name) is not None
     wait_remote("default", name)
     assert s3_bytes(clean, name) == b"still here"
     sent = StoredFile.get_row("default", name)
     assert sent is not None and sent.dispatch_refused is None
+
+
+def test_saves_while_the_broker_hangs_do_not_wait_on_it_and_go_out_once_it_answers(
+    worker: Any, clean: Any, broker_proxy: Any
+) -> None:
+    """The broker stops answering on its open connection (a partition, a stalled server):
+    the first save leaves its message with the publisher thread, stuck on the broker, after
+    DISPATCH_WAIT; the saves after it do not try and mark their rows refused. Once the broker
+    answers, every file reaches S3 with no pass and no person acting."""
+    storage = storages["default"]
+    # The publisher's connection is open and its last message went (no refusal of late).
+    wait_remote("default", storage.save("hung/warm.txt", ContentFile(b"warm")))
+    broker_proxy.freeze()
+    try:
+        first = storage.save("hung/first.txt", ContentFile(b"first"))
+        stuck = storage.result
+        later = [storage.save(f"hung/{i}.txt", ContentFile(b"later %d" % i)) for i in range(3)]
+        results = storage.result
+        rows = StoredFile.objects.filter(alias="default", name__in=later)
+        assert rows.filter(state=State.PENDING, dispatch_refused__isnull=False).count() == 3
+        assert row_state("default", first) == State.PENDING
+    finally:
+        broker_proxy.thaw()
+    assert stuck is not None  # handed to the thread, not known to be refused
+    assert results is None  # not tried while the broker hung: marked refused
+    for name in [first, *later]:
+        wait_remote("default", name)
+    assert s3_bytes(clean, first) == b"first"
+    assert [s3_bytes(clean, name) for name in later] == [b"later %d" % i for i in range(3)]
 
 
 def test_flushing_redis_changes_no_read_and_asks_s3_nothing(

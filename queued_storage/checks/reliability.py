@@ -36,6 +36,7 @@ def check_reliability_settings(
     for name, positive, what in (
         ("RECONCILE_AFTER", positive_number, "seconds"),
         ("RECONCILE_BATCH", positive_int, "rows (an integer)"),
+        ("DISPATCH_WAIT", positive_number, "seconds"),
     ):
         value, default = setting(name), DEFAULTS[name]
         if not positive(value) and not (name == "RECONCILE_AFTER" and value is None):

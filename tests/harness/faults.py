@@ -259,6 +259,21 @@ class TcpFaultProxy(_FaultProxyBase):
     ) -> None:
         super().__init__(upstream, port=port, name=name)
         self.connect_timeout = connect_timeout
+        self._flowing = threading.Event()
+        self._flowing.set()
+
+    def freeze(self) -> None:
+        """Hang: connections are accepted and kept, but no byte is forwarded either way (a
+        peer that stopped answering: a partition, a stalled server) until :meth:`thaw`."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        """Forward again what was held."""
+        self._flowing.set()
+
+    def stop(self) -> None:
+        self.thaw()
+        super().stop()
 
     def redis_url(self, db: int = 0) -> str:
         return f"redis://{LOOPBACK}:{self.port}/{db}"
@@ -278,6 +293,7 @@ class TcpFaultProxy(_FaultProxyBase):
                 poller.register(fd, select.POLLIN)
             while True:
                 for fd, _event in poller.poll():
+                    self._flowing.wait()
                     source, sink = peers[fd]
                     data = source.recv(_BUFSIZE)
                     if not data:
