@@ -65,6 +65,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 	$(BIN)/python benchmarks/bench_uploads.py $(ARGS)
 	$(BIN)/python benchmarks/bench_scale.py $(ARGS) $(SCALE_ARGS)
+	$(BIN)/python benchmarks/bench_broker.py $(ARGS)
 
 # The docs site: MkDocs in strict mode (a broken link or anchor fails); the docs extra installs
 # it once per venv. NO_MKDOCS_2_WARNING silences Material's banner about MkDocs 2.0 (not a

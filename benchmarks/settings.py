@@ -41,7 +41,8 @@ STORAGES = {
     "s3": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": BENCH_S3_OPTIONS},
     "s3_default": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": S3_DEFAULT_OPTIONS},
 }
-CELERY_BROKER_URL = f"{ENV['QS_TEST_REDIS_URL']}/0"
+# BENCH_BROKER_URL: the broker through a fault proxy (bench_broker.py).
+CELERY_BROKER_URL = os.environ.get("BENCH_BROKER_URL") or f"{ENV['QS_TEST_REDIS_URL']}/0"
 # The ledger on PostgreSQL, as in production (SQLite serialises every writer); BENCH_DB=sqlite
 # puts it in a SQLite file instead (row 6).
 BENCH_DB = os.environ.get("BENCH_DB", "postgres")

@@ -25,16 +25,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypedDict
 
-from celery.result import AsyncResult
 from django.db import connections
 
 from queued_storage.conf import settings
 
 if TYPE_CHECKING:
+    from celery.result import AsyncResult
+
     from queued_storage.construction import TransferTask
     from queued_storage.storage import QueuedStorage
 
-__all__ = ["Publisher", "Sender", "dispatch", "redact", "send_saved", "send_transfer"]
+__all__ = [
+    "Publisher",
+    "Sender",
+    "dispatch",
+    "forget_refused",
+    "redact",
+    "send_saved",
+    "send_transfer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +188,8 @@ class Publisher:
             return None
         if not lately and job.done.wait(settings.DISPATCH_WAIT) and not job.sent:
             return None
-        return AsyncResult(job.task_id, app=getattr(task, "app", None))
+        made: Callable[[str], AsyncResult] | None = getattr(task, "AsyncResult", None)
+        return made(job.task_id) if made is not None else None
 
     def _start(self) -> None:
         with self._lock:
@@ -226,11 +236,16 @@ class Publisher:
     def _drain(self) -> None:
         """Send the refused messages again, oldest first, while the broker takes them; those
         whose row no longer waits (a pass or a starting worker queued it) are dropped."""
-        while self._backlog:
-            earlier = self._backlog[0]
+        while True:
+            with self._lock:
+                if not self._backlog:
+                    return
+                earlier = self._backlog[0]
             if earlier.wanted() and not self._attempt(earlier):
                 return
-            self._backlog.popleft()
+            with self._lock:
+                if self._backlog and self._backlog[0] is earlier:
+                    self._backlog.popleft()
 
     def _attempt(self, job: _Job) -> bool:
         self._busy_since = time.monotonic()
@@ -242,11 +257,25 @@ class Publisher:
         return sent is not None
 
     def _refuse(self, job: _Job) -> None:
+        with self._lock:
+            self._backlog.append(job)
         job.refused()
-        self._backlog.append(job)
+
+    def forget_refused(self) -> int:
+        """Drop the backlog (the reconcile pass sends those messages); how many it held."""
+        with self._lock:
+            held = len(self._backlog)
+            self._backlog.clear()
+            return held
 
 
 _publisher = Publisher()
+
+
+def forget_refused() -> int:
+    """Drop this process's backlog of refused save messages, and say how many it held: the
+    rows stay marked refused, for the next reconcile pass or starting worker."""
+    return _publisher.forget_refused()
 
 
 def send_saved(

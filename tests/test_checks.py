@@ -253,6 +253,9 @@ def test_e010_staging_budget_not_a_positive_integer(value: Any) -> None:
         ("RECONCILE_BATCH", 0),
         ("RECONCILE_BATCH", 2.5),
         ("RECONCILE_BATCH", None),
+        ("DISPATCH_WAIT", 0),
+        ("DISPATCH_WAIT", "soon"),
+        ("DISPATCH_WAIT", None),
     ],
 )
 def test_e011_reconcile_settings_positive(setting: str, value: Any) -> None:

@@ -40,6 +40,7 @@ from django.db.models import Q
 from django.test import override_settings
 from django.utils import timezone
 
+from queued_storage import dispatch
 from queued_storage.models import State, StoredFile
 from queued_storage.reconcile import overdue, reconcile
 from tests.conftest import FAULT_WORKER_ENV, host_queue, make_worker
@@ -433,6 +434,13 @@ def test_broker_down_while_saving_then_reconcile_transfers_everything(
             with storage.open(name) as fh:
                 readable += fh.read() == data
         pending = sum(s == State.PENDING for s in states("queued_host", names).values())
+        rows = StoredFile.objects.filter(alias="queued_host", name__in=names)
+        wait_for(
+            lambda: rows.filter(dispatch_refused__isnull=False).count() == len(names),
+            timeout=10,
+            what="every save's refusal recorded",
+        )
+        dispatch.forget_refused()  # the pass is under test here, not the publisher's backlog
     finally:
         broker_proxy.come_up()
     time.sleep(1)  # no message was sent: nothing moves without the reconcile pass
@@ -499,6 +507,7 @@ def _refused_files_go_when_a_worker_starts(clean: Any, capsys: Any, broker_proxy
             timeout=10,
             what="every save's refusal recorded",
         )
+        dispatch.forget_refused()  # the starting worker is under test, not the publisher
     finally:
         broker_proxy.come_up()
     assert not rows.filter(overdue(timezone.now(), 120)).exists()

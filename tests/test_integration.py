@@ -222,6 +222,28 @@ def test_refused_broker_leaves_file_pending_and_readable(
     assert sent is not None and sent.dispatch_refused is None
 
 
+def test_saves_the_broker_refused_go_out_once_it_is_back_with_no_pass_or_new_save(
+    worker: Any, clean: Any, broker_proxy: Any
+) -> None:
+    """The publisher thread keeps the refused messages and tries the broker again by itself
+    (every PAUSE_AFTER_REFUSAL seconds): no reconcile pass, no worker start, no later save."""
+    storage = storages["default"]
+    broker_proxy.go_down()
+    try:
+        names = [storage.save(f"back/{i}.txt", ContentFile(b"back %d" % i)) for i in range(3)]
+        rows = StoredFile.objects.filter(alias="default", name__in=names)
+        wait_for(
+            lambda: rows.filter(state=State.PENDING, dispatch_refused__isnull=False).count() == 3,
+            timeout=10,
+            what="the three refusals recorded",
+        )
+    finally:
+        broker_proxy.come_up()
+    for name in names:
+        wait_remote("default", name)
+    assert [s3_bytes(clean, name) for name in names] == [b"back %d" % i for i in range(3)]
+
+
 def test_saves_while_the_broker_hangs_do_not_wait_on_it_and_go_out_once_it_answers(
     worker: Any, clean: Any, broker_proxy: Any
 ) -> None:

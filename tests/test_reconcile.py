@@ -29,7 +29,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from queued_storage import signals
+from queued_storage import dispatch, signals
 from queued_storage.exceptions import StagingFull
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
@@ -293,11 +293,21 @@ def test_refused_broker_leaves_the_row_for_the_next_pass(
 
 
 def refused_saves(broker_proxy: Any, count: int, storage: str = "queued_parked") -> list[str]:
-    """Save *count* files through *storage* while the broker refuses connections."""
+    """Save *count* files through *storage* while the broker refuses connections, and wait
+    until every refusal is recorded (the publisher thread records the first one's). This
+    process's publisher then forgets them: the pass, not the publisher, is under test."""
     broker_proxy.go_down()
     try:
         found = storages[storage]
-        return [found.save(f"while-refused-{i}.txt", ContentFile(b"r%d" % i)) for i in range(count)]
+        names = [
+            found.save(f"while-refused-{i}.txt", ContentFile(b"r%d" % i)) for i in range(count)
+        ]
+        marked = StoredFile.objects.filter(
+            alias=storage, name__in=names, dispatch_refused__isnull=False
+        )
+        wait_for(lambda: marked.count() == count, timeout=10, what="the refusals recorded")
+        assert dispatch.forget_refused() == count
+        return names
     finally:
         broker_proxy.come_up()
 

@@ -20,7 +20,7 @@ tus), ``serving`` (waiting files), ``monitoring`` (metrics); ``common`` holds wh
 | E007 | a QueuedStorage in STORAGES has an invalid option |
 | W001 | the state cache is not shared between processes while Celery is not eager |
 | E010 | ``QUEUED_STORAGE_STAGING_BUDGET`` is neither ``None`` nor a positive integer |
-| E011 | ``QUEUED_STORAGE_RECONCILE_AFTER`` (unless ``None``) or ``RECONCILE_BATCH`` not positive |
+| E011 | ``RECONCILE_AFTER`` (or ``None``), ``RECONCILE_BATCH``, ``DISPATCH_WAIT`` not positive |
 | W010 | this host's waiting bytes are at 80 % of the staging budget (database check) |
 | W011 | the Redis broker's ``visibility_timeout`` is shorter than the longest retry delay |
 | E008 | ``QUEUED_STORAGE_UPLOAD_STORAGE`` is not the alias of a QueuedStorage in STORAGES |
