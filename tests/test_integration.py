@@ -222,6 +222,7 @@ def test_refused_broker_leaves_file_pending_and_readable(
     assert sent is not None and sent.dispatch_refused is None
 
 
+@pytest.mark.faults  # waits for the publisher's next try (5 s): make test-faults
 def test_saves_the_broker_refused_go_out_once_it_is_back_with_no_pass_or_new_save(
     worker: Any, clean: Any, broker_proxy: Any
 ) -> None:
