@@ -5,13 +5,17 @@ Each test writes a ``transferring`` row with the database's clock, as a worker w
 clock would have left it, then starts a worker of its own host (so that its start-up reconcile
 pass looks at the row too) 10 minutes ahead or behind. On SQLite the database's clock is the
 clock of the process that queries it: one host's, so there is nothing to disagree with.
-Marked ``faults`` (make test-faults): each starts a worker process.
+``doctor``'s clock line, run under the same shift, says so. Marked ``faults`` (make
+test-faults): each starts a process.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -30,7 +34,7 @@ from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
 from tests.conftest import FAULT_WORKER_ENV, host_queue, make_worker
 from tests.harness.suite import faketime_env, need, remote_keys, wait_for
-from tests.harness.workers import CeleryWorker
+from tests.harness.workers import PROJECT_ROOT, CeleryWorker
 
 pytestmark = [
     pytest.mark.integration,
@@ -136,3 +140,56 @@ def test_a_worker_10_minutes_behind_takes_over_an_expired_lease_at_once(
         log,
     ), log
     assert remote_keys(clean) == [name]
+
+
+DOCTOR_CLOCK = (
+    "import django; django.setup(); "
+    "from queued_storage.doctor import check_database_clock; "
+    "print(check_database_clock().line())"
+)
+
+
+FIX = (
+    "  -> fix: synchronise the clocks of this host and the database "
+    "(NTP: chrony or systemd-timesyncd)"
+)
+
+
+@pytest.mark.parametrize(
+    ("lease_timeout", "status", "verdict"),
+    [
+        ("2400", "OK  ", ""),
+        ("1200", "WARN", ", more than 0.25 of QUEUED_STORAGE_LEASE_TIMEOUT (300 s)" + FIX),
+        ("120", "FAIL", ", more than QUEUED_STORAGE_LEASE_TIMEOUT (120 s)" + FIX),
+    ],
+)
+def test_doctor_compares_this_hosts_clock_with_the_databases_against_the_lease_timeout(
+    ledger_on_postgres: str, lease_timeout: str, status: str, verdict: str
+) -> None:
+    """10 minutes ahead: fine with a 40-minute lease, a warning beyond a quarter of it, a
+    failure beyond all of it."""
+    env = {
+        **os.environ,
+        **faketime_env("+10m"),
+        "DJANGO_SETTINGS_MODULE": "tests.settings_faults",
+        "QS_FAULT_LEASE_TIMEOUT": lease_timeout,
+        "QS_FAULT_DATABASE": "postgres",
+        "QS_FAULT_PG_NAME": ledger_on_postgres,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", DOCTOR_CLOCK],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=PROJECT_ROOT,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert re.fullmatch(
+        re.escape(f"{status}  clock      database 'postgres': this host's clock is ")
+        + r"(59\d|60\d)\.\d s ahead of the database's, "
+        + r"which measures leases \(to within 0\.\d{3} s\)"
+        + re.escape(verdict),
+        line,
+    ), line
