@@ -11,33 +11,61 @@ wait for a lost one longer than its timeout:
 * a worker measures a retry budget from the database time its lease returned, plus the
   monotonic time since (no wall clock at all).
 
-On PostgreSQL the time is ``STATEMENT_TIMESTAMP()``. SQLite has no server: its clock is the
-clock of the host that runs the query, which is one host by the nature of SQLite. There
-Django stores a datetime as text (``YYYY-MM-DD HH:MM:SS[.ffffff]`` in UTC) and compares
-texts, so the expression is formatted by Django's own ``django_format_dtdelta`` (what
-``Now() + duration`` compiles to), which writes exactly what Django writes: a time the
-database computed compares and matches like one Python wrote (a plain ``Now()`` would write
-milliseconds, ``...15.123``, which is not equal to the ``...15.123000`` Django writes back).
+On PostgreSQL the time is ``STATEMENT_TIMESTAMP()`` (Django's ``Now()``) plus an interval,
+computed by the server. SQLite has no server: it runs in the process that queries it, and its
+``CURRENT_TIMESTAMP`` is that process's clock, the one ``timezone.now()`` reads (SQLite is a
+database of one host). There the time is that clock's, passed as a parameter in the form
+Django stores a datetime in (text, ``YYYY-MM-DD HH:MM:SS[.ffffff]``, compared as text): it
+keeps the microseconds the rows' ``updated`` is matched on, where SQLite's own clock gives
+milliseconds in another form (``...15.123`` is not equal, as text, to Django's
+``...15.123000``).
 """
 
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import DurationField, Expression, Value
+from django.db.models import DateTimeField, DurationField, Expression, Value
 from django.db.models.functions import Now
 from django.db.models.sql import Query
+from django.db.models.sql.compiler import SQLCompiler
+from django.utils import timezone
 
-__all__ = ["now", "read", "sql"]
+__all__ = ["DatabaseNow", "now", "read", "sql"]
 
 
-def now(seconds: float = 0.0) -> Expression:
+class DatabaseNow(Expression):
+    """The database's time plus *seconds* (see the module docstring)."""
+
+    output_field = DateTimeField()
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def as_sql(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper
+    ) -> tuple[str, tuple[str | int, ...]]:
+        delta = Value(datetime.timedelta(seconds=self.seconds), output_field=DurationField())
+        combined = (Now() + delta).resolve_expression(compiler.query, allow_joins=False)
+        text, params = compiler.compile(combined)
+        return text, tuple(params)
+
+    def as_sqlite(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper, **extra: Any
+    ) -> tuple[str, tuple[str | int, ...]]:
+        value = timezone.now() + datetime.timedelta(seconds=self.seconds)
+        stored = connection.ops.adapt_datetimefield_value(value)
+        assert stored is not None
+        return "%s", (stored,)
+
+
+def now(seconds: float = 0.0) -> DatabaseNow:
     """The database's time plus *seconds*, as an expression for a write or a filter."""
-    delta = Value(datetime.timedelta(seconds=seconds), output_field=DurationField())
-    combined: Expression = Now() + delta
-    return combined
+    return DatabaseNow(seconds)
 
 
 def sql(expression: Expression, connection: BaseDatabaseWrapper) -> tuple[str, list[object]]:
@@ -50,8 +78,11 @@ def sql(expression: Expression, connection: BaseDatabaseWrapper) -> tuple[str, l
 
 
 def read(using: str) -> datetime.datetime:
-    """The database *using*'s time now (one ``SELECT``), as Django would read a column."""
+    """The database *using*'s time now (one ``SELECT``; none on SQLite, whose clock is this
+    process's), as Django reads a column."""
     connection = connections[using]
+    if connection.vendor == "sqlite":
+        return timezone.now()
     query = Query(None)
     compiler = query.get_compiler(connection=connection)
     expression = now().resolve_expression(query, allow_joins=False)
