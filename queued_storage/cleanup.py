@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from django.utils import timezone
 
+from queued_storage import clock
 from queued_storage.conf import settings
 from queued_storage.dispatch import redact
 from queued_storage.ledger import tus_expired, tus_forget
@@ -317,7 +318,7 @@ def abort_orphan_uploads(
     the listing (logged; the next pass tries again), else each is an error and the rest go
     on. *seen*: upload ids looked at already (storages that share a bucket), updated.
     """
-    now = now or timezone.now()
+    now = now or clock.read(StoredFile.db())  # the leases' clock: the database's
     # S3 gives aware UTC times, whatever USE_TZ says.
     young = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=older_than)
     done = OrphanUploads()
@@ -362,7 +363,7 @@ def cleanup_uploads(
     aborted: list[Cleaned] = []
     errors: list[str] = []
     seen: set[str] = set()
-    now = timezone.now()
+    now = clock.read(StoredFile.db())  # whether a lease is alive: by the database's clock
     for storage in storages:
         done = abort_orphan_uploads(
             storage,

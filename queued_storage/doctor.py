@@ -5,7 +5,9 @@ what was found, and for a problem the setting or command that fixes it. Every ne
 question has a short deadline (``timeout``), so that a black-holed S3 endpoint or broker
 makes a failing line, not a hanging command:
 
-* the ledger's table is migrated (its database answers);
+* the ledger's table is migrated (its database answers); this host's clock agrees with the
+  database's, which measures leases, overdue times and retry budgets (a warning beyond a
+  quarter of ``QUEUED_STORAGE_LEASE_TIMEOUT``, a failure beyond all of it);
 * each staging directory is writable (a file written, flushed and removed), its free space;
 * the state cache is shared between processes (not ``LocMemCache``/``DummyCache``) and
   answers (a key written, read back and deleted);
@@ -41,6 +43,7 @@ from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
+from queued_storage import clock
 from queued_storage._s3.client import is_s3
 from queued_storage._s3.probe import Probe, ProbeFailed, probe
 from queued_storage.conf import settings
@@ -64,6 +67,11 @@ OK, WARN, FAIL = "ok", "warn", "fail"
 #: Clock skew (seconds) beyond which the line warns, and beyond which S3 refuses requests.
 SKEW_WARN = 30.0
 SKEW_FAIL = 900.0
+
+#: Skew against the database's clock, as a fraction of ``QUEUED_STORAGE_LEASE_TIMEOUT``,
+#: beyond which the line warns, and beyond which it fails.
+DATABASE_SKEW_WARN = 0.25
+DATABASE_SKEW_FAIL = 1.0
 
 _T = TypeVar("_T")
 
@@ -149,6 +157,39 @@ def check_ledger() -> list[Check]:
         return [Check("ledger", subject, FAIL, detail, "python manage.py migrate queued_storage")]
     table = StoredFile._meta.db_table
     return [Check("ledger", subject, OK, f"table {table} migrated ({leaves[0][1]})")]
+
+
+def check_database_clock() -> Check:
+    """This host's clock against the database's (invariant 13: the database's clock measures
+    leases, overdue times and retry budgets; this host's still dates what it writes itself,
+    a save's row for one, and signs its S3 requests). The host's time is taken halfway
+    through the query, whose round trip bounds the error."""
+    db = StoredFile.db()
+    subject = f"database {db!r}"
+    try:
+        before = time.time()
+        database = clock.read(db).timestamp()
+        after = time.time()
+    except Exception as err:
+        return Check("clock", subject, FAIL, f"cannot read its time ({_error(err)})")
+    skew = (before + after) / 2 - database
+    lease = settings.LEASE_TIMEOUT
+    side = "ahead of" if skew > 0 else "behind"
+    detail = (
+        f"this host's clock is {abs(skew):.1f} s {side} the database's, which measures "
+        f"leases (to within {(after - before) / 2:.3f} s)"
+    )
+    fix = "synchronise the clocks of this host and the database (NTP: chrony or systemd-timesyncd)"
+    if abs(skew) > DATABASE_SKEW_FAIL * lease:
+        detail += f", more than QUEUED_STORAGE_LEASE_TIMEOUT ({lease:g} s)"
+        return Check("clock", subject, FAIL, detail, fix)
+    if abs(skew) > DATABASE_SKEW_WARN * lease:
+        detail += (
+            f", more than {DATABASE_SKEW_WARN:g} of QUEUED_STORAGE_LEASE_TIMEOUT "
+            f"({DATABASE_SKEW_WARN * lease:g} s)"
+        )
+        return Check("clock", subject, WARN, detail, fix)
+    return Check("clock", subject, OK, detail)
 
 
 # -- staging ---------------------------------------------------------------------------------
@@ -491,6 +532,8 @@ def run(
         )
         return [Check("storages", "", FAIL, "no QueuedStorage is configured", fix)]
     found = check_ledger()
+    if found[0].status == OK:
+        found.append(check_database_clock())
     found += check_local(storages)
     found += check_cache(timeout)
     found += check_remotes(storages, timeout)

@@ -39,14 +39,16 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from queued_storage import clock
 from queued_storage import state as read_side
 from queued_storage.budget import check_staging_budget, check_staging_budget_in_flight
+from queued_storage.conf import settings
 from queued_storage.machine import (
     ANY,
     ERROR_LENGTH,
@@ -96,6 +98,10 @@ class LeaseResult:
     row: StoredFile | None
     #: The lease was taken over from a worker whose lease expired (not a ``pending`` row's).
     took_over: bool = False
+    #: The database's time when a lease not acquired was read (when another worker's lease
+    #: expires, by the one clock); ``None`` when the lease was acquired (the row's
+    #: ``updated`` is the database's time of the lease).
+    now: datetime.datetime | None = field(default=None, compare=False)
 
 
 def ledger_database() -> str:
@@ -166,7 +172,7 @@ class Ledger(Machine):
                 "attempts": 0,
                 "retrying_since": None,
                 "dispatch_refused": None,
-                "updated": timezone.now(),
+                "updated": clock.now(),
             }
             if self._transition("retry", name, fields, source=old):
                 return True
@@ -215,7 +221,7 @@ class Ledger(Machine):
         return self._transition(
             "refused",
             name,
-            {"dispatch_refused": timezone.now()},
+            {"dispatch_refused": clock.now()},
             where={"dispatch_refused__isnull": True},
         )
 
@@ -239,30 +245,33 @@ class Ledger(Machine):
         a takeover one ``UPDATE`` more, matching the expired lease as that ``SELECT`` read it.
         No cache write: the lease keeper publishes ``transferring`` when the transfer outlives
         its first renewal. (Not through :meth:`_transition`: it returns the row it leased.)
+        Every time is the database's (:mod:`queued_storage.clock`), ``LeaseResult.now`` too.
+        A takeover is logged at WARNING with both owners.
         """
         lease = TRANSITIONS["lease"]
-        now = timezone.now()
-        expires = now + datetime.timedelta(seconds=seconds)
-        taken = self._take(name, owner, expires, now)
+        taken = self._take(name, owner, seconds)
         if taken is not None:
             self._effects(lease, name, State.PENDING, True)
             return LeaseResult(acquired=True, row=taken)
-        row = self.row(name)
+        row, now = self._row_and_clock(name)
         if (
             row is None
+            or now is None
             or row.state != State.TRANSFERRING
             or row.lease_expires is None
             or row.lease_expires >= now
         ):
-            return LeaseResult(acquired=False, row=row)
+            return LeaseResult(acquired=False, row=row, now=now)
         note = (
             f"The lease of {row.lease_owner} expired (its worker was lost?); taken over by {owner}."
         )
-        taken = self._take(name, owner, expires, now, lost=(row.lease_owner, note))
+        taken = self._take(name, owner, seconds, lost=(row.lease_owner, note))
         if taken is not None:
+            self._took_over(row, f"taken over by {owner}")
             self._effects(lease, name, State.TRANSFERRING, True)
             return LeaseResult(acquired=True, row=taken, took_over=True)
-        return LeaseResult(acquired=False, row=self.row(name))
+        row, now = self._row_and_clock(name)
+        return LeaseResult(acquired=False, row=row, now=now)
 
     def renew(
         self,
@@ -275,11 +284,10 @@ class Ledger(Machine):
     ) -> bool:
         """Extend the lease with the progress so far; publish the progress (and *leased*, the
         ``transferring`` state, at the first renewal). ``False``: the lease was lost."""
-        now = timezone.now()
         fields = {
-            "lease_expires": now + datetime.timedelta(seconds=seconds),
+            "lease_expires": clock.now(seconds),
             "bytes_done": done,
-            "updated": now,
+            "updated": clock.now(),
         }
         renewed = self._transition(
             "renew", name, fields, where={"lease_owner": owner}, found=leased
@@ -318,7 +326,7 @@ class Ledger(Machine):
         """Record the verified remote copy and publish ``remote``: one cache write, saying
         whether the local copy stays. Ends any run of transient failures. ``False`` if the
         lease or the row was lost."""
-        now = timezone.now()
+        now = clock.now()
         fields = {
             "state": State.REMOTE,
             "size": size,
@@ -351,14 +359,14 @@ class Ledger(Machine):
         return self._transition(
             "drop_local",
             name,
-            {"local_exists": False, "updated": timezone.now()},
+            {"local_exists": False, "updated": clock.now()},
             found=None if announced else FileState.of(State.REMOTE, size, False),
             before=lambda: delete(name),
         )
 
     def local_missing(self, name: str) -> None:
         """The worker found no local copy: recorded, so the reconcile pass reports the loss."""
-        self._transition("local_missing", name, {"local_exists": False, "updated": timezone.now()})
+        self._transition("local_missing", name, {"local_exists": False, "updated": clock.now()})
 
     def _release(
         self, name: str, owner: str, state: str, error: str, transition: str, *, counted: bool
@@ -367,7 +375,7 @@ class Ledger(Machine):
         ``attempts``, and the run of transient failures, if any, is over); otherwise a failure
         of the infrastructure, which starts such a run unless one is running."""
         assert TRANSITIONS[transition].target == state, transition
-        now = timezone.now()
+        now = clock.now()
         if counted:
             effect: dict[str, object] = {"attempts": F("attempts") + 1, "retrying_since": None}
         else:
@@ -405,7 +413,10 @@ class Ledger(Machine):
             "retrying_since": failing_since(now),
             "updated": now,
         }
-        return self._transition("take_back", row.name, fields, row=row)
+        taken = self._transition("take_back", row.name, fields, row=row)
+        if taken:
+            self._took_over(row, f"taken back by the reconcile pass on host {settings.HOST}")
+        return taken
 
     def claim(self, row: StoredFile, now: datetime.datetime) -> bool:
         """Mark an overdue ``pending`` row as queued again now (no state change).

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 from django.db import IntegrityError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import F, QuerySet, Value
+from django.db.models import Expression, F, QuerySet, Value
 from django.db.models.functions import Coalesce
 
+from queued_storage import clock
 from queued_storage import state as read_side
 from queued_storage.conf import settings
 from queued_storage.models import State, StoredFile
@@ -52,10 +53,11 @@ logger = logging.getLogger("queued_storage.ledger")
 ERROR_LENGTH = 4000
 
 
-def failing_since(now: datetime.datetime) -> Coalesce:
-    """``retrying_since`` after a transient failure: a run of them starts *now* unless one is
-    running (the run's start is what ``QUEUED_STORAGE_RETRY_FOR`` is measured from)."""
-    return Coalesce(F("retrying_since"), Value(now))
+def failing_since(now: datetime.datetime | Expression) -> Coalesce:
+    """``retrying_since`` after a transient failure: a run of them starts *now* (a time the
+    database gave, or :func:`queued_storage.clock.now`) unless one is running (the run's start
+    is what ``QUEUED_STORAGE_RETRY_FOR`` is measured from)."""
+    return Coalesce(F("retrying_since"), now if isinstance(now, Expression) else Value(now))
 
 
 # -- the state machine, declared --------------------------------------------------------------
@@ -301,6 +303,27 @@ class Machine:
         if row is not None:
             self._publish(name, FileState.from_row(row))
 
+    def _row_and_clock(self, name: str) -> tuple[StoredFile | None, datetime.datetime | None]:
+        """The row, and the database's time as it was read, in one ``SELECT`` (no row: no
+        time)."""
+        row = self.rows(name).annotate(database_now=clock.now()).first()
+        if row is None:
+            return None, None
+        now: datetime.datetime = row.database_now
+        return row, now
+
+    def _took_over(self, row: StoredFile, by: str) -> None:
+        """Log the takeover of *row*'s expired lease (as it was read) *by* its new owner."""
+        expired = row.lease_expires.isoformat(" ", "milliseconds") if row.lease_expires else "?"
+        logger.warning(
+            "lease takeover: the lease of %s on %s:%s expired at %s (by the database's clock); %s",
+            row.lease_owner,
+            self.alias,
+            row.name,
+            expired,
+            by,
+        )
+
     # -- the INSERT, the lease's UPDATE ... RETURNING, the row as read ------------------------
     def _insert(self, name: str, then: Callable[[], None] | None = None, **fields: object) -> bool:
         """One INSERT of *name*'s row; ``False`` when another file holds the name.
@@ -331,34 +354,37 @@ class Machine:
         self,
         name: str,
         owner: str,
-        expires: datetime.datetime,
-        now: datetime.datetime,
+        seconds: float,
         *,
         lost: tuple[str, str] | None = None,
     ) -> StoredFile | None:
-        """One conditional UPDATE giving *owner* the lease of a ``pending`` row or, with
-        *lost* (the lost owner and the note to record), of that owner's expired lease; the row
-        as it is now, or ``None`` when the row did not match."""
+        """One conditional UPDATE giving *owner* the lease of a ``pending`` row for *seconds*
+        or, with *lost* (the lost owner and the note to record), of that owner's expired lease;
+        the row as it is now, or ``None`` when the row did not match. Every time in it is the
+        database's (:mod:`queued_storage.clock`): the expiry, the takeover's condition, the
+        row's ``updated`` (which the worker reads back as the time of its lease)."""
         connection = connections[StoredFile.db()]
         if connection.vendor in ("postgresql", "sqlite") and (
             connection.features.can_return_rows_from_bulk_insert
         ):
-            return take_returning(connection, self.alias, name, owner, expires, now, lost=lost)
+            return take_returning(connection, self.alias, name, owner, seconds, lost=lost)
         fields: dict[str, object] = {
             "state": State.TRANSFERRING,
             "lease_owner": owner,
-            "lease_expires": expires,
+            "lease_expires": clock.now(seconds),
             "bytes_done": 0,
             "dispatch_refused": None,
-            "updated": now,
+            "updated": clock.now(),
         }
         rows = self.rows(name)
         if lost is None:
             rows = rows.filter(state=State.PENDING)
         else:
-            rows = rows.filter(state=State.TRANSFERRING, lease_owner=lost[0], lease_expires__lt=now)
+            rows = rows.filter(
+                state=State.TRANSFERRING, lease_owner=lost[0], lease_expires__lt=clock.now()
+            )
             fields["last_error"] = lost[1][:ERROR_LENGTH]
-            fields["retrying_since"] = failing_since(now)
+            fields["retrying_since"] = failing_since(clock.now())
         return self.row(name) if rows.update(**fields) else None
 
     @staticmethod
@@ -375,36 +401,35 @@ def take_returning(
     alias: str,
     name: str,
     owner: str,
-    expires: datetime.datetime,
-    now: datetime.datetime,
+    seconds: float,
     *,
     lost: tuple[str, str] | None = None,
 ) -> StoredFile | None:
     """:meth:`Machine._take` as one ``UPDATE ... RETURNING`` (PostgreSQL, SQLite 3.35+): the
-    row as the lease left it, or ``None`` when the row did not match."""
+    row as the lease left it, or ``None`` when the row did not match. Its times are the
+    database's (:func:`queued_storage.clock.now`, compiled for *connection*)."""
     q = connection.ops.quote_name
-
-    def when(value: datetime.datetime) -> str | None:
-        return connection.ops.adapt_datetimefield_value(value)
-
+    now, now_params = clock.sql(clock.now(), connection)
+    expires, expires_params = clock.sql(clock.now(seconds), connection)
     columns = ", ".join(q(str(f.column)) for f in StoredFile._meta.concrete_fields)
     table = q(StoredFile._meta.db_table)
     sets = (
-        f"{q('state')} = %s, {q('lease_owner')} = %s, {q('lease_expires')} = %s, "
-        f"{q('bytes_done')} = 0, {q('dispatch_refused')} = NULL, {q('updated')} = %s"
+        f"{q('state')} = %s, {q('lease_owner')} = %s, {q('lease_expires')} = {expires}, "
+        f"{q('bytes_done')} = 0, {q('dispatch_refused')} = NULL, {q('updated')} = {now}"
     )
-    params: list[object] = [str(State.TRANSFERRING), owner, when(expires), when(now)]
+    params: list[object] = [str(State.TRANSFERRING), owner, *expires_params, *now_params]
     where = f"{q('alias')} = %s AND {q('name')} = %s AND {q('state')} = %s"
     where_params: list[object] = [alias, name]
     if lost is None:
         where_params.append(str(State.PENDING))
     else:
         sets += (
-            f", {q('last_error')} = %s, {q('retrying_since')} = COALESCE({q('retrying_since')}, %s)"
+            f", {q('last_error')} = %s, "
+            f"{q('retrying_since')} = COALESCE({q('retrying_since')}, {now})"
         )
-        params += [lost[1][:ERROR_LENGTH], when(now)]
-        where += f" AND {q('lease_owner')} = %s AND {q('lease_expires')} < %s"
-        where_params += [str(State.TRANSFERRING), lost[0], when(now)]
+        params += [lost[1][:ERROR_LENGTH], *now_params]
+        where += f" AND {q('lease_owner')} = %s AND {q('lease_expires')} < {now}"
+        where_params += [str(State.TRANSFERRING), lost[0], *now_params]
     sql = f"UPDATE {table} SET {sets} WHERE {where} RETURNING {columns}"
     manager = StoredFile.objects.db_manager(connection.alias)
     leased = list(manager.raw(sql, params + where_params))

@@ -35,6 +35,7 @@ from typing import Generic, TypeVar
 
 from django.utils import timezone
 
+from queued_storage import clock
 from queued_storage import state as read_side
 from queued_storage.cleanup import (  # re-exported: the clean-up's home is cleanup.py
     Cleaned,
@@ -194,13 +195,17 @@ def _local_copy_here_or_there(storage: QueuedStorage, row: StoredFile) -> bool:
 def retry_failed_rows(rows: Iterable[StoredFile]) -> Retried:
     """Give every failed row whose local copy is there a new budget, and queue it."""
     storages, sender, done = Storages(), Sender(), Retried()
+    now: datetime.datetime | None = None  # the database's, read once (invariant 13)
     for row in rows:
         storage = storages.get(row.alias)
         if storage is None or row.state != State.FAILED:
             done.skipped += 1
-        elif not _local_copy_here_or_there(storage, row):
+            continue
+        if not _local_copy_here_or_there(storage, row):
             done.no_local += 1
-        elif not storage.ledger.retry_failed(row, timezone.now()):
+            continue
+        now = now or clock.read(StoredFile.db())
+        if not storage.ledger.retry_failed(row, now):
             done.changed += 1
         elif sender.send_or_mark(storage, row.name, row.host):
             done.queued += 1

@@ -70,8 +70,8 @@ from collections.abc import Callable, Sequence
 from django.db import connections
 from django.utils import timezone
 
+from queued_storage import clock, tally
 from queued_storage import state as read_side
-from queued_storage import tally
 from queued_storage.adopt import adopt_all
 from queued_storage.cleanup import PASS_UPLOAD_PAGES, abort_orphan_uploads
 from queued_storage.conf import settings
@@ -332,8 +332,13 @@ def reconcile(
 
     *aliases* limits the pass to these queued storages (default: all). The result is logged:
     an info line, and an error line for data loss.
+
+    *now* (default: the database's time, read once: leases, overdue times and retry budgets
+    are measured with the database's clock) is the time of the whole pass; the age of local
+    files to adopt and the record of the pass go by this host's clock (file times are).
     """
-    now = now or timezone.now()
+    here = now or timezone.now()
+    now = now or clock.read(StoredFile.db())
     after, batch = settings.RECONCILE_AFTER, settings.RECONCILE_BATCH
     host = settings.HOST
     report = Report(host=host, staging_budget=settings.STAGING_BUDGET)
@@ -361,14 +366,14 @@ def reconcile(
         _orphan_uploads(storage, report, now=now, after=after, batch=batch)
     if adopt:
         owners = selected if aliases is not None else {s.alias: s for s in queued_storages()}
-        adopt_all(owners, report, sender, now=now, after=after, batch=batch)
+        adopt_all(owners, report, sender, now=here, after=after, batch=batch)
     if hosts is not None:
         _report_elsewhere(report, selected, hosts, now, after)
     _verify_sample(report, aliases)
     _report_lost(report, aliases, batch)
     report.staging_bytes = StoredFile.waiting_bytes(host)
     _log(report)
-    record_run(report, now)
+    record_run(report, here)
     return report
 
 
@@ -390,7 +395,7 @@ def reconcile_on_start(*, now: datetime.datetime | None = None) -> Report | None
     host, after = settings.HOST, settings.RECONCILE_AFTER
     if not read_side.first_to_mark(settings.CACHE_PREFIX, f"reconcile-on-start:{host}", after):
         return None
-    now = now or timezone.now()
+    now = now or clock.read(StoredFile.db())
     report = Report(host=host, staging_budget=settings.STAGING_BUDGET)
     sender = Sender()
     for alias in StoredFile.all_rows().in_progress_on(host).aliases():

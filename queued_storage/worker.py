@@ -40,8 +40,8 @@ from collections.abc import Callable
 
 from django.core.files.storage import Storage
 from django.db import connections
-from django.utils import timezone
 
+from queued_storage import clock
 from queued_storage.conf import settings
 from queued_storage.exceptions import (
     BadHookResult,
@@ -292,13 +292,14 @@ def _fail(
 
 
 def retried_for(row: StoredFile, now: datetime.datetime | None = None) -> float:
-    """Seconds from the start of the row's run of transient failures to *now* (default: this
-    moment); 0 when none is running, never negative (a clock read before the run began). The
-    one measure of the ``QUEUED_STORAGE_RETRY_FOR`` budget, for the worker and the reconcile
-    pass."""
+    """Seconds from the start of the row's run of transient failures to *now* (default: the
+    database's time, read now); 0 when none is running, never negative (a clock read before
+    the run began). The one measure of the ``QUEUED_STORAGE_RETRY_FOR`` budget, for the worker
+    and the reconcile pass; *now* is always the database's time (``retrying_since`` is)."""
     if row.retrying_since is None:
         return 0.0
-    return max(0.0, ((now or timezone.now()) - row.retrying_since).total_seconds())
+    now = now or clock.read(StoredFile.db())
+    return max(0.0, (now - row.retrying_since).total_seconds())
 
 
 def _give_up(
@@ -381,14 +382,22 @@ def run_transfer(
             return Outcome.ALREADY_REMOTE
         if row.state == State.FAILED:
             return Outcome.FAILED  # retried on request only (storage.transfer or reconcile)
-        # Another worker holds the lease: come back when it would have expired.
+        # Another worker holds the lease: come back when it would have expired (by the
+        # database's clock, as the lease is measured).
         remaining = settings.LEASE_TIMEOUT
-        if row.lease_expires is not None:
-            remaining = max(1.0, (row.lease_expires - timezone.now()).total_seconds() + 1)
+        if row.lease_expires is not None and lease.now is not None:
+            remaining = max(1.0, (row.lease_expires - lease.now).total_seconds() + 1)
         raise RetryLater(remaining, f"{name!r} is being transferred by {row.lease_owner}")
     if row is None:
         return Outcome.GONE  # deleted between taking the lease and reading the row
-    if lease.took_over and retried_for(row) >= settings.RETRY_FOR:
+    # The database's time of the lease (the take wrote it), and the monotonic clock from it:
+    # the retry budget is measured without this host's wall clock.
+    leased_at, leased_tick = row.updated, time.monotonic()
+
+    def database_now() -> datetime.datetime:
+        return leased_at + datetime.timedelta(seconds=time.monotonic() - leased_tick)
+
+    if lease.took_over and retried_for(row, leased_at) >= settings.RETRY_FOR:
         # Its workers keep dying (a file that kills them?): a lost worker is a transient
         # failure, bounded by time like the others.
         return _give_up(storage, name, owner, InfrastructureError(row.last_error, name=name), row)
@@ -422,7 +431,7 @@ def run_transfer(
         if isinstance(err, PermanentTransferError):
             return _fail(storage, name, owner, err)
         if isinstance(err, InfrastructureError):
-            elapsed = retried_for(row)
+            elapsed = retried_for(row, database_now())
             if elapsed >= settings.RETRY_FOR:
                 return _give_up(storage, name, owner, err, row)
             ledger.retry_later(name, owner, str(err), counted=False)

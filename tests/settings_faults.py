@@ -4,7 +4,8 @@ after ``kill -9``) or a retry budget that outlasts a 15-second S3 outage.
 
 ``QS_FAULT_LEASE_TIMEOUT``, ``QS_FAULT_RETRIES``, ``QS_FAULT_RETRY_DELAY``,
 ``QS_FAULT_RETRY_MAX_DELAY``, ``QS_FAULT_HOST`` (``QUEUED_STORAGE_HOST``),
-``QS_FAULT_RECONCILE_ON_START``.
+``QS_FAULT_RECONCILE_ON_START``, ``QS_FAULT_DATABASE`` (``QUEUED_STORAGE_DATABASE``: ``postgres``
+names the test run's PostgreSQL database, ``QS_FAULT_PG_NAME``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 
 from tests.settings import *  # noqa: F403
 from tests.settings import (
+    DATABASES,
     QUEUED_STORAGE_LEASE_TIMEOUT,
     QUEUED_STORAGE_RECONCILE_ON_START,
     QUEUED_STORAGE_RETRIES,
@@ -35,3 +37,7 @@ QUEUED_STORAGE_RECONCILE_ON_START = int(
 )
 if os.environ.get("QS_FAULT_HOST"):
     QUEUED_STORAGE_HOST = os.environ["QS_FAULT_HOST"]
+if os.environ.get("QS_FAULT_DATABASE"):
+    QUEUED_STORAGE_DATABASE = os.environ["QS_FAULT_DATABASE"]
+if os.environ.get("QS_FAULT_PG_NAME") and "postgres" in DATABASES:
+    DATABASES["postgres"]["NAME"] = os.environ["QS_FAULT_PG_NAME"]

@@ -11,6 +11,7 @@ import fcntl
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -180,7 +181,18 @@ STATUS_KEYS = {
     "tus",
     "reconcile",
 }
-DOCTOR_CHECKS = ["ledger", "local", "cache", "remote", "clock", "celery", "broker", "workers"]
+#: The doctor's lines, in order: ``clock`` twice, against the database and against S3.
+DOCTOR_CHECKS = [
+    "ledger",
+    "clock",
+    "local",
+    "cache",
+    "remote",
+    "clock",
+    "celery",
+    "broker",
+    "workers",
+]
 
 
 class Terminal(io.StringIO):
@@ -705,8 +717,15 @@ def test_doctor_passes_when_every_part_answers(worker: Any, clean: Any) -> None:
     out, err, code = command("doctor", "--storage", "default", "--timeout", "2")
     assert (err, code) == ("", 0), out
     found = lines_of(out)
-    assert list(found) == [*DOCTOR_CHECKS, "reconcile"]
+    assert list(found) == [*dict.fromkeys(DOCTOR_CHECKS), "reconcile"]
     assert all(line.startswith("OK ") for line in out.splitlines())
+    database, s3 = found["clock"]
+    assert re.fullmatch(
+        r"OK    clock      database 'default': this host's clock is 0\.0 s (ahead of|behind) "
+        r"the database's, which measures leases \(to within 0\.\d{3} s\)",
+        database,
+    ), database
+    assert s3.startswith("OK    clock      s3 (default): this host's clock is ")
     assert found["local"][0].endswith(" free")
     assert "CACHES['default']: RedisCache, shared" in found["cache"][0]
     assert (
@@ -736,7 +755,9 @@ def test_doctor_names_the_fix_when_s3_and_the_broker_are_down(
         "-> fix: check the network path to the endpoint, or "
         "STORAGES['s3']['OPTIONS']['endpoint_url']"
     )
-    assert "clock" not in found  # no answer, no Date
+    assert [line.split(":")[0] for line in found["clock"]] == [
+        "OK    clock      database 'default'"  # and none for S3: no answer, no Date
+    ]
     (broker,) = found["broker"]
     assert broker.startswith("FAIL  broker     redis://127.0.0.1:")
     assert ": does not answer within 1 s (" in broker

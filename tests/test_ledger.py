@@ -7,6 +7,7 @@ Python process) has to arbitrate.
 from __future__ import annotations
 
 import datetime
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,8 +17,12 @@ import pytest
 from django.conf import settings
 from django.core.cache import caches
 from django.db import close_old_connections, connections, transaction
+from django.db.models import DurationField, Value
+from django.db.models.functions import Now
+from django.test import override_settings
 from django.utils import timezone
 
+from queued_storage.conf import settings as qs_settings
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.state import FileState, cache_key
@@ -340,3 +345,81 @@ def test_seed_remote_records_unknown_names_only(ledger: Ledger) -> None:
         "e2",
     )
     assert row(ledger, "known.bin").state == State.PENDING
+
+
+# --- one clock: the database's (invariant 13) --------------------------------------------------
+#: How far off the host clocks of these tests are (libfaketime does it to a real worker in
+#: tests/test_clock.py; here timezone.now() is shifted in this process).
+SKEW = datetime.timedelta(minutes=10)
+
+
+def database_now(seconds: float) -> Any:
+    """The database's time plus *seconds* (an expression)."""
+    return Now() + Value(datetime.timedelta(seconds=seconds), output_field=DurationField())
+
+
+def host_clock_off_by(monkeypatch: pytest.MonkeyPatch, skew: datetime.timedelta) -> None:
+    real = datetime.datetime.now
+    monkeypatch.setattr(timezone, "now", lambda: real(datetime.timezone.utc) + skew)
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+def test_a_host_clock_ten_minutes_off_neither_takes_a_live_lease_nor_waits_for_an_expired_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL: the lease's times are the server's, whatever this host's clock says. (On
+    SQLite the database's clock is this process's own: the clock every process of its one
+    host shares.)"""
+    need("postgres")
+    with override_settings(QUEUED_STORAGE_DATABASE="postgres"):
+        ledger = Ledger("s")
+        ledger.reserve("live.bin", "h")
+        assert ledger.lease("live.bin", "correct-clock", 60).acquired
+        host_clock_off_by(monkeypatch, SKEW)
+        refused = ledger.lease("live.bin", "ahead", 60)
+        assert not refused.acquired
+        assert refused.row is not None and refused.now is not None
+        assert refused.row.lease_owner == "correct-clock"
+        # ...and it comes back when the lease ends by the database's clock, not at once.
+        assert 50 < (refused.row.lease_expires - refused.now).total_seconds() <= 60
+        host_clock_off_by(monkeypatch, -SKEW)
+        ledger.rows("live.bin").update(lease_expires=database_now(-1))  # expired a second ago
+        taken = ledger.lease("live.bin", "behind", 60)
+        assert taken.acquired and taken.took_over
+        assert taken.row is not None and taken.row.lease_expires is not None
+        assert taken.row.lease_expires - taken.row.updated == datetime.timedelta(seconds=60)
+        real = datetime.datetime.now(datetime.timezone.utc)
+        assert abs(taken.row.updated - real) < datetime.timedelta(seconds=5)
+
+
+def test_a_takeover_is_logged_at_warning_with_both_owners(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    ledger.saved("taken.bin", "h", 1)
+    assert ledger.lease("taken.bin", "dead-worker", -1).acquired  # expired at once
+    expired = row(ledger, "taken.bin").lease_expires
+    assert expired is not None
+    with caplog.at_level(logging.WARNING, logger="queued_storage.ledger"):
+        assert ledger.lease("taken.bin", "w2", 60).took_over
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.WARNING,
+            "lease takeover: the lease of dead-worker on cache-effects:taken.bin expired at "
+            f"{expired.isoformat(' ', 'milliseconds')} (by the database's clock); "
+            "taken over by w2",
+        )
+    ]
+    caplog.clear()
+    ledger.rows("taken.bin").update(lease_expires=database_now(-1))
+    lost = row(ledger, "taken.bin")  # a time the database wrote, matched as read
+    assert lost.lease_expires is not None
+    with caplog.at_level(logging.WARNING, logger="queued_storage.ledger"):
+        assert ledger.take_back(lost, timezone.now())
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.WARNING,
+            "lease takeover: the lease of w2 on cache-effects:taken.bin expired at "
+            f"{lost.lease_expires.isoformat(' ', 'milliseconds')} (by the database's clock); "
+            f"taken back by the reconcile pass on host {qs_settings.HOST}",
+        )
+    ]

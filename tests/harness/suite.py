@@ -8,6 +8,7 @@ services directly, past the fault proxies (:func:`direct_s3_client`, :func:`redi
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import json
 import os
@@ -32,6 +33,7 @@ __all__ = [
     "direct_s3_client",
     "django_server",
     "empty_bucket",
+    "faketime_env",
     "need",
     "need_tool",
     "nginx_in_front",
@@ -52,6 +54,26 @@ def need_tool(what: str, available: bool, hint: str) -> None:
     if settings.STRICT:
         pytest.fail(message)
     pytest.skip(message)
+
+
+#: Where libfaketime is installed (Debian's ``faketime`` package: ``apt-get install faketime``;
+#: a build of one's own under /usr/local).
+LIBFAKETIME = (
+    "/usr/lib/*/faketime/libfaketime.so.1",
+    "/usr/lib/faketime/libfaketime.so.1",
+    "/usr/local/lib/faketime/libfaketime.so.1",
+)
+
+
+def faketime_env(offset: str) -> dict[str, str]:
+    """The environment that runs a process with its wall clock *offset* (libfaketime's
+    ``FAKETIME``, e.g. ``"+10m"``, ``"-10m"``) from the real one (its monotonic clock is
+    shifted too, which changes no interval: with ``FAKETIME_DONT_FAKE_MONOTONIC=1`` Debian's
+    libfaketime 0.9.10 makes Python's ``time.sleep`` fail with EINVAL). Fails (strict mode) or
+    skips without libfaketime."""
+    found = [path for pattern in LIBFAKETIME for path in sorted(glob.glob(pattern))]
+    need_tool("libfaketime", bool(found), "install Debian's faketime (apt-get install faketime)")
+    return {"LD_PRELOAD": found[0], "FAKETIME": offset}
 
 
 def need(service: str) -> None:
