@@ -225,12 +225,6 @@ class Ledger(Machine):
             where={"dispatch_refused__isnull": True},
         )
 
-    def still_refused(self, name: str) -> bool:
-        """Whether *name*'s row is ``pending`` with its refusal still marked: no pass or
-        starting worker has queued it since (one read by the unique key)."""
-        waiting = self.rows(name).filter(state=State.PENDING, dispatch_refused__isnull=False)
-        return bool(waiting.exists())
-
     # -- a worker's lease -------------------------------------------------------------------
     def lease(self, name: str, owner: str, seconds: float) -> LeaseResult:
         """Take the single-flight lease on a ``pending`` row, or take over a lease that expired.

@@ -176,6 +176,12 @@ class Machine:
     def row(self, name: str) -> StoredFile | None:
         return StoredFile.get_row(self.alias, name)
 
+    def still_refused(self, name: str) -> bool:
+        """Whether *name*'s row is ``pending`` with its refusal still marked: no pass or
+        starting worker has queued it since (one read by the unique key)."""
+        waiting = self.rows(name).filter(state=State.PENDING, dispatch_refused__isnull=False)
+        return bool(waiting.exists())
+
     def state(self, name: str, *, fresh: bool = False) -> FileState | None:
         """The file's state (cache, then ledger); ``None`` when the ledger does not know it."""
         return read_side.get_state(self.cache_prefix, self.alias, name, fresh=fresh)
