@@ -43,7 +43,7 @@ from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
-from queued_storage import clock
+from queued_storage import clock, tally
 from queued_storage._s3.client import is_s3
 from queued_storage._s3.probe import Probe, ProbeFailed, probe
 from queued_storage.conf import settings
@@ -52,6 +52,7 @@ from queued_storage.dispatch import redact
 from queued_storage.models import StoredFile
 from queued_storage.names import DOCTOR_DIRNAME
 from queued_storage.operations import human_age, human_bytes
+from queued_storage.queries import UNFINISHED
 from queued_storage.reconcile import last_run
 from queued_storage.state import cache_key
 from queued_storage.storage import QueuedStorage
@@ -454,10 +455,32 @@ def _queue_of(app: Celery, storage: QueuedStorage) -> str:
         return str(app.conf.task_default_queue)
 
 
+def _other_hosts_waiting(storages: Sequence[QueuedStorage]) -> dict[str, tuple[str, int]]:
+    """The queues of other hosts (per-host queues) that hold files not yet ``remote`` of these
+    storages: ``{queue: (host, files)}``, from the kept tally."""
+    waiting: dict[str, tuple[str, int]] = {}
+    by_alias = {storage.alias: storage for storage in storages}
+    for group in tally.read():
+        storage = by_alias.get(group.alias)
+        if storage is None or group.state not in UNFINISHED or group.files <= 0:
+            continue
+        if not group.host or group.host == settings.HOST:
+            continue
+        queue = storage.queue_for(group.host)
+        if not queue or queue == storage.queue_for(settings.HOST):
+            continue  # one queue for every host: this host's line covers it
+        host, files = waiting.get(queue, (group.host, 0))
+        waiting[queue] = (host, files + group.files)
+    return waiting
+
+
 def check_workers(app: Celery, storages: Sequence[QueuedStorage], timeout: float) -> list[Check]:
+    """Every queue this host's files go to has a worker (FAIL otherwise), and so has every
+    other host's queue that holds waiting files (WARN: that host's worker is down)."""
     queues: dict[str, list[QueuedStorage]] = {}
     for storage in storages:
         queues.setdefault(_queue_of(app, storage), []).append(storage)
+    others = _other_hosts_waiting(storages)
     wait = min(timeout, 2.0)
     # A connection of its own, not one of the app's pool, which may hold a dead one.
     connection = app.connection_for_write(connect_timeout=timeout)
@@ -492,6 +515,15 @@ def check_workers(app: Celery, storages: Sequence[QueuedStorage], timeout: float
             detail = f"no worker consumes it ({len(replies)} worker(s) answered, for other queues)"
         fix = f"start one: celery -A <your project> worker -Q {queue}"
         found.append(Check("workers", subject, FAIL, detail, fix))
+    for queue, (host, files) in sorted(others.items()):
+        subject = f"queue {queue!r} (host {host})"
+        workers = consumers.get(queue)
+        if workers:
+            found.append(Check("workers", subject, OK, f"consumed by {', '.join(workers)}"))
+            continue
+        detail = f"no worker consumes it; {files} file(s) of host {host} wait for it"
+        fix = f"start the worker on host {host}: celery -A <your project> worker -Q {queue}"
+        found.append(Check("workers", subject, WARN, detail, fix))
     return found
 
 

@@ -26,9 +26,11 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import transaction
 from django.test import override_settings
 from django.utils import timezone
 
+from queued_storage import tally
 from queued_storage.conf import settings as qs_settings
 from queued_storage.ledger import tus_create
 from queued_storage.management.render import LISTED, CleanupPages
@@ -780,6 +782,25 @@ def test_doctor_fails_a_queue_no_worker_consumes(worker: Any, clean: Any) -> Non
     (workers,) = lines_of(out)["workers"]
     assert workers.startswith("FAIL  workers    queue 'parked' (queued_parked): no worker consumes")
     assert workers.endswith("-> fix: start one: celery -A <your project> worker -Q parked")
+
+
+def test_doctor_warns_of_another_hosts_queue_that_holds_waiting_files_and_no_worker(
+    worker: Any, clean: Any
+) -> None:
+    """Per-host queues: a file of host web-b waits and no worker consumes web-b's queue."""
+    with transaction.atomic():
+        StoredFile.objects.create(
+            alias="queued_host", name="web-b/waiting.txt", state=State.PENDING, host="web-b"
+        )
+    tally.read()
+    out, _, _ = command("doctor", "--storage", "queued_host", "--timeout", "1")
+    found = lines_of(out)["workers"]
+    other = [line for line in found if "web-b" in line]
+    assert other == [
+        "WARN  workers    queue 'queued_storage.web-b' (host web-b): no worker consumes it; 1 "
+        "file(s) of host web-b wait for it  -> fix: start the worker on host web-b: celery -A "
+        "<your project> worker -Q queued_storage.web-b"
+    ]
 
 
 #: Commands as a newcomer runs them before ``migrate``: every subcommand runs inside the same
