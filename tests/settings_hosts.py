@@ -40,6 +40,12 @@ CACHES = {
 }
 CELERY_BROKER_URL = f"{REDIS_URL}/0"
 CELERY_RESULT_BACKEND = f"{REDIS_URL}/2"
+# As the quick start has them: a broker that stops answering fails a publish in seconds.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": 3600,
+    "socket_timeout": 10,
+    "socket_connect_timeout": 5,
+}
 
 S3_ENDPOINT = f"http://{INFRA}:5000"
 LAB_S3_OPTIONS = {**S3_OPTIONS, "bucket_name": BUCKET, "endpoint_url": S3_ENDPOINT}

@@ -35,7 +35,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -249,8 +249,11 @@ class HostLab(StartStop):
         *,
         shared: Mapping[str, str] | None = None,
         settings_env: Mapping[str, str] | None = None,
+        autostart: Collection[str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        #: The hosts whose web server and worker :meth:`start` starts (default: all).
+        self.autostart = set(hosts if autostart is None else autostart)
         self.host_volumes = dict(hosts)
         self.shared = dict(shared or {})
         self.settings_env = dict(settings_env or {})
@@ -310,7 +313,8 @@ class HostLab(StartStop):
                 self._host(name, volume, 11 + index)
             self._migrate()
             for host in self.hosts.values():
-                self.start_host(host)
+                if host.name in self.autostart:
+                    self.start_host(host)
         except BaseException:
             self.stop()
             raise
@@ -598,20 +602,35 @@ class HostLab(StartStop):
     # -- partitions ---------------------------------------------------------------------------
 
     def cut(self, host: Host, port: int) -> None:
-        """Drop every packet the host sends to the infra namespace's ``port`` (TCP)."""
-        run(["tc", "-n", host.netns, "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "prio"])
+        """Drop every packet the host sends to the infra namespace's TCP ``port`` (a
+        partition: connections hang, nothing is refused). ``tc``: the packets are classified
+        into an HTB class whose queue is a ``blackhole`` (no action modules needed)."""
+        self._classify(host, port, ["blackhole"], "10gbit")
+
+    def throttle(self, host: Host, port: int, rate: str) -> None:
+        """Limit what the host sends to the infra namespace's ``port`` to ``rate`` (``tc``
+        units, e.g. ``"8mbit"``); everything else goes at full speed."""
+        self._classify(host, port, ["pfifo"], rate)
+
+    def _classify(self, host: Host, port: int, leaf: list[str], rate: str) -> None:
+        ns = ["tc", "-n", host.netns]
+        dev = ["dev", "eth0"]
+        run([*ns, "qdisc", "add", *dev, "root", "handle", "1:", "htb", "default", "10"])
+        run([*ns, "class", "add", *dev, "parent", "1:", "classid", "1:10", "htb",
+             "rate", "10gbit"])  # fmt: skip
+        run([*ns, "class", "add", *dev, "parent", "1:", "classid", "1:20", "htb",
+             "rate", rate, "ceil", rate])  # fmt: skip
+        run([*ns, "qdisc", "add", *dev, "parent", "1:20", "handle", "20:", *leaf])
         run(
             [
-                "tc", "-n", host.netns, "filter", "add", "dev", "eth0", "parent", "1:",
-                "protocol", "ip", "prio", "1", "u32",
-                "match", "ip", "dst", f"{self.infra_ip}/32",
-                "match", "ip", "protocol", "6", "0xff",
-                "match", "ip", "dport", str(port), "0xffff",
-                "action", "drop",
+                *ns, "filter", "add", *dev, "parent", "1:", "protocol", "ip", "prio", "1",
+                "u32", "match", "ip", "dst", f"{self.infra_ip}/32",
+                "match", "ip", "dport", str(port), "0xffff", "flowid", "1:20",
             ]
         )  # fmt: skip
 
     def heal(self, host: Host) -> None:
+        """Remove the host's cut or throttle."""
         run(["tc", "-n", host.netns, "qdisc", "del", "dev", "eth0", "root"], check=False)
 
     # -- inspection ---------------------------------------------------------------------------
@@ -619,20 +638,20 @@ class HostLab(StartStop):
     def s3_client(self) -> Any:
         return make_s3_client(self.s3_endpoint)
 
-    def s3_requests(self) -> list[tuple[str, str, str]]:
-        """Every request moto answered: (client address, method, path with query)."""
+    def s3_requests(self) -> list[tuple[str, str, str, int]]:
+        """Every request moto answered: (client address, method, path with query, status)."""
         text = self.servers["moto"].all_log_text()
-        pattern = r'^(\S+) - - \[[^]]+\] "([A-Z]+) (\S+) HTTP/[\d.]+"'
-        return [m.groups() for m in re.finditer(pattern, text, re.MULTILINE)]  # type: ignore[misc]
+        pattern = r'^(\S+) - - \[[^]]+\] "([A-Z]+) (\S+) HTTP/[\d.]+" (\d+)'
+        return [(m[1], m[2], m[3], int(m[4])) for m in re.finditer(pattern, text, re.MULTILINE)]
 
     def uploads_of(self, key: str) -> list[str]:
         """The client address of every request that wrote ``key``'s bytes (a single PUT, or a
-        multipart upload's Complete)."""
+        multipart upload's Complete) and succeeded."""
         path = f"/{BUCKET}/{key}"
         found = []
-        for address, method, target in self.s3_requests():
+        for address, method, target, status in self.s3_requests():
             base, _, query = target.partition("?")
-            if base != path:
+            if base != path or status != 200:
                 continue
             single = method == "PUT" and "partNumber" not in query and "CopyObject" not in query
             if single or (method == "POST" and "uploadId=" in query):
