@@ -38,7 +38,8 @@ CACHES = {
         "LOCATION": f"{REDIS_URL}/1",
     }
 }
-CELERY_BROKER_URL = f"{REDIS_URL}/0"
+# QS_LAB_BROKER_URL: another broker (the lab runs Redis; RabbitMQ can be given here).
+CELERY_BROKER_URL = os.environ.get("QS_LAB_BROKER_URL", f"{REDIS_URL}/0")
 CELERY_RESULT_BACKEND = f"{REDIS_URL}/2"
 # As the quick start has them: a broker that stops answering fails a publish in seconds.
 CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import logging
 import os
 import re
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from qs_dev.processes import ManagedProcess, ProcessError, StartStop
+from qs_dev.processes import ManagedProcess, ProcessError, StartStop, pid_alive
 from tests.harness.services import (
     AWS_ISOLATION_ENV,
     AWS_TEST_ACCESS_KEY,
@@ -52,7 +53,16 @@ from tests.harness.services import (
 )
 from tests.harness.workers import PROJECT_ROOT, CeleryWorker
 
-__all__ = ["BUCKET", "Host", "HostLab", "LabServer", "LabUnavailable", "LabWorker", "lab_missing"]
+__all__ = [
+    "BUCKET",
+    "Host",
+    "HostLab",
+    "LabServer",
+    "LabUnavailable",
+    "LabWorker",
+    "lab_missing",
+    "sweep_stale_labs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +76,9 @@ WEB_PORT = 8000
 #: Seconds any one ``ip``/``tc``/``mount`` command may take.
 COMMAND_TIMEOUT = 20.0
 SETTINGS_MODULE = "tests.settings_hosts"
+#: One JSON file per running lab (its pid and what it made): a lab whose process died without
+#: its teardown (``kill -9``, a timeout's ``os._exit``) is swept by the next lab's start.
+REGISTRY = Path("/run/qs-host-labs")
 
 
 class LabUnavailable(RuntimeError):
@@ -303,6 +316,7 @@ class HostLab(StartStop):
             return self
         self._started = True
         began = time.monotonic()
+        sweep_stale_labs()
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
             self.subnet = _free_subnet()
@@ -333,10 +347,12 @@ class HostLab(StartStop):
         run(["ip", "-n", name, "addr", "add", f"{address}/24", "dev", "eth0"])
         run(["ip", "-n", name, "link", "set", "eth0", "up"])
         run(["ip", "-n", name, "link", "set", "lo", "up"])
+        self._record()
 
     def _network(self) -> None:
         run(["ip", "link", "add", self.bridge, "type", "bridge"])
         self._links.append(self.bridge)
+        self._record()
         run(["ip", "addr", "add", f"{self.ip(1)}/24", "dev", self.bridge])
         run(["ip", "link", "set", self.bridge, "up"])
         self._netns(self.infra_ns, self.infra_ip, 2)
@@ -461,6 +477,7 @@ class HostLab(StartStop):
     def _mount(self, argv: Sequence[str], target: Path) -> None:
         run(["mount", *argv, str(target)])
         self._mounts.append(target)
+        self._record()
 
     def _volumes(self) -> None:
         """One tmpfs per volume under ``disks/``; the directory the mount namespaces are
@@ -485,6 +502,7 @@ class HostLab(StartStop):
         )
         run(["unshare", f"--mount={mount_file}", "--propagation", "private", "sh", "-c", script])
         self._mounts.insert(self._mounts.index(self.mount_dir), mount_file)
+        self._record()
         workdir = self.workdir / "hosts" / name
         workdir.mkdir(parents=True, exist_ok=True)
         queued_host = self.shared.get(volume, name)
@@ -683,10 +701,55 @@ class HostLab(StartStop):
         for link in reversed(self._links):
             run(["ip", "link", "del", link], check=False)
         self._links.clear()
+        self._registry_file.unlink(missing_ok=True)
         self._started = False
+
+    @property
+    def _registry_file(self) -> Path:
+        return REGISTRY / f"{self.suffix}.json"
+
+    def _record(self) -> None:
+        """Write what the lab made so far to its registry file (see :data:`REGISTRY`)."""
+        REGISTRY.mkdir(parents=True, exist_ok=True)
+        entry = {
+            "pid": os.getpid(),
+            "workdir": str(self.workdir),
+            "namespaces": self._namespaces,
+            "links": self._links,
+            "mounts": [str(path) for path in self._mounts],
+        }
+        self._registry_file.write_text(json.dumps(entry))
 
     def iter_hosts(self) -> Iterator[Host]:
         return iter(self.hosts.values())
+
+
+def sweep_stale_labs() -> list[str]:
+    """Delete what labs whose process is gone left behind (their registry files); the
+    suffixes of the labs swept."""
+    swept = []
+    for path in sorted(REGISTRY.glob("*.json")) if REGISTRY.is_dir() else []:
+        try:
+            entry = json.loads(path.read_text())
+            pid = int(entry["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if pid_alive(pid):
+            continue
+        log.warning("sweeping host lab %s left by process %d", path.stem, pid)
+        for name in entry.get("namespaces", []):
+            _kill_netns_pids(name)
+        for target in reversed(entry.get("mounts", [])):
+            run(["umount", "-l", target], check=False)
+        for name in reversed(entry.get("namespaces", [])):
+            run(["ip", "netns", "del", name], check=False)
+        for link in reversed(entry.get("links", [])):
+            run(["ip", "link", "del", link], check=False)
+        if entry.get("workdir"):
+            shutil.rmtree(entry["workdir"], ignore_errors=True)
+        path.unlink(missing_ok=True)
+        swept.append(path.stem)
+    return swept
 
 
 def _kill_netns_pids(name: str) -> None:
