@@ -7,8 +7,9 @@ their names), ``s1`` and ``s2`` sharing one volume (``QUEUED_STORAGE_HOST = "sha
 one queue). Files are sent over HTTP from this process to a host's upload view
 (``/uploads/put/<name>``, storage ``queued_host``); which host sent a file to S3 is read from
 moto's request log (the client address of each successful ``PUT``). Each test prints one
-``[figures]`` line. The module is marked ``hosts`` and needs root (namespaces): it skips with the
-reason elsewhere, and fails under ``QUEUED_STORAGE_TEST_STRICT=1``.
+``[figures]`` line; ``QS_LAB_KEEP=1`` keeps the lab's logs. The module is marked ``hosts`` and
+needs root (namespaces): it skips with the reason elsewhere, and fails under
+``QUEUED_STORAGE_TEST_STRICT=1``.
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ def lab() -> Iterator[HostLab]:
         yield lab
     finally:
         lab.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if os.environ.get("QS_LAB_KEEP"):  # the logs, to read after a run
+            sys.stderr.write(f"\nhost lab logs kept in {workdir}\n")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -304,6 +308,7 @@ def test_a_host_cut_off_from_redis_keeps_taking_uploads_and_sends_them_after_the
     finally:
         healed = time.monotonic()
         lab.heal(h1)
+    first_taken = wait_until(lambda: states(lab, names)["pending"] < CUT_N, "a file taken")
     last_remote = wait_remote(lab, names, timeout=120)
 
     sent_by = writers(lab, names)
@@ -319,6 +324,7 @@ def test_a_host_cut_off_from_redis_keeps_taking_uploads_and_sends_them_after_the
         sent_by_saving_host_pct=100 * sum(s == ["h1"] for s in sent_by.values()) // CUT_N,
         lost=len(names) - kept,
         sent_twice=sum(len(s) > 1 for s in sent_by.values()),
+        heal_to_first_taken_s=f"{first_taken - healed:.1f}",
         heal_to_all_remote_s=f"{last_remote - healed:.1f}",
     )
 
