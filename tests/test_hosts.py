@@ -38,8 +38,10 @@ from tests.harness.hosts import (
     WEB_PORT,
     Host,
     HostLab,
+    LabUnavailable,
     lab_missing,
 )
+from tests.harness.services import ServiceUnavailable
 from tests.harness.suite import need_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts]
@@ -72,7 +74,10 @@ def lab() -> Iterator[HostLab]:
     hosts = {"h1": "h1", "h2": "h2", "s1": "shared", "s2": "shared"}
     lab = HostLab(workdir, hosts, shared={"shared": "shared-volume"}, autostart=["h1", "h2"])
     try:
-        lab.start()
+        try:
+            lab.start()
+        except (LabUnavailable, ServiceUnavailable) as exc:  # a namespace, tc, a server
+            need_tool("a host lab (network and mount namespaces)", False, str(exc))
         yield lab
     finally:
         lab.stop()

@@ -548,7 +548,7 @@ class HostLab(StartStop):
             check=False,
         )
         if done.returncode != 0:
-            raise LabUnavailable(f"migrate failed: {done.stderr[-2000:]}")
+            raise RuntimeError(f"migrate of the lab's database failed: {done.stderr[-2000:]}")
 
     # -- a host's processes -------------------------------------------------------------------
 
