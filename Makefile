@@ -1,6 +1,8 @@
 # Two commands do all set-up on a fresh machine with only Python and pip:
 #   make test   - create .venv, install, start Redis/PostgreSQL/S3/Celery workers, run the suite
 #   make test-faults - the long fault tests (kill -9, S3 outage), each printing its figures
+#   make test-hosts - several hosts in Linux network namespaces (root): per-host queues, a lost
+#                 host, a host cut off from Redis, a shared volume; each test prints its figures
 #   make test-browser - the upload widget and tus-js-client in Chromium (Playwright)
 #   make demo   - create .venv, install the demo's needs only, run the example project
 #                 (ARGS=--smoke: once, no browser)
@@ -26,7 +28,7 @@ DEMO_STAMP := $(VENV)/.demo-stamp
 ARGS ?=
 STRICT ?=
 
-.PHONY: venv test test-faults test-browser demo bench docs lint format tox clean
+.PHONY: venv test test-faults test-hosts test-browser demo bench docs lint format tox clean
 
 $(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +51,11 @@ test: $(STAMP)
 # The long fault tests (marker "faults", deselected by make test); each prints its figures.
 test-faults: $(STAMP)
 	QUEUED_STORAGE_TEST_STRICT=$(STRICT) PYTHONDEVMODE=1 $(BIN)/python -m pytest -m faults $(ARGS)
+
+# Several hosts on this machine (marker "hosts", deselected by make test): network and mount
+# namespaces, so root (tests/harness/hosts.py); each test prints its figures.
+test-hosts: $(STAMP)
+	QUEUED_STORAGE_TEST_STRICT=$(STRICT) PYTHONDEVMODE=1 $(BIN)/python -m pytest -m hosts $(ARGS)
 
 # The browser tests (marker "browser", deselected by make test): Chromium from Debian's package.
 test-browser: $(STAMP)

@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse
 
 from queued_storage.views import NginxAuthView, default_authorize, owner_of
 
-__all__ = ["HOOK_LOG", "hook_calls", "name_hook"]
+__all__ = ["HOOK_LOG", "hook_calls", "lab_hook", "name_hook"]
 
 #: One JSON object per call of :func:`name_hook`: ``{"step", "action", "name"}`` (and ``"owner"``).
 HOOK_LOG = Path(settings.WORKDIR) / "hook-calls.jsonl"
@@ -51,3 +51,9 @@ def hook_calls() -> list[dict[str, Any]]:
     if not HOOK_LOG.exists():
         return []
     return [json.loads(line) for line in HOOK_LOG.read_text().splitlines()]
+
+
+def lab_hook(request: HttpRequest, name: str, action: str) -> bool:
+    """The host lab's web servers (``tests/settings_hosts.py``): anyone may upload or ask; the
+    lab's tests send files over plain HTTP from the test process, without a session."""
+    return True
