@@ -518,6 +518,16 @@ class RabbitMQServer(ServerProcess):
             "test run starts a node of its own, not the system service)",
         )
 
+    @classmethod
+    def available(cls) -> bool:
+        """Whether a ``rabbitmq-server`` (and Erlang's ``epmd``) can be run."""
+        try:
+            cls.binary()
+            Epmd.binary()
+        except ServiceUnavailable:
+            return False
+        return True
+
     def _write_config(self) -> None:
         timeout_ms = max(1, round(self.consumer_timeout * 1000))
         tick_ms = max(100, round(self.check_interval * 1000))

@@ -211,9 +211,12 @@ def broker_messages(queue: str) -> list[dict[str, Any]]:
         try:
             while (message := channel.basic_get(queue, no_ack=False)) is not None:
                 properties = dict(message.properties)
+                body = message.body  # py-amqp decodes a body with a content encoding
+                if isinstance(body, str):
+                    body = body.encode(properties.get("content_encoding") or "utf-8")
                 found.append(
                     {
-                        "body": base64.b64encode(message.body).decode(),
+                        "body": base64.b64encode(body).decode(),
                         "content-type": properties.pop("content_type", None),
                         "content-encoding": properties.pop("content_encoding", None),
                         "headers": properties.pop("application_headers", {}),
