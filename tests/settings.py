@@ -198,7 +198,11 @@ CELERY_TASK_ALWAYS_EAGER = False
 # Results of transfers are kept (storage.transfer(name).get() works), directly in Redis db 2.
 CELERY_RESULT_BACKEND = f"{REDIS_URL}/2" if REDIS_URL else None
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 3600}
+if CELERY_BROKER_URL.startswith("amqp://"):
+    # A publish waits for RabbitMQ's confirm, as one waits for Redis' reply: without it a
+    # message written into a connection the broker no longer reads counts as sent.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "max_retries": 1,
     "interval_start": 0,
