@@ -575,9 +575,11 @@ def test_w011_visibility_timeout_shorter_than_the_longest_retry_delay(
         )
         celery_conf(broker_transport_options={})  # Redis' default: 3600 s
         assert check_reliability_settings() == []
-        # RabbitMQ has no visibility timeout
+        # RabbitMQ has no visibility timeout (W012 is about its channel_error_retry)
         celery_conf(
-            broker_url="amqp://127.0.0.1//", broker_transport_options={"visibility_timeout": 600}
+            broker_url="amqp://127.0.0.1//",
+            broker_transport_options={"visibility_timeout": 600},
+            broker_channel_error_retry=True,
         )
         assert check_reliability_settings() == []
 
