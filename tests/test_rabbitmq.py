@@ -10,16 +10,19 @@ not.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from kombu import Connection
 
+from qs_dev.processes import LOOPBACK, wait_pids_gone
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
 from tests.conftest import FAULT_WORKER_ENV, make_worker
@@ -66,6 +69,38 @@ def rabbit_worker(short_timeout_node: RabbitMQServer) -> Iterator[CeleryWorker]:
     )
     with worker:
         yield worker
+
+
+def test_a_node_of_its_own_answers_on_loopback_ports_and_leaves_no_process_behind() -> None:
+    need_tool(
+        "rabbitmq-server",
+        RabbitMQServer.available(),
+        "apt-get install rabbitmq-server (.ci/run installs it)",
+    )
+    node = RabbitMQServer(Path(settings.WORKDIR) / "rabbitmq-harness", consumer_timeout=20)
+    with node:
+        script = psutil.Process(node.pid)
+        members = [script, *script.children(recursive=True)]
+        beam = next(p for p in members if p.name() == "beam.smp")
+        epmd = psutil.Process(node.epmd.pid)
+        listening = {c.laddr for c in beam.net_connections("tcp") if c.status == "LISTEN"}
+        assert {(LOOPBACK, node.port), (LOOPBACK, node.dist_port)} <= listening
+        assert all(address.ip == LOOPBACK for address in listening)
+        assert (LOOPBACK, node.epmd_port) in {c.laddr for c in epmd.net_connections("tcp")}
+        if os.geteuid() == 0:
+            assert {beam.username(), epmd.username()} == {node.user}
+            assert node.user != "root"
+        assert "consumer_timeout = 20000\n" in (node.workdir / "rabbitmq.conf").read_text()
+        with Connection(node.url(), connect_timeout=5) as connection:
+            queue = connection.SimpleQueue("harness-probe")
+            queue.put({"probe": 1})
+            message = queue.get(timeout=5)
+            assert message.payload == {"probe": 1}
+            message.ack()
+            queue.close()
+        pids = [p.pid for p in [*members, epmd]]
+    assert wait_pids_gone(pids, 10) == []
+    assert not node.running
 
 
 def send(node: RabbitMQServer, storage: QueuedStorage, name: str) -> None:
