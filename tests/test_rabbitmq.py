@@ -20,7 +20,7 @@ import pytest
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
-from kombu import Connection
+from kombu.connection import Connection
 
 from qs_dev.processes import LOOPBACK, wait_pids_gone
 from queued_storage.models import State, StoredFile
@@ -121,6 +121,7 @@ def test_worker_survives_the_channel_rabbitmq_closes_after_consumer_timeout_and_
     clean: Any,
 ) -> None:
     storage = storages["queued_delayed"]  # saves send nothing: the test sends to its node
+    assert isinstance(storage, QueuedStorage)
     pid = rabbit_worker.pid
     held = s3_proxy.interrupt_next("PUT")
     first = storage.save("outlives-the-timeout.txt", ContentFile(b"held past the timeout"))

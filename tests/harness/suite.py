@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import amqp.exceptions
 import pytest
 from django.conf import settings
-from kombu import Connection
+from kombu.connection import Connection
 
 from tests.harness.services import (
     ENV_RABBITMQ_URL,
