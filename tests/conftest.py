@@ -201,6 +201,7 @@ def make_worker(
 def _running(worker: CeleryWorker) -> Iterator[CeleryWorker]:
     need("redis")
     need("moto")
+    need("broker_proxy")  # the broker (Redis or RabbitMQ) behind it
     worker.start(timeout=60)
     try:
         yield worker

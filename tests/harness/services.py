@@ -953,7 +953,8 @@ class ServiceStack(StartStop):
             self._fail("rabbitmq", exc)
         if "broker_proxy" in self._wanted:
             if self.rabbitmq is None or self.rabbitmq_url is None:
-                self.unavailable["broker_proxy"] = "rabbitmq unavailable"
+                reason = self.unavailable.get("rabbitmq", "not started")
+                self.unavailable["broker_proxy"] = f"rabbitmq unavailable: {reason}"
                 return
             try:
                 self.broker_proxy = TcpFaultProxy(

@@ -25,6 +25,7 @@ from django.conf import settings
 from kombu.connection import Connection
 
 from tests.harness.services import (
+    ENV_BROKER,
     ENV_RABBITMQ_URL,
     ENV_REDIS_URL,
     ENV_S3_DIRECT_ENDPOINT,
@@ -193,8 +194,12 @@ def redis_client() -> Iterator[redis.Redis]:
 
 
 def broker_is_rabbitmq() -> bool:
-    """Whether the suite's broker is RabbitMQ (``QS_TEST_BROKER=rabbitmq``), not Redis."""
-    return ENV_RABBITMQ_URL in settings.ENV
+    """Whether the suite's broker is RabbitMQ (``QS_TEST_BROKER=rabbitmq``), not Redis; then
+    skips (fails, strict) when the node did not start."""
+    if settings.ENV.get(ENV_BROKER) != "rabbitmq":
+        return False
+    need("rabbitmq")
+    return True
 
 
 def broker_messages(queue: str) -> list[dict[str, Any]]:
