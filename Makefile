@@ -59,12 +59,11 @@ test-browser: $(STAMP)
 # The integration and fault tests with RabbitMQ as Celery's broker (QS_TEST_BROKER=rabbitmq: a
 # node of the run's own from Debian's rabbitmq-server, through the broker's fault proxy; the
 # cache and the result backend stay on Redis), and the tests marked "rabbitmq" (a node with a
-# 3 s consumer_timeout: a worker survives the channel RabbitMQ closes). The suite's node has a
-# 20 s consumer_timeout (RabbitMQ's default: 30 min), so that a delivery held longer shows.
-# Not test_harness.py: it tests the harness's own Redis servers and proxies.
+# 3 s consumer_timeout: a worker survives the channel RabbitMQ closes). The suite's node has
+# RabbitMQ's default consumer_timeout (30 min); QS_TEST_RABBITMQ_CONSUMER_TIMEOUT=20 (seconds)
+# shortens it. Not test_harness.py: it tests the harness's own Redis servers and proxies.
 test-rabbitmq: $(STAMP)
-	QS_TEST_BROKER=rabbitmq QS_TEST_RABBITMQ_CONSUMER_TIMEOUT=20 \
-		QUEUED_STORAGE_TEST_STRICT=$(STRICT) PYTHONDEVMODE=1 \
+	QS_TEST_BROKER=rabbitmq QUEUED_STORAGE_TEST_STRICT=$(STRICT) PYTHONDEVMODE=1 \
 		$(BIN)/python -m pytest -m "(integration or faults or rabbitmq) and not browser" \
 		--ignore=tests/test_harness.py $(ARGS)
 
