@@ -4,6 +4,8 @@
 #   make test-hosts - several hosts in Linux network namespaces (root): per-host queues, a lost
 #                 host, a host cut off from Redis, a shared volume; each test prints its figures
 #   make test-browser - the upload widget and tus-js-client in Chromium (Playwright)
+#   make test-rabbitmq - the integration and fault tests with RabbitMQ as the broker
+#                 (Debian's rabbitmq-server, started by the test run) instead of Redis
 #   make demo   - create .venv, install the demo's needs only, run the example project
 #                 (ARGS=--smoke: once, no browser)
 #   make bench  - the transfer benchmarks (ARGS=--quick for small sizes)
@@ -28,7 +30,7 @@ DEMO_STAMP := $(VENV)/.demo-stamp
 ARGS ?=
 STRICT ?=
 
-.PHONY: venv test test-faults test-hosts test-browser demo bench docs lint format tox clean
+.PHONY: venv test test-faults test-hosts test-browser test-rabbitmq demo bench docs lint format tox clean
 
 $(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +62,17 @@ test-hosts: $(STAMP)
 # The browser tests (marker "browser", deselected by make test): Chromium from Debian's package.
 test-browser: $(STAMP)
 	QUEUED_STORAGE_TEST_STRICT=$(STRICT) PYTHONDEVMODE=1 $(BIN)/python -m pytest -m browser $(ARGS)
+
+# The integration and fault tests with RabbitMQ as Celery's broker (QS_TEST_BROKER=rabbitmq: a
+# node of the run's own from Debian's rabbitmq-server, through the broker's fault proxy; the
+# cache and the result backend stay on Redis), and the tests marked "rabbitmq" (a node with a
+# 3 s consumer_timeout: a worker survives the channel RabbitMQ closes). The suite's node has
+# RabbitMQ's default consumer_timeout (30 min); QS_TEST_RABBITMQ_CONSUMER_TIMEOUT=20 (seconds)
+# shortens it. Not test_harness.py: it tests the harness's own Redis servers and proxies.
+test-rabbitmq: $(STAMP)
+	QS_TEST_BROKER=rabbitmq QUEUED_STORAGE_TEST_STRICT=$(STRICT) PYTHONDEVMODE=1 \
+		$(BIN)/python -m pytest -m "(integration or faults or rabbitmq) and not browser and not hosts" \
+		--ignore=tests/test_harness.py $(ARGS)
 
 demo: $(DEMO_STAMP)
 	$(BIN)/python example_project/demo.py $(ARGS)

@@ -22,7 +22,12 @@ from django.conf import settings
 
 from tests.celery_app import app as celery_app  # noqa: F401  (configures the producer side)
 from tests.harness.faults import HttpFaultProxy, TcpFaultProxy
-from tests.harness.services import ServiceStack
+from tests.harness.services import (
+    BROKERS,
+    ENV_BROKER,
+    ENV_RABBITMQ_CONSUMER_TIMEOUT,
+    ServiceStack,
+)
 from tests.harness.suite import direct_s3_client, empty_bucket, need, reset_storages
 from tests.harness.workers import CeleryWorker
 
@@ -45,7 +50,15 @@ def pytest_configure(config: pytest.Config) -> None:
     stack = None
     if "QS_TEST_WORKDIR" not in os.environ and not os.environ.get("QS_TEST_NO_SERVICES"):
         strict = os.environ.get("QUEUED_STORAGE_TEST_STRICT", "") not in ("", "0")
-        stack = ServiceStack(strict=strict, bucket="qs-test").start()
+        broker = os.environ.get(ENV_BROKER) or "redis"
+        if broker not in BROKERS:
+            raise pytest.UsageError(f"{ENV_BROKER}={broker!r}: choose one of {', '.join(BROKERS)}")
+        stack = ServiceStack(
+            strict=strict,
+            bucket="qs-test",
+            broker=broker,
+            consumer_timeout=float(os.environ.get(ENV_RABBITMQ_CONSUMER_TIMEOUT) or 1800),
+        ).start()
         os.environ.update(stack.env())
     config.stash[_STACK] = stack
     os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
@@ -75,7 +88,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return []
     lines = [
         f"settings: {SETTINGS_MODULE}; services in {stack.workdir}, "
-        f"started in {stack.start_seconds or 0:.1f}s"
+        f"started in {stack.start_seconds or 0:.1f}s; broker: {stack.broker}"
     ]
     if stack.unavailable:
         lines.append(f"unavailable: {stack.unavailable}")
@@ -188,6 +201,7 @@ def make_worker(
 def _running(worker: CeleryWorker) -> Iterator[CeleryWorker]:
     need("redis")
     need("moto")
+    need("broker_proxy")  # the broker (Redis or RabbitMQ) behind it
     worker.start(timeout=60)
     try:
         yield worker

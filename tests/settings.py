@@ -191,12 +191,18 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 
+# Redis through the broker's fault proxy, or RabbitMQ through it (QS_TEST_BROKER=rabbitmq,
+# make test-rabbitmq); the result backend and the cache stay on Redis either way.
 CELERY_BROKER_URL = ENV.get("QS_TEST_BROKER_URL", "memory://")
 CELERY_TASK_ALWAYS_EAGER = False
 # Results of transfers are kept (storage.transfer(name).get() works), directly in Redis db 2.
 CELERY_RESULT_BACKEND = f"{REDIS_URL}/2" if REDIS_URL else None
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 3600}
+if CELERY_BROKER_URL.startswith("amqp://"):
+    # A publish waits for RabbitMQ's confirm, as one waits for Redis' reply: without it a
+    # message written into a connection the broker no longer reads counts as sent.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "max_retries": 1,
     "interval_start": 0,
@@ -205,6 +211,9 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 }
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# RabbitMQ closes the channel of a delivery left unacknowledged beyond its consumer_timeout:
+# the worker reconnects instead of exiting (queued_storage.W012).
+CELERY_BROKER_CHANNEL_ERROR_RETRY = True
 
 QUEUED_STORAGE_RETRIES = 3
 QUEUED_STORAGE_RETRY_DELAY = 0.5

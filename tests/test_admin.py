@@ -41,7 +41,7 @@ from queued_storage.ledger import Ledger, tus_complete, tus_create, tus_named
 from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.storage import QueuedStorage
 from queued_storage.worker import Outcome, run_transfer
-from tests.harness.suite import broker_messages, need, redis_client, s3_bytes, wait_for
+from tests.harness.suite import broker_messages, need, purge_queues, s3_bytes, wait_for
 from tests.testapp.models import Document
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -122,15 +122,14 @@ def act(client: Client, url: str, action: str, rows: list[Any]) -> list[str]:
 def parked(clean: Any) -> Any:
     """The "parked" queue, empty before and after: ``parked()`` is its messages' ``args``."""
     need("redis")
-    with redis_client() as client:
-        client.delete("parked")
+    purge_queues("parked")
 
-        def messages() -> list[list[Any]]:
-            found = broker_messages("parked")
-            return [json.loads(base64.b64decode(m["body"]))[0] for m in found]
+    def messages() -> list[list[Any]]:
+        found = broker_messages("parked")
+        return [json.loads(base64.b64decode(m["body"]))[0] for m in found]
 
-        yield messages
-        client.delete("parked")
+    yield messages
+    purge_queues("parked")
 
 
 # --- the ledger: what it shows -------------------------------------------------------------------

@@ -56,7 +56,7 @@ def celery_conf() -> Iterator[Callable[..., None]]:
     from celery import current_app
 
     conf = current_app.conf
-    names = ("broker_url", "broker_transport_options")
+    names = ("broker_url", "broker_transport_options", "broker_channel_error_retry")
     keys = [key for name in names for key in (name, f"CELERY_{name.upper()}") if key in conf]
     saved = {key: conf[key] for key in keys}
 
@@ -498,8 +498,10 @@ def test_every_check_hint_states_a_fix_and_names_no_repository_path(
     messages += _every_message(
         CACHES=locmem, QUEUED_STORAGE_NGINX_SECRET=None, QUEUED_STORAGE_RETRY_MAX_DELAY=3600
     )
+    celery_conf(broker_url="amqp://127.0.0.1//", broker_channel_error_retry=False)
+    messages += _every_message()
     ids = {m.id.split(".")[1] for m in messages}
-    every_id = {f"E{n:03d}" for n in range(1, 23)} | {"W001", "W002", "W011", "W020"}
+    every_id = {f"E{n:03d}" for n in range(1, 23)} | {"W001", "W002", "W011", "W012", "W020"}
     assert ids == every_id  # W010 reads the ledger: its hint is checked in test_docs.py
     for message in messages:
         assert isinstance(message.hint, str) and len(message.hint) > 20, message
@@ -573,11 +575,41 @@ def test_w011_visibility_timeout_shorter_than_the_longest_retry_delay(
         )
         celery_conf(broker_transport_options={})  # Redis' default: 3600 s
         assert check_reliability_settings() == []
-        # RabbitMQ has no visibility timeout
+        # RabbitMQ has no visibility timeout (W012 is about its channel_error_retry)
         celery_conf(
-            broker_url="amqp://127.0.0.1//", broker_transport_options={"visibility_timeout": 600}
+            broker_url="amqp://127.0.0.1//",
+            broker_transport_options={"visibility_timeout": 600},
+            broker_channel_error_retry=True,
         )
         assert check_reliability_settings() == []
+
+
+@pytest.mark.parametrize("url", ["amqp://guest@127.0.0.1//", "pyamqp://127.0.0.1:5672//"])
+@pytest.mark.parametrize("retry", [False, None])
+def test_w012_rabbitmq_broker_without_channel_error_retry(
+    celery_conf: Callable[..., None], url: str, retry: bool | None
+) -> None:
+    celery_conf(broker_url=url, broker_channel_error_retry=retry)
+    messages = check_reliability_settings()
+    assert _ids(messages) == ["queued_storage.W012"]
+    scheme = url.split("://")[0]
+    assert messages[0].msg == (
+        f"The broker is RabbitMQ ({scheme}://) and Celery's broker_channel_error_retry is "
+        f"{retry!r}: when RabbitMQ closes a worker's channel (a delivery unacknowledged for "
+        "longer than its consumer_timeout, 30 minutes by default: a long transfer, a retry's "
+        "countdown) the worker exits instead of reconnecting."
+    )
+    assert "guest" not in messages[0].msg
+    assert messages[0].hint.startswith("Set CELERY_BROKER_CHANNEL_ERROR_RETRY = True")
+
+
+def test_w012_silent_with_channel_error_retry_or_another_broker(
+    celery_conf: Callable[..., None],
+) -> None:
+    celery_conf(broker_url="amqp://127.0.0.1//", broker_channel_error_retry=True)
+    assert check_reliability_settings() == []
+    celery_conf(broker_url="redis://127.0.0.1:1/0", broker_channel_error_retry=False)
+    assert check_reliability_settings() == []
 
 
 # --- every check function is registered --------------------------------------------------

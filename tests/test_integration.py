@@ -25,7 +25,14 @@ from django.test import override_settings
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
 from queued_storage.transfer import remote_exists_within
-from tests.harness.suite import broker_messages, need, redis_client, s3_bytes, wait_for
+from tests.harness.suite import (
+    broker_messages,
+    need,
+    purge_queues,
+    redis_client,
+    s3_bytes,
+    wait_for,
+)
 from tests.testapp.models import Document, LegacyDocument
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -148,10 +155,9 @@ def _parked_messages() -> list[dict[str, Any]]:
 @pytest.fixture
 def parked(clean: Any) -> Any:
     need("redis")
-    with redis_client() as client:
-        client.delete("parked")
-        yield client
-        client.delete("parked")
+    purge_queues("parked")
+    yield
+    purge_queues("parked")
 
 
 def test_task_message_carries_only_alias_and_name(parked: Any) -> None:

@@ -37,7 +37,7 @@ from queued_storage.operations import transfer_rows
 from queued_storage.reconcile import LOST, overdue, reconcile, reconcile_on_start
 from queued_storage.storage import QueuedStorage
 from queued_storage.worker import Outcome, run_transfer
-from tests.harness.suite import broker_messages, need, redis_client, s3_bytes, wait_for
+from tests.harness.suite import broker_messages, need, purge_queues, s3_bytes, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -49,11 +49,10 @@ def broker(clean: Any) -> Any:
     """Redis db 0 (the broker) with the queues these tests read emptied before and after."""
     need("redis")
     queues = ["parked", "queued_storage.web-a", "queued_storage.web-b", "uploads.web-a"]
-    with redis_client() as client:
-        client.delete(*queues)
-        with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=AFTER):
-            yield messages_in
-        client.delete(*queues)
+    purge_queues(*queues)
+    with override_settings(QUEUED_STORAGE_RECONCILE_AFTER=AFTER):
+        yield messages_in
+    purge_queues(*queues)
 
 
 def messages_in(queue: str) -> list[list[Any]]:
@@ -62,8 +61,7 @@ def messages_in(queue: str) -> list[list[Any]]:
 
 
 def drain(queue: str) -> None:
-    with redis_client() as client:
-        client.delete(queue)
+    purge_queues(queue)
 
 
 def parked() -> QueuedStorage:

@@ -149,6 +149,9 @@ else:
 
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# On RabbitMQ a worker whose channel the broker closed (consumer_timeout) reconnects instead of
+# exiting (queued_storage.W012); harmless on the other brokers.
+CELERY_BROKER_CHANNEL_ERROR_RETRY = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 

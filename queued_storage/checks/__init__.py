@@ -23,6 +23,7 @@ tus), ``serving`` (waiting files), ``monitoring`` (metrics); ``common`` holds wh
 | E011 | ``RECONCILE_AFTER`` (or ``None``), ``RECONCILE_BATCH``, ``DISPATCH_WAIT`` not positive |
 | W010 | this host's waiting bytes are at 80 % of the staging budget (database check) |
 | W011 | the Redis broker's ``visibility_timeout`` is shorter than the longest retry delay |
+| W012 | the broker is RabbitMQ and Celery's ``broker_channel_error_retry`` is not ``True`` |
 | E008 | ``QUEUED_STORAGE_UPLOAD_STORAGE`` is not the alias of a QueuedStorage in STORAGES |
 | E009 | ``QUEUED_STORAGE_UPLOAD_MAX_BYTES`` / ``UPLOAD_CHUNK_SIZE`` is not a positive integer |
 | E012 | ``QUEUED_STORAGE_UPLOAD_AUTHORIZER`` cannot be imported or is not callable |

