@@ -503,27 +503,35 @@ def check_workers(app: Celery, storages: Sequence[QueuedStorage], timeout: float
     for worker, consumed in sorted((replies or {}).items()):
         for entry in consumed or []:
             consumers.setdefault(str(entry.get("name")), []).append(worker)
+    # (queue, subject, status when no worker consumes it, detail, fix)
+    wanted = [
+        (
+            queue,
+            f"queue {queue!r} ({_aliases(sharing)})",
+            FAIL,
+            f"no worker consumes it ({len(replies)} worker(s) answered, for other queues)"
+            if replies
+            else f"no worker consumes it (none answered within {wait:g} s)",
+            f"start one: celery -A <your project> worker -Q {queue}",
+        )
+        for queue, sharing in sorted(queues.items())
+    ] + [
+        (
+            queue,
+            f"queue {queue!r} (host {host})",
+            WARN,
+            f"no worker consumes it; {files} file(s) of host {host} wait for it",
+            f"start the worker on host {host}: celery -A <your project> worker -Q {queue}",
+        )
+        for queue, (host, files) in sorted(others.items())
+    ]
     found: list[Check] = []
-    for queue, sharing in sorted(queues.items()):
-        subject = f"queue {queue!r} ({_aliases(sharing)})"
+    for queue, subject, status, detail, fix in wanted:
         workers = consumers.get(queue)
         if workers:
             found.append(Check("workers", subject, OK, f"consumed by {', '.join(workers)}"))
-            continue
-        detail = f"no worker consumes it (none answered within {wait:g} s)"
-        if replies:
-            detail = f"no worker consumes it ({len(replies)} worker(s) answered, for other queues)"
-        fix = f"start one: celery -A <your project> worker -Q {queue}"
-        found.append(Check("workers", subject, FAIL, detail, fix))
-    for queue, (host, files) in sorted(others.items()):
-        subject = f"queue {queue!r} (host {host})"
-        workers = consumers.get(queue)
-        if workers:
-            found.append(Check("workers", subject, OK, f"consumed by {', '.join(workers)}"))
-            continue
-        detail = f"no worker consumes it; {files} file(s) of host {host} wait for it"
-        fix = f"start the worker on host {host}: celery -A <your project> worker -Q {queue}"
-        found.append(Check("workers", subject, WARN, detail, fix))
+        else:
+            found.append(Check("workers", subject, status, detail, fix))
     return found
 
 
