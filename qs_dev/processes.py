@@ -97,9 +97,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http_status(port: int, path: str = "/", timeout: float = 2.0) -> int | None:
-    """The status of ``GET path`` on the loopback port, or ``None`` if nothing answers."""
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+def http_status(
+    port: int, path: str = "/", timeout: float = 2.0, *, host: str = LOOPBACK
+) -> int | None:
+    """The status of ``GET path`` on *host*'s *port* (the loopback's by default), or ``None``
+    if nothing answers."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("GET", path)
         response = conn.getresponse()

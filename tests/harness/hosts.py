@@ -25,7 +25,6 @@ mounts and files, also after a failed start (every external command has a timeou
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from qs_dev.processes import ManagedProcess, ProcessError, StartStop, pid_alive
+from qs_dev.processes import ManagedProcess, ProcessError, StartStop, http_status, pid_alive
 from tests.harness.services import (
     AWS_ISOLATION_ENV,
     AWS_TEST_ACCESS_KEY,
@@ -108,20 +107,6 @@ def run(argv: Sequence[str], *, timeout: float = COMMAND_TIMEOUT, check: bool = 
     if check and done.returncode != 0:
         raise LabUnavailable(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}")
     return done.stdout
-
-
-def http_status(host: str, port: int, path: str = "/", timeout: float = 1.0) -> int | None:
-    """The status of ``GET path`` on ``host:port``, or ``None`` if nothing answers."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return int(response.status)
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()
 
 
 def _free_subnet() -> int:
@@ -399,7 +384,7 @@ class HostLab(StartStop):
                 [sys.executable, "-m", "moto.server", "-H", self.infra_ip, "-p", str(S3_PORT)]
             ),
             log_path=logs / "moto.log",
-            probe=lambda: http_status(self.infra_ip, S3_PORT, "/") is not None,
+            probe=lambda: http_status(S3_PORT, "/", 1.0, host=self.infra_ip) is not None,
             env=moto_env,
         )
         postgres = self._postgres(logs)
@@ -581,7 +566,8 @@ class HostLab(StartStop):
                 ],
                 log_path=host.workdir / "gunicorn.log",
                 probe=lambda: (
-                    http_status(host.ip, WEB_PORT, "/uploads/status/ready-probe") is not None
+                    http_status(WEB_PORT, "/uploads/status/ready-probe", 1.0, host=host.ip)
+                    is not None
                 ),
                 env=host.env,
             )
