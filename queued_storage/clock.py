@@ -83,10 +83,8 @@ def read(using: str) -> datetime.datetime:
     connection = connections[using]
     if connection.vendor == "sqlite":
         return timezone.now()
-    query = Query(None)
-    compiler = query.get_compiler(connection=connection)
-    expression = now().resolve_expression(query, allow_joins=False)
-    text, params = compiler.compile(expression)
+    expression = now()
+    text, params = sql(expression, connection)
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {text}{connection.features.bare_select_suffix}", params)
         (value,) = cursor.fetchone()

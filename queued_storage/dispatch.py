@@ -40,6 +40,7 @@ __all__ = [
     "Sender",
     "dispatch",
     "forget_refused",
+    "publishes_in_background",
     "redact",
     "send_saved",
     "send_transfer",
@@ -278,26 +279,22 @@ def forget_refused() -> int:
     return _publisher.forget_refused()
 
 
+def publishes_in_background(storage: QueuedStorage) -> bool:
+    """Whether a save's message for *storage* goes through the process's :class:`Publisher`:
+    not where Celery runs tasks eagerly, nor for a task that is not a Celery task
+    (``queued_storage.testing``'s stand-in); those are sent by the caller."""
+    app = getattr(storage.task, "app", None)
+    return app is not None and not getattr(app.conf, "task_always_eager", False)
+
+
 def send_saved(
-    storage: QueuedStorage,
-    name: str,
-    refused: Callable[[], None],
-    wanted: Callable[[], bool],
-    *,
-    inline: bool = False,
+    storage: QueuedStorage, name: str, refused: Callable[[], None], wanted: Callable[[], bool]
 ) -> AsyncResult | None:
-    """A save's transfer message (at its commit), through the process's :class:`Publisher`;
-    *inline* (the caller is inside a transaction: a test case's, whose row the thread's own
-    connection could not see), where Celery runs tasks eagerly, or for a task that is not a
-    Celery task (``queued_storage.testing``'s stand-in): sent by the caller."""
-    task = storage.task
-    app = getattr(task, "app", None)
-    if inline or app is None or getattr(app.conf, "task_always_eager", False):
-        result = send_transfer(storage, name)
-        if result is None:
-            refused()
-        return result
-    return _publisher.send(task, storage.alias, name, storage.queue_for(None), refused, wanted)
+    """A save's transfer message (at its commit), through the process's :class:`Publisher`
+    (:func:`publishes_in_background` says when)."""
+    return _publisher.send(
+        storage.task, storage.alias, name, storage.queue_for(None), refused, wanted
+    )
 
 
 class Sender:
