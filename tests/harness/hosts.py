@@ -50,6 +50,7 @@ from tests.harness.services import (
     ServiceUnavailable,
     make_s3_client,
 )
+from tests.harness.webservers import gunicorn_argv
 from tests.harness.workers import PROJECT_ROOT, CeleryWorker
 
 __all__ = [
@@ -544,25 +545,9 @@ class HostLab(StartStop):
                 f"{host.name}-gunicorn",
                 [
                     *host.prefix(),
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "--worker-class",
-                    "gthread",
-                    "--workers",
-                    "1",
-                    "--threads",
-                    "8",
-                    "--bind",
-                    f"{host.ip}:{WEB_PORT}",
-                    "--timeout",
-                    "120",
-                    "--graceful-timeout",
-                    "3",
-                    "--no-control-socket",
-                    "--access-logfile",
-                    "-",
-                    "tests.webapp:wsgi",
+                    *gunicorn_argv(
+                        "tests.webapp:wsgi", f"{host.ip}:{WEB_PORT}", threads=8, graceful_timeout=3
+                    ),
                 ],
                 log_path=host.workdir / "gunicorn.log",
                 probe=lambda: (

@@ -29,6 +29,32 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS_NGINX_CONF = ROOT / "docs" / "nginx.conf"
 
 
+def gunicorn_argv(app: str, bind: str, *, threads: int, graceful_timeout: int = 5) -> list[str]:
+    """gunicorn as the suite runs it: one gthread worker of *threads* threads on *bind*,
+    serving *app*, its access log on stdout."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        "1",
+        "--threads",
+        str(threads),
+        "--bind",
+        bind,
+        "--timeout",
+        "120",
+        "--graceful-timeout",
+        str(graceful_timeout),
+        "--no-control-socket",
+        "--access-logfile",
+        "-",
+        app,
+    ]
+
+
 class DjangoServer(ServerProcess):
     """``gunicorn`` (WSGI, ``tests.webapp:wsgi``) or ``uvicorn`` (ASGI) serving the test project.
 
@@ -65,27 +91,7 @@ class DjangoServer(ServerProcess):
     def _argv(self) -> list[str]:
         app = self.APPS[self.kind]
         if self.kind == "gunicorn":
-            return [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--worker-class",
-                "gthread",
-                "--workers",
-                "1",
-                "--threads",
-                str(self.threads),
-                "--bind",
-                f"{LOOPBACK}:{self.port}",
-                "--timeout",
-                "120",
-                "--graceful-timeout",
-                "5",
-                "--no-control-socket",
-                "--access-logfile",
-                "-",
-                app,
-            ]
+            return gunicorn_argv(app, f"{LOOPBACK}:{self.port}", threads=self.threads)
         return [
             sys.executable,
             "-m",
