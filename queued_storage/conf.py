@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "DISPATCH_WAIT": 0.25,
     "RECONCILE_BATCH": 500,
     "RECONCILE_ON_START": 500,
+    "WATCH_INTERVAL": 5,
     "RECONCILE_VERIFY_SAMPLE": 100,
     "STAGING_BUDGET": None,
     "FSYNC": True,
@@ -197,6 +198,13 @@ class Settings:
         transfers, looked for at start-up and once more when the leases of a worker that died
         before it have expired); ``0`` turns this off."""
         return int(self._get("RECONCILE_ON_START"))
+
+    @property
+    def WATCH_INTERVAL(self) -> float:
+        """Seconds between two looks of a worker's watch at its host's ledger rows: the retries
+        that are due, refused and overdue transfers, expired leases (``reconcile.watch``);
+        ``0`` turns it off (the scheduled reconcile pass then sends retries, less promptly)."""
+        return float(self._get("WATCH_INTERVAL"))
 
     @property
     def RECONCILE_VERIFY_SAMPLE(self) -> int:

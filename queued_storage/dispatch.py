@@ -30,6 +30,7 @@ from django.db import connections
 from queued_storage.conf import settings
 
 if TYPE_CHECKING:
+    from celery import Celery
     from celery.result import AsyncResult
 
     from queued_storage.construction import TransferTask
@@ -42,6 +43,7 @@ __all__ = [
     "forget_refused",
     "publishes_in_background",
     "redact",
+    "routed_queue",
     "send_saved",
     "send_transfer",
 ]
@@ -295,6 +297,20 @@ def send_saved(
     return _publisher.send(
         storage.task, storage.alias, name, storage.queue_for(None), refused, wanted
     )
+
+
+def routed_queue(app: Celery, storage: QueuedStorage, host: str | None = None) -> str:
+    """The Celery queue of *storage*'s transfers of *host*'s files (default: this host's):
+    the storage's ``queue`` option, else the app's routing of its task (``task_routes``,
+    then the default queue)."""
+    queue = storage.queue_for(host)
+    if queue:
+        return queue
+    try:
+        routed = app.amqp.router.route({}, storage.task.name, args=(storage.alias, ""), kwargs={})
+        return str(getattr(routed["queue"], "name", routed["queue"]))
+    except Exception:
+        return str(app.conf.task_default_queue)
 
 
 class Sender:

@@ -48,7 +48,7 @@ from queued_storage._s3.client import is_s3
 from queued_storage._s3.probe import Probe, ProbeFailed, probe
 from queued_storage.conf import settings
 from queued_storage.construction import is_alias
-from queued_storage.dispatch import redact
+from queued_storage.dispatch import redact, routed_queue
 from queued_storage.models import StoredFile
 from queued_storage.names import DOCTOR_DIRNAME
 from queued_storage.operations import human_age, human_bytes
@@ -440,19 +440,26 @@ def check_broker(app: Celery, timeout: float) -> list[Check]:
         return [Check("broker", subject, FAIL, detail, fix)]
     finally:
         connection.release()
-    return [Check("broker", subject, OK, "answers")]
+    found = [Check("broker", subject, OK, "answers")]
+    if connection.transport.driver_type == "amqp":
+        found.append(_check_prefetch(app, subject))
+    return found
 
 
-def _queue_of(app: Celery, storage: QueuedStorage) -> str:
-    """The queue *storage*'s transfers of this host's files go to."""
-    queue = storage.queue_for(settings.HOST)
-    if queue:
-        return queue
-    try:
-        routed = app.amqp.router.route({}, storage.task.name, args=(storage.alias, ""), kwargs={})
-        return str(getattr(routed["queue"], "name", routed["queue"]))
-    except Exception:
-        return str(app.conf.task_default_queue)
+def _check_prefetch(app: Celery, subject: str) -> Check:
+    """RabbitMQ: a transfer's delivery is acknowledged when it starts, but one a worker
+    prefetched while its pool processes were busy waits unacknowledged, and RabbitMQ closes
+    the channel of a delivery older than its ``consumer_timeout`` (not readable over AMQP)."""
+    multiplier = app.conf.worker_prefetch_multiplier
+    detail = (
+        f"prefetch multiplier {multiplier}: transfers are acknowledged when they start and "
+        "retries wait in the ledger, so consumer_timeout bounds only deliveries prefetched "
+        "while every pool process is busy"
+    )
+    if multiplier == 1:
+        return Check("broker", f"{subject} prefetch", OK, detail)
+    fix = "CELERY_WORKER_PREFETCH_MULTIPLIER = 1 for the workers of big files"
+    return Check("broker", f"{subject} prefetch", WARN, detail, fix)
 
 
 def _other_hosts_waiting(storages: Sequence[QueuedStorage]) -> dict[str, tuple[str, int]]:
@@ -479,7 +486,7 @@ def check_workers(app: Celery, storages: Sequence[QueuedStorage], timeout: float
     other host's queue that holds waiting files (WARN: that host's worker is down)."""
     queues: dict[str, list[QueuedStorage]] = {}
     for storage in storages:
-        queues.setdefault(_queue_of(app, storage), []).append(storage)
+        queues.setdefault(routed_queue(app, storage), []).append(storage)
     others = _other_hosts_waiting(storages)
     wait = min(timeout, 2.0)
     # A connection of its own, not one of the app's pool, which may hold a dead one.

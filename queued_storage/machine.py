@@ -145,6 +145,7 @@ TRANSITIONS: dict[str, Transition] = {
         Transition("take_back",         (_T,),        _P,    Publish.ROW,              True),
         Transition("claim",             (_P,),        _SAME, Publish.NOTHING,          False),
         Transition("claim_refused",     (_P,),        _SAME, Publish.NOTHING,          False),
+        Transition("claim_due",         (_P,),        _SAME, Publish.NOTHING,          False),
         Transition("unclaim",           (_P,),        _SAME, Publish.NOTHING,          False),
         Transition("retry_failed",      (_F,),        _P,    Publish.ROW,              True),
         Transition("lost",              (_P, _T, _F), _F,    Publish.ROW,              True),
@@ -380,6 +381,7 @@ class Machine:
             "lease_expires": clock.now(seconds),
             "bytes_done": 0,
             "dispatch_refused": None,
+            "retry_at": None,
             "updated": clock.now(),
         }
         rows = self.rows(name)
@@ -421,7 +423,8 @@ def take_returning(
     table = q(StoredFile._meta.db_table)
     sets = (
         f"{q('state')} = %s, {q('lease_owner')} = %s, {q('lease_expires')} = {expires}, "
-        f"{q('bytes_done')} = 0, {q('dispatch_refused')} = NULL, {q('updated')} = {now}"
+        f"{q('bytes_done')} = 0, {q('dispatch_refused')} = NULL, {q('retry_at')} = NULL, "
+        f"{q('updated')} = {now}"
     )
     params: list[object] = [str(State.TRANSFERRING), owner, *expires_params, *now_params]
     where = f"{q('alias')} = %s AND {q('name')} = %s AND {q('state')} = %s"

@@ -94,6 +94,12 @@ class StoredFile(models.Model):
         blank=True,
         help_text="When the broker refused the file's transfer message; empty once one is sent.",
     )
+    retry_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the retry of a file waiting after an error is due (the database's "
+        "clock); empty once its message is sent.",
+    )
 
     objects = StoredFileQuerySet.as_manager()
 
@@ -114,6 +120,13 @@ class StoredFile(models.Model):
             # A ledger of millions is almost all ``remote`` rows without a local copy: what
             # the reconcile pass, status, metrics and clean-up look for is in partial indexes
             # that hold only the rare rows (migration 0008 builds them without locking).
+            # Retries wait in the ledger, not in the broker: the workers' watch and the pass
+            # send those that are due (``reconcile.watch``).
+            models.Index(
+                fields=["host", "retry_at", "alias"],
+                condition=Q(retry_at__isnull=False),
+                name="queued_storage_due",
+            ),
             models.Index(
                 fields=["alias", "state", "created"],
                 condition=Q(state__in=UNFINISHED),

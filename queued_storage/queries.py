@@ -174,6 +174,11 @@ class StoredFileQuerySet(models.QuerySet["StoredFile"]):
             size__isnull=False,
         )
 
+    def due(self, now: datetime.datetime) -> StoredFileQuerySet:
+        """:meth:`waiting` rows whose retry is due at *now* (``retry_at``; the partial index
+        ``queued_storage_due`` holds only the rows waiting for a retry)."""
+        return self.waiting()._where(retry_at__lte=now)
+
     def expired_leases(self, now: datetime.datetime) -> StoredFileQuerySet:
         """``transferring`` rows whose lease expired before *now* (their worker died)."""
         return self._where(state=State.TRANSFERRING, lease_expires__lt=now)

@@ -7,7 +7,8 @@ each queued storage and at most ``QUEUED_STORAGE_RECONCILE_BATCH`` rows of each 
 0. ``pending`` rows whose transfer message the broker refused (``dispatch_refused``, recorded by
    the save, ``storage.transfer``, the commands and earlier passes): queued at once, not when
    they become overdue; the mark is cleared as the message goes, and put back if the broker
-   refuses again.
+   refuses again. Then ``pending`` rows whose retry is due (``retry_at``, recorded by the
+   worker that failed): retries wait in the ledger, not in the broker.
 1. ``transferring`` rows whose lease expired (their worker died): back to ``pending``, queued
    again (the lead's resume picks up an open multipart upload). A lost worker is a transient
    failure: it starts a run of them (``retrying_since``), and a file whose run has lasted
@@ -56,8 +57,8 @@ storage option ``queue="host"`` to the queue of the host that holds the local co
 
 :func:`reconcile_on_start` is the part of a pass a worker runs when it starts (steps 0 to 2
 for its own host, at most ``QUEUED_STORAGE_RECONCILE_ON_START`` files, once per host however
-many workers start together), so that the messages a dead worker held do not wait for the
-next scheduled pass.
+many workers start together); :func:`watch`, the part it runs every ``WATCH_INTERVAL``
+seconds after (due retries, expired leases).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from django.db import connections
 from django.utils import timezone
@@ -101,6 +102,7 @@ __all__ = [
     "reconcile",
     "reconcile_on_start",
     "start_up_passes",
+    "watch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -203,6 +205,15 @@ class _Pass:
             elif self.ledger.claim_refused(row, self.now):
                 self._requeue(row, self.report.requeued_refused)
 
+    def due(self) -> None:
+        """``pending`` rows whose retry is due (``retry_at``): queued now. Retries wait in the
+        ledger, not in the broker (the task ends when it records one)."""
+        for row in self.rows.due(self.now).order_by("retry_at")[: self.batch]:
+            if not self._present(row.name):
+                self._lost(row)
+            elif self.ledger.claim_due(row, self.now):
+                self._requeue(row, self.report.requeued_due)
+
     def expired_leases(self) -> None:
         for row in self.rows.expired_leases(self.now).order_by("lease_expires")[: self.batch]:
             if not self._present(row.name):
@@ -228,6 +239,7 @@ class _Pass:
             for items in (
                 report.requeued,
                 report.requeued_refused,
+                report.requeued_due,
                 report.taken_over,
                 report.given_up,
                 report.newly_lost,
@@ -357,6 +369,7 @@ def reconcile(
             adopt=adopt,
         )
         work.refused()
+        work.due()
         work.expired_leases()
         work.overdue()
         if failed:
@@ -372,7 +385,7 @@ def reconcile(
     _verify_sample(report, aliases)
     _report_lost(report, aliases, batch)
     report.staging_bytes = StoredFile.waiting_bytes(host)
-    _log(report)
+    report.log(logger)
     record_run(report, here)
     return report
 
@@ -407,19 +420,20 @@ def reconcile_on_start(*, now: datetime.datetime | None = None) -> Report | None
         work = _Pass(
             storage, report, sender, hosts=[host], now=now, after=after, batch=limit, adopt=False
         )
-        for kind in (work.refused, work.expired_leases, work.overdue):
+        for kind in (work.refused, work.due, work.expired_leases, work.overdue):
             work.batch = limit - work.handled()
             if work.batch <= 0:
                 break
             kind()
     logger.info(
         "worker start-up on host %s: re-queued %d overdue transfer(s) and %d expired lease(s), "
-        "queued %d the broker had refused; %d failed (workers lost for longer than RETRY_FOR), "
-        "%d lost, %d not queued",
+        "queued %d the broker had refused and %d retries due; %d failed (workers lost for "
+        "longer than RETRY_FOR), %d lost, %d not queued",
         host,
         len(report.requeued),
         len(report.taken_over),
         len(report.requeued_refused),
+        len(report.requeued_due),
         len(report.given_up),
         len(report.newly_lost),
         len(report.not_queued),
@@ -429,23 +443,82 @@ def reconcile_on_start(*, now: datetime.datetime | None = None) -> Report | None
     return report
 
 
-def start_up_passes() -> None:
-    """What a starting worker runs in a thread of its own (``tasks.py``): :func:`reconcile_on_start`
-    at once, and again ``LEASE_TIMEOUT + RECONCILE_AFTER`` later, when the leases of a worker
-    that died just before this one started have expired and the transfers it had received are
-    overdue. A failure is logged; the scheduled passes find what these would have."""
-    for delay in (0.0, settings.LEASE_TIMEOUT + settings.RECONCILE_AFTER):
-        time.sleep(delay)
-        try:
-            reconcile_on_start()
-        except Exception:
-            logger.warning(
-                "the worker's start-up reconcile pass failed; the scheduled passes find what "
-                "it would have",
-                exc_info=True,
-            )
-        finally:
+def watch(
+    *, aliases: Collection[str] | None = None, now: datetime.datetime | None = None
+) -> Report:
+    """One look of a worker's watch (:func:`start_up_passes`) at its host's rows: the retries
+    that are due (``retry_at``) and the leases that expired (a worker lost mid-transfer: step
+    1), at most ``RECONCILE_BATCH`` rows of each kind and storage, each queued as the pass
+    queues it. Two queries a storage, each on its partial index; no S3 request, no scan of the
+    staging directory. What the ledger does not schedule (a message the broker refused or
+    lost) is the pass's and the start-up's (steps 0 and 2). Every worker of the host runs it
+    for the storages whose transfers it consumes (*aliases*; ``None``: every storage): each
+    row is a conditional claim, so one of them sends it. Logged only when it queued or failed
+    something."""
+    host = settings.HOST
+    now = now or clock.read(StoredFile.db())
+    report = Report(host=host, staging_budget=settings.STAGING_BUDGET)
+    sender = Sender()
+    for storage in queued_storages():
+        if aliases is not None and storage.alias not in aliases:
+            continue
+        work = _Pass(
+            storage,
+            report,
+            sender,
+            hosts=[host],
+            now=now,
+            after=settings.RECONCILE_AFTER,
+            batch=settings.RECONCILE_BATCH,
+            adopt=False,
+        )
+        work.due()
+        work.expired_leases()
+    if any(report.counts().values()):
+        logger.info(
+            "watch on host %s: %s",
+            host,
+            ", ".join(f"{k}={v}" for k, v in report.counts().items() if v),
+        )
+    return report
+
+
+def _logged(run: Callable[[], object], what: str, *, keep_connection: bool = False) -> None:
+    """Run *run*; log a failure and go on. This thread's database connections are closed
+    after a failure (a fresh one next time), and after *run* unless *keep_connection* (the
+    watch keeps its connection between its looks, as the lease keeper does)."""
+    failed = False
+    try:
+        run()
+    except Exception:
+        failed = True
+        logger.warning(
+            "the worker's %s failed; the next one (or the scheduled pass) finds what it would have",
+            what,
+            exc_info=True,
+        )
+    finally:
+        if failed or not keep_connection:
             connections.close_all()  # this thread's own
+
+
+def start_up_passes(aliases: Collection[str] | None = None) -> None:
+    """What a worker runs in a thread of its own (``tasks.py``) while it runs:
+    :func:`reconcile_on_start` at once, then :func:`watch` every ``WATCH_INTERVAL`` seconds,
+    which sends the retries when they are due and takes back the leases of a worker lost
+    since. With ``WATCH_INTERVAL = 0``: :func:`reconcile_on_start` once more
+    ``LEASE_TIMEOUT + RECONCILE_AFTER`` later (the leases of a worker that died just before
+    this one started have expired), and nothing after; the scheduled passes do the rest. A
+    failure is logged and the loop goes on. *aliases*: the storages the watch looks at."""
+    _logged(reconcile_on_start, "start-up reconcile pass")
+    interval = settings.WATCH_INTERVAL
+    if interval <= 0:
+        time.sleep(settings.LEASE_TIMEOUT + settings.RECONCILE_AFTER)
+        _logged(reconcile_on_start, "start-up reconcile pass")
+        return
+    while True:
+        time.sleep(interval)
+        _logged(lambda: watch(aliases=aliases), "watch", keep_connection=True)
 
 
 def _report_elsewhere(
@@ -469,45 +542,6 @@ def _report_lost(report: Report, aliases: Sequence[str] | None, batch: int) -> N
         f"{row.alias}:{row.name} (host {row.host}, {row.size} bytes)"
         for row in rows.order_by("updated")[:batch]
     ]
-
-
-def _log(report: Report) -> None:
-    counts: dict[str, int] = report.counts()
-    logger.info(
-        "reconcile pass on %s: %s",
-        report.host,
-        ", ".join(f"{k}={v}" for k, v in counts.items()),
-    )
-    if report.not_queued:
-        logger.warning(
-            "reconcile could not queue %d transfer(s): the broker refused; "
-            "they are tried again by the next pass",
-            len(report.not_queued),
-        )
-    if report.staging_budget and report.staging_bytes >= 0.8 * report.staging_budget:
-        logger.warning(
-            "%d of the %d bytes of the staging budget of host %s wait for "
-            "their transfer (QUEUED_STORAGE_STAGING_BUDGET); new saves fail beyond it",
-            report.staging_bytes,
-            report.staging_budget,
-            report.host,
-        )
-    if report.lost_total:
-        logger.error(
-            "DATA LOSS: %d file(s) never reached the remote storage and their "
-            "local copy is gone: %s",
-            report.lost_total,
-            "; ".join(report.lost),
-        )
-    if report.elsewhere:
-        logger.warning(
-            "overdue transfers of other hosts (%s): a host whose files wait "
-            "runs no reconcile pass or no worker; run the pass there, or with --all-hosts "
-            "where its staging directory is mounted",
-            ", ".join(f"{h}: {n}" for h, n in sorted(report.elsewhere.items())),
-        )
-    for error in report.errors:
-        logger.error("reconcile: %s", error)
 
 
 # -- the verify sample (step 8) ---------------------------------------------------------------

@@ -3,6 +3,7 @@ one-sentence problem the command fails with. Plain data, no query, no I/O."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,8 @@ class Report:
     requeued: list[str] = field(default_factory=list)
     #: Queued now because the broker had refused their message (``dispatch_refused``).
     requeued_refused: list[str] = field(default_factory=list)
+    #: Queued because their retry was due (``retry_at``).
+    requeued_due: list[str] = field(default_factory=list)
     taken_over: list[str] = field(default_factory=list)
     given_up: list[str] = field(default_factory=list)
     retried: list[str] = field(default_factory=list)
@@ -53,6 +56,7 @@ class Report:
         return {
             "requeued": len(self.requeued),
             "requeued_refused": len(self.requeued_refused),
+            "requeued_due": len(self.requeued_due),
             "taken_over": len(self.taken_over),
             "given_up": len(self.given_up),
             "retried": len(self.retried),
@@ -72,6 +76,46 @@ class Report:
             "verify_unchecked": len(self.verify.unchecked) if self.verify else 0,
         }
 
+    def log(self, logger: logging.Logger) -> None:
+        """Log what the pass did and found: an info line, warnings for what waits, an error
+        for data loss (on the pass's logger)."""
+        counts: dict[str, int] = self.counts()
+        logger.info(
+            "reconcile pass on %s: %s",
+            self.host,
+            ", ".join(f"{k}={v}" for k, v in counts.items()),
+        )
+        if self.not_queued:
+            logger.warning(
+                "reconcile could not queue %d transfer(s): the broker refused; "
+                "they are tried again by the next pass",
+                len(self.not_queued),
+            )
+        if self.staging_budget and self.staging_bytes >= 0.8 * self.staging_budget:
+            logger.warning(
+                "%d of the %d bytes of the staging budget of host %s wait for "
+                "their transfer (QUEUED_STORAGE_STAGING_BUDGET); new saves fail beyond it",
+                self.staging_bytes,
+                self.staging_budget,
+                self.host,
+            )
+        if self.lost_total:
+            logger.error(
+                "DATA LOSS: %d file(s) never reached the remote storage and their "
+                "local copy is gone: %s",
+                self.lost_total,
+                "; ".join(self.lost),
+            )
+        if self.elsewhere:
+            logger.warning(
+                "overdue transfers of other hosts (%s): a host whose files wait "
+                "runs no reconcile pass or no worker; run the pass there, or with --all-hosts "
+                "where its staging directory is mounted",
+                ", ".join(f"{h}: {n}" for h, n in sorted(self.elsewhere.items())),
+            )
+        for error in self.errors:
+            logger.error("reconcile: %s", error)
+
     def lines(self, *, verbose: bool = False) -> list[str]:
         """A human summary; *verbose* lists every item."""
         budget = "no budget" if self.staging_budget is None else f"budget {self.staging_budget}"
@@ -81,6 +125,7 @@ class Report:
         for label, items in (
             ("re-queued (overdue)", self.requeued),
             ("queued (the broker had refused them)", self.requeued_refused),
+            ("queued (retry due)", self.requeued_due),
             ("re-queued (lease expired)", self.taken_over),
             ("failed (workers lost for longer than RETRY_FOR)", self.given_up),
             ("retried (were failed)", self.retried),

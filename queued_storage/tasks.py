@@ -1,8 +1,13 @@
 """The Celery tasks: thin glue around :func:`queued_storage.worker.run_transfer`.
 
 Task messages carry two plain strings, the storage alias and the file name. The policy (lease,
-engine, outcome, retries) is the worker's; a :class:`~queued_storage.worker.RetryLater` becomes
-a Celery retry after its countdown.
+engine, outcome, retries) is the worker's. No message waits on a worker longer than it takes a
+pool process to start it: a transfer's message is acknowledged when it starts (the ledger's
+lease, not the message, keeps a lost worker's file: the watch and the reconcile pass take an
+expired lease back), and a retry is a due time in the ledger (``retry_at``), not a Celery
+countdown: the task ends, and the workers' watch sends it again when it is due. So neither a
+long transfer nor a long outage holds a delivery past RabbitMQ's ``consumer_timeout`` or
+Redis's ``visibility_timeout``.
 
 :class:`Transfer` and :class:`TransferAndDelete` are task classes, as in django-queued-storage:
 a subclass that overrides ``transfer(self, name, local, remote)`` replaces the engine with its
@@ -11,14 +16,16 @@ is registered with every Celery app under its dotted path when it is defined, so
 imports the module defining it (Celery's ``autodiscover_tasks`` does) knows it.
 
 When a worker starts (Celery's ``worker_ready``), a thread of it queues its host's transfers
-the broker refused and re-queues its expired leases and overdue transfers
-(``reconcile.start_up_passes``), so that files saved while the broker was down and what a dead
-worker held do not wait for the next scheduled reconcile pass.
+the broker refused and re-queues its expired leases and overdue transfers, then watches its
+host's rows every ``QUEUED_STORAGE_WATCH_INTERVAL`` seconds: retries that are due, leases that
+expired (``reconcile.start_up_passes``), so that files saved while the broker was down, retries
+and what a dead worker held do not wait for the next scheduled reconcile pass.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from typing import TYPE_CHECKING, ClassVar
 
 from celery import Task, shared_task
@@ -28,14 +35,30 @@ from celery.signals import worker_ready
 from django.core.files.storage import Storage
 
 from queued_storage.conf import settings
+from queued_storage.dispatch import routed_queue
 from queued_storage.reconcile import reconcile as run_pass
 from queued_storage.reconcile import start_up_passes
+from queued_storage.storage import queued_storages
 from queued_storage.worker import RetryLater, TransferHook, run_transfer
 
 if TYPE_CHECKING:
     from celery import Celery
+    from celery.worker.consumer import Consumer
 
-__all__ = ["Transfer", "TransferAndDelete", "reconcile", "transfer"]
+__all__ = [
+    "LEASED",
+    "RETRY_DUE",
+    "Transfer",
+    "TransferAndDelete",
+    "reconcile",
+    "transfer",
+    "watched_aliases",
+]
+
+#: What a transfer task returns when it recorded a retry (due at the row's ``retry_at``) ...
+RETRY_DUE = "retry-due"
+#: ... and when another worker holds the file's lease (its outcome is that worker's).
+LEASED = "leased-elsewhere"
 
 
 def _share(task_class: type[Transfer]) -> None:
@@ -60,8 +83,9 @@ class Transfer(Task):  # type: ignore[misc]
     ``delete_local`` (django-queued-storage's name for the keep-the-local-copy task)."""
 
     name = "queued_storage.tasks.transfer"
-    acks_late = True
-    reject_on_worker_lost = True
+    #: Acknowledged when a pool process starts it: the ledger's lease keeps the file of a
+    #: worker lost mid-transfer (the module docstring), not an unacknowledged message.
+    acks_late = False
     max_retries = None
     #: Kept only when asked for (``storage.transfer(name)``): a save's dispatch stays cheap.
     ignore_result = True
@@ -80,7 +104,8 @@ class Transfer(Task):  # type: ignore[misc]
                 alias, name, delete_local=self.delete_local, hook=self.transfer_hook
             ).value
         except RetryLater as later:
-            raise self.retry(countdown=later.countdown, max_retries=None) from later
+            # Recorded in the ledger: a retry due at ``retry_at``, or another worker's lease.
+            return LEASED if later.leased else RETRY_DUE
 
     @property
     def transfer_hook(self) -> TransferHook | None:
@@ -126,11 +151,25 @@ def reconcile(failed: bool = False, adopt: bool = False, all_hosts: bool = False
     return run_pass(failed=failed, adopt=adopt, all_hosts=all_hosts).counts()
 
 
+def watched_aliases(app: Celery, queues: Collection[str]) -> list[str]:
+    """The queued storages whose transfers from this host go to one of *queues* (those a
+    worker consumes)."""
+    return [s.alias for s in queued_storages() if routed_queue(app, s) in queues]
+
+
 @worker_ready.connect
-def _reconcile_on_start(**kwargs: object) -> None:
-    """A worker that starts re-queues what a dead one left (``reconcile.start_up_passes``), in
-    a thread of its own: start-up waits for nothing (``QUEUED_STORAGE_RECONCILE_ON_START``)."""
-    if settings.RECONCILE_ON_START > 0:
+def _reconcile_on_start(sender: Consumer | None = None, **kwargs: object) -> None:
+    """A worker that starts re-queues what a dead one left, then watches its host's rows
+    (``reconcile.start_up_passes``), in a thread of its own: start-up waits for nothing
+    (``QUEUED_STORAGE_RECONCILE_ON_START``, ``QUEUED_STORAGE_WATCH_INTERVAL``)."""
+    if settings.RECONCILE_ON_START > 0 or settings.WATCH_INTERVAL > 0:
+        aliases = None
+        if sender is not None:
+            app = sender.app
+            aliases = watched_aliases(app, set(app.amqp.queues.consume_from or ()))
         threading.Thread(
-            target=start_up_passes, name="queued-storage-reconcile-on-start", daemon=True
+            target=start_up_passes,
+            args=(aliases,),
+            name="queued-storage-reconcile-on-start",
+            daemon=True,
         ).start()

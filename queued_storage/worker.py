@@ -1,7 +1,8 @@
 """Running one transfer: the lease, the engine, the outcome and the retry policy.
 
-Plain Python, no Celery: the tasks (``tasks.py``) call :func:`run_transfer` and turn
-:class:`RetryLater` into a Celery retry. The policy: lease the ledger row (single flight), call
+Plain Python, no Celery: the tasks (``tasks.py``) call :func:`run_transfer`; a retry is
+recorded in the ledger (``retry_at``, :class:`RetryLater` says so) and sent when it is due by
+the workers' watch (``reconcile.watch``). The policy: lease the ledger row (single flight), call
 the engine, record ``remote`` only after verification (the ledger publishes it), send the
 signal, and only then delete the local copy. After an error, by its kind
 (``exceptions.py``):
@@ -92,11 +93,14 @@ class Outcome(str, enum.Enum):
 
 
 class RetryLater(Exception):
-    """Ask the task layer to run this transfer again after *countdown* seconds."""
+    """The transfer is to run again in *countdown* seconds: a retry the ledger holds
+    (``retry_at``: the workers' watch and the reconcile pass send it when it is due), or
+    another worker's live lease (*leased*: the watch takes it back if it expires)."""
 
-    def __init__(self, countdown: float, reason: str) -> None:
+    def __init__(self, countdown: float, reason: str, *, leased: bool = False) -> None:
         super().__init__(reason)
         self.countdown = countdown
+        self.leased = leased
 
 
 def backoff(attempt: int) -> float:
@@ -387,7 +391,9 @@ def run_transfer(
         remaining = settings.LEASE_TIMEOUT
         if row.lease_expires is not None and lease.now is not None:
             remaining = max(1.0, (row.lease_expires - lease.now).total_seconds() + 1)
-        raise RetryLater(remaining, f"{name!r} is being transferred by {row.lease_owner}")
+        raise RetryLater(
+            remaining, f"{name!r} is being transferred by {row.lease_owner}", leased=True
+        )
     if row is None:
         return Outcome.GONE  # deleted between taking the lease and reading the row
     # The database's time of the lease (the take wrote it), and the monotonic clock from it:
@@ -434,7 +440,8 @@ def run_transfer(
             elapsed = retried_for(row, database_now())
             if elapsed >= settings.RETRY_FOR:
                 return _give_up(storage, name, owner, err, row)
-            ledger.retry_later(name, owner, str(err), counted=False)
+            delay = outage_backoff(elapsed)
+            ledger.retry_later(name, owner, str(err), counted=False, delay=delay)
             logger.warning(
                 "transfer of %r failed on the infrastructure (%.0f s into this run of "
                 "failures, retried for up to %g s), will retry: %s",
@@ -443,11 +450,12 @@ def run_transfer(
                 settings.RETRY_FOR,
                 err,
             )
-            raise RetryLater(outage_backoff(elapsed), str(err)) from err
+            raise RetryLater(delay, str(err)) from err
         errors = row.attempts + 1  # errors about this file, this one included
         if errors > settings.RETRIES:
             return _fail(storage, name, owner, err)
-        ledger.retry_later(name, owner, str(err))
+        delay = backoff(errors)
+        ledger.retry_later(name, owner, str(err), delay=delay)
         logger.warning(
             "transfer of %r failed (error %d of at most %d about the file), will retry: %s",
             name,
@@ -455,7 +463,7 @@ def run_transfer(
             settings.RETRIES + 1,
             err,
         )
-        raise RetryLater(backoff(errors), str(err)) from err
+        raise RetryLater(delay, str(err)) from err
 
     delete = delete_local if delete_local is not None else storage.delete_local
     recorded = ledger.remote(

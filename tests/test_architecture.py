@@ -406,7 +406,7 @@ def test_tasks_hold_only_celery_glue_and_the_worker_needs_no_celery() -> None:
     functions = [n.name for n in tasks.body if isinstance(n, ast.FunctionDef)]
     classes = [n.name for n in tasks.body if isinstance(n, ast.ClassDef)]
     assert (sorted(functions), sorted(classes)) == (
-        ["_reconcile_on_start", "_share", "reconcile"],
+        ["_reconcile_on_start", "_share", "reconcile", "watched_aliases"],
         ["Transfer", "TransferAndDelete"],
     )
     code = (
@@ -491,6 +491,7 @@ RECONCILE_NAMES = (
     "reconcile",
     "reconcile_on_start",
     "start_up_passes",
+    "watch",
 )
 
 

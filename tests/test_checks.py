@@ -1,5 +1,5 @@
 """Each system check id fires on its misconfiguration, grouped by id (E001-E022, W001, W002,
-W011, W020; W010 reads the ledger and is tested in ``test_reconcile.py``), the checks are bound,
+W020; W010 reads the ledger and is tested in ``test_reconcile.py``), the checks are bound,
 and every hint states its fix without pointing at a file of the repository."""
 
 from __future__ import annotations
@@ -460,6 +460,7 @@ _EVERY_ERROR = {
     "QUEUED_STORAGE_SENDFILE": "sendfile",
     "QUEUED_STORAGE_SENDFILE_PREFIX": "relative",
     "QUEUED_STORAGE_TUS_EXPIRY": 0,
+    "QUEUED_STORAGE_WATCH_INTERVAL": -1,
 }
 
 
@@ -501,7 +502,7 @@ def test_every_check_hint_states_a_fix_and_names_no_repository_path(
     celery_conf(broker_url="amqp://127.0.0.1//", broker_channel_error_retry=False)
     messages += _every_message()
     ids = {m.id.split(".")[1] for m in messages}
-    every_id = {f"E{n:03d}" for n in range(1, 23)} | {"W001", "W002", "W011", "W012", "W020"}
+    every_id = {f"E{n:03d}" for n in range(1, 24)} | {"W001", "W002", "W012", "W020"}
     assert ids == every_id  # W010 reads the ledger: its hint is checked in test_docs.py
     for message in messages:
         assert isinstance(message.hint, str) and len(message.hint) > 20, message
@@ -534,7 +535,7 @@ def test_tus_checks_are_bound(db: None) -> None:
         call_command("check")
 
 
-# --- W001-W002, W011 ------------------------------------------------------------------------
+# --- W001-W002, W011 (retired), E023 ------------------------------------------------------
 @pytest.mark.parametrize(
     "backend",
     [
@@ -561,26 +562,30 @@ def test_w002_nginx_directory_without_a_secret() -> None:
     assert "QUEUED_STORAGE_NGINX_SECRET is not" in messages[0].msg
 
 
-def test_w011_visibility_timeout_shorter_than_the_longest_retry_delay(
+def test_w011_is_retired_a_short_visibility_timeout_warns_of_nothing(
     celery_conf: Callable[..., None],
 ) -> None:
+    # Retries wait in the ledger (retry_at), not in Redis: no delivery waits for its countdown.
     celery_conf(
         broker_url="redis://127.0.0.1:1/0", broker_transport_options={"visibility_timeout": 600}
     )
     with override_settings(QUEUED_STORAGE_RETRY_MAX_DELAY=3600):
-        messages = check_reliability_settings()
-        assert _ids(messages) == ["queued_storage.W011"]
-        assert "visibility_timeout (600 s) is shorter than QUEUED_STORAGE_RETRY_MAX_DELAY" in (
-            messages[0].msg
-        )
-        celery_conf(broker_transport_options={})  # Redis' default: 3600 s
         assert check_reliability_settings() == []
-        # RabbitMQ has no visibility timeout (W012 is about its channel_error_retry)
-        celery_conf(
-            broker_url="amqp://127.0.0.1//",
-            broker_transport_options={"visibility_timeout": 600},
-            broker_channel_error_retry=True,
-        )
+
+
+@pytest.mark.parametrize("interval", [-1, "5", None, True])
+def test_e023_watch_interval_must_be_a_number_of_0_or_more(interval: Any) -> None:
+    with override_settings(QUEUED_STORAGE_WATCH_INTERVAL=interval):
+        messages = check_reliability_settings()
+    assert _ids(messages) == ["queued_storage.E023"]
+    assert messages[0].msg == (
+        f"QUEUED_STORAGE_WATCH_INTERVAL must be a number of seconds of 0 or more, got {interval!r}."
+    )
+
+
+@pytest.mark.parametrize("interval", [0, 0.5, 5])
+def test_e023_silent_for_0_or_a_positive_interval(interval: float) -> None:
+    with override_settings(QUEUED_STORAGE_WATCH_INTERVAL=interval):
         assert check_reliability_settings() == []
 
 
@@ -596,8 +601,8 @@ def test_w012_rabbitmq_broker_without_channel_error_retry(
     assert messages[0].msg == (
         f"The broker is RabbitMQ ({scheme}://) and Celery's broker_channel_error_retry is "
         f"{retry!r}: when RabbitMQ closes a worker's channel (a delivery unacknowledged for "
-        "longer than its consumer_timeout, 30 minutes by default: a long transfer, a retry's "
-        "countdown) the worker exits instead of reconnecting."
+        "longer than its consumer_timeout, 30 minutes by default: one the worker prefetched "
+        "while its pool processes were busy) the worker exits instead of reconnecting."
     )
     assert "guest" not in messages[0].msg
     assert messages[0].hint.startswith("Set CELERY_BROKER_CHANNEL_ERROR_RETRY = True")

@@ -757,23 +757,66 @@ def test_delete_during_the_s3_transfer_brings_nothing_back(
 
 # --- 8. a whole worker killed while it held the retries -------------------------------------
 #: The start-up pass's line as Celery logs it (the test settings log it to the console too).
+def test_a_pool_process_killed_mid_transfer_its_file_goes_once_its_lease_expires(
+    host_worker: Any, clean: Any, capsys: Any, s3_proxy: Any
+) -> None:
+    """The pick-up time after a kill (docs/reliability.md): the pool process holding a
+    transfer is killed while its PUT is held at the S3 proxy. The message was acknowledged
+    when the transfer started, so nothing is delivered again: the worker's watch takes the
+    lease back when it expires (a 3 s lease) and queues the file, which a pool process of the
+    same worker then sends once."""
+    storage = storages["queued_host"]
+    data = os.urandom(70_000)
+    held = s3_proxy.interrupt_next("PUT")
+    name = storage.save("killed/mid-transfer.bin", ContentFile(data))
+    assert held.wait(30), "the worker's PUT never reached the S3 proxy"
+    row = StoredFile.get_row("queued_host", name)
+    assert row is not None and row.state == State.TRANSFERRING
+    leased_by = int(row.lease_owner.split(":")[1])  # host:pid:token
+    assert leased_by in host_worker.pids()[1:]
+    os.kill(leased_by, 9)
+    killed = time.monotonic()
+    held.release()
+    wait_for(
+        lambda: StoredFile.get_row("queued_host", name).state == State.REMOTE,  # type: ignore[union-attr]
+        timeout=60,
+        what="the file of the killed pool process on S3",
+    )
+    seconds = time.monotonic() - killed
+    log = host_worker.log_text()
+    figures(
+        capsys,
+        "pool-process-killed-mid-transfer",
+        lease_timeout=3,
+        seconds_from_kill_to_remote=round(seconds, 1),
+        taken_back_by_the_watch=len(re.findall(r"watch on host \S+: [^\n]*taken_over=1", log)),
+    )
+    assert s3_bytes(clean, name) == data
+    assert open_uploads(clean) == []
+    found = StoredFile.get_row("queued_host", name)
+    assert found is not None and (found.attempts, found.retrying_since) == (0, None)
+    assert re.search(r"watch on host \S+: [^\n]*taken_over=1", log), log
+
+
 _START_UP = re.compile(
     r"INFO/MainProcess\] worker start-up on host \S+: "
-    r"re-queued (\d+) overdue transfer\(s\) and (\d+) expired"
+    r"re-queued (\d+) overdue transfer\(s\) and (\d+) expired lease\(s\), "
+    r"queued \d+ the broker had refused and (\d+) retries due"
 )
 
 
 def start_up_requeues(log: str) -> int:
-    """Transfers the start-up passes in a worker's *log* re-queued (overdue and expired)."""
-    return sum(int(a) + int(b) for a, b in _START_UP.findall(log))
+    """Transfers the start-up passes in a worker's *log* re-queued (overdue, expired, due)."""
+    return sum(int(a) + int(b) + int(c) for a, b, c in _START_UP.findall(log))
 
 
 def test_a_restarted_worker_requeues_what_the_killed_one_held_without_a_reconcile_pass(
     host_worker: Any, clean: Any, capsys: Any, s3_proxy: Any
 ) -> None:
-    """S3 is down, so every file waits for a retry whose message the worker holds (a countdown);
-    the whole worker is killed, and Redis would hand those messages out again only after its
-    visibility_timeout (an hour). The worker that starts next re-queues them itself."""
+    """S3 is down, so every file waits for a retry (due in the ledger, ``retry_at``); the whole
+    worker is killed with whatever it was sending or had prefetched (Redis would hand an
+    unacknowledged message out again only after its visibility_timeout, an hour). The worker
+    that starts next queues them itself."""
     storage = storages["queued_host"]
     payloads = {f"held/{i}.bin": os.urandom(3000 + i) for i in range(6)}
     s3_proxy.go_down()

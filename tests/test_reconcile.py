@@ -29,12 +29,12 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from queued_storage import dispatch, signals
+from queued_storage import clock, dispatch, signals
 from queued_storage.exceptions import StagingFull
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.operations import transfer_rows
-from queued_storage.reconcile import LOST, overdue, reconcile, reconcile_on_start
+from queued_storage.reconcile import LOST, overdue, reconcile, reconcile_on_start, watch
 from queued_storage.storage import QueuedStorage
 from queued_storage.worker import Outcome, run_transfer
 from tests.harness.suite import broker_messages, need, purge_queues, s3_bytes, wait_for
@@ -188,6 +188,44 @@ def test_requeues_of_a_file_that_keeps_waiting_are_spaced_out_like_retries(
         assert not requeued_at(165 + 165 + AFTER - 5)  # then as long as it has waited
         assert requeued_at(165 + 165 + AFTER + 5)
     assert len(broker("parked")) == 3
+
+
+def test_a_workers_watch_queues_a_retry_when_it_is_due_and_not_before(broker: Any) -> None:
+    name = saved("retry-due.bin", old=0)
+    storage = parked()
+    assert storage.ledger.lease(name, "w", 60).acquired
+    assert storage.ledger.retry_later(name, "w", "S3 said 503", counted=False, delay=30)
+    found = row("queued_parked", name)
+    assert found.retry_at is not None
+    # Due 30 s after the release, by the database's clock (the same statement wrote both).
+    assert (found.retry_at - found.updated).total_seconds() == pytest.approx(30, abs=0.01)
+    now = clock.read(StoredFile.db())
+    assert watch(aliases=["queued_parked"], now=now).requeued_due == []
+    assert broker("parked") == []
+    due = found.retry_at + datetime.timedelta(seconds=1)
+    assert watch(aliases=["default"], now=due).requeued_due == []  # not a storage it watches
+    report = watch(aliases=["queued_parked"], now=due)
+    assert report.requeued_due == [f"queued_parked:{name}"]
+    assert broker("parked") == [["queued_parked", name]]
+    found = row("queued_parked", name)
+    assert (found.state, found.retry_at, found.last_error) == (State.PENDING, None, "S3 said 503")
+    assert watch(aliases=["queued_parked"], now=due).requeued_due == []  # claimed once
+    assert run_transfer("queued_parked", name) is Outcome.TRANSFERRED
+
+
+def test_a_workers_watch_takes_back_an_expired_lease_and_leaves_a_live_one(broker: Any) -> None:
+    dead, live = saved("watch-dead.bin", old=0), saved("watch-live.bin", old=0)
+    assert Ledger("queued_parked").lease(dead, "dead-worker", 0.01).acquired
+    assert Ledger("queued_parked").lease(live, "live-worker", 60).acquired
+    time.sleep(0.05)
+    report = watch(aliases=["queued_parked"])
+    assert (report.taken_over, report.requeued, report.requeued_refused) == (
+        [f"queued_parked:{dead}"],
+        [],
+        [],
+    )
+    assert broker("parked") == [["queued_parked", dead]]
+    assert row("queued_parked", live).state == State.TRANSFERRING
 
 
 def test_expired_lease_is_taken_back_and_requeued(broker: Any) -> None:

@@ -143,6 +143,12 @@ def test_a_reconcile_pass_uses_indexes(ledger: str) -> None:
         assert scans(lambda: reconcile.reconcile(failed=True)) == []
 
 
+def test_a_workers_watch_uses_indexes(ledger: str) -> None:
+    """What each worker runs every WATCH_INTERVAL seconds: due retries, expired leases."""
+    with override_settings(QUEUED_STORAGE_HOST="idle-host"):
+        assert scans(lambda: reconcile.watch()) == []
+
+
 def test_status_uses_indexes(ledger: str) -> None:
     assert scans(lambda: status.status()) == []
 

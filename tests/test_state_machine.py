@@ -81,6 +81,10 @@ CASES: dict[str, Case] = {
         lambda ledger, name, row: ledger.claim_refused(_read(row, name), NOW()),
         row={"dispatch_refused": timezone.now() - WEEK},
     ),
+    "claim_due": Case(
+        lambda ledger, name, row: ledger.claim_due(_read(row, name), NOW()),
+        row={"retry_at": timezone.now() - WEEK},
+    ),
     # the claim it undoes left the row's clock at ``now``: the row's own here
     "unclaim": Case(
         lambda ledger, name, row: ledger.unclaim(_read(row, name), _read(row, name).updated),

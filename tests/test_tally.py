@@ -58,6 +58,7 @@ INDEXES = {
         "queued_storage_host",
         "queued_storage_alias",
         "queued_storage_name",
+        "queued_storage_due",
     },
     "queued_storage_tusupload": {"queued_storage_tus_receiving"},
 }
@@ -518,15 +519,18 @@ def test_the_migrations_count_the_ledger_install_the_triggers_and_indexes_and_re
 ) -> None:
     connection = connections[ledger_db]
     latest = MigrationExecutor(connection).loader.graph.leaf_nodes(APP)
-    assert [name for _, name in latest] == ["0008_ledger_indexes"]
+    assert [name for _, name in latest] == ["0009_retry_at"]
     rows = StoredFile.objects.using(ledger_db)
     try:
         _migrate(connection, [BEFORE_TALLY])
         assert "queued_storage_tally" not in _tables(connection)
         assert _triggers(connection) == set()
         assert _indexes(connection) == {table: set() for table in INDEXES}
-        rows.bulk_create(
-            StoredFile(
+        # The table as the tally's migration finds it: the model of that migration's state.
+        before = MigrationExecutor(connection).loader.project_state([BEFORE_TALLY])
+        historical = before.apps.get_model(APP, "StoredFile")
+        historical.objects.using(ledger_db).bulk_create(
+            historical(
                 alias=alias, name=f"{i}.bin", host=host, state=state, size=size, local_exists=local
             )
             for i, (alias, host, state, size, local) in enumerate(
@@ -563,10 +567,12 @@ def test_the_migrations_count_the_ledger_install_the_triggers_and_indexes_and_re
         assert "queued_storage_tally" not in _tables(connection)
         assert _triggers(connection) == set()
         assert _indexes(connection) == {table: set() for table in INDEXES}
-        # Writes go on without a tally (a trigger left behind would fail them).
-        assert Ledger("a").saved("after.bin", "h1", 1)
-        assert rows.filter(name="after.bin").update(state="failed") == 1
-        assert rows.filter(name="after.bin").delete()[0] == 1
+        # Writes go on without a tally (a trigger left behind would fail them), in the table
+        # as it was then.
+        old_rows = historical.objects.using(ledger_db)
+        old_rows.create(alias="a", name="after.bin", host="h1", size=1, local_exists=True)
+        assert old_rows.filter(name="after.bin").update(state="failed") == 1
+        assert old_rows.filter(name="after.bin").delete()[0] == 1
     finally:
         _migrate(connection, latest)
     assert _triggers(connection) == TRIGGERS[connection.vendor]

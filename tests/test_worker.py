@@ -34,7 +34,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def delayed(**options: Any) -> QueuedStorage:
-    return QueuedStorage(local="staging", remote="s3", delayed=True, **options)
+    """A storage of this module's own: no worker of the suite watches it (its retries are due
+    in the ledger; these tests run them themselves), and a message it sends goes to a queue no
+    worker consumes."""
+    return QueuedStorage(local="staging", remote="s3", delayed=True, queue="parked", **options)
 
 
 def row_of(storage: QueuedStorage, name: str) -> StoredFile:
@@ -99,6 +102,10 @@ def test_transient_error_goes_back_to_pending_and_asks_for_retry(s3_proxy: Any) 
     assert row.retrying_since is not None
     assert "connection error" in row.last_error
     assert raised.value.countdown > 0
+    # The retry waits in the ledger: due after the countdown, by the database's clock.
+    assert row.retry_at is not None
+    waits = (row.retry_at - row.updated).total_seconds()
+    assert waits == pytest.approx(raised.value.countdown, abs=0.01)
     s3_proxy.come_up()
     assert run_transfer(storage.alias, name) is Outcome.TRANSFERRED
     row.refresh_from_db()

@@ -22,7 +22,7 @@ tus), ``serving`` (waiting files), ``monitoring`` (metrics); ``common`` holds wh
 | E010 | ``QUEUED_STORAGE_STAGING_BUDGET`` is neither ``None`` nor a positive integer |
 | E011 | ``RECONCILE_AFTER`` (or ``None``), ``RECONCILE_BATCH``, ``DISPATCH_WAIT`` not positive |
 | W010 | this host's waiting bytes are at 80 % of the staging budget (database check) |
-| W011 | the Redis broker's ``visibility_timeout`` is shorter than the longest retry delay |
+| W011 | retired: retries wait in the ledger (it checked the Redis ``visibility_timeout``) |
 | W012 | the broker is RabbitMQ and Celery's ``broker_channel_error_retry`` is not ``True`` |
 | E008 | ``QUEUED_STORAGE_UPLOAD_STORAGE`` is not the alias of a QueuedStorage in STORAGES |
 | E009 | ``QUEUED_STORAGE_UPLOAD_MAX_BYTES`` / ``UPLOAD_CHUNK_SIZE`` is not a positive integer |
@@ -39,6 +39,7 @@ tus), ``serving`` (waiting files), ``monitoring`` (metrics); ``common`` holds wh
 | W020 | ``QUEUED_STORAGE_SERVE_STAGED`` names a URL the URLconf does not have (not included yet) |
 | E021 | ``QUEUED_STORAGE_SENDFILE`` / ``SENDFILE_PREFIX`` is not a valid mode / location |
 | E022 | ``QUEUED_STORAGE_TUS_EXPIRY`` is not a positive number of seconds |
+| E023 | ``QUEUED_STORAGE_WATCH_INTERVAL`` is not a number of seconds of 0 or more |
 """
 
 from __future__ import annotations

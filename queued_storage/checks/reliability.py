@@ -1,5 +1,6 @@
 """System checks of what keeps a file moving: the retry bound, the reconcile pass, the staging
-budget and the broker's redelivery (E010, E011, E016, E017, W010, W011, W012)."""
+budget and the broker's redelivery (E010, E011, E016, E017, E023, W010, W012). W011 (the Redis
+broker's visibility_timeout against the retry delay) is retired: retries wait in the ledger."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ __all__ = ["check_reliability_settings", "check_staging_budget"]
 def check_reliability_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: object
 ) -> list[CheckMessage]:
-    """E010, E011, E016, E017, W011, W012: the retry bound, the reconcile pass, the staging
+    """E010, E011, E016, E017, E023, W012: the retry bound, the reconcile pass, the staging
     budget, the broker's redelivery."""
     messages: list[CheckMessage] = []
     budget = setting("STAGING_BUDGET")
@@ -70,17 +71,16 @@ def check_reliability_settings(
                 id="queued_storage.E017",
             )
         )
-    timeout = _redis_visibility_timeout()
-    if timeout is not None and timeout < settings.RETRY_MAX_DELAY:
+    watch = setting("WATCH_INTERVAL")
+    if not (positive_number(watch) or (watch == 0 and not isinstance(watch, bool))):
         messages.append(
-            Warning(
-                f"The Redis broker's visibility_timeout ({timeout:g} s) is shorter than "
-                f"QUEUED_STORAGE_RETRY_MAX_DELAY ({settings.RETRY_MAX_DELAY:g} s): Redis "
-                "delivers a retry that waits longer again, once per visibility_timeout.",
-                hint="Set broker_transport_options={'visibility_timeout': ...} (the Django "
-                "setting CELERY_BROKER_TRANSPORT_OPTIONS) above both the longest transfer and "
-                "QUEUED_STORAGE_RETRY_MAX_DELAY.",
-                id="queued_storage.W011",
+            Error(
+                "QUEUED_STORAGE_WATCH_INTERVAL must be a number of seconds of 0 or more, got "
+                f"{watch!r}.",
+                hint="It is how often a worker sends the retries that are due and takes back "
+                "expired leases; 0 leaves both to the scheduled reconcile pass. Remove it for "
+                f"the default ({DEFAULTS['WATCH_INTERVAL']} s).",
+                id="queued_storage.E023",
             )
         )
     messages.extend(_check_channel_error_retry())
@@ -106,11 +106,10 @@ def _check_channel_error_retry() -> list[CheckMessage]:
         Warning(
             f"The broker is RabbitMQ ({scheme}://) and Celery's broker_channel_error_retry is "
             f"{retry!r}: when RabbitMQ closes a worker's channel (a delivery unacknowledged for "
-            "longer than its consumer_timeout, 30 minutes by default: a long transfer, a "
-            "retry's countdown) the worker exits instead of reconnecting.",
+            "longer than its consumer_timeout, 30 minutes by default: one the worker prefetched "
+            "while its pool processes were busy) the worker exits instead of reconnecting.",
             hint="Set CELERY_BROKER_CHANNEL_ERROR_RETRY = True (Celery's "
-            "broker_channel_error_retry), and RabbitMQ's consumer_timeout above both the "
-            "longest transfer and QUEUED_STORAGE_RETRY_MAX_DELAY.",
+            "broker_channel_error_retry), and CELERY_WORKER_PREFETCH_MULTIPLIER = 1.",
             id="queued_storage.W012",
         )
     ]
@@ -121,21 +120,6 @@ def _broker_scheme(url: object) -> str:
     first = url[0] if isinstance(url, (list, tuple)) and url else url
     text = str(first or "").split(";", 1)[0].strip()
     return text.split("://", 1)[0].lower() if "://" in text else ""
-
-
-def _redis_visibility_timeout() -> float | None:
-    """The Redis transport's visibility timeout, or ``None`` when the broker is not Redis."""
-    from celery import current_app
-
-    conf = current_app.conf
-    url = str(conf.broker_url or "")
-    if not url.startswith(("redis://", "rediss://", "sentinel://", "redis+socket://")):
-        return None
-    options = conf.broker_transport_options or {}
-    try:
-        return float(options.get("visibility_timeout", 3600))
-    except (TypeError, ValueError):
-        return None
 
 
 @register(Tags.database)
