@@ -2,7 +2,8 @@
 #   make test   - create .venv, install, start Redis/PostgreSQL/S3/Celery workers, run the suite
 #   make test-faults - the long fault tests (kill -9, S3 outage), each printing its figures
 #   make test-hosts - several hosts in Linux network namespaces (root): per-host queues, a lost
-#                 host, a host cut off from Redis, a shared volume; each test prints its figures
+#                 host, a host cut off from its broker and Redis, a shared volume, on Redis and
+#                 on RabbitMQ as the broker; each test prints its figures
 #   make test-browser - the upload widget and tus-js-client in Chromium (Playwright)
 #   make test-rabbitmq - the integration and fault tests with RabbitMQ as the broker
 #                 (Debian's rabbitmq-server, started by the test run) instead of Redis
@@ -55,7 +56,8 @@ test-faults: $(STAMP)
 	QUEUED_STORAGE_TEST_STRICT=$(STRICT) PYTHONDEVMODE=1 $(BIN)/python -m pytest -m faults $(ARGS)
 
 # Several hosts on this machine (marker "hosts", deselected by make test): network and mount
-# namespaces, so root (tests/harness/hosts.py); each test prints its figures.
+# namespaces, so root (tests/harness/hosts.py); a lab with Redis as the broker, then one with
+# RabbitMQ (Debian's rabbitmq-server; ARGS="-k rabbitmq" runs one); each test prints its figures.
 test-hosts: $(STAMP)
 	QUEUED_STORAGE_TEST_STRICT=$(STRICT) PYTHONDEVMODE=1 $(BIN)/python -m pytest -m hosts $(ARGS)
 

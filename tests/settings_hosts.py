@@ -1,7 +1,8 @@
 """Settings of the host lab's processes (``tests/harness/hosts.py``, ``make test-hosts``).
 
 ``tests.settings`` with the lab's endpoints, read from the environment the lab gives every
-process of a host: ``QS_LAB_INFRA`` (the infra namespace's address: PostgreSQL, Redis, moto),
+process of a host: ``QS_LAB_INFRA`` (the infra namespace's address: PostgreSQL, Redis, moto,
+RabbitMQ), ``QS_LAB_BROKER_URL`` (Celery's broker: Redis db 0 or the RabbitMQ node),
 ``QS_LAB_HOST`` (``QUEUED_STORAGE_HOST``), ``QS_LAB_STAGING`` (the staging path, the same on
 every host, each host's own disk mounted there) and ``QS_LAB_BUCKET``. Uploads go to the
 ``queued_host`` storage (``queue="host"``: each transfer to ``queued_storage.<host>``).
@@ -38,15 +39,23 @@ CACHES = {
         "LOCATION": f"{REDIS_URL}/1",
     }
 }
-# QS_LAB_BROKER_URL: another broker (the lab runs Redis; RabbitMQ can be given here).
+# QS_LAB_BROKER_URL: the lab's broker, Redis db 0 or its RabbitMQ node (HostLab.broker_url).
 CELERY_BROKER_URL = os.environ.get("QS_LAB_BROKER_URL", f"{REDIS_URL}/0")
 CELERY_RESULT_BACKEND = f"{REDIS_URL}/2"
-# As the quick start has them: a broker that stops answering fails a publish in seconds.
-CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": 3600,
-    "socket_timeout": 10,
-    "socket_connect_timeout": 5,
-}
+if CELERY_BROKER_URL.startswith("amqp://"):
+    # docs/deployment.md, "RabbitMQ": a publish waits for the broker's confirm.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+else:
+    # As the quick start has them: a broker that stops answering fails a publish in seconds.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": 3600,
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+    }
+# docs/deployment.md, "RabbitMQ" (tests.settings has them too; the lab states its own).
+CELERY_BROKER_CHANNEL_ERROR_RETRY = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 S3_ENDPOINT = f"http://{INFRA}:5000"
 LAB_S3_OPTIONS = {**S3_OPTIONS, "bucket_name": BUCKET, "endpoint_url": S3_ENDPOINT}

