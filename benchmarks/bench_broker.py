@@ -109,8 +109,9 @@ class BrokerBench:
             app.conf[key] = CELERY_DEFAULTS[key]
         logging.disable(logging.CRITICAL)  # the refusals' warnings are not this bench's output
         self.app = app
-        self.storage: Any = storages[ALIAS]
-        self.queue: str = self.storage.queue_for(None) or app.conf.task_default_queue
+        storage: Any = storages[ALIAS]
+        self.storage = storage
+        self.queue: str = storage.queue_for(None) or app.conf.task_default_queue
         self.data = os.urandom(16 * KiB)
         self.n = 0
         self.rows: list[list[str]] = []
@@ -122,7 +123,7 @@ class BrokerBench:
             assert self.stack.redis is not None
             self.redis = redis.Redis(port=self.stack.redis.port)
         else:
-            from kombu import Connection
+            from kombu.connection import Connection
 
             assert self.stack.rabbitmq_url is not None
             self.amqp = Connection(self.stack.rabbitmq_url)
