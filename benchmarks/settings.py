@@ -41,8 +41,14 @@ STORAGES = {
     "s3": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": BENCH_S3_OPTIONS},
     "s3_default": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": S3_DEFAULT_OPTIONS},
 }
-# BENCH_BROKER_URL: the broker through a fault proxy (bench_broker.py).
+# BENCH_BROKER_URL: the broker through a fault proxy (bench_broker.py), Redis or RabbitMQ.
 CELERY_BROKER_URL = os.environ.get("BENCH_BROKER_URL") or f"{ENV['QS_TEST_REDIS_URL']}/0"
+if CELERY_BROKER_URL.startswith("amqp://"):
+    # docs/deployment.md's RabbitMQ settings: a publish waits for the broker's confirm.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+    CELERY_BROKER_CHANNEL_ERROR_RETRY = True
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 # The ledger on PostgreSQL, as in production (SQLite serialises every writer); BENCH_DB=sqlite
 # puts it in a SQLite file instead (row 6).
 BENCH_DB = os.environ.get("BENCH_DB", "postgres")
