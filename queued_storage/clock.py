@@ -24,7 +24,7 @@ milliseconds in another form (``...15.123`` is not equal, as text, to Django's
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -34,7 +34,7 @@ from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
 from django.utils import timezone
 
-__all__ = ["DatabaseNow", "now", "read", "sql"]
+__all__ = ["DatabaseNow", "DatabaseTimeField", "now", "read", "sql"]
 
 
 class DatabaseNow(Expression):
@@ -61,6 +61,30 @@ class DatabaseNow(Expression):
         stored = connection.ops.adapt_datetimefield_value(value)
         assert stored is not None
         return "%s", (stored,)
+
+
+if TYPE_CHECKING:
+    _TimeField = DateTimeField[datetime.datetime | Expression, datetime.datetime]
+else:
+    _TimeField = DateTimeField  # not subscriptable at run time
+
+
+class DatabaseTimeField(_TimeField):
+    """A ``DateTimeField`` whose ``auto_now``/``auto_now_add`` is the database's time (an
+    INSERT writes :func:`now`), so that a row's ``created`` and ``updated`` are on the clock
+    that measures leases and overdue times, whichever host saved it. It deconstructs as a
+    plain ``DateTimeField``: the column and the migrations are Django's own."""
+
+    def pre_save(self, model_instance: Any, add: bool) -> Any:
+        if self.auto_now or (self.auto_now_add and add):
+            value = DatabaseNow()
+            setattr(model_instance, self.attname, value)
+            return value
+        return super().pre_save(model_instance, add)
+
+    def deconstruct(self) -> Any:
+        name, _path, args, kwargs = super().deconstruct()
+        return name, "django.db.models.DateTimeField", args, kwargs
 
 
 def now(seconds: float = 0.0) -> DatabaseNow:

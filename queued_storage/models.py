@@ -15,6 +15,7 @@ from django.db import connections, models, router
 from django.db.models import Count, ExpressionWrapper, Q, Sum
 from django.db.models.functions import Coalesce
 
+from queued_storage.clock import DatabaseTimeField
 from queued_storage.conf import settings
 from queued_storage.names import LEDGER_NAME_LENGTH
 from queued_storage.queries import (
@@ -75,8 +76,9 @@ class StoredFile(models.Model):
     )
     lease_owner = models.CharField(max_length=255, blank=True, default="")
     lease_expires = models.DateTimeField(null=True, blank=True)
-    created = models.DateTimeField(auto_now_add=True)
-    updated = models.DateTimeField(auto_now=True)
+    # The database's time when a row is inserted (the clock of leases and overdue times).
+    created = DatabaseTimeField(auto_now_add=True)
+    updated = DatabaseTimeField(auto_now=True)
     transferred = models.DateTimeField(null=True, blank=True)
     owner = models.CharField(
         max_length=255,

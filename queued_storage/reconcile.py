@@ -103,6 +103,7 @@ __all__ = [
     "reconcile_on_start",
     "start_up_passes",
     "watch",
+    "watch_once",
 ]
 
 logger = logging.getLogger(__name__)
@@ -483,42 +484,38 @@ def watch(
     return report
 
 
-def _logged(run: Callable[[], object], what: str, *, keep_connection: bool = False) -> None:
-    """Run *run*; log a failure and go on. This thread's database connections are closed
-    after a failure (a fresh one next time), and after *run* unless *keep_connection* (the
-    watch keeps its connection between its looks, as the lease keeper does)."""
-    failed = False
+def _logged(run: Callable[[], object], what: str) -> None:
+    """Run *run*; log a failure and go on; close this thread's database connections after
+    (a worker's main process forks its pool processes: no connection of it may be open)."""
     try:
         run()
     except Exception:
-        failed = True
         logger.warning(
             "the worker's %s failed; the next one (or the scheduled pass) finds what it would have",
             what,
             exc_info=True,
         )
     finally:
-        if failed or not keep_connection:
-            connections.close_all()  # this thread's own
+        connections.close_all()
 
 
-def start_up_passes(aliases: Collection[str] | None = None) -> None:
-    """What a worker runs in a thread of its own (``tasks.py``) while it runs:
-    :func:`reconcile_on_start` at once, then :func:`watch` every ``WATCH_INTERVAL`` seconds,
-    which sends the retries when they are due and takes back the leases of a worker lost
-    since. With ``WATCH_INTERVAL = 0``: :func:`reconcile_on_start` once more
-    ``LEASE_TIMEOUT + RECONCILE_AFTER`` later (the leases of a worker that died just before
-    this one started have expired), and nothing after; the scheduled passes do the rest. A
-    failure is logged and the loop goes on. *aliases*: the storages the watch looks at."""
+def start_up_passes() -> None:
+    """What a starting worker runs in a thread of its own (``tasks.py``):
+    :func:`reconcile_on_start` at once; with ``WATCH_INTERVAL = 0`` (no watch) once more
+    ``LEASE_TIMEOUT + RECONCILE_AFTER`` later, when the leases of a worker that died just
+    before this one started have expired. A failure is logged; the scheduled passes find what
+    these would have."""
     _logged(reconcile_on_start, "start-up reconcile pass")
-    interval = settings.WATCH_INTERVAL
-    if interval <= 0:
+    if settings.WATCH_INTERVAL <= 0:
         time.sleep(settings.LEASE_TIMEOUT + settings.RECONCILE_AFTER)
         _logged(reconcile_on_start, "start-up reconcile pass")
-        return
-    while True:
-        time.sleep(interval)
-        _logged(lambda: watch(aliases=aliases), "watch", keep_connection=True)
+
+
+def watch_once(aliases: Collection[str] | None = None) -> None:
+    """One :func:`watch` as a worker runs it every ``WATCH_INTERVAL`` seconds (``tasks.py``:
+    on the worker's own timer, in the loop that also forks its pool processes, so that no fork
+    happens in the middle of one): a failure is logged, the connections are closed after."""
+    _logged(lambda: watch(aliases=aliases), "watch")
 
 
 def _report_elsewhere(

@@ -37,7 +37,7 @@ from django.core.files.storage import Storage
 from queued_storage.conf import settings
 from queued_storage.dispatch import routed_queue
 from queued_storage.reconcile import reconcile as run_pass
-from queued_storage.reconcile import start_up_passes
+from queued_storage.reconcile import start_up_passes, watch_once
 from queued_storage.storage import queued_storages
 from queued_storage.worker import RetryLater, TransferHook, run_transfer
 
@@ -159,17 +159,15 @@ def watched_aliases(app: Celery, queues: Collection[str]) -> list[str]:
 
 @worker_ready.connect
 def _reconcile_on_start(sender: Consumer | None = None, **kwargs: object) -> None:
-    """A worker that starts re-queues what a dead one left, then watches its host's rows
-    (``reconcile.start_up_passes``), in a thread of its own: start-up waits for nothing
-    (``QUEUED_STORAGE_RECONCILE_ON_START``, ``QUEUED_STORAGE_WATCH_INTERVAL``)."""
-    if settings.RECONCILE_ON_START > 0 or settings.WATCH_INTERVAL > 0:
-        aliases = None
-        if sender is not None:
-            app = sender.app
-            aliases = watched_aliases(app, set(app.amqp.queues.consume_from or ()))
+    """A worker that starts re-queues what a dead one left (``reconcile.start_up_passes``, in
+    a thread of its own: start-up waits for nothing), then watches its host's rows every
+    ``QUEUED_STORAGE_WATCH_INTERVAL`` seconds on its own timer (``reconcile.watch_once``: the
+    timer runs in the loop that forks the pool processes, never beside a fork)."""
+    if settings.RECONCILE_ON_START > 0:
         threading.Thread(
-            target=start_up_passes,
-            args=(aliases,),
-            name="queued-storage-reconcile-on-start",
-            daemon=True,
+            target=start_up_passes, name="queued-storage-reconcile-on-start", daemon=True
         ).start()
+    if settings.WATCH_INTERVAL > 0 and sender is not None and sender.timer is not None:
+        app = sender.app
+        aliases = watched_aliases(app, set(app.amqp.queues.consume_from or ()))
+        sender.timer.call_repeatedly(settings.WATCH_INTERVAL, watch_once, (aliases,))

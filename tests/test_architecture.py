@@ -492,6 +492,7 @@ RECONCILE_NAMES = (
     "reconcile_on_start",
     "start_up_passes",
     "watch",
+    "watch_once",
 )
 
 

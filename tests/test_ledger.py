@@ -392,6 +392,25 @@ def test_a_host_clock_ten_minutes_off_neither_takes_a_live_lease_nor_waits_for_a
         assert abs(taken.row.updated - real) < datetime.timedelta(seconds=5)
 
 
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+def test_a_row_saved_on_a_host_whose_clock_is_off_is_dated_by_the_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL: ``created`` and ``updated`` of a new row are the server's time, so that a
+    file saved on a web host 10 minutes ahead is overdue when the others reckon it is."""
+    need("postgres")
+    with override_settings(QUEUED_STORAGE_DATABASE="postgres"):
+        ledger = Ledger("s")
+        for skew, name in ((SKEW, "ahead.bin"), (-SKEW, "behind.bin")):
+            host_clock_off_by(monkeypatch, skew)
+            assert ledger.saved(name, "h", 1)
+            assert ledger.reserve(f"reserved-{name}", "h")
+            real = datetime.datetime.now(datetime.timezone.utc)
+            for found in (row(ledger, name), row(ledger, f"reserved-{name}")):
+                assert abs(found.created - real) < datetime.timedelta(seconds=5), skew
+                assert abs(found.updated - real) < datetime.timedelta(seconds=5), skew
+
+
 def test_a_takeover_is_logged_at_warning_with_both_owners(
     ledger: Ledger, caplog: pytest.LogCaptureFixture
 ) -> None:
