@@ -37,6 +37,9 @@ CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": f"{REDIS_URL}/1",
+        # As the quick start has them: an unreachable cache costs a save a quarter of a
+        # second, not redis-py's default 5 s connect timeout.
+        "OPTIONS": {"socket_connect_timeout": 0.25, "socket_timeout": 0.5},
     }
 }
 # QS_LAB_BROKER_URL: the lab's broker, Redis db 0 or its RabbitMQ node (HostLab.broker_url).
