@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime
 from typing import TYPE_CHECKING, Any
 
-from django.db import connections
+from django.db import connection, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import DateTimeField, DurationField, Expression, Value
 from django.db.models.functions import Now
@@ -70,17 +70,26 @@ else:
 
 
 class DatabaseTimeField(_TimeField):
-    """A ``DateTimeField`` whose ``auto_now``/``auto_now_add`` is the database's time (an
-    INSERT writes :func:`now`), so that a row's ``created`` and ``updated`` are on the clock
-    that measures leases and overdue times, whichever host saved it. It deconstructs as a
-    plain ``DateTimeField``: the column and the migrations are Django's own."""
+    """A ``DateTimeField`` whose ``auto_now``/``auto_now_add`` value of a new row is the
+    database's time (the INSERT writes :func:`now` and returns it, so the instance holds it),
+    so that a row's ``created`` and ``updated`` are on the clock that measures leases and
+    overdue times, whichever host saved it. A ``save()`` of an existing row keeps Django's
+    behaviour (the ledger writes rows with conditional ``UPDATE``s, which set ``updated``
+    themselves). It deconstructs as a plain ``DateTimeField``: the column and the migrations
+    are Django's own."""
 
     def pre_save(self, model_instance: Any, add: bool) -> Any:
-        if self.auto_now or (self.auto_now_add and add):
+        if add and (self.auto_now or self.auto_now_add):
             value = DatabaseNow()
             setattr(model_instance, self.attname, value)
             return value
         return super().pre_save(model_instance, add)
+
+    @property
+    def db_returning(self) -> bool:
+        """The INSERT returns the value it wrote, where the database can."""
+        automatic = bool(self.auto_now or self.auto_now_add)
+        return automatic and bool(connection.features.can_return_columns_from_insert)
 
     def deconstruct(self) -> Any:
         name, _path, args, kwargs = super().deconstruct()
