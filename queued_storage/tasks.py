@@ -16,22 +16,23 @@ is registered with every Celery app under its dotted path when it is defined, so
 imports the module defining it (Celery's ``autodiscover_tasks`` does) knows it.
 
 When a worker starts (Celery's ``worker_ready``), a thread of it queues its host's transfers
-the broker refused and re-queues its expired leases and overdue transfers, then watches its
-host's rows every ``QUEUED_STORAGE_WATCH_INTERVAL`` seconds: retries that are due, leases that
-expired (``reconcile.start_up_passes``), so that files saved while the broker was down, retries
-and what a dead worker held do not wait for the next scheduled reconcile pass.
+the broker refused and re-queues its expired leases and overdue transfers
+(``reconcile.start_up_passes``); while its consumer runs, :class:`WatchStep` watches its host's
+rows every ``QUEUED_STORAGE_WATCH_INTERVAL`` seconds (retries that are due, leases that
+expired), so that files saved while the broker was down, retries and what a dead worker held
+do not wait for the next scheduled reconcile pass.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Collection
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from celery import Task, shared_task
+from celery import Task, bootsteps, shared_task
 from celery import _state as celery_state
 from celery.local import Proxy
-from celery.signals import worker_ready
+from celery.signals import worker_init, worker_ready
 from django.core.files.storage import Storage
 
 from queued_storage.conf import settings
@@ -43,6 +44,7 @@ from queued_storage.worker import RetryLater, TransferHook, run_transfer
 
 if TYPE_CHECKING:
     from celery import Celery
+    from celery.worker import WorkController
     from celery.worker.consumer import Consumer
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "RETRY_DUE",
     "Transfer",
     "TransferAndDelete",
+    "WatchStep",
     "reconcile",
     "transfer",
     "watched_aliases",
@@ -157,17 +160,46 @@ def watched_aliases(app: Celery, queues: Collection[str]) -> list[str]:
     return [s.alias for s in queued_storages() if routed_queue(app, s) in queues]
 
 
+class WatchStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """A step of the worker's consumer: while the consumer runs (and again after each
+    reconnection to the broker, which restarts it), :func:`~queued_storage.reconcile.watch_once`
+    every ``QUEUED_STORAGE_WATCH_INTERVAL`` seconds on the consumer's timer, in the loop that
+    also forks the pool processes, so never beside a fork."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Consumer, **kwargs: object) -> None:
+        super().__init__(parent, **kwargs)
+        self.entry: Any = None
+
+    def start(self, parent: Consumer) -> None:
+        if settings.WATCH_INTERVAL <= 0 or parent.timer is None:
+            return
+        app = parent.app
+        aliases = watched_aliases(app, set(app.amqp.queues.consume_from or ()))
+        self.entry = parent.timer.call_repeatedly(settings.WATCH_INTERVAL, watch_once, (aliases,))
+
+    def stop(self, parent: Consumer) -> None:
+        if self.entry is not None:
+            self.entry.cancel()
+            self.entry = None
+
+    shutdown = stop
+
+
+@worker_init.connect
+def _add_the_watch(sender: WorkController | None = None, **kwargs: object) -> None:
+    """Give the worker's consumer its :class:`WatchStep` (``worker_init`` comes before the
+    consumer is built)."""
+    if sender is not None:
+        sender.app.steps["consumer"].add(WatchStep)
+
+
 @worker_ready.connect
-def _reconcile_on_start(sender: Consumer | None = None, **kwargs: object) -> None:
-    """A worker that starts re-queues what a dead one left (``reconcile.start_up_passes``, in
-    a thread of its own: start-up waits for nothing), then watches its host's rows every
-    ``QUEUED_STORAGE_WATCH_INTERVAL`` seconds on its own timer (``reconcile.watch_once``: the
-    timer runs in the loop that forks the pool processes, never beside a fork)."""
+def _reconcile_on_start(**kwargs: object) -> None:
+    """A worker that starts re-queues what a dead one left (``reconcile.start_up_passes``), in
+    a thread of its own: start-up waits for nothing (``QUEUED_STORAGE_RECONCILE_ON_START``)."""
     if settings.RECONCILE_ON_START > 0:
         threading.Thread(
             target=start_up_passes, name="queued-storage-reconcile-on-start", daemon=True
         ).start()
-    if settings.WATCH_INTERVAL > 0 and sender is not None and sender.timer is not None:
-        app = sender.app
-        aliases = watched_aliases(app, set(app.amqp.queues.consume_from or ()))
-        sender.timer.call_repeatedly(settings.WATCH_INTERVAL, watch_once, (aliases,))
