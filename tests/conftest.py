@@ -162,13 +162,16 @@ def clean(s3_client: Any) -> Any:
 #: The fault tests' worker: a 3 s lease (quick takeover after kill -9), backoffs of 0.5 to 4 s,
 #: the suite's small budget of 3 retries for errors about a file (outages and lost workers spend
 #: none of it: they are retried for QUEUED_STORAGE_RETRY_FOR, a day), and the start-up reconcile
-#: pass on (so a restarted worker re-queues what the killed one held). See
+#: pass on (so a restarted worker re-queues what the killed one held), its watch every half
+#: second. See
 #: tests/settings_faults.py.
 FAULT_WORKER_ENV = {
     "QS_FAULT_LEASE_TIMEOUT": "3",
     "QS_FAULT_RETRY_DELAY": "0.5",
     "QS_FAULT_RETRY_MAX_DELAY": "4",
     "QS_FAULT_RECONCILE_ON_START": "500",
+    # its watch looks every half second (the suite's shared worker: every second)
+    "QS_TEST_WATCH_INTERVAL": "0.5",
 }
 
 

@@ -223,7 +223,7 @@ QUEUED_STORAGE_LEASE_TIMEOUT = 20
 # fault tests' worker (tests/settings_faults.py) and the tests of the start-up pass turn it on.
 QUEUED_STORAGE_RECONCILE_ON_START = 0
 # Each worker sends the retries that are due and takes back expired leases this often.
-QUEUED_STORAGE_WATCH_INTERVAL = 0.5
+QUEUED_STORAGE_WATCH_INTERVAL = float(ENV.get("QS_TEST_WATCH_INTERVAL", "1"))
 QUEUED_STORAGE_MULTIPART_THRESHOLD = 5 * 1024 * 1024
 QUEUED_STORAGE_MULTIPART_CHUNKSIZE = 5 * 1024 * 1024
 QUEUED_STORAGE_MAX_CONCURRENCY = 2
