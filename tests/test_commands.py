@@ -507,7 +507,8 @@ def test_cleanup_removes_only_what_is_safe_and_dry_run_changes_nothing(clean: An
     ledger = storage.ledger
     assert ledger.lease(owned_name, "w1", 60).acquired
     assert ledger.record_upload(owned_name, "w1", upload_id=owned, part_size=5 * MiB, source="s")
-    assert ledger.retry_later(owned_name, "w1", "S3 timed out")  # pending, upload recorded
+    # pending, upload recorded; its retry due in an hour (no worker's watch sends it meanwhile)
+    assert ledger.retry_later(owned_name, "w1", "S3 timed out", delay=3600)
     uploads = {orphan["UploadId"], owned}
 
     with (
