@@ -447,7 +447,8 @@ def reconcile_on_start(*, now: datetime.datetime | None = None) -> Report | None
 def watch(
     *, aliases: Collection[str] | None = None, now: datetime.datetime | None = None
 ) -> Report:
-    """One look of a worker's watch (:func:`start_up_passes`) at its host's rows: the retries
+    """One look of a worker's watch (:func:`watch_once`, run by ``tasks.WatchStep``) at its
+    host's rows: the retries
     that are due (``retry_at``) and the leases that expired (a worker lost mid-transfer: step
     1), at most ``RECONCILE_BATCH`` rows of each kind and storage, each queued as the pass
     queues it. Two queries a storage, each on its partial index; no S3 request, no scan of the
