@@ -29,7 +29,7 @@ from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
 from queued_storage.transfer import EngineConfig, Part, Resume, classify_error, transfer_file
-from queued_storage.worker import Heartbeat, LedgerCheckpoint, Outcome, run_transfer
+from queued_storage.worker import Heartbeat, LedgerCheckpoint, Outcome, _resume_of, run_transfer
 from tests.harness.suite import direct_s3_client, open_uploads, s3_bytes, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -458,3 +458,34 @@ def test_classify_error_sorts_transient_and_permanent() -> None:
     wrapped = S3UploadFailedError("Failed to upload")
     wrapped.__context__ = client_error("AccessDenied", 403)
     assert isinstance(classify_error(wrapped, "f"), PermanentTransferError)
+
+
+@pytest.mark.parametrize("operation", ["CreateMultipartUpload", "ListParts"])
+def test_an_answer_cut_before_its_body_is_a_failure_of_the_infrastructure(
+    s3_proxy: Any, operation: str
+) -> None:
+    """S3 going away as it answers, after the headers and before the body: botocore parses the
+    empty body as an empty answer, and raises nothing. The engine must take it for the cut
+    connection it is (retried as an outage, spending none of the file's budget), not for an
+    error about the file; and once the connection is back the file goes."""
+    s = storage()
+    data = os.urandom(2 * PART + 7)
+    name = s.save(f"cut-{operation}.bin", ContentFile(data))
+    resume = crash_after(s, name, 1) if operation == "ListParts" else None
+    wanted = {
+        "CreateMultipartUpload": lambda r: r.method == "POST" and r.query.startswith("uploads"),
+        "ListParts": lambda r: r.method == "GET" and "uploadId=" in r.query,
+    }[operation]
+    s3_proxy.cut_answer_next(wanted)
+    with pytest.raises(InfrastructureError, match=operation):
+        transfer_file(
+            s.local,
+            s.remote,
+            name,
+            config=CONFIG,
+            resume=None if resume is None else _resume_of(resume),
+        )
+    assert any(wanted(r) for r in s3_proxy.requests)
+    result = transfer_file(s.local, s.remote, name, config=CONFIG)
+    assert result.size == len(data)
+    assert s3_bytes(s3(), name) == data

@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Protocol, cast
@@ -265,6 +265,20 @@ def _taken(name: str) -> PermanentTransferError:
     )
 
 
+def _answered(response: Mapping[str, Any], field: str, operation: str) -> Any:
+    """*field* of the body of S3's answer to *operation*. A body cut off before its first
+    byte (S3, or the way to it, went away as it answered) parses as an empty answer without a
+    botocore error: a failure of the connection, retried as an outage, not one about the
+    file."""
+    value = response.get(field)
+    if not value:
+        raise ConnectionError(
+            f"S3's answer to {operation} came without its body ({field} missing): the "
+            "connection was cut as it answered"
+        )
+    return value
+
+
 def _list_parts(
     client: S3Client, bucket: str, key: str, upload_id: str
 ) -> dict[int, tuple[str, int]]:
@@ -272,6 +286,7 @@ def _list_parts(
     kwargs: ListPartsRequestTypeDef = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
     while True:
         page = client.list_parts(**kwargs)
+        _answered(page, "UploadId", "ListParts")
         for p in page.get("Parts", []):
             found[p["PartNumber"]] = (p["ETag"].strip('"'), p["Size"])
         if not page.get("IsTruncated"):
@@ -380,9 +395,10 @@ class _Job:
             if not upload_id:
                 abort_upload(client, bucket, key, resume.upload_id)
         if not upload_id:
-            upload_id = client.create_multipart_upload(
+            opened = client.create_multipart_upload(
                 Bucket=bucket, Key=key, **self.params, **self.checks.create_args
-            )["UploadId"]
+            )
+            upload_id = _answered(opened, "UploadId", "CreateMultipartUpload")
             checkpoint.begin(upload_id, part_size, fingerprint)
         count = math.ceil(size / part_size)
         sent = sum(p.size for p in done.values())

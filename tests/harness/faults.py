@@ -505,7 +505,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 pass
             self._send_s3_error(failure, "injected")
             return
-        self._forward(target, body, length)
+        self._forward(target, body, length, cut=self.proxy._cut_for(request))
 
     def _connect_upstream(self) -> http.client.HTTPConnection:
         conn = self._upstream
@@ -570,7 +570,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         interruption._released.wait()
         _shutdown_quietly(self.connection)
 
-    def _forward(self, target: str, body: Iterator[bytes], length: str | None) -> None:
+    def _forward(
+        self, target: str, body: Iterator[bytes], length: str | None, *, cut: bool = False
+    ) -> None:
         response: http.client.HTTPResponse | None = None
         try:
             conn = self._connect_upstream()
@@ -592,11 +594,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         for _ in body:  # upstream answered without reading the whole body
             pass
         try:
-            self._relay_response(response)
+            self._relay_response(response, cut=cut)
         finally:
             response.close()
 
-    def _relay_response(self, response: http.client.HTTPResponse) -> None:
+    def _relay_response(self, response: http.client.HTTPResponse, *, cut: bool = False) -> None:
         status = response.status
         no_body = self.command == "HEAD" or status in (204, 304) or 100 <= status < 200
         self.send_response_only(status, response.reason)
@@ -619,6 +621,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
+        if cut:
+            self.close_connection = True
+            _shutdown_quietly(self.connection)
+            return
         if no_body:
             return
         while True:
@@ -664,6 +670,8 @@ class HttpFaultProxy(_FaultProxyBase):
     * :meth:`fail_next` answers the next ``n`` requests with an S3 XML error (after reading the
       request body), :meth:`go_down` refuses connections, :meth:`come_up` restores,
       :meth:`black_hole` accepts connections and never answers.
+    * :meth:`cut_answer_next` relays a chosen request's answer up to its body, then drops the
+      connection.
     * :meth:`interrupt_next` holds one chosen request, or lets the upstream have part of its
       body, and then drops the client's connection (:class:`Interruption`).
     * If the upstream cannot be reached the client gets ``502 BadGateway`` (S3 XML error).
@@ -690,6 +698,7 @@ class HttpFaultProxy(_FaultProxyBase):
         self._fail_remaining = 0
         self._fail_status = 503
         self._fail_methods: frozenset[str] | None = None
+        self._cuts: list[Callable[[ProxiedRequest], bool]] = []
         self.injected_total = 0
         self._released = threading.Event()
         self._released.set()
@@ -719,8 +728,25 @@ class HttpFaultProxy(_FaultProxyBase):
             self._fail_status = status
             self._fail_methods = frozenset(m.upper() for m in methods) if methods else None
 
+    def cut_answer_next(self, when: Callable[[ProxiedRequest], bool]) -> None:
+        """Forward the next request that *when* accepts, relay the upstream's status line and
+        headers, and drop the connection before the first byte of the body: what a client
+        sees when S3 goes away as it answers. Several may be armed."""
+        with self._state_lock:
+            self._cuts.append(when)
+
+    def _cut_for(self, request: ProxiedRequest) -> bool:
+        with self._state_lock:
+            for i, when in enumerate(self._cuts):
+                if when(request):
+                    del self._cuts[i]
+                    return True
+        return False
+
     def clear_faults(self) -> None:
         self.fail_next(0)
+        with self._state_lock:
+            self._cuts.clear()
 
     @property
     def black_holed(self) -> bool:
