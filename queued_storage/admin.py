@@ -95,6 +95,7 @@ _COLOURS = {
     State.TRANSFERRING: "#205ea6",
     State.REMOTE: "#2e7d32",
     State.FAILED: "#ba2121",
+    State.UPLOADING: "#8a5a00",
 }
 _BADGE = (
     "display:inline-block;padding:1px 7px;border-radius:9px;color:#fff;"
@@ -133,6 +134,8 @@ def state_html(state: str | None, done: int = 0, total: int = 0) -> SafeString:
 def _served_from(row: StoredFile) -> str:
     if row.state == State.REMOTE:
         return "remote"
+    if row.state == State.UPLOADING:
+        return "nowhere yet (a direct upload to the remote)"
     return "local" if row.local_exists else "nowhere (local copy gone)"
 
 

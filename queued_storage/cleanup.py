@@ -281,7 +281,9 @@ def _ledgered(
 
 
 def _leased(row: StoredFile, now: datetime.datetime) -> bool:
-    return (
+    """A live lease holds the row's name, or a direct upload does (its client's, until the
+    reconcile pass expires it)."""
+    return row.state == State.UPLOADING or (
         row.state == State.TRANSFERRING
         and row.lease_expires is not None
         and row.lease_expires > now

@@ -65,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
     "SENDFILE": None,
     "SENDFILE_PREFIX": "/_queued_storage_staged/",
     "TUS_EXPIRY": 24 * 3600,
+    "DIRECT_EXPIRY": 24 * 3600,
+    "DIRECT_PART_SIZE": 16 * MiB,
+    "DIRECT_URL_EXPIRY": 3600,
 }
 
 #: The values of ``QUEUED_STORAGE_SENDFILE`` besides ``None`` (Django streams the file).
@@ -231,6 +234,24 @@ class Settings:
         """Seconds an unfinished tus upload lives after its creation or its last append; then
         it answers 410 and ``manage.py queued_storage cleanup`` removes its bytes."""
         return float(self._get("TUS_EXPIRY"))
+
+    # --- direct uploads (queued_storage.direct) --------------------------------------------
+    @property
+    def DIRECT_EXPIRY(self) -> float:
+        """Seconds a direct upload lives after its start or its client's last request; then the
+        reconcile pass aborts its multipart upload and releases its name."""
+        return float(self._get("DIRECT_EXPIRY"))
+
+    @property
+    def DIRECT_PART_SIZE(self) -> int:
+        """Bytes per part of a direct upload (at least S3's 5 MiB; more where 10,000 parts
+        would not hold the file)."""
+        return int(self._get("DIRECT_PART_SIZE"))
+
+    @property
+    def DIRECT_URL_EXPIRY(self) -> int:
+        """Seconds a presigned part URL of a direct upload stays valid."""
+        return int(self._get("DIRECT_URL_EXPIRY"))
 
     # --- upload views (queued_storage.views) ---------------------------------------------
     @property

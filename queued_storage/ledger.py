@@ -49,6 +49,7 @@ from queued_storage import clock
 from queued_storage import state as read_side
 from queued_storage.budget import check_staging_budget, check_staging_budget_in_flight
 from queued_storage.conf import settings
+from queued_storage.ledger_direct import DirectTransitions
 from queued_storage.machine import (
     ANY,
     ERROR_LENGTH,
@@ -278,9 +279,10 @@ tus_forget = TusStore.forget
 tus_expired = TusStore.expired
 
 
-class Ledger(PassTransitions):
+class Ledger(PassTransitions, DirectTransitions):
     """Every transition of the files of one queued storage (its alias and cache prefix): its
-    own (saving, a worker's lease) and the pass's (:class:`PassTransitions`)."""
+    own (saving, a worker's lease), the pass's (:class:`PassTransitions`) and a direct
+    upload's (:class:`~queued_storage.ledger_direct.DirectTransitions`)."""
 
     # -- saving ------------------------------------------------------------------------------
     def saved(

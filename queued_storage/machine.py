@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from django.db import IntegrityError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Expression, F, QuerySet, Value
+from django.db.models import Expression, F, Q, QuerySet, Value
 from django.db.models.functions import Coalesce
 
 from queued_storage import clock
@@ -95,6 +95,7 @@ class Publish(enum.Enum):
 ANY: tuple[str, ...] = tuple(State.values)
 
 _P, _T, _R, _F = State.PENDING, State.TRANSFERRING, State.REMOTE, State.FAILED
+_U = State.UPLOADING
 _NEW, _GONE, _SAME = Row.ABSENT, Row.ABSENT, Row.SAME
 
 
@@ -153,6 +154,18 @@ TRANSITIONS: dict[str, Transition] = {
         Transition("give_up",           (_T,),        _F,    Publish.ROW,              True),
         Transition("finish_save",       (_P,),        _SAME, Publish.ROW,              False),
         Transition("drop_reservation",  (_P,),        _GONE, Publish.DROP,             True),
+        # a direct upload (queued_storage.direct): the client sends the bytes to the remote;
+        # a claim is its completion's (or expiry's, or cancel's) lease, and each end of it
+        # matches the claim's holder
+        Transition("direct_reserve",    (_NEW,),      _U,    Publish.AT_COMMIT,        True),
+        Transition("direct_opened",     (_U,),        _SAME, Publish.NOTHING,          False),
+        Transition("direct_declare",    (_U,),        _SAME, Publish.NOTHING,          False),
+        Transition("direct_claim",      (_U,),        _SAME, Publish.NOTHING,          False),
+        Transition("direct_unclaim",    (_U,),        _SAME, Publish.NOTHING,          False),
+        Transition("direct_remote",     (_U,),        _R,    Publish.GIVEN,            True),
+        Transition("direct_refused",    (_U,),        _GONE, Publish.DROP,             True),
+        Transition("direct_cancel",     (_U,),        _GONE, Publish.DROP,             True),
+        Transition("direct_expired",    (_U,),        _GONE, Publish.DROP,             True),
     )
 }
 # fmt: on
@@ -206,6 +219,7 @@ class Machine:
         source: str | None = None,
         old: str | None = None,
         where: Mapping[str, object] | None = None,
+        condition: Q | None = None,
         found: FileState | None = None,
         before: Callable[[], None] | None = None,
     ) -> bool:
@@ -215,7 +229,8 @@ class Machine:
         Its condition: with *row*, the row as it was read (key, state and ``updated``; a row
         read in a state the transition may not leave is not written at all); otherwise the
         row's state is the transition's source (*source* of several), unless it may leave any.
-        *where* adds the transition's own conditions (the lease holder, a mark). Then the
+        *where* (and *condition*) add the transition's own conditions (the lease holder, a
+        mark). Then the
         cache is written as the table says (*found* for a given state; *before* runs between
         a ``GIVEN_BEFORE`` publish and the write) and, when the write matched, the change is
         announced (from *old*, where the transition may leave any state; unknown: not
@@ -238,6 +253,8 @@ class Machine:
                 old = source
         if where:
             rows = rows.filter(**where)
+        if condition is not None:
+            rows = rows.filter(condition)
         if declared.publish is Publish.GIVEN_BEFORE and found is not None:
             self._publish(name, found)
         if before is not None:

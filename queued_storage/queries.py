@@ -28,6 +28,9 @@ class State(models.TextChoices):
     TRANSFERRING = "transferring"
     REMOTE = "remote"
     FAILED = "failed"
+    #: A direct upload: the name is reserved, the bytes go from the client straight to the
+    #: remote storage (``queued_storage.direct``); nothing is readable until it is finished.
+    UPLOADING = "uploading"
 
 
 #: The states of a file not yet (or no longer) verified remote: rare in a ledger of millions,
@@ -222,9 +225,16 @@ class StoredFileQuerySet(models.QuerySet["StoredFile"]):
         return set(rows.values_list("upload_id", flat=True))
 
     def leased_names(self, names: Iterable[str], now: datetime.datetime) -> set[str]:
-        """Those of *names* whose row is ``transferring`` under a lease alive at *now*."""
-        rows = self._where(name__in=list(names), state=State.TRANSFERRING, lease_expires__gt=now)
+        """Those of *names* whose row is ``transferring`` under a lease alive at *now*, or
+        ``uploading`` (a direct upload's multipart upload is its client's until it expires)."""
+        leased = Q(state=State.TRANSFERRING, lease_expires__gt=now) | Q(state=State.UPLOADING)
+        rows = self._where(leased, name__in=list(names))
         return set(rows.values_list("name", flat=True))
+
+    def expired_direct(self, alias: str, cutoff: datetime.datetime) -> StoredFileQuerySet:
+        """Direct uploads of *alias* untouched since *cutoff* (index ``(state, updated)``: the
+        few ``uploading`` rows)."""
+        return self._where(state=State.UPLOADING, updated__lt=cutoff, alias=alias)
 
     # -- counting and paging -----------------------------------------------------------------
     def count_by_host(self) -> list[tuple[str, int]]:

@@ -71,7 +71,7 @@ from collections.abc import Callable, Collection, Sequence
 from django.db import connections
 from django.utils import timezone
 
-from queued_storage import clock, tally
+from queued_storage import clock, direct, tally
 from queued_storage import state as read_side
 from queued_storage.adopt import adopt_all
 from queued_storage.cleanup import PASS_UPLOAD_PAGES, abort_orphan_uploads
@@ -317,6 +317,19 @@ def _orphan_uploads(
         logger.warning("orphaned multipart uploads: %s; next pass", error)
 
 
+def _expired_direct(
+    storage: QueuedStorage, report: Report, *, now: datetime.datetime, batch: int
+) -> None:
+    """Abort the direct uploads of this storage left alone for ``QUEUED_STORAGE_DIRECT_EXPIRY``
+    seconds (by the database's clock) and release their names; of every host (a direct
+    upload has none), at most *batch*, oldest first."""
+    cutoff = now - datetime.timedelta(seconds=settings.DIRECT_EXPIRY)
+    rows = StoredFile.all_rows().expired_direct(storage.alias, cutoff).order_by("updated")
+    for row in rows[:batch]:
+        if direct.expire(storage, row):
+            report.expired_direct.append(label(row))
+
+
 def _storages(aliases: Sequence[str] | None, report: Report) -> dict[str, QueuedStorage]:
     """The storages of the pass: the ones named, else every one the ledger has work for."""
     wanted = list(dict.fromkeys(aliases)) if aliases is not None else tally.aliases_with_work()
@@ -378,6 +391,7 @@ def reconcile(
         work.stale_reservations()
         work.leftover_local_copies()
         _orphan_uploads(storage, report, now=now, after=after, batch=batch)
+        _expired_direct(storage, report, now=now, batch=batch)
     if adopt:
         owners = selected if aliases is not None else {s.alias: s for s in queued_storages()}
         adopt_all(owners, report, sender, now=here, after=after, batch=batch)

@@ -31,6 +31,8 @@ class Report:
     stale: list[str] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
     aborted_uploads: list[str] = field(default_factory=list)
+    #: Direct uploads left alone too long: aborted, their names released.
+    expired_direct: list[str] = field(default_factory=list)
     not_queued: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     newly_lost: list[str] = field(default_factory=list)
@@ -64,6 +66,7 @@ class Report:
             "stale": len(self.stale),
             "cleaned": len(self.cleaned),
             "aborted_uploads": len(self.aborted_uploads),
+            "expired_direct": len(self.expired_direct),
             "not_queued": len(self.not_queued),
             "skipped": len(self.skipped),
             "newly_lost": len(self.newly_lost),

@@ -34,6 +34,7 @@ from django.core.files import File
 from django.core.files.storage import Storage
 from storages.backends.s3 import S3Storage
 
+from queued_storage._s3 import direct as s3_direct
 from queued_storage._s3 import objects as s3_objects
 from queued_storage._s3.checksums import CHECKS
 from queued_storage._s3.client import is_s3, s3_client, s3_key
@@ -70,6 +71,7 @@ __all__ = [
     "remote_exists",
     "remote_exists_within",
     "remote_object",
+    "s3_direct",
     "transfer_file",
 ]
 

@@ -1,4 +1,4 @@
-"""Each system check id fires on its misconfiguration, grouped by id (E001-E022, W001, W002,
+"""Each system check id fires on its misconfiguration, grouped by id (E001-E024, W001, W002,
 W020; W010 reads the ledger and is tested in ``test_reconcile.py``), the checks are bound,
 and every hint states its fix without pointing at a file of the repository."""
 
@@ -17,6 +17,7 @@ from django.core.management.base import CommandError, SystemCheckError
 from django.test import override_settings
 
 from queued_storage.checks import (
+    check_direct_settings,
     check_metrics_settings,
     check_queued_storages,
     check_reliability_settings,
@@ -460,6 +461,7 @@ _EVERY_ERROR = {
     "QUEUED_STORAGE_SENDFILE": "sendfile",
     "QUEUED_STORAGE_SENDFILE_PREFIX": "relative",
     "QUEUED_STORAGE_TUS_EXPIRY": 0,
+    "QUEUED_STORAGE_DIRECT_EXPIRY": 0,
     "QUEUED_STORAGE_WATCH_INTERVAL": -1,
 }
 
@@ -473,6 +475,7 @@ def _every_message(**overrides: Any) -> list[Any]:
         check_metrics_settings,
         check_serving_settings,
         check_tus_settings,
+        check_direct_settings,
     )
     with override_settings(**overrides):
         return [message for check in checks for message in check()]
@@ -502,7 +505,7 @@ def test_every_check_hint_states_a_fix_and_names_no_repository_path(
     celery_conf(broker_url="amqp://127.0.0.1//", broker_channel_error_retry=False)
     messages += _every_message()
     ids = {m.id.split(".")[1] for m in messages}
-    every_id = {f"E{n:03d}" for n in range(1, 24)} | {"W001", "W002", "W012", "W020"}
+    every_id = {f"E{n:03d}" for n in range(1, 25)} | {"W001", "W002", "W012", "W020"}
     assert ids == every_id  # W010 reads the ledger: its hint is checked in test_docs.py
     for message in messages:
         assert isinstance(message.hint, str) and len(message.hint) > 20, message
@@ -533,6 +536,35 @@ def test_tus_checks_are_bound(db: None) -> None:
         pytest.raises(SystemCheckError, match=r"queued_storage\.E022"),
     ):
         call_command("check")
+
+
+# --- E024: direct uploads --------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("DIRECT_EXPIRY", 0, "QUEUED_STORAGE_DIRECT_EXPIRY must be a positive number"),
+        ("DIRECT_EXPIRY", "a day", "QUEUED_STORAGE_DIRECT_EXPIRY must be a positive number"),
+        ("DIRECT_PART_SIZE", 5 * 1024 * 1024 - 1, "S3's smallest part"),
+        ("DIRECT_PART_SIZE", True, "S3's smallest part"),
+        ("DIRECT_URL_EXPIRY", 0, "7 days"),
+        ("DIRECT_URL_EXPIRY", 7 * 24 * 3600 + 1, "7 days"),
+    ],
+)
+def test_e024_direct_settings_out_of_range(setting: str, value: Any, says: str) -> None:
+    with override_settings(**{f"QUEUED_STORAGE_{setting}": value}):
+        messages = check_direct_settings()
+    assert _ids(messages) == ["queued_storage.E024"]
+    assert says in messages[0].msg and repr(value) in messages[0].msg
+
+
+def test_e024_silent_for_the_defaults_and_sensible_values() -> None:
+    assert check_direct_settings() == []
+    with override_settings(
+        QUEUED_STORAGE_DIRECT_EXPIRY=600,
+        QUEUED_STORAGE_DIRECT_PART_SIZE=64 * 1024 * 1024,
+        QUEUED_STORAGE_DIRECT_URL_EXPIRY=7 * 24 * 3600,
+    ):
+        assert check_direct_settings() == []
 
 
 # --- W001-W002, W011 (retired), E023 ------------------------------------------------------

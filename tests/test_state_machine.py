@@ -106,6 +106,25 @@ CASES: dict[str, Case] = {
         lambda ledger, name, row: ledger.drop_reservation(_read(row, name)),
         row={"size": None, "local_exists": False},
     ),
+    "direct_reserve": Case(
+        lambda ledger, name, row: ledger.direct_reserve(name, size=3, part_size=5, owner="o")
+    ),
+    "direct_opened": Case(
+        lambda ledger, name, row: ledger.direct_opened(name, "u2"), row={"upload_id": ""}
+    ),
+    "direct_declare": Case(
+        lambda ledger, name, row: ledger.direct_declare(_read(row, name), [[1, "", "c", 3]])
+    ),
+    "direct_claim": Case(lambda ledger, name, row: ledger.direct_claim(name, "w2", 60)),
+    "direct_unclaim": Case(lambda ledger, name, row: ledger.direct_unclaim(name, "w")),
+    "direct_remote": Case(
+        lambda ledger, name, row: ledger.direct_remote(
+            name, "w", size=3, checksum="c", algorithm="a"
+        )
+    ),
+    "direct_refused": Case(lambda ledger, name, row: ledger.direct_refused(name, "w")),
+    "direct_cancel": Case(lambda ledger, name, row: ledger.direct_cancel(name, "w")),
+    "direct_expired": Case(lambda ledger, name, row: ledger.direct_expired(name, "w")),
 }
 
 

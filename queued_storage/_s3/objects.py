@@ -36,7 +36,8 @@ __all__ = [
 _UNDATED = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
 
 #: The object parameters a HEAD of an SSE-C object must repeat.
-_SSE_C = ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5")
+#: The parameters of a customer-provided encryption key (SSE-C).
+SSE_C = ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5")
 
 
 class OpenUpload(NamedTuple):
@@ -81,7 +82,7 @@ def head(remote: S3Storage, name: str, *, timeout: float | None = None) -> Objec
     error propagates: only a 404 says the object is not there.
     """
     key = s3_key(remote, name)
-    sse_c = {k: v for k, v in remote.get_object_parameters(key).items() if k in _SSE_C}
+    sse_c = {k: v for k, v in remote.get_object_parameters(key).items() if k in SSE_C}
     client = s3_client(remote, timeout=timeout)
     try:
         found = client.head_object(

@@ -20,11 +20,11 @@ from storages.backends.s3 import S3Storage
 
 from queued_storage._s3.client import s3_client, s3_key
 from queued_storage._s3.errors import error_code, http_status
+from queued_storage._s3.objects import SSE_C
 
 __all__ = ["Probe", "ProbeFailed", "probe"]
 
 #: The object parameters a GET of an SSE-C object must repeat.
-_SSE_C = ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5")
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def probe(remote: S3Storage, name: str, *, timeout: float) -> Probe:
     except Exception as err:
         raise failed("reach", err) from err
     parameters = remote.get_object_parameters(key)
-    sse_c = {k: v for k, v in parameters.items() if k in _SSE_C}
+    sse_c = {k: v for k, v in parameters.items() if k in SSE_C}
     body = os.urandom(16).hex().encode()
     try:
         client.put_object(Bucket=bucket, Key=key, Body=body, **parameters)

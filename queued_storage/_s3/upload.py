@@ -45,7 +45,7 @@ from storages.backends.s3 import S3Storage
 from queued_storage._s3.checksums import CHECKS, Digest, Md5Checks
 from queued_storage._s3.client import s3_client, s3_key
 from queued_storage._s3.errors import error_code
-from queued_storage._s3.objects import abort_upload
+from queued_storage._s3.objects import SSE_C, abort_upload
 from queued_storage.exceptions import ChecksumMismatch, PermanentTransferError
 
 if TYPE_CHECKING:
@@ -58,7 +58,6 @@ MiB = 1024 * 1024
 MIN_PART = 5 * MiB
 MAX_PART = 5 * 1024 * MiB
 MAX_PARTS = 10_000
-_SSE_C = ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5")
 
 
 @dataclass(frozen=True)
@@ -217,7 +216,7 @@ def s3_transfer(
     """Upload *path* to *remote* as *name* and verify it; see the module docstring."""
     client = client or s3_client(remote, max_concurrency)
     params = dict(remote._get_write_parameters(s3_key(remote, name)))
-    sse_c = {k: params[k] for k in _SSE_C if k in params}
+    sse_c = {k: params[k] for k in SSE_C if k in params}
     encrypted = bool(sse_c) or params.get("ServerSideEncryption") == "aws:kms"
     report = progress or (lambda done, total: None)
     source = _Source(path)
@@ -265,7 +264,7 @@ def _taken(name: str) -> PermanentTransferError:
     )
 
 
-def _answered(response: Mapping[str, Any], field: str, operation: str) -> Any:
+def answered(response: Mapping[str, Any], field: str, operation: str) -> Any:
     """*field* of the body of S3's answer to *operation*. A body cut off before its first
     byte (S3, or the way to it, went away as it answered) parses as an empty answer without a
     botocore error: a failure of the connection, retried as an outage, not one about the
@@ -286,7 +285,7 @@ def _list_parts(
     kwargs: ListPartsRequestTypeDef = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
     while True:
         page = client.list_parts(**kwargs)
-        _answered(page, "UploadId", "ListParts")
+        answered(page, "UploadId", "ListParts")
         for p in page.get("Parts", []):
             found[p["PartNumber"]] = (p["ETag"].strip('"'), p["Size"])
         if not page.get("IsTruncated"):
@@ -398,7 +397,7 @@ class _Job:
             opened = client.create_multipart_upload(
                 Bucket=bucket, Key=key, **self.params, **self.checks.create_args
             )
-            upload_id = _answered(opened, "UploadId", "CreateMultipartUpload")
+            upload_id = answered(opened, "UploadId", "CreateMultipartUpload")
             checkpoint.begin(upload_id, part_size, fingerprint)
         count = math.ceil(size / part_size)
         sent = sum(p.size for p in done.values())

@@ -40,11 +40,16 @@ tus), ``serving`` (waiting files), ``monitoring`` (metrics); ``common`` holds wh
 | E021 | ``QUEUED_STORAGE_SENDFILE`` / ``SENDFILE_PREFIX`` is not a valid mode / location |
 | E022 | ``QUEUED_STORAGE_TUS_EXPIRY`` is not a positive number of seconds |
 | E023 | ``QUEUED_STORAGE_WATCH_INTERVAL`` is not a number of seconds of 0 or more |
+| E024 | ``QUEUED_STORAGE_DIRECT_EXPIRY`` / ``_PART_SIZE`` / ``_URL_EXPIRY`` is out of range |
 """
 
 from __future__ import annotations
 
-from queued_storage.checks.ingest import check_tus_settings, check_upload_settings
+from queued_storage.checks.ingest import (
+    check_direct_settings,
+    check_tus_settings,
+    check_upload_settings,
+)
 from queued_storage.checks.monitoring import check_metrics_settings
 from queued_storage.checks.reliability import check_reliability_settings, check_staging_budget
 from queued_storage.checks.serving import INCLUDE_URLS, check_serving_settings
@@ -52,6 +57,7 @@ from queued_storage.checks.storages import check_queued_storages, check_settings
 
 __all__ = [
     "INCLUDE_URLS",
+    "check_direct_settings",
     "check_metrics_settings",
     "check_queued_storages",
     "check_reliability_settings",

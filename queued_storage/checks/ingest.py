@@ -153,3 +153,45 @@ def check_tus_settings(
             id="queued_storage.E022",
         )
     ]
+
+
+# -- direct uploads (queued_storage.direct): E024 ------------------------------------------------
+#: S3's smallest part but the last, and the longest a presigned URL may live (SigV4: 7 days).
+_MIN_PART = 5 * 1024 * 1024
+_MAX_URL_EXPIRY = 7 * 24 * 3600
+
+
+@register(Tags.compatibility)
+def check_direct_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: object
+) -> list[CheckMessage]:
+    """E024: the direct uploads' expiry, part size and presigned URLs' lifetime."""
+    expiry, part, urls = (
+        setting("DIRECT_EXPIRY"),
+        setting("DIRECT_PART_SIZE"),
+        setting("DIRECT_URL_EXPIRY"),
+    )
+    wrong = []
+    if not positive_number(expiry):
+        wrong.append(
+            f"QUEUED_STORAGE_DIRECT_EXPIRY must be a positive number of seconds, got {expiry!r}"
+        )
+    if not isinstance(part, int) or isinstance(part, bool) or part < _MIN_PART:
+        wrong.append(
+            f"QUEUED_STORAGE_DIRECT_PART_SIZE must be an integer of at least {_MIN_PART} "
+            f"(S3's smallest part), got {part!r}"
+        )
+    if not isinstance(urls, int) or isinstance(urls, bool) or not 1 <= urls <= _MAX_URL_EXPIRY:
+        wrong.append(
+            f"QUEUED_STORAGE_DIRECT_URL_EXPIRY must be an integer from 1 to {_MAX_URL_EXPIRY} "
+            f"seconds (7 days, the most a presigned URL lives), got {urls!r}"
+        )
+    return [
+        Error(
+            f"{text}.",
+            hint='Remove the setting for its default (the "Direct uploads" page of the '
+            "docs lists them).",
+            id="queued_storage.E024",
+        )
+        for text in wrong
+    ]
