@@ -100,6 +100,21 @@ print(
     "| ChecksumAlgorithm:",
     listed.get("ChecksumAlgorithm"),
 )
+page = client.list_parts(Bucket=BUCKET, Key=key, UploadId=uid, MaxParts=1)
+print(
+    "ListParts MaxParts=1:",
+    [p["PartNumber"] for p in page["Parts"]],
+    "truncated:",
+    page.get("IsTruncated"),
+    "next marker:",
+    page.get("NextPartNumberMarker"),
+)
+page = client.list_parts(
+    Bucket=BUCKET, Key=key, UploadId=uid, MaxParts=1, PartNumberMarker=page["NextPartNumberMarker"]
+)
+print(
+    "  next page:", [p["PartNumber"] for p in page["Parts"]], "truncated:", page.get("IsTruncated")
+)
 
 # 2. Complete with a part list from another upload (same key, other upload id).
 other_uid, other_sent = upload(key, [1, 2], others)
@@ -170,6 +185,22 @@ try:
 except ClientError as err:
     print("GetObjectAttributes:", code(err))
 print("bytes identical:", client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == body)
+
+# 4b. An upload created with CRC32, completed without the parts' checksums.
+bare_key = f"{RUN}/bare.bin"
+bare_uid, bare_sent = upload(bare_key, [1, 2, 3])
+try:
+    client.complete_multipart_upload(
+        Bucket=BUCKET,
+        Key=bare_key,
+        UploadId=bare_uid,
+        MultipartUpload={
+            "Parts": [{"PartNumber": n, "ETag": v["ETag"]} for n, v in sorted(bare_sent.items())]
+        },
+    )
+    print("complete without the parts' CRC32s: accepted")
+except ClientError as err:
+    print("complete without the parts' CRC32s:", code(err))
 
 # 5. A second upload to the same key, completed conditionally: never overwrites.
 uid2, sent2 = upload(key, [1, 2, 3])
