@@ -397,7 +397,7 @@ def _complete(storage: QueuedStorage, row: StoredFile, claimant: str) -> StoredF
         if len(declared) == count
         else ""
     )
-    found = remote_object(remote, name)
+    found = remote_object(remote, name, timeout=s3_direct.REQUEST_TIMEOUT)
     if found is None:
         raise _refuse(
             storage, name, claimant, 409, f"The upload of {name!r} is gone from the remote storage."
@@ -455,16 +455,21 @@ def _code(err: ClientError) -> str:
 
 # -- 5. cancel and expire -----------------------------------------------------------------------
 def cancel(storage: QueuedStorage, name: str, owner: str) -> None:
-    """The owner gives the upload up: the multipart upload is aborted, the name released."""
+    """The owner gives the upload up: the multipart upload is aborted (and the object, if a
+    completion finished it on S3 and stopped before recording it), the name released."""
     _own_upload(storage, name, owner)
-    if _abort_and_end(storage, name, "direct_cancel") is None:
+    ended = _abort_and_end(storage, name, cancel=True)
+    if ended is None:
         raise DirectRefused(409, f"{name!r} is being completed; ask its status.")
 
 
 def expire(storage: QueuedStorage, row: StoredFile) -> bool:
     """The reconcile pass: abort an upload left alone too long and release its name (unless
-    a completion holds it). ``True`` when it expired."""
-    if _abort_and_end(storage, row.name, "direct_expired", as_read=row) is True:
+    a claim holds it, or the row changed since the pass read it *row*). An upload that a
+    completion finished on S3, and stopped before recording, is recorded ``remote`` instead.
+    ``True`` when it expired."""
+    ended = _abort_and_end(storage, row.name, cancel=False, as_read=row)
+    if ended is True:
         logger.warning(
             "expired the direct upload of %r (storage %r, owner %r): untouched since %s",
             row.name,
@@ -472,16 +477,35 @@ def expire(storage: QueuedStorage, row: StoredFile) -> bool:
             row.owner,
             row.updated.isoformat(" ", "seconds"),
         )
-        return True
-    return False
+    return ended is True
+
+
+def _finished_object(storage: QueuedStorage, row: StoredFile) -> str:
+    """The composite CRC32 of the object S3 holds under *row*'s name if it is the one the
+    row's declared parts make (a completion finished it), else ``""``."""
+    assert row.size is not None and row.part_size
+    count = part_count(row.size, row.part_size)
+    declared = _declared(row)
+    if sorted(declared) != list(range(1, count + 1)):
+        return ""
+    found = remote_object(storage.remote, row.name, timeout=s3_direct.REQUEST_TIMEOUT)
+    expected = s3_direct.composite([declared[n] for n in range(1, count + 1)])
+    if (
+        found is None
+        or found.size != row.size
+        or not s3_direct.same_composite(found.crc32, expected)
+    ):
+        return ""
+    return expected
 
 
 def _abort_and_end(
-    storage: QueuedStorage, name: str, transition: str, *, as_read: StoredFile | None = None
+    storage: QueuedStorage, name: str, *, cancel: bool, as_read: StoredFile | None = None
 ) -> bool | None:
-    """Claim, abort the multipart upload, end the row with *transition*. ``None``: a claim
-    holds it; ``False`` (with *as_read*, the row as the pass read it): the row changed since,
-    or a claim holds it, or the abort failed."""
+    """Claim, abort the multipart upload, then end the row: cancelled (the object a
+    completion may have finished deleted) or expired (such an object recorded ``remote``).
+    ``None``: a claim holds it; ``False`` (with *as_read*, the row as the pass read it): the
+    row changed since, or a claim holds it, or the remote failed, or it was recorded."""
     claimant = _claimant()
     updated = None if as_read is None else as_read.updated
     row = storage.ledger.direct_claim(name, claimant, CLAIM_SECONDS, updated=updated)
@@ -490,15 +514,27 @@ def _abort_and_end(
     try:
         if row.upload_id:
             s3_direct.abort(storage.remote, name, row.upload_id)
+        finished = _finished_object(storage, row)
+        if finished and cancel:
+            delete_remote(storage.remote, name)
     except (BotoCoreError, ClientError, ConnectionError) as err:
         storage.ledger.direct_unclaim(name, claimant)
         if as_read is None:
             raise _remote_down(name, err) from err
         logger.warning("could not abort the direct upload of %r (%s); next pass", name, err)
         return False
-    end = (
-        storage.ledger.direct_cancel
-        if transition == "direct_cancel"
-        else (storage.ledger.direct_expired)
-    )
-    return end(name, claimant)
+    if cancel:
+        return storage.ledger.direct_cancel(name, claimant)
+    if finished:
+        assert row.size is not None
+        storage.ledger.direct_remote(
+            name, claimant, size=row.size, checksum=finished, algorithm=RECORDED_ALGORITHM
+        )
+        logger.warning(
+            "recorded the direct upload of %r (storage %r) remote: its completion finished it "
+            "on the remote and stopped before recording it",
+            name,
+            storage.alias,
+        )
+        return False
+    return storage.ledger.direct_expired(name, claimant)

@@ -344,3 +344,72 @@ def test_the_bucket_cors_configuration_of_the_docs_lets_a_page_put_a_part(alice:
         assert complete(alice, started).status_code == 201
     finally:
         s3.delete_bucket_cors(Bucket=settings.BUCKET)
+
+
+def test_s3_down_when_an_upload_starts_is_503_and_reserves_nothing(
+    alice: Client, s3_proxy: Any
+) -> None:
+    s3_proxy.go_down()
+    try:
+        response = post(alice, "/uploads/direct/", {"name": "direct/down.bin", "size": MiB})
+    finally:
+        s3_proxy.come_up()
+    assert response.status_code == 503, response.content
+    assert "Retry later" in response.json()["error"]
+    assert row("direct/down.bin") is None
+    assert open_uploads(direct_s3_client()) == []
+
+
+def _finish_on_s3(started: dict[str, Any]) -> None:
+    """Complete the upload on S3 as a completion would, and stop before recording it (a web
+    process killed between S3's answer and the ledger's write)."""
+    reserved = row(started["name"])
+    assert reserved is not None
+    s3 = direct_s3_client()
+    listed = s3.list_parts(Bucket=settings.BUCKET, Key=started["name"], UploadId=reserved.upload_id)
+    s3.complete_multipart_upload(
+        Bucket=settings.BUCKET,
+        Key=started["name"],
+        UploadId=reserved.upload_id,
+        MultipartUpload={
+            "Parts": [
+                {"PartNumber": p["PartNumber"], "ETag": p["ETag"], "ChecksumCRC32": d[2]}
+                for p, d in zip(listed["Parts"], reserved.parts, strict=True)
+            ]
+        },
+    )
+
+
+def test_a_completion_that_stopped_after_s3_finished_is_recorded_by_the_next_one(
+    alice: Client,
+) -> None:
+    data = os.urandom(PART + 10)
+    started = start(alice, "direct/half-done.bin", len(data))
+    send(alice, started, pieces(data))
+    _finish_on_s3(started)
+    response = complete(alice, started)
+    assert response.status_code == 201, response.content
+    assert row(started["name"]).state == State.REMOTE  # type: ignore[union-attr]
+    assert s3_bytes(direct_s3_client(), started["name"]) == data
+
+
+def test_the_pass_records_an_expired_upload_that_s3_finished_and_a_cancel_deletes_it(
+    alice: Client,
+) -> None:
+    finished = start(alice, "direct/finished.bin", 1000)
+    send(alice, finished, {1: b"f" * 1000})
+    _finish_on_s3(finished)
+    cancelled = start(alice, "direct/cancelled.bin", 1000)
+    send(alice, cancelled, {1: b"c" * 1000})
+    _finish_on_s3(cancelled)
+    assert alice.delete(cancelled["upload_url"]).status_code == 204
+    assert remote_keys(direct_s3_client()) == [finished["name"]]  # the cancelled one is gone
+    StoredFile.objects.filter(name=finished["name"]).update(
+        updated=datetime.datetime.now(datetime.timezone.utc)
+        - datetime.timedelta(seconds=qs_settings.DIRECT_EXPIRY + 60)
+    )
+    report = reconcile(aliases=["default"])
+    assert report.expired_direct == []
+    recorded = row(finished["name"])
+    assert recorded is not None and recorded.state == State.REMOTE and recorded.size == 1000
+    assert s3_bytes(direct_s3_client(), finished["name"]) == b"f" * 1000

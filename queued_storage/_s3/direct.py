@@ -23,6 +23,7 @@ from queued_storage._s3.objects import SSE_C, abort_upload
 from queued_storage._s3.upload import answered, choose_part_size
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import ListPartsRequestTypeDef
 
 __all__ = [
@@ -38,6 +39,11 @@ __all__ = [
     "part_url",
     "same_composite",
 ]
+
+#: Seconds a call made on a web request waits for S3 to connect or answer a read; it is not
+#: retried (the client retries the request, and a web request never waits for botocore's
+#: backoff against an S3 that is down).
+REQUEST_TIMEOUT = 20.0
 
 #: The checks of a CRC32 upload (the composite, how S3 reports it).
 _CRC32 = CHECKS["crc32"]
@@ -55,6 +61,10 @@ class ListedPart:
     size: int
     etag: str
     crc32: str
+
+
+def _client(remote: S3Storage) -> S3Client:
+    return s3_client(remote, timeout=REQUEST_TIMEOUT)
 
 
 def _where(remote: S3Storage, name: str) -> tuple[str, str]:
@@ -75,7 +85,7 @@ def open_upload(remote: S3Storage, name: str, content_type: str = "") -> str:
     params: dict[str, Any] = dict(remote._get_write_parameters(key))
     if content_type:
         params["ContentType"] = content_type
-    opened = s3_client(remote).create_multipart_upload(
+    opened = _client(remote).create_multipart_upload(
         Bucket=bucket, Key=key, ChecksumAlgorithm="CRC32", **params
     )
     upload_id: str = answered(opened, "UploadId", "CreateMultipartUpload")
@@ -114,7 +124,7 @@ def part_url(
 def list_parts(remote: S3Storage, name: str, upload_id: str) -> dict[int, ListedPart]:
     """The parts S3 holds of the upload, every page (``NoSuchUpload`` propagates)."""
     bucket, key = _where(remote, name)
-    client = s3_client(remote)
+    client = _client(remote)
     found: dict[int, ListedPart] = {}
     request: ListPartsRequestTypeDef = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
     while True:
@@ -139,7 +149,7 @@ def complete(
     """Complete the upload from ``(number, etag, crc32)`` of each part, never overwriting an
     object (``If-None-Match: *``: S3 answers 412 ``PreconditionFailed`` if one is there)."""
     bucket, key = _where(remote, name)
-    s3_client(remote).complete_multipart_upload(
+    _client(remote).complete_multipart_upload(
         Bucket=bucket,
         Key=key,
         UploadId=upload_id,
@@ -156,7 +166,7 @@ def complete(
 def abort(remote: S3Storage, name: str, upload_id: str) -> None:
     """Abort the upload (one already gone is not an error)."""
     bucket, key = _where(remote, name)
-    abort_upload(s3_client(remote), bucket, key, upload_id)
+    abort_upload(_client(remote), bucket, key, upload_id)
 
 
 def composite(crc32s: list[str]) -> str:
