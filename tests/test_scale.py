@@ -137,8 +137,9 @@ def test_a_save_with_a_staging_budget_reads_no_ledger_row_in_bulk(ledger: str) -
 def test_a_reconcile_pass_uses_indexes(ledger: str) -> None:
     """Every query of a pass (its storages, refused messages, expired leases, overdue files,
     failed ones, stale reservations, leftover local copies, expired direct uploads, other
-    hosts' late files, the lost files, the verify sample, what waits). On a host that holds none of the files, so that the
-    pass queues no message: the queries are the same, whatever they find."""
+    hosts' late files, the lost files, the verify sample, what waits). On a host that holds
+    none of the files, so that the pass queues no message: the queries are the same, whatever
+    they find."""
     with override_settings(QUEUED_STORAGE_HOST="idle-host"):
         assert scans(lambda: reconcile.reconcile(failed=True)) == []
 
