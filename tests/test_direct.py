@@ -24,6 +24,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.test import Client
 
+from queued_storage import direct
 from queued_storage.conf import settings as qs_settings
 from queued_storage.models import State, StoredFile
 from queued_storage.reconcile import reconcile
@@ -413,3 +414,27 @@ def test_the_pass_records_an_expired_upload_that_s3_finished_and_a_cancel_delete
     recorded = row(finished["name"])
     assert recorded is not None and recorded.state == State.REMOTE and recorded.size == 1000
     assert s3_bytes(direct_s3_client(), finished["name"]) == b"f" * 1000
+
+
+def test_an_api_of_its_own_drives_the_same_flow_through_the_functions() -> None:
+    storage = storages["default"]
+    data = os.urandom(PART + 3)
+    parts = pieces(data)
+    started = direct.start(storage, "direct/api.bin", len(data), owner="token-user-7")
+    assert (started.name, started.parts) == ("direct/api.bin", 2)
+    signed = direct.sign_parts(
+        storage,
+        started.name,
+        "token-user-7",
+        [{"number": n, "checksum": crc32(p)} for n, p in parts.items()],
+    )
+    for part in signed:
+        assert put(part, parts[part["number"]]).status_code == 200
+    held = direct.received(storage, started.name, "token-user-7")
+    assert [p["number"] for p in held["received"]] == [1, 2]
+    with pytest.raises(direct.DirectRefused) as other:
+        direct.complete(storage, started.name, "someone-else")
+    assert other.value.status == 404
+    done = direct.complete(storage, started.name, "token-user-7")
+    assert done.state == State.REMOTE and done.owner == "token-user-7"
+    assert s3_bytes(direct_s3_client(), started.name) == data
