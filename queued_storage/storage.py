@@ -38,6 +38,7 @@ from queued_storage.construction import (
 from queued_storage.dispatch import publishes_in_background, send_saved, send_transfer
 from queued_storage.exceptions import StorageNotFound
 from queued_storage.ledger import check_staging_budget, ledger_database, reads_block_writes
+from queued_storage.models import State
 from queued_storage.names import stored_name
 from queued_storage.staging import declared_size, free_names, make_durable, move_local
 from queued_storage.state import FileState, cache_key
@@ -190,19 +191,19 @@ class QueuedStorage(ConfiguredStorage):
         a cached state that may lag behind it for a moment); ``None`` if the ledger has none.
 
         ``url`` is the URL of the copy that serves the file now (``None`` for a storage
-        without URLs).
+        without URLs, and for a direct upload under way).
         """
         row = self.ledger.row(name)
         if row is None:
             return None
         found = FileState.from_row(row)
-        try:
-            serving = self._serving(found)
-            url: str | None = str(
-                self.waiting_url(name) if serving is self.local else serving.url(name)
-            )
-        except Exception:  # a storage without URLs; the state is still worth answering
-            url = None
+        url: str | None = None  # also while a direct upload runs: nothing is readable yet
+        if found.state != State.UPLOADING:
+            try:
+                serving = self._serving(found)
+                url = str(self.waiting_url(name) if serving is self.local else serving.url(name))
+            except Exception:  # a storage without URLs; the state is still worth answering
+                url = None
         return {
             "name": name,
             "state": str(found.state),
@@ -372,6 +373,11 @@ class QueuedStorage(ConfiguredStorage):
         (the file stays ``pending``; the reason is logged). :attr:`result` is left as it was.
         """
         row = self.ledger.row(name)
+        if row is not None and row.state == State.UPLOADING:
+            raise ValueError(
+                f"QueuedStorage cannot transfer {name!r}: it is being uploaded directly to the "
+                "remote storage by its client (state 'uploading'); its completion records it."
+            )
         if row is None:
             if not self.local.exists(name):
                 raise FileNotFoundError(

@@ -121,7 +121,9 @@ def test_a_direct_upload_arrives_byte_identical_and_is_served_from_s3(alice: Cli
     with pytest.raises(FileNotFoundError):
         storage.open(name)
     status = alice.get(started["status_url"]).json()
-    assert status["state"] == "uploading"
+    assert (status["state"], status["url"], status["local"]) == ("uploading", None, False)
+    with pytest.raises(ValueError, match="being uploaded directly"):
+        storage.transfer(name)
     send(alice, started, pieces(data))
     response = complete(alice, started)
     assert response.status_code == 201, response.content
