@@ -25,7 +25,7 @@ from queued_storage.conf import settings
 from queued_storage.direct import DirectRefused
 from queued_storage.uploads import UploadRefused
 from queued_storage.views.authorization import QueuedStorageView, as_response, uploader
-from queued_storage.views.common import error
+from queued_storage.views.common import created, error
 
 __all__ = ["DirectCompleteView", "DirectPartsView", "DirectStartView", "DirectUploadView"]
 
@@ -193,15 +193,8 @@ class DirectCompleteView(_DirectView):
                 400, "The server reads the parts from the remote storage; send no part list."
             )
         storage = self.get_storage()
-        direct.complete(storage, name, uploader(request))
+        done = direct.complete(storage, name, uploader(request))
         found = storage.status(name)
         payload: dict[str, object] = {"name": name} if found is None else dict(found)
-        row = storage.ledger.row(name)
-        if row is not None:
-            payload["checksum"] = row.checksum
-        status_url = self.status_url(request, name)
-        payload["status_url"] = status_url
-        response = JsonResponse(payload, status=201)
-        if status_url:
-            response["Location"] = status_url
-        return response
+        payload["checksum"] = done.checksum
+        return created(payload, self.status_url(request, name))

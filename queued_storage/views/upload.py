@@ -51,7 +51,7 @@ from queued_storage.uploads import (
     validate_upload_name,
 )
 from queued_storage.views.authorization import QueuedStorageView, as_response, uploader
-from queued_storage.views.common import STAGING_FULL, error
+from queued_storage.views.common import STAGING_FULL, created, error
 
 logger = logging.getLogger(__name__)
 
@@ -258,12 +258,7 @@ class UploadView(QueuedStorageView):
         finally:
             if isinstance(content, StagedFile):
                 content.discard()
-        status_url = self.status_url(request, stored)
-        payload["status_url"] = status_url
-        response = JsonResponse(payload, status=201)
-        if status_url:
-            response["Location"] = status_url
-        return response
+        return created(payload, self.status_url(request, stored))
 
 
 def _refusal(request: HttpRequest, refusal: UploadRefused) -> JsonResponse:
