@@ -323,14 +323,14 @@
 
   Uploader.prototype.upload = function (file) {
     if (this.mode === "direct" || this.mode === "tus") {
-      var url = this.mode === "direct" ? this.directUrl : this.tusUrl;
-      var item = this.makeItem(file);
-      if (!url) {
-        this.fail(file, item, this.mode + " mode needs data-" + this.mode + "-url");
+      var endpoint = this.mode === "direct" ? this.directUrl : this.tusUrl;
+      var entry = this.makeItem(file);
+      if (!endpoint) {
+        this.fail(file, entry, this.mode + " mode needs data-" + this.mode + "-url");
       } else if (this.mode === "direct") {
-        new DirectUpload(this, file, item).start();
+        new DirectUpload(this, file, entry).start();
       } else {
-        new TusUpload(this, file, item).start();
+        new TusUpload(this, file, entry).start();
       }
       return;
     }
