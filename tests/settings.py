@@ -244,6 +244,10 @@ QUEUED_STORAGE_UPLOAD_AUTHORIZER = ENV.get("QS_TEST_UPLOAD_AUTHORIZER")
 QUEUED_STORAGE_STAGING_BUDGET = (
     int(ENV["QS_TEST_STAGING_BUDGET"]) if "QS_TEST_STAGING_BUDGET" in ENV else None
 )
+# Direct uploads (tests/test_browser.py): a web server started with this variable signs parts
+# of that many bytes (the suite's own tests set the setting in-process).
+if "QS_TEST_DIRECT_PART_SIZE" in ENV:
+    QUEUED_STORAGE_DIRECT_PART_SIZE = int(ENV["QS_TEST_DIRECT_PART_SIZE"])
 # Serving waiting files (tests/test_serving.py): a web server started with these variables
 # points url() of waiting files at the view and hands them to nginx; the suite itself does not.
 QUEUED_STORAGE_SERVE_STAGED = json.loads(ENV.get("QS_TEST_SERVE_STAGED", "null"))

@@ -17,6 +17,12 @@ An independent client checks the tus server: tus-js-client (``tests/assets/tus-j
 vendored) in a page of the test site, behind a fault proxy that drops one request's connection
 after half its body and holds another while the page reloads.
 
+In direct mode (``data-mode="direct"``) the page sends a 24 MiB file in 5 MiB parts straight
+to moto with the presigned URLs the site answers (the bucket's CORS rule allows the page's
+origin), through the S3 fault proxy: one part's connection drops half-way and the widget sends
+the part again; the page reloads while another part is held, and the widget asks the site which
+parts S3 holds and sends only the others. The widget's CRC32 is checked against zlib's.
+
 A screenshot of each stage is kept in ``.test-artifacts/browser/`` (git-ignored). Without
 Chromium or Playwright the test skips, or fails under ``QUEUED_STORAGE_TEST_STRICT=1``.
 ``QS_TEST_CHROMIUM`` names another Chromium binary than ``chromium`` on ``PATH``.
@@ -24,6 +30,7 @@ Chromium or Playwright the test skips, or fails under ``QUEUED_STORAGE_TEST_STRI
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -32,10 +39,12 @@ import io
 import os
 import shutil
 import time
+import zlib
 from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import requests
@@ -44,10 +53,11 @@ from django.contrib.auth.models import Permission, User
 from django.db import connections
 from django.test import Client
 
+import queued_storage
 from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.tus import parse_metadata
 from tests.harness.faults import HttpFaultProxy
-from tests.harness.suite import django_server, need_tool, s3_bytes, wait_for
+from tests.harness.suite import django_server, need_tool, open_uploads, s3_bytes, wait_for
 from tests.harness.webservers import DjangoServer
 
 pytestmark = [
@@ -729,3 +739,168 @@ def test_the_widget_in_tus_mode_aborts_a_stalled_patch_and_resumes_from_the_serv
     assert s3_bytes(clean, stored) == data, "the S3 copy differs"
     with capsys.disabled():
         print(f"\ntus widget, stalled PATCH aborted after {stall_ms} ms ({elapsed:.1f}s)")
+
+
+#: The part size the direct-mode test's web server signs (``QS_TEST_DIRECT_PART_SIZE``).
+DIRECT_PART = 5 * MiB
+WIDGET_JS = Path(queued_storage.__file__).parent / "static" / "queued_storage" / "uploader.js"
+
+
+def crc32_b64(data: bytes) -> str:
+    """What S3 (and the widget) calls a CRC32: base64 of its 4 big-endian bytes."""
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
+def direct_cors(origin: str) -> dict[str, Any]:
+    """The bucket CORS rule a page of *origin* needs to PUT parts (docs/uploads.md)."""
+    return {
+        "CORSRules": [
+            {
+                "AllowedOrigins": [origin],
+                "AllowedMethods": ["PUT"],
+                "AllowedHeaders": [
+                    "content-type",
+                    "x-amz-checksum-crc32",
+                    "x-amz-sdk-checksum-algorithm",
+                ],
+                "MaxAgeSeconds": 3000,
+            }
+        ]
+    }
+
+
+@pytest.fixture
+def direct_site(
+    s3_proxy: HttpFaultProxy, clean: Any
+) -> Iterator[tuple[DjangoServer, HttpFaultProxy]]:
+    """The test project on gunicorn signing 5 MiB parts, the bucket open to its origin (CORS,
+    removed afterwards), and the S3 fault proxy the presigned URLs lead through, answering
+    one request per connection (a part's dropped connection fails in the page, instead of
+    being resent by Chromium: see :class:`HttpFaultProxy`)."""
+    _need_chromium()
+    env = {"QS_TEST_DIRECT_PART_SIZE": str(DIRECT_PART)}
+    with django_server("gunicorn", "web-browser-direct", env) as server:
+        clean.put_bucket_cors(Bucket=settings.BUCKET, CORSConfiguration=direct_cors(server.url))
+        s3_proxy.keep_alive = False
+        try:
+            yield server, s3_proxy
+        finally:
+            s3_proxy.keep_alive = True
+            clean.delete_bucket_cors(Bucket=settings.BUCKET)
+
+
+def test_the_widget_in_direct_mode_resends_a_cut_part_resumes_after_a_reload_and_completes(
+    direct_site: tuple[DjangoServer, HttpFaultProxy],
+    clean: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server, proxy = direct_site
+    size, cut_after = 24 * MiB, MiB
+    source = tmp_path / "direct.bin"
+    source.write_bytes(os.urandom(size))
+    data = source.read_bytes()
+    parts = {n + 1: data[i : i + DIRECT_PART] for n, i in enumerate(range(0, size, DIRECT_PART))}
+    assert len(parts) == 5
+    user, session = _signed_in("direct-browser-user")
+    item = '.qs-file[data-file-name="direct.bin"]'
+
+    def part(number: int) -> Any:
+        return lambda h: h.get("x-amz-checksum-crc32") == crc32_b64(parts[number])
+
+    started = time.monotonic()
+    # (a) Part 2's first PUT reaches S3 with 1 MiB of its body, then its connection drops.
+    # (b) Part 4's first PUT is held (S3 sees nothing of it) while the page reloads.
+    cut = proxy.interrupt_next("PUT", after_bytes=cut_after, when=part(2))
+    hold = proxy.interrupt_next("PUT", when=part(4))
+    with browser_page() as browser:
+        context = browser.new_context()
+        context.add_cookies(
+            [{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": server.url}]
+        )
+        page = context.new_page()
+        page.add_init_script(RECORDER + STATE_RECORDER)
+        page.goto(f"{server.url}/uploader/?direct=1")
+        widget = page.locator("[data-qs-uploader]")
+        attributes = [widget.get_attribute(a) for a in ("data-mode", "data-direct-url")]
+        page.set_input_files("input[type=file]", [str(source)])
+        assert cut.wait(60), "no PUT of part 2"
+        cut.release()
+        assert hold.wait(60), "no PUT of part 4"
+        first_states: list[str] = page.evaluate("window.qsStates")
+        remembered_before = page.evaluate("Object.entries(localStorage)")
+        page.reload()
+        hold.release()
+        page.set_input_files("input[type=file]", [str(source)])
+        page.wait_for_function(
+            f"""() => ["remote", "failed", "error"].includes(
+                      document.querySelector('{item}')?.dataset.state)""",
+            timeout=60_000,
+        )
+        state = page.locator(f"{item} .qs-state").inner_text()
+        shown = page.locator(f"{item} .qs-upload-percent").inner_text()
+        stored = page.locator(item).get_attribute("data-stored-name")
+        resumed_from = page.locator(item).get_attribute("data-resumed-from")
+        href = page.locator(f"{item} .qs-link").get_attribute("href")
+        remembered_after = page.evaluate("Object.entries(localStorage)")
+        seen: list[dict[str, Any]] = page.evaluate("window.qsSeen")
+        context.close()
+    elapsed = time.monotonic() - started
+
+    assert (state, shown, stored) == ("remote", "100 %", "direct.bin"), seen
+    assert attributes == ["direct", "/uploads/direct/"]
+    # Each PUT carried exactly the signed headers: no Content-Type, no other x-amz-* header.
+    headers = {k.lower(): v for k, v in cut.headers.items()}
+    assert {k: v for k, v in headers.items() if k.startswith("x-amz-")} == {
+        "x-amz-checksum-crc32": crc32_b64(parts[2]),
+        "x-amz-sdk-checksum-algorithm": "CRC32",
+    }
+    assert "content-type" not in headers and "x-csrftoken" not in headers, headers
+    assert headers["content-length"] == str(DIRECT_PART)
+    # (a) S3 had 1 MiB of part 2 when its connection dropped; the widget sent it again.
+    assert (cut.forwarded, cut.error) == (cut_after, None)
+    assert "retrying in 0.5 s" in first_states, first_states
+    # (b) Before the reload the upload was remembered under the file's name, size and date;
+    # after it, the widget asked which parts S3 held (1 to 3) and sent only 4 and 5.
+    [(key, upload_url)] = remembered_before
+    assert key.startswith("queued-storage:direct:") and f":direct.bin:{size}:" in key, key
+    assert upload_url == f"{server.url}/uploads/direct/upload/direct.bin"
+    assert resumed_from == str(3 * DIRECT_PART)
+    puts = [int(parse_qs(r.query)["partNumber"][0]) for r in proxy.requests if r.method == "PUT"]
+    assert puts == [1, 2, 2, 3, 4, 4, 5], puts
+    assert (hold.forwarded, hold.upstream_status) == (0, None)
+    # Completed: the status shown is the site's answer; the upload is forgotten.
+    assert remembered_after == []
+    s3 = settings.S3_ENDPOINT.rstrip("/") + f"/{settings.BUCKET}/"
+    assert href is not None and href.startswith(s3 + "direct.bin?"), href
+    assert seen == [{"file": "direct.bin", "state": "remote", "url": href}]
+    assert s3_bytes(clean, stored) == data, "the S3 copy differs"
+    assert open_uploads(clean) == []
+    row = StoredFile.objects.get(name=stored)
+    assert (row.state, row.size, row.owner) == (State.REMOTE, size, str(user.pk))
+    assert (row.checksum_algorithm, row.local_exists) == ("s3-composite-crc32", False)
+    assert not [p for p in Path(settings.STAGING_ROOT).rglob("*") if p.is_file()]
+    with capsys.disabled():
+        print(f"\ndirect widget, {size} bytes in {len(puts)} PUTs ({elapsed:.1f}s)")
+
+
+def test_the_widgets_crc32_is_zlibs(tmp_path: Path) -> None:
+    """``QueuedStorageUploader.crc32(blob)``, what direct mode declares for each part, on a page
+    with nothing but the script: the empty input, the CRC-32 check string, every byte value,
+    and a few MiB of random bytes."""
+    _need_chromium()
+    inputs = [b"", b"a", b"123456789", bytes(range(256)) * 3, os.urandom(3 * MiB + 7)]
+    with browser_page() as browser:
+        page = browser.new_page()
+        page.set_content("<!doctype html><title>crc32</title>")
+        page.add_script_tag(path=str(WIDGET_JS))
+        computed = page.evaluate(
+            """(inputs) => Promise.all(inputs.map((encoded) => {
+                 const text = atob(encoded);
+                 const bytes = Uint8Array.from(text, (c) => c.charCodeAt(0));
+                 return QueuedStorageUploader.crc32(new Blob([bytes]));
+               }))""",
+            [base64.b64encode(x).decode() for x in inputs],
+        )
+    assert computed == [crc32_b64(x) for x in inputs]
+    assert computed[2] == "y/Q5Jg=="  # 0xCBF43926, the CRC-32 check value

@@ -43,8 +43,8 @@ def form_upload(request: HttpRequest) -> JsonResponse:
 
 def uploader_page(request: HttpRequest) -> HttpResponse:
     """A page with nothing but the shipped widget (``queued_storage/uploader.html``);
-    ``?tus=<chunk size>`` puts it in tus mode with chunks of that many bytes, ``&stall=<ms>``
-    sets its stall timeout."""
+    ``?tus=<chunk size>`` puts it in tus mode with chunks of that many bytes, ``?direct=1`` in
+    direct mode (``data-mode="direct"``), ``&stall=<ms>`` sets its stall timeout."""
     chunk_size = request.GET.get("tus", "")
     stall = request.GET.get("stall", "")
     return render(
@@ -54,5 +54,6 @@ def uploader_page(request: HttpRequest) -> HttpResponse:
             "tus": bool(chunk_size),
             "chunk_size": chunk_size if chunk_size.isdigit() else "",
             "stall_timeout": stall if stall.isdigit() else "",
+            "mode": "direct" if request.GET.get("direct") else "",
         },
     )

@@ -41,10 +41,33 @@
  *   - the last `PATCH` answers `X-Queued-Storage-Name` and `X-Queued-Storage-Status-Url`: the
  *     remembered URL is forgotten, and the status is followed as in step 3 above.
  *
- * Every request (PUT, tus, attach) carries the page's CSRF token (`X-CSRFToken`) and the
- * session cookie; the upload views are exempt from CSRF, a project's own may not be.
+ * direct mode: with `data-mode="direct"` and `data-direct-url` (the endpoint
+ * `queued_storage:direct`) each file goes from the browser straight to S3, in parts:
  *
- * `window.QueuedStorageUploader.init(element)` sets up an element added after the page loaded.
+ *   - `POST` to the endpoint (JSON: name, size, content type) reserves the name and opens a
+ *     multipart upload; the answer gives the part size and the URLs of the next steps, and its
+ *     `upload_url` is kept in `localStorage` under the file's name, size and lastModified;
+ *   - per part (bytes [(n-1)*part_size, n*part_size)): its CRC32, computed here over
+ *     `file.slice()` one part in memory at a time, declared to `parts_url`, which answers
+ *     presigned URLs, `data-sign-ahead` parts at a time (default 8); the part is `PUT` to its
+ *     URL with exactly the headers the server gave (a slice has no type: no Content-Type, no
+ *     other x-amz-* header; the CSRF token never goes to S3); XHR progress runs across parts;
+ *   - a part that fails (network error, 403 of an expired URL, 408, 429, 5xx) or stalls
+ *     (`data-stall-timeout`) is sent again after the delays of `data-retry-delays`, with a
+ *     fresh URL; the server's JSON endpoints are retried after the same delays (0, 408, 429,
+ *     5xx); picking the same file after a reload asks `GET upload_url` for the parts S3 holds
+ *     and sends only the others (an upload the server no longer knows, 404, starts over);
+ *   - `POST complete_url` `{}`: 201 gives the stored file (`remote`), followed as in steps
+ *     2-3; 409 (parts missing) asks which parts S3 holds and sends the rest; 422 (the object
+ *     does not match the declared parts: nothing was kept) shows the server's error.
+ *   The bucket must allow the page's origin to `PUT` with those headers (CORS: docs/uploads.md).
+ *
+ * Every request to this site (PUT, tus, direct, attach) carries the page's CSRF token
+ * (`X-CSRFToken`) and the session cookie; the upload views are exempt from CSRF, a project's
+ * own may not be.
+ *
+ * `window.QueuedStorageUploader.init(element)` sets up an element added after the page loaded;
+ * `window.QueuedStorageUploader.crc32(blob)` gives a Blob's CRC32 as direct mode sends it.
  */
 (function () {
   "use strict";
@@ -55,7 +78,14 @@
   /* Answers after which a tus request is worth sending again (0: the network failed). */
   var RETRY_STATUS = { 0: true, 408: true, 409: true, 423: true, 429: true, 460: true };
   var STORE_PREFIX = "queued-storage:tus:";
+  var DIRECT_STORE_PREFIX = "queued-storage:direct:";
   var STALL_TIMEOUT = 30000;
+  /* Answers of the site's JSON endpoints (direct mode) worth asking again (0: no answer). */
+  var DIRECT_RETRY_STATUS = { 0: true, 408: true, 429: true };
+  /* Answers of S3 to a part worth sending again, with a fresh URL (403: the URL expired). */
+  var PART_RETRY_STATUS = { 0: true, 403: true, 408: true, 429: true };
+  /* Parts whose URLs are asked in one request (the server takes 1 to 100). */
+  var SIGN_AHEAD = 8;
 
   function formatBytes(n) {
     if (n === null || n === undefined) return "";
@@ -122,6 +152,65 @@
     return "HTTP " + xhrOrResponse.status;
   }
 
+  /* S3 answers errors in XML: its Code and Message. */
+  function s3Message(xhr) {
+    var text = xhr.responseText || "";
+    var code = text.match(/<Code>([^<]*)<\/Code>/);
+    var message = text.match(/<Message>([^<]*)<\/Message>/);
+    if (!code && !message) return "S3 answered HTTP " + xhr.status;
+    return "S3: " + [code && code[1], message && message[1]].filter(Boolean).join(": ");
+  }
+
+  function parseJson(text) {
+    try {
+      return JSON.parse(text);
+    } catch (ignored) {
+      return null;
+    }
+  }
+
+  /* CRC32 (IEEE, zlib's), with a 256-entry table. */
+  var crcTable = null;
+
+  function crc32(bytes) {
+    if (!crcTable) {
+      crcTable = new Int32Array(256);
+      for (var n = 0; n < 256; n += 1) {
+        var c = n;
+        for (var k = 0; k < 8; k += 1) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+        crcTable[n] = c;
+      }
+    }
+    var crc = -1;
+    for (var i = 0; i < bytes.length; i += 1) crc = crcTable[(crc ^ bytes[i]) & 0xff] ^ (crc >>> 8);
+    return (crc ^ -1) >>> 0;
+  }
+
+  function blobBytes(blob) {
+    if (blob.arrayBuffer) return blob.arrayBuffer();
+    return new Promise(function (resolve, reject) {
+      var reader = new FileReader();
+      reader.onload = function () {
+        resolve(reader.result);
+      };
+      reader.onerror = function () {
+        reject(reader.error);
+      };
+      reader.readAsArrayBuffer(blob);
+    });
+  }
+
+  /* A Blob's CRC32 as S3 wants it: base64 of its 4 big-endian bytes. The Blob is read whole:
+   * direct mode passes one part at a time. */
+  function blobCrc32(blob) {
+    return blobBytes(blob).then(function (buffer) {
+      var c = crc32(new Uint8Array(buffer));
+      return window.btoa(
+        String.fromCharCode((c >>> 24) & 0xff, (c >>> 16) & 0xff, (c >>> 8) & 0xff, c & 0xff)
+      );
+    });
+  }
+
   function el(tag, className, text) {
     var node = document.createElement(tag);
     if (className) node.className = className;
@@ -135,6 +224,10 @@
     this.attachUrl = root.getAttribute("data-attach-url") || "";
     this.pollInterval = parseInt(root.getAttribute("data-poll-interval") || "500", 10);
     this.tusUrl = root.getAttribute("data-tus-url") || "";
+    this.directUrl = root.getAttribute("data-direct-url") || "";
+    this.mode = root.getAttribute("data-mode") || (this.tusUrl ? "tus" : "put");
+    this.signAhead = parseInt(root.getAttribute("data-sign-ahead") || "", 10) || SIGN_AHEAD;
+    this.signAhead = Math.max(1, Math.min(100, this.signAhead));
     this.chunkSize = parseInt(root.getAttribute("data-chunk-size") || "", 10) || 8 * MiB;
     this.stallTimeout = parseInt(root.getAttribute("data-stall-timeout") || "", 10);
     if (!(this.stallTimeout >= 0)) this.stallTimeout = STALL_TIMEOUT;
@@ -229,8 +322,16 @@
   };
 
   Uploader.prototype.upload = function (file) {
-    if (this.tusUrl) {
-      new TusUpload(this, file, this.makeItem(file)).start();
+    if (this.mode === "direct" || this.mode === "tus") {
+      var endpoint = this.mode === "direct" ? this.directUrl : this.tusUrl;
+      var entry = this.makeItem(file);
+      if (!endpoint) {
+        this.fail(file, entry, this.mode + " mode needs data-" + this.mode + "-url");
+      } else if (this.mode === "direct") {
+        new DirectUpload(this, file, entry).start();
+      } else {
+        new TusUpload(this, file, entry).start();
+      }
       return;
     }
     var self = this;
@@ -365,11 +466,19 @@
     this.failures = 0;
   }
 
-  /* One request; the promise gives the XHR, status 0 when the network failed or the request
-   * stalled: no progress for the stall timeout (then `xhr.queuedStorageStalled` is true). */
   TusUpload.prototype.request = function (method, url, headers, body, onProgress) {
-    var self = this;
-    var stallTimeout = this.uploader.stallTimeout;
+    var all = { "Tus-Resumable": TUS_VERSION };
+    Object.keys(headers).forEach(function (name) {
+      all[name] = headers[name];
+    });
+    return request(this.uploader, method, url, all, body, onProgress, true);
+  };
+
+  /* One request; the promise gives the XHR, status 0 when the network failed or the request
+   * stalled: no progress for the stall timeout (then `xhr.queuedStorageStalled` is true).
+   * `csrf`: send the CSRF token (to this site's URLs only); `headers`: exactly these. */
+  function request(uploader, method, url, headers, body, onProgress, csrf) {
+    var stallTimeout = uploader.stallTimeout;
     return new Promise(function (resolve) {
       var xhr = new XMLHttpRequest();
       var timer = null;
@@ -383,8 +492,7 @@
         }, stallTimeout);
       }
       xhr.open(method, url);
-      xhr.setRequestHeader("Tus-Resumable", TUS_VERSION);
-      sameOriginCsrf(xhr, url, self.uploader.root);
+      if (csrf) sameOriginCsrf(xhr, url, uploader.root);
       Object.keys(headers).forEach(function (name) {
         xhr.setRequestHeader(name, headers[name]);
       });
@@ -411,7 +519,7 @@
       xhr.send(body === undefined ? null : body);
       alive();
     });
-  };
+  }
 
   TusUpload.prototype.start = function () {
     var remembered = store("get", this.key);
@@ -554,6 +662,295 @@
     node.textContent = text || state;
   };
 
+  /*
+   * One file sent straight to S3 (direct mode): the site reserves the name and signs each
+   * part's URL; the parts go from here to S3; the site verifies and completes. Its state:
+   * `upload` (the site's answer: part size, part count, the URLs), `todo` (the part numbers S3
+   * does not hold yet, in order), `held` (bytes of the parts S3 holds), `checksums` and
+   * `signed` (by part number), `failures` (in a row; reset by every part S3 takes).
+   */
+  function DirectUpload(uploader, file, item) {
+    this.uploader = uploader;
+    this.file = file;
+    this.item = item;
+    this.endpoint = new URL(uploader.directUrl, window.location.href).toString();
+    this.key =
+      DIRECT_STORE_PREFIX + [this.endpoint, file.name, file.size, file.lastModified].join(":");
+    this.upload = null;
+    this.todo = [];
+    this.held = 0;
+    this.checksums = {};
+    this.signed = {};
+    this.failures = 0;
+    this.completing = false; // a completion was sent: a later 404 may mean it succeeded
+    this.refusal = ""; // the last completion's refusal, shown if asking again leads nowhere
+  }
+
+  /* A request to the site's JSON endpoints (with the CSRF token and the session cookie). */
+  DirectUpload.prototype.json = function (method, url, body) {
+    var headers = { Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    var payload = body === undefined ? undefined : JSON.stringify(body);
+    return request(this.uploader, method, url, headers, payload, null, true);
+  };
+
+  DirectUpload.prototype.absolute = function (url) {
+    return new URL(url, this.endpoint).toString();
+  };
+
+  DirectUpload.prototype.start = function () {
+    var remembered = store("get", this.key);
+    if (remembered) this.resume(remembered, true);
+    else this.create();
+  };
+
+  DirectUpload.prototype.create = function () {
+    var self = this;
+    this.setState("uploading");
+    this.json("POST", this.endpoint, {
+      name: this.file.name,
+      size: this.file.size,
+      content_type: this.file.type || "",
+      checksum_algorithm: "crc32",
+    }).then(function (xhr) {
+      var answer = parseJson(xhr.responseText);
+      if (xhr.status !== 201 || !answer || !answer.upload_url) {
+        self.failed(xhr, DIRECT_RETRY_STATUS, function () {
+          self.create();
+        });
+        return;
+      }
+      self.begin(answer, []);
+      store("set", self.key, self.upload.upload_url);
+      self.next();
+    });
+  };
+
+  /* The upload's figures and URLs, and the parts S3 holds already (`received`). */
+  DirectUpload.prototype.begin = function (answer, received) {
+    var self = this;
+    this.upload = answer;
+    ["parts_url", "upload_url", "complete_url", "status_url"].forEach(function (key) {
+      if (answer[key]) answer[key] = self.absolute(answer[key]);
+    });
+    var have = {};
+    this.held = 0;
+    received.forEach(function (part) {
+      have[part.number] = true;
+      self.held += part.size;
+    });
+    this.todo = [];
+    for (var n = 1; n <= answer.parts; n += 1) if (!have[n]) this.todo.push(n);
+    this.uploader.setUploadProgress(this.item, percent(this.held, this.file.size));
+  };
+
+  /* Ask the site which parts S3 holds, then send the others. A remembered upload the site no
+   * longer knows (404: expired, cancelled, finished) starts again from the first part. */
+  DirectUpload.prototype.resume = function (url, remembered) {
+    var self = this;
+    this.json("GET", url).then(function (xhr) {
+      var answer = parseJson(xhr.responseText);
+      if (xhr.status === 200 && answer && answer.parts_url && answer.received) {
+        self.begin(answer, answer.received);
+        if (remembered) self.item.setAttribute("data-resumed-from", String(self.held));
+        self.next();
+      } else if (remembered && xhr.status === 404) {
+        store("remove", self.key);
+        self.create();
+      } else if (self.completing && xhr.status === 404) {
+        self.settle(xhr);
+      } else {
+        self.failed(xhr, DIRECT_RETRY_STATUS, function () {
+          self.resume(url, false);
+        });
+      }
+    });
+  };
+
+  /* The next step: the first part S3 lacks (its URL first, if none is valid), or completion. */
+  DirectUpload.prototype.next = function () {
+    if (!this.todo.length) {
+      this.complete();
+      return;
+    }
+    var signed = this.signed[this.todo[0]];
+    if (signed && Date.now() < signed.until) this.put(this.todo[0], signed);
+    else this.sign();
+  };
+
+  DirectUpload.prototype.partBlob = function (number) {
+    var size = this.upload.part_size;
+    return this.file.slice((number - 1) * size, Math.min(number * size, this.file.size));
+  };
+
+  /* The CRC32s of the parts, each computed once, one part in memory at a time. */
+  DirectUpload.prototype.checksum = function (numbers) {
+    var self = this;
+    var parts = [];
+    return numbers
+      .reduce(function (chain, number) {
+        return chain.then(function () {
+          var known = self.checksums[number];
+          return (known ? Promise.resolve(known) : blobCrc32(self.partBlob(number))).then(
+            function (checksum) {
+              self.checksums[number] = checksum;
+              parts.push({ number: number, checksum: checksum });
+            }
+          );
+        });
+      }, Promise.resolve())
+      .then(function () {
+        return parts;
+      });
+  };
+
+  /* Declare the next parts' CRC32s and take their presigned URLs. */
+  DirectUpload.prototype.sign = function () {
+    var self = this;
+    var numbers = this.todo.slice(0, this.uploader.signAhead);
+    this.checksum(numbers)
+      .then(function (parts) {
+        return self.json("POST", self.upload.parts_url, { parts: parts });
+      })
+      .then(
+        function (xhr) {
+          var answer = parseJson(xhr.responseText);
+          if (xhr.status !== 200 || !answer || !answer.parts) {
+            self.failed(xhr, DIRECT_RETRY_STATUS, function () {
+              self.next();
+            });
+            return;
+          }
+          var until = Date.now() + (answer.expires_in || 60) * 900; // a tenth to spare
+          answer.parts.forEach(function (part) {
+            self.signed[part.number] = {
+              url: part.url,
+              method: part.method || "PUT",
+              headers: part.headers || {},
+              until: until,
+            };
+          });
+          if (!self.signed[numbers[0]]) {
+            self.uploader.fail(self.file, self.item, "no URL for part " + numbers[0]);
+            return;
+          }
+          self.next();
+        },
+        function (err) {
+          self.uploader.fail(self.file, self.item, "the file could not be read (" + err + ")");
+        }
+      );
+  };
+
+  /* PUT one part to S3: the slice (no type, so no Content-Type) with exactly the signed
+   * headers, no CSRF token. A URL serves once: a retry asks for a fresh one. */
+  DirectUpload.prototype.put = function (number, signed) {
+    var self = this;
+    var blob = this.partBlob(number);
+    delete this.signed[number];
+    this.setState("uploading");
+    request(
+      this.uploader,
+      signed.method,
+      signed.url,
+      signed.headers,
+      blob,
+      function (loaded) {
+        self.uploader.setUploadProgress(self.item, percent(self.held + loaded, self.file.size));
+      },
+      false
+    ).then(function (xhr) {
+      if (xhr.status < 200 || xhr.status > 299) {
+        var retry = PART_RETRY_STATUS;
+        if (xhr.status === 400 && /<Code>RequestTimeout<\/Code>/.test(xhr.responseText)) {
+          retry = { 400: true };
+        }
+        self.failed(xhr, retry, function () {
+          self.next();
+        });
+        return;
+      }
+      self.held += blob.size;
+      self.todo.shift();
+      self.failures = 0;
+      self.uploader.setUploadProgress(self.item, percent(self.held, self.file.size));
+      self.next();
+    });
+  };
+
+  DirectUpload.prototype.complete = function () {
+    var self = this;
+    this.completing = true;
+    this.setState("completing");
+    this.json("POST", this.upload.complete_url, {}).then(function (xhr) {
+      var answer = parseJson(xhr.responseText);
+      if (xhr.status === 201 && answer && answer.name) {
+        store("remove", self.key);
+        self.uploader.uploaded(self.file, self.item, answer);
+      } else if (xhr.status === 409) {
+        // Parts are missing (or another request is completing it): ask S3's list again.
+        self.refusal = errorMessage(xhr, xhr.responseText);
+        self.failed(xhr, { 409: true }, function () {
+          self.resume(self.upload.upload_url, false);
+        });
+      } else if (xhr.status === 404) {
+        self.settle(xhr); // an earlier completion whose answer was lost may have done it
+      } else {
+        // 422: the object does not match the declared parts; nothing was kept.
+        self.failed(xhr, DIRECT_RETRY_STATUS, function () {
+          self.complete();
+        });
+      }
+    });
+  };
+
+  /* The upload is gone (404) after a completion was sent: the file is stored if its status
+   * says so (an answer was lost on the way); else the refusal is shown. */
+  DirectUpload.prototype.settle = function (xhr) {
+    var self = this;
+    var message = this.refusal || errorMessage(xhr, xhr.responseText);
+    store("remove", this.key);
+    fetch(this.upload.status_url, {
+      credentials: "same-origin",
+      headers: { Accept: "application/json" },
+    })
+      .then(function (response) {
+        return response.ok ? response.json() : null;
+      })
+      .catch(function () {
+        return null;
+      })
+      .then(function (status) {
+        if (status && status.state === "remote") {
+          self.uploader.uploaded(self.file, self.item, status);
+        } else {
+          self.uploader.fail(self.file, self.item, message);
+        }
+      });
+  };
+
+  /* A request failed: try again after the next delay if its answer is in `retry` (or a 5xx),
+   * else show the server's (or S3's) message. */
+  DirectUpload.prototype.failed = function (xhr, retry, again) {
+    var delay = this.uploader.retryDelays[this.failures];
+    var stalled = !xhr.status && xhr.queuedStorageStalled;
+    if (!(retry[xhr.status] || xhr.status >= 500) || delay === undefined) {
+      var message;
+      if (!xhr.status) message = stalled ? "the connection stalled" : "the connection failed";
+      else if (/<Error>/.test(xhr.responseText || "")) message = s3Message(xhr);
+      else message = errorMessage(xhr, xhr.responseText);
+      if (xhr.status === 404 || xhr.status === 422) store("remove", this.key);
+      this.uploader.fail(this.file, this.item, message);
+      return;
+    }
+    this.failures += 1;
+    var wait = "retrying in " + (delay / 1000).toFixed(1) + " s";
+    this.setState("retrying", stalled ? "stalled, " + wait : wait);
+    window.setTimeout(again, delay);
+  };
+
+  DirectUpload.prototype.setState = TusUpload.prototype.setState;
+
   function init(root) {
     if (!root || root.queuedStorageUploader) return root && root.queuedStorageUploader;
     root.queuedStorageUploader = new Uploader(root);
@@ -565,7 +962,7 @@
     for (var i = 0; i < roots.length; i += 1) init(roots[i]);
   }
 
-  window.QueuedStorageUploader = { init: init };
+  window.QueuedStorageUploader = { init: init, crc32: blobCrc32 };
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", initAll);
   } else {
