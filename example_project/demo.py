@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -324,6 +325,7 @@ def smoke(worker: ManagedProcess, endpoint: str | None) -> None:
     upload.file.delete(save=False)
     upload.delete()
     smoke_upload_page(worker, expected)
+    smoke_direct_upload(expected)
 
 
 def smoke_upload_page(worker: ManagedProcess, s3_prefix: str) -> None:
@@ -401,6 +403,88 @@ def smoke_upload_page(worker: ManagedProcess, s3_prefix: str) -> None:
     item.delete()
 
 
+def smoke_direct_upload(s3_prefix: str) -> None:
+    """A direct upload (``/upload/?mode=direct``'s flow, through Django's test client and
+    ``requests`` to S3, no browser): start, declare the parts' CRC32s, PUT each to its
+    presigned URL, complete; the file is ``remote`` at once, served from S3, and attached."""
+    import requests
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    from gallery.models import Upload
+
+    client = Client(HTTP_HOST=LOOPBACK)
+    client.force_login(get_user_model().objects.get(username="admin"))
+    page = client.get("/upload/?mode=direct")
+    check(page.status_code == 200, f"GET /upload/?mode=direct answered {page.status_code}")
+    check('data-mode="direct"' in page.content.decode(), "the widget is not in direct mode")
+    data = os.urandom(SMOKE_PAGE_SIZE)
+    json = "application/json"
+    started = client.post(
+        "/uploads/direct/", {"name": "smoke-direct.bin", "size": len(data)}, content_type=json
+    )
+    check(started.status_code == 201, f"direct start answered {started.status_code}")
+    up = started.json()
+    size = int(up["part_size"])
+    parts = {n + 1: data[i : i + size] for n, i in enumerate(range(0, len(data), size))}
+    crcs = {
+        n: base64.b64encode(zlib.crc32(p).to_bytes(4, "big")).decode() for n, p in parts.items()
+    }
+    declared = [{"number": n, "checksum": c} for n, c in crcs.items()]
+    signed = client.post(up["parts_url"], {"parts": declared}, content_type=json)
+    check(signed.status_code == 200, f"direct parts answered {signed.status_code}")
+    with requests.Session() as session:
+        for part in signed.json()["parts"]:
+            session.trust_env = urlsplit(part["url"]).hostname != LOOPBACK
+            sent = session.put(
+                part["url"], data=parts[part["number"]], headers=part["headers"], timeout=30
+            )
+            check(
+                sent.status_code == 200, f"the PUT of part {part['number']} got {sent.status_code}"
+            )
+    done = client.post(up["complete_url"], {}, content_type=json)
+    check(done.status_code == 201, f"direct complete answered {done.status_code}: {done.content!r}")
+    status = done.json()
+    check(status["state"] == "remote", f"state {status['state']!r} after completing")
+    url = str(status["url"])
+    check(url.startswith(s3_prefix), f"an S3 URL under {s3_prefix} expected, got {url}")
+    with requests.Session() as session:
+        session.trust_env = urlsplit(url).hostname != LOOPBACK
+        check(session.get(url, timeout=30).content == data, "the direct upload's S3 copy differs")
+    attached = client.post("/attach/", {"name": up["name"]})
+    check(attached.status_code == 201, f"POST /attach/ answered HTTP {attached.status_code}")
+    say(f"ok: uploaded directly to S3 and verified ({up['name']}, {len(data)} bytes)")
+    item = Upload.objects.get(file=up["name"])
+    item.file.delete(save=False)
+    item.delete()
+
+
+def allow_browser_uploads(bucket: str, port: int) -> None:
+    """The CORS rule of docs/direct.md on the demo's own bucket (moto), for the site's origins
+    (``127.0.0.1`` and ``localhost``): the upload page's direct mode sends the parts from the
+    browser to S3."""
+    from django.core.files.storage import storages
+
+    s3: Any = storages["s3"]
+    s3.connection.meta.client.put_bucket_cors(
+        Bucket=bucket,
+        CORSConfiguration={
+            "CORSRules": [
+                {
+                    "AllowedOrigins": [f"http://{LOOPBACK}:{port}", f"http://localhost:{port}"],
+                    "AllowedMethods": ["PUT"],
+                    "AllowedHeaders": [
+                        "content-type",
+                        "x-amz-checksum-crc32",
+                        "x-amz-sdk-checksum-algorithm",
+                    ],
+                    "MaxAgeSeconds": 3000,
+                }
+            ]
+        },
+    )
+
+
 def serve(
     port: int, worker: ManagedProcess, moto: ManagedProcess | None, bucket: str, data: Path
 ) -> None:
@@ -425,6 +509,7 @@ def serve(
         f"  S3:     bucket {bucket!r} ({s3})\n"
         f"  logs:   {data}/worker.log, {data}/web.log\n"
         f"  upload: http://{LOOPBACK}:{port}/upload/   (drop files; watch them move to S3)\n"
+        f"          http://{LOOPBACK}:{port}/upload/?mode=direct   (straight to S3)\n"
         "  Press Ctrl-C to stop.\n"
     )
     watched = [child for child in (web, worker, moto) if child is not None]
@@ -489,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
         if not port_is_free(port):
             busy, port = port, free_port()
             say(f"port {busy} is busy: using {port}")
+        if moto is not None:
+            allow_browser_uploads(bucket, port)
         serve(port, worker, moto, bucket, data)
         return 0  # not reached: serve() ends with Interrupted or DemoError
     except Interrupted:

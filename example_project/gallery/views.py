@@ -3,7 +3,8 @@
 The upload page includes queued_storage's widget (``queued_storage/uploader.html``) in tus mode:
 the browser sends each file in resumable chunks to queued_storage's tus endpoint
 (``uploads/tus/``), then posts the stored name to :func:`attach`,
-which records it in the library, and follows its state on the status endpoint.
+which records it in the library, and follows its state on the status endpoint. With
+``?mode=direct`` the widget sends the file straight to S3 (``uploads/direct/``) instead.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ def index(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def upload(request: HttpRequest) -> HttpResponse:
-    return render(request, "gallery/upload.html", {"attach_url": reverse("attach")})
+    """The upload page: the widget in tus mode, or with ``?mode=direct`` in direct mode (the
+    browser sends the parts straight to S3; the bucket needs the CORS rule the demo sets)."""
+    direct = request.GET.get("mode") == "direct"
+    context = {"attach_url": reverse("attach"), "direct": direct}
+    return render(request, "gallery/upload.html", context)
 
 
 @login_required
