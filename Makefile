@@ -82,10 +82,12 @@ demo: $(DEMO_STAMP)
 # make bench ARGS=--quick: every row on small sizes (about three minutes)
 # The scale batch (bench_scale.py) fills the ledger to 1M rows (--quick: 100k; SCALE_ARGS=--full:
 # 10M as well) and measures the recurring costs against the same mix at 1k rows.
+# bench_direct.py: a 1 GiB direct upload to S3 against tus and the raw PUT (--quick: 128 MiB).
 SCALE_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 	$(BIN)/python benchmarks/bench_uploads.py $(ARGS)
+	$(BIN)/python benchmarks/bench_direct.py $(ARGS)
 	$(BIN)/python benchmarks/bench_scale.py $(ARGS) $(SCALE_ARGS)
 	$(BIN)/python benchmarks/bench_broker.py $(ARGS)
 
