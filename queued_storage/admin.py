@@ -26,8 +26,9 @@ would carry the access key id).
 bytes received of the whole, owner, host, expiry.
 
 For the user's models, :class:`QueuedFileAdminMixin` adds a state column (badge, progress bar)
-per queued file field, costing one ledger query for the whole page, and an action that
-transfers the selected objects' files now; :func:`queued_state_column` is the column alone.
+per queued file field, costing one ledger query for the whole page, an action that transfers
+the selected objects' files now, and the request for a form with direct upload fields
+(:mod:`queued_storage.forms`); :func:`queued_state_column` is the column alone.
 """
 
 from __future__ import annotations
@@ -52,12 +53,7 @@ from django.utils.text import Truncator
 from django.utils.timesince import timesince
 from django.utils.translation import gettext
 
-from queued_storage.batches import (
-    ACTIONS,
-    BATCH,
-    ELIGIBLE,
-    queue_batches,
-)
+from queued_storage.batches import ACTIONS, BATCH, ELIGIBLE, queue_batches
 from queued_storage.changelist import (
     AliasFilter,
     HostFilter,
@@ -66,6 +62,7 @@ from queued_storage.changelist import (
     StateFilter,
     ledger_groups,
 )
+from queued_storage.forms import with_request
 from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.operations import counted, transfer_rows
 from queued_storage.storage import QueuedStorage
@@ -526,6 +523,10 @@ class QueuedFileAdminMixin(_MixinBase):
         shown = list(super().get_list_display(request))
         columns = [queued_state_column(field) for field in self.queued_file_fields]
         return [*shown, *(column for column in columns if column not in shown)]
+
+    def get_form(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        """The form; one with direct upload fields (``DirectUploadFormMixin``) gets the request."""
+        return with_request(super().get_form(request, *args, **kwargs), request)
 
     def get_changelist_instance(self, request: HttpRequest) -> ChangeList:
         changelist = super().get_changelist_instance(request)
