@@ -11,7 +11,9 @@ transitions, from these actions:
 * **verify the remote copy**: :func:`queued_storage.verify.verify` (a HEAD per file);
 * **delete the local copy**: for ``remote`` files whose remote copy verifies right then,
   :meth:`~queued_storage.ledger.Ledger.drop_local` with the local storage's delete, as the
-  worker does after a transfer.
+  worker does after a transfer;
+* **abort direct uploads**: :func:`queued_storage.direct.abort` for ``uploading`` files,
+  whoever started them.
 
 On "select all" of more than :attr:`StoredFileAdmin.action_batch` files an action is queued
 for the workers in batches (:mod:`queued_storage.batches`). Filter choices, counts and the
@@ -230,7 +232,7 @@ class StoredFileAdmin(_ReadOnlyLedgerAdmin):
     #: Files per batch when an action on "select all" is queued for the workers; a selection
     #: of at most this many files that the action can act on runs in the request.
     action_batch = BATCH
-    actions = ("transfer_now", "retry_failed", "verify_remote", "delete_local_copy")
+    actions = ("transfer_now", "retry_failed", "verify_remote", "delete_local_copy", "abort_direct")
     fieldsets = (
         (None, {"fields": _MAIN_FIELDS}),
         ("Transfer", {"fields": _TRANSFER_FIELDS}),
@@ -346,6 +348,10 @@ class StoredFileAdmin(_ReadOnlyLedgerAdmin):
     )
     def delete_local_copy(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
         self._act(request, queryset, "delete_local_copy")
+
+    @admin.action(description="Abort direct uploads (uploading files)", permissions=["operate"])
+    def abort_direct(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
+        self._act(request, queryset, "abort_direct")
 
 
 # -- the user's own models -----------------------------------------------------------------------
