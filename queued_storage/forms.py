@@ -158,7 +158,7 @@ class DirectFileField(forms.CharField):
 class DirectUploadFormMixin:
     """For a form with :class:`DirectFileField`\\ s: takes ``request=`` (its user) or ``user=``
     and gives each such field the user, the storage (a ``ModelForm``'s model field's, unless
-    the field names one) and the name the field held initially. A bound form without either
+    the field names one) and the name the saved instance holds. A bound form without either
     is a programming error (``ImproperlyConfigured``)."""
 
     fields: dict[str, forms.Field]
@@ -182,10 +182,18 @@ class DirectUploadFormMixin:
             )
         for name, field in direct.items():
             field.user, field.bound_to_user = user, user is not None
-            initial = self.get_initial_for_field(field, name)  # type: ignore[attr-defined]
-            field.kept = str(getattr(initial, "name", initial) or "")
+            field.kept = self._saved_name(name)
             if field.storage_alias is None:
                 field.storage_alias = self._model_storage(name)
+
+    def _saved_name(self, name: str) -> str:
+        """The name a saved ``ModelForm`` instance holds in *name* (never the form's
+        ``initial``, which a query string can fill: ``?file=<someone else's upload>``)."""
+        instance = getattr(self, "instance", None)
+        if instance is None or instance.pk is None:
+            return ""
+        held = getattr(instance, name, None)
+        return str(getattr(held, "name", held) or "")
 
     def _model_storage(self, name: str) -> str | None:
         """The alias of the ``ModelForm``'s model field *name*'s queued storage, if any."""

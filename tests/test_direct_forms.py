@@ -96,6 +96,9 @@ def test_names_that_are_not_a_finished_upload_of_the_user_are_refused() -> None:
         form = DocumentForm({"title": "t", "file": name}, user=user)
         assert not form.is_valid()
         assert form.errors == refusal(name), name
+    # An initial value is no claim: a query string can fill it (the admin's ?file=...).
+    offered = DocumentForm({"title": "t", "file": bobs}, initial={"file": bobs}, user=user)
+    assert offered.errors == refusal(bobs)
     anonymous = DocumentForm({"title": "t", "file": bobs}, user=AnonymousUser())
     assert anonymous.errors == refusal(bobs)  # nothing is an anonymous user's
     assert Document.objects.count() == 0
@@ -171,7 +174,9 @@ def test_the_admin_add_form_of_the_mixin_accepts_the_staff_users_upload_only(
     assert b'data-mode="direct"' in page.content and b"queued_storage/uploader.js" in page.content
     data = os.urandom(2000)
     name = finished(boss, "forms/admin.bin", data)
-    refused = other.post("/admin/testapp/document/add/", {"title": "theirs", "file": name})
+    refused = other.post(
+        f"/admin/testapp/document/add/?file={name}", {"title": "theirs", "file": name}
+    )
     assert refused.status_code == 200
     assert refused.context["adminform"].form.errors == refusal(name)
     added = boss.post("/admin/testapp/document/add/", {"title": "mine", "file": name})
