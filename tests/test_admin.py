@@ -188,6 +188,7 @@ def test_ledger_rows_cannot_be_added_changed_or_deleted_by_hand(
         "retry_failed",
         "verify_remote",
         "delete_local_copy",
+        "abort_direct",
     ]
     assert row("queued_parked", name).state == State.PENDING
 
