@@ -11,7 +11,9 @@ transitions, from these actions:
 * **verify the remote copy**: :func:`queued_storage.verify.verify` (a HEAD per file);
 * **delete the local copy**: for ``remote`` files whose remote copy verifies right then,
   :meth:`~queued_storage.ledger.Ledger.drop_local` with the local storage's delete, as the
-  worker does after a transfer.
+  worker does after a transfer;
+* **abort direct uploads**: :func:`queued_storage.direct.abort` for ``uploading`` files,
+  whoever started them.
 
 On "select all" of more than :attr:`StoredFileAdmin.action_batch` files an action is queued
 for the workers in batches (:mod:`queued_storage.batches`). Filter choices, counts and the
@@ -26,8 +28,9 @@ would carry the access key id).
 bytes received of the whole, owner, host, expiry.
 
 For the user's models, :class:`QueuedFileAdminMixin` adds a state column (badge, progress bar)
-per queued file field, costing one ledger query for the whole page, and an action that
-transfers the selected objects' files now; :func:`queued_state_column` is the column alone.
+per queued file field, costing one ledger query for the whole page, an action that transfers
+the selected objects' files now, and the request for a form with direct upload fields
+(:mod:`queued_storage.forms`); :func:`queued_state_column` is the column alone.
 """
 
 from __future__ import annotations
@@ -52,12 +55,7 @@ from django.utils.text import Truncator
 from django.utils.timesince import timesince
 from django.utils.translation import gettext
 
-from queued_storage.batches import (
-    ACTIONS,
-    BATCH,
-    ELIGIBLE,
-    queue_batches,
-)
+from queued_storage.batches import ACTIONS, BATCH, ELIGIBLE, queue_batches
 from queued_storage.changelist import (
     AliasFilter,
     HostFilter,
@@ -66,6 +64,7 @@ from queued_storage.changelist import (
     StateFilter,
     ledger_groups,
 )
+from queued_storage.forms import with_request
 from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.operations import counted, transfer_rows
 from queued_storage.storage import QueuedStorage
@@ -233,7 +232,7 @@ class StoredFileAdmin(_ReadOnlyLedgerAdmin):
     #: Files per batch when an action on "select all" is queued for the workers; a selection
     #: of at most this many files that the action can act on runs in the request.
     action_batch = BATCH
-    actions = ("transfer_now", "retry_failed", "verify_remote", "delete_local_copy")
+    actions = ("transfer_now", "retry_failed", "verify_remote", "delete_local_copy", "abort_direct")
     fieldsets = (
         (None, {"fields": _MAIN_FIELDS}),
         ("Transfer", {"fields": _TRANSFER_FIELDS}),
@@ -349,6 +348,10 @@ class StoredFileAdmin(_ReadOnlyLedgerAdmin):
     )
     def delete_local_copy(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
         self._act(request, queryset, "delete_local_copy")
+
+    @admin.action(description="Abort direct uploads (uploading files)", permissions=["operate"])
+    def abort_direct(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
+        self._act(request, queryset, "abort_direct")
 
 
 # -- the user's own models -----------------------------------------------------------------------
@@ -526,6 +529,10 @@ class QueuedFileAdminMixin(_MixinBase):
         shown = list(super().get_list_display(request))
         columns = [queued_state_column(field) for field in self.queued_file_fields]
         return [*shown, *(column for column in columns if column not in shown)]
+
+    def get_form(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        """The form; one with direct upload fields (``DirectUploadFormMixin``) gets the request."""
+        return with_request(super().get_form(request, *args, **kwargs), request)
 
     def get_changelist_instance(self, request: HttpRequest) -> ChangeList:
         changelist = super().get_changelist_instance(request)

@@ -29,6 +29,7 @@ from queued_storage.dispatch import redact
 from queued_storage.models import State, StoredFile
 from queued_storage.operations import (
     Storages,
+    abort_direct_rows,
     drop_verified_local_copies,
     retry_failed_rows,
     transfer_rows,
@@ -99,12 +100,21 @@ def delete_local_copy(rows: Rows) -> tuple[int, str]:
     return level, text + (_problems(done.report) if done.kept else "")
 
 
+def abort_direct(rows: Rows) -> tuple[int, str]:
+    done = abort_direct_rows(rows.iterator())
+    level = messages.WARNING if done.errors else messages.SUCCESS if done.aborted else messages.INFO
+    problems = "; ".join(done.errors[:LISTED])
+    text = f"Abort direct uploads: {done.message() or 'nothing to abort'}."
+    return level, text + (f" {problems}" if problems else "")
+
+
 #: The actions by name: rows in, ``(message level, text)`` out.
 ACTIONS: dict[str, Callable[[Rows], tuple[int, str]]] = {
     "transfer_now": transfer_now,
     "retry_failed": retry_failed,
     "verify_remote": verify_remote,
     "delete_local_copy": delete_local_copy,
+    "abort_direct": abort_direct,
 }
 #: The files each action can act on (the others it only counts as skipped), and their words.
 ELIGIBLE: dict[str, tuple[Q, str]] = {
@@ -112,12 +122,14 @@ ELIGIBLE: dict[str, tuple[Q, str]] = {
     "retry_failed": (Q(state=State.FAILED), "failed"),
     "verify_remote": (Q(state=State.REMOTE), "remote"),
     "delete_local_copy": (Q(state=State.REMOTE, local_exists=True), "remote"),
+    "abort_direct": (Q(state=State.UPLOADING), "uploading"),
 }
 _TITLES = {
     "transfer_now": "Transfer now",
     "retry_failed": "Retry failed",
     "verify_remote": "Verify",
     "delete_local_copy": "Delete the local copy",
+    "abort_direct": "Abort direct uploads",
 }
 
 

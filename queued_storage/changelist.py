@@ -227,7 +227,7 @@ class _ExactFilter(admin.SimpleListFilter):
 
 
 class StateFilter(_ExactFilter):
-    """The four states (``State``), whatever the ledger holds: no query."""
+    """The states (``State``, ``uploading`` included), whatever the ledger holds: no query."""
 
     title = "state"
     parameter_name = "state__exact"

@@ -6,7 +6,9 @@
   no upload row owns;
 * :func:`abort_orphan_uploads`: S3 multipart uploads no ledger row can resume, the one rule
   (:func:`orphaned`) for the reconcile pass (names the ledger knows, a few pages, a batch) and
-  the command (:func:`cleanup_uploads`: unknown names too, more pages).
+  the command (:func:`cleanup_uploads`: unknown names too, more pages);
+* :func:`cleanup_direct`: direct uploads left alone for ``QUEUED_STORAGE_DIRECT_EXPIRY``, as
+  the reconcile pass expires them (:func:`queued_storage.direct.expire`).
 
 Every change of a row goes through the ledger (:mod:`queued_storage.ledger`).
 """
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 
 from django.utils import timezone
 
-from queued_storage import clock
+from queued_storage import clock, direct
 from queued_storage.conf import settings
 from queued_storage.dispatch import redact
 from queued_storage.ledger import tus_expired, tus_forget
@@ -40,6 +42,7 @@ __all__ = [
     "Cleaned",
     "OrphanUploads",
     "abort_orphan_uploads",
+    "cleanup_direct",
     "cleanup_spool",
     "cleanup_tus",
     "cleanup_tus_orphans",
@@ -50,12 +53,14 @@ __all__ = [
 
 @dataclass
 class Cleaned:
-    """One thing :func:`cleanup_spool` or :func:`cleanup_uploads` removed (or would)."""
+    """One thing a clean-up removed (or would)."""
 
     where: str
     what: str
     size: int | None = None
     age: float = 0.0
+    #: Who started it (a direct upload's ``owner``: a user's primary key, ``""`` unknown).
+    owner: str = ""
 
 
 def _open_files() -> set[tuple[int, int]] | None:
@@ -379,3 +384,29 @@ def cleanup_uploads(
         aborted += done.aborted
         errors += done.errors
     return aborted, errors
+
+
+# -- direct uploads left alone -----------------------------------------------------------------
+def cleanup_direct(
+    storages: Iterable[QueuedStorage], *, dry_run: bool = False
+) -> tuple[list[Cleaned], list[str]]:
+    """Abort the direct uploads untouched for ``QUEUED_STORAGE_DIRECT_EXPIRY`` seconds (by the
+    database's clock) and release their names, through :func:`queued_storage.direct.expire`
+    as the reconcile pass does; *dry_run* lists them and asks the remote nothing. Each is
+    listed with its declared size, owner and time untouched (``age``). Returns ``(aborted,
+    busy)``: *busy* are those a completion held, that changed since they were read, or whose
+    abort the remote did not answer (logged); the next run or pass tries them again."""
+    now = clock.read(StoredFile.db())
+    cutoff = now - datetime.timedelta(seconds=settings.DIRECT_EXPIRY)
+    aborted: list[Cleaned] = []
+    busy: list[str] = []
+    for storage in storages:
+        rows = StoredFile.all_rows().expired_direct(storage.alias, cutoff)
+        for page in rows.in_pages():
+            for row in page:
+                if not dry_run and not direct.expire(storage, row):
+                    busy.append(f"{row.alias}:{row.name}")
+                    continue
+                age = (now - row.updated).total_seconds()
+                aborted.append(Cleaned(row.alias, row.name, row.size, age, row.owner))
+    return aborted, busy

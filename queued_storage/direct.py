@@ -51,6 +51,7 @@ __all__ = [
     "CHECKSUM_ALGORITHM",
     "DirectRefused",
     "Started",
+    "abort",
     "cancel",
     "complete",
     "expire",
@@ -461,6 +462,17 @@ def cancel(storage: QueuedStorage, name: str, owner: str) -> None:
     ended = _abort_and_end(storage, name, cancel=True)
     if ended is None:
         raise DirectRefused(409, f"{name!r} is being completed; ask its status.")
+
+
+def abort(storage: QueuedStorage, name: str) -> bool | None:
+    """Staff give the upload up, whoever started it (the ledger admin's action): as
+    :func:`cancel`, without the owner. ``None`` when a completion holds it or it is no longer
+    ``uploading`` (nothing changed); a remote that does not answer is a 503
+    :class:`DirectRefused` (the upload kept)."""
+    done = _abort_and_end(storage, name, "direct_cancel")
+    if done:
+        logger.info("aborted the direct upload of %r (storage %r) by hand", name, storage.alias)
+    return done
 
 
 def expire(storage: QueuedStorage, row: StoredFile) -> bool:

@@ -21,6 +21,7 @@ from django.core.files.storage import Storage
 from queued_storage import tally
 from queued_storage.cleanup import (
     Cleaned,
+    cleanup_direct,
     cleanup_spool,
     cleanup_tus,
     cleanup_tus_orphans,
@@ -250,6 +251,9 @@ class Cleanup:
     tus_orphans: list[Cleaned]
     uploads: list[Cleaned]
     upload_errors: list[str]
+    #: Direct uploads left alone past ``DIRECT_EXPIRY``, and those left for the next run.
+    direct: list[Cleaned]
+    direct_busy: list[str]
 
 
 def cleanup(
@@ -262,8 +266,9 @@ def cleanup(
     """Every clean-up of ``manage.py queued_storage cleanup``, with the settings' ages: the
     local copies of files remote for ``CLEANUP_LOCAL_AFTER`` (:func:`cleanup_local_copies`,
     *timeout* per remote request, each page given to *each_page* as it is done), spool files,
-    expired tus uploads, tus part files no upload owns and multipart uploads no ledger row
-    records (:mod:`queued_storage.cleanup`)."""
+    expired tus uploads, tus part files no upload owns, direct uploads left alone past
+    ``DIRECT_EXPIRY`` and multipart uploads no ledger row records
+    (:mod:`queued_storage.cleanup`)."""
     grace = settings.CLEANUP_LOCAL_AFTER
     copies = None
     if grace is not None:
@@ -279,10 +284,14 @@ def cleanup(
     )
     expired, receiving = cleanup_tus(storages, dry_run=dry_run)
     orphans = cleanup_tus_orphans(storages, older_than=settings.TUS_EXPIRY, dry_run=dry_run)
+    # Before the orphan sweep, which spares an upload while its ``uploading`` row is there.
+    direct, busy = cleanup_direct(storages, dry_run=dry_run)
     aborted, errors = cleanup_uploads(
         storages, older_than=settings.CLEANUP_UPLOADS_AFTER, dry_run=dry_run
     )
-    return Cleanup(copies, spool, in_use, expired, receiving, orphans, aborted, errors)
+    return Cleanup(
+        copies, spool, in_use, expired, receiving, orphans, aborted, errors, direct, busy
+    )
 
 
 #: Names looked up and inserted per ledger query by :func:`seed` (under SQLite's limit).

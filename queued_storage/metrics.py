@@ -256,7 +256,8 @@ class LedgerCollector:
             ),
             GaugeMetricFamily(
                 "queued_storage_oldest_created_timestamp_seconds",
-                "Unix time at which the oldest file of this state was saved (not remote).",
+                "Unix time at which the oldest file of this state was saved, or its direct "
+                "upload started (not remote).",
                 labels=["alias", "state"],
             ),
             GaugeMetricFamily(
@@ -296,7 +297,8 @@ class LedgerCollector:
     def _query() -> list[dict[str, Any]]:
         """Files, bytes, oldest and lost files by alias and state: from the kept tally (its
         few rows, and one seek of a partial index for the oldest file of each unfinished
-        state), so a scrape costs the same at 10 files and 10 million. A connection this
+        state; of ``(state, updated)`` for the few ``uploading`` ones), so a scrape costs the
+        same at 10 files and 10 million. A connection this
         opens outside a request (the scrape thread of :func:`start_http_server`) is closed
         again, so scrapes leave no connection behind."""
         db = StoredFile.db()
@@ -316,7 +318,7 @@ class LedgerCollector:
                     sums["lost"] += group.files
             rows = StoredFile.all_rows()
             for (alias, state), sums in found.items():
-                unfinished = state in UNFINISHED and sums["files"] > 0
+                unfinished = state in (*UNFINISHED, State.UPLOADING) and sums["files"] > 0
                 sums["oldest"] = rows.oldest_created(alias, state) if unfinished else None
             return [found[key] for key in sorted(found)]
         finally:

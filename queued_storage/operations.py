@@ -35,7 +35,7 @@ from typing import Generic, TypeVar
 
 from django.utils import timezone
 
-from queued_storage import clock
+from queued_storage import clock, direct
 from queued_storage import state as read_side
 from queued_storage.cleanup import (  # re-exported: the clean-up's home is cleanup.py
     Cleaned,
@@ -63,6 +63,7 @@ from queued_storage.worker import Outcome, RetryLater, TransferHook, run_transfe
 
 __all__ = [
     "EXAMPLES",
+    "AbortedDirect",
     "Cleaned",
     "Examples",
     "LocalCopies",
@@ -72,6 +73,7 @@ __all__ = [
     "Sender",
     "Storages",
     "TransferHere",
+    "abort_direct_rows",
     "cleanup_local_copies",
     "cleanup_spool",
     "cleanup_tus",
@@ -211,6 +213,51 @@ def retry_failed_rows(rows: Iterable[StoredFile]) -> Retried:
             done.queued += 1
         else:
             done.refused += 1
+    return done
+
+
+# -- direct uploads --------------------------------------------------------------------------
+@dataclass
+class AbortedDirect:
+    """What :func:`abort_direct_rows` did."""
+
+    aborted: int = 0
+    changed: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def message(self) -> str:
+        return counted(
+            [
+                (self.aborted, "aborted {n} direct upload(s) (their names are free again)"),
+                (self.changed, "{n} left alone: being completed, or finished meanwhile"),
+                (
+                    self.skipped,
+                    "{n} skipped (not uploading, or a storage this process does not know)",
+                ),
+                (len(self.errors), "{n} not aborted: the remote storage did not answer; try again"),
+            ]
+        )
+
+
+def abort_direct_rows(rows: Iterable[StoredFile]) -> AbortedDirect:
+    """Abort every ``uploading`` row's direct upload, whoever started it
+    (:func:`queued_storage.direct.abort`: the multipart upload aborted, the name released)."""
+    storages, done = Storages(), AbortedDirect()
+    for row in rows:
+        storage = storages.get(row.alias)
+        if storage is None or row.state != State.UPLOADING:
+            done.skipped += 1
+            continue
+        try:
+            aborted = direct.abort(storage, row.name)
+        except direct.DirectRefused as refused:
+            done.errors.append(f"{label(row)}: {refused.message}")
+            continue
+        if aborted:
+            done.aborted += 1
+        else:
+            done.changed += 1
     return done
 
 

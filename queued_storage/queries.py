@@ -236,6 +236,11 @@ class StoredFileQuerySet(models.QuerySet["StoredFile"]):
         few ``uploading`` rows)."""
         return self._where(state=State.UPLOADING, updated__lt=cutoff, alias=alias)
 
+    def direct_untouched_since(self, cutoff: datetime.datetime) -> StoredFileQuerySet:
+        """Direct uploads (of any storage) untouched since *cutoff*: past their expiry (index
+        ``(state, updated)``)."""
+        return self._where(state=State.UPLOADING, updated__lt=cutoff)
+
     # -- counting and paging -----------------------------------------------------------------
     def count_by_host(self) -> list[tuple[str, int]]:
         """``(host, rows)``, by host."""

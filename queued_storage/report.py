@@ -136,6 +136,7 @@ class Report:
             ("stale reservations removed", self.stale),
             ("local copies of remote files removed", self.cleaned),
             ("orphaned multipart uploads aborted", self.aborted_uploads),
+            ("direct uploads expired (untouched for DIRECT_EXPIRY)", self.expired_direct),
             ("not queued (broker refused; next pass)", self.not_queued),
             ("skipped", self.skipped),
         ):

@@ -1,7 +1,7 @@
 """Status: what the ledger says, as plain JSON-ready data, for ``manage.py queued_storage
 status`` (the schema is in docs/operations.md): counts and bytes by storage and state, the
 oldest pending file, transfers in flight with their progress, failures with their reasons,
-the staging budget, the resumable uploads, and this host's last reconcile pass.
+the staging budget, the resumable and the direct uploads, and this host's last reconcile pass.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
+from queued_storage import clock, tally
 from queued_storage import state as read_side
-from queued_storage import tally
 from queued_storage.conf import settings
 from queued_storage.dispatch import redact
-from queued_storage.models import State, StoredFile, TusUpload
+from queued_storage.models import State, StoredFile, StoredFileQuerySet, TusUpload
 from queued_storage.reconcile import last_run
 
 __all__ = ["status", "status_report"]
@@ -124,6 +124,7 @@ def status(aliases: Sequence[str] | None = None, *, limit: int = 20) -> dict[str
             "budget": settings.STAGING_BUDGET,
         },
         "tus": _tus_status(aliases, now),
+        "direct": _direct_status(rows, totals[State.UPLOADING]),
     }
 
 
@@ -157,6 +158,24 @@ def _tus_status(aliases: Sequence[str] | None, now: datetime.datetime) -> dict[s
         "received_bytes": int(found["received"] or 0),
         "reserved_bytes": int(found["reserved"] or 0),
         "expired": int(found["expired"] or 0),
+    }
+
+
+def _direct_status(rows: StoredFileQuerySet, uploading: dict[str, int]) -> dict[str, Any]:
+    """Direct uploads under way (every storage's, from the tally): how many, the bytes they
+    declared, and how many are untouched for ``QUEUED_STORAGE_DIRECT_EXPIRY`` (``cleanup``
+    and the reconcile pass abort those): one range of the index ``(state, updated)``, asked
+    only when there are uploads."""
+    expired = 0
+    if uploading["files"]:
+        now = clock.read(StoredFile.db())
+        cutoff = now - datetime.timedelta(seconds=settings.DIRECT_EXPIRY)
+        expired = rows.direct_untouched_since(cutoff).count()
+    return {
+        "uploading": uploading["files"],
+        "declared_bytes": uploading["bytes"],
+        "expired": expired,
+        "expiry": settings.DIRECT_EXPIRY,
     }
 
 

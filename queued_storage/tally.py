@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from queued_storage.models import UNFINISHED, StoredFile, Tally, TallyGroup
+from queued_storage.models import UNFINISHED, State, StoredFile, Tally, TallyGroup
 
 __all__ = [
     "COMPACT_AT",
@@ -257,8 +257,10 @@ def read() -> list[TallyGroup]:
 
 
 def aliases_with_work() -> list[str]:
-    """The storages whose files are not all ``remote`` without a local copy, sorted."""
-    return sorted({g.alias for g in read() if g.state in UNFINISHED or g.local})
+    """The storages whose files are not all ``remote`` without a local copy, sorted (a direct
+    upload under way is work: the reconcile pass expires it)."""
+    working = (*UNFINISHED, State.UPLOADING)
+    return sorted({g.alias for g in read() if g.state in working or g.local})
 
 
 def unfinished_files(aliases: Iterable[str] | None = None) -> int:

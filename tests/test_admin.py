@@ -33,7 +33,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import Truncator
 
-from queued_storage import changelist, tally
+from queued_storage import changelist, direct, tally
 from queued_storage.admin import ERROR_PREVIEW, StoredFileAdmin, queued_state_column
 from queued_storage.batches import run_batch
 from queued_storage.conf import settings as qs_settings
@@ -41,7 +41,14 @@ from queued_storage.ledger import Ledger, tus_complete, tus_create, tus_named
 from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.storage import QueuedStorage
 from queued_storage.worker import Outcome, run_transfer
-from tests.harness.suite import broker_messages, need, purge_queues, s3_bytes, wait_for
+from tests.harness.suite import (
+    broker_messages,
+    need,
+    open_uploads,
+    purge_queues,
+    s3_bytes,
+    wait_for,
+)
 from tests.testapp.models import Document
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -181,6 +188,7 @@ def test_ledger_rows_cannot_be_added_changed_or_deleted_by_hand(
         "retry_failed",
         "verify_remote",
         "delete_local_copy",
+        "abort_direct",
     ]
     assert row("queued_parked", name).state == State.PENDING
 
@@ -370,7 +378,7 @@ def test_filter_choices_are_the_states_and_the_tallys_aliases_and_hosts_with_no_
     assert listing.status_code == 200
     specs = {spec.title: spec.lookup_choices for spec in listing.context["cl"].filter_specs}
     assert specs == {
-        "state": [(s, s) for s in ("pending", "transferring", "remote", "failed")],
+        "state": [(s, s) for s in ("pending", "transferring", "remote", "failed", "uploading")],
         "alias": [("queued_delayed", "queued_delayed"), ("queued_parked", "queued_parked")],
         "host": [("", "(no host)"), ("web-1", "web-1"), ("web-2", "web-2")],
     }
@@ -381,6 +389,49 @@ def test_filter_choices_are_the_states_and_the_tallys_aliases_and_hosts_with_no_
     assert [r.name for r in chosen.context["cl"].result_list] == ["choices/a.txt"]
     unhosted = admin_client.get(f"{LEDGER}?host=")
     assert [r.name for r in unhosted.context["cl"].result_list] == ["choices/b.txt"]
+
+
+# --- direct uploads ------------------------------------------------------------------------------
+def direct_upload(name: str, owner: str, size: int = 1000) -> str:
+    """A direct upload started for real in ``default`` (its name reserved, its S3 multipart
+    upload open), no part sent."""
+    return direct.start(queued("default"), name, size, owner=owner).name
+
+
+def test_direct_uploads_are_listed_filtered_and_counted_as_uploading(
+    admin_client: Client, clean: Any
+) -> None:
+    name = direct_upload("direct/listed.bin", "7", size=3000)
+    staged("queued_parked", "direct/staged.txt")
+
+    listing = admin_client.get(f"{LEDGER}?state__exact=uploading")
+
+    assert listing.status_code == 200
+    found = listing.context["cl"]
+    assert [r.name for r in found.result_list] == [name]
+    assert found.result_count == 1  # from the tally
+    html = listing.content.decode()
+    assert '<span class="qs-state qs-state-uploading" style="' in html
+    assert "nowhere yet (a direct upload to the remote)" in html
+    detail = admin_client.get(f"{LEDGER}{row('default', name).pk}/change/").content.decode()
+    assert '<div class="readonly">7</div>' in detail  # the owner
+
+
+def test_abort_direct_uploads_aborts_the_selected_uploads_whoever_started_them(
+    admin_client: Client, clean: Any
+) -> None:
+    mine = direct_upload("direct/a.bin", "7")
+    theirs = direct_upload("direct/b.bin", "8")
+    other = staged("queued_parked", "direct/c.txt")
+    chosen = [row("default", mine), row("default", theirs), row("queued_parked", other)]
+
+    assert act(admin_client, LEDGER, "abort_direct", chosen) == [
+        "Abort direct uploads: aborted 2 direct upload(s) (their names are free again); 1 "
+        "skipped (not uploading, or a storage this process does not know)."
+    ]
+    assert list(StoredFile.objects.values_list("name", flat=True)) == [other]
+    assert open_uploads(clean) == []
+    assert direct_upload("direct/a.bin", "9") == "direct/a.bin"  # the name is free again
 
 
 def test_a_rows_checkbox_is_the_html_djangos_widget_draws(admin_client: Client, clean: Any) -> None:

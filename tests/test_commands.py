@@ -30,7 +30,7 @@ from django.db import transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from queued_storage import tally
+from queued_storage import direct, tally
 from queued_storage.conf import settings as qs_settings
 from queued_storage.ledger import tus_create
 from queued_storage.management.render import LISTED, CleanupPages
@@ -182,6 +182,7 @@ STATUS_KEYS = {
     "staging",
     "tus",
     "reconcile",
+    "direct",
 }
 #: The doctor's lines, in order: ``clock`` twice, against the database and against S3.
 DOCTOR_CHECKS = [
@@ -270,6 +271,7 @@ def test_status_json_counts_files_and_bytes_with_progress_and_failures(clean: An
         "transferring": {"files": 1, "bytes": 10},
         "remote": {"files": 1, "bytes": 7},
         "failed": {"files": 1, "bytes": 3},
+        "uploading": {"files": 0, "bytes": 0},
     }
     assert mine["local_copies"] == {"files": 4, "bytes": 25}
     assert 0 <= mine["oldest_pending_age"] < 60
@@ -297,13 +299,14 @@ def test_status_json_counts_files_and_bytes_with_progress_and_failures(clean: An
     }
 
     assert doc["tus"] == {"receiving": 0, "received_bytes": 0, "reserved_bytes": 0, "expired": 0}
+    assert doc["direct"] == {"uploading": 0, "declared_bytes": 0, "expired": 0, "expiry": 86400}
 
     out, _, code = command("status", "--storage", "queued_delayed")
     lines = out.splitlines()
     assert code == 0
     assert lines[1].startswith(
         "queued_delayed: pending 1 (5 B), transferring 1 (10 B), remote 1 (7 B), failed 1 (3 B)"
-        "; local copies 4 (25 B); oldest pending "
+        ", uploading 0; local copies 4 (25 B); oldest pending "
     )
     assert "in flight: 1" in lines
     assert (
@@ -529,7 +532,8 @@ def test_cleanup_removes_only_what_is_safe_and_dry_run_changes_nothing(clean: An
             "tus part files no upload owns, unchanged for 1 d: would remove 0 (0 B)",
             "multipart uploads older than 0 s that no ledger row records: would abort 1",
             # moto dates every upload 2010-11-10
-            "  queued_delayed:clean/orphan.bin (" + out.rstrip().rsplit("(", 1)[-1],
+            "  queued_delayed:clean/orphan.bin (" + out.splitlines()[7].rsplit("(", 1)[-1],
+            "direct uploads untouched for 1 d: would abort 0 (0 B declared), 0 busy",
         ]
         assert storage.local.exists(old) and dead.exists()
         assert {u["UploadId"] for u in open_uploads(clean)} == uploads
@@ -546,6 +550,84 @@ def test_cleanup_removes_only_what_is_safe_and_dry_run_changes_nothing(clean: An
         assert fh.read() == b"verified a week ago"  # from the remote now
     assert (dead.exists(), busy.exists(), fresh.exists()) == (False, True, True)
     assert [u["UploadId"] for u in open_uploads(clean)] == [owned]
+
+
+# --- direct uploads ----------------------------------------------------------------------------
+def direct_upload(name: str, size: int, owner: str, *, untouched: float = 0.0) -> str:
+    """A direct upload started for real in ``default`` (its name reserved, its S3 multipart
+    upload open), no part sent, untouched for *untouched* seconds."""
+    storage = storages["default"]
+    assert isinstance(storage, QueuedStorage)
+    name = direct.start(storage, name, size, owner=owner).name
+    if untouched:
+        when = timezone.now() - datetime.timedelta(seconds=untouched)
+        StoredFile.objects.filter(alias="default", name=name).update(updated=when)
+    return name
+
+
+def test_status_counts_direct_uploads_their_declared_bytes_and_those_past_the_expiry(
+    clean: Any,
+) -> None:
+    direct_upload("direct/live.bin", 3000, "7")
+    direct_upload("direct/left.bin", 5000, "8", untouched=qs_settings.DIRECT_EXPIRY + 60)
+    out, err, code = command("status", "--json", "--storage", "default")
+    assert (err, code) == ("", 0)
+    doc = json.loads(out)
+    mine = doc["storages"]["default"]
+    assert mine["states"]["uploading"] == {"files": 2, "bytes": 8000}
+    assert doc["totals"]["uploading"] == {"files": 2, "bytes": 8000}
+    assert mine["local_copies"] == {"files": 0, "bytes": 0}  # nothing on the staging disk
+    assert doc["direct"] == {"uploading": 2, "declared_bytes": 8000, "expired": 1, "expiry": 86400}
+    out, _, code = command("status", "--storage", "default")
+    lines = out.splitlines()
+    assert lines[1] == (
+        "default: pending 0, transferring 0, remote 0, failed 0, uploading 2 (7.8 KiB declared)"
+        "; local copies 0"
+    )
+    assert (
+        "direct uploads: 2 uploading (7.8 KiB declared), 1 untouched for more than 1 d (cleanup "
+        "or the reconcile pass aborts those)"
+    ) in lines
+
+
+def test_cleanup_aborts_direct_uploads_past_the_expiry_naming_owner_and_age_dry_run_changes_nothing(
+    clean: Any,
+) -> None:
+    left = direct_upload("direct/left.bin", 5000, "8", untouched=2 * 86400 + 60)
+    live = direct_upload("direct/live.bin", 3000, "7")
+    listed = f"  default:{left} (4.9 KiB, owner 8, untouched for 2 d)"
+
+    out, err, code = command("cleanup", "--dry-run", "--storage", "default")
+    assert (err, code) == ("", 0)
+    assert out.splitlines()[-3:] == [
+        "multipart uploads older than 1 d that no ledger row records: would abort 0",
+        "direct uploads untouched for 1 d: would abort 1 (4.9 KiB declared), 0 busy",
+        listed,
+    ]
+    assert sorted(u["Key"] for u in open_uploads(clean)) == sorted([left, live])
+    assert StoredFile.get_row("default", left).state == State.UPLOADING  # type: ignore[union-attr]
+
+    out, err, code = command("cleanup", "--storage", "default")
+    assert (err, code) == ("", 0)
+    assert out.splitlines()[-3:] == [
+        "multipart uploads older than 1 d that no ledger row records: aborted 0",
+        "direct uploads untouched for 1 d: aborted 1 (4.9 KiB declared), 0 busy",
+        listed,
+    ]
+    assert StoredFile.get_row("default", left) is None  # the name is free again
+    assert [u["Key"] for u in open_uploads(clean)] == [live]
+    assert StoredFile.get_row("default", live).state == State.UPLOADING  # type: ignore[union-attr]
+
+
+def test_a_reconcile_pass_over_every_storage_expires_the_direct_uploads_of_one_without_other_work(
+    clean: Any,
+) -> None:
+    left = direct_upload("direct/alone.bin", 1000, "8", untouched=qs_settings.DIRECT_EXPIRY + 60)
+    out, err, code = command("reconcile")  # no --storage: the storages the tally has work for
+    assert (err, code) == ("", 0)
+    assert "direct uploads expired (untouched for DIRECT_EXPIRY): 1" in out.splitlines()
+    assert StoredFile.get_row("default", left) is None
+    assert open_uploads(clean) == []
 
 
 def test_cleanup_of_local_copies_keeps_counts_and_a_few_names_and_gives_each_page_to_a_callback(

@@ -33,11 +33,12 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from queued_storage import metrics
+from queued_storage import direct, metrics
 from queued_storage.checks import check_metrics_settings
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.signals import file_state_changed
+from queued_storage.storage import QueuedStorage
 from queued_storage.tasks import reconcile as reconcile_task
 from tests.harness.suite import need, wait_for
 from tests.testapp.receivers import RECORDED, redis_url
@@ -366,6 +367,28 @@ def test_metrics_count_real_transfers_and_a_real_failure_in_the_worker(
     )
     assert value(after, "queued_storage_ledger_up") == 1
     assert StoredFile.get_row("monitored", names[1]).state == State.REMOTE  # type: ignore[union-attr]
+
+
+def test_direct_uploads_under_way_are_scraped_as_uploading_with_their_declared_bytes(
+    clean: Any, client: Client
+) -> None:
+    storage = storages["default"]
+    assert isinstance(storage, QueuedStorage)
+    name = direct.start(storage, "direct/metered.bin", 12345, owner="7").name
+    direct.start(storage, "direct/metered-too.bin", 100, owner="8")
+    row = StoredFile.get_row("default", name)
+    assert row is not None
+
+    samples = scrape(client)
+
+    assert value(samples, "queued_storage_files", alias="default", state="uploading") == 2
+    assert value(samples, "queued_storage_bytes", alias="default", state="uploading") == 12445
+    oldest = "queued_storage_oldest_created_timestamp_seconds"
+    assert value(samples, oldest, alias="default", state="uploading") == pytest.approx(
+        row.created.timestamp()
+    )
+    assert value(samples, "queued_storage_lost_files", alias="default") == 0
+    assert (oldest, frozenset({("alias", "default"), ("state", "remote")})) not in samples
 
 
 def test_a_reconcile_pass_in_the_worker_counts_its_findings(

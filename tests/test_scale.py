@@ -4,14 +4,15 @@ The ledger on PostgreSQL is filled with 300,000 rows of a realistic mix (97 % ``
 without a local copy, 2 % ``pending`` half of them overdue, 0.5 % ``failed``, 0.5 %
 ``transferring`` with expired leases, on two hosts), analysed, and then each recurring path
 runs for real: a save with a staging budget, a reconcile pass, ``status``, a metrics scrape,
-the admin's changelist (page 1, a state filter, a name search), ``verify --sample`` and the
-clean-up of local copies. Every query they send that reads the ledger's table is explained:
-none may read it by a sequential scan. (How fast they are is measured by ``make bench``'s
-scale batch, not here.)
+the admin's changelist (page 1, a state filter, a name search), ``verify --sample``, the
+clean-up of local copies, and what reads the few direct uploads under way. Every query they
+send that reads the ledger's table is explained: none may read it by a sequential scan. (How
+fast they are is measured by ``make bench``'s scale batch, not here.)
 """
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,9 +21,11 @@ from django.core.files.base import ContentFile
 from django.db import connections
 from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
-from queued_storage import jobs, metrics, operations, reconcile, status, tally
+from queued_storage import cleanup, jobs, metrics, operations, reconcile, status, tally
 from queued_storage.conf import settings as qs_settings
+from queued_storage.models import State, StoredFile
 from queued_storage.storage import get_queued_storage
 from tests.harness.suite import need
 
@@ -185,3 +188,40 @@ def test_the_admin_changelist_uses_indexes(
             assert response.status_code == 200, query
 
         assert scans(page) == [], query
+
+
+def test_direct_uploads_are_counted_listed_and_cleaned_up_through_indexes(
+    ledger: str, client: Client, django_user_model: Any
+) -> None:
+    """A few direct uploads under way, some past their expiry (inserted in this test's
+    transaction, after the table was analysed): ``status`` counts those past the expiry, the
+    scrape reads the oldest, the admin lists them, ``cleanup`` finds them."""
+    uploads = [
+        StoredFile(
+            alias="queued_delayed",
+            name=f"scale/direct-{n}.bin",
+            state=State.UPLOADING,
+            size=1000,
+            owner="7",
+        )
+        for n in range(5)
+    ]
+    StoredFile.objects.using(ledger).bulk_create(uploads)
+    long_ago = timezone.now() - datetime.timedelta(days=3)
+    names = [u.name for u in uploads[:2]]
+    StoredFile.objects.using(ledger).filter(name__in=names).update(updated=long_ago)
+    assert status.status()["direct"]["expired"] == 2
+    assert scans(lambda: status.status()) == []
+    assert scans(lambda: list(metrics.LedgerCollector().collect())) == []
+    storage = get_queued_storage("queued_delayed")
+    assert len(cleanup.cleanup_direct([storage], dry_run=True)[0]) == 2
+    assert scans(lambda: cleanup.cleanup_direct([storage], dry_run=True)) == []
+    django_user_model.objects.create_superuser("direct", "direct@example.com", "a-password")
+    client.login(username="direct", password="a-password")
+
+    def page() -> None:
+        response = client.get(ADMIN + "?state__exact=uploading")
+        assert response.status_code == 200
+        assert len(response.context["cl"].result_list) == 5
+
+    assert scans(page) == []

@@ -93,6 +93,10 @@ def listed(items: Sequence[str], *, verbose: bool) -> list[str]:
 
 
 # -- status ----------------------------------------------------------------------------------
+#: A direct upload's bytes are the size its client declared (they are on S3 once finished).
+_DECLARED = {"uploading": " declared"}
+
+
 def status_lines(data: Mapping[str, Any], *, verbose: bool) -> list[str]:
     """``status``'s report (:func:`queued_storage.status.status_report`) as text."""
     lines = [f"host {data['host']}, {data['generated']}"]
@@ -100,7 +104,8 @@ def status_lines(data: Mapping[str, Any], *, verbose: bool) -> list[str]:
         lines.append("no file in the ledger")
     for alias, found in sorted(data["storages"].items()):
         states = ", ".join(
-            f"{state} {n['files']}" + (f" ({human_bytes(n['bytes'])})" if n["files"] else "")
+            f"{state} {n['files']}"
+            + (f" ({human_bytes(n['bytes'])}{_DECLARED.get(state, '')})" if n["files"] else "")
             for state, n in found["states"].items()
         )
         local = found["local_copies"]
@@ -122,6 +127,14 @@ def status_lines(data: Mapping[str, Any], *, verbose: bool) -> list[str]:
             f"resumable uploads: {tus['receiving']} receiving "
             f"({human_bytes(tus['received_bytes'])} of "
             f"{human_bytes(tus['reserved_bytes'])} received), {tus['expired']} expired"
+        )
+    direct = data["direct"]
+    if direct["uploading"]:
+        lines.append(
+            f"direct uploads: {direct['uploading']} uploading "
+            f"({human_bytes(direct['declared_bytes'])} declared), {direct['expired']} "
+            f"untouched for more than {human_age(direct['expiry'])} (cleanup or the reconcile "
+            "pass aborts those)"
         )
     lines.append(f"in flight: {data['in_flight_total']}")
     for item in data["in_flight"]:
@@ -323,18 +336,37 @@ def cleanup_lines(done: Cleanup, pages: CleanupPages) -> list[str]:
     lines += listed(
         [f"{c.where}:{c.what} ({human_age(c.age)} old)" for c in aborted], verbose=verbose
     )
+    direct = done.direct
+    lines.append(
+        f"direct uploads untouched for {human_age(settings.DIRECT_EXPIRY)}: {abort} "
+        f"{len(direct)} ({human_bytes(sum(c.size or 0 for c in direct))} declared), "
+        f"{len(done.direct_busy)} busy"
+    )
+    lines += listed(
+        [
+            f"{c.where}:{c.what} ({human_bytes(c.size)}, owner {c.owner or 'unknown'}, "
+            f"untouched for {human_age(c.age)})"
+            for c in direct
+        ],
+        verbose=verbose,
+    )
     return lines
 
 
 def cleanup_warnings(done: Cleanup, pages: CleanupPages) -> list[str]:
     """For stderr: the local copies kept because their remote copy did not verify (those
-    *pages* did not print as they came), and the multipart uploads that could not be
-    aborted."""
+    *pages* did not print as they came), the multipart uploads that could not be aborted and
+    the direct uploads left for the next run."""
     copies = done.local_copies
     kept = []
     if copies is not None and not pages.dry_run:
         kept = pages.kept.rest(_kept(copies.problems.first), copies.problems.count)
-    return kept + [f"  {error}" for error in done.upload_errors]
+    busy = [
+        f"  {name}: direct upload not aborted (being completed, changed meanwhile, or the "
+        "remote did not answer; logged): the next run or reconcile pass tries again"
+        for name in done.direct_busy
+    ]
+    return kept + [f"  {error}" for error in done.upload_errors] + busy
 
 
 def cleanup_failures(done: Cleanup, *, dry_run: bool) -> list[str]:

@@ -7,8 +7,8 @@
 * ``upload``: stream a local file of any size into a storage, as a saved upload (``save()``).
 * ``verify``: ask the remote again about ``remote`` files (a HEAD each); exit 1 on data loss.
 * ``cleanup``: delete old local copies of verified files, spool files a killed web process
-  left, expired tus uploads and tus part files no upload row owns, multipart uploads no
-  ledger row records.
+  left, expired tus uploads and tus part files no upload row owns, direct uploads left alone
+  past ``QUEUED_STORAGE_DIRECT_EXPIRY``, multipart uploads no ledger row records.
 * ``doctor``: one line per check of this host's set-up, each failing line with its fix.
 * ``seed``: record the objects a remote storage already holds in the ledger, as ``remote``,
   when a site adopts the package with a bucket full of files. Their names are then reserved
@@ -233,7 +233,8 @@ class Command(BaseCommand):
         clean = commands.add_parser(
             "cleanup",
             help="Delete old local copies of verified files, spool files of killed uploads, "
-            "expired tus uploads and multipart uploads no ledger row records.",
+            "expired tus uploads, direct uploads left alone and multipart uploads no ledger "
+            "row records.",
         )
         storage_option(clean, "every queued storage")
         clean.add_argument("--dry-run", action="store_true", help="Say what, change nothing.")
