@@ -58,6 +58,7 @@ from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.tus import parse_metadata
 from tests.harness.faults import HttpFaultProxy
 from tests.harness.suite import django_server, need_tool, open_uploads, s3_bytes, wait_for
+from tests.testapp.models import Document
 from tests.harness.webservers import DjangoServer
 
 pytestmark = [
@@ -904,3 +905,49 @@ def test_the_widgets_crc32_is_zlibs(tmp_path: Path) -> None:
         )
     assert computed == [crc32_b64(x) for x in inputs]
     assert computed[2] == "y/Q5Jg=="  # 0xCBF43926, the CRC-32 check value
+
+
+def test_a_form_with_a_direct_file_field_posts_the_name_the_widget_uploaded(
+    direct_site: tuple[DjangoServer, HttpFaultProxy], clean: Any, tmp_path: Path
+) -> None:
+    """A project's own ``ModelForm`` with ``DirectFileField`` (``tests/views.py``): the widget
+    sends the file straight to S3, writes the reserved name into the field's hidden input,
+    and the form posted with it validates as the user's finished upload and saves the
+    document, which reads the bytes from S3."""
+    server, _proxy = direct_site
+    data = os.urandom(DIRECT_PART + 4321)  # two parts
+    source = tmp_path / "form-direct.bin"
+    source.write_bytes(data)
+    _user, session = _signed_in("direct-form-user")
+    with browser_page() as browser:
+        context = browser.new_context()
+        context.add_cookies(
+            [{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": server.url}]
+        )
+        page = context.new_page()
+        page.goto(f"{server.url}/direct-form/")
+        hidden = page.locator("input[type=hidden][data-qs-name]")
+        assert hidden.get_attribute("name") == "file" and hidden.input_value() == ""
+        page.fill("input[name=title]", "through a form")
+        page.set_input_files("input.qs-input", [str(source)])
+        page.wait_for_function(
+            "document.querySelector('input[data-qs-name]').value !== ''", timeout=60_000
+        )
+        name = hidden.input_value()
+        status, body = page.evaluate(
+            """async () => {
+                 const form = document.querySelector("form");
+                 const answer = await fetch(location.href, {method: "POST",
+                   body: new FormData(form), credentials: "same-origin"});
+                 return [answer.status, await answer.json()];
+               }"""
+        )
+    assert status == 201, body
+    assert body["name"] == name and name.endswith("form-direct.bin")
+    row = StoredFile.get_row("default", name)
+    assert row is not None and row.state == State.REMOTE and not row.local_exists
+    document = Document.objects.get(pk=body["id"])
+    assert document.title == "through a form"
+    with document.file.open("rb") as served:
+        assert served.read() == data
+    assert s3_bytes(clean, name) == data

@@ -11,7 +11,7 @@ import queued_storage
 from queued_storage.metrics import metrics_view
 from queued_storage.tus import TusUploadView
 from queued_storage.views import StagedFileView, UploadView
-from tests.views import form_upload, uploader_page
+from tests.views import direct_form_page, form_upload, uploader_page
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -19,6 +19,8 @@ urlpatterns = [
     path("uploads/", include("queued_storage.urls")),
     # A project's own form view (tests/views.py).
     path("form-upload/", form_upload, name="form-upload"),
+    # A project's own form with a DirectFileField (tests/test_browser.py).
+    path("direct-form/", direct_form_page, name="direct-form"),
     # The shipped upload widget on a page (tests/test_browser.py), its static files served
     # from the package itself: the browser runs the JavaScript that ships.
     path("uploader/", uploader_page, name="uploader"),

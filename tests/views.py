@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 
+from django import forms
 from django.core.files.storage import storages
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
+from queued_storage.forms import DirectFileField, DirectUploadFormMixin
 from tests.testapp.models import Document
 
 
@@ -57,3 +59,25 @@ def uploader_page(request: HttpRequest) -> HttpResponse:
             "mode": "direct" if request.GET.get("direct") else "",
         },
     )
+
+
+class DirectDocumentForm(DirectUploadFormMixin, forms.ModelForm):  # type: ignore[type-arg]
+    file = DirectFileField()
+
+    class Meta:
+        model = Document
+        fields = ["title", "file"]
+
+
+def direct_form_page(request: HttpRequest) -> HttpResponse:
+    """A project's own form with a ``DirectFileField`` (tests/test_browser.py): ``GET`` renders
+    it (the widget in direct mode, its hidden input); ``POST`` validates it as the signed-in
+    user and saves the ``Document``: 201 with the file's name, else 400 with the errors."""
+    if request.method == "POST":
+        form = DirectDocumentForm(request.POST, request=request)
+        if not form.is_valid():
+            return JsonResponse({"errors": form.errors}, status=400)
+        document = form.save()
+        return JsonResponse({"id": document.pk, "name": document.file.name}, status=201)
+    form = DirectDocumentForm(request=request)
+    return render(request, "testapp/direct_form_page.html", {"form": form})

@@ -370,6 +370,9 @@
     var self = this;
     this.setUploadProgress(item, 100);
     item.setAttribute("data-stored-name", answer.name);
+    // A form's field (queued_storage.forms.DirectFileField) posts the stored name.
+    var field = this.root.querySelector("input[data-qs-name]");
+    if (field) field.value = answer.name;
     this.emit("uploaded", { file: file, item: item, response: answer });
     this.show(file, item, answer);
     this.attach(file, item, answer).then(function () {
