@@ -58,8 +58,8 @@ from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.tus import parse_metadata
 from tests.harness.faults import HttpFaultProxy
 from tests.harness.suite import django_server, need_tool, open_uploads, s3_bytes, wait_for
-from tests.testapp.models import Document
 from tests.harness.webservers import DjangoServer
+from tests.testapp.models import Document
 
 pytestmark = [
     pytest.mark.integration,
