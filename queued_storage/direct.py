@@ -469,7 +469,7 @@ def abort(storage: QueuedStorage, name: str) -> bool | None:
     :func:`cancel`, without the owner. ``None`` when a completion holds it or it is no longer
     ``uploading`` (nothing changed); a remote that does not answer is a 503
     :class:`DirectRefused` (the upload kept)."""
-    done = _abort_and_end(storage, name, "direct_cancel")
+    done = _abort_and_end(storage, name, cancel=True)
     if done:
         logger.info("aborted the direct upload of %r (storage %r) by hand", name, storage.alias)
     return done
