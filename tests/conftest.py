@@ -22,6 +22,7 @@ from django.conf import settings
 
 from tests.celery_app import app as celery_app  # noqa: F401  (configures the producer side)
 from tests.harness.faults import HttpFaultProxy, TcpFaultProxy
+from tests.harness.flush import install as keep_permissions_across_flushes
 from tests.harness.services import (
     BROKERS,
     ENV_BROKER,
@@ -63,6 +64,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_STACK] = stack
     os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
     django.conf.settings.DATABASES  # noqa: B018  (load the settings: pytest-django sets up Django)
+    keep_permissions_across_flushes()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
