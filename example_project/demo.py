@@ -466,22 +466,11 @@ def allow_browser_uploads(bucket: str, port: int) -> None:
     from django.core.files.storage import storages
 
     s3: Any = storages["s3"]
+    from queued_storage.direct import cors_configuration
+
+    origins = [f"http://{LOOPBACK}:{port}", f"http://localhost:{port}"]
     s3.connection.meta.client.put_bucket_cors(
-        Bucket=bucket,
-        CORSConfiguration={
-            "CORSRules": [
-                {
-                    "AllowedOrigins": [f"http://{LOOPBACK}:{port}", f"http://localhost:{port}"],
-                    "AllowedMethods": ["PUT"],
-                    "AllowedHeaders": [
-                        "content-type",
-                        "x-amz-checksum-crc32",
-                        "x-amz-sdk-checksum-algorithm",
-                    ],
-                    "MaxAgeSeconds": 3000,
-                }
-            ]
-        },
+        Bucket=bucket, CORSConfiguration=cors_configuration(origins)
     )
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "abort",
     "cancel",
     "complete",
+    "cors_configuration",
     "expire",
     "received",
     "sign_parts",
@@ -90,6 +91,26 @@ class Started:
     part_size: int
     parts: int
     expires: datetime.datetime
+
+
+def cors_configuration(origins: list[str]) -> dict[str, Any]:
+    """The bucket's CORS configuration that lets pages of *origins* send a direct upload's
+    parts (``PUT`` with the two signed checksum headers): for ``put_bucket_cors``, the one
+    ``docs/direct.md`` shows. The client reads no header of S3's answer."""
+    return {
+        "CORSRules": [
+            {
+                "AllowedOrigins": list(origins),
+                "AllowedMethods": ["PUT"],
+                "AllowedHeaders": [
+                    "content-type",
+                    "x-amz-checksum-crc32",
+                    "x-amz-sdk-checksum-algorithm",
+                ],
+                "MaxAgeSeconds": 3000,
+            }
+        ]
+    }
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from django.db import connections
 from django.test import Client
 
 import queued_storage
+from queued_storage import direct
 from queued_storage.models import State, StoredFile, TusUpload
 from queued_storage.tus import parse_metadata
 from tests.harness.faults import HttpFaultProxy
@@ -753,21 +754,8 @@ def crc32_b64(data: bytes) -> str:
 
 
 def direct_cors(origin: str) -> dict[str, Any]:
-    """The bucket CORS rule a page of *origin* needs to PUT parts (docs/uploads.md)."""
-    return {
-        "CORSRules": [
-            {
-                "AllowedOrigins": [origin],
-                "AllowedMethods": ["PUT"],
-                "AllowedHeaders": [
-                    "content-type",
-                    "x-amz-checksum-crc32",
-                    "x-amz-sdk-checksum-algorithm",
-                ],
-                "MaxAgeSeconds": 3000,
-            }
-        ]
-    }
+    """The bucket CORS rule a page of *origin* needs to PUT parts (docs/direct.md)."""
+    return direct.cors_configuration([origin])
 
 
 @pytest.fixture

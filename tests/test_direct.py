@@ -13,6 +13,7 @@ import base64
 import datetime
 import json
 import os
+import re
 import zlib
 from pathlib import Path
 from typing import Any
@@ -304,25 +305,18 @@ def test_the_reconcile_pass_expires_an_abandoned_upload_and_spares_a_live_one(
     assert held == [live["name"]]
 
 
+def test_the_cors_configuration_in_the_docs_is_the_one_the_package_gives() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "direct.md").read_text()
+    shown = re.search(r"```json\n(.*?)```", text, re.S)
+    assert shown is not None
+    assert json.loads(shown.group(1)) == direct.cors_configuration(["https://app.example"])
+
+
 def test_the_bucket_cors_configuration_of_the_docs_lets_a_page_put_a_part(alice: Client) -> None:
     s3 = direct_s3_client()
     origin = "http://app.example"
     s3.put_bucket_cors(
-        Bucket=settings.BUCKET,
-        CORSConfiguration={
-            "CORSRules": [
-                {
-                    "AllowedOrigins": [origin],
-                    "AllowedMethods": ["PUT"],
-                    "AllowedHeaders": [
-                        "content-type",
-                        "x-amz-checksum-crc32",
-                        "x-amz-sdk-checksum-algorithm",
-                    ],
-                    "MaxAgeSeconds": 3000,
-                }
-            ]
-        },
+        Bucket=settings.BUCKET, CORSConfiguration=direct.cors_configuration([origin])
     )
     try:
         data = os.urandom(1000)

@@ -653,11 +653,16 @@
       this.uploader.fail(this.file, this.item, message);
       return;
     }
-    this.failures += 1;
-    var wait = "retrying in " + (delay / 1000).toFixed(1) + " s";
-    this.setState("retrying", stalled ? "stalled, " + wait : wait);
-    window.setTimeout(again, delay);
+    retryAfter(this, delay, stalled, again);
   };
+
+  /* Count a failure of *upload* (a TusUpload or a DirectUpload), show the wait, try again. */
+  function retryAfter(upload, delay, stalled, again) {
+    upload.failures += 1;
+    var wait = "retrying in " + (delay / 1000).toFixed(1) + " s";
+    upload.setState("retrying", stalled ? "stalled, " + wait : wait);
+    window.setTimeout(again, delay);
+  }
 
   TusUpload.prototype.setState = function (state, text) {
     var node = this.item.querySelector(".qs-state");
@@ -946,10 +951,7 @@
       this.uploader.fail(this.file, this.item, message);
       return;
     }
-    this.failures += 1;
-    var wait = "retrying in " + (delay / 1000).toFixed(1) + " s";
-    this.setState("retrying", stalled ? "stalled, " + wait : wait);
-    window.setTimeout(again, delay);
+    retryAfter(this, delay, stalled, again);
   };
 
   DirectUpload.prototype.setState = TusUpload.prototype.setState;
