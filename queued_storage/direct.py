@@ -320,7 +320,17 @@ def received(storage: QueuedStorage, name: str, owner: str) -> dict[str, Any]:
     if row.upload_id:
         try:
             listed = s3_direct.list_parts(storage.remote, name, row.upload_id)
-        except (BotoCoreError, ClientError, ConnectionError) as err:
+        except ClientError as err:
+            if _code(err) != "NoSuchUpload":
+                raise _remote_down(name, err) from err
+            # Aborted behind the app's back (a lifecycle rule), or completed by a completion
+            # that stopped before recording it: completing again tells which.
+            raise DirectRefused(
+                409,
+                f"The remote storage no longer holds the parts of {name!r}; complete it to "
+                "have it checked, or cancel it and start again.",
+            ) from err
+        except (BotoCoreError, ConnectionError) as err:
             raise _remote_down(name, err) from err
         declared = _declared(row)
         for number, part in sorted(listed.items()):

@@ -434,3 +434,21 @@ def test_an_api_of_its_own_drives_the_same_flow_through_the_functions() -> None:
     done = direct.complete(storage, started.name, "token-user-7")
     assert done.state == State.REMOTE and done.owner == "token-user-7"
     assert s3_bytes(direct_s3_client(), started.name) == data
+
+
+def test_an_upload_aborted_behind_the_apps_back_is_said_so_and_released_on_completion(
+    alice: Client,
+) -> None:
+    started = start(alice, "direct/lifecycle.bin", 1000)
+    send(alice, started, {1: b"l" * 1000})
+    reserved = row(started["name"])
+    assert reserved is not None
+    direct_s3_client().abort_multipart_upload(
+        Bucket=settings.BUCKET, Key=started["name"], UploadId=reserved.upload_id
+    )  # a lifecycle rule's AbortIncompleteMultipartUpload, say
+    resume = alice.get(started["upload_url"])
+    assert resume.status_code == 409 and "no longer holds the parts" in resume.json()["error"]
+    completed = complete(alice, started)
+    assert completed.status_code == 409
+    assert "gone from the remote storage" in completed.json()["error"]
+    assert row(started["name"]) is None and remote_keys(direct_s3_client()) == []
