@@ -87,6 +87,8 @@ class Started:
     """A reserved, opened direct upload."""
 
     name: str
+    #: The S3 multipart upload's id (the part URLs name it too).
+    upload_id: str
     size: int
     part_size: int
     parts: int
@@ -224,6 +226,7 @@ def start(
     assert row is not None
     return Started(
         name=reserved,
+        upload_id=upload_id,
         size=size,
         part_size=part_size,
         parts=part_count(size, part_size),

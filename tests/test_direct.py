@@ -116,6 +116,7 @@ def test_a_direct_upload_arrives_byte_identical_and_is_served_from_s3(alice: Cli
     name = started["name"]
     reserved = row(name)
     assert reserved is not None and reserved.state == State.UPLOADING
+    assert started["upload_id"] == reserved.upload_id != ""
     assert reserved.owner and not reserved.local_exists and reserved.host == ""
     storage = storages["default"]
     assert not storage.exists(name)  # not readable until it is finished

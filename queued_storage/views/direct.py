@@ -102,7 +102,9 @@ class _Answer(Exception):
 @method_decorator(csrf_exempt, name="dispatch")
 class DirectStartView(_DirectView):
     """``POST``: ``{"name", "size", "checksum_algorithm": "crc32", "content_type"}`` → 201
-    with the reserved name, the part size and count, and the URLs of the next steps."""
+    with the reserved name, the S3 upload id, the part size and count, and the URLs of the
+    next steps (the part URLs come from ``parts_url``, once the parts' checksums are
+    declared: each URL signs its part's checksum)."""
 
     http_method_names = ["post"]
 
@@ -132,6 +134,7 @@ class DirectStartView(_DirectView):
         payload = {
             "name": started.name,
             "state": "uploading",
+            "upload_id": started.upload_id,
             "size": started.size,
             "part_size": started.part_size,
             "parts": started.parts,
