@@ -397,11 +397,10 @@ def cleanup_direct(
     busy)``: *busy* are those a completion held, that changed since they were read, or whose
     abort the remote did not answer (logged); the next run or pass tries them again."""
     now = clock.read(StoredFile.db())
-    cutoff = now - datetime.timedelta(seconds=settings.DIRECT_EXPIRY)
     aborted: list[Cleaned] = []
     busy: list[str] = []
     for storage in storages:
-        rows = StoredFile.all_rows().expired_direct(storage.alias, cutoff)
+        rows = StoredFile.all_rows().of_storage(storage.alias).expired_direct(now)
         for page in rows.in_pages():
             for row in page:
                 if not dry_run and not direct.expire(storage, row):

@@ -42,7 +42,7 @@ from queued_storage.conf import settings
 from queued_storage.models import State, StoredFile
 from queued_storage.names import LEDGER_NAME_LENGTH, stored_name
 from queued_storage.staging import free_names
-from queued_storage.transfer import delete_remote, remote_object, s3_direct
+from queued_storage.transfer import RemoteObject, delete_remote, remote_object, s3_direct
 
 if TYPE_CHECKING:
     from queued_storage.storage import QueuedStorage
@@ -427,17 +427,13 @@ def _complete(storage: QueuedStorage, row: StoredFile, claimant: str) -> StoredF
                 "overwritten. Upload under another name.",
             ) from err
         completed_now = True
-    expected = (
-        s3_direct.composite([declared[n] for n in range(1, count + 1)])
-        if len(declared) == count
-        else ""
-    )
+    expected = _declared_composite(row)
     found = remote_object(remote, name, timeout=s3_direct.REQUEST_TIMEOUT)
     if found is None:
         raise _refuse(
             storage, name, claimant, 409, f"The upload of {name!r} is gone from the remote storage."
         )
-    if found.size != size or not expected or not s3_direct.same_composite(found.crc32, expected):
+    if not _is_declared(found, size, expected):
         reason = (
             f"The object {name!r} ({found.size} bytes, crc32 {found.crc32 or 'unknown'}) does "
             f"not match the declared parts ({size} bytes, crc32 {expected or 'undeclared'})"
@@ -526,23 +522,37 @@ def expire(storage: QueuedStorage, row: StoredFile) -> bool:
     return ended is True
 
 
-def _finished_object(storage: QueuedStorage, row: StoredFile) -> str:
-    """The composite CRC32 of the object S3 holds under *row*'s name if it is the one the
-    row's declared parts make (a completion finished it), else ``""``."""
+def _declared_composite(row: StoredFile) -> str:
+    """The composite CRC32 the row's declared parts make, ``""`` until every part is
+    declared."""
     assert row.size is not None and row.part_size
     count = part_count(row.size, row.part_size)
     declared = _declared(row)
     if sorted(declared) != list(range(1, count + 1)):
         return ""
-    found = remote_object(storage.remote, row.name, timeout=s3_direct.REQUEST_TIMEOUT)
-    expected = s3_direct.composite([declared[n] for n in range(1, count + 1)])
-    if (
-        found is None
-        or found.size != row.size
-        or not s3_direct.same_composite(found.crc32, expected)
-    ):
+    return s3_direct.composite([declared[n] for n in range(1, count + 1)])
+
+
+def _is_declared(found: RemoteObject | None, size: int, expected: str) -> bool:
+    """Whether the object the remote reports is the declared one: its size, and the composite
+    CRC32 *expected* of the declared parts (``""``: not all declared, so it cannot be)."""
+    return (
+        found is not None
+        and bool(expected)
+        and found.size == size
+        and s3_direct.same_composite(found.crc32, expected)
+    )
+
+
+def _finished_object(storage: QueuedStorage, row: StoredFile) -> str:
+    """The composite CRC32 of the object S3 holds under *row*'s name if it is the one the
+    row's declared parts make (a completion finished it), else ``""``."""
+    expected = _declared_composite(row)
+    if not expected:
         return ""
-    return expected
+    assert row.size is not None
+    found = remote_object(storage.remote, row.name, timeout=s3_direct.REQUEST_TIMEOUT)
+    return expected if _is_declared(found, row.size, expected) else ""
 
 
 def _abort_and_end(

@@ -231,14 +231,11 @@ class StoredFileQuerySet(models.QuerySet["StoredFile"]):
         rows = self._where(leased, name__in=list(names))
         return set(rows.values_list("name", flat=True))
 
-    def expired_direct(self, alias: str, cutoff: datetime.datetime) -> StoredFileQuerySet:
-        """Direct uploads of *alias* untouched since *cutoff* (index ``(state, updated)``: the
-        few ``uploading`` rows)."""
-        return self._where(state=State.UPLOADING, updated__lt=cutoff, alias=alias)
-
-    def direct_untouched_since(self, cutoff: datetime.datetime) -> StoredFileQuerySet:
-        """Direct uploads (of any storage) untouched since *cutoff*: past their expiry (index
-        ``(state, updated)``)."""
+    def expired_direct(self, now: datetime.datetime) -> StoredFileQuerySet:
+        """Direct uploads untouched for ``QUEUED_STORAGE_DIRECT_EXPIRY`` seconds at *now* (the
+        database's time): past their expiry (index ``(state, updated)``: the few
+        ``uploading`` rows)."""
+        cutoff = now - datetime.timedelta(seconds=settings.DIRECT_EXPIRY)
         return self._where(state=State.UPLOADING, updated__lt=cutoff)
 
     # -- counting and paging -----------------------------------------------------------------

@@ -323,8 +323,7 @@ def _expired_direct(
     """Abort the direct uploads of this storage left alone for ``QUEUED_STORAGE_DIRECT_EXPIRY``
     seconds (by the database's clock) and release their names; of every host (a direct
     upload has none), at most *batch*, oldest first."""
-    cutoff = now - datetime.timedelta(seconds=settings.DIRECT_EXPIRY)
-    rows = StoredFile.all_rows().expired_direct(storage.alias, cutoff).order_by("updated")
+    rows = StoredFile.all_rows().of_storage(storage.alias).expired_direct(now).order_by("updated")
     for row in rows[:batch]:
         if direct.expire(storage, row):
             report.expired_direct.append(label(row))

@@ -168,9 +168,7 @@ def _direct_status(rows: StoredFileQuerySet, uploading: dict[str, int]) -> dict[
     only when there are uploads."""
     expired = 0
     if uploading["files"]:
-        now = clock.read(StoredFile.db())
-        cutoff = now - datetime.timedelta(seconds=settings.DIRECT_EXPIRY)
-        expired = rows.direct_untouched_since(cutoff).count()
+        expired = rows.expired_direct(clock.read(StoredFile.db())).count()
     return {
         "uploading": uploading["files"],
         "declared_bytes": uploading["bytes"],
