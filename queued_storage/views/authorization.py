@@ -211,11 +211,16 @@ class QueuedStorageView(View):
 
     def status_url(self, request: HttpRequest, name: str) -> str | None:
         """The status endpoint of *name* in the namespace these views were included under."""
+        return self.url_of(request, "status", name)
+
+    def url_of(self, request: HttpRequest, url_name: str, name: str) -> str | None:
+        """The URL named *url_name* of file *name* (without the views' prefix), in the
+        namespace these views were included under; ``None`` where the URLconf has none."""
         match = request.resolver_match
         namespace = match.namespace if match is not None and match.namespace else "queued_storage"
         name = name.removeprefix(self.prefix) if self.prefix else name
         try:
-            return reverse(f"{namespace}:status", kwargs={"name": name})
+            return reverse(f"{namespace}:{url_name}", kwargs={"name": name})
         except NoReverseMatch:
             return None
 

@@ -16,7 +16,6 @@ import json
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, QueryDict
-from django.urls import NoReverseMatch, reverse
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import csrf_exempt
 
@@ -73,22 +72,13 @@ class _DirectView(QueuedStorageView):
 
     def urls(self, request: HttpRequest, name: str) -> dict[str, str | None]:
         """The URLs of the upload's next steps, in the namespace these views were included
-        under (the name without the views' prefix)."""
-        match = request.resolver_match
-        namespace = match.namespace if match is not None and match.namespace else "queued_storage"
-        short = name.removeprefix(self.prefix) if self.prefix else name
-        found: dict[str, str | None] = {}
-        for key, url_name in (
-            ("parts_url", "direct-parts"),
-            ("upload_url", "direct-upload"),
-            ("complete_url", "direct-complete"),
-        ):
-            try:
-                found[key] = reverse(f"{namespace}:{url_name}", kwargs={"name": short})
-            except NoReverseMatch:
-                found[key] = None
-        found["status_url"] = self.status_url(request, name)
-        return found
+        under."""
+        return {
+            "parts_url": self.url_of(request, "direct-parts", name),
+            "upload_url": self.url_of(request, "direct-upload", name),
+            "complete_url": self.url_of(request, "direct-complete", name),
+            "status_url": self.status_url(request, name),
+        }
 
 
 class _Answer(Exception):
