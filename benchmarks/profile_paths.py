@@ -8,7 +8,14 @@ settings (ledger on PostgreSQL):
   transfer dispatched to Redis at once, as in row 6; no worker runs);
 * ``transfer``: saves COUNT files through ``queued_delayed`` (nothing dispatched), then profiles
   ``tasks.run_transfer(alias, name)`` over them, the whole policy a Celery worker runs per file
-  (lease, engine, ledger, cache), without Celery itself.
+  (lease, engine, ledger, cache), without Celery itself; with ``--close``, every database
+  connection of the thread is closed before and after each transfer, as Celery's Django fixup
+  does around every task;
+* ``worker``: a real worker (``benchmarks.celery_app``, prefork, ``--concurrency``) transfers
+  COUNT files saved through ``default``, sampled by py-spy (``--py-spy``, default: ``py-spy`` on
+  the PATH or beside this Python; ``pip install py-spy``) in its main process and its pool
+  processes; prints each process's CPU seconds per file (``/proc``) and the functions that
+  were on the CPU most, by own and by inclusive samples.
 
 Prints the wall and CPU time per file and the top entries by cumulative and by own time.
 """
@@ -21,8 +28,12 @@ import io
 import os
 import pstats
 import resource
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,12 +61,129 @@ def _report(title: str, profile: cProfile.Profile, count: int, wall: float, cpu:
     print(out.getvalue())
 
 
+def _py_spy(given: str | None) -> str:
+    found = given or shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(found).exists():
+        raise SystemExit("py-spy not found: pip install py-spy, or pass --py-spy PATH")
+    return found
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process *pid* so far, from ``/proc/PID/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _spy_report(raw: Path, main_pid: int, count: int, top: int) -> None:
+    """The top functions of py-spy's raw (collapsed) stacks, per kind of process."""
+    own: dict[str, Counter[str]] = {"main": Counter(), "pool": Counter()}
+    inclusive: dict[str, Counter[str]] = {"main": Counter(), "pool": Counter()}
+    total: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, number = line.rpartition(" ")
+        frames = stack.split(";")
+        kind = "pool"
+        if frames and frames[0].startswith("process "):
+            kind = "main" if frames[0].startswith(f"process {main_pid}:") else "pool"
+            frames = frames[1:]
+        frames = [f for f in frames if not f.startswith("thread ")]
+        if not frames:
+            continue
+        samples = int(number)
+        total[kind] += samples
+        own[kind][frames[-1]] += samples
+        for frame in set(frames):
+            inclusive[kind][frame] += samples
+    for kind in ("pool", "main"):
+        n = total[kind] or 1
+        print(f"\n-- {kind} processes: {total[kind]} samples while on the CPU --")
+        print("   own:")
+        for frame, samples in own[kind].most_common(top):
+            print(f"   {samples / n * 100:5.1f} %  {frame}")
+        print("   inclusive:")
+        for frame, samples in inclusive[kind].most_common(top):
+            print(f"   {samples / n * 100:5.1f} %  {frame}")
+
+
+def _profile_worker(args: argparse.Namespace, env: dict[str, str]) -> None:
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import storages
+
+    from queued_storage.models import State, StoredFile
+    from tests.harness.workers import CeleryWorker
+
+    spy = _py_spy(args.py_spy)
+    storage = storages["default"]
+    data = os.urandom(16 * 1024)
+    workdir = Path(tempfile.mkdtemp(prefix="qs-profile-"))
+
+    def wait_remote(prefix: str, expected: int) -> None:
+        deadline = time.monotonic() + 300
+        while True:
+            done = StoredFile.objects.filter(
+                alias=storage.alias, state=State.REMOTE, name__startswith=prefix
+            ).count()
+            if done >= expected:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{done} of {expected} files arrived in 300 s")
+            time.sleep(0.02)
+
+    worker = CeleryWorker(
+        "benchmarks.celery_app",
+        env=env,
+        logfile=workdir / "worker.log",
+        concurrency=args.concurrency,
+        name="profile",
+    ).start(timeout=60)
+    try:
+        for i in range(4 * args.concurrency):
+            storage.save(f"profile/warm/{i}.bin", ContentFile(data))
+        wait_remote("profile/warm/", 4 * args.concurrency)
+        pids = worker.pids()
+        before = {pid: _process_cpu(pid) for pid in pids}
+        raw = workdir / "worker.raw"
+        argv = [spy, "record", "--pid", str(pids[0]), "--subprocesses", "--nonblocking"]
+        argv += ["--format", "raw", "--rate", "200", "--output", str(raw)]
+        sampler = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)  # py-spy attaches
+        start = time.perf_counter()
+        for i in range(args.count):
+            storage.save(f"profile/run/{i}.bin", ContentFile(data))
+        wait_remote("profile/run/", args.count)
+        wall = time.perf_counter() - start
+        after = {pid: _process_cpu(pid) for pid in pids}
+        sampler.send_signal(2)  # SIGINT: py-spy writes what it sampled
+        sampler.wait(60)
+        main_ms = (after[pids[0]] - before[pids[0]]) / args.count * 1000
+        pool_ms = sum(after[p] - before[p] for p in pids[1:]) / args.count * 1000
+        print(
+            f"\n== worker (prefork, concurrency {args.concurrency}): {args.count} files of "
+            f"16 KiB in {wall:.2f} s ({args.count / wall:.0f} files/s, sampled: slower than "
+            f"unsampled); CPU per file: main process {main_ms:.2f} ms, pool {pool_ms:.2f} ms"
+        )
+        _spy_report(raw, pids[0], args.count, args.top)
+    finally:
+        worker.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--what", default="save,transfer")
     parser.add_argument("--dump", help="also write each profile to DUMP-<what>.pstats")
+    parser.add_argument(
+        "--close",
+        action="store_true",
+        help="transfer: close the connections around each transfer, as Celery's fixup does",
+    )
+    parser.add_argument("--concurrency", type=int, default=2, help="worker: pool processes")
+    parser.add_argument("--py-spy", help="worker: the py-spy executable")
     args = parser.parse_args()
     stack = ServiceStack(BUCKET, strict=True, services=["redis", "moto", "postgres"]).start()
     try:
@@ -73,6 +201,7 @@ def main() -> int:
         from django.core.files.base import ContentFile
         from django.core.files.storage import storages
         from django.core.management import call_command
+        from django.db import connections
 
         import benchmarks.celery_app
         from queued_storage.worker import run_transfer
@@ -106,12 +235,19 @@ def main() -> int:
             cpu, start = _cpu(), time.perf_counter()
             profile.enable()
             for name in names[10:]:
+                if args.close:
+                    connections.close_all()
                 run_transfer(storage.alias, name)
+                if args.close:
+                    connections.close_all()
             profile.disable()
             wall, cpu = time.perf_counter() - start, _cpu() - cpu
-            _report("run_transfer", profile, args.count, wall, cpu, args.top)
+            title = "run_transfer, connections closed around each" if args.close else "run_transfer"
+            _report(title, profile, args.count, wall, cpu, args.top)
             if args.dump:
                 profile.dump_stats(f"{args.dump}-transfer.pstats")
+        if "worker" in what:
+            _profile_worker(args, dict(os.environ))
     finally:
         stack.stop()
     return 0

@@ -17,6 +17,7 @@ import pytest
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
+from django.db import DatabaseError, connections, transaction
 from django.dispatch import Signal
 from django.test import Client, override_settings
 from django.utils import timezone
@@ -27,8 +28,15 @@ from queued_storage.exceptions import InfrastructureError, TransientTransferErro
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
-from queued_storage.worker import Outcome, RetryLater, backoff, outage_backoff, run_transfer
-from tests.harness.suite import wait_for
+from queued_storage.worker import (
+    KeptConnection,
+    Outcome,
+    RetryLater,
+    backoff,
+    outage_backoff,
+    run_transfer,
+)
+from tests.harness.suite import need, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -328,3 +336,65 @@ def test_duplicate_delivery_while_leased_does_nothing(clean: Any) -> None:
     row = StoredFile.get_row(storage.alias, name)
     assert row is not None and (row.state, row.lease_owner) == (State.TRANSFERRING, "other-worker")
     assert clean.list_objects_v2(Bucket=settings.BUCKET).get("KeyCount") == 0
+
+
+def backend_pid(db: str) -> int:
+    with connections[db].cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    return int(pid)
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+def test_a_kept_connection_serves_the_next_transfer_and_is_replaced_once_the_server_dropped_it(
+    clean: Any,
+) -> None:
+    need("postgres")
+    kept = KeptConnection()
+    with override_settings(QUEUED_STORAGE_DATABASE="postgres"):
+        storage = delayed()
+        names = [storage.save(f"kept-{i}.txt", ContentFile(b"k")) for i in range(3)]
+        connections.close_all()
+        kept.take()
+        assert run_transfer(storage.alias, names[0]) is Outcome.TRANSFERRED
+        first = connections["postgres"]
+        pid = backend_pid("postgres")
+        kept.keep()
+        assert kept.wrapper is first and connections["postgres"] is not first  # out of reach
+        connections.close_all()  # what Celery's fixup does after each task: not the kept one
+        kept.take()
+        assert connections["postgres"] is first
+        assert run_transfer(storage.alias, names[1]) is Outcome.TRANSFERRED
+        assert backend_pid("postgres") == pid
+        kept.keep()
+        with connections["postgres"].cursor() as cursor:  # another connection: the thread's new one
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+        connections.close_all()
+        kept.since -= KeptConnection.IDLE_CHECK  # idle long enough to be checked before reuse
+        kept.take()
+        assert connections["postgres"] is not first and first.connection is None
+        assert run_transfer(storage.alias, names[2]) is Outcome.TRANSFERRED
+        assert backend_pid("postgres") != pid
+        kept.keep()
+        kept.close()
+    assert row_of(storage, names[2]).state == State.REMOTE
+
+
+def test_a_connection_is_not_kept_inside_a_transaction_or_after_a_database_error(
+    clean: Any,
+) -> None:
+    kept = KeptConnection()
+    db = StoredFile.db()
+    with transaction.atomic(using=db):
+        StoredFile.objects.using(db).exists()
+        kept.keep()
+    assert kept.wrapper is None
+    with pytest.raises(DatabaseError), connections[db].cursor() as cursor:
+        cursor.execute("SELECT * FROM no_such_table")
+    kept.keep()
+    assert kept.wrapper is None and connections[db].errors_occurred
+    connections.close_all()
+    StoredFile.objects.using(db).exists()
+    kept.keep()
+    assert kept.wrapper is not None and connections[db] is not kept.wrapper
+    kept.close()
