@@ -377,7 +377,7 @@ def test_a_kept_connection_serves_the_next_transfer_and_is_replaced_once_the_ser
         assert backend_pid("postgres") != pid
         kept.keep()
         kept.close()
-    assert row_of(storage, names[2]).state == State.REMOTE
+        assert row_of(storage, names[2]).state == State.REMOTE
 
 
 def test_a_connection_is_not_kept_inside_a_transaction_or_after_a_database_error(
