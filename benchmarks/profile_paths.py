@@ -12,10 +12,10 @@ settings (ledger on PostgreSQL):
   connection of the thread is closed before and after each transfer, as Celery's Django fixup
   does around every task;
 * ``worker``: a real worker (``benchmarks.celery_app``, prefork, ``--concurrency``) transfers
-  COUNT files saved through ``default``, sampled by py-spy (``--py-spy``, default: ``py-spy`` on
-  the PATH or beside this Python; ``pip install py-spy``) in its main process and its pool
-  processes; prints each process's CPU seconds per file (``/proc``) and the functions that
-  were on the CPU most, by own and by inclusive samples.
+  COUNT files saved through ``default``, each of its processes under cProfile with a CPU clock
+  (``BENCH_PROFILE_DIR``, see ``benchmarks/celery_app.py``); prints the CPU time per file of
+  the main process and of the pool processes (``/proc``, around the COUNT files) and their
+  profiles (the pool's merged).
 
 Prints the wall and CPU time per file and the top entries by cumulative and by own time.
 """
@@ -28,12 +28,9 @@ import io
 import os
 import pstats
 import resource
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,48 +58,10 @@ def _report(title: str, profile: cProfile.Profile, count: int, wall: float, cpu:
     print(out.getvalue())
 
 
-def _py_spy(given: str | None) -> str:
-    found = given or shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(found).exists():
-        raise SystemExit("py-spy not found: pip install py-spy, or pass --py-spy PATH")
-    return found
-
-
 def _process_cpu(pid: int) -> float:
     """CPU seconds (user + system) of process *pid* so far, from ``/proc/PID/stat``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _spy_report(raw: Path, main_pid: int, count: int, top: int) -> None:
-    """The top functions of py-spy's raw (collapsed) stacks, per kind of process."""
-    own: dict[str, Counter[str]] = {"main": Counter(), "pool": Counter()}
-    inclusive: dict[str, Counter[str]] = {"main": Counter(), "pool": Counter()}
-    total: Counter[str] = Counter()
-    for line in raw.read_text().splitlines():
-        stack, _, number = line.rpartition(" ")
-        frames = stack.split(";")
-        kind = "pool"
-        if frames and frames[0].startswith("process "):
-            kind = "main" if frames[0].startswith(f"process {main_pid}:") else "pool"
-            frames = frames[1:]
-        frames = [f for f in frames if not f.startswith("thread ")]
-        if not frames:
-            continue
-        samples = int(number)
-        total[kind] += samples
-        own[kind][frames[-1]] += samples
-        for frame in set(frames):
-            inclusive[kind][frame] += samples
-    for kind in ("pool", "main"):
-        n = total[kind] or 1
-        print(f"\n-- {kind} processes: {total[kind]} samples while on the CPU --")
-        print("   own:")
-        for frame, samples in own[kind].most_common(top):
-            print(f"   {samples / n * 100:5.1f} %  {frame}")
-        print("   inclusive:")
-        for frame, samples in inclusive[kind].most_common(top):
-            print(f"   {samples / n * 100:5.1f} %  {frame}")
 
 
 def _profile_worker(args: argparse.Namespace, env: dict[str, str]) -> None:
@@ -112,7 +71,6 @@ def _profile_worker(args: argparse.Namespace, env: dict[str, str]) -> None:
     from queued_storage.models import State, StoredFile
     from tests.harness.workers import CeleryWorker
 
-    spy = _py_spy(args.py_spy)
     storage = storages["default"]
     data = os.urandom(16 * 1024)
     workdir = Path(tempfile.mkdtemp(prefix="qs-profile-"))
@@ -131,7 +89,7 @@ def _profile_worker(args: argparse.Namespace, env: dict[str, str]) -> None:
 
     worker = CeleryWorker(
         "benchmarks.celery_app",
-        env=env,
+        env={**env, "BENCH_PROFILE_DIR": str(workdir)},
         logfile=workdir / "worker.log",
         concurrency=args.concurrency,
         name="profile",
@@ -142,33 +100,37 @@ def _profile_worker(args: argparse.Namespace, env: dict[str, str]) -> None:
         wait_remote("profile/warm/", 4 * args.concurrency)
         pids = worker.pids()
         before = {pid: _process_cpu(pid) for pid in pids}
-        raw = workdir / "worker.raw"
-        argv = [spy, "record", "--pid", str(pids[0]), "--subprocesses", "--nonblocking"]
-        argv += ["--format", "raw", "--rate", "200", "--output", str(raw)]
-        sampler = subprocess.Popen(
-            argv,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(1.0)  # py-spy attaches
         start = time.perf_counter()
         for i in range(args.count):
             storage.save(f"profile/run/{i}.bin", ContentFile(data))
         wait_remote("profile/run/", args.count)
         wall = time.perf_counter() - start
         after = {pid: _process_cpu(pid) for pid in pids}
-        sampler.send_signal(2)  # SIGINT: py-spy writes what it sampled
-        sampler.wait(60)
-        main_ms = (after[pids[0]] - before[pids[0]]) / args.count * 1000
-        pool_ms = sum(after[p] - before[p] for p in pids[1:]) / args.count * 1000
-        print(
-            f"\n== worker (prefork, concurrency {args.concurrency}): {args.count} files of "
-            f"16 KiB in {wall:.2f} s ({args.count / wall:.0f} files/s, sampled: slower than "
-            f"unsampled); CPU per file: main process {main_ms:.2f} ms, pool {pool_ms:.2f} ms"
-        )
-        _spy_report(raw, pids[0], args.count, args.top)
     finally:
         worker.stop()
+    main_ms = (after[pids[0]] - before[pids[0]]) / args.count * 1000
+    pool_ms = sum(after[p] - before[p] for p in pids[1:]) / args.count * 1000
+    print(
+        f"\n== worker (prefork, concurrency {args.concurrency}): {args.count} files of 16 KiB in "
+        f"{wall:.2f} s ({args.count / wall:.0f} files/s, profiled: slower than unprofiled); "
+        f"CPU per file from /proc: main process {main_ms:.2f} ms, pool {pool_ms:.2f} ms"
+    )
+    for kind in ("pool", "main"):
+        files = sorted(str(p) for p in workdir.glob(f"{kind}-*.pstats"))
+        if not files:
+            print(f"\n-- {kind}: no profile written (see {workdir / 'worker.log'})")
+            continue
+        out = io.StringIO()
+        stats = pstats.Stats(*files, stream=out)
+        print(
+            f"\n-- {kind} process(es), cProfile with a CPU clock, {len(files)} process(es), "
+            f"{args.count} files and the {4 * args.concurrency} warm-up files --"
+        )
+        stats.sort_stats("cumulative").print_stats(args.top)
+        stats.sort_stats("tottime").print_stats(args.top)
+        print(out.getvalue())
+        if args.dump:
+            stats.dump_stats(f"{args.dump}-worker-{kind}.pstats")
 
 
 def main() -> int:
@@ -182,8 +144,13 @@ def main() -> int:
         action="store_true",
         help="transfer: close the connections around each transfer, as Celery's fixup does",
     )
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="save, transfer: cProfile's clock (cpu: this process's CPU time)",
+    )
     parser.add_argument("--concurrency", type=int, default=2, help="worker: pool processes")
-    parser.add_argument("--py-spy", help="worker: the py-spy executable")
     args = parser.parse_args()
     stack = ServiceStack(BUCKET, strict=True, services=["redis", "moto", "postgres"]).start()
     try:
@@ -209,11 +176,12 @@ def main() -> int:
         call_command("migrate", verbosity=0)
         data = os.urandom(16 * 1024)
         what = set(args.what.split(","))
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
         if "save" in what:
             storage = storages["default"]
             for i in range(20):  # connections, clients
                 storage.save(f"warm/save-{i}.bin", ContentFile(data))
-            profile = cProfile.Profile()
+            profile = cProfile.Profile(clock)
             cpu, start = _cpu(), time.perf_counter()
             profile.enable()
             for i in range(args.count):
@@ -231,7 +199,7 @@ def main() -> int:
             ]
             for name in names[:10]:  # the S3 client, the connections
                 run_transfer(storage.alias, name)
-            profile = cProfile.Profile()
+            profile = cProfile.Profile(clock)
             cpu, start = _cpu(), time.perf_counter()
             profile.enable()
             for name in names[10:]:
