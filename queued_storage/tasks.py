@@ -23,7 +23,7 @@ expired), so that files saved while the broker was down, retries and what a dead
 do not wait for the next scheduled reconcile pass.
 
 A pool process keeps its connection to the ledger database from one transfer to the next
-(:class:`~queued_storage.worker.KeptConnection`): Celery's Django fixup closes every
+(:class:`~queued_storage.kept_connection.KeptConnection`): Celery's Django fixup closes every
 connection of the task's thread before and after each task, whatever ``CONN_MAX_AGE`` says,
 and a new connection per small file costs more of the worker's CPU than the file's own ledger
 writes.
@@ -43,10 +43,11 @@ from django.core.files.storage import Storage
 
 from queued_storage.conf import settings
 from queued_storage.dispatch import routed_queue
+from queued_storage.kept_connection import kept_connection
 from queued_storage.reconcile import reconcile as run_pass
 from queued_storage.reconcile import start_up_passes, watch_once
 from queued_storage.storage import queued_storages
-from queued_storage.worker import RetryLater, TransferHook, kept_connection, run_transfer
+from queued_storage.worker import RetryLater, TransferHook, run_transfer
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -117,18 +118,17 @@ class Transfer(Task):  # type: ignore[misc]
             and threading.current_thread() is threading.main_thread()
         )
         if keep:
-            kept_connection.take()
+            return kept_connection.run(lambda: self._transfer(alias, name))
+        return self._transfer(alias, name)
+
+    def _transfer(self, alias: str, name: str) -> str:
         try:
-            outcome = run_transfer(
+            return run_transfer(
                 alias, name, delete_local=self.delete_local, hook=self.transfer_hook
             ).value
         except RetryLater as later:
             # Recorded in the ledger: a retry due at ``retry_at``, or another worker's lease.
-            outcome = LEASED if later.leased else RETRY_DUE
-        # Not after an exception: the connection is left to the fixup, which closes it.
-        if keep:
-            kept_connection.keep()
-        return outcome
+            return LEASED if later.leased else RETRY_DUE
 
     @property
     def transfer_hook(self) -> TransferHook | None:

@@ -41,7 +41,6 @@ from collections.abc import Callable
 
 from django.core.files.storage import Storage
 from django.db import connections
-from django.db.backends.base.base import BaseDatabaseWrapper
 
 from queued_storage import clock
 from queued_storage.conf import settings
@@ -73,12 +72,10 @@ from queued_storage.transfer import (
 
 __all__ = [
     "Heartbeat",
-    "KeptConnection",
     "LedgerCheckpoint",
     "Outcome",
     "RetryLater",
     "backoff",
-    "kept_connection",
     "outage_backoff",
     "retried_for",
     "run_transfer",
@@ -221,76 +218,6 @@ class _LeaseKeeper:
 
 
 _keeper = _LeaseKeeper()
-
-
-class KeptConnection:
-    """The ledger database's connection of one worker process, kept between its transfers.
-
-    Celery's Django fixup closes every database connection of the task's thread before and
-    after each task, whatever ``CONN_MAX_AGE`` says (Celery went back to that in 2025, its
-    pull request 9824: Django cannot tell every broken connection from a usable one, say one
-    cut by a time limit in the middle of a query). A small file's transfer would then
-    open a new connection each time: TCP, authentication, Django's set-up, and on PostgreSQL a
-    new server process, several milliseconds of CPU for two short statements.
-
-    So a transfer that ended without an exception hands its connection here (:meth:`keep`): it
-    leaves the thread's ``django.db.connections``, out of the fixup's reach, and the next
-    transfer of the process puts it back (:meth:`take`). It is not kept when it may not be
-    sound: after an exception (a time limit in the middle of a query, a lost server: the fixup
-    closes it), after a database error, inside a transaction or with autocommit off. Before
-    reuse, a connection idle for :attr:`IDLE_CHECK` seconds or more is checked with a
-    ``SELECT 1`` (a server restarted meanwhile, an idle timeout) and replaced if it fails.
-    One connection per process at most; a forked child never uses its parent's.
-    """
-
-    #: Seconds of idleness after which a kept connection is checked before reuse.
-    IDLE_CHECK = 1.0
-
-    def __init__(self) -> None:
-        self.wrapper: BaseDatabaseWrapper | None = None
-        self.pid = 0
-        self.since = 0.0
-
-    def take(self) -> None:
-        """Make the kept connection this thread's connection to the ledger database, if it
-        is sound (else a new one opens when the transfer needs it)."""
-        db = StoredFile.db()
-        kept, self.wrapper = self.wrapper, None
-        if kept is None or self.pid != os.getpid():
-            return  # nothing kept, or the parent's (its socket is the parent's to close)
-        current = connections[db]
-        if kept.alias != db or current.connection is not None:
-            kept.close()  # the ledger moved, or the thread has an open one (no fixup): use it
-            return
-        if time.monotonic() - self.since >= self.IDLE_CHECK and not kept.is_usable():
-            kept.close()
-            return
-        connections[db] = kept
-
-    def keep(self) -> None:
-        """Take this thread's connection to the ledger database out of it, for the next
-        transfer, if it is open and sound; otherwise leave it where it is (the fixup closes
-        it)."""
-        db = StoredFile.db()
-        current = connections[db]
-        if (
-            current.connection is None
-            or current.errors_occurred
-            or current.in_atomic_block
-            or not current.get_autocommit()
-        ):
-            return
-        del connections[db]
-        self.wrapper, self.pid, self.since = current, os.getpid(), time.monotonic()
-
-    def close(self) -> None:
-        kept, self.wrapper = self.wrapper, None
-        if kept is not None and self.pid == os.getpid():
-            kept.close()
-
-
-#: The worker process's :class:`KeptConnection` (the transfer task uses it).
-kept_connection = KeptConnection()
 
 
 class LedgerCheckpoint:

@@ -25,17 +25,11 @@ from django.utils import timezone
 from queued_storage import signals
 from queued_storage.doctor import FAIL, check_remotes
 from queued_storage.exceptions import InfrastructureError, TransientTransferError
+from queued_storage.kept_connection import KeptConnection
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
-from queued_storage.worker import (
-    KeptConnection,
-    Outcome,
-    RetryLater,
-    backoff,
-    outage_backoff,
-    run_transfer,
-)
+from queued_storage.worker import Outcome, RetryLater, backoff, outage_backoff, run_transfer
 from tests.harness.suite import need, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -351,33 +345,42 @@ def test_a_kept_connection_serves_the_next_transfer_and_is_replaced_once_the_ser
 ) -> None:
     need("postgres")
     kept = KeptConnection()
-    with override_settings(QUEUED_STORAGE_DATABASE="postgres"):
-        storage = delayed()
-        names = [storage.save(f"kept-{i}.txt", ContentFile(b"k")) for i in range(3)]
-        connections.close_all()
-        kept.take()
-        assert run_transfer(storage.alias, names[0]) is Outcome.TRANSFERRED
-        first = connections["postgres"]
-        pid = backend_pid("postgres")
-        kept.keep()
-        assert kept.wrapper is first and connections["postgres"] is not first  # out of reach
-        connections.close_all()  # what Celery's fixup does after each task: not the kept one
-        kept.take()
-        assert connections["postgres"] is first
-        assert run_transfer(storage.alias, names[1]) is Outcome.TRANSFERRED
-        assert backend_pid("postgres") == pid
-        kept.keep()
-        with connections["postgres"].cursor() as cursor:  # another connection: the thread's new one
+
+    def terminate(pid: int) -> None:
+        """The server drops *pid*'s connection (asked on another connection, then closed)."""
+        with connections["postgres"].cursor() as cursor:
             cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
         connections.close_all()
-        kept.since -= KeptConnection.IDLE_CHECK  # idle long enough to be checked before reuse
-        kept.take()
-        assert connections["postgres"] is not first and first.connection is None
-        assert run_transfer(storage.alias, names[2]) is Outcome.TRANSFERRED
-        assert backend_pid("postgres") != pid
-        kept.keep()
+
+    with override_settings(QUEUED_STORAGE_DATABASE="postgres"):
+        storage = delayed()
+        names = [storage.save(f"kept-{i}.txt", ContentFile(b"k")) for i in range(4)]
+        connections.close_all()
+
+        def transfer(name: str) -> tuple[Outcome, int]:
+            return run_transfer(storage.alias, name), backend_pid("postgres")
+
+        outcome, pid = kept.run(lambda: transfer(names[0]))
+        assert outcome is Outcome.TRANSFERRED
+        first = kept.wrapper
+        assert first is not None and connections["postgres"] is not first  # out of reach
+        connections.close_all()  # what Celery's fixup does after each task: not the kept one
+        assert kept.run(lambda: transfer(names[1])) == (Outcome.TRANSFERRED, pid)
+        assert kept.wrapper is first
+        # Dropped within a burst (not idle long enough to be checked): the lease's statement
+        # fails, and the transfer runs again on a new connection.
+        terminate(pid)
+        outcome, second = kept.run(lambda: transfer(names[2]))
+        assert outcome is Outcome.TRANSFERRED and second != pid
+        # Dropped while idle: checked before reuse, and replaced.
+        terminate(second)
+        kept.since -= KeptConnection.IDLE_CHECK
+        assert kept.take() is False and kept.wrapper is None
+        assert first.connection is None  # closed; the thread opens a new one
+        assert run_transfer(storage.alias, names[3]) is Outcome.TRANSFERRED
+        assert backend_pid("postgres") not in (pid, second)
         kept.close()
-        assert row_of(storage, names[2]).state == State.REMOTE
+        assert [row_of(storage, n).state for n in names] == [State.REMOTE] * 4
 
 
 def test_a_connection_is_not_kept_inside_a_transaction_or_after_a_database_error(
