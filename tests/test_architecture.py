@@ -406,7 +406,14 @@ def test_tasks_hold_only_celery_glue_and_the_worker_needs_no_celery() -> None:
     functions = [n.name for n in tasks.body if isinstance(n, ast.FunctionDef)]
     classes = [n.name for n in tasks.body if isinstance(n, ast.ClassDef)]
     assert (sorted(functions), sorted(classes)) == (
-        ["_add_the_watch", "_reconcile_on_start", "_share", "reconcile", "watched_aliases"],
+        [
+            "_add_the_watch",
+            "_close_kept",
+            "_reconcile_on_start",
+            "_share",
+            "reconcile",
+            "watched_aliases",
+        ],
         ["Transfer", "TransferAndDelete", "WatchStep"],
     )
     code = (

@@ -289,7 +289,10 @@ def test_flushing_redis_changes_no_read_and_asks_s3_nothing(
     wait_remote("default", remote_name)
     with transaction.atomic():
         local_name = storage.save("local-only.txt", ContentFile(b"here"))
-    StoredFile.rows("default", local_name).update(state=State.FAILED)  # stays local
+        # Stays local: failed in the save's own transaction, so the worker, which gets the
+        # message at the commit, never finds it pending (a worker quicker than this test
+        # would otherwise send it first).
+        StoredFile.rows("default", local_name).update(state=State.FAILED)
 
     def observe() -> list[Any]:
         return [

@@ -17,6 +17,7 @@ import pytest
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
+from django.db import DatabaseError, connections, transaction
 from django.dispatch import Signal
 from django.test import Client, override_settings
 from django.utils import timezone
@@ -24,11 +25,12 @@ from django.utils import timezone
 from queued_storage import signals
 from queued_storage.doctor import FAIL, check_remotes
 from queued_storage.exceptions import InfrastructureError, TransientTransferError
+from queued_storage.kept_connection import KeptConnection
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
 from queued_storage.worker import Outcome, RetryLater, backoff, outage_backoff, run_transfer
-from tests.harness.suite import wait_for
+from tests.harness.suite import need, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -328,3 +330,74 @@ def test_duplicate_delivery_while_leased_does_nothing(clean: Any) -> None:
     row = StoredFile.get_row(storage.alias, name)
     assert row is not None and (row.state, row.lease_owner) == (State.TRANSFERRING, "other-worker")
     assert clean.list_objects_v2(Bucket=settings.BUCKET).get("KeyCount") == 0
+
+
+def backend_pid(db: str) -> int:
+    with connections[db].cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    return int(pid)
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+def test_a_kept_connection_serves_the_next_transfer_and_is_replaced_once_the_server_dropped_it(
+    clean: Any,
+) -> None:
+    need("postgres")
+    kept = KeptConnection()
+
+    def terminate(pid: int) -> None:
+        """The server drops *pid*'s connection (asked on another connection, then closed)."""
+        with connections["postgres"].cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+        connections.close_all()
+
+    with override_settings(QUEUED_STORAGE_DATABASE="postgres"):
+        storage = delayed()
+        names = [storage.save(f"kept-{i}.txt", ContentFile(b"k")) for i in range(4)]
+        connections.close_all()
+
+        def transfer(name: str) -> tuple[Outcome, int]:
+            return run_transfer(storage.alias, name), backend_pid("postgres")
+
+        outcome, pid = kept.run(lambda: transfer(names[0]))
+        assert outcome is Outcome.TRANSFERRED
+        first = kept.wrapper
+        assert first is not None and connections["postgres"] is not first  # out of reach
+        connections.close_all()  # what Celery's fixup does after each task: not the kept one
+        assert kept.run(lambda: transfer(names[1])) == (Outcome.TRANSFERRED, pid)
+        assert kept.wrapper is first
+        # Dropped within a burst (not idle long enough to be checked): the lease's statement
+        # fails, and the transfer runs again on a new connection.
+        terminate(pid)
+        outcome, second = kept.run(lambda: transfer(names[2]))
+        assert outcome is Outcome.TRANSFERRED and second != pid
+        # Dropped while idle: checked before reuse, and replaced.
+        terminate(second)
+        kept.since -= KeptConnection.IDLE_CHECK
+        assert kept.take() is False and kept.wrapper is None
+        assert first.connection is None  # closed; the thread opens a new one
+        assert run_transfer(storage.alias, names[3]) is Outcome.TRANSFERRED
+        assert backend_pid("postgres") not in (pid, second)
+        kept.close()
+        assert [row_of(storage, n).state for n in names] == [State.REMOTE] * 4
+
+
+def test_a_connection_is_not_kept_inside_a_transaction_or_after_a_database_error(
+    clean: Any,
+) -> None:
+    kept = KeptConnection()
+    db = StoredFile.db()
+    with transaction.atomic(using=db):
+        StoredFile.objects.using(db).exists()
+        kept.keep()
+    assert kept.wrapper is None
+    with pytest.raises(DatabaseError), connections[db].cursor() as cursor:
+        cursor.execute("SELECT * FROM no_such_table")
+    kept.keep()
+    assert kept.wrapper is None and connections[db].errors_occurred
+    connections.close_all()
+    StoredFile.objects.using(db).exists()
+    kept.keep()
+    assert kept.wrapper is not None and connections[db] is not kept.wrapper
+    kept.close()
