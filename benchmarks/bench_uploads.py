@@ -9,10 +9,13 @@ measures, without asserting anything:
 1. ``big``: one raw ``PUT`` of 1 GiB (``--quick``: 128 MiB) per server. Idle RSS of the web
    process (after one small warm-up upload) and its peak RSS (``VmHWM``, reset before the
    upload) while receiving; the target is a growth within 64 MiB.
-2. ``tus``: the same file as a tus upload (``tuspy``, 64 MiB chunks; ``--quick``: 16 MiB) per
-   server: wall time and RSS growth beside the raw ``PUT``'s (``extra.wall_ratio_vs_put``);
-   then an upload whose connection is closed at 50 % and resumed by tuspy from the server's
-   offset (``extra.resent_mib``: bytes sent twice).
+2. ``tus``: the same file as a tus upload (``tuspy``, 64 MiB chunks; ``--quick``: 16 MiB)
+   against a raw ``PUT`` of it, on gunicorn and on uvicorn: ``--rounds`` (3) interleaved
+   rounds, each upload on a fresh server after the same warm-up (a small raw ``PUT`` and a
+   small complete tus upload, so that either way's first save and dispatch are not measured);
+   medians of the wall time, of the web process's CPU seconds (``/proc``) and of its RSS growth,
+   and their ratios and differences (``extra``). Then an upload whose connection is closed at
+   50 % and resumed by tuspy from the server's offset (``extra.resent_mib``: bytes sent twice).
 3. ``concurrent``: 100 clients (``--quick``: 20) each ``PUT`` 8 MiB (``--quick``: 2 MiB) at the
    same time, through uvicorn and through gunicorn: how many succeeded, wall time, peak RSS.
 
@@ -25,8 +28,11 @@ Celery worker runs: the transfer is not what is measured. Prints a table and wri
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,10 +42,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
+from tusclient.client import TusClient
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench import make_file  # noqa: E402
+from benchmarks.bench_direct import proc_cpu  # noqa: E402
 from tests.harness.services import ServiceStack  # noqa: E402
 from tests.harness.webservers import (  # noqa: E402
     DjangoServer,
@@ -92,6 +102,20 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Sample:
+    """One upload of the tus row's rounds (a raw ``PUT`` or a tus upload)."""
+
+    way: str
+    ok: bool
+    wall_s: float
+    web_cpu_s: float
+    growth_mib: float
+    idle_rss_mib: float
+    peak_rss_mib: float
+    load: float
+
+
 class Bench:
     def __init__(self, quick: bool) -> None:
         self.quick = quick
@@ -118,14 +142,10 @@ class Bench:
         return server
 
     def put(self, url: str, name: str, data: Any, prefix: str = "/uploads/put/") -> int:
-        import requests
-
         response = requests.put(f"{url}{prefix}{name}", data=data, timeout=600)
         return response.status_code
 
     def big(self, kind: str) -> None:
-        import requests
-
         size = 128 * MiB if self.quick else GiB
         source = self.tmp / "big.bin"
         if not source.exists():
@@ -161,35 +181,125 @@ class Bench:
         )
         self.clean_staging()
 
-    def tus(self, kind: str) -> None:
-        import socket
+    def warm(self, server: DjangoServer) -> None:
+        """One small raw ``PUT`` and one small complete tus upload: every code path either way
+        runs (a save, its dispatch) before the measured upload, whichever way that is."""
+        assert self.put(server.url, "warm.bin", b"w" * 1024) == 201
+        warm = TusClient(f"{server.url}/uploads/tus/").uploader(
+            file_stream=io.BytesIO(b"w" * 1024), metadata={"filename": "tus-warm.bin"}
+        )
+        warm.upload()
+        assert warm.offset == 1024
 
-        import requests
-        from tusclient.client import TusClient
+    def one(self, kind: str, way: str, source: Path, chunk: int) -> Sample:
+        """One upload of *source* on a fresh server, after :meth:`warm`: a raw ``PUT``
+        (*way* ``"put"``) or a tus upload in *chunk* bytes (``"tus"``)."""
+        size = source.stat().st_size
+        server = self.server(kind)
+        try:
+            pid = server.app_pid
+            self.warm(server)
+            idle = rss_kib(pid)
+            peak_rss_reset(pid)
+            cpu = proc_cpu(pid)
+            began = time.monotonic()
+            with source.open("rb") as stream:
+                if way == "put":
+                    ok = self.put(server.url, f"big-{kind}.bin", stream) == 201
+                else:
+                    uploader = TusClient(f"{server.url}/uploads/tus/").uploader(
+                        file_stream=stream,
+                        chunk_size=chunk,
+                        metadata={"filename": f"tus-{kind}.bin"},
+                    )
+                    uploader.upload()
+                    ok = uploader.offset == size
+            wall = time.monotonic() - began
+            cpu = proc_cpu(pid) - cpu
+            peak = peak_rss_kib(pid)
+        finally:
+            server.stop()
+        self.clean_staging()
+        return Sample(
+            way=way,
+            ok=ok,
+            wall_s=round(wall, 2),
+            web_cpu_s=round(cpu, 2),
+            growth_mib=round((peak - idle) / 1024, 1),
+            idle_rss_mib=round(idle / 1024, 1),
+            peak_rss_mib=round(peak / 1024, 1),
+            load=round(os.getloadavg()[0], 2),
+        )
 
+    def tus(self, kinds: list[str], rounds: int) -> None:
+        """The tus row: per server, *rounds* interleaved rounds of one raw ``PUT`` and one tus
+        upload of the same file, each on a fresh server after the same warm-up (the order
+        alternates: put, tus; tus, put; ...); medians. Then the resume after a cut."""
         size = 128 * MiB if self.quick else GiB
         chunk = 16 * MiB if self.quick else 64 * MiB
         source = self.tmp / "big.bin"
         if not source.exists():
             make_file(source, size)
+        samples: dict[str, dict[str, list[Sample]]] = {k: {"put": [], "tus": []} for k in kinds}
+        for number in range(rounds):
+            for kind in kinds:
+                for way in ("put", "tus") if number % 2 == 0 else ("tus", "put"):
+                    samples[kind][way].append(self.one(kind, way, source, chunk))
+        for kind in kinds:
+            put, tus = samples[kind]["put"], samples[kind]["tus"]
+
+            def median(of: list[Sample], key: str) -> float:
+                return round(statistics.median(getattr(s, key) for s in of), 2)
+
+            kept, resent_ok = self.resume(kind, source, chunk)
+            self.rows.append(
+                Row(
+                    row="tus",
+                    server=kind,
+                    clients=1,
+                    size_mib=size / MiB,
+                    ok=int(all(s.ok for s in put + tus) and resent_ok),
+                    wall_s=median(tus, "wall_s"),
+                    mib_s=round(size / MiB / median(tus, "wall_s"), 1),
+                    idle_rss_mib=median(tus, "idle_rss_mib"),
+                    peak_rss_mib=median(tus, "peak_rss_mib"),
+                    growth_mib=median(tus, "growth_mib"),
+                    extra={
+                        "chunk_mib": chunk // MiB,
+                        "rounds": rounds,
+                        "put_wall_s": median(put, "wall_s"),
+                        "wall_ratio_vs_put": round(
+                            median(tus, "wall_s") / median(put, "wall_s"), 2
+                        ),
+                        "tus_web_cpu_s": median(tus, "web_cpu_s"),
+                        "put_web_cpu_s": median(put, "web_cpu_s"),
+                        "cpu_ratio_vs_put": round(
+                            median(tus, "web_cpu_s") / median(put, "web_cpu_s"), 2
+                        ),
+                        "put_growth_mib": median(put, "growth_mib"),
+                        "growth_minus_put_mib": round(
+                            median(tus, "growth_mib") - median(put, "growth_mib"), 1
+                        ),
+                        "sent_before_cut_mib": size // 2 // MiB,
+                        "kept_by_server_mib": round(kept / MiB, 1),
+                        "resent_mib": round((size // 2 - kept) / MiB, 1),
+                        "samples": {
+                            "put": [asdict(s) for s in put],
+                            "tus": [asdict(s) for s in tus],
+                        },
+                    },
+                )
+            )
+
+    def resume(self, kind: str, source: Path, chunk: int) -> tuple[int, bool]:
+        """A tus upload whose connection is closed at 50 % (a ``PATCH`` of the whole file),
+        resumed by ``tuspy`` from the server's offset: the bytes the server kept, and whether
+        the upload then completed."""
+        size = source.stat().st_size
         server = self.server(kind)
         try:
-            pid = server.app_pid
             client = TusClient(f"{server.url}/uploads/tus/")
             with source.open("rb") as stream:
-                warm = client.uploader(file_stream=stream, metadata={"filename": "tus-warm.bin"})
-                warm.upload(stop_at=1024)  # creation and one chunk: the code paths warmed up
-                idle = rss_kib(pid)
-                peak_rss_reset(pid)
-                began = time.monotonic()
-                uploader = client.uploader(
-                    file_stream=stream, chunk_size=chunk, metadata={"filename": f"tus-{kind}.bin"}
-                )
-                uploader.upload()
-                wall = time.monotonic() - began
-                peak = peak_rss_kib(pid)
-                ok = uploader.offset == size
-                # Interrupted at 50 %: a PATCH of the whole file, closed half-way.
                 cut = client.uploader(file_stream=stream, metadata={"filename": f"cut-{kind}.bin"})
                 cut.set_url(cut.create_url())
                 raw = socket.create_connection(("127.0.0.1", server.port), timeout=60)
@@ -210,33 +320,11 @@ class Bench:
                 resumed = client.uploader(file_stream=stream, url=cut.url, chunk_size=chunk)
                 kept = resumed.offset
                 resumed.upload()
-                head = requests.head(cut.url, headers={"Tus-Resumable": "1.0.0"}, timeout=30)
-                ok = ok and head.headers.get("Upload-Offset") == str(size)
+            head = requests.head(cut.url, headers={"Tus-Resumable": "1.0.0"}, timeout=30)
         finally:
             server.stop()
-        put = next((r for r in self.rows if r.row == "big" and r.server == kind), None)
-        self.rows.append(
-            Row(
-                row="tus",
-                server=kind,
-                clients=1,
-                size_mib=size / MiB,
-                ok=int(ok),
-                wall_s=round(wall, 2),
-                mib_s=round(size / MiB / wall, 1),
-                idle_rss_mib=round(idle / 1024, 1),
-                peak_rss_mib=round(peak / 1024, 1),
-                growth_mib=round((peak - idle) / 1024, 1),
-                extra={
-                    "chunk_mib": chunk // MiB,
-                    "wall_ratio_vs_put": round(wall / put.wall_s, 2) if put else None,
-                    "sent_before_cut_mib": size // 2 // MiB,
-                    "kept_by_server_mib": round(kept / MiB, 1),
-                    "resent_mib": round((size // 2 - kept) / MiB, 1),
-                },
-            )
-        )
         self.clean_staging()
+        return kept, head.headers.get("Upload-Offset") == str(size)
 
     def concurrent(self, kind: str, prefix: str = "/uploads/put/") -> None:
         clients = 20 if self.quick else 100
@@ -322,16 +410,19 @@ def main() -> int:
     parser.add_argument(
         "--only", choices=["big", "tus", "concurrent"], help="one kind of row (tus: with big)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds of the tus row (default 3)"
+    )
     args = parser.parse_args()
+    load = os.getloadavg()
     began = time.monotonic()
     bench = Bench(args.quick)
     try:
         for kind in ("gunicorn", "uvicorn", "uvicorn-django"):
             if args.only in (None, "big", "tus"):
                 bench.big(kind)
-        for kind in ("gunicorn", "uvicorn"):
-            if args.only in (None, "tus"):
-                bench.tus(kind)
+        if args.only in (None, "tus"):
+            bench.tus(["gunicorn", "uvicorn"], args.rounds)
         for kind in ("uvicorn", "gunicorn"):
             if args.only in (None, "concurrent"):
                 bench.concurrent(kind)
@@ -343,7 +434,21 @@ def main() -> int:
     finally:
         bench.close()
     print(table(bench.rows))
+    for r in bench.rows:
+        if r.row == "tus":
+            e = r.extra
+            print(
+                f"tus on {r.server}: medians of {e['rounds']} interleaved rounds, {e['chunk_mib']} "
+                f"MiB chunks: wall {r.wall_s} s against the raw PUT's {e['put_wall_s']} s = "
+                f"{e['wall_ratio_vs_put']}x (target <= 1.15x); web CPU {e['tus_web_cpu_s']} s "
+                f"against {e['put_web_cpu_s']} s = {e['cpu_ratio_vs_put']}x; RSS growth "
+                f"{r.growth_mib} MiB against {e['put_growth_mib']} MiB "
+                f"({e['growth_minus_put_mib']:+} MiB, target within 2)"
+            )
+    print(f"load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f} (1 min)")
     result = {
+        "load_before": [round(x, 2) for x in load],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
         "quick": args.quick,
         "seconds": round(time.monotonic() - began, 1),
         "python": sys.version.split()[0],

@@ -1,6 +1,6 @@
 """Work on the staging disk for ``QueuedStorage.save()``: flushing a staged file to stable
 storage (invariant 11), the free names it may move to, and moving it to another name without
-replacing a file.
+replacing a file; starting the write-back of bytes being received (:func:`start_writeback`).
 
 Each function takes the local storage: it uses the filesystem where the storage has paths, and
 the Storage API otherwise.
@@ -8,8 +8,11 @@ the Storage API otherwise.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import pathlib
+import sys
 from collections.abc import Callable, Iterator
 
 from django.core.exceptions import SuspiciousFileOperation
@@ -18,7 +21,10 @@ from django.core.files.storage import Storage
 from queued_storage.conf import settings
 from queued_storage.names import check_length
 
-__all__ = ["declared_size", "free_names", "make_durable", "move_local"]
+__all__ = ["declared_size", "free_names", "make_durable", "move_local", "start_writeback"]
+
+#: ``SYNC_FILE_RANGE_WRITE`` of ``<fcntl.h>`` (Linux): start writing the range, do not wait.
+_SYNC_FILE_RANGE_WRITE = 2
 
 
 def make_durable(local: Storage, name: str) -> None:
@@ -108,6 +114,36 @@ def declared_size(content: object) -> int | None:
         return int(content.size)  # type: ignore[attr-defined]
     except (AttributeError, TypeError, ValueError, OSError):
         return None
+
+
+def start_writeback(fd: int, offset: int, length: int) -> bool:
+    """Start writing *length* bytes of the file open at *fd*, from *offset*, to the disk, without
+    waiting for them (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``); whether it could.
+
+    It promises nothing: an ``fsync`` still decides what is on stable storage (and reports a
+    write that failed). Called as a body arrives, it lets the disk write what was received
+    while the rest is still coming, so the ``fsync`` at the end waits for the last bytes only,
+    not for all of them. ``False`` where the system has no such call (nothing happens).
+    """
+    call = _sync_file_range()
+    if call is None:
+        return False
+    return call(fd, offset, length, _SYNC_FILE_RANGE_WRITE) == 0
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range`` (it releases the GIL while it runs), or ``None``."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    call.restype = ctypes.c_int
+    found: Callable[[int, int, int, int], int] = call
+    return found
 
 
 def _fsync(path: str) -> None:

@@ -26,7 +26,9 @@ Nothing here knows HTTP status codes beyond :class:`UploadRefused`, which carrie
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import functools
 import hashlib
 import os
 import re
@@ -64,6 +66,7 @@ from queued_storage.names import (
     stored_name,
     url_name_problem,
 )
+from queued_storage.staging import start_writeback
 
 __all__ = [
     "CHECKSUM_ALGORITHMS",
@@ -276,6 +279,13 @@ class Appended:
     refusal: UploadRefused | None = None
 
 
+#: Bytes of a tus chunk between two starts of their write-back (see :func:`append_stream`).
+WRITEBACK_WINDOW = 8 * 1024 * 1024
+#: A tus chunk of at least this many bytes hands the memory freed after it back to the system
+#: (:func:`release_free_memory`; about 0.2 ms).
+_TRIM_AFTER = 1024 * 1024
+
+
 def append_stream(
     read: Callable[[int], bytes],
     fd: int,
@@ -297,9 +307,15 @@ def append_stream(
     :class:`UploadRefused`, nothing kept. A client that goes away or stalls keeps what arrived
     (an :class:`Appended` with its ``refusal``), unless it announced a checksum: a chunk that
     cannot be verified is discarded whole. What is kept is on disk (``fsync``) on return.
+
+    With *fsync*, the write-back of every :data:`WRITEBACK_WINDOW` bytes received is started
+    as they arrive (:func:`~queued_storage.staging.start_writeback`): the disk writes while the
+    client sends, and the ``fsync`` waits for the last window, not for the whole chunk. A
+    chunk of a MiB or more ends with :func:`release_free_memory`.
     """
     os.ftruncate(fd, offset)
     os.lseek(fd, offset, os.SEEK_SET)
+    written = started = offset
     hasher = checksum.hasher() if checksum is not None else None
     body = BodyReader(
         read,
@@ -319,6 +335,10 @@ def append_stream(
             if hasher is not None:
                 hasher.update(chunk)
             _write_fd(fd, chunk)
+            written += len(chunk)
+            if fsync and written - started >= WRITEBACK_WINDOW:
+                start_writeback(fd, started, written - started)
+                started = written
         if checksum is not None and hasher is not None:
             if body.cut is not None:
                 os.ftruncate(fd, offset)
@@ -331,11 +351,40 @@ def append_stream(
                 )
         if fsync and body.received:
             os.fsync(fd)
+        if body.received >= _TRIM_AFTER:
+            release_free_memory()
         return Appended(body.received, body.cut)
     except BaseException:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, offset)
         raise
+
+
+def release_free_memory() -> bool:
+    """Hand the memory the C allocator holds free back to the system (glibc's
+    ``malloc_trim``); whether it could.
+
+    A large body is read in many allocations of about the read size (the server's buffers and
+    ours), which glibc keeps, freed, in the heap of the thread that made them. A raw upload is
+    one request, on one thread; the chunks of a tus upload arrive as many requests, each on
+    whichever thread of the server is free, so each of those threads would keep a heap's
+    worth: the process grows by a few MiB per thread the upload met. Trimming after a chunk
+    keeps it at one thread's worth. Nothing happens on other C libraries.
+    """
+    trim = _malloc_trim()
+    return trim is not None and bool(trim(0))
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    found: Callable[[int], int] = trim
+    return found
 
 
 def _write_fd(fd: int, chunk: bytes) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from tusclient.client import TusClient
 from tusclient.exceptions import TusCommunicationError
 from tusclient.uploader import Uploader
 
+import queued_storage.uploads as uploads
 from queued_storage.conf import settings as qs_settings
 from queued_storage.exceptions import StagingFull
 from queued_storage.ledger import check_staging_budget
@@ -605,6 +607,52 @@ def _read_by_server(client: RawClient, server_port: int) -> bool:
     unacknowledged, _ = _queued_bytes(client_port, server_port)
     _, unread = _queued_bytes(server_port, client_port)
     return unacknowledged == 0 and unread == 0
+
+
+def test_a_chunk_is_written_back_as_it_arrives_flushed_before_its_offset_moves_then_trimmed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk writes each window of a chunk while the rest arrives; the chunk is flushed
+    (fsync) before append_stream returns, i.e. before the view can record its offset; then
+    the memory its reads freed goes back to the system."""
+    events: list[tuple[str, int, int]] = []
+    real_fsync = os.fsync
+
+    def writeback(fd: int, offset: int, length: int) -> bool:
+        events.append(("writeback", offset, length))
+        return True
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.fstat(fd).st_size, 0))
+        real_fsync(fd)
+
+    monkeypatch.setattr(uploads, "start_writeback", writeback)
+    monkeypatch.setattr(uploads, "release_free_memory", lambda: events.append(("trim", 0, 0)))
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "partial"
+    path.write_bytes(b"a" * MiB)
+    data = _payload(20 * MiB)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        appended = uploads.append_stream(
+            io.BytesIO(data).read,
+            fd,
+            offset=MiB,
+            declared=len(data),
+            remaining=30 * MiB,
+            chunk_size=256 * 1024,
+            checksum=None,
+        )
+    finally:
+        os.close(fd)
+    assert appended == uploads.Appended(20 * MiB)
+    assert events == [
+        ("writeback", MiB, 8 * MiB),
+        ("writeback", 9 * MiB, 8 * MiB),
+        ("fsync", 21 * MiB, 0),
+        ("trim", 0, 0),
+    ]
+    assert path.read_bytes() == b"a" * MiB + data
 
 
 def test_a_patch_cut_mid_body_keeps_exactly_the_bytes_the_server_read(
