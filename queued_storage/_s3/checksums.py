@@ -44,7 +44,7 @@ class HeadArgs(TypedDict, total=False):
 class Digest(Protocol):
     """A running checksum (``hashlib``'s objects, :class:`_Crc32Digest`)."""
 
-    def update(self, data: bytes | bytearray, /) -> None: ...
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
 
     def digest(self) -> bytes: ...
 
@@ -57,7 +57,7 @@ class _Crc32Digest:
     def __init__(self) -> None:
         self.value = 0
 
-    def update(self, data: bytes | bytearray, /) -> None:
+    def update(self, data: bytes | bytearray | memoryview, /) -> None:
         self.value = zlib.crc32(data, self.value)
 
     def digest(self) -> bytes:

@@ -131,17 +131,19 @@ class _Source:
             data += more
         return data
 
-    def read_into(self, buffer: bytearray, offset: int) -> None:
-        """Fill *buffer* with the bytes at *offset*: one copy from the page cache, no new
-        allocation."""
+    def read_into(self, buffer: bytearray, offset: int, digest: Digest, read_size: int) -> None:
+        """Fill *buffer* with the bytes at *offset*, *read_size* at a time, each piece hashed
+        into *digest* as it arrives (still in the CPU's cache: hashing the whole buffer after
+        reading it would read it back from memory)."""
         view = memoryview(buffer)
         done = 0
         while done < len(view):  # short reads are legal; EOF means the file shrank
-            got = _pread_into(self.fd, view[done:], offset + done)
+            got = _pread_into(self.fd, view[done : done + read_size], offset + done)
             if not got:
                 raise ChecksumMismatch(
                     f"The local file {self.path!r} shrank during its transfer.", name=self.path
                 )
+            digest.update(view[done : done + got])
             done += got
 
     def digest(self, new: Callable[[], Digest], offset: int, length: int, read_size: int) -> Digest:
@@ -521,13 +523,12 @@ class _Job:
                     digest,
                 )
             else:
-                # Read once into a buffer of the part's size, hashed (without the GIL) and
-                # sent from there: memory is the parts in flight times the part size.
+                # Read once into a buffer of the part's size, hashed as it is read (without
+                # the GIL) and sent from there: memory is the parts in flight x the part size.
                 buffer = buffers.take(length)
                 try:
-                    source.read_into(buffer, offset)
                     digest = self.checks.new()
-                    digest.update(buffer)
+                    source.read_into(buffer, offset, digest, piece)
                     body = cast("IO[bytes]", _BufferReader(buffer, piece))
                     response = self.send_part(upload_id, number, body, length, digest)
                 finally:
