@@ -44,7 +44,7 @@ class HeadArgs(TypedDict, total=False):
 class Digest(Protocol):
     """A running checksum (``hashlib``'s objects, :class:`_Crc32Digest`)."""
 
-    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+    def update(self, data: bytes, /) -> None: ...
 
     def digest(self) -> bytes: ...
 
@@ -57,7 +57,7 @@ class _Crc32Digest:
     def __init__(self) -> None:
         self.value = 0
 
-    def update(self, data: bytes | bytearray | memoryview, /) -> None:
+    def update(self, data: bytes, /) -> None:
         self.value = zlib.crc32(data, self.value)
 
     def digest(self) -> bytes:
@@ -75,10 +75,6 @@ class Md5Checks:
     name = "md5"
     whole = "md5"
     composite = "s3-multipart-etag"
-    #: Whether a part is read once into a buffer of its size (hashed, then sent from it)
-    #: rather than read twice (hashed, then streamed by ~1 MiB): an MD5 costs enough CPU that
-    #: the second copy from the page cache is worth a part's memory per part in flight.
-    one_read: ClassVar[bool] = True
     create_args: ClassVar[CreateArgs] = {}
     head_args: ClassVar[HeadArgs] = {}
 
@@ -116,7 +112,6 @@ class Crc32Checks(Md5Checks):
     name = "crc32"
     whole = "crc32"
     composite = "s3-composite-crc32"
-    one_read: ClassVar[bool] = False  # ~1 MiB a part in flight (a bound docs/engine.md gives)
     create_args: ClassVar[CreateArgs] = {"ChecksumAlgorithm": "CRC32"}
     head_args: ClassVar[HeadArgs] = {"ChecksumMode": "ENABLED"}
 

@@ -5,10 +5,8 @@ whole parts, and does not check what the server computed. Here:
 
 * A file below the multipart threshold is one ``PutObject``, checked by its ETag (the MD5 the
   server computes from the bytes). Above it, parts of ``part_size`` bytes are read from the
-  file by offset, at most ``max_concurrency`` in flight: memory does not depend on the file's
-  size. With ``crc32`` a part is read twice (its checksum, then streamed with about 1 MiB of
-  buffer); with ``md5``, whose hash costs far more CPU, once into a buffer of the part's size,
-  hashed and sent from there (memory: ``max_concurrency`` x ``part_size``).
+  file by offset and streamed, at most ``max_concurrency`` in flight, with about 1 MiB of
+  buffer each: memory does not depend on the file's size.
 * Multipart verification (``checksum``, see :mod:`queued_storage._s3.checksums`):
 
   - ``"crc32"`` (default): each part carries ``x-amz-checksum-crc32``, which S3 checks on
@@ -36,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -53,7 +50,7 @@ from queued_storage.exceptions import ChecksumMismatch, PermanentTransferError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import ListPartsRequestTypeDef, UploadPartOutputTypeDef
+    from mypy_boto3_s3.type_defs import ListPartsRequestTypeDef
 
 __all__ = ["Checkpoint", "Part", "Resume", "S3Result", "choose_part_size", "s3_transfer"]
 
@@ -131,21 +128,6 @@ class _Source:
             data += more
         return data
 
-    def read_into(self, buffer: bytearray, offset: int, digest: Digest, read_size: int) -> None:
-        """Fill *buffer* with the bytes at *offset*, *read_size* at a time, each piece hashed
-        into *digest* as it arrives (still in the CPU's cache: hashing the whole buffer after
-        reading it would read it back from memory)."""
-        view = memoryview(buffer)
-        done = 0
-        while done < len(view):  # short reads are legal; EOF means the file shrank
-            got = _pread_into(self.fd, view[done : done + read_size], offset + done)
-            if not got:
-                raise ChecksumMismatch(
-                    f"The local file {self.path!r} shrank during its transfer.", name=self.path
-                )
-            digest.update(view[done : done + got])
-            done += got
-
     def digest(self, new: Callable[[], Digest], offset: int, length: int, read_size: int) -> Digest:
         """A *new()* hash of a range, read in *read_size* pieces (never the range at once)."""
         digest = new()
@@ -171,58 +153,28 @@ class _Source:
         os.close(self.fd)
 
 
-_preadv = getattr(os, "preadv", None)  # Linux, the BSDs; elsewhere os.pread and a copy
-
-
-def _pread_into(fd: int, view: memoryview, offset: int) -> int:
-    """Read at *offset* into *view*; the number of bytes read (0 at EOF)."""
-    if _preadv is not None:
-        return int(_preadv(fd, [view], offset))
-    data = os.pread(fd, len(view), offset)  # a platform without preadv: one more copy
-    view[: len(data)] = data
-    return len(data)
-
-
-class _Buffers:
-    """Buffers of a part's size, reused from part to part: at most one per part in flight
-    (and one for a shorter last part). A new buffer per part would cost a page fault every
-    4 KiB of it."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.free: list[bytearray] = []
-        self.lock = threading.Lock()
-
-    def take(self, length: int) -> bytearray:
-        if length == self.size:
-            with self.lock:
-                if self.free:
-                    return self.free.pop()
-        return bytearray(length)
-
-    def give(self, buffer: bytearray) -> None:
-        if len(buffer) == self.size:
-            with self.lock:
-                self.free.append(buffer)
-
-
-class _Stream:
-    """*length* bytes as a seekable stream, as botocore takes a body.
+class _PartReader:
+    """A part of the file as a seekable stream, read by offset: no buffer of the part's size.
 
     ``read`` may return up to ``read_size`` bytes whatever smaller size is asked for:
     http.client asks for 16 KiB at a time, and fewer, larger reads cost less CPU.
     """
 
-    def __init__(self, length: int, read_size: int) -> None:
-        self.length, self.read_size = length, read_size
+    def __init__(self, source: _Source, offset: int, length: int, read_size: int) -> None:
+        self.source, self.offset, self.length, self.read_size = source, offset, length, read_size
         self.position = 0
 
     def __len__(self) -> int:
         return self.length
 
-    def _want(self, size: int | None) -> int:
-        left = max(0, self.length - self.position)
-        return left if size is None or size < 0 else min(left, max(size, self.read_size))
+    def read(self, size: int | None = -1) -> bytes:
+        left = self.length - self.position
+        if left <= 0:
+            return b""
+        want = left if size is None or size < 0 else min(left, max(size, self.read_size))
+        data = os.pread(self.source.fd, want, self.offset + self.position)
+        self.position += len(data)
+        return data
 
     def seek(self, position: int, whence: int = os.SEEK_SET) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.length}[whence]
@@ -237,45 +189,6 @@ class _Stream:
 
     def readable(self) -> bool:
         return True
-
-
-class _PartReader(_Stream):
-    """A part of the file, read by offset as it is sent: no buffer of the part's size."""
-
-    def __init__(self, source: _Source, offset: int, length: int, read_size: int) -> None:
-        super().__init__(length, read_size)
-        self.source, self.offset = source, offset
-
-    def read(self, size: int | None = -1) -> bytes:
-        want = self._want(size)
-        if not want:
-            return b""
-        data = os.pread(self.source.fd, want, self.offset + self.position)
-        self.position += len(data)
-        return data
-
-
-class _BufferReader(_Stream):
-    """A part already in memory, whose reads are views of the buffer, not copies.
-
-    Not the bytearray itself as the body: botocore's CRT signer (used when awscrt is
-    installed) copies a bytes-like body into a ``BytesIO``, and reads a stream in place.
-    """
-
-    def __init__(self, buffer: bytearray, read_size: int) -> None:
-        super().__init__(len(buffer), read_size)
-        self.view = memoryview(buffer)
-
-    def read(self, size: int | None = -1) -> memoryview:
-        data = self.view[self.position : self.position + self._want(size)]
-        self.position += len(data)
-        return data
-
-    def readinto(self, target: memoryview) -> int:
-        data = self.view[self.position : self.position + len(target)]
-        target[: len(data)] = data
-        self.position += len(data)
-        return len(data)
 
 
 @dataclass(frozen=True)
@@ -450,20 +363,6 @@ class _Job:
             raise self.mismatch("the object", received, expected)
         return S3Result(size=len(data), checksum=expected, algorithm=self.checks.whole)
 
-    def send_part(
-        self, upload_id: str, number: int, body: IO[bytes], length: int, digest: Digest
-    ) -> UploadPartOutputTypeDef:
-        return self.client.upload_part(
-            Bucket=self.bucket,
-            Key=self.key,
-            UploadId=upload_id,
-            PartNumber=number,
-            Body=body,
-            ContentLength=length,
-            **self.checks.send(digest),
-            **self.sse_c,
-        )
-
     def multipart(
         self,
         source: _Source,
@@ -504,35 +403,23 @@ class _Job:
         sent = sum(p.size for p in done.values())
         report(sent, size)
 
-        buffers = _Buffers(part_size)
-
         def upload(number: int) -> Part:
             offset = (number - 1) * part_size
             length = min(part_size, size - offset)
-            # The checksum travels in a header, so it is computed before the body is sent;
-            # the server's own checksum of what it received must match.
-            if not self.checks.one_read:
-                # Read twice (checksum, then streamed from the page cache): ~1 MiB a part.
-                digest = source.digest(self.checks.new, offset, length, piece)
-                response = self.send_part(
-                    upload_id,
-                    number,
-                    # botocore streams any object with read, seek and tell.
-                    cast("IO[bytes]", _PartReader(source, offset, length, piece)),
-                    length,
-                    digest,
-                )
-            else:
-                # Read once into a buffer of the part's size, hashed as it is read (without
-                # the GIL) and sent from there: memory is the parts in flight x the part size.
-                buffer = buffers.take(length)
-                try:
-                    digest = self.checks.new()
-                    source.read_into(buffer, offset, digest, piece)
-                    body = cast("IO[bytes]", _BufferReader(buffer, piece))
-                    response = self.send_part(upload_id, number, body, length, digest)
-                finally:
-                    buffers.give(buffer)
+            # The checksum is read first (it travels in a header), then the part is streamed
+            # from the page cache; the server's own checksum of what it received must match.
+            digest = source.digest(self.checks.new, offset, length, piece)
+            response = client.upload_part(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                # botocore streams any object with read, seek and tell.
+                Body=cast("IO[bytes]", _PartReader(source, offset, length, piece)),
+                ContentLength=length,
+                **self.checks.send(digest),
+                **self.sse_c,
+            )
             expected = self.checks.encode(digest)
             received = self.checks.received(response)
             if not self.opaque and received != expected:
