@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 
 from queued_storage import state as file_state
+from queued_storage._s3 import upload as s3_upload
 from queued_storage._s3.upload import choose_part_size, s3_transfer  # no public seam yet
 from queued_storage.exceptions import (
     ChecksumMismatch,
@@ -302,6 +303,45 @@ def test_resume_without_a_ledger_still_works_with_a_resume_object(s3_proxy: Any)
     transfer_file(s.local, s.remote, name, config=CONFIG, resume=resume)
     assert len(part_uploads(s3_proxy)) == 2
     assert s3_bytes(s3(), name) == data
+
+
+class SentParts:
+    """The engine's S3 client, each ``UploadPart``'s body and Content-MD5 noted."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.parts: dict[int, tuple[bytes, str]] = {}
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.client, attribute)
+
+    def upload_part(self, **kwargs: Any) -> Any:
+        body = kwargs["Body"]
+        start = body.tell()
+        data = body.read()
+        body.seek(start)
+        self.parts[kwargs["PartNumber"]] = (bytes(data), kwargs.get("ContentMD5", ""))
+        return self.client.upload_part(**kwargs)
+
+
+def test_md5_mode_sends_each_part_with_the_md5_of_the_bytes_it_sends(
+    s3_proxy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = storage()
+    data = os.urandom(2 * PART + 7)
+    name = s.save("md5-sent.bin", ContentFile(data))
+    real = getattr(s3_upload, "s3_client")  # noqa: B009 (imported, not exported)
+    spy = SentParts(real(s.remote, CONFIG.max_concurrency))
+    monkeypatch.setattr(s3_upload, "s3_client", lambda *args, **kwargs: spy)
+    result = transfer_file(s.local, s.remote, name, config=CONFIG)
+    parts = [data[i : i + PART] for i in range(0, len(data), PART)]
+    assert sorted(spy.parts) == [1, 2, 3]
+    for number, (sent, content_md5) in spy.parts.items():
+        assert sent == parts[number - 1]
+        assert content_md5 == base64.b64encode(hashlib.md5(sent).digest()).decode()
+    expected = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest() + "-3"
+    assert result.checksum == expected
+    assert s3().head_object(Bucket=settings.BUCKET, Key=name)["ETag"].strip('"') == expected
 
 
 def test_crc32_mode_records_the_servers_composite_crc32(s3_proxy: Any) -> None:
