@@ -185,9 +185,10 @@ class Settings:
 
     @property
     def DISPATCH_WAIT(self) -> float:
-        """Seconds a save's request waits for the broker to take its transfer message; a
-        broker that has not by then (refused, slow, hung) costs later saves nothing until it
-        takes one again: their rows are marked refused for the next pass or starting worker."""
+        """Seconds the publisher thread's attempt to send a save's transfer message may last
+        before the broker counts as stuck: later saves then mark their rows refused at once
+        (for the next pass or starting worker) until it takes a message again. No request
+        waits for the broker."""
         return float(self._get("DISPATCH_WAIT"))
 
     @property

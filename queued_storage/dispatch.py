@@ -6,13 +6,14 @@ alias and the file name (invariant 5).
 * :func:`send_transfer`: route it to the queue of the host that holds the local copy and send;
 * :class:`Sender`: the broker's circuit breaker for an operation that sends many (a reconcile
   pass, a command, an admin action): once the broker refuses, the rest is not tried;
-* :func:`send_saved`: a save's message, sent by this process's :class:`Publisher` thread while
-  the request waits at most ``QUEUED_STORAGE_DISPATCH_WAIT``: a broker that refuses, is slow or
-  hangs costs the request that bound once, then nothing until it takes a message again.
+* :func:`send_saved`: a save's message, handed to this process's :class:`Publisher` thread;
+  the request does not wait for the broker (a broker that refuses, is slow or hangs costs it
+  nothing), and the thread records a refusal on the row.
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
 import os
@@ -40,6 +41,7 @@ __all__ = [
     "Publisher",
     "Sender",
     "dispatch",
+    "flush",
     "forget_refused",
     "publishes_in_background",
     "redact",
@@ -129,26 +131,28 @@ class _Job:
 
 class Publisher:
     """The process's sender of the saves' messages: one thread, started on first use (again
-    in a forked child), publishes them in order while the request that saved waits at most
-    ``QUEUED_STORAGE_DISPATCH_WAIT`` for its own.
+    in a forked child), publishes them in order; the request that saved does not wait for it
+    (issue 24: the publish was about a fifth of a small save's time).
 
     Celery's publish waits for the broker: about 0.6 s of retries when it refuses a
     connection, and as long as the kernel keeps a connection whose peer stopped answering (no
     socket timeout is set unless the broker's transport options set one). So:
 
-    * a healthy broker takes the message within the wait: as if the request had sent it;
+    * a healthy broker takes the message a fraction of a millisecond after the commit;
     * a broker that refuses: the thread marks the row refused (``Ledger.refused``: a starting
       worker or the next reconcile pass queues it at once) and keeps it in a backlog, sent
       again as soon as the broker takes a message (the thread tries every
-      :data:`PAUSE_AFTER_REFUSAL` seconds, saves or not); for :data:`PAUSE_AFTER_REFUSAL` after a
-      refusal, saves do not wait, and messages queued while an attempt failed are marked
-      without another attempt (the thread's time stays bounded however many saves come);
-    * a broker that does not answer: once an attempt has lasted longer than the wait, saves
-      mark their rows refused at once and leave their messages in the queue for when it
-      answers.
+      :data:`PAUSE_AFTER_REFUSAL` seconds, saves or not); messages queued while an attempt
+      failed are marked without another attempt (the thread's time stays bounded however
+      many saves come);
+    * a broker that does not answer: once an attempt has lasted longer than
+      ``QUEUED_STORAGE_DISPATCH_WAIT``, saves mark their rows refused at once and leave their
+      messages in the queue for when it answers.
 
-    A message still in this process's queue when the process ends is not sent; its row stays
-    ``pending`` (refused, or found once it is overdue) for the reconcile pass (invariant 6).
+    A process that ends waits at most :data:`FLUSH_AT_EXIT` for the thread to try the messages
+    it was handed (``atexit``). One still in its queue when the process is killed is not sent;
+    its row stays ``pending`` (refused, or found once it is overdue) for the reconcile pass
+    (invariant 6).
     """
 
     def __init__(self) -> None:
@@ -158,14 +162,11 @@ class Publisher:
         self._backlog: collections.deque[_Job] = collections.deque(maxlen=BACKLOG)
         self._busy_since: float | None = None
         self._refused_at: float | None = None
+        self._last: _Job | None = None
 
     def _stuck(self, now: float) -> bool:
         busy = self._busy_since
         return busy is not None and now - busy > settings.DISPATCH_WAIT
-
-    def _refused_lately(self, now: float) -> bool:
-        refused = self._refused_at
-        return refused is not None and now - refused < PAUSE_AFTER_REFUSAL
 
     def send(
         self,
@@ -176,20 +177,19 @@ class Publisher:
         refused: Callable[[], None],
         wanted: Callable[[], bool],
     ) -> AsyncResult | None:
-        """Hand *name*'s transfer message to the thread and wait for it at most
-        ``DISPATCH_WAIT`` (not at all while the broker is stuck or refused lately). ``None``:
-        refused, or marked refused because the broker is stuck (*refused* was called); else
-        the ``AsyncResult`` of the message's id (sent, or still to be sent). *wanted*: whether
-        the row still waits for a message (asked before a refused message is sent again)."""
+        """Hand *name*'s transfer message to the thread; the request does not wait for the
+        broker. ``None``: marked refused at once because the broker is stuck (an attempt has
+        lasted longer than ``DISPATCH_WAIT``; *refused* was called); else the ``AsyncResult``
+        of the message's id (to be sent; a refusal is recorded on the row by the thread).
+        *wanted*: whether the row still waits for a message (asked before a refused message is
+        sent again)."""
         self._start()
         job = _Job(task, alias, name, queue, refused, wanted)
-        now = time.monotonic()
-        stuck, lately = self._stuck(now), self._refused_lately(now)
+        stuck = self._stuck(time.monotonic())
+        self._last = job
         self._jobs.put(job)
         if stuck:
             refused()
-            return None
-        if not lately and job.done.wait(settings.DISPATCH_WAIT) and not job.sent:
             return None
         made: Callable[[str], AsyncResult] | None = getattr(task, "AsyncResult", None)
         return made(job.task_id) if made is not None else None
@@ -264,6 +264,15 @@ class Publisher:
             self._backlog.append(job)
         job.refused()
 
+    def flush(self, timeout: float) -> bool:
+        """Wait at most *timeout* seconds for the messages handed to the thread so far to be
+        tried (sent, or marked refused); ``False`` if some were not. Run at the process's exit
+        (``atexit``): a script that saves and ends still sends its messages."""
+        last = self._last
+        if last is None or self._pid != os.getpid() or self._stuck(time.monotonic()):
+            return last is None or last.done.is_set()
+        return last.done.wait(timeout)
+
     def forget_refused(self) -> int:
         """Drop the backlog (the reconcile pass sends those messages); how many it held."""
         with self._lock:
@@ -273,6 +282,27 @@ class Publisher:
 
 
 _publisher = Publisher()
+
+#: Longest a process that ends waits for its publisher thread to try the saves' messages.
+FLUSH_AT_EXIT = 5.0
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    if not _publisher.flush(FLUSH_AT_EXIT):
+        logger.warning(
+            "the process ends with transfer messages not yet sent (the broker did not take "
+            "them in %g s); their files stay pending and are queued by the next reconcile pass",
+            FLUSH_AT_EXIT,
+        )
+
+
+def flush(timeout: float = FLUSH_AT_EXIT) -> bool:
+    """Wait at most *timeout* seconds until this process's publisher thread has tried every
+    save's message handed to it so far (sent, or its row marked refused); ``False`` if some
+    were not tried by then. A process does this at its exit by itself; tests and scripts that
+    read the broker right after saving call it."""
+    return _publisher.flush(timeout)
 
 
 def forget_refused() -> int:

@@ -340,10 +340,11 @@ class QueuedStorage(ConfiguredStorage):
         return result
 
     def _dispatch_saved(self, name: str) -> None:
-        """A save's dispatch (at its commit): the one that sets :attr:`result`. The request
-        waits for the broker at most ``DISPATCH_WAIT`` (:class:`dispatch.Publisher`), unless
-        it is inside a transaction (a test case's, whose row the publisher's own connection
-        could not see) or the task is not sent in the background: then it sends it itself."""
+        """A save's dispatch (at its commit): the one that sets :attr:`result`. The message
+        is handed to the process's publisher thread (:class:`dispatch.Publisher`), the
+        request does not wait for the broker, unless it is inside a transaction (a test
+        case's, whose row the publisher's own connection could not see) or the task is not
+        sent in the background: then it sends it itself."""
         inline = transaction.get_connection(ledger_database()).in_atomic_block
         if inline or not publishes_in_background(self):
             self._calls.result = self._dispatch(name)

@@ -10,7 +10,11 @@ import base64
 import hashlib
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from django.core.files.storage import storages
 from django.db import transaction
 from django.test import override_settings
 
+from queued_storage import dispatch
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
 from queued_storage.transfer import remote_exists_within
@@ -33,6 +38,7 @@ from tests.harness.suite import (
     s3_bytes,
     wait_for,
 )
+from tests.harness.workers import PROJECT_ROOT
 from tests.testapp.models import Document, LegacyDocument
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -196,6 +202,46 @@ def test_rolled_back_save_ships_nothing(parked: Any) -> None:
     assert len(_parked_messages()) == 1
 
 
+_SAVE_AND_EXIT = """
+import sys
+import django
+django.setup()
+import tests.celery_app  # the project's Celery app, as its __init__.py would load it
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+storage = storages["queued_parked"]
+for i in range(int(sys.argv[1])):
+    print(storage.save(f"script/{i}.txt", ContentFile(b"saved by a script")), flush=True)
+"""
+
+
+def test_a_script_that_saves_and_exits_at_once_still_sends_every_message(parked: Any) -> None:
+    """A save does not wait for the broker (its message goes through the process's publisher
+    thread); a process that ends right after its saves waits for the thread at exit, so no
+    message is left behind in it."""
+    count = 40
+    done = subprocess.run(
+        [sys.executable, "-c", _SAVE_AND_EXIT, str(count)],
+        cwd=PROJECT_ROOT,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "PYTHONPATH": str(PROJECT_ROOT),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = done.stdout.split()
+    assert len(names) == count
+    sent = [json.loads(base64.b64decode(m["body"]))[0][1] for m in _parked_messages()]
+    assert sorted(sent) == sorted(names)
+    assert not StoredFile.objects.filter(
+        alias="queued_parked", name__in=names, dispatch_refused__isnull=False
+    ).exists()
+
+
 def test_refused_broker_leaves_file_pending_and_readable(
     worker: Any, clean: Any, caplog: Any, broker_proxy: Any
 ) -> None:
@@ -204,7 +250,7 @@ def test_refused_broker_leaves_file_pending_and_readable(
     try:
         with caplog.at_level(logging.WARNING, logger="queued_storage"), transaction.atomic():
             name = storage.save("no-broker.txt", ContentFile(b"still here"))
-        # The request waited DISPATCH_WAIT at most; the publisher thread records the refusal.
+        # The request did not wait for the broker; the publisher thread records the refusal.
         refused = wait_for(
             lambda: StoredFile.objects.filter(
                 alias="default", name=name, dispatch_refused__isnull=False
@@ -255,9 +301,10 @@ def test_saves_while_the_broker_hangs_do_not_wait_on_it_and_go_out_once_it_answe
     worker: Any, clean: Any, broker_proxy: Any
 ) -> None:
     """The broker stops answering on its open connection (a partition, a stalled server):
-    the first save leaves its message with the publisher thread, stuck on the broker, after
-    DISPATCH_WAIT; the saves after it do not try and mark their rows refused. Once the broker
-    answers, every file reaches S3 with no pass and no person acting."""
+    the first save leaves its message with the publisher thread (the request does not wait),
+    which is stuck on the broker; once that attempt has lasted DISPATCH_WAIT, the saves after
+    it do not try and mark their rows refused. Once the broker answers, every file reaches S3
+    with no pass and no person acting."""
     storage = storages["default"]
     # The publisher's connection is open and its last message went (no refusal of late).
     wait_remote("default", storage.save("hung/warm.txt", ContentFile(b"warm")))
@@ -265,6 +312,11 @@ def test_saves_while_the_broker_hangs_do_not_wait_on_it_and_go_out_once_it_answe
     try:
         first = storage.save("hung/first.txt", ContentFile(b"first"))
         stuck = storage.result
+        wait_for(
+            lambda: dispatch._publisher._stuck(time.monotonic()),
+            timeout=10,
+            what="the publisher's attempt to outlast DISPATCH_WAIT",
+        )
         later = [storage.save(f"hung/{i}.txt", ContentFile(b"later %d" % i)) for i in range(3)]
         results = storage.result
         rows = StoredFile.objects.filter(alias="default", name__in=later)

@@ -227,7 +227,11 @@ def broker_is_rabbitmq() -> bool:
 def broker_messages(queue: str) -> list[dict[str, Any]]:
     """The task messages waiting in *queue*, left where they are, each as Celery's Redis
     transport stores it (``body`` in base64, ``headers``, ``properties``...). On RabbitMQ they
-    are fetched unacknowledged, past the fault proxy, and given back by closing the channel."""
+    are fetched unacknowledged, past the fault proxy, and given back by closing the channel.
+    This process's saves' messages are sent first (a save hands its message to a thread)."""
+    from queued_storage import dispatch
+
+    dispatch.flush()
     if not broker_is_rabbitmq():
         with redis_client() as client:
             raw = client.lrange(queue, 0, -1)
@@ -257,7 +261,11 @@ def broker_messages(queue: str) -> list[dict[str, Any]]:
 
 def purge_queues(*queues: str) -> None:
     """Drop the messages waiting in *queues* (on RabbitMQ the queues stay declared: the
-    producers remember declaring them)."""
+    producers remember declaring them), this process's saves' messages included (sent first:
+    a save hands its message to a thread)."""
+    from queued_storage import dispatch
+
+    dispatch.flush()
     if not broker_is_rabbitmq():
         with redis_client() as client:
             client.delete(*queues)
