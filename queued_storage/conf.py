@@ -36,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
     "MULTIPART_THRESHOLD": 16 * MiB,
     "MULTIPART_CHUNKSIZE": 16 * MiB,
     "MAX_CONCURRENCY": 4,
+    "BATCH_FILES": 16,
+    "BATCH_FILE_BYTES": 1 * MiB,
     "CHUNK_SIZE": 8 * MiB,
     "RECONCILE_AFTER": None,
     "DISPATCH_WAIT": 0.25,
@@ -168,6 +170,19 @@ class Settings:
     def MAX_CONCURRENCY(self) -> int:
         """Parts in flight at once for one file; memory is about this times the part size."""
         return int(self._get("MAX_CONCURRENCY"))
+
+    @property
+    def BATCH_FILES(self) -> int:
+        """Most files one worker's task sends at once when its own file is small: it leases
+        up to this many small ``pending`` files of its storage and host in one statement and
+        sends them in parallel (``MAX_CONCURRENCY`` at a time); 1 sends each file alone."""
+        return int(self._get("BATCH_FILES"))
+
+    @property
+    def BATCH_FILE_BYTES(self) -> int:
+        """Largest file (bytes) that joins a batch, and that starts one (always below the
+        multipart threshold): a big file is never held up by a batch."""
+        return int(self._get("BATCH_FILE_BYTES"))
 
     @property
     def CHUNK_SIZE(self) -> int:

@@ -41,7 +41,7 @@ import datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from django.db import transaction
+from django.db import connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -59,6 +59,7 @@ from queued_storage.machine import (
     Row,
     Transition,
     failing_since,
+    take_batch_returning,
 )
 from queued_storage.models import State, StoredFile
 from queued_storage.state import FileState
@@ -427,6 +428,33 @@ class Ledger(PassTransitions, DirectTransitions):
             return LeaseResult(acquired=True, row=taken, took_over=True)
         row, now = self._row_and_clock(name)
         return LeaseResult(acquired=False, row=row, now=now)
+
+    def lease_batch(
+        self, host: str, owner: str, seconds: float, *, exclude: str, largest: int, count: int
+    ) -> list[StoredFile]:
+        """Lease for *owner* up to *count* other small ``pending`` rows of *host* in one
+        statement (``machine.take_batch_returning``): the rows leased, each a ``lease`` of its
+        own (announced per row). Empty where the database cannot return updated rows."""
+        connection = connections[StoredFile.db()]
+        if count <= 0 or not (
+            connection.vendor in ("postgresql", "sqlite")
+            and connection.features.can_return_rows_from_bulk_insert
+        ):
+            return []
+        taken = take_batch_returning(
+            connection,
+            self.alias,
+            host,
+            owner,
+            seconds,
+            exclude=exclude,
+            largest=largest,
+            count=count,
+        )
+        lease = TRANSITIONS["lease"]
+        for row in taken:
+            self._effects(lease, row.name, State.PENDING, True)
+        return taken
 
     def renew(
         self,

@@ -460,3 +460,58 @@ def take_returning(
     manager = StoredFile.objects.db_manager(connection.alias)
     leased = list(manager.raw(sql, params + where_params))
     return leased[0] if leased else None
+
+
+def take_batch_returning(
+    connection: BaseDatabaseWrapper,
+    alias: str,
+    host: str,
+    owner: str,
+    seconds: float,
+    *,
+    exclude: str,
+    largest: int,
+    count: int,
+) -> list[StoredFile]:
+    """The lease of up to *count* other ``pending`` rows of *alias* and *host* (not *exclude*)
+    of at most *largest* bytes, with no retry held (``retry_at`` unset), oldest first, for
+    *owner*, in one ``UPDATE ... RETURNING`` (PostgreSQL, SQLite 3.35+): the rows as the lease
+    left them. The outer ``state = 'pending'`` keeps it a conditional write per row (invariant
+    7): of two workers that pick the same row, one matches it. On PostgreSQL the inner
+    ``SELECT`` skips rows another transaction holds (``FOR UPDATE SKIP LOCKED``). It reads the
+    partial index ``queued_storage_fresh`` (invariant 12)."""
+    q = connection.ops.quote_name
+    now, now_params = clock.sql(clock.now(), connection)
+    expires, expires_params = clock.sql(clock.now(seconds), connection)
+    columns = ", ".join(q(str(f.column)) for f in StoredFile._meta.concrete_fields)
+    table = q(StoredFile._meta.db_table)
+    pending = str(State.PENDING)
+    sets = (
+        f"{q('state')} = %s, {q('lease_owner')} = %s, {q('lease_expires')} = {expires}, "
+        f"{q('bytes_done')} = 0, {q('dispatch_refused')} = NULL, {q('updated')} = {now}"
+    )
+    lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    inner = (
+        f"SELECT {q('id')} FROM {table} WHERE {q('alias')} = %s AND {q('host')} = %s "
+        f"AND {q('state')} = %s AND {q('retry_at')} IS NULL AND {q('size')} <= %s "
+        f"AND {q('name')} <> %s ORDER BY {q('created')} LIMIT %s{lock}"
+    )
+    sql = (
+        f"UPDATE {table} SET {sets} WHERE {q('id')} IN ({inner}) AND {q('state')} = %s "
+        f"RETURNING {columns}"
+    )
+    params: list[object] = [
+        str(State.TRANSFERRING),
+        owner,
+        *expires_params,
+        *now_params,
+        alias,
+        host,
+        pending,
+        largest,
+        exclude,
+        count,
+        pending,
+    ]
+    manager = StoredFile.objects.db_manager(connection.alias)
+    return list(manager.raw(sql, params))

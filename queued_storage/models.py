@@ -149,6 +149,12 @@ class StoredFile(models.Model):
                 condition=Q(state=State.PENDING, local_exists=True),
                 name="queued_storage_waiting",
             ),
+            # A worker's batch of small files: its host's fresh ``pending`` rows, oldest first.
+            models.Index(
+                fields=["alias", "host", "created", "size"],
+                condition=Q(state=State.PENDING, retry_at__isnull=True),
+                name="queued_storage_fresh",
+            ),
             # The admin's filters and its search (names beginning with the text).
             models.Index(fields=["host", "id"], name="queued_storage_host"),
             models.Index(fields=["alias", "id"], name="queued_storage_alias"),

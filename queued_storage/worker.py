@@ -28,6 +28,7 @@ backoff (``RETRY_MAX_DELAY``) plus one attempt after its infrastructure began to
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import enum
 import logging
@@ -43,6 +44,7 @@ from django.core.files.storage import Storage
 from django.db import connections
 
 from queued_storage import clock
+from queued_storage.batching import in_parallel, lease_companions
 from queued_storage.conf import settings
 from queued_storage.exceptions import (
     BadHookResult,
@@ -398,73 +400,158 @@ def run_transfer(
         return Outcome.GONE  # deleted between taking the lease and reading the row
     # The database's time of the lease (the take wrote it), and the monotonic clock from it:
     # the retry budget is measured without this host's wall clock.
-    leased_at, leased_tick = row.updated, time.monotonic()
-
-    def database_now() -> datetime.datetime:
-        return leased_at + datetime.timedelta(seconds=time.monotonic() - leased_tick)
-
-    if lease.took_over and retried_for(row, leased_at) >= settings.RETRY_FOR:
+    job = _Leased(name, row, row.updated, time.monotonic())
+    if lease.took_over and retried_for(row, job.leased_at) >= settings.RETRY_FOR:
         # Its workers keep dying (a file that kills them?): a lost worker is a transient
         # failure, bounded by time like the others.
         return _give_up(storage, name, owner, InfrastructureError(row.last_error, name=name), row)
-    started = time.monotonic()
-    resume = _resume_of(row)
+    if hook is None and not lease.took_over:
+        batch = _lease_batch(storage, row, owner)
+        if batch:
+            return _run_batch(storage, owner, [job, *batch], delete_local)
+    job.started = time.monotonic()
     try:
         with Heartbeat(storage, name, owner, FileState.from_row(row)) as beat:
             if hook is not None:
                 result = _run_hook(hook, storage, name)
             else:
-                result = transfer_file(
-                    storage.local,
-                    storage.remote,
-                    name,
-                    config=EngineConfig.from_settings(),
-                    progress=beat.progress,
-                    resume=resume,
-                    checkpoint=LedgerCheckpoint(ledger, name, owner, resume),
-                )
+                result = _engine(storage, owner, job, beat)
     except TransferError as err:
-        if ledger.row(name) is None:
-            # Deleted while we were sending it (which is why the local copy vanished, say).
-            _discard_remote(storage, name)
-            return Outcome.GONE
-        if isinstance(err, LocalFileMissing):
-            # Recorded, so that the reconcile pass reports the loss until it is resolved.
-            ledger.local_missing(name)
-        if isinstance(err, BadHookResult):
-            _fail(storage, name, owner, err)
-            raise err  # recorded; the task fails with it too (django-queued-storage's ValueError)
-        if isinstance(err, PermanentTransferError):
-            return _fail(storage, name, owner, err)
-        if isinstance(err, InfrastructureError):
-            elapsed = retried_for(row, database_now())
-            if elapsed >= settings.RETRY_FOR:
-                return _give_up(storage, name, owner, err, row)
-            delay = outage_backoff(elapsed)
-            ledger.retry_later(name, owner, str(err), counted=False, delay=delay)
-            logger.warning(
-                "transfer of %r failed on the infrastructure (%.0f s into this run of "
-                "failures, retried for up to %g s), will retry: %s",
-                name,
-                elapsed,
-                settings.RETRY_FOR,
-                err,
+        return _after_error(storage, owner, job, err)
+    return _after_success(storage, owner, job, result, delete_local)
+
+
+def _lease_batch(storage: QueuedStorage, row: StoredFile, owner: str) -> list[_Leased]:
+    now = time.monotonic()
+    return [_Leased(r.name, r, r.updated, now) for r in lease_companions(storage, row, owner)]
+
+
+def _run_batch(
+    storage: QueuedStorage, owner: str, jobs: list[_Leased], delete_local: bool | None
+) -> Outcome:
+    """Send a batch of leased small files in parallel (:mod:`queued_storage.batching`), and
+    record each one's outcome as it ends, exactly as alone; the first job's outcome is the
+    task's (its :class:`RetryLater` raised once all are recorded)."""
+    first = jobs[0]
+    outcome: list[Outcome] = []
+    later: list[RetryLater] = []
+    with contextlib.ExitStack() as stack:
+        beats = {
+            job.name: stack.enter_context(
+                Heartbeat(storage, job.name, owner, FileState.from_row(job.row))
             )
-            raise RetryLater(delay, str(err)) from err
-        errors = row.attempts + 1  # errors about this file, this one included
-        if errors > settings.RETRIES:
-            return _fail(storage, name, owner, err)
-        delay = backoff(errors)
-        ledger.retry_later(name, owner, str(err), delay=delay)
+            for job in jobs
+        }
+
+        def send(job: _Leased) -> TransferResult | TransferError:
+            job.started = time.monotonic()
+            try:
+                return _engine(storage, owner, job, beats[job.name])
+            except TransferError as err:
+                return err
+
+        def record(job: _Leased, result: TransferResult | TransferError) -> None:
+            beats[job.name].__exit__()  # the outcome owns the row from here
+            try:
+                if isinstance(result, TransferError):
+                    done = _after_error(storage, owner, job, result)
+                else:
+                    done = _after_success(storage, owner, job, result, delete_local)
+            except RetryLater as retry:  # recorded in the ledger (retry_at)
+                if job is first:
+                    later.append(retry)
+                return
+            if job is first:
+                outcome.append(done)
+
+        in_parallel(jobs, send, record)
+    if later:
+        raise later[0]
+    return outcome[0]
+
+
+class _Leased:
+    """A leased row on its way: its name, the row as the lease left it, and the database's
+    time of the lease with the monotonic clock read then."""
+
+    def __init__(
+        self, name: str, row: StoredFile, leased_at: datetime.datetime, tick: float
+    ) -> None:
+        self.name, self.row, self.leased_at, self.tick = name, row, leased_at, tick
+        self.started = tick
+
+    def database_now(self) -> datetime.datetime:
+        return self.leased_at + datetime.timedelta(seconds=time.monotonic() - self.tick)
+
+
+def _engine(storage: QueuedStorage, owner: str, job: _Leased, beat: Heartbeat) -> TransferResult:
+    resume = _resume_of(job.row)
+    return transfer_file(
+        storage.local,
+        storage.remote,
+        job.name,
+        config=EngineConfig.from_settings(),
+        progress=beat.progress,
+        resume=resume,
+        checkpoint=LedgerCheckpoint(storage.ledger, job.name, owner, resume),
+    )
+
+
+def _after_error(storage: QueuedStorage, owner: str, job: _Leased, err: TransferError) -> Outcome:
+    """Record a failed transfer by the error's kind (the module docstring); raises
+    :class:`RetryLater` for a retry, and *err* itself for a hook's bad result."""
+    ledger, name, row = storage.ledger, job.name, job.row
+    if ledger.row(name) is None:
+        # Deleted while we were sending it (which is why the local copy vanished, say).
+        _discard_remote(storage, name)
+        return Outcome.GONE
+    if isinstance(err, LocalFileMissing):
+        # Recorded, so that the reconcile pass reports the loss until it is resolved.
+        ledger.local_missing(name)
+    if isinstance(err, BadHookResult):
+        _fail(storage, name, owner, err)
+        raise err  # recorded; the task fails with it too (django-queued-storage's ValueError)
+    if isinstance(err, PermanentTransferError):
+        return _fail(storage, name, owner, err)
+    if isinstance(err, InfrastructureError):
+        elapsed = retried_for(row, job.database_now())
+        if elapsed >= settings.RETRY_FOR:
+            return _give_up(storage, name, owner, err, row)
+        delay = outage_backoff(elapsed)
+        ledger.retry_later(name, owner, str(err), counted=False, delay=delay)
         logger.warning(
-            "transfer of %r failed (error %d of at most %d about the file), will retry: %s",
+            "transfer of %r failed on the infrastructure (%.0f s into this run of "
+            "failures, retried for up to %g s), will retry: %s",
             name,
-            errors,
-            settings.RETRIES + 1,
+            elapsed,
+            settings.RETRY_FOR,
             err,
         )
         raise RetryLater(delay, str(err)) from err
+    errors = row.attempts + 1  # errors about this file, this one included
+    if errors > settings.RETRIES:
+        return _fail(storage, name, owner, err)
+    delay = backoff(errors)
+    ledger.retry_later(name, owner, str(err), delay=delay)
+    logger.warning(
+        "transfer of %r failed (error %d of at most %d about the file), will retry: %s",
+        name,
+        errors,
+        settings.RETRIES + 1,
+        err,
+    )
+    raise RetryLater(delay, str(err)) from err
 
+
+def _after_success(
+    storage: QueuedStorage,
+    owner: str,
+    job: _Leased,
+    result: TransferResult,
+    delete_local: bool | None,
+) -> Outcome:
+    """Record a verified transfer (``remote``), announce it, then delete the local copy."""
+    ledger, name = storage.ledger, job.name
     delete = delete_local if delete_local is not None else storage.delete_local
     recorded = ledger.remote(
         name,
@@ -485,11 +572,11 @@ def run_transfer(
         name=name,
         local=storage.local,
         remote=storage.remote,
-        alias=alias,
+        alias=storage.alias,
         size=result.size,
         checksum=result.checksum,
         algorithm=result.algorithm,
-        duration=time.monotonic() - started,
+        duration=time.monotonic() - job.started,
     )
     if delete:
         ledger.drop_local(name, result.size, storage.local.delete, announced=True)

@@ -257,6 +257,10 @@ def test_e010_staging_budget_not_a_positive_integer(value: Any) -> None:
         ("DISPATCH_WAIT", 0),
         ("DISPATCH_WAIT", "soon"),
         ("DISPATCH_WAIT", None),
+        ("BATCH_FILES", 0),
+        ("BATCH_FILES", "many"),
+        ("BATCH_FILE_BYTES", -1),
+        ("BATCH_FILE_BYTES", 1.5),
     ],
 )
 def test_e011_reconcile_settings_positive(setting: str, value: Any) -> None:

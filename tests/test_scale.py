@@ -225,3 +225,22 @@ def test_direct_uploads_are_counted_listed_and_cleaned_up_through_indexes(
         assert len(response.context["cl"].result_list) == 5
 
     assert scans(page) == []
+
+
+def test_a_workers_batch_of_small_files_is_leased_through_an_index(ledger: str) -> None:
+    """The statement that leases a batch of small ``pending`` files (issue 24) runs on every
+    small file's task: its plan reads the ledger by an index, never by a sequential scan."""
+    from queued_storage.ledger import Ledger
+
+    with CaptureQueriesContext(connections["postgres"]) as captured:
+        taken = Ledger("queued_delayed").lease_batch(
+            qs_settings.HOST, "scale-worker", 60, exclude="", largest=1 << 20, count=15
+        )
+    assert len(taken) == 15  # the fill's pending rows of this host
+    updates = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("UPDATE")]
+    assert len(updates) == 1
+    with connections["postgres"].cursor() as cursor:
+        cursor.execute(f"EXPLAIN {updates[0]}")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert f"Seq Scan on {LEDGER}" not in plan, plan
+    assert "queued_storage_fresh" in plan, plan

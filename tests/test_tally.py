@@ -114,10 +114,13 @@ def _counted_from_the_empty_ledger(ledger_db: str) -> None:
 
 # --- every kind of change --------------------------------------------------------------------
 def test_saves_transfers_and_deletes_through_a_queued_storage_move_the_tally(
-    ledger_db: str,
+    ledger_db: str, request: Any
 ) -> None:
     need("redis")
     reset_storages()
+    override = override_settings(QUEUED_STORAGE_BATCH_FILES=1)  # a group moves per transfer
+    override.enable()
+    request.addfinalizer(override.disable)
     keep = QueuedStorage(local="staging", remote="fs_remote", delayed=True)
     drop = QueuedStorage(local="staging", remote="fs_remote", delayed=True, delete_local=True)
     assert kept(ledger_db) == []
@@ -519,7 +522,7 @@ def test_the_migrations_count_the_ledger_install_the_triggers_and_indexes_and_re
 ) -> None:
     connection = connections[ledger_db]
     latest = MigrationExecutor(connection).loader.graph.leaf_nodes(APP)
-    assert [name for _, name in latest] == ["0010_uploading"]
+    assert [name for _, name in latest] == ["0011_fresh_index"]
     rows = StoredFile.objects.using(ledger_db)
     try:
         _migrate(connection, [BEFORE_TALLY])

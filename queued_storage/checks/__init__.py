@@ -20,7 +20,7 @@ tus), ``serving`` (waiting files), ``monitoring`` (metrics); ``common`` holds wh
 | E007 | a QueuedStorage in STORAGES has an invalid option |
 | W001 | the state cache is not shared between processes while Celery is not eager |
 | E010 | ``QUEUED_STORAGE_STAGING_BUDGET`` is neither ``None`` nor a positive integer |
-| E011 | ``RECONCILE_AFTER`` (or ``None``), ``RECONCILE_BATCH``, ``DISPATCH_WAIT`` not positive |
+| E011 | ``RECONCILE_AFTER``, ``RECONCILE_BATCH``, ``DISPATCH_WAIT``, ``BATCH_*`` not positive |
 | W010 | this host's waiting bytes are at 80 % of the staging budget (database check) |
 | W011 | retired: retries wait in the ledger (it checked the Redis ``visibility_timeout``) |
 | W012 | the broker is RabbitMQ and Celery's ``broker_channel_error_retry`` is not ``True`` |

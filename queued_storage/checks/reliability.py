@@ -38,6 +38,8 @@ def check_reliability_settings(
         ("RECONCILE_AFTER", positive_number, "seconds"),
         ("RECONCILE_BATCH", positive_int, "rows (an integer)"),
         ("DISPATCH_WAIT", positive_number, "seconds"),
+        ("BATCH_FILES", positive_int, "files (an integer; 1 sends each file alone)"),
+        ("BATCH_FILE_BYTES", positive_int, "bytes (an integer)"),
     ):
         value, default = setting(name), DEFAULTS[name]
         if not positive(value) and not (name == "RECONCILE_AFTER" and value is None):

@@ -698,6 +698,7 @@ class HttpFaultProxy(_FaultProxyBase):
         self._fail_remaining = 0
         self._fail_status = 503
         self._fail_methods: frozenset[str] | None = None
+        self._fail_when: Callable[[ProxiedRequest], bool] | None = None
         self._cuts: list[Callable[[ProxiedRequest], bool]] = []
         self.injected_total = 0
         self._released = threading.Event()
@@ -718,15 +719,21 @@ class HttpFaultProxy(_FaultProxyBase):
             self._log.clear()
 
     def fail_next(
-        self, n: int, status: int = 503, *, methods: Collection[str] | None = None
+        self,
+        n: int,
+        status: int = 503,
+        *,
+        methods: Collection[str] | None = None,
+        when: Callable[[ProxiedRequest], bool] | None = None,
     ) -> None:
-        """Answer the next ``n`` requests (optionally only those with one of ``methods``) with
-        ``status`` and an S3 error body (503 ``SlowDown``, 500 ``InternalError``, ...).
-        Replaces any pending failures."""
+        """Answer the next ``n`` requests (optionally only those with one of ``methods``, and
+        those *when* accepts) with ``status`` and an S3 error body (503 ``SlowDown``, 500
+        ``InternalError``, ...). Replaces any pending failures."""
         with self._state_lock:
             self._fail_remaining = n
             self._fail_status = status
             self._fail_methods = frozenset(m.upper() for m in methods) if methods else None
+            self._fail_when = when
 
     def cut_answer_next(self, when: Callable[[ProxiedRequest], bool]) -> None:
         """Forward the next request that *when* accepts, relay the upstream's status line and
@@ -815,8 +822,10 @@ class HttpFaultProxy(_FaultProxyBase):
         """Log a request; return the status to inject or ``None`` to forward it."""
         with self._state_lock:
             self._log.append(request)
-            if self._fail_remaining > 0 and (
-                self._fail_methods is None or request.method in self._fail_methods
+            if (
+                self._fail_remaining > 0
+                and (self._fail_methods is None or request.method in self._fail_methods)
+                and (self._fail_when is None or self._fail_when(request))
             ):
                 self._fail_remaining -= 1
                 self.injected_total += 1
