@@ -9,7 +9,8 @@ over the process's one S3 client from a pool of ``MAX_CONCURRENCY`` threads
 write per row), its own verified engine run, its own outcome and retry budget, recorded as
 soon as its PUT ends, by the task's own thread (the ledger's connection is the task's). A
 batch never takes a big file, a file with a retry held, nor one of another host; a big file's
-message leases only its file. The other files' own messages then find them ``remote`` (or
+message leases only its file; a ``delayed`` storage's transfers never batch (its files wait
+until they are asked for). The other files' own messages then find them ``remote`` (or
 leased) and end.
 """
 

@@ -320,10 +320,10 @@ class Machine:
 
         transaction.on_commit(send, using=StoredFile.db())
 
-    def republish(self, name: str) -> None:
+    def republish(self, name: str, row: StoredFile | None = None) -> None:
         """Publish the row as it is now (after a transition whose result depends on it, or
-        when the cache may lag behind the row)."""
-        row = self.row(name)
+        when the cache may lag behind the row); *row*: as it was just read (no new read)."""
+        row = row if row is not None else self.row(name)
         if row is not None:
             self._publish(name, FileState.from_row(row))
 

@@ -384,7 +384,7 @@ def run_transfer(
         if row is None:
             return Outcome.GONE  # deleted (or never saved): nothing to bring back
         if row.state == State.REMOTE:
-            ledger.republish(name)
+            ledger.republish(name, row)  # as the lease read it (a batch's file, say)
             return Outcome.ALREADY_REMOTE
         if row.state == State.FAILED:
             return Outcome.FAILED  # retried on request only (storage.transfer or reconcile)
@@ -405,7 +405,7 @@ def run_transfer(
         # Its workers keep dying (a file that kills them?): a lost worker is a transient
         # failure, bounded by time like the others.
         return _give_up(storage, name, owner, InfrastructureError(row.last_error, name=name), row)
-    if hook is None and not lease.took_over:
+    if hook is None and not lease.took_over and not storage.delayed:
         batch = _lease_batch(storage, row, owner)
         if batch:
             return _run_batch(storage, owner, [job, *batch], delete_local)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,14 +19,23 @@ from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
 from queued_storage.storage import QueuedStorage
 from queued_storage.worker import Outcome, RetryLater, run_transfer
-from tests.harness.suite import need
+from tests.harness.suite import need, purge_queues
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def delayed(**options: Any) -> QueuedStorage:
-    """A storage no worker of the suite consumes: these tests run its transfers themselves."""
-    return QueuedStorage(local="staging", remote="s3", delayed=True, queue="parked", **options)
+@pytest.fixture(autouse=True)
+def parked_queue() -> Iterator[None]:
+    """The saves' messages go to a queue no worker of the suite consumes: these tests run the
+    transfers themselves. Emptied before and after."""
+    need("redis")
+    purge_queues("parked")
+    yield
+    purge_queues("parked")
+
+
+def parked(**options: Any) -> QueuedStorage:
+    return QueuedStorage(local="staging", remote="s3", queue="parked", **options)
 
 
 def rows(storage: QueuedStorage, names: list[str]) -> dict[str, StoredFile]:
@@ -49,7 +59,7 @@ def saved(storage: QueuedStorage, count: int, prefix: str = "small") -> dict[str
 def test_one_task_sends_its_hosts_small_pending_files_in_one_batch(
     clean: Any, s3_proxy: Any
 ) -> None:
-    storage = delayed()
+    storage = parked()
     files = saved(storage, 6)
     first, *others = files
     with override_settings(QUEUED_STORAGE_BATCH_FILES=16):
@@ -74,7 +84,7 @@ def test_one_task_sends_its_hosts_small_pending_files_in_one_batch(
 def test_a_batch_takes_at_most_batch_files_and_only_small_fresh_files_of_its_host(
     clean: Any,
 ) -> None:
-    storage = delayed()
+    storage = parked()
     small = saved(storage, 5)
     big = storage.save("big.bin", ContentFile(b"b" * 4096))
     other_host = storage.save("elsewhere.txt", ContentFile(b"on another host"))
@@ -93,7 +103,7 @@ def test_a_batch_takes_at_most_batch_files_and_only_small_fresh_files_of_its_hos
 
 
 def test_a_big_files_task_sends_only_its_file(clean: Any) -> None:
-    storage = delayed()
+    storage = parked()
     small = saved(storage, 3)
     big = storage.save("big.bin", ContentFile(b"b" * 4096))
     with override_settings(QUEUED_STORAGE_BATCH_FILE_BYTES=2048):
@@ -101,8 +111,16 @@ def test_a_big_files_task_sends_only_its_file(clean: Any) -> None:
     assert {row.state for row in rows(storage, list(small)).values()} == {State.PENDING}
 
 
+def test_a_delayed_storages_files_wait_until_each_is_asked_for(clean: Any) -> None:
+    storage = QueuedStorage(local="staging", remote="s3", delayed=True, queue="parked")
+    files = saved(storage, 3)
+    assert run_transfer(storage.alias, next(iter(files))) is Outcome.TRANSFERRED
+    states = [row.state for row in rows(storage, list(files)).values()]
+    assert sorted(states) == sorted([State.REMOTE, State.PENDING, State.PENDING])
+
+
 def test_batch_files_1_sends_each_file_alone(clean: Any) -> None:
-    storage = delayed()
+    storage = parked()
     files = saved(storage, 3)
     with override_settings(QUEUED_STORAGE_BATCH_FILES=1):
         assert run_transfer(storage.alias, next(iter(files))) is Outcome.TRANSFERRED
@@ -113,7 +131,7 @@ def test_batch_files_1_sends_each_file_alone(clean: Any) -> None:
 def test_each_file_of_a_batch_keeps_its_own_outcome_and_retry_budget(
     clean: Any, s3_proxy: Any
 ) -> None:
-    storage = delayed()
+    storage = parked()
     files = saved(storage, 5)
     first, cut, missing, *fine = files
     storage.local.delete(missing)  # an error about that file only
@@ -134,7 +152,7 @@ def test_each_file_of_a_batch_keeps_its_own_outcome_and_retry_budget(
 def test_the_tasks_own_retry_is_raised_after_the_batch_is_recorded(
     clean: Any, s3_proxy: Any
 ) -> None:
-    storage = delayed()
+    storage = parked()
     files = saved(storage, 4)
     first, *others = files
     s3_proxy.fail_next(20, 503, methods=["PUT"], when=lambda r: r.path.endswith(first))
@@ -147,8 +165,7 @@ def test_the_tasks_own_retry_is_raised_after_the_batch_is_recorded(
 
 
 def test_two_workers_leasing_batches_at_once_never_share_a_file(clean: Any) -> None:
-    need("redis")
-    storage = delayed()
+    storage = parked()
     files = saved(storage, 40)
     ledger = Ledger(storage.alias)
     host = rows(storage, list(files))[next(iter(files))].host

@@ -114,13 +114,10 @@ def _counted_from_the_empty_ledger(ledger_db: str) -> None:
 
 # --- every kind of change --------------------------------------------------------------------
 def test_saves_transfers_and_deletes_through_a_queued_storage_move_the_tally(
-    ledger_db: str, request: Any
+    ledger_db: str,
 ) -> None:
     need("redis")
     reset_storages()
-    override = override_settings(QUEUED_STORAGE_BATCH_FILES=1)  # a group moves per transfer
-    override.enable()
-    request.addfinalizer(override.disable)
     keep = QueuedStorage(local="staging", remote="fs_remote", delayed=True)
     drop = QueuedStorage(local="staging", remote="fs_remote", delayed=True, delete_local=True)
     assert kept(ledger_db) == []

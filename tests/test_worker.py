@@ -352,8 +352,7 @@ def test_a_kept_connection_serves_the_next_transfer_and_is_replaced_once_the_ser
             cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
         connections.close_all()
 
-    # One file per transfer (no batch): each transfer is one use of the kept connection.
-    with override_settings(QUEUED_STORAGE_DATABASE="postgres", QUEUED_STORAGE_BATCH_FILES=1):
+    with override_settings(QUEUED_STORAGE_DATABASE="postgres"):
         storage = delayed()
         names = [storage.save(f"kept-{i}.txt", ContentFile(b"k")) for i in range(4)]
         connections.close_all()
