@@ -72,3 +72,5 @@ LOGGING = {"version": 1, "disable_existing_loggers": False}
 for _name in [n for n in list(globals()) if n.startswith("QUEUED_STORAGE_")]:
     del globals()[_name]
 QUEUED_STORAGE_LEASE_TIMEOUT = float(os.environ.get("BENCH_LEASE_TIMEOUT", "120"))
+if os.environ.get("BENCH_BATCH_FILES"):  # an A/B of small files in batches (row 4)
+    QUEUED_STORAGE_BATCH_FILES = int(os.environ["BENCH_BATCH_FILES"])

@@ -34,12 +34,22 @@ J = TypeVar("J")
 R = TypeVar("R")
 
 
+#: A batch is leased only when the task's own file waited at least this long (seconds, by
+#: the database's clock) between its save and its lease: the workers are behind, so other
+#: files wait too. A worker that keeps up sends each file alone and pays nothing for batches
+#: (their statement, threads and heartbeats cost more than they save on a handful of files).
+BEHIND = 0.25
+
+
 def lease_companions(storage: QueuedStorage, row: StoredFile, owner: str) -> list[StoredFile]:
-    """The other small ``pending`` files leased for *owner* beside *row* (already leased by
-    it); none when *row* is not small or batches are off (``BATCH_FILES`` 1)."""
+    """The other small ``pending`` files leased for *owner* beside *row* (just leased by it:
+    ``row.updated`` is the lease's time); none when *row* is not small, did not wait
+    :data:`BEHIND` seconds, or batches are off (``BATCH_FILES`` 1)."""
     largest = min(settings.BATCH_FILE_BYTES, settings.MULTIPART_THRESHOLD - 1)
     count = settings.BATCH_FILES - 1
     if count <= 0 or row.size is None or row.size > largest:
+        return []
+    if (row.updated - row.created).total_seconds() < BEHIND:
         return []
     return storage.ledger.lease_batch(
         row.host,

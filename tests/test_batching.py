@@ -5,6 +5,7 @@ ledger (SQLite and PostgreSQL in the matrix)."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import threading
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.db.models import F
 from django.test import override_settings
 
 from queued_storage.ledger import Ledger
@@ -48,11 +50,19 @@ def s3_md5(client: Any, name: str) -> str:
     return hashlib.md5(body).hexdigest()
 
 
-def saved(storage: QueuedStorage, count: int, prefix: str = "small") -> dict[str, bytes]:
+def saved(
+    storage: QueuedStorage, count: int, prefix: str = "small", *, waited: float = 2.0
+) -> dict[str, bytes]:
+    """*count* small files saved through *storage*, their rows made *waited* seconds old (the
+    workers are behind: a batch is leased only for a file that waited ``BEHIND``)."""
     out: dict[str, bytes] = {}
     for i in range(count):
         data = f"{prefix} {i} ".encode() * 50
         out[storage.save(f"{prefix}/{i}.txt", ContentFile(data))] = data
+    if waited:
+        StoredFile.objects.filter(alias=storage.alias, name__in=list(out)).update(
+            created=F("created") - datetime.timedelta(seconds=waited)
+        )
     return out
 
 
@@ -114,6 +124,16 @@ def test_a_big_files_task_sends_only_its_file(clean: Any) -> None:
 def test_a_delayed_storages_files_wait_until_each_is_asked_for(clean: Any) -> None:
     storage = QueuedStorage(local="staging", remote="s3", delayed=True, queue="parked")
     files = saved(storage, 3)
+    assert run_transfer(storage.alias, next(iter(files))) is Outcome.TRANSFERRED
+    states = [row.state for row in rows(storage, list(files)).values()]
+    assert sorted(states) == sorted([State.REMOTE, State.PENDING, State.PENDING])
+
+
+def test_a_worker_that_keeps_up_sends_each_file_alone(clean: Any) -> None:
+    """Files whose task takes them at once (no backlog: they waited less than ``BEHIND``)
+    are sent one per task; batches are for a worker that is behind."""
+    storage = parked()
+    files = saved(storage, 3, waited=0)
     assert run_transfer(storage.alias, next(iter(files))) is Outcome.TRANSFERRED
     states = [row.state for row in rows(storage, list(files)).values()]
     assert sorted(states) == sorted([State.REMOTE, State.PENDING, State.PENDING])
