@@ -86,6 +86,7 @@ demo: $(DEMO_STAMP)
 SCALE_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
+	$(BIN)/python benchmarks/bench.py --rows 4 --s3-latency 10 --json benchmarks/results-latency.json $(ARGS)
 	$(BIN)/python benchmarks/bench_uploads.py $(ARGS)
 	$(BIN)/python benchmarks/bench_direct.py $(ARGS)
 	$(BIN)/python benchmarks/bench_scale.py $(ARGS) $(SCALE_ARGS)

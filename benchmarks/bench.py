@@ -33,7 +33,11 @@ Rows, and each baseline's configuration:
    defaults (``file_overwrite=True``: one PUT per file) and with ``file_overwrite=False`` (HEAD
    + PUT). Median of 3 interleaved rounds; files/s, the worker's CPU per file (whole process
    tree), the producer's CPU per save, the loops' CPU per file. Targets (issue 24): >= 1.5x the
-   ``file_overwrite=True`` loop, worker CPU <= 4 ms per file.
+   ``file_overwrite=True`` loop, worker CPU <= 4 ms per file. ``--s3-latency 10`` runs the
+   row (every tool) with S3 behind ``benchmarks/latency_proxy.py``, 10 ms each way: S3
+   farther than loopback, where the queue's parallel PUTs (small files in batches) show;
+   ``make bench`` runs it after the main run (``benchmarks/results-latency.json``).
+   ``BENCH_BATCH_FILES`` sets ``QUEUED_STORAGE_BATCH_FILES`` for an A/B.
 5. The request path: ``QueuedStorage.save()`` of a 100 MiB upload vs ``S3Storage.save()``
    (``file_overwrite=False``).
 6. ``QueuedStorage.save()`` latency of 16 KiB in autocommit (transfer dispatched to Redis at once,
@@ -63,6 +67,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -310,8 +315,11 @@ class Bench:
         save_timeout: float | None = None,
         tools: tuple[str, ...] = ROW1_TOOLS,
         signing: tuple[str, ...] = ("signed", "unsigned"),
+        s3_latency_ms: float = 0.0,
     ) -> None:
         self.quick = quick
+        self.s3_latency_ms = s3_latency_ms
+        self.latency_proxy: subprocess.Popen[str] | None = None
         self.tools, self.signing = tools, signing
         self.save_timeout = save_timeout or (40.0 if quick else 200.0)
         self.tmp = Path(tempfile.mkdtemp(prefix="qs-bench-"))
@@ -325,6 +333,8 @@ class Bench:
             "DJANGO_SETTINGS_MODULE": "benchmarks.settings",
             "PYTHONPATH": str(ROOT),
         }
+        if s3_latency_ms > 0:
+            self.env["BENCH_S3_ENDPOINT"] = self.start_latency_proxy(s3_latency_ms)
         os.environ.update(self.env)
         import django
 
@@ -338,6 +348,33 @@ class Bench:
         self.rows: list[Row] = []
 
     # -- helpers --------------------------------------------------------------------------
+    def start_latency_proxy(self, delay_ms: float) -> str:
+        """``benchmarks/latency_proxy.py`` in front of moto (every storage, client and worker
+        of the run goes through it): each request's round trip gains twice *delay_ms*."""
+        moto = urllib.parse.urlsplit(self.stack.env()["QS_TEST_S3_DIRECT_ENDPOINT"])
+        port = free_port()
+        self.latency_proxy = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "latency_proxy.py"),
+                str(port),
+                moto.hostname or "127.0.0.1",
+                str(moto.port),
+                str(delay_ms),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.latency_proxy.stdout is not None
+        if self.latency_proxy.stdout.readline().strip() != "ready":
+            raise RuntimeError("the latency proxy did not start")
+        print(
+            f"S3 through benchmarks/latency_proxy.py: +{delay_ms:g} ms each way "
+            f"(+{2 * delay_ms:g} ms per round trip), for every tool of the run",
+            flush=True,
+        )
+        return f"http://127.0.0.1:{port}"
+
     def reset_s3(self) -> None:
         assert self.stack.moto is not None
         self.stack.moto.reset()
@@ -544,7 +581,8 @@ class Bench:
         print(
             f"row 4: {count} files of 16 KiB, median of {rounds} interleaved rounds; ours: "
             f"QueuedStorage (ledger on PostgreSQL) + one worker (prefork, concurrency "
-            f"{concurrency}), end to end",
+            f"{concurrency}), end to end"
+            + (f"; S3 +{self.s3_latency_ms:g} ms each way" if self.s3_latency_ms else ""),
             flush=True,
         )
         queued = storages["default"]
@@ -688,6 +726,7 @@ class Bench:
                     "worker_pool_cpu_ms_per_file": round(pool_ms, 2),
                     "producer_cpu_ms_per_save": round(producer_ms, 2),
                     "worker_concurrency": concurrency,
+                    "s3_latency_ms_each_way": self.s3_latency_ms,
                     "walls": [round(x["wall"], 3) for x in results["ours"]],
                 },
             )
@@ -886,6 +925,9 @@ class Bench:
                 print(f"      child's last log lines: {extra['log_tail'][:300]}")
 
     def close(self) -> None:
+        if self.latency_proxy is not None:
+            self.latency_proxy.terminate()
+            self.latency_proxy.wait(10)
         self.stack.stop()
         for path in sorted(self.tmp.rglob("*"), reverse=True):
             path.unlink() if path.is_file() else path.rmdir()
@@ -1089,6 +1131,14 @@ def main() -> int:
     parser.add_argument(
         "--signing", default="signed,unsigned", help="row 1: signed, unsigned or both (default)"
     )
+    parser.add_argument(
+        "--s3-latency",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="put benchmarks/latency_proxy.py in front of S3 for the whole run: every tool's "
+        "requests gain MS each way (row 4 with an S3 farther than loopback)",
+    )
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results.json"))
     args = parser.parse_args()
     wanted = {int(r) for r in args.rows.split(",")}
@@ -1099,7 +1149,7 @@ def main() -> int:
         parser.error(f"unknown --tools or --signing value(s): {', '.join(sorted(unknown))}")
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
-    bench = Bench(args.quick, args.save_timeout, tools, signing)
+    bench = Bench(args.quick, args.save_timeout, tools, signing, args.s3_latency)
     try:
         for number, method in (
             (1, bench.row1_throughput),
