@@ -59,6 +59,7 @@ from queued_storage.machine import (
     Row,
     Transition,
     failing_since,
+    returns_rows,
     take_batch_returning,
 )
 from queued_storage.models import State, StoredFile
@@ -436,10 +437,7 @@ class Ledger(PassTransitions, DirectTransitions):
         statement (``machine.take_batch_returning``): the rows leased, each a ``lease`` of its
         own (announced per row). Empty where the database cannot return updated rows."""
         connection = connections[StoredFile.db()]
-        if count <= 0 or not (
-            connection.vendor in ("postgresql", "sqlite")
-            and connection.features.can_return_rows_from_bulk_insert
-        ):
+        if count <= 0 or not returns_rows(connection):
             return []
         taken = take_batch_returning(
             connection,

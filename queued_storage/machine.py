@@ -42,6 +42,8 @@ __all__ = [
     "Row",
     "Transition",
     "failing_since",
+    "returns_rows",
+    "take_batch_returning",
     "take_returning",
 ]
 
@@ -388,9 +390,7 @@ class Machine:
         database's (:mod:`queued_storage.clock`): the expiry, the takeover's condition, the
         row's ``updated`` (which the worker reads back as the time of its lease)."""
         connection = connections[StoredFile.db()]
-        if connection.vendor in ("postgresql", "sqlite") and (
-            connection.features.can_return_rows_from_bulk_insert
-        ):
+        if returns_rows(connection):
             return take_returning(connection, self.alias, name, owner, seconds, lost=lost)
         fields: dict[str, object] = {
             "state": State.TRANSFERRING,
@@ -421,6 +421,42 @@ class Machine:
         return found
 
 
+def returns_rows(connection: BaseDatabaseWrapper) -> bool:
+    """Whether *connection*'s database returns the rows an ``UPDATE`` changed (PostgreSQL,
+    SQLite 3.35+): the leases are then one statement each."""
+    return connection.vendor in ("postgresql", "sqlite") and bool(
+        connection.features.can_return_rows_from_bulk_insert
+    )
+
+
+def _lease_sets(
+    connection: BaseDatabaseWrapper, owner: str, seconds: float
+) -> tuple[str, list[object]]:
+    """The ``SET`` clause of a lease for *owner* for *seconds* and its parameters, the same for
+    one row and for a batch: ``transferring``, the holder, the expiry and ``updated`` by the
+    database's clock, no progress, no refusal mark, no retry due."""
+    q = connection.ops.quote_name
+    now, now_params = clock.sql(clock.now(), connection)
+    expires, expires_params = clock.sql(clock.now(seconds), connection)
+    sets = (
+        f"{q('state')} = %s, {q('lease_owner')} = %s, {q('lease_expires')} = {expires}, "
+        f"{q('bytes_done')} = 0, {q('dispatch_refused')} = NULL, {q('retry_at')} = NULL, "
+        f"{q('updated')} = {now}"
+    )
+    return sets, [str(State.TRANSFERRING), owner, *expires_params, *now_params]
+
+
+def _update_returning(
+    connection: BaseDatabaseWrapper, sets: str, where: str, params: list[object]
+) -> list[StoredFile]:
+    """``UPDATE`` the ledger's rows matching *where* with *sets*, returning them as they are
+    after it."""
+    q = connection.ops.quote_name
+    columns = ", ".join(q(str(f.column)) for f in StoredFile._meta.concrete_fields)
+    sql = f"UPDATE {q(StoredFile._meta.db_table)} SET {sets} WHERE {where} RETURNING {columns}"
+    return list(StoredFile.objects.db_manager(connection.alias).raw(sql, params))
+
+
 def take_returning(
     connection: BaseDatabaseWrapper,
     alias: str,
@@ -435,15 +471,7 @@ def take_returning(
     database's (:func:`queued_storage.clock.now`, compiled for *connection*)."""
     q = connection.ops.quote_name
     now, now_params = clock.sql(clock.now(), connection)
-    expires, expires_params = clock.sql(clock.now(seconds), connection)
-    columns = ", ".join(q(str(f.column)) for f in StoredFile._meta.concrete_fields)
-    table = q(StoredFile._meta.db_table)
-    sets = (
-        f"{q('state')} = %s, {q('lease_owner')} = %s, {q('lease_expires')} = {expires}, "
-        f"{q('bytes_done')} = 0, {q('dispatch_refused')} = NULL, {q('retry_at')} = NULL, "
-        f"{q('updated')} = {now}"
-    )
-    params: list[object] = [str(State.TRANSFERRING), owner, *expires_params, *now_params]
+    sets, params = _lease_sets(connection, owner, seconds)
     where = f"{q('alias')} = %s AND {q('name')} = %s AND {q('state')} = %s"
     where_params: list[object] = [alias, name]
     if lost is None:
@@ -456,9 +484,7 @@ def take_returning(
         params += [lost[1][:ERROR_LENGTH], *now_params]
         where += f" AND {q('lease_owner')} = %s AND {q('lease_expires')} < {now}"
         where_params += [str(State.TRANSFERRING), lost[0], *now_params]
-    sql = f"UPDATE {table} SET {sets} WHERE {where} RETURNING {columns}"
-    manager = StoredFile.objects.db_manager(connection.alias)
-    leased = list(manager.raw(sql, params + where_params))
+    leased = _update_returning(connection, sets, where, params + where_params)
     return leased[0] if leased else None
 
 
@@ -481,37 +507,14 @@ def take_batch_returning(
     ``SELECT`` skips rows another transaction holds (``FOR UPDATE SKIP LOCKED``). It reads the
     partial index ``queued_storage_fresh`` (invariant 12)."""
     q = connection.ops.quote_name
-    now, now_params = clock.sql(clock.now(), connection)
-    expires, expires_params = clock.sql(clock.now(seconds), connection)
-    columns = ", ".join(q(str(f.column)) for f in StoredFile._meta.concrete_fields)
-    table = q(StoredFile._meta.db_table)
     pending = str(State.PENDING)
-    sets = (
-        f"{q('state')} = %s, {q('lease_owner')} = %s, {q('lease_expires')} = {expires}, "
-        f"{q('bytes_done')} = 0, {q('dispatch_refused')} = NULL, {q('updated')} = {now}"
-    )
+    sets, params = _lease_sets(connection, owner, seconds)
     lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
     inner = (
-        f"SELECT {q('id')} FROM {table} WHERE {q('alias')} = %s AND {q('host')} = %s "
-        f"AND {q('state')} = %s AND {q('retry_at')} IS NULL AND {q('size')} <= %s "
-        f"AND {q('name')} <> %s ORDER BY {q('created')} LIMIT %s{lock}"
+        f"SELECT {q('id')} FROM {q(StoredFile._meta.db_table)} WHERE {q('alias')} = %s "
+        f"AND {q('host')} = %s AND {q('state')} = %s AND {q('retry_at')} IS NULL "
+        f"AND {q('size')} <= %s AND {q('name')} <> %s ORDER BY {q('created')} LIMIT %s{lock}"
     )
-    sql = (
-        f"UPDATE {table} SET {sets} WHERE {q('id')} IN ({inner}) AND {q('state')} = %s "
-        f"RETURNING {columns}"
-    )
-    params: list[object] = [
-        str(State.TRANSFERRING),
-        owner,
-        *expires_params,
-        *now_params,
-        alias,
-        host,
-        pending,
-        largest,
-        exclude,
-        count,
-        pending,
-    ]
-    manager = StoredFile.objects.db_manager(connection.alias)
-    return list(manager.raw(sql, params))
+    where = f"{q('id')} IN ({inner}) AND {q('state')} = %s"
+    where_params: list[object] = [alias, host, pending, largest, exclude, count, pending]
+    return _update_returning(connection, sets, where, params + where_params)

@@ -400,7 +400,7 @@ def run_transfer(
         return Outcome.GONE  # deleted between taking the lease and reading the row
     # The database's time of the lease (the take wrote it), and the monotonic clock from it:
     # the retry budget is measured without this host's wall clock.
-    job = _Leased(name, row, row.updated, time.monotonic())
+    job = _Leased(row, time.monotonic())
     if lease.took_over and retried_for(row, job.leased_at) >= settings.RETRY_FOR:
         # Its workers keep dying (a file that kills them?): a lost worker is a transient
         # failure, bounded by time like the others.
@@ -423,7 +423,7 @@ def run_transfer(
 
 def _lease_batch(storage: QueuedStorage, row: StoredFile, owner: str) -> list[_Leased]:
     now = time.monotonic()
-    return [_Leased(r.name, r, r.updated, now) for r in lease_companions(storage, row, owner)]
+    return [_Leased(leased, now) for leased in lease_companions(storage, row, owner)]
 
 
 def _run_batch(
@@ -471,14 +471,12 @@ def _run_batch(
 
 
 class _Leased:
-    """A leased row on its way: its name, the row as the lease left it, and the database's
-    time of the lease with the monotonic clock read then."""
+    """A leased row on its way: the row as the lease left it (its ``updated`` is the
+    database's time of the lease) and the monotonic clock read then."""
 
-    def __init__(
-        self, name: str, row: StoredFile, leased_at: datetime.datetime, tick: float
-    ) -> None:
-        self.name, self.row, self.leased_at, self.tick = name, row, leased_at, tick
-        self.started = tick
+    def __init__(self, row: StoredFile, tick: float) -> None:
+        self.row, self.name, self.leased_at = row, row.name, row.updated
+        self.tick = self.started = tick
 
     def database_now(self) -> datetime.datetime:
         return self.leased_at + datetime.timedelta(seconds=time.monotonic() - self.tick)

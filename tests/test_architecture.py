@@ -169,9 +169,9 @@ def writes_by_definition(tree: ast.Module) -> set[tuple[str, str]]:
 
 def test_every_write_of_the_ledger_goes_through_its_transition_mechanism() -> None:
     """In the ledger's modules a row is updated or deleted only in ``Machine._transition``
-    (every declared transition) and ``Machine._take`` (the lease, whose ``UPDATE ...
-    RETURNING`` is ``take_returning``, a raw query; a batch's lease is the other,
-    ``take_batch_returning``); rows are inserted only by
+    (every declared transition) and ``Machine._take`` (the lease; its ``UPDATE ... RETURNING``,
+    and a batch's, go through ``_update_returning``, the one raw query); rows are inserted
+    only by
     ``Machine._insert`` and ``Ledger.seed_remote`` (a bulk INSERT): no transition of
     ``Ledger`` writes by hand beside the table."""
     found = sorted(
@@ -185,8 +185,7 @@ def test_every_write_of_the_ledger_goes_through_its_transition_mechanism() -> No
         ("machine", "Machine._take", "update"),
         ("machine", "Machine._transition", "delete"),
         ("machine", "Machine._transition", "update"),
-        ("machine", "take_batch_returning", "raw"),
-        ("machine", "take_returning", "raw"),
+        ("machine", "_update_returning", "raw"),
     ]
 
 
