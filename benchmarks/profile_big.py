@@ -17,6 +17,7 @@ import io
 import os
 import pstats
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._django import django_on  # noqa: E402
 from benchmarks.bench import make_file  # noqa: E402
 from tests.harness.services import ServiceStack  # noqa: E402
 
@@ -82,17 +84,7 @@ def main() -> int:
     try:
         import psutil
 
-        stack.create_database("bench")
-        os.environ.update(
-            {
-                **stack.env(),
-                "DJANGO_SETTINGS_MODULE": "benchmarks.settings",
-                "PYTHONPATH": str(ROOT),
-            }
-        )
-        import django
-
-        django.setup()
+        django_on(stack)
         from django.core.files.storage import storages
 
         from queued_storage._s3.client import s3_client
@@ -156,9 +148,7 @@ def main() -> int:
                 print(out.getvalue())
     finally:
         stack.stop()
-        for p in tmp.iterdir():
-            p.unlink()
-        tmp.rmdir()
+        shutil.rmtree(tmp)
     return 0
 
 

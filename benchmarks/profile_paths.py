@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._django import django_on  # noqa: E402
 from tests.harness.services import ServiceStack  # noqa: E402
 
 BUCKET = "bench-bucket"
@@ -154,17 +155,7 @@ def main() -> int:
     args = parser.parse_args()
     stack = ServiceStack(BUCKET, strict=True, services=["redis", "moto", "postgres"]).start()
     try:
-        stack.create_database("bench")
-        os.environ.update(
-            {
-                **stack.env(),
-                "DJANGO_SETTINGS_MODULE": "benchmarks.settings",
-                "PYTHONPATH": str(ROOT),
-            }
-        )
-        import django
-
-        django.setup()
+        django_on(stack)
         from django.core.files.base import ContentFile
         from django.core.files.storage import storages
         from django.core.management import call_command

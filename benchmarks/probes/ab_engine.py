@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._django import django_on  # noqa: E402
 from benchmarks.bench import make_file  # noqa: E402
 from tests.harness.services import ServiceStack  # noqa: E402
 
@@ -56,11 +58,7 @@ def main() -> int:
     try:
         import psutil
 
-        stack.create_database("bench")
-        os.environ.update({**stack.env(), "DJANGO_SETTINGS_MODULE": "benchmarks.settings"})
-        import django
-
-        django.setup()
+        django_on(stack)
         from django.core.files.storage import storages
 
         from queued_storage._s3 import upload as this
@@ -116,9 +114,7 @@ def main() -> int:
             )
     finally:
         stack.stop()
-        for p in tmp.iterdir():
-            p.unlink()
-        tmp.rmdir()
+        shutil.rmtree(tmp)
     return 0
 
 
