@@ -210,11 +210,14 @@ def _compact(connection: BaseDatabaseWrapper) -> None:
     """Give back the pages a fold emptied (PostgreSQL): after a bulk load of the ledger the
     tally's heap holds the pages of every row its triggers added, and a read would scan them
     all (``VACUUM`` cannot truncate them: the fold's sums are in the last ones). ``VACUUM
-    FULL`` rewrites its few live rows; it waits at most a second for its lock (writers of the
-    ledger wait meanwhile), else the next large fold tries again."""
+    FULL`` rewrites its few live rows; it waits at most three seconds for its lock (writers of
+    the ledger wait meanwhile), else the next large fold tries again. Three, not one: an
+    autovacuum of the tally (which a bulk load starts) yields its lock only when a waiter's
+    deadlock check runs, after ``deadlock_timeout`` (a second by default); a shorter wait gave
+    up at the same moment and left the pages in place."""
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SET lock_timeout = '1s'")
+            cursor.execute("SET lock_timeout = '3s'")
             try:
                 cursor.execute(f"VACUUM FULL {_TALLY}")
             finally:
