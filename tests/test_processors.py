@@ -5,6 +5,7 @@ head, a script."""
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from PIL import Image
@@ -106,3 +107,51 @@ def test_an_unreadable_image_is_rejected_and_other_files_pass_with_nothing() -> 
     found = ImageInfo()(staged("bad.png", b"\x89PNG\r\n\x1a\ngarbage"))
     assert isinstance(found, Rejected) and "'bad.png' is not a readable image" in found.reason
     assert ImageInfo()(staged("notes.txt", b"text")) == Passed()
+
+
+# --- the ``processors`` option of a queued storage ---------------------------------------------
+def shout(staged: Staged) -> Passed:
+    """A processor of this module (a function)."""
+    return Passed({"seen": staged.name})
+
+
+def test_the_processors_option_loads_paths_classes_options_and_callables() -> None:
+    from queued_storage.processors.clamav import ClamAV
+    from queued_storage.storage import QueuedStorage
+
+    storage = QueuedStorage(
+        local="staging",
+        remote="s3",
+        delayed=True,
+        processors=[
+            "queued_storage.processors.content_type.ContentTypeCheck",
+            {"path": "queued_storage.processors.clamav.ClamAV", "options": {"address": "/x"}},
+            "tests.test_processors.shout",
+            shout,
+        ],
+    )
+    kinds = [type(p).__name__ for p in storage.processors]
+    assert kinds == ["ContentTypeCheck", "ClamAV", "function", "function"]
+    clamav = storage.processors[1]
+    assert isinstance(clamav, ClamAV) and clamav.address == "/x"
+    assert storage.processors[2] is shout and storage.processors[3] is shout
+    assert QueuedStorage(local="staging", remote="s3", delayed=True).processors == ()
+
+
+@pytest.mark.parametrize(
+    ("processors", "message"),
+    [
+        ("queued_storage.processors.images.ImageInfo", "must be a list"),
+        (["queued_storage.processors.nothing.Here"], "cannot load the processor"),
+        ([{"path": "queued_storage.processors.clamav.ClamAV"}], "ClamAV.__init__()"),
+        (["queued_storage.processors.content_type.HEAD"], "cannot be called"),
+    ],
+)
+def test_a_processor_that_cannot_be_loaded_is_a_clear_error(
+    processors: object, message: str
+) -> None:
+    from queued_storage.exceptions import QueuedStorageConfigError
+    from queued_storage.storage import QueuedStorage
+
+    with pytest.raises(QueuedStorageConfigError, match=re.escape(message)):
+        QueuedStorage(local="staging", remote="s3", delayed=True, processors=processors)
