@@ -307,7 +307,7 @@ def test_status_json_counts_files_and_bytes_with_progress_and_failures(clean: An
     assert code == 0
     assert lines[1].startswith(
         "queued_delayed: pending 1 (5 B), transferring 1 (10 B), remote 1 (7 B), failed 1 (3 B)"
-        ", uploading 0; local copies 4 (25 B); oldest pending "
+        ", uploading 0, rejected 0; local copies 4 (25 B); oldest pending "
     )
     assert "in flight: 1" in lines
     assert (
