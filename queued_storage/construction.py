@@ -28,6 +28,7 @@ from django.utils.module_loading import import_string
 from queued_storage.conf import settings
 from queued_storage.exceptions import QueuedStorageConfigError
 from queued_storage.ledger import Ledger
+from queued_storage.processors import Processor
 
 if TYPE_CHECKING:
     from celery import Task
@@ -40,6 +41,7 @@ __all__ = [
     "TransferTask",
     "celery_task",
     "is_alias",
+    "load_processors",
     "queued_entries",
     "registered",
     "registered_storages",
@@ -213,6 +215,46 @@ def _registered_task(task_class: type[Task]) -> Task:
     return registered
 
 
+#: A ``processors`` entry: a dotted path (of a class, built with no arguments, or of a
+#: callable), a callable, or ``{"path": "...", "options": {...}}`` (a class built with them).
+ProcessorSpec = str | Processor | Mapping[str, Any]
+
+
+def load_processors(specs: Sequence[ProcessorSpec]) -> tuple[Processor, ...]:
+    """The callables the ``processors`` option names, in order; a clear error naming the
+    entry and the fix for one that cannot be loaded."""
+    if isinstance(specs, (str, bytes)) or not isinstance(specs, Sequence):
+        raise QueuedStorageConfigError(
+            f"QueuedStorage's processors must be a list, got {specs!r}: e.g. "
+            '["queued_storage.processors.content_type.ContentTypeCheck"].'
+        )
+    loaded: list[Processor] = []
+    for spec in specs:
+        path: object = spec
+        options: dict[str, Any] | None = None
+        if isinstance(spec, Mapping):
+            path, options = spec.get("path"), dict(spec.get("options") or {})
+        if callable(path) and not isinstance(path, type) and options is None:
+            loaded.append(path)
+            continue
+        try:
+            found = import_string(path) if isinstance(path, str) else path
+            made = found(**(options or {})) if isinstance(found, type) else found
+        except Exception as err:
+            raise QueuedStorageConfigError(
+                f"QueuedStorage cannot load the processor {spec!r} ({type(err).__name__}: "
+                f"{err}). Give the dotted path of a class or function, or "
+                '{"path": "...", "options": {...}} for a class that takes options.'
+            ) from err
+        if not callable(made):
+            raise QueuedStorageConfigError(
+                f"The processor {spec!r} is {made!r}, which cannot be called with the file: "
+                "name a function or a class whose instances are callable."
+            )
+        loaded.append(made)
+    return tuple(loaded)
+
+
 # -- the storage's construction ---------------------------------------------------------------
 class ConfiguredStorage(Storage):
     """The options of a queued storage, old style and new; see ``QueuedStorage``."""
@@ -229,6 +271,8 @@ class ConfiguredStorage(Storage):
     delayed: bool = False
     #: ``None`` here: ``QUEUED_STORAGE_CACHE_PREFIX``; an instance holds the prefix it uses.
     cache_prefix: str = None  # type: ignore[assignment]
+    #: The processors a subclass runs on every file (the ``processors`` option's form).
+    processor_specs: ClassVar[Sequence[ProcessorSpec]] = ()
 
     OPTIONS: ClassVar[tuple[str, ...]] = (
         "local",
@@ -241,6 +285,7 @@ class ConfiguredStorage(Storage):
         "delete_local",
         "queue",
         "alias",
+        "processors",
     )
 
     def __init__(
@@ -256,6 +301,7 @@ class ConfiguredStorage(Storage):
         delete_local: bool | None = None,
         queue: str | None = None,
         alias: str | None = None,
+        processors: Sequence[ProcessorSpec] | None = None,
         **unknown: object,
     ) -> None:
         if unknown:
@@ -291,6 +337,9 @@ class ConfiguredStorage(Storage):
             or self.task_path == TRANSFER_AND_DELETE
         )
         self.queue = queue
+        self.processors: tuple[Processor, ...] = load_processors(
+            processors if processors is not None else type(self).processor_specs
+        )
         self.alias: str = alias or self._find_alias() or self._digest_alias()
         self.ledger = Ledger(self.alias, self.cache_prefix)
         with _registry_lock:

@@ -5,9 +5,8 @@ The file's state machine is declared as data in :mod:`queued_storage.machine`
 publishes to the cache and whether it is announced; re-exported here), and every write goes
 through its one mechanism, :meth:`~queued_storage.machine.Machine._transition`, which builds the
 condition from that table, writes, publishes and announces. :class:`Ledger` holds the
-transitions themselves, one small method each. The docs draw the same table as a diagram
-(``docs/index.md``; ``tests/test_state_machine.py`` checks that they agree and walks every
-transition from every state on SQLite and PostgreSQL).
+transitions themselves, one small method each (the docs draw the table, ``docs/index.md``;
+``tests/test_state_machine.py`` walks every transition from every state).
 
 The table (``models.StoredFile``) is the system of record; the cache is a read-through copy
 (``state.py``). Nothing else in the package writes a row or publishes a state: each method
@@ -50,6 +49,7 @@ from queued_storage import state as read_side
 from queued_storage.budget import check_staging_budget, check_staging_budget_in_flight
 from queued_storage.conf import settings
 from queued_storage.ledger_direct import DirectTransitions
+from queued_storage.ledger_processing import ProcessingTransitions
 from queued_storage.machine import (
     ANY,
     ERROR_LENGTH,
@@ -281,7 +281,7 @@ tus_forget = TusStore.forget
 tus_expired = TusStore.expired
 
 
-class Ledger(PassTransitions, DirectTransitions):
+class Ledger(PassTransitions, DirectTransitions, ProcessingTransitions):
     """Every transition of the files of one queued storage (its alias and cache prefix): its
     own (saving, a worker's lease), the pass's (:class:`PassTransitions`) and a direct
     upload's (:class:`~queued_storage.ledger_direct.DirectTransitions`)."""

@@ -97,7 +97,7 @@ class Publish(enum.Enum):
 ANY: tuple[str, ...] = tuple(State.values)
 
 _P, _T, _R, _F = State.PENDING, State.TRANSFERRING, State.REMOTE, State.FAILED
-_U = State.UPLOADING
+_U, _X = State.UPLOADING, State.REJECTED
 _NEW, _GONE, _SAME = Row.ABSENT, Row.ABSENT, Row.SAME
 
 
@@ -156,6 +156,10 @@ TRANSITIONS: dict[str, Transition] = {
         Transition("give_up",           (_T,),        _F,    Publish.ROW,              True),
         Transition("finish_save",       (_P,),        _SAME, Publish.ROW,              False),
         Transition("drop_reservation",  (_P,),        _GONE, Publish.DROP,             True),
+        # processing before the transfer (queued_storage.processors), under the lease
+        Transition("processed",         (_T,),        _SAME, Publish.NOTHING,          False),
+        Transition("reject",            (_T,),        _X,    Publish.ROW_ALWAYS,       True),
+        Transition("release",           (_X,),        _P,    Publish.ROW,              True),
         # a direct upload (queued_storage.direct): the client sends the bytes to the remote;
         # a claim is its completion's (or expiry's, or cancel's) lease, and each end of it
         # matches the claim's holder

@@ -103,6 +103,21 @@ class StoredFile(models.Model):
         "clock); empty once its message is sent.",
     )
 
+    processed = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the storage's processors passed the file (the database's clock); "
+        "empty until then, or when the storage has none.",
+    )
+    # Nullable: a column added in place (SQLite would rebuild the table for a default, and
+    # drop the tally's triggers with it).
+    metadata = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="What the processors kept: a detected content type, dimensions, the "
+        "scanner and its signatures' version; empty when none ran.",
+    )
+
     objects = StoredFileQuerySet.as_manager()
 
     class Meta:

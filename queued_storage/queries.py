@@ -31,6 +31,9 @@ class State(models.TextChoices):
     #: A direct upload: the name is reserved, the bytes go from the client straight to the
     #: remote storage (``queued_storage.direct``); nothing is readable until it is finished.
     UPLOADING = "uploading"
+    #: Refused by a processor (a virus, a file that is not what it claims): never sent, never
+    #: served; its reason in ``last_error``, its local copy kept or deleted by setting.
+    REJECTED = "rejected"
 
 
 #: The states of a file not yet (or no longer) verified remote: rare in a ledger of millions,

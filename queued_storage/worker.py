@@ -57,6 +57,7 @@ from queued_storage.exceptions import (
 )
 from queued_storage.ledger import Ledger
 from queued_storage.models import State, StoredFile
+from queued_storage.processing import run_processors
 from queued_storage.signals import file_transferred, transfer_failed
 from queued_storage.state import FileState
 from queued_storage.storage import QueuedStorage, get_queued_storage
@@ -92,6 +93,7 @@ class Outcome(str, enum.Enum):
     GONE = "gone"
     LOST_LEASE = "lost-lease"
     FAILED = "failed"
+    REJECTED = "rejected"
 
 
 class RetryLater(Exception):
@@ -405,7 +407,13 @@ def run_transfer(
         # Its workers keep dying (a file that kills them?): a lost worker is a transient
         # failure, bounded by time like the others.
         return _give_up(storage, name, owner, InfrastructureError(row.last_error, name=name), row)
-    if hook is None and not lease.took_over and not storage.delayed:
+    if storage.processors and row.processed is None:
+        try:
+            if run_processors(storage, row, owner) is not None:
+                return Outcome.REJECTED
+        except TransferError as err:
+            return _after_error(storage, owner, job, err)
+    if hook is None and not lease.took_over and not storage.delayed and not storage.processors:
         batch = _lease_batch(storage, row, owner)
         if batch:
             return _run_batch(storage, owner, [job, *batch], delete_local)

@@ -378,7 +378,9 @@ def test_filter_choices_are_the_states_and_the_tallys_aliases_and_hosts_with_no_
     assert listing.status_code == 200
     specs = {spec.title: spec.lookup_choices for spec in listing.context["cl"].filter_specs}
     assert specs == {
-        "state": [(s, s) for s in ("pending", "transferring", "remote", "failed", "uploading")],
+        "state": [
+            (s, s) for s in ("pending", "transferring", "remote", "failed", "uploading", "rejected")
+        ],
         "alias": [("queued_delayed", "queued_delayed"), ("queued_parked", "queued_parked")],
         "host": [("", "(no host)"), ("web-1", "web-1"), ("web-2", "web-2")],
     }

@@ -272,6 +272,7 @@ def test_status_json_counts_files_and_bytes_with_progress_and_failures(clean: An
         "remote": {"files": 1, "bytes": 7},
         "failed": {"files": 1, "bytes": 3},
         "uploading": {"files": 0, "bytes": 0},
+        "rejected": {"files": 0, "bytes": 0},
     }
     assert mine["local_copies"] == {"files": 4, "bytes": 25}
     assert 0 <= mine["oldest_pending_age"] < 60
@@ -306,7 +307,7 @@ def test_status_json_counts_files_and_bytes_with_progress_and_failures(clean: An
     assert code == 0
     assert lines[1].startswith(
         "queued_delayed: pending 1 (5 B), transferring 1 (10 B), remote 1 (7 B), failed 1 (3 B)"
-        ", uploading 0; local copies 4 (25 B); oldest pending "
+        ", uploading 0, rejected 0; local copies 4 (25 B); oldest pending "
     )
     assert "in flight: 1" in lines
     assert (
@@ -582,7 +583,7 @@ def test_status_counts_direct_uploads_their_declared_bytes_and_those_past_the_ex
     lines = out.splitlines()
     assert lines[1] == (
         "default: pending 0, transferring 0, remote 0, failed 0, uploading 2 (7.8 KiB declared)"
-        "; local copies 0"
+        ", rejected 0; local copies 0"
     )
     assert (
         "direct uploads: 2 uploading (7.8 KiB declared), 1 untouched for more than 1 d (cleanup "

@@ -75,6 +75,9 @@ CASES: dict[str, Case] = {
     "local_missing": Case(lambda ledger, name, row: ledger.local_missing(name), reports=False),
     "retry_later": Case(lambda ledger, name, row: ledger.retry_later(name, "w", "e")),
     "fail": Case(lambda ledger, name, row: ledger.fail(name, "w", "e")),
+    "processed": Case(lambda ledger, name, row: ledger.processed(name, "w", {"k": 1})),
+    "reject": Case(lambda ledger, name, row: ledger.reject(name, "w", "a virus")),
+    "release": Case(lambda ledger, name, row: ledger.release(name)),
     "take_back": Case(lambda ledger, name, row: ledger.take_back(_read(row, name), NOW())),
     "claim": Case(lambda ledger, name, row: ledger.claim(_read(row, name), NOW())),
     "claim_refused": Case(

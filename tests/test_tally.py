@@ -519,7 +519,7 @@ def test_the_migrations_count_the_ledger_install_the_triggers_and_indexes_and_re
 ) -> None:
     connection = connections[ledger_db]
     latest = MigrationExecutor(connection).loader.graph.leaf_nodes(APP)
-    assert [name for _, name in latest] == ["0011_fresh_index"]
+    assert [name for _, name in latest] == ["0012_processing"]
     rows = StoredFile.objects.using(ledger_db)
     try:
         _migrate(connection, [BEFORE_TALLY])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import http.client
 import importlib.util
 import json
@@ -433,6 +434,77 @@ class MotoServer(ServerProcess):
             client.create_bucket(Bucket=name)
         finally:
             client.close()
+
+
+#: The standard antivirus test file (EICAR): any scanner reports it, and it is harmless.
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+class ClamdServer(ServerProcess):
+    """A private ``clamd`` (Debian's ``clamav-daemon``) on 127.0.0.1, in the foreground, with a
+    signature database the harness writes itself (no download): the EICAR test file's MD5
+    (``Test.EICAR``) and the MD5 of any bytes a test adds with *signatures* (name → bytes).
+    It answers ``zPING`` once its database is loaded (a tenth of a second)."""
+
+    name = "clamd"
+    BINARIES = ("/usr/sbin/clamd", "/usr/bin/clamd")
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        signatures: Mapping[str, bytes] | None = None,
+        stream_max: int = 64 * 1024 * 1024,
+    ) -> None:
+        super().__init__(workdir, port)
+        self.signatures = {"Test.EICAR": EICAR, **(signatures or {})}
+        self.stream_max = stream_max
+
+    @classmethod
+    def binary(cls) -> str | None:
+        found = [path for path in cls.BINARIES if os.access(path, os.X_OK)]
+        return found[0] if found else shutil.which("clamd")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _argv(self) -> list[str]:
+        binary = self.binary()
+        if binary is None:
+            raise ServiceUnavailable(
+                self.name, "clamd is not installed (apt-get install clamav-daemon)"
+            )
+        database = self.workdir / "clamd-db"
+        database.mkdir(parents=True, exist_ok=True)
+        (database / "tests.hdb").write_text(
+            "".join(
+                f"{hashlib.md5(data).hexdigest()}:{len(data)}:{name}\n"
+                for name, data in self.signatures.items()
+            )
+        )
+        config = self.workdir / "clamd.conf"
+        lines = [
+            "Foreground yes",
+            f"TCPSocket {self.port}",
+            "TCPAddr 127.0.0.1",
+            f"DatabaseDirectory {database}",
+            f"StreamMaxLength {self.stream_max}",
+            f"PidFile {self.workdir / 'clamd.pid'}",
+        ]
+        if os.geteuid() == 0:
+            lines.append("User root")  # files come over the socket (INSTREAM): it reads none
+        config.write_text("\n".join(line for line in lines if line) + "\n")
+        return [binary, f"--config-file={config}"]
+
+    def _ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"zPING\0")
+                return sock.recv(16).startswith(b"PONG")
+        except OSError:
+            return False
 
 
 class Epmd(ServerProcess):

@@ -1,0 +1,84 @@
+"""A ClamAV scan through ``clamd``'s ``INSTREAM`` command, in bounded memory.
+
+The file is streamed over the daemon's socket in chunks of :attr:`ClamAV.chunk_size` bytes
+(memory: one chunk), within :attr:`ClamAV.timeout` seconds of silence. ``FOUND``: rejected,
+with the signature's name. A daemon that cannot be reached, does not answer in time, or
+refuses the stream (``INSTREAM size limit exceeded``: the file is larger than its
+``StreamMaxLength``) cannot decide: :class:`~queued_storage.processors.Later`, with a reason
+that says what to fix. The signatures' version (``zVERSION``) is kept with a pass.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from queued_storage.processors import Later, Outcome, Passed, Rejected, Staged
+
+__all__ = ["ClamAV"]
+
+
+class ClamAV:
+    """``ClamAV("127.0.0.1:3310")`` or ``ClamAV("/run/clamav/clamd.ctl")`` (a Unix socket)."""
+
+    def __init__(
+        self, address: str, *, timeout: float = 30.0, chunk_size: int = 256 * 1024
+    ) -> None:
+        self.address, self.timeout, self.chunk_size = address, timeout, chunk_size
+
+    def _connect(self) -> socket.socket:
+        if self.address.startswith("/"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            sock.connect(self.address)
+            return sock
+        host, _, port = self.address.rpartition(":")
+        return socket.create_connection((host or "127.0.0.1", int(port)), timeout=self.timeout)
+
+    def _command(self, command: bytes) -> str:
+        with self._connect() as sock:
+            sock.sendall(b"z" + command + b"\0")
+            return _answer(sock)
+
+    def version(self) -> str:
+        """The engine's and its signatures' version (``ClamAV 1.4.6/27000/...``)."""
+        return self._command(b"VERSION")
+
+    def __call__(self, staged: Staged) -> Outcome:
+        try:
+            version = self.version()
+            with self._connect() as sock, staged.open() as source:
+                sock.sendall(b"zINSTREAM\0")
+                while chunk := source.read(self.chunk_size):
+                    sock.sendall(struct.pack("!I", len(chunk)) + chunk)
+                sock.sendall(struct.pack("!I", 0))
+                answer = _answer(sock)
+        except (OSError, ValueError) as err:  # refused, reset, timed out, bad address
+            return Later(
+                f"ClamAV at {self.address} could not scan {staged.name!r} "
+                f"({type(err).__name__}: {err}); it waits until the scanner answers."
+            )
+        verdict = answer.removeprefix("stream:").strip()
+        if verdict == "OK":
+            return Passed({"scan": {"engine": "clamav", "version": version}})
+        if verdict.endswith(" FOUND"):
+            signature = verdict.removesuffix(" FOUND")
+            return Rejected(f"ClamAV found {signature} in {staged.name!r}.")
+        if "size limit exceeded" in verdict.lower():
+            return Later(
+                f"ClamAV at {self.address} refused {staged.name!r} ({staged.size} bytes): "
+                "larger than its StreamMaxLength. Raise StreamMaxLength in clamd.conf (and "
+                "restart clamd); the file waits until then."
+            )
+        return Later(f"ClamAV at {self.address} answered {answer!r} for {staged.name!r}.")
+
+
+def _answer(sock: socket.socket) -> str:
+    """clamd's answer to a ``z`` command: bytes up to the terminating NUL."""
+    data = b""
+    while not data.endswith(b"\0"):
+        piece = sock.recv(4096)
+        if not piece:
+            break
+        data += piece
+    return data.rstrip(b"\0").decode("utf-8", "replace")
