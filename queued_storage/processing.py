@@ -1,5 +1,4 @@
-"""Running a storage's processors on a leased file's local copy (issue 25, work in progress on
-the branch ``processors``): called by the worker after the lease, before the engine.
+"""Running a storage's processors on a leased file's local copy: called by the worker after the lease, before the engine.
 
 All pass: ``processed`` with the metadata they kept (merged in order), and the transfer goes
 on. One rejects: the row is ``rejected`` with its reason and the transfer ends (nothing is
@@ -46,6 +45,7 @@ def run_processors(storage: QueuedStorage, row: StoredFile, owner: str) -> str |
         content_type="",
         owner=row.owner,
         open=lambda: storage.local.open(name, "rb"),
+        alias=storage.alias,
     )
     kept: dict[str, object] = {}
     for processor in storage.processors:

@@ -1,6 +1,4 @@
-"""Processors: what a worker runs on a file's local copy before it reaches the remote (issue 25,
-work in progress on this branch: the results and the ClamAV client; the worker does not call
-them yet).
+"""Processors: what a worker runs on a file's local copy before it reaches the remote .
 
 A processor is a callable taking a :class:`Staged` file and answering one of:
 
@@ -24,13 +22,16 @@ __all__ = ["Later", "Outcome", "Passed", "Processor", "Rejected", "Staged"]
 @dataclass(frozen=True)
 class Staged:
     """The file a processor looks at: its stored name, size, the content type its uploader
-    declared (``""`` if none), its owner (``""`` if none), and how to read it."""
+    declared (``""`` if none), its owner (``""`` if none), how to read it, and the alias of
+    the queued storage it is saved in (a processor that makes derivatives saves them there:
+    ``get_queued_storage(staged.alias)``)."""
 
     name: str
     size: int
     content_type: str
     owner: str
     open: Callable[[], IO[bytes]]
+    alias: str = ""
 
 
 @dataclass(frozen=True)
