@@ -1,4 +1,5 @@
-"""Running a storage's processors on a leased file's local copy: called by the worker after the lease, before the engine.
+"""Running a storage's processors on a leased file's local copy: called by the worker after
+the lease, before the engine.
 
 All pass: ``processed`` with the metadata they kept (merged in order), and the transfer goes
 on. One rejects: the row is ``rejected`` with its reason and the transfer ends (nothing is

@@ -1,4 +1,4 @@
-"""Processors: what a worker runs on a file's local copy before it reaches the remote .
+"""Processors: what a worker runs on a file's local copy before it reaches the remote.
 
 A processor is a callable taking a :class:`Staged` file and answering one of:
 
