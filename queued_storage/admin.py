@@ -55,6 +55,7 @@ from django.utils.text import Truncator
 from django.utils.timesince import timesince
 from django.utils.translation import gettext
 
+from queued_storage.badges import progress_html, state_html
 from queued_storage.batches import ACTIONS, BATCH, ELIGIBLE, queue_batches
 from queued_storage.changelist import (
     AliasFilter,
@@ -89,52 +90,14 @@ _LAST_CHARACTER = "\U0010ffff"
 #: The list page shows this much of a row's last error (the detail page shows all of it).
 ERROR_PREVIEW = 80
 
-_COLOURS = {
-    State.PENDING: "#6b6b6b",
-    State.TRANSFERRING: "#205ea6",
-    State.REMOTE: "#2e7d32",
-    State.FAILED: "#ba2121",
-    State.UPLOADING: "#8a5a00",
-}
-_BADGE = (
-    "display:inline-block;padding:1px 7px;border-radius:9px;color:#fff;"
-    "font-size:11px;font-weight:bold;white-space:nowrap;background:{}"
-)
-
-
-def _progress_html(done: int, total: int) -> SafeString:
-    percent = 100.0 if total <= 0 else min(100.0, 100.0 * done / total)
-    return format_html(
-        '<progress class="qs-progress" value="{}" max="{}">{}</progress> {}',
-        done,
-        max(total, 0),
-        f"{percent:.0f}%",
-        f"{percent:.0f}%",
-    )
-
-
-def state_html(state: str | None, done: int = 0, total: int = 0) -> SafeString:
-    """A coloured badge of *state*, and a progress bar of *done*/*total* bytes while it is
-    ``transferring``; ``None``: a file the ledger does not know."""
-    if state is None:
-        return format_html('<span class="qs-state qs-state-unknown">{}</span>', "unknown")
-    colour = _COLOURS.get(state, "#6b6b6b")
-    badge = format_html(
-        '<span class="qs-state qs-state-{}" style="{}">{}</span>',
-        state,
-        format_html(_BADGE, colour),
-        state,
-    )
-    if state == State.TRANSFERRING:
-        return format_html("{}<br>{}", badge, _progress_html(done, total))
-    return badge
-
 
 def _served_from(row: StoredFile) -> str:
     if row.state == State.REMOTE:
         return "remote"
     if row.state == State.UPLOADING:
         return "nowhere yet (a direct upload to the remote)"
+    if row.state == State.REJECTED:
+        return "nowhere (rejected: never served)"
     return "local" if row.local_exists else "nowhere (local copy gone)"
 
 
@@ -163,7 +126,9 @@ _TRANSFER_FIELDS = (
     "part_size",
     "parts_done",
 )
-_TIME_FIELDS = ("created", "updated", "transferred")
+_TIME_FIELDS = ("created", "updated", "processed", "transferred")
+#: What the storage's processors kept (shown on the detail page only).
+_PROCESSING_FIELDS = ("metadata",)
 
 
 class _ReadOnlyLedgerAdmin(_ModelAdminBase):
@@ -232,13 +197,14 @@ class StoredFileAdmin(_ReadOnlyLedgerAdmin):
     #: Files per batch when an action on "select all" is queued for the workers; a selection
     #: of at most this many files that the action can act on runs in the request.
     action_batch = BATCH
-    actions = ("transfer_now", "retry_failed", "verify_remote", "delete_local_copy", "abort_direct")
+    actions = tuple(ACTIONS)
     fieldsets = (
         (None, {"fields": _MAIN_FIELDS}),
         ("Transfer", {"fields": _TRANSFER_FIELDS}),
+        ("Processing", {"fields": _PROCESSING_FIELDS}),
         ("Times", {"fields": _TIME_FIELDS}),
     )
-    readonly_fields = (*_MAIN_FIELDS, *_TRANSFER_FIELDS, *_TIME_FIELDS)
+    readonly_fields = (*_MAIN_FIELDS, *_TRANSFER_FIELDS, *_PROCESSING_FIELDS, *_TIME_FIELDS)
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         """The actions: the ledger model's ``change`` permission (the form stays read-only)."""
@@ -258,7 +224,7 @@ class StoredFileAdmin(_ReadOnlyLedgerAdmin):
     def progress(self, row: StoredFile) -> SafeString | str:
         if row.state != State.TRANSFERRING:
             return ""
-        return _progress_html(row.bytes_done, row.size or 0)
+        return progress_html(row.bytes_done, row.size or 0)
 
     @admin.display(description="size", ordering="size")
     def size_human(self, row: StoredFile) -> str:
@@ -353,6 +319,13 @@ class StoredFileAdmin(_ReadOnlyLedgerAdmin):
     def abort_direct(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
         self._act(request, queryset, "abort_direct")
 
+    @admin.action(
+        description="Release rejected files (a false positive: transfer, not scanned again)",
+        permissions=["operate"],
+    )
+    def release_rejected(self, request: HttpRequest, queryset: QuerySet[StoredFile]) -> None:
+        self._act(request, queryset, "release_rejected")
+
 
 # -- the user's own models -----------------------------------------------------------------------
 #: The attribute of a listed object that holds its page's ledger rows, by ``(alias, name)``.
@@ -411,7 +384,7 @@ class TusUploadAdmin(_ReadOnlyLedgerAdmin):
     def received(self, row: TusUpload) -> SafeString | str:
         if row.length is None:  # Upload-Defer-Length: the client has not said yet
             return str(filesizeformat(row.offset))
-        return _progress_html(row.offset, row.length)
+        return progress_html(row.offset, row.length)
 
     @admin.display(description="length", ordering="length")
     def length_human(self, row: TusUpload) -> str:

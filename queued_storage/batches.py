@@ -31,6 +31,7 @@ from queued_storage.operations import (
     Storages,
     abort_direct_rows,
     drop_verified_local_copies,
+    release_rows,
     retry_failed_rows,
     transfer_rows,
 )
@@ -100,6 +101,12 @@ def delete_local_copy(rows: Rows) -> tuple[int, str]:
     return level, text + (_problems(done.report) if done.kept else "")
 
 
+def release_rejected(rows: Rows) -> tuple[int, str]:
+    done = release_rows(rows.iterator())
+    level = messages.WARNING if done.no_local or done.refused else messages.SUCCESS
+    return level, f"Release: {done.message() or 'nothing to release'}."
+
+
 def abort_direct(rows: Rows) -> tuple[int, str]:
     done = abort_direct_rows(rows.iterator())
     level = messages.WARNING if done.errors else messages.SUCCESS if done.aborted else messages.INFO
@@ -115,6 +122,7 @@ ACTIONS: dict[str, Callable[[Rows], tuple[int, str]]] = {
     "verify_remote": verify_remote,
     "delete_local_copy": delete_local_copy,
     "abort_direct": abort_direct,
+    "release_rejected": release_rejected,
 }
 #: The files each action can act on (the others it only counts as skipped), and their words.
 ELIGIBLE: dict[str, tuple[Q, str]] = {
@@ -123,6 +131,7 @@ ELIGIBLE: dict[str, tuple[Q, str]] = {
     "verify_remote": (Q(state=State.REMOTE), "remote"),
     "delete_local_copy": (Q(state=State.REMOTE, local_exists=True), "remote"),
     "abort_direct": (Q(state=State.UPLOADING), "uploading"),
+    "release_rejected": (Q(state=State.REJECTED), "rejected"),
 }
 _TITLES = {
     "transfer_now": "Transfer now",
@@ -130,6 +139,7 @@ _TITLES = {
     "verify_remote": "Verify",
     "delete_local_copy": "Delete the local copy",
     "abort_direct": "Abort direct uploads",
+    "release_rejected": "Release",
 }
 
 

@@ -70,7 +70,15 @@ DEFAULTS: dict[str, Any] = {
     "DIRECT_EXPIRY": 24 * 3600,
     "DIRECT_PART_SIZE": 16 * MiB,
     "DIRECT_URL_EXPIRY": 3600,
+    "SERVE_UNPROCESSED": "owner",
+    "QUARANTINE": "keep",
 }
+
+#: The values of ``QUEUED_STORAGE_SERVE_UNPROCESSED``: who may read, through the staged-file
+#: view, a waiting file that its storage's processors have not passed yet.
+SERVE_UNPROCESSED_MODES = ("owner", "all", "none")
+#: The values of ``QUEUED_STORAGE_QUARANTINE`` besides an absolute directory path.
+QUARANTINE_MODES = ("keep", "delete")
 
 #: The values of ``QUEUED_STORAGE_SENDFILE`` besides ``None`` (Django streams the file).
 SENDFILE_MODES = ("x-accel-redirect", "x-sendfile")
@@ -387,6 +395,19 @@ class Settings:
             found = value.get(alias)
             return None if found is None else str(found)
         return value if value is not None and alias == self.UPLOAD_STORAGE else None
+
+    @property
+    def SERVE_UNPROCESSED(self) -> str:
+        """Who may read a waiting file its storage's processors have not passed yet (through
+        the staged-file view): ``"owner"`` (its owner and staff), ``"all"`` (as any waiting
+        file), ``"none"`` (no one until it passed)."""
+        return str(self._get("SERVE_UNPROCESSED")).lower()
+
+    @property
+    def QUARANTINE(self) -> str:
+        """The fate of a rejected file's local copy: ``"keep"`` (where it is, never served),
+        ``"delete"``, or an absolute directory it is moved into (``<dir>/<alias>/<name>``)."""
+        return str(self._get("QUARANTINE"))
 
     @property
     def READ_PERMISSION(self) -> str | None:

@@ -1,7 +1,7 @@
 """Direct uploads: the client sends a file's bytes straight to S3, under the same ledger.
 
-For files too big for a web host's disk. The server never sees the bytes; it decides
-everything else:
+For files too big for a web host's disk. The server never sees the bytes (so no processor
+runs on them); it decides everything else:
 
 1. :func:`start` reserves the name in the ledger as ``save()`` does (the same name rules, no
    overwrite, the owner recorded; the row is ``uploading``, nothing readable), with the
@@ -16,10 +16,8 @@ everything else:
    the declared ones. Only then is the row ``remote``. A mismatch aborts the upload or deletes
    the object, and releases the name, with the reason.
 5. An upload left alone for ``QUEUED_STORAGE_DIRECT_EXPIRY`` seconds is aborted by the
-   reconcile pass (:func:`expire`); :func:`cancel` is its owner's abort.
-
-Each call that changes the row from the server's side first claims it
-(:mod:`queued_storage.ledger_direct`), so two never act on one upload at once.
+   reconcile pass (:func:`expire`); :func:`cancel` is its owner's abort. Each call that
+   changes the row first claims it (``ledger_direct``): two never act on one upload at once.
 """
 
 from __future__ import annotations
@@ -42,7 +40,13 @@ from queued_storage.conf import settings
 from queued_storage.models import State, StoredFile
 from queued_storage.names import LEDGER_NAME_LENGTH, stored_name
 from queued_storage.staging import free_names
-from queued_storage.transfer import RemoteObject, delete_remote, remote_object, s3_direct
+from queued_storage.transfer import (
+    RemoteObject,
+    delete_remote,
+    remote_holds,
+    remote_object,
+    s3_direct,
+)
 
 if TYPE_CHECKING:
     from queued_storage.storage import QueuedStorage
@@ -209,7 +213,7 @@ def start(
     part_size = s3_direct.choose_part_size(size, settings.DIRECT_PART_SIZE)
     reserved = ""
     for candidate in free_names(name, name, max_length, storage.get_alternative_name):
-        if storage._remote_holds(candidate):
+        if remote_holds(storage.remote, candidate):
             continue
         if storage.ledger.direct_reserve(candidate, size=size, part_size=part_size, owner=owner):
             reserved = candidate

@@ -23,6 +23,7 @@ from django.core.exceptions import ImproperlyConfigured
 __all__ = [
     "BadHookResult",
     "ChecksumMismatch",
+    "FileRejected",
     "InfrastructureError",
     "LocalFileMissing",
     "PermanentTransferError",
@@ -112,3 +113,19 @@ class StagingFull(QueuedStorageError):
         self.size = size
         self.waiting = waiting
         self.budget = budget
+
+
+class FileRejected(QueuedStorageError, FileNotFoundError):
+    """``open()`` of a file one of its storage's processors rejected: it is never served.
+
+    A ``FileNotFoundError``, so that code reading files that may have gone keeps working.
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(
+            f"{name!r} was rejected before its transfer ({reason or 'no reason given'}) and is "
+            "never served. If that was a mistake, release it (the ledger admin's 'Release' "
+            "action, or manage.py queued_storage release); else delete it."
+        )
+        self.name = name
+        self.reason = reason

@@ -1,12 +1,10 @@
 """The ledger: every change of a file's row, each one conditional write plus its cache publish.
 
-The file's state machine is declared as data in :mod:`queued_storage.machine`
-(:data:`TRANSITIONS`: for each transition the states it may leave, the state it enters, what it
-publishes to the cache and whether it is announced; re-exported here), and every write goes
-through its one mechanism, :meth:`~queued_storage.machine.Machine._transition`, which builds the
-condition from that table, writes, publishes and announces. :class:`Ledger` holds the
-transitions themselves, one small method each (the docs draw the table, ``docs/index.md``;
-``tests/test_state_machine.py`` walks every transition from every state).
+The state machine is data in :mod:`queued_storage.machine` (:data:`TRANSITIONS`, re-exported
+here), and every write goes through its one mechanism, ``Machine._transition``, which builds
+the condition from that table, writes, publishes and announces. :class:`Ledger` holds the
+transitions, one small method each (``docs/index.md`` draws them; ``test_state_machine`` walks
+each from every state).
 
 The table (``models.StoredFile``) is the system of record; the cache is a read-through copy
 (``state.py``). Nothing else in the package writes a row or publishes a state: each method
@@ -47,14 +45,15 @@ from django.utils import timezone
 from queued_storage import clock
 from queued_storage import state as read_side
 from queued_storage.budget import check_staging_budget, check_staging_budget_in_flight
-from queued_storage.conf import settings
 from queued_storage.ledger_direct import DirectTransitions
-from queued_storage.ledger_processing import ProcessingTransitions
+from queued_storage.ledger_pass import PassTransitions
+from queued_storage.ledger_processing import DECLARED_TYPE, ProcessingTransitions
 from queued_storage.machine import (
     ANY,
     ERROR_LENGTH,
+    NO_LEASE,
+    NO_UPLOAD,
     TRANSITIONS,
-    Machine,
     Publish,
     Row,
     Transition,
@@ -89,12 +88,6 @@ __all__ = [
     "tus_upload",
 ]
 
-#: The fields that describe an open multipart upload, emptied together.
-_NO_UPLOAD: dict[str, object] = {"upload_id": "", "part_size": None, "source": "", "parts": []}
-
-#: The fields of a lease, emptied together when it ends.
-_NO_LEASE: dict[str, object] = {"lease_owner": "", "lease_expires": None}
-
 
 @dataclass(frozen=True)
 class LeaseResult:
@@ -125,150 +118,6 @@ def reads_block_writes() -> bool:
     return bool(connection.vendor == "sqlite" and connection.in_atomic_block)
 
 
-class PassTransitions(Machine):
-    """The transitions of the reconcile pass, the workers' watch and ``verify``: each write
-    matches the row as it was read (:class:`Ledger` has them all)."""
-
-    def take_back(self, row: StoredFile, now: datetime.datetime) -> bool:
-        """An expired lease (its worker died): back to ``pending`` for a new transfer. A lost
-        worker is a transient failure, not the file's: no attempt is counted, and a run of
-        transient failures begins unless one is running."""
-        fields = {
-            "state": State.PENDING,
-            **_NO_LEASE,
-            "last_error": f"The lease of {row.lease_owner} expired (worker lost?); "
-            "queued again by the reconcile pass.",
-            "retrying_since": failing_since(now),
-            "updated": now,
-        }
-        taken = self._transition("take_back", row.name, fields, row=row)
-        if taken:
-            self._took_over(row, f"taken back by the reconcile pass on host {settings.HOST}")
-        return taken
-
-    def claim(self, row: StoredFile, now: datetime.datetime) -> bool:
-        """Mark an overdue ``pending`` row as queued again now (no state change).
-
-        Its message was lost (or waits behind a long queue): a transient failure, so a run of
-        them starts unless one is running. The next re-queue of the row then waits as long as
-        a retry would (see ``reconcile.overdue``): re-queues of a file that waits in a long
-        queue are spaced out, up to ``RETRY_MAX_DELAY`` apart.
-        """
-        fields = {
-            "updated": now,
-            "retrying_since": failing_since(now),
-            "dispatch_refused": None,
-            "retry_at": None,
-        }
-        return self._transition("claim", row.name, fields, row=row)
-
-    def claim_refused(self, row: StoredFile, now: datetime.datetime) -> bool:
-        """Claim a ``pending`` row whose message the broker refused (:meth:`refused`), to queue
-        it now rather than when it is overdue: the mark is cleared and the row's clock moved,
-        so one pass sends it and the next one finds it neither refused nor overdue. No run of
-        transient failures starts: no message was lost, none had been sent."""
-        return self._transition(
-            "claim_refused",
-            row.name,
-            {"dispatch_refused": None, "updated": now},
-            row=row,
-            where={"dispatch_refused__isnull": False},
-        )
-
-    def claim_due(self, row: StoredFile, now: datetime.datetime) -> bool:
-        """Claim a ``pending`` row whose retry is due (:meth:`StoredFileQuerySet.due`), to queue
-        it now: ``retry_at`` is cleared and the row's clock moved, so that of the workers'
-        watches and passes that read it one sends it. The run of transient failures, if any,
-        goes on (the retry's outcome ends it or not)."""
-        return self._transition(
-            "claim_due",
-            row.name,
-            {"retry_at": None, "updated": now},
-            row=row,
-            where={"retry_at": row.retry_at},
-        )
-
-    def unclaim(self, row: StoredFile, now: datetime.datetime) -> None:
-        """Undo :meth:`claim` (or the claim of another transition) when the broker refused:
-        the row looks as it did, for the next pass, and is marked refused (:meth:`refused`),
-        so that the next pass or a starting worker queues it at once. It matches the row as
-        the claim left it (``pending``, its clock at *now*), not as *row* was read."""
-        fields = {
-            "updated": row.updated,
-            "retrying_since": row.retrying_since,
-            "dispatch_refused": row.dispatch_refused or now,
-        }
-        self._transition("unclaim", row.name, fields, where={"updated": now})
-
-    def retry_failed(self, row: StoredFile, now: datetime.datetime) -> bool:
-        """A ``failed`` row whose local copy is there: ``pending`` with a new budget."""
-        fields = {
-            "state": State.PENDING,
-            "attempts": 0,
-            "retrying_since": None,
-            "dispatch_refused": None,
-            "local_exists": True,
-            "updated": now,
-        }
-        return self._transition("retry_failed", row.name, fields, row=row)
-
-    def lost(self, row: StoredFile, reason: str, now: datetime.datetime) -> bool:
-        """The local copy of a file that never reached the remote is gone: ``failed``."""
-        fields = {
-            "state": State.FAILED,
-            "local_exists": False,
-            "last_error": reason[:ERROR_LENGTH],
-            **_NO_LEASE,
-            "updated": now,
-            **_NO_UPLOAD,
-        }
-        return self._transition("lost", row.name, fields, row=row)
-
-    def remote_lost(
-        self, row: StoredFile, reason: str, now: datetime.datetime, *, local_exists: bool
-    ) -> bool:
-        """A ``remote`` file's remote copy is missing or differs (found by ``verify``): ``failed``.
-
-        Unlike :meth:`lost` the local copy is recorded as the caller found it (*local_exists*):
-        reads go back to it where it is still there, and a retry sends it again.
-        """
-        fields = {
-            "state": State.FAILED,
-            "local_exists": local_exists,
-            "last_error": reason[:ERROR_LENGTH],
-            "updated": now,
-        }
-        return self._transition("remote_lost", row.name, fields, row=row)
-
-    def give_up(self, row: StoredFile, reason: str, now: datetime.datetime) -> bool:
-        """An expired lease of a file whose transient failures have lasted longer than
-        ``QUEUED_STORAGE_RETRY_FOR`` (its workers keep dying): ``failed`` with *reason*; the
-        caller aborted its open upload."""
-        fields = {
-            "state": State.FAILED,
-            "last_error": reason[:ERROR_LENGTH],
-            **_NO_LEASE,
-            "updated": now,
-            **_NO_UPLOAD,
-        }
-        return self._transition("give_up", row.name, fields, row=row)
-
-    def finish_save(self, row: StoredFile, size: int, now: datetime.datetime) -> bool:
-        """A reservation whose save wrote the file and then stopped: ``pending`` with it."""
-        fields = {"size": size, "local_exists": True, "updated": now}
-        return self._transition("finish_save", row.name, fields, row=row)
-
-    def drop_reservation(self, row: StoredFile) -> bool:
-        """Delete a reservation whose save stopped before writing the file."""
-        return self._transition(
-            "drop_reservation",
-            row.name,
-            None,
-            row=row,
-            where={"local_exists": False, "size__isnull": True},
-        )
-
-
 # -- tus uploads: their rows have a store of their own (queued_storage.tus_store) ----------------
 # Kept under these names for the callers that import them from here.
 tus_upload = TusStore.get
@@ -288,11 +137,19 @@ class Ledger(PassTransitions, DirectTransitions, ProcessingTransitions):
 
     # -- saving ------------------------------------------------------------------------------
     def saved(
-        self, name: str, host: str, size: int, *, owner: str = "", check_budget: bool = False
+        self,
+        name: str,
+        host: str,
+        size: int,
+        *,
+        owner: str = "",
+        declared: str = "",
+        check_budget: bool = False,
     ) -> bool:
         """Record a file written locally as ``pending``, in one INSERT; ``False`` if the name
         is taken. Its state reaches the cache when the surrounding transaction commits.
-        *owner* is who uploaded it (a user's pk as a string; ``""``: unknown). *check_budget*
+        *owner* is who uploaded it (a user's pk as a string; ``""``: unknown); *declared*, the
+        content type its uploader declared (kept for the processors, if any). *check_budget*
         (inside a transaction): the staging budget is checked after the INSERT, in its
         savepoint (see :func:`reads_block_writes`); :class:`StagingFull` undoes the row."""
         inserted = self._insert(
@@ -303,6 +160,7 @@ class Ledger(PassTransitions, DirectTransitions, ProcessingTransitions):
             size=size,
             local_exists=True,
             owner=owner,
+            metadata={DECLARED_TYPE: declared[:255]} if declared else None,
         )
         found = FileState.of(State.PENDING, size, True)
         self._effects(TRANSITIONS["saved"], name, Row.ABSENT, inserted, found)
@@ -492,7 +350,7 @@ class Ledger(PassTransitions, DirectTransitions, ProcessingTransitions):
 
     def clear_upload(self, name: str) -> None:
         """The open upload was aborted: nothing left to resume."""
-        self._transition("clear_upload", name, dict(_NO_UPLOAD))
+        self._transition("clear_upload", name, dict(NO_UPLOAD))
 
     def remote(
         self,
@@ -515,11 +373,11 @@ class Ledger(PassTransitions, DirectTransitions, ProcessingTransitions):
             "checksum": checksum,
             "checksum_algorithm": algorithm,
             "last_error": "",
-            **_NO_LEASE,
+            **NO_LEASE,
             "retrying_since": None,
             "transferred": now,
             "updated": now,
-            **_NO_UPLOAD,
+            **NO_UPLOAD,
         }
         found = FileState.of(State.REMOTE, size, keep_local)
         return self._transition("remote", name, fields, where={"lease_owner": owner}, found=found)
@@ -573,7 +431,7 @@ class Ledger(PassTransitions, DirectTransitions, ProcessingTransitions):
         fields = {
             "state": state,
             "last_error": error[:ERROR_LENGTH],
-            **_NO_LEASE,
+            **NO_LEASE,
             "updated": now,
             "retry_at": None if delay is None else clock.now(delay),
             **effect,

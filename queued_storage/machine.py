@@ -36,6 +36,8 @@ from queued_storage.state import FileState
 __all__ = [
     "ANY",
     "ERROR_LENGTH",
+    "NO_LEASE",
+    "NO_UPLOAD",
     "TRANSITIONS",
     "Machine",
     "Publish",
@@ -99,6 +101,13 @@ ANY: tuple[str, ...] = tuple(State.values)
 _P, _T, _R, _F = State.PENDING, State.TRANSFERRING, State.REMOTE, State.FAILED
 _U, _X = State.UPLOADING, State.REJECTED
 _NEW, _GONE, _SAME = Row.ABSENT, Row.ABSENT, Row.SAME
+
+
+#: The fields that describe an open multipart upload, emptied together.
+NO_UPLOAD: dict[str, object] = {"upload_id": "", "part_size": None, "source": "", "parts": []}
+
+#: The fields of a lease, emptied together when it ends.
+NO_LEASE: dict[str, object] = {"lease_owner": "", "lease_expires": None}
 
 
 @dataclass(frozen=True)

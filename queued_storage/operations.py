@@ -35,7 +35,7 @@ from typing import Generic, TypeVar
 
 from django.utils import timezone
 
-from queued_storage import clock, direct
+from queued_storage import clock, direct, quarantine
 from queued_storage import state as read_side
 from queued_storage.cleanup import (  # re-exported: the clean-up's home is cleanup.py
     Cleaned,
@@ -69,6 +69,7 @@ __all__ = [
     "LocalCopies",
     "LocalCopiesTotal",
     "Queued",
+    "Released",
     "Retried",
     "Sender",
     "Storages",
@@ -85,6 +86,7 @@ __all__ = [
     "human_bytes",
     "merge_reports",
     "pages",
+    "release_rows",
     "retry_failed_rows",
     "status",
     "transfer_here",
@@ -208,6 +210,66 @@ def retry_failed_rows(rows: Iterable[StoredFile]) -> Retried:
             continue
         now = now or clock.read(StoredFile.db())
         if not storage.ledger.retry_failed(row, now):
+            done.changed += 1
+        elif sender.send_or_mark(storage, row.name, row.host):
+            done.queued += 1
+        else:
+            done.refused += 1
+    return done
+
+
+# -- rejected files -----------------------------------------------------------------------------
+@dataclass
+class Released:
+    """What :func:`release_rows` did."""
+
+    queued: int = 0
+    refused: int = 0
+    no_local: int = 0
+    changed: int = 0
+    skipped: int = 0
+
+    def message(self) -> str:
+        return counted(
+            [
+                (self.queued, "{n} rejected file(s) released and queued, not to be scanned again"),
+                (self.refused, "{n} released but not queued: the broker refused"),
+                (
+                    self.no_local,
+                    "{n} not released: the local copy is gone (QUEUED_STORAGE_QUARANTINE is "
+                    "'delete', or it was deleted by hand)",
+                ),
+                (self.changed, "{n} changed meanwhile (left alone)"),
+                (self.skipped, "{n} skipped (not rejected)"),
+            ]
+        )
+
+
+def _rejected_copy_here_or_there(storage: QueuedStorage, row: StoredFile) -> bool:
+    """Whether *row*'s rejected copy is kept: in the staging storage or the quarantine
+    directory of this host; another host's, by its row."""
+    if bool(row.host) and row.host != settings.HOST:
+        return row.local_exists
+    quarantined = quarantine.path(row.alias, row.name)
+    if quarantined is not None and os.path.isfile(quarantined):
+        return True
+    return bool(storage.local.exists(row.name))
+
+
+def release_rows(rows: Iterable[StoredFile]) -> Released:
+    """Let every ``rejected`` row whose copy is kept through (a false positive): ``pending``,
+    processed (not scanned again), queued to its host, whose worker brings it back from the
+    quarantine directory."""
+    storages, sender, done = Storages(), Sender(), Released()
+    for row in rows:
+        storage = storages.get(row.alias)
+        if storage is None or row.state != State.REJECTED:
+            done.skipped += 1
+            continue
+        if not _rejected_copy_here_or_there(storage, row):
+            done.no_local += 1
+            continue
+        if not storage.ledger.release(row.name):
             done.changed += 1
         elif sender.send_or_mark(storage, row.name, row.host):
             done.queued += 1

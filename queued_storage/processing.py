@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import logging
 
+from queued_storage import quarantine
+from queued_storage.conf import settings
 from queued_storage.exceptions import (
     InfrastructureError,
     LocalFileMissing,
     PermanentTransferError,
 )
+from queued_storage.ledger_processing import DECLARED_TYPE
 from queued_storage.models import StoredFile
 from queued_storage.processors import Later, Passed, Processor, Rejected, Staged
+from queued_storage.signals import file_rejected
 from queued_storage.storage import QueuedStorage
 
 __all__ = ["run_processors"]
@@ -40,10 +44,11 @@ def run_processors(storage: QueuedStorage, row: StoredFile, owner: str) -> str |
     when one rejected it (the row is then ``rejected``), ``None`` when all passed (the row is
     then processed). Raises as the module says."""
     name = row.name
+    held = dict(row.metadata or {})
     staged = Staged(
         name=name,
         size=row.size or 0,
-        content_type="",
+        content_type=str(held.get(DECLARED_TYPE, "")),
         owner=row.owner,
         open=lambda: storage.local.open(name, "rb"),
         alias=storage.alias,
@@ -66,8 +71,7 @@ def run_processors(storage: QueuedStorage, row: StoredFile, owner: str) -> str |
         if isinstance(outcome, Later):
             raise InfrastructureError(outcome.reason, name=name)
         if isinstance(outcome, Rejected):
-            storage.ledger.reject(name, owner, outcome.reason)
-            logger.warning("%r rejected by %s: %s", name, _label(processor), outcome.reason)
+            _reject(storage, row, owner, outcome.reason, _label(processor))
             return outcome.reason
         if not isinstance(outcome, Passed):
             raise PermanentTransferError(
@@ -76,5 +80,38 @@ def run_processors(storage: QueuedStorage, row: StoredFile, owner: str) -> str |
                 name=name,
             )
         kept.update(outcome.metadata)
-    storage.ledger.processed(name, owner, kept)
+    storage.ledger.processed(name, owner, {**held, **kept})
     return None
+
+
+def _reject(storage: QueuedStorage, row: StoredFile, owner: str, reason: str, by: str) -> None:
+    """*row* rejected: its local copy meets its ``QUEUED_STORAGE_QUARANTINE`` fate, the row
+    becomes ``rejected``, :data:`file_rejected` is sent.
+
+    Moved into a quarantine directory before the row changes: a worker that dies between the
+    two leaves a leased row whose next lease brings the copy back and scans it again
+    (:func:`queued_storage.quarantine.restore`). Deleted after: a worker that dies first
+    leaves the copy in place, rejected, never served (the ``keep`` fate)."""
+    name, fate = row.name, settings.QUARANTINE
+    try:
+        quarantine.move_in(storage.local, storage.alias, name)
+    except OSError as err:
+        raise InfrastructureError(
+            f"{name!r} was rejected ({reason}) but could not be moved into "
+            f"QUEUED_STORAGE_QUARANTINE ({err}); make that directory writable by the "
+            "workers: the file waits, unsent, and is scanned again.",
+            name=name,
+        ) from err
+    if not storage.ledger.reject(name, owner, reason, local=fate != "delete"):
+        return  # the lease was lost meanwhile: its new owner decides
+    if fate == "delete":
+        storage.local.delete(name)
+    logger.warning("%r rejected by %s: %s", name, by, reason)
+    file_rejected.send_robust(
+        sender=type(storage),
+        name=name,
+        alias=storage.alias,
+        owner=row.owner,
+        reason=reason,
+        processor=by,
+    )

@@ -22,14 +22,20 @@ ledger and the cache, and before the local copy is deleted.
 
 ``transfer_failed`` is sent when a file reaches the ``failed`` state, with ``name``, ``alias``,
 ``local``, ``remote``, ``error`` (the exception) and ``reason`` (its text).
+
+``file_rejected`` is sent when one of a storage's processors rejects a file (``rejected``, in
+the worker process, after the state is committed and the local copy has met its
+``QUEUED_STORAGE_QUARANTINE`` fate), with ``name``, ``alias``, ``owner`` (who uploaded it,
+``""`` if unknown), ``reason`` (the processor's words) and ``processor`` (its dotted name).
 """
 
 from __future__ import annotations
 
 from django.dispatch import Signal
 
-__all__ = ["file_state_changed", "file_transferred", "transfer_failed"]
+__all__ = ["file_rejected", "file_state_changed", "file_transferred", "transfer_failed"]
 
+file_rejected = Signal()
 file_state_changed = Signal()
 file_transferred = Signal()
 transfer_failed = Signal()

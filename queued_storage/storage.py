@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, TypedDict, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
@@ -26,6 +26,7 @@ from django.urls import reverse
 from django.utils.deconstruct import deconstructible
 from django.utils.encoding import filepath_to_uri
 
+from queued_storage import quarantine
 from queued_storage.conf import settings
 from queued_storage.construction import (
     RENAMED_BACKENDS,
@@ -36,7 +37,8 @@ from queued_storage.construction import (
     registered_storages,
 )
 from queued_storage.dispatch import publishes_in_background, send_saved, send_transfer
-from queued_storage.exceptions import StorageNotFound
+from queued_storage.exceptions import FileRejected, StorageNotFound
+from queued_storage.file_status import FileStatus, file_status
 from queued_storage.ledger import check_staging_budget, ledger_database, reads_block_writes
 from queued_storage.models import State
 from queued_storage.names import stored_name
@@ -45,7 +47,7 @@ from queued_storage.state import FileState, cache_key
 from queued_storage.transfer import (
     abort_open_upload,
     delete_remote,
-    remote_exists_within,
+    remote_holds,
 )
 
 __all__ = [
@@ -187,31 +189,9 @@ class QueuedStorage(ConfiguredStorage):
         return Progress(found.state, running[0], running[1] or total)
 
     def status(self, name: str) -> FileStatus | None:
-        """What a status page shows of *name*, read from the ledger row itself (the truth, not
-        a cached state that may lag behind it for a moment); ``None`` if the ledger has none.
-
-        ``url`` is the URL of the copy that serves the file now (``None`` for a storage
-        without URLs, and for a direct upload under way).
-        """
-        row = self.ledger.row(name)
-        if row is None:
-            return None
-        found = FileState.from_row(row)
-        url: str | None = None  # also while a direct upload runs: nothing is readable yet
-        if found.state != State.UPLOADING:
-            try:
-                serving = self._serving(found)
-                url = str(self.waiting_url(name) if serving is self.local else serving.url(name))
-            except Exception:  # a storage without URLs; the state is still worth answering
-                url = None
-        return {
-            "name": name,
-            "state": str(found.state),
-            "size": row.size,
-            "bytes_done": row.size if found.is_remote else row.bytes_done,
-            "local": row.local_exists,
-            "url": url,
-        }
+        """What a status page shows of *name* (:func:`queued_storage.file_status.file_status`);
+        ``None`` if the ledger has no row for it."""
+        return file_status(self, name)
 
     def get_owner(self, name: str) -> str | None:
         """Who uploaded *name* (``StoredFile.owner``: a user's pk as a string, ``""`` when
@@ -276,15 +256,30 @@ class QueuedStorage(ConfiguredStorage):
                 "name, and a free variant of it is longer than its filesystem allows. Choose "
                 "a shorter name; nothing was kept."
             ) from err
-        stored = self._record(name, stored, max_length, check_budget=not budget_first)
+        declared = getattr(content, "content_type", None)
+        stored = self._record(
+            name,
+            stored,
+            max_length,
+            declared=declared if isinstance(declared, str) else "",
+            check_budget=not budget_first,
+        )
         if not self.delayed:
             transaction.on_commit(lambda: self._dispatch_saved(stored), using=ledger_database())
         return stored
 
     def _record(
-        self, name: str, stored: str, max_length: int | None, *, check_budget: bool = False
+        self,
+        name: str,
+        stored: str,
+        max_length: int | None,
+        *,
+        declared: str = "",
+        check_budget: bool = False,
     ) -> str:
         """Insert the row of the local file *stored*; the name it was recorded under.
+        *declared*: the content type its uploader declared (an ``UploadedFile``'s
+        ``content_type``, a tus upload's ``filetype``), kept for the processors.
 
         When the ledger (or, if asked, the remote) holds *stored* already, the local file
         moves to an alternative built as Django's ``get_available_name`` builds them (random
@@ -299,8 +294,13 @@ class QueuedStorage(ConfiguredStorage):
                         continue
                     stored = candidate
                 make_durable(self.local, stored)
-                if not self._remote_holds(stored) and self.ledger.saved(
-                    stored, settings.HOST, size, owner=_owner.get(), check_budget=check_budget
+                if not remote_holds(self.remote, stored) and self.ledger.saved(
+                    stored,
+                    settings.HOST,
+                    size,
+                    owner=_owner.get(),
+                    declared=declared,
+                    check_budget=check_budget,
                 ):
                     return stored
         except BaseException:
@@ -308,28 +308,6 @@ class QueuedStorage(ConfiguredStorage):
             raise
         self.local.delete(stored)
         raise SuspiciousFileOperation(f"QueuedStorage could not find a free name for {name!r}.")
-
-    def _remote_holds(self, name: str) -> bool:
-        """With ``QUEUED_STORAGE_REMOTE_CHECK_TIMEOUT``: whether the remote holds *name*.
-
-        Off by default: the ledger alone decides, and no request waits on the remote. When it
-        is set, the remote is asked with that hard timeout (no retries); a remote that does not
-        answer in time or fails must not fail the upload, so the save goes on.
-        """
-        timeout = settings.REMOTE_CHECK_TIMEOUT
-        if timeout is None:
-            return False
-        try:
-            return remote_exists_within(self.remote, name, timeout)
-        except Exception as err:
-            logger.warning(
-                "could not ask the remote storage whether %r exists (%s: %s); relying on the "
-                "ledger for this name",
-                name,
-                type(err).__name__,
-                err,
-            )
-            return False
 
     def _dispatch(
         self, name: str, *, host: str | None = None, keep_result: bool = False
@@ -400,6 +378,8 @@ class QueuedStorage(ConfiguredStorage):
         if row is not None:
             abort_open_upload(self.remote, name, row.upload_id)
         self.local.delete(name)
+        if row is not None and row.state == State.REJECTED:
+            quarantine.discard(self.alias, name)
         try:
             delete_remote(self.remote, name)
         except Exception:
@@ -427,7 +407,13 @@ class QueuedStorage(ConfiguredStorage):
             return read(self.remote, found)
 
     def _open(self, name: str, mode: str = "rb") -> File[Any]:
-        return self._read(name, lambda storage, found: storage.open(name, mode))
+        def read(storage: Storage, found: FileState | None) -> File[Any]:
+            if found is not None and found.state == State.REJECTED:
+                row = self.ledger.row(name)
+                raise FileRejected(name, row.last_error if row is not None else "")
+            return storage.open(name, mode)
+
+        return self._read(name, read)
 
     def exists(self, name: str) -> bool:
         """From the ledger and the local disk, never from the remote's network API."""
@@ -512,17 +498,6 @@ class QueuedStorage(ConfiguredStorage):
     def open_local(self, name: str, mode: str = "rb") -> IO[bytes]:
         """The local copy, whatever the state (for tools that need the staged file)."""
         return self.local.open(name, mode)
-
-
-class FileStatus(TypedDict):
-    """What :meth:`QueuedStorage.status` answers: the JSON of a status page."""
-
-    name: str
-    state: str
-    size: int | None
-    bytes_done: int | None
-    local: bool
-    url: str | None
 
 
 @dataclass(frozen=True)

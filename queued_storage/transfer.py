@@ -70,6 +70,7 @@ __all__ = [
     "remote_checksum_matches",
     "remote_exists",
     "remote_exists_within",
+    "remote_holds",
     "remote_object",
     "s3_direct",
     "transfer_file",
@@ -444,3 +445,27 @@ def open_uploads(remote: Storage, max_pages: int) -> Iterator[list[OpenUpload]]:
     if not is_s3(remote):
         return iter(())
     return s3_objects.open_uploads(remote, max_pages)
+
+
+def remote_holds(remote: Storage, name: str) -> bool:
+    """With ``QUEUED_STORAGE_REMOTE_CHECK_TIMEOUT``: whether *remote* holds *name* (a save's
+    check of a name before it takes it).
+
+    Off by default: the ledger alone decides, and no request waits on the remote. When it is
+    set, the remote is asked with that hard timeout (no retries); a remote that does not
+    answer in time or fails must not fail the upload, so the save goes on.
+    """
+    timeout = settings.REMOTE_CHECK_TIMEOUT
+    if timeout is None:
+        return False
+    try:
+        return remote_exists_within(remote, name, timeout)
+    except Exception as err:
+        logger.warning(
+            "could not ask the remote storage whether %r exists (%s: %s); relying on the "
+            "ledger for this name",
+            name,
+            type(err).__name__,
+            err,
+        )
+        return False

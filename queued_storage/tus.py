@@ -497,7 +497,7 @@ class TusUploadView(UploadView):
         directory): the offset, the end of the upload's budget reservation, the saved file's
         row and its transfer (dispatched on commit) are one transaction."""
         assert row.length is not None  # the last byte arrived: the length is known
-        staged = StagedFile(path, row.name, row.length)
+        staged = StagedFile(path, row.name, row.length, content_type=row.content_type)
         try:
             with transaction.atomic(using=ledger_database()), owned_by(row.owner):
                 if not tus_advance(row.id, row.offset, row.length, expires) or not tus_complete(

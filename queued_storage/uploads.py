@@ -191,10 +191,12 @@ class StagedFile(File):  # type: ignore[type-arg]
     :meth:`discard` afterwards: it removes the spool file if the save did not take it.
     """
 
-    def __init__(self, path: str, name: str, size: int) -> None:
+    def __init__(self, path: str, name: str, size: int, *, content_type: str = "") -> None:
         super().__init__(open(path, "rb"), name)  # noqa: SIM115  (closed by discard())
         self._path = path
         self.size = size
+        #: The type its uploader declared (a tus upload's ``filetype``), kept in the ledger.
+        self.content_type = content_type
 
     def temporary_file_path(self) -> str:
         return self._path

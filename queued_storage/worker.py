@@ -43,7 +43,7 @@ from collections.abc import Callable
 from django.core.files.storage import Storage
 from django.db import connections
 
-from queued_storage import clock
+from queued_storage import clock, quarantine
 from queued_storage.batching import in_parallel, lease_companions
 from queued_storage.conf import settings
 from queued_storage.exceptions import (
@@ -407,6 +407,8 @@ def run_transfer(
         # Its workers keep dying (a file that kills them?): a lost worker is a transient
         # failure, bounded by time like the others.
         return _give_up(storage, name, owner, InfrastructureError(row.last_error, name=name), row)
+    if storage.processors:
+        quarantine.restore(storage.local, storage.alias, name)  # released, or a worker died
     if storage.processors and row.processed is None:
         try:
             if run_processors(storage, row, owner) is not None:

@@ -189,6 +189,7 @@ def test_ledger_rows_cannot_be_added_changed_or_deleted_by_hand(
         "verify_remote",
         "delete_local_copy",
         "abort_direct",
+        "release_rejected",
     ]
     assert row("queued_parked", name).state == State.PENDING
 

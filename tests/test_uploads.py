@@ -1078,6 +1078,7 @@ def test_an_upload_under_a_taken_name_tells_nothing_of_the_other_file(
         "bytes_done": 0,
         "local": True,
         "url": f"/staging/{stored}",
+        "reason": None,
         "status_url": f"/uploads/status/{stored}",
     }
     assert _status(gunicorn, stored, second).status_code == 200
@@ -1370,6 +1371,7 @@ def test_status_endpoint_json(staging: Path) -> None:
         "bytes_done": 0,
         "local": True,
         "url": f"/staging/{name}",
+        "reason": None,
     }
     assert client.get("/uploads/status/status/none.txt").status_code == 404
     assert Client().get("/uploads/status/status/one.txt").status_code == 401

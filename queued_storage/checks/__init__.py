@@ -41,6 +41,8 @@ tus), ``serving`` (waiting files), ``monitoring`` (metrics); ``common`` holds wh
 | E022 | ``QUEUED_STORAGE_TUS_EXPIRY`` is not a positive number of seconds |
 | E023 | ``QUEUED_STORAGE_WATCH_INTERVAL`` is not a number of seconds of 0 or more |
 | E024 | ``QUEUED_STORAGE_DIRECT_EXPIRY`` / ``_PART_SIZE`` / ``_URL_EXPIRY`` is out of range |
+| E025 | ``QUEUED_STORAGE_SERVE_UNPROCESSED`` / ``QUARANTINE`` is not a value they take |
+| W021 | a storage with processors serves its waiting files at the staging storage's own URL |
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""System checks of how a file waiting for its transfer is served: where ``url()`` points and
-how the view sends the bytes (E019-E021, W020)."""
+"""System checks of how a file waiting for its transfer is served: where ``url()`` points,
+how the view sends the bytes, and who reads a file its processors have not passed (E019-E021,
+E025, W020, W021)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from django.apps import AppConfig
@@ -10,7 +12,14 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.urls import NoReverseMatch, URLResolver, get_resolver, reverse
 
 from queued_storage.checks.common import queued_aliases, setting
-from queued_storage.conf import DEFAULTS, SENDFILE_MODES
+from queued_storage.conf import (
+    DEFAULTS,
+    QUARANTINE_MODES,
+    SENDFILE_MODES,
+    SERVE_UNPROCESSED_MODES,
+    settings,
+)
+from queued_storage.construction import queued_entries
 
 __all__ = ["INCLUDE_URLS", "check_serving_settings"]
 
@@ -155,8 +164,68 @@ def check_serving_settings(
                 _SENDFILE_HINT,
             )
         )
+    problems.extend(_processing_problems())
+    messages.extend(_unscanned_in_public())
     errors: list[CheckMessage] = [
         Error(f"{problem}.", hint=hint, id=f"queued_storage.{check_id}")
         for problem, check_id, hint in problems
     ]
     return errors + messages
+
+
+def _processing_problems() -> list[tuple[str, str, str]]:
+    """E025: ``SERVE_UNPROCESSED`` and ``QUARANTINE`` are values they can take."""
+    problems: list[tuple[str, str, str]] = []
+    serve = setting("SERVE_UNPROCESSED")
+    if not isinstance(serve, str) or serve.lower() not in SERVE_UNPROCESSED_MODES:
+        problems.append(
+            (
+                f"QUEUED_STORAGE_SERVE_UNPROCESSED must be 'owner', 'all' or 'none', got {serve!r}",
+                "E025",
+                "Set 'owner' (its owner and staff read a file its processors have not passed "
+                "yet: the default), 'all' (as any waiting file) or 'none' (no one until it "
+                "passed).",
+            )
+        )
+    fate = setting("QUARANTINE")
+    if not isinstance(fate, str) or (fate not in QUARANTINE_MODES and not os.path.isabs(fate)):
+        problems.append(
+            (
+                "QUEUED_STORAGE_QUARANTINE must be 'keep', 'delete' or an absolute directory "
+                f"path, got {fate!r}",
+                "E025",
+                "Set 'keep' (a rejected file's local copy stays where it is, never served: the "
+                "default), 'delete', or an absolute directory outside the staging storage "
+                "that rejected files are moved into.",
+            )
+        )
+    return problems
+
+
+def _unscanned_in_public() -> list[CheckMessage]:
+    """W021: a storage with processors whose waiting files are served at the staging
+    storage's own URL, which no check of the processors or the owner guards."""
+    found: list[CheckMessage] = []
+    for alias, options, backend in queued_entries():
+        if not (options.get("processors") or getattr(backend, "processor_specs", ())):
+            continue
+        try:
+            target = settings.serve_staged_for(alias)
+        except Exception:  # a malformed SERVE_STAGED is E019's
+            continue
+        if target is None:
+            found.append(
+                Warning(
+                    f"The QueuedStorage {alias!r} has processors, but url() of its waiting "
+                    "files is the staging storage's own URL: a web server serving that "
+                    "directory serves files before they are scanned, and rejected ones.",
+                    hint=(
+                        f"Set QUEUED_STORAGE_SERVE_STAGED = {{{alias!r}: 'queued_storage:file'}}"
+                        f" (with {INCLUDE_URLS} in your urlpatterns) and do not serve the "
+                        "staging directory itself; the view then applies "
+                        "QUEUED_STORAGE_SERVE_UNPROCESSED."
+                    ),
+                    id="queued_storage.W021",
+                )
+            )
+    return found

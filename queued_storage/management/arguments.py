@@ -23,6 +23,7 @@ __all__ = [
     "DoctorOptions",
     "Options",
     "ReconcileOptions",
+    "ReleaseOptions",
     "SeedOptions",
     "StatusOptions",
     "TransferOptions",
@@ -59,6 +60,11 @@ class TransferOptions(WithProgress):
     failed: bool
     aliases: list[str] | None
     sync: bool
+
+
+class ReleaseOptions(Options):
+    names: list[str]
+    aliases: list[str] | None
 
 
 class UploadOptions(WithProgress):

@@ -20,6 +20,7 @@ from django.http import (
 from django.utils.http import content_disposition_header, http_date
 
 from queued_storage.conf import settings
+from queued_storage.file_status import unchecked_refusal
 from queued_storage.storage import QueuedStorage
 from queued_storage.uploads import (
     parse_byte_count,
@@ -95,6 +96,9 @@ class StagedFileView(QueuedStorageView):
 
     def serve(self, request: HttpRequest, storage: QueuedStorage, name: str) -> HttpResponseBase:
         """The answer for *name* once the request is authorised (see the class)."""
+        refused = _unchecked(request, storage, name)
+        if refused is not None:
+            return refused
         found = storage.get_state(name)
         if found is not None and not found.is_remote:
             staged = _staged_path(storage, name)
@@ -109,6 +113,15 @@ class StagedFileView(QueuedStorageView):
         response = HttpResponseRedirect(storage.remote.url(name))
         response["Cache-Control"] = "private, no-store"  # signed URLs expire
         return response
+
+
+def _unchecked(request: HttpRequest, storage: QueuedStorage, name: str) -> HttpResponse | None:
+    """The answer refusing *name* while its storage's processors have not passed it
+    (:func:`~queued_storage.file_status.unchecked_refusal`), else ``None``."""
+    refusal = unchecked_refusal(storage, name, getattr(request, "user", None))
+    if refusal is None:
+        return None
+    return not_found(name) if refusal.hidden else error(403, refusal.message)
 
 
 def _staged_path(storage: QueuedStorage, name: str) -> tuple[str, str] | None:

@@ -16,6 +16,8 @@
   without a network call. Safe to run again, and while the site runs: names the ledger knows
   are left alone.
 * ``reconcile``: one reconcile pass (``manage.py queued_storage_reconcile`` is the same).
+* ``release``: let rejected files through (a processor's false positive): ``pending``, not
+  scanned again, queued (the admin's "Release" action).
 
 This module parses the arguments; each subcommand is one call into the operator layer
 (:mod:`queued_storage.jobs`, on the row actions of :mod:`queued_storage.operations` that the
@@ -41,6 +43,7 @@ from django.db import DatabaseError, connections
 
 from queued_storage import doctor
 from queued_storage.conf import settings
+from queued_storage.construction import queued_entries
 from queued_storage.exceptions import QueuedStorageError
 from queued_storage.jobs import (
     cleanup,
@@ -56,6 +59,7 @@ from queued_storage.management.arguments import (
     DoctorOptions,
     Options,
     ReconcileOptions,
+    ReleaseOptions,
     SeedOptions,
     StatusOptions,
     TransferOptions,
@@ -71,7 +75,7 @@ from queued_storage.management.arguments import (
 )
 from queued_storage.management.render import LISTED, Bar
 from queued_storage.models import StoredFile
-from queued_storage.operations import LocalCopies
+from queued_storage.operations import LocalCopies, release_rows
 from queued_storage.reconcile import reconcile
 from queued_storage.status import status_report
 from queued_storage.verify import VerifyReport
@@ -284,6 +288,14 @@ class Command(BaseCommand):
         add_reconcile_arguments(reconciling)
         common(reconciling)
 
+        release = commands.add_parser(
+            "release",
+            help="Let rejected files through (a false positive): transferred, not scanned again.",
+        )
+        release.add_argument("names", nargs="+", metavar="NAME", help="Rejected files.")
+        storage_option(release, "every one")
+        common(release)
+
     def handle(self, *args: Any, **options: Any) -> None:
         # argparse's options are untyped: each subcommand's parser gives its TypedDict
         with ledger_required():
@@ -304,6 +316,8 @@ class Command(BaseCommand):
                     self._seed(cast(SeedOptions, options))
                 case "reconcile":
                     run_reconcile(self, cast(ReconcileOptions, options))
+                case "release":
+                    self._release(cast(ReleaseOptions, options))
 
     def _say(self, options: Options, text: str) -> None:
         if options["verbosity"] >= 1:
@@ -325,6 +339,21 @@ class Command(BaseCommand):
             return
         for line in render.status_lines(data, verbose=options["verbosity"] >= 2):
             self._say(options, line)
+
+    def _release(self, options: ReleaseOptions) -> None:
+        aliases = options["aliases"]
+        if aliases:
+            named_storages(aliases)
+        else:  # by the unique key (alias, name): never a scan of the ledger
+            aliases = [alias for alias, _options, _backend in queued_entries()]
+        found = list(StoredFile.all_rows().filter(alias__in=aliases, name__in=options["names"]))
+        done = release_rows(found)
+        missing = sorted(set(options["names"]) - {row.name for row in found})
+        for name in missing:
+            self.stderr.write(f"{name!r}: no such file in the ledger.")
+        self._say(options, f"Release: {done.message() or 'nothing to release'}.")
+        if missing or done.no_local or done.refused or done.skipped or done.changed:
+            raise CommandError("Not every file named was released.", returncode=1)
 
     def _transfer(self, options: TransferOptions) -> None:
         if not (options["names"] or options["pending"] or options["failed"]):
