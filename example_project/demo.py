@@ -11,8 +11,16 @@ superuser ``admin``/``admin`` is created (a local demo only), a Celery worker is
   before the commit, transferred and verified after it, then served from S3 byte for byte.
   Then the upload page's path: the page carries the widget in tus mode, a tus upload in two
   chunks (``POST``, ``PATCH``, ``HEAD`` for the offset, ``PATCH``), the status endpoint until
-  ``remote``, the S3 URL (through Django's test client: no browser).
+  ``remote``, the S3 URL (through Django's test client: no browser). An image is saved and its
+  thumbnail (``gallery/processors.py``) checked on S3; with a clamd, the EICAR test file is
+  saved and checked ``rejected``, never on S3.
   Exit status 0 when every check passes, 1 otherwise (with the tail of the worker's log).
+
+When ``clamd`` is installed (``apt-get install clamav-daemon``) and ``DEMO_CLAMD_ADDRESS`` is
+not set, a private ``clamd`` is started on a free loopback port with a signature database this
+script writes (the EICAR test file's MD5 only: no download, loaded in a tenth of a second), and
+the worker scans every upload with it before sending it to S3. Without ``clamd`` uploads are
+not scanned, and the demo says so.
 
 Every child process runs in its own process group (Ctrl-C in the terminal reaches only this
 launcher) and is stopped when the launcher exits, also after an error: the life cycle of
@@ -30,6 +38,7 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -37,7 +46,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 HERE = Path(__file__).resolve().parent
@@ -53,11 +62,20 @@ from qs_dev.processes import (  # noqa: E402
     port_is_free,
 )
 
+if TYPE_CHECKING:  # Django is set up later, by setup_django()
+    from queued_storage.models import StoredFile
+
 SETTINGS_MODULE = "example.settings"
 DEFAULT_PORT = 8000
 SMOKE_SIZE = 1024 * 1024 + 321  # ~1 MiB, not a multiple of any block size
 SMOKE_PAGE_SIZE = 64 * 1024 + 7  # the upload page's smoke upload
 SMOKE_TIMEOUT = 60.0
+SMOKE_IMAGE_SIZE = (640, 480)
+#: The ClamAV daemon the settings give the worker's processors (example/settings.py).
+ENV_CLAMD = "DEMO_CLAMD_ADDRESS"
+CLAMD_BINARIES = ("/usr/sbin/clamd", "/usr/bin/clamd")
+#: The standard antivirus test file (EICAR): any scanner reports it, and it is harmless.
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
 T = TypeVar("T")
 
@@ -184,6 +202,77 @@ def start_worker(data: Path, *, echo: bool) -> ManagedProcess:
     )
 
 
+def clamd_binary() -> str | None:
+    """``clamd`` on PATH, else where Debian's ``clamav-daemon`` installs it; ``None``: none."""
+    found = shutil.which("clamd")
+    if found is not None:
+        return found
+    return next((path for path in CLAMD_BINARIES if os.access(path, os.X_OK)), None)
+
+
+def start_clamd(binary: str, data: Path) -> tuple[ManagedProcess, int]:
+    """A private ``clamd`` on a free loopback port, in the foreground, with a signature
+    database of its own: one ``.hdb`` line (``md5:size:name``) for the EICAR test file. It
+    reads no file itself (the worker streams each one with ``INSTREAM``)."""
+    folder = data / "clamd"
+    database = folder / "db"
+    database.mkdir(parents=True, exist_ok=True)
+    md5 = hashlib.md5(EICAR, usedforsecurity=False).hexdigest()
+    (database / "demo.hdb").write_text(f"{md5}:{len(EICAR)}:Demo.EICAR\n")
+    port = free_port()
+    lines = [
+        "Foreground yes",
+        f"TCPSocket {port}",
+        f"TCPAddr {LOOPBACK}",
+        f"DatabaseDirectory {database}",
+        "StreamMaxLength 100M",
+    ]
+    if os.geteuid() == 0:
+        lines.append("User root")  # else clamd switches to the user clamav, who cannot read db/
+    config = folder / "clamd.conf"
+    config.write_text("\n".join(lines) + "\n")
+    return start_child("clamd", [binary, f"--config-file={config}"], data, echo=False), port
+
+
+def clamd_answers(port: int) -> bool:
+    """Whether the clamd on *port* answers ``zPING`` (once its database is loaded)."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=1) as sock:
+            sock.sendall(b"zPING\0")
+            return sock.recv(16).startswith(b"PONG")
+    except OSError:
+        return False
+
+
+def scanning(data: Path) -> str | None:
+    """Start a private clamd unless ``DEMO_CLAMD_ADDRESS`` names one; export its address for
+    the settings (this process and the worker). The address, or ``None``: no scanning (said
+    in one line, with how to turn it on). Never fails the demo: it runs without a scanner."""
+    address = os.environ.get(ENV_CLAMD) or None
+    if address is not None:
+        say(f"ok: uploads are scanned by the clamd at {address} ({ENV_CLAMD})")
+        return address
+    binary = clamd_binary()
+    if binary is None:
+        say(
+            "uploads are not scanned: clamd is not installed "
+            "(apt-get install clamav-daemon, then run the demo again)"
+        )
+        return None
+    clamd, port = start_clamd(binary, data)
+    try:
+        wait_until("waiting for clamd", lambda: clamd_answers(port), 30, alive=clamd)
+    except DemoError as err:
+        CHILDREN.remove(clamd)
+        clamd.stop()
+        say(f"uploads are not scanned: {err}; see {clamd.log_path}")
+        return None
+    address = f"{LOOPBACK}:{port}"
+    os.environ[ENV_CLAMD] = address  # for the settings of this process and the children
+    say(f"ok: clamd on {address} scans uploads (a private one: its only signature is EICAR's)")
+    return address
+
+
 def setup_django() -> None:
     for path in (str(REPO), str(HERE)):
         if path not in sys.path:
@@ -268,8 +357,10 @@ def check(condition: bool, message: str) -> None:
         raise DemoError(message)
 
 
-def smoke(worker: ManagedProcess, endpoint: str | None) -> None:
-    """Save ~1 MiB, check it end to end: local before commit, S3 after the transfer."""
+def smoke(worker: ManagedProcess, endpoint: str | None, *, scanned: bool) -> None:
+    """Save ~1 MiB, check it end to end: local before commit, S3 after the transfer (and,
+    when *scanned*, that ClamAV passed it); then the thumbnail, the scan, the upload page
+    and a direct upload."""
     import requests
     from django.core.files.base import ContentFile
     from django.db import transaction
@@ -306,7 +397,9 @@ def smoke(worker: ManagedProcess, endpoint: str | None) -> None:
     )
     check(row.checksum == md5, f"ledger checksum {row.checksum!r} is not the MD5 {md5!r}")
     check(row.size == len(data), f"ledger size {row.size} is not {len(data)}")
-    say("ok: transferred and verified")
+    scan = (row.metadata or {}).get("scan")
+    check(not scanned or scan is not None, "the file was sent without a scan")
+    say(f"ok: {'scanned by ClamAV, ' if scan else ''}transferred and verified")
 
     upload = Upload.objects.get(pk=upload.pk)
     check(upload.file.is_remote, "the field does not report the file as remote")
@@ -324,8 +417,113 @@ def smoke(worker: ManagedProcess, endpoint: str | None) -> None:
 
     upload.file.delete(save=False)
     upload.delete()
+    smoke_thumbnail(worker, expected)
+    if scanned:
+        smoke_scan(worker)
     smoke_upload_page(worker, expected)
     smoke_direct_upload(expected)
+
+
+def settled(alias: str, name: str) -> Callable[[], StoredFile | None]:
+    """A probe for :func:`wait_until`: *name*'s row once it is ``rejected``, ``failed``, or
+    ``remote`` with its local copy deleted (``remote`` is committed before the deletion)."""
+    from queued_storage.models import State, StoredFile
+
+    def probe() -> StoredFile | None:
+        row: StoredFile | None = StoredFile.objects.filter(alias=alias, name=name).first()
+        if row is None or row.state in (State.PENDING, State.TRANSFERRING):
+            return None
+        return None if row.state == State.REMOTE and row.local_exists else row
+
+    return probe
+
+
+def smoke_thumbnail(worker: ManagedProcess, s3_prefix: str) -> None:
+    """An image saved through the model: the worker makes its thumbnail before sending it
+    (``gallery.processors.Thumbnail``), and both end on S3, verified; the thumbnail's S3 URL
+    serves a JPEG of the thumbnail's size."""
+    import io
+
+    import requests
+    from django.core.files.base import ContentFile
+    from django.db import transaction
+    from PIL import Image
+
+    from gallery.models import Upload
+    from gallery.processors import thumbnail_name
+    from queued_storage.models import State
+
+    width, height = SMOKE_IMAGE_SIZE
+    image = Image.new("RGB", (width, height))
+    image.putdata([(x % 256, y % 256, 160) for y in range(height) for x in range(width)])
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    with transaction.atomic():
+        upload = Upload(title="smoke image")
+        upload.image.save("smoke.png", ContentFile(out.getvalue()), save=True)
+    name = str(upload.image.name)
+    storage: Any = upload.image.storage
+    derived = thumbnail_name(name)
+    for what in (name, derived):
+        row = wait_until(
+            f"waiting for {what} on S3", settled(storage.alias, what), SMOKE_TIMEOUT, worker
+        )
+        check(row.state == State.REMOTE, f"{what} ended {row.state}: {row.last_error}")
+    kept = row_metadata(storage.alias, name)
+    check(kept.get("thumbnail") == derived, f"no thumbnail {derived!r} in the metadata {kept!r}")
+    check(kept.get("image", {}).get("width") == width, f"no image size in {kept!r}")
+    url = Upload.objects.get(pk=upload.pk).thumbnail_url or ""
+    check(url.startswith(s3_prefix), f"an S3 URL under {s3_prefix} expected, got {url}")
+    with requests.Session() as session:
+        session.trust_env = urlsplit(url).hostname != LOOPBACK
+        response = session.get(url, timeout=30)
+    check(response.status_code == 200, f"GET of the thumbnail answered {response.status_code}")
+    with Image.open(io.BytesIO(response.content)) as thumb:
+        shown = (thumb.format, thumb.size)
+    check(shown == ("JPEG", (256, 192)), f"the thumbnail is {shown}, not a 256x192 JPEG")
+    say(f"ok: the worker made the thumbnail {derived} of {name}; both on S3, verified")
+    upload.image.delete(save=False)
+    upload.delete()
+    storage.delete(derived)
+
+
+def row_metadata(alias: str, name: str) -> dict[str, Any]:
+    from queued_storage.models import StoredFile
+
+    row = StoredFile.objects.get(alias=alias, name=name)
+    return dict(row.metadata or {})
+
+
+def smoke_scan(worker: ManagedProcess) -> None:
+    """The EICAR test file saved through the model ends ``rejected`` with ClamAV's reason, and
+    is not in the bucket (its transfer never started)."""
+    from botocore.exceptions import ClientError
+    from django.core.files.base import ContentFile
+    from django.db import transaction
+
+    from gallery.models import Upload
+    from queued_storage.models import State
+
+    with transaction.atomic():
+        upload = Upload(title="EICAR test file")
+        upload.file.save("eicar.txt", ContentFile(EICAR), save=True)
+    name = str(upload.file.name)
+    storage: Any = upload.file.storage
+    row = wait_until("waiting for the scan", settled(storage.alias, name), SMOKE_TIMEOUT, worker)
+    check(row.state == State.REJECTED, f"the EICAR test file ended {row.state}: {row.last_error}")
+    check("EICAR" in row.last_error, f"rejected for another reason: {row.last_error}")
+    try:
+        storage.remote.connection.meta.client.head_object(
+            Bucket=storage.remote.bucket_name, Key=name
+        )
+    except ClientError as err:
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        check(code in ("404", "NoSuchKey", "NotFound"), f"HEAD of {name} on S3: {code}")
+    else:
+        raise DemoError(f"the rejected {name} is on S3")
+    say(f"ok: the EICAR test file was rejected ({row.last_error}) and is not on S3")
+    upload.file.delete(save=False)
+    upload.delete()
 
 
 def smoke_upload_page(worker: ManagedProcess, s3_prefix: str) -> None:
@@ -475,7 +673,12 @@ def allow_browser_uploads(bucket: str, port: int) -> None:
 
 
 def serve(
-    port: int, worker: ManagedProcess, moto: ManagedProcess | None, bucket: str, data: Path
+    port: int,
+    worker: ManagedProcess,
+    moto: ManagedProcess | None,
+    bucket: str,
+    data: Path,
+    clamd: str | None,
 ) -> None:
     web = start_child(
         "web",
@@ -490,12 +693,14 @@ def serve(
         alive=web,
     )
     s3 = "moto, in memory" if moto is not None else "from DEMO_S3_*"
+    scan = f"ClamAV at {clamd}" if clamd else "off (apt-get install clamav-daemon)"
     say(
         "\n"
         f"  site:   http://{LOOPBACK}:{port}/\n"
         f"  admin:  http://{LOOPBACK}:{port}/admin/   user: admin   password: admin"
         "   (a local demo only)\n"
         f"  S3:     bucket {bucket!r} ({s3})\n"
+        f"  scan:   {scan}; images get a thumbnail (thumbs/)\n"
         f"  logs:   {data}/worker.log, {data}/web.log\n"
         f"  upload: http://{LOOPBACK}:{port}/upload/   (drop files; watch them move to S3)\n"
         f"          http://{LOOPBACK}:{port}/upload/?mode=direct   (straight to S3)\n"
@@ -533,6 +738,7 @@ def main(argv: list[str] | None = None) -> int:
             moto, moto_port = start_moto(data)
             endpoint = f"http://{LOOPBACK}:{moto_port}"
             os.environ["DEMO_S3_ENDPOINT_URL"] = endpoint  # for this process and the children
+        clamd = scanning(data)
         setup_django()
         migrate_and_admin()
         if moto is not None:
@@ -553,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
         from django.db import connections
 
         if args.smoke:
-            smoke(worker, endpoint)
+            smoke(worker, endpoint, scanned=clamd is not None)
             connections.close_all()
             stop_all()
             say(f"smoke test passed in {time.monotonic() - started:.1f}s")
@@ -565,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"port {busy} is busy: using {port}")
         if moto is not None:
             allow_browser_uploads(bucket, port)
-        serve(port, worker, moto, bucket, data)
+        serve(port, worker, moto, bucket, data, clamd)
         return 0  # not reached: serve() ends with Interrupted or DemoError
     except Interrupted:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -30,6 +30,11 @@ moto S3 server on loopback. Environment variables switch to real parts:
 ``DEMO_DATABASE_URL``
     If set (``postgresql://user:password@host:port/dbname``), the database is this PostgreSQL
     (``psycopg`` must be installed) instead of the SQLite file in the data directory.
+``DEMO_CLAMD_ADDRESS``
+    If set (``host:port``, or the path of a Unix socket), the worker scans every upload with
+    this ClamAV daemon before sending it to S3, and a file it finds a virus in is ``rejected``.
+    The launcher starts a private ``clamd`` and sets it when ``clamd`` is installed
+    (``apt-get install clamav-daemon``). Unset: uploads are not scanned.
 """
 
 from __future__ import annotations
@@ -175,10 +180,29 @@ S3_OPTIONS: dict[str, object] = {
 if S3_ENDPOINT_URL:
     S3_OPTIONS["addressing_style"] = "path"  # loopback and MinIO have no bucket subdomains
 
+# What the worker runs on each file's staged copy before sending it to S3, in order: the virus
+# scan when there is a clamd, the check of the content against the name, the image's format and
+# size, then the thumbnail (last, so that a rejected file leaves none behind). A rejected file
+# never reaches S3. Direct uploads go to S3 without the worker: nothing runs on them.
+CLAMD_ADDRESS = os.environ.get("DEMO_CLAMD_ADDRESS") or None
+PROCESSORS: list[object] = [
+    "queued_storage.processors.content_type.ContentTypeCheck",
+    "queued_storage.processors.images.ImageInfo",
+    {"path": "gallery.processors.Thumbnail", "options": {"size": 256}},
+]
+if CLAMD_ADDRESS:
+    CLAMAV = "queued_storage.processors.clamav.ClamAV"
+    PROCESSORS.insert(0, {"path": CLAMAV, "options": {"address": CLAMD_ADDRESS}})
+
 STORAGES = {
     "default": {
         "BACKEND": "queued_storage.storage.QueuedStorage",
-        "OPTIONS": {"local": "staging", "remote": "s3", "delete_local": True},
+        "OPTIONS": {
+            "local": "staging",
+            "remote": "s3",
+            "delete_local": True,
+            "processors": PROCESSORS,
+        },
     },
     "staging": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",

@@ -42,7 +42,8 @@ class UploadAdmin(QueuedFileAdminMixin, _UploadAdminBase):
         if not obj.image:
             return "-"
         return format_html(
-            '<img src="{}" alt="" style="width:64px;height:48px;object-fit:cover">', obj.image.url
+            '<img src="{}" alt="" style="width:64px;height:48px;object-fit:cover">',
+            obj.thumbnail_url,
         )
 
     @admin.display(description="file")

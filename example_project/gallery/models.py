@@ -2,6 +2,8 @@
 
 Both fields store through the project's default storage, a ``QueuedStorage``: a file is served
 from the local staging disk until a Celery worker has copied it to S3 and verified the copy.
+Before that, the worker runs the storage's processors on it (``example/settings.py``), one of
+which saves an image's thumbnail (``gallery/processors.py``).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from gallery.processors import thumbnail_name
 from queued_storage.fields import QueuedFieldFile, QueuedFileField, QueuedImageField
 
 
@@ -36,6 +39,16 @@ class Upload(models.Model):
         if self.image:
             return self.image  # type: ignore[return-value]  (same mixin, an ImageFieldFile)
         return self.file if self.file else None
+
+    @property
+    def thumbnail_url(self) -> str | None:
+        """The URL of the image's thumbnail (``gallery.processors.Thumbnail``, made by the
+        worker before the image is sent), else of the image itself; ``None``: no image."""
+        if not self.image:
+            return None
+        storage = self.image.storage
+        derived = thumbnail_name(str(self.image.name))
+        return storage.url(derived) if storage.exists(derived) else str(self.image.url)
 
     @property
     def transfer_state(self) -> str:
