@@ -36,6 +36,8 @@ class ImageInfo:
                     "height": image.height,
                     "orientation": int(image.getexif().get(ORIENTATION, 1)),
                 }
+        except FileNotFoundError:
+            raise  # the local copy is gone: the worker's LocalFileMissing, not a bad image
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             return Rejected(f"{staged.name!r} is not a readable image ({err}).")
         return Passed({"image": info})
