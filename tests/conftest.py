@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from qs_dev.processes import free_port
 from tests.celery_app import app as celery_app  # noqa: F401  (configures the producer side)
 from tests.harness.faults import HttpFaultProxy, TcpFaultProxy
 from tests.harness.flush import install as keep_permissions_across_flushes
@@ -61,6 +62,8 @@ def pytest_configure(config: pytest.Config) -> None:
             consumer_timeout=float(os.environ.get(ENV_RABBITMQ_CONSUMER_TIMEOUT) or 1800),
         ).start()
         os.environ.update(stack.env())
+        # tests/test_scanning.py starts clamd on it; the settings name it (workers inherit it).
+        os.environ["QS_TEST_CLAMD_PORT"] = str(free_port())
     config.stash[_STACK] = stack
     os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
     django.conf.settings.DATABASES  # noqa: B018  (load the settings: pytest-django sets up Django)

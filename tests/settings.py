@@ -128,6 +128,12 @@ AWS_S3_ACCESS_KEY_ID = S3_OPTIONS["access_key"]
 AWS_S3_SECRET_ACCESS_KEY = S3_SECRET
 AWS_S3_REGION_NAME = "us-east-1"
 
+CLAMD_ADDRESS = f"127.0.0.1:{ENV.get('QS_TEST_CLAMD_PORT', '9')}"
+SCANNED = [
+    {"path": "queued_storage.processors.clamav.ClamAV", "options": {"address": CLAMD_ADDRESS}},
+    "queued_storage.processors.content_type.ContentTypeCheck",
+]
+
 STORAGES = {
     "default": {
         "BACKEND": "queued_storage.storage.QueuedStorage",
@@ -149,6 +155,16 @@ STORAGES = {
     "queued_delayed": {
         "BACKEND": "queued_storage.storage.QueuedStorage",
         "OPTIONS": {"local": "staging", "remote": "s3", "delayed": True},
+    },
+    # tests/test_scanning.py: a ClamAV scan and the type check before the transfer, against
+    # the private clamd that module starts on the port the run picked (QS_TEST_CLAMD_PORT).
+    "queued_scanned": {
+        "BACKEND": "queued_storage.storage.QueuedStorage",
+        "OPTIONS": {"local": "staging", "remote": "s3", "processors": SCANNED},
+    },
+    "queued_scanned_delayed": {
+        "BACKEND": "queued_storage.storage.QueuedStorage",
+        "OPTIONS": {"local": "staging", "remote": "s3", "delayed": True, "processors": SCANNED},
     },
     # Per-host routing: transfers go to the queue "queued_storage.<QUEUED_STORAGE_HOST>",
     # consumed by the fault tests' own worker (tests/conftest.py: host_worker).
@@ -250,7 +266,15 @@ if "QS_TEST_DIRECT_PART_SIZE" in ENV:
     QUEUED_STORAGE_DIRECT_PART_SIZE = int(ENV["QS_TEST_DIRECT_PART_SIZE"])
 # Serving waiting files (tests/test_serving.py): a web server started with these variables
 # points url() of waiting files at the view and hands them to nginx; the suite itself does not.
-QUEUED_STORAGE_SERVE_STAGED = json.loads(ENV.get("QS_TEST_SERVE_STAGED", "null"))
+# A rejected file's local copy moves out of the staging storage (workers share the setting).
+QUEUED_STORAGE_QUARANTINE = str(WORKDIR / "quarantine")
+# The scanned storages' waiting files are always served by the view (check W021).
+QUEUED_STORAGE_SERVE_STAGED = json.loads(
+    ENV.get(
+        "QS_TEST_SERVE_STAGED",
+        '{"queued_scanned": "scanned-file", "queued_scanned_delayed": "scanned-delayed-file"}',
+    )
+)
 QUEUED_STORAGE_SENDFILE = ENV.get("QS_TEST_SENDFILE")
 # Django's TemporaryFileUploadHandler writes form uploads here (same filesystem as staging).
 FILE_UPLOAD_TEMP_DIR = str(WORKDIR / "form-uploads")

@@ -1,10 +1,11 @@
-"""Processing before the transfer, in the worker (issue 25, work in progress): a storage's
+"""Processing before the transfer, in the worker: a storage's
 processors run on the leased local copy before anything reaches S3. Against a real clamd and
 moto through the fault proxy; the transfers run in this process (``run_transfer``), no Celery."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,7 +71,10 @@ def test_a_virus_is_rejected_never_sent_and_its_reason_kept(clean: Any, clamd: C
     assert found.state == State.REJECTED and found.lease_owner == ""
     assert "Test.EICAR" in found.last_error
     assert on_s3(clean) == []
-    assert storage.local.exists(name)  # kept for a person to look at (quarantine: to do)
+    # Moved out of the staging storage into the suite's quarantine directory, for a person.
+    assert not storage.local.exists(name)
+    kept = Path(settings.QUEUED_STORAGE_QUARANTINE) / storage.alias / name
+    assert kept.read_bytes() == EICAR
 
 
 def test_a_clean_file_is_processed_then_sent_with_the_metadata_kept(

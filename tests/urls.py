@@ -10,7 +10,7 @@ from django.views.static import serve
 import queued_storage
 from queued_storage.metrics import metrics_view
 from queued_storage.tus import TusUploadView
-from queued_storage.views import StagedFileView, UploadView
+from queued_storage.views import StagedFileView, StatusView, UploadView
 from tests.views import direct_form_page, form_upload, uploader_page
 
 urlpatterns = [
@@ -59,5 +59,18 @@ urlpatterns = [
         "delayed-files/<path:name>",
         StagedFileView.as_view(storage_alias="queued_delayed"),
         name="delayed-file",
+    ),
+    # A storage whose processors scan before the transfer (tests/test_scanning.py).
+    path("scanned-put/<path:name>", UploadView.as_view(storage_alias="queued_scanned")),
+    path("scanned-status/<path:name>", StatusView.as_view(storage_alias="queued_scanned")),
+    path(
+        "scanned-files/<path:name>",
+        StagedFileView.as_view(storage_alias="queued_scanned"),
+        name="scanned-file",
+    ),
+    path(
+        "scanned-delayed-files/<path:name>",
+        StagedFileView.as_view(storage_alias="queued_scanned_delayed"),
+        name="scanned-delayed-file",
     ),
 ]
