@@ -123,7 +123,7 @@ def test_an_uploaded_virus_is_rejected_never_sent_never_served_and_its_uploader_
     refused = uploads.get("/scanned-files/reports/virus.com")
     assert refused.status_code == 403 and "Test.EICAR" in refused.json()["error"]
     assert _client(bob).get("/scanned-files/reports/virus.com").status_code == 404
-    with pytest.raises(FileRejected, match="Test.EICAR"):
+    with pytest.raises(FileRejected, match=r"Test\.EICAR"):
         scanned.open("reports/virus.com")
     assert _row(scanned, "reports/clean.txt").metadata["scan"]["engine"] == "clamav"  # type: ignore[index]
 
