@@ -4,8 +4,13 @@ its own). No database download, no network."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import socket
+import struct
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,3 +77,65 @@ def test_a_daemon_that_is_down_makes_the_file_wait(clamd: ClamdServer, tmp_path:
     finally:
         clamd.start()
     assert isinstance(ClamAV(clamd.address)(staged("after.txt", b"hello")), Passed)
+
+
+class SlowClamd:
+    """A stand-in for clamd that takes *delay* seconds to answer a stream, as a real clamd
+    scanning a large file does (it answers only once the whole stream is scanned; a real
+    one cannot be made slow on demand). Loopback, one thread."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                command = conn.recv(10)
+                if command.startswith(b"zVERSION"):
+                    conn.sendall(b"ClamAV 0.0-slow\0")
+                    continue
+                while True:  # chunks until the zero length
+                    (length,) = struct.unpack("!I", _exactly(conn, 4))
+                    if length == 0:
+                        break
+                    _exactly(conn, length)
+                time.sleep(self.delay)
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"stream: OK\0")
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _exactly(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        piece = conn.recv(size - len(data))
+        if not piece:
+            raise ConnectionError("closed")
+        data += piece
+    return data
+
+
+def test_the_wait_for_clamds_answer_grows_with_the_files_size() -> None:
+    """clamd is silent while it scans the stream it received: a large file's answer comes
+    after the send's timeout, and must not be taken for a clamd that is down."""
+    data = b"x" * (1024 * 1024)
+    slow = SlowClamd(delay=1.5)
+    try:
+        # A second per 0.5 MiB: 2 s more than the 0.5 s timeout for this 1 MiB file.
+        waits = ClamAV(slow.address, timeout=0.5, scan_rate=512 * 1024)
+        assert isinstance(waits(staged("large.bin", data)), Passed)
+        # Without that allowance the same answer comes too late: the file waits (Later).
+        hurried = ClamAV(slow.address, timeout=0.5, scan_rate=1024**4)
+        assert isinstance(hurried(staged("large.bin", data)), Later)
+    finally:
+        slow.close()

@@ -19,12 +19,23 @@ __all__ = ["ClamAV"]
 
 
 class ClamAV:
-    """``ClamAV("127.0.0.1:3310")`` or ``ClamAV("/run/clamav/clamd.ctl")`` (a Unix socket)."""
+    """``ClamAV("127.0.0.1:3310")`` or ``ClamAV("/run/clamav/clamd.ctl")`` (a Unix socket).
+
+    *timeout* bounds each wait while the file is sent. clamd answers only once it has scanned
+    the whole stream, so the wait for its answer is *timeout* plus a second per *scan_rate*
+    bytes of the file (a 1 GiB file: 30 s + 256 s with the defaults): a large file is not
+    taken for a clamd that is down."""
 
     def __init__(
-        self, address: str, *, timeout: float = 30.0, chunk_size: int = 256 * 1024
+        self,
+        address: str,
+        *,
+        timeout: float = 30.0,
+        chunk_size: int = 256 * 1024,
+        scan_rate: int = 4 * 1024 * 1024,
     ) -> None:
         self.address, self.timeout, self.chunk_size = address, timeout, chunk_size
+        self.scan_rate = scan_rate
 
     def _connect(self) -> socket.socket:
         if self.address.startswith("/"):
@@ -52,6 +63,7 @@ class ClamAV:
                 while chunk := source.read(self.chunk_size):
                     sock.sendall(struct.pack("!I", len(chunk)) + chunk)
                 sock.sendall(struct.pack("!I", 0))
+                sock.settimeout(self.timeout + staged.size / self.scan_rate)
                 answer = _answer(sock)
         except (OSError, ValueError) as err:  # refused, reset, timed out, bad address
             return Later(
