@@ -10,8 +10,9 @@ Chosen per process through the environment (row 6 runs one child per configurati
   ``sqlite`` (a file, ``BENCH_SQLITE`` or ``bench-ledger.sqlite3`` in the stack's workdir);
 * ``BENCH_S3_ENDPOINT``: the S3 endpoint of the ``s3`` and ``s3_default`` storages (default:
   moto, directly), e.g. a loopback port that refuses connections or never answers;
-* ``BENCH_CLAMD``: the ``clamd`` address of the ``scanned`` storage's ClamAV processor
-  (``benchmarks/bench_processors.py`` starts its own).
+* ``BENCH_CLAMD``, ``BENCH_CLAMD_TIMEOUT``: the ``clamd`` address and the timeout (default 30 s,
+  the processor's) of the ``scanned`` storage's ClamAV processor
+  (``benchmarks/bench_processors.py`` starts its own clamd).
 
 Storages: ``s3`` is django-storages' ``S3Storage`` with ``file_overwrite=False`` (a HEAD before
 every PUT; the remote of the queued storages), ``s3_default`` the same credentials and bucket
@@ -53,7 +54,10 @@ STORAGES = {
             "processors": [
                 {
                     "path": "queued_storage.processors.clamav.ClamAV",
-                    "options": {"address": os.environ.get("BENCH_CLAMD", "127.0.0.1:3310")},
+                    "options": {
+                        "address": os.environ.get("BENCH_CLAMD", "127.0.0.1:3310"),
+                        "timeout": float(os.environ.get("BENCH_CLAMD_TIMEOUT", "30")),
+                    },
                 }
             ],
         },
