@@ -19,8 +19,9 @@ storages with the same local (``staging``) and remote (``s3``) that differ only 
   from its cache: the time would be the retry's, not the scan's. A row that took more than one
   attempt stops the run.
 
-Workloads, each in rounds that interleave the configurations (A, B, C; A, B, C; ...), medians
-reported:
+Workloads, each in rounds that interleave the configurations (A, B, C; A, B, C; ...). Reported:
+the median wall time, and the median of each round's difference and ratio to the baseline's
+time in the same round (a load that changes during the run weighs on both of a round).
 
 1. ``large``: one file of 1 GiB (``--quick``: 128 MiB) saved by this process, baseline and
    ``scanned``; timed from ``save()`` returning (the transfer's message is sent on commit, at the
@@ -479,9 +480,14 @@ class Bench:
         def med(alias: str, key: str) -> float:
             return statistics.median(float(getattr(m, key)) for m in measures[alias])
 
-        base = med("default", "wall")
+        # Each round's difference and ratio to the baseline of the same round (the rounds
+        # interleave, so a load that changes during the run weighs on both), then the median.
+        base_walls = [m.wall for m in measures["default"]]
         for alias in measures:
             wall = med(alias, "wall")
+            walls = [m.wall for m in measures[alias]]
+            added = statistics.median(w - b for w, b in zip(walls, base_walls, strict=True))
+            ratio = statistics.median(w / b for w, b in zip(walls, base_walls, strict=True))
             result = Result(
                 workload,
                 alias,
@@ -492,22 +498,25 @@ class Bench:
                 round(wall, 3),
                 round(med(alias, "worker_cpu"), 3),
                 round(med(alias, "clamd_cpu"), 3),
-                round(wall - base, 3),
-                round(wall / base, 2),
+                round(added, 3),
+                round(ratio, 2),
                 {
-                    "walls_s": [round(m.wall, 3) for m in measures[alias]],
+                    "walls_s": [round(w, 3) for w in walls],
+                    "added_by_round_s": [
+                        round(w - b, 3) for w, b in zip(walls, base_walls, strict=True)
+                    ],
                     "save_s": round(med(alias, "save"), 3),
                 },
             )
             e = result.extra
             if workload == "large":
                 gib = size / GiB
-                e["added_s_per_gib"] = round((wall - base) / gib, 3)
+                e["added_s_per_gib"] = round(added / gib, 3)
                 e["worker_cpu_s_per_gib"] = round(result.worker_cpu_s / gib, 3)
                 e["clamd_cpu_s_per_gib"] = round(result.clamd_cpu_s / gib, 3)
             else:
                 e["files_per_s"] = round(files / wall, 1)
-                e["added_ms_per_file"] = round((wall - base) / files * 1000, 3)
+                e["added_ms_per_file"] = round(added / files * 1000, 3)
                 e["worker_cpu_ms_per_file"] = round(result.worker_cpu_s / files * 1000, 3)
                 e["clamd_cpu_ms_per_file"] = round(result.clamd_cpu_s / files * 1000, 3)
             self.results.append(result)
@@ -527,7 +536,7 @@ class Bench:
 
 def table(results: list[Result]) -> str:
     out = [
-        "| workload | configuration | wall s (median) | added | ratio to baseline "
+        "| workload | configuration | wall s (median) | added (median) | ratio (median) "
         "| worker CPU | clamd CPU |",
         "|" + "---|" * 7,
     ]
@@ -560,7 +569,8 @@ def summary(results: list[Result], alone: dict[str, Any]) -> list[str]:
         rest = added - alone["large_s_per_gib"]
         lines.append(
             f"large file ({large.size_bytes // MiB} MiB): the ClamAV scan adds {added:.2f} s per "
-            f"GiB to the transfer alone ({base.wall_s:.2f}s -> {large.wall_s:.2f}s): "
+            f"GiB to the transfer alone (medians {base.wall_s:.2f}s without, {large.wall_s:.2f}s "
+            f"with; each round's difference {large.extra['added_by_round_s']} s): "
             f"{large.ratio:.2f}x the baseline; clamd alone (INSTREAM from this process) takes "
             f"{alone['large_s_per_gib']:.2f} s/GiB, "
             + (
