@@ -83,6 +83,8 @@ demo: $(DEMO_STAMP)
 # The scale batch (bench_scale.py) fills the ledger to 1M rows (--quick: 100k; SCALE_ARGS=--full:
 # 10M as well) and measures the recurring costs against the same mix at 1k rows.
 # bench_direct.py: a 1 GiB direct upload to S3 against tus and the raw PUT (--quick: 128 MiB).
+# bench_processors.py: a ClamAV scan (a clamd of the run's own) and a content-type check before
+# the transfer, per GiB (1 GiB, --quick: 128 MiB) and per 64 KiB file, against no processors.
 SCALE_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
@@ -91,6 +93,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_direct.py $(ARGS)
 	$(BIN)/python benchmarks/bench_scale.py $(ARGS) $(SCALE_ARGS)
 	$(BIN)/python benchmarks/bench_broker.py $(ARGS)
+	$(BIN)/python benchmarks/bench_processors.py $(ARGS)
 
 # The docs site: MkDocs in strict mode (a broken link or anchor fails); the docs extra installs
 # it once per venv. NO_MKDOCS_2_WARNING silences Material's banner about MkDocs 2.0 (not a

@@ -9,11 +9,16 @@ Chosen per process through the environment (row 6 runs one child per configurati
 * ``BENCH_DB``: ``postgres`` (default; the ``bench`` database of the stack's PostgreSQL) or
   ``sqlite`` (a file, ``BENCH_SQLITE`` or ``bench-ledger.sqlite3`` in the stack's workdir);
 * ``BENCH_S3_ENDPOINT``: the S3 endpoint of the ``s3`` and ``s3_default`` storages (default:
-  moto, directly), e.g. a loopback port that refuses connections or never answers.
+  moto, directly), e.g. a loopback port that refuses connections or never answers;
+* ``BENCH_CLAMD``, ``BENCH_CLAMD_TIMEOUT``: the ``clamd`` address and the timeout (default 30 s,
+  the processor's) of the ``scanned`` storage's ClamAV processor
+  (``benchmarks/bench_processors.py`` starts its own clamd).
 
 Storages: ``s3`` is django-storages' ``S3Storage`` with ``file_overwrite=False`` (a HEAD before
 every PUT; the remote of the queued storages), ``s3_default`` the same credentials and bucket
 with django-storages' defaults (``file_overwrite=True``: one PUT per file), the baseline.
+``scanned`` and ``type_checked`` are the queued storage ``default`` with processors: a ClamAV
+scan, a content-type check (``benchmarks/bench_processors.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +45,31 @@ STORAGES = {
     **STORAGES,
     "s3": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": BENCH_S3_OPTIONS},
     "s3_default": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": S3_DEFAULT_OPTIONS},
+    # bench_processors.py: "default" with processors (the worker builds them from here).
+    "scanned": {
+        "BACKEND": "queued_storage.storage.QueuedStorage",
+        "OPTIONS": {
+            "local": "staging",
+            "remote": "s3",
+            "processors": [
+                {
+                    "path": "queued_storage.processors.clamav.ClamAV",
+                    "options": {
+                        "address": os.environ.get("BENCH_CLAMD", "127.0.0.1:3310"),
+                        "timeout": float(os.environ.get("BENCH_CLAMD_TIMEOUT", "30")),
+                    },
+                }
+            ],
+        },
+    },
+    "type_checked": {
+        "BACKEND": "queued_storage.storage.QueuedStorage",
+        "OPTIONS": {
+            "local": "staging",
+            "remote": "s3",
+            "processors": ["queued_storage.processors.content_type.ContentTypeCheck"],
+        },
+    },
 }
 # BENCH_BROKER_URL: the broker through a fault proxy (bench_broker.py), Redis or RabbitMQ.
 CELERY_BROKER_URL = os.environ.get("BENCH_BROKER_URL") or f"{ENV['QS_TEST_REDIS_URL']}/0"
