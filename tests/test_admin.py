@@ -437,6 +437,29 @@ def test_abort_direct_uploads_aborts_the_selected_uploads_whoever_started_them(
     assert direct_upload("direct/a.bin", "9") == "direct/a.bin"  # the name is free again
 
 
+def test_release_lets_a_rejected_file_through_not_to_be_scanned_again(
+    admin_client: Client, parked: Any
+) -> None:
+    kept = staged("queued_parked", "scan/false-positive.pdf")
+    gone = staged("queued_parked", "scan/deleted.pdf")
+    other = staged("queued_parked", "scan/pending.pdf")
+    StoredFile.rows("queued_parked", kept).update(state=State.REJECTED, last_error="FOUND x")
+    StoredFile.rows("queued_parked", gone).update(state=State.REJECTED, local_exists=False)
+    queued("queued_parked").local.delete(gone)
+    chosen = [row("queued_parked", name) for name in (kept, gone, other)]
+
+    assert act(admin_client, LEDGER, "release_rejected", chosen) == [
+        "Release: 1 rejected file(s) released and queued, not to be scanned again; 1 not "
+        "released: the local copy is gone (QUEUED_STORAGE_QUARANTINE is 'delete', or it was "
+        "deleted by hand); 1 skipped (not rejected)."
+    ]
+    released = row("queued_parked", kept)
+    assert (released.state, released.last_error) == (State.PENDING, "")
+    assert released.processed is not None
+    assert row("queued_parked", gone).state == State.REJECTED
+    assert parked() == [["queued_parked", kept]]
+
+
 def test_a_rows_checkbox_is_the_html_djangos_widget_draws(admin_client: Client, clean: Any) -> None:
     bulk_rows([("queued_parked", 'odd/<"name">&.txt', State.FAILED, "web-1")])
     row = StoredFile.all_rows().get(name='odd/<"name">&.txt')
