@@ -189,6 +189,9 @@ class Retried:
         )
 
 
+_Done = TypeVar("_Done", bound=Retried)
+
+
 def _local_copy_here_or_there(storage: QueuedStorage, row: StoredFile) -> bool:
     """Whether *row*'s local copy is there: asked of this host's disk; another host's disk
     cannot be seen from here, so its row says whether it holds it."""
@@ -198,18 +201,32 @@ def _local_copy_here_or_there(storage: QueuedStorage, row: StoredFile) -> bool:
 
 def retry_failed_rows(rows: Iterable[StoredFile]) -> Retried:
     """Give every failed row whose local copy is there a new budget, and queue it."""
-    storages, sender, done = Storages(), Sender(), Retried()
-    now: datetime.datetime | None = None  # the database's, read once (invariant 13)
+    now: list[datetime.datetime] = []  # the database's, read once (invariant 13)
+
+    def retry(storage: QueuedStorage, row: StoredFile) -> bool:
+        now[:] = now or [clock.read(StoredFile.db())]
+        return storage.ledger.retry_failed(row, now[0])
+
+    return _queue_again(rows, State.FAILED, _local_copy_here_or_there, retry, Retried())
+
+
+def _queue_again(
+    rows: Iterable[StoredFile],
+    state: str,
+    kept: Callable[[QueuedStorage, StoredFile], bool],
+    change: Callable[[QueuedStorage, StoredFile], bool],
+    done: _Done,
+) -> _Done:
+    """For every row in *state* whose copy is *kept*: *change* it (its transition), then queue
+    its transfer to its host; *done* counts each outcome."""
+    storages, sender = Storages(), Sender()
     for row in rows:
         storage = storages.get(row.alias)
-        if storage is None or row.state != State.FAILED:
+        if storage is None or row.state != state:
             done.skipped += 1
-            continue
-        if not _local_copy_here_or_there(storage, row):
+        elif not kept(storage, row):
             done.no_local += 1
-            continue
-        now = now or clock.read(StoredFile.db())
-        if not storage.ledger.retry_failed(row, now):
+        elif not change(storage, row):
             done.changed += 1
         elif sender.send_or_mark(storage, row.name, row.host):
             done.queued += 1
@@ -220,14 +237,8 @@ def retry_failed_rows(rows: Iterable[StoredFile]) -> Retried:
 
 # -- rejected files -----------------------------------------------------------------------------
 @dataclass
-class Released:
+class Released(Retried):
     """What :func:`release_rows` did."""
-
-    queued: int = 0
-    refused: int = 0
-    no_local: int = 0
-    changed: int = 0
-    skipped: int = 0
 
     def message(self) -> str:
         return counted(
@@ -260,22 +271,13 @@ def release_rows(rows: Iterable[StoredFile]) -> Released:
     """Let every ``rejected`` row whose copy is kept through (a false positive): ``pending``,
     processed (not scanned again), queued to its host, whose worker brings it back from the
     quarantine directory."""
-    storages, sender, done = Storages(), Sender(), Released()
-    for row in rows:
-        storage = storages.get(row.alias)
-        if storage is None or row.state != State.REJECTED:
-            done.skipped += 1
-            continue
-        if not _rejected_copy_here_or_there(storage, row):
-            done.no_local += 1
-            continue
-        if not storage.ledger.release(row.name):
-            done.changed += 1
-        elif sender.send_or_mark(storage, row.name, row.host):
-            done.queued += 1
-        else:
-            done.refused += 1
-    return done
+    return _queue_again(
+        rows,
+        State.REJECTED,
+        _rejected_copy_here_or_there,
+        lambda storage, row: storage.ledger.release(row.name),
+        Released(),
+    )
 
 
 # -- direct uploads --------------------------------------------------------------------------
