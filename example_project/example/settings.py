@@ -215,6 +215,9 @@ STORAGES = {
 # Demo-friendly retry policy: a transient S3 error is retried after seconds, not minutes.
 QUEUED_STORAGE_RETRY_DELAY = 5
 QUEUED_STORAGE_RETRY_MAX_DELAY = 60
+# Files not on S3 yet are served by queued_storage's view (its owner and staff until the
+# processors passed it; never a rejected file), not from the staging directory itself.
+QUEUED_STORAGE_SERVE_STAGED = "queued_storage:file"
 # Django's development server cannot interrupt a stalled upload (gunicorn and queued_storage.asgi
 # can): no idle limit here, rather than a warning on every upload.
 QUEUED_STORAGE_UPLOAD_IDLE_TIMEOUT = None

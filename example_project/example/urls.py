@@ -3,11 +3,7 @@ admin, and (DEBUG only) the staged files."""
 
 from __future__ import annotations
 
-from typing import cast
-
-from django.conf.urls.static import static
 from django.contrib import admin
-from django.core.files.storage import FileSystemStorage, storages
 from django.urls import include, path
 
 from gallery import views
@@ -21,7 +17,5 @@ urlpatterns = [
     path("uploads/", include("queued_storage.urls")),
     path("admin/", admin.site.urls),
 ]
-# Files not yet on S3 are served from the staging directory (``static()`` is a no-op unless
-# DEBUG; in production the web server serves this directory).
-_staging = cast(FileSystemStorage, storages["staging"])
-urlpatterns += static(_staging.base_url, document_root=_staging.location)
+# Files not yet on S3 are served by queued_storage's view, uploads/files/<name>
+# (QUEUED_STORAGE_SERVE_STAGED): the staging directory itself is never served.
