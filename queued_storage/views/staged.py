@@ -77,6 +77,10 @@ class StagedFileView(QueuedStorageView):
     location (docs/nginx.conf), ``"x-sendfile"`` with ``X-Sendfile: <absolute path>``
     (percent-encoded, as mod_xsendfile's ``XSendFileUnescape`` expects).
 
+    For a storage with processors, a file they have not passed is served by
+    ``QUEUED_STORAGE_SERVE_UNPROCESSED`` and a rejected one never
+    (:func:`~queued_storage.file_status.unchecked_refusal`), before anything else is read.
+
     Every answer carries the type guessed from the name, ``Content-Disposition`` with the file
     name (``attachment`` for :data:`ACTIVE_TYPES`, else ``inline``), ``X-Content-Type-Options:
     nosniff`` and ``Cache-Control: private``.
