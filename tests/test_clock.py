@@ -144,6 +144,38 @@ def test_a_worker_10_minutes_behind_takes_over_an_expired_lease_at_once(
     assert remote_keys(clean) == [name]
 
 
+def test_a_worker_10_minutes_ahead_holds_an_outages_retry_by_the_databases_clock(
+    ledger_on_postgres: str, s3_proxy: Any
+) -> None:
+    """The retry a worker schedules when S3 is down is due by the database's clock: a worker
+    10 minutes ahead does not hold the file for 10 minutes more (the delay issue 22 saw)."""
+    host = f"retry-{uuid.uuid4().hex[:8]}"
+    storage = storages[ALIAS]
+    assert isinstance(storage, QueuedStorage)
+    name = storage.local.save(f"clock/{host}.bin", ContentFile(b"retried" * 100))
+    assert Ledger(ALIAS).saved(name, host, 700)
+    worker = skewed_worker("+10m", host, ledger_on_postgres)
+    s3_proxy.go_down()
+    worker.start(timeout=60)
+    try:
+        assert Sender().send(storage, name, host)
+        wait_for(lambda: row_of(name).retry_at is not None, timeout=30, what="a retry held")
+        with connections["postgres"].cursor() as cursor:
+            cursor.execute("SELECT now()")
+            (now,) = cursor.fetchone()
+        due = row_of(name).retry_at
+        assert due is not None
+        # QUEUED_STORAGE_RETRY_MAX_DELAY is 4 s for this worker (FAULT_WORKER_ENV).
+        assert due - now <= datetime.timedelta(seconds=5), (due, now)
+        s3_proxy.come_up()
+        wait_for(
+            lambda: row_of(name).state == State.REMOTE, timeout=30, what="sent once S3 is back"
+        )
+    finally:
+        s3_proxy.come_up()
+        worker.stop()
+
+
 DOCTOR_CLOCK = (
     "import django; django.setup(); "
     "from queued_storage.doctor import check_database_clock; "
