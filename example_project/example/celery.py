@@ -6,7 +6,10 @@ import os
 
 from celery import Celery
 
+from example.broker import install
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example.settings")
+install()  # the filesystem broker's messages written whole (example/broker.py)
 
 app = Celery("example")
 app.config_from_object("django.conf:settings", namespace="CELERY")
