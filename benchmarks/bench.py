@@ -75,6 +75,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._run import RunClock  # noqa: E402
 from qs_dev.processes import LOOPBACK, ManagedProcess, free_port  # noqa: E402
 from tests.harness.faults import HttpFaultProxy  # noqa: E402
 from tests.harness.services import ServiceStack  # noqa: E402
@@ -1147,8 +1148,7 @@ def main() -> int:
     unknown = (set(tools) - set(ROW1_TOOLS)) | (set(signing) - {"signed", "unsigned"})
     if unknown:
         parser.error(f"unknown --tools or --signing value(s): {', '.join(sorted(unknown))}")
-    started = time.perf_counter()
-    load_before = os.getloadavg()[0]
+    run = RunClock()
     bench = Bench(args.quick, args.save_timeout, tools, signing, args.s3_latency)
     try:
         for number, method in (
@@ -1169,20 +1169,11 @@ def main() -> int:
     print()
     for line in lines:
         print(line)
-    elapsed = time.perf_counter() - started
-    print(
-        f"\n{'quick' if args.quick else 'full'} run: {elapsed:.0f}s on {os.cpu_count()} cores; "
-        f"self peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
-        f"1-min load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
-        "(anything else running on the machine shows here)"
-    )
+    figures = run.finish(args.quick)
     Path(args.json).write_text(
         json.dumps(
             {
-                "quick": args.quick,
-                "seconds": round(elapsed, 1),
-                "cpus": os.cpu_count(),
-                "load_average_start_end": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                **figures,
                 "rows": [asdict(r) for r in bench.rows],
                 "summary": lines,
             },

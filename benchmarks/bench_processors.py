@@ -59,9 +59,7 @@ import argparse
 import io
 import json
 import os
-import resource
 import shutil
-import socket
 import statistics
 import struct
 import sys
@@ -75,6 +73,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._run import RunClock  # noqa: E402
 from benchmarks.bench import make_file, tree_cpu  # noqa: E402
 from tests.harness.services import ClamdServer, ServiceStack  # noqa: E402
 
@@ -158,24 +157,28 @@ def cpu_of(pid: int | None) -> float:
     return float(times.user + times.system)
 
 
+def print_round(r: int, measures: dict[str, list[Measure]]) -> None:
+    """One line per interleaved round: each configuration's wall time, and the load."""
+    print(
+        f"  round {r + 1}: "
+        + ", ".join(f"{a} {m[-1].wall:.2f}s" for a, m in measures.items())
+        + f" (load average {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
+
+
 def instream(address: str, chunks: Iterator[bytes]) -> tuple[float, float, str]:
-    """Send *chunks* to clamd at *address* through ``INSTREAM``: the seconds until the last
-    byte is sent, the seconds from there until clamd answers, and its answer."""
-    host, _, port = address.rpartition(":")
-    with socket.create_connection((host, int(port)), timeout=ALONE_TIMEOUT) as sock:
+    """Send *chunks* to clamd at *address* through ``INSTREAM`` (the processor's own
+    functions): the seconds until the last byte is sent, the seconds from there until clamd
+    answers, and its answer."""
+    from queued_storage.processors.clamav import ClamAV, read_answer, send_stream
+
+    with ClamAV(address, timeout=ALONE_TIMEOUT).connect() as sock:
         start = time.perf_counter()
-        sock.sendall(b"zINSTREAM\0")
-        for chunk in chunks:
-            sock.sendall(struct.pack("!I", len(chunk)) + chunk)
-        sock.sendall(struct.pack("!I", 0))
+        send_stream(sock, chunks)
         sent = time.perf_counter()
-        answer = b""
-        while not answer.endswith(b"\0"):
-            piece = sock.recv(4096)
-            if not piece:
-                break
-            answer += piece
-        return sent - start, time.perf_counter() - sent, answer.rstrip(b"\0").decode()
+        answer = read_answer(sock)
+        return sent - start, time.perf_counter() - sent, answer
 
 
 def unique(path: Path, tag: str) -> None:
@@ -340,12 +343,7 @@ class Bench:
                     Measure(wall, worker_after - worker, clamd_after - clamd, saved - start)
                 )
                 self.clean(prefix)
-            print(
-                f"  round {r + 1}: "
-                + ", ".join(f"{a} {m[-1].wall:.2f}s" for a, m in measures.items())
-                + f" (load average {os.getloadavg()[0]:.1f})",
-                flush=True,
-            )
+            print_round(r, measures)
         self.add("large", measures, self.large, 1)
 
     def small_files(self) -> None:
@@ -383,12 +381,7 @@ class Bench:
                     Measure(wall, worker_after - worker, clamd_after - clamd, saved)
                 )
                 self.clean(prefix)
-            print(
-                f"  round {r + 1}: "
-                + ", ".join(f"{a} {m[-1].wall:.2f}s" for a, m in measures.items())
-                + f" (load average {os.getloadavg()[0]:.1f})",
-                flush=True,
-            )
+            print_round(r, measures)
         self.add("small", measures, self.small, self.count)
 
     def clamd_alone(self) -> dict[str, Any]:
@@ -626,8 +619,7 @@ def main() -> int:
     args = parser.parse_args()
     if ClamdServer.binary() is None:
         parser.error("clamd is not installed (apt-get install clamav-daemon)")
-    started = time.perf_counter()
-    load_before = os.getloadavg()[0]
+    run = RunClock()
     bench = Bench(args.quick, args.rounds)
     try:
         from queued_storage.processors.clamav import ClamAV
@@ -647,20 +639,11 @@ def main() -> int:
     print()
     for line in lines:
         print(line)
-    elapsed = time.perf_counter() - started
-    print(
-        f"\n{'quick' if args.quick else 'full'} run: {elapsed:.0f}s on {os.cpu_count()} cores; "
-        f"self peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
-        f"1-min load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
-        "(anything else running on the machine shows here)"
-    )
+    figures = run.finish(args.quick)
     Path(args.json).write_text(
         json.dumps(
             {
-                "quick": args.quick,
-                "seconds": round(elapsed, 1),
-                "cpus": os.cpu_count(),
-                "load_average_start_end": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                **figures,
                 "baseline": BASELINE,
                 "clamd": {
                     "version": version,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from queued_storage import clock
-from queued_storage.machine import ERROR_LENGTH, Machine
+from queued_storage.machine import ERROR_LENGTH, NO_LEASE, Machine
 from queued_storage.models import State
 
 __all__ = ["DECLARED_TYPE", "ProcessingTransitions"]
@@ -39,8 +39,7 @@ class ProcessingTransitions(Machine):
         fields: dict[str, object] = {
             "state": State.REJECTED,
             "last_error": reason[:ERROR_LENGTH],
-            "lease_owner": "",
-            "lease_expires": None,
+            **NO_LEASE,
             "retry_at": None,
             "updated": clock.now(),
         }

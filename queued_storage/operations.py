@@ -257,14 +257,11 @@ class Released(Retried):
 
 
 def _rejected_copy_here_or_there(storage: QueuedStorage, row: StoredFile) -> bool:
-    """Whether *row*'s rejected copy is kept: in the staging storage or the quarantine
-    directory of this host; another host's, by its row."""
-    if bool(row.host) and row.host != settings.HOST:
-        return row.local_exists
+    """Whether *row*'s rejected copy is kept: where :func:`_local_copy_here_or_there` looks,
+    or in this host's quarantine directory."""
     quarantined = quarantine.path(row.alias, row.name)
-    if quarantined is not None and os.path.isfile(quarantined):
-        return True
-    return bool(storage.local.exists(row.name))
+    kept_aside = quarantined is not None and os.path.isfile(quarantined)
+    return kept_aside or _local_copy_here_or_there(storage, row)
 
 
 def release_rows(rows: Iterable[StoredFile]) -> Released:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Iterable
 
 from queued_storage.processors import Later, Outcome, Passed, Rejected, Staged
 
-__all__ = ["ClamAV"]
+__all__ = ["ClamAV", "read_answer", "send_stream"]
 
 
 class ClamAV:
@@ -37,7 +38,8 @@ class ClamAV:
         self.address, self.timeout, self.chunk_size = address, timeout, chunk_size
         self.scan_rate = scan_rate
 
-    def _connect(self) -> socket.socket:
+    def connect(self) -> socket.socket:
+        """A socket to clamd, each wait on it bounded by :attr:`timeout`."""
         if self.address.startswith("/"):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(self.timeout)
@@ -47,9 +49,9 @@ class ClamAV:
         return socket.create_connection((host or "127.0.0.1", int(port)), timeout=self.timeout)
 
     def _command(self, command: bytes) -> str:
-        with self._connect() as sock:
+        with self.connect() as sock:
             sock.sendall(b"z" + command + b"\0")
-            return _answer(sock)
+            return read_answer(sock)
 
     def version(self) -> str:
         """The engine's and its signatures' version (``ClamAV 1.4.6/27000/...``)."""
@@ -58,13 +60,10 @@ class ClamAV:
     def __call__(self, staged: Staged) -> Outcome:
         try:
             version = self.version()
-            with self._connect() as sock, staged.open() as source:
-                sock.sendall(b"zINSTREAM\0")
-                while chunk := source.read(self.chunk_size):
-                    sock.sendall(struct.pack("!I", len(chunk)) + chunk)
-                sock.sendall(struct.pack("!I", 0))
+            with self.connect() as sock, staged.open() as source:
+                send_stream(sock, iter(lambda: source.read(self.chunk_size), b""))
                 sock.settimeout(self.timeout + staged.size / self.scan_rate)
-                answer = _answer(sock)
+                answer = read_answer(sock)
         except (OSError, ValueError) as err:  # refused, reset, timed out, bad address
             return Later(
                 f"ClamAV at {self.address} could not scan {staged.name!r} "
@@ -85,7 +84,15 @@ class ClamAV:
         return Later(f"ClamAV at {self.address} answered {answer!r} for {staged.name!r}.")
 
 
-def _answer(sock: socket.socket) -> str:
+def send_stream(sock: socket.socket, chunks: Iterable[bytes]) -> None:
+    """``INSTREAM`` *chunks* to clamd: each chunk after its length, then a zero length."""
+    sock.sendall(b"zINSTREAM\0")
+    for chunk in chunks:
+        sock.sendall(struct.pack("!I", len(chunk)) + chunk)
+    sock.sendall(struct.pack("!I", 0))
+
+
+def read_answer(sock: socket.socket) -> str:
     """clamd's answer to a ``z`` command: bytes up to the terminating NUL."""
     data = b""
     while not data.endswith(b"\0"):
